@@ -1,0 +1,44 @@
+"""Wiring of the audit service: settings -> runtime -> ledger ingest and auditor API."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from aiokafka import ConsumerRecord
+from fastapi import FastAPI
+
+from services.audit.api import router
+from services.audit.ledger import append_records
+from services.domain.directory import DirectoryFile
+from services.infra.auth import TokenAuthenticator
+from services.infra.config import load_yaml_model
+from services.infra.kafka import all_topics
+from services.infra.runtime import Runtime
+from services.infra.settings import AuditSettings
+from services.infra.webapp import build_app
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+
+def create_app(settings: AuditSettings | None = None) -> FastAPI:
+    """The audit app; configuration errors surface here, before anything starts."""
+    settings = settings or AuditSettings()
+    directory = load_yaml_model(settings.directory_file, DirectoryFile)
+    auth = TokenAuthenticator.from_file(settings.tokens_file)
+    runtime = Runtime(settings, "audit", MIGRATIONS)
+
+    async def ingest(records: Sequence[ConsumerRecord]) -> None:
+        async with runtime.db.acquire() as conn, conn.transaction():
+            await append_records(conn, records)
+
+    runtime.consume(
+        f"{settings.kafka_topic_prefix}audit-ledger",
+        all_topics(settings),
+        ingest,
+    )
+    app = build_app(runtime, title="Incidents audit")
+    app.state.auth = auth
+    app.state.directory = directory
+    app.include_router(router)
+    return app

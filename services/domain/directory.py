@@ -1,0 +1,41 @@
+"""The organisation: people, managers and roles, as the directory file and events describe it."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Person(BaseModel):
+    """One person of the directory file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")
+    name: str | None = None
+    email: str | None = None
+    unit: str | None = None
+    manager: str | None = None
+    roles: list[str] = Field(default_factory=list)
+
+
+class DirectoryFile(BaseModel):
+    """The `INCIDENTS_DIRECTORY_FILE` document."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    people: list[Person] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique(self) -> DirectoryFile:
+        seen: set[str] = set()
+        for person in self.people:
+            if person.id in seen:
+                raise ValueError(f"person id {person.id!r} appears twice")
+            seen.add(person.id)
+        return self
+
+    def roles_of(self, principal: str) -> frozenset[str]:
+        for person in self.people:
+            if person.id == principal:
+                return frozenset(person.roles)
+        return frozenset()

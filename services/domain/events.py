@@ -1,0 +1,331 @@
+"""The event catalog: every event type, its topic and the shape of its `data`.
+
+Each type is versioned (`.v1`); a change of shape makes `.v2` plus an upcaster, never
+an edit of `.v1`. `make schemas` exports every model below as JSON Schema and the
+topics as an AsyncAPI document.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from services.domain.envelope import Envelope, new_event_id
+
+
+class Topic(StrEnum):
+    """Kafka topics, named in SPEC.md."""
+
+    INBOUND = "incident.inbound"
+    REPORTS = "incident.reports"
+    TRIAGE = "incident.triage"
+    ACTIVITY = "incident.activity"
+    ESCALATIONS = "incident.escalations"
+    DIRECTORY = "directory.changes"
+    DEADLETTER = "incident.deadletter"
+    CHECKPOINTS = "audit.checkpoints"
+
+
+class EventData(BaseModel):
+    """Base of every payload: unknown fields are refused, so typos do not pass silently."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+PrincipalId = str
+Digest = str  # "sha256:<hex>"
+
+
+class ReportSubmitted(EventData):
+    """A report entered the system (from a person, a system, or anonymously)."""
+
+    category: str = Field(description="Report category, one of the policy's categories.")
+    summary: str = Field(description="One-line summary.")
+    description: str = Field(description="What happened, in the reporter's words.")
+    occurred_at: datetime | None = Field(None, description="When it happened, if known.")
+    location: str | None = Field(None, description="Where it happened, if known.")
+    unit: str | None = Field(None, description="Business unit concerned, if known.")
+    accused: list[str] = Field(default_factory=list, description="Person ids or free names.")
+    named: list[str] = Field(default_factory=list, description="Others involved.")
+    reporter: str | None = Field(None, description="Reporter's person id; null if anonymous.")
+    channel: str = Field("web", description="How it arrived: web, api, kafka, hotline...")
+    report_digest: Digest = Field(description="sha256 digest of the report content.")
+
+
+class ReportAmended(EventData):
+    """The report gained information after submission."""
+
+    accused_added: list[str] = Field(default_factory=list)
+    named_added: list[str] = Field(default_factory=list)
+    addendum: str | None = Field(None, description="Text added to the report.")
+    report_digest: Digest = Field(description="Digest of the amended report version.")
+
+
+class ReporterMessage(EventData):
+    """A message between the reporter and the handlers."""
+
+    direction: Literal["from_reporter", "to_reporter"]
+    author: str = Field(description="`reporter`, or the handler's principal id.")
+    text: str
+
+
+class ChainLevel(EventData):
+    level: int = Field(ge=1)
+    role: str
+    recipients: list[PrincipalId]
+    acknowledge_within: int = Field(ge=1, description="Seconds this level has to acknowledge.")
+
+
+class Exclusion(EventData):
+    principal: PrincipalId
+    rule: str = Field(description="The conflict rule that excluded this principal.")
+
+
+class Triaged(EventData):
+    """Triage's decision: severity, who is asked in which order, who is excluded."""
+
+    category: str
+    severity: str
+    policy_version: str
+    chain: list[ChainLevel]
+    excluded: list[Exclusion] = Field(default_factory=list)
+    deadlines: dict[str, datetime] = Field(default_factory=dict)
+
+
+class Assigned(EventData):
+    level: int = Field(ge=1)
+    principals: list[PrincipalId]
+
+
+class Reassigned(EventData):
+    removed: list[Exclusion] = Field(default_factory=list)
+    added: list[PrincipalId] = Field(default_factory=list)
+
+
+class Notified(EventData):
+    principal: PrincipalId
+    channel: str
+    level: int = Field(ge=0)
+    report_digest: Digest
+
+
+class Viewed(EventData):
+    principal: PrincipalId
+    report_digest: Digest
+
+
+class Acknowledged(EventData):
+    principal: PrincipalId
+    level: int = Field(ge=0)
+
+
+class Commented(EventData):
+    principal: PrincipalId
+    text: str
+
+
+class StatusChanged(EventData):
+    principal: PrincipalId
+    status: Literal["investigating", "resolved", "closed"]
+    outcome: str | None = None
+
+
+class AccessDenied(EventData):
+    principal: PrincipalId
+    action: str
+    reason: str | None = None
+
+
+class Escalated(EventData):
+    level: int = Field(ge=1)
+    recipients: list[PrincipalId]
+    reason: Literal["not_acknowledged", "nobody_eligible", "delivery_failed"]
+    deadline: datetime
+
+
+class EscalationCleared(EventData):
+    level: int = Field(ge=0)
+    principal: PrincipalId
+
+
+class ReminderDue(EventData):
+    clock: str = Field(description="Which legal clock: reporter_acknowledgement, feedback...")
+    due_at: datetime
+
+
+class PersonUpserted(EventData):
+    person_id: PrincipalId
+    name: str | None = None
+    email: str | None = None
+    unit: str | None = None
+    manager_id: PrincipalId | None = None
+    roles: list[str] = Field(default_factory=list)
+
+
+class RoleAssigned(EventData):
+    person_id: PrincipalId
+    role: str
+
+
+class RoleRevoked(EventData):
+    person_id: PrincipalId
+    role: str
+
+
+class InputRejected(EventData):
+    """Input that could not be accepted: the original bytes and why (dead-letter record)."""
+
+    reason: str
+    source_topic: str | None = None
+    source_partition: int | None = None
+    source_offset: int | None = None
+    original_b64: str = Field(description="The original record value, base64.")
+
+
+class CheckpointSigned(EventData):
+    tree_size: int = Field(ge=0)
+    root_hash: str
+    timestamp: datetime
+    key_id: str
+    checkpoint: str
+
+
+@dataclass(frozen=True)
+class EventType:
+    """One entry of the catalog."""
+
+    name: str
+    topic: Topic
+    data: type[EventData]
+
+
+CATALOG: dict[str, EventType] = {
+    e.name: e
+    for e in (
+        EventType("incident.report.submitted.v1", Topic.REPORTS, ReportSubmitted),
+        EventType("incident.report.amended.v1", Topic.REPORTS, ReportAmended),
+        EventType("incident.reporter.message.v1", Topic.REPORTS, ReporterMessage),
+        EventType("incident.triaged.v1", Topic.TRIAGE, Triaged),
+        EventType("incident.assigned.v1", Topic.TRIAGE, Assigned),
+        EventType("incident.reassigned.v1", Topic.TRIAGE, Reassigned),
+        EventType("incident.notified.v1", Topic.ACTIVITY, Notified),
+        EventType("incident.viewed.v1", Topic.ACTIVITY, Viewed),
+        EventType("incident.acknowledged.v1", Topic.ACTIVITY, Acknowledged),
+        EventType("incident.commented.v1", Topic.ACTIVITY, Commented),
+        EventType("incident.status.changed.v1", Topic.ACTIVITY, StatusChanged),
+        EventType("incident.access.denied.v1", Topic.ACTIVITY, AccessDenied),
+        EventType("incident.escalated.v1", Topic.ESCALATIONS, Escalated),
+        EventType("incident.escalation.cleared.v1", Topic.ESCALATIONS, EscalationCleared),
+        EventType("incident.reminder.due.v1", Topic.ESCALATIONS, ReminderDue),
+        EventType("directory.person.upserted.v1", Topic.DIRECTORY, PersonUpserted),
+        EventType("directory.role.assigned.v1", Topic.DIRECTORY, RoleAssigned),
+        EventType("directory.role.revoked.v1", Topic.DIRECTORY, RoleRevoked),
+        EventType("incident.input.rejected.v1", Topic.DEADLETTER, InputRejected),
+        EventType("audit.checkpoint.signed.v1", Topic.CHECKPOINTS, CheckpointSigned),
+    )
+}
+SUBMITTED = "incident.report.submitted.v1"
+
+
+class InvalidEvent(ValueError):
+    """The bytes or dict are not a valid event of this catalog; `reason` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _explain(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        where = ".".join(str(p) for p in err["loc"]) or "(event)"
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def make_event(
+    type_: str,
+    *,
+    subject: str,
+    data: EventData | dict[str, Any],
+    source: str,
+    time: datetime,
+    actor: str | None = None,
+    causationid: str | None = None,
+    correlationid: str | None = None,
+    traceparent: str | None = None,
+    event_id: str | None = None,
+) -> Envelope:
+    """Build a valid event of a catalog type; the data is validated against its model."""
+    entry = CATALOG[type_]
+    model = data if isinstance(data, EventData) else entry.data.model_validate(data)
+    if not isinstance(model, entry.data):
+        raise TypeError(f"{type_} carries {entry.data.__name__}, not {type(model).__name__}")
+    return Envelope(
+        id=event_id or new_event_id(),
+        source=source,
+        type=type_,
+        time=time,
+        subject=subject,
+        data=model.model_dump(mode="json"),
+        actor=actor,
+        causationid=causationid,
+        correlationid=correlationid,
+        traceparent=traceparent,
+    )
+
+
+def parse_envelope(raw: bytes | str | dict[str, Any]) -> Envelope:
+    """Parse structured-mode bytes (or a decoded dict) into an envelope, or raise InvalidEvent."""
+    if isinstance(raw, dict):
+        value: Any = raw
+    else:
+        try:
+            value = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InvalidEvent(f"not JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise InvalidEvent("a CloudEvent in structured mode is a JSON object")
+    try:
+        return Envelope.model_validate(value)
+    except ValidationError as exc:
+        raise InvalidEvent(f"not a valid CloudEvent: {_explain(exc)}") from exc
+    except ValueError as exc:
+        raise InvalidEvent(f"not a valid CloudEvent: {exc}") from exc
+
+
+def parse_event(raw: bytes | str | dict[str, Any]) -> tuple[Envelope, EventData]:
+    """Parse and validate an event of a known type, data included."""
+    envelope = parse_envelope(raw)
+    return envelope, data_of(envelope)
+
+
+def data_of(envelope: Envelope) -> EventData:
+    """The typed payload of an envelope, or InvalidEvent."""
+    entry = CATALOG.get(envelope.type)
+    if entry is None:
+        raise InvalidEvent(f"unknown event type {envelope.type!r}")
+    try:
+        return entry.data.model_validate(envelope.data)
+    except ValidationError as exc:
+        raise InvalidEvent(f"invalid data for {envelope.type}: {_explain(exc)}") from exc
+
+
+def b64(raw: bytes) -> str:
+    """Base64 text of raw bytes (for dead-letter records)."""
+    return base64.b64encode(raw).decode("ascii")
+
+
+def unb64(text: str) -> bytes:
+    """Bytes from base64 text; InvalidEvent if it is not base64."""
+    try:
+        return base64.b64decode(text, validate=True)
+    except binascii.Error as exc:
+        raise InvalidEvent("not base64") from exc

@@ -1,0 +1,80 @@
+"""The triage and escalation policy file: categories, severities, chains, conflicts.
+
+Durations are written `30s`, `5m`, `1h`, `7d` and held as seconds.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: object) -> int:
+    """Seconds in a duration like `30s`, `5m`, `1h` or `7d`."""
+    if isinstance(value, bool):
+        raise ValueError("a duration is written like 30s, 5m, 1h or 7d")
+    if isinstance(value, int) and value > 0:
+        return value
+    match = _DURATION.match(str(value))
+    if not match or int(match.group(1)) == 0:
+        raise ValueError(f"{value!r} is not a duration like 30s, 5m, 1h or 7d")
+    return int(match.group(1)) * _UNIT[match.group(2)]
+
+
+Duration = Annotated[int, BeforeValidator(parse_duration)]
+CONFLICT_RULES = ("accused", "accused_management_chain", "named_in_report", "reporter")
+
+
+class Level(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    role: str = Field(min_length=1)
+    acknowledge_within: Duration
+
+
+class Severity(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    chain: list[Level] = Field(min_length=1)
+    repeat_last_every: Duration
+    feedback_within: Duration
+
+
+class Conflicts(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    exclude: list[str] = Field(default_factory=lambda: list(CONFLICT_RULES))
+    independent_roles: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _known(self) -> Conflicts:
+        unknown = set(self.exclude) - set(CONFLICT_RULES)
+        if unknown:
+            raise ValueError(f"unknown conflict rules {sorted(unknown)}; known: {CONFLICT_RULES}")
+        return self
+
+
+class Policy(BaseModel):
+    """The `INCIDENTS_POLICY_FILE` document."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: str = Field(min_length=1)
+    categories: dict[str, str] = Field(min_length=1)
+    severities: dict[str, Severity] = Field(min_length=1)
+    reporter_acknowledgement_within: Duration
+    conflicts: Conflicts = Field(default_factory=Conflicts)
+
+    @model_validator(mode="after")
+    def _severities_exist(self) -> Policy:
+        for category, severity in self.categories.items():
+            if severity not in self.severities:
+                raise ValueError(
+                    f"category {category!r} maps to severity {severity!r}, which has no chain"
+                )
+        return self

@@ -1,0 +1,191 @@
+"""Event store, transactional outbox and consumer tracking (one PostgreSQL schema each).
+
+All three take a connection that is already inside a transaction, so a handler can
+append events, queue them for Kafka and mark the input it consumed in one commit:
+either all of it happened or none of it did.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import asyncpg
+
+from services.domain.envelope import CLOUDEVENTS_CONTENT_TYPE, Envelope
+from services.domain.events import CATALOG, parse_envelope
+
+
+class ConcurrencyError(RuntimeError):
+    """Another writer appended to the stream first (expected version is stale)."""
+
+
+class DuplicateEventError(RuntimeError):
+    """An event with this id is already stored."""
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    """An event as the store returns it."""
+
+    position: int
+    stream_id: str
+    version: int
+    envelope: Envelope
+
+
+def record_headers(envelope: Envelope) -> list[tuple[str, str]]:
+    """Kafka headers for a structured-mode CloudEvent (traceparent travels here too)."""
+    headers = [("content-type", CLOUDEVENTS_CONTENT_TYPE)]
+    if envelope.traceparent:
+        headers.append(("traceparent", envelope.traceparent))
+    return headers
+
+
+async def _take_positions(conn: asyncpg.Connection, counter: str, count: int) -> int:
+    """Reserve `count` positions; returns the first. Holds the counter lock to commit."""
+    last = await conn.fetchval(
+        "UPDATE counters SET last = last + $2 WHERE name = $1 RETURNING last", counter, count
+    )
+    if last is None:
+        raise RuntimeError(f"counter {counter!r} missing: migrations not applied?")
+    return int(last) - count + 1
+
+
+async def enqueue(
+    conn: asyncpg.Connection,
+    rows: Sequence[tuple[str, str, str, bytes, list[tuple[str, str]]]],
+) -> None:
+    """Queue (event_id, topic, key, value, headers) rows for the relay, in order."""
+    if not rows:
+        return
+    first = await _take_positions(conn, "outbox", len(rows))
+    await conn.executemany(
+        "INSERT INTO outbox (position, event_id, topic, key, value, headers)"
+        " VALUES ($1, $2, $3, $4, $5, $6::jsonb)",
+        [
+            (first + i, event_id, topic, key, value, json.dumps(headers))
+            for i, (event_id, topic, key, value, headers) in enumerate(rows)
+        ],
+    )
+
+
+async def append(
+    conn: asyncpg.Connection,
+    stream_id: str,
+    expected_version: int,
+    events: Sequence[Envelope],
+    *,
+    topic_prefix: str = "",
+) -> int:
+    """Append events to a stream and queue them on their catalog topics.
+
+    `expected_version` is the stream's version the caller decided on (0 for a new
+    stream). Returns the new version. Raises ConcurrencyError if someone else
+    appended meanwhile, DuplicateEventError if an event id was stored before.
+    """
+    if not events:
+        return expected_version
+    first = await _take_positions(conn, "events", len(events))
+    rows = []
+    for i, event in enumerate(events):
+        if event.type not in CATALOG:
+            raise ValueError(f"{event.type} is not in the event catalog")
+        rows.append(
+            (
+                stream_id,
+                expected_version + i + 1,
+                first + i,
+                event.id,
+                event.type,
+                event.time,
+                event.to_bytes(),
+            )
+        )
+    try:
+        async with conn.transaction():  # a savepoint: the caller's txn survives our error
+            await conn.executemany(
+                "INSERT INTO events (stream_id, version, position, event_id, type, time, body)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                rows,
+            )
+    except asyncpg.UniqueViolationError as exc:
+        if exc.constraint_name and "event_id" in exc.constraint_name:
+            raise DuplicateEventError(str(exc)) from exc
+        raise ConcurrencyError(f"stream {stream_id} moved past version {expected_version}") from exc
+    await enqueue(
+        conn,
+        [
+            (
+                e.id,
+                topic_prefix + CATALOG[e.type].topic,
+                e.subject,
+                body,
+                record_headers(e),
+            )
+            for e, (*_, body) in zip(events, rows, strict=True)
+        ],
+    )
+    return expected_version + len(events)
+
+
+async def stream_version(conn: asyncpg.Connection, stream_id: str) -> int:
+    """The current version of a stream (0 if it has no events)."""
+    value = await conn.fetchval(
+        "SELECT coalesce(max(version), 0) FROM events WHERE stream_id = $1", stream_id
+    )
+    return int(value)
+
+
+async def load(conn: asyncpg.Connection, stream_id: str) -> list[StoredEvent]:
+    """Every event of a stream, in version order."""
+    rows = await conn.fetch(
+        "SELECT position, stream_id, version, body FROM events"
+        " WHERE stream_id = $1 ORDER BY version",
+        stream_id,
+    )
+    return [_stored(r) for r in rows]
+
+
+async def read_all(
+    conn: asyncpg.Connection, after: int = 0, limit: int = 1000
+) -> list[StoredEvent]:
+    """Events of every stream after a global position, in position order (for replay)."""
+    rows = await conn.fetch(
+        "SELECT position, stream_id, version, body FROM events"
+        " WHERE position > $1 ORDER BY position LIMIT $2",
+        after,
+        limit,
+    )
+    return [_stored(r) for r in rows]
+
+
+def _stored(row: asyncpg.Record) -> StoredEvent:
+    return StoredEvent(
+        position=row["position"],
+        stream_id=row["stream_id"],
+        version=row["version"],
+        envelope=parse_envelope(bytes(row["body"])),
+    )
+
+
+async def track(
+    conn: asyncpg.Connection,
+    consumer: str,
+    event_key: str,
+    topic: str,
+    partition: int,
+    offset: int,
+) -> bool:
+    """Mark an input as processed by `consumer`; False if it already was (skip it)."""
+    status = await conn.execute(
+        'INSERT INTO tracking (consumer, event_key, topic, partition, "offset")'
+        " VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+        consumer,
+        event_key,
+        topic,
+        partition,
+        offset,
+    )
+    return bool(status.endswith(" 1"))

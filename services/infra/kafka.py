@@ -1,0 +1,343 @@
+"""Kafka plumbing: producer, topic creation, a resilient consumer loop and a broker watch.
+
+Delivery is at least once everywhere; effectively-once comes from PostgreSQL
+(tracking rows committed with the effects). The local broker (Tansu) forgets all
+topics, data and offsets when it restarts, so `BrokerWatch` notices and lets the
+relay republish, and `ConsumerLoop` rebuilds its consumer instead of looping on errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from services.domain.events import Topic
+from services.infra.settings import CommonSettings
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    KafkaError,
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.SerializationError,
+    asyncpg.DeadlockDetectedError,
+)
+
+
+def all_topics(settings: CommonSettings) -> list[str]:
+    """Every catalog topic, with the configured prefix."""
+    return [settings.topic(t) for t in Topic]
+
+
+def make_producer(settings: CommonSettings, client_id: str) -> AIOKafkaProducer:
+    """The one producer configuration: acks=all, idempotence as configured."""
+    return AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        client_id=client_id,
+        acks="all",
+        enable_idempotence=settings.kafka_idempotence,
+        linger_ms=2,
+        max_batch_size=1024 * 1024,
+        max_request_size=MAX_MESSAGE_BYTES,
+        request_timeout_ms=15000,
+        retry_backoff_ms=200,
+    )
+
+
+async def ensure_topics(settings: CommonSettings, names: Iterable[str]) -> list[str]:
+    """Create the topics that do not exist yet; returns those created."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=10000
+    )
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = sorted(set(names) - existing)
+        if not missing:
+            return []
+        with contextlib.suppress(TopicAlreadyExistsError):
+            await admin.create_topics(
+                [
+                    NewTopic(
+                        name=n,
+                        num_partitions=settings.kafka_partitions,
+                        replication_factor=settings.kafka_replication,
+                    )
+                    for n in missing
+                ]
+            )
+        return missing
+    finally:
+        await admin.close()
+
+
+async def list_topics(settings: CommonSettings) -> set[str]:
+    """Names of the topics the broker has now."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=5000)
+    await admin.start()
+    try:
+        return set(await admin.list_topics())
+    finally:
+        await admin.close()
+
+
+class BrokerWatch:
+    """Notices that the broker lost its data (a memory broker restarted) and says so.
+
+    Each owner keeps a marker topic that only it creates. When the marker is gone,
+    the broker was reset: topics are created again and every `on_reset` callback
+    runs (the relay rewinds its cursor, consumers rebuild). Apache Kafka never loses
+    the marker, so in production this only costs a metadata call now and then.
+    """
+
+    def __init__(self, settings: CommonSettings, owner: str, topics: Sequence[str]) -> None:
+        self.settings = settings
+        self.marker = settings.topic(f"_incidents.alive.{owner}")
+        self.topics = list(topics)
+        self.resets = 0
+        self._callbacks: list[Callable[[], Awaitable[None]]] = []
+
+    def on_reset(self, callback: Callable[[], Awaitable[None]]) -> None:
+        self._callbacks.append(callback)
+
+    async def prepare(self) -> None:
+        """Create our topics and the marker (at start)."""
+        await ensure_topics(self.settings, [*self.topics, self.marker])
+
+    async def check(self) -> bool:
+        """One check; True if a reset was detected (and handled)."""
+        if self.marker in await list_topics(self.settings):
+            return False
+        self.resets += 1
+        log.warning("broker lost its topics (reset %d): recreating and replaying", self.resets)
+        await self.prepare()
+        for callback in self._callbacks:
+            await callback()
+        return True
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Check every `broker_check_interval` seconds until `stop` is set."""
+        while not stop.is_set():
+            try:
+                await self.check()
+            except TRANSIENT_ERRORS as exc:
+                log.info("broker check failed (will retry): %r", exc)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.settings.broker_check_interval)
+
+
+BatchHandler = Callable[[Sequence[ConsumerRecord]], Awaitable[None]]
+RecordHandler = Callable[[ConsumerRecord], Awaitable[None]]
+
+
+@dataclass
+class ConsumerStats:
+    """What a consumer loop has done, for health checks and metrics."""
+
+    records: int = 0
+    batches: int = 0
+    retries: int = 0
+    rebuilds: int = 0
+    poisoned: int = 0
+    connected: bool = False
+
+
+class ConsumerLoop:
+    """Consume topics in a group, hand batches to a handler, commit after each batch.
+
+    Transient failures (broker, database, network) are retried with backoff, forever,
+    without skipping anything. Any other exception is a bug or a poison record: the
+    batch is retried record by record, and a record that still fails `poison_after`
+    times goes to `on_poison` (which dead-letters it) so the consumer carries on.
+    Any Kafka error outside a handler rebuilds the consumer from its committed offsets,
+    which is also how it recovers from a broker that restarted empty.
+    """
+
+    def __init__(
+        self,
+        settings: CommonSettings,
+        *,
+        group: str,
+        topics: Sequence[str],
+        handler: BatchHandler,
+        on_poison: Callable[[ConsumerRecord, BaseException], Awaitable[None]],
+        poison_after: int = 3,
+        max_records: int = 500,
+    ) -> None:
+        self.settings = settings
+        self.group = group
+        self.topics = list(topics)
+        self.handler = handler
+        self.on_poison = on_poison
+        self.poison_after = poison_after
+        self.max_records = max_records
+        self.stats = ConsumerStats()
+        self._rebuild = asyncio.Event()
+        self.client_id = f"{group}-{uuid.uuid4().hex[:6]}"
+
+    def rebuild(self) -> None:
+        """Ask the loop to drop its consumer and join again (after a broker reset)."""
+        self._rebuild.set()
+
+    def _consumer(self) -> AIOKafkaConsumer:
+        session = self.settings.kafka_session_timeout_ms
+        return AIOKafkaConsumer(
+            *self.topics,
+            bootstrap_servers=self.settings.kafka_bootstrap,
+            group_id=self.group,
+            client_id=self.client_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=session,
+            heartbeat_interval_ms=max(session // 3, 100),
+            rebalance_timeout_ms=session * 2,
+            request_timeout_ms=max(40000, session * 3),
+            fetch_max_wait_ms=self.settings.kafka_fetch_max_wait_ms,
+            max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
+            fetch_max_bytes=MAX_MESSAGE_BYTES * 2,
+            metadata_max_age_ms=5000,
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until `stop` is set. Never raises for broker or handler failures."""
+        backoff = 0.2
+        while not stop.is_set():
+            consumer = self._consumer()
+            self._rebuild.clear()
+            try:
+                await consumer.start()
+                self.stats.connected = True
+                backoff = 0.2
+                while not stop.is_set() and not self._rebuild.is_set():
+                    batches = await consumer.getmany(timeout_ms=200, max_records=self.max_records)
+                    for tp, records in batches.items():
+                        if records:
+                            await self._process(records, stop)
+                            await consumer.commit({tp: records[-1].offset + 1})
+                            self.stats.batches += 1
+            except asyncio.CancelledError:
+                raise
+            except TRANSIENT_ERRORS as exc:
+                log.warning("consumer %s: %r; rebuilding in %.1fs", self.group, exc, backoff)
+                self.stats.rebuilds += 1
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stop.wait(), backoff)
+                backoff = min(backoff * 2, 5.0)
+            finally:
+                self.stats.connected = False
+                with contextlib.suppress(Exception):
+                    await consumer.stop()
+            if self._rebuild.is_set():
+                self.stats.rebuilds += 1
+
+    async def _process(self, records: Sequence[ConsumerRecord], stop: asyncio.Event) -> None:
+        try:
+            await self._retry_transient(lambda: self.handler(records), stop)
+            self.stats.records += len(records)
+            return
+        except _Stopped:
+            raise asyncio.CancelledError from None
+        except Exception as exc:  # a bug or a poison record somewhere in the batch
+            if len(records) == 1:
+                await self._poisoned(records[0], exc, stop)
+                return
+            log.warning("batch of %d failed (%r); retrying one by one", len(records), exc)
+        for record in records:
+            await self._process_one(record, stop)
+
+    async def _process_one(self, record: ConsumerRecord, stop: asyncio.Event) -> None:
+        last: BaseException | None = None
+        for _attempt in range(self.poison_after):
+            try:
+                await self._retry_transient(lambda r=record: self.handler([r]), stop)  # type: ignore[misc]
+                self.stats.records += 1
+                return
+            except _Stopped:
+                raise asyncio.CancelledError from None
+            except Exception as exc:
+                last = exc
+                self.stats.retries += 1
+        assert last is not None
+        await self._poisoned(record, last, stop)
+
+    async def _poisoned(
+        self, record: ConsumerRecord, exc: BaseException, stop: asyncio.Event
+    ) -> None:
+        log.error(
+            "record %s[%d]@%d failed for good: %r",
+            record.topic,
+            record.partition,
+            record.offset,
+            exc,
+        )
+        self.stats.poisoned += 1
+        await self._retry_transient(lambda: self.on_poison(record, exc), stop)
+
+    async def _retry_transient(
+        self, call: Callable[[], Awaitable[None]], stop: asyncio.Event
+    ) -> None:
+        delay = 0.1
+        while True:
+            try:
+                await call()
+                return
+            except TRANSIENT_ERRORS as exc:
+                if stop.is_set():
+                    raise _Stopped from exc
+                self.stats.retries += 1
+                log.warning(
+                    "transient failure in %s (retrying in %.1fs): %r", self.group, delay, exc
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+
+class _Stopped(Exception):
+    """Raised inside retries when the loop is asked to stop."""
+
+
+def per_record(handler: RecordHandler) -> BatchHandler:
+    """Adapt a one-record handler to the batch interface."""
+
+    async def handle(records: Sequence[ConsumerRecord]) -> None:
+        for record in records:
+            await handler(record)
+
+    return handle
+
+
+def header(record: ConsumerRecord, name: str) -> str | None:
+    """A record header as text (the last one if repeated)."""
+    value = None
+    for key, raw in record.headers or ():
+        if key.lower() == name:
+            value = raw.decode("utf-8", "replace") if raw is not None else ""
+    return value
+
+
+__all__ = [
+    "BrokerWatch",
+    "ConsumerLoop",
+    "ConsumerRecord",
+    "TopicPartition",
+    "all_topics",
+    "ensure_topics",
+    "header",
+    "make_producer",
+    "per_record",
+]

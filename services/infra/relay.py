@@ -1,0 +1,174 @@
+"""The outbox relay: publishes committed outbox rows to Kafka, in position order.
+
+One relay per service schema is active at a time (a PostgreSQL advisory lock held on
+a dedicated connection); others wait. It wakes on NOTIFY from the outbox trigger or
+every `outbox_poll_interval`. A batch is sent, every ack awaited, and only then is the
+cursor moved, so a crash re-sends (at least once) but never skips. Consumers dedupe
+by event id. When the broker lost its data the cursor is rewound by the replay
+window, so everything the broker forgot is published again, still in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+
+from services.infra.kafka import TRANSIENT_ERRORS
+from services.infra.settings import CommonSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RelayStats:
+    """Progress of the relay, for readiness and metrics."""
+
+    published: int = 0
+    cursor: int = 0
+    rewinds: int = 0
+    leader: bool = False
+    last_publish_at: float = 0.0
+
+
+class OutboxRelay:
+    """Publishes one schema's outbox."""
+
+    def __init__(
+        self,
+        settings: CommonSettings,
+        *,
+        database_url: str,
+        schema: str,
+        producer: AIOKafkaProducer,
+    ) -> None:
+        self.settings = settings
+        self.database_url = database_url
+        self.schema = schema
+        self.producer = producer
+        self.stats = RelayStats()
+        self._wake = asyncio.Event()
+        self._rewind = asyncio.Event()
+        self._lock_key = int.from_bytes(
+            hashlib.sha256(f"relay:{schema}".encode()).digest()[:8], "big", signed=True
+        )
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def request_rewind(self) -> None:
+        """Republish the replay window (the broker lost what it had)."""
+        self._rewind.set()
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Relay until `stop` is set, reconnecting on database or broker failures."""
+        delay = 0.2
+        while not stop.is_set():
+            try:
+                await self._run_leader(stop)
+            except asyncio.CancelledError:
+                raise
+            except TRANSIENT_ERRORS as exc:
+                log.warning("relay %s: %r; retrying in %.1fs", self.schema, exc, delay)
+                self.stats.leader = False
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _run_leader(self, stop: asyncio.Event) -> None:
+        conn: asyncpg.Connection = await asyncpg.connect(
+            self.database_url, server_settings={"search_path": self.schema}
+        )
+        try:
+            while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", self._lock_key):
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1.0)
+                if stop.is_set():
+                    return
+            self.stats.leader = True
+            await conn.add_listener(f"{self.schema}_outbox", lambda *_: self._wake.set())
+            await conn.execute(
+                "INSERT INTO relay_state (name) VALUES ('kafka') ON CONFLICT DO NOTHING"
+            )
+            cursor = int(
+                await conn.fetchval("SELECT published FROM relay_state WHERE name='kafka'")
+            )
+            while not stop.is_set():
+                if self._rewind.is_set():
+                    self._rewind.clear()
+                    cursor = await self._rewound(conn, cursor)
+                self._wake.clear()
+                rows = await conn.fetch(
+                    "SELECT position, topic, key, value, headers FROM outbox"
+                    " WHERE position > $1 ORDER BY position LIMIT $2",
+                    cursor,
+                    self.settings.outbox_batch,
+                )
+                if rows:
+                    await self._publish(rows)
+                    cursor = int(rows[-1]["position"])
+                    await conn.execute(
+                        "UPDATE relay_state SET published = $1, updated_at = clock_timestamp()"
+                        " WHERE name = 'kafka'",
+                        cursor,
+                    )
+                    self.stats.cursor = cursor
+                    self.stats.published += len(rows)
+                    self.stats.last_publish_at = time.time()
+                    continue
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(
+                        _first(self._wake.wait(), stop.wait()), self.settings.outbox_poll_interval
+                    )
+        finally:
+            self.stats.leader = False
+            with contextlib.suppress(Exception):
+                await conn.close()  # closing the session releases the advisory lock
+
+    async def _rewound(self, conn: asyncpg.Connection, cursor: int) -> int:
+        start = await conn.fetchval(
+            "SELECT coalesce(min(position), $1 + 1) - 1 FROM outbox"
+            " WHERE created_at >= clock_timestamp() - make_interval(secs => $2)",
+            cursor,
+            self.settings.outbox_replay_window,
+        )
+        new_cursor = min(int(start), cursor)
+        await conn.execute(
+            "UPDATE relay_state SET published = $1, resets = resets + 1,"
+            " updated_at = clock_timestamp() WHERE name = 'kafka'",
+            new_cursor,
+        )
+        self.stats.rewinds += 1
+        log.warning("relay %s rewound from %d to %d", self.schema, cursor, new_cursor)
+        return new_cursor
+
+    async def _publish(self, rows: list[asyncpg.Record]) -> None:
+        futures = []
+        for row in rows:
+            headers = [(k, v.encode()) for k, v in json.loads(row["headers"])]
+            futures.append(
+                await self.producer.send(
+                    row["topic"],
+                    value=bytes(row["value"]),
+                    key=row["key"].encode(),
+                    headers=headers,
+                )
+            )
+        await asyncio.gather(*futures)
+
+
+async def _first(*aws: object) -> None:
+    tasks = [asyncio.ensure_future(a) for a in aws]  # type: ignore[arg-type]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()

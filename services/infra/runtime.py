@@ -1,0 +1,231 @@
+"""The life of a service process: migrations, pool, producer, relay, consumers, watch.
+
+Every service builds one `Runtime`, registers its consumers, and starts it from its
+entry point (FastAPI lifespan or faust start-up). Stopping is orderly: consumers,
+relay and watch finish their current step, then connections close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaProducer, ConsumerRecord
+
+from services.domain.envelope import utc_rfc3339
+from services.domain.events import InputRejected, Topic, b64, make_event
+from services.infra import eventstore
+from services.infra.db import create_pool, migrate_service
+from services.infra.kafka import (
+    BatchHandler,
+    BrokerWatch,
+    ConsumerLoop,
+    all_topics,
+    list_topics,
+    make_producer,
+)
+from services.infra.relay import OutboxRelay
+from services.infra.settings import CommonSettings
+
+log = logging.getLogger(__name__)
+
+
+class Runtime:
+    """Shared plumbing of one service process."""
+
+    def __init__(self, settings: CommonSettings, name: str, migrations: Path | None) -> None:
+        self.settings = settings
+        self.name = name
+        self.schema = settings.schema(name)
+        self.source = f"/services/{name}"
+        self.migrations = migrations
+        self.pool: asyncpg.Pool | None = None
+        self.producer: AIOKafkaProducer | None = None
+        self.relay: OutboxRelay | None = None
+        self.watch = BrokerWatch(settings, name, all_topics(settings))
+        self.consumers: list[ConsumerLoop] = []
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.started = False
+
+    def consume(
+        self,
+        group: str,
+        topics: Sequence[str],
+        handler: BatchHandler,
+        *,
+        on_poison: Callable[[ConsumerRecord, BaseException], Awaitable[None]] | None = None,
+    ) -> ConsumerLoop:
+        """Register a consumer loop (started with the runtime)."""
+        loop = ConsumerLoop(
+            self.settings,
+            group=group,
+            topics=topics,
+            handler=handler,
+            on_poison=on_poison or self.dead_letter_poison,
+        )
+        self.consumers.append(loop)
+        return loop
+
+    @property
+    def db(self) -> asyncpg.Pool:
+        if self.pool is None:
+            raise RuntimeError(f"{self.name} runtime is not started")
+        return self.pool
+
+    async def start(self) -> None:
+        """Migrate, connect, and start the relay, the watch and the consumers."""
+        applied = await migrate_service(self.settings.database_url, self.schema, self.migrations)
+        if applied:
+            log.info("%s: applied migrations %s", self.name, ", ".join(applied))
+        self.pool = await create_pool(
+            self.settings.database_url, schema=self.schema, max_size=self.settings.db_pool_max
+        )
+        await self._retry(self.watch.prepare)
+        self.producer = make_producer(self.settings, client_id=f"{self.name}-relay")
+        await self._retry(self.producer.start)
+        self.relay = OutboxRelay(
+            self.settings,
+            database_url=self.settings.database_url,
+            schema=self.schema,
+            producer=self.producer,
+        )
+        self.watch.on_reset(self.relay.request_rewind)
+        for loop in self.consumers:
+            self.watch.on_reset(_rebuilder(loop))
+        self._spawn(self.relay.run(self._stop), "relay")
+        self._spawn(self.watch.run(self._stop), "broker-watch")
+        for loop in self.consumers:
+            self._spawn(loop.run(self._stop), f"consumer:{loop.group}")
+        self.started = True
+
+    async def _retry(self, call: Callable[[], Awaitable[Any]], attempts: int = 30) -> None:
+        for attempt in range(attempts):
+            try:
+                await call()
+                return
+            except Exception as exc:
+                if attempt == attempts - 1:
+                    raise
+                log.warning("%s: start-up step failed (%r); retrying", self.name, exc)
+                await asyncio.sleep(min(0.2 * 2**attempt, 2.0))
+
+    def _spawn(self, coro: Awaitable[None], name: str) -> None:
+        task = asyncio.ensure_future(coro)
+        task.set_name(f"{self.name}:{name}")
+        task.add_done_callback(self._task_done)
+        self._tasks.append(task)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None and not self._stop.is_set():
+            log.critical("%s crashed: %r", task.get_name(), task.exception())
+
+    async def stop(self) -> None:
+        """Stop background work and close connections."""
+        self._stop.set()
+        if self._tasks:
+            _done, pending = await asyncio.wait(self._tasks, timeout=10)
+            for task in pending:
+                task.cancel()
+            with contextlib.suppress(BaseException):
+                await asyncio.gather(*pending, return_exceptions=True)
+        if self.producer is not None:
+            with contextlib.suppress(Exception):
+                await self.producer.stop()
+        if self.pool is not None:
+            await self.pool.close()
+        self.started = False
+
+    async def readiness(self) -> dict[str, str]:
+        """Per dependency: "ok" or the error. Ready when all are ok."""
+        checks: dict[str, str] = {}
+        try:
+            async with self.db.acquire() as conn:
+                await conn.fetchval("SELECT 1")
+            checks["database"] = "ok"
+        except Exception as exc:
+            checks["database"] = f"error: {exc!r}"
+        try:
+            topics = await asyncio.wait_for(list_topics(self.settings), 5)
+            missing = {self.settings.topic(t) for t in Topic} - topics
+            checks["broker"] = "ok" if not missing else f"missing topics: {sorted(missing)}"
+        except Exception as exc:
+            checks["broker"] = f"error: {exc!r}"
+        for task in self._tasks:
+            if task.done():
+                checks[task.get_name()] = "stopped"
+        return checks
+
+    async def dead_letter(
+        self,
+        conn: asyncpg.Connection,
+        *,
+        reason: str,
+        original: bytes,
+        source_topic: str | None,
+        partition: int | None,
+        offset: int | None,
+        causationid: str | None = None,
+    ) -> None:
+        """Queue an `incident.input.rejected.v1` record (inside the caller's transaction)."""
+        event = make_event(
+            "incident.input.rejected.v1",
+            subject="deadletter",
+            data=InputRejected(
+                reason=reason[:2000],
+                source_topic=source_topic,
+                source_partition=partition,
+                source_offset=offset,
+                original_b64=b64(original),
+            ),
+            source=self.source,
+            time=datetime.now(UTC),
+            actor=f"system:{self.name}",
+            causationid=causationid,
+        )
+        await eventstore.enqueue(
+            conn,
+            [
+                (
+                    event.id,
+                    self.settings.topic(Topic.DEADLETTER),
+                    "deadletter",
+                    event.to_bytes(),
+                    eventstore.record_headers(event),
+                )
+            ],
+        )
+        log.warning(
+            "dead-lettered input from %s at %s: %s", source_topic, utc_rfc3339(event.time), reason
+        )
+
+    async def dead_letter_poison(self, record: ConsumerRecord, exc: BaseException) -> None:
+        """Default poison handler: dead-letter the record once (tracked by its coordinates)."""
+        digest = hashlib.sha256(record.value or b"").hexdigest()[:16]
+        key = f"poison:{record.topic}:{record.partition}:{record.offset}:{digest}"
+        async with self.db.acquire() as conn, conn.transaction():
+            if await eventstore.track(
+                conn, f"{self.name}-poison", key, record.topic, record.partition, record.offset
+            ):
+                await self.dead_letter(
+                    conn,
+                    reason=f"handler failed: {type(exc).__name__}: {exc}",
+                    original=record.value or b"",
+                    source_topic=record.topic,
+                    partition=record.partition,
+                    offset=record.offset,
+                )
+
+
+def _rebuilder(loop: ConsumerLoop) -> Callable[[], Awaitable[None]]:
+    async def rebuild() -> None:
+        loop.rebuild()
+
+    return rebuild

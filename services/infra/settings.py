@@ -1,0 +1,127 @@
+"""Typed settings: one class per service, all read from `INCIDENTS_*` variables.
+
+Every field has a description (`incidents config` prints them). Unsafe development
+defaults are refused when `INCIDENTS_ENVIRONMENT` is not `development`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DATABASE_URL = "postgresql://postgres:postgres@127.0.0.1:5432/incidents"
+DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+_DATA = Path(__file__).resolve().parent.parent / "data"
+
+
+class CommonSettings(BaseSettings):
+    """Settings every service reads."""
+
+    model_config = SettingsConfigDict(env_prefix="INCIDENTS_", extra="ignore", frozen=True)
+
+    environment: Literal["development", "test", "production"] = Field(
+        "development", description="Deployment kind; production refuses unsafe defaults."
+    )
+    kafka_bootstrap: str = Field(
+        DEFAULT_BOOTSTRAP, description="Kafka bootstrap servers, comma separated."
+    )
+    kafka_idempotence: bool = Field(
+        False,
+        description="Idempotent producer (on for Apache Kafka; the local Tansu broker rejects it).",
+    )
+    kafka_topic_prefix: str = Field(
+        "", description="Prefix for every topic name (tests use one per run)."
+    )
+    kafka_partitions: int = Field(3, ge=1, description="Partitions of topics created at start.")
+    kafka_replication: int = Field(1, ge=1, description="Replication factor of created topics.")
+    kafka_session_timeout_ms: int = Field(
+        6000, ge=1000, description="Consumer group session timeout (rebalances wait half)."
+    )
+    kafka_fetch_max_wait_ms: int = Field(
+        20, ge=1, description="How long a fetch waits for data: the consumer's latency floor."
+    )
+    database_url: str = Field(DEFAULT_DATABASE_URL, description="PostgreSQL URL.")
+    db_schema_suffix: str = Field(
+        "", description="Suffix for every service's schema name (tests isolate with it)."
+    )
+    db_pool_max: int = Field(10, ge=1, description="Largest PostgreSQL pool size.")
+    outbox_batch: int = Field(500, ge=1, description="Most events the relay publishes at once.")
+    outbox_poll_interval: float = Field(
+        0.5, gt=0, description="Seconds between relay polls when no NOTIFY wakes it."
+    )
+    outbox_replay_window: float = Field(
+        7 * 86400.0,
+        ge=0,
+        description="Seconds of outbox history republished after the broker lost its data.",
+    )
+    broker_check_interval: float = Field(
+        2.0, gt=0, description="Seconds between checks that the broker still has our topics."
+    )
+    http_host: str = Field("127.0.0.1", description="Address the HTTP server binds.")
+    log_level: str = Field("INFO", description="Log level.")
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest accepted HTTP body.")
+    directory_file: Path = Field(
+        _DATA / "directory.yaml", description="Organisation seed (YAML), loaded at start."
+    )
+    policy_file: Path = Field(_DATA / "policy.yaml", description="Triage and escalation policy.")
+    tokens_file: Path = Field(
+        _DATA / "tokens.yaml", description="Development bearer tokens (never in production)."
+    )
+
+    @model_validator(mode="after")
+    def _refuse_unsafe(self) -> CommonSettings:
+        if self.environment == "production":
+            if self.database_url == DEFAULT_DATABASE_URL:
+                raise ValueError("production needs INCIDENTS_DATABASE_URL set explicitly")
+            if not self.kafka_idempotence:
+                raise ValueError("production needs INCIDENTS_KAFKA_IDEMPOTENCE=true")
+            if self.tokens_file == _DATA / "tokens.yaml":
+                raise ValueError("production refuses the demo tokens file")
+        return self
+
+    def topic(self, name: str) -> str:
+        """The broker-side name of a catalog topic."""
+        return f"{self.kafka_topic_prefix}{name}"
+
+    def schema(self, name: str) -> str:
+        """The PostgreSQL schema of a service."""
+        return f"{name}{self.db_schema_suffix}"
+
+
+class IntakeSettings(CommonSettings):
+    """Intake: the HTTP front door and the `incident.inbound` consumer."""
+
+    port: int = Field(8001, description="HTTP port of intake.")
+
+
+class TriageSettings(CommonSettings):
+    """Triage: the faust stream processor that decides routing."""
+
+    port: int = Field(8002, description="HTTP port (health, metrics) of triage.")
+
+
+class EscalationSettings(CommonSettings):
+    """Escalation: the faust stream processor that keeps deadlines."""
+
+    port: int = Field(8003, description="HTTP port (health, metrics) of escalation.")
+
+
+class AuditSettings(CommonSettings):
+    """Audit: the ledger, its proofs and the auditor API."""
+
+    port: int = Field(8004, description="HTTP port of audit.")
+
+
+def with_database(url: str, database: str) -> str:
+    """The same server URL pointing at another database."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + database))
+
+
+def database_name(url: str) -> str:
+    """The database a URL names."""
+    return urlsplit(url).path.lstrip("/") or "postgres"

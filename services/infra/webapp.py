@@ -1,0 +1,58 @@
+"""Building and serving a service's FastAPI app around its runtime (one pattern for all)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import uvicorn
+from fastapi import FastAPI
+
+from services.infra.http import BodyLimit, health_router, install_problem_handlers
+from services.infra.runtime import Runtime
+from services.infra.telemetry import configure_tracing
+
+
+def build_app(
+    runtime: Runtime,
+    *,
+    title: str,
+    on_start: Callable[[], Awaitable[None]] | None = None,
+) -> FastAPI:
+    """A FastAPI app whose lifespan starts and stops the runtime."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await runtime.start()
+        if on_start is not None:
+            await on_start()
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    app = FastAPI(title=title, version="1", lifespan=lifespan)
+    install_problem_handlers(app)
+    app.include_router(health_router(runtime.readiness))
+    app.add_middleware(BodyLimit, max_bytes=runtime.settings.max_body_bytes)  # type: ignore[arg-type]
+    app.state.runtime = runtime
+    return app
+
+
+def configure_logging(level: str) -> None:
+    """Plain structured-enough logs on stderr (structlog JSON arrives with observability)."""
+    logging.basicConfig(
+        level=level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+
+
+def serve(app: FastAPI, *, name: str, host: str, port: int, log_level: str) -> None:
+    """Run a service's app in this process until SIGINT/SIGTERM."""
+    configure_logging(log_level)
+    configure_tracing(name)
+    uvicorn.run(app, host=host, port=port, log_level=log_level.lower(), access_log=False)

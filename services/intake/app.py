@@ -1,0 +1,41 @@
+"""Wiring of the intake service: settings -> runtime -> routes and consumers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from services.domain.events import Topic
+from services.domain.policy import Policy
+from services.infra.auth import TokenAuthenticator
+from services.infra.config import load_yaml_model
+from services.infra.kafka import per_record
+from services.infra.runtime import Runtime
+from services.infra.settings import IntakeSettings
+from services.infra.webapp import build_app
+from services.intake.api import router
+from services.intake.inbound import InboundConsumer
+from services.intake.service import IntakeService
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+
+def create_app(settings: IntakeSettings | None = None) -> FastAPI:
+    """The intake app; configuration errors surface here, before anything starts."""
+    settings = settings or IntakeSettings()
+    policy = load_yaml_model(settings.policy_file, Policy)
+    auth = TokenAuthenticator.from_file(settings.tokens_file)
+    runtime = Runtime(settings, "intake", MIGRATIONS)
+    service = IntakeService(runtime, policy)
+    inbound = InboundConsumer(runtime, service)
+    runtime.consume(
+        f"{settings.kafka_topic_prefix}intake-inbound",
+        [settings.topic(Topic.INBOUND)],
+        per_record(inbound.handle),
+    )
+    app = build_app(runtime, title="Incidents intake")
+    app.state.intake = service
+    app.state.auth = auth
+    app.include_router(router)
+    return app

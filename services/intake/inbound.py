@@ -1,0 +1,96 @@
+"""The `incident.inbound` consumer: reports that other systems publish on Kafka.
+
+A valid `incident.report.submitted.v1` CloudEvent becomes an incident exactly as if it
+had been posted over HTTP (same validation). The inbound event id is the idempotency
+key: a re-delivered record is tracked and skipped. Anything else goes to
+`incident.deadletter` with the original bytes, the reason and the source offset, in
+the same transaction as the tracking row, and the consumer carries on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from datetime import UTC, datetime
+
+from aiokafka import ConsumerRecord
+from pydantic import ValidationError
+
+from services.domain.events import SUBMITTED, InvalidEvent, parse_envelope
+from services.domain.reports import ReportInput, UnknownCategory, submit_report
+from services.infra import eventstore
+from services.infra.runtime import Runtime
+from services.intake.service import IntakeService
+
+CONSUMER = "intake-inbound"
+
+
+class InboundConsumer:
+    """Handles one inbound record at a time, idempotently."""
+
+    def __init__(self, runtime: Runtime, service: IntakeService) -> None:
+        self.runtime = runtime
+        self.service = service
+
+    async def handle(self, record: ConsumerRecord) -> None:
+        raw = record.value or b""
+        try:
+            envelope = parse_envelope(raw)
+            if envelope.type != SUBMITTED:
+                raise InvalidEvent(
+                    f"incident.inbound accepts only {SUBMITTED}, not {envelope.type}"
+                )
+            fields = {k: v for k, v in envelope.data.items() if k in ReportInput.model_fields}
+            report = ReportInput.model_validate(fields)
+            reporter = envelope.data.get("reporter")
+            if reporter is not None and not isinstance(reporter, str):
+                raise InvalidEvent("data.reporter must be a person id or null")
+        except (InvalidEvent, ValidationError) as exc:
+            reason = exc.reason if isinstance(exc, InvalidEvent) else f"invalid report: {exc}"
+            await self._reject(record, reason, key=None)
+            return
+        key = f"inbound:{envelope.id}"
+        incident_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"incident.inbound/{envelope.id}"))
+        try:
+            event = submit_report(
+                report,
+                self.service.policy,
+                incident_id=incident_id,
+                reporter=reporter,
+                channel="kafka",
+                actor=envelope.actor or f"system:{envelope.source}",
+                source=self.runtime.source,
+                now=datetime.now(UTC),
+                traceparent=envelope.traceparent,
+                causationid=envelope.id,
+            )
+        except UnknownCategory as exc:
+            await self._reject(record, str(exc), key=key)
+            return
+        async with self.runtime.db.acquire() as conn, conn.transaction():
+            if not await eventstore.track(
+                conn, CONSUMER, key, record.topic, record.partition, record.offset
+            ):
+                return
+            await eventstore.append(
+                conn, incident_id, 0, [event], topic_prefix=self.runtime.settings.kafka_topic_prefix
+            )
+
+    async def _reject(self, record: ConsumerRecord, reason: str, key: str | None) -> None:
+        key = key or (
+            f"rejected:{record.topic}:{record.partition}:{record.offset}:"
+            + hashlib.sha256(record.value or b"").hexdigest()[:16]
+        )
+        async with self.runtime.db.acquire() as conn, conn.transaction():
+            if not await eventstore.track(
+                conn, CONSUMER, key, record.topic, record.partition, record.offset
+            ):
+                return
+            await self.runtime.dead_letter(
+                conn,
+                reason=reason,
+                original=record.value or b"",
+                source_topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+            )
