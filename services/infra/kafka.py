@@ -157,13 +157,100 @@ class ConsumerStats:
     connected: bool = False
 
 
-class ConsumerLoop:
-    """Consume topics in a group, hand batches to a handler, commit after each batch.
+class RecordProcessor:
+    """Runs a handler over records with the one retry and poison policy.
 
     Transient failures (broker, database, network) are retried with backoff, forever,
     without skipping anything. Any other exception is a bug or a poison record: the
     batch is retried record by record, and a record that still fails `poison_after`
     times goes to `on_poison` (which dead-letters it) so the consumer carries on.
+    Used by `ConsumerLoop` and by the faust agents alike.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        handler: BatchHandler,
+        on_poison: Callable[[ConsumerRecord, BaseException], Awaitable[None]],
+        *,
+        poison_after: int = 3,
+        stats: ConsumerStats | None = None,
+    ) -> None:
+        self.name = name
+        self.handler = handler
+        self.on_poison = on_poison
+        self.poison_after = poison_after
+        self.stats = stats or ConsumerStats()
+
+    async def process(self, records: Sequence[ConsumerRecord], stop: asyncio.Event) -> None:
+        """Handle a batch; returns once every record was handled or dead-lettered."""
+        try:
+            await self._retry_transient(lambda: self.handler(records), stop)
+            self.stats.records += len(records)
+            return
+        except Exception as exc:  # a bug or a poison record somewhere in the batch
+            if isinstance(exc, _Stopped):
+                raise asyncio.CancelledError from None
+            if len(records) == 1:
+                await self._poisoned(records[0], exc, stop)
+                return
+            log.warning("batch of %d failed (%r); retrying one by one", len(records), exc)
+        for record in records:
+            await self._process_one(record, stop)
+
+    async def _process_one(self, record: ConsumerRecord, stop: asyncio.Event) -> None:
+        last: BaseException | None = None
+        for _attempt in range(self.poison_after):
+            try:
+                await self._retry_transient(lambda r=record: self.handler([r]), stop)  # type: ignore[misc]
+                self.stats.records += 1
+                return
+            except _Stopped:
+                raise asyncio.CancelledError from None
+            except Exception as exc:
+                last = exc
+                self.stats.retries += 1
+        assert last is not None
+        await self._poisoned(record, last, stop)
+
+    async def _poisoned(
+        self, record: ConsumerRecord, exc: BaseException, stop: asyncio.Event
+    ) -> None:
+        log.error(
+            "%s: record %s[%d]@%d failed for good: %r",
+            self.name,
+            record.topic,
+            record.partition,
+            record.offset,
+            exc,
+        )
+        self.stats.poisoned += 1
+        await self._retry_transient(lambda: self.on_poison(record, exc), stop)
+
+    async def _retry_transient(
+        self, call: Callable[[], Awaitable[None]], stop: asyncio.Event
+    ) -> None:
+        delay = 0.1
+        while True:
+            try:
+                await call()
+                return
+            except TRANSIENT_ERRORS as exc:
+                if stop.is_set():
+                    raise _Stopped from exc
+                self.stats.retries += 1
+                log.warning("transient failure in %s (retry in %.1fs): %r", self.name, delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+
+class _Stopped(Exception):
+    """Raised inside retries when the loop is asked to stop."""
+
+
+class ConsumerLoop:
+    """Consume topics in a group, hand batches to a `RecordProcessor`, commit after each.
+
     Any Kafka error outside a handler rebuilds the consumer from its committed offsets,
     which is also how it recovers from a broker that restarted empty.
     """
@@ -182,11 +269,11 @@ class ConsumerLoop:
         self.settings = settings
         self.group = group
         self.topics = list(topics)
-        self.handler = handler
-        self.on_poison = on_poison
-        self.poison_after = poison_after
         self.max_records = max_records
         self.stats = ConsumerStats()
+        self.processor = RecordProcessor(
+            group, handler, on_poison, poison_after=poison_after, stats=self.stats
+        )
         self._rebuild = asyncio.Event()
         self.client_id = f"{group}-{uuid.uuid4().hex[:6]}"
 
@@ -227,11 +314,9 @@ class ConsumerLoop:
                     batches = await consumer.getmany(timeout_ms=200, max_records=self.max_records)
                     for tp, records in batches.items():
                         if records:
-                            await self._process(records, stop)
+                            await self.processor.process(records, stop)
                             await consumer.commit({tp: records[-1].offset + 1})
                             self.stats.batches += 1
-            except asyncio.CancelledError:
-                raise
             except TRANSIENT_ERRORS as exc:
                 log.warning("consumer %s: %r; rebuilding in %.1fs", self.group, exc, backoff)
                 self.stats.rebuilds += 1
@@ -244,71 +329,6 @@ class ConsumerLoop:
                     await consumer.stop()
             if self._rebuild.is_set():
                 self.stats.rebuilds += 1
-
-    async def _process(self, records: Sequence[ConsumerRecord], stop: asyncio.Event) -> None:
-        try:
-            await self._retry_transient(lambda: self.handler(records), stop)
-            self.stats.records += len(records)
-            return
-        except _Stopped:
-            raise asyncio.CancelledError from None
-        except Exception as exc:  # a bug or a poison record somewhere in the batch
-            if len(records) == 1:
-                await self._poisoned(records[0], exc, stop)
-                return
-            log.warning("batch of %d failed (%r); retrying one by one", len(records), exc)
-        for record in records:
-            await self._process_one(record, stop)
-
-    async def _process_one(self, record: ConsumerRecord, stop: asyncio.Event) -> None:
-        last: BaseException | None = None
-        for _attempt in range(self.poison_after):
-            try:
-                await self._retry_transient(lambda r=record: self.handler([r]), stop)  # type: ignore[misc]
-                self.stats.records += 1
-                return
-            except _Stopped:
-                raise asyncio.CancelledError from None
-            except Exception as exc:
-                last = exc
-                self.stats.retries += 1
-        assert last is not None
-        await self._poisoned(record, last, stop)
-
-    async def _poisoned(
-        self, record: ConsumerRecord, exc: BaseException, stop: asyncio.Event
-    ) -> None:
-        log.error(
-            "record %s[%d]@%d failed for good: %r",
-            record.topic,
-            record.partition,
-            record.offset,
-            exc,
-        )
-        self.stats.poisoned += 1
-        await self._retry_transient(lambda: self.on_poison(record, exc), stop)
-
-    async def _retry_transient(
-        self, call: Callable[[], Awaitable[None]], stop: asyncio.Event
-    ) -> None:
-        delay = 0.1
-        while True:
-            try:
-                await call()
-                return
-            except TRANSIENT_ERRORS as exc:
-                if stop.is_set():
-                    raise _Stopped from exc
-                self.stats.retries += 1
-                log.warning(
-                    "transient failure in %s (retrying in %.1fs): %r", self.group, delay, exc
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-
-
-class _Stopped(Exception):
-    """Raised inside retries when the loop is asked to stop."""
 
 
 def per_record(handler: RecordHandler) -> BatchHandler:

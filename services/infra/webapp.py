@@ -6,6 +6,7 @@ import contextlib
 import logging
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -20,16 +21,24 @@ def build_app(
     *,
     title: str,
     on_start: Callable[[], Awaitable[None]] | None = None,
+    alongside: Callable[[], contextlib.AbstractAsyncContextManager[Any]] | None = None,
 ) -> FastAPI:
-    """A FastAPI app whose lifespan starts and stops the runtime."""
+    """A FastAPI app whose lifespan starts and stops the runtime.
+
+    `alongside` is entered after the runtime started and left before it stops (the
+    faust app of a stream processor runs there, on the same event loop).
+    """
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await runtime.start()
-        if on_start is not None:
-            await on_start()
         try:
-            yield
+            if on_start is not None:
+                await on_start()
+            async with contextlib.AsyncExitStack() as stack:
+                if alongside is not None:
+                    await stack.enter_async_context(alongside())
+                yield
         finally:
             await runtime.stop()
 

@@ -1,0 +1,65 @@
+"""A stream-processor service: a faust app inside the shared FastAPI/runtime shell."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+from aiokafka import ConsumerRecord
+from fastapi import FastAPI
+from faust.contrib.asgi import faust_app_running
+
+from services.domain.events import InvalidEvent, parse_envelope
+from services.infra import eventstore
+from services.infra.faustapp import add_agent, make_faust_app
+from services.infra.kafka import BatchHandler
+from services.infra.runtime import Runtime
+from services.infra.settings import CommonSettings
+from services.infra.webapp import build_app
+
+
+def create_stream_app(
+    settings: CommonSettings,
+    name: str,
+    migrations: Path | None,
+    agents: Sequence[tuple[str, Sequence[str], BatchHandler]] | None = None,
+    *,
+    runtime: Runtime | None = None,
+) -> FastAPI:
+    """A FastAPI app (health, metrics) whose lifespan runs the runtime and a faust app."""
+    runtime = runtime or Runtime(settings, name, migrations)
+    faust_app = make_faust_app(settings, name)
+    for agent_name, topics, handler in agents or ():
+        add_agent(faust_app, runtime, name=agent_name, topics=topics, handler=handler)
+
+    @contextlib.asynccontextmanager
+    async def running() -> AsyncIterator[None]:
+        async with faust_app_running(faust_app, stop_timeout=10):
+            yield
+
+    app = build_app(runtime, title=f"Incidents {name}", alongside=running)
+    app.state.faust = faust_app
+    return app
+
+
+def tracking_handler(runtime: Runtime, consumer: str) -> BatchHandler:
+    """A handler that records, exactly once, each event it consumed (and nothing else).
+
+    Invalid input is dead-lettered with its reason. The triage and escalation issues
+    replace this with their decisions; the tracking stays the same.
+    """
+
+    async def handle(records: Sequence[ConsumerRecord]) -> None:
+        for record in records:
+            try:
+                envelope = parse_envelope(record.value or b"")
+            except InvalidEvent as exc:
+                await runtime.dead_letter_poison(record, exc)
+                continue
+            async with runtime.db.acquire() as conn, conn.transaction():
+                await eventstore.track(
+                    conn, consumer, envelope.id, record.topic, record.partition, record.offset
+                )
+
+    return handle
