@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 app = typer.Typer(
@@ -10,6 +12,11 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+
+
+@app.callback()
+def _root() -> None:
+    """Event-sourced incident workflow: intake, triage, escalation, audit."""
 
 
 @app.command()
@@ -22,6 +29,53 @@ def up(
     from services.infra.stack import run_stack
 
     raise typer.Exit(run_stack(run_dir=run_dir))
+
+
+@app.command()
+def schemas(
+    out: Path = typer.Option(
+        Path("schemas"), "--out", help="Folder of the published JSON Schemas and AsyncAPI file."
+    ),
+    check: bool = typer.Option(
+        False, "--check", help="Write nothing; exit 1 if the folder differs from the code."
+    ),
+) -> None:
+    """Publish the event contract: a JSON Schema per event type and asyncapi.yaml."""
+    from services.domain.schemas import render_all
+
+    wanted = render_all()
+    present = {p.name for p in out.glob("*.json")} | {
+        p.name for p in out.glob("*.yaml") if p.name in wanted
+    }
+    missing = sorted(name for name in wanted if name not in present)
+    differ = sorted(
+        name
+        for name in wanted
+        if name in present and (out / name).read_text(encoding="utf-8") != wanted[name]
+    )
+    extra = sorted(present - wanted.keys())
+    if check:
+        problems = (
+            [f"missing: {out / n}" for n in missing]
+            + [f"differs: {out / n}" for n in differ]
+            + [f"extra:   {out / n}" for n in extra]
+        )
+        for line in problems:
+            typer.echo(line, err=True)
+        if problems:
+            typer.echo("schemas are stale: run `make schemas`", err=True)
+            raise typer.Exit(1)
+        typer.echo(f"{len(wanted)} files in {out} are up to date")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    for name in [*missing, *differ]:
+        (out / name).write_text(wanted[name], encoding="utf-8")
+    for name in extra:
+        (out / name).unlink()
+    typer.echo(
+        f"{out}: {len(missing)} written, {len(differ)} updated, {len(extra)} removed, "
+        f"{len(wanted) - len(missing) - len(differ)} unchanged"
+    )
 
 
 def main() -> None:

@@ -43,7 +43,7 @@ class Runtime:
     def __init__(self, settings: CommonSettings, name: str, migrations: Path | None) -> None:
         self.settings = settings
         self.name = name
-        self.schema = settings.schema(name)
+        self.schema = settings.schema_name(name)
         self.source = f"/services/{name}"
         self.migrations = migrations
         self.pool: asyncpg.Pool | None = None
@@ -100,7 +100,8 @@ class Runtime:
         self.watch.on_reset(self.relay.request_rewind)
         for loop in self.consumers:
             self.watch.on_reset(_rebuilder(loop))
-        self._spawn(self.relay.run(self._stop), "relay")
+        if self.settings.relay_enabled:
+            self._spawn(self.relay.run(self._stop), "relay")
         self._spawn(self.watch.run(self._stop), "broker-watch")
         for loop in self.consumers:
             self._spawn(loop.run(self._stop), f"consumer:{loop.group}")

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, model_validator
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "postgresql://postgres:postgres@127.0.0.1:5432/incidents"
@@ -21,7 +21,9 @@ _DATA = Path(__file__).resolve().parent.parent / "data"
 class CommonSettings(BaseSettings):
     """Settings every service reads."""
 
-    model_config = SettingsConfigDict(env_prefix="INCIDENTS_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="INCIDENTS_", extra="ignore", frozen=True, populate_by_name=True
+    )
 
     environment: Literal["development", "test", "production"] = Field(
         "development", description="Deployment kind; production refuses unsafe defaults."
@@ -49,6 +51,9 @@ class CommonSettings(BaseSettings):
         "", description="Suffix for every service's schema name (tests isolate with it)."
     )
     db_pool_max: int = Field(10, ge=1, description="Largest PostgreSQL pool size.")
+    relay_enabled: bool = Field(
+        True, description="Run the outbox relay in this process (off: another process relays)."
+    )
     outbox_batch: int = Field(500, ge=1, description="Most events the relay publishes at once.")
     outbox_poll_interval: float = Field(
         0.5, gt=0, description="Seconds between relay polls when no NOTIFY wakes it."
@@ -87,7 +92,7 @@ class CommonSettings(BaseSettings):
         """The broker-side name of a catalog topic."""
         return f"{self.kafka_topic_prefix}{name}"
 
-    def schema(self, name: str) -> str:
+    def schema_name(self, name: str) -> str:
         """The PostgreSQL schema of a service."""
         return f"{name}{self.db_schema_suffix}"
 
@@ -95,25 +100,41 @@ class CommonSettings(BaseSettings):
 class IntakeSettings(CommonSettings):
     """Intake: the HTTP front door and the `incident.inbound` consumer."""
 
-    port: int = Field(8001, description="HTTP port of intake.")
+    port: int = Field(
+        8001,
+        validation_alias=AliasChoices("INCIDENTS_INTAKE_PORT"),
+        description="HTTP port of intake (INCIDENTS_INTAKE_PORT).",
+    )
 
 
 class TriageSettings(CommonSettings):
     """Triage: the faust stream processor that decides routing."""
 
-    port: int = Field(8002, description="HTTP port (health, metrics) of triage.")
+    port: int = Field(
+        8002,
+        validation_alias=AliasChoices("INCIDENTS_TRIAGE_PORT"),
+        description="HTTP port (health, metrics) of triage (INCIDENTS_TRIAGE_PORT).",
+    )
 
 
 class EscalationSettings(CommonSettings):
     """Escalation: the faust stream processor that keeps deadlines."""
 
-    port: int = Field(8003, description="HTTP port (health, metrics) of escalation.")
+    port: int = Field(
+        8003,
+        validation_alias=AliasChoices("INCIDENTS_ESCALATION_PORT"),
+        description="HTTP port (health, metrics) of escalation (INCIDENTS_ESCALATION_PORT).",
+    )
 
 
 class AuditSettings(CommonSettings):
     """Audit: the ledger, its proofs and the auditor API."""
 
-    port: int = Field(8004, description="HTTP port of audit.")
+    port: int = Field(
+        8004,
+        validation_alias=AliasChoices("INCIDENTS_AUDIT_PORT"),
+        description="HTTP port of audit (INCIDENTS_AUDIT_PORT).",
+    )
 
 
 def with_database(url: str, database: str) -> str:

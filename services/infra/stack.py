@@ -1,0 +1,455 @@
+"""`incidents up`: the whole stack on this machine, supervised in the foreground.
+
+Order of work: take the single-instance lock, check the service ports are free, use the
+configured Kafka broker or start Tansu on its address, use the configured PostgreSQL or
+start an embedded one, apply every service's migrations, start intake, triage,
+escalation and audit as child processes (each in its own process group, output in
+`<run>/<name>.log`), wait until each answers `GET /readyz`, print the URLs, then watch.
+
+A child that dies stops everything with exit code 1 (no silent restarts). SIGINT or
+SIGTERM stops the children in reverse start order (SIGTERM, SIGKILL after 10 s), then
+the broker and PostgreSQL if they were started here, and returns 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any
+from urllib.parse import urlsplit
+
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+from services.infra.db import migrate_service
+from services.infra.localstack import (
+    STOP_TIMEOUT,
+    EmbeddedPostgres,
+    LocalStackError,
+    Tansu,
+    die_with_parent,
+    kafka_answers,
+    log_tail,
+    port_in_use,
+    postgres_answers,
+    run_sync,
+    split_host_port,
+    stop_process,
+)
+from services.infra.settings import (
+    AuditSettings,
+    CommonSettings,
+    EscalationSettings,
+    IntakeSettings,
+    TriageSettings,
+    database_name,
+    with_database,
+)
+
+SERVICES: tuple[str, ...] = ("intake", "triage", "escalation", "audit")
+SETTINGS: dict[str, type[CommonSettings]] = {
+    "intake": IntakeSettings,
+    "triage": TriageSettings,
+    "escalation": EscalationSettings,
+    "audit": AuditSettings,
+}
+READY_TIMEOUT = 60.0
+_PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # the `services` package
+_IMPORT_ROOT = _PACKAGE_ROOT.parent  # the folder that makes `services` importable
+
+
+class StackError(RuntimeError):
+    """The stack cannot start; the message says why, for the operator."""
+
+
+def state_dir() -> Path:
+    """Where the lock lives: `$INCIDENTS_STATE_DIR`, else `~/.incidents`."""
+    configured = os.environ.get("INCIDENTS_STATE_DIR")
+    return Path(configured) if configured else Path.home() / ".incidents"
+
+
+def default_command(name: str) -> list[str]:
+    """The command line of a service: `python -m services.<name>`."""
+    return [sys.executable, "-m", f"services.{name}"]
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.hostname or ""
+    if parts.username:
+        netloc = f"{parts.username}@{netloc}"
+    if parts.port:
+        netloc = f"{netloc}:{parts.port}"
+    return parts._replace(netloc=netloc).geturl()
+
+
+@dataclass
+class _Child:
+    name: str
+    port: int
+    log_path: Path
+    process: subprocess.Popen[bytes]
+    started_at: float = field(default_factory=time.monotonic)
+    ready: bool = False
+
+
+@contextlib.contextmanager
+def _single_instance(lock_path: Path, run: Path) -> Iterator[bool]:
+    """Hold an exclusive flock on `lock_path`; yields False if someone else holds it."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    handle: IO[str] = lock_path.open("a+", encoding="utf-8")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        handle.seek(0)
+        handle.truncate()
+        info = {
+            "pid": os.getpid(),
+            "run_dir": str(run),
+            "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        handle.write(json.dumps(info) + "\n")
+        handle.flush()
+        try:
+            yield True
+        finally:
+            handle.seek(0)
+            handle.truncate()
+            handle.flush()
+            fcntl.flock(handle, fcntl.LOCK_UN)
+    finally:
+        handle.close()
+
+
+def _lock_holder(lock_path: Path) -> str:
+    try:
+        info = json.loads(lock_path.read_text(encoding="utf-8") or "{}")
+    except (OSError, ValueError):
+        info = {}
+    pid = info.get("pid", "?")
+    run = info.get("run_dir", "?")
+    return f"pid {pid}, run folder {run}"
+
+
+@contextlib.contextmanager
+def _stop_requests() -> Iterator[threading.Event]:
+    """An event set by SIGINT/SIGTERM while inside (handlers only in the main thread)."""
+    stop = threading.Event()
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous: list[tuple[signal.Signals, Any]] = []
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous.append((sig, signal.signal(sig, handler)))
+    try:
+        yield stop
+    finally:
+        for sig, old in previous:
+            signal.signal(sig, old)
+
+
+class _Stack:
+    """The resources started so far, stopped in reverse order by `shutdown`."""
+
+    def __init__(self, console: Console, run: Path, stop: threading.Event) -> None:
+        self.console = console
+        self.run = run
+        self.stop = stop
+        self.broker: Tansu | None = None
+        self.postgres: EmbeddedPostgres | None = None
+        self.children: list[_Child] = []
+        self.bootstrap = ""
+        self.database_url = ""
+
+    # -- start ---------------------------------------------------------------------
+
+    def start_broker(self, bootstrap: str) -> None:
+        if kafka_answers(bootstrap):
+            self.console.print(f"Kafka broker: using the one at [bold]{bootstrap}[/]")
+            self.bootstrap = bootstrap
+            return
+        host, port = split_host_port(bootstrap.split(",")[0])
+        with self.console.status(f"Starting the Tansu broker on {host}:{port} ..."):
+            try:
+                self.broker = Tansu.start(port, self.run / "broker.log", host=host)
+            except LocalStackError as exc:
+                raise StackError(str(exc)) from exc
+        self.bootstrap = self.broker.bootstrap
+        self.console.print(
+            f"Kafka broker: started Tansu on [bold]{self.bootstrap}[/] "
+            "(memory storage: a restart loses every topic)"
+        )
+
+    def start_database(self, configured_url: str) -> None:
+        if postgres_answers(configured_url):
+            self.console.print(
+                f"PostgreSQL: using the one at [bold]{redact_url(configured_url)}[/]"
+            )
+            self.database_url = configured_url
+            return
+        with self.console.status("Starting an embedded PostgreSQL ..."):
+            try:
+                self.postgres = EmbeddedPostgres.start(self.run / "pgdata")
+            except (LocalStackError, OSError, subprocess.SubprocessError) as exc:
+                raise StackError(f"embedded PostgreSQL did not start: {exc}") from exc
+        self.database_url = with_database(self.postgres.url, database_name(configured_url))
+        self.console.print(
+            f"PostgreSQL: nothing answered at {redact_url(configured_url)}; started an "
+            f"embedded server on port {self.postgres.port} (data {self.postgres.data_dir})"
+        )
+
+    def migrate(self, settings: CommonSettings, names: Sequence[str]) -> None:
+        with self.console.status("Applying migrations ..."):
+            for name in names:
+                folder = _PACKAGE_ROOT / name / "migrations"
+                schema = settings.schema_name(name)
+                try:
+                    applied = run_sync(
+                        functools.partial(migrate_service, self.database_url, schema, folder)
+                    )
+                except Exception as exc:
+                    raise StackError(f"migrations of {name} failed: {exc}") from exc
+                if applied:
+                    self.console.print(f"  {name}: applied {', '.join(applied)}")
+
+    def start_services(
+        self,
+        names: Sequence[str],
+        ports: Mapping[str, int],
+        command: Callable[[str], list[str]],
+    ) -> None:
+        env = dict(os.environ)
+        env["INCIDENTS_KAFKA_BOOTSTRAP"] = self.bootstrap
+        env["INCIDENTS_DATABASE_URL"] = self.database_url
+        env["PYTHONUNBUFFERED"] = "1"
+        path = env.get("PYTHONPATH", "")
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_IMPORT_ROOT), path) if p)
+        for name in names:
+            log_path = self.run / f"{name}.log"
+            child_env = {**env, f"INCIDENTS_{name.upper()}_PORT": str(ports[name])}
+            with log_path.open("ab") as log:
+                process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+                    command(name),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=child_env,
+                    start_new_session=True,
+                    preexec_fn=die_with_parent,
+                )
+            self.children.append(_Child(name, ports[name], log_path, process))
+
+    def wait_ready(self, host: str, timeout: float) -> bool:
+        """True when every child answers /readyz; False if asked to stop meanwhile."""
+        with httpx.Client(timeout=1.0) as http, self.console.status("") as status:
+            while True:
+                pending = [c for c in self.children if not c.ready]
+                if not pending:
+                    return True
+                status.update(
+                    "Waiting for "
+                    + ", ".join(f"{c.name} (:{c.port})" for c in pending)
+                    + " to answer /readyz ..."
+                )
+                for child in pending:
+                    if self.stop.is_set():
+                        return False
+                    code = child.process.poll()
+                    if code is not None:
+                        raise StackError(self._died(child, code, "before it was ready"))
+                    try:
+                        answer = http.get(f"http://{host}:{child.port}/readyz")
+                    except httpx.HTTPError:
+                        answer = None
+                    if answer is not None and answer.status_code == 200:
+                        child.ready = True
+                        elapsed = time.monotonic() - child.started_at
+                        self.console.print(f"  [green]ready[/] {child.name} in {elapsed:.1f}s")
+                    elif time.monotonic() - child.started_at > timeout:
+                        raise StackError(
+                            f"{child.name} did not answer /readyz with 200 within {timeout:.0f}s"
+                            f" (last answer: {answer.status_code if answer else 'none'}); "
+                            f"log {child.log_path}:\n{log_tail(child.log_path)}"
+                        )
+                if self.stop.wait(0.2):
+                    return False
+
+    # -- watch and stop ------------------------------------------------------------
+
+    def watch(self) -> None:
+        """Block until asked to stop; raise StackError when a process dies."""
+        while not self.stop.wait(0.5):
+            for child in self.children:
+                code = child.process.poll()
+                if code is not None:
+                    raise StackError(self._died(child, code, "unexpectedly"))
+            if self.broker is not None and not self.broker.running:
+                raise StackError(
+                    f"the Tansu broker died unexpectedly; log {self.broker.log_path}:\n"
+                    f"{log_tail(self.broker.log_path)}"
+                )
+
+    def _died(self, child: _Child, code: int, when: str) -> str:
+        return (
+            f"{child.name} exited {when} with code {code}; log {child.log_path}:\n"
+            f"{log_tail(child.log_path)}"
+        )
+
+    def shutdown(self) -> None:
+        for child in reversed(self.children):
+            if child.process.poll() is None:
+                with self.console.status(f"Stopping {child.name} ..."):
+                    code = stop_process(child.process, STOP_TIMEOUT)
+                how = f"signal {-code}" if code is not None and code < 0 else f"exit {code}"
+                self.console.print(f"  stopped {child.name} ({how})")
+        self.children.clear()
+        if self.broker is not None:
+            with self.console.status("Stopping the Tansu broker ..."):
+                self.broker.stop()
+            self.console.print("  stopped the Tansu broker")
+            self.broker = None
+        if self.postgres is not None:
+            with self.console.status("Stopping the embedded PostgreSQL ..."):
+                self.postgres.stop()
+                if self.postgres.holder is not None:  # data outside the run folder
+                    self.postgres.remove()
+            self.console.print("  stopped the embedded PostgreSQL")
+            self.postgres = None
+
+    def print_urls(self, host: str) -> None:
+        table = Table(title="incidents is up", show_header=True)
+        table.add_column("what")
+        table.add_column("where")
+        for child in self.children:
+            table.add_row(child.name, f"http://{host}:{child.port}")
+        broker_note = " (Tansu, started here)" if self.broker else ""
+        table.add_row("Kafka bootstrap", self.bootstrap + broker_note)
+        db_note = " (embedded, started here)" if self.postgres else ""
+        table.add_row("PostgreSQL", redact_url(self.database_url) + db_note)
+        table.add_row("logs", str(self.run))
+        self.console.print(table)
+        self.console.print("Press Ctrl-C to stop everything.")
+
+
+def _service_ports(names: Sequence[str], overrides: Mapping[str, int] | None) -> dict[str, int]:
+    ports = {name: SETTINGS[name]().port for name in names}  # type: ignore[attr-defined]
+    ports.update({k: v for k, v in (overrides or {}).items() if k in ports})
+    return ports
+
+
+def run_stack(
+    run_dir: str | None = None,
+    *,
+    services: Sequence[str] = SERVICES,
+    service_command: Callable[[str], list[str]] | None = None,
+    ports: Mapping[str, int] | None = None,
+    ready_timeout: float = READY_TIMEOUT,
+    console: Console | None = None,
+) -> int:
+    """Run the stack until SIGINT/SIGTERM (exit code 0) or a failure (exit code 1).
+
+    `services`, `service_command` (name -> argv) and `ports` (name -> HTTP port) exist
+    for tests; by default the four services run as `python -m services.<name>` on the
+    ports of their settings classes. Each child gets `INCIDENTS_<NAME>_PORT` set to its port.
+    """
+    console = console or Console()
+    run = Path(run_dir) if run_dir else Path(".run") / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    run = run.absolute()
+    lock_path = state_dir() / "up.lock"
+    with _single_instance(lock_path, run) as mine:
+        if not mine:
+            console.print(
+                f"[red]incidents up is already running[/] ({_lock_holder(lock_path)}; "
+                f"lock {lock_path}). Stop it first (Ctrl-C in its terminal)."
+            )
+            return 1
+        try:
+            settings, host, service_ports = _preflight(services, ports)
+        except StackError as exc:
+            console.print(f"[red]error:[/] {exc}")
+            return 1
+        run.mkdir(parents=True, exist_ok=True)
+        console.print(f"Run folder: [bold]{run}[/] (one log per process)")
+        with _stop_requests() as stop:
+            stack = _Stack(console, run, stop)
+            try:
+                return _run(stack, settings, host, service_ports, service_command, ready_timeout)
+            except StackError as exc:
+                console.print(f"[red]error:[/] {exc}")
+                return 1
+            finally:
+                stack.shutdown()
+
+
+def _preflight(
+    services: Sequence[str], overrides: Mapping[str, int] | None
+) -> tuple[CommonSettings, str, dict[str, int]]:
+    """Settings, the host to probe and each service's port; StackError if unusable."""
+    try:
+        settings = CommonSettings()
+        ports = _service_ports(services, overrides)
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        raise StackError(f"invalid settings: {exc}") from exc
+    if len(set(ports.values())) != len(ports):
+        raise StackError(
+            f"two services share a port: {ports} (check the INCIDENTS_<NAME>_PORT variables)"
+        )
+    host = settings.http_host
+    if host in ("", "0.0.0.0", "::"):  # noqa: S104 - a bind-all address: probe loopback
+        host = "127.0.0.1"
+    taken = [f"{name} :{port}" for name, port in ports.items() if port_in_use(host, port)]
+    if taken:
+        raise StackError(
+            f"port(s) already in use on {host}: {', '.join(taken)}. Another stack or "
+            "program is running there; stop it first."
+        )
+    return settings, host, ports
+
+
+def _run(
+    stack: _Stack,
+    settings: CommonSettings,
+    host: str,
+    ports: dict[str, int],
+    service_command: Callable[[str], list[str]] | None,
+    ready_timeout: float,
+) -> int:
+    stack.start_broker(settings.kafka_bootstrap)
+    if stack.stop.is_set():
+        return 0
+    stack.start_database(settings.database_url)
+    if stack.stop.is_set():
+        return 0
+    stack.migrate(settings, list(ports))
+    if stack.stop.is_set():
+        return 0
+    stack.start_services(list(ports), ports, service_command or default_command)
+    if not stack.wait_ready(host, ready_timeout):
+        stack.console.print("Stopping (signal received) ...")
+        return 0
+    stack.print_urls(host)
+    stack.watch()
+    stack.console.print("Stopping (signal received) ...")
+    return 0

@@ -1,0 +1,46 @@
+"""Helpers shared by integration and end-to-end tests."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer
+
+
+async def drain(bootstrap: str, topic: str, want: int, timeout: float = 15.0) -> list[Any]:
+    """Read a topic from the beginning until `want` records arrived (or time runs out)."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+        fetch_max_wait_ms=20,
+    )
+    await consumer.start()
+    got: list[Any] = []
+    try:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while len(got) < want and asyncio.get_running_loop().time() < deadline:
+            batch = await consumer.getmany(timeout_ms=200)
+            for records in batch.values():
+                got.extend(records)
+    finally:
+        await consumer.stop()
+    return got
+
+
+async def eventually(
+    probe: Callable[[], Any], *, timeout: float = 15.0, interval: float = 0.05
+) -> Any:
+    """Await `probe()` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    last: Any = None
+    while asyncio.get_running_loop().time() < deadline:
+        last = await probe()
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s (last: {last!r})")
