@@ -23,6 +23,7 @@ def settings(kafka_bootstrap: str, fresh_database_url: str) -> CommonSettings:
         environment="test",
         outbox_poll_interval=0.1,
         broker_check_interval=0.3,
+        kafka_session_timeout_ms=3000,
     )
 
 

@@ -1,0 +1,144 @@
+"""The whole stack as separate processes: its own broker, database and ports.
+
+`stack` starts Tansu, the four services (`python -m services.<name>`) on free ports
+and a fresh database, and lets a test kill (SIGKILL) and restart any of them, or the
+broker. Logs go to the test's temp folder and are printed when a service fails.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from services.infra.localstack import (
+    Tansu,
+    die_with_parent,
+    free_port,
+    kill_process,
+    log_tail,
+    stop_process,
+)
+
+SERVICES = ("intake", "triage", "escalation", "audit")
+ROOT = Path(__file__).resolve().parents[2]
+AUDITOR = {"authorization": "Bearer dev-auditor-token"}
+
+
+class Stack:
+    """Four service processes and a broker, under a test's control."""
+
+    def __init__(self, logs: Path, database_url: str) -> None:
+        self.logs = logs
+        self.broker = Tansu.start(free_port(), logs / "broker.log")
+        self.ports = {name: free_port() for name in SERVICES}
+        self.env = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "INCIDENTS_ENVIRONMENT": "test",
+            "INCIDENTS_KAFKA_BOOTSTRAP": self.broker.bootstrap,
+            "INCIDENTS_DATABASE_URL": database_url,
+            "INCIDENTS_BROKER_CHECK_INTERVAL": "0.5",
+            **{f"INCIDENTS_{n.upper()}_PORT": str(p) for n, p in self.ports.items()},
+        }
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.ready_seconds: dict[str, float] = {}
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.ports[name]}"
+
+    def start(self, name: str, **env: str) -> None:
+        log = (self.logs / f"{name}.log").open("ab")
+        self.procs[name] = subprocess.Popen(  # noqa: S603
+            [sys.executable, "-m", f"services.{name}"],
+            env={**self.env, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=die_with_parent,  # noqa: PLW1509
+        )
+
+    def wait_ready(self, name: str, timeout: float = 60.0) -> float:
+        began = time.monotonic()
+        while time.monotonic() - began < timeout:
+            proc = self.procs[name]
+            if proc.poll() is not None:
+                raise AssertionError(f"{name} exited {proc.returncode}:\n{self.tail(name)}")
+            try:
+                if httpx.get(self.url(name) + "/readyz", timeout=2).status_code == 200:
+                    self.ready_seconds[name] = time.monotonic() - began
+                    return self.ready_seconds[name]
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"{name} not ready in {timeout}s:\n{self.tail(name)}")
+
+    def kill(self, name: str) -> None:
+        kill_process(self.procs[name])
+
+    def tail(self, name: str) -> str:
+        return log_tail(self.logs / f"{name}.log", 40)
+
+    def stop(self) -> None:
+        for name in reversed(list(self.procs)):
+            stop_process(self.procs[name])
+        self.broker.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(
+    make_database: Callable[[str], str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    logs = tmp_path_factory.mktemp("stack")
+    stack = Stack(logs, make_database("e2e"))
+    try:
+        for name in SERVICES:
+            stack.start(name)
+        for name in SERVICES:
+            stack.wait_ready(name)
+        yield stack
+    finally:
+        stack.stop()
+
+
+def submit(stack: Stack, body: dict[str, object] | None = None) -> str:
+    answer = httpx.post(
+        stack.url("intake") + "/v1/reports",
+        json=body or {"category": "harassment", "summary": "e2e", "description": "d"},
+        timeout=10,
+    )
+    assert answer.status_code == 202, answer.text
+    incident: str = answer.json()["incident_id"]
+    return incident
+
+
+def timeline(stack: Stack, incident: str) -> list[dict[str, object]]:
+    answer = httpx.get(
+        f"{stack.url('audit')}/v1/incidents/{incident}/timeline", headers=AUDITOR, timeout=5
+    )
+    if answer.status_code == 404:
+        return []
+    assert answer.status_code == 200, answer.text
+    events: list[dict[str, object]] = answer.json()["events"]
+    return events
+
+
+def wait_for_timeline(
+    stack: Stack, incident: str, timeout: float = 20.0
+) -> list[dict[str, object]]:
+    began = time.monotonic()
+    while time.monotonic() - began < timeout:
+        events = timeline(stack, incident)
+        if events:
+            return events
+        time.sleep(0.05)
+    raise AssertionError(
+        f"{incident} not in the ledger after {timeout}s\n--- intake\n{stack.tail('intake')}"
+        f"\n--- audit\n{stack.tail('audit')}"
+    )
