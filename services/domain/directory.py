@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 
 class Person(BaseModel):
@@ -28,9 +29,23 @@ class DirectoryFile(BaseModel):
     @model_validator(mode="after")
     def _unique(self) -> DirectoryFile:
         seen: set[str] = set()
-        for person in self.people:
+        for index, person in enumerate(self.people):
             if person.id in seen:
-                raise ValueError(f"person id {person.id!r} appears twice")
+                # A located error, so a config loader can point at the duplicate's line.
+                raise ValidationError.from_exception_data(
+                    "DirectoryFile",
+                    [
+                        InitErrorDetails(
+                            type=PydanticCustomError(
+                                "duplicate_id",
+                                "person id '{id}' appears twice",
+                                {"id": person.id},
+                            ),
+                            loc=("people", index, "id"),
+                            input=person.id,
+                        )
+                    ],
+                )
             seen.add(person.id)
         return self
 

@@ -8,7 +8,15 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -74,7 +82,20 @@ class Policy(BaseModel):
     def _severities_exist(self) -> Policy:
         for category, severity in self.categories.items():
             if severity not in self.severities:
-                raise ValueError(
-                    f"category {category!r} maps to severity {severity!r}, which has no chain"
+                # A located error, so a config loader can point at the category's line.
+                raise ValidationError.from_exception_data(
+                    "Policy",
+                    [
+                        InitErrorDetails(
+                            type=PydanticCustomError(
+                                "unknown_severity",
+                                "category '{category}' maps to severity '{severity}', "
+                                "which has no chain",
+                                {"category": category, "severity": severity},
+                            ),
+                            loc=("categories", category),
+                            input=severity,
+                        )
+                    ],
                 )
         return self

@@ -84,7 +84,8 @@ class CommonSettings(BaseSettings):
                 raise ValueError("production needs INCIDENTS_DATABASE_URL set explicitly")
             if not self.kafka_idempotence:
                 raise ValueError("production needs INCIDENTS_KAFKA_IDEMPOTENCE=true")
-            if self.tokens_file == _DATA / "tokens.yaml":
+            # Resolved, so that a relative or symlinked path to the demo file is refused too.
+            if self.tokens_file.resolve() == (_DATA / "tokens.yaml").resolve():
                 raise ValueError("production refuses the demo tokens file")
         return self
 
@@ -129,6 +130,12 @@ class EscalationSettings(CommonSettings):
 
 class AuditSettings(CommonSettings):
     """Audit: the ledger, its proofs and the auditor API."""
+
+    audit_db_role: str | None = Field(
+        "incidents_audit",
+        description="Role audit works as (SET ROLE): it may read and append the ledger,"
+        " never update or delete. Empty: the login role as is (production logs in as it).",
+    )
 
     port: int = Field(
         8004,

@@ -1,0 +1,172 @@
+"""The configuration files: durations, the shipped demo files, and errors a person can act on.
+
+An invalid file must stop start-up with a message naming the file, the line and the
+field (SPEC.md, Configuration files); each case below writes such a file and reads the
+message `services.infra.config.load_yaml_model` raises.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+
+from services.domain.directory import DirectoryFile
+from services.domain.policy import CONFLICT_RULES, Policy, parse_duration
+from services.infra.auth import TokensFile
+from services.infra.config import ConfigError, load_yaml_model
+from services.infra.settings import CommonSettings
+
+VALID_POLICY = """\
+version: "2026-11-01"
+categories:
+  harassment: high
+  other: high
+severities:
+  high:
+    chain:
+      - {role: hr_case_handler, acknowledge_within: 4h}
+      - {role: hr_head, acknowledge_within: 8h}
+    repeat_last_every: 24h
+    feedback_within: 90d
+reporter_acknowledgement_within: 7d
+conflicts:
+  exclude: [accused, reporter]
+  independent_roles: [chief_ethics_officer]
+"""
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("30s", 30), ("5m", 300), ("1h", 3600), ("7d", 604_800), ("90d", 7_776_000), (" 2h ", 7200)],
+)
+def test_a_duration_is_read_as_seconds(text: str, seconds: int) -> None:
+    assert parse_duration(text) == seconds
+
+
+def test_a_positive_number_of_seconds_is_a_duration() -> None:
+    assert parse_duration(45) == 45
+
+
+@pytest.mark.parametrize("value", ["0s", "1w", "", "-5", -5, 0, True, False, "1.5h", "h", None])
+def test_what_is_not_a_positive_duration_is_refused(value: object) -> None:
+    with pytest.raises(ValueError, match="30s, 5m, 1h or 7d"):
+        parse_duration(value)
+
+
+def line_of(text: str, needle: str) -> int:
+    """The 1-based line of `text` that contains `needle`."""
+    return next(n for n, line in enumerate(text.splitlines(), 1) if needle in line)
+
+
+def load(tmp_path: Path, text: str, model: type[BaseModel], name: str = "config.yaml") -> str:
+    """The ConfigError message for `text` written to a file."""
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as refused:
+        load_yaml_model(path, model)
+    return str(refused.value)
+
+
+def test_the_shipped_policy_loads() -> None:
+    policy = load_yaml_model(CommonSettings().policy_file, Policy)
+    critical = policy.severities[policy.categories["sexual_misconduct"]]
+    assert critical.chain[0].role == "hr_case_handler"
+    assert critical.chain[0].acknowledge_within == 3600
+    assert set(policy.conflicts.exclude) == set(CONFLICT_RULES)
+
+
+def test_the_shipped_directory_loads() -> None:
+    directory = load_yaml_model(CommonSettings().directory_file, DirectoryFile)
+    assert directory.roles_of("p-zhang") == {"ceo"}
+    assert directory.roles_of("nobody") == frozenset()
+
+
+def test_the_shipped_tokens_load() -> None:
+    tokens = load_yaml_model(CommonSettings().tokens_file, TokensFile)
+    assert any(entry.principal == "system:hris" for entry in tokens.tokens)
+
+
+def test_a_small_valid_policy_loads(tmp_path: Path) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text(VALID_POLICY)
+    policy = load_yaml_model(path, Policy)
+    assert policy.reporter_acknowledgement_within == 7 * 86400
+    assert policy.severities["high"].repeat_last_every == 86400
+
+
+def test_a_bad_duration_is_reported_with_file_line_and_field(tmp_path: Path) -> None:
+    text = VALID_POLICY.replace("acknowledge_within: 8h", "acknowledge_within: 1w")
+    message = load(tmp_path, text, Policy, "policy.yaml")
+    assert message.startswith(f"{tmp_path / 'policy.yaml'}:{line_of(text, '1w')}: ")
+    assert "severities.high.chain.1.acknowledge_within" in message
+    assert "'1w'" in message
+
+
+def test_an_unknown_conflict_rule_is_reported_with_file_line_and_field(tmp_path: Path) -> None:
+    text = VALID_POLICY.replace("[accused, reporter]", "[accused, best_friend]")
+    message = load(tmp_path, text, Policy, "policy.yaml")
+    assert message.startswith(f"{tmp_path / 'policy.yaml'}:{line_of(text, 'best_friend')}: ")
+    assert "conflicts" in message and "best_friend" in message
+
+
+def test_a_category_without_a_severity_is_reported_at_its_line(tmp_path: Path) -> None:
+    text = VALID_POLICY.replace("other: high", "other: severe")
+    message = load(tmp_path, text, Policy, "policy.yaml")
+    assert message.startswith(f"{tmp_path / 'policy.yaml'}:{line_of(text, 'severe')}: ")
+    assert "field categories.other" in message and "'severe'" in message
+
+
+def test_an_unknown_policy_key_is_reported_at_its_line(tmp_path: Path) -> None:
+    text = VALID_POLICY.replace(
+        "    feedback_within: 90d", "    feedback_within: 90d\n    colour: red"
+    )
+    message = load(tmp_path, text, Policy, "policy.yaml")
+    assert message.startswith(f"{tmp_path / 'policy.yaml'}:{line_of(text, 'colour')}: ")
+    assert "severities.high.colour" in message
+
+
+def test_a_missing_policy_field_is_named(tmp_path: Path) -> None:
+    text = VALID_POLICY.replace('version: "2026-11-01"\n', "")
+    message = load(tmp_path, text, Policy, "policy.yaml")
+    assert "field version: Field required" in message
+
+
+DIRECTORY = """\
+people:
+  - {id: p-a, name: A, unit: group, manager: null, roles: [ceo]}
+  - {id: p-b, name: B, unit: group, manager: p-a, roles: [hr_head]}
+  - {id: p-c, name: C, unit: group, manager: p-a, roles: []}
+"""
+
+
+def test_a_duplicate_person_id_is_reported_at_the_second_entry(tmp_path: Path) -> None:
+    text = DIRECTORY.replace("id: p-c", "id: p-b")
+    message = load(tmp_path, text, DirectoryFile, "directory.yaml")
+    assert message.startswith(f"{tmp_path / 'directory.yaml'}:{line_of(text, 'name: C')}: ")
+    assert "field people.2.id" in message and "'p-b' appears twice" in message
+
+
+def test_a_malformed_person_id_is_reported_at_its_line(tmp_path: Path) -> None:
+    text = DIRECTORY.replace("id: p-b", "id: p b")
+    message = load(tmp_path, text, DirectoryFile, "directory.yaml")
+    assert message.startswith(f"{tmp_path / 'directory.yaml'}:{line_of(text, 'p b')}: ")
+    assert "people.1.id" in message
+
+
+def test_broken_yaml_is_reported_with_file_and_line(tmp_path: Path) -> None:
+    text = DIRECTORY.replace("roles: [hr_head]}", "roles: [hr_head}")
+    message = load(tmp_path, text, DirectoryFile, "directory.yaml")
+    where = f"{tmp_path / 'directory.yaml'}:{line_of(text, '[hr_head}')}"
+    assert message.startswith(f"{where}: not valid YAML")
+
+
+def test_a_missing_file_is_reported_by_name(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"nowhere\.yaml: cannot read"):
+        load_yaml_model(tmp_path / "nowhere.yaml", Policy)
+
+
+def test_a_file_that_is_not_a_mapping_is_refused(tmp_path: Path) -> None:
+    message = load(tmp_path, "- just\n- a list\n", DirectoryFile)
+    assert "config.yaml:1: field (top level)" in message
