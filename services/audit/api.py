@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Request
+import asyncpg
+from fastapi import APIRouter, Header, Query, Request
 
+from services.audit import tree
 from services.audit.ledger import decode_leaf
 from services.domain.directory import DirectoryFile
 from services.infra.auth import TokenAuthenticator
@@ -14,6 +17,7 @@ from services.infra.runtime import Runtime
 
 router = APIRouter(prefix="/v1")
 AUDIT_ROLES = frozenset({"auditor"})
+MAX_ENTRIES = 1000
 
 
 def require_auditor(request: Request, authorization: str | None) -> str:
@@ -57,3 +61,95 @@ async def timeline(
             }
         )
     return {"incident_id": incident_id, "events": events}
+
+
+async def ledger_size(conn: asyncpg.Connection) -> int:
+    """How many entries the ledger has."""
+    return int(await conn.fetchval("SELECT last + 1 FROM counters WHERE name = 'ledger'"))
+
+
+@router.get("/ledger/entries", summary="Ledger entries in [start, end)")
+async def entries(
+    request: Request,
+    start: Annotated[int, Query(ge=0)] = 0,
+    end: Annotated[int | None, Query(ge=0)] = None,
+    authorization: Annotated[str | None, Header()] = None,
+) -> dict[str, Any]:
+    """At most 1,000 entries, each with its canonical leaf bytes, to recompute the tree."""
+    require_auditor(request, authorization)
+    end = start + MAX_ENTRIES if end is None else end
+    if end < start:
+        raise Problem(422, "Invalid range", "end must not be below start.")
+    if end - start > MAX_ENTRIES:
+        raise Problem(422, "Range too large", f"At most {MAX_ENTRIES} entries per request.")
+    runtime: Runtime = request.app.state.runtime
+    async with runtime.db.acquire() as conn:
+        rows = await conn.fetch(
+            'SELECT idx, recorded_at, topic, partition, "offset", leaf, leaf_hash FROM ledger'
+            " WHERE idx >= $1 AND idx < $2 ORDER BY idx",
+            start,
+            end,
+        )
+    out = []
+    for row in rows:
+        leaf = bytes(row["leaf"])
+        decoded = decode_leaf(leaf)
+        out.append(
+            {
+                "index": row["idx"],
+                "leaf": base64.b64encode(leaf).decode(),
+                "leaf_hash": bytes(row["leaf_hash"]).hex(),
+                "recorded_at": decoded["recorded_at"],
+                "topic": row["topic"],
+                "partition": row["partition"],
+                "offset": row["offset"],
+                "event": decoded.get("event"),
+            }
+        )
+    return {"entries": out}
+
+
+@router.get("/ledger/proofs/inclusion", summary="RFC 9162 inclusion proof")
+async def inclusion(
+    request: Request,
+    index: Annotated[int, Query(ge=0)],
+    tree_size: Annotated[int, Query(ge=1)],
+) -> dict[str, Any]:
+    """Proof that entry `index` is in the tree of `tree_size` entries (public: hashes only)."""
+    if index >= tree_size:
+        raise Problem(422, "Invalid proof request", "index must be below tree_size.")
+    runtime: Runtime = request.app.state.runtime
+    async with runtime.db.acquire() as conn, conn.transaction(isolation="repeatable_read"):
+        await _within(conn, tree_size)
+        proof = await tree.inclusion_proof(conn, index, tree_size)
+        leaf = await conn.fetchval("SELECT leaf_hash FROM ledger WHERE idx = $1", index)
+    return {
+        "index": index,
+        "tree_size": tree_size,
+        "leaf_hash": bytes(leaf).hex(),
+        "proof": [p.hex() for p in proof],
+    }
+
+
+@router.get("/ledger/proofs/consistency", summary="RFC 9162 consistency proof")
+async def consistency(
+    request: Request,
+    first: Annotated[int, Query(ge=1)],
+    second: Annotated[int, Query(ge=1)],
+) -> dict[str, Any]:
+    """Proof that the tree of `first` entries is a prefix of the tree of `second`."""
+    if first > second:
+        raise Problem(422, "Invalid proof request", "first must not exceed second.")
+    runtime: Runtime = request.app.state.runtime
+    async with runtime.db.acquire() as conn, conn.transaction(isolation="repeatable_read"):
+        await _within(conn, second)
+        proof = await tree.consistency_proof(conn, first, second)
+    return {"first": first, "second": second, "proof": [p.hex() for p in proof]}
+
+
+async def _within(conn: asyncpg.Connection, size: int) -> None:
+    current = await ledger_size(conn)
+    if size > current:
+        raise Problem(
+            422, "Tree size too large", f"The ledger has {current} entries.", tree_size=current
+        )

@@ -26,7 +26,7 @@ def create_app(settings: AuditSettings | None = None) -> FastAPI:
     settings = settings or AuditSettings()
     directory = load_yaml_model(settings.directory_file, DirectoryFile)
     auth = TokenAuthenticator.from_file(settings.tokens_file)
-    runtime = Runtime(settings, "audit", MIGRATIONS)
+    runtime = Runtime(settings, "audit", MIGRATIONS, db_role=settings.audit_db_role or None)
 
     async def ingest(records: Sequence[ConsumerRecord]) -> None:
         async with runtime.db.acquire() as conn, conn.transaction():

@@ -24,6 +24,7 @@ from typing import Any
 import asyncpg
 from aiokafka import ConsumerRecord
 
+from services.audit import tree
 from services.audit.merkle import leaf_hash
 from services.domain.envelope import canonical_json, utc_rfc3339
 from services.domain.events import InvalidEvent, b64, parse_event
@@ -124,6 +125,8 @@ async def append_records(conn: asyncpg.Connection, records: Sequence[ConsumerRec
     if last >= 0:
         previous = await conn.fetchval("SELECT recorded_at FROM ledger WHERE idx = $1", last)
         now = max(now, previous)  # recorded_at never goes backwards along the index
+    frontier = await tree.frontier_at(conn, last + 1)
+    nodes: list[tuple[int, int, bytes]] = []
     rows = []
     for candidate in candidates:
         if candidate.record_key in seen:
@@ -131,6 +134,8 @@ async def append_records(conn: asyncpg.Connection, records: Sequence[ConsumerRec
         seen.add(candidate.record_key)
         last += 1
         leaf = leaf_bytes(last, now, candidate)
+        hashed = leaf_hash(leaf)
+        nodes.extend(frontier.append(hashed))
         rows.append(
             (
                 last,
@@ -145,7 +150,7 @@ async def append_records(conn: asyncpg.Connection, records: Sequence[ConsumerRec
                 candidate.trace_id,
                 candidate.event is not None,
                 leaf,
-                leaf_hash(leaf),
+                hashed,
             )
         )
     if not rows:
@@ -169,6 +174,7 @@ async def append_records(conn: asyncpg.Connection, records: Sequence[ConsumerRec
             "leaf_hash",
         ],
     )
+    await tree.store_nodes(conn, nodes)
     await conn.execute("UPDATE counters SET last = $1 WHERE name = 'ledger'", last)
     return len(rows)
 

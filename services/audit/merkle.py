@@ -167,18 +167,27 @@ class MerkleFrontier:
         """The right-edge perfect-subtree roots, leftmost (largest) first."""
         return tuple(self._nodes)
 
-    def append(self, leaf_hash: bytes) -> None:
-        """Append one leaf *hash* (see `leaf_hash`), merging completed subtrees."""
+    def append(self, leaf_hash: bytes) -> list[tuple[int, int, bytes]]:
+        """Append one leaf *hash* (see `leaf_hash`), merging completed subtrees.
+
+        Returns the perfect subtrees this leaf completed, as ``(level, index, hash)``
+        with level >= 1 (a store keeps them to serve proofs without rehashing).
+        """
         _check_hash(leaf_hash, "leaf hash")
         nodes = self._nodes
         node = leaf_hash
         size = self._size
+        completed: list[tuple[int, int, bytes]] = []
+        level, index = 0, self._size
         # Each trailing 1 bit of the old size is a subtree the new leaf completes.
         while size & 1:
             node = node_hash(nodes.pop(), node)
             size >>= 1
+            level, index = level + 1, index >> 1
+            completed.append((level, index, node))
         nodes.append(node)
         self._size += 1
+        return completed
 
     def extend(self, hashes: Iterable[bytes]) -> None:
         """Append every leaf hash of ``hashes`` in order."""

@@ -49,17 +49,40 @@ async def ensure_database(url: str) -> bool:
         await conn.close()
 
 
-async def create_pool(url: str, *, schema: str, max_size: int = 10) -> asyncpg.Pool:
-    """A pool whose connections use the service's schema first."""
+def _server_settings(schema: str) -> dict[str, str]:
     quote_ident(schema)
+    return {"search_path": f"{schema},public", "application_name": schema}
+
+
+async def _become(conn: asyncpg.Connection, role: str | None) -> None:
+    if role:
+        await conn.execute(f"SET ROLE {quote_ident(role)}")
+
+
+async def create_pool(
+    url: str, *, schema: str, max_size: int = 10, role: str | None = None
+) -> asyncpg.Pool:
+    """A pool whose connections use the service's schema first, working as `role` if given.
+
+    Working as a role (SET ROLE) drops the login's own privileges, superuser included,
+    so a service can be held to what its role was granted even in development.
+    """
+
+    async def init(conn: asyncpg.Connection) -> None:
+        await _become(conn, role)
+
     pool = await asyncpg.create_pool(
-        url,
-        min_size=1,
-        max_size=max_size,
-        server_settings={"search_path": f"{schema},public", "application_name": schema},
+        url, min_size=1, max_size=max_size, server_settings=_server_settings(schema), init=init
     )
     assert pool is not None
     return pool
+
+
+async def connect(url: str, *, schema: str, role: str | None = None) -> asyncpg.Connection:
+    """One dedicated connection, configured like the pool's."""
+    conn: asyncpg.Connection = await asyncpg.connect(url, server_settings=_server_settings(schema))
+    await _become(conn, role)
+    return conn
 
 
 def _lock_key(schema: str) -> int:

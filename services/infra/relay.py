@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import asyncpg
 from aiokafka import AIOKafkaProducer
 
+from services.infra.db import connect
 from services.infra.kafka import TRANSIENT_ERRORS
 from services.infra.settings import CommonSettings
 
@@ -48,11 +49,13 @@ class OutboxRelay:
         database_url: str,
         schema: str,
         producer: AIOKafkaProducer,
+        role: str | None = None,
     ) -> None:
         self.settings = settings
         self.database_url = database_url
         self.schema = schema
         self.producer = producer
+        self.role = role
         self.stats = RelayStats()
         self._wake = asyncio.Event()
         self._rewind = asyncio.Event()
@@ -84,9 +87,7 @@ class OutboxRelay:
                 delay = min(delay * 2, 5.0)
 
     async def _run_leader(self, stop: asyncio.Event) -> None:
-        conn: asyncpg.Connection = await asyncpg.connect(
-            self.database_url, server_settings={"search_path": self.schema}
-        )
+        conn = await connect(self.database_url, schema=self.schema, role=self.role)
         try:
             while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", self._lock_key):
                 with contextlib.suppress(asyncio.TimeoutError):

@@ -40,8 +40,16 @@ log = logging.getLogger(__name__)
 class Runtime:
     """Shared plumbing of one service process."""
 
-    def __init__(self, settings: CommonSettings, name: str, migrations: Path | None) -> None:
+    def __init__(
+        self,
+        settings: CommonSettings,
+        name: str,
+        migrations: Path | None,
+        *,
+        db_role: str | None = None,
+    ) -> None:
         self.settings = settings
+        self.db_role = db_role
         self.name = name
         self.schema = settings.schema_name(name)
         self.source = f"/services/{name}"
@@ -86,7 +94,10 @@ class Runtime:
         if applied:
             log.info("%s: applied migrations %s", self.name, ", ".join(applied))
         self.pool = await create_pool(
-            self.settings.database_url, schema=self.schema, max_size=self.settings.db_pool_max
+            self.settings.database_url,
+            schema=self.schema,
+            max_size=self.settings.db_pool_max,
+            role=self.db_role,
         )
         await self._retry(self.watch.prepare)
         self.producer = make_producer(self.settings, client_id=f"{self.name}-relay")
@@ -96,6 +107,7 @@ class Runtime:
             database_url=self.settings.database_url,
             schema=self.schema,
             producer=self.producer,
+            role=self.db_role,
         )
         self.watch.on_reset(self.relay.request_rewind)
         for loop in self.consumers:

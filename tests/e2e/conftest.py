@@ -55,13 +55,13 @@ class Stack:
 
     def start(self, name: str, **env: str) -> None:
         log = (self.logs / f"{name}.log").open("ab")
-        self.procs[name] = subprocess.Popen(  # noqa: S603
+        self.procs[name] = subprocess.Popen(
             [sys.executable, "-m", f"services.{name}"],
             env={**self.env, **env},
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=die_with_parent,  # noqa: PLW1509
+            preexec_fn=die_with_parent,
         )
 
     def wait_ready(self, name: str, timeout: float = 60.0) -> float:
