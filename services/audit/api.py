@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import base64
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import asyncpg
 from fastapi import APIRouter, Header, Query, Request
 
 from services.audit import tree
-from services.audit.ledger import decode_leaf
+from services.audit.ledger import decode_leaf, incident_entries
 from services.domain.directory import DirectoryFile
+from services.domain.envelope import utc_rfc3339
+from services.domain.knowledge import LedgerEvent, knowledge_as_of, state_as_of
 from services.infra.auth import TokenAuthenticator
 from services.infra.http import Problem
 from services.infra.runtime import Runtime
+from services.infra.telemetry import trace_id_of
 
 router = APIRouter(prefix="/v1")
 AUDIT_ROLES = frozenset({"auditor"})
@@ -39,28 +43,70 @@ async def timeline(
     authorization: Annotated[str | None, Header()] = None,
 ) -> dict[str, Any]:
     """The incident's events in ledger order, each with its index and recording time."""
+    entries = await _incident(request, authorization, incident_id)
+    return {
+        "incident_id": incident_id,
+        "events": [
+            {
+                "index": e.index,
+                "recorded_at": utc_rfc3339(e.recorded_at),
+                "trace_id": trace_id_of(e.envelope.traceparent),
+                "event": e.envelope.to_dict(),
+            }
+            for e in entries
+        ],
+    }
+
+
+@router.get("/incidents/{incident_id}/knowledge", summary="Who knew, as of an instant")
+async def knowledge(
+    incident_id: str,
+    request: Request,
+    as_of: Annotated[datetime | None, Query(description="RFC 3339 instant; default now")] = None,
+    authorization: Annotated[str | None, Header()] = None,
+) -> dict[str, Any]:
+    """Principals who had been shown the report by `as_of`, by ledger time (no backdating)."""
+    entries = await _incident(request, authorization, incident_id)
+    answer = knowledge_as_of(incident_id, entries, _instant(as_of))
+    return answer.to_json()
+
+
+@router.get("/incidents/{incident_id}/state", summary="The incident as it stood at an instant")
+async def state(
+    incident_id: str,
+    request: Request,
+    as_of: Annotated[datetime | None, Query(description="RFC 3339 instant; default now")] = None,
+    authorization: Annotated[str | None, Header()] = None,
+) -> dict[str, Any]:
+    """Rebuilt by replaying the ledger through the domain fold the services use."""
+    entries = await _incident(request, authorization, incident_id)
+    moment = _instant(as_of)
+    return {
+        "incident_id": incident_id,
+        "as_of": utc_rfc3339(moment),
+        "time_basis": "ledger",
+        "state": state_as_of(incident_id, entries, moment).to_json(),
+    }
+
+
+def _instant(as_of: datetime | None) -> datetime:
+    if as_of is None:
+        return datetime.now(UTC)
+    if as_of.tzinfo is None:
+        raise Problem(422, "Invalid as_of", "as_of needs a timezone, e.g. 2026-11-25T10:00:00Z.")
+    return as_of
+
+
+async def _incident(
+    request: Request, authorization: str | None, incident_id: str
+) -> list[LedgerEvent]:
     require_auditor(request, authorization)
     runtime: Runtime = request.app.state.runtime
     async with runtime.db.acquire() as conn:
-        rows = await conn.fetch(
-            "SELECT idx, recorded_at, trace_id, leaf FROM ledger"
-            " WHERE incident_id = $1 AND valid ORDER BY idx",
-            incident_id,
-        )
-    if not rows:
+        entries = await incident_entries(conn, incident_id)
+    if not entries:
         raise Problem(404, "Not found", "No events of this incident are in the ledger.")
-    events = []
-    for row in rows:
-        leaf = decode_leaf(bytes(row["leaf"]))
-        events.append(
-            {
-                "index": row["idx"],
-                "recorded_at": leaf["recorded_at"],
-                "trace_id": row["trace_id"],
-                "event": leaf["event"],
-            }
-        )
-    return {"incident_id": incident_id, "events": events}
+    return entries
 
 
 async def ledger_size(conn: asyncpg.Connection) -> int:

@@ -207,15 +207,11 @@ class Checkpoint:
     def __post_init__(self) -> None:
         _check_line(self.origin, "checkpoint origin")
         if isinstance(self.tree_size, bool) or not isinstance(self.tree_size, int):
-            raise CheckpointError(
-                f"tree size must be an int, not {type(self.tree_size).__name__}"
-            )
+            raise CheckpointError(f"tree size must be an int, not {type(self.tree_size).__name__}")
         if not 0 <= self.tree_size <= MAX_TREE_SIZE:
             raise CheckpointError(f"tree size {self.tree_size} is outside [0, 2**64 - 1]")
         if not isinstance(self.root_hash, bytes | bytearray | memoryview):
-            raise CheckpointError(
-                f"root hash must be bytes, not {type(self.root_hash).__name__}"
-            )
+            raise CheckpointError(f"root hash must be bytes, not {type(self.root_hash).__name__}")
         root_hash = bytes(self.root_hash)
         if len(root_hash) != HASH_SIZE:
             raise CheckpointError(f"root hash must be {HASH_SIZE} bytes, not {len(root_hash)}")
@@ -262,6 +258,8 @@ class Checkpoint:
         tree_size = int(size_line)
         if tree_size > MAX_TREE_SIZE:
             raise CheckpointError(f"tree size {size_line} exceeds 2**64 - 1")
+        if hash_line == "":
+            raise CheckpointError("root hash line is empty")
         root_hash = _b64decode_strict(hash_line)
         if root_hash is None:
             raise CheckpointError(f"root hash {hash_line!r} is not canonical base64")

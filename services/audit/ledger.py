@@ -27,7 +27,8 @@ from aiokafka import ConsumerRecord
 from services.audit import tree
 from services.audit.merkle import leaf_hash
 from services.domain.envelope import canonical_json, utc_rfc3339
-from services.domain.events import InvalidEvent, b64, parse_event
+from services.domain.events import InvalidEvent, b64, parse_envelope, parse_event
+from services.domain.knowledge import LedgerEvent
 from services.infra.kafka import header
 from services.infra.telemetry import trace_id_of
 
@@ -183,3 +184,19 @@ def decode_leaf(leaf: bytes) -> dict[str, Any]:
     """The JSON object inside a leaf."""
     value: dict[str, Any] = json.loads(leaf)
     return value
+
+
+async def incident_entries(conn: asyncpg.Connection, incident_id: str) -> list[LedgerEvent]:
+    """Every valid ledger entry of one incident, in ledger order."""
+    rows = await conn.fetch(
+        "SELECT idx, recorded_at, leaf FROM ledger WHERE incident_id = $1 AND valid ORDER BY idx",
+        incident_id,
+    )
+    return [
+        LedgerEvent(
+            index=row["idx"],
+            recorded_at=row["recorded_at"],
+            envelope=parse_envelope(decode_leaf(bytes(row["leaf"]))["event"]),
+        )
+        for row in rows
+    ]

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from services.domain.envelope import Envelope, canonical_json
+from services.domain.envelope import Envelope, canonical_json, utc_rfc3339
 from services.domain.events import (
     Acknowledged,
     Assigned,
@@ -64,6 +64,20 @@ class IncidentState:
     escalation_level: int = 0
     outcome: str | None = None
     history: tuple[str, ...] = field(default=())
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready form: times in RFC 3339 UTC, sets as sorted lists."""
+        out: dict[str, Any] = {}
+        for name, value in self.__dict__.items():
+            if isinstance(value, datetime):
+                out[name] = utc_rfc3339(value)
+            elif isinstance(value, frozenset):
+                out[name] = sorted(value)
+            elif isinstance(value, tuple):
+                out[name] = list(value)
+            else:
+                out[name] = value
+        return out
 
 
 def apply(state: IncidentState, event: Envelope) -> IncidentState:

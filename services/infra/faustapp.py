@@ -11,7 +11,9 @@ FastAPI lifespan, so all four services share one HTTP and health pattern.
 from __future__ import annotations
 
 import asyncio
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -71,6 +73,7 @@ def make_faust_app(settings: CommonSettings, name: str) -> faust.App:
         topic_allow_declare=True,
         web_enabled=False,
         store="memory://",
+        datadir=Path(tempfile.gettempdir()) / "incidents-faust" / name,
         autodiscover=False,
         stream_wait_empty=False,
     )
