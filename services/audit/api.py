@@ -10,6 +10,8 @@ import asyncpg
 from fastapi import APIRouter, Header, Query, Request
 
 from services.audit import tree
+from services.audit.checkpoint import NoteSigner
+from services.audit.heads import all_heads, latest_head
 from services.audit.ledger import decode_leaf, incident_entries
 from services.domain.directory import DirectoryFile
 from services.domain.envelope import utc_rfc3339
@@ -199,3 +201,34 @@ async def _within(conn: asyncpg.Connection, size: int) -> None:
         raise Problem(
             422, "Tree size too large", f"The ledger has {current} entries.", tree_size=current
         )
+
+
+@router.get("/ledger/head", summary="The latest signed tree head")
+async def head(request: Request) -> dict[str, Any]:
+    """Public: the newest C2SP checkpoint, signed with the key at /v1/ledger/public-key."""
+    runtime: Runtime = request.app.state.runtime
+    async with runtime.db.acquire() as conn:
+        latest = await latest_head(conn)
+    if latest is None:
+        raise Problem(404, "No signed head yet", "The ledger has not signed a tree head yet.")
+    return latest.to_json()
+
+
+@router.get("/ledger/heads", summary="Every signed tree head")
+async def heads(request: Request) -> dict[str, Any]:
+    """Public: all heads signed so far, by tree size."""
+    runtime: Runtime = request.app.state.runtime
+    async with runtime.db.acquire() as conn:
+        return {"heads": [h.to_json() for h in await all_heads(conn)]}
+
+
+@router.get("/ledger/public-key", summary="The key that signs tree heads")
+async def public_key(request: Request) -> dict[str, Any]:
+    """Public: the Ed25519 key, raw (base64) and as a C2SP note verifier key."""
+    signer: NoteSigner = request.app.state.signer
+    return {
+        "origin": signer.name,
+        "public_key": base64.b64encode(signer.public_key).decode(),
+        "verifier_key": signer.verifier_key,
+        "key_id": signer.key_id,
+    }

@@ -9,6 +9,7 @@ from aiokafka import ConsumerRecord
 from fastapi import FastAPI
 
 from services.audit.api import router
+from services.audit.heads import HeadSigner, load_signer
 from services.audit.ledger import append_records
 from services.domain.directory import DirectoryFile
 from services.infra.auth import TokenAuthenticator
@@ -37,7 +38,12 @@ def create_app(settings: AuditSettings | None = None) -> FastAPI:
         all_topics(settings),
         ingest,
     )
+    signer = load_signer(settings)
+    heads = HeadSigner(runtime, settings, signer)
+    runtime.background("head-signer", heads.run)
     app = build_app(runtime, title="Incidents audit")
+    app.state.signer = signer
+    app.state.heads = heads
     app.state.auth = auth
     app.state.directory = directory
     app.include_router(router)

@@ -59,6 +59,7 @@ class Runtime:
         self.relay: OutboxRelay | None = None
         self.watch = BrokerWatch(settings, name, all_topics(settings))
         self.consumers: list[ConsumerLoop] = []
+        self.tasks: list[tuple[str, Callable[[asyncio.Event], Awaitable[None]]]] = []
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.started = False
@@ -81,6 +82,10 @@ class Runtime:
         )
         self.consumers.append(loop)
         return loop
+
+    def background(self, name: str, run: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+        """Register a long-running task `run(stop)` (started with the runtime)."""
+        self.tasks.append((name, run))
 
     @property
     def db(self) -> asyncpg.Pool:
@@ -117,6 +122,8 @@ class Runtime:
         self._spawn(self.watch.run(self._stop), "broker-watch")
         for loop in self.consumers:
             self._spawn(loop.run(self._stop), f"consumer:{loop.group}")
+        for name, run in self.tasks:
+            self._spawn(run(self._stop), name)
         self.started = True
 
     async def _retry(self, call: Callable[[], Awaitable[Any]], attempts: int = 30) -> None:

@@ -131,6 +131,21 @@ class EscalationSettings(CommonSettings):
 class AuditSettings(CommonSettings):
     """Audit: the ledger, its proofs and the auditor API."""
 
+    ledger_origin: str = Field(
+        "incidents.example/ledger",
+        description="Origin line of the signed checkpoints (the log's name; also the key name).",
+    )
+    signing_key_file: Path = Field(
+        Path.home() / ".incidents" / "audit-signing-key.pem",
+        description="Ed25519 private key (PKCS#8 PEM) that signs tree heads. Created on first"
+        " start outside production; production refuses to start without it.",
+    )
+    checkpoint_every: int = Field(
+        1000, ge=1, description="Sign a new tree head after this many new entries..."
+    )
+    checkpoint_interval: float = Field(
+        5.0, gt=0, description="...or after this many seconds, if anything new was recorded."
+    )
     audit_db_role: str | None = Field(
         "incidents_audit",
         description="Role audit works as (SET ROLE): it may read and append the ledger,"

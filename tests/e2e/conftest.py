@@ -45,6 +45,8 @@ class Stack:
             "INCIDENTS_KAFKA_BOOTSTRAP": self.broker.bootstrap,
             "INCIDENTS_DATABASE_URL": database_url,
             "INCIDENTS_BROKER_CHECK_INTERVAL": "0.5",
+            "INCIDENTS_SIGNING_KEY_FILE": str(logs / "signing-key.pem"),
+            "INCIDENTS_CHECKPOINT_INTERVAL": "1",
             **{f"INCIDENTS_{n.upper()}_PORT": str(p) for n, p in self.ports.items()},
         }
         self.procs: dict[str, subprocess.Popen[bytes]] = {}

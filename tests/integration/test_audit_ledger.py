@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -14,7 +17,9 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from fastapi import FastAPI
 
+from services.audit import merkle
 from services.audit.app import create_app
+from services.audit.checkpoint import NoteVerifier, verify_checkpoint
 from services.audit.merkle import leaf_hash
 from services.domain.envelope import CLOUDEVENTS_CONTENT_TYPE
 from services.domain.events import make_event
@@ -34,8 +39,14 @@ async def running(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest.fixture
-async def audit(settings: CommonSettings) -> AsyncIterator[tuple[httpx.AsyncClient, AuditSettings]]:
-    audit_settings = AuditSettings(**settings.model_dump())
+async def audit(
+    settings: CommonSettings, tmp_path: Path
+) -> AsyncIterator[tuple[httpx.AsyncClient, AuditSettings]]:
+    audit_settings = AuditSettings(
+        **settings.model_dump(),
+        signing_key_file=tmp_path / "key.pem",
+        checkpoint_interval=0.2,
+    )
     async with running(create_app(audit_settings)) as client:
         yield client, audit_settings
 
@@ -131,3 +142,72 @@ async def test_the_timeline_is_for_auditors_only(
     assert nobody.status_code == 401
     assert nobody.headers["content-type"] == "application/problem+json"
     assert handler.status_code == 403
+
+
+async def test_signed_heads_cover_the_ledger_verify_with_the_public_key_and_stop_when_idle(
+    audit: tuple[httpx.AsyncClient, AuditSettings], producer: AIOKafkaProducer
+) -> None:
+    client, settings = audit
+    for n in range(5):
+        await producer.send_and_wait(settings.topic("incident.activity"), an_event(f"inc-h{n}"))
+    await eventually(lambda: _rows_with(settings, "inc-h4"))
+
+    head = await eventually(lambda: _head_at_least(client, 5))
+    key = (await client.get("/v1/ledger/public-key")).json()
+    verifier = NoteVerifier.from_verifier_key(key["verifier_key"])
+    checkpoint = verify_checkpoint(verifier, head["checkpoint"])
+    assert checkpoint.tree_size == head["tree_size"]
+    assert checkpoint.root_hash.hex() == head["root_hash"]
+    assert base64.b64decode(key["public_key"]) == verifier.public_key
+    entries = (
+        await client.get(f"/v1/ledger/entries?start=0&end={head['tree_size']}", headers=AUDITOR)
+    ).json()["entries"]
+    hashes = [leaf_hash(base64.b64decode(e["leaf"])) for e in entries]
+    assert merkle.root_from_leaf_hashes(hashes).hex() == head["root_hash"]
+    # the head's own event reaches the ledger, and does not by itself call for another head
+    await eventually(lambda: _rows_of_type(settings, "audit.checkpoint.signed.v1"))
+    await asyncio.sleep(1.0)
+    sizes = [h["tree_size"] for h in (await client.get("/v1/ledger/heads")).json()["heads"]]
+    await asyncio.sleep(1.0)
+    again = [h["tree_size"] for h in (await client.get("/v1/ledger/heads")).json()["heads"]]
+    assert sizes == again
+
+
+async def _head_at_least(client: httpx.AsyncClient, size: int) -> dict[str, Any] | None:
+    answer = await client.get("/v1/ledger/head")
+    if answer.status_code != 200:
+        return None
+    body: dict[str, Any] = answer.json()
+    return body if body["tree_size"] >= size else None
+
+
+async def _rows_of_type(settings: CommonSettings, type_: str) -> list[asyncpg.Record]:
+    return [r for r in await ledger_rows(settings) if r["event_type"] == type_]
+
+
+async def test_proofs_served_by_the_api_verify_against_the_signed_head(
+    audit: tuple[httpx.AsyncClient, AuditSettings], producer: AIOKafkaProducer
+) -> None:
+    client, settings = audit
+    for n in range(9):
+        await producer.send_and_wait(settings.topic("incident.activity"), an_event(f"inc-p{n}"))
+    await eventually(lambda: _rows_with(settings, "inc-p8"))
+    head = await eventually(lambda: _head_at_least(client, 9))
+    size, root = head["tree_size"], bytes.fromhex(head["root_hash"])
+    for index in range(size):
+        answer = await client.get(f"/v1/ledger/proofs/inclusion?index={index}&tree_size={size}")
+        body = answer.json()
+        proof = [bytes.fromhex(p) for p in body["proof"]]
+        merkle.verify_inclusion(bytes.fromhex(body["leaf_hash"]), index, size, proof, root)
+    entries = (await client.get(f"/v1/ledger/entries?end={size}", headers=AUDITOR)).json()
+    hashes = [bytes.fromhex(e["leaf_hash"]) for e in entries["entries"]]
+    for first in range(1, size + 1):
+        body = (
+            await client.get(f"/v1/ledger/proofs/consistency?first={first}&second={size}")
+        ).json()
+        proof = [bytes.fromhex(p) for p in body["proof"]]
+        merkle.verify_consistency(
+            first, size, proof, merkle.root_from_leaf_hashes(hashes[:first]), root
+        )
+    too_far = await client.get(f"/v1/ledger/proofs/inclusion?index=0&tree_size={size + 1000}")
+    assert too_far.status_code == 422
