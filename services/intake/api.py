@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from services.domain.reports import ReportInput, UnknownCategory
-from services.infra.auth import TokenAuthenticator
 from services.infra.http import Problem
+from services.intake.principals import OptionalPrincipal
 from services.intake.service import IntakeService
 
 router = APIRouter(prefix="/v1")
@@ -20,26 +18,13 @@ def _service(request: Request) -> IntakeService:
     return service
 
 
-def _reporter(request: Request, authorization: str | None) -> str | None:
-    """The authenticated principal, None when anonymous; 401 for a bad token."""
-    if authorization is None:
-        return None
-    auth: TokenAuthenticator = request.app.state.auth
-    principal = auth.principal_id(authorization)
-    if principal is None:
-        raise Problem(401, "Unauthorized", "The bearer token is not valid.")
-    return principal
-
-
 @router.post("/reports", status_code=202, summary="Submit a report")
 async def post_report(
-    report: ReportInput,
-    request: Request,
-    authorization: Annotated[str | None, Header()] = None,
+    report: ReportInput, request: Request, caller: OptionalPrincipal
 ) -> JSONResponse:
     """Take a report in. Anonymous without `Authorization`; 202 once it is durable."""
-    principal = _reporter(request, authorization)
-    is_system = principal is not None and principal.startswith("system:")
+    principal = caller.id if caller else None
+    is_system = caller is not None and caller.is_system
     try:
         accepted = await _service(request).submit(
             report,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from fastapi import FastAPI
 
+from services.domain.directory import DirectoryFile
 from services.domain.events import Topic
 from services.domain.policy import Policy
 from services.infra.auth import TokenAuthenticator
@@ -14,11 +16,15 @@ from services.infra.kafka import per_record
 from services.infra.runtime import Runtime
 from services.infra.settings import IntakeSettings
 from services.infra.webapp import build_app
+from services.intake import directory_api, handlers, receipts
 from services.intake.api import router
+from services.intake.directory import seed
 from services.intake.inbound import InboundConsumer
+from services.intake.routing import routing_handler
 from services.intake.service import IntakeService
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+log = logging.getLogger(__name__)
 
 
 def create_app(settings: IntakeSettings | None = None) -> FastAPI:
@@ -34,8 +40,23 @@ def create_app(settings: IntakeSettings | None = None) -> FastAPI:
         [settings.topic(Topic.INBOUND)],
         per_record(inbound.handle),
     )
-    app = build_app(runtime, title="Incidents intake")
+    runtime.consume(
+        f"{settings.kafka_topic_prefix}intake-routing",
+        [settings.topic(Topic.TRIAGE), settings.topic(Topic.ESCALATIONS)],
+        routing_handler(runtime),
+    )
+    directory = load_yaml_model(settings.directory_file, DirectoryFile)
+
+    async def seed_directory() -> None:
+        added = await seed(runtime, directory)
+        if added:
+            log.info("directory: added %d people from %s", added, settings.directory_file)
+
+    app = build_app(runtime, title="Incidents intake", on_start=seed_directory)
     app.state.intake = service
     app.state.auth = auth
     app.include_router(router)
+    app.include_router(receipts.router)
+    app.include_router(handlers.router)
+    app.include_router(directory_api.router)
     return app

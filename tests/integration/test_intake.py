@@ -43,7 +43,10 @@ async def intake(
 async def stored_events(settings: CommonSettings) -> list[asyncpg.Record]:
     conn = await asyncpg.connect(settings.database_url)
     try:
-        return await conn.fetch("SELECT stream_id, type, body FROM intake.events ORDER BY position")
+        return await conn.fetch(
+            "SELECT stream_id, type, body FROM intake.events"
+            " WHERE stream_id NOT LIKE 'directory:%' ORDER BY position"
+        )
     finally:
         await conn.close()
 
