@@ -68,7 +68,9 @@ class CommonSettings(BaseSettings):
     )
     http_host: str = Field("127.0.0.1", description="Address the HTTP server binds.")
     log_level: str = Field("INFO", description="Log level.")
-    max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest accepted HTTP body.")
+    max_body_bytes: int = Field(
+        256 * 1024, ge=1024, description="Largest accepted HTTP body (413 above)."
+    )
     directory_file: Path = Field(
         _DATA / "directory.yaml", description="Organisation seed (YAML), loaded at start."
     )
