@@ -97,6 +97,9 @@ class Triaged(EventData):
     chain: list[ChainLevel]
     excluded: list[Exclusion] = Field(default_factory=list)
     deadlines: dict[str, datetime] = Field(default_factory=dict)
+    repeat_last_every: int | None = Field(
+        None, ge=1, description="Seconds between repeats to the last level until acknowledged."
+    )
 
 
 class Assigned(EventData):
