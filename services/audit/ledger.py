@@ -29,7 +29,7 @@ from services.audit.merkle import leaf_hash
 from services.domain.envelope import canonical_json, utc_rfc3339
 from services.domain.events import InvalidEvent, b64, parse_envelope, parse_event
 from services.domain.knowledge import LedgerEvent
-from services.infra.kafka import header
+from services.infra.kafka import header, record_span
 from services.infra.telemetry import trace_id_of
 
 LEAF_VERSION = 1
@@ -129,7 +129,9 @@ async def append_records(conn: asyncpg.Connection, records: Sequence[ConsumerRec
     frontier = await tree.frontier_at(conn, last + 1)
     nodes: list[tuple[int, int, bytes]] = []
     rows = []
-    for candidate in candidates:
+    for candidate, record in zip(candidates, records, strict=True):
+        with record_span(record):  # so each report's trace shows its ledger entry
+            pass
         if candidate.record_key in seen:
             continue
         seen.add(candidate.record_key)

@@ -21,7 +21,7 @@ from aiokafka import ConsumerRecord
 from faust.transport.drivers import TRANSPORTS
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
-from services.infra.kafka import BatchHandler, ConsumerStats, RecordProcessor
+from services.infra.kafka import BatchHandler, ConsumerStats, RecordProcessor, record_span
 from services.infra.runtime import Runtime
 from services.infra.settings import CommonSettings
 
@@ -55,6 +55,8 @@ class _Settings(faust.Settings):
 def make_faust_app(settings: CommonSettings, name: str) -> faust.App:
     """A faust app with this project's broker settings (web server off: FastAPI serves)."""
     session_s = settings.kafka_session_timeout_ms / 1000
+    datadir = Path(tempfile.gettempdir()) / "incidents-faust" / name
+    datadir.mkdir(parents=True, exist_ok=True)
     host = settings.kafka_bootstrap.split(",")[0]
     app = faust.App(
         f"{settings.kafka_topic_prefix}{name}",
@@ -73,7 +75,7 @@ def make_faust_app(settings: CommonSettings, name: str) -> faust.App:
         topic_allow_declare=True,
         web_enabled=False,
         store="memory://",
-        datadir=Path(tempfile.gettempdir()) / "incidents-faust" / name,
+        datadir=datadir,
         autodiscover=False,
         stream_wait_empty=False,
     )
@@ -112,7 +114,9 @@ def add_agent(
 
     async def agent(stream: Any) -> None:
         async for event in stream.events():
-            await processor.process([_record(event)], stop)
+            record = _record(event)
+            with record_span(record):
+                await processor.process([record], stop)
 
     agent.__name__ = name.replace("-", "_")
     app.agent(channel, name=name)(agent)

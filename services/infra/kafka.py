@@ -19,9 +19,11 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from opentelemetry import trace
 
 from services.domain.events import Topic
 from services.infra.settings import CommonSettings
+from services.infra.telemetry import span_after
 
 log = logging.getLogger(__name__)
 
@@ -332,22 +334,33 @@ class ConsumerLoop:
 
 
 def per_record(handler: RecordHandler) -> BatchHandler:
-    """Adapt a one-record handler to the batch interface."""
+    """Adapt a one-record handler to the batch interface, one trace span per record."""
 
     async def handle(records: Sequence[ConsumerRecord]) -> None:
         for record in records:
-            await handler(record)
+            with record_span(record):
+                await handler(record)
 
     return handle
 
 
+def record_span(record: ConsumerRecord) -> contextlib.AbstractContextManager[object]:
+    """A span for processing one record, continuing the trace its header names."""
+    return span_after(
+        f"process {record.topic}",
+        header(record, "traceparent"),
+        trace.SpanKind.CONSUMER,
+        partition=record.partition,
+        offset=record.offset,
+    )
+
+
 def header(record: ConsumerRecord, name: str) -> str | None:
-    """A record header as text (the last one if repeated)."""
-    value = None
+    """A record header as text (the first one if repeated, as propagators read it)."""
     for key, raw in record.headers or ():
         if key.lower() == name:
-            value = raw.decode("utf-8", "replace") if raw is not None else ""
-    return value
+            return raw.decode("utf-8", "replace") if raw is not None else ""
+    return None
 
 
 __all__ = [

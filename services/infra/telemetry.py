@@ -6,7 +6,9 @@ configured once per process by the service entry points (`configure_tracing`).
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 from opentelemetry import context, trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -26,6 +28,20 @@ def context_from_traceparent(traceparent: str | None) -> context.Context:
     if not traceparent:
         return context.Context()
     return _PROPAGATOR.extract({"traceparent": traceparent})
+
+
+@contextlib.contextmanager
+def span_after(
+    name: str,
+    traceparent: str | None,
+    kind: trace.SpanKind = trace.SpanKind.INTERNAL,
+    **attributes: str | int,
+) -> Iterator[trace.Span]:
+    """A span continuing the trace a `traceparent` names (a new trace when it is None)."""
+    with tracer.start_as_current_span(
+        name, context=context_from_traceparent(traceparent), kind=kind, attributes=attributes
+    ) as span:
+        yield span
 
 
 def trace_id_of(traceparent: str | None) -> str | None:
@@ -62,6 +78,9 @@ def configure_tracing(service_name: str) -> None:
         except ImportError:  # the exporter is an optional extra
             pass
     trace.set_tracer_provider(provider)
+    from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
+
+    AsyncPGInstrumentor().instrument()
 
 
 tracer = trace.get_tracer("incidents")

@@ -10,6 +10,7 @@ from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
 from services.infra.http import BodyLimit, health_router, install_problem_handlers
 from services.infra.runtime import Runtime
@@ -47,6 +48,7 @@ def build_app(
     app.include_router(health_router(runtime.readiness))
     app.add_middleware(BodyLimit, max_bytes=runtime.settings.max_body_bytes)  # type: ignore[arg-type]
     app.state.runtime = runtime
+    FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz,metrics")
     return app
 
 

@@ -20,6 +20,7 @@ from services.domain.events import SUBMITTED, InvalidEvent, parse_envelope
 from services.domain.reports import ReportInput, UnknownCategory, submit_report
 from services.infra import eventstore
 from services.infra.runtime import Runtime
+from services.infra.telemetry import current_traceparent
 from services.intake.service import IntakeService
 
 CONSUMER = "intake-inbound"
@@ -61,7 +62,7 @@ class InboundConsumer:
                 actor=envelope.actor or f"system:{envelope.source}",
                 source=self.runtime.source,
                 now=datetime.now(UTC),
-                traceparent=envelope.traceparent,
+                traceparent=current_traceparent() or envelope.traceparent,
                 causationid=envelope.id,
             )
         except UnknownCategory as exc:
