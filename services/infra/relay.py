@@ -20,10 +20,12 @@ from dataclasses import dataclass
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
+from opentelemetry import trace
 
 from services.infra.db import connect
 from services.infra.kafka import TRANSIENT_ERRORS
 from services.infra.settings import CommonSettings
+from services.infra.telemetry import current_traceparent, span_after
 
 log = logging.getLogger(__name__)
 
@@ -154,15 +156,28 @@ class OutboxRelay:
     async def _publish(self, rows: list[asyncpg.Record]) -> None:
         futures = []
         for row in rows:
-            headers = [(k, v.encode()) for k, v in json.loads(row["headers"])]
-            futures.append(
-                await self.producer.send(
-                    row["topic"],
-                    value=bytes(row["value"]),
-                    key=row["key"].encode(),
-                    headers=headers,
+            stored = json.loads(row["headers"])
+            origin = next((v for k, v in stored if k == "traceparent"), None)
+            headers = [(k, v.encode()) for k, v in stored if k != "traceparent"]
+            # The publish continues the trace of the request that wrote the row; the
+            # header carries this span, so consumers hang their work below it.
+            with span_after(
+                f"outbox publish {row['topic']}",
+                origin,
+                trace.SpanKind.PRODUCER,
+                position=int(row["position"]),
+            ):
+                traceparent = current_traceparent()
+                if traceparent:
+                    headers.append(("traceparent", traceparent.encode()))
+                futures.append(
+                    await self.producer.send(
+                        row["topic"],
+                        value=bytes(row["value"]),
+                        key=row["key"].encode(),
+                        headers=headers,
+                    )
                 )
-            )
         await asyncio.gather(*futures)
 
 
