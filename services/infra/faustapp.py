@@ -21,6 +21,7 @@ from aiokafka import ConsumerRecord
 from faust.transport.drivers import TRANSPORTS
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
+from services.infra import metrics
 from services.infra.kafka import BatchHandler, ConsumerStats, RecordProcessor, record_span
 from services.infra.runtime import Runtime
 from services.infra.settings import CommonSettings
@@ -117,6 +118,7 @@ def add_agent(
             record = _record(event)
             with record_span(record):
                 await processor.process([record], stop)
+            metrics.CONSUMED.labels(name, record.topic).inc()
 
     agent.__name__ = name.replace("-", "_")
     app.agent(channel, name=name)(agent)

@@ -22,6 +22,7 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from opentelemetry import trace
 
 from services.domain.events import Topic
+from services.infra import metrics
 from services.infra.settings import CommonSettings
 from services.infra.telemetry import span_after
 
@@ -109,6 +110,7 @@ class BrokerWatch:
 
     def __init__(self, settings: CommonSettings, owner: str, topics: Sequence[str]) -> None:
         self.settings = settings
+        self.owner = owner
         self.marker = settings.topic(f"_incidents.alive.{owner}")
         self.topics = list(topics)
         self.resets = 0
@@ -126,6 +128,7 @@ class BrokerWatch:
         if self.marker in await list_topics(self.settings):
             return False
         self.resets += 1
+        metrics.BROKER_RESETS.labels(self.owner).inc()
         log.warning("broker lost its topics (reset %d): recreating and replaying", self.resets)
         await self.prepare()
         for callback in self._callbacks:
@@ -319,6 +322,12 @@ class ConsumerLoop:
                             await self.processor.process(records, stop)
                             await consumer.commit({tp: records[-1].offset + 1})
                             self.stats.batches += 1
+                            metrics.CONSUMED.labels(self.group, tp.topic).inc(len(records))
+                            highwater = consumer.highwater(tp)
+                            if highwater is not None:
+                                metrics.CONSUMER_LAG.labels(
+                                    self.group, tp.topic, str(tp.partition)
+                                ).set(max(0, highwater - records[-1].offset - 1))
             except TRANSIENT_ERRORS as exc:
                 log.warning("consumer %s: %r; rebuilding in %.1fs", self.group, exc, backoff)
                 self.stats.rebuilds += 1

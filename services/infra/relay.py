@@ -22,6 +22,7 @@ import asyncpg
 from aiokafka import AIOKafkaProducer
 from opentelemetry import trace
 
+from services.infra import metrics
 from services.infra.db import connect
 from services.infra.kafka import TRANSIENT_ERRORS
 from services.infra.settings import CommonSettings
@@ -125,6 +126,7 @@ class OutboxRelay:
                     )
                     self.stats.cursor = cursor
                     self.stats.published += len(rows)
+                    metrics.PUBLISHED.labels(self.schema).inc(len(rows))
                     self.stats.last_publish_at = time.time()
                     continue
                 with contextlib.suppress(asyncio.TimeoutError):

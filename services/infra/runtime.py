@@ -21,9 +21,10 @@ from aiokafka import AIOKafkaProducer, ConsumerRecord
 
 from services.domain.envelope import utc_rfc3339
 from services.domain.events import InputRejected, Topic, b64, make_event
-from services.infra import eventstore
+from services.infra import eventstore, metrics
 from services.infra.db import create_pool, migrate_service
 from services.infra.kafka import (
+    TRANSIENT_ERRORS,
     BatchHandler,
     BrokerWatch,
     ConsumerLoop,
@@ -124,6 +125,7 @@ class Runtime:
             self._spawn(loop.run(self._stop), f"consumer:{loop.group}")
         for name, run in self.tasks:
             self._spawn(run(self._stop), name)
+        self._spawn(self._refresh_metrics(self._stop), "metrics")
         self.started = True
 
     async def _retry(self, call: Callable[[], Awaitable[Any]], attempts: int = 30) -> None:
@@ -146,6 +148,16 @@ class Runtime:
     def _task_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None and not self._stop.is_set():
             log.critical("%s crashed: %r", task.get_name(), task.exception())
+
+    async def _refresh_metrics(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                async with self.db.acquire() as conn:
+                    await metrics.refresh_outbox(conn, self.name)
+            except TRANSIENT_ERRORS as exc:
+                log.debug("metrics refresh failed: %r", exc)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), 5.0)
 
     async def stop(self) -> None:
         """Stop background work and close connections."""
@@ -222,6 +234,7 @@ class Runtime:
                 )
             ],
         )
+        metrics.DEAD_LETTERED.labels(self.name).inc()
         log.warning(
             "dead-lettered input from %s at %s: %s", source_topic, utc_rfc3339(event.time), reason
         )

@@ -52,8 +52,10 @@ async def test_a_report_has_one_trace_from_the_request_through_kafka_to_the_ledg
         serving(intake_app, "http://intake") as intake,
         serving(audit_app, "http://audit") as audit,
     ):
-        answer = await intake.post(
-            "/v1/reports", json={"category": "harassment", "summary": "s", "description": "d"}
+        answer = await intake.post(  # named reporter: anonymous reports start a trace of their own
+            "/v1/reports",
+            json={"category": "harassment", "summary": "s", "description": "d"},
+            headers={"authorization": "Bearer dev-liu-token"},
         )
         incident = answer.json()["incident_id"]
 
