@@ -1,0 +1,636 @@
+"""Escalation of one incident as a state machine: `(state, input) -> (state, effects)`.
+
+The escalation service keeps one `EscalationState` per incident (one row, `to_json()`)
+and feeds it what happens: the triage decision (`start`), acknowledgements
+(`acknowledge`), reassignments (`reassign`), failed deliveries (`delivery_failed`),
+amended reports (`report_amended`) and the passing of time (`due`, `reminders`, or
+both at once with `tick`). Each function returns the new state and the effects to
+publish: plain catalog payloads (`Escalated`, `Notified`, `EscalationCleared`,
+`ReminderDue`) plus `DeadlineBreached`, a proposed `incident.deadline.breached.v1`
+that the catalog does not have yet. `effect_type(effect)` names each one's event type.
+
+Nothing here does I/O or reads a clock: `now` is always passed in, and must be
+timezone-aware. The service persists the new state and the effects in one transaction
+(outbox); `state.version` grows by one on every transition that changes the state, so
+`(incident_id, version, index of the effect)` is a stable key for event ids.
+
+## Rules (decisions)
+
+- **Level 1 is asked by triage** (it emits `assigned` and `notified`), so `start`
+  emits nothing for it and only starts its deadline: triage's
+  `deadlines["level_1_acknowledge"]` when the decision carries it (so a late start, after
+  a restart, does not push the deadline back), else `now + acknowledge_within`.
+- **Exactly once.** One acknowledgement deadline is pending at a time (`due_at`).
+  `due(state, now, expected_due_at)` fires only when `expected_due_at == due_at`, the
+  state is not acknowledged, and `now >= due_at`; otherwise it is a no-op. Early calls,
+  repeated calls and calls for a deadline that an acknowledgement (or an earlier
+  escalation) already cleared do nothing. A new deadline is always later than `now`,
+  so one `due` call moves at most one step.
+- **Escalating** (`not_acknowledged`) moves to the next level: `Escalated(level=k,
+  recipients, reason, deadline)` then one `Notified(channel="escalation")` per
+  recipient, and waits `now + acknowledge_within` of level k (counted from when the
+  level was really asked, so a late firing after a restart does not shorten it).
+- **Empty levels.** Every empty level the chain moves to is recorded once, as
+  `Escalated(level=k, recipients=[], reason="nobody_eligible")`, and the next level is
+  asked at once (same `now`) with reason `nobody_eligible` too. All the `Escalated` of one
+  move carry the same `deadline`: the instant the move became due, that is the missed
+  acknowledgement deadline for `not_acknowledged`, else `now` (start, reassignment,
+  failed delivery). `start` with an empty level 1 therefore records
+  `Escalated(level=1, [], nobody_eligible)`; a non-empty level 1 never gets an
+  `Escalated`.
+- **Nobody left.** When the move runs past the last level (the last level is empty) it
+  stops: the last effect is `Escalated(level=last, recipients=[], nobody_eligible)` and
+  no deadline is pending (`state.stalled`). It goes on if a reassignment adds someone.
+- **The last level repeats** every `repeat_last_every` (`Escalated(level=last,
+  reason="not_acknowledged", deadline=missed)` and `Notified` again). Without
+  `repeat_last_every` it stops silently after the last level's deadline.
+- **Acknowledgement** by a principal routed so far (an eligible recipient of any level
+  up to the current one, or added by reassignment) and not excluded: the state is
+  acknowledged, the pending deadline goes, `EscalationCleared(level=current_level)`.
+  A second acknowledgement, one by a principal not routed or excluded, and one before
+  `start`, do nothing. The clear names the level current when the acknowledgement was
+  *applied*: if an escalation won the race, the clear is at the new level, never a
+  clear of a level that was already escalated away from.
+- **Excluded** principals (triage's `excluded`, and everyone a reassignment removes)
+  are never notified, escalated to, nor accepted as acknowledgers, whichever level they
+  appear in. Additions of an excluded principal are ignored: exclusion wins.
+- **Reassignment** (`reassign(removed, added)`): added principals join the current
+  level. If the current level is left with nobody eligible, the chain moves on at once
+  (`nobody_eligible`; at the last level, the stop record above). If the removed
+  principal is the one who acknowledged, the acknowledgement no longer counts: the
+  current level is asked again with a fresh deadline (or the chain moves on if it is
+  empty). A stopped chain to which someone is added waits on the current level again.
+- **Failed delivery** (`delivery_failed(principal, level)`, after the adapter has given
+  up retrying): once every eligible recipient of the current ask has failed, the next
+  level is asked at once with reason `delivery_failed`. Failures for another level are
+  ignored. A removal that leaves only recipients whose delivery failed counts the same.
+  At the last level there is nothing higher: the repeat deadline stands.
+- **Legal clocks** come from `Triaged.deadlines` (`reporter_acknowledgement`,
+  `feedback`; other keys are not legal clocks and are ignored). `ReminderDue(clock,
+  due_at)` fires `reminder_lead` before the deadline, by default 10 % of the span from
+  `start` to the deadline (7 days: 16.8 h before; 90 days: 9 days before; a policy of
+  seconds scales with it), and `DeadlineBreached(clock, due_at)` at the deadline. Each
+  fires once. A reminder that would only fire at or after its deadline (the service
+  was down) is skipped: the breach says more. The first valid handler acknowledgement
+  satisfies `reporter_acknowledgement` (the reporter's receipt view then shows that
+  the report was received and when); `clock_satisfied` satisfies any clock (the
+  service calls it for `feedback` when a handler writes to the reporter). A satisfied
+  clock neither reminds nor breaches. Legal clocks keep running after acknowledgement:
+  feedback is owed regardless.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final, Literal
+
+from pydantic import Field
+
+from services.domain.envelope import utc_rfc3339
+from services.domain.events import (
+    Escalated,
+    EscalationCleared,
+    EventData,
+    Notified,
+    ReminderDue,
+    Triaged,
+)
+
+STATE_FORMAT: Final = 1
+REPORTER_ACKNOWLEDGEMENT: Final = "reporter_acknowledgement"
+FEEDBACK: Final = "feedback"
+LEGAL_CLOCKS: Final = (REPORTER_ACKNOWLEDGEMENT, FEEDBACK)
+DEFAULT_REMINDER_LEAD: Final = 0.1
+ESCALATION_CHANNEL: Final = "escalation"
+DEADLINE_BREACHED: Final = "incident.deadline.breached.v1"
+LEVEL_1_ACKNOWLEDGE: Final = "level_1_acknowledge"
+
+Reason = Literal["not_acknowledged", "nobody_eligible", "delivery_failed"]
+
+
+class DeadlineBreached(EventData):
+    """Proposed `incident.deadline.breached.v1` (topic incident.escalations): a legal
+    clock reached its deadline unsatisfied."""
+
+    clock: str = Field(description="Which legal clock: reporter_acknowledgement, feedback...")
+    due_at: datetime
+
+
+Effect = Escalated | EscalationCleared | Notified | ReminderDue | DeadlineBreached
+
+_EFFECT_TYPES: Final[dict[type[EventData], str]] = {
+    Escalated: "incident.escalated.v1",
+    EscalationCleared: "incident.escalation.cleared.v1",
+    Notified: "incident.notified.v1",
+    ReminderDue: "incident.reminder.due.v1",
+    DeadlineBreached: DEADLINE_BREACHED,
+}
+
+
+def effect_type(effect: Effect) -> str:
+    """The event type an effect is published as."""
+    return _EFFECT_TYPES[type(effect)]
+
+
+@dataclass(frozen=True)
+class Level:
+    """One level of the chain: who is asked and how long they have (seconds)."""
+
+    level: int
+    role: str
+    recipients: tuple[str, ...]
+    acknowledge_within: int
+
+
+@dataclass(frozen=True)
+class Acknowledgement:
+    """The acknowledgement that stopped the chain."""
+
+    by: str
+    at: datetime
+    level: int
+
+
+@dataclass(frozen=True)
+class LegalClock:
+    """A legal deadline (EU 2019/1937): reminded once before, breached once at it."""
+
+    name: str
+    due_at: datetime
+    remind_at: datetime
+    reminded: bool = False
+    breached: bool = False
+    satisfied_at: datetime | None = None
+
+    @property
+    def next_at(self) -> datetime | None:
+        """When this clock next has something to say, or None."""
+        if self.satisfied_at is not None or self.breached:
+            return None
+        return self.due_at if self.reminded else self.remind_at
+
+
+@dataclass(frozen=True)
+class EscalationState:
+    """Escalation of one incident. Immutable; every change makes a new state."""
+
+    incident_id: str
+    chain: tuple[Level, ...]
+    report_digest: str
+    repeat_last_every: int | None = None
+    current_level: int = 0
+    asked_at: datetime | None = None
+    due_at: datetime | None = None
+    acknowledged: Acknowledgement | None = None
+    excluded: frozenset[str] = frozenset()
+    undelivered: frozenset[str] = frozenset()
+    clocks: tuple[LegalClock, ...] = ()
+    version: int = 0
+
+    # Derived views
+
+    def level(self, number: int) -> Level:
+        """The chain level with this number (1-based)."""
+        return self.chain[number - 1]
+
+    def eligible(self, number: int) -> tuple[str, ...]:
+        """Recipients of a level who may be asked: not excluded, each once, in order."""
+        out: list[str] = []
+        for principal in self.level(number).recipients:
+            if principal not in self.excluded and principal not in out:
+                out.append(principal)
+        return tuple(out)
+
+    @property
+    def last_level(self) -> int:
+        return len(self.chain)
+
+    @property
+    def routed(self) -> frozenset[str]:
+        """Everyone asked so far who may still act: eligible recipients up to the current level."""
+        return frozenset(p for k in range(1, self.current_level + 1) for p in self.eligible(k))
+
+    @property
+    def stalled(self) -> bool:
+        """Started, unacknowledged, and no deadline pending: nobody left to ask."""
+        return self.current_level > 0 and self.acknowledged is None and self.due_at is None
+
+    def clock(self, name: str) -> LegalClock | None:
+        return next((c for c in self.clocks if c.name == name), None)
+
+    @property
+    def reporter_acknowledgement_due(self) -> datetime | None:
+        clock = self.clock(REPORTER_ACKNOWLEDGEMENT)
+        return clock.due_at if clock else None
+
+    @property
+    def feedback_due(self) -> datetime | None:
+        clock = self.clock(FEEDBACK)
+        return clock.due_at if clock else None
+
+    # Persistence
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready form (times RFC 3339 UTC, sets as sorted lists); see `from_json`."""
+        ack = self.acknowledged
+        return {
+            "format": STATE_FORMAT,
+            "incident_id": self.incident_id,
+            "chain": [
+                {
+                    "level": lv.level,
+                    "role": lv.role,
+                    "recipients": list(lv.recipients),
+                    "acknowledge_within": lv.acknowledge_within,
+                }
+                for lv in self.chain
+            ],
+            "report_digest": self.report_digest,
+            "repeat_last_every": self.repeat_last_every,
+            "current_level": self.current_level,
+            "asked_at": _time_out(self.asked_at),
+            "due_at": _time_out(self.due_at),
+            "acknowledged": (
+                None
+                if ack is None
+                else {"by": ack.by, "at": utc_rfc3339(ack.at), "level": ack.level}
+            ),
+            "excluded": sorted(self.excluded),
+            "undelivered": sorted(self.undelivered),
+            "clocks": [
+                {
+                    "name": c.name,
+                    "due_at": utc_rfc3339(c.due_at),
+                    "remind_at": utc_rfc3339(c.remind_at),
+                    "reminded": c.reminded,
+                    "breached": c.breached,
+                    "satisfied_at": _time_out(c.satisfied_at),
+                }
+                for c in self.clocks
+            ],
+            "version": self.version,
+        }
+
+    @classmethod
+    def from_json(cls, value: Mapping[str, Any]) -> EscalationState:
+        """The state `to_json` wrote; ValueError if it is not one."""
+        if value.get("format") != STATE_FORMAT:
+            raise ValueError(f"escalation state format {value.get('format')!r} is not supported")
+        try:
+            ack = value["acknowledged"]
+            return cls(
+                incident_id=str(value["incident_id"]),
+                chain=tuple(
+                    Level(
+                        level=int(lv["level"]),
+                        role=str(lv["role"]),
+                        recipients=tuple(str(p) for p in lv["recipients"]),
+                        acknowledge_within=int(lv["acknowledge_within"]),
+                    )
+                    for lv in value["chain"]
+                ),
+                report_digest=str(value["report_digest"]),
+                repeat_last_every=_int_or_none(value["repeat_last_every"]),
+                current_level=int(value["current_level"]),
+                asked_at=_time_in(value["asked_at"]),
+                due_at=_time_in(value["due_at"]),
+                acknowledged=(
+                    None
+                    if ack is None
+                    else Acknowledgement(
+                        by=str(ack["by"]), at=_time(ack["at"]), level=int(ack["level"])
+                    )
+                ),
+                excluded=frozenset(str(p) for p in value["excluded"]),
+                undelivered=frozenset(str(p) for p in value["undelivered"]),
+                clocks=tuple(
+                    LegalClock(
+                        name=str(c["name"]),
+                        due_at=_time(c["due_at"]),
+                        remind_at=_time(c["remind_at"]),
+                        reminded=bool(c["reminded"]),
+                        breached=bool(c["breached"]),
+                        satisfied_at=_time_in(c["satisfied_at"]),
+                    )
+                    for c in value["clocks"]
+                ),
+                version=int(value["version"]),
+            )
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"not an escalation state: {exc!r}") from exc
+
+
+Step = tuple[EscalationState, tuple[Effect, ...]]
+
+
+# Transitions
+
+
+def start(
+    triaged: Triaged,
+    incident_id: str,
+    now: datetime,
+    report_digest: str,
+    *,
+    reminder_lead: float | timedelta = DEFAULT_REMINDER_LEAD,
+) -> Step:
+    """The state after triage decided the chain; level 1 is already asked by triage.
+
+    `reminder_lead` is a fraction of each legal clock's span (from `now` to its
+    deadline) or a fixed time before it. ValueError if the chain is not levels 1..n.
+    """
+    _aware(now)
+    levels = sorted(triaged.chain, key=lambda lv: lv.level)
+    if not levels or [lv.level for lv in levels] != list(range(1, len(levels) + 1)):
+        raise ValueError("an escalation chain has levels 1..n, at least one")
+    if isinstance(reminder_lead, timedelta):
+        if reminder_lead < timedelta(0):
+            raise ValueError("reminder_lead is not negative")
+    elif not 0.0 <= reminder_lead < 1.0:
+        raise ValueError("reminder_lead as a fraction is in [0, 1)")
+    clocks = []
+    for name in LEGAL_CLOCKS:
+        deadline = triaged.deadlines.get(name)
+        if deadline is not None:
+            _aware(deadline)
+            clocks.append(
+                LegalClock(
+                    name, due_at=deadline, remind_at=_remind_at(now, deadline, reminder_lead)
+                )
+            )
+    state = EscalationState(
+        incident_id=incident_id,
+        chain=tuple(
+            Level(lv.level, lv.role, tuple(lv.recipients), lv.acknowledge_within) for lv in levels
+        ),
+        report_digest=report_digest,
+        repeat_last_every=triaged.repeat_last_every,
+        excluded=frozenset(x.principal for x in triaged.excluded),
+        clocks=tuple(sorted(clocks, key=lambda c: c.due_at)),
+        version=1,
+    )
+    if state.eligible(1):
+        asked = _ask(state, 1, now)
+        first_due = triaged.deadlines.get(LEVEL_1_ACKNOWLEDGE)
+        if first_due is not None:
+            _aware(first_due)
+            asked = replace(asked, due_at=first_due)
+        return asked, ()
+    return _move_on(state, now, "nobody_eligible", now)
+
+
+def due(state: EscalationState, now: datetime, expected_due_at: datetime | None) -> Step:
+    """Fire the pending acknowledgement deadline `expected_due_at`, if it is the one
+    pending, has passed and is not acknowledged; otherwise nothing."""
+    _aware(now)
+    missed = state.due_at
+    if (
+        missed is None
+        or expected_due_at != missed
+        or now < missed
+        or state.acknowledged is not None
+    ):
+        return state, ()
+    if state.current_level < state.last_level:
+        return _changed(state, *_move_on(state, now, "not_acknowledged", missed))
+    last = state.last_level
+    if state.repeat_last_every is None:
+        return _changed(state, replace(state, due_at=None), ())
+    recipients = state.eligible(last)
+    if not recipients:  # defensive: reassign stops an emptied last level already
+        effects: tuple[Effect, ...] = (_escalated(last, (), "nobody_eligible", missed),)
+        return _changed(state, replace(state, due_at=None), effects)
+    repeated = replace(
+        state,
+        asked_at=now,
+        due_at=now + timedelta(seconds=state.repeat_last_every),
+        undelivered=frozenset(),
+    )
+    return _changed(state, repeated, _asked(state, last, recipients, "not_acknowledged", missed))
+
+
+def acknowledge(state: EscalationState, principal: str, now: datetime) -> Step:
+    """A principal acknowledged; clears the chain if they are routed and not excluded."""
+    _aware(now)
+    if (
+        state.acknowledged is not None
+        or principal in state.excluded
+        or principal not in state.routed
+    ):
+        return state, ()
+    level = state.current_level
+    new = replace(
+        state,
+        acknowledged=Acknowledgement(by=principal, at=now, level=level),
+        due_at=None,
+        clocks=_satisfy(state.clocks, REPORTER_ACKNOWLEDGEMENT, now),
+    )
+    return _changed(state, new, (EscalationCleared(level=level, principal=principal),))
+
+
+def reassign(
+    state: EscalationState, removed: Iterable[str], added: Iterable[str], now: datetime
+) -> Step:
+    """Triage removed principals (now excluded for good) and added others to the current level."""
+    _aware(now)
+    gone = frozenset(removed)
+    excluded = state.excluded | gone
+    chain = state.chain
+    current = state.current_level
+    at = max(current, 1)
+    level = state.level(at)
+    joining = tuple(
+        p for p in dict.fromkeys(added) if p not in excluded and p not in level.recipients
+    )
+    if joining:
+        widened = replace(level, recipients=level.recipients + joining)
+        chain = (*chain[: at - 1], widened, *chain[at:])
+    new = replace(state, chain=chain, excluded=excluded, undelivered=state.undelivered - gone)
+    reopened = state.acknowledged is not None and state.acknowledged.by in gone
+    if reopened:
+        new = replace(new, acknowledged=None)
+    if current == 0 or new.acknowledged is not None:
+        return _changed(state, new, ())
+    if new.eligible(current):
+        if new.due_at is None and (reopened or joining):
+            new = _ask(new, current, now)
+        elif new.due_at is not None and set(new.eligible(current)) <= new.undelivered:
+            return _changed(state, *_fail_over(new, now))
+        return _changed(state, new, ())
+    if current < new.last_level:
+        return _changed(state, *_move_on(new, now, "nobody_eligible", now))
+    if new.due_at is None and not reopened:  # already stopped: nothing new to record
+        return _changed(state, new, ())
+    stopped = replace(new, due_at=None, undelivered=frozenset())
+    return _changed(state, stopped, (_escalated(current, (), "nobody_eligible", now),))
+
+
+def delivery_failed(state: EscalationState, principal: str, level: int, now: datetime) -> Step:
+    """Delivery to `principal` of the ask of `level` failed for good; once every eligible
+    recipient of the current ask failed, the next level is asked at once."""
+    _aware(now)
+    if (
+        state.acknowledged is not None
+        or state.due_at is None
+        or level != state.current_level
+        or principal not in state.eligible(level)
+    ):
+        return state, ()
+    new = replace(state, undelivered=state.undelivered | {principal})
+    if set(new.eligible(level)) <= new.undelivered:
+        return _changed(state, *_fail_over(new, now))
+    return _changed(state, new, ())
+
+
+def report_amended(state: EscalationState, report_digest: str) -> EscalationState:
+    """Later notifications carry the digest of the amended report."""
+    if report_digest == state.report_digest:
+        return state
+    return replace(state, report_digest=report_digest, version=state.version + 1)
+
+
+def reminders(state: EscalationState, now: datetime) -> Step:
+    """Reminders and breaches of the legal clocks that are due at `now`, each once."""
+    _aware(now)
+    effects: list[Effect] = []
+    clocks: list[LegalClock] = []
+    for clock in state.clocks:
+        if clock.satisfied_at is None:
+            if not clock.reminded and now >= clock.remind_at:
+                if now < clock.due_at:
+                    effects.append(ReminderDue(clock=clock.name, due_at=clock.due_at))
+                clock = replace(clock, reminded=True)
+            if not clock.breached and now >= clock.due_at:
+                effects.append(DeadlineBreached(clock=clock.name, due_at=clock.due_at))
+                clock = replace(clock, breached=True)
+        clocks.append(clock)
+    return _changed(state, replace(state, clocks=tuple(clocks)), tuple(effects))
+
+
+def clock_satisfied(state: EscalationState, clock: str, now: datetime) -> Step:
+    """A legal clock was satisfied (e.g. `feedback`: a handler wrote to the reporter)."""
+    _aware(now)
+    return _changed(state, replace(state, clocks=_satisfy(state.clocks, clock, now)), ())
+
+
+def tick(state: EscalationState, now: datetime) -> Step:
+    """Everything due at `now`: the pending acknowledgement deadline, then the legal clocks."""
+    state, escalations = due(state, now, state.due_at)
+    state, legal = reminders(state, now)
+    return state, escalations + legal
+
+
+def next_wakeup(state: EscalationState) -> datetime | None:
+    """The earliest instant at which `tick` would do something, or None."""
+    moments = [c.next_at for c in state.clocks]
+    if state.acknowledged is None:
+        moments.append(state.due_at)
+    return min((m for m in moments if m is not None), default=None)
+
+
+# Internals
+
+
+def _ask(state: EscalationState, number: int, now: datetime) -> EscalationState:
+    """Level `number` is asked at `now`; its deadline starts."""
+    within = state.level(number).acknowledge_within
+    return replace(
+        state,
+        current_level=number,
+        asked_at=now,
+        due_at=now + timedelta(seconds=within),
+        undelivered=frozenset(),
+    )
+
+
+def _move_on(state: EscalationState, now: datetime, reason: Reason, deadline: datetime) -> Step:
+    """Ask the next level with anyone eligible, recording each empty level on the way."""
+    effects: list[Effect] = []
+    for number in range(state.current_level + 1, state.last_level + 1):
+        recipients = state.eligible(number)
+        if recipients:
+            effects.extend(_asked(state, number, recipients, reason, deadline))
+            return _ask(state, number, now), tuple(effects)
+        effects.append(_escalated(number, (), "nobody_eligible", deadline))
+        reason = "nobody_eligible"
+    stopped = replace(
+        state, current_level=state.last_level, asked_at=now, due_at=None, undelivered=frozenset()
+    )
+    return stopped, tuple(effects)
+
+
+def _fail_over(state: EscalationState, now: datetime) -> Step:
+    """Every recipient of the current ask failed delivery."""
+    if state.current_level < state.last_level:
+        return _move_on(state, now, "delivery_failed", now)
+    return state, ()  # nobody higher: the repeat deadline stands
+
+
+def _asked(
+    state: EscalationState,
+    number: int,
+    recipients: Sequence[str],
+    reason: Reason,
+    deadline: datetime,
+) -> tuple[Effect, ...]:
+    notified = tuple(
+        Notified(
+            principal=p,
+            channel=ESCALATION_CHANNEL,
+            level=number,
+            report_digest=state.report_digest,
+        )
+        for p in recipients
+    )
+    return (_escalated(number, recipients, reason, deadline), *notified)
+
+
+def _escalated(
+    number: int, recipients: Sequence[str], reason: Reason, deadline: datetime
+) -> Escalated:
+    return Escalated(level=number, recipients=list(recipients), reason=reason, deadline=deadline)
+
+
+def _changed(old: EscalationState, new: EscalationState, effects: tuple[Effect, ...]) -> Step:
+    """Stamp a new version on a state that changed."""
+    if new == old:
+        return old, effects
+    return replace(new, version=old.version + 1), effects
+
+
+def _satisfy(clocks: tuple[LegalClock, ...], name: str, now: datetime) -> tuple[LegalClock, ...]:
+    return tuple(
+        replace(c, satisfied_at=now) if c.name == name and c.satisfied_at is None else c
+        for c in clocks
+    )
+
+
+def _remind_at(now: datetime, deadline: datetime, lead: float | timedelta) -> datetime:
+    span = max(deadline - now, timedelta(0))
+    ahead = min(lead, span) if isinstance(lead, timedelta) else span * float(lead)
+    return deadline - ahead
+
+
+def _aware(moment: datetime) -> None:
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError("naive datetime: every time in escalation is timezone-aware")
+
+
+def _time(text: Any) -> datetime:
+    moment = datetime.fromisoformat(str(text))
+    _aware(moment)
+    return moment.astimezone(UTC)
+
+
+def _time_in(text: Any) -> datetime | None:
+    return None if text is None else _time(text)
+
+
+def _time_out(moment: datetime | None) -> str | None:
+    return None if moment is None else utc_rfc3339(moment)
+
+
+def _int_or_none(value: Any) -> int | None:
+    return None if value is None else int(value)
