@@ -1,7 +1,189 @@
-"""Directory administration: `PUT /v1/directory/people/{person_id}` for admins (issue 3)."""
+"""Directory administration: `PUT/GET /v1/directory/people/{person_id}` for admins.
+
+A PUT replaces the person's whole record. It is checked against the directory as it
+is at that moment (the manager exists, nobody manages themselves, the manager chain
+has no cycle), under one lock for every directory write so two concurrent changes
+cannot build a cycle together, and stored by `services.intake.directory.upsert_person`:
+one `directory.person.upserted.v1` event per real change, none when nothing changed.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated, Any
+
+import asyncpg
+from fastapi import APIRouter, Depends, Path, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from services.domain.directory import Person
+from services.infra.auth import Principal
+from services.infra.http import Problem
+from services.infra.runtime import Runtime
+from services.intake.directory import get_person, upsert_person
+from services.intake.handlers import INVALID, TOO_LARGE, UNAUTHORIZED, problem_responses
+from services.intake.principals import RequiredPrincipal, require_role
 
 router = APIRouter(prefix="/v1", tags=["directory"])
+
+ADMIN = "admin"
+MAX_CHAIN = 1000
+"""Longest manager chain walked when looking for a cycle."""
+_WRITE_LOCK = "directory:manager-chains"
+
+PersonId = Annotated[
+    str,
+    Path(
+        min_length=1,
+        max_length=100,
+        pattern=r"^[A-Za-z0-9_.:-]+$",
+        description="Stable principal id of the person (not `system:...`).",
+    ),
+]
+FORBIDDEN = (403, "The caller does not hold the admin role.")
+
+
+async def admin_principal(caller: RequiredPrincipal) -> Principal:
+    """The caller if it holds the admin role: 401 anonymous, 403 without the role.
+
+    A dependency, so a caller without the role is refused before its body is read.
+    """
+    require_role(caller, ADMIN)
+    return caller
+
+
+AdminPrincipal = Annotated[Principal, Depends(admin_principal)]
+
+
+class PersonBody(BaseModel):
+    """The whole record of a person (a PUT replaces it)."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    name: str | None = Field(None, min_length=1, max_length=200)
+    email: str | None = Field(
+        None, max_length=254, pattern=r"^[^@\s]+@[^@\s]+$", description="E-mail address."
+    )
+    unit: str | None = Field(None, min_length=1, max_length=100, description="Business unit.")
+    manager_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=100,
+        pattern=r"^[A-Za-z0-9_.:-]+$",
+        description="The manager's person id; null at the top.",
+    )
+    roles: list[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]] = Field(
+        default_factory=list, max_length=20, description="Roles held (e.g. hr_head, auditor)."
+    )
+
+    @field_validator("roles")
+    @classmethod
+    def _unique(cls, roles: list[str]) -> list[str]:
+        return sorted(set(roles))
+
+
+class PersonOut(BaseModel):
+    person_id: str
+    name: str | None
+    email: str | None
+    unit: str | None
+    manager_id: str | None
+    roles: list[str]
+
+
+def _out(person: Person) -> dict[str, Any]:
+    return {
+        "person_id": person.id,
+        "name": person.name,
+        "email": person.email,
+        "unit": person.unit,
+        "manager_id": person.manager,
+        "roles": sorted(person.roles),
+    }
+
+
+def _runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+async def _manager_refusal(conn: asyncpg.Connection, person_id: str, manager: str) -> str | None:
+    """Why `manager` may not manage `person_id` (None: it may)."""
+    if manager == person_id:
+        return "a person cannot be their own manager"
+    if await get_person(conn, manager) is None:
+        return f"manager {manager!r} is not in the directory"
+    seen = {person_id}
+    current: str | None = manager
+    for _ in range(MAX_CHAIN):
+        if current is None:
+            return None
+        if current in seen:
+            return f"{manager!r} as manager would make a cycle in the manager chain"
+        seen.add(current)
+        current = await conn.fetchval("SELECT manager_id FROM people WHERE person_id = $1", current)
+    return "the manager chain is too long"
+
+
+@router.put(
+    "/directory/people/{person_id}",
+    summary="Create or replace a person (admin)",
+    response_model=PersonOut,
+    responses={
+        200: {"description": "Replaced (or unchanged: then no event is recorded)."},
+        201: {
+            "model": PersonOut,
+            "description": "Created: `directory.person.upserted.v1` is recorded.",
+        },
+        **problem_responses(
+            UNAUTHORIZED,
+            FORBIDDEN,
+            TOO_LARGE,
+            (
+                422,
+                "Invalid: a field, an unknown manager, self-management or a cycle in the "
+                "manager chain.",
+            ),
+        ),
+    },
+)
+async def put_person(
+    person_id: PersonId, body: PersonBody, request: Request, caller: AdminPrincipal
+) -> JSONResponse:
+    """Create or replace a person; one `directory.person.upserted.v1` per real change."""
+    if person_id.startswith("system:"):
+        raise Problem(422, "Invalid person id", "`system:` ids are reserved for systems.")
+    person = Person(
+        id=person_id,
+        name=body.name,
+        email=body.email,
+        unit=body.unit,
+        manager=body.manager_id,
+        roles=body.roles,
+    )
+    async with _runtime(request).db.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", _WRITE_LOCK)
+        existed = await get_person(conn, person_id) is not None
+        if person.manager is not None:
+            refusal = await _manager_refusal(conn, person_id, person.manager)
+            if refusal:
+                raise Problem(422, "Invalid manager", refusal, field="manager_id")
+        await upsert_person(_runtime(request), conn, person, actor=caller.id)
+    return JSONResponse(_out(person), status_code=200 if existed else 201)
+
+
+@router.get(
+    "/directory/people/{person_id}",
+    summary="A person of the directory (admin)",
+    response_model=PersonOut,
+    responses=problem_responses(UNAUTHORIZED, FORBIDDEN, (404, "No such person."), INVALID),
+)
+async def get_person_route(
+    person_id: PersonId, request: Request, caller: AdminPrincipal
+) -> dict[str, Any]:
+    """The person's current record."""
+    async with _runtime(request).db.acquire() as conn:
+        person = await get_person(conn, person_id)
+    if person is None:
+        raise Problem(404, "Not found", "No such person.")
+    return _out(person)

@@ -1,18 +1,155 @@
-"""Who each incident is routed to, learned from `incident.triage` and `incident.escalations`."""
+"""Who each incident is routed to, learned from `incident.triage` and `incident.escalations`.
+
+The `intake-routing` consumer keeps the `routing` table (migration 0003):
+
+- `incident.triaged.v1`: each `excluded` principal is recorded with its rule;
+- `incident.assigned.v1`: the `principals` are routed at `level`;
+- `incident.reassigned.v1`: the `removed` principals stop being routed and become
+  excluded (with their rule); the `added` ones are routed, at the level of those they
+  replace (else the incident's current level, else 1);
+- `incident.escalated.v1`: the `recipients` are routed at `level`.
+
+Other event types of these topics are tracked and ignored. An exclusion is never
+lifted by a later event, so records of the two topics may arrive in any order without
+ever widening access. Each record is tracked by its event id in the same transaction
+as its effect: a re-delivered record changes nothing. A record that is not a valid
+event goes to `incident.deadletter` with its bytes and the reason.
+"""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 
+import asyncpg
 from aiokafka import ConsumerRecord
 
+from services.domain.access import Routing, RoutingRow
+from services.domain.envelope import Envelope
+from services.domain.events import (
+    Assigned,
+    Escalated,
+    InvalidEvent,
+    Reassigned,
+    Triaged,
+    data_of,
+    parse_envelope,
+)
+from services.infra import eventstore
+from services.infra.kafka import BatchHandler
 from services.infra.runtime import Runtime
 
+CONSUMER = "intake-routing"
 
-def routing_handler(runtime: Runtime):  # type: ignore[no-untyped-def]
-    """Placeholder: filled in by the handlers work of issue 3."""
+_ROUTE = """
+INSERT INTO routing (incident_id, principal, level, routed, routed_at, source_event)
+VALUES ($1, $2, $3, true, $4, $5)
+ON CONFLICT (incident_id, principal) DO UPDATE SET
+    level = CASE WHEN routing.routed THEN least(routing.level, excluded.level)
+                 ELSE excluded.level END,
+    routed_at = CASE WHEN routing.routed THEN routing.routed_at ELSE excluded.routed_at END,
+    routed = true,
+    source_event = excluded.source_event,
+    updated_at = clock_timestamp()
+"""
+
+_EXCLUDE = """
+INSERT INTO routing (incident_id, principal, routed, excluded_rule, excluded_at, source_event)
+VALUES ($1, $2, false, $3, $4, $5)
+ON CONFLICT (incident_id, principal) DO UPDATE SET
+    routed = CASE WHEN $6 THEN false ELSE routing.routed END,
+    excluded_rule = coalesce(routing.excluded_rule, excluded.excluded_rule),
+    excluded_at = coalesce(routing.excluded_at, excluded.excluded_at),
+    source_event = excluded.source_event,
+    updated_at = clock_timestamp()
+"""
+
+
+async def apply_event(conn: asyncpg.Connection, envelope: Envelope) -> None:
+    """Project one valid event into the routing table (inside the caller's transaction)."""
+    incident = envelope.subject
+    data = data_of(envelope)
+    at = envelope.time
+    match data:
+        case Triaged():
+            for x in data.excluded:
+                await conn.execute(_EXCLUDE, incident, x.principal, x.rule, at, envelope.id, False)
+        case Assigned():
+            for principal in data.principals:
+                await conn.execute(_ROUTE, incident, principal, data.level, at, envelope.id)
+        case Reassigned():
+            gone = [x.principal for x in data.removed]
+            level = await conn.fetchval(
+                "SELECT coalesce("
+                " (SELECT min(level) FROM routing WHERE incident_id = $1 AND routed"
+                "  AND principal = ANY($2::text[])),"
+                " (SELECT max(level) FROM routing WHERE incident_id = $1 AND routed),"
+                " 1)",
+                incident,
+                gone,
+            )
+            for x in data.removed:
+                await conn.execute(_EXCLUDE, incident, x.principal, x.rule, at, envelope.id, True)
+            for principal in data.added:
+                await conn.execute(_ROUTE, incident, principal, level, at, envelope.id)
+        case Escalated():
+            for principal in data.recipients:
+                await conn.execute(_ROUTE, incident, principal, data.level, at, envelope.id)
+        case _:
+            return
+
+
+async def routing_of(conn: asyncpg.Connection, incident_id: str) -> Routing:
+    """An incident's routing, as the access rules take it."""
+    rows = await conn.fetch(
+        "SELECT principal, level, routed, excluded_rule FROM routing WHERE incident_id = $1",
+        incident_id,
+    )
+    return Routing.from_rows(
+        RoutingRow(
+            principal=r["principal"],
+            level=r["level"],
+            routed=r["routed"],
+            excluded_rule=r["excluded_rule"],
+        )
+        for r in rows
+    )
+
+
+def routing_handler(runtime: Runtime) -> BatchHandler:
+    """The batch handler of the `intake-routing` consumer: one transaction per batch."""
 
     async def handle(records: Sequence[ConsumerRecord]) -> None:
-        return None
+        async with runtime.db.acquire() as conn, conn.transaction():
+            for record in records:
+                await _handle_one(runtime, conn, record)
 
     return handle
+
+
+async def _handle_one(runtime: Runtime, conn: asyncpg.Connection, record: ConsumerRecord) -> None:
+    raw = record.value or b""
+    try:
+        envelope = parse_envelope(raw)
+        data_of(envelope)  # validates the payload of a catalog type, or raises
+    except InvalidEvent as exc:
+        key = (
+            f"rejected:{record.topic}:{record.partition}:{record.offset}:"
+            + hashlib.sha256(raw).hexdigest()[:16]
+        )
+        if await eventstore.track(
+            conn, CONSUMER, key, record.topic, record.partition, record.offset
+        ):
+            await runtime.dead_letter(
+                conn,
+                reason=exc.reason,
+                original=raw,
+                source_topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+            )
+        return
+    if await eventstore.track(
+        conn, CONSUMER, envelope.id, record.topic, record.partition, record.offset
+    ):
+        await apply_event(conn, envelope)
