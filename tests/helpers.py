@@ -44,3 +44,32 @@ async def eventually(
             return last
         await asyncio.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s (last: {last!r})")
+
+
+async def read_all(
+    bootstrap: str, topic: str, idle: float = 0.3, timeout: float = 10.0
+) -> list[Any]:
+    """Everything on a topic now: read from the beginning until `idle` seconds bring nothing."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+        fetch_max_wait_ms=20,
+    )
+    await consumer.start()
+    got: list[Any] = []
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        quiet_since = loop.time()
+        while loop.time() < deadline and loop.time() - quiet_since < idle:
+            batch = await consumer.getmany(timeout_ms=50)
+            for records in batch.values():
+                if records:
+                    got.extend(records)
+                    quiet_since = loop.time()
+    finally:
+        await consumer.stop()
+    return got

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 
 from aiokafka import ConsumerRecord
@@ -26,6 +26,7 @@ def create_stream_app(
     agents: Sequence[tuple[str, Sequence[str], BatchHandler]] | None = None,
     *,
     runtime: Runtime | None = None,
+    on_start: Callable[[], Awaitable[None]] | None = None,
 ) -> FastAPI:
     """A FastAPI app (health, metrics) whose lifespan runs the runtime and a faust app."""
     runtime = runtime or Runtime(settings, name, migrations)
@@ -38,7 +39,7 @@ def create_stream_app(
         async with faust_app_running(faust_app, stop_timeout=10):
             yield
 
-    app = build_app(runtime, title=f"Incidents {name}", alongside=running)
+    app = build_app(runtime, title=f"Incidents {name}", on_start=on_start, alongside=running)
     app.state.faust = faust_app
     return app
 

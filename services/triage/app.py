@@ -7,22 +7,32 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from services.domain.events import Topic
+from services.domain.policy import Policy
+from services.infra.config import load_yaml_model
 from services.infra.runtime import Runtime
 from services.infra.settings import TriageSettings
-from services.infra.streamapp import create_stream_app, tracking_handler
+from services.infra.streamapp import create_stream_app
+from services.triage.handlers import Triage
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
 def create_app(settings: TriageSettings | None = None) -> FastAPI:
-    """The triage app: agents over its input topics, health and metrics over HTTP."""
+    """The triage app: decisions from reports, the directory from its events."""
     settings = settings or TriageSettings()
+    policy = load_yaml_model(settings.policy_file, Policy)
     runtime = Runtime(settings, "triage", MIGRATIONS)
-    topics = [settings.topic(Topic.REPORTS), settings.topic(Topic.DIRECTORY)]
-    return create_stream_app(
+    triage = Triage(runtime, policy)
+    app = create_stream_app(
         settings,
         "triage",
         MIGRATIONS,
-        [("triage-events", topics, tracking_handler(runtime, "triage-events"))],
+        [
+            ("triage-directory", [settings.topic(Topic.DIRECTORY)], triage.on_directory),
+            ("triage-reports", [settings.topic(Topic.REPORTS)], triage.on_report),
+        ],
         runtime=runtime,
+        on_start=triage.start,
     )
+    app.state.triage = triage
+    return app

@@ -120,7 +120,13 @@ def submit(stack: Stack, body: dict[str, object] | None = None) -> str:
     return incident
 
 
-def timeline(stack: Stack, incident: str) -> list[dict[str, object]]:
+SUBMITTED = "incident.report.submitted.v1"
+
+
+def timeline(
+    stack: Stack, incident: str, of_type: str | None = SUBMITTED
+) -> list[dict[str, object]]:
+    """The incident's ledger entries (by default only its submission)."""
     answer = httpx.get(
         f"{stack.url('audit')}/v1/incidents/{incident}/timeline", headers=AUDITOR, timeout=5
     )
@@ -128,15 +134,15 @@ def timeline(stack: Stack, incident: str) -> list[dict[str, object]]:
         return []
     assert answer.status_code == 200, answer.text
     events: list[dict[str, object]] = answer.json()["events"]
-    return events
+    return [e for e in events if of_type is None or e["event"]["type"] == of_type]  # type: ignore[index]
 
 
 def wait_for_timeline(
-    stack: Stack, incident: str, timeout: float = 20.0
+    stack: Stack, incident: str, timeout: float = 20.0, of_type: str | None = SUBMITTED
 ) -> list[dict[str, object]]:
     began = time.monotonic()
     while time.monotonic() - began < timeout:
-        events = timeline(stack, incident)
+        events = timeline(stack, incident, of_type)
         if events:
             return events
         time.sleep(0.05)

@@ -1,0 +1,157 @@
+"""Triage on the real broker and database: routing that never reaches the conflicted."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaProducer
+from fastapi import FastAPI
+
+from services.domain.events import parse_event
+from services.infra.settings import CommonSettings, IntakeSettings, TriageSettings
+from services.intake.app import create_app as create_intake
+from services.triage.app import create_app as create_triage
+from services.triage.handlers import PolicyConflict
+from tests.helpers import eventually, read_all
+
+pytestmark = pytest.mark.integration
+SEED_CASE = {
+    "category": "sexual_misconduct",
+    "summary": "Assault on a work trip",
+    "description": "My store manager assaulted me in the hotel on the Shenzhen trip.",
+    "unit": "city-retail",
+    "accused": ["p-wang"],
+}
+
+
+@contextlib.asynccontextmanager
+async def serving(app: FastAPI, base: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url=base) as client:
+            yield client
+
+
+@pytest.fixture
+async def stack(settings: CommonSettings) -> AsyncIterator[tuple[httpx.AsyncClient, FastAPI]]:
+    """Intake (which seeds the directory) and triage, in this process."""
+    common = settings.model_dump()
+    triage_app = create_triage(TriageSettings(**common))
+    async with (
+        serving(create_intake(IntakeSettings(**common)), "http://intake") as intake,
+        serving(triage_app, "http://triage"),
+    ):
+        await eventually(lambda: _directory_loaded(triage_app), timeout=20)
+        yield intake, triage_app
+
+
+async def _directory_loaded(app: FastAPI) -> bool:
+    triage = app.state.triage
+    async with triage.runtime.db.acquire() as conn:
+        count = await conn.fetchval("SELECT count(*) FROM directory_log")
+    return bool(count >= 12)
+
+
+async def decisions_for(settings: CommonSettings, incident: str) -> list[Any]:
+    records = []
+    for topic in ("incident.triage", "incident.activity"):
+        got = await read_all(settings.kafka_bootstrap, settings.topic(topic))
+        records.extend(parse_event(r.value)[0] for r in got)
+    return [e for e in records if e.subject == incident]
+
+
+async def test_the_seed_case_goes_to_the_units_hr_handler_and_never_to_the_accused_or_his_line(
+    stack: tuple[httpx.AsyncClient, FastAPI], settings: CommonSettings
+) -> None:
+    intake, _ = stack
+    answer = await intake.post("/v1/reports", json=SEED_CASE)
+    incident = answer.json()["incident_id"]
+    events = await eventually(lambda: _at_least(settings, incident, 3))
+    by_type = {e.type: e for e in events}
+    triaged = by_type["incident.triaged.v1"].data
+    assert triaged["severity"] == "critical"
+    assert triaged["chain"][0]["recipients"] == ["p-chen"]
+    excluded = {x["principal"]: x["rule"] for x in triaged["excluded"]}
+    assert excluded["p-wang"] == "accused"
+    assert excluded["p-li"] == excluded["p-zhang"] == "accused_management_chain"
+    assert by_type["incident.assigned.v1"].data["principals"] == ["p-chen"]
+    notified = [e.data["principal"] for e in events if e.type == "incident.notified.v1"]
+    assert notified == ["p-chen"]
+    for level in triaged["chain"]:
+        assert not {"p-wang", "p-li", "p-zhang"} & set(level["recipients"])
+    assert by_type["incident.triaged.v1"].causationid is not None
+
+
+async def _at_least(settings: CommonSettings, incident: str, n: int) -> list[Any] | None:
+    events = await decisions_for(settings, incident)
+    return events if len(events) >= n else None
+
+
+async def test_a_redelivered_report_makes_no_second_decision_or_notification(
+    stack: tuple[httpx.AsyncClient, FastAPI], settings: CommonSettings, producer: AIOKafkaProducer
+) -> None:
+    intake, _ = stack
+    incident = (await intake.post("/v1/reports", json=SEED_CASE)).json()["incident_id"]
+    await eventually(lambda: _at_least(settings, incident, 3))
+    [original] = [
+        r
+        for r in await read_all(settings.kafka_bootstrap, settings.topic("incident.reports"))
+        if r.key == incident.encode()
+    ]
+    for _ in range(2):
+        await producer.send_and_wait(
+            original.topic, original.value, key=original.key, headers=list(original.headers)
+        )
+    marker = (await intake.post("/v1/reports", json=SEED_CASE)).json()["incident_id"]
+    await eventually(lambda: _at_least(settings, marker, 3))
+    events = await decisions_for(settings, incident)
+    assert [e.type for e in events].count("incident.triaged.v1") == 1
+    assert [e.type for e in events].count("incident.notified.v1") == 1
+
+
+async def test_a_changed_policy_under_an_old_version_is_refused_at_start(
+    settings: CommonSettings, tmp_path: Path
+) -> None:
+    common = settings.model_dump()
+    async with serving(create_triage(TriageSettings(**common)), "http://triage"):
+        pass
+    changed = tmp_path / "policy.yaml"
+    original = Path(TriageSettings().policy_file).read_text()
+    changed.write_text(original.replace("acknowledge_within: 1h", "acknowledge_within: 3h"))
+    app = create_triage(TriageSettings(**{**common, "policy_file": changed}))
+    with pytest.raises(PolicyConflict, match="give the changed policy a new version"):
+        async with serving(app, "http://triage"):
+            pass
+
+
+async def test_a_new_policy_version_applies_to_new_incidents_only(
+    settings: CommonSettings, tmp_path: Path
+) -> None:
+    common = settings.model_dump()
+    newer = tmp_path / "policy.yaml"
+    original = Path(TriageSettings().policy_file).read_text()
+    newer.write_text(
+        original.replace('version: "2026-11-01"', 'version: "2026-12-01"').replace(
+            "acknowledge_within: 1h", "acknowledge_within: 30m"
+        )
+    )
+    versions = []
+    for policy_file in (TriageSettings().policy_file, newer):
+        triage_app = create_triage(TriageSettings(**{**common, "policy_file": policy_file}))
+        async with (
+            serving(create_intake(IntakeSettings(**common)), "http://intake") as intake,
+            serving(triage_app, "http://triage"),
+        ):
+            await eventually(lambda app=triage_app: _directory_loaded(app), timeout=20)
+            incident = (await intake.post("/v1/reports", json=SEED_CASE)).json()["incident_id"]
+            events = await eventually(lambda i=incident: _at_least(settings, i, 3))
+            triaged = next(e for e in events if e.type == "incident.triaged.v1").data
+            versions.append((triaged["policy_version"], triaged["chain"][0]["acknowledge_within"]))
+    assert versions == [("2026-11-01", 3600), ("2026-12-01", 1800)]
+    assert json.dumps(versions)
