@@ -16,7 +16,7 @@ from services.audit.ledger import decode_leaf, incident_entries
 from services.domain.directory import DirectoryFile
 from services.domain.envelope import utc_rfc3339
 from services.domain.knowledge import LedgerEvent, knowledge_as_of, state_as_of
-from services.infra.auth import TokenAuthenticator
+from services.infra.auth import Authenticator
 from services.infra.http import Problem
 from services.infra.runtime import Runtime
 from services.infra.telemetry import trace_id_of
@@ -26,10 +26,10 @@ AUDIT_ROLES = frozenset({"auditor"})
 MAX_ENTRIES = 1000
 
 
-def require_auditor(request: Request, authorization: str | None) -> str:
+async def require_auditor(request: Request, authorization: str | None) -> str:
     """The calling principal if it holds the auditor role; 401 or 403 otherwise."""
-    auth: TokenAuthenticator = request.app.state.auth
-    principal = auth.principal_id(authorization)
+    auth: Authenticator = request.app.state.auth
+    principal = await auth.principal_id_async(authorization)
     if principal is None:
         raise Problem(401, "Unauthorized", "A valid bearer token is required.")
     directory: DirectoryFile = request.app.state.directory
@@ -102,7 +102,7 @@ def _instant(as_of: datetime | None) -> datetime:
 async def _incident(
     request: Request, authorization: str | None, incident_id: str
 ) -> list[LedgerEvent]:
-    require_auditor(request, authorization)
+    await require_auditor(request, authorization)
     runtime: Runtime = request.app.state.runtime
     async with runtime.db.acquire() as conn:
         entries = await incident_entries(conn, incident_id)
@@ -124,7 +124,7 @@ async def entries(
     authorization: Annotated[str | None, Header()] = None,
 ) -> dict[str, Any]:
     """At most 1,000 entries, each with its canonical leaf bytes, to recompute the tree."""
-    require_auditor(request, authorization)
+    await require_auditor(request, authorization)
     end = start + MAX_ENTRIES if end is None else end
     if end < start:
         raise Problem(422, "Invalid range", "end must not be below start.")

@@ -12,7 +12,7 @@ from services.audit.api import router
 from services.audit.heads import HeadSigner, load_signer
 from services.audit.ledger import append_records
 from services.domain.directory import DirectoryFile
-from services.infra.auth import TokenAuthenticator
+from services.infra.auth import make_authenticator
 from services.infra.config import load_yaml_model
 from services.infra.kafka import all_topics
 from services.infra.runtime import Runtime
@@ -26,7 +26,7 @@ def create_app(settings: AuditSettings | None = None) -> FastAPI:
     """The audit app; configuration errors surface here, before anything starts."""
     settings = settings or AuditSettings()
     directory = load_yaml_model(settings.directory_file, DirectoryFile)
-    auth = TokenAuthenticator.from_file(settings.tokens_file)
+    auth = make_authenticator(settings)
     runtime = Runtime(settings, "audit", MIGRATIONS, db_role=settings.audit_db_role or None)
 
     async def ingest(records: Sequence[ConsumerRecord]) -> None:

@@ -86,10 +86,9 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal
 
-from pydantic import Field
-
 from services.domain.envelope import utc_rfc3339
 from services.domain.events import (
+    DeadlineBreached,
     Escalated,
     EscalationCleared,
     EventData,
@@ -108,14 +107,6 @@ DEADLINE_BREACHED: Final = "incident.deadline.breached.v1"
 LEVEL_1_ACKNOWLEDGE: Final = "level_1_acknowledge"
 
 Reason = Literal["not_acknowledged", "nobody_eligible", "delivery_failed"]
-
-
-class DeadlineBreached(EventData):
-    """Proposed `incident.deadline.breached.v1` (topic incident.escalations): a legal
-    clock reached its deadline unsatisfied."""
-
-    clock: str = Field(description="Which legal clock: reporter_acknowledgement, feedback...")
-    due_at: datetime
 
 
 Effect = Escalated | EscalationCleared | Notified | ReminderDue | DeadlineBreached

@@ -100,6 +100,9 @@ class Triaged(EventData):
     repeat_last_every: int | None = Field(
         None, ge=1, description="Seconds between repeats to the last level until acknowledged."
     )
+    report_digest: Digest | None = Field(
+        None, description="Digest of the report version triaged (what the chain is shown)."
+    )
 
 
 class Assigned(EventData):
@@ -159,6 +162,13 @@ class EscalationCleared(EventData):
 
 
 class ReminderDue(EventData):
+    clock: str = Field(description="Which legal clock: reporter_acknowledgement, feedback...")
+    due_at: datetime
+
+
+class DeadlineBreached(EventData):
+    """A legal clock reached its deadline unsatisfied."""
+
     clock: str = Field(description="Which legal clock: reporter_acknowledgement, feedback...")
     due_at: datetime
 
@@ -227,6 +237,7 @@ CATALOG: dict[str, EventType] = {
         EventType("incident.escalated.v1", Topic.ESCALATIONS, Escalated),
         EventType("incident.escalation.cleared.v1", Topic.ESCALATIONS, EscalationCleared),
         EventType("incident.reminder.due.v1", Topic.ESCALATIONS, ReminderDue),
+        EventType("incident.deadline.breached.v1", Topic.ESCALATIONS, DeadlineBreached),
         EventType("directory.person.upserted.v1", Topic.DIRECTORY, PersonUpserted),
         EventType("directory.role.assigned.v1", Topic.DIRECTORY, RoleAssigned),
         EventType("directory.role.revoked.v1", Topic.DIRECTORY, RoleRevoked),
@@ -294,6 +305,8 @@ def parse_envelope(raw: bytes | str | dict[str, Any]) -> Envelope:
             value = json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise InvalidEvent(f"not JSON: {exc}") from exc
+        except (RecursionError, ValueError) as exc:  # absurd nesting, 5,000-digit numbers
+            raise InvalidEvent(f"not JSON this system accepts: {type(exc).__name__}") from exc
     if not isinstance(value, dict):
         raise InvalidEvent("a CloudEvent in structured mode is a JSON object")
     try:

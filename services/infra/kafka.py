@@ -328,8 +328,11 @@ class ConsumerLoop:
                                 metrics.CONSUMER_LAG.labels(
                                     self.group, tp.topic, str(tp.partition)
                                 ).set(max(0, highwater - records[-1].offset - 1))
-            except TRANSIENT_ERRORS as exc:
-                log.warning("consumer %s: %r; rebuilding in %.1fs", self.group, exc, backoff)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # transient, or a bug in a poison handler: never die
+                level = logging.WARNING if isinstance(exc, TRANSIENT_ERRORS) else logging.ERROR
+                log.log(level, "consumer %s: %r; rebuilding in %.1fs", self.group, exc, backoff)
                 self.stats.rebuilds += 1
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(stop.wait(), backoff)

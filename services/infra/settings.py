@@ -6,16 +6,21 @@ defaults are refused when `INCIDENTS_ENVIRONMENT` is not `development`.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import AliasChoices, Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "postgresql://postgres:postgres@127.0.0.1:5432/incidents"
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 _DATA = Path(__file__).resolve().parent.parent / "data"
+OIDC_ALLOWED_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+"""Asymmetric JWS algorithms only: `none` and HMAC (HS*) are never accepted."""
 
 
 class CommonSettings(BaseSettings):
@@ -78,6 +83,62 @@ class CommonSettings(BaseSettings):
     tokens_file: Path = Field(
         _DATA / "tokens.yaml", description="Development bearer tokens (never in production)."
     )
+    oidc_jwks_url: str | None = Field(
+        None,
+        description="JWKS URL of the OIDC provider. Set: bearer tokens are JWTs verified"
+        " against it (sub = principal id) and the tokens file is not used. Unset: the"
+        " tokens file (development and test only; production requires this).",
+    )
+    oidc_issuer: str | None = Field(
+        None, description="Required `iss` of OIDC JWTs (needed when oidc_jwks_url is set)."
+    )
+    oidc_audience: str | None = Field(
+        None, description="Required `aud` of OIDC JWTs (needed when oidc_jwks_url is set)."
+    )
+    oidc_algorithms: Annotated[tuple[str, ...], NoDecode] = Field(
+        ("RS256", "ES256", "EdDSA"),
+        description="Accepted JWS algorithms, comma separated (asymmetric only; `none`"
+        " and HS* are refused).",
+    )
+    oidc_leeway_seconds: int = Field(
+        30, ge=0, le=300, description="Clock skew allowed on exp, nbf and iat (seconds)."
+    )
+
+    @field_validator("oidc_algorithms", mode="before")
+    @classmethod
+    def _split_algorithms(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if value.lstrip().startswith("["):  # a JSON list works too
+                return json.loads(value)
+            return tuple(a.strip() for a in value.split(",") if a.strip())
+        return value
+
+    @field_validator("oidc_algorithms")
+    @classmethod
+    def _asymmetric_only(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("at least one algorithm is needed")
+        refused = [a for a in value if a not in OIDC_ALLOWED_ALGORITHMS]
+        if refused:
+            raise ValueError(
+                f"not accepted: {', '.join(refused)} (allowed: "
+                f"{', '.join(sorted(OIDC_ALLOWED_ALGORITHMS))})"
+            )
+        return value
+
+    @field_validator("oidc_jwks_url", "oidc_issuer", "oidc_audience", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("oidc_jwks_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ValueError("must be an http(s) URL")
+        return value
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> CommonSettings:
@@ -89,6 +150,14 @@ class CommonSettings(BaseSettings):
             # Resolved, so that a relative or symlinked path to the demo file is refused too.
             if self.tokens_file.resolve() == (_DATA / "tokens.yaml").resolve():
                 raise ValueError("production refuses the demo tokens file")
+            if self.oidc_jwks_url is None:
+                raise ValueError("production needs INCIDENTS_OIDC_JWKS_URL (OIDC JWTs)")
+            if urlsplit(self.oidc_jwks_url).scheme != "https":
+                raise ValueError("production needs an https INCIDENTS_OIDC_JWKS_URL")
+        if self.oidc_jwks_url is not None and not (self.oidc_issuer and self.oidc_audience):
+            raise ValueError(
+                "INCIDENTS_OIDC_JWKS_URL needs INCIDENTS_OIDC_ISSUER and INCIDENTS_OIDC_AUDIENCE"
+            )
         return self
 
     def topic(self, name: str) -> str:

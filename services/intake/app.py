@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from services.domain.directory import DirectoryFile
 from services.domain.events import Topic
 from services.domain.policy import Policy
-from services.infra.auth import TokenAuthenticator
+from services.infra.auth import make_authenticator
 from services.infra.config import load_yaml_model
 from services.infra.kafka import per_record
 from services.infra.runtime import Runtime
@@ -31,7 +31,7 @@ def create_app(settings: IntakeSettings | None = None) -> FastAPI:
     """The intake app; configuration errors surface here, before anything starts."""
     settings = settings or IntakeSettings()
     policy = load_yaml_model(settings.policy_file, Policy)
-    auth = TokenAuthenticator.from_file(settings.tokens_file)
+    auth = make_authenticator(settings)
     runtime = Runtime(settings, "intake", MIGRATIONS)
     service = IntakeService(runtime, policy)
     inbound = InboundConsumer(runtime, service)

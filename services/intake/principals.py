@@ -11,7 +11,7 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
-from services.infra.auth import Principal, TokenAuthenticator
+from services.infra.auth import Authenticator, Principal
 from services.infra.http import Problem
 from services.infra.runtime import Runtime
 from services.intake.directory import roles_of
@@ -23,8 +23,8 @@ async def optional_principal(
     """The caller, or None when no Authorization header was sent (anonymous)."""
     if authorization is None:
         return None
-    auth: TokenAuthenticator = request.app.state.auth
-    principal_id = auth.principal_id(authorization)
+    auth: Authenticator = request.app.state.auth
+    principal_id = await auth.principal_id_async(authorization)
     if principal_id is None:
         raise Problem(401, "Unauthorized", "The bearer token is not valid.")
     runtime: Runtime = request.app.state.runtime

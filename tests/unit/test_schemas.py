@@ -97,6 +97,10 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "clock": "reporter_acknowledgement",
         "due_at": "2026-11-08T09:30:00Z",
     },
+    "incident.deadline.breached.v1": {
+        "clock": "reporter_acknowledgement",
+        "due_at": "2026-11-08T09:30:00Z",
+    },
     "directory.person.upserted.v1": {
         "person_id": "p-ma",
         "name": "Ma Lin",

@@ -38,6 +38,9 @@ def production(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("INCIDENTS_DATABASE_URL", PRODUCTION_URL)
     monkeypatch.setenv("INCIDENTS_KAFKA_IDEMPOTENCE", "true")
     monkeypatch.setenv("INCIDENTS_TOKENS_FILE", str(tokens))
+    monkeypatch.setenv("INCIDENTS_OIDC_JWKS_URL", "https://idp.example/jwks")
+    monkeypatch.setenv("INCIDENTS_OIDC_ISSUER", "https://idp.example")
+    monkeypatch.setenv("INCIDENTS_OIDC_AUDIENCE", "incidents")
 
 
 def test_the_defaults_are_the_documented_local_ones() -> None:
