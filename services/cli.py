@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from services.audit.cli import audit_app
+
 app = typer.Typer(
     name="incidents",
     help="Event-sourced incident workflow: intake, triage, escalation, audit.",
@@ -17,6 +19,9 @@ app = typer.Typer(
 @app.callback()
 def _root() -> None:
     """Event-sourced incident workflow: intake, triage, escalation, audit."""
+
+
+app.add_typer(audit_app, name="audit")
 
 
 @app.command()

@@ -1,0 +1,342 @@
+"""`incidents audit`: verify the ledger, export evidence for an incident, replay the past.
+
+Every command talks to the audit service (``--url``, default http://127.0.0.1:8004) with
+an auditor's bearer token (``--token`` or ``INCIDENTS_TOKEN``), except ``verify
+--bundle``, which needs neither network nor database. Exit codes: 0 all good, 1 the
+ledger or bundle failed verification, 2 the command could not do its job (service
+unreachable, token refused, bad input).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import quote
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from services.audit.verify import HttpSource, LedgerSource, VerifyReport
+
+audit_app = typer.Typer(
+    name="audit",
+    help="Check the audit ledger, export evidence bundles, replay history.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+DEFAULT_URL = "http://127.0.0.1:8004"
+_URL_HELP = "Base URL of the audit service."
+_AUTH_HELP = "Auditor bearer token (default: $INCIDENTS_TOKEN)."
+_EXIT_FAILED = 1
+_EXIT_ERROR = 2
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+T = TypeVar("T")
+
+
+def _url_option() -> Any:
+    return typer.Option(DEFAULT_URL, "--url", help=_URL_HELP)
+
+
+def _token_option() -> Any:
+    return typer.Option(None, "--token", envvar="INCIDENTS_TOKEN", help=_AUTH_HELP)
+
+
+def _fail(message: str, code: int = _EXIT_ERROR) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    return typer.Exit(code)
+
+
+def _call(url: str, token: str | None, work: Callable[[HttpSource], Awaitable[T]]) -> T:
+    """Run ``work`` against the service; turn every source error into a message, exit 2."""
+    from services.audit.verify import AuthError, ExportError, HttpSource, SourceError
+
+    async def run() -> T:
+        async with HttpSource(url, token) as source:
+            return await work(source)
+
+    try:
+        return asyncio.run(run())
+    except AuthError as exc:
+        hint = (
+            "pass an auditor token with --token or INCIDENTS_TOKEN"
+            if exc.status == 401
+            else "the token's principal lacks the auditor role"
+        )
+        raise _fail(f"{exc} ({hint})") from None
+    except (SourceError, ExportError) as exc:
+        raise _fail(str(exc)) from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise _fail(f"{url} gave an answer this command cannot read: {exc!r}") from None
+
+
+# ------------------------------------------------------------------------ verify
+
+
+@audit_app.command()
+def verify(
+    url: str = _url_option(),
+    bundle: Path | None = typer.Option(
+        None, "--bundle", help="Check this evidence bundle offline instead of a service."
+    ),
+    token: str | None = _token_option(),
+    key: str | None = typer.Option(
+        None,
+        "--key",
+        help="Trusted C2SP verifier key of the log. Without it, the key the source"
+        " serves is used and its id printed: compare it with one you trust.",
+    ),
+) -> None:
+    """Recompute the Merkle tree and check every signed head; exit 1 at the first bad entry."""
+    from services.audit.verify import verify_bundle, verify_ledger
+
+    if bundle is not None:
+        if url != DEFAULT_URL:
+            raise _fail("give --url or --bundle, not both")
+        try:
+            document = json.loads(bundle.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise _fail(f"cannot read the bundle {bundle}: {exc}") from None
+        report = verify_bundle(document, trusted_key=key)
+        _summary(report, f"bundle {bundle}")
+    else:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+        bar = Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=err,
+            transient=True,
+            disable=not err.is_terminal,
+        )
+        task = bar.add_task("verifying entries", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        with bar:
+            report = _call(
+                url, token, lambda source: verify_ledger(source, progress=progress, trusted_key=key)
+            )
+        _summary(report, url)
+    if not report.ok:
+        where = report.where()
+        if where is None:
+            out.print(f"verification failed: {report.reason}", soft_wrap=True)
+        else:
+            out.print(f"first bad index: {where} ({report.reason})", soft_wrap=True)
+        raise typer.Exit(_EXIT_FAILED)
+
+
+def _summary(report: VerifyReport, source: str) -> None:
+    table = Table(title="audit ledger verification", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("source", source)
+    table.add_row("log", f"{report.origin or '?'} (key id {(report.key_id or '?')[:16]})")
+    table.add_row("signed heads", f"{report.heads_checked} checked (largest {report.tree_size})")
+    table.add_row("proofs", f"{report.proofs_checked} checked")
+    table.add_row("entries", f"{report.entries_checked:,}")
+    if report.ok and report.unsigned_entries:
+        table.add_row("not yet signed", f"{report.unsigned_entries} entries after the last head")
+    table.add_row("rate", f"{report.rate:,.0f} entries/s ({report.elapsed:.2f} s)")
+    table.add_row("result", "[green]intact[/]" if report.ok else "[bold red]NOT INTACT[/]")
+    out.print(table)
+    if report.ok and report.heads_checked == 0:
+        out.print("[yellow]warning:[/] no signed head: nothing vouches for these entries")
+
+
+# ------------------------------------------------------------------------ export
+
+
+@audit_app.command()
+def export(
+    incident: str = typer.Option(..., "--incident", help="The incident id."),
+    out_file: Path = typer.Option(..., "--out", help="Where to write the bundle (JSON)."),
+    url: str = _url_option(),
+    token: str | None = _token_option(),
+) -> None:
+    """Write an evidence bundle (events, inclusion proofs, signed head, key) for one incident."""
+    from services.audit.verify import export_bundle
+
+    bundle = _call(url, token, lambda source: export_bundle(source, incident))
+    try:
+        out_file.write_text(json.dumps(bundle, indent=2) + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise _fail(f"cannot write {out_file}: {exc}") from None
+    out.print(
+        f"{out_file}: {len(bundle['entries'])} entries of {incident}, proven against the"
+        f" signed head of size {bundle['head']['tree_size']}; check it with"
+        f" `incidents audit verify --bundle {out_file}`"
+    )
+
+
+# ------------------------------------------------------------------------ replay
+
+
+def _instant(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise typer.BadParameter(
+            f"{text!r} is not an RFC 3339 instant", param_hint="--as-of"
+        ) from None
+    if moment.tzinfo is None:
+        raise typer.BadParameter("give a timezone, e.g. 2026-11-25T10:00:00Z", param_hint="--as-of")
+    return moment
+
+
+@audit_app.command()
+def replay(
+    as_of: str = typer.Option(..., "--as-of", help="RFC 3339 instant (ledger time)."),
+    incident: str | None = typer.Option(None, "--incident", help="Only this incident."),
+    url: str = _url_option(),
+    token: str | None = _token_option(),
+) -> None:
+    """Rebuild the state of incidents as the ledger stood at an instant."""
+    moment = _instant(as_of)
+    if incident is not None:
+        state, knowledge = _call(
+            url, token, lambda source: _incident_as_of(source, incident, moment)
+        )
+        _state_table(state)
+        _knowledge_table(knowledge)
+        return
+    states = _call(url, token, lambda source: incidents_as_of(source, moment))
+    if not states:
+        out.print(f"no incident had been recorded by {as_of} (ledger time)")
+        return
+    table = Table(title=f"incidents as of {as_of} (ledger time)")
+    for name in ("incident", "status", "category", "severity", "acknowledged at", "level"):
+        table.add_column(name)
+    for incident_id, state in states.items():
+        if isinstance(state, str):
+            table.add_row(incident_id, f"[red]{state}[/]", "", "", "", "")
+            continue
+        table.add_row(
+            incident_id,
+            state.status,
+            state.category or "",
+            state.severity or "",
+            _shown(state.acknowledged_at),
+            str(state.escalation_level),
+        )
+    out.print(table)
+
+
+async def _incident_as_of(
+    source: HttpSource, incident: str, moment: datetime
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    from services.audit.verify import SourceError
+
+    path = f"/v1/incidents/{quote(incident, safe='')}"
+    params = {"as_of": moment.isoformat()}
+    try:
+        state = await source.get_json(f"{path}/state", params)
+        knowledge = await source.get_json(f"{path}/knowledge", params)
+    except SourceError as exc:
+        if exc.status == 404:
+            raise SourceError(f"the ledger holds no event of incident {incident}") from None
+        raise
+    return state, knowledge
+
+
+async def incidents_as_of(source: LedgerSource, moment: datetime) -> dict[str, Any]:
+    """Every incident folded from the ledger entries recorded by ``moment``, in ledger order.
+
+    Events are read from the leaves themselves (the bytes the Merkle tree covers) and
+    folded by `state_as_of`, the code the audit API's ``/state`` uses. Values are
+    `IncidentState`, or a message when an incident's events do not fold.
+    """
+    from services.domain.envelope import utc_rfc3339
+    from services.domain.events import InvalidEvent, parse_envelope
+    from services.domain.knowledge import LedgerEvent, state_as_of
+
+    events: dict[str, list[LedgerEvent]] = {}
+    async for body in _leaves_until(source, utc_rfc3339(moment)):
+        event = body.get("event")
+        if not isinstance(event, dict):
+            continue  # rejected input, recorded raw
+        kind = str(event.get("type", ""))
+        if not kind.startswith("incident.") or kind == "incident.input.rejected.v1":
+            continue
+        try:
+            envelope = parse_envelope(event)
+        except InvalidEvent:
+            continue  # recorded as an event, but not one the fold can read
+        recorded_at = datetime.fromisoformat(body["recorded_at"])
+        events.setdefault(envelope.subject, []).append(
+            LedgerEvent(body["index"], recorded_at, envelope)
+        )
+    states: dict[str, Any] = {}
+    for incident_id, entries in events.items():
+        try:
+            states[incident_id] = state_as_of(incident_id, entries, moment)
+        except ValueError as exc:
+            states[incident_id] = f"cannot replay: {exc}"
+    return states
+
+
+async def _leaves_until(source: LedgerSource, cutoff: str) -> AsyncIterator[dict[str, Any]]:
+    """The decoded leaves recorded at or before ``cutoff``; ledger time never goes back."""
+    from services.audit.verify import SourceError
+
+    async for page in source.entries(0):
+        for entry in page:
+            if "unreadable" in entry:
+                raise SourceError(f"entry {entry['index']} cannot be read: {entry['unreadable']}")
+            body: dict[str, Any] = json.loads(base64.b64decode(entry["leaf"]))
+            if body["recorded_at"] > cutoff:
+                return
+            yield body
+
+
+def _shown(value: Any) -> str:
+    """A value for a table cell: times in RFC 3339, lists comma-separated, None empty."""
+    if value is None:
+        return ""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, list | tuple | set | frozenset):
+        return ", ".join(map(str, value))
+    return str(value)
+
+
+def _state_table(answer: dict[str, Any]) -> None:
+    state = answer.get("state", {})
+    table = Table(title=f"{answer.get('incident_id')} as of {answer.get('as_of')} (ledger time)")
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    for name, value in state.items():
+        if name == "incident_id":
+            continue
+        table.add_row(name, _shown(value))
+    out.print(table)
+
+
+def _knowledge_table(answer: dict[str, Any]) -> None:
+    table = Table(title=f"who knew {answer.get('incident_id')} as of {answer.get('as_of')}")
+    for name in ("principal", "first known at", "via", "acknowledged at", "report versions"):
+        table.add_column(name)
+    for person in answer.get("principals", []):
+        table.add_row(
+            str(person.get("principal")),
+            _shown(person.get("first_known_at")),
+            _shown(person.get("via")),
+            _shown(person.get("acknowledged_at")),
+            str(len(person.get("report_digests", []))),
+        )
+    out.print(table)
+    if not answer.get("principals"):
+        out.print("nobody knew yet")

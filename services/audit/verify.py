@@ -1,0 +1,1003 @@
+"""Checking the audit ledger from the outside: signed heads, every entry, evidence bundles.
+
+An auditor trusts one thing, the log's Ed25519 key (pin it with ``trusted_key``; without
+a pin the key the source serves is used, and its id is reported so it can be compared).
+Everything else is recomputed here from what a `LedgerSource` serves: the audit service
+over HTTP (`HttpSource`), an evidence bundle (`BundleSource`), or entries held in memory
+(`MemorySource`, for tests and benchmarks). Nothing here touches the database.
+
+`verify_ledger` checks the whole log:
+
+1. every signed head verifies with the key, and its JSON fields equal its signed note;
+2. the entries are streamed from index 0 to the end of what the source has. For each,
+   in this order: the source serves it at its position; its leaf hashes
+   (``SHA-256(0x00 || leaf)``) to the served ``leaf_hash`` (an edited byte whose hash
+   column was left alone); the leaf is canonical JSON of version 1 whose own ``index``
+   is its position (deleted, inserted or swapped entries, even when the rows were
+   renumbered to stay contiguous); ``recorded_at`` never goes backwards; the fields
+   served next to the leaf say what the leaf says;
+3. whenever the tree reaches a head's size, the recomputed Merkle root equals the signed
+   root. A mismatch means an edit whose leaf hash was recomputed too: the first bad
+   index then lies in ``[previous head size, this head size)``. When the source serves
+   consistency proofs, the proof between each head and the one before it must verify;
+4. a head larger than the number of entries means the tail was cut off: the first bad
+   index is the first missing one, the number of entries.
+
+A checkpoint event inside the ledger that verifies with the key must be among the served
+heads with the same root, so a head cannot be dropped from the list to hide a rewrite.
+
+"First bad index" is the first position whose entry fails a check of step 2. When the
+leaf at position ``p`` claims index ``p - 1``, the leaf before it claims that index too:
+an entry was inserted at ``p - 1``, which is reported (unless a signed head already
+vouches for it, then ``p``).
+
+`export_bundle` writes the evidence for one incident: the key, the latest signed head,
+the incident's leaves and an inclusion proof of each against that head.
+`verify_bundle` checks such a bundle offline (no database, no network): the head's
+signature, each leaf against its inclusion proof and the signed root, and that every
+leaf is an event of the incident. A bundle proves that what it holds was in the signed
+log; it cannot prove that it holds all of the incident's events.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import quote
+
+import httpx
+
+from services.audit import merkle
+from services.audit.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    NoteError,
+    NoteSigner,
+    NoteVerifier,
+    parse_verifier_key,
+    sign_checkpoint,
+    verify_checkpoint,
+)
+from services.domain.envelope import canonical_json, utc_rfc3339
+
+__all__ = [
+    "BUNDLE_FORMAT",
+    "PAGE_SIZE",
+    "AuthError",
+    "BundleSource",
+    "ExportError",
+    "HttpSource",
+    "LedgerSource",
+    "MemorySource",
+    "ProofSource",
+    "SourceError",
+    "VerifyReport",
+    "export_bundle",
+    "key_document",
+    "verify_bundle",
+    "verify_ledger",
+]
+
+BUNDLE_FORMAT = "incidents.audit.bundle/v1"
+"""The ``format`` field of evidence bundles this module writes and reads."""
+
+PAGE_SIZE = 1000
+"""Entries per request: the most the audit API serves at once."""
+
+LEAF_VERSION = 1
+CHECKPOINT_EVENT = "audit.checkpoint.signed.v1"
+_RECORDED_AT = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z", re.ASCII)
+_SERVED_FIELDS = ("recorded_at", "topic", "partition", "offset")
+_GAP = 64  # an export fetches indexes this close together in one request
+
+Entry = dict[str, Any]
+"""One served entry: ``index``, ``leaf`` (base64) and optionally ``leaf_hash`` (hex),
+``recorded_at``, ``topic``, ``partition``, ``offset``, ``event``."""
+
+Progress = Callable[[int, int], None]
+"""``progress(entries_done, entries_expected)``, called after every page."""
+
+
+class SourceError(Exception):
+    """The source could not answer: unreachable, an HTTP error, or a malformed reply."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class AuthError(SourceError):
+    """The source refused the credentials (HTTP 401) or the role (HTTP 403)."""
+
+
+class ExportError(Exception):
+    """An evidence bundle cannot be made (nothing to export, or no head covers it yet)."""
+
+
+# ----------------------------------------------------------------------- sources
+
+
+class LedgerSource(Protocol):
+    """Where a verifier reads the ledger from."""
+
+    async def public_key(self) -> dict[str, Any]:
+        """``{origin, public_key (base64), verifier_key, key_id}``."""
+        ...
+
+    async def heads(self) -> list[dict[str, Any]]:
+        """Every signed head: ``{tree_size, root_hash (hex), timestamp, key_id, checkpoint}``."""
+        ...
+
+    def entries(self, start: int = 0, end: int | None = None) -> AsyncIterator[list[Entry]]:
+        """Pages of entries with index in ``[start, end)`` (``None``: to the end), in order."""
+        ...
+
+    async def consistency_proof(self, first: int, second: int) -> list[bytes] | None:
+        """RFC 9162 consistency proof between two tree sizes, or None if not offered."""
+        ...
+
+
+class ProofSource(LedgerSource, Protocol):
+    """A source that can also serve what an evidence bundle needs."""
+
+    async def inclusion_proof(self, index: int, tree_size: int) -> list[bytes]:
+        """RFC 9162 inclusion proof of entry ``index`` in the tree of ``tree_size``."""
+        ...
+
+    async def incident_indexes(self, incident_id: str) -> list[int]:
+        """Ledger indexes of the incident's events, ascending (empty if none)."""
+        ...
+
+
+def key_document(verifier: NoteVerifier) -> dict[str, Any]:
+    """The public-key document the audit API serves, for a key."""
+    return {
+        "origin": verifier.name,
+        "public_key": base64.b64encode(verifier.public_key).decode("ascii"),
+        "verifier_key": verifier.verifier_key,
+        "key_id": verifier.key_id,
+    }
+
+
+class HttpSource:
+    """The audit service's HTTP API (``/v1/ledger/...``), read with httpx.
+
+    ``token`` is an auditor's bearer token (entries and incident queries need it; heads,
+    the key and proofs are public). Tests pass ``client`` or ``transport`` (for example
+    ``httpx.ASGITransport``) to talk to an app in-process. Use as an async context
+    manager, or call `aclose`, to close a client it made itself.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        token: str | None = None,
+        *,
+        client: httpx.AsyncClient | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        timeout: float = 30.0,
+        page_size: int = PAGE_SIZE,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.token = token
+        self.page_size = page_size
+        self._owned = client is None
+        self._client = client or httpx.AsyncClient(transport=transport, timeout=timeout)
+
+    async def __aenter__(self) -> HttpSource:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the HTTP client if this source made it."""
+        if self._owned:
+            await self._client.aclose()
+
+    async def get_json(
+        self, path: str, params: dict[str, Any] | None = None, *, auth: bool = True
+    ) -> Any:
+        """GET ``path`` and return the JSON body; `SourceError`/`AuthError` otherwise."""
+        where = f"{self.url}{path}"
+        headers = {"authorization": f"Bearer {self.token}"} if auth and self.token else {}
+        try:
+            answer = await self._client.get(where, params=params, headers=headers)
+        except httpx.ConnectError as exc:
+            reason = str(exc) or "connection refused"
+            raise SourceError(
+                f"cannot connect to {self.url} ({reason}): is the audit service running?"
+            ) from exc
+        except httpx.TimeoutException as exc:
+            raise SourceError(f"{where} did not answer in time") from exc
+        except httpx.HTTPError as exc:
+            raise SourceError(f"{where}: {exc!r}") from exc
+        if answer.status_code != 200:
+            detail = _problem_detail(answer)
+            status = answer.status_code
+            if status in (401, 403):
+                raise AuthError(f"{where} answered {status}: {detail}", status=status)
+            raise SourceError(f"{where} answered {status}: {detail}", status=status)
+        try:
+            return answer.json()
+        except ValueError as exc:
+            raise SourceError(f"{where} did not answer JSON") from exc
+
+    async def public_key(self) -> dict[str, Any]:
+        return _object(await self.get_json("/v1/ledger/public-key", auth=False), "public key")
+
+    async def heads(self) -> list[dict[str, Any]]:
+        body = _object(await self.get_json("/v1/ledger/heads", auth=False), "heads")
+        return _list(body.get("heads"), "heads")
+
+    async def entries(self, start: int = 0, end: int | None = None) -> AsyncIterator[list[Entry]]:
+        position = start
+        while end is None or position < end:
+            stop = position + self.page_size if end is None else min(end, position + self.page_size)
+            page = await self._page(position, stop)
+            if not page:
+                return
+            yield page
+            position = stop
+
+    async def _page(self, start: int, end: int) -> list[Entry]:
+        try:
+            return await self._window(start, end)
+        except SourceError as exc:
+            if exc.status is None or exc.status < 500 or end - start == 1:
+                raise
+        # The service fails on a whole page when one stored leaf cannot be decoded any
+        # more: fetch one by one so the verifier learns exactly which entry it is.
+        page: list[Entry] = []
+        readable = False
+        for index in range(start, end):
+            try:
+                page.extend(await self._window(index, index + 1))
+                readable = True
+            except SourceError as exc:
+                if exc.status is None or exc.status < 500:
+                    raise
+                page.append({"index": index, "unreadable": str(exc)})
+        if not readable:
+            raise SourceError(f"{self.url} fails on every entry in [{start}, {end})", status=500)
+        return page
+
+    async def _window(self, start: int, end: int) -> list[Entry]:
+        body = await self.get_json("/v1/ledger/entries", {"start": start, "end": end})
+        return _list(_object(body, "entries").get("entries"), "entries")
+
+    async def consistency_proof(self, first: int, second: int) -> list[bytes] | None:
+        body = await self.get_json(
+            "/v1/ledger/proofs/consistency", {"first": first, "second": second}, auth=False
+        )
+        return _hashes(_object(body, "consistency proof").get("proof"))
+
+    async def inclusion_proof(self, index: int, tree_size: int) -> list[bytes]:
+        body = await self.get_json(
+            "/v1/ledger/proofs/inclusion", {"index": index, "tree_size": tree_size}, auth=False
+        )
+        return _hashes(_object(body, "inclusion proof").get("proof"))
+
+    async def incident_indexes(self, incident_id: str) -> list[int]:
+        try:
+            body = await self.get_json(f"/v1/incidents/{quote(incident_id, safe='')}/timeline")
+        except SourceError as exc:
+            if exc.status == 404:
+                return []
+            raise
+        events = _list(_object(body, "timeline").get("events"), "timeline events")
+        return sorted(int(e["index"]) for e in events)
+
+
+class BundleSource:
+    """An evidence bundle (see `export_bundle`) read as a sparse ledger.
+
+    It serves the bundle's key, its one head, its entries and their inclusion proofs, so
+    a bundle can be checked (`verify_ledger` hands it to `verify_bundle`) or re-exported.
+    """
+
+    def __init__(
+        self, path: str | Path | None = None, *, bundle: dict[str, Any] | None = None
+    ) -> None:
+        if bundle is None:
+            if path is None:
+                raise ValueError("give a path or a bundle")
+            try:
+                bundle = json.loads(Path(path).read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, ValueError) as exc:
+                raise SourceError(f"cannot read the bundle {path}: {exc}") from exc
+        self.bundle: dict[str, Any] = _object(bundle, "bundle")
+        items = self.bundle.get("entries")
+        self._entries: list[Entry] = (
+            [e for e in items if isinstance(e, dict)] if isinstance(items, list) else []
+        )
+
+    async def public_key(self) -> dict[str, Any]:
+        return {k: self.bundle.get(k) for k in ("origin", "public_key", "verifier_key", "key_id")}
+
+    async def heads(self) -> list[dict[str, Any]]:
+        return [self.bundle["head"]] if isinstance(self.bundle.get("head"), dict) else []
+
+    async def entries(self, start: int = 0, end: int | None = None) -> AsyncIterator[list[Entry]]:
+        page = [
+            e
+            for e in self._entries
+            if isinstance(e.get("index"), int)
+            and start <= e["index"]
+            and (end is None or e["index"] < end)
+        ]
+        if page:
+            yield page
+
+    async def consistency_proof(self, first: int, second: int) -> list[bytes] | None:
+        return None
+
+    async def inclusion_proof(self, index: int, tree_size: int) -> list[bytes]:
+        head = self.bundle.get("head") or {}
+        for entry in self._entries:
+            if entry.get("index") == index and head.get("tree_size") == tree_size:
+                return _hashes(entry.get("inclusion_proof"))
+        raise SourceError(f"the bundle has no proof of entry {index} in tree size {tree_size}")
+
+    async def incident_indexes(self, incident_id: str) -> list[int]:
+        if self.bundle.get("incident_id") != incident_id:
+            return []
+        return sorted(e["index"] for e in self._entries if isinstance(e.get("index"), int))
+
+
+class MemorySource:
+    """Entries, heads and a key held in memory, with proofs from a `merkle.MemoryTree`.
+
+    The tree is the log as signed; editing `rows` afterwards (as a test forging entries
+    does) leaves it alone, just as a forger editing ledger rows leaves the stored
+    subtree hashes alone.
+    """
+
+    def __init__(
+        self,
+        key: dict[str, Any],
+        head_docs: list[dict[str, Any]],
+        rows: list[Entry],
+        *,
+        tree: merkle.MemoryTree | None = None,
+        page_size: int = PAGE_SIZE,
+    ) -> None:
+        self.key = key
+        self.head_docs = head_docs
+        self.rows = rows
+        self.tree = tree
+        self.page_size = page_size
+
+    @classmethod
+    def build(
+        cls, signer: NoteSigner, leaves: Sequence[bytes], head_sizes: Iterable[int]
+    ) -> MemorySource:
+        """A log of ``leaves`` with a head signed by ``signer`` at each of ``head_sizes``."""
+        from services.audit.heads import Head  # only for its JSON form; pulls in asyncpg
+
+        hashes = [merkle.leaf_hash(leaf) for leaf in leaves]
+        tree = merkle.MemoryTree(hashes)
+        now = datetime.now(UTC)
+        heads = []
+        for size in sorted(set(head_sizes)):
+            root = tree.root(size)
+            note = sign_checkpoint(signer, Checkpoint(signer.name, size, root))
+            heads.append(Head(size, root, now, signer.key_id, note).to_json())
+        rows: list[Entry] = [
+            {
+                "index": i,
+                "leaf": base64.b64encode(leaf).decode("ascii"),
+                "leaf_hash": hashed.hex(),
+            }
+            for i, (leaf, hashed) in enumerate(zip(leaves, hashes, strict=True))
+        ]
+        return cls(key_document(signer.verifier()), heads, rows, tree=tree)
+
+    async def public_key(self) -> dict[str, Any]:
+        return self.key
+
+    async def heads(self) -> list[dict[str, Any]]:
+        return self.head_docs
+
+    async def entries(self, start: int = 0, end: int | None = None) -> AsyncIterator[list[Entry]]:
+        stop = len(self.rows) if end is None else min(end, len(self.rows))
+        for at in range(start, stop, self.page_size):
+            yield self.rows[at : min(stop, at + self.page_size)]
+
+    async def consistency_proof(self, first: int, second: int) -> list[bytes] | None:
+        return None if self.tree is None else self.tree.consistency_proof(first, second)
+
+    async def inclusion_proof(self, index: int, tree_size: int) -> list[bytes]:
+        if self.tree is None:
+            raise SourceError("this source keeps no tree")
+        return self.tree.inclusion_proof(index, tree_size)
+
+    async def incident_indexes(self, incident_id: str) -> list[int]:
+        found = []
+        for row in self.rows:
+            event = json.loads(base64.b64decode(row["leaf"])).get("event")
+            if isinstance(event, dict) and event.get("subject") == incident_id:
+                found.append(row["index"])
+        return found
+
+
+# ------------------------------------------------------------------------ report
+
+
+@dataclass
+class VerifyReport:
+    """What a verification found.
+
+    ``first_bad_index`` is exact when a check of a single entry failed; when only a
+    signed root disagrees, it is None and ``bad_range`` is the index range
+    ``[low, high)`` where the first bad entry lies. ``bad_head`` is the tree size of the
+    signed head that exposed the problem, if one did.
+    """
+
+    ok: bool = False
+    entries_checked: int = 0
+    heads_checked: int = 0
+    proofs_checked: int = 0
+    first_bad_index: int | None = None
+    reason: str | None = None
+    rate: float = 0.0
+    elapsed: float = 0.0
+    tree_size: int = 0
+    bad_head: int | None = None
+    bad_range: tuple[int, int] | None = None
+    origin: str | None = None
+    key_id: str | None = None
+
+    @property
+    def unsigned_entries(self) -> int:
+        """Entries after the largest signed head (checked one by one, vouched by no root)."""
+        return max(0, self.entries_checked - self.tree_size)
+
+    def where(self) -> str | None:
+        """Where the first bad entry is, in words, or None if no entry is blamed."""
+        if self.first_bad_index is not None:
+            return str(self.first_bad_index)
+        if self.bad_range is not None:
+            low, high = self.bad_range
+            return f"between {low} and {high - 1}"
+        return None
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready form (for scripts and logs)."""
+        out = dict(self.__dict__)
+        out["bad_range"] = list(self.bad_range) if self.bad_range else None
+        out["unsigned_entries"] = self.unsigned_entries
+        return out
+
+
+class _Bad(Exception):
+    """A failed check, carried to the report."""
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        index: int | None = None,
+        head: int | None = None,
+        span: tuple[int, int] | None = None,
+    ) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.index = index
+        self.head = head
+        self.span = span
+
+    def fill(self, report: VerifyReport) -> None:
+        report.ok = False
+        report.reason = self.reason
+        report.first_bad_index = self.index
+        report.bad_head = self.head
+        report.bad_range = self.span
+        if self.index is None and self.span is not None and self.span[1] - self.span[0] == 1:
+            report.first_bad_index = self.span[0]
+
+
+# -------------------------------------------------------------- keys and heads
+
+
+@dataclass(frozen=True)
+class _Head:
+    tree_size: int
+    root_hash: bytes
+    timestamp: str
+    doc: dict[str, Any]
+
+
+def _verifier(doc: Any, trusted_key: str | None) -> NoteVerifier:
+    """The log's key from a public-key document, checked for self-consistency and pin."""
+    if not isinstance(doc, dict):
+        raise _Bad("the public key document is not a JSON object")
+    try:
+        verifier = parse_verifier_key(doc.get("verifier_key"))  # type: ignore[arg-type]
+    except NoteError as exc:
+        raise _Bad(f"the served verifier key is unusable: {exc}") from None
+    served = key_document(verifier)
+    for name in ("origin", "public_key", "key_id"):
+        if doc.get(name) is not None and doc[name] != served[name]:
+            raise _Bad(
+                f"the served {name} does not belong to the verifier key {served['verifier_key']}"
+            )
+    if trusted_key is not None:
+        try:
+            pinned = parse_verifier_key(trusted_key)
+        except NoteError as exc:
+            raise _Bad(f"the trusted key is not a verifier key: {exc}") from None
+        if pinned != verifier:
+            raise _Bad(f"the log signs with {verifier.verifier_key}, not the trusted key")
+    return verifier
+
+
+def _signed_head(verifier: NoteVerifier, doc: Any) -> _Head:
+    """One served head: its note verifies and its JSON fields say what the note says."""
+    if not isinstance(doc, dict):
+        raise _Bad("a signed head is not a JSON object")
+    size, root, note = doc.get("tree_size"), doc.get("root_hash"), doc.get("checkpoint")
+    if type(size) is not int or not isinstance(root, str) or not isinstance(note, str):
+        raise _Bad(f"a signed head is malformed: tree_size={size!r}, root_hash={root!r}")
+    try:
+        checkpoint = verify_checkpoint(verifier, note)
+    except (NoteError, CheckpointError) as exc:
+        raise _Bad(f"the signed head of size {size} does not verify: {exc}", head=size) from None
+    if checkpoint.tree_size != size or checkpoint.root_hash.hex() != root.lower():
+        raise _Bad(
+            f"the head of size {size} says root {root} but its signed checkpoint says size "
+            f"{checkpoint.tree_size}, root {checkpoint.root_hash.hex()}",
+            head=size,
+        )
+    if doc.get("key_id") not in (None, verifier.key_id):
+        raise _Bad(f"the head of size {size} names key {doc['key_id']}, not ours", head=size)
+    return _Head(size, checkpoint.root_hash, str(doc.get("timestamp", "")), doc)
+
+
+def _signed_heads(verifier: NoteVerifier, docs: Any) -> list[_Head]:
+    """Every served head verified, one per size, by size; two roots for a size is a fork."""
+    if not isinstance(docs, list):
+        raise _Bad("the list of signed heads is malformed")
+    by_size: dict[int, _Head] = {}
+    for doc in docs:
+        head = _signed_head(verifier, doc)
+        seen = by_size.setdefault(head.tree_size, head)
+        if seen.root_hash != head.root_hash:
+            raise _Bad(
+                f"two signed heads of size {head.tree_size} have different roots: the log forked",
+                head=head.tree_size,
+            )
+    return [by_size[size] for size in sorted(by_size)]
+
+
+# -------------------------------------------------------------------- leaves
+
+
+def _leaf_bytes(entry: Entry, position: int) -> bytes:
+    text = entry.get("leaf")
+    if "unreadable" in entry:
+        raise _Bad(
+            f"the source cannot serve entry {position} ({entry['unreadable']}): its stored"
+            " leaf is probably not valid JSON any more",
+            index=position,
+        )
+    if not isinstance(text, str):
+        raise _Bad(f"entry {position} has no leaf", index=position)
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise _Bad(f"the leaf of entry {position} is not base64", index=position) from None
+
+
+def _leaf_body(leaf: bytes, position: int) -> dict[str, Any]:
+    """The JSON inside a leaf, which must be canonical version-1 leaf JSON."""
+    try:
+        body = json.loads(leaf.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise _Bad(f"the leaf of entry {position} is not JSON", index=position) from None
+    if not isinstance(body, dict) or body.get("v") != LEAF_VERSION:
+        raise _Bad(f"the leaf of entry {position} is not a version-1 leaf", index=position)
+    if canonical_json(body) != leaf:
+        raise _Bad(f"the leaf of entry {position} is not canonical JSON", index=position)
+    recorded_at = body.get("recorded_at")
+    if not isinstance(recorded_at, str) or not _RECORDED_AT.fullmatch(recorded_at):
+        raise _Bad(f"the leaf of entry {position} has no valid recorded_at", index=position)
+    return body
+
+
+def _check_order(recorded_at: str, previous: str, position: int, before: int) -> None:
+    # Fixed-width RFC 3339 UTC (checked in _leaf_body) sorts as text.
+    if recorded_at < previous:
+        raise _Bad(
+            f"entry {position} says it was recorded at {recorded_at}, before entry"
+            f" {before} ({previous}): ledger time went backwards",
+            index=position,
+        )
+
+
+# ----------------------------------------------------------------- the walk
+
+
+class _Walk:
+    """Streams the entries through the per-entry checks and a Merkle frontier."""
+
+    def __init__(self, verifier: NoteVerifier, heads: list[_Head]) -> None:
+        self.verifier = verifier
+        self.heads = heads
+        self.by_size = {h.tree_size: h for h in heads}
+        self.largest = heads[-1].tree_size if heads else 0
+        self.frontier = merkle.MerkleFrontier()
+        self.next = 0  # index in `heads` of the next head to reach
+        self.next_size = heads[0].tree_size if heads else -1
+        self.vouched = 0  # entries below this are vouched for by a matching signed root
+        self.previous_time = ""
+        self.matched: list[_Head] = []  # heads whose root matched, awaiting the proof step
+        self.proven: _Head | None = None
+        self.offers_proofs = True
+        self.heads_checked = 0
+        self.proofs_checked = 0
+
+    async def run(self, source: LedgerSource, progress: Progress | None) -> None:
+        self.reach()
+        async for page in source.entries(0):
+            failed: _Bad | None = None
+            try:
+                for entry in page:
+                    self.entry(entry)
+            except _Bad as bad:
+                failed = bad
+            await self.prove(source)  # heads reached before a failure are checked first
+            if failed is not None:
+                raise failed
+            if progress is not None:
+                size = self.frontier.size
+                progress(size, max(size, self.largest))
+        self.reach()
+        await self.prove(source)
+        if self.next < len(self.heads):
+            head, count = self.heads[self.next], self.frontier.size
+            raise _Bad(
+                f"the signed head of size {head.tree_size} ({head.timestamp}) covers"
+                f" {head.tree_size} entries but the source has only {count}: the tail was"
+                " cut off",
+                index=count,
+                head=head.tree_size,
+            )
+
+    def entry(self, entry: Entry) -> None:
+        position = self.frontier.size
+        if position == self.next_size:
+            self.reach()
+        served = entry.get("index")
+        if served != position:
+            raise _Bad(
+                f"the source serves entry {served!r} where entry {position} belongs: an entry"
+                " is missing or out of order",
+                index=position,
+            )
+        leaf = _leaf_bytes(entry, position)
+        hashed = merkle.leaf_hash(leaf)
+        served_hash = entry.get("leaf_hash")
+        if served_hash is not None and served_hash != hashed.hex():
+            raise _Bad(
+                f"the leaf of entry {position} does not hash to its stored leaf hash: the"
+                " leaf was edited",
+                index=position,
+            )
+        body = _leaf_body(leaf, position)
+        claim = body.get("index")
+        if claim != position or type(claim) is not int:
+            if claim == position - 1 and claim >= self.vouched:
+                raise _Bad(
+                    f"the entries at positions {claim} and {position} both say they are entry"
+                    f" {claim}: an entry was inserted at {claim}",
+                    index=claim,
+                )
+            raise _Bad(
+                f"the leaf at position {position} says it is entry {claim!r}: entries were"
+                " deleted, inserted or reordered",
+                index=position,
+            )
+        _check_order(body["recorded_at"], self.previous_time, position, position - 1)
+        for name in _SERVED_FIELDS:
+            if name in entry and entry[name] != body.get(name):
+                raise _Bad(
+                    f"entry {position} is served with {name}={entry[name]!r} but its leaf"
+                    f" says {body.get(name)!r}",
+                    index=position,
+                )
+        event = body.get("event")
+        if "event" in entry and entry["event"] != event:
+            raise _Bad(
+                f"entry {position} is served with an event its leaf does not hold", index=position
+            )
+        if isinstance(event, dict) and event.get("type") == CHECKPOINT_EVENT:
+            self.recorded_head(event, position)
+        self.frontier.append(hashed)
+        self.previous_time = body["recorded_at"]
+
+    def reach(self) -> None:
+        """Compare the root with every head of the current size."""
+        size = self.frontier.size
+        while self.next < len(self.heads) and self.heads[self.next].tree_size == size:
+            head = self.heads[self.next]
+            if self.frontier.root() != head.root_hash:
+                raise _Bad(
+                    f"the entries do not hash to the root of the signed head of size {size}"
+                    f" ({head.timestamp}): an entry in [{self.vouched}, {size}) was changed"
+                    " and its leaf hash recomputed",
+                    head=size,
+                    span=(self.vouched, size),
+                )
+            self.vouched = size
+            self.heads_checked += 1
+            self.matched.append(head)
+            self.next += 1
+        self.next_size = self.heads[self.next].tree_size if self.next < len(self.heads) else -1
+
+    def recorded_head(self, event: dict[str, Any], position: int) -> None:
+        """A head recorded in the ledger must be one of the served heads."""
+        data = event.get("data")
+        note = data.get("checkpoint") if isinstance(data, dict) else None
+        try:
+            checkpoint = verify_checkpoint(self.verifier, note)  # type: ignore[arg-type]
+        except (NoteError, CheckpointError):
+            return  # anyone may publish to the topic; only our key's heads count
+        listed = self.by_size.get(checkpoint.tree_size)
+        if listed is None and checkpoint.tree_size <= self.largest:
+            raise _Bad(
+                f"entry {position} records a signed head of size {checkpoint.tree_size} that"
+                " the source's list of heads leaves out",
+                head=checkpoint.tree_size,
+            )
+        if listed is not None and listed.root_hash != checkpoint.root_hash:
+            raise _Bad(
+                f"entry {position} records a signed head of size {checkpoint.tree_size} whose"
+                " root differs from the served one: the log forked",
+                head=checkpoint.tree_size,
+            )
+
+    async def prove(self, source: LedgerSource) -> None:
+        """Check the consistency proof between each matched head and the one before."""
+        for head in self.matched:
+            before = self.proven
+            self.proven = head
+            if before is None or before.tree_size == 0 or not self.offers_proofs:
+                continue
+            first, second = before.tree_size, head.tree_size
+            try:
+                proof = await source.consistency_proof(first, second)
+            except SourceError as exc:
+                raise _Bad(
+                    f"the source cannot prove signed heads {first} and {second} consistent: {exc}",
+                    head=second,
+                ) from None
+            if proof is None:
+                self.offers_proofs = False
+                continue
+            try:
+                merkle.verify_consistency(first, second, proof, before.root_hash, head.root_hash)
+            except merkle.ProofError as exc:
+                raise _Bad(
+                    f"the served consistency proof between signed heads {first} and {second}"
+                    f" does not verify ({exc}): the stored tree differs from the entries",
+                    head=second,
+                ) from None
+            self.proofs_checked += 1
+        self.matched.clear()
+
+
+async def verify_ledger(
+    source: LedgerSource,
+    *,
+    progress: Progress | None = None,
+    trusted_key: str | None = None,
+) -> VerifyReport:
+    """Verify everything ``source`` serves (see the module docstring for the checks).
+
+    A `BundleSource` is checked with `verify_bundle`. `SourceError` (an unreachable
+    source, refused credentials) propagates: it means "could not verify", not "tampered".
+    """
+    if isinstance(source, BundleSource):
+        return verify_bundle(source.bundle, trusted_key=trusted_key)
+    started = time.perf_counter()
+    report = VerifyReport()
+    walk: _Walk | None = None
+    try:
+        verifier = _verifier(await source.public_key(), trusted_key)
+        report.origin, report.key_id = verifier.name, verifier.key_id
+        heads = _signed_heads(verifier, await source.heads())
+        report.tree_size = heads[-1].tree_size if heads else 0
+        walk = _Walk(verifier, heads)
+        await walk.run(source, progress)
+        report.ok = True
+    except _Bad as bad:
+        bad.fill(report)
+    finally:
+        if walk is not None:
+            report.entries_checked = walk.frontier.size
+            report.heads_checked = walk.heads_checked
+            report.proofs_checked = walk.proofs_checked
+        report.elapsed = time.perf_counter() - started
+        report.rate = report.entries_checked / report.elapsed if report.elapsed > 0 else 0.0
+    return report
+
+
+# -------------------------------------------------------------------- bundles
+
+
+async def export_bundle(source: ProofSource, incident_id: str) -> dict[str, Any]:
+    """The evidence bundle of one incident, checked with `verify_bundle` before it is returned.
+
+    Holds the format, the log's key, the latest signed head, and each of the incident's
+    entries as ``{index, leaf (base64), inclusion_proof (hex list)}`` against that head.
+    Raises `ExportError` when the incident has no entry, when its newest entries are not
+    under a signed head yet, or when the source serves evidence that does not verify.
+    """
+    try:
+        key = await source.public_key()
+        verifier = _verifier(key, None)
+        heads = _signed_heads(verifier, await source.heads())
+    except _Bad as bad:
+        raise ExportError(f"the ledger's key or heads do not verify: {bad.reason}") from None
+    if not heads:
+        raise ExportError("the ledger has not signed a tree head yet")
+    head = heads[-1]
+    indexes = sorted(set(await source.incident_indexes(incident_id)))
+    if not indexes:
+        raise ExportError(f"the ledger holds no event of incident {incident_id}")
+    late = [i for i in indexes if i >= head.tree_size]
+    if late:
+        raise ExportError(
+            f"{len(late)} of the incident's entries (from index {late[0]}) are newer than the"
+            f" latest signed head (size {head.tree_size}); export again once the next head"
+            " is signed"
+        )
+    leaves = await _leaves(source, indexes)
+    entries = []
+    for index in indexes:
+        proof = await source.inclusion_proof(index, head.tree_size)
+        entries.append(
+            {"index": index, "leaf": leaves[index], "inclusion_proof": [p.hex() for p in proof]}
+        )
+    bundle: dict[str, Any] = {
+        "format": BUNDLE_FORMAT,
+        "incident_id": incident_id,
+        "exported_at": utc_rfc3339(datetime.now(UTC)),
+        **key_document(verifier),
+        "head": head.doc,
+        "entries": entries,
+    }
+    report = verify_bundle(bundle)
+    if not report.ok:
+        raise ExportError(f"the ledger serves evidence that does not verify: {report.reason}")
+    return bundle
+
+
+async def _leaves(source: LedgerSource, indexes: list[int]) -> dict[int, str]:
+    """The base64 leaves of ``indexes`` (ascending), nearby ones fetched together."""
+    wanted = set(indexes)
+    found: dict[int, str] = {}
+    start = 0
+    while start < len(indexes):
+        stop = start + 1
+        while (
+            stop < len(indexes)
+            and indexes[stop] - indexes[stop - 1] <= _GAP
+            and indexes[stop] - indexes[start] < PAGE_SIZE
+        ):
+            stop += 1
+        async for page in source.entries(indexes[start], indexes[stop - 1] + 1):
+            for entry in page:
+                if entry.get("index") in wanted and isinstance(entry.get("leaf"), str):
+                    found[entry["index"]] = entry["leaf"]
+        start = stop
+    missing = wanted - found.keys()
+    if missing:
+        raise ExportError(f"the ledger did not serve entries {sorted(missing)[:5]}")
+    return found
+
+
+def verify_bundle(bundle: Any, *, trusted_key: str | None = None) -> VerifyReport:
+    """Check an evidence bundle offline: head signature, each leaf and inclusion proof.
+
+    Every entry's leaf must be canonical and claim its index, hash (with its inclusion
+    proof) to the signed root, be an event of the bundle's incident, and the entries
+    must be in ledger order with ledger time never going backwards.
+    """
+    started = time.perf_counter()
+    report = VerifyReport()
+    try:
+        if not isinstance(bundle, dict) or bundle.get("format") != BUNDLE_FORMAT:
+            raise _Bad(f"not an evidence bundle of format {BUNDLE_FORMAT}")
+        verifier = _verifier(bundle, trusted_key)
+        report.origin, report.key_id = verifier.name, verifier.key_id
+        head = _signed_head(verifier, bundle.get("head"))
+        report.tree_size, report.heads_checked = head.tree_size, 1
+        incident = bundle.get("incident_id")
+        entries = bundle.get("entries")
+        if not isinstance(incident, str) or not isinstance(entries, list) or not entries:
+            raise _Bad("the bundle names no incident or holds no entries")
+        previous_index, previous_time = -1, ""
+        for item in entries:
+            index = item.get("index") if isinstance(item, dict) else None
+            if type(index) is not int or index <= previous_index:
+                raise _Bad(
+                    f"bundle entry {index!r} is out of ledger order", index=previous_index + 1
+                )
+            if index >= head.tree_size:
+                raise _Bad(
+                    f"entry {index} is beyond the signed head (size {head.tree_size})", index=index
+                )
+            leaf = _leaf_bytes(item, index)
+            body = _leaf_body(leaf, index)
+            if body.get("index") != index:
+                raise _Bad(
+                    f"the leaf of entry {index} says it is entry {body.get('index')!r}", index=index
+                )
+            event = body.get("event")
+            if not isinstance(event, dict) or event.get("subject") != incident:
+                raise _Bad(f"entry {index} is not an event of incident {incident}", index=index)
+            try:
+                proof = _hashes(item.get("inclusion_proof"))
+                merkle.verify_inclusion(
+                    merkle.leaf_hash(leaf), index, head.tree_size, proof, head.root_hash
+                )
+            except (SourceError, merkle.ProofError) as exc:
+                raise _Bad(
+                    f"entry {index} is not in the signed tree of size {head.tree_size}: {exc}",
+                    index=index,
+                ) from None
+            _check_order(body["recorded_at"], previous_time, index, previous_index)
+            previous_index, previous_time = index, body["recorded_at"]
+            report.entries_checked += 1
+        report.proofs_checked = report.entries_checked
+        report.ok = True
+    except _Bad as bad:
+        bad.fill(report)
+    report.elapsed = time.perf_counter() - started
+    report.rate = report.entries_checked / report.elapsed if report.elapsed > 0 else 0.0
+    return report
+
+
+# -------------------------------------------------------------------- helpers
+
+
+def _problem_detail(answer: httpx.Response) -> str:
+    try:
+        body = answer.json()
+    except ValueError:
+        return answer.reason_phrase or "error"
+    if isinstance(body, dict):
+        return str(body.get("detail") or body.get("title") or body)
+    return str(body)
+
+
+def _object(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise SourceError(f"the {what} answer is not a JSON object")
+    return value
+
+
+def _list(value: Any, what: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise SourceError(f"the {what} answer holds no list")
+    return value
+
+
+def _hashes(value: Any) -> list[bytes]:
+    """A proof as served: a list of hex strings."""
+    if not isinstance(value, list) or not all(isinstance(h, str) for h in value):
+        raise SourceError("a proof is not a list of hex strings")
+    try:
+        return [bytes.fromhex(h) for h in value]
+    except ValueError as exc:
+        raise SourceError(f"a proof hash is not hex: {exc}") from exc

@@ -1,0 +1,367 @@
+"""Invariant 5: a superuser who edits the ledger behind the audit service's back is caught.
+
+Each test runs a real audit service in-process (its own database, broker topics and
+signing key), feeds it 40 events through Kafka, and waits until a signed head covers
+them and the service has gone quiet. Then, as the database superuser, it switches off
+the append-only triggers, forges the ledger the way a careful forger would (renumbering
+rows so the indexes stay contiguous, recomputing hashes where that helps), switches the
+triggers back on, and runs `incidents audit verify`'s code against the service's HTTP
+API: the verifier must name the first bad index.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from aiokafka import AIOKafkaProducer
+from fastapi import FastAPI
+from typer.testing import CliRunner
+
+from services.audit.app import create_app
+from services.audit.merkle import leaf_hash
+from services.audit.verify import (
+    HttpSource,
+    VerifyReport,
+    export_bundle,
+    verify_bundle,
+    verify_ledger,
+)
+from services.cli import app as cli
+from services.domain.envelope import CLOUDEVENTS_CONTENT_TYPE, canonical_json
+from services.domain.events import make_event
+from services.domain.incident import report_digest
+from services.infra.settings import AuditSettings, CommonSettings
+from tests.helpers import eventually
+
+pytestmark = pytest.mark.integration
+TOKEN = "dev-auditor-token"
+EVENTS = 40
+CHECKPOINT = "audit.checkpoint.signed.v1"
+SHIFT = 1_000_000  # renumbering goes through indexes far above the ledger's
+
+
+@dataclass
+class Audit:
+    app: FastAPI
+    client: httpx.AsyncClient
+    settings: AuditSettings
+
+    def source(self) -> HttpSource:
+        return HttpSource("http://audit", TOKEN, client=self.client)
+
+
+@pytest.fixture
+async def audit(settings: CommonSettings, tmp_path: Path) -> AsyncIterator[Audit]:
+    audit_settings = AuditSettings(
+        **settings.model_dump(), signing_key_file=tmp_path / "key.pem", checkpoint_interval=0.2
+    )
+    app = create_app(audit_settings)
+    async with app.router.lifespan_context(app):
+        # A forged leaf may make the service fail: answer 500 like a server would.
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://audit") as client:
+            yield Audit(app, client, audit_settings)
+
+
+@dataclass
+class Ledger:
+    """The ledger once the service went quiet: its rows and its signed heads."""
+
+    rows: list[asyncpg.Record]
+    heads: list[dict[str, Any]]
+
+    @property
+    def head_sizes(self) -> list[int]:
+        return [h["tree_size"] for h in self.heads]
+
+    def middle_event(self) -> int:
+        """An event's index in the middle, under a head, with no head right after it.
+
+        (An entry inserted at k is seen at k + 1; a head of size k + 1 would see it
+        first, and report a range instead of the index.)
+        """
+        last = self.head_sizes[-1]
+        candidates = [
+            r["idx"]
+            for r in self.rows
+            if r["event_type"] != CHECKPOINT
+            and 0 < r["idx"] < last - 1
+            and r["idx"] + 1 not in self.head_sizes
+        ]
+        return int(candidates[len(candidates) // 2])
+
+
+def an_event(n: int) -> bytes:
+    incident = f"inc-{n % 4}"
+    if n % 2:
+        kind, data = "incident.viewed.v1", {"principal": "p-chen", "report_digest": DIGEST}
+    else:
+        kind, data = "incident.acknowledged.v1", {"principal": "p-chen", "level": 1}
+    event = make_event(kind, subject=incident, data=data, source="/tests", time=datetime.now(UTC))
+    return event.to_bytes()
+
+
+DIGEST = report_digest({"category": "harassment", "summary": "s", "description": "d"})
+
+
+async def fed(audit: Audit, producer: AIOKafkaProducer) -> Ledger:
+    """Feed 40 events in four bursts, each under its own signed head, and wait until quiet."""
+    topic = audit.settings.topic("incident.activity")
+    headers = [("content-type", CLOUDEVENTS_CONTENT_TYPE.encode())]
+    ids: set[str] = set()
+    for burst in range(4):
+        for n in range(burst * 10, burst * 10 + 10):
+            value = an_event(n)
+            ids.add(json.loads(value)["id"])
+            await producer.send_and_wait(topic, value, key=f"inc-{n % 4}".encode(), headers=headers)
+        await eventually(lambda: _signed(audit, ids))
+    ledger: Ledger = await eventually(lambda: _quiet(audit))
+    # No more heads from here on: one signed in the middle of a forgery would only
+    # muddy the picture (and the service is idle anyway).
+    heads = audit.app.state.heads
+    heads.settings = heads.settings.model_copy(
+        update={"checkpoint_every": 10**9, "checkpoint_interval": 1e9}
+    )
+    return ledger
+
+
+async def _rows(audit: Audit) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(audit.settings.database_url)
+    try:
+        return await conn.fetch("SELECT * FROM audit.ledger ORDER BY idx")
+    finally:
+        await conn.close()
+
+
+async def _signed(audit: Audit, ids: set[str]) -> bool:
+    """Whether every event of `ids` is recorded and under a signed head."""
+    where = {str(r["event_id"]): r["idx"] for r in await _rows(audit)}
+    if not ids <= where.keys():
+        return False
+    head = await audit.client.get("/v1/ledger/head")
+    return head.status_code == 200 and head.json()["tree_size"] > max(where[i] for i in ids)
+
+
+async def _quiet(audit: Audit) -> Ledger | None:
+    """The ledger if a head covers every event and that head's own event is recorded."""
+    heads = (await audit.client.get("/v1/ledger/heads")).json()["heads"]
+    rows = await _rows(audit)
+    if not heads:
+        return None
+    last = heads[-1]["tree_size"]
+    if any(r["event_type"] != CHECKPOINT for r in rows[last:]):
+        return None
+    signed = [json.loads(r["leaf"])["event"]["data"] for r in rows if r["event_type"] == CHECKPOINT]
+    if not any(data["tree_size"] == last for data in signed):
+        return None
+    return Ledger(rows, heads)
+
+
+@contextlib.asynccontextmanager
+async def behind_its_back(audit: Audit) -> AsyncIterator[asyncpg.Connection]:
+    """A superuser connection with the append-only triggers off, in one transaction."""
+    conn = await asyncpg.connect(audit.settings.database_url)
+    try:
+        async with conn.transaction():
+            await conn.execute("ALTER TABLE audit.ledger DISABLE TRIGGER ledger_no_update")
+            await conn.execute("ALTER TABLE audit.ledger DISABLE TRIGGER ledger_no_truncate")
+            yield conn
+            await conn.execute("ALTER TABLE audit.ledger ENABLE TRIGGER ledger_no_update")
+            await conn.execute("ALTER TABLE audit.ledger ENABLE TRIGGER ledger_no_truncate")
+    finally:
+        await conn.close()
+
+
+Forgery = Callable[[asyncpg.Connection, Ledger, int], Awaitable[None]]
+
+
+def edit_one_byte(leaf: bytes) -> bytes:
+    """One byte of the principal's name changed: still canonical JSON, another fact."""
+    at = leaf.index(b'"principal":"') + len(b'"principal":"')
+    return leaf[:at] + bytes([leaf[at] ^ 0x01]) + leaf[at + 1 :]
+
+
+async def verify(audit: Audit) -> VerifyReport:
+    return await verify_ledger(audit.source())
+
+
+# ---------------------------------------------------------------------- intact
+
+
+async def test_an_untouched_ledger_verifies(audit: Audit, producer: AIOKafkaProducer) -> None:
+    ledger = await fed(audit, producer)
+    report = await verify(audit)
+    assert report.ok, report.reason
+    assert report.entries_checked == len(ledger.rows)
+    assert report.heads_checked == len(ledger.heads) >= 4
+    assert report.proofs_checked == len(ledger.heads) - 1
+    assert report.tree_size == ledger.head_sizes[-1]
+
+
+# ------------------------------------------------------------------ forgeries
+# Each forgery works on entry k, an event in the middle of the signed ledger.
+
+
+async def edit_one_byte_leaving_the_hash(conn: asyncpg.Connection, ledger: Ledger, k: int) -> None:
+    leaf = edit_one_byte(bytes(ledger.rows[k]["leaf"]))
+    await conn.execute("UPDATE audit.ledger SET leaf = $1 WHERE idx = $2", leaf, k)
+
+
+async def delete_and_renumber(conn: asyncpg.Connection, ledger: Ledger, k: int) -> None:
+    await conn.execute("DELETE FROM audit.ledger WHERE idx = $1", k)
+    await conn.execute("UPDATE audit.ledger SET idx = idx + $1 WHERE idx > $2", SHIFT, k)
+    await conn.execute("UPDATE audit.ledger SET idx = idx - $1 - 1 WHERE idx >= $1", SHIFT)
+
+
+async def insert_and_renumber(conn: asyncpg.Connection, ledger: Ledger, k: int) -> None:
+    """A forged event claiming index k and entry k's recording time, hashed properly."""
+    original = ledger.rows[k]
+    body = json.loads(bytes(original["leaf"]))
+    body["event"]["id"] = str(uuid.uuid4())
+    body["event"]["data"]["principal"] = "p-forged"
+    forged = canonical_json(body)
+    await conn.execute("UPDATE audit.ledger SET idx = idx + $1 WHERE idx >= $2", SHIFT, k)
+    await conn.execute("UPDATE audit.ledger SET idx = idx - $1 + 1 WHERE idx >= $1", SHIFT)
+    await conn.execute(
+        'INSERT INTO audit.ledger (idx, recorded_at, topic, partition, "offset", record_key,'
+        " event_id, incident_id, event_type, trace_id, valid, leaf, leaf_hash)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL, true, $10, $11)",
+        k,
+        original["recorded_at"],
+        original["topic"],
+        original["partition"],
+        original["offset"],
+        f"forged:{body['event']['id']}",
+        body["event"]["id"],
+        original["incident_id"],
+        original["event_type"],
+        forged,
+        leaf_hash(forged),
+    )
+
+
+async def swap_with_a_later_entry(conn: asyncpg.Connection, ledger: Ledger, k: int) -> None:
+    await conn.execute(
+        "UPDATE audit.ledger a SET leaf = b.leaf, leaf_hash = b.leaf_hash,"
+        " recorded_at = b.recorded_at, topic = b.topic, partition = b.partition,"
+        ' "offset" = b."offset" FROM audit.ledger b'
+        " WHERE (a.idx = $1 AND b.idx = $2) OR (a.idx = $2 AND b.idx = $1)",
+        k,
+        k + 5,
+    )
+
+
+async def break_the_json(conn: asyncpg.Connection, ledger: Ledger, k: int) -> None:
+    """A leaf the service itself can no longer decode: it answers 500 for its page."""
+    leaf = b"\xff" + bytes(ledger.rows[k]["leaf"])[1:]
+    await conn.execute("UPDATE audit.ledger SET leaf = $1 WHERE idx = $2", leaf, k)
+
+
+@pytest.mark.parametrize(
+    "forge",
+    [
+        edit_one_byte_leaving_the_hash,
+        delete_and_renumber,
+        insert_and_renumber,
+        swap_with_a_later_entry,
+        break_the_json,
+    ],
+    ids=lambda forge: forge.__name__,
+)
+async def test_a_forged_entry_is_found_at_its_exact_index(
+    audit: Audit, producer: AIOKafkaProducer, forge: Forgery
+) -> None:
+    ledger = await fed(audit, producer)
+    k = ledger.middle_event()
+    async with behind_its_back(audit) as conn:
+        await forge(conn, ledger, k)
+    report = await verify(audit)
+    assert not report.ok
+    assert report.first_bad_index == k, report.reason
+
+
+async def test_a_changed_byte_with_its_hash_recomputed_is_caught_by_the_signed_root(
+    audit: Audit, producer: AIOKafkaProducer
+) -> None:
+    ledger = await fed(audit, producer)
+    k = ledger.middle_event()
+    forged = edit_one_byte(bytes(ledger.rows[k]["leaf"]))
+    async with behind_its_back(audit) as conn:
+        await conn.execute(
+            "UPDATE audit.ledger SET leaf = $1, leaf_hash = $2 WHERE idx = $3",
+            forged,
+            leaf_hash(forged),
+            k,
+        )
+    report = await verify(audit)
+    assert not report.ok
+    head = min(size for size in ledger.head_sizes if size > k)
+    assert report.bad_head == head, report.reason
+    assert report.bad_range is not None
+    low, high = report.bad_range
+    assert low <= k < high == head
+    assert f"signed head of size {head}" in (report.reason or "")
+
+
+async def test_a_truncated_tail_is_found_by_a_head_larger_than_the_ledger(
+    audit: Audit, producer: AIOKafkaProducer
+) -> None:
+    ledger = await fed(audit, producer)
+    remaining = len(ledger.rows) - 5
+    async with behind_its_back(audit) as conn:
+        await conn.execute("DELETE FROM audit.ledger WHERE idx >= $1", remaining)
+    report = await verify(audit)
+    assert not report.ok
+    assert report.first_bad_index == remaining, report.reason
+    assert report.bad_head == ledger.head_sizes[-1] > remaining
+    assert "cut off" in (report.reason or "")
+
+
+# -------------------------------------------------------------------- bundles
+
+
+async def test_an_incidents_bundle_verifies_offline_and_fails_when_altered(
+    audit: Audit, producer: AIOKafkaProducer, tmp_path: Path
+) -> None:
+    ledger = await fed(audit, producer)
+    bundle = await export_bundle(audit.source(), "inc-1")
+    indexes = [e["index"] for e in bundle["entries"]]
+    assert indexes == [r["idx"] for r in ledger.rows if r["incident_id"] == "inc-1"]
+    assert len(indexes) == EVENTS // 4
+    assert bundle["head"]["tree_size"] == ledger.head_sizes[-1]
+    assert verify_bundle(bundle).ok
+
+    runner = CliRunner()
+    path = tmp_path / "inc-1.json"
+    path.write_text(json.dumps(bundle))
+    intact = runner.invoke(cli, ["audit", "verify", "--bundle", str(path)])
+    assert intact.exit_code == 0, intact.output
+
+    text = path.read_text()
+    leaf = bundle["entries"][4]["leaf"]
+    edited = base64.b64encode(edit_one_byte(base64.b64decode(leaf))).decode()
+    path.write_text(text.replace(leaf, edited))
+    one_byte = runner.invoke(cli, ["audit", "verify", "--bundle", str(path)])
+    assert one_byte.exit_code == 1
+    assert f"first bad index: {indexes[4]} (" in one_byte.output
+
+    altered = json.loads(text)
+    note = altered["head"]["checkpoint"]
+    signature = note.rstrip("\n").rsplit(" ", 1)[1]
+    forged = signature[:-8] + ("AAAA" if signature[-8:-4] != "AAAA" else "BBBB") + signature[-4:]
+    altered["head"]["checkpoint"] = note.replace(signature, forged)
+    path.write_text(json.dumps(altered))
+    resigned = runner.invoke(cli, ["audit", "verify", "--bundle", str(path)])
+    assert resigned.exit_code == 1
+    assert "does not verify" in resigned.output
