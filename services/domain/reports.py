@@ -1,8 +1,16 @@
-"""Taking in a report: the command a reporter or system sends, and the event it becomes."""
+"""Taking in a report: the command a reporter or system sends, and the event it becomes.
+
+`ReportInput` is the report itself (also the data of an inbound submitted event);
+`ReportRequest` is the body of `POST /v1/reports`, which may also name the reporter.
+Who the reporter is follows from who is calling (`reporter_of`), never from the body
+alone: a person reports as themselves, a system may name the person it reports for,
+and an anonymous caller has no reporter.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -43,6 +51,108 @@ class ReportInput(BaseModel):
         return value
 
 
+PERSON_ID_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._@:-]{0,99}$"
+
+
+class ReportRequest(ReportInput):
+    """The body of `POST /v1/reports`: the report, and optionally who reports it.
+
+    `reporter` may only be given by a system principal (the person it reports for)
+    or by a person naming themselves; see `reporter_of`.
+    """
+
+    reporter: str | None = Field(
+        None,
+        max_length=100,
+        pattern=PERSON_ID_PATTERN,
+        description="Person id of the reporter. Only a system (`system:*`) may name"
+        " someone; a person reports as themselves; anonymous callers leave it out.",
+    )
+
+    def report(self) -> ReportInput:
+        """The report without the reporter (what the submitted event's content is)."""
+        return ReportInput.model_validate(self.model_dump(exclude={"reporter"}))
+
+
+class ReporterRefused(ValueError):
+    """The caller may not name this reporter; `kind` says why.
+
+    - `anonymous_claim`: an anonymous caller named a reporter;
+    - `other_person`: a person named someone else;
+    - `explicit_null`: a person asked for no reporter while authenticated.
+    """
+
+    def __init__(
+        self, kind: Literal["anonymous_claim", "other_person", "explicit_null"], detail: str
+    ) -> None:
+        super().__init__(detail)
+        self.kind = kind
+        self.detail = detail
+
+
+def reporter_of(
+    caller: str | None,
+    *,
+    caller_is_system: bool,
+    claimed: str | None,
+    claimed_explicitly: bool,
+) -> str | None:
+    """Who the reporter of a report is, given the caller and the body's `reporter`.
+
+    - anonymous caller: no reporter; naming one is refused (needs authentication);
+    - system caller: the person it names, or anonymous when it names nobody;
+    - person: always themselves. Naming someone else is forbidden, and an explicit
+      `reporter: null` is refused rather than silently attributed: a person who wants
+      to report anonymously must send no credentials at all.
+    """
+    if caller is None:
+        if claimed is not None:
+            raise ReporterRefused(
+                "anonymous_claim",
+                "An anonymous report has no reporter: authenticate to report under a name,"
+                " or leave `reporter` out.",
+            )
+        return None
+    if caller_is_system:
+        return claimed
+    if claimed_explicitly and claimed is None:
+        raise ReporterRefused(
+            "explicit_null",
+            "An authenticated person reports as themselves. To report anonymously, send"
+            " the report without an Authorization header.",
+        )
+    if claimed is not None and claimed != caller:
+        raise ReporterRefused("other_person", "A person may only report as themselves.")
+    return caller
+
+
+HARASSMENT_CHANNEL: Final = "harassment"
+HARASSMENT_CATEGORIES: Final = frozenset({"sexual_misconduct", "harassment"})
+
+
+class WrongChannel(ValueError):
+    """A report sent to the harassment channel that does not belong there."""
+
+
+def for_harassment_channel(report: ReportRequest) -> ReportRequest:
+    """The report as taken by `POST /v1/channels/harassment/reports` (channel `harassment`).
+
+    Only `sexual_misconduct` and `harassment` reports belong there, and a body naming
+    another channel is refused rather than overridden.
+    """
+    if report.category not in HARASSMENT_CATEGORIES:
+        raise WrongChannel(
+            f"the harassment channel takes {' or '.join(sorted(HARASSMENT_CATEGORIES))}"
+            f" reports, not {report.category!r}; use POST /v1/reports"
+        )
+    if report.channel not in (None, HARASSMENT_CHANNEL):
+        raise WrongChannel(
+            f"this endpoint is the {HARASSMENT_CHANNEL!r} channel; leave `channel` out"
+            f" instead of {report.channel!r}"
+        )
+    return report.model_copy(update={"channel": HARASSMENT_CHANNEL})
+
+
 class UnknownCategory(ValueError):
     """The category is not one of the policy's."""
 
@@ -70,7 +180,7 @@ def submit_report(
     event_id = event_id or new_event_id()
     if report.category not in policy.categories:
         raise UnknownCategory(report.category, sorted(policy.categories))
-    content = report.model_dump(mode="json", exclude={"channel"})
+    content = report.model_dump(mode="json", exclude={"channel", "reporter"})
     data = ReportSubmitted(
         **content,
         reporter=reporter,

@@ -1,16 +1,141 @@
-"""Intake's HTTP routes. Thin: parse, call one service method, answer."""
+"""Intake's report routes. Thin: parse, call one service method, answer.
+
+`POST /v1/reports` and its documented alias for the harassment channel,
+`POST /v1/channels/harassment/reports`. The shapes of the answers (and of problem
+bodies, which `services.infra.http` writes) are declared here for the OpenAPI document;
+`receipts.py` uses them too.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 
-from services.domain.reports import ReportInput, UnknownCategory
-from services.infra.http import Problem
+from services.domain.receipts import idempotency_key_digest, request_digest
+from services.domain.reports import (
+    ReporterRefused,
+    ReportRequest,
+    UnknownCategory,
+    WrongChannel,
+    for_harassment_channel,
+    reporter_of,
+)
+from services.infra.auth import Principal
+from services.infra.http import PROBLEM, Problem
 from services.intake.principals import OptionalPrincipal
-from services.intake.service import IntakeService
+from services.intake.service import (
+    ANONYMOUS_ACTOR,
+    IdempotencyConflict,
+    IdempotencyKey,
+    IntakeService,
+    UnknownReporter,
+)
 
-router = APIRouter(prefix="/v1")
+router = APIRouter(prefix="/v1", tags=["reports"])
+NO_STORE = {"Cache-Control": "no-store"}
+
+
+class ProblemBody(BaseModel):
+    """An RFC 9457 problem: every error of this API has this shape."""
+
+    model_config = ConfigDict(extra="allow", title="Problem")
+
+    type: str = Field("about:blank", description="Always about:blank (the status says it).")
+    title: str = Field(description="Short summary of the problem.")
+    status: int = Field(description="The HTTP status code.")
+    detail: str | None = Field(None, description="What went wrong, for a person to read.")
+    errors: list[dict[str, str]] | None = Field(
+        None, description="422 on invalid input: one `{field, message}` per problem."
+    )
+    valid_categories: list[str] | None = Field(
+        None, description="422 on an unknown category: the categories of the policy."
+    )
+
+
+def problem(description: str, **headers: str) -> dict[str, Any]:
+    """An OpenAPI response entry for a problem+json answer."""
+    entry: dict[str, Any] = {
+        "description": description,
+        "content": {PROBLEM: {"schema": ProblemBody.model_json_schema()}},
+    }
+    if headers:
+        entry["headers"] = {
+            name: {
+                "description": text,
+                "schema": {"type": "integer" if name == "Retry-After" else "string"},
+            }
+            for name, text in headers.items()
+        }
+    return entry
+
+
+class SubmittedAnswer(BaseModel):
+    """The answer to an accepted report."""
+
+    incident_id: str = Field(description="The new incident's id.")
+    receipt: str | None = Field(
+        description="Anonymous reports only (else null): the receipt to follow the report"
+        " up with, 4 groups of 5 Crockford base32 symbols (100 bits), e.g."
+        " `7K3QZ-M0XRT-4HB9C-PWD2E`. Case, hyphens and spaces do not matter when typed"
+        " back; O reads as 0, I and L as 1."
+    )
+    secret: str | None = Field(
+        description="Anonymous reports only (else null): the one-time secret that goes"
+        " with the receipt (`X-Receipt-Secret`), 6 groups of 5 symbols (150 bits). It is"
+        " shown in this answer only: intake keeps nothing but its argon2id hash. Null"
+        " when this answer repeats an earlier one (same Idempotency-Key)."
+    )
+    note: str | None = Field(
+        None,
+        description="Present when an anonymous report's answer is repeated for the same"
+        " Idempotency-Key: says why `secret` is null.",
+    )
+
+
+IdempotencyHeader = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        pattern=r"^[\x20-\x7e]+$",
+        description="Makes the request safe to retry: the same key and body give the same"
+        " answer and one incident; the same key with another body is refused (409). Keys"
+        " are scoped to the caller (all anonymous callers share one scope, so use a random"
+        " key such as a UUID). Only the key's SHA-256 is stored.",
+    ),
+]
+
+REPORT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    202: {
+        "model": SubmittedAnswer,
+        "description": "Accepted: the incident, its event and its outbox row are durable."
+        " Anonymous reports also get a receipt and a one-time secret. A repeated"
+        " Idempotency-Key answers the first answer again, with `Idempotent-Replayed:"
+        " true`; for an anonymous report the secret is then null (see `note`).",
+        "headers": {
+            "Idempotent-Replayed": {
+                "description": "`true` when this answer repeats an earlier one.",
+                "schema": {"type": "string"},
+            }
+        },
+    },
+    401: problem(
+        "The bearer token is not valid, or an anonymous caller named a `reporter`"
+        " (naming a reporter needs authentication)."
+    ),
+    403: problem("A person named someone else as `reporter` (a person reports as themselves)."),
+    409: problem("The Idempotency-Key was used before with another body (or endpoint)."),
+    413: problem("The body is over the size limit (INCIDENTS_MAX_BODY_BYTES)."),
+    422: problem(
+        "Invalid body or header: malformed JSON, a missing or overlong field, an unknown"
+        " field, an unknown category (`valid_categories` lists the policy's), a reporter"
+        " the directory does not know, or `reporter: null` from an authenticated person."
+    ),
+}
 
 
 def _service(request: Request) -> IntakeService:
@@ -18,20 +143,125 @@ def _service(request: Request) -> IntakeService:
     return service
 
 
-@router.post("/reports", status_code=202, summary="Submit a report")
-async def post_report(
-    report: ReportInput, request: Request, caller: OptionalPrincipal
+async def _take(
+    route: str,
+    report: ReportRequest,
+    request: Request,
+    caller: Principal | None,
+    idempotency_key: str | None,
 ) -> JSONResponse:
-    """Take a report in. Anonymous without `Authorization`; 202 once it is durable."""
-    principal = caller.id if caller else None
     is_system = caller is not None and caller.is_system
     try:
-        accepted = await _service(request).submit(
-            report,
-            reporter=None if is_system else principal,
-            actor=principal or "reporter:anonymous",
+        reporter = reporter_of(
+            caller.id if caller else None,
+            caller_is_system=is_system,
+            claimed=report.reporter,
+            claimed_explicitly="reporter" in report.model_fields_set,
+        )
+    except ReporterRefused as exc:
+        status, title = {
+            "anonymous_claim": (401, "Unauthorized"),
+            "other_person": (403, "Forbidden"),
+            "explicit_null": (422, "Invalid reporter"),
+        }[exc.kind]
+        raise Problem(status, title, exc.detail) from exc
+    key = None
+    if idempotency_key is not None:
+        key = IdempotencyKey(
+            scope=caller.id if caller else "anonymous",
+            key_digest=idempotency_key_digest(idempotency_key),
+            request_hash=request_digest(route, report.model_dump(mode="json")),
+        )
+    body = report
+    if route == "harassment":
+        try:
+            body = for_harassment_channel(report)
+        except WrongChannel as exc:
+            raise Problem(422, "Wrong channel", str(exc)) from exc
+    try:
+        submission = await _service(request).take_report(
+            body.report(),
+            reporter=reporter,
+            actor=caller.id if caller else ANONYMOUS_ACTOR,
             channel="api" if is_system else "web",
+            idempotency=key,
+            check_reporter=is_system,
         )
     except UnknownCategory as exc:
         raise Problem(422, "Unknown category", str(exc), valid_categories=exc.known) from exc
-    return JSONResponse({"incident_id": accepted.incident_id}, status_code=202)
+    except UnknownReporter as exc:
+        raise Problem(422, "Unknown reporter", str(exc)) from exc
+    except IdempotencyConflict as exc:
+        raise Problem(
+            409,
+            "Idempotency-Key reused",
+            "This Idempotency-Key was used with another request body; use a new key.",
+        ) from exc
+    headers = dict(NO_STORE)
+    if submission.replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return JSONResponse(submission.body, status_code=submission.status, headers=headers)
+
+
+@router.post(
+    "/reports",
+    status_code=202,
+    summary="Submit a report",
+    response_model=None,
+    responses=REPORT_RESPONSES,
+)
+async def post_report(
+    report: ReportRequest,
+    request: Request,
+    caller: OptionalPrincipal,
+    idempotency_key: IdempotencyHeader = None,
+) -> JSONResponse:
+    """Take a report in; 202 once it is durable.
+
+    Who reports: without `Authorization` the report is anonymous and the answer
+    carries a `receipt` and a one-time `secret` for `GET /v1/receipts/{receipt}`.
+    A person reports as themselves (`reporter` may be left out or be their own id).
+    A system (`system:*`) may name the person it reports for in `reporter`, who must
+    be in the directory, or leave it out for an anonymous report (which gets a
+    receipt and secret to pass on).
+
+    Idempotency-Key: the same key (per caller) and the same body answer the same
+    status and JSON again, with `Idempotent-Replayed: true`, and make no second
+    incident. The secret is shown once: for an anonymous report the repeated answer
+    has the same `incident_id` and `receipt`, `secret: null`, and a `note` saying so,
+    because intake keeps only the secret's argon2id hash. The same key with another
+    body answers 409.
+
+    Nothing about an anonymous caller is kept: no address, user agent or other
+    header, in events, rows or logs.
+    """
+    return await _take("reports", report, request, caller, idempotency_key)
+
+
+@router.post(
+    "/channels/harassment/reports",
+    status_code=202,
+    summary="Submit a report through the harassment channel",
+    response_model=None,
+    responses={
+        **REPORT_RESPONSES,
+        422: problem(
+            "Invalid body or header (as for POST /v1/reports), a category other than"
+            " `sexual_misconduct` or `harassment`, or a `channel` other than `harassment`."
+        ),
+    },
+)
+async def post_harassment_report(
+    report: ReportRequest,
+    request: Request,
+    caller: OptionalPrincipal,
+    idempotency_key: IdempotencyHeader = None,
+) -> JSONResponse:
+    """The harassment channel: `POST /v1/reports` for `sexual_misconduct` and `harassment`.
+
+    Same body, answers, reporters, receipts and Idempotency-Key rules as
+    `POST /v1/reports`; the report's channel is `harassment`. Other categories answer
+    422 (use `POST /v1/reports`). Keys are per endpoint: a key used here and on
+    `POST /v1/reports` with the same body answers 409.
+    """
+    return await _take("harassment", report, request, caller, idempotency_key)

@@ -1,7 +1,193 @@
-"""Anonymous reporters' receipts: status view and follow-up messages (issue 3)."""
+"""Anonymous reporters' follow-up: the receipt view and messages to the handlers.
+
+`GET /v1/receipts/{receipt}` and `POST /v1/receipts/{receipt}/messages`, both with the
+secret in `X-Receipt-Secret`. A wrong receipt and a wrong secret get the same 404 in
+the same time (one argon2id verification either way). Repeated attempts on a receipt,
+and repeated failures in one process, answer 429 with `Retry-After`.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Header, Path, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from services.domain.envelope import utc_rfc3339
+from services.infra.http import problem_response
+from services.intake.api import problem
+from services.intake.service import (
+    PROCESS_FAILURES,
+    PROCESS_WINDOW,
+    RECEIPT_ATTEMPTS,
+    RECEIPT_WINDOW,
+    Busy,
+    IntakeService,
+    ReceiptNotFound,
+    TooManyAttempts,
+)
 
 router = APIRouter(prefix="/v1", tags=["reporters"])
+NO_STORE = {"Cache-Control": "no-store"}
+
+
+class MessageOut(BaseModel):
+    direction: Literal["from_reporter", "to_reporter"] = Field(
+        description="`from_reporter`: the reporter wrote it; `to_reporter`: the handlers did."
+    )
+    text: str
+    sent_at: str = Field(description="RFC 3339 UTC.")
+
+
+class ReporterViewOut(BaseModel):
+    """What an anonymous reporter sees of their report."""
+
+    incident_id: str
+    status: str = Field(
+        description="submitted, triaged, acknowledged, investigating, resolved or closed."
+    )
+    submitted_at: str | None = Field(description="RFC 3339 UTC.")
+    acknowledged: bool = Field(description="Whether a handler acknowledged the report.")
+    acknowledged_at: str | None = Field(description="When, RFC 3339 UTC; null if not yet.")
+    acknowledgement_due_at: str | None = Field(
+        description="By when the reporter must get an acknowledgement (the policy's"
+        " `reporter_acknowledgement_within` after submission), if known."
+    )
+    messages: list[MessageOut] = Field(
+        description="Messages to and from the reporter, oldest first."
+    )
+
+
+class MessageIn(BaseModel):
+    """A follow-up message from the reporter to the handlers."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    text: str = Field(min_length=1, max_length=10_000)
+
+
+class MessageAccepted(BaseModel):
+    incident_id: str
+    message_id: str = Field(description="Id of the `incident.reporter.message.v1` event.")
+    sent_at: str = Field(description="RFC 3339 UTC.")
+
+
+ReceiptPath = Annotated[
+    str,
+    Path(
+        max_length=100,
+        description="The receipt from the report's answer (`XXXXX-XXXXX-XXXXX-XXXXX`; case,"
+        " hyphens and spaces do not matter).",
+    ),
+]
+SecretHeader = Annotated[
+    str,
+    Header(
+        alias="X-Receipt-Secret",
+        min_length=1,
+        max_length=200,
+        description="The one-time secret from the report's answer.",
+    ),
+]
+
+NOT_FOUND = problem(
+    "No report matches this receipt and secret. The same answer, in the same time,"
+    " whether the receipt or the secret is wrong."
+)
+TOO_MANY = problem(
+    f"Too many attempts: more than {RECEIPT_ATTEMPTS} on this receipt within"
+    f" {int(RECEIPT_WINDOW // 60)} minutes (every intake instance counts; a success"
+    f" clears the count), or more than {PROCESS_FAILURES} failed attempts on this"
+    f" intake process within {int(PROCESS_WINDOW)} s. Try again after `Retry-After`.",
+    **{"Retry-After": "Seconds until an attempt is considered again."},
+)
+INVALID = problem("A missing or overlong receipt, secret header or field, or an unknown field.")
+
+
+def _service(request: Request) -> IntakeService:
+    service: IntakeService = request.app.state.intake
+    return service
+
+
+def _not_found() -> JSONResponse:
+    return problem_response(404, "Not found", "No report matches this receipt and secret.")
+
+
+def _too_many(exc: TooManyAttempts) -> JSONResponse:
+    answer = problem_response(
+        429, "Too many attempts", "Too many attempts on this receipt; try again later."
+    )
+    answer.headers["Retry-After"] = str(exc.retry_after)
+    return answer
+
+
+@router.get(
+    "/receipts/{receipt}",
+    summary="Follow up an anonymous report",
+    response_model=ReporterViewOut,
+    responses={
+        200: {"description": "The reporter's view of the report."},
+        404: NOT_FOUND,
+        422: INVALID,
+        429: TOO_MANY,
+    },
+)
+async def get_receipt(
+    receipt: ReceiptPath, secret: SecretHeader, request: Request
+) -> ReporterViewOut | JSONResponse:
+    """The reporter's view: status, whether and when it was acknowledged, by when it
+    must be, and the messages to and from the reporter (handlers are not named)."""
+    service = _service(request)
+    try:
+        incident_id = await service.open_receipt(receipt, secret)
+    except ReceiptNotFound:
+        return _not_found()
+    except TooManyAttempts as exc:
+        return _too_many(exc)
+    view = await service.reporter_view(incident_id)
+    return JSONResponse(view.to_json(), headers=NO_STORE)
+
+
+@router.post(
+    "/receipts/{receipt}/messages",
+    status_code=202,
+    summary="Send the handlers a message about an anonymous report",
+    response_model=MessageAccepted,
+    responses={
+        202: {"description": "The message is durably part of the incident."},
+        404: NOT_FOUND,
+        413: problem("The body is over the size limit (INCIDENTS_MAX_BODY_BYTES)."),
+        422: INVALID,
+        429: TOO_MANY,
+        503: problem(
+            "The incident kept changing while the message was added; retry.",
+            **{"Retry-After": "Seconds to wait before retrying."},
+        ),
+    },
+)
+async def post_receipt_message(
+    receipt: ReceiptPath, secret: SecretHeader, message: MessageIn, request: Request
+) -> MessageAccepted | JSONResponse:
+    """Append `incident.reporter.message.v1` (from the reporter) to the incident.
+
+    Not idempotent: a retried request may add the message twice.
+    """
+    service = _service(request)
+    try:
+        incident_id = await service.open_receipt(receipt, secret)
+    except ReceiptNotFound:
+        return _not_found()
+    except TooManyAttempts as exc:
+        return _too_many(exc)
+    try:
+        sent = await service.message_from_reporter(incident_id, message.text)
+    except Busy:
+        answer = problem_response(503, "Busy", "The incident kept changing; retry.")
+        answer.headers["Retry-After"] = "1"
+        return answer
+    return MessageAccepted(
+        incident_id=sent.incident_id,
+        message_id=sent.message_id,
+        sent_at=utc_rfc3339(sent.sent_at),
+    )

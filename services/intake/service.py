@@ -1,16 +1,69 @@
-"""Intake's use cases. Each takes plain inputs, runs one transaction, returns a result."""
+"""Intake's use cases. Each takes plain inputs, runs one transaction, returns a result.
+
+Reports (`take_report`): the submitted event, its outbox row, the anonymous reporter's
+receipt and the Idempotency-Key answer commit together, or none of them does.
+
+Receipts (`open_receipt`, `reporter_view`, `message_from_reporter`): an anonymous
+reporter comes back with the receipt and the secret. Every attempt runs exactly one
+argon2id verification, against a dummy hash when the receipt does not exist or the
+secret is malformed, so a wrong receipt and a wrong secret cost the same time and get
+the same answer. Attempts are limited per receipt in PostgreSQL (shared by every
+intake instance) and per process in memory; never by anything about the client.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import secrets
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
 
+import asyncpg
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from services.domain.events import ReporterMessage, make_event
 from services.domain.policy import Policy
+from services.domain.receipts import (
+    FailureBudget,
+    ReporterView,
+    new_receipt,
+    new_secret,
+    normalize_receipt,
+    normalize_secret,
+    reporter_view,
+    retry_after_seconds,
+    sha256_hex,
+)
 from services.domain.reports import ReportInput, submit_report
 from services.infra import eventstore
 from services.infra.runtime import Runtime
 from services.infra.telemetry import current_traceparent
+
+log = logging.getLogger(__name__)
+
+ANONYMOUS_ACTOR: Final = "reporter:anonymous"
+REPLAY_NOTE: Final = (
+    "This answer repeats an earlier one for the same Idempotency-Key. The secret was"
+    " shown once, in that first answer, and is not stored: it cannot be shown again."
+)
+RECEIPT_ATTEMPTS: Final = 5
+"""Attempts per receipt and window; the next one answers 429 until the window ends."""
+RECEIPT_WINDOW: Final = 15 * 60.0
+"""Seconds of a receipt's attempt window (fixed, starting at its first attempt)."""
+PROCESS_FAILURES: Final = 100
+"""Failed receipt attempts one process accepts in PROCESS_WINDOW before answering 429."""
+PROCESS_WINDOW: Final = 60.0
+HASH_CONCURRENCY: Final = 4
+"""Argon2 computations at once per process (each takes 64 MiB and a core for ~0.1 s)."""
+MESSAGE_RETRIES: Final = 10
+PRUNE_EVERY: Final = 60.0
 
 
 @dataclass(frozen=True)
@@ -21,12 +74,97 @@ class Accepted:
     event_id: str
 
 
-class IntakeService:
-    """Turns reports into incidents: one event, stored and queued in one commit."""
+@dataclass(frozen=True)
+class IdempotencyKey:
+    """An Idempotency-Key in its scope (principal id or "anonymous").
 
-    def __init__(self, runtime: Runtime, policy: Policy) -> None:
+    `key_digest` is the SHA-256 of the header value: the value itself is never stored.
+    """
+
+    scope: str
+    key_digest: str
+    request_hash: str
+
+    @property
+    def lock_id(self) -> int:
+        """A 64-bit advisory lock id for this (scope, key)."""
+        raw = hashlib.sha256(f"idempotency\0{self.scope}\0{self.key_digest}".encode()).digest()
+        return int.from_bytes(raw[:8], "big", signed=True)
+
+
+@dataclass(frozen=True)
+class Submission:
+    """The answer to a report: HTTP status and JSON body; `replayed` for a repeated key."""
+
+    status: int
+    body: dict[str, Any]
+    replayed: bool
+
+
+@dataclass(frozen=True)
+class MessageSent:
+    """A reporter's message, now durably an event of the incident."""
+
+    incident_id: str
+    message_id: str
+    sent_at: datetime
+
+
+class IdempotencyConflict(Exception):
+    """The Idempotency-Key was used before with another request body."""
+
+
+class UnknownReporter(ValueError):
+    """A system named a reporter the directory does not know."""
+
+
+class ReceiptNotFound(Exception):
+    """No report matches this receipt and secret (which of the two is wrong is not said)."""
+
+
+class TooManyAttempts(Exception):
+    """Too many failed attempts; `retry_after` seconds until the next is considered."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"retry after {retry_after}s")
+        self.retry_after = retry_after
+
+
+class Busy(Exception):
+    """The incident kept moving under us; the caller may retry."""
+
+
+def fresh_traceparent() -> str:
+    """A new W3C trace context that links to nothing the client sent."""
+    return f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
+
+
+class IntakeService:
+    """Turns reports into incidents and serves anonymous reporters their receipts."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        policy: Policy,
+        *,
+        hasher: PasswordHasher | None = None,
+        receipt_attempts: int = RECEIPT_ATTEMPTS,
+        receipt_window: float = RECEIPT_WINDOW,
+        process_failures: int = PROCESS_FAILURES,
+        process_window: float = PROCESS_WINDOW,
+    ) -> None:
         self.runtime = runtime
         self.policy = policy
+        self.hasher = hasher or PasswordHasher()  # argon2id, RFC 9106 low-memory profile
+        self.receipt_attempts = receipt_attempts
+        self.receipt_window = receipt_window
+        self.failures = FailureBudget(process_failures, process_window)
+        self._hashing = asyncio.Semaphore(HASH_CONCURRENCY)
+        # Same parameters as every real hash, so verifying against it takes as long.
+        self._dummy_hash = self.hasher.hash(new_secret())
+        runtime.background("receipt-attempts-pruner", self._prune_attempts)
+
+    # -- reports -----------------------------------------------------------------
 
     async def submit(
         self,
@@ -38,7 +176,10 @@ class IntakeService:
         event_id: str | None = None,
         causationid: str | None = None,
     ) -> Accepted:
-        """Open an incident for a report. Raises UnknownCategory for a bad category."""
+        """Open an incident for a report (no receipt, no idempotency: for systems).
+
+        Raises UnknownCategory for a bad category.
+        """
         incident_id = str(uuid.uuid4())
         event = submit_report(
             report,
@@ -58,3 +199,214 @@ class IntakeService:
                 conn, incident_id, 0, [event], topic_prefix=self.runtime.settings.kafka_topic_prefix
             )
         return Accepted(incident_id=incident_id, event_id=event.id)
+
+    async def take_report(
+        self,
+        report: ReportInput,
+        *,
+        reporter: str | None,
+        actor: str,
+        channel: str,
+        idempotency: IdempotencyKey | None,
+        check_reporter: bool = False,
+    ) -> Submission:
+        """Open an incident for a report, as `POST /v1/reports` does.
+
+        An anonymous report (no reporter) gets a receipt and a one-time secret; only
+        the secret's argon2id hash is stored. With an Idempotency-Key, the answer is
+        stored in the same transaction as the event; a request with the same key and
+        body gets it again (the secret replaced by null and a note), another body
+        raises IdempotencyConflict. Raises UnknownCategory, and UnknownReporter when
+        `check_reporter` and the directory does not know the reporter.
+        """
+        if idempotency is not None:
+            async with self.runtime.db.acquire() as conn:
+                earlier = await self._earlier_answer(conn, idempotency)
+            if earlier is not None:
+                return earlier
+        if check_reporter and reporter is not None:
+            async with self.runtime.db.acquire() as conn:
+                known = await conn.fetchval("SELECT 1 FROM people WHERE person_id = $1", reporter)
+            if not known:
+                raise UnknownReporter(f"the directory has no person {reporter!r}")
+        anonymous = reporter is None
+        incident_id = str(uuid.uuid4())
+        event = submit_report(
+            report,
+            self.policy,
+            incident_id=incident_id,
+            reporter=reporter,
+            channel=channel,
+            actor=actor,
+            source=self.runtime.source,
+            now=datetime.now(UTC),
+            # An anonymous report must not carry a trace context the client chose.
+            traceparent=fresh_traceparent() if anonymous else current_traceparent(),
+        )
+        receipt = secret = secret_hash = None
+        if anonymous:
+            receipt, secret = new_receipt(), new_secret()
+            secret_hash = await self._hash(secret)
+        answer = {"incident_id": incident_id, "receipt": receipt, "secret": None}
+        stored = {**answer, "note": REPLAY_NOTE} if anonymous else answer
+        async with self.runtime.db.acquire() as conn, conn.transaction():
+            if idempotency is not None:
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", idempotency.lock_id)
+                earlier = await self._earlier_answer(conn, idempotency)
+                if earlier is not None:  # a concurrent request with this key won
+                    return earlier
+            await eventstore.append(
+                conn, incident_id, 0, [event], topic_prefix=self.runtime.settings.kafka_topic_prefix
+            )
+            if anonymous:
+                await conn.execute(
+                    "INSERT INTO receipts (receipt, incident_id, secret_hash) VALUES ($1, $2, $3)",
+                    receipt,
+                    incident_id,
+                    secret_hash,
+                )
+            if idempotency is not None:
+                await conn.execute(
+                    "INSERT INTO idempotency (scope, key, request_hash, status, response)"
+                    " VALUES ($1, $2, $3, $4, $5::jsonb)",
+                    idempotency.scope,
+                    idempotency.key_digest,
+                    idempotency.request_hash,
+                    202,
+                    json.dumps(stored),
+                )
+        return Submission(202, {**answer, "secret": secret}, replayed=False)
+
+    async def _earlier_answer(
+        self, conn: asyncpg.Connection, key: IdempotencyKey
+    ) -> Submission | None:
+        row = await conn.fetchrow(
+            "SELECT request_hash, status, response FROM idempotency WHERE scope = $1 AND key = $2",
+            key.scope,
+            key.key_digest,
+        )
+        if row is None:
+            return None
+        if row["request_hash"] != key.request_hash:
+            raise IdempotencyConflict
+        return Submission(row["status"], json.loads(row["response"]), replayed=True)
+
+    # -- receipts ----------------------------------------------------------------
+
+    async def open_receipt(self, receipt: str, secret: str | None) -> str:
+        """The incident a receipt and secret open; else ReceiptNotFound or TooManyAttempts.
+
+        Exactly one argon2id verification runs on every path that reaches it.
+        """
+        loop = asyncio.get_running_loop()
+        wait = self.failures.retry_after(loop.time())
+        if wait is not None:
+            raise TooManyAttempts(wait)
+        canonical = normalize_receipt(receipt)
+        digest = sha256_hex(canonical or receipt[:200])
+        async with self.runtime.db.acquire() as conn:
+            attempt = await conn.fetchrow(
+                _COUNT_ATTEMPT, digest, timedelta(seconds=self.receipt_window)
+            )
+            if attempt["attempts"] > self.receipt_attempts:
+                raise TooManyAttempts(retry_after_seconds(attempt["remaining"]))
+            found = None
+            if canonical is not None:
+                found = await conn.fetchrow(
+                    "SELECT incident_id, secret_hash FROM receipts WHERE receipt = $1", canonical
+                )
+        typed = normalize_secret(secret or "")
+        against = found["secret_hash"] if found is not None and typed is not None else None
+        matches = await self._verify(against or self._dummy_hash, typed or "")
+        if not (matches and against is not None and found is not None):
+            self.failures.record(loop.time())
+            raise ReceiptNotFound
+        async with self.runtime.db.acquire() as conn:
+            await conn.execute("DELETE FROM receipt_attempts WHERE receipt_digest = $1", digest)
+        incident_id: str = found["incident_id"]
+        return incident_id
+
+    async def reporter_view(self, incident_id: str) -> ReporterView:
+        """What the reporter may see of their incident (from intake's event store)."""
+        async with self.runtime.db.acquire() as conn:
+            stored = await eventstore.load(conn, incident_id)
+        return reporter_view(
+            incident_id,
+            [s.envelope for s in stored],
+            acknowledgement_within=self.policy.reporter_acknowledgement_within,
+        )
+
+    async def message_from_reporter(self, incident_id: str, text: str) -> MessageSent:
+        """Append the reporter's message to the incident (retried when the stream moves)."""
+        async with self.runtime.db.acquire() as conn:
+            first = await conn.fetchval(
+                "SELECT event_id FROM events WHERE stream_id = $1 AND version = 1", incident_id
+            )
+        event = make_event(
+            "incident.reporter.message.v1",
+            subject=incident_id,
+            data=ReporterMessage(direction="from_reporter", author="reporter", text=text),
+            source=self.runtime.source,
+            time=datetime.now(UTC),
+            actor=ANONYMOUS_ACTOR,
+            correlationid=str(first) if first is not None else None,
+            traceparent=fresh_traceparent(),
+        )
+        for attempt in range(MESSAGE_RETRIES):
+            try:
+                async with self.runtime.db.acquire() as conn, conn.transaction():
+                    version = await eventstore.stream_version(conn, incident_id)
+                    await eventstore.append(
+                        conn,
+                        incident_id,
+                        version,
+                        [event],
+                        topic_prefix=self.runtime.settings.kafka_topic_prefix,
+                    )
+            except eventstore.ConcurrencyError:
+                await asyncio.sleep(0.005 * 2**attempt * (0.5 + secrets.randbelow(100) / 100))
+                continue
+            return MessageSent(incident_id=incident_id, message_id=event.id, sent_at=event.time)
+        raise Busy
+
+    # -- argon2 ------------------------------------------------------------------
+
+    async def _hash(self, secret: str) -> str:
+        async with self._hashing:
+            return await asyncio.to_thread(self.hasher.hash, secret)
+
+    async def _verify(self, secret_hash: str, secret: str) -> bool:
+        async with self._hashing:
+            try:
+                return await asyncio.to_thread(self.hasher.verify, secret_hash, secret)
+            except (VerificationError, InvalidHashError):
+                return False
+
+    async def _prune_attempts(self, stop: asyncio.Event) -> None:
+        """Forget attempt windows that ended (they no longer limit anything)."""
+        while not stop.is_set():
+            try:
+                async with self.runtime.db.acquire() as conn:
+                    await conn.execute(
+                        "DELETE FROM receipt_attempts WHERE window_start < now() - $1::interval",
+                        timedelta(seconds=self.receipt_window),
+                    )
+            except Exception as exc:  # the next round tries again
+                log.warning("pruning receipt attempts failed: %r", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=PRUNE_EVERY)
+
+
+# One statement, so concurrent attempts on a receipt cannot all pass the check:
+# the count goes up before the secret is verified.
+_COUNT_ATTEMPT: Final = """
+INSERT INTO receipt_attempts AS a (receipt_digest, window_start, attempts)
+VALUES ($1, now(), 1)
+ON CONFLICT (receipt_digest) DO UPDATE SET
+    attempts = CASE WHEN a.window_start <= now() - $2::interval
+                    THEN 1 ELSE a.attempts + 1 END,
+    window_start = CASE WHEN a.window_start <= now() - $2::interval
+                        THEN now() ELSE a.window_start END
+RETURNING attempts,
+    extract(epoch FROM window_start + $2::interval - now())::float8 AS remaining
+"""
