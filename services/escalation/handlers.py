@@ -1,0 +1,347 @@
+"""What escalation does: keep each incident's deadline, fire it once, deliver notices.
+
+Inputs (triage decisions, reassignments, acknowledgements) and fired deadlines all
+go through `_step`: lock the incident's state row, run a pure transition from
+`services.domain.escalation`, append its effects as events and store the new state
+and wake-up time, in one transaction. The scheduler sleeps until the earliest wake-up
+(or a NOTIFY that an earlier one appeared) and takes due rows with SKIP LOCKED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+
+import asyncpg
+from aiokafka import ConsumerRecord
+from prometheus_client import Gauge, Histogram
+
+from services.domain import escalation as esc
+from services.domain.envelope import Envelope
+from services.domain.events import (
+    Acknowledged,
+    InvalidEvent,
+    Notified,
+    Reassigned,
+    Triaged,
+    data_of,
+    make_event,
+    parse_envelope,
+)
+from services.escalation.notify import Notifier
+from services.infra import eventstore
+from services.infra.db import connect
+from services.infra.kafka import TRANSIENT_ERRORS
+from services.infra.runtime import Runtime
+from services.infra.telemetry import current_traceparent
+
+log = logging.getLogger(__name__)
+LATENESS = Histogram(
+    "incidents_escalation_lateness_seconds",
+    "How long after its deadline an escalation fired.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 30, 300),
+)
+PENDING = Gauge("incidents_escalation_pending_deadlines", "Incidents waiting on a deadline.")
+EVENT_IDS = uuid.UUID("6d1f6f3c-54a7-4f55-9c43-2b1f0ad0c0e1")
+
+
+class Escalation:
+    """Escalation's handlers, scheduler and notifier."""
+
+    def __init__(self, runtime: Runtime, notifier: Notifier, clock: Callable[[], datetime]) -> None:
+        self.runtime = runtime
+        self.notifier = notifier
+        self.now = clock
+        self._wake = asyncio.Event()
+
+    # -- inputs -------------------------------------------------------------------
+
+    async def on_triage(self, records: Sequence[ConsumerRecord]) -> None:
+        for record in records:
+            envelope = await self._parse(record)
+            if envelope is None:
+                continue
+            data = data_of(envelope)
+            async with self.runtime.db.acquire() as conn, conn.transaction():
+                if not await self._track(conn, envelope, record):
+                    continue
+                if isinstance(data, Triaged):
+                    await self._start(conn, envelope, data)
+                elif isinstance(data, Reassigned):
+                    removed = [x.principal for x in data.removed]
+                    await self._step_or_hold(
+                        conn,
+                        envelope,
+                        lambda s, now, r=removed, a=data.added: esc.reassign(s, r, a, now),
+                    )
+
+    async def on_activity(self, records: Sequence[ConsumerRecord]) -> None:
+        for record in records:
+            envelope = await self._parse(record)
+            if envelope is None:
+                continue
+            data = data_of(envelope)
+            if isinstance(data, Notified):
+                await self._deliver(envelope, data)
+                continue
+            if not isinstance(data, Acknowledged):
+                continue
+            async with self.runtime.db.acquire() as conn, conn.transaction():
+                if await self._track(conn, envelope, record):
+                    await self._step_or_hold(
+                        conn,
+                        envelope,
+                        lambda s, now, p=data.principal: esc.acknowledge(s, p, now),
+                    )
+
+    async def _parse(self, record: ConsumerRecord) -> Envelope | None:
+        try:
+            envelope = parse_envelope(record.value or b"")
+            data_of(envelope)
+        except InvalidEvent as exc:
+            await self.runtime.dead_letter_poison(record, exc)
+            return None
+        return envelope
+
+    async def _track(
+        self, conn: asyncpg.Connection, envelope: Envelope, record: ConsumerRecord
+    ) -> bool:
+        return await eventstore.track(
+            conn, "escalation", envelope.id, record.topic, record.partition, record.offset
+        )
+
+    async def _start(self, conn: asyncpg.Connection, envelope: Envelope, triaged: Triaged) -> None:
+        exists = await conn.fetchval(
+            "SELECT 1 FROM escalation_state WHERE incident_id = $1", envelope.subject
+        )
+        if exists:
+            return
+        now = self.now()
+        state, effects = esc.start(
+            triaged, envelope.subject, now, triaged.report_digest or "sha256:unknown"
+        )
+        await self._save(conn, None, state, effects, envelope, insert=True)
+        early = await conn.fetch(
+            "WITH gone AS (DELETE FROM early_events WHERE incident_id = $1 RETURNING seq, body)"
+            " SELECT body FROM gone ORDER BY seq",
+            envelope.subject,
+        )
+        for row in early:
+            held = parse_envelope(bytes(row["body"]))
+            await self._step_or_hold(conn, held, _transition_for(held))
+
+    async def _step_or_hold(
+        self,
+        conn: asyncpg.Connection,
+        envelope: Envelope,
+        transition: Callable[[esc.EscalationState, datetime], esc.Step],
+    ) -> None:
+        row = await conn.fetchrow(
+            "SELECT state FROM escalation_state WHERE incident_id = $1 FOR UPDATE",
+            envelope.subject,
+        )
+        if row is None:  # the triage decision has not arrived yet: keep this for it
+            await conn.execute(
+                "INSERT INTO early_events (incident_id, body) VALUES ($1, $2)",
+                envelope.subject,
+                envelope.to_bytes(),
+            )
+            return
+        before = esc.EscalationState.from_json(json.loads(row["state"]))
+        after, effects = transition(before, self.now())
+        await self._save(conn, before, after, effects, envelope)
+
+    async def _save(
+        self,
+        conn: asyncpg.Connection,
+        before: esc.EscalationState | None,
+        after: esc.EscalationState,
+        effects: Sequence[esc.Effect],
+        cause: Envelope | None,
+        *,
+        insert: bool = False,
+    ) -> None:
+        if before is not None and after == before and not effects:
+            return
+        wakeup = esc.next_wakeup(after)
+        if insert:
+            await conn.execute(
+                "INSERT INTO escalation_state (incident_id, state, wakeup)"
+                " VALUES ($1, $2::jsonb, $3)",
+                after.incident_id,
+                json.dumps(after.to_json()),
+                wakeup,
+            )
+        else:
+            await conn.execute(
+                "UPDATE escalation_state SET state = $2::jsonb, wakeup = $3,"
+                " updated_at = clock_timestamp() WHERE incident_id = $1",
+                after.incident_id,
+                json.dumps(after.to_json()),
+                wakeup,
+            )
+        if effects:
+            await self._append(conn, after, effects, cause)
+        self._wake.set()
+
+    async def _append(
+        self,
+        conn: asyncpg.Connection,
+        state: esc.EscalationState,
+        effects: Sequence[esc.Effect],
+        cause: Envelope | None,
+    ) -> None:
+        now = self.now()
+        events = [
+            make_event(
+                esc.effect_type(effect),
+                subject=state.incident_id,
+                data=effect,
+                source=self.runtime.source,
+                time=now,
+                actor="system:escalation",
+                causationid=cause.id if cause else None,
+                correlationid=cause.correlationid if cause else None,
+                traceparent=current_traceparent(),
+                # the same state version and effect always get the same id, so even a
+                # step replayed by mistake could not publish a fact twice
+                event_id=str(uuid.uuid5(EVENT_IDS, f"{state.incident_id}:{state.version}:{i}")),
+            )
+            for i, effect in enumerate(effects)
+        ]
+        version = await eventstore.stream_version(conn, state.incident_id)
+        await eventstore.append(
+            conn,
+            state.incident_id,
+            version,
+            events,
+            topic_prefix=self.runtime.settings.kafka_topic_prefix,
+        )
+
+    # -- deadlines ---------------------------------------------------------------
+
+    async def fire_due(self, limit: int = 200) -> int:
+        """Run every transition that is due now; returns how many incidents moved."""
+        moved = 0
+        async with self.runtime.db.acquire() as conn:
+            while True:
+                async with conn.transaction():
+                    now = self.now()
+                    rows = await conn.fetch(
+                        "SELECT incident_id, state FROM escalation_state"
+                        " WHERE wakeup <= $1 ORDER BY wakeup LIMIT $2 FOR UPDATE SKIP LOCKED",
+                        now,
+                        limit,
+                    )
+                    for row in rows:
+                        before = esc.EscalationState.from_json(json.loads(row["state"]))
+                        after, effects = esc.tick(before, now)
+                        if (
+                            before.due_at is not None
+                            and before.due_at <= now
+                            and (after.due_at != before.due_at)
+                        ):
+                            LATENESS.observe((now - before.due_at).total_seconds())
+                        await self._save(conn, before, after, effects, None)
+                        if after == before:  # woken for nothing: never spin on this row
+                            wakeup = esc.next_wakeup(after)
+                            log.warning("incident %s woke with nothing due", after.incident_id)
+                            await conn.execute(
+                                "UPDATE escalation_state SET wakeup = $2 WHERE incident_id = $1",
+                                before.incident_id,
+                                wakeup if wakeup is not None and wakeup > now else None,
+                            )
+                        moved += 1
+                if len(rows) < limit:
+                    return moved
+
+    async def run_scheduler(self, stop: asyncio.Event) -> None:
+        """Fire deadlines as they come due, until `stop`; survives database hiccups."""
+        listener: asyncpg.Connection | None = None
+        while not stop.is_set():
+            try:
+                if listener is None or listener.is_closed():
+                    listener = await connect(
+                        self.runtime.settings.database_url, schema=self.runtime.schema
+                    )
+                    await listener.add_listener(
+                        f"{self.runtime.schema}_wakeup", lambda *_: self._wake.set()
+                    )
+                self._wake.clear()
+                await self.fire_due()
+                async with self.runtime.db.acquire() as conn:
+                    nearest = await conn.fetchval(
+                        "SELECT min(wakeup) FROM escalation_state WHERE wakeup IS NOT NULL"
+                    )
+                    PENDING.set(
+                        await conn.fetchval(
+                            "SELECT count(*) FROM escalation_state WHERE wakeup IS NOT NULL"
+                        )
+                    )
+                delay = 1.0
+                if nearest is not None:
+                    delay = max(0.0, min(delay, (nearest - self.now()).total_seconds()))
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(_either(self._wake, stop), delay)
+            except TRANSIENT_ERRORS as exc:
+                log.warning("escalation scheduler: %r; retrying", exc)
+                listener = None
+                await asyncio.sleep(0.5)
+        if listener is not None:
+            await listener.close()
+
+    # -- notices -----------------------------------------------------------------
+
+    async def _deliver(self, envelope: Envelope, notice: Notified) -> None:
+        """Deliver a notice, at least once per event id, outside any transaction.
+
+        Delivery (a webhook, a mail) can be slow and must not hold row locks; it is
+        marked done afterwards, so a crash in between delivers again rather than never.
+        """
+        async with self.runtime.db.acquire() as conn:
+            done = await conn.fetchval(
+                "SELECT 1 FROM tracking WHERE consumer = 'escalation-delivery' AND event_key = $1",
+                envelope.id,
+            )
+        if done:
+            return
+        delivered = await self.notifier.deliver(envelope.subject, notice)
+        async with self.runtime.db.acquire() as conn, conn.transaction():
+            fresh = await eventstore.track(conn, "escalation-delivery", envelope.id, "", 0, 0)
+            if fresh and not delivered:
+                await self._step_or_hold(
+                    conn,
+                    envelope,
+                    lambda s, now, p=notice.principal, lv=notice.level: esc.delivery_failed(
+                        s, p, lv, now
+                    ),
+                )
+
+
+def _transition_for(envelope: Envelope) -> Callable[[esc.EscalationState, datetime], esc.Step]:
+    data = data_of(envelope)
+    if isinstance(data, Acknowledged):
+        return lambda s, now: esc.acknowledge(s, data.principal, now)
+    if isinstance(data, Reassigned):
+        removed = [x.principal for x in data.removed]
+        return lambda s, now: esc.reassign(s, removed, data.added, now)
+    return lambda s, now: (s, ())
+
+
+async def _either(event: asyncio.Event, stop: asyncio.Event) -> None:
+    waits = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(stop.wait())]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
+
+
+def system_clock() -> datetime:
+    """Wall time (tests pass another clock)."""
+    return datetime.now(UTC)
