@@ -25,11 +25,14 @@ def build_app(
     title: str,
     on_start: Callable[[], Awaitable[None]] | None = None,
     alongside: Callable[[], contextlib.AbstractAsyncContextManager[Any]] | None = None,
+    untraced: tuple[str, ...] = (),
 ) -> FastAPI:
     """A FastAPI app whose lifespan starts and stops the runtime.
 
     `alongside` is entered after the runtime started and left before it stops (the
-    faust app of a stream processor runs there, on the same event loop).
+    faust app of a stream processor runs there, on the same event loop). Routes in
+    `untraced` get no HTTP span: the instrumentation records client addresses and
+    user agents, which routes open to anonymous reporters must never keep.
     """
 
     @contextlib.asynccontextmanager
@@ -50,7 +53,8 @@ def build_app(
     app.include_router(health_router(runtime.readiness))
     app.add_middleware(BodyLimit, max_bytes=runtime.settings.max_body_bytes)  # type: ignore[arg-type]
     app.state.runtime = runtime
-    FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz,metrics")
+    excluded = ",".join(("healthz", "readyz", "metrics", *untraced))
+    FastAPIInstrumentor.instrument_app(app, excluded_urls=excluded)
 
     @app.middleware("http")
     async def timed(

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse
+from opentelemetry import trace
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.domain.receipts import idempotency_key_digest, request_digest
@@ -25,6 +26,7 @@ from services.domain.reports import (
 )
 from services.infra.auth import Principal
 from services.infra.http import PROBLEM, Problem
+from services.infra.telemetry import span_after
 from services.intake.principals import OptionalPrincipal
 from services.intake.service import (
     ANONYMOUS_ACTOR,
@@ -178,15 +180,20 @@ async def _take(
             body = for_harassment_channel(report)
         except WrongChannel as exc:
             raise Problem(422, "Wrong channel", str(exc)) from exc
+    # Anonymous reports start a trace of their own: a trace context the client sent
+    # could link the report to the client's other traffic. (The HTTP instrumentation
+    # is off for these routes for the same reason: it records addresses and agents.)
+    parent = None if reporter is None else request.headers.get("traceparent")
     try:
-        submission = await _service(request).take_report(
-            body.report(),
-            reporter=reporter,
-            actor=caller.id if caller else ANONYMOUS_ACTOR,
-            channel="api" if is_system else "web",
-            idempotency=key,
-            check_reporter=is_system,
-        )
+        with span_after("intake: take report", parent, trace.SpanKind.SERVER, route=route):
+            submission = await _service(request).take_report(
+                body.report(),
+                reporter=reporter,
+                actor=caller.id if caller else ANONYMOUS_ACTOR,
+                channel="api" if is_system else "web",
+                idempotency=key,
+                check_reporter=is_system,
+            )
     except UnknownCategory as exc:
         raise Problem(422, "Unknown category", str(exc), valid_categories=exc.known) from exc
     except UnknownReporter as exc:

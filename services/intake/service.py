@@ -166,40 +166,6 @@ class IntakeService:
 
     # -- reports -----------------------------------------------------------------
 
-    async def submit(
-        self,
-        report: ReportInput,
-        *,
-        reporter: str | None,
-        actor: str,
-        channel: str,
-        event_id: str | None = None,
-        causationid: str | None = None,
-    ) -> Accepted:
-        """Open an incident for a report (no receipt, no idempotency: for systems).
-
-        Raises UnknownCategory for a bad category.
-        """
-        incident_id = str(uuid.uuid4())
-        event = submit_report(
-            report,
-            self.policy,
-            incident_id=incident_id,
-            reporter=reporter,
-            channel=channel,
-            actor=actor,
-            source=self.runtime.source,
-            now=datetime.now(UTC),
-            traceparent=current_traceparent(),
-            event_id=event_id,
-            causationid=causationid,
-        )
-        async with self.runtime.db.acquire() as conn, conn.transaction():
-            await eventstore.append(
-                conn, incident_id, 0, [event], topic_prefix=self.runtime.settings.kafka_topic_prefix
-            )
-        return Accepted(incident_id=incident_id, event_id=event.id)
-
     async def take_report(
         self,
         report: ReportInput,
@@ -240,8 +206,8 @@ class IntakeService:
             actor=actor,
             source=self.runtime.source,
             now=datetime.now(UTC),
-            # An anonymous report must not carry a trace context the client chose.
-            traceparent=fresh_traceparent() if anonymous else current_traceparent(),
+            # the caller's span: a new root for anonymous reports (see api._take)
+            traceparent=current_traceparent(),
         )
         receipt = secret = secret_hash = None
         if anonymous:

@@ -68,9 +68,7 @@ async def test_a_report_has_one_trace_from_the_request_through_kafka_to_the_ledg
 
         [entry] = await eventually(recorded)
     finished: list[ReadableSpan] = list(spans.get_finished_spans())
-    request = next(
-        s for s in finished if s.name.startswith("POST /v1/reports") and s.parent is None
-    )
+    request = next(s for s in finished if s.name == "intake: take report")
     trace_id = request.context.trace_id
     assert entry["trace_id"] == format(trace_id, "032x")
     in_trace = {s.context.span_id: s for s in finished if s.context.trace_id == trace_id}
