@@ -251,12 +251,16 @@ async def test_clock_skew_within_the_leeway_is_tolerated(
     assert await both(oidc, token) == "p-chen"
 
 
+def _at(offset: int) -> Any:
+    """A time `offset` seconds from when the test runs (not from collection)."""
+    return lambda now: now + offset
+
+
 def _refusals() -> list[tuple[str, dict[str, Any]]]:
-    now = int(time.time())
     cases: list[tuple[str, dict[str, Any]]] = [
-        ("expired", {"exp": now - 120, "iat": now - 600, "nbf": now - 600}),
-        ("not-yet-valid", {"nbf": now + 120}),
-        ("issued-in-the-future", {"iat": now + 120}),
+        ("expired", {"exp": _at(-120), "iat": _at(-600), "nbf": _at(-600)}),
+        ("not-yet-valid", {"nbf": _at(120)}),
+        ("issued-in-the-future", {"iat": _at(120)}),
         ("wrong-audience", {"aud": "another-app"}),
         ("wrong-audience-list", {"aud": ["account", "another-app"]}),
         ("wrong-issuer", {"iss": "https://evil.example/realms/corp"}),
@@ -275,7 +279,9 @@ def _refusals() -> list[tuple[str, dict[str, Any]]]:
 async def test_a_jwt_with_bad_claims_gives_nobody(
     oidc: OidcAuthenticator, rsa_key: SigningKey, case: str, overrides: dict[str, Any]
 ) -> None:
-    assert await both(oidc, sign(rsa_key, claims(**overrides))) is None
+    now = int(time.time())
+    resolved = {k: v(now) if callable(v) else v for k, v in overrides.items()}
+    assert await both(oidc, sign(rsa_key, claims(**resolved))) is None
 
 
 async def test_a_jwt_signed_by_another_key_under_a_known_kid_gives_nobody(

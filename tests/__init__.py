@@ -1,0 +1,1 @@
+"""The test suite: unit (pure), integration (real broker and database), e2e (processes)."""
