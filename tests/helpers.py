@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import httpx
 from aiokafka import AIOKafkaConsumer
+from fastapi import FastAPI
 
 
 async def drain(bootstrap: str, topic: str, want: int, timeout: float = 15.0) -> list[Any]:
@@ -73,3 +76,14 @@ async def read_all(
     finally:
         await consumer.stop()
     return got
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    app: FastAPI, base_url: str = "http://service", *, raise_app_exceptions: bool = True
+) -> AsyncIterator[httpx.AsyncClient]:
+    """Run an app's lifespan (runtime, consumers, relay) and talk to it in-process."""
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=raise_app_exceptions)
+        async with httpx.AsyncClient(transport=transport, base_url=base_url) as client:
+            yield client

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -16,7 +15,6 @@ import httpx
 import pymerkle
 import pytest
 from aiokafka import AIOKafkaProducer
-from fastapi import FastAPI
 
 from services.audit import merkle
 from services.audit.app import create_app
@@ -25,18 +23,10 @@ from services.audit.merkle import leaf_hash
 from services.domain.envelope import CLOUDEVENTS_CONTENT_TYPE
 from services.domain.events import make_event
 from services.infra.settings import AuditSettings, CommonSettings
-from tests.helpers import eventually
+from tests.helpers import eventually, serving
 
 pytestmark = pytest.mark.integration
 AUDITOR = {"authorization": "Bearer dev-auditor-token"}
-
-
-@contextlib.asynccontextmanager
-async def running(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://audit") as client:
-            yield client
 
 
 @pytest.fixture
@@ -48,7 +38,7 @@ async def audit(
         signing_key_file=tmp_path / "key.pem",
         checkpoint_interval=0.2,
     )
-    async with running(create_app(audit_settings)) as client:
+    async with serving(create_app(audit_settings), "http://audit") as client:
         yield client, audit_settings
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import secrets
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -12,12 +11,12 @@ import asyncpg
 import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer
-from fastapi import FastAPI
 
 from services.domain.envelope import Envelope
 from services.domain.events import parse_envelope
 from services.infra.settings import IntakeSettings
 from services.intake.app import create_app
+from tests.helpers import serving
 
 pytestmark = pytest.mark.integration
 ADMIN = {"authorization": "Bearer dev-admin-token"}
@@ -28,14 +27,6 @@ NEWCOMER = {
     "manager_id": "p-wang",
     "roles": ["employee"],
 }
-
-
-@contextlib.asynccontextmanager
-async def running(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://intake") as client:
-            yield client
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +42,7 @@ async def intake(
         broker_check_interval=0.3,
         kafka_session_timeout_ms=3000,
     )
-    async with running(create_app(settings)) as client:
+    async with serving(create_app(settings), "http://intake") as client:
         yield client, settings
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
@@ -11,7 +10,6 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
 
 from services.domain.events import parse_event
 from services.escalation.app import create_app as create_escalation
@@ -23,7 +21,7 @@ from services.infra.settings import (
 )
 from services.intake.app import create_app as create_intake
 from services.triage.app import create_app as create_triage
-from tests.helpers import eventually, read_all
+from tests.helpers import eventually, read_all, serving
 
 pytestmark = pytest.mark.integration
 SEED_CASE = {
@@ -50,14 +48,6 @@ conflicts:
   exclude: [accused, accused_management_chain, named_in_report, reporter]
   independent_roles: [chief_ethics_officer, board_audit_committee]
 """
-
-
-@contextlib.asynccontextmanager
-async def serving(app: FastAPI, base: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url=base) as client:
-            yield client
 
 
 @pytest.fixture

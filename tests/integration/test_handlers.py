@@ -8,7 +8,6 @@ incident.escalations, which intake's routing consumer projects.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import secrets
 import uuid
@@ -30,7 +29,7 @@ from services.infra.localstack import run_sync
 from services.infra.settings import IntakeSettings
 from services.intake import handlers
 from services.intake.app import create_app
-from tests.helpers import eventually
+from tests.helpers import eventually, serving
 
 pytestmark = pytest.mark.integration
 
@@ -66,14 +65,6 @@ class Env:
     app: FastAPI
 
 
-@contextlib.asynccontextmanager
-async def running(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://intake") as client:
-            yield client
-
-
 @pytest.fixture(scope="module")
 async def env(kafka_bootstrap: str, make_database: Callable[[str], str]) -> AsyncIterator[Env]:
     settings = IntakeSettings(
@@ -89,7 +80,7 @@ async def env(kafka_bootstrap: str, make_database: Callable[[str], str]) -> Asyn
     await producer.start()
     try:
         app = create_app(settings)
-        async with running(app) as client:
+        async with serving(app, "http://intake") as client:
             yield Env(client, settings, producer, app)
     finally:
         await producer.stop()

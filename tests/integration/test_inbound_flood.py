@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import dataclasses
 import json
 import logging
@@ -37,7 +36,7 @@ from services.domain.events import InputRejected, ReportSubmitted, make_event, p
 from services.infra.kafka import MAX_MESSAGE_BYTES
 from services.infra.settings import CommonSettings, IntakeSettings
 from services.intake.app import create_app
-from tests.helpers import eventually
+from tests.helpers import eventually, serving
 
 pytestmark = pytest.mark.integration
 log = logging.getLogger(__name__)
@@ -161,21 +160,13 @@ def flood() -> list[Bad]:
     ]
 
 
-@contextlib.asynccontextmanager
-async def running(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://intake") as client:
-            yield client
-
-
 @pytest.fixture
 async def intake(
     settings: CommonSettings,
 ) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient, IntakeSettings]]:
     intake_settings = IntakeSettings(**settings.model_dump())
     app = create_app(intake_settings)
-    async with running(app) as client:
+    async with serving(app, "http://intake") as client:
         yield app, client, intake_settings
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -12,23 +11,14 @@ import asyncpg
 import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
-from fastapi import FastAPI
 
 from services.domain.events import make_event, parse_event
 from services.infra.settings import CommonSettings, IntakeSettings
 from services.intake.app import create_app
-from tests.helpers import drain, eventually
+from tests.helpers import drain, eventually, serving
 
 pytestmark = pytest.mark.integration
 REPORT = {"category": "harassment", "summary": "Comments in meetings", "description": "..."}
-
-
-@contextlib.asynccontextmanager
-async def running(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://intake") as client:
-            yield client
 
 
 @pytest.fixture
@@ -36,7 +26,7 @@ async def intake(
     settings: CommonSettings,
 ) -> AsyncIterator[tuple[httpx.AsyncClient, IntakeSettings]]:
     intake_settings = IntakeSettings(**settings.model_dump())
-    async with running(create_app(intake_settings)) as client:
+    async with serving(create_app(intake_settings), "http://intake") as client:
         yield client, intake_settings
 
 

@@ -27,6 +27,7 @@ from fastapi import FastAPI
 from services.domain.events import SUBMITTED, parse_event
 from services.infra.settings import IntakeSettings
 from services.intake.app import create_app
+from tests.helpers import serving
 
 pytestmark = pytest.mark.integration
 REPORT: dict[str, Any] = {
@@ -125,10 +126,8 @@ def module_settings(kafka_bootstrap: str, database_url: str) -> IntakeSettings:
 @contextlib.asynccontextmanager
 async def running_intake(settings: IntakeSettings) -> AsyncIterator[Intake]:
     app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://intake") as client:
-            yield Intake(client, settings, app)
+    async with serving(app, "http://intake") as client:
+        yield Intake(client, settings, app)
 
 
 @pytest.fixture(scope="module")

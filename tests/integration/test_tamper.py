@@ -42,7 +42,7 @@ from services.domain.envelope import CLOUDEVENTS_CONTENT_TYPE, canonical_json
 from services.domain.events import make_event
 from services.domain.incident import report_digest
 from services.infra.settings import AuditSettings, CommonSettings
-from tests.helpers import eventually
+from tests.helpers import eventually, serving
 
 pytestmark = pytest.mark.integration
 TOKEN = "dev-auditor-token"
@@ -67,11 +67,9 @@ async def audit(settings: CommonSettings, tmp_path: Path) -> AsyncIterator[Audit
         **settings.model_dump(), signing_key_file=tmp_path / "key.pem", checkpoint_interval=0.2
     )
     app = create_app(audit_settings)
-    async with app.router.lifespan_context(app):
-        # A forged leaf may make the service fail: answer 500 like a server would.
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://audit") as client:
-            yield Audit(app, client, audit_settings)
+    # A forged leaf may make the service fail: answer 500 like a server would.
+    async with serving(app, "http://audit", raise_app_exceptions=False) as client:
+        yield Audit(app, client, audit_settings)
 
 
 @dataclass

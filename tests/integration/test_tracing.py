@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -16,7 +14,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from services.audit.app import create_app as create_audit
 from services.infra.settings import AuditSettings, CommonSettings, IntakeSettings
 from services.intake.app import create_app as create_intake
-from tests.helpers import eventually
+from tests.helpers import eventually, serving
 
 pytestmark = pytest.mark.integration
 
@@ -32,14 +30,6 @@ def spans() -> Iterator[InMemorySpanExporter]:
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     yield exporter
     exporter.clear()
-
-
-@contextlib.asynccontextmanager
-async def serving(app: object, base: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with app.router.lifespan_context(app):  # type: ignore[attr-defined]
-        transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
-        async with httpx.AsyncClient(transport=transport, base_url=base) as client:
-            yield client
 
 
 async def test_a_report_has_one_trace_from_the_request_through_kafka_to_the_ledger(

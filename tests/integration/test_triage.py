@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,7 +17,7 @@ from services.infra.settings import CommonSettings, IntakeSettings, TriageSettin
 from services.intake.app import create_app as create_intake
 from services.triage.app import create_app as create_triage
 from services.triage.handlers import PolicyConflict
-from tests.helpers import eventually, read_all
+from tests.helpers import eventually, read_all, serving
 
 pytestmark = pytest.mark.integration
 SEED_CASE = {
@@ -28,14 +27,6 @@ SEED_CASE = {
     "unit": "city-retail",
     "accused": ["p-wang"],
 }
-
-
-@contextlib.asynccontextmanager
-async def serving(app: FastAPI, base: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url=base) as client:
-            yield client
 
 
 @pytest.fixture
