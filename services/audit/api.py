@@ -12,7 +12,7 @@ from fastapi import APIRouter, Header, Query, Request
 from services.audit import tree
 from services.audit.checkpoint import NoteSigner
 from services.audit.heads import all_heads, latest_head
-from services.audit.ledger import decode_leaf, incident_entries
+from services.audit.ledger import decode_leaf, incident_entries, roles_in_ledger
 from services.domain.directory import DirectoryFile
 from services.domain.envelope import utc_rfc3339
 from services.domain.knowledge import LedgerEvent, knowledge_as_of, state_as_of
@@ -32,8 +32,13 @@ async def require_auditor(request: Request, authorization: str | None) -> str:
     principal = await auth.principal_id_async(authorization)
     if principal is None:
         raise Problem(401, "Unauthorized", "A valid bearer token is required.")
-    directory: DirectoryFile = request.app.state.directory
-    if not directory.roles_of(principal) & AUDIT_ROLES:
+    runtime: Runtime = request.app.state.runtime
+    async with runtime.db.acquire() as conn:
+        roles = await roles_in_ledger(conn, principal)
+    if roles is None:  # the directory's events have not reached the ledger: the seed file
+        directory: DirectoryFile = request.app.state.directory
+        roles = directory.roles_of(principal)
+    if not roles & AUDIT_ROLES:
         raise Problem(403, "Forbidden", "The auditor role is required.")
     return principal
 

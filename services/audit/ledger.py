@@ -202,3 +202,19 @@ async def incident_entries(conn: asyncpg.Connection, incident_id: str) -> list[L
         )
         for row in rows
     ]
+
+
+async def roles_in_ledger(conn: asyncpg.Connection, principal: str) -> frozenset[str] | None:
+    """The roles the latest `directory.person.upserted.v1` of a person gives, or None.
+
+    Audit learns the directory from the ledger itself, so a role granted or revoked
+    through intake's directory API counts here as soon as its event is recorded.
+    """
+    leaf = await conn.fetchval(
+        "SELECT leaf FROM ledger WHERE incident_id = $1 AND valid"
+        " AND event_type = 'directory.person.upserted.v1' ORDER BY idx DESC LIMIT 1",
+        principal,
+    )
+    if leaf is None:
+        return None
+    return frozenset(decode_leaf(bytes(leaf))["event"]["data"].get("roles", ()))

@@ -245,3 +245,21 @@ async def test_proofs_served_by_the_api_verify_with_an_independent_implementatio
         merkle.verify_consistency(
             first, size, [bytes.fromhex(h) for h in ours["proof"]], theirs.get_root(first), root
         )
+
+
+async def test_audit_learns_roles_from_directory_events_in_the_ledger(
+    audit: tuple[httpx.AsyncClient, AuditSettings], producer: AIOKafkaProducer
+) -> None:
+    """A role revoked through the directory API stops counting once its event is recorded."""
+    client, settings = audit
+    assert (await client.get("/v1/ledger/entries?end=1", headers=AUDITOR)).status_code == 200
+    revoked = make_event(
+        "directory.person.upserted.v1",
+        subject="p-audit",
+        data={"person_id": "p-audit", "name": "Ada Auditor", "roles": []},
+        source="/services/intake",
+        time=datetime.now(UTC),
+    )
+    await producer.send_and_wait(settings.topic("directory.changes"), revoked.to_bytes())
+    await eventually(lambda: _rows_with(settings, "p-audit"))
+    assert (await client.get("/v1/ledger/entries?end=1", headers=AUDITOR)).status_code == 403
