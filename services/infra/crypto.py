@@ -1,0 +1,134 @@
+"""Envelope encryption of personal data: one data key per incident, wrapped by a master key.
+
+Personal content (report text, free-text names, messages, the reporter's identity) is
+sealed with AES-256-GCM under the incident's data key before it is stored or hashed,
+so the ledger, the event stores and the topics only ever hold ciphertext. The data key
+is kept only wrapped (by the master key, or a KMS behind `MasterKey`), in one table
+that is not append-only: destroying it ("crypto-shredding") makes the content
+unreadable everywhere at once, while every hash and signature stays valid.
+
+Sealed values are text: `enc:v1:<base64(nonce || ciphertext || tag)>`, with the
+incident id and the field name as associated data, so a sealed value cannot be moved
+to another incident or field. Digests of what a principal was shown are salted with a
+per-incident salt kept beside the key: low-entropy values cannot be guessed from them,
+and after erasure nobody can test a guess at all.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import secrets
+from pathlib import Path
+from typing import Protocol
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+PREFIX = "enc:v1:"
+KEY_BYTES = 32
+NONCE_BYTES = 12
+
+
+class CryptoError(ValueError):
+    """A value could not be sealed or opened (wrong key, tampered, malformed)."""
+
+
+class MasterKey(Protocol):
+    """Wraps and unwraps data keys (a local key, or a KMS in production)."""
+
+    key_id: str
+
+    def wrap(self, data_key: bytes, context: str) -> bytes: ...
+
+    def unwrap(self, wrapped: bytes, context: str) -> bytes: ...
+
+
+class LocalMasterKey:
+    """A 256-bit master key held by this process (from a file or a setting)."""
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) != KEY_BYTES:
+            raise CryptoError("a master key is 32 bytes")
+        self._aead = AESGCM(key)
+        self.key_id = hashlib.sha256(b"incidents-master-key:" + key).hexdigest()[:16]
+
+    @classmethod
+    def from_file(cls, path: Path, *, create: bool) -> LocalMasterKey:
+        """Read the key (base64) from `path`; create it (0600) when allowed and missing."""
+        if not path.exists():
+            if not create:
+                raise CryptoError(f"master key {path} is missing")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                return cls.from_file(path, create=False)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(base64.b64encode(secrets.token_bytes(KEY_BYTES)).decode() + "\n")
+        try:
+            return cls(base64.b64decode(path.read_text().strip(), validate=True))
+        except ValueError as exc:
+            raise CryptoError(f"master key {path} is not 32 bytes of base64") from exc
+
+    def wrap(self, data_key: bytes, context: str) -> bytes:
+        nonce = secrets.token_bytes(NONCE_BYTES)
+        return nonce + self._aead.encrypt(nonce, data_key, context.encode())
+
+    def unwrap(self, wrapped: bytes, context: str) -> bytes:
+        try:
+            return self._aead.decrypt(
+                wrapped[:NONCE_BYTES], wrapped[NONCE_BYTES:], context.encode()
+            )
+        except (InvalidTag, ValueError) as exc:
+            raise CryptoError("the data key does not unwrap with this master key") from exc
+
+
+def new_data_key() -> bytes:
+    """A fresh random data key for one incident."""
+    return AESGCM.generate_key(bit_length=256)
+
+
+def new_salt() -> bytes:
+    return secrets.token_bytes(16)
+
+
+def _aad(incident_id: str, field: str) -> bytes:
+    return f"{incident_id}\x00{field}".encode()
+
+
+def seal(data_key: bytes, incident_id: str, field: str, plaintext: str) -> str:
+    """Encrypt one value for one field of one incident."""
+    nonce = secrets.token_bytes(NONCE_BYTES)
+    sealed = AESGCM(data_key).encrypt(nonce, plaintext.encode(), _aad(incident_id, field))
+    return PREFIX + base64.b64encode(nonce + sealed).decode()
+
+
+def is_sealed(value: object) -> bool:
+    return isinstance(value, str) and value.startswith(PREFIX)
+
+
+def unseal(data_key: bytes, incident_id: str, field: str, token: str) -> str:
+    """Decrypt a value sealed by `seal` for the same incident and field."""
+    if not is_sealed(token):
+        raise CryptoError("not a sealed value")
+    try:
+        raw = base64.b64decode(token[len(PREFIX) :], validate=True)
+        plain = AESGCM(data_key).decrypt(
+            raw[:NONCE_BYTES], raw[NONCE_BYTES:], _aad(incident_id, field)
+        )
+    except (InvalidTag, ValueError) as exc:
+        raise CryptoError("the sealed value does not open with this key") from exc
+    return plain.decode()
+
+
+def salted_digest(salt: bytes, content: bytes) -> str:
+    """`sha256:<hex>` of content keyed by the incident's salt (HMAC-SHA256)."""
+    return "sha256:" + hmac.new(salt, content, hashlib.sha256).hexdigest()
+
+
+def pseudonym(key: bytes, person_id: str) -> str:
+    """A keyed pseudonym of a person id: matchable by who holds `key`, not reversible."""
+    return "pn:" + hmac.new(key, person_id.encode(), hashlib.sha256).hexdigest()[:32]
