@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from services.audit.cli import audit_app
+from services.traces import traces_app
 
 app = typer.Typer(
     name="incidents",
@@ -22,6 +23,7 @@ def _root() -> None:
 
 
 app.add_typer(audit_app, name="audit")
+app.add_typer(traces_app, name="traces")
 
 
 @app.command()

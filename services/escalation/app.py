@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from fastapi import FastAPI
 
 from services.domain.events import Topic
 from services.escalation.handlers import Escalation, system_clock
-from services.escalation.notify import LogNotifier
+from services.escalation.notify import Adapter, build_notifier, directory_emails
 from services.infra.runtime import Runtime
 from services.infra.settings import EscalationSettings
 from services.infra.streamapp import create_stream_app
@@ -20,7 +22,9 @@ def create_app(settings: EscalationSettings | None = None) -> FastAPI:
     """The escalation app: durable deadlines, escalation chains, notices."""
     settings = settings or EscalationSettings()
     runtime = Runtime(settings, "escalation", MIGRATIONS)
-    escalation = Escalation(runtime, LogNotifier(), system_clock)
+    notifier = select_notifier(settings)
+    escalation = Escalation(runtime, notifier, system_clock)
+    runtime.background("notifier", _close_when_stopped(notifier))
     runtime.background("deadline-scheduler", escalation.run_scheduler)
     app = create_stream_app(
         settings,
@@ -34,3 +38,23 @@ def create_app(settings: EscalationSettings | None = None) -> FastAPI:
     )
     app.state.escalation = escalation
     return app
+
+
+def select_notifier(settings: EscalationSettings) -> Adapter:
+    """The delivery adapter of `INCIDENTS_NOTIFY_ADAPTER` (log by default).
+
+    Escalation keeps no directory, so the smtp adapter takes people's addresses from the
+    directory file (`INCIDENTS_DIRECTORY_FILE`), read once at start.
+    """
+    emails = (
+        directory_emails(settings.directory_file) if settings.notify_adapter == "smtp" else None
+    )
+    return build_notifier(settings, recipients_by_principal=emails)
+
+
+def _close_when_stopped(notifier: Adapter) -> Callable[[asyncio.Event], Awaitable[None]]:
+    async def close(stop: asyncio.Event) -> None:
+        await stop.wait()
+        await notifier.aclose()
+
+    return close

@@ -1,24 +1,106 @@
 """Delivering notices to people: one interface, adapters behind it.
 
-`LogNotifier` (the default) writes one log line per notice, naming the principal,
-level and incident, never the report content. Webhook and SMTP adapters plug in
-behind the same `deliver` (planned with the rest of the escalation issue).
+Every adapter implements `Notifier.deliver(incident_id, notice) -> bool`. It returns
+False when delivery failed for good, after its own retries, and it never raises. The
+escalation handler then records `delivery_failed`, and once every recipient of a level
+has failed, the next level is asked at once. No adapter sends report content. A notice
+names the incident, the person, the level and the report's digest, and nothing more.
+Logs name the incident, principal, level and outcome. They never hold secrets, URLs'
+paths or queries, message text, or response bodies.
+
+- `LogNotifier` (the default) writes one log line per notice.
+- `WebhookNotifier` POSTs a JSON notice, signed with HMAC-SHA256 (see below), and
+  retries connection errors, timeouts, 408, 429 and 5xx with exponential backoff and
+  jitter. A `Retry-After` is honoured (seconds or an HTTP date), and one longer than
+  `max_delay` counts as failed for good: a notice that can't arrive in time should hand
+  over to the next level. Other answers (3xx, 4xx) fail at once, and redirects are not
+  followed. One `httpx.AsyncClient` is reused.
+- `SmtpNotifier` sends a plain-text mail with the stdlib `smtplib`, in a thread. It uses
+  STARTTLS (certificate verified) and a login when configured. It retries connection
+  errors, timeouts and 4xx replies, and fails at once on 5xx or TLS errors. The
+  address comes from a `recipients_by_principal` lookup that the service provides.
+  `directory_emails` reads it from `INCIDENTS_DIRECTORY_FILE`, as audit does for the
+  auditor role, so a change made through the directory API is not seen until restart.
+- `FanoutNotifier` delivers to several adapters at once. A notice counts as delivered
+  if any of them delivered it.
+
+Every attempt is bounded by `timeout`. One `deliver` therefore takes at most about
+`(retries + 1) * timeout` plus the backoff (`backoff * (2**retries - 1)`, each delay
+capped at `max_delay`). With the defaults (3 retries, 5 s, 0.5 s) that is about 24 s.
+The handler delivers inline, so this bounds how long one notice can hold up the
+consumer.
+
+Webhook signature, like Stripe's scheme: every request carries
+
+    X-Incidents-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>." + body)>
+
+and `X-Incidents-Delivery: <id>`, which is the same on every retry of one notice, so a
+receiver can drop duplicates. Each attempt is signed again with its own timestamp. A
+receiver recomputes the HMAC over the raw body and checks that `t` is recent:
+`verify_signature(secret, header, body, tolerance=300)`. Several `v1=` entries may
+appear, one per secret while a secret is rotated, and one match is enough. The body is
+
+    {"incident_id", "principal", "level", "channel", "report_digest", "sent_at"}
+
+where `sent_at` (RFC 3339 UTC) is the time of the attempt.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import hmac
+import json
 import logging
+import random as _random
+import re
+import smtplib
+import ssl
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid, parsedate_to_datetime
+from pathlib import Path
 from typing import Protocol
+from urllib.parse import quote, urlsplit
 
+import httpx
+from prometheus_client import Counter
+
+from services.domain.directory import DirectoryFile
 from services.domain.events import Notified
+from services.infra.config import load_yaml_model
+from services.infra.settings import EscalationSettings
 
 log = logging.getLogger("incidents.notify")
+
+SIGNATURE_HEADER = "X-Incidents-Signature"
+DELIVERY_HEADER = "X-Incidents-Delivery"
+DEFAULT_TOLERANCE = 300
+DELIVERIES = Counter(
+    "incidents_notify_deliveries",
+    "Notices handed to an adapter, by adapter and outcome (delivered or failed).",
+    ["adapter", "outcome"],
+)
+ATTEMPTS_RETRIED = Counter(
+    "incidents_notify_retries", "Delivery attempts that failed and were retried.", ["adapter"]
+)
+
+Sleep = Callable[[float], Awaitable[None]]
 
 
 class Notifier(Protocol):
     """Delivers one notice; False when delivery failed for good (after its retries)."""
 
     async def deliver(self, incident_id: str, notice: Notified) -> bool: ...
+
+
+class Adapter(Notifier, Protocol):
+    """A notifier the service owns: closed when the service stops."""
+
+    async def aclose(self) -> None: ...
 
 
 class LogNotifier:
@@ -32,4 +114,571 @@ class LogNotifier:
             notice.level,
             notice.channel,
         )
+        DELIVERIES.labels("log", "delivered").inc()
         return True
+
+    async def aclose(self) -> None:
+        return None
+
+
+# -- signatures ------------------------------------------------------------------------
+
+
+def _key(secret: str | bytes) -> bytes:
+    return secret.encode() if isinstance(secret, str) else secret
+
+
+def signature(secret: str | bytes, timestamp: int, body: bytes) -> str:
+    """Hex HMAC-SHA256 of `"<timestamp>." + body` under `secret`."""
+    return hmac.new(_key(secret), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+
+
+def signature_header(secret: str | bytes, body: bytes, timestamp: int) -> str:
+    """The `X-Incidents-Signature` value: `t=<timestamp>,v1=<signature>`."""
+    return f"t={timestamp},v1={signature(secret, timestamp, body)}"
+
+
+def verify_signature(
+    secret: str | bytes,
+    header: str | None,
+    body: bytes,
+    tolerance: float = DEFAULT_TOLERANCE,
+    *,
+    now: float | None = None,
+) -> bool:
+    """True if `header` signs exactly `body` under `secret`, at most `tolerance` seconds
+    away from `now`. For receivers of the webhook. It never raises: a malformed header
+    is simply not valid."""
+    if not header or not secret:
+        return False
+    timestamp: int | None = None
+    candidates: list[str] = []
+    for part in header.split(","):
+        name, sep, value = part.strip().partition("=")
+        if not sep:
+            continue
+        if name == "t":
+            if not (value.isascii() and value.isdigit()) or len(value) > 12:
+                return False
+            timestamp = int(value)
+        elif name == "v1":
+            candidates.append(value)
+    if timestamp is None or not candidates:
+        return False
+    current = time.time() if now is None else now
+    if abs(current - timestamp) > tolerance:
+        return False
+    expected = signature(secret, timestamp, body)
+    return any(hmac.compare_digest(expected.encode(), c.lower().encode()) for c in candidates)
+
+
+# -- retry policy ------------------------------------------------------------------------
+
+
+def backoff_delay(
+    attempt: int, base: float, cap: float, rand: Callable[[], float] = _random.random
+) -> float:
+    """Delay before retry number `attempt + 1`: `base * 2**attempt`, capped at `cap`, with
+    "equal jitter" (between half and all of it) so that retries don't come in step."""
+    full = min(cap, base * (2**attempt))
+    return full / 2 + rand() * full / 2
+
+
+def retry_after_seconds(value: str | None, now: float) -> float | None:
+    """The wait a `Retry-After` header asks for (delta seconds or an HTTP date), or None."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - now)
+
+
+def retryable_status(status: int) -> bool:
+    """HTTP answers worth another attempt: 408, 429 and every 5xx."""
+    return status in (408, 429) or 500 <= status <= 599
+
+
+def _where(url: str) -> str:
+    """Scheme and host of a URL, for logs: paths and queries may carry tokens."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname or '?'}" + (f":{parts.port}" if parts.port else "")
+
+
+def _rfc3339(moment: float) -> str:
+    return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+# -- webhook ---------------------------------------------------------------------------
+
+
+class WebhookNotifier:
+    """Signed JSON POST per notice, retried with backoff; see the module docstring."""
+
+    def __init__(
+        self,
+        url: str,
+        secret: str | bytes,
+        timeout: float = 5.0,
+        retries: int = 3,
+        backoff: float = 0.5,
+        *,
+        max_delay: float = 30.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+        sleep: Sleep = asyncio.sleep,
+        clock: Callable[[], float] = time.time,
+        rand: Callable[[], float] = _random.random,
+    ) -> None:
+        if not secret:
+            raise ValueError("a webhook needs a non-empty signing secret")
+        if retries < 0 or timeout <= 0 or backoff < 0:
+            raise ValueError("retries >= 0, timeout > 0 and backoff >= 0")
+        self.url = url
+        self._secret = _key(secret)
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+        self.max_delay = max_delay
+        self._transport = transport
+        self._sleep = sleep
+        self._clock = clock
+        self._rand = rand
+        self._client: httpx.AsyncClient | None = None
+
+    def __repr__(self) -> str:
+        return f"WebhookNotifier({_where(self.url)}, retries={self.retries})"
+
+    def body(self, incident_id: str, notice: Notified, sent_at: float) -> bytes:
+        """The JSON body: who is asked, at which level, about which report digest."""
+        return json.dumps(
+            {
+                "incident_id": incident_id,
+                "principal": notice.principal,
+                "level": notice.level,
+                "channel": notice.channel,
+                "report_digest": notice.report_digest,
+                "sent_at": _rfc3339(sent_at),
+            },
+            separators=(",", ":"),
+        ).encode()
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None or self._client.is_closed:
+            self._client = httpx.AsyncClient(
+                transport=self._transport,
+                timeout=httpx.Timeout(self.timeout),
+                follow_redirects=False,
+                headers={"user-agent": "incidents-escalation/1"},
+            )
+        return self._client
+
+    async def aclose(self) -> None:
+        """Close the pooled client (a later `deliver` opens a new one)."""
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+    async def deliver(self, incident_id: str, notice: Notified) -> bool:
+        try:
+            delivered = await self._deliver(incident_id, notice)
+        except Exception as exc:  # a failure is a False, never an exception
+            log.error(
+                "webhook notice of incident %s to %s (level %d) failed: %s",
+                incident_id,
+                notice.principal,
+                notice.level,
+                type(exc).__name__,
+            )
+            delivered = False
+        DELIVERIES.labels("webhook", "delivered" if delivered else "failed").inc()
+        return delivered
+
+    async def _attempt(self, body: bytes, headers: dict[str, str]) -> tuple[int, str | None]:
+        """One POST: its status and Retry-After. The answer's body is never read."""
+        async with (
+            asyncio.timeout(self.timeout),
+            self._http().stream("POST", self.url, content=body, headers=headers) as response,
+        ):
+            return response.status_code, response.headers.get("retry-after")
+
+    async def _deliver(self, incident_id: str, notice: Notified) -> bool:
+        delivery = uuid.uuid4().hex
+        where = _where(self.url)
+        outcome = "not tried"
+        for attempt in range(self.retries + 1):
+            sent_at = self._clock()
+            body = self.body(incident_id, notice, sent_at)
+            headers = {
+                "content-type": "application/json",
+                SIGNATURE_HEADER: signature_header(self._secret, body, int(sent_at)),
+                DELIVERY_HEADER: delivery,
+            }
+            wait: float | None = None
+            try:
+                status, retry_after = await self._attempt(body, headers)
+            except (httpx.TransportError, TimeoutError) as exc:
+                outcome = type(exc).__name__
+            else:
+                if 200 <= status <= 299:
+                    log.info(
+                        "webhook notice of incident %s to %s (level %d) delivered to %s"
+                        " (attempt %d)",
+                        incident_id,
+                        notice.principal,
+                        notice.level,
+                        where,
+                        attempt + 1,
+                    )
+                    return True
+                outcome = f"HTTP {status}"
+                if not retryable_status(status):
+                    log.warning(
+                        "webhook notice of incident %s to %s (level %d) refused by %s: %s;"
+                        " not retried",
+                        incident_id,
+                        notice.principal,
+                        notice.level,
+                        where,
+                        outcome,
+                    )
+                    return False
+                wait = retry_after_seconds(retry_after, self._clock())
+            if attempt == self.retries:
+                break
+            delay = backoff_delay(attempt, self.backoff, self.max_delay, self._rand)
+            if wait is not None:
+                if wait > self.max_delay:
+                    log.warning(
+                        "webhook notice of incident %s to %s (level %d): %s asks to wait"
+                        " %.0f s, longer than %.0f s; given up",
+                        incident_id,
+                        notice.principal,
+                        notice.level,
+                        where,
+                        wait,
+                        self.max_delay,
+                    )
+                    return False
+                delay = max(delay, wait)
+            log.info(
+                "webhook notice of incident %s to %s (level %d): %s from %s; retry %d of %d"
+                " in %.2f s",
+                incident_id,
+                notice.principal,
+                notice.level,
+                outcome,
+                where,
+                attempt + 1,
+                self.retries,
+                delay,
+            )
+            ATTEMPTS_RETRIED.labels("webhook").inc()
+            await self._sleep(delay)
+        log.warning(
+            "webhook notice of incident %s to %s (level %d) failed after %d attempts (last:"
+            " %s from %s)",
+            incident_id,
+            notice.principal,
+            notice.level,
+            self.retries + 1,
+            outcome,
+            where,
+        )
+        return False
+
+
+# -- SMTP ------------------------------------------------------------------------------
+
+_ADDRESS = re.compile(r"^[^@\s<>,;:\"()\[\]\\]+@[A-Za-z0-9.-]+$")
+
+
+def valid_address(address: str | None) -> bool:
+    """A bare `local@domain` address with no room for header injection."""
+    return bool(address) and len(address or "") <= 254 and bool(_ADDRESS.match(address or ""))
+
+
+def _one_line(text: str) -> str:
+    return re.sub(r"[\x00-\x1f\x7f]", "", text)[:200]
+
+
+def smtp_transient(exc: BaseException) -> bool:
+    """Worth another attempt: connection trouble, timeouts and 4xx replies; not TLS errors,
+    5xx replies or a server that lacks what we need (STARTTLS, AUTH)."""
+    if isinstance(exc, ssl.SSLError):
+        return False
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        codes = [code for code, _ in exc.recipients.values()]
+        return bool(codes) and all(400 <= code <= 499 for code in codes)
+    if isinstance(exc, smtplib.SMTPResponseException):
+        return 400 <= exc.smtp_code <= 499
+    if isinstance(exc, smtplib.SMTPServerDisconnected):
+        return True
+    if isinstance(exc, smtplib.SMTPException):
+        return False
+    return isinstance(exc, OSError)  # refused, reset, timed out
+
+
+def _smtp_outcome(exc: BaseException) -> str:
+    """What to log about an SMTP failure: the reply code, never the server's text (it may
+    echo the address or the message)."""
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        return "recipient refused " + ",".join(str(c) for c, _ in exc.recipients.values())
+    if isinstance(exc, smtplib.SMTPResponseException):
+        return f"{type(exc).__name__} {exc.smtp_code}"
+    return type(exc).__name__
+
+
+class SmtpNotifier:
+    """A plain-text mail per notice, with a link to the console; see the module docstring."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        sender: str,
+        starttls: bool = True,
+        username: str | None = None,
+        password: str | None = None,
+        recipients_by_principal: Callable[[str], str | None] | None = None,
+        *,
+        console_url: str,
+        timeout: float = 10.0,
+        retries: int = 3,
+        backoff: float = 0.5,
+        max_delay: float = 30.0,
+        tls_context: ssl.SSLContext | None = None,
+        sleep: Sleep = asyncio.sleep,
+        rand: Callable[[], float] = _random.random,
+    ) -> None:
+        if recipients_by_principal is None:
+            raise ValueError("the SMTP adapter needs a lookup of e-mail addresses")
+        if not valid_address(sender):
+            raise ValueError("the SMTP sender must be a bare address (local@domain)")
+        if (username is None) != (password is None):
+            raise ValueError("an SMTP username and password go together")
+        self.host = host
+        self.port = port
+        self.sender = sender
+        self.starttls = starttls
+        self.username = username
+        self._password = password
+        self.recipients_by_principal = recipients_by_principal
+        self.console_url = console_url.rstrip("/")
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+        self.max_delay = max_delay
+        self._tls = tls_context
+        self._sleep = sleep
+        self._rand = rand
+
+    def __repr__(self) -> str:
+        return f"SmtpNotifier({self.host}:{self.port}, starttls={self.starttls})"
+
+    async def aclose(self) -> None:
+        return None  # one connection per mail: nothing is kept open
+
+    def message(self, incident_id: str, notice: Notified, address: str) -> EmailMessage:
+        """The mail: who is asked to act on which incident, and where; no report content."""
+        link = f"{self.console_url}/incidents/{quote(incident_id, safe='')}"
+        shown = _one_line(incident_id)
+        mail = EmailMessage()
+        mail["From"] = self.sender
+        mail["To"] = address
+        mail["Subject"] = f"Please act on incident {shown} (level {notice.level})"
+        mail["Date"] = format_datetime(datetime.now(UTC), usegmt=True)
+        mail["Message-ID"] = make_msgid(domain=self.sender.rpartition("@")[2])
+        mail["Auto-Submitted"] = "auto-generated"
+        mail.set_content(
+            f"You have been asked to act on incident {shown} (level {notice.level}).\n"
+            f"Open {link}\n"
+            "\n"
+            "This mail holds no report content. Sign in to the console to read the report\n"
+            "and to acknowledge it; if nobody acknowledges in time, it goes up the chain.\n"
+        )
+        return mail
+
+    def _send(self, mail: EmailMessage, address: str) -> None:
+        """One SMTP session, blocking (run in a thread)."""
+        with smtplib.SMTP(self.host, self.port, timeout=self.timeout) as smtp:
+            smtp.ehlo()
+            if self.starttls:
+                smtp.starttls(context=self._tls or ssl.create_default_context())
+                smtp.ehlo()
+            if self.username is not None:
+                smtp.login(self.username, self._password or "")
+            smtp.send_message(mail, from_addr=self.sender, to_addrs=[address])
+
+    async def deliver(self, incident_id: str, notice: Notified) -> bool:
+        try:
+            delivered = await self._deliver(incident_id, notice)
+        except Exception as exc:  # a failure is a False, never an exception
+            log.error(
+                "mail notice of incident %s to %s (level %d) failed: %s",
+                incident_id,
+                notice.principal,
+                notice.level,
+                type(exc).__name__,
+            )
+            delivered = False
+        DELIVERIES.labels("smtp", "delivered" if delivered else "failed").inc()
+        return delivered
+
+    async def _deliver(self, incident_id: str, notice: Notified) -> bool:
+        address = self.recipients_by_principal(notice.principal)
+        if address is None or not valid_address(address):
+            log.warning(
+                "mail notice of incident %s to %s (level %d) not sent: %s",
+                incident_id,
+                notice.principal,
+                notice.level,
+                "no e-mail address known" if not address else "unusable e-mail address",
+            )
+            return False
+        mail = self.message(incident_id, notice, address)
+        outcome = "not tried"
+        for attempt in range(self.retries + 1):
+            try:
+                await asyncio.to_thread(self._send, mail, address)
+            except (smtplib.SMTPException, OSError) as exc:
+                outcome = _smtp_outcome(exc)
+                if not smtp_transient(exc):
+                    log.warning(
+                        "mail notice of incident %s to %s (level %d) refused by %s: %s;"
+                        " not retried",
+                        incident_id,
+                        notice.principal,
+                        notice.level,
+                        self.host,
+                        outcome,
+                    )
+                    return False
+            else:
+                log.info(
+                    "mail notice of incident %s to %s (level %d) handed to %s (attempt %d)",
+                    incident_id,
+                    notice.principal,
+                    notice.level,
+                    self.host,
+                    attempt + 1,
+                )
+                return True
+            if attempt == self.retries:
+                break
+            delay = backoff_delay(attempt, self.backoff, self.max_delay, self._rand)
+            log.info(
+                "mail notice of incident %s to %s (level %d): %s from %s; retry %d of %d in %.2f s",
+                incident_id,
+                notice.principal,
+                notice.level,
+                outcome,
+                self.host,
+                attempt + 1,
+                self.retries,
+                delay,
+            )
+            ATTEMPTS_RETRIED.labels("smtp").inc()
+            await self._sleep(delay)
+        log.warning(
+            "mail notice of incident %s to %s (level %d) failed after %d attempts (last: %s"
+            " from %s)",
+            incident_id,
+            notice.principal,
+            notice.level,
+            self.retries + 1,
+            outcome,
+            self.host,
+        )
+        return False
+
+
+# -- several at once --------------------------------------------------------------------
+
+
+class FanoutNotifier:
+    """Every adapter at once; a notice counts as delivered if any of them delivered it."""
+
+    def __init__(self, notifiers: Sequence[Adapter]) -> None:
+        if not notifiers:
+            raise ValueError("a fan-out needs at least one notifier")
+        self.notifiers = tuple(notifiers)
+
+    async def deliver(self, incident_id: str, notice: Notified) -> bool:
+        results = await asyncio.gather(
+            *(_never_raises(n, incident_id, notice) for n in self.notifiers)
+        )
+        return any(results)
+
+    async def aclose(self) -> None:
+        for notifier in self.notifiers:
+            try:
+                await notifier.aclose()
+            except Exception as exc:
+                log.warning("closing %r failed: %s", notifier, type(exc).__name__)
+
+
+async def _never_raises(notifier: Notifier, incident_id: str, notice: Notified) -> bool:
+    try:
+        return await notifier.deliver(incident_id, notice)
+    except Exception as exc:
+        log.error(
+            "%r failed on incident %s to %s: %s",
+            notifier,
+            incident_id,
+            notice.principal,
+            type(exc).__name__,
+        )
+        return False
+
+
+# -- wiring ----------------------------------------------------------------------------
+
+
+def directory_emails(path: Path) -> Callable[[str], str | None]:
+    """principal -> e-mail, read once from the directory file (`INCIDENTS_DIRECTORY_FILE`)."""
+    directory = load_yaml_model(path, DirectoryFile)
+    emails = {person.id: person.email for person in directory.people if person.email}
+    return emails.get
+
+
+def build_notifier(
+    settings: EscalationSettings,
+    *,
+    recipients_by_principal: Callable[[str], str | None] | None = None,
+) -> Adapter:
+    """The adapter `settings.notify_adapter` names, configured from the settings."""
+    if settings.notify_adapter == "webhook":
+        secret = settings.notify_webhook_secret
+        if settings.notify_webhook_url is None or secret is None:
+            raise ValueError("the webhook adapter needs a URL and a secret")
+        return WebhookNotifier(
+            settings.notify_webhook_url,
+            secret.get_secret_value(),
+            timeout=settings.notify_timeout_seconds,
+            retries=settings.notify_retries,
+            backoff=settings.notify_backoff_seconds,
+        )
+    if settings.notify_adapter == "smtp":
+        if settings.notify_smtp_host is None or settings.notify_smtp_sender is None:
+            raise ValueError("the SMTP adapter needs a host and a sender")
+        password = settings.notify_smtp_password
+        return SmtpNotifier(
+            settings.notify_smtp_host,
+            settings.notify_smtp_port,
+            settings.notify_smtp_sender,
+            starttls=settings.notify_smtp_starttls,
+            username=settings.notify_smtp_username,
+            password=password.get_secret_value() if password is not None else None,
+            recipients_by_principal=recipients_by_principal,
+            console_url=settings.console_url,
+            timeout=settings.notify_timeout_seconds,
+            retries=settings.notify_retries,
+            backoff=settings.notify_backoff_seconds,
+        )
+    return LogNotifier()

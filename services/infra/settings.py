@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "postgresql://postgres:postgres@127.0.0.1:5432/incidents"
@@ -73,6 +73,19 @@ class CommonSettings(BaseSettings):
     )
     http_host: str = Field("127.0.0.1", description="Address the HTTP server binds.")
     log_level: str = Field("INFO", description="Log level.")
+    traces_local: bool = Field(
+        True,
+        description="Keep finished spans in local files for `incidents traces show`.",
+    )
+    traces_dir: Path = Field(
+        Path.home() / ".incidents" / "traces",
+        description="Folder of the local span files, one `<service>.jsonl` per service.",
+    )
+    traces_max_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=64 * 1024,
+        description="Size at which a local span file is rotated (one older file is kept).",
+    )
     max_body_bytes: int = Field(
         256 * 1024, ge=1024, description="Largest accepted HTTP body (413 above)."
     )
@@ -197,6 +210,115 @@ class EscalationSettings(CommonSettings):
         validation_alias=AliasChoices("INCIDENTS_ESCALATION_PORT"),
         description="HTTP port (health, metrics) of escalation (INCIDENTS_ESCALATION_PORT).",
     )
+    notify_adapter: Literal["log", "webhook", "smtp"] = Field(
+        "log",
+        description="How notices reach people: `log` (a log line, the default), `webhook`"
+        " (a signed JSON POST) or `smtp` (a plain-text mail to the directory file's address).",
+    )
+    notify_webhook_url: str | None = Field(
+        None,
+        description="URL the webhook adapter POSTs notices to (required with `webhook`;"
+        " https in production).",
+    )
+    notify_webhook_secret: SecretStr | None = Field(
+        None,
+        description="HMAC-SHA256 key that signs each webhook (X-Incidents-Signature header);"
+        " required with `webhook`, at least 32 characters in production.",
+    )
+    notify_smtp_host: str | None = Field(
+        None, description="SMTP server of the smtp adapter (required with `smtp`)."
+    )
+    notify_smtp_port: int = Field(587, ge=1, le=65535, description="SMTP server port.")
+    notify_smtp_sender: str | None = Field(
+        None, description="From address of notice mails (required with `smtp`)."
+    )
+    notify_smtp_starttls: bool = Field(
+        True,
+        description="Upgrade the SMTP connection with STARTTLS (certificate verified) before"
+        " anything is sent; production refuses a password without it.",
+    )
+    notify_smtp_username: str | None = Field(
+        None, description="SMTP login (with notify_smtp_password); unset: no login."
+    )
+    notify_smtp_password: SecretStr | None = Field(
+        None, description="SMTP password (with notify_smtp_username)."
+    )
+    notify_retries: int = Field(
+        3,
+        ge=0,
+        le=10,
+        description="Retries of a failed delivery (connection error, timeout, 5xx, 429, SMTP"
+        " 4xx) before it counts as failed for good and the next level may be asked.",
+    )
+    notify_timeout_seconds: float = Field(
+        5.0, gt=0, le=120, description="Time limit of one delivery attempt (seconds)."
+    )
+    notify_backoff_seconds: float = Field(
+        0.5,
+        ge=0,
+        le=60,
+        description="First retry delay (seconds); doubles per retry, with jitter.",
+    )
+    console_url: str = Field(
+        "http://127.0.0.1:8001",
+        description="Base URL of the handlers' console: notice mails link to"
+        " <console_url>/incidents/<id> (https in production with `smtp`).",
+    )
+
+    @field_validator(
+        "notify_webhook_url",
+        "notify_webhook_secret",
+        "notify_smtp_host",
+        "notify_smtp_sender",
+        "notify_smtp_username",
+        "notify_smtp_password",
+        mode="before",
+    )
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("notify_webhook_url", "console_url")
+    @classmethod
+    def _http_or_https(cls, value: str | None) -> str | None:
+        if value is not None:
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ValueError("must be an http(s) URL")
+        return value
+
+    @model_validator(mode="after")
+    def _notify_complete(self) -> EscalationSettings:
+        production = self.environment == "production"
+        if self.notify_adapter == "webhook":
+            if self.notify_webhook_url is None:
+                raise ValueError(
+                    "INCIDENTS_NOTIFY_ADAPTER=webhook needs INCIDENTS_NOTIFY_WEBHOOK_URL"
+                )
+            secret = self.notify_webhook_secret
+            if secret is None or not secret.get_secret_value():
+                raise ValueError(
+                    "INCIDENTS_NOTIFY_ADAPTER=webhook needs INCIDENTS_NOTIFY_WEBHOOK_SECRET"
+                )
+            if production and len(secret.get_secret_value()) < 32:
+                raise ValueError("production needs a webhook secret of at least 32 characters")
+            if production and urlsplit(self.notify_webhook_url).scheme != "https":
+                raise ValueError("production needs an https INCIDENTS_NOTIFY_WEBHOOK_URL")
+        if self.notify_adapter == "smtp":
+            if self.notify_smtp_host is None or self.notify_smtp_sender is None:
+                raise ValueError(
+                    "INCIDENTS_NOTIFY_ADAPTER=smtp needs INCIDENTS_NOTIFY_SMTP_HOST and"
+                    " INCIDENTS_NOTIFY_SMTP_SENDER"
+                )
+            if production and urlsplit(self.console_url).scheme != "https":
+                raise ValueError("production needs an https INCIDENTS_CONSOLE_URL")
+        if (self.notify_smtp_username is None) != (self.notify_smtp_password is None):
+            raise ValueError(
+                "INCIDENTS_NOTIFY_SMTP_USERNAME and INCIDENTS_NOTIFY_SMTP_PASSWORD go together"
+            )
+        if production and self.notify_smtp_password is not None and not self.notify_smtp_starttls:
+            raise ValueError("production refuses an SMTP password without STARTTLS")
+        return self
 
 
 class AuditSettings(CommonSettings):

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import logging
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -15,6 +13,7 @@ from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
 from services.infra import metrics
 from services.infra.http import BodyLimit, health_router, install_problem_handlers
+from services.infra.logging import IncidentBinding, configure_logging
 from services.infra.runtime import Runtime
 from services.infra.telemetry import configure_tracing
 
@@ -71,18 +70,22 @@ def build_app(
     return app
 
 
-def configure_logging(level: str) -> None:
-    """Plain structured-enough logs on stderr (structlog JSON arrives with observability)."""
-    logging.basicConfig(
-        level=level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
-    logging.getLogger("aiokafka").setLevel(logging.WARNING)
-
-
 def serve(app: FastAPI, *, name: str, host: str, port: int, log_level: str) -> None:
-    """Run a service's app in this process until SIGINT/SIGTERM."""
-    configure_logging(log_level)
-    configure_tracing(name)
-    uvicorn.run(app, host=host, port=port, log_level=log_level.lower(), access_log=False)
+    """Run a service's app in this process until SIGINT/SIGTERM.
+
+    The one place a service process configures its telemetry: JSON logs on stderr
+    (uvicorn's own loggers included) and the tracer provider. Requests whose path
+    names an incident carry its id in their log lines and on their span.
+    """
+    runtime = getattr(app.state, "runtime", None)
+    configure_logging(name, log_level)
+    configure_tracing(name, getattr(runtime, "settings", None))
+    app.add_middleware(IncidentBinding)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level.lower(),
+        access_log=False,
+        log_config=None,  # uvicorn's records go to the root JSON handler
+    )

@@ -1,0 +1,432 @@
+"""Delivery adapters against real servers on 127.0.0.1: an HTTP receiver (aiohttp) that
+checks signatures, and an SMTP server (aiosmtpd), plain and with STARTTLS and AUTH. The
+last test runs intake, triage and escalation in-process on the real broker and database,
+with a webhook receiver that always fails: level 1 not reached means level 2 asked at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import socket
+import ssl
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from email import message_from_bytes
+from email.policy import default as default_policy
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from aiohttp import web
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from fastapi import FastAPI
+
+from services.domain.events import Notified, parse_event
+from services.escalation.app import create_app as create_escalation
+from services.escalation.notify import (
+    DELIVERY_HEADER,
+    SIGNATURE_HEADER,
+    SmtpNotifier,
+    WebhookNotifier,
+    verify_signature,
+)
+from services.infra.settings import (
+    CommonSettings,
+    EscalationSettings,
+    IntakeSettings,
+    TriageSettings,
+)
+from services.intake.app import create_app as create_intake
+from services.triage.app import create_app as create_triage
+from tests.helpers import eventually, read_all
+
+pytestmark = pytest.mark.integration
+
+DIGEST = "sha256:" + "ab" * 32
+NOTICE = Notified(principal="p-chen", channel="escalation", level=1, report_digest=DIGEST)
+INCIDENT = "0b6c2f7e-9d1a-4c1e-8f0e-2f8d6b1f2a33"
+SECRET = "whsec-integration-0123456789abcdef0123"
+EMAILS = {"p-chen": "chen@example.com", "p-refused": "refused@example.com"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# -- a real HTTP receiver -----------------------------------------------------------------
+
+
+@dataclass
+class Received:
+    path: str
+    body: bytes
+    headers: dict[str, str]
+    valid: bool
+
+
+@dataclass
+class Receiver:
+    """Answers by path: /ok 204, /flaky 503 twice then 200, /down 500, /slow too slowly."""
+
+    base: str = ""
+    got: list[Received] = field(default_factory=list)
+
+    def at(self, path: str) -> list[Received]:
+        return [r for r in self.got if r.path == path]
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        valid = verify_signature(SECRET, request.headers.get(SIGNATURE_HEADER), body)
+        self.got.append(Received(request.path, body, dict(request.headers), valid))
+        if not valid:
+            return web.Response(status=401)
+        if request.path == "/ok":
+            return web.Response(status=204)
+        if request.path == "/flaky":
+            return web.Response(status=503 if len(self.at("/flaky")) <= 2 else 200)
+        if request.path == "/slow":
+            await asyncio.sleep(0.6)
+            return web.Response(status=200)
+        return web.Response(status=500, text="report content must never be asked for")
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    receiver = Receiver()
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", receiver.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    receiver.base = f"http://{host}:{port}"
+    try:
+        yield receiver
+    finally:
+        await runner.cleanup()
+
+
+def hook(receiver: Receiver, path: str, **kw: Any) -> WebhookNotifier:
+    options: dict[str, Any] = {"timeout": 2.0, "retries": 3, "backoff": 0.02, **kw}
+    return WebhookNotifier(receiver.base + path, SECRET, **options)
+
+
+async def test_a_receiver_gets_the_signed_notice(receiver: Receiver) -> None:
+    notifier = hook(receiver, "/ok")
+    try:
+        assert await notifier.deliver(INCIDENT, NOTICE) is True
+    finally:
+        await notifier.aclose()
+    (got,) = receiver.at("/ok")
+    assert got.valid
+    assert got.headers["Content-Type"] == "application/json"
+    data = json.loads(got.body)
+    assert set(data) == {"incident_id", "principal", "level", "channel", "report_digest", "sent_at"}
+    assert (data["incident_id"], data["principal"], data["level"]) == (INCIDENT, "p-chen", 1)
+    sent = datetime.fromisoformat(data["sent_at"])
+    assert abs((datetime.now(UTC) - sent).total_seconds()) < 5
+    assert not verify_signature("another-secret", got.headers[SIGNATURE_HEADER], got.body)
+
+
+async def test_a_receiver_that_fails_twice_gets_it_on_the_third_attempt(
+    receiver: Receiver,
+) -> None:
+    notifier = hook(receiver, "/flaky")
+    try:
+        assert await notifier.deliver(INCIDENT, NOTICE) is True
+    finally:
+        await notifier.aclose()
+    attempts = receiver.at("/flaky")
+    assert len(attempts) == 3
+    assert all(a.valid for a in attempts)
+    assert len({a.headers[DELIVERY_HEADER] for a in attempts}) == 1
+
+
+async def test_a_receiver_that_always_fails_means_false_after_the_retries(
+    receiver: Receiver,
+) -> None:
+    notifier = hook(receiver, "/down", retries=2)
+    try:
+        assert await notifier.deliver(INCIDENT, NOTICE) is False
+    finally:
+        await notifier.aclose()
+    assert len(receiver.at("/down")) == 3
+
+
+async def test_a_receiver_too_slow_for_the_timeout_means_false(receiver: Receiver) -> None:
+    notifier = hook(receiver, "/slow", timeout=0.2, retries=1)
+    try:
+        started = asyncio.get_running_loop().time()
+        assert await notifier.deliver(INCIDENT, NOTICE) is False
+        assert asyncio.get_running_loop().time() - started < 1.5
+    finally:
+        await notifier.aclose()
+    assert len(receiver.at("/slow")) == 2
+
+
+async def test_nobody_listening_means_false_after_the_retries() -> None:
+    notifier = WebhookNotifier(
+        f"http://127.0.0.1:{free_port()}/hook", SECRET, timeout=1, retries=2, backoff=0.01
+    )
+    try:
+        assert await notifier.deliver(INCIDENT, NOTICE) is False
+    finally:
+        await notifier.aclose()
+
+
+# -- a real SMTP server -------------------------------------------------------------------
+
+
+class Mailbox:
+    """An aiosmtpd handler: keeps what it accepts; refuses one address, delays another."""
+
+    def __init__(self, busy_times: int = 0) -> None:
+        self.mails: list[Any] = []
+        self.rcpt_calls = 0
+        self.busy_times = busy_times
+        self.logins: list[bytes] = []
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        self.rcpt_calls += 1
+        if address == EMAILS["p-refused"]:
+            return "550 5.1.1 no such user"
+        if self.rcpt_calls <= self.busy_times:
+            return "451 4.3.0 try again later"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.mails.append(envelope)
+        return "250 Message accepted"
+
+    def authenticate(
+        self, server: Any, session: Any, envelope: Any, mechanism: str, data: Any
+    ) -> AuthResult:
+        ok = isinstance(data, LoginPassword) and (data.login, data.password) == (b"u", b"pw")
+        if ok:
+            self.logins.append(data.login)
+        return AuthResult(success=ok, handled=False)
+
+
+@contextlib.contextmanager
+def smtp_server(mailbox: Mailbox, **kw: Any) -> Iterator[int]:
+    port = free_port()
+    controller = Controller(mailbox, hostname="127.0.0.1", port=port, **kw)
+    controller.start()
+    try:
+        yield port
+    finally:
+        controller.stop()
+
+
+def mailer(port: int, **kw: Any) -> SmtpNotifier:
+    options: dict[str, Any] = {
+        "starttls": False,
+        "recipients_by_principal": EMAILS.get,
+        "console_url": "https://console.example",
+        "timeout": 2.0,
+        "retries": 3,
+        "backoff": 0.02,
+        **kw,
+    }
+    return SmtpNotifier("127.0.0.1", port, "incidents@example.com", **options)
+
+
+async def test_a_mail_reaches_the_smtp_server() -> None:
+    mailbox = Mailbox()
+    with smtp_server(mailbox) as port:
+        assert await mailer(port).deliver(INCIDENT, NOTICE) is True
+    (envelope,) = mailbox.mails
+    assert envelope.mail_from == "incidents@example.com"
+    assert envelope.rcpt_tos == ["chen@example.com"]
+    mail = message_from_bytes(envelope.content, policy=default_policy)
+    assert mail["To"] == "chen@example.com"
+    assert mail["Subject"] == f"Please act on incident {INCIDENT} (level 1)"
+    text = mail.get_content()  # type: ignore[attr-defined]
+    assert f"You have been asked to act on incident {INCIDENT} (level 1)." in text
+    assert f"Open https://console.example/incidents/{INCIDENT}" in text
+    assert DIGEST not in envelope.content.decode()
+
+
+async def test_a_busy_smtp_server_is_retried_and_a_refused_recipient_is_not() -> None:
+    mailbox = Mailbox(busy_times=2)
+    with smtp_server(mailbox) as port:
+        assert await mailer(port).deliver(INCIDENT, NOTICE) is True
+        assert mailbox.rcpt_calls == 3
+        refused = Notified(
+            principal="p-refused", channel="escalation", level=1, report_digest=DIGEST
+        )
+        assert await mailer(port).deliver(INCIDENT, refused) is False
+        assert mailbox.rcpt_calls == 4  # a 550 is final: one attempt only
+        unknown = Notified(
+            principal="p-nobody", channel="escalation", level=1, report_digest=DIGEST
+        )
+        assert await mailer(port).deliver(INCIDENT, unknown) is False
+    assert len(mailbox.mails) == 1
+
+
+async def test_no_smtp_server_means_false_after_the_retries() -> None:
+    assert await mailer(free_port(), retries=1).deliver(INCIDENT, NOTICE) is False
+
+
+def self_signed(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A server context with a certificate for 127.0.0.1, and a client context trusting it."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+    (tmp_path / "cert.pem").write_bytes(cert_pem)
+    (tmp_path / "key.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    client = ssl.create_default_context(cadata=cert_pem.decode())
+    return server, client
+
+
+async def test_starttls_and_login_before_anything_is_sent(tmp_path: Path) -> None:
+    server_tls, client_tls = self_signed(tmp_path)
+    mailbox = Mailbox()
+    with smtp_server(
+        mailbox,
+        tls_context=server_tls,
+        require_starttls=True,
+        authenticator=mailbox.authenticate,
+        auth_required=True,
+        auth_require_tls=True,
+    ) as port:
+        tls = {"starttls": True, "tls_context": client_tls}
+        assert await mailer(port, **tls, username="u", password="pw").deliver(INCIDENT, NOTICE)
+        assert mailbox.logins == [b"u"]
+        wrong = mailer(port, **tls, username="u", password="wrong")
+        assert await wrong.deliver(INCIDENT, NOTICE) is False  # 535: not retried
+        untrusted = mailer(port, starttls=True, username="u", password="pw")
+        assert await untrusted.deliver(INCIDENT, NOTICE) is False  # certificate not trusted
+        plain = mailer(port, username="u", password="pw")
+        assert await plain.deliver(INCIDENT, NOTICE) is False  # the server requires STARTTLS
+    assert len(mailbox.mails) == 1
+
+
+# -- escalation with a webhook that always fails -------------------------------------------
+
+SEED_CASE = {
+    "category": "sexual_misconduct",
+    "summary": "Assault on a work trip",
+    "description": "My store manager assaulted me in the hotel.",
+    "unit": "city-retail",
+    "accused": ["p-wang"],
+}
+LONG_DEADLINES = """
+version: "delivery-1"
+categories: {sexual_misconduct: critical, harassment: critical, other: critical}
+severities:
+  critical:
+    chain:
+      - {role: hr_case_handler, acknowledge_within: 120s}
+      - {role: hr_head, acknowledge_within: 120s}
+      - {role: chief_ethics_officer, acknowledge_within: 120s}
+      - {role: board_audit_committee, acknowledge_within: 120s}
+    repeat_last_every: 120s
+    feedback_within: 90d
+reporter_acknowledgement_within: 7d
+conflicts:
+  exclude: [accused, accused_management_chain, named_in_report, reporter]
+  independent_roles: [chief_ethics_officer, board_audit_committee]
+"""
+
+
+@contextlib.asynccontextmanager
+async def serving(app: FastAPI, base: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url=base) as client:
+            yield client
+
+
+async def test_when_every_level_1_delivery_fails_level_2_is_asked_at_once(
+    settings: CommonSettings, tmp_path: Path, receiver: Receiver
+) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(LONG_DEADLINES)
+    common = {**settings.model_dump(), "policy_file": policy}
+    escalation_settings = EscalationSettings(
+        **common,
+        notify_adapter="webhook",
+        notify_webhook_url=receiver.base + "/down",
+        notify_webhook_secret=SECRET,
+        notify_retries=1,
+        notify_backoff_seconds=0.01,
+        notify_timeout_seconds=2,
+    )
+    triage = create_triage(TriageSettings(**common))
+    async with (
+        serving(create_intake(IntakeSettings(**common)), "http://intake") as intake,
+        serving(triage, "http://triage"),
+        serving(create_escalation(escalation_settings), "http://escalation"),
+    ):
+
+        async def loaded() -> bool:
+            async with triage.state.triage.runtime.db.acquire() as conn:
+                return bool(await conn.fetchval("SELECT count(*) >= 12 FROM directory_log"))
+
+        await eventually(loaded, timeout=20)
+        reported = datetime.now(UTC)
+        incident = (await intake.post("/v1/reports", json=SEED_CASE)).json()["incident_id"]
+
+        async def escalated_to(level: int) -> list[Any] | None:
+            got = await read_all(settings.kafka_bootstrap, settings.topic("incident.escalations"))
+            events = [parse_event(r.value)[0] for r in got]
+            mine = [e for e in events if e.subject == incident and e.type.endswith("escalated.v1")]
+            return mine if any(e.data["level"] == level for e in mine) else None
+
+        events = await eventually(lambda: escalated_to(2), timeout=20)
+
+    level2 = next(e for e in events if e.data["level"] == 2)
+    assert level2.data["reason"] == "delivery_failed"
+    assert level2.data["recipients"] == ["p-zhou"]
+    # asked at once, long before level 1's 120 s deadline
+    assert level2.time - reported < timedelta(seconds=30)
+    level1_attempts = [
+        json.loads(r.body)
+        for r in receiver.at("/down")
+        if r.valid and json.loads(r.body)["incident_id"] == incident
+    ]
+    level1 = [a for a in level1_attempts if a["level"] == 1]
+    assert level1 and {a["principal"] for a in level1} == {"p-chen"}
+    assert len(level1) % 2 == 0  # each notice: one attempt and one retry
+    assert all(set(a) >= {"report_digest", "sent_at"} and "description" not in a for a in level1)
