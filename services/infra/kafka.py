@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -23,6 +24,7 @@ from opentelemetry import trace
 
 from services.domain.events import Topic
 from services.infra import metrics
+from services.infra.logging import bind_incident
 from services.infra.settings import CommonSettings
 from services.infra.telemetry import span_after
 
@@ -356,15 +358,28 @@ def per_record(handler: RecordHandler) -> BatchHandler:
     return handle
 
 
-def record_span(record: ConsumerRecord) -> contextlib.AbstractContextManager[object]:
-    """A span for processing one record, continuing the trace its header names."""
-    return span_after(
+_KEYED_BY_INCIDENT = re.compile(r"incident\.(reports|triage|activity|escalations)$")
+
+
+@contextlib.contextmanager
+def record_span(record: ConsumerRecord) -> Iterator[trace.Span]:
+    """A span for processing one record, continuing the trace its header names.
+
+    On the topics keyed by incident id, the incident is bound for the logs and the span
+    while the record is processed.
+    """
+    with span_after(
         f"process {record.topic}",
         header(record, "traceparent"),
         trace.SpanKind.CONSUMER,
         partition=record.partition,
         offset=record.offset,
-    )
+    ) as span:
+        if record.key and _KEYED_BY_INCIDENT.search(record.topic):
+            with bind_incident(record.key.decode("utf-8", "replace")):
+                yield span
+        else:
+            yield span
 
 
 def header(record: ConsumerRecord, name: str) -> str | None:
