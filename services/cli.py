@@ -39,6 +39,35 @@ def up(
 
 
 @app.command()
+def demo(
+    intake: str = typer.Option("http://127.0.0.1:8001", "--intake", help="Intake's base URL."),
+    audit: str = typer.Option("http://127.0.0.1:8004", "--audit", help="Audit's base URL."),
+    speed: float = typer.Option(
+        1.0,
+        "--speed",
+        min=0.01,
+        help="Pace of the narration: the pauses between scenes are divided by N. The"
+        " deadlines are the running stack's policy.",
+    ),
+    max_wait: float = typer.Option(
+        300.0,
+        "--max-wait",
+        min=1.0,
+        help="Stop (exit 1) if the stack's policy would take longer than this many seconds"
+        " to reach the ethics officer.",
+    ),
+) -> None:
+    """Play the motivating case against a running stack; print who knew what, when.
+
+    Start the stack with the demo policy first (hours become seconds):
+    INCIDENTS_POLICY_FILE=services/data/policy-demo.yaml incidents up
+    """
+    from services.demo import run_demo
+
+    raise typer.Exit(run_demo(intake_url=intake, audit_url=audit, speed=speed, max_wait=max_wait))
+
+
+@app.command()
 def schemas(
     out: Path = typer.Option(
         Path("schemas"), "--out", help="Folder of the published JSON Schemas and AsyncAPI file."

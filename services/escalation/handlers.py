@@ -125,7 +125,7 @@ class Escalation:
         state, effects = esc.start(
             triaged, envelope.subject, now, triaged.report_digest or "sha256:unknown"
         )
-        await self._save(conn, None, state, effects, envelope, insert=True)
+        await self._save(conn, None, state, effects, envelope, now, insert=True)
         early = await conn.fetch(
             "WITH gone AS (DELETE FROM early_events WHERE incident_id = $1 RETURNING seq, body)"
             " SELECT body FROM gone ORDER BY seq",
@@ -153,8 +153,9 @@ class Escalation:
             )
             return
         before = esc.EscalationState.from_json(json.loads(row["state"]))
-        after, effects = transition(before, self.now())
-        await self._save(conn, before, after, effects, envelope)
+        now = self.now()
+        after, effects = transition(before, now)
+        await self._save(conn, before, after, effects, envelope, now)
 
     async def _save(
         self,
@@ -163,6 +164,7 @@ class Escalation:
         after: esc.EscalationState,
         effects: Sequence[esc.Effect],
         cause: Envelope | None,
+        now: datetime,
         *,
         insert: bool = False,
     ) -> None:
@@ -186,7 +188,7 @@ class Escalation:
                 wakeup,
             )
         if effects:
-            await self._append(conn, after, effects, cause)
+            await self._append(conn, after, effects, cause, now)
         self._wake.set()
 
     async def _append(
@@ -195,8 +197,8 @@ class Escalation:
         state: esc.EscalationState,
         effects: Sequence[esc.Effect],
         cause: Envelope | None,
+        now: datetime,
     ) -> None:
-        now = self.now()
         events = [
             make_event(
                 esc.effect_type(effect),
@@ -247,7 +249,7 @@ class Escalation:
                             and (after.due_at != before.due_at)
                         ):
                             LATENESS.observe((now - before.due_at).total_seconds())
-                        await self._save(conn, before, after, effects, None)
+                        await self._save(conn, before, after, effects, None, now)
                         if after == before:  # woken for nothing: never spin on this row
                             wakeup = esc.next_wakeup(after)
                             log.warning("incident %s woke with nothing due", after.incident_id)

@@ -163,10 +163,9 @@ class Triage:
             self.directory_seq,
             now,
         )
+        repeat = self.policy.severities[decision.severity].repeat_last_every
         triaged = decision.to_triaged().model_copy(
-            update={
-                "repeat_last_every": self.policy.severities[decision.severity].repeat_last_every
-            }
+            update={"repeat_last_every": repeat, "report_digest": report.report_digest}
         )
         outputs: list[tuple[str, EventData]] = [("incident.triaged.v1", triaged)]
         outputs.extend(self._first_level(decision, report.report_digest))
@@ -181,14 +180,7 @@ class Triage:
         out: list[tuple[str, EventData]] = [
             ("incident.assigned.v1", Assigned(level=1, principals=recipients))
         ]
-        out.extend(
-            (
-                "incident.notified.v1",
-                Notified(principal=p, channel="triage", level=1, report_digest=digest),
-            )
-            for p in recipients
-        )
-        return out
+        return out + _notified(recipients, digest)
 
     async def _reexclude(
         self, conn: asyncpg.Connection, envelope: Envelope, amended: ReportAmended
@@ -223,15 +215,7 @@ class Triage:
         if reassigned is None:
             return
         outputs: list[tuple[str, EventData]] = [("incident.reassigned.v1", reassigned)]
-        outputs.extend(
-            (
-                "incident.notified.v1",
-                Notified(
-                    principal=p, channel="triage", level=1, report_digest=amended.report_digest
-                ),
-            )
-            for p in reassigned.added
-        )
+        outputs.extend(_notified(reassigned.added, amended.report_digest))
         await self._append(conn, envelope, outputs, datetime.now(UTC))
 
     async def _append(

@@ -3,6 +3,8 @@
 `stack` starts Tansu, the four services (`python -m services.<name>`) on free ports
 and a fresh database, and lets a test kill (SIGKILL) and restart any of them, or the
 broker. Logs go to the test's temp folder and are printed when a service fails.
+A test module that needs other settings for every service (a policy of seconds, say)
+overrides the `stack_env` fixture.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import httpx
@@ -34,7 +36,7 @@ AUDITOR = {"authorization": "Bearer dev-auditor-token"}
 class Stack:
     """Four service processes and a broker, under a test's control."""
 
-    def __init__(self, logs: Path, database_url: str) -> None:
+    def __init__(self, logs: Path, database_url: str, env: Mapping[str, str] | None = None) -> None:
         self.logs = logs
         self.broker = Tansu.start(free_port(), logs / "broker.log")
         self.ports = {name: free_port() for name in SERVICES}
@@ -48,6 +50,7 @@ class Stack:
             "INCIDENTS_SIGNING_KEY_FILE": str(logs / "signing-key.pem"),
             "INCIDENTS_CHECKPOINT_INTERVAL": "1",
             **{f"INCIDENTS_{n.upper()}_PORT": str(p) for n, p in self.ports.items()},
+            **(env or {}),
         }
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.ready_seconds: dict[str, float] = {}
@@ -94,11 +97,23 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
+def stack_env() -> dict[str, str]:
+    """Extra environment for every service of the module's stack (none by default).
+
+    A test module overrides this fixture to run its stack with, say, its own policy
+    file (`INCIDENTS_POLICY_FILE`); `stack.start(name, **env)` still wins over it.
+    """
+    return {}
+
+
+@pytest.fixture(scope="module")
 def stack(
-    make_database: Callable[[str], str], tmp_path_factory: pytest.TempPathFactory
+    make_database: Callable[[str], str],
+    tmp_path_factory: pytest.TempPathFactory,
+    stack_env: dict[str, str],
 ) -> Iterator[Stack]:
     logs = tmp_path_factory.mktemp("stack")
-    stack = Stack(logs, make_database("e2e"))
+    stack = Stack(logs, make_database("e2e"), stack_env)
     try:
         for name in SERVICES:
             stack.start(name)
