@@ -48,6 +48,7 @@ class Stack:
             "INCIDENTS_DATABASE_URL": database_url,
             "INCIDENTS_BROKER_CHECK_INTERVAL": "0.5",
             "INCIDENTS_SIGNING_KEY_FILE": str(logs / "signing-key.pem"),
+            "INCIDENTS_TRACES_DIR": str(logs / "traces"),
             "INCIDENTS_CHECKPOINT_INTERVAL": "1",
             **{f"INCIDENTS_{n.upper()}_PORT": str(p) for n, p in self.ports.items()},
             **(env or {}),
