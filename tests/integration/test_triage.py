@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from fastapi import FastAPI
 
-from services.domain.events import parse_event
+from services.domain.events import make_event, parse_event
 from services.infra.settings import CommonSettings, IntakeSettings, TriageSettings
 from services.intake.app import create_app as create_intake
 from services.triage.app import create_app as create_triage
@@ -146,3 +147,34 @@ async def test_a_new_policy_version_applies_to_new_incidents_only(
             versions.append((triaged["policy_version"], triaged["chain"][0]["acknowledge_within"]))
     assert versions == [("2026-11-01", 3600), ("2026-12-01", 1800)]
     assert json.dumps(versions)
+
+
+async def test_an_amendment_accusing_the_routed_handler_removes_her_and_asks_another(
+    stack: tuple[httpx.AsyncClient, FastAPI], settings: CommonSettings, producer: AIOKafkaProducer
+) -> None:
+    """The record must show she had been routed before she was excluded."""
+    intake, _ = stack
+    incident = (await intake.post("/v1/reports", json=SEED_CASE)).json()["incident_id"]
+    await eventually(lambda: _at_least(settings, incident, 3))
+    amended = make_event(
+        "incident.report.amended.v1",
+        subject=incident,
+        data={"accused_added": ["p-chen"], "report_digest": "sha256:" + "ab" * 32},
+        source="/services/intake",
+        time=datetime.now(UTC),
+        actor="reporter:anonymous",
+    )
+    await producer.send_and_wait(
+        settings.topic("incident.reports"), amended.to_bytes(), key=incident.encode()
+    )
+
+    async def reassigned() -> list[Any] | None:
+        events = await decisions_for(settings, incident)
+        return events if any(e.type == "incident.reassigned.v1" for e in events) else None
+
+    events = await eventually(reassigned, timeout=20)
+    change = next(e for e in events if e.type == "incident.reassigned.v1").data
+    assert {"principal": "p-chen", "rule": "accused"} in change["removed"]
+    assert change["added"] == ["p-ma"]  # the group's HR handler, not conflicted
+    told = [e.data["principal"] for e in events if e.type == "incident.notified.v1"]
+    assert told == ["p-chen", "p-ma"]  # she had been told before; the record keeps it
