@@ -114,6 +114,59 @@ def schemas(
     )
 
 
+@app.command()
+def bench(
+    quick: bool = typer.Option(
+        False, "--quick", help="Small sizes, under 2 minutes (for development)."
+    ),
+    url_intake: str | None = typer.Option(
+        None, "--url-intake", help="Measure running services: intake's URL (with --url-audit)."
+    ),
+    url_audit: str | None = typer.Option(
+        None, "--url-audit", help="Audit's URL of the running services (with --url-intake)."
+    ),
+    database_url: str | None = typer.Option(
+        None,
+        "--database-url",
+        help="PostgreSQL whose server holds the bench's own databases (default: that of"
+        " INCIDENTS_DATABASE_URL). With --url-*, the running stack's database: the"
+        " escalation figure writes deadlines there (skipped without it).",
+    ),
+    out: Path = typer.Option(
+        Path("bench/results"), "--out", help="Folder of the results: <UTC time>.json and .md."
+    ),
+    token: str = typer.Option(
+        "dev-auditor-token", "--token", envvar="INCIDENTS_TOKEN", help="Auditor bearer token."
+    ),
+    only: str = typer.Option(
+        "",
+        "--only",
+        help="Comma-separated figure groups: verify, append, ledger, e2e, escalation, intake.",
+    ),
+) -> None:
+    """Measure the figures of issue #9, each beside a raw baseline of the same run.
+
+    Starts its own stack (Tansu on a free port, a fresh database, the four services)
+    unless --url-intake and --url-audit name running ones. Prints a table and writes
+    <out>/<UTC time>.json and a markdown summary. Exit 0 when every figure ran (a missed
+    target is reported, not an error), 1 if one failed, 2 on bad options.
+    """
+    from services.bench.runner import run_bench
+
+    groups = [g.strip() for g in only.split(",") if g.strip()]
+    raise typer.Exit(
+        run_bench(
+            quick=quick,
+            url_intake=url_intake,
+            url_audit=url_audit,
+            database_url=database_url,
+            out=out,
+            token=token,
+            only=groups,
+        )
+    )
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

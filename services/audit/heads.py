@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+from prometheus_client import Gauge
 
 from services.audit import tree
 from services.audit.checkpoint import Checkpoint, NoteSigner, sign_checkpoint
@@ -29,6 +30,11 @@ from services.infra.runtime import Runtime
 from services.infra.settings import AuditSettings
 
 log = logging.getLogger(__name__)
+LEDGER_ENTRIES = Gauge("incidents_ledger_entries", "Entries in the audit ledger.")
+SIGNED_SIZE = Gauge("incidents_ledger_signed_tree_size", "Tree size of the latest signed head.")
+SINCE_HEAD = Gauge(
+    "incidents_ledger_seconds_since_signed_head", "Seconds since the latest head was signed."
+)
 
 
 def load_signer(settings: AuditSettings) -> NoteSigner:
@@ -163,12 +169,22 @@ class HeadSigner:
         log.info("signed tree head %d %s", size, root.hex())
         return head
 
+    async def _measure(self) -> None:
+        async with self.runtime.db.acquire() as conn:
+            size = await conn.fetchval("SELECT last + 1 FROM counters WHERE name = 'ledger'")
+            head = await latest_head(conn)
+        LEDGER_ENTRIES.set(size)
+        if head is not None:
+            SINCE_HEAD.set((datetime.now(UTC) - head.signed_at).total_seconds())
+            SIGNED_SIZE.set(head.tree_size)
+
     async def run(self, stop: asyncio.Event) -> None:
         """Check for due heads until `stop`; never dies on a transient failure."""
         tick = min(1.0, self.settings.checkpoint_interval)
         while not stop.is_set():
             try:
                 await self.sign_if_due()
+                await self._measure()
             except TRANSIENT_ERRORS as exc:
                 log.warning("signing a tree head failed (will retry): %r", exc)
             with contextlib.suppress(asyncio.TimeoutError):

@@ -1,0 +1,371 @@
+"""`incidents bench`: every figure of issue #9 with its baseline, then a table and files.
+
+Order of work: the figures that need only PostgreSQL (verify, ledger append, proofs,
+knowledge, replay) run first, on databases of their own, before any service is
+started, so that idle services do not take CPU from them. Then the private stack
+starts (or `--url-intake`/`--url-audit` name a running one) for end to end,
+escalation lateness and intake, in that order: the intake figure runs last because
+it leaves a backlog behind it. A figure that fails is reported as an error and the
+others still run; a missed target is a result, not an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from services.bench import figures as fig
+from services.bench.report import Figure, machine, print_table, write
+from services.bench.stack import BenchStack, Databases
+from services.infra.settings import CommonSettings
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How big each figure's run is."""
+
+    verify_leaves: int
+    append_events: int
+    ledger_entries: int
+    query_samples: int
+    intake_concurrency: int
+    intake_seconds: float
+    intake_open_seconds: float
+    anonymous_seconds: float
+    e2e_rate: float
+    e2e_seconds: float
+    e2e_drain: float
+    rtt_samples: int
+    escalation_pending: int
+    escalation_due: int
+    escalation_spread: float
+
+
+FULL = Sizes(
+    verify_leaves=200_000,
+    append_events=200_000,
+    ledger_entries=1_000_000,
+    query_samples=2000,
+    intake_concurrency=16,
+    intake_seconds=20,
+    intake_open_seconds=15,
+    anonymous_seconds=10,
+    e2e_rate=200,
+    e2e_seconds=60,
+    e2e_drain=60,
+    rtt_samples=1000,
+    escalation_pending=100_000,
+    escalation_due=1000,
+    escalation_spread=20,
+)
+QUICK = Sizes(
+    verify_leaves=20_000,
+    append_events=20_000,
+    ledger_entries=100_000,
+    query_samples=200,
+    intake_concurrency=16,
+    intake_seconds=3,
+    intake_open_seconds=2.5,
+    anonymous_seconds=3,
+    e2e_rate=50,
+    e2e_seconds=10,
+    e2e_drain=10,
+    rtt_samples=200,
+    escalation_pending=10_000,
+    escalation_due=200,
+    escalation_spread=3,
+)
+
+GROUPS = ("verify", "append", "ledger", "e2e", "escalation", "intake")
+"""Names `--only` accepts."""
+
+ORDER = (
+    "intake.rate",
+    "intake.latency",
+    "intake.p99_at_70",
+    "intake.anonymous",
+    "intake",
+    "e2e",
+    "escalation",
+    "append",
+    "ledger.append",
+    "verify",
+    "ledger",
+    "proof.inclusion",
+    "proof.consistency",
+    "knowledge",
+    "replay",
+    "stack",
+)
+"""Rows in the order of the issue's table (errors are keyed by group)."""
+
+
+def _notes(sizes: Sizes, stack: str, logs: Path) -> list[str]:
+    return [
+        "Reports are named (p-liu's development token), so intake's cost is its event and"
+        " outbox transaction; an anonymous report adds an argon2id hash of its secret and"
+        " is measured on its own row.",
+        "Load shapes: 'concurrent' rows run that many clients back to back (a call counts"
+        " when it ends inside the window, after a warm-up); 'at N/s' rows start calls on"
+        " a fixed schedule and count latency from the instant each was due.",
+        "End to end: from the submitted event's time (intake's clock as it accepted the"
+        " report, just before the commit the 202 confirms) to the ledger's recorded_at"
+        " (PostgreSQL's clock_timestamp() on this host, read when the batch's append"
+        " starts) of the latest of the three entries. Each figure on the services starts"
+        " once the ledger has grown by nothing for 1 s.",
+        f"Escalation setup shortcut: {sizes.escalation_pending:,} escalation_state rows are"
+        " written straight into the escalation schema (as escalation writes them after a"
+        " triage decision), waking between 1 hour and 30 days ahead, instead of being made"
+        f" by as many reports; {sizes.escalation_due} more come due over"
+        f" {sizes.escalation_spread:g} s. Lateness is event time minus data.deadline of the"
+        " incident.escalated.v1 events escalation appended.",
+        "The ledger for proofs, knowledge and replay is generated: valid catalog events"
+        " of 8-event incidents, 50 interleaved, canonical leaves and tree nodes"
+        " (MerkleFrontier) computed here and written by COPY (fill time in the JSON).",
+        "Ratios are value / baseline: rates as a percentage, latencies as a multiple.",
+        f"Stack: {stack}. Logs: {logs}.",
+    ]
+
+
+class _Bench:
+    def __init__(self, console: Console, logs: Path, only: Sequence[str]) -> None:
+        self.console = console
+        self.logs = logs
+        self.only = set(only)
+        self.figures: list[Figure] = []
+
+    def wanted(self, group: str) -> bool:
+        return not self.only or group in self.only
+
+    def run(
+        self,
+        group: str,
+        title: str,
+        work: Callable[[], Coroutine[Any, Any, Figure | list[Figure]]],
+    ) -> None:
+        if not self.wanted(group):
+            return
+        began = time.monotonic()
+        with self.console.status(f"{title} ..."):
+            try:
+                result = asyncio.run(work())
+            except Exception as exc:  # one figure failing must not lose the others
+                self.fail(group, title, exc)
+                return
+        got = result if isinstance(result, list) else [result]
+        self.console.print(f"{title}: {time.monotonic() - began:.1f}s")
+        self.figures.extend(got)
+        for figure in got:
+            self.console.print(
+                f"  {figure.name}: {figure.value_text()}  (baseline {figure.baseline_text()})"
+            )
+
+    def fail(self, group: str, title: str, exc: BaseException) -> None:
+        with (self.logs / "errors.log").open("a", encoding="utf-8") as log:
+            log.write(f"--- {title}\n{''.join(traceback.format_exception(exc))}\n")
+        self.figures.append(
+            Figure(key=group, name=title, error=f"{type(exc).__name__}: {exc}"[:500])
+        )
+        self.console.print(f"  [red]{title} failed:[/] {exc!r} (see {self.logs / 'errors.log'})")
+
+
+def run_bench(
+    *,
+    quick: bool = False,
+    url_intake: str | None = None,
+    url_audit: str | None = None,
+    database_url: str | None = None,
+    out: Path = Path("bench/results"),
+    token: str = "dev-auditor-token",  # noqa: S107 - public development token
+    only: Sequence[str] = (),
+    console: Console | None = None,
+) -> int:
+    """Run the bench; 0 when every figure ran (targets met or not), 1 if one failed."""
+    if console is None:
+        console = Console()
+        if not console.is_terminal:  # piped or logged: room for the table's columns
+            console = Console(width=160)
+    sizes = QUICK if quick else FULL
+    started = datetime.now(UTC)
+    stamp = started.strftime("%Y%m%dT%H%M%SZ")
+    external = url_intake is not None or url_audit is not None
+    if external and not (url_intake and url_audit):
+        console.print("[red]error:[/] give both --url-intake and --url-audit")
+        return 2
+    unknown = set(only) - set(GROUPS)
+    if unknown:
+        console.print(f"[red]error:[/] unknown figure group(s) {sorted(unknown)}; use {GROUPS}")
+        return 2
+    logs = Path(tempfile.mkdtemp(prefix=f"incidents-bench-{stamp}-"))
+    load_before = os.getloadavg()
+    bench = _Bench(console, logs, only)
+    console.print(
+        f"incidents bench ({'quick' if quick else 'full'}): logs in {logs}, load average"
+        f" {load_before[0]:.1f} on {os.cpu_count()} CPUs"
+    )
+    dbs = Databases(logs, database_url)
+    stack_text = "none"
+    try:
+        bench.run(
+            "verify",
+            "verify leaves/s",
+            lambda: fig.verify_figure(sizes.verify_leaves),
+        )
+        bench.run(
+            "append",
+            "ledger append",
+            lambda: fig.ledger_append_figure(
+                dbs.create("bench_append"), events=sizes.append_events
+            ),
+        )
+        bench.run(
+            "ledger",
+            "proofs, knowledge, replay",
+            lambda: fig.ledger_query_figures(
+                dbs.create("bench_ledger"),
+                entries=sizes.ledger_entries,
+                samples=sizes.query_samples,
+            ),
+        )
+        if any(bench.wanted(g) for g in ("e2e", "escalation", "intake")):
+            stack_text = _stack_figures(
+                bench, dbs, sizes, url_intake, url_audit, database_url, token
+            )
+    finally:
+        dbs.close()
+    figures = sorted(bench.figures, key=lambda f: ORDER.index(f.key) if f.key in ORDER else 99)
+    load_after = os.getloadavg()
+    meta = {
+        "started_at": started.isoformat(timespec="seconds"),
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "quick": quick,
+        "sizes": asdict(sizes),
+        "stack": stack_text,
+        "machine": {**machine(), "load_average_before": list(load_before)},
+        "notes": [
+            *_notes(sizes, stack_text, logs),
+            f"Load average (1 min) {load_before[0]:.1f} before, {load_after[0]:.1f} after, on"
+            f" {os.cpu_count()} CPUs: other work on this machine shares them.",
+        ],
+    }
+    print_table(console, figures, f"incidents bench ({'quick' if quick else 'full'}, {stamp})")
+    json_path, md_path = write(out, stamp, figures, meta)
+    console.print(f"wrote {json_path} and {md_path}")
+    return 1 if any(f.error is not None for f in figures) else 0
+
+
+def _stack_figures(
+    bench: _Bench,
+    dbs: Databases,
+    sizes: Sizes,
+    url_intake: str | None,
+    url_audit: str | None,
+    database_url: str | None,
+    token: str,
+) -> str:
+    """Run the figures that need services; a description of the stack used."""
+    stack: BenchStack | None = None
+    if url_intake and url_audit:
+        settings = CommonSettings()
+        target = fig.Target(
+            url_intake.rstrip("/"),
+            url_audit.rstrip("/"),
+            settings.kafka_bootstrap,
+            database_url,
+            topic_prefix=settings.kafka_topic_prefix,
+            schema_suffix=settings.db_schema_suffix,
+            auditor_token=token,
+        )
+        text = f"running services at {url_intake} and {url_audit}"
+    else:
+        stack_db = dbs.create("bench_stack")
+        try:
+            with bench.console.status("starting the stack (Tansu, four services) ..."):
+                stack = BenchStack(bench.logs, stack_db)
+                ready = stack.start()
+        except Exception as exc:
+            bench.fail("stack", "private stack", exc)
+            if stack is not None:
+                stack.stop()
+            return "private stack (failed to start)"
+        bench.console.print(f"  stack ready in {ready:.1f}s")
+        target = fig.Target(
+            stack.url("intake"),
+            stack.url("audit"),
+            stack.bootstrap,
+            stack_db,
+            auditor_token=token,
+            pids={name: proc.pid for name, proc in stack.procs.items()},
+        )
+        text = (
+            f"private: Tansu on {stack.bootstrap}, the four services on free ports, a fresh"
+            " database"
+        )
+    try:
+        bench.run(
+            "e2e",
+            "end to end",
+            lambda: fig.e2e_figure(
+                target,
+                rate=sizes.e2e_rate,
+                seconds=sizes.e2e_seconds,
+                drain=sizes.e2e_drain,
+                rtt_samples=sizes.rtt_samples,
+            ),
+        )
+        if target.database_url is None:
+            if bench.wanted("escalation"):
+                bench.figures.append(
+                    Figure(
+                        key="escalation",
+                        name="escalation lateness",
+                        shown="skipped",
+                        limit="Against running services it needs their database"
+                        " (--database-url): it writes escalation_state rows there.",
+                    )
+                )
+        else:
+            bench.run(
+                "escalation",
+                "escalation lateness",
+                lambda: fig.escalation_figure(
+                    target,
+                    pending=sizes.escalation_pending,
+                    due=sizes.escalation_due,
+                    spread=sizes.escalation_spread,
+                    lead=1.5,
+                ),
+            )
+        raw_db = dbs.create("bench_raw") if bench.wanted("intake") else ""
+
+        async def intake() -> list[Figure]:
+            rows = await fig.intake_figures(
+                target,
+                raw_db,
+                concurrency=sizes.intake_concurrency,
+                seconds=sizes.intake_seconds,
+                open_seconds=sizes.intake_open_seconds,
+            )
+            rows.append(
+                await fig.anonymous_figure(
+                    target, concurrency=4, seconds=sizes.anonymous_seconds, hash_seconds=1.0
+                )
+            )
+            return rows
+
+        bench.run("intake", "intake", intake)
+    finally:
+        if stack is not None:
+            with bench.console.status("stopping the stack ..."):
+                stack.stop()
+    return text
