@@ -75,17 +75,24 @@ async def ensure_topics(settings: CommonSettings, names: Iterable[str]) -> list[
         missing = sorted(set(names) - existing)
         if not missing:
             return []
-        with contextlib.suppress(TopicAlreadyExistsError):
-            await admin.create_topics(
-                [
-                    NewTopic(
-                        name=n,
-                        num_partitions=settings.kafka_partitions,
-                        replication_factor=settings.kafka_replication,
-                    )
-                    for n in missing
-                ]
-            )
+        response = await admin.create_topics(
+            [
+                NewTopic(
+                    name=n,
+                    num_partitions=settings.kafka_partitions,
+                    replication_factor=settings.kafka_replication,
+                )
+                for n in missing
+            ]
+        )
+        # The admin client reports per-topic failures in the response, not by raising.
+        failed = [
+            tuple(error)
+            for error in getattr(response, "topic_errors", ())
+            if error[1] not in (0, TopicAlreadyExistsError.errno)
+        ]
+        if failed:
+            raise KafkaError(f"could not create topics: {failed}")
         return missing
     finally:
         await admin.close()
