@@ -2,13 +2,6 @@
 
 from services.audit.app import create_app
 from services.infra.settings import AuditSettings
-from services.infra.webapp import serve
+from services.infra.webapp import run_service
 
-settings = AuditSettings()
-serve(
-    create_app(settings),
-    name="audit",
-    host=settings.http_host,
-    port=settings.port,
-    log_level=settings.log_level,
-)
+run_service("audit", AuditSettings, create_app)

@@ -33,6 +33,22 @@ from services.infra.kafka import header, record_span
 from services.infra.telemetry import trace_id_of
 
 LEAF_VERSION = 1
+LEDGER_COLUMNS = [
+    "idx",
+    "recorded_at",
+    "topic",
+    "partition",
+    "offset",
+    "record_key",
+    "event_id",
+    "incident_id",
+    "event_type",
+    "trace_id",
+    "valid",
+    "leaf",
+    "leaf_hash",
+]
+"""The `ledger` columns an append writes, in the order of its rows."""
 
 
 @dataclass(frozen=True)
@@ -161,21 +177,7 @@ async def append_records(conn: asyncpg.Connection, records: Sequence[ConsumerRec
     await conn.copy_records_to_table(
         "ledger",
         records=rows,
-        columns=[
-            "idx",
-            "recorded_at",
-            "topic",
-            "partition",
-            "offset",
-            "record_key",
-            "event_id",
-            "incident_id",
-            "event_type",
-            "trace_id",
-            "valid",
-            "leaf",
-            "leaf_hash",
-        ],
+        columns=LEDGER_COLUMNS,
     )
     await tree.store_nodes(conn, nodes)
     await conn.execute("UPDATE counters SET last = $1 WHERE name = 'ledger'", last)

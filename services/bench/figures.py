@@ -34,9 +34,9 @@ from services.audit import merkle, tree
 from services.audit.app import MIGRATIONS as AUDIT_MIGRATIONS
 from services.audit.checkpoint import NoteSigner
 from services.audit.cli import incidents_as_of
-from services.audit.ledger import append_records, incident_entries
+from services.audit.ledger import LEDGER_COLUMNS, append_records, incident_entries
 from services.audit.verify import MemorySource, verify_ledger
-from services.bench.ledgerdata import BATCH, LEDGER_COLUMNS, LedgerData
+from services.bench.ledgerdata import BATCH, LedgerData
 from services.bench.report import Figure, Latency, percentile
 from services.domain import escalation as esc
 from services.domain.envelope import utc_rfc3339

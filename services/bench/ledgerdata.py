@@ -34,22 +34,6 @@ BATCH = 500
 GROUP = 50
 """Incidents whose events are interleaved in the ledger."""
 
-LEDGER_COLUMNS = [
-    "idx",
-    "recorded_at",
-    "topic",
-    "partition",
-    "offset",
-    "record_key",
-    "event_id",
-    "incident_id",
-    "event_type",
-    "trace_id",
-    "valid",
-    "leaf",
-    "leaf_hash",
-]
-"""The `ledger` columns `append_records` writes, in its order."""
 
 Row = tuple[Any, ...]
 Node = tuple[int, int, bytes]

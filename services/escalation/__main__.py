@@ -2,13 +2,6 @@
 
 from services.escalation.app import create_app
 from services.infra.settings import EscalationSettings
-from services.infra.webapp import serve
+from services.infra.webapp import run_service
 
-settings = EscalationSettings()
-serve(
-    create_app(settings),
-    name="escalation",
-    host=settings.http_host,
-    port=settings.port,
-    log_level=settings.log_level,
-)
+run_service("escalation", EscalationSettings, create_app)

@@ -89,3 +89,15 @@ def serve(app: FastAPI, *, name: str, host: str, port: int, log_level: str) -> N
         access_log=False,
         log_config=None,  # uvicorn's records go to the root JSON handler
     )
+
+
+def run_service(name: str, settings_class: type[Any], create_app: Callable[[Any], FastAPI]) -> None:
+    """The body of `python -m services.<name>`: read the settings, build the app, serve it."""
+    settings = settings_class()
+    serve(
+        create_app(settings),
+        name=name,
+        host=settings.http_host,
+        port=settings.port,
+        log_level=settings.log_level,
+    )

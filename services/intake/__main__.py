@@ -1,14 +1,7 @@
 """`python -m services.intake`: run the intake service."""
 
 from services.infra.settings import IntakeSettings
-from services.infra.webapp import serve
+from services.infra.webapp import run_service
 from services.intake.app import create_app
 
-settings = IntakeSettings()
-serve(
-    create_app(settings),
-    name="intake",
-    host=settings.http_host,
-    port=settings.port,
-    log_level=settings.log_level,
-)
+run_service("intake", IntakeSettings, create_app)

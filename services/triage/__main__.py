@@ -1,14 +1,7 @@
 """`python -m services.triage`: run the triage service."""
 
 from services.infra.settings import TriageSettings
-from services.infra.webapp import serve
+from services.infra.webapp import run_service
 from services.triage.app import create_app
 
-settings = TriageSettings()
-serve(
-    create_app(settings),
-    name="triage",
-    host=settings.http_host,
-    port=settings.port,
-    log_level=settings.log_level,
-)
+run_service("triage", TriageSettings, create_app)
