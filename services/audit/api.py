@@ -17,13 +17,19 @@ from services.domain.directory import DirectoryFile
 from services.domain.envelope import utc_rfc3339
 from services.domain.knowledge import LedgerEvent, knowledge_as_of, state_as_of
 from services.infra.auth import Authenticator
-from services.infra.http import Problem
+from services.infra.http import Problem, problem_responses
 from services.infra.runtime import Runtime
 from services.infra.telemetry import trace_id_of
 
 router = APIRouter(prefix="/v1")
 AUDIT_ROLES = frozenset({"auditor"})
 MAX_ENTRIES = 1000
+UNAUTHORIZED = (401, "No bearer token, or one that is not valid.")
+FORBIDDEN = (403, "The caller does not hold the auditor role.")
+INVALID = (422, "The request is not valid (a parameter, a range or a tree size).")
+NO_INCIDENT = (404, "The ledger holds no event of this incident.")
+NO_HEAD = (404, "No tree head has been signed yet.")
+INCIDENT_ANSWERS = problem_responses(UNAUTHORIZED, FORBIDDEN, NO_INCIDENT, INVALID)
 
 
 async def require_auditor(request: Request, authorization: str | None) -> str:
@@ -43,7 +49,11 @@ async def require_auditor(request: Request, authorization: str | None) -> str:
     return principal
 
 
-@router.get("/incidents/{incident_id}/timeline", summary="Every event of an incident")
+@router.get(
+    "/incidents/{incident_id}/timeline",
+    summary="Every event of an incident",
+    responses=INCIDENT_ANSWERS,
+)
 async def timeline(
     incident_id: str,
     request: Request,
@@ -65,7 +75,11 @@ async def timeline(
     }
 
 
-@router.get("/incidents/{incident_id}/knowledge", summary="Who knew, as of an instant")
+@router.get(
+    "/incidents/{incident_id}/knowledge",
+    summary="Who knew, as of an instant",
+    responses=INCIDENT_ANSWERS,
+)
 async def knowledge(
     incident_id: str,
     request: Request,
@@ -78,7 +92,11 @@ async def knowledge(
     return answer.to_json()
 
 
-@router.get("/incidents/{incident_id}/state", summary="The incident as it stood at an instant")
+@router.get(
+    "/incidents/{incident_id}/state",
+    summary="The incident as it stood at an instant",
+    responses=INCIDENT_ANSWERS,
+)
 async def state(
     incident_id: str,
     request: Request,
@@ -121,7 +139,11 @@ async def ledger_size(conn: asyncpg.Connection) -> int:
     return int(await conn.fetchval("SELECT last + 1 FROM counters WHERE name = 'ledger'"))
 
 
-@router.get("/ledger/entries", summary="Ledger entries in [start, end)")
+@router.get(
+    "/ledger/entries",
+    summary="Ledger entries in [start, end)",
+    responses=problem_responses(UNAUTHORIZED, FORBIDDEN, INVALID),
+)
 async def entries(
     request: Request,
     start: Annotated[int, Query(ge=0)] = 0,
@@ -162,7 +184,11 @@ async def entries(
     return {"entries": out}
 
 
-@router.get("/ledger/proofs/inclusion", summary="RFC 9162 inclusion proof")
+@router.get(
+    "/ledger/proofs/inclusion",
+    summary="RFC 9162 inclusion proof",
+    responses=problem_responses(INVALID),
+)
 async def inclusion(
     request: Request,
     index: Annotated[int, Query(ge=0)],
@@ -184,7 +210,11 @@ async def inclusion(
     }
 
 
-@router.get("/ledger/proofs/consistency", summary="RFC 9162 consistency proof")
+@router.get(
+    "/ledger/proofs/consistency",
+    summary="RFC 9162 consistency proof",
+    responses=problem_responses(INVALID),
+)
 async def consistency(
     request: Request,
     first: Annotated[int, Query(ge=1)],
@@ -208,7 +238,11 @@ async def _within(conn: asyncpg.Connection, size: int) -> None:
         )
 
 
-@router.get("/ledger/head", summary="The latest signed tree head")
+@router.get(
+    "/ledger/head",
+    summary="The latest signed tree head",
+    responses=problem_responses(NO_HEAD),
+)
 async def head(request: Request) -> dict[str, Any]:
     """Public: the newest C2SP checkpoint, signed with the key at /v1/ledger/public-key."""
     runtime: Runtime = request.app.state.runtime

@@ -14,11 +14,34 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger(__name__)
 PROBLEM = "application/problem+json"
+
+
+class ProblemDoc(BaseModel):
+    """An RFC 9457 problem (`application/problem+json`); more members may be present."""
+
+    model_config = ConfigDict(extra="allow", title="Problem")
+
+    type: str = Field("about:blank", description="Problem type URI.")
+    title: str = Field(description="Short summary of the problem.")
+    status: int = Field(description="HTTP status code.")
+    detail: str | None = Field(None, description="What went wrong, for this request.")
+
+
+PROBLEM_SCHEMA = ProblemDoc.model_json_schema()
+
+
+def problem_responses(*codes: tuple[int, str]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` entries for problem+json answers."""
+    return {
+        code: {"description": text, "content": {PROBLEM: {"schema": PROBLEM_SCHEMA}}}
+        for code, text in codes
+    }
 
 
 class Problem(Exception):
@@ -65,6 +88,9 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
+            # FastAPI's answer to a body that is not UTF-8: invalid like any non-JSON body
+            return problem_response(422, "Invalid request", "The body is not UTF-8 JSON.")
         return problem_response(exc.status_code, str(exc.detail))
 
     @app.exception_handler(Exception)

@@ -44,7 +44,7 @@ from services.domain.events import (
 from services.domain.incident import IncidentState, fold
 from services.infra import eventstore
 from services.infra.auth import Principal
-from services.infra.http import PROBLEM, Problem
+from services.infra.http import Problem, problem_responses
 from services.infra.runtime import Runtime
 from services.infra.telemetry import current_traceparent
 from services.intake.principals import RequiredPrincipal
@@ -67,28 +67,6 @@ IncidentId = Annotated[uuid.UUID, Path(description="The incident id (a UUID).")]
 
 
 # OpenAPI: problem+json answers ---------------------------------------------------
-
-
-class ProblemDoc(BaseModel):
-    """An RFC 9457 problem (`application/problem+json`); more members may be present."""
-
-    model_config = ConfigDict(extra="allow", title="Problem")
-
-    type: str = Field("about:blank", description="Problem type URI.")
-    title: str = Field(description="Short summary of the problem.")
-    status: int = Field(description="HTTP status code.")
-    detail: str | None = Field(None, description="What went wrong, for this request.")
-
-
-_PROBLEM_SCHEMA = ProblemDoc.model_json_schema()
-
-
-def problem_responses(*codes: tuple[int, str]) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses=` entries for problem+json answers."""
-    return {
-        code: {"description": text, "content": {PROBLEM: {"schema": _PROBLEM_SCHEMA}}}
-        for code, text in codes
-    }
 
 
 UNAUTHORIZED = (401, "No bearer token, or one that is not valid.")
