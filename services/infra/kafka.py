@@ -128,9 +128,14 @@ class BrokerWatch:
     def on_reset(self, callback: Callable[[], Awaitable[None]]) -> None:
         self._callbacks.append(callback)
 
-    async def prepare(self) -> None:
-        """Create our topics and the marker (at start)."""
-        await ensure_topics(self.settings, [*self.topics, self.marker])
+    async def prepare(self) -> bool:
+        """Create our topics and the marker (at start); True if the marker was there.
+
+        A missing marker at start means either a first start or a broker that lost its
+        data while this service was down: the runtime tells them apart by its relay cursor.
+        """
+        created = await ensure_topics(self.settings, [*self.topics, self.marker])
+        return self.marker not in created
 
     async def check(self) -> bool:
         """One check; True if a reset was detected (and handled)."""

@@ -105,7 +105,12 @@ class Runtime:
             max_size=self.settings.db_pool_max,
             role=self.db_role,
         )
-        await self._retry(self.watch.prepare)
+        marker_found: list[bool] = []
+
+        async def prepare() -> None:
+            marker_found.append(await self.watch.prepare())
+
+        await self._retry(prepare)
         self.producer = make_producer(self.settings, client_id=f"{self.name}-relay")
         await self._retry(self.producer.start)
         self.relay = OutboxRelay(
@@ -118,6 +123,11 @@ class Runtime:
         self.watch.on_reset(self.relay.request_rewind)
         for loop in self.consumers:
             self.watch.on_reset(_rebuilder(loop))
+        if not marker_found[-1] and await self._published_before():
+            # The broker lost its data while this service was down: what it published
+            # then may never have been consumed. Publish the replay window again.
+            log.warning("%s: the broker forgot this service's topics; replaying", self.name)
+            await self.relay.request_rewind()
         if self.settings.relay_enabled:
             self._spawn(self.relay.run(self._stop), "relay")
         self._spawn(self.watch.run(self._stop), "broker-watch")
@@ -127,6 +137,13 @@ class Runtime:
             self._spawn(run(self._stop), name)
         self._spawn(self._refresh_metrics(self._stop), "metrics")
         self.started = True
+
+    async def _published_before(self) -> bool:
+        async with self.db.acquire() as conn:
+            published = await conn.fetchval(
+                "SELECT published FROM relay_state WHERE name = 'kafka'"
+            )
+        return bool(published)
 
     async def _retry(self, call: Callable[[], Awaitable[Any]], attempts: int = 30) -> None:
         for attempt in range(attempts):

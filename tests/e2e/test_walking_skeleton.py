@@ -126,3 +126,23 @@ def test_a_two_megabyte_body_is_refused_with_413_problem_json(stack: Stack) -> N
     )
     assert answer.status_code == 413
     assert answer.headers["content-type"] == "application/problem+json"
+
+
+def test_a_broker_restart_while_the_consumers_and_intake_are_down_loses_nothing(
+    stack: Stack,
+) -> None:
+    """Intake publishes a report nobody consumes yet, then dies; the broker restarts
+    empty; intake comes back and must notice the broker forgot what it published."""
+    for name in ("triage", "audit"):
+        stack.kill(name)
+    incident = submit(stack)
+    time.sleep(1.5)  # the relay has published it to a broker nobody reads
+    stack.kill("intake")
+    stack.broker.restart()
+    for name in ("intake", "triage", "audit"):
+        stack.start(name)
+    for name in ("intake", "triage", "audit"):
+        stack.wait_ready(name)
+    assert len(wait_for_timeline(stack, incident, timeout=30)) == 1
+    time.sleep(1.5)
+    assert len(timeline(stack, incident)) == 1
