@@ -115,6 +115,57 @@ def schemas(
 
 
 @app.command()
+def chaos(
+    reports: int = typer.Option(10_000, "--reports", min=1, help="Reports to send."),
+    rate: float = typer.Option(100.0, "--rate", min=0.1, help="Reports per second."),
+    kills: int = typer.Option(3, "--kills", min=0, help="SIGKILLs of each service."),
+    broker_restart: bool = typer.Option(
+        False, "--broker-restart", help="Also kill the broker once and start it empty."
+    ),
+    seed: int | None = typer.Option(None, "--seed", help="Seed of the mix and the faults."),
+    anonymous: float = typer.Option(
+        0.25, "--anonymous", min=0.0, max=1.0, help="Share of anonymous reports."
+    ),
+    run_dir: Path | None = typer.Option(
+        None, "--run-dir", help="Folder for logs and the verdict (default ./.run/chaos-<time>)."
+    ),
+) -> None:
+    """Crash every process of a local stack while reports flow, then check the invariants.
+
+    Starts its own stack (Tansu, the four services, a fresh database) with a policy of
+    seconds, sends reports at a steady rate (anonymous and named, the seed case among
+    them; a lost answer is retried with the same Idempotency-Key) and acknowledges some.
+    Meanwhile it SIGKILLs each service at random moments and restarts it: intake right
+    after a 202, each service while its outbox relay has unpublished rows when it can
+    catch one. After a quiet period it checks, from the ledger: one submission entry,
+    one triage decision and the notifications per 202; no entry twice; exactly one
+    escalation per passed deadline and level; no excluded person told; and `incidents
+    audit verify`. It prints a verdict table, writes <run-dir>/verdict.json and exits 0
+    only if every invariant held (1: one broke, 2: the run failed).
+
+    After a broker restart (--broker-restart) the broker has lost every topic, record
+    and offset. Each service's BrokerWatch notices that its marker topic is gone,
+    creates its topics again, rebuilds its consumers (from the earliest offset) and
+    rewinds its outbox relay by INCIDENTS_OUTBOX_REPLAY_WINDOW, so everything written in
+    PostgreSQL is published again, in order. Consumers dedupe by their tracking rows
+    (consumer, event id) and the ledger by (topic, event id): nothing is lost, nothing
+    is recorded twice. No service is killed until every relay has rewound.
+    """
+    from services.chaos import ChaosConfig, run_chaos
+
+    config = ChaosConfig(
+        reports=reports,
+        rate=rate,
+        kills=kills,
+        broker_restart=broker_restart,
+        seed=seed,
+        anonymous=anonymous,
+        run_dir=run_dir,
+    )
+    raise typer.Exit(run_chaos(config))
+
+
+@app.command()
 def bench(
     quick: bool = typer.Option(
         False, "--quick", help="Small sizes, under 2 minutes (for development)."
