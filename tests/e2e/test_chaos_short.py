@@ -8,8 +8,8 @@ nothing.
 from __future__ import annotations
 
 import copy
-import os
 import json
+import os
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
