@@ -274,7 +274,40 @@ class Checkpoint:
 # ------------------------------------------------------------------------- signing
 
 
-class NoteSigner:
+class _KeyNames:
+    """What a signer and a verifier both tell about their key (name, hashes, strings)."""
+
+    _name: str
+    _public_key: bytes
+    _key_hash: bytes
+
+    @property
+    def name(self) -> str:
+        """The key name written in (and trusted from) signature lines."""
+        return self._name
+
+    @property
+    def public_key(self) -> bytes:
+        """The raw 32-byte Ed25519 public key."""
+        return self._public_key
+
+    @property
+    def key_hash(self) -> bytes:
+        """The 4-byte note key ID that prefixes every signature of this key."""
+        return self._key_hash
+
+    @property
+    def key_id(self) -> str:
+        """Our JSON ``key_id``: hex SHA-256 of the raw public key."""
+        return hashlib.sha256(self._public_key).hexdigest()
+
+    @property
+    def verifier_key(self) -> str:
+        """The verifier key string ``<name>+<hex key ID>+<base64(0x01 || key)>``."""
+        return _verifier_key_string(self._name, self._public_key)
+
+
+class NoteSigner(_KeyNames):
     """Signs notes with one Ed25519 key under one key name (our log's origin).
 
     The private key never appears in ``repr``; export it explicitly with `private_pem`.
@@ -322,31 +355,6 @@ class NoteSigner:
             serialization.NoEncryption(),
         )
 
-    @property
-    def name(self) -> str:
-        """The key name written in signature lines."""
-        return self._name
-
-    @property
-    def public_key(self) -> bytes:
-        """The raw 32-byte Ed25519 public key."""
-        return self._public_key
-
-    @property
-    def key_hash(self) -> bytes:
-        """The 4-byte note key ID that prefixes every signature."""
-        return self._key_hash
-
-    @property
-    def key_id(self) -> str:
-        """Our JSON ``key_id``: hex SHA-256 of the raw public key."""
-        return hashlib.sha256(self._public_key).hexdigest()
-
-    @property
-    def verifier_key(self) -> str:
-        """The verifier key string ``<name>+<hex key ID>+<base64(0x01 || key)>``."""
-        return _verifier_key_string(self._name, self._public_key)
-
     def verifier(self) -> NoteVerifier:
         """Return the `NoteVerifier` for this signer's public key."""
         return NoteVerifier(self._name, self._public_key)
@@ -382,7 +390,7 @@ def _note_text_bytes(text: str) -> bytes:
 # ---------------------------------------------------------------------- verification
 
 
-class NoteVerifier:
+class NoteVerifier(_KeyNames):
     """Verifies notes against one trusted Ed25519 key (name and public key)."""
 
     __slots__ = ("_key", "_key_hash", "_name", "_public_key")
@@ -405,31 +413,6 @@ class NoteVerifier:
         """Parse ``<name>+<hex8 key ID>+<base64(0x01 || 32-byte key)>``; see
         `parse_verifier_key`."""
         return parse_verifier_key(vkey)
-
-    @property
-    def name(self) -> str:
-        """The trusted key name."""
-        return self._name
-
-    @property
-    def public_key(self) -> bytes:
-        """The raw 32-byte Ed25519 public key."""
-        return self._public_key
-
-    @property
-    def key_hash(self) -> bytes:
-        """The 4-byte note key ID signatures from this key carry."""
-        return self._key_hash
-
-    @property
-    def key_id(self) -> str:
-        """Our JSON ``key_id``: hex SHA-256 of the raw public key."""
-        return hashlib.sha256(self._public_key).hexdigest()
-
-    @property
-    def verifier_key(self) -> str:
-        """The verifier key string ``<name>+<hex key ID>+<base64(0x01 || key)>``."""
-        return _verifier_key_string(self._name, self._public_key)
 
     def verify(self, note: str | bytes) -> str:
         """Verify a signed note and return its text (final newline included).
