@@ -87,3 +87,32 @@ async def serving(
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=raise_app_exceptions)
         async with httpx.AsyncClient(transport=transport, base_url=base_url) as client:
             yield client
+
+
+SEED_CASE = {
+    "category": "sexual_misconduct",
+    "summary": "Assault on a work trip",
+    "description": "My store manager assaulted me in the hotel.",
+    "unit": "city-retail",
+    "accused": ["p-wang"],
+}
+"""The motivating report: a City Retail store manager (p-wang) accused."""
+
+
+def critical_policy(version: str, within: str) -> str:
+    """A policy file where every category is critical and each level has `within`."""
+    levels = ("hr_case_handler", "hr_head", "chief_ethics_officer", "board_audit_committee")
+    chain = "".join(f"      - {{role: {r}, acknowledge_within: {within}}}\n" for r in levels)
+    return f"""
+version: "{version}"
+categories: {{sexual_misconduct: critical, harassment: critical, other: critical}}
+severities:
+  critical:
+    chain:
+{chain}    repeat_last_every: {within}
+    feedback_within: 90d
+reporter_acknowledgement_within: 7d
+conflicts:
+  exclude: [accused, accused_management_chain, named_in_report, reporter]
+  independent_roles: [chief_ethics_officer, board_audit_committee]
+"""

@@ -21,33 +21,10 @@ from services.infra.settings import (
 )
 from services.intake.app import create_app as create_intake
 from services.triage.app import create_app as create_triage
-from tests.helpers import eventually, read_all, serving
+from tests.helpers import SEED_CASE, critical_policy, eventually, read_all, serving
 
 pytestmark = pytest.mark.integration
-SEED_CASE = {
-    "category": "sexual_misconduct",
-    "summary": "Assault on a work trip",
-    "description": "My store manager assaulted me in the hotel.",
-    "unit": "city-retail",
-    "accused": ["p-wang"],
-}
-SECONDS_POLICY = """
-version: "seconds-1"
-categories: {sexual_misconduct: critical, harassment: critical, other: critical}
-severities:
-  critical:
-    chain:
-      - {role: hr_case_handler, acknowledge_within: 2s}
-      - {role: hr_head, acknowledge_within: 2s}
-      - {role: chief_ethics_officer, acknowledge_within: 2s}
-      - {role: board_audit_committee, acknowledge_within: 2s}
-    repeat_last_every: 2s
-    feedback_within: 90d
-reporter_acknowledgement_within: 7d
-conflicts:
-  exclude: [accused, accused_management_chain, named_in_report, reporter]
-  independent_roles: [chief_ethics_officer, board_audit_committee]
-"""
+SECONDS_POLICY = critical_policy("seconds-1", "2s")
 
 
 @pytest.fixture

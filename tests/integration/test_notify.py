@@ -48,7 +48,7 @@ from services.infra.settings import (
 )
 from services.intake.app import create_app as create_intake
 from services.triage.app import create_app as create_triage
-from tests.helpers import eventually, read_all
+from tests.helpers import SEED_CASE, critical_policy, eventually, read_all
 
 pytestmark = pytest.mark.integration
 
@@ -344,30 +344,7 @@ async def test_starttls_and_login_before_anything_is_sent(tmp_path: Path) -> Non
 
 # -- escalation with a webhook that always fails -------------------------------------------
 
-SEED_CASE = {
-    "category": "sexual_misconduct",
-    "summary": "Assault on a work trip",
-    "description": "My store manager assaulted me in the hotel.",
-    "unit": "city-retail",
-    "accused": ["p-wang"],
-}
-LONG_DEADLINES = """
-version: "delivery-1"
-categories: {sexual_misconduct: critical, harassment: critical, other: critical}
-severities:
-  critical:
-    chain:
-      - {role: hr_case_handler, acknowledge_within: 120s}
-      - {role: hr_head, acknowledge_within: 120s}
-      - {role: chief_ethics_officer, acknowledge_within: 120s}
-      - {role: board_audit_committee, acknowledge_within: 120s}
-    repeat_last_every: 120s
-    feedback_within: 90d
-reporter_acknowledgement_within: 7d
-conflicts:
-  exclude: [accused, accused_management_chain, named_in_report, reporter]
-  independent_roles: [chief_ethics_officer, board_audit_committee]
-"""
+LONG_DEADLINES = critical_policy("delivery-1", "120s")
 
 
 @contextlib.asynccontextmanager
