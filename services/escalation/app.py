@@ -33,6 +33,7 @@ def create_app(settings: EscalationSettings | None = None) -> FastAPI:
         [
             ("escalation-triage", [settings.topic(Topic.TRIAGE)], escalation.on_triage),
             ("escalation-activity", [settings.topic(Topic.ACTIVITY)], escalation.on_activity),
+            ("escalation-reports", [settings.topic(Topic.REPORTS)], escalation.on_report),
         ],
         runtime=runtime,
     )

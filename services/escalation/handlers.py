@@ -1,7 +1,8 @@
 """What escalation does: keep each incident's deadline, fire it once, deliver notices.
 
-Inputs (triage decisions, reassignments, acknowledgements) and fired deadlines all
-go through `_step`: lock the incident's state row, run a pure transition from
+Inputs (triage decisions, reassignments, acknowledgements, a handler's message to the
+reporter, which satisfies the feedback clock) and fired deadlines all go through
+`_step_or_hold`: lock the incident's state row, run a pure transition from
 `services.domain.escalation`, append its effects as events and store the new state
 and wake-up time, in one transaction. The scheduler sleeps until the earliest wake-up
 (or a NOTIFY that an earlier one appeared) and takes due rows with SKIP LOCKED.
@@ -28,6 +29,7 @@ from services.domain.events import (
     InvalidEvent,
     Notified,
     Reassigned,
+    ReporterMessage,
     Triaged,
     data_of,
     make_event,
@@ -37,8 +39,9 @@ from services.escalation.notify import Notifier
 from services.infra import eventstore
 from services.infra.db import connect
 from services.infra.kafka import TRANSIENT_ERRORS
+from services.infra.logging import bind_incident
 from services.infra.runtime import Runtime
-from services.infra.telemetry import current_traceparent
+from services.infra.telemetry import current_traceparent, span_after
 
 log = logging.getLogger(__name__)
 LATENESS = Histogram(
@@ -47,6 +50,7 @@ LATENESS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 30, 300),
 )
 PENDING = Gauge("incidents_escalation_pending_deadlines", "Incidents waiting on a deadline.")
+REPORTER_MESSAGE = "incident.reporter.message.v1"
 EVENT_IDS = uuid.UUID("6d1f6f3c-54a7-4f55-9c43-2b1f0ad0c0e1")
 
 
@@ -98,6 +102,28 @@ class Escalation:
                         envelope,
                         lambda s, now, p=data.principal: esc.acknowledge(s, p, now),
                     )
+
+    async def on_report(self, records: Sequence[ConsumerRecord]) -> None:
+        """A handler's message to the reporter is the feedback the legal clock waits for.
+
+        Nothing else on `incident.reports` is escalation's business; the message text is
+        never read, kept or logged. Invalid records are left to triage, which
+        dead-letters what it cannot read on this topic.
+        """
+        for record in records:
+            try:
+                envelope = parse_envelope(record.value or b"")
+                if envelope.type != REPORTER_MESSAGE:
+                    continue
+                message = data_of(envelope)
+            except InvalidEvent:
+                continue
+            if not isinstance(message, ReporterMessage) or message.direction != "to_reporter":
+                continue
+            async with self.runtime.db.acquire() as conn, conn.transaction():
+                if await self._track(conn, envelope, record):
+                    held = _without_text(envelope)  # held until triage if early
+                    await self._step_or_hold(conn, held, _transition_for(held))
 
     async def _parse(self, record: ConsumerRecord) -> Envelope | None:
         try:
@@ -173,11 +199,12 @@ class Escalation:
         wakeup = esc.next_wakeup(after)
         if insert:
             await conn.execute(
-                "INSERT INTO escalation_state (incident_id, state, wakeup)"
-                " VALUES ($1, $2::jsonb, $3)",
+                "INSERT INTO escalation_state (incident_id, state, wakeup, traceparent)"
+                " VALUES ($1, $2::jsonb, $3, $4)",
                 after.incident_id,
                 json.dumps(after.to_json()),
                 wakeup,
+                current_traceparent(),
             )
         else:
             await conn.execute(
@@ -235,32 +262,36 @@ class Escalation:
                 async with conn.transaction():
                     now = self.now()
                     rows = await conn.fetch(
-                        "SELECT incident_id, state FROM escalation_state"
+                        "SELECT incident_id, state, traceparent FROM escalation_state"
                         " WHERE wakeup <= $1 ORDER BY wakeup LIMIT $2 FOR UPDATE SKIP LOCKED",
                         now,
                         limit,
                     )
                     for row in rows:
-                        before = esc.EscalationState.from_json(json.loads(row["state"]))
-                        after, effects = esc.tick(before, now)
-                        if (
-                            before.due_at is not None
-                            and before.due_at <= now
-                            and (after.due_at != before.due_at)
+                        # the report's trace goes on: its events carry this span's context
+                        with (
+                            span_after("escalation: deadline", row["traceparent"]),
+                            bind_incident(row["incident_id"]),
                         ):
-                            LATENESS.observe((now - before.due_at).total_seconds())
-                        await self._save(conn, before, after, effects, None, now)
-                        if after == before:  # woken for nothing: never spin on this row
-                            wakeup = esc.next_wakeup(after)
-                            log.warning("incident %s woke with nothing due", after.incident_id)
-                            await conn.execute(
-                                "UPDATE escalation_state SET wakeup = $2 WHERE incident_id = $1",
-                                before.incident_id,
-                                wakeup if wakeup is not None and wakeup > now else None,
-                            )
+                            await self._fire(conn, row, now)
                         moved += 1
                 if len(rows) < limit:
                     return moved
+
+    async def _fire(self, conn: asyncpg.Connection, row: asyncpg.Record, now: datetime) -> None:
+        before = esc.EscalationState.from_json(json.loads(row["state"]))
+        after, effects = esc.tick(before, now)
+        if before.due_at is not None and before.due_at <= now and after.due_at != before.due_at:
+            LATENESS.observe((now - before.due_at).total_seconds())
+        await self._save(conn, before, after, effects, None, now)
+        if after == before:  # woken for nothing: never spin on this row
+            wakeup = esc.next_wakeup(after)
+            log.warning("incident %s woke with nothing due", after.incident_id)
+            await conn.execute(
+                "UPDATE escalation_state SET wakeup = $2 WHERE incident_id = $1",
+                before.incident_id,
+                wakeup if wakeup is not None and wakeup > now else None,
+            )
 
     async def run_scheduler(self, stop: asyncio.Event) -> None:
         """Fire deadlines as they come due, until `stop`; survives database hiccups."""
@@ -332,7 +363,14 @@ def _transition_for(envelope: Envelope) -> Callable[[esc.EscalationState, dateti
     if isinstance(data, Reassigned):
         removed = [x.principal for x in data.removed]
         return lambda s, now: esc.reassign(s, removed, data.added, now)
+    if isinstance(data, ReporterMessage) and data.direction == "to_reporter":
+        return lambda s, now: esc.clock_satisfied(s, esc.FEEDBACK, now)
     return lambda s, now: (s, ())
+
+
+def _without_text(envelope: Envelope) -> Envelope:
+    """A reporter message with its text blanked: the clock needs only that it was sent."""
+    return envelope.model_copy(update={"data": {**envelope.data, "text": ""}})
 
 
 async def _either(event: asyncio.Event, stop: asyncio.Event) -> None:

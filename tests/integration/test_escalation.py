@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -137,3 +137,150 @@ async def test_deadlines_that_pass_while_escalation_is_down_fire_once_after_rest
     events = [e for e in await escalations(settings, incident) if e.type.endswith("escalated.v1")]
     level2 = [e for e in events if e.data["level"] == 2]
     assert len(level2) == 1
+
+
+RACERS = 30
+"""Incidents whose acknowledgement lands at a different instant around their deadline."""
+
+
+async def test_an_acknowledgement_racing_the_deadline_never_clears_a_level_it_escalated_from(
+    intake_and_triage: httpx.AsyncClient, common: dict[str, Any], settings: CommonSettings
+) -> None:
+    """Chen acknowledges each of 30 incidents at its own instant, from 1 s before its
+    level-1 deadline to 0.6 s after. Whichever wins, the acknowledgement or the
+    deadline, an incident has one clear, and no escalation away from the level it
+    cleared: cleared at level 1 means level 2 was never asked; escalated to level 2
+    means the clear is at level 2."""
+    intake = intake_and_triage
+    escalation = create_escalation(EscalationSettings(**common))
+    named = {"authorization": "Bearer dev-liu-token"}  # no argon2 per report: they start close
+    async with serving(escalation, "http://escalation"):
+        incidents = [
+            (await intake.post("/v1/reports", json=SEED_CASE, headers=named)).json()["incident_id"]
+            for _ in range(RACERS)
+        ]
+
+        async def deadlines() -> dict[str, datetime] | None:
+            async with escalation.state.escalation.runtime.db.acquire() as conn:
+                rows = await conn.fetch(
+                    "SELECT incident_id, state->>'due_at' AS due FROM escalation_state"
+                    " WHERE incident_id = ANY($1::text[])",
+                    incidents,
+                )
+            due = {r["incident_id"]: datetime.fromisoformat(r["due"]) for r in rows}
+            return due if len(due) == RACERS else None
+
+        due = await eventually(deadlines, timeout=20)
+        offsets = [-1.0 + 1.6 * i / (RACERS - 1) for i in range(RACERS)]
+        loop = asyncio.get_running_loop()
+
+        async def acknowledge(incident: str, offset: float) -> int:
+            at = due[incident].timestamp() + offset
+            await asyncio.sleep(max(0.0, at - datetime.now(UTC).timestamp()))
+            answer = await intake.post(
+                f"/v1/incidents/{incident}/acknowledge",
+                headers={"authorization": "Bearer dev-chen-token"},
+            )
+            return answer.status_code
+
+        started = loop.time()
+        statuses = await asyncio.gather(
+            *(acknowledge(i, o) for i, o in zip(incidents, offsets, strict=True))
+        )
+        assert set(statuses) == {202}, statuses
+        assert loop.time() - started < 10, "the acknowledgements did not land on time"
+
+        async def all_cleared() -> dict[str, list[Any]] | None:
+            topic = settings.topic("incident.escalations")
+            events = await read_all(settings.kafka_bootstrap, topic)
+            by_incident: dict[str, list[Any]] = {i: [] for i in incidents}
+            for record in events:
+                event = parse_event(record.value)[0]
+                if event.subject in by_incident:
+                    by_incident[event.subject].append(event)
+            done = all(any(e.type.endswith("cleared.v1") for e in v) for v in by_incident.values())
+            return by_incident if done else None
+
+        await eventually(all_cleared, timeout=20)
+        await asyncio.sleep(2.5)  # past level 2's deadline: a stray deadline would fire now
+        by_incident = await all_cleared()
+        assert by_incident is not None
+        async with escalation.state.escalation.runtime.db.acquire() as conn:
+            states = {
+                r["incident_id"]: r
+                for r in await conn.fetch(
+                    "SELECT incident_id, state->'acknowledged'->>'level' AS level, wakeup"
+                    " FROM escalation_state WHERE incident_id = ANY($1::text[])",
+                    incidents,
+                )
+            }
+
+    cleared_at: dict[int, int] = {}
+    for incident, events in by_incident.items():
+        clears = [e for e in events if e.type.endswith("cleared.v1")]
+        assert len(clears) == 1, (incident, [e.type for e in events])
+        level = clears[0].data["level"]
+        cleared_at[level] = cleared_at.get(level, 0) + 1
+        escalated = [e for e in events if e.type.endswith("escalated.v1")]
+        # never an escalation away from the level that was cleared, nor after the clear
+        assert all(e.data["level"] <= level for e in escalated), (incident, level, escalated)
+        assert events.index(clears[0]) == len(events) - 1, (incident, [e.type for e in events])
+        # escalated to level 2 exactly when the clear is at level 2
+        assert (level == 2) == any(e.data["level"] == 2 for e in escalated), incident
+        assert level in (1, 2), (incident, level)
+        assert int(states[incident]["level"]) == level
+    # the acknowledgements straddled the deadline: both outcomes happened
+    assert set(cleared_at) == {1, 2}, cleared_at
+
+
+async def test_a_message_to_the_reporter_satisfies_the_feedback_clock_and_silence_breaches_it(
+    settings: CommonSettings, tmp_path: Path
+) -> None:
+    """Feedback is owed within 3 s here. Chen writes to the reporter of one report and
+    not of the other: only the unanswered one is reminded and breached."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        critical_policy("feedback-1", "1m").replace("feedback_within: 90d", "feedback_within: 3s")
+    )
+    common = {**settings.model_dump(), "policy_file": policy}
+    triage = create_triage(TriageSettings(**common))
+    chen = {"authorization": "Bearer dev-chen-token"}
+    async with (
+        serving(create_intake(IntakeSettings(**common)), "http://intake") as intake,
+        serving(triage, "http://triage"),
+        serving(create_escalation(EscalationSettings(**common)), "http://escalation"),
+    ):
+
+        async def loaded() -> bool:
+            async with triage.state.triage.runtime.db.acquire() as conn:
+                return bool(await conn.fetchval("SELECT count(*) >= 12 FROM directory_log"))
+
+        await eventually(loaded, timeout=20)
+        named = {"authorization": "Bearer dev-liu-token"}
+        answered, silent = [
+            (await intake.post("/v1/reports", json=SEED_CASE, headers=named)).json()["incident_id"]
+            for _ in range(2)
+        ]
+
+        async def written() -> bool:
+            answer = await intake.post(
+                f"/v1/incidents/{answered}/messages", json={"text": "We are on it."}, headers=chen
+            )
+            return answer.status_code == 202
+
+        await eventually(written, timeout=10)
+
+        async def breached() -> list[Any] | None:
+            events = await escalations(settings, silent)
+            return events if any(e.type.endswith("breached.v1") for e in events) else None
+
+        silence = await eventually(breached, timeout=15)
+        await asyncio.sleep(0.5)  # the answered one's deadline passed at the same moment
+        answer = await escalations(settings, answered)
+
+    feedback = [e for e in silence if e.data.get("clock") == "feedback"]
+    assert [e.type for e in feedback] == [
+        "incident.reminder.due.v1",
+        "incident.deadline.breached.v1",
+    ]
+    assert not [e for e in answer if e.data.get("clock") == "feedback"], answer
