@@ -8,9 +8,13 @@ from pathlib import Path
 from aiokafka import ConsumerRecord
 from fastapi import FastAPI
 
+from services.audit import ui
 from services.audit.api import router
 from services.audit.heads import HeadSigner, load_signer
 from services.audit.ledger import append_records
+from services.audit.ui_evidence import EvidenceDesk
+from services.audit.ui_index import indexer
+from services.console import web
 from services.domain.directory import DirectoryFile
 from services.infra.auth import make_authenticator
 from services.infra.config import load_yaml_model
@@ -41,10 +45,14 @@ def create_app(settings: AuditSettings | None = None) -> FastAPI:
     signer = load_signer(settings)
     heads = HeadSigner(runtime, settings, signer)
     runtime.background("head-signer", heads.run)
+    runtime.background("console-index", indexer(runtime))
     app = build_app(runtime, title="Incidents audit")
     app.state.signer = signer
     app.state.heads = heads
     app.state.auth = auth
     app.state.directory = directory
+    app.state.evidence = EvidenceDesk(runtime, signer)
+    app.state.trace_url = settings.console_trace_url
     app.include_router(router)
+    web.mount(app, ui.router, settings, title="Incidents audit")
     return app

@@ -86,6 +86,9 @@ class PrincipalKnowledge:
     via: tuple[Via, ...] = ()
     report_digests: tuple[str, ...] = ()
     acknowledged_at: datetime | None = None
+    marks: tuple[tuple[datetime, Via], ...] = field(default=(), compare=False)
+    """Every knowing entry of this principal (ledger time, how), in ledger order: what
+    the console's who-knew chart draws. Not part of the JSON answer."""
 
     def to_json(self) -> dict[str, Any]:
         """The SPEC's JSON form, times as RFC 3339 UTC with `Z`."""
@@ -135,6 +138,7 @@ class _Acc:
     via: list[Via] = field(default_factory=list)
     digests: list[str] = field(default_factory=list)
     acknowledged_at: datetime | None = None
+    marks: list[tuple[datetime, Via]] = field(default_factory=list)
 
     def freeze(self, principal: str) -> PrincipalKnowledge:
         return PrincipalKnowledge(
@@ -143,6 +147,7 @@ class _Acc:
             via=tuple(self.via),
             report_digests=tuple(self.digests),
             acknowledged_at=self.acknowledged_at,
+            marks=tuple(self.marks),
         )
 
 
@@ -162,6 +167,7 @@ class _Reader:
         # min, not "first seen": stays right (and monotone in as_of) even if ledger
         # times were ever out of index order.
         acc.first_known_at = min(acc.first_known_at, at)
+        acc.marks.append((at, via))
         if via not in acc.via:
             acc.via.append(via)
         if digest is not None and digest not in acc.digests:

@@ -339,6 +339,12 @@ class AuditSettings(CommonSettings):
     checkpoint_interval: float = Field(
         5.0, gt=0, description="...or after this many seconds, if anything new was recorded."
     )
+    console_trace_url: str | None = Field(
+        None,
+        description="Link for a trace id on the console's timeline, with `{trace_id}` in it"
+        " (a Phoenix or Jaeger trace page). Unset: the page shows the id and the"
+        " `incidents traces show` command.",
+    )
     audit_db_role: str | None = Field(
         "incidents_audit",
         description="Role audit works as (SET ROLE): it may read and append the ledger,"

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
+from services.console import web
 from services.domain.directory import DirectoryFile
 from services.domain.events import Topic
 from services.domain.policy import Policy
@@ -16,7 +17,7 @@ from services.infra.kafka import per_record
 from services.infra.runtime import Runtime
 from services.infra.settings import IntakeSettings
 from services.infra.webapp import build_app
-from services.intake import directory_api, handlers, receipts
+from services.intake import directory_api, handlers, receipts, ui
 from services.intake.api import router
 from services.intake.directory import seed
 from services.intake.inbound import InboundConsumer
@@ -56,7 +57,7 @@ def create_app(settings: IntakeSettings | None = None) -> FastAPI:
         runtime,
         title="Incidents intake",
         on_start=seed_directory,
-        untraced=("v1/reports", "v1/channels", "v1/receipts"),
+        untraced=("v1/reports", "v1/channels", "v1/receipts", "ui/report", "ui/receipt"),
     )
     app.state.intake = service
     app.state.auth = auth
@@ -64,4 +65,5 @@ def create_app(settings: IntakeSettings | None = None) -> FastAPI:
     app.include_router(receipts.router)
     app.include_router(handlers.router)
     app.include_router(directory_api.router)
+    web.mount(app, ui.router, settings, title="Incidents")
     return app

@@ -1,0 +1,224 @@
+"""The auditor's console pages under `/ui/`: the incident list and the incident page.
+
+Each page authenticates with the login cookie through `require_auditor`, the API's own
+check, and reads the incident through the API's `_incident` (the auditor check, the
+ledger entries, 404 when there are none). Knowledge and state come from
+`knowledge_as_of` and `state_as_of`, exactly what `/knowledge` and `/state` answer. The
+timeline shows types, actors, times, digests and trace ids, never report content (see
+`services.console.describe`). The list reads the console index (`ui_index`).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import HTMLResponse, Response
+
+from services.audit.api import _incident, require_auditor
+from services.audit.ui_evidence import EvidenceDesk
+from services.audit.ui_index import STATUSES, Filters, facets, lag, list_page
+from services.console.chart import axis_span, layout, time_lines
+from services.console.describe import describe
+from services.console.web import (
+    ConsoleError,
+    LoginNeeded,
+    fragment,
+    render,
+    secured,
+    session_authorization,
+)
+from services.domain.knowledge import LedgerEvent, knowledge_as_of, state_as_of
+from services.infra.http import Problem
+from services.infra.runtime import Runtime
+from services.infra.telemetry import trace_id_of
+
+router = APIRouter(prefix="/ui", include_in_schema=False)
+
+
+async def auditor(request: Request) -> tuple[str, str]:
+    """(principal, authorization) of a logged-in auditor; the login page, or 403, otherwise."""
+    authorization = session_authorization(request)
+    if authorization is None:
+        raise LoginNeeded
+    try:
+        return await require_auditor(request, authorization), authorization
+    except Problem as exc:
+        if exc.status == 401:
+            raise LoginNeeded from None
+        raise ConsoleError(exc.status, exc.title, exc.detail) from None
+
+
+async def entries_of(request: Request, authorization: str, incident_id: str) -> list[LedgerEvent]:
+    try:
+        return await _incident(request, authorization, incident_id)
+    except Problem as exc:
+        raise ConsoleError(exc.status, exc.title, exc.detail) from None
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isascii() and (c.isalnum() or c in "-_.") else "_" for c in name)[:80]
+
+
+def _flag(value: str | None) -> bool:
+    return value in ("1", "on", "true", "yes")
+
+
+@router.get("/")
+async def incidents(
+    request: Request,
+    category: str | None = None,
+    severity: str | None = None,
+    status: str | None = None,
+    overdue: str | None = None,
+    breached: str | None = None,
+    before: Annotated[int | None, Query(ge=0)] = None,
+    after: Annotated[int | None, Query(ge=0)] = None,
+) -> Response:
+    """Incidents, newest first, filtered, fifty a page (keyset on the ledger index)."""
+    principal, _ = await auditor(request)
+    filters = Filters(
+        category=category or None,
+        severity=severity or None,
+        status=status or None,
+        overdue=_flag(overdue),
+        breached=_flag(breached),
+    )
+    runtime: Runtime = request.app.state.runtime
+    async with runtime.db.acquire() as conn:
+        page = await list_page(conn, filters, before=before, after=after)
+        options = await facets(conn)
+        behind = await lag(conn)
+    kept = {
+        "category": filters.category,
+        "severity": filters.severity,
+        "status": filters.status,
+        "overdue": "1" if filters.overdue else None,
+        "breached": "1" if filters.breached else None,
+    }
+    return render(
+        request,
+        "audit_list.html",
+        principal=principal,
+        page=page,
+        filters=filters,
+        kept=kept,
+        options=options,
+        statuses=STATUSES,
+        behind=behind,
+        now=datetime.now(UTC),
+    )
+
+
+def instant(as_of: str | None, t: int | None, start: datetime) -> datetime:
+    """The as-of instant: an RFC 3339 `as_of` (UTC when it has no zone), or `t` ms after start."""
+    if as_of:
+        try:
+            moment = datetime.fromisoformat(as_of.strip().replace(" ", "T"))
+        except ValueError:
+            raise ConsoleError(
+                422, "Invalid as-of instant", "Give it as 2026-11-25T10:00:00Z."
+            ) from None
+        return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    if t is not None:
+        return start + timedelta(milliseconds=t)
+    return datetime.now(UTC)
+
+
+def as_of_view(incident_id: str, entries: list[LedgerEvent], moment: datetime) -> dict[str, Any]:
+    """The chart, the state and the knowledge at `moment`: what the as-of control redraws."""
+    knowledge = knowledge_as_of(incident_id, entries, moment)
+    state = state_as_of(incident_id, entries, moment)
+    start, end = axis_span(entries)
+    chart = layout(knowledge, time_lines(entries, moment), start, end)
+    span_ms = int((end - start).total_seconds() * 1000)
+    position = int(min(max((moment - start).total_seconds() * 1000, 0), span_ms))
+    return {
+        "incident_id": incident_id,
+        "knowledge": knowledge,
+        "state": state,
+        "chart": chart,
+        "as_of": moment,
+        "span_ms": span_ms,
+        "position": position,
+        "step_ms": max(1, span_ms // 1000),
+        "counted": sum(1 for e in entries if e.recorded_at <= moment),
+        "total": len(entries),
+    }
+
+
+@router.get("/incidents/{incident_id}")
+async def incident(
+    incident_id: str,
+    request: Request,
+    as_of: str | None = None,
+    t: Annotated[int | None, Query(ge=0)] = None,
+) -> Response:
+    """Timeline (ledger order), who-knew chart and state as of an instant, verified badge."""
+    principal, authorization = await auditor(request)
+    entries = await entries_of(request, authorization, incident_id)
+    moment = instant(as_of, t, axis_span(entries)[0])
+    desk: EvidenceDesk = request.app.state.evidence
+    evidence = await desk.badge(incident_id)
+    trace_url: str | None = getattr(request.app.state, "trace_url", None)
+    timeline = [
+        {
+            "index": e.index,
+            "recorded_at": e.recorded_at,
+            "type": e.envelope.type,
+            "actor": e.envelope.actor,
+            "trace_id": trace_id_of(e.envelope.traceparent),
+            "details": describe(e.envelope.type, e.envelope.data),
+            "later": e.recorded_at > moment,
+        }
+        for e in entries
+    ]
+    return render(
+        request,
+        "audit_incident.html",
+        principal=principal,
+        timeline=timeline,
+        evidence=evidence,
+        trace_url=trace_url,
+        **as_of_view(incident_id, entries, moment),
+    )
+
+
+@router.get("/incidents/{incident_id}/as-of")
+async def incident_as_of(
+    incident_id: str,
+    request: Request,
+    as_of: str | None = None,
+    t: Annotated[int | None, Query(ge=0)] = None,
+) -> Response:
+    """The as-of part of the incident page alone, for the script that redraws it."""
+    _, authorization = await auditor(request)
+    entries = await entries_of(request, authorization, incident_id)
+    moment = instant(as_of, t, axis_span(entries)[0])
+    body = fragment("audit_asof.html", **as_of_view(incident_id, entries, moment))
+    return secured(HTMLResponse(body), request)
+
+
+@router.get("/incidents/{incident_id}/evidence.json")
+async def evidence_bundle(incident_id: str, request: Request) -> Response:
+    """The evidence bundle of `incidents audit export`, checked before it is served."""
+    _, authorization = await auditor(request)
+    await entries_of(request, authorization, incident_id)  # 404 as the API
+    desk: EvidenceDesk = request.app.state.evidence
+    evidence, bundle = await desk.bundle(incident_id)
+    if bundle is None or not evidence.downloadable:
+        detail = evidence.reason or (
+            f"{evidence.unsigned} of the incident's entries are newer than the latest signed"
+            " head; a new head is signed within seconds: try again."
+        )
+        raise ConsoleError(409, "Not all of it is signed yet", detail)
+    response = Response(
+        json.dumps(bundle, indent=2) + "\n",
+        media_type="application/json",
+        headers={
+            "Content-Disposition": f'attachment; filename="evidence-{_safe(incident_id)}.json"'
+        },
+    )
+    return secured(response, request)

@@ -1,0 +1,303 @@
+"""The console's incident index: the ledger folded into one row per incident.
+
+The auditor's list (filters by category, severity, status, overdue, breached clocks;
+keyset pages over 10,000s of incidents) cannot fold the whole ledger per request, so a
+background task folds each new ledger entry into `console_incidents` with the domain's
+own `apply`, in ledger order, and moves its cursor (counter `console_index`) in the
+same transaction. It is derived data: it lags the ledger by up to `POLL` seconds, can
+be rebuilt from the ledger (reset the counter, empty the table), and the incident page
+never reads it (that page folds the incident's own entries, as the audit API does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from dataclasses import dataclass, fields
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from services.audit.ledger import decode_leaf
+from services.domain.events import DeadlineBreached, InvalidEvent, Triaged, data_of, parse_envelope
+from services.domain.incident import IncidentState, apply
+from services.domain.triage import LEVEL_1_ACKNOWLEDGE
+from services.infra.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+BATCH = 2000
+"""Ledger entries folded per transaction."""
+POLL = 0.5
+"""Seconds between looks at the ledger when the index has caught up."""
+PAGE = 50
+"""Incidents per list page."""
+STATUSES = ("submitted", "triaged", "acknowledged", "investigating", "resolved", "closed")
+SKIPPED_TYPES = ("incident.input.rejected.v1",)
+
+
+def state_to_row(state: IncidentState) -> dict[str, Any]:
+    """The stored form of a state: its JSON without the (long) history of types."""
+    doc = state.to_json()
+    doc.pop("history", None)
+    return doc
+
+
+def state_from_row(doc: dict[str, Any]) -> IncidentState:
+    """The state back from its stored form (history left empty: the index never needs it)."""
+    values: dict[str, Any] = {}
+    for spec in fields(IncidentState):
+        if spec.name not in doc or spec.name == "history":
+            continue
+        value = doc[spec.name]
+        if spec.name in ("submitted_at", "acknowledged_at") and value is not None:
+            value = datetime.fromisoformat(value)
+        elif spec.name in ("routed", "excluded"):
+            value = frozenset(value)
+        elif spec.name == "accused":
+            value = tuple(value)
+        values[spec.name] = value
+    return IncidentState(**values)
+
+
+@dataclass
+class _Row:
+    first_idx: int
+    first_recorded_at: datetime
+    last_idx: int
+    last_recorded_at: datetime
+    state: IncidentState
+    ack_due_at: datetime | None
+    breaches: int
+
+
+async def index_once(conn: asyncpg.Connection, batch: int = BATCH) -> int:
+    """Fold up to `batch` new ledger entries into the index; returns how many were read.
+
+    Must run in a transaction. The cursor row is locked, so two audit processes never
+    fold the same entries; rows are read only up to the ledger's committed counter, and
+    ledger appends commit in index order, so no entry is ever skipped.
+    """
+    cursor = int(
+        await conn.fetchval("SELECT last FROM counters WHERE name = 'console_index' FOR UPDATE")
+    )
+    ledger_last = int(await conn.fetchval("SELECT last FROM counters WHERE name = 'ledger'"))
+    upto = min(ledger_last, cursor + batch)
+    if upto <= cursor:
+        return 0
+    entries = await conn.fetch(
+        "SELECT idx, recorded_at, incident_id, event_type, leaf FROM ledger"
+        " WHERE idx > $1 AND idx <= $2 AND valid AND event_type LIKE 'incident.%'"
+        " ORDER BY idx",
+        cursor,
+        upto,
+    )
+    ids = sorted({e["incident_id"] for e in entries if e["event_type"] not in SKIPPED_TYPES})
+    rows: dict[str, _Row] = {}
+    for r in await conn.fetch(
+        "SELECT * FROM console_incidents WHERE incident_id = ANY($1::text[])", ids
+    ):
+        rows[r["incident_id"]] = _Row(
+            r["first_idx"],
+            r["first_recorded_at"],
+            r["last_idx"],
+            r["last_recorded_at"],
+            state_from_row(json.loads(r["state"])),
+            r["ack_due_at"],
+            r["breaches"],
+        )
+    changed: set[str] = set()
+    for entry in entries:
+        incident = entry["incident_id"]
+        if entry["event_type"] in SKIPPED_TYPES:
+            continue
+        try:
+            envelope = parse_envelope(decode_leaf(bytes(entry["leaf"]))["event"])
+            row = rows.get(incident)
+            if row is None:
+                row = _Row(
+                    entry["idx"],
+                    entry["recorded_at"],
+                    entry["idx"],
+                    entry["recorded_at"],
+                    IncidentState(incident_id=incident),
+                    None,
+                    0,
+                )
+            row.state = apply(row.state, envelope)
+            data = data_of(envelope)
+        except (InvalidEvent, ValueError) as exc:  # the audit API's fold would refuse it too
+            log.warning("console index: ledger entry %s not folded: %s", entry["idx"], exc)
+            continue
+        rows[incident] = row
+        row.last_idx, row.last_recorded_at = entry["idx"], entry["recorded_at"]
+        if isinstance(data, Triaged) and LEVEL_1_ACKNOWLEDGE in data.deadlines:
+            row.ack_due_at = data.deadlines[LEVEL_1_ACKNOWLEDGE]
+        elif isinstance(data, DeadlineBreached):
+            row.breaches += 1
+        changed.add(incident)
+    if changed:
+        await conn.executemany(
+            "INSERT INTO console_incidents (incident_id, first_idx, first_recorded_at, last_idx,"
+            " last_recorded_at, category, severity, status, escalation_level, acknowledged_at,"
+            " ack_due_at, breaches, state)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13::jsonb)"
+            " ON CONFLICT (incident_id) DO UPDATE SET last_idx = EXCLUDED.last_idx,"
+            " last_recorded_at = EXCLUDED.last_recorded_at, category = EXCLUDED.category,"
+            " severity = EXCLUDED.severity, status = EXCLUDED.status,"
+            " escalation_level = EXCLUDED.escalation_level,"
+            " acknowledged_at = EXCLUDED.acknowledged_at, ack_due_at = EXCLUDED.ack_due_at,"
+            " breaches = EXCLUDED.breaches, state = EXCLUDED.state",
+            [
+                (
+                    incident,
+                    row.first_idx,
+                    row.first_recorded_at,
+                    row.last_idx,
+                    row.last_recorded_at,
+                    row.state.category,
+                    row.state.severity,
+                    row.state.status,
+                    row.state.escalation_level,
+                    row.state.acknowledged_at,
+                    row.ack_due_at,
+                    row.breaches,
+                    json.dumps(state_to_row(row.state)),
+                )
+                for incident, row in ((i, rows[i]) for i in sorted(changed))
+            ],
+        )
+    await conn.execute("UPDATE counters SET last = $1 WHERE name = 'console_index'", upto)
+    return upto - cursor
+
+
+async def catch_up(runtime: Runtime, batch: int = BATCH) -> int:
+    """Fold everything the ledger has now; returns how many entries were read."""
+    total = 0
+    while True:
+        async with runtime.db.acquire() as conn, conn.transaction():
+            done = await index_once(conn, batch)
+        total += done
+        if done < batch:
+            return total
+
+
+def indexer(runtime: Runtime) -> Any:
+    """The background task that keeps the index within `POLL` seconds of the ledger."""
+
+    async def run(stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await catch_up(runtime)
+            except (OSError, asyncpg.PostgresError) as exc:  # the next round tries again
+                log.warning("console index: %r", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=POLL)
+
+    return run
+
+
+@dataclass(frozen=True)
+class Filters:
+    """The list page's filters; each one set narrows the list."""
+
+    category: str | None = None
+    severity: str | None = None
+    status: str | None = None
+    overdue: bool = False
+    breached: bool = False
+
+    def where(self, args: list[Any]) -> list[str]:
+        """SQL conditions (parameters appended to `args`)."""
+        clauses = ["category IS NOT NULL"]  # an id only ever denied, never reported
+        for column in ("category", "severity", "status"):
+            value = getattr(self, column)
+            if value:
+                args.append(value)
+                clauses.append(f"{column} = ${len(args)}")
+        if self.overdue:
+            clauses.append("acknowledged_at IS NULL AND ack_due_at < now()")
+        if self.breached:
+            clauses.append("breaches > 0")
+        return clauses
+
+
+LISTED = (
+    "incident_id, first_idx, first_recorded_at, last_recorded_at, category, severity, status,"
+    " escalation_level, acknowledged_at, ack_due_at, breaches,"
+    " (acknowledged_at IS NULL AND ack_due_at < now()) AS overdue"
+)
+
+
+@dataclass(frozen=True)
+class Page:
+    rows: list[dict[str, Any]]
+    newer: int | None
+    """`after` for the previous (newer) page, None on the first page."""
+    older: int | None
+    """`before` for the next (older) page, None on the last page."""
+
+
+async def list_page(
+    conn: asyncpg.Connection,
+    filters: Filters,
+    *,
+    before: int | None = None,
+    after: int | None = None,
+    size: int = PAGE,
+) -> Page:
+    """One page of incidents, newest first, by keyset on the first ledger index."""
+    args: list[Any] = []
+    clauses = filters.where(args)
+    descending = after is None
+    if before is not None:
+        args.append(before)
+        clauses.append(f"first_idx < ${len(args)}")
+    elif after is not None:
+        args.append(after)
+        clauses.append(f"first_idx > ${len(args)}")
+    args.append(size + 1)
+    order = "DESC" if descending else "ASC"
+    where = " AND ".join(clauses)  # fixed text: every value is a parameter
+    query = f"SELECT {LISTED} FROM console_incidents WHERE {where}"  # noqa: S608
+    query += f" ORDER BY first_idx {order} LIMIT ${len(args)}"
+    rows = [dict(r) for r in await conn.fetch(query, *args)]
+    more = len(rows) > size
+    rows = rows[:size]
+    if not descending:
+        rows.reverse()
+    if not rows:
+        return Page([], None, None)
+    first, last = rows[0]["first_idx"], rows[-1]["first_idx"]
+    if after is not None:  # came back from an older page: older ones exist
+        return Page(rows, newer=first if more else None, older=last)
+    if before is not None:  # came from a newer page
+        return Page(rows, newer=first, older=last if more else None)
+    return Page(rows, newer=None, older=last if more else None)
+
+
+async def facets(conn: asyncpg.Connection) -> dict[str, list[str]]:
+    """The categories and severities present, for the filter menus."""
+    out: dict[str, list[str]] = {}
+    for column in ("category", "severity"):
+        out[column] = [
+            r[0]
+            for r in await conn.fetch(
+                f"SELECT DISTINCT {column} FROM console_incidents"  # noqa: S608 (fixed names)
+                f" WHERE {column} IS NOT NULL ORDER BY 1"
+            )
+        ]
+    return out
+
+
+async def lag(conn: asyncpg.Connection) -> int:
+    """Ledger entries not folded into the index yet."""
+    return int(
+        await conn.fetchval(
+            "SELECT l.last - c.last FROM counters l, counters c"
+            " WHERE l.name = 'ledger' AND c.name = 'console_index'"
+        )
+    )

@@ -1,0 +1,268 @@
+"""The console's web plumbing: templates, static files, the login cookie and CSRF checks.
+
+Authentication is the APIs' own: the login page takes a bearer token (a development
+token, or an OIDC access token in production), checks it with the service's
+`Authenticator`, and keeps it in an HttpOnly, SameSite=Strict cookie (Secure, with the
+`__Host-` prefix, outside development). Each page turns that cookie back into an
+`Authorization` value and hands it to the same principal and role checks the JSON API
+uses. The token is never logged and never put in a page or a URL.
+
+Every form POST carries a CSRF token that must equal the one in a second cookie (double
+submit; the `__Host-` prefix keeps a sibling subdomain from planting it), and a request
+the browser marks as cross-site (`Sec-Fetch-Site`) is refused as well. Pages answer
+`Cache-Control: no-store` and a strict Content-Security-Policy: every asset is served by
+the service itself, and the little JavaScript there is lives in `static/console.js`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from urllib.parse import parse_qs, quote
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from jinja2 import Environment, PackageLoader
+
+from services.domain.envelope import utc_rfc3339
+from services.infra.auth import Authenticator
+from services.infra.settings import CommonSettings
+
+PREFIX = "/ui"
+SESSION_MAX_AGE = 8 * 3600
+"""Seconds the login cookie lives (an OIDC token may expire sooner: then log in again)."""
+MAX_FORM_FIELDS = 20
+SECURITY_HEADERS = {
+    "Cache-Control": "no-store",
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:;"
+        " connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+}
+
+templates = Environment(
+    loader=PackageLoader("services.console", "templates"),
+    autoescape=True,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+
+
+def when(moment: datetime | str | None) -> str:
+    """A time as people read it in the console: RFC 3339 UTC to the second, or a dash."""
+    if moment is None:
+        return "-"
+    if isinstance(moment, str):
+        moment = datetime.fromisoformat(moment)
+    return utc_rfc3339(moment).replace("T", " ")[:19] + " UTC"
+
+
+templates.filters["when"] = when
+
+
+@dataclass(frozen=True)
+class Console:
+    """How one service's console behaves: its name, its cookies, where login leads."""
+
+    title: str
+    secure: bool
+    home: str = PREFIX + "/"
+
+    @property
+    def session_cookie(self) -> str:
+        return "__Host-incidents-session" if self.secure else "incidents-session"
+
+    @property
+    def csrf_cookie(self) -> str:
+        return "__Host-incidents-csrf" if self.secure else "incidents-csrf"
+
+
+class ConsoleError(Exception):
+    """An error shown as a console page (the JSON API answers problem+json instead)."""
+
+    def __init__(self, status: int, title: str, detail: str | None = None) -> None:
+        super().__init__(detail or title)
+        self.status = status
+        self.title = title
+        self.detail = detail
+
+
+class LoginNeeded(Exception):
+    """No session, or one whose token is no longer valid: the login page, then back."""
+
+
+def console_of(request: Request) -> Console:
+    console: Console = request.app.state.console
+    return console
+
+
+def session_authorization(request: Request) -> str | None:
+    """The `Authorization` value of the logged-in session, None without a login cookie."""
+    token = request.cookies.get(console_of(request).session_cookie)
+    return f"Bearer {token}" if token else None
+
+
+def _csrf(request: Request) -> tuple[str, bool]:
+    """The CSRF token of this browser, and whether it is new (must be set as a cookie)."""
+    token = request.cookies.get(console_of(request).csrf_cookie)
+    if token and 20 <= len(token) <= 100:
+        return token, False
+    return secrets.token_urlsafe(32), True
+
+
+def _cookie(response: Response, console: Console, name: str, value: str, max_age: int) -> None:
+    response.set_cookie(
+        name,
+        value,
+        max_age=max_age,
+        path="/",
+        secure=console.secure,
+        httponly=True,
+        samesite="strict",
+    )
+
+
+def secured(response: Response, request: Request, csrf: tuple[str, bool] | None = None) -> Response:
+    """The console's headers on a response, and the CSRF cookie when it is new."""
+    response.headers.update(SECURITY_HEADERS)
+    token, new = csrf or _csrf(request)
+    if new:
+        _cookie(response, console_of(request), console_of(request).csrf_cookie, token, 86400)
+    return response
+
+
+def render(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
+    """A page from `templates/`, with the CSRF token its forms need."""
+    csrf = _csrf(request)
+    body = templates.get_template(template).render(
+        console=console_of(request), csrf=csrf[0], path=request.url.path, **context
+    )
+    response = HTMLResponse(body, status_code=status)
+    secured(response, request, csrf)
+    return response
+
+
+def fragment(template: str, **context: Any) -> str:
+    """A piece of a page (the as-of chart redrawn by the script), without headers."""
+    return templates.get_template(template).render(**context)
+
+
+def redirect(request: Request, to: str) -> Response:
+    """303 See Other: after a form POST, and to the login page."""
+    return secured(RedirectResponse(to, status_code=303), request)
+
+
+def to_login(request: Request) -> Response:
+    """The login page, coming back here afterwards."""
+    here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return redirect(request, f"{PREFIX}/login?next={quote(here, safe='')}")
+
+
+async def read_form(request: Request) -> dict[str, str]:
+    """The fields of a urlencoded form POST, after the CSRF checks (403 page otherwise)."""
+    if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+        raise ConsoleError(403, "Forbidden", "A form of another site cannot act here.")
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind != "application/x-www-form-urlencoded":
+        raise ConsoleError(415, "Unsupported form", "Forms are sent urlencoded.")
+    try:
+        raw = (await request.body()).decode("utf-8")
+        parsed = parse_qs(raw, keep_blank_values=True, max_num_fields=MAX_FORM_FIELDS)
+    except (UnicodeDecodeError, ValueError):
+        raise ConsoleError(400, "Bad form", "The form could not be read.") from None
+    fields = {name: values[0] for name, values in parsed.items()}
+    expected = request.cookies.get(console_of(request).csrf_cookie) or ""
+    sent = fields.pop("csrf", "")
+    if not expected or not hmac.compare_digest(expected.encode(), sent.encode()):
+        raise ConsoleError(
+            403, "Form expired", "The form's security token did not match; reload the page."
+        )
+    return fields
+
+
+def safe_next(target: str | None, default: str) -> str:
+    """A local console path to return to after login; anything else goes home."""
+    if target is None or not target.startswith(PREFIX + "/"):
+        return default
+    return default if any(c in target for c in "\\\r\n") else target
+
+
+login_router = APIRouter(prefix=PREFIX, include_in_schema=False)
+
+
+@login_router.get("/login")
+async def login_page(request: Request, next: str | None = None) -> Response:
+    console = console_of(request)
+    return render(request, "login.html", next=safe_next(next, console.home), error=None)
+
+
+@login_router.post("/login")
+async def login(request: Request) -> Response:
+    """Check the pasted token with the service's authenticator; keep it in the cookie."""
+    console = console_of(request)
+    fields = await read_form(request)
+    token = fields.get("token", "").strip()
+    target = safe_next(fields.get("next"), console.home)
+    auth: Authenticator = request.app.state.auth
+    principal = await auth.principal_id_async(f"Bearer {token}") if token else None
+    if principal is None:
+        return render(
+            request,
+            "login.html",
+            status=401,
+            next=target,
+            error="This token is not valid (or has expired).",
+        )
+    response = redirect(request, target)
+    _cookie(response, console, console.session_cookie, token, SESSION_MAX_AGE)
+    return response
+
+
+@login_router.post("/logout")
+async def logout(request: Request) -> Response:
+    console = console_of(request)
+    await read_form(request)
+    response = redirect(request, f"{PREFIX}/login")
+    response.delete_cookie(
+        console.session_cookie, path="/", secure=console.secure, httponly=True, samesite="strict"
+    )
+    return response
+
+
+def mount(app: FastAPI, pages: APIRouter, settings: CommonSettings, *, title: str) -> None:
+    """Serve a service's console pages, the login, the static files, and error pages."""
+    app.state.console = Console(title=title, secure=settings.environment != "development")
+    app.include_router(login_router)
+    app.include_router(pages)
+    app.mount(
+        f"{PREFIX}/static",
+        StaticFiles(packages=[("services.console", "static")]),
+        name="console-static",
+    )
+
+    @app.exception_handler(ConsoleError)
+    async def _console_error(request: Request, exc: ConsoleError) -> Response:
+        return render(request, "error.html", status=exc.status, title=exc.title, detail=exc.detail)
+
+    @app.exception_handler(LoginNeeded)
+    async def _login_needed(request: Request, _: LoginNeeded) -> Response:
+        return to_login(request)
+
+
+def query_string(params: Mapping[str, object]) -> str:
+    """`?a=1&b=2` of the parameters that are set (for pagination and filter links)."""
+    kept = [(k, str(v)) for k, v in params.items() if v not in (None, "", False)]
+    if not kept:
+        return ""
+    return "?" + "&".join(f"{quote(k)}={quote(v, safe='')}" for k, v in kept)
+
+
+templates.globals["query_string"] = query_string

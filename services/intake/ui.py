@@ -1,0 +1,290 @@
+"""The handlers' and reporters' console pages under `/ui/`.
+
+Each page calls the function its JSON route is, with the principal the login cookie
+resolves to through `optional_principal` (the API's own dependency): the list is
+`handlers.my_incidents`, the report is `handlers.view_incident` (which commits
+`incident.viewed.v1` before it builds anything to show), and acknowledge, status,
+comments and messages are `handlers.acknowledge`, `change_status`, `comment` and
+`message_reporter`. So access decisions, the 404 an excluded principal gets, the
+recorded refusals and any decryption of content are exactly the API's.
+
+Reporters: a report form (`api.post_report`, anonymous unless signed in), and the
+receipt page, where the receipt and the secret are POSTed (never in a URL) to
+`open_receipt` and `reporter_view`, as `GET /v1/receipts/{receipt}` does. These routes
+are untraced (see `app.py`), and nothing about the reporter is stored.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from pydantic import ValidationError
+
+from services.console.web import (
+    ConsoleError,
+    LoginNeeded,
+    read_form,
+    redirect,
+    render,
+    session_authorization,
+)
+from services.domain.reports import ReportRequest
+from services.infra.auth import Principal
+from services.infra.http import Problem
+from services.intake import handlers
+from services.intake.api import post_report
+from services.intake.principals import optional_principal
+from services.intake.service import Busy, IntakeService, ReceiptNotFound, TooManyAttempts
+
+router = APIRouter(prefix="/ui", include_in_schema=False)
+
+DONE = {
+    "acknowledged": "Your acknowledgement is recorded.",
+    "already": "You had already acknowledged this incident.",
+    "status": "The status change is recorded.",
+    "comment": "Your comment is recorded.",
+    "message": "Your message to the reporter is recorded.",
+}
+
+
+async def signed_in(request: Request) -> Principal | None:
+    """The principal of the login cookie, None without one (an invalid one: log in again)."""
+    authorization = session_authorization(request)
+    if authorization is None:
+        return None
+    try:
+        return await optional_principal(request, authorization)
+    except Problem:
+        raise LoginNeeded from None
+
+
+async def handler(request: Request) -> Principal:
+    principal = await signed_in(request)
+    if principal is None:
+        raise LoginNeeded
+    return principal
+
+
+def _incident_id(incident_id: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(incident_id)
+    except ValueError:
+        raise ConsoleError(404, "Not found", "No such incident.") from None
+
+
+def _page_error(exc: Problem) -> ConsoleError:
+    return ConsoleError(exc.status, exc.title, exc.detail)
+
+
+def _invalid(exc: ValidationError) -> ConsoleError:
+    detail = "; ".join(
+        str(e.get("msg", "invalid")).removeprefix("Value error, ") for e in exc.errors()
+    )
+    return ConsoleError(422, "Not accepted", detail)
+
+
+@router.get("/")
+async def home(request: Request) -> Response:
+    """My incidents when signed in; otherwise the ways in."""
+    principal = await signed_in(request)
+    if principal is None:
+        return render(request, "intake_home.html", principal=None, incidents=None)
+    listed = await handlers.my_incidents(request, principal)
+    return render(
+        request, "intake_home.html", principal=principal.id, incidents=listed["incidents"]
+    )
+
+
+@router.get("/incidents/{incident_id}")
+async def incident(incident_id: str, request: Request, done: str | None = None) -> Response:
+    """The report, shown only after `view_incident` recorded the view."""
+    principal = await handler(request)
+    try:
+        view = await handlers.view_incident(_incident_id(incident_id), request, principal)
+    except Problem as exc:
+        raise _page_error(exc) from None
+    return render(
+        request,
+        "intake_incident.html",
+        principal=principal.id,
+        view=view,
+        done=DONE.get(done or ""),
+    )
+
+
+@router.post("/incidents/{incident_id}/acknowledge")
+async def acknowledge(incident_id: str, request: Request) -> Response:
+    principal = await handler(request)
+    await read_form(request)
+    try:
+        answer = await handlers.acknowledge(_incident_id(incident_id), request, principal)
+    except Problem as exc:
+        raise _page_error(exc) from None
+    new = json.loads(bytes(answer.body))["new"]
+    return redirect(
+        request, f"/ui/incidents/{incident_id}?done={'acknowledged' if new else 'already'}"
+    )
+
+
+@router.post("/incidents/{incident_id}/status")
+async def status(incident_id: str, request: Request) -> Response:
+    principal = await handler(request)
+    fields = await read_form(request)
+    try:
+        body = handlers.StatusChangeBody(
+            status=fields.get("status", ""), outcome=fields.get("outcome") or None
+        )
+    except ValidationError as exc:
+        raise _invalid(exc) from None
+    try:
+        await handlers.change_status(_incident_id(incident_id), body, request, principal)
+    except Problem as exc:
+        raise _page_error(exc) from None
+    return redirect(request, f"/ui/incidents/{incident_id}?done=status")
+
+
+async def _text_action(incident_id: str, request: Request, kind: str) -> Response:
+    principal = await handler(request)
+    fields = await read_form(request)
+    try:
+        body = handlers.TextBody(text=fields.get("text", ""))
+    except ValidationError as exc:
+        raise _invalid(exc) from None
+    act = handlers.comment if kind == "comment" else handlers.message_reporter
+    try:
+        await act(_incident_id(incident_id), body, request, principal)
+    except Problem as exc:
+        raise _page_error(exc) from None
+    return redirect(request, f"/ui/incidents/{incident_id}?done={kind}")
+
+
+@router.post("/incidents/{incident_id}/comments")
+async def comment(incident_id: str, request: Request) -> Response:
+    return await _text_action(incident_id, request, "comment")
+
+
+@router.post("/incidents/{incident_id}/messages")
+async def message(incident_id: str, request: Request) -> Response:
+    return await _text_action(incident_id, request, "message")
+
+
+# Reporters ---------------------------------------------------------------------------
+
+
+def _service(request: Request) -> IntakeService:
+    service: IntakeService = request.app.state.intake
+    return service
+
+
+@router.get("/report")
+async def report_form(request: Request) -> Response:
+    principal = await signed_in(request)
+    return render(
+        request,
+        "intake_report.html",
+        principal=principal.id if principal else None,
+        categories=sorted(_service(request).policy.categories),
+        key=str(uuid.uuid4()),
+        values={},
+        error=None,
+    )
+
+
+def _names(text: str) -> list[str]:
+    return [n.strip() for n in text.replace("\n", ",").split(",") if n.strip()]
+
+
+@router.post("/report")
+async def report(request: Request) -> Response:
+    """Submit through `post_report`; an anonymous reporter sees the receipt and secret once."""
+    principal = await signed_in(request)
+    fields = await read_form(request)
+    body: dict[str, Any] = {
+        name: fields.get(name, "").strip()
+        for name in ("category", "summary", "description", "location", "unit")
+    }
+    body = {k: v for k, v in body.items() if v or k in ("category", "summary", "description")}
+    body["accused"] = _names(fields.get("accused", ""))
+    body["named"] = _names(fields.get("named", ""))
+    categories = sorted(_service(request).policy.categories)
+    try:
+        parsed = ReportRequest.model_validate(body)
+        answer = await post_report(parsed, request, principal, fields.get("key") or None)
+    except (ValidationError, Problem) as exc:
+        error = _invalid(exc).detail if isinstance(exc, ValidationError) else exc.detail
+        return render(
+            request,
+            "intake_report.html",
+            status=422,
+            principal=principal.id if principal else None,
+            categories=categories,
+            key=fields.get("key") or str(uuid.uuid4()),
+            values=fields,
+            error=error,
+        )
+    submitted = json.loads(bytes(answer.body))
+    return render(
+        request,
+        "intake_submitted.html",
+        principal=principal.id if principal else None,
+        submitted=submitted,
+    )
+
+
+@router.get("/receipt")
+async def receipt_form(request: Request) -> Response:
+    return render(request, "intake_receipt.html", view=None, error=None, receipt="", secret="")
+
+
+async def _open(request: Request, fields: dict[str, str]) -> str:
+    try:
+        return await _service(request).open_receipt(
+            fields.get("receipt", "")[:100], fields.get("secret", "")[:200] or None
+        )
+    except ReceiptNotFound:
+        raise ConsoleError(404, "Not found", "No report matches this receipt and secret.") from None
+    except TooManyAttempts as exc:
+        raise ConsoleError(
+            429, "Too many attempts", f"Try again in {exc.retry_after} seconds."
+        ) from None
+
+
+async def _receipt_page(
+    request: Request, incident_id: str, fields: dict[str, str], note: str | None
+) -> Response:
+    view = await _service(request).reporter_view(incident_id)
+    return render(
+        request,
+        "intake_receipt.html",
+        view=view,
+        error=None,
+        note=note,
+        receipt=fields.get("receipt", ""),
+        secret=fields.get("secret", ""),
+    )
+
+
+@router.post("/receipt")
+async def receipt(request: Request) -> Response:
+    """The reporter's view: status, acknowledged-at, messages (as the receipts API)."""
+    fields = await read_form(request)
+    return await _receipt_page(request, await _open(request, fields), fields, None)
+
+
+@router.post("/receipt/messages")
+async def receipt_message(request: Request) -> Response:
+    """The reporter's reply (`message_from_reporter`), then the view again."""
+    fields = await read_form(request)
+    text = fields.get("text", "").strip()
+    if not text or len(text) > 10_000:
+        raise ConsoleError(422, "Not accepted", "A message is 1 to 10,000 characters.")
+    incident_id = await _open(request, fields)
+    try:
+        await _service(request).message_from_reporter(incident_id, text)
+    except Busy:
+        raise ConsoleError(503, "Busy", "The report kept changing; send it again.") from None
+    return await _receipt_page(request, incident_id, fields, "Your message is sent.")
