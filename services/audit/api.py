@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -15,14 +16,22 @@ from services.audit.heads import all_heads, latest_head
 from services.audit.ledger import decode_leaf, incident_entries, roles_in_ledger
 from services.domain.directory import DirectoryFile
 from services.domain.envelope import utc_rfc3339
+from services.domain.events import IdentityDisclosed, make_event
 from services.domain.knowledge import LedgerEvent, knowledge_as_of, state_as_of
+from services.infra import eventstore
 from services.infra.auth import Authenticator
+from services.infra.crypto import IncidentKey
 from services.infra.http import Problem, problem_responses
+from services.infra.keystore import KeyStore
 from services.infra.runtime import Runtime
-from services.infra.telemetry import trace_id_of
+from services.infra.telemetry import current_traceparent, trace_id_of
 
 router = APIRouter(prefix="/v1")
 AUDIT_ROLES = frozenset({"auditor"})
+IDENTITY_CUSTODIAN = "identity_custodian"
+KNOWLEDGE_ROLES = frozenset({"auditor", IDENTITY_CUSTODIAN})
+DISCLOSED = "incident.identity.disclosed.v1"
+KNOWLEDGE_REASON = "the reporter named in an audit knowledge answer"
 MAX_ENTRIES = 1000
 UNAUTHORIZED = (401, "No bearer token, or one that is not valid.")
 FORBIDDEN = (403, "The caller does not hold the auditor role.")
@@ -34,6 +43,14 @@ INCIDENT_ANSWERS = problem_responses(UNAUTHORIZED, FORBIDDEN, NO_INCIDENT, INVAL
 
 async def require_auditor(request: Request, authorization: str | None) -> str:
     """The calling principal if it holds the auditor role; 401 or 403 otherwise."""
+    principal, _roles = await require_role(request, authorization, AUDIT_ROLES)
+    return principal
+
+
+async def require_role(
+    request: Request, authorization: str | None, allowed: frozenset[str]
+) -> tuple[str, frozenset[str]]:
+    """The calling principal and its roles if it holds one of `allowed`; else 401 or 403."""
     auth: Authenticator = request.app.state.auth
     principal = await auth.principal_id_async(authorization)
     if principal is None:
@@ -44,9 +61,9 @@ async def require_auditor(request: Request, authorization: str | None) -> str:
     if roles is None:  # the directory's events have not reached the ledger: the seed file
         directory: DirectoryFile = request.app.state.directory
         roles = directory.roles_of(principal)
-    if not roles & AUDIT_ROLES:
-        raise Problem(403, "Forbidden", "The auditor role is required.")
-    return principal
+    if not roles & allowed:
+        raise Problem(403, "Forbidden", f"The {' or '.join(sorted(allowed))} role is required.")
+    return principal, roles
 
 
 @router.get(
@@ -59,8 +76,13 @@ async def timeline(
     request: Request,
     authorization: Annotated[str | None, Header()] = None,
 ) -> dict[str, Any]:
-    """The incident's events in ledger order, each with its index and recording time."""
-    entries = await _incident(request, authorization, incident_id)
+    """The incident's events in ledger order, each with its index and recording time.
+
+    Sealed content is opened for the auditor (`[erased]` once the incident was erased).
+    """
+    entries = await readable(
+        request, incident_id, await _incident(request, authorization, incident_id)
+    )
     return {
         "incident_id": incident_id,
         "events": [
@@ -86,10 +108,25 @@ async def knowledge(
     as_of: Annotated[datetime | None, Query(description="RFC 3339 instant; default now")] = None,
     authorization: Annotated[str | None, Header()] = None,
 ) -> dict[str, Any]:
-    """Principals who had been shown the report by `as_of`, by ledger time (no backdating)."""
-    entries = await _incident(request, authorization, incident_id)
-    answer = knowledge_as_of(incident_id, entries, _instant(as_of))
-    return answer.to_json()
+    """Principals who had been shown the report by `as_of`, by ledger time (no backdating).
+
+    For the auditor and identity custodian roles. The reporter appears as `reporter`,
+    or by person id to an identity custodian: that answer is itself recorded first, as
+    `incident.identity.disclosed.v1`, so the custodian appears in later answers.
+    """
+    _principal, roles = await require_role(request, authorization, KNOWLEDGE_ROLES)
+    entries = await _entries(request, incident_id)
+    moment = _instant(as_of)
+    if IDENTITY_CUSTODIAN not in roles:
+        return knowledge_as_of(incident_id, entries, moment).to_json()
+    keys: KeyStore = request.app.state.keys
+    runtime: Runtime = request.app.state.runtime
+    async with runtime.db.acquire() as conn, conn.transaction():
+        key = await keys.get(conn, incident_id)
+        if key is not None:  # erased: there is no identity left to disclose
+            await record_disclosure(runtime, conn, key, _principal, entries)
+    opened = await readable(request, incident_id, entries)
+    return knowledge_as_of(incident_id, opened, moment, reveal_reporter=key is not None).to_json()
 
 
 @router.get(
@@ -104,7 +141,9 @@ async def state(
     authorization: Annotated[str | None, Header()] = None,
 ) -> dict[str, Any]:
     """Rebuilt by replaying the ledger through the domain fold the services use."""
-    entries = await _incident(request, authorization, incident_id)
+    entries = await readable(
+        request, incident_id, await _incident(request, authorization, incident_id)
+    )
     moment = _instant(as_of)
     return {
         "incident_id": incident_id,
@@ -126,6 +165,47 @@ async def _incident(
     request: Request, authorization: str | None, incident_id: str
 ) -> list[LedgerEvent]:
     await require_auditor(request, authorization)
+    return await _entries(request, incident_id)
+
+
+async def readable(
+    request: Request, incident_id: str, entries: list[LedgerEvent]
+) -> list[LedgerEvent]:
+    """The entries with their sealed content opened (call only for authorised auditors)."""
+    keys: KeyStore = request.app.state.keys
+    runtime: Runtime = request.app.state.runtime
+    async with runtime.db.acquire() as conn:
+        opened = await keys.open_events(conn, incident_id, [e.envelope for e in entries])
+    return [replace(e, envelope=o) for e, o in zip(entries, opened, strict=True)]
+
+
+async def record_disclosure(
+    runtime: Runtime,
+    conn: asyncpg.Connection,
+    key: IncidentKey,
+    principal: str,
+    entries: list[LedgerEvent],
+) -> None:
+    """Queue `incident.identity.disclosed.v1` for a custodian's knowledge answer (in txn)."""
+    first = entries[0].envelope
+    event = make_event(
+        DISCLOSED,
+        subject=first.subject,
+        data=IdentityDisclosed(principal=principal, reason=key.seal("reason", KNOWLEDGE_REASON)),
+        source=runtime.source,
+        time=datetime.now(UTC),
+        actor=principal,
+        correlationid=first.correlationid or first.id,
+        traceparent=current_traceparent(),
+    )
+    stream = f"disclosures:{first.subject}"
+    version = await eventstore.stream_version(conn, stream)
+    await eventstore.append(
+        conn, stream, version, [event], topic_prefix=runtime.settings.kafka_topic_prefix
+    )
+
+
+async def _entries(request: Request, incident_id: str) -> list[LedgerEvent]:
     runtime: Runtime = request.app.state.runtime
     async with runtime.db.acquire() as conn:
         entries = await incident_entries(conn, incident_id)

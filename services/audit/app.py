@@ -19,6 +19,7 @@ from services.domain.directory import DirectoryFile
 from services.infra.auth import make_authenticator
 from services.infra.config import load_yaml_model
 from services.infra.kafka import all_topics
+from services.infra.keystore import key_store
 from services.infra.runtime import Runtime
 from services.infra.settings import AuditSettings
 from services.infra.webapp import build_app
@@ -32,6 +33,11 @@ def create_app(settings: AuditSettings | None = None) -> FastAPI:
     directory = load_yaml_model(settings.directory_file, DirectoryFile)
     auth = make_authenticator(settings)
     runtime = Runtime(settings, "audit", MIGRATIONS, db_role=settings.audit_db_role or None)
+    # Audit opens content for auditors: it reads the key store, never writes it.
+    keys = key_store(
+        settings.master_key, settings.master_key_file, settings.schema_name(settings.keys_schema)
+    )
+    runtime.before_start.append(lambda: keys.migrate(settings.database_url))
 
     async def ingest(records: Sequence[ConsumerRecord]) -> None:
         async with runtime.db.acquire() as conn, conn.transaction():
@@ -51,6 +57,7 @@ def create_app(settings: AuditSettings | None = None) -> FastAPI:
     app.state.heads = heads
     app.state.auth = auth
     app.state.directory = directory
+    app.state.keys = keys
     app.state.evidence = EvidenceDesk(runtime, signer)
     app.state.trace_url = settings.console_trace_url
     app.include_router(router)

@@ -3,6 +3,23 @@
 Each type is versioned (`.v1`); a change of shape makes `.v2` plus an upcaster, never
 an edit of `.v1`. `make schemas` exports every model below as JSON Schema and the
 topics as an AsyncAPI document.
+
+Personal content travels sealed (SPEC.md, issue #8). The fields keep their names and
+their `.v1` types; their text is a *sealed value* on every topic but
+`incident.inbound` (where other systems publish plaintext, which intake seals before
+it stores or republishes anything):
+
+    enc:v1:<base64(12-byte nonce || AES-256-GCM ciphertext || 16-byte tag)>
+
+encrypted under the incident's data key with `<incident id> NUL <field name>` as
+associated data, so a sealed value opens only for its incident and field. Sealed:
+`summary`, `description`, `location`, free-text (non-directory) entries of `accused`
+and `named`, `reporter_identity`, reporter and handler message texts, comment texts,
+the closing `outcome` and amendments' `addendum` and free-text names. Person ids the
+directory knows stay clear in `accused` and `named` (routing needs them), and the
+reporter's person id travels only as a keyed pseudonym (`pn:<hex>`). `report_digest`
+is an HMAC-SHA256 of the canonical content keyed by a per-incident salt. When an
+incident is erased its key and salt are destroyed: its sealed values never open again.
 """
 
 from __future__ import annotations
@@ -10,6 +27,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -41,30 +59,63 @@ class EventData(BaseModel):
 
 PrincipalId = str
 Digest = str  # "sha256:<hex>"
+SEALED_PREFIX = "enc:v1:"
+"""Start of a sealed value (see the module docstring)."""
+_SEALED = (
+    " Sealed (`enc:v1:<base64(nonce || ciphertext || tag)>`, AES-256-GCM under the"
+    " incident's data key, associated data `<incident id> NUL <field>`) on every topic"
+    " but incident.inbound, where it is plaintext."
+)
 
 
 class ReportSubmitted(EventData):
     """A report entered the system (from a person, a system, or anonymously)."""
 
     category: str = Field(description="Report category, one of the policy's categories.")
-    summary: str = Field(description="One-line summary.")
-    description: str = Field(description="What happened, in the reporter's words.")
+    summary: str = Field(description="One-line summary." + _SEALED)
+    description: str = Field(description="What happened, in the reporter's words." + _SEALED)
     occurred_at: datetime | None = Field(None, description="When it happened, if known.")
-    location: str | None = Field(None, description="Where it happened, if known.")
+    location: str | None = Field(None, description="Where it happened, if known." + _SEALED)
     unit: str | None = Field(None, description="Business unit concerned, if known.")
-    accused: list[str] = Field(default_factory=list, description="Person ids or free names.")
-    named: list[str] = Field(default_factory=list, description="Others involved.")
-    reporter: str | None = Field(None, description="Reporter's person id; null if anonymous.")
+    accused: list[str] = Field(
+        default_factory=list,
+        description="Person ids (clear) or free-text names (each sealed, but on incident.inbound).",
+    )
+    named: list[str] = Field(
+        default_factory=list,
+        description="Others involved: person ids (clear) or free-text names (each sealed,"
+        " but on incident.inbound).",
+    )
+    reporter: str | None = Field(
+        None,
+        description="The reporter: null if anonymous. On incident.inbound, the person id;"
+        " everywhere else a keyed pseudonym `pn:<32 hex>` (HMAC-SHA256 of incident id and"
+        " person id under a key intake and triage hold) that triage matches against the"
+        " directory and nobody can read back.",
+    )
+    reporter_identity: str | None = Field(
+        None,
+        description="The reporter's person id, sealed (field `reporter_identity`); only"
+        " an identity custodian is shown it. Null if anonymous; absent on incident.inbound.",
+    )
     channel: str = Field("web", description="How it arrived: web, api, kafka, hotline...")
-    report_digest: Digest = Field(description="sha256 digest of the report content.")
+    report_digest: Digest = Field(
+        description="`sha256:<hex>`: HMAC-SHA256 of the canonical report content (what a"
+        " principal is shown) keyed by the incident's salt; comparable across the"
+        " incident's events, not guessable from the content."
+    )
 
 
 class ReportAmended(EventData):
     """The report gained information after submission."""
 
-    accused_added: list[str] = Field(default_factory=list)
-    named_added: list[str] = Field(default_factory=list)
-    addendum: str | None = Field(None, description="Text added to the report.")
+    accused_added: list[str] = Field(
+        default_factory=list, description="Person ids (clear) or free-text names (sealed)."
+    )
+    named_added: list[str] = Field(
+        default_factory=list, description="Person ids (clear) or free-text names (sealed)."
+    )
+    addendum: str | None = Field(None, description="Text added to the report." + _SEALED)
     report_digest: Digest = Field(description="Digest of the amended report version.")
 
 
@@ -73,7 +124,7 @@ class ReporterMessage(EventData):
 
     direction: Literal["from_reporter", "to_reporter"]
     author: str = Field(description="`reporter`, or the handler's principal id.")
-    text: str
+    text: str = Field(description="The message." + _SEALED)
 
 
 class ChainLevel(EventData):
@@ -134,19 +185,52 @@ class Acknowledged(EventData):
 
 class Commented(EventData):
     principal: PrincipalId
-    text: str
+    text: str = Field(description="The comment." + _SEALED)
 
 
 class StatusChanged(EventData):
     principal: PrincipalId
     status: Literal["investigating", "resolved", "closed"]
-    outcome: str | None = None
+    outcome: str | None = Field(None, description="The outcome (when closed)." + _SEALED)
 
 
 class AccessDenied(EventData):
     principal: PrincipalId
     action: str
     reason: str | None = None
+
+
+class IdentityDisclosed(EventData):
+    """An identity custodian was shown who reported (recorded before the answer)."""
+
+    principal: PrincipalId = Field(description="The identity custodian shown the reporter.")
+    reason: str = Field(description="Why the custodian asked (their words, sealed)." + _SEALED)
+
+
+class LegalHoldPlaced(EventData):
+    """An auditor suspended the incident's erasure (a legal hold)."""
+
+    principal: PrincipalId
+    reason: str = Field(description="Why (the matter or case reference)." + _SEALED)
+
+
+class LegalHoldReleased(EventData):
+    """An auditor lifted a legal hold: erasure may proceed when retention has passed."""
+
+    principal: PrincipalId
+    reason: str = Field(description="Why." + _SEALED)
+
+
+class Erased(EventData):
+    """The incident's data key and salt were destroyed: its sealed content is gone for good.
+
+    Everything else stays: the events, their hashes and signatures, who knew and when.
+    """
+
+    reason: Literal["retention_expired"]
+    category: str | None = Field(description="The category whose retention applied.")
+    closed_at: datetime = Field(description="When the incident was closed.")
+    retain_until: datetime = Field(description="closed_at plus the category's retention.")
 
 
 class Escalated(EventData):
@@ -234,6 +318,10 @@ CATALOG: dict[str, EventType] = {
         EventType("incident.commented.v1", Topic.ACTIVITY, Commented),
         EventType("incident.status.changed.v1", Topic.ACTIVITY, StatusChanged),
         EventType("incident.access.denied.v1", Topic.ACTIVITY, AccessDenied),
+        EventType("incident.identity.disclosed.v1", Topic.ACTIVITY, IdentityDisclosed),
+        EventType("incident.legal_hold.placed.v1", Topic.ACTIVITY, LegalHoldPlaced),
+        EventType("incident.legal_hold.released.v1", Topic.ACTIVITY, LegalHoldReleased),
+        EventType("incident.erased.v1", Topic.ACTIVITY, Erased),
         EventType("incident.escalated.v1", Topic.ESCALATIONS, Escalated),
         EventType("incident.escalation.cleared.v1", Topic.ESCALATIONS, EscalationCleared),
         EventType("incident.reminder.due.v1", Topic.ESCALATIONS, ReminderDue),
@@ -332,6 +420,40 @@ def data_of(envelope: Envelope) -> EventData:
         return entry.data.model_validate(envelope.data)
     except ValidationError as exc:
         raise InvalidEvent(f"invalid data for {envelope.type}: {_explain(exc)}") from exc
+
+
+def is_sealed(value: object) -> bool:
+    """True for a sealed value (`enc:v1:...`)."""
+    return isinstance(value, str) and value.startswith(SEALED_PREFIX)
+
+
+UNREADABLE = "[erased]"
+"""What a sealed value reads as when its key is gone (the incident was erased)."""
+
+
+def open_data(data: dict[str, Any], open_field: Callable[[str, str], str | None]) -> dict[str, Any]:
+    """A copy of `data` with every sealed value (top level, or in a list) opened.
+
+    `open_field(field, sealed)` returns the plaintext, or None when it cannot (the key
+    is destroyed): the value then reads `UNREADABLE`.
+    """
+
+    def one(name: str, value: Any) -> Any:
+        if is_sealed(value):
+            opened = open_field(name, value)
+            return UNREADABLE if opened is None else opened
+        if isinstance(value, list):
+            return [one(name, v) for v in value]
+        return value
+
+    return {name: one(name, value) for name, value in data.items()}
+
+
+def open_envelope(envelope: Envelope, open_field: Callable[[str, str], str | None]) -> Envelope:
+    """The same event with its sealed values opened (for a principal allowed to read)."""
+    if not any(is_sealed(v) or isinstance(v, list) for v in envelope.data.values()):
+        return envelope
+    return envelope.model_copy(update={"data": open_data(envelope.data, open_field)})
 
 
 def b64(raw: bytes) -> str:

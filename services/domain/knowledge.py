@@ -16,7 +16,9 @@ Events):
   first one sets that principal's `acknowledged_at`;
 - `incident.report.submitted.v1`: the reporter (`reporter`, or the person id when the
   caller may see it) and, when the actor is a system, that system;
-- `incident.report.amended.v1`: the reporter, who wrote the new version.
+- `incident.report.amended.v1`: the reporter, who wrote the new version;
+- `incident.identity.disclosed.v1`: the identity custodian shown who reported
+  (`identity_disclosed`; they are shown no report version).
 
 `incident.access.denied.v1` makes nobody know; every other type is ignored.
 
@@ -33,17 +35,22 @@ from typing import Any, Literal
 
 from services.domain.envelope import Envelope, utc_rfc3339
 from services.domain.events import (
+    UNREADABLE,
     Acknowledged,
     Escalated,
+    IdentityDisclosed,
     Notified,
     ReportAmended,
     ReportSubmitted,
     Viewed,
     data_of,
+    is_sealed,
 )
 from services.domain.incident import IncidentState, apply
 
-Via = Literal["notified", "viewed", "escalated", "acknowledged", "reported", "submitted"]
+Via = Literal[
+    "notified", "viewed", "escalated", "acknowledged", "reported", "submitted", "identity_disclosed"
+]
 
 REPORTER = "reporter"
 """The principal the reporter appears as, unless the caller may see who it is."""
@@ -54,10 +61,16 @@ NOTIFIED = "incident.notified.v1"
 VIEWED = "incident.viewed.v1"
 ESCALATED = "incident.escalated.v1"
 ACKNOWLEDGED = "incident.acknowledged.v1"
-KNOWING_TYPES = frozenset({NOTIFIED, VIEWED, ESCALATED, ACKNOWLEDGED})
+DISCLOSED = "incident.identity.disclosed.v1"
+KNOWING_TYPES = frozenset({NOTIFIED, VIEWED, ESCALATED, ACKNOWLEDGED, DISCLOSED})
 """The SPEC's knowing events; submission and amendment make the reporter know too."""
 
 _SYSTEM_PREFIX = "system:"
+
+
+def _readable_id(value: str) -> bool:
+    """A person id, not a sealed value, a pseudonym or what an erased one reads as."""
+    return not (is_sealed(value) or value.startswith("pn:") or value == UNREADABLE)
 
 
 def _require_aware(name: str, moment: datetime) -> None:
@@ -181,8 +194,11 @@ class _Reader:
         match data_of(envelope):
             case ReportSubmitted() as data:
                 self.latest_digest = data.report_digest
-                if self.reveal_reporter and data.reporter is not None:
-                    self.reporter = data.reporter
+                # The person id: `reporter_identity` once opened (sealed values and
+                # pseudonyms never name anyone), or `reporter` of events before #8.
+                identity = data.reporter_identity or data.reporter
+                if self.reveal_reporter and identity is not None and _readable_id(identity):
+                    self.reporter = identity
                 self.learn(self.reporter, at, "reported", data.report_digest)
                 actor = envelope.actor
                 if actor is not None and actor.startswith(_SYSTEM_PREFIX):
@@ -197,6 +213,8 @@ class _Reader:
             case Escalated() as data:
                 for recipient in data.recipients:
                     self.learn(recipient, at, "escalated", self.latest_digest)
+            case IdentityDisclosed() as data:
+                self.learn(data.principal, at, "identity_disclosed", None)
             case Acknowledged() as data:
                 acc = self.learn(data.principal, at, "acknowledged", self.latest_digest)
                 if acc.acknowledged_at is None or at < acc.acknowledged_at:

@@ -1,6 +1,7 @@
 """The triage and escalation policy file: categories, severities, chains, conflicts.
 
-Durations are written `30s`, `5m`, `1h`, `7d` and held as seconds.
+Durations are written `30s`, `5m`, `1h`, `7d` (or `5y`, 365 days a year) and held as
+seconds.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-_DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
-_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhdy])\s*$")
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "y": 365 * 86400}
 
 
 def parse_duration(value: object) -> int:
@@ -67,6 +68,27 @@ class Conflicts(BaseModel):
         return self
 
 
+DEFAULT_RETENTION = 5 * 365 * 86400
+"""How long an incident's content is kept after it was closed, when the policy is silent."""
+
+
+class Retention(BaseModel):
+    """How long content is kept after closure, before its key is destroyed (erasure)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    after_closure: Duration = Field(DEFAULT_RETENTION, description="Default: 5y.")
+    categories: dict[str, Duration] = Field(
+        default_factory=dict, description="Per category, overriding after_closure."
+    )
+
+    def of(self, category: str | None) -> int:
+        """Seconds to keep an incident of `category` after it was closed."""
+        if category is not None and category in self.categories:
+            return self.categories[category]
+        return self.after_closure
+
+
 class Policy(BaseModel):
     """The `INCIDENTS_POLICY_FILE` document."""
 
@@ -77,6 +99,13 @@ class Policy(BaseModel):
     severities: dict[str, Severity] = Field(min_length=1)
     reporter_acknowledgement_within: Duration
     conflicts: Conflicts = Field(default_factory=Conflicts)
+    retention: Retention | None = Field(
+        None, description="Retention after closure; absent: 5 years for every category."
+    )
+
+    def retention_of(self, category: str | None) -> int:
+        """Seconds an incident of `category` is kept after closure (then erased)."""
+        return (self.retention or Retention()).of(category)
 
     @model_validator(mode="after")
     def _severities_exist(self) -> Policy:

@@ -9,14 +9,15 @@ and an anonymous caller has no reporter.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
-from typing import Final, Literal
+from typing import Final, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from services.domain.envelope import Envelope, new_event_id
+from services.domain.envelope import Envelope, canonical_json, new_event_id
 from services.domain.events import SUBMITTED, ReportSubmitted, make_event
-from services.domain.incident import report_digest
+from services.domain.incident import REPORT_FIELDS
 from services.domain.policy import Policy
 
 
@@ -162,6 +163,46 @@ class UnknownCategory(ValueError):
         self.known = known
 
 
+class Protector(Protocol):
+    """The incident's keys, as the submitted event needs them (infra's `IncidentKey`)."""
+
+    def seal(self, field_name: str, value: str) -> str:
+        """The sealed value of one field's plaintext."""
+        ...
+
+    def digest(self, content: bytes) -> str:
+        """The salted digest (`sha256:<hex>`) of content a principal is shown."""
+        ...
+
+    def pseudonym(self, person_id: str) -> str:
+        """The reporter's keyed pseudonym in this incident."""
+        ...
+
+
+SEALED_REPORT_TEXT: Final = ("summary", "description", "location")
+"""Free-text fields of a report that are always sealed."""
+
+
+def protected_content(
+    content: dict[str, object], protect: Protector, known_people: Collection[str]
+) -> dict[str, object]:
+    """The report content as it is stored and published: free text sealed.
+
+    Entries of `accused` and `named` that are person ids of the directory stay clear
+    (triage routes by them); every other entry is a free-text name and is sealed.
+    """
+    out = dict(content)
+    for name in SEALED_REPORT_TEXT:
+        value = out.get(name)
+        if isinstance(value, str):
+            out[name] = protect.seal(name, value)
+    for name in ("accused", "named"):
+        values = out.get(name)
+        if isinstance(values, list):
+            out[name] = [v if v in known_people else protect.seal(name, str(v)) for v in values]
+    return out
+
+
 def submit_report(
     report: ReportInput,
     policy: Policy,
@@ -172,20 +213,33 @@ def submit_report(
     actor: str,
     source: str,
     now: datetime,
+    protect: Protector,
+    known_people: Collection[str] = (),
     traceparent: str | None = None,
     event_id: str | None = None,
     causationid: str | None = None,
 ) -> Envelope:
-    """The `incident.report.submitted.v1` event that opens an incident."""
+    """The `incident.report.submitted.v1` event that opens an incident, content sealed.
+
+    `protect` holds the incident's keys: free text is sealed, the reporter travels as
+    a pseudonym (and sealed in `reporter_identity`), and the digest is salted.
+    `known_people` are the directory's person ids among the accused and named.
+    """
     event_id = event_id or new_event_id()
     if report.category not in policy.categories:
         raise UnknownCategory(report.category, sorted(policy.categories))
     content = report.model_dump(mode="json", exclude={"channel", "reporter"})
-    data = ReportSubmitted(
-        **content,
-        reporter=reporter,
-        channel=report.channel or channel,
-        report_digest=report_digest(content),
+    shown = {name: content.get(name) for name in REPORT_FIELDS}
+    data = ReportSubmitted.model_validate(
+        {
+            **protected_content(content, protect, known_people),
+            "reporter": None if reporter is None else protect.pseudonym(reporter),
+            "reporter_identity": (
+                None if reporter is None else protect.seal("reporter_identity", reporter)
+            ),
+            "channel": report.channel or channel,
+            "report_digest": protect.digest(canonical_json(shown)),
+        }
     )
     return make_event(
         SUBMITTED,

@@ -21,15 +21,25 @@ import hashlib
 import hmac
 import os
 import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-PREFIX = "enc:v1:"
+from services.domain.events import SEALED_PREFIX
+
+PREFIX = SEALED_PREFIX
 KEY_BYTES = 32
 NONCE_BYTES = 12
+DEVELOPMENT_MASTER_KEY = base64.b64encode(hashlib.sha256(b"incidents-dev-master").digest()).decode()
+"""The master key every development and test process shares (public: production refuses it)."""
+DEVELOPMENT_PSEUDONYM_KEY = base64.b64encode(
+    hashlib.sha256(b"incidents-dev-pseudonyms").digest()
+).decode()
+"""The pseudonym key of development and test (public: production refuses it)."""
 
 
 class CryptoError(ValueError):
@@ -54,6 +64,14 @@ class LocalMasterKey:
             raise CryptoError("a master key is 32 bytes")
         self._aead = AESGCM(key)
         self.key_id = hashlib.sha256(b"incidents-master-key:" + key).hexdigest()[:16]
+
+    @classmethod
+    def from_base64(cls, text: str) -> LocalMasterKey:
+        """The key from its base64 text (a setting)."""
+        try:
+            return cls(base64.b64decode(text.strip(), validate=True))
+        except ValueError as exc:
+            raise CryptoError("a master key is 32 bytes of base64") from exc
 
     @classmethod
     def from_file(cls, path: Path, *, create: bool) -> LocalMasterKey:
@@ -129,6 +147,75 @@ def salted_digest(salt: bytes, content: bytes) -> str:
     return "sha256:" + hmac.new(salt, content, hashlib.sha256).hexdigest()
 
 
-def pseudonym(key: bytes, person_id: str) -> str:
-    """A keyed pseudonym of a person id: matchable by who holds `key`, not reversible."""
-    return "pn:" + hmac.new(key, person_id.encode(), hashlib.sha256).hexdigest()[:32]
+def pseudonym(key: bytes, person_id: str, context: str = "") -> str:
+    """A keyed pseudonym of a person id: matchable by who holds `key`, not reversible.
+
+    With a `context` (the incident id), the same person gets another pseudonym in every
+    incident, so pseudonyms do not link one reporter's reports to each other.
+    """
+    message = f"{context}\x00{person_id}".encode() if context else person_id.encode()
+    return "pn:" + hmac.new(key, message, hashlib.sha256).hexdigest()[:32]
+
+
+def decode_key(text: str, what: str) -> bytes:
+    """32 bytes from base64 text (a key given in a setting)."""
+    try:
+        key = base64.b64decode(text.strip(), validate=True)
+    except ValueError as exc:
+        raise CryptoError(f"the {what} is not base64") from exc
+    if len(key) != KEY_BYTES:
+        raise CryptoError(f"the {what} is 32 bytes")
+    return key
+
+
+class Pseudonyms:
+    """Reporter pseudonyms: intake makes them, triage matches them against the directory.
+
+    Who holds the key can test whether a given person is the reporter of an incident
+    (that is what triage needs to exclude them), but cannot read a pseudonym back.
+    """
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) != KEY_BYTES:
+            raise CryptoError("a pseudonym key is 32 bytes")
+        self._key = key
+
+    def of(self, incident_id: str, person_id: str) -> str:
+        return pseudonym(self._key, person_id, incident_id)
+
+    def match(self, incident_id: str, value: str | None, people: Iterable[str]) -> str | None:
+        """The person among `people` whose pseudonym in this incident is `value`, if any."""
+        if not value:
+            return None
+        for person in people:
+            if hmac.compare_digest(self.of(incident_id, person), value):
+                return person
+        return None
+
+
+@dataclass(frozen=True)
+class IncidentKey:
+    """One incident's unwrapped data key and digest salt: seals, opens and digests.
+
+    It is what `services.domain.reports.Protector` asks for (with the pseudonyms), and
+    what opens sealed values for the principals allowed to read them.
+    """
+
+    incident_id: str
+    data_key: bytes = field(repr=False)
+    salt: bytes = field(repr=False)
+    pseudonyms: Pseudonyms | None = field(default=None, repr=False)
+
+    def seal(self, field_name: str, value: str) -> str:
+        return seal(self.data_key, self.incident_id, field_name, value)
+
+    def open(self, field_name: str, value: str) -> str:
+        return unseal(self.data_key, self.incident_id, field_name, value)
+
+    def digest(self, content: bytes) -> str:
+        return salted_digest(self.salt, content)
+
+    def pseudonym(self, person_id: str) -> str:
+        if self.pseudonyms is None:
+            raise CryptoError("no pseudonym key: this process cannot name reporters")
+        return self.pseudonyms.of(self.incident_id, person_id)

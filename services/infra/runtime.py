@@ -52,6 +52,7 @@ class Runtime:
         self.settings = settings
         self.db_role = db_role
         self.name = name
+        metrics.register_service(name)
         self.schema = settings.schema_name(name)
         self.source = f"/services/{name}"
         self.migrations = migrations
@@ -61,6 +62,8 @@ class Runtime:
         self.watch = BrokerWatch(settings, name, all_topics(settings))
         self.consumers: list[ConsumerLoop] = []
         self.tasks: list[tuple[str, Callable[[asyncio.Event], Awaitable[None]]]] = []
+        self.before_start: list[Callable[[], Awaitable[Any]]] = []
+        """Steps run after the migrations, before anything consumes (e.g. the key store's)."""
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.started = False
@@ -99,6 +102,8 @@ class Runtime:
         applied = await migrate_service(self.settings.database_url, self.schema, self.migrations)
         if applied:
             log.info("%s: applied migrations %s", self.name, ", ".join(applied))
+        for step in self.before_start:
+            await step()
         self.pool = await create_pool(
             self.settings.database_url,
             schema=self.schema,

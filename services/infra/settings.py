@@ -14,6 +14,8 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from services.infra.crypto import DEVELOPMENT_MASTER_KEY, DEVELOPMENT_PSEUDONYM_KEY
+
 DEFAULT_DATABASE_URL = "postgresql://postgres:postgres@127.0.0.1:5432/incidents"
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 _DATA = Path(__file__).resolve().parent.parent / "data"
@@ -182,8 +184,83 @@ class CommonSettings(BaseSettings):
         return f"{name}{self.db_schema_suffix}"
 
 
-class IntakeSettings(CommonSettings):
+def _development_key(value: SecretStr | None, path: Path | None, development: str) -> bool:
+    """True when a key setting leaves the public development key in use."""
+    return path is None and (value is None or value.get_secret_value() == development)
+
+
+class PseudonymSettings(CommonSettings):
+    """The key of reporter pseudonyms: intake makes them, triage matches them."""
+
+    pseudonym_key: SecretStr | None = Field(
+        None,
+        description="Base64 of the 32-byte HMAC key of reporter pseudonyms (intake and"
+        " triage must share it). Unset (and no pseudonym_key_file): a public development"
+        " key, which production refuses.",
+    )
+    pseudonym_key_file: Path | None = Field(
+        None, description="File holding the pseudonym key (base64); wins over pseudonym_key."
+    )
+
+    @field_validator("pseudonym_key", "pseudonym_key_file", mode="before")
+    @classmethod
+    def _blank_pseudonym_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _real_pseudonym_key(self) -> PseudonymSettings:
+        if self.environment == "production" and _development_key(
+            self.pseudonym_key, self.pseudonym_key_file, DEVELOPMENT_PSEUDONYM_KEY
+        ):
+            raise ValueError(
+                "production needs INCIDENTS_PSEUDONYM_KEY_FILE or INCIDENTS_PSEUDONYM_KEY"
+                " (not the development key)"
+            )
+        return self
+
+
+class ContentKeySettings(CommonSettings):
+    """The master key that wraps incidents' data keys (intake and audit only)."""
+
+    master_key: SecretStr | None = Field(
+        None,
+        description="Base64 of the 32-byte master key that wraps every incident's data key."
+        " Unset (and no master_key_file): a public development key, which production"
+        " refuses.",
+    )
+    master_key_file: Path | None = Field(
+        None, description="File holding the master key (base64); wins over master_key."
+    )
+    keys_schema: str = Field(
+        "keys", description="PostgreSQL schema of the key store (suffixed like the others)."
+    )
+
+    @field_validator("master_key", "master_key_file", mode="before")
+    @classmethod
+    def _blank_key_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _real_master_key(self) -> ContentKeySettings:
+        if self.environment == "production" and _development_key(
+            self.master_key, self.master_key_file, DEVELOPMENT_MASTER_KEY
+        ):
+            raise ValueError(
+                "production needs INCIDENTS_MASTER_KEY_FILE or INCIDENTS_MASTER_KEY"
+                " (not the development key)"
+            )
+        return self
+
+
+class IntakeSettings(ContentKeySettings, PseudonymSettings):
     """Intake: the HTTP front door and the `incident.inbound` consumer."""
+
+    erasure_interval: float = Field(
+        3600.0,
+        gt=0,
+        description="Seconds between runs of the erasure job (destroys the keys of closed"
+        " incidents whose retention has passed and that no legal hold keeps).",
+    )
 
     port: int = Field(
         8001,
@@ -192,7 +269,7 @@ class IntakeSettings(CommonSettings):
     )
 
 
-class TriageSettings(CommonSettings):
+class TriageSettings(PseudonymSettings):
     """Triage: the faust stream processor that decides routing."""
 
     port: int = Field(
@@ -321,7 +398,7 @@ class EscalationSettings(CommonSettings):
         return self
 
 
-class AuditSettings(CommonSettings):
+class AuditSettings(ContentKeySettings):
     """Audit: the ledger, its proofs and the auditor API."""
 
     ledger_origin: str = Field(

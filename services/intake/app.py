@@ -14,13 +14,15 @@ from services.domain.policy import Policy
 from services.infra.auth import make_authenticator
 from services.infra.config import load_yaml_model
 from services.infra.kafka import per_record
+from services.infra.keystore import key_store, pseudonyms_of
 from services.infra.runtime import Runtime
 from services.infra.settings import IntakeSettings
 from services.infra.webapp import build_app
-from services.intake import directory_api, handlers, receipts, ui
+from services.intake import directory_api, handlers, privacy, receipts, ui
 from services.intake.api import router
 from services.intake.directory import seed
 from services.intake.inbound import InboundConsumer
+from services.intake.privacy import Eraser
 from services.intake.routing import routing_handler
 from services.intake.service import IntakeService
 
@@ -34,7 +36,16 @@ def create_app(settings: IntakeSettings | None = None) -> FastAPI:
     policy = load_yaml_model(settings.policy_file, Policy)
     auth = make_authenticator(settings)
     runtime = Runtime(settings, "intake", MIGRATIONS)
-    service = IntakeService(runtime, policy)
+    keys = key_store(
+        settings.master_key,
+        settings.master_key_file,
+        settings.schema_name(settings.keys_schema),
+        pseudonyms_of(settings.pseudonym_key, settings.pseudonym_key_file),
+    )
+    runtime.before_start.append(lambda: keys.migrate(settings.database_url))
+    service = IntakeService(runtime, policy, keys)
+    eraser = Eraser(runtime, keys, policy, interval=settings.erasure_interval)
+    runtime.background("erasure", eraser.run)
     inbound = InboundConsumer(runtime, service)
     runtime.consume(
         f"{settings.kafka_topic_prefix}intake-inbound",
@@ -60,10 +71,13 @@ def create_app(settings: IntakeSettings | None = None) -> FastAPI:
         untraced=("v1/reports", "v1/channels", "v1/receipts", "ui/report", "ui/receipt"),
     )
     app.state.intake = service
+    app.state.keys = keys
+    app.state.eraser = eraser
     app.state.auth = auth
     app.include_router(router)
     app.include_router(receipts.router)
     app.include_router(handlers.router)
     app.include_router(directory_api.router)
+    app.include_router(privacy.router)
     web.mount(app, ui.router, settings, title="Incidents")
     return app

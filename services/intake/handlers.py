@@ -8,6 +8,12 @@ the stream, decide, append (optimistic concurrency on the stream version, retrie
 a conflict), commit, and only then answer. So `incident.viewed.v1` is durable before
 any report content leaves the service; if it cannot be stored, nothing is shown.
 
+Content is sealed with the incident's key before it is stored (comments, messages,
+the closing outcome), and opened only for the view, after `incident.viewed.v1`
+committed (`incident_view`, which the JSON route and the console pages both call).
+Closing an incident starts its retention clock (`retention.closed_at`, same
+transaction).
+
 A refusal is recorded as `incident.access.denied.v1` on the incident's stream, or, for
 an incident intake does not know, on the stream `access-denied:<id>` (its subject is
 still the id asked for, so the audit timeline of that id shows the attempts). A
@@ -20,7 +26,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -44,7 +50,9 @@ from services.domain.events import (
 from services.domain.incident import IncidentState, fold
 from services.infra import eventstore
 from services.infra.auth import Principal
+from services.infra.crypto import IncidentKey
 from services.infra.http import Problem, problem_responses
+from services.infra.keystore import KeyStore
 from services.infra.runtime import Runtime
 from services.infra.telemetry import current_traceparent
 from services.intake.principals import RequiredPrincipal
@@ -193,6 +201,15 @@ class Context:
     events: list[Envelope]
     state: IncidentState
     allowed: Allowed
+    key: IncidentKey | None = None
+
+    def seal(self, field_name: str, value: str) -> str:
+        """A value sealed with the incident's key; 409 once the incident was erased."""
+        if self.key is None:
+            raise Problem(
+                409, "Erased", "This incident's content was erased: nothing can be added."
+            )
+        return self.key.seal(field_name, value)
 
     def event(self, type_: str, data: EventData) -> Envelope:
         return make_event(
@@ -221,16 +238,33 @@ def _runtime(request: Request) -> Runtime:
     return runtime
 
 
+def _keys(request: Request) -> KeyStore:
+    keys: KeyStore = request.app.state.keys
+    return keys
+
+
 async def _act(
     request: Request, principal: Principal, incident: uuid.UUID, action: Action, build: Build[T]
 ) -> T:
     """Decide and record one action; returns what `build` made, after the commit."""
-    runtime = _runtime(request)
-    incident_id = str(incident)
+    return await act(_runtime(request), _keys(request), principal, str(incident), action, build)
+
+
+async def act(
+    runtime: Runtime,
+    keys: KeyStore,
+    principal: Principal,
+    incident_id: str,
+    action: Action,
+    build: Build[T],
+) -> T:
+    """Decide and record one action; returns what `build` made, after the commit."""
     for _attempt in range(ATTEMPTS):
         try:
             async with runtime.db.acquire() as conn, conn.transaction():
-                result = await _attempt_once(runtime, conn, incident_id, principal, action, build)
+                result = await _attempt_once(
+                    runtime, keys, conn, incident_id, principal, action, build
+                )
         except eventstore.ConcurrencyError:
             continue
         # committed: the recorded events (or the refusal) are durable from here on
@@ -244,6 +278,7 @@ async def _act(
 
 async def _attempt_once(
     runtime: Runtime,
+    keys: KeyStore,
     conn: asyncpg.Connection,
     incident_id: str,
     principal: Principal,
@@ -255,21 +290,38 @@ async def _attempt_once(
     version = stored[-1].version if stored else 0
     state = fold(incident_id, events)
     if not events or state.category is None:
-        await _deny(runtime, conn, incident_id, principal, action, "no_such_incident", None, 0)
+        await deny(runtime, conn, incident_id, principal, action, "no_such_incident", None, 0)
         return _Denied(404)
     verdict = decide(await routing_of(conn, incident_id), principal.id, principal.roles, action)
     if isinstance(verdict, Refused):
-        await _deny(runtime, conn, incident_id, principal, action, verdict.detail, events, version)
+        await deny(runtime, conn, incident_id, principal, action, verdict.detail, events, version)
         return _Denied(404 if verdict.conceals else 403)
-    context = Context(runtime, incident_id, principal, events, state, verdict)
+    key = await keys.get(conn, incident_id)
+    context = Context(runtime, incident_id, principal, events, state, verdict, key)
     new, result = build(context)
     await eventstore.append(
         conn, incident_id, version, new, topic_prefix=runtime.settings.kafka_topic_prefix
     )
+    for event in new:
+        if event.type == STATUS and event.data.get("status") == "closed":
+            await start_retention(conn, incident_id, state.category, event.time)
     return result
 
 
-async def _deny(
+async def start_retention(
+    conn: asyncpg.Connection, incident_id: str, category: str | None, closed_at: datetime
+) -> None:
+    """The incident was closed: its retention runs from now (inside the caller's txn)."""
+    await conn.execute(
+        "INSERT INTO retention (incident_id, category, closed_at) VALUES ($1, $2, $3)"
+        " ON CONFLICT (incident_id) DO UPDATE SET closed_at = EXCLUDED.closed_at",
+        incident_id,
+        category or "",
+        closed_at,
+    )
+
+
+async def deny(
     runtime: Runtime,
     conn: asyncpg.Connection,
     incident_id: str,
@@ -432,6 +484,17 @@ async def view_incident(
     `incident.viewed.v1` (principal, report digest) is committed before the content
     is built; the answer names the same digest. Any refusal answers 404.
     """
+    return await incident_view(_runtime(request), _keys(request), caller, str(incident_id))
+
+
+async def incident_view(
+    runtime: Runtime, keys: KeyStore, caller: Principal, incident_id: str
+) -> dict[str, Any]:
+    """Record `incident.viewed.v1`, then (only then) the report, opened with its key.
+
+    The one way to show a handler an incident: the JSON route and the console call it.
+    Refusals raise `Problem` (404, 403, 503) like the route answers them.
+    """
 
     def viewed(context: Context) -> tuple[list[Envelope], Context]:
         digest = context.state.report_digest or ""
@@ -440,8 +503,11 @@ async def view_incident(
         )
         return [event], context
 
-    context = await _act(request, caller, incident_id, "view", viewed)
-    return report_view(context)  # only now, after the viewed event committed
+    context = await act(runtime, keys, caller, incident_id, "view", viewed)
+    # only now, after the viewed event committed, is the content opened
+    async with runtime.db.acquire() as conn:
+        opened = await keys.open_events(conn, incident_id, context.events)
+    return report_view(replace(context, events=opened, state=fold(incident_id, opened)))
 
 
 # Writes -----------------------------------------------------------------------------
@@ -544,8 +610,9 @@ async def change_status(
         )
         if refusal:
             raise Problem(409, "Conflict", refusal, current_status=state.status)
+        outcome = None if body.outcome is None else context.seal("outcome", body.outcome)
         event = context.event(
-            STATUS, StatusChanged(principal=caller.id, status=body.status, outcome=body.outcome)
+            STATUS, StatusChanged(principal=caller.id, status=body.status, outcome=outcome)
         )
         return [event], _recorded(context, event, body.status)
 
@@ -572,7 +639,7 @@ async def comment(
         incident_id,
         "comment",
         COMMENTED,
-        Commented(principal=caller.id, text=body.text),
+        lambda context: Commented(principal=caller.id, text=context.seal("text", body.text)),
     )
 
 
@@ -596,7 +663,9 @@ async def message_reporter(
         incident_id,
         "message_reporter",
         MESSAGE,
-        ReporterMessage(direction="to_reporter", author=caller.id, text=body.text),
+        lambda context: ReporterMessage(
+            direction="to_reporter", author=caller.id, text=context.seal("text", body.text)
+        ),
     )
 
 
@@ -606,10 +675,10 @@ async def _simple(
     incident: uuid.UUID,
     action: Action,
     type_: str,
-    data: EventData,
+    data: Callable[[Context], EventData],
 ) -> dict[str, Any]:
     def record(context: Context) -> tuple[list[Envelope], dict[str, Any]]:
-        event = context.event(type_, data)
+        event = context.event(type_, data(context))
         return [event], _recorded(context, event)
 
     return await _act(request, caller, incident, action, record)

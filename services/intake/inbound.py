@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from datetime import UTC, datetime
 
 from aiokafka import ConsumerRecord
 from pydantic import ValidationError
 
 from services.domain.events import SUBMITTED, InvalidEvent, parse_envelope
-from services.domain.reports import ReportInput, UnknownCategory, submit_report
+from services.domain.reports import ReportInput, UnknownCategory
 from services.infra import eventstore
 from services.infra.runtime import Runtime
 from services.infra.telemetry import current_traceparent
@@ -52,29 +51,26 @@ class InboundConsumer:
             return
         key = f"inbound:{envelope.id}"
         incident_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"incident.inbound/{envelope.id}"))
-        try:
-            event = submit_report(
-                report,
-                self.service.policy,
-                incident_id=incident_id,
-                reporter=reporter,
-                channel="kafka",
-                actor=envelope.actor or f"system:{envelope.source}",
-                source=self.runtime.source,
-                now=datetime.now(UTC),
-                traceparent=current_traceparent() or envelope.traceparent,
-                causationid=envelope.id,
-            )
-        except UnknownCategory as exc:
-            await self._reject(record, str(exc), key=key)
+        if report.category not in self.service.policy.categories:
+            unknown = UnknownCategory(report.category, sorted(self.service.policy.categories))
+            await self._reject(record, str(unknown), key=key)
             return
+        # The plaintext of this record is sealed before anything is stored or republished
+        # (incident.inbound itself must be short-retention: see the README, Privacy).
         async with self.runtime.db.acquire() as conn, conn.transaction():
             if not await eventstore.track(
                 conn, CONSUMER, key, record.topic, record.partition, record.offset
             ):
                 return
-            await eventstore.append(
-                conn, incident_id, 0, [event], topic_prefix=self.runtime.settings.kafka_topic_prefix
+            await self.service.open_incident(
+                conn,
+                incident_id,
+                report,
+                reporter=reporter,
+                channel="kafka",
+                actor=envelope.actor or f"system:{envelope.source}",
+                traceparent=current_traceparent() or envelope.traceparent,
+                causationid=envelope.id,
             )
 
     async def _reject(self, record: ConsumerRecord, reason: str, key: str | None) -> None:

@@ -28,6 +28,7 @@ import asyncpg
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
+from services.domain.envelope import Envelope
 from services.domain.events import ReporterMessage, make_event
 from services.domain.policy import Policy
 from services.domain.receipts import (
@@ -41,14 +42,16 @@ from services.domain.receipts import (
     retry_after_seconds,
     sha256_hex,
 )
-from services.domain.reports import ReportInput, submit_report
+from services.domain.reports import ReportInput, UnknownCategory, submit_report
 from services.infra import eventstore
+from services.infra.keystore import KeyStore
 from services.infra.runtime import Runtime
 from services.infra.telemetry import current_traceparent
 
 log = logging.getLogger(__name__)
 
 ANONYMOUS_ACTOR: Final = "reporter:anonymous"
+NAMED_ACTOR: Final = "reporter:named"
 REPLAY_NOTE: Final = (
     "This answer repeats an earlier one for the same Idempotency-Key. The secret was"
     " shown once, in that first answer, and is not stored: it cannot be shown again."
@@ -146,6 +149,7 @@ class IntakeService:
         self,
         runtime: Runtime,
         policy: Policy,
+        keys: KeyStore,
         *,
         hasher: PasswordHasher | None = None,
         receipt_attempts: int = RECEIPT_ATTEMPTS,
@@ -155,6 +159,7 @@ class IntakeService:
     ) -> None:
         self.runtime = runtime
         self.policy = policy
+        self.keys = keys
         self.hasher = hasher or PasswordHasher()  # argon2id, RFC 9106 low-memory profile
         self.receipt_attempts = receipt_attempts
         self.receipt_window = receipt_window
@@ -195,20 +200,12 @@ class IntakeService:
                 known = await conn.fetchval("SELECT 1 FROM people WHERE person_id = $1", reporter)
             if not known:
                 raise UnknownReporter(f"the directory has no person {reporter!r}")
+        if report.category not in self.policy.categories:
+            raise UnknownCategory(report.category, sorted(self.policy.categories))
         anonymous = reporter is None
         incident_id = str(uuid.uuid4())
-        event = submit_report(
-            report,
-            self.policy,
-            incident_id=incident_id,
-            reporter=reporter,
-            channel=channel,
-            actor=actor,
-            source=self.runtime.source,
-            now=datetime.now(UTC),
-            # the caller's span: a new root for anonymous reports (see api._take)
-            traceparent=current_traceparent(),
-        )
+        # the caller's span: a new root for anonymous reports (see api._take)
+        traceparent = current_traceparent()
         receipt = secret = secret_hash = None
         if anonymous:
             receipt, secret = new_receipt(), new_secret()
@@ -221,8 +218,14 @@ class IntakeService:
                 earlier = await self._earlier_answer(conn, idempotency)
                 if earlier is not None:  # a concurrent request with this key won
                     return earlier
-            await eventstore.append(
-                conn, incident_id, 0, [event], topic_prefix=self.runtime.settings.kafka_topic_prefix
+            await self.open_incident(
+                conn,
+                incident_id,
+                report,
+                reporter=reporter,
+                channel=channel,
+                actor=actor,
+                traceparent=traceparent,
             )
             if anonymous:
                 await conn.execute(
@@ -242,6 +245,54 @@ class IntakeService:
                     json.dumps(stored),
                 )
         return Submission(202, {**answer, "secret": secret}, replayed=False)
+
+    async def open_incident(
+        self,
+        conn: asyncpg.Connection,
+        incident_id: str,
+        report: ReportInput,
+        *,
+        reporter: str | None,
+        channel: str,
+        actor: str,
+        traceparent: str | None,
+        causationid: str | None = None,
+    ) -> Envelope:
+        """Inside the caller's transaction: the incident's key, its sealed submitted event
+        (stored and queued) and its retention row. Raises UnknownCategory.
+
+        A person reporting as themselves is the actor `reporter:named`: their id would
+        name the reporter in clear on every topic and in the ledger."""
+        if reporter is not None and actor == reporter:
+            actor = NAMED_ACTOR
+        key = await self.keys.create(conn, incident_id)
+        names = [*report.accused, *report.named]
+        known = await conn.fetch(
+            "SELECT person_id FROM people WHERE person_id = ANY($1::text[])", names
+        )
+        event = submit_report(
+            report,
+            self.policy,
+            incident_id=incident_id,
+            reporter=reporter,
+            channel=channel,
+            actor=actor,
+            source=self.runtime.source,
+            now=datetime.now(UTC),
+            protect=key,
+            known_people=frozenset(r["person_id"] for r in known),
+            traceparent=traceparent,
+            causationid=causationid,
+        )
+        await eventstore.append(
+            conn, incident_id, 0, [event], topic_prefix=self.runtime.settings.kafka_topic_prefix
+        )
+        await conn.execute(
+            "INSERT INTO retention (incident_id, category) VALUES ($1, $2)",
+            incident_id,
+            report.category,
+        )
+        return event
 
     async def _earlier_answer(
         self, conn: asyncpg.Connection, key: IdempotencyKey
@@ -293,12 +344,14 @@ class IntakeService:
         return incident_id
 
     async def reporter_view(self, incident_id: str) -> ReporterView:
-        """What the reporter may see of their incident (from intake's event store)."""
+        """What the reporter may see of their incident (from intake's event store), the
+        messages opened with the incident's key (after the receipt and secret matched)."""
         async with self.runtime.db.acquire() as conn:
             stored = await eventstore.load(conn, incident_id)
+            events = await self.keys.open_events(conn, incident_id, [s.envelope for s in stored])
         return reporter_view(
             incident_id,
-            [s.envelope for s in stored],
+            events,
             acknowledgement_within=self.policy.reporter_acknowledgement_within,
         )
 
@@ -308,10 +361,14 @@ class IntakeService:
             first = await conn.fetchval(
                 "SELECT event_id FROM events WHERE stream_id = $1 AND version = 1", incident_id
             )
+            key = await self.keys.get(conn, incident_id)
+        if key is None:  # erased: nothing can be added to it any more
+            raise ReceiptNotFound
+        sealed = key.seal("text", text)
         event = make_event(
             "incident.reporter.message.v1",
             subject=incident_id,
-            data=ReporterMessage(direction="from_reporter", author="reporter", text=text),
+            data=ReporterMessage(direction="from_reporter", author="reporter", text=sealed),
             source=self.runtime.source,
             time=datetime.now(UTC),
             actor=ANONYMOUS_ACTOR,

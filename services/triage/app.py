@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from services.domain.events import Topic
 from services.domain.policy import Policy
 from services.infra.config import load_yaml_model
+from services.infra.keystore import pseudonyms_of
 from services.infra.runtime import Runtime
 from services.infra.settings import TriageSettings
 from services.infra.streamapp import create_stream_app
@@ -22,7 +23,8 @@ def create_app(settings: TriageSettings | None = None) -> FastAPI:
     settings = settings or TriageSettings()
     policy = load_yaml_model(settings.policy_file, Policy)
     runtime = Runtime(settings, "triage", MIGRATIONS)
-    triage = Triage(runtime, policy)
+    pseudonyms = pseudonyms_of(settings.pseudonym_key, settings.pseudonym_key_file)
+    triage = Triage(runtime, policy, pseudonyms)
     app = create_stream_app(
         settings,
         "triage",

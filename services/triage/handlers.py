@@ -31,6 +31,7 @@ from services.domain.org import DIRECTORY_EVENT_TYPES, OrgSnapshot, fold_directo
 from services.domain.policy import Policy
 from services.domain.triage import TriageDecision, decide, reexclude
 from services.infra import eventstore
+from services.infra.crypto import Pseudonyms
 from services.infra.runtime import Runtime
 from services.infra.telemetry import current_traceparent
 
@@ -45,16 +46,18 @@ class PolicyConflict(RuntimeError):
 class Triage:
     """Triage's handlers and the state they share (the directory, the policies)."""
 
-    def __init__(self, runtime: Runtime, policy: Policy) -> None:
+    def __init__(self, runtime: Runtime, policy: Policy, pseudonyms: Pseudonyms) -> None:
         self.runtime = runtime
         self.policy = policy
+        self.pseudonyms = pseudonyms
         self.policies: dict[str, Policy] = {policy.version: policy}
         self.org = OrgSnapshot()
         self.directory_seq = 0
 
     async def start(self) -> None:
         """Record the policy version (refusing a changed file under an old version)."""
-        body = self.policy.model_dump(mode="json")
+        # exclude_none: a policy without the (later) optional sections records as before
+        body = self.policy.model_dump(mode="json", exclude_none=True)
         async with self.runtime.db.acquire() as conn:
             await conn.execute(
                 "INSERT INTO policies (version, body) VALUES ($1, $2::jsonb)"
@@ -151,14 +154,16 @@ class Triage:
     ) -> None:
         await self._refresh_directory(conn)
         now = datetime.now(UTC)
-        reporter = report.reporter
+        # The report carries the reporter only as a pseudonym: whoever in the directory
+        # it matches is excluded. The match is never stored or published, only used.
+        reporter = self._reporter(envelope.subject, report.reporter, self.org)
         decision = decide(report, self.org, self.policy, now, reporter_person=reporter)
         await conn.execute(
             "INSERT INTO decisions (incident_id, report, reporter, policy_version,"
             " directory_seq, decided_at) VALUES ($1, $2::jsonb, $3, $4, $5, $6)",
             envelope.subject,
             json.dumps(report.model_dump(mode="json")),
-            reporter,
+            report.reporter,
             decision.policy_version,
             self.directory_seq,
             now,
@@ -193,9 +198,8 @@ class Triage:
         policy = self.policies[row["policy_version"]]
         report = ReportSubmitted.model_validate(json.loads(row["report"]))
         org_then = await self._directory_at(conn, row["directory_seq"])
-        decision = decide(
-            report, org_then, policy, row["decided_at"], reporter_person=row["reporter"]
-        )
+        reporter = self._reporter(envelope.subject, row["reporter"], org_then)
+        decision = decide(report, org_then, policy, row["decided_at"], reporter_person=reporter)
         amendments = json.loads(row["amendments"])
         await self._refresh_directory(conn)
         for earlier in amendments:
@@ -217,6 +221,10 @@ class Triage:
         outputs: list[tuple[str, EventData]] = [("incident.reassigned.v1", reassigned)]
         outputs.extend(_notified(reassigned.added, amended.report_digest))
         await self._append(conn, envelope, outputs, datetime.now(UTC))
+
+    def _reporter(self, incident_id: str, pseudonym: str | None, org: OrgSnapshot) -> str | None:
+        """The directory person whose pseudonym in this incident is the report's reporter."""
+        return self.pseudonyms.match(incident_id, pseudonym, org.people)
 
     async def _append(
         self,

@@ -24,7 +24,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from fastapi import FastAPI
 
 from services.domain.envelope import Envelope
-from services.domain.events import CATALOG, EventData, make_event, parse_event
+from services.domain.events import CATALOG, EventData, is_sealed, make_event, parse_event
 from services.infra.localstack import run_sync
 from services.infra.settings import IntakeSettings
 from services.intake import handlers
@@ -106,6 +106,12 @@ async def stream(settings: IntakeSettings, stream_id: str) -> list[Envelope]:
 
 async def of_type(settings: IntakeSettings, incident: str, type_: str) -> list[Envelope]:
     return [e for e in await stream(settings, incident) if e.type == type_]
+
+
+async def opened(env: Env, incident: str, events: list[Envelope]) -> list[dict[str, Any]]:
+    """The events' data with sealed values opened by intake's key store."""
+    async with env.app.state.runtime.db.acquire() as conn:
+        return [e.data for e in await env.app.state.keys.open_events(conn, incident, events)]
 
 
 async def on_topic(
@@ -494,7 +500,8 @@ async def test_status_follows_the_workflow(env: Env) -> None:
         if status >= 400:
             assert answer.headers["content-type"] == "application/problem+json"
     changes = await of_type(env.settings, incident, "incident.status.changed.v1")
-    assert [e.data for e in changes] == [
+    assert is_sealed(changes[1].data["outcome"]) and "police" not in changes[1].to_bytes().decode()
+    assert await opened(env, incident, changes) == [
         {"principal": "p-chen", "status": "investigating", "outcome": None},
         {"principal": "p-chen", "status": "closed", "outcome": "Dismissal; police informed"},
     ]
@@ -527,13 +534,19 @@ async def test_comments_and_messages_to_the_reporter(env: Env) -> None:
         "incident.activity",
         lambda e, _: e.subject == incident and e.type == "incident.commented.v1",
     )
-    assert commented.model_dump() == {"principal": "p-chen", "text": "Called HR"}
+    assert is_sealed(commented.text)  # type: ignore[attr-defined]
     [(envelope, sent)] = await on_topic(
         env.settings,
         "incident.reports",
         lambda e, _: e.subject == incident and e.type == "incident.reporter.message.v1",
     )
-    assert sent.model_dump() == {
+    assert is_sealed(sent.text)  # type: ignore[attr-defined]
+    comment_event = (await of_type(env.settings, incident, "incident.commented.v1"))[0]
+    assert await opened(env, incident, [comment_event]) == [
+        {"principal": "p-chen", "text": "Called HR"}
+    ]
+    [sent_data] = await opened(env, incident, [envelope])
+    assert sent_data == {
         "direction": "to_reporter",
         "author": "p-chen",
         "text": "We are on it. Can you tell us the date?",

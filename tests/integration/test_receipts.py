@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from services.domain.events import ReporterMessage, make_event, parse_event
+from services.domain.events import ReporterMessage, is_sealed, make_event, parse_event
 from services.domain.receipts import FailureBudget, sha256_hex
 from services.infra import eventstore
 from services.intake.service import IntakeService, TooManyAttempts
@@ -105,6 +105,8 @@ async def test_acknowledgement_and_handlers_messages_show_without_handler_names(
     body = await report(intake)
     incident = body["incident_id"]
     now = datetime.now(UTC)
+    async with intake.app.state.runtime.db.acquire() as conn:
+        key = await intake.app.state.keys.get(conn, incident)
     handler_events = [
         make_event(
             "incident.acknowledged.v1",
@@ -117,7 +119,9 @@ async def test_acknowledgement_and_handlers_messages_show_without_handler_names(
         make_event(
             "incident.reporter.message.v1",
             subject=incident,
-            data=ReporterMessage(direction="to_reporter", author="p-chen", text="Thank you."),
+            data=ReporterMessage(
+                direction="to_reporter", author="p-chen", text=key.seal("text", "Thank you.")
+            ),
             source="/services/intake",
             time=now + timedelta(seconds=1),
             actor="p-chen",
@@ -252,7 +256,10 @@ async def test_a_message_from_the_reporter_is_an_event_on_the_reports_topic(
     assert second.key == incident.encode()
     assert envelope.type == "incident.reporter.message.v1" and envelope.id == sent["message_id"]
     assert isinstance(data, ReporterMessage)
-    assert (data.direction, data.author, data.text) == (
+    assert is_sealed(data.text) and "manager" not in second.value.decode()
+    async with intake.app.state.runtime.db.acquire() as conn:
+        key = await intake.app.state.keys.get(conn, incident)
+    assert (data.direction, data.author, key.open("text", data.text)) == (
         "from_reporter",
         "reporter",
         "The manager again.",
@@ -292,7 +299,12 @@ async def test_concurrent_messages_all_land_in_order_after_retries(
     assert conflicts > 0  # the optimistic check did refuse some, and they were retried
     rows = await intake.events_of(body["incident_id"])
     assert [r["version"] for r in rows] == list(range(1, 11))
-    texts = {parse_event(bytes(r["body"]))[1].text for r in rows[1:]}  # type: ignore[attr-defined]
+    async with intake.app.state.runtime.db.acquire() as conn:
+        key = await intake.app.state.keys.get(conn, body["incident_id"])
+    texts = {
+        key.open("text", parse_event(bytes(r["body"]))[1].text)  # type: ignore[attr-defined]
+        for r in rows[1:]
+    }
     assert texts == {f"message {i}" for i in range(3)} | {f"direct {i}" for i in range(6)}
     records = await intake.records("incident.reports", body["incident_id"], 10)
     assert [parse_event(r.value)[0].id for r in records] == [
@@ -323,7 +335,7 @@ async def test_repeated_failures_lock_a_receipt_for_everyone_with_retry_after(
         "SELECT * FROM receipt_attempts WHERE receipt_digest = $1", sha256_hex(body["receipt"])
     )
     assert row["attempts"] > desk.receipt_attempts
-    other_instance = IntakeService(intake.app.state.runtime, desk.policy)
+    other_instance = IntakeService(intake.app.state.runtime, desk.policy, intake.app.state.keys)
     with pytest.raises(TooManyAttempts):
         await other_instance.open_receipt(body["receipt"], body["secret"])
     # other receipts are not affected

@@ -24,7 +24,7 @@ from aiokafka import AIOKafkaConsumer
 from argon2 import PasswordHasher
 from fastapi import FastAPI
 
-from services.domain.events import SUBMITTED, parse_event
+from services.domain.events import SUBMITTED, data_of, is_sealed, parse_event
 from services.infra.settings import IntakeSettings
 from services.intake.app import create_app
 from tests.helpers import serving
@@ -144,7 +144,15 @@ async def submitted_event(intake: Intake, incident_id: str) -> tuple[Any, Any]:
     [row] = await intake.events_of(incident_id)
     [record] = await intake.records("incident.reports", incident_id, 1)
     assert bytes(row["body"]) == record.value
-    return parse_event(record.value)
+    envelope, sealed = parse_event(record.value)
+    assert is_sealed(sealed.summary) and is_sealed(sealed.description)  # type: ignore[attr-defined]
+    async with intake.app.state.runtime.db.acquire() as conn:
+        [opened] = await intake.app.state.keys.open_events(conn, incident_id, [envelope])
+    return opened, data_of(opened)
+
+
+def pseudonym_of(intake: Intake, incident_id: str, person: str) -> str:
+    return str(intake.app.state.keys.pseudonyms.of(incident_id, person))
 
 
 # -- who reports ------------------------------------------------------------------
@@ -180,8 +188,15 @@ async def test_a_person_reports_as_themselves_without_a_receipt(intake: Intake) 
         answer = await intake.client.post("/v1/reports", json=body, headers=LIU)
         assert answer.status_code == 202
         assert answer.json()["receipt"] is None and answer.json()["secret"] is None
-        envelope, data = await submitted_event(intake, answer.json()["incident_id"])
-        assert (data.reporter, envelope.actor, data.channel) == ("p-liu", "p-liu", "web")
+        incident = answer.json()["incident_id"]
+        envelope, data = await submitted_event(intake, incident)
+        # the person is named only sealed, and as a pseudonym; never as the actor
+        assert (data.reporter_identity, envelope.actor, data.channel) == (
+            "p-liu",
+            "reporter:named",
+            "web",
+        )
+        assert data.reporter == pseudonym_of(intake, incident, "p-liu")
         assert (
             await intake.fetch(
                 "SELECT 1 FROM receipts WHERE incident_id = $1", answer.json()["incident_id"]
@@ -196,8 +211,10 @@ async def test_a_system_may_name_the_person_it_reports_for(intake: Intake) -> No
     )
     assert answer.status_code == 202
     assert answer.json()["receipt"] is None
-    envelope, data = await submitted_event(intake, answer.json()["incident_id"])
-    assert (data.reporter, envelope.actor, data.channel) == ("p-liu", "system:hris", "api")
+    incident = answer.json()["incident_id"]
+    envelope, data = await submitted_event(intake, incident)
+    assert (data.reporter_identity, envelope.actor, data.channel) == ("p-liu", "system:hris", "api")
+    assert data.reporter == pseudonym_of(intake, incident, "p-liu")
 
 
 async def test_a_system_reporting_for_nobody_makes_an_anonymous_report_with_a_receipt(
@@ -260,7 +277,7 @@ async def test_the_harassment_channel_takes_sexual_misconduct_and_harassment(
         assert (data.category, data.channel, data.reporter) == (category, "harassment", None)
     answer = await intake.client.post("/v1/channels/harassment/reports", json=REPORT, headers=LIU)
     _, data = await submitted_event(intake, answer.json()["incident_id"])
-    assert (data.channel, data.reporter) == ("harassment", "p-liu")
+    assert (data.channel, data.reporter_identity) == ("harassment", "p-liu")
 
 
 @pytest.mark.parametrize(
@@ -403,11 +420,17 @@ async def test_concurrent_requests_with_one_key_make_one_incident(
     assert len(replayed) == 7
     if not headers:  # exactly one answer shows the secret
         assert sum(a.json()["secret"] is not None for a in answers) == 1
-    rows = await intake.fetch(
-        "SELECT stream_id FROM events WHERE body LIKE $1", f"%{body['summary']}%".encode()
-    )
-    assert len(rows) == 1
     incident = answers[0].json()["incident_id"]
+    # the summary is sealed: open every stored report to count those with this body
+    async with intake.app.state.runtime.db.acquire() as conn:
+        rows = await conn.fetch("SELECT stream_id, body FROM events WHERE type = $1", SUBMITTED)
+        same = 0
+        for row in rows:
+            [opened] = await intake.app.state.keys.open_events(
+                conn, row["stream_id"], [parse_event(bytes(row["body"]))[0]]
+            )
+            same += opened.data["summary"] == body["summary"]
+    assert same == 1
     assert len(await intake.records("incident.reports", incident, 2, timeout=2)) == 1
 
 

@@ -1,0 +1,166 @@
+"""The key store: per-incident data keys, wrapped by the master key, and their destruction.
+
+Every incident gets a random AES-256 data key and a digest salt when intake takes its
+report. Both are kept only wrapped by the master key (`MasterKey`: a local key from a
+setting or file, or a KMS behind the same two methods), in the `keys` schema
+(`keys_migrations/`). Intake creates and destroys keys; audit may only read them
+(grant to `incidents_audit`); triage and escalation have neither the master key nor a
+grant, and work on the clear metadata.
+
+`open_events` is the one place where sealed content becomes readable: intake's
+handler and reporter views and audit's auditor answers call it, after their own
+access checks. Once a key is destroyed (erasure), its values read `[erased]`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+
+import asyncpg
+from pydantic import SecretStr
+
+from services.domain.envelope import Envelope
+from services.domain.events import open_envelope
+from services.infra.crypto import (
+    DEVELOPMENT_MASTER_KEY,
+    DEVELOPMENT_PSEUDONYM_KEY,
+    KEY_BYTES,
+    CryptoError,
+    IncidentKey,
+    LocalMasterKey,
+    MasterKey,
+    Pseudonyms,
+    decode_key,
+    new_data_key,
+    new_salt,
+)
+from services.infra.db import migrate, quote_ident
+
+MIGRATIONS = Path(__file__).resolve().parent / "keystore_migrations"
+SCHEMA = "keys"
+log = logging.getLogger(__name__)
+
+
+def master_key_of(secret: SecretStr | None, path: Path | None) -> MasterKey:
+    """The master key a service's settings name: the file, the setting, or the dev key."""
+    if path is not None:
+        return LocalMasterKey.from_file(path, create=False)
+    if secret is not None:
+        return LocalMasterKey.from_base64(secret.get_secret_value())
+    return LocalMasterKey.from_base64(DEVELOPMENT_MASTER_KEY)
+
+
+def pseudonyms_of(secret: SecretStr | None, path: Path | None) -> Pseudonyms:
+    """The reporter pseudonyms a service's settings name: the file, the setting, or dev."""
+    if path is not None:
+        text = path.read_text()
+    elif secret is not None:
+        text = secret.get_secret_value()
+    else:
+        text = DEVELOPMENT_PSEUDONYM_KEY
+    return Pseudonyms(decode_key(text, "pseudonym key"))
+
+
+class KeyStore:
+    """Create, read and destroy incidents' data keys (in the caller's transaction)."""
+
+    def __init__(
+        self, master: MasterKey, schema: str, *, pseudonyms: Pseudonyms | None = None
+    ) -> None:
+        self.master = master
+        self.schema = schema
+        self.pseudonyms = pseudonyms
+        self._table = f"{quote_ident(schema)}.data_keys"
+
+    async def migrate(self, database_url: str) -> list[str]:
+        """Bring the key store's schema up to date (intake and audit both call it at start)."""
+        conn = await asyncpg.connect(database_url)
+        try:
+            return await migrate(conn, self.schema, [MIGRATIONS])
+        finally:
+            await conn.close()
+
+    def _context(self, incident_id: str) -> str:
+        return f"incidents-data-key\x00{incident_id}"
+
+    async def create(self, conn: asyncpg.Connection, incident_id: str) -> IncidentKey:
+        """A new key for a new incident; the existing one if it already has one."""
+        data_key, salt = new_data_key(), new_salt()
+        wrapped = self.master.wrap(data_key + salt, self._context(incident_id))
+        inserted = await conn.fetchval(
+            f"INSERT INTO {self._table} (incident_id, master_key_id, wrapped)"  # noqa: S608
+            " VALUES ($1, $2, $3) ON CONFLICT (incident_id) DO NOTHING RETURNING 1",
+            incident_id,
+            self.master.key_id,
+            wrapped,
+        )
+        if inserted:
+            return IncidentKey(incident_id, data_key, salt, self.pseudonyms)
+        existing = await self.get(conn, incident_id)
+        if existing is None:
+            raise CryptoError(f"the data key of {incident_id} was destroyed")
+        return existing
+
+    async def get(self, conn: asyncpg.Connection, incident_id: str) -> IncidentKey | None:
+        """The incident's key, or None when it has none or it was destroyed."""
+        row = await conn.fetchrow(
+            f"SELECT wrapped FROM {self._table} WHERE incident_id = $1",  # noqa: S608
+            incident_id,
+        )
+        if row is None or row["wrapped"] is None:
+            return None
+        raw = self.master.unwrap(bytes(row["wrapped"]), self._context(incident_id))
+        return IncidentKey(incident_id, raw[:KEY_BYTES], raw[KEY_BYTES:], self.pseudonyms)
+
+    async def destroyed_at(self, conn: asyncpg.Connection, incident_id: str) -> datetime | None:
+        value: datetime | None = await conn.fetchval(
+            f"SELECT destroyed_at FROM {self._table} WHERE incident_id = $1",  # noqa: S608
+            incident_id,
+        )
+        return value
+
+    async def destroy(self, conn: asyncpg.Connection, incident_id: str) -> bool:
+        """Destroy the incident's key (for good); False if it was already gone."""
+        done = await conn.fetchval(
+            f"UPDATE {self._table} SET wrapped = NULL, destroyed_at = clock_timestamp()"  # noqa: S608
+            " WHERE incident_id = $1 AND destroyed_at IS NULL RETURNING 1",
+            incident_id,
+        )
+        return bool(done)
+
+    async def opener(
+        self, conn: asyncpg.Connection, incident_id: str
+    ) -> Callable[[str, str], str | None]:
+        """`open(field, sealed)` for one incident: the plaintext, or None if unreadable."""
+        key = await self.get(conn, incident_id)
+
+        def open_field(field: str, sealed: str) -> str | None:
+            if key is None:
+                return None
+            try:
+                return key.open(field, sealed)
+            except CryptoError:
+                log.warning("a sealed %s of incident %s does not open", field, incident_id)
+                return None
+
+        return open_field
+
+    async def open_events(
+        self, conn: asyncpg.Connection, incident_id: str, events: Sequence[Envelope]
+    ) -> list[Envelope]:
+        """The incident's events with their content readable (call after access checks)."""
+        open_field = await self.opener(conn, incident_id)
+        return [open_envelope(e, open_field) if e.subject == incident_id else e for e in events]
+
+
+def key_store(
+    master: SecretStr | None,
+    master_file: Path | None,
+    schema: str,
+    pseudonyms: Pseudonyms | None = None,
+) -> KeyStore:
+    """The key store of a service, from its settings."""
+    return KeyStore(master_key_of(master, master_file), schema, pseudonyms=pseudonyms)
