@@ -20,6 +20,7 @@ import faust
 from aiokafka import ConsumerRecord
 from faust.transport.drivers import TRANSPORTS
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
 
 from services.infra import metrics
 from services.infra.kafka import BatchHandler, ConsumerStats, RecordProcessor, record_span
@@ -119,6 +120,10 @@ def add_agent(
             with record_span(record):
                 await processor.process([record], stop)
             metrics.CONSUMED.labels(name, record.topic).inc()
+            tp = TP(record.topic, record.partition)
+            metrics.observe_lag(
+                name, record.topic, record.partition, app.consumer.highwater(tp), record.offset
+            )
 
     agent.__name__ = name.replace("-", "_")
     app.agent(channel, name=name)(agent)

@@ -337,11 +337,13 @@ class ConsumerLoop:
                             await consumer.commit({tp: records[-1].offset + 1})
                             self.stats.batches += 1
                             metrics.CONSUMED.labels(self.group, tp.topic).inc(len(records))
-                            highwater = consumer.highwater(tp)
-                            if highwater is not None:
-                                metrics.CONSUMER_LAG.labels(
-                                    self.group, tp.topic, str(tp.partition)
-                                ).set(max(0, highwater - records[-1].offset - 1))
+                            metrics.observe_lag(
+                                self.group,
+                                tp.topic,
+                                tp.partition,
+                                consumer.highwater(tp),
+                                records[-1].offset,
+                            )
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # transient, or a bug in a poison handler: never die

@@ -45,6 +45,20 @@ BROKER_RESETS = Counter(
 )
 
 
+def register_service(service: str) -> None:
+    """Export the service's counters from the start, at 0: "no dead letter yet" is a value."""
+    for counter in (DEAD_LETTERED, PUBLISHED, BROKER_RESETS):
+        counter.labels(service)
+
+
+def observe_lag(
+    consumer: str, topic: str, partition: int, highwater: int | None, done: int
+) -> None:
+    """A partition's lag once the record at offset `done` is handled (unknown highwater: kept)."""
+    if highwater is not None:
+        CONSUMER_LAG.labels(consumer, topic, str(partition)).set(max(0, highwater - done - 1))
+
+
 async def refresh_outbox(conn: asyncpg.Connection, service: str) -> None:
     """Update the outbox gauges from the database."""
     row = await conn.fetchrow(
