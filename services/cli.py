@@ -31,11 +31,24 @@ def up(
     run_dir: str = typer.Option(
         None, "--run-dir", help="Folder for logs and state (default: ./.run/<timestamp>)."
     ),
+    traces: bool = typer.Option(
+        False,
+        "--traces",
+        help="Also run Arize Phoenix on 127.0.0.1 (UI and OTLP at :6006, or $PHOENIX_PORT)"
+        " and send every service's spans to it. Needs the [traces] extra.",
+    ),
 ) -> None:
     """Start the whole stack here: broker, PostgreSQL if needed, and the four services."""
+    if traces:
+        from services.traces import phoenix_missing
+
+        missing = phoenix_missing()
+        if missing:
+            typer.echo(missing, err=True)
+            raise typer.Exit(2)
     from services.infra.stack import run_stack
 
-    raise typer.Exit(run_stack(run_dir=run_dir))
+    raise typer.Exit(run_stack(run_dir=run_dir, traces=traces))
 
 
 @app.command()

@@ -18,6 +18,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
+import sys
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -329,6 +332,114 @@ async def find_traces(
     local = trace_ids_naming(load_spans(directory), incident_id)
     trace_ids = list(dict.fromkeys([*trace_ids, *local]))
     return trace_ids, load_spans(directory, trace_ids) if trace_ids else []
+
+
+# -- Arize Phoenix: an optional local trace viewer (`incidents up --traces`) ---------------
+
+PHOENIX_EXTRA = "pip install -c constraints.txt -e '.[traces]'"
+"""How to install what `--traces` needs (from the repository)."""
+_PHOENIX_MODULES = ("phoenix.server.main", "opentelemetry.exporter.otlp.proto.http.trace_exporter")
+
+
+def phoenix_missing() -> str | None:
+    """Why Phoenix cannot run here (its module or the OTLP exporter is missing), or None."""
+    import importlib.util
+
+    for module in _PHOENIX_MODULES:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:
+            found = False
+        if not found:
+            return (
+                f"--traces needs the optional extra (Python module {module.split('.')[0]!r}"
+                f" of {module!r} is not installed). Install it with: {PHOENIX_EXTRA}"
+            )
+    return None
+
+
+@dataclass
+class Phoenix:
+    """An Arize Phoenix server bound to `host`, its data in `working_dir`.
+
+    It takes OTLP over HTTP at `otlp_endpoint` (+ `/v1/traces`) and over gRPC at
+    `grpc_port`, and serves its UI at `url`. The services export to it when their
+    `OTEL_EXPORTER_OTLP_ENDPOINT` is `otlp_endpoint` (`service_env`).
+    """
+
+    working_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 6006
+    grpc_port: int = 4317
+    process: Any = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def otlp_endpoint(self) -> str:
+        return self.url
+
+    def service_env(self) -> dict[str, str]:
+        """What each service's environment needs to send its spans here."""
+        return {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": self.otlp_endpoint,
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        }
+
+    def command(self) -> tuple[list[str], dict[str, str]]:
+        """The command line and environment of the server (nothing listens beyond `host`)."""
+        env = {
+            **os.environ,
+            "PHOENIX_HOST": self.host,
+            "PHOENIX_PORT": str(self.port),
+            "PHOENIX_GRPC_PORT": str(self.grpc_port),
+            "PHOENIX_WORKING_DIR": str(self.working_dir),
+            "PHOENIX_TELEMETRY_ENABLED": "false",
+        }
+        return [sys.executable, "-m", "phoenix.server.main", "serve"], env
+
+    def start(self, log_path: Path, timeout: float = 90.0) -> None:
+        """Start the server and wait until its UI answers; RuntimeError if it does not."""
+        import httpx
+
+        from services.infra.localstack import die_with_parent, kill_process, log_tail
+
+        self.working_dir.mkdir(parents=True, exist_ok=True)
+        command, env = self.command()
+        with log_path.open("ab") as log:
+            self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+                preexec_fn=die_with_parent,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.process.poll() is None:
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        code = self.process.poll()
+        kill_process(self.process)
+        why = f"exited with code {code}" if code is not None else f"did not answer in {timeout}s"
+        raise RuntimeError(f"Phoenix {why}; log {log_path}:\n{log_tail(log_path)}")
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self) -> None:
+        from services.infra.localstack import stop_process
+
+        if self.process is not None:
+            stop_process(self.process)
 
 
 @traces_app.command("show")

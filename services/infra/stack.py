@@ -59,6 +59,7 @@ from services.infra.settings import (
     database_name,
     with_database,
 )
+from services.traces import Phoenix
 
 SERVICES: tuple[str, ...] = ("intake", "triage", "escalation", "audit")
 SETTINGS: dict[str, type[CommonSettings]] = {
@@ -182,6 +183,7 @@ class _Stack:
         self.children: list[_Child] = []
         self.bootstrap = ""
         self.database_url = ""
+        self.phoenix: Phoenix | None = None
 
     # -- start ---------------------------------------------------------------------
 
@@ -200,6 +202,30 @@ class _Stack:
         self.console.print(
             f"Kafka broker: started Tansu on [bold]{self.bootstrap}[/] "
             "(memory storage: a restart loses every topic)"
+        )
+
+    def start_phoenix(self) -> None:
+        """Arize Phoenix on 127.0.0.1 (`PHOENIX_PORT`, `PHOENIX_GRPC_PORT`); data in the run."""
+        phoenix = Phoenix(
+            self.run / "phoenix",
+            port=int(os.environ.get("PHOENIX_PORT", "6006")),
+            grpc_port=int(os.environ.get("PHOENIX_GRPC_PORT", "4317")),
+        )
+        taken = [p for p in (phoenix.port, phoenix.grpc_port) if port_in_use(phoenix.host, p)]
+        if taken:
+            raise StackError(
+                f"Phoenix port(s) {taken} already in use on {phoenix.host}; set PHOENIX_PORT"
+                " and PHOENIX_GRPC_PORT to free ones"
+            )
+        with self.console.status(f"Starting Arize Phoenix on {phoenix.url} ..."):
+            try:
+                phoenix.start(self.run / "phoenix.log")
+            except RuntimeError as exc:
+                raise StackError(str(exc)) from exc
+        self.phoenix = phoenix
+        self.console.print(
+            f"Traces: Arize Phoenix at [bold]{phoenix.url}[/] (OTLP over HTTP at"
+            f" {phoenix.otlp_endpoint}/v1/traces, gRPC at {phoenix.host}:{phoenix.grpc_port})"
         )
 
     def start_database(self, configured_url: str) -> None:
@@ -244,6 +270,8 @@ class _Stack:
         env["INCIDENTS_KAFKA_BOOTSTRAP"] = self.bootstrap
         env["INCIDENTS_DATABASE_URL"] = self.database_url
         env["PYTHONUNBUFFERED"] = "1"
+        if self.phoenix is not None:
+            env.update(self.phoenix.service_env())
         path = env.get("PYTHONPATH", "")
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_IMPORT_ROOT), path) if p)
         for name in names:
@@ -310,6 +338,8 @@ class _Stack:
                     f"the Tansu broker died unexpectedly; log {self.broker.log_path}:\n"
                     f"{log_tail(self.broker.log_path)}"
                 )
+            if self.phoenix is not None and not self.phoenix.running:
+                raise StackError(f"Arize Phoenix died unexpectedly; log {self.run / 'phoenix.log'}")
 
     def _died(self, child: _Child, code: int, when: str) -> str:
         return (
@@ -325,6 +355,11 @@ class _Stack:
                 how = f"signal {-code}" if code is not None and code < 0 else f"exit {code}"
                 self.console.print(f"  stopped {child.name} ({how})")
         self.children.clear()
+        if self.phoenix is not None:
+            with self.console.status("Stopping Arize Phoenix ..."):
+                self.phoenix.stop()
+            self.console.print("  stopped Arize Phoenix")
+            self.phoenix = None
         if self.broker is not None:
             with self.console.status("Stopping the Tansu broker ..."):
                 self.broker.stop()
@@ -349,6 +384,9 @@ class _Stack:
         db_note = " (embedded, started here)" if self.postgres else ""
         table.add_row("PostgreSQL", redact_url(self.database_url) + db_note)
         table.add_row("logs", str(self.run))
+        if self.phoenix is not None:
+            table.add_row("traces (Phoenix UI)", self.phoenix.url)
+            table.add_row("OTLP HTTP endpoint", f"{self.phoenix.otlp_endpoint}/v1/traces")
         self.console.print(table)
         self.console.print("Press Ctrl-C to stop everything.")
 
@@ -367,12 +405,15 @@ def run_stack(
     ports: Mapping[str, int] | None = None,
     ready_timeout: float = READY_TIMEOUT,
     console: Console | None = None,
+    traces: bool = False,
 ) -> int:
     """Run the stack until SIGINT/SIGTERM (exit code 0) or a failure (exit code 1).
 
     `services`, `service_command` (name -> argv) and `ports` (name -> HTTP port) exist
     for tests; by default the four services run as `python -m services.<name>` on the
     ports of their settings classes. Each child gets `INCIDENTS_<NAME>_PORT` set to its port.
+    With `traces`, an Arize Phoenix server (the `[traces]` extra) starts first, on
+    127.0.0.1, and every service exports its spans to it over OTLP.
     """
     console = console or Console()
     run = Path(run_dir) if run_dir else Path(".run") / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -395,6 +436,8 @@ def run_stack(
         with _stop_requests() as stop:
             stack = _Stack(console, run, stop)
             try:
+                if traces:
+                    stack.start_phoenix()
                 return _run(stack, settings, host, service_ports, service_command, ready_timeout)
             except StackError as exc:
                 console.print(f"[red]error:[/] {exc}")
