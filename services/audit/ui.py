@@ -11,6 +11,7 @@ timeline shows types, actors, times, digests and trace ids, never report content
 from __future__ import annotations
 
 import json
+import math
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
@@ -144,6 +145,8 @@ def as_of_view(incident_id: str, entries: list[LedgerEvent], moment: datetime) -
         "span_ms": span_ms,
         "position": position,
         "step_ms": max(1, span_ms // 1000),
+        # the script counts in whole ms: rounded up, position 0 still includes the first entry
+        "start_ms": math.ceil(start.timestamp() * 1000),
         "counted": sum(1 for e in entries if e.recorded_at <= moment),
         "total": len(entries),
     }

@@ -72,6 +72,7 @@ class Line:
 class Tick:
     x: float
     label: str
+    anchor: str = "middle"
 
 
 @dataclass(frozen=True)
@@ -111,9 +112,10 @@ def time_lines(entries: Sequence[LedgerEvent], as_of: datetime) -> list[TimeLine
         if isinstance(data, Triaged):
             for name, due in data.deadlines.items():
                 found.setdefault((name, due), TimeLine(due, "deadline", _words(name)))
-        elif isinstance(data, Escalated):
-            label = f"level {data.level} acknowledge"
-            found.setdefault((label, data.deadline), TimeLine(data.deadline, "deadline", label))
+        elif isinstance(data, Escalated) and data.reason == "not_acknowledged":
+            # `deadline` is the one that passed unacknowledged, making the chain climb
+            label = f"deadline missed: escalated to level {data.level}"
+            found.setdefault((label, data.deadline), TimeLine(data.deadline, "breach", label))
         elif isinstance(data, DeadlineBreached):
             label = f"{_words(data.clock)} breached"
             found[(label, entry.recorded_at)] = TimeLine(entry.recorded_at, "breach", label)
@@ -161,12 +163,13 @@ def layout(
     as_of = knowledge.as_of
     rows = []
     for number, person in enumerate(knowledge.principals):
-        seen: set[tuple[str, float]] = set()
+        seen: set[tuple[str, int]] = set()
         marks = []
         for at, via in person.marks:
             mark = Mark(x(at), via, at)
-            if (via, mark.x) not in seen:  # thousands of views collapse to one per pixel
-                seen.add((via, mark.x))
+            pixel = (via, round(mark.x))
+            if pixel not in seen:  # thousands of views collapse to one per pixel
+                seen.add(pixel)
                 marks.append(mark)
         rows.append(
             Row(
@@ -181,13 +184,11 @@ def layout(
         )
     drawn = [Line(x(t.at), t.kind, t.label, t.at) for t in lines if start <= t.at <= end]
     off_axis = tuple(t for t in lines if not start <= t.at <= end)
-    ticks = tuple(
-        Tick(
-            x(start + (end - start) * i / (TICKS - 1)),
-            _tick(start + (end - start) * i / (TICKS - 1), span),
-        )
-        for i in range(TICKS)
-    )
+    ticks = []
+    for i in range(TICKS):
+        moment = start + (end - start) * i / (TICKS - 1)
+        anchor = "start" if i == 0 else "end" if i == TICKS - 1 else "middle"
+        ticks.append(Tick(x(moment), _tick(moment, span), anchor))
     bottom = TOP + max(len(rows), 1) * ROW
     return Chart(
         width=width,
@@ -201,7 +202,7 @@ def layout(
         cursor_x=x(as_of),
         rows=tuple(rows),
         lines=tuple(drawn),
-        ticks=ticks,
+        ticks=tuple(ticks),
         off_axis=off_axis,
     )
 

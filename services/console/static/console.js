@@ -6,7 +6,7 @@
   var region = document.getElementById("asof-region");
   var text = document.getElementById("as_of");
   if (!slider || !region) { return; }
-  var start = Date.parse(slider.dataset.start);
+  var start = Number(slider.dataset.startMs);
   var timer = null;
   var asked = 0;
 
