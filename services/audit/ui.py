@@ -30,6 +30,7 @@ from services.console.web import (
     render,
     secured,
     session_authorization,
+    signed_in_as,
 )
 from services.domain.knowledge import LedgerEvent, knowledge_as_of, state_as_of
 from services.infra.http import Problem
@@ -45,11 +46,12 @@ async def auditor(request: Request) -> tuple[str, str]:
     if authorization is None:
         raise LoginNeeded
     try:
-        return await require_auditor(request, authorization), authorization
+        principal = await require_auditor(request, authorization)
     except Problem as exc:
         if exc.status == 401:
             raise LoginNeeded from None
         raise ConsoleError(exc.status, exc.title, exc.detail) from None
+    return signed_in_as(request, principal), authorization
 
 
 async def entries_of(request: Request, authorization: str, incident_id: str) -> list[LedgerEvent]:

@@ -104,6 +104,12 @@ def console_of(request: Request) -> Console:
     return console
 
 
+def signed_in_as(request: Request, principal: str) -> str:
+    """Remember who is signed in, so that error pages show it too (and sign out)."""
+    request.state.principal = principal
+    return principal
+
+
 def session_authorization(request: Request) -> str | None:
     """The `Authorization` value of the logged-in session, None without a login cookie."""
     token = request.cookies.get(console_of(request).session_cookie)
@@ -142,6 +148,7 @@ def secured(response: Response, request: Request, csrf: tuple[str, bool] | None 
 def render(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
     """A page from `templates/`, with the CSRF token its forms need."""
     csrf = _csrf(request)
+    context.setdefault("principal", getattr(request.state, "principal", None))
     body = templates.get_template(template).render(
         console=console_of(request), csrf=csrf[0], path=request.url.path, **context
     )

@@ -31,6 +31,7 @@ from services.console.web import (
     redirect,
     render,
     session_authorization,
+    signed_in_as,
 )
 from services.domain.reports import ReportRequest
 from services.infra.auth import Principal
@@ -57,9 +58,12 @@ async def signed_in(request: Request) -> Principal | None:
     if authorization is None:
         return None
     try:
-        return await optional_principal(request, authorization)
+        principal = await optional_principal(request, authorization)
     except Problem:
         raise LoginNeeded from None
+    if principal is not None:
+        signed_in_as(request, principal.id)
+    return principal
 
 
 async def handler(request: Request) -> Principal:
