@@ -26,6 +26,14 @@ if [ ! -e audit-signing-key.pem ]; then
   echo "created secrets/audit-signing-key.pem (back it up offline: it is the ledger's identity)"
 fi
 
+for key in content-master-key pseudonym-key; do
+  if [ ! -e "$key" ]; then
+    # 32 random bytes, base64: INCIDENTS_MASTER_KEY_FILE and INCIDENTS_PSEUDONYM_KEY_FILE.
+    openssl rand -base64 32 > "$key"
+    echo "created secrets/$key (back it up offline, apart from the database backups)"
+  fi
+done
+
 if [ ! -e notify.env ]; then
   # The key that signs each notice webhook; the receiver needs the same value.
   printf 'INCIDENTS_NOTIFY_WEBHOOK_SECRET=%s\n' "$(openssl rand -hex 32)" > notify.env
@@ -33,4 +41,5 @@ if [ ! -e notify.env ]; then
 fi
 
 # Readable by the containers' users; the 0700 folder keeps everyone else out.
-chmod 0444 postgres_password db_*_password audit-signing-key.pem
+chmod 0444 postgres_password db_*_password audit-signing-key.pem content-master-key \
+  pseudonym-key

@@ -238,6 +238,7 @@ def migration_folders(service: str) -> list[Path]:
 async def migrate() -> int:
     """Apply every service's migrations, each to its schema (the one-shot job)."""
     from services.infra.db import migrate_service
+    from services.infra.keystore import migrate_key_store
     from services.infra.settings import CommonSettings
 
     settings = CommonSettings()
@@ -246,6 +247,8 @@ async def migrate() -> int:
             settings.database_url, settings.schema_name(service), service_migrations(service)
         )
         print(f"migrate: {service}: {', '.join(applied) if applied else 'up to date'}")
+    applied = await migrate_key_store(settings.database_url, settings.schema_name("keys"))
+    print(f"migrate: keys: {', '.join(applied) if applied else 'up to date'}")
     return 0
 
 

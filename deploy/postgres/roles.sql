@@ -97,3 +97,14 @@ ALTER DEFAULT PRIVILEGES FOR ROLE incidents_migrator IN SCHEMA escalation
 GRANT USAGE, CREATE ON SCHEMA audit TO incidents_audit;
 ALTER DEFAULT PRIVILEGES FOR ROLE incidents_migrator IN SCHEMA audit
     GRANT SELECT ON TABLES TO incidents_audit;
+
+-- keys: the key store (services/infra/keystore.py). Intake creates and destroys data
+-- keys (UPDATE sets them to NULL; DELETE is refused by a trigger and not granted);
+-- audit only reads them (its migration grants SELECT). Triage and escalation get
+-- nothing here: they never open report content.
+CREATE SCHEMA IF NOT EXISTS keys AUTHORIZATION incidents_migrator;
+GRANT USAGE, CREATE ON SCHEMA keys TO incidents_intake, incidents_audit;
+ALTER DEFAULT PRIVILEGES FOR ROLE incidents_migrator IN SCHEMA keys
+    GRANT SELECT, INSERT, UPDATE ON TABLES TO incidents_intake;
+ALTER DEFAULT PRIVILEGES FOR ROLE incidents_migrator IN SCHEMA keys
+    GRANT SELECT ON TABLES TO incidents_audit;

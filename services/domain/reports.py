@@ -179,6 +179,8 @@ class Protector(Protocol):
         ...
 
 
+NAMED_ACTOR: Final = "reporter:named"
+"""The actor of a report a person made under their own name."""
 SEALED_REPORT_TEXT: Final = ("summary", "description", "location")
 """Free-text fields of a report that are always sealed."""
 
@@ -223,8 +225,12 @@ def submit_report(
 
     `protect` holds the incident's keys: free text is sealed, the reporter travels as
     a pseudonym (and sealed in `reporter_identity`), and the digest is salted.
-    `known_people` are the directory's person ids among the accused and named.
+    `known_people` are the directory's person ids among the accused and named. A
+    person reporting as themselves is the actor `reporter:named`: their id as the
+    actor would name the reporter in clear on every topic and in the ledger.
     """
+    if reporter is not None and actor == reporter:
+        actor = NAMED_ACTOR
     event_id = event_id or new_event_id()
     if report.category not in policy.categories:
         raise UnknownCategory(report.category, sorted(policy.categories))

@@ -64,6 +64,15 @@ def pseudonyms_of(secret: SecretStr | None, path: Path | None) -> Pseudonyms:
     return Pseudonyms(decode_key(text, "pseudonym key"))
 
 
+async def migrate_key_store(database_url: str, schema: str) -> list[str]:
+    """Apply the key store's migrations to `schema` (also the production migrate job)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        return await migrate(conn, schema, [MIGRATIONS])
+    finally:
+        await conn.close()
+
+
 class KeyStore:
     """Create, read and destroy incidents' data keys (in the caller's transaction)."""
 
@@ -77,11 +86,7 @@ class KeyStore:
 
     async def migrate(self, database_url: str) -> list[str]:
         """Bring the key store's schema up to date (intake and audit both call it at start)."""
-        conn = await asyncpg.connect(database_url)
-        try:
-            return await migrate(conn, self.schema, [MIGRATIONS])
-        finally:
-            await conn.close()
+        return await migrate_key_store(database_url, self.schema)
 
     def _context(self, incident_id: str) -> str:
         return f"incidents-data-key\x00{incident_id}"

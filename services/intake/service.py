@@ -51,7 +51,6 @@ from services.infra.telemetry import current_traceparent
 log = logging.getLogger(__name__)
 
 ANONYMOUS_ACTOR: Final = "reporter:anonymous"
-NAMED_ACTOR: Final = "reporter:named"
 REPLAY_NOTE: Final = (
     "This answer repeats an earlier one for the same Idempotency-Key. The secret was"
     " shown once, in that first answer, and is not stored: it cannot be shown again."
@@ -259,12 +258,7 @@ class IntakeService:
         causationid: str | None = None,
     ) -> Envelope:
         """Inside the caller's transaction: the incident's key, its sealed submitted event
-        (stored and queued) and its retention row. Raises UnknownCategory.
-
-        A person reporting as themselves is the actor `reporter:named`: their id would
-        name the reporter in clear on every topic and in the ledger."""
-        if reporter is not None and actor == reporter:
-            actor = NAMED_ACTOR
+        (stored and queued) and its retention row. Raises UnknownCategory."""
         key = await self.keys.create(conn, incident_id)
         names = [*report.accused, *report.named]
         known = await conn.fetch(

@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from services.domain.events import SUBMITTED, ReportSubmitted, data_of
-from services.domain.incident import report_digest
+from services.domain.envelope import canonical_json
+from services.domain.events import SUBMITTED, ReportSubmitted, data_of, is_sealed
+from services.domain.incident import REPORT_FIELDS, report_digest
 from services.domain.policy import Policy
 from services.domain.reports import (
     HARASSMENT_CHANNEL,
@@ -24,6 +25,7 @@ from services.domain.reports import (
     submit_report,
 )
 from services.infra.config import load_yaml_model
+from services.infra.crypto import IncidentKey, Pseudonyms, new_data_key, new_salt
 
 POLICY = load_yaml_model(
     Path(__file__).resolve().parents[2] / "services" / "data" / "policy.yaml", Policy
@@ -43,6 +45,10 @@ def report(**changes: Any) -> ReportInput:
     return ReportInput.model_validate(body)
 
 
+KEY = IncidentKey("inc-0001", new_data_key(), new_salt(), Pseudonyms(new_data_key()))
+DIRECTORY = frozenset({"p-wang", "p-chen"})
+
+
 def submit(body: ReportInput, reporter: str | None = None) -> Any:
     return submit_report(
         body,
@@ -53,6 +59,8 @@ def submit(body: ReportInput, reporter: str | None = None) -> Any:
         actor=reporter or "anonymous",
         source="/services/intake",
         now=NOW,
+        protect=KEY,
+        known_people=DIRECTORY,
         event_id=INCIDENT_EVENT_ID,
     )
 
@@ -65,16 +73,42 @@ def test_a_report_becomes_the_submitted_event_that_opens_the_incident() -> None:
     assert event.id == event.correlationid == INCIDENT_EVENT_ID
     assert event.time == NOW
     assert isinstance(data, ReportSubmitted)
-    assert data.summary == "Repeated remarks"
+    assert is_sealed(data.summary) and KEY.open("summary", data.summary) == "Repeated remarks"
+    assert KEY.open("description", data.description) == "Since March..."
     assert data.accused == ["p-wang"]
-    assert data.reporter == "p-liu"
     assert data.channel == "web"
 
 
-def test_the_submitted_digest_is_the_digest_of_the_report_content() -> None:
+def test_the_reporter_travels_as_a_pseudonym_and_sealed_never_in_clear() -> None:
+    event = submit(report(), reporter="p-liu")
+    data = data_of(event)
+    assert isinstance(data, ReportSubmitted)
+    assert data.reporter == KEY.pseudonym("p-liu") != KEY.pseudonym("p-chen")
+    assert data.reporter_identity is not None
+    assert KEY.open("reporter_identity", data.reporter_identity) == "p-liu"
+    assert "p-liu" not in event.to_bytes().decode()
+    anonymous = data_of(submit(report()))
+    assert isinstance(anonymous, ReportSubmitted)
+    assert anonymous.reporter is None and anonymous.reporter_identity is None
+
+
+def test_free_text_names_are_sealed_and_directory_ids_stay_clear() -> None:
+    event = submit(report(accused=["p-wang", "the night driver"], named=["p-chen", "Anna"]))
+    data = data_of(event)
+    assert isinstance(data, ReportSubmitted)
+    assert data.accused[0] == "p-wang" and data.named[0] == "p-chen"
+    assert KEY.open("accused", data.accused[1]) == "the night driver"
+    assert KEY.open("named", data.named[1]) == "Anna"
+    assert "driver" not in event.to_bytes().decode() and "Anna" not in event.to_bytes().decode()
+
+
+def test_the_submitted_digest_is_the_salted_digest_of_the_report_content() -> None:
     event = submit(report())
     content = report().model_dump(mode="json", exclude={"channel"})
-    assert event.data["report_digest"] == report_digest(content)
+    shown = {name: content.get(name) for name in REPORT_FIELDS}
+    assert event.data["report_digest"] == KEY.digest(canonical_json(shown))
+    # not the plain sha256, which anyone could recompute from a guess of the content
+    assert event.data["report_digest"] != report_digest(content)
 
 
 def test_the_channel_given_by_a_system_is_kept() -> None:
@@ -119,7 +153,7 @@ def test_a_request_may_name_a_reporter_but_the_report_itself_does_not_carry_it()
         {"category": "harassment", "summary": "s", "description": "d"}
     )
     event = submit(body, reporter="p-liu")  # the request is a report too
-    assert event.data["reporter"] == "p-liu"
+    assert event.data["reporter"] == KEY.pseudonym("p-liu")
 
 
 @pytest.mark.parametrize("reporter", ["", "has space", "x" * 101, "-leading-dash"])

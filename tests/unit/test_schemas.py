@@ -86,6 +86,15 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "incident.commented.v1": {"principal": "p-ma", "text": "Interview scheduled."},
     "incident.status.changed.v1": {"principal": "p-ma", "status": "investigating"},
     "incident.access.denied.v1": {"principal": "p-li", "action": "view", "reason": "excluded"},
+    "incident.identity.disclosed.v1": {"principal": "p-custos", "reason": "enc:v1:AAAA"},
+    "incident.legal_hold.placed.v1": {"principal": "p-audit", "reason": "enc:v1:AAAA"},
+    "incident.legal_hold.released.v1": {"principal": "p-audit", "reason": "enc:v1:AAAA"},
+    "incident.erased.v1": {
+        "reason": "retention_expired",
+        "category": "harassment",
+        "closed_at": "2021-11-01T09:00:00Z",
+        "retain_until": "2026-10-31T09:00:00Z",
+    },
     "incident.escalated.v1": {
         "level": 2,
         "recipients": ["p-zhou"],
