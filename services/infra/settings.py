@@ -337,7 +337,7 @@ class EscalationSettings(CommonSettings):
         description="First retry delay (seconds); doubles per retry, with jitter.",
     )
     console_url: str = Field(
-        "http://127.0.0.1:8001",
+        "http://127.0.0.1:8001/ui",
         description="Base URL of the handlers' console: notice mails link to"
         " <console_url>/incidents/<id> (https in production with `smtp`).",
     )

@@ -159,20 +159,20 @@ async def test_acknowledging_on_the_page_needs_the_csrf_token(env: Env) -> None:
 async def test_status_comments_and_messages_reach_the_reporter(env: Env) -> None:
     client = await browser(env)
     form = await client.get("/ui/report")
-    sent = await client.post(
-        "/ui/report",
-        data={
-            "csrf": csrf_of(form),
-            "key": str(uuid.uuid4()),
-            "category": "harassment",
-            "summary": "Remarks at the counter",
-            "description": "It happened again on Monday.",
-            "accused": "p-wang",
-            "unit": "city-retail",
-        },
-        headers=SAME_ORIGIN,
-    )
+    report = {
+        "csrf": csrf_of(form),
+        "key": str(uuid.uuid4()),
+        "category": "harassment",
+        "summary": "Remarks at the counter",
+        "description": "It happened again on Monday.",
+        "accused": "p-wang",
+        "unit": "city-retail",
+    }
+    sent = await client.post("/ui/report", data=report, headers=SAME_ORIGIN)
     assert sent.status_code == 200, sent.text
+    twice = await client.post("/ui/report", data=report, headers=SAME_ORIGIN)
+    assert "shown once" in twice.text  # the same form sent again: the same report, no secret
+    assert 'id="secret"' not in twice.text
     receipt = re.search(r'id="receipt">([^<]+)<', sent.text)
     secret = re.search(r'id="secret">([^<]+)<', sent.text)
     assert receipt and secret
