@@ -105,13 +105,64 @@ class Evidence:
         return self.ok and self.unsigned == 0
 
 
+Key = tuple[str, int, int]
+"""(incident, head size, entry count): an answer stays right while these stay the same."""
+
+
+async def evidence_of(
+    conn: asyncpg.Connection,
+    signer: NoteSigner,
+    incident_id: str,
+    *,
+    cache: OrderedDict[Key, Evidence] | None = None,
+    want_bundle: bool = False,
+) -> tuple[Evidence, dict[str, Any] | None]:
+    """Check the incident's signed entries with `export_bundle`, in the caller's transaction.
+
+    A cached answer is used (and no bundle built) unless `want_bundle`; a new answer is
+    put in `cache`.
+    """
+    indexes = [
+        r["idx"]
+        for r in await conn.fetch(
+            "SELECT idx FROM ledger WHERE incident_id = $1 AND valid ORDER BY idx", incident_id
+        )
+    ]
+    head = await latest_head(conn)
+    if head is None:
+        return Evidence(False, 0, len(indexes), None, "no tree head is signed yet"), None
+    signed = [i for i in indexes if i < head.tree_size]
+    unsigned = len(indexes) - len(signed)
+    key = (incident_id, head.tree_size, len(indexes))
+    if cache is not None and not want_bundle and key in cache:
+        cache.move_to_end(key)
+        return cache[key], None
+    shown = {k: v for k, v in head.to_json().items() if k != "checkpoint"}
+    if not signed:
+        return Evidence(
+            False, 0, unsigned, shown, "none of its entries is under a signed head yet"
+        ), None
+    bundle: dict[str, Any] | None
+    try:
+        bundle = await export_bundle(DbSource(conn, signer, signed), incident_id)
+    except ExportError as exc:
+        evidence, bundle = Evidence(False, 0, unsigned, shown, str(exc)), None
+    else:
+        evidence = Evidence(True, len(bundle["entries"]), unsigned, shown)
+    if cache is not None:
+        cache[key] = evidence
+        while len(cache) > CACHED:
+            cache.popitem(last=False)
+    return evidence, bundle
+
+
 class EvidenceDesk:
     """Checks incidents against the latest signed head; remembers recent answers."""
 
     def __init__(self, runtime: Runtime, signer: NoteSigner) -> None:
         self.runtime = runtime
         self.signer = signer
-        self._cache: OrderedDict[tuple[str, int, int], Evidence] = OrderedDict()
+        self._cache: OrderedDict[Key, Evidence] = OrderedDict()
 
     async def badge(self, incident_id: str) -> Evidence:
         """The incident's signed entries checked (cached per head and entry count)."""
@@ -129,34 +180,6 @@ class EvidenceDesk:
             self.runtime.db.acquire() as conn,
             conn.transaction(isolation="repeatable_read", readonly=True),
         ):
-            indexes = [
-                r["idx"]
-                for r in await conn.fetch(
-                    "SELECT idx FROM ledger WHERE incident_id = $1 AND valid ORDER BY idx",
-                    incident_id,
-                )
-            ]
-            head = await latest_head(conn)
-            if head is None:
-                return Evidence(False, 0, len(indexes), None, "no tree head is signed yet"), None
-            signed = [i for i in indexes if i < head.tree_size]
-            unsigned = len(indexes) - len(signed)
-            key = (incident_id, head.tree_size, len(indexes))
-            if not want_bundle and key in self._cache:
-                self._cache.move_to_end(key)
-                return self._cache[key], None
-            shown = {k: v for k, v in head.to_json().items() if k != "checkpoint"}
-            if not signed:
-                reason = "none of its entries is under a signed head yet"
-                return Evidence(False, 0, unsigned, shown, reason), None
-            try:
-                bundle = await export_bundle(DbSource(conn, self.signer, signed), incident_id)
-            except ExportError as exc:
-                evidence = Evidence(False, 0, unsigned, shown, str(exc))
-                bundle = None
-            else:
-                evidence = Evidence(True, len(bundle["entries"]), unsigned, shown)
-        self._cache[key] = evidence
-        while len(self._cache) > CACHED:
-            self._cache.popitem(last=False)
-        return evidence, bundle
+            return await evidence_of(
+                conn, self.signer, incident_id, cache=self._cache, want_bundle=want_bundle
+            )

@@ -25,6 +25,7 @@ from typing import Any
 from rich.console import Console
 
 from services.bench import figures as fig
+from services.bench.console import console_figures
 from services.bench.report import Figure, machine, print_table, write
 from services.bench.stack import BenchStack, Databases
 from services.infra.settings import CommonSettings
@@ -86,7 +87,7 @@ QUICK = Sizes(
     escalation_spread=3,
 )
 
-GROUPS = ("verify", "append", "ledger", "e2e", "escalation", "intake")
+GROUPS = ("verify", "append", "ledger", "console", "e2e", "escalation", "intake")
 """Names `--only` accepts."""
 
 ORDER = (
@@ -105,6 +106,10 @@ ORDER = (
     "proof.consistency",
     "knowledge",
     "replay",
+    "console.index",
+    "console.list",
+    "console.incident",
+    "console.badge",
     "stack",
 )
 """Rows in the order of the issue's table (errors are keyed by group)."""
@@ -235,6 +240,13 @@ def run_bench(
                 dbs.create("bench_ledger"),
                 entries=sizes.ledger_entries,
                 samples=sizes.query_samples,
+            ),
+        )
+        bench.run(
+            "console",
+            "console pages",
+            lambda: console_figures(
+                dbs.create("bench_console"), incidents=1_000 if quick else 10_000
             ),
         )
         if any(bench.wanted(g) for g in ("e2e", "escalation", "intake")):

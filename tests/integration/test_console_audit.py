@@ -13,20 +13,17 @@ import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import httpx
 import pytest
-from aiokafka import ConsumerRecord
 from fastapi import FastAPI
 
 from services.audit.app import create_app
 from services.audit.ledger import append_records
 from services.audit.ui_index import catch_up
 from services.audit.verify import verify_bundle
+from services.bench.console import BIG, big_incident
 from services.bench.figures import fill_ledger
-from services.domain.events import make_event
 from services.infra.settings import AuditSettings, CommonSettings
 from tests.helpers import serving
 
@@ -35,95 +32,6 @@ pytestmark = pytest.mark.integration
 INCIDENTS = 10_000
 PER_INCIDENT = 8  # the bench generator's life of an incident
 VIEWS = 2_000
-BIG = "big-incident-0001"
-DIGEST = "sha256:" + "cd" * 32
-
-
-def _record(index: int, kind: str, data: dict[str, Any], actor: str) -> ConsumerRecord:
-    value = make_event(
-        kind,
-        subject=BIG,
-        data=data,
-        source="/tests",
-        time=datetime.now(UTC),
-        actor=actor,
-        traceparent=f"00-{index:032x}-{index:016x}-01",
-    ).to_bytes()
-    return ConsumerRecord(
-        topic="incident.activity",
-        partition=0,
-        offset=index,
-        timestamp=0,
-        timestamp_type=0,
-        key=BIG.encode(),
-        value=value,
-        checksum=None,
-        serialized_key_size=len(BIG),
-        serialized_value_size=len(value),
-        headers=(),
-    )
-
-
-def big_incident() -> list[ConsumerRecord]:
-    """A report seen 2,000 times, never acknowledged, whose clock was breached."""
-    past = datetime.now(UTC) - timedelta(hours=2)
-    records = [
-        _record(
-            0,
-            "incident.report.submitted.v1",
-            {
-                "category": "fraud",
-                "summary": "SECRET-SUMMARY do not show",
-                "description": "SECRET-DESCRIPTION do not show",
-                "report_digest": DIGEST,
-            },
-            "reporter:anonymous",
-        ),
-        _record(
-            1,
-            "incident.triaged.v1",
-            {
-                "category": "fraud",
-                "severity": "critical",
-                "policy_version": "t",
-                "chain": [
-                    {
-                        "level": 1,
-                        "role": "hr_case_handler",
-                        "recipients": ["p-chen"],
-                        "acknowledge_within": 60,
-                    }
-                ],
-                "deadlines": {"level_1_acknowledge": (past + timedelta(minutes=1)).isoformat()},
-            },
-            "system:triage",
-        ),
-        _record(
-            2,
-            "incident.notified.v1",
-            {"principal": "p-chen", "channel": "log", "level": 1, "report_digest": DIGEST},
-            "system:triage",
-        ),
-    ]
-    for i in range(VIEWS):
-        who = "p-chen" if i % 2 else "p-zhou"
-        records.append(
-            _record(
-                3 + i,
-                "incident.viewed.v1",
-                {"principal": who, "report_digest": DIGEST},
-                who,
-            )
-        )
-    records.append(
-        _record(
-            3 + VIEWS,
-            "incident.deadline.breached.v1",
-            {"clock": "reporter_acknowledgement", "due_at": past.isoformat()},
-            "system:escalation",
-        )
-    )
-    return records
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +61,7 @@ async def console(
     )
     async with serving(app, "https://audit") as client:
         runtime = app.state.runtime
-        records = big_incident()
+        records = big_incident(VIEWS)
         for at in range(0, len(records), 500):
             async with runtime.db.acquire() as conn, conn.transaction():
                 await append_records(conn, records[at : at + 500])
