@@ -154,6 +154,22 @@ def as_of_view(incident_id: str, entries: list[LedgerEvent], moment: datetime) -
     }
 
 
+def timeline_rows(entries: list[LedgerEvent], moment: datetime) -> list[dict[str, Any]]:
+    """The timeline's rows: who, what, when, trace id, and only content-free details."""
+    return [
+        {
+            "index": e.index,
+            "recorded_at": e.recorded_at,
+            "type": e.envelope.type,
+            "actor": e.envelope.actor,
+            "trace_id": trace_id_of(e.envelope.traceparent),
+            "details": describe(e.envelope.type, e.envelope.data),
+            "later": e.recorded_at > moment,
+        }
+        for e in entries
+    ]
+
+
 @router.get("/incidents/{incident_id}")
 async def incident(
     incident_id: str,
@@ -168,23 +184,11 @@ async def incident(
     desk: EvidenceDesk = request.app.state.evidence
     evidence = await desk.badge(incident_id)
     trace_url: str | None = getattr(request.app.state, "trace_url", None)
-    timeline = [
-        {
-            "index": e.index,
-            "recorded_at": e.recorded_at,
-            "type": e.envelope.type,
-            "actor": e.envelope.actor,
-            "trace_id": trace_id_of(e.envelope.traceparent),
-            "details": describe(e.envelope.type, e.envelope.data),
-            "later": e.recorded_at > moment,
-        }
-        for e in entries
-    ]
     return render(
         request,
         "audit_incident.html",
         principal=principal,
-        timeline=timeline,
+        timeline=timeline_rows(entries, moment),
         evidence=evidence,
         trace_url=trace_url,
         **as_of_view(incident_id, entries, moment),

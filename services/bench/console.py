@@ -31,16 +31,14 @@ from aiokafka import ConsumerRecord
 from services.audit import tree
 from services.audit.checkpoint import Checkpoint, NoteSigner, sign_checkpoint
 from services.audit.ledger import append_records, incident_entries
-from services.audit.ui import as_of_view
+from services.audit.ui import as_of_view, timeline_rows
 from services.audit.ui_evidence import Evidence, evidence_of
 from services.audit.ui_index import BATCH, STATUSES, Filters, facets, index_once, list_page
 from services.bench.figures import fill_ledger
 from services.bench.report import Figure, Latency
-from services.console.describe import describe
 from services.console.web import Console, templates
 from services.domain.events import make_event
 from services.infra.db import connect
-from services.infra.telemetry import trace_id_of
 
 BIG = "bench-console-big-0001"
 PER_INCIDENT = 8
@@ -258,23 +256,11 @@ async def console_figures(
         async def incident_page_html() -> None:
             entries = await incident_entries(conn, BIG)
             moment = datetime.now(UTC)
-            timeline = [
-                {
-                    "index": e.index,
-                    "recorded_at": e.recorded_at,
-                    "type": e.envelope.type,
-                    "actor": e.envelope.actor,
-                    "trace_id": trace_id_of(e.envelope.traceparent),
-                    "details": describe(e.envelope.type, e.envelope.data),
-                    "later": False,
-                }
-                for e in entries
-            ]
             templates.get_template("audit_incident.html").render(
                 console=console,
                 csrf="-",
                 principal="bench",
-                timeline=timeline,
+                timeline=timeline_rows(entries, moment),
                 evidence=badge,
                 trace_url=None,
                 **as_of_view(BIG, entries, moment),
