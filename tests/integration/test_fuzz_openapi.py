@@ -78,6 +78,9 @@ INTAKE_OPERATIONS = [
     ("POST", "/v1/incidents/{incident_id}/status"),
     ("POST", "/v1/incidents/{incident_id}/comments"),
     ("POST", "/v1/incidents/{incident_id}/messages"),
+    ("POST", "/v1/incidents/{incident_id}/reporter-identity"),
+    ("POST", "/v1/incidents/{incident_id}/legal-hold"),
+    ("POST", "/v1/incidents/{incident_id}/legal-hold/release"),
     ("PUT", "/v1/directory/people/{person_id}"),
     ("GET", "/v1/directory/people/{person_id}"),
 ]
