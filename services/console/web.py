@@ -74,15 +74,21 @@ class Console:
 
     title: str
     secure: bool
+    service: str = "console"
+    """In the cookies' names: services on one host share cookies whatever their port."""
     home: str = PREFIX + "/"
+
+    def _cookie_name(self, what: str) -> str:
+        name = f"incidents-{self.service}-{what}"
+        return f"__Host-{name}" if self.secure else name
 
     @property
     def session_cookie(self) -> str:
-        return "__Host-incidents-session" if self.secure else "incidents-session"
+        return self._cookie_name("session")
 
     @property
     def csrf_cookie(self) -> str:
-        return "__Host-incidents-csrf" if self.secure else "incidents-csrf"
+        return self._cookie_name("csrf")
 
 
 class ConsoleError(Exception):
@@ -246,7 +252,11 @@ async def logout(request: Request) -> Response:
 
 def mount(app: FastAPI, pages: APIRouter, settings: CommonSettings, *, title: str) -> None:
     """Serve a service's console pages, the login, the static files, and error pages."""
-    app.state.console = Console(title=title, secure=settings.environment != "development")
+    app.state.console = Console(
+        title=title,
+        secure=settings.environment != "development",
+        service=app.state.runtime.name,
+    )
     app.include_router(login_router)
     app.include_router(pages)
     app.mount(

@@ -198,3 +198,33 @@ async def test_forms_need_the_csrf_token(console: tuple[httpx.AsyncClient, FastA
     assert "set-cookie" not in refused.headers or "session" not in refused.headers["set-cookie"]
     wrong = await login(client, "not-a-token")
     assert wrong.status_code == 401
+
+
+async def test_without_javascript_the_slider_and_the_instant_reload_the_page(
+    console: tuple[httpx.AsyncClient, FastAPI],
+) -> None:
+    client, _ = console
+    await login(client, "dev-auditor-token")
+    start = await client.get(f"/ui/incidents/{BIG}?t=0")  # the slider's form
+    assert start.status_code == 200
+    counted = re.search(r"(\d+) of (\d+) entries recorded", start.text)
+    assert counted is not None  # the first append's batch shares one ledger time
+    assert 0 < int(counted.group(1)) < int(counted.group(2)) == VIEWS + 4
+    assert "reporter acknowledgement breached" not in start.text  # recorded last
+    instant = await client.get(f"/ui/incidents/{BIG}?as_of=2000-01-01T00:00:00")  # no zone: UTC
+    assert "Nobody knew yet at this instant." in instant.text
+    bad = await client.get(f"/ui/incidents/{BIG}?as_of=yesterday")
+    assert bad.status_code == 422
+
+
+async def test_signing_out_forgets_the_session(console: tuple[httpx.AsyncClient, FastAPI]) -> None:
+    client, _ = console
+    await login(client, "dev-auditor-token")
+    page = await client.get("/ui/")
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
+    assert csrf is not None
+    out = await client.post(
+        "/ui/logout", data={"csrf": csrf.group(1)}, headers={"sec-fetch-site": "same-origin"}
+    )
+    assert out.status_code == 303
+    assert (await client.get("/ui/")).status_code == 303  # back to the login page

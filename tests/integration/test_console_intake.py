@@ -74,7 +74,7 @@ async def browser(env: Env, token: str | None = None) -> httpx.AsyncClient:
         assert answer.status_code == 303, answer.text
         assert answer.headers["location"] == "/ui/"
         cookie = answer.headers["set-cookie"]
-        assert "__Host-incidents-session=" in cookie
+        assert "__Host-incidents-intake-session=" in cookie
         assert "HttpOnly" in cookie and "Secure" in cookie and "SameSite=strict" in cookie
     return client
 

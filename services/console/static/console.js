@@ -29,6 +29,9 @@
         if (html === null || ticket !== asked) { return; }
         region.innerHTML = html;
         mark(instant.getTime());
+        var now = region.querySelector(".asof-now");
+        var status = document.getElementById("asof-status");
+        if (now && status) { status.textContent = now.textContent; }  // read out, briefly
         history.replaceState(null, "", "?as_of=" + encodeURIComponent(iso));
       });
   }
