@@ -16,11 +16,12 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from tests.e2e.conftest import ROOT, Stack
 from tests.helpers import SEED_CASE, critical_policy
@@ -30,8 +31,6 @@ pytestmark = pytest.mark.e2e
 CHROMIUM = Path("/usr/bin/chromium")
 LEVEL_SECONDS = 6
 """Each level's time to acknowledge: long enough for a browser under load, short for a test."""
-
-playwright_sync = pytest.importorskip("playwright.sync_api")
 
 
 @pytest.fixture(scope="module")
@@ -50,11 +49,11 @@ def artifacts() -> Path:
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
+def browser() -> Iterator[Browser]:
     if not CHROMIUM.exists():
         pytest.fail("the console's browser test needs /usr/bin/chromium (apt-get install chromium)")
     os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
-    with playwright_sync.sync_playwright() as driver:
+    with sync_playwright() as driver:
         chromium = driver.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
         try:
             yield chromium
@@ -62,29 +61,29 @@ def browser() -> Iterator[object]:
             chromium.close()
 
 
-def sign_in(page: object, base: str, token: str) -> None:
-    page.goto(f"{base}/ui/login")  # type: ignore[attr-defined]
-    page.get_by_label("Access token").fill(token)  # type: ignore[attr-defined]
-    page.get_by_role("button", name="Sign in").click()  # type: ignore[attr-defined]
-    page.wait_for_url(re.compile(r".*/ui/$"))  # type: ignore[attr-defined]
+def sign_in(page: Page, base: str, token: str) -> None:
+    page.goto(f"{base}/ui/login")
+    page.get_by_label("Access token").fill(token)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(re.compile(r".*/ui/$"))
 
 
-def reload_until(page: object, predicate: object, timeout: float, what: str) -> None:
+def reload_until(page: Page, predicate: Callable[[Page], bool], timeout: float, what: str) -> None:
     end = time.monotonic() + timeout
     while True:
-        if predicate(page):  # type: ignore[operator]
+        if predicate(page):
             return
         if time.monotonic() > end:
             raise AssertionError(f"{what} not seen within {timeout}s")
         time.sleep(0.5)
-        page.reload()  # type: ignore[attr-defined]
+        page.reload()
 
 
-def test_the_seed_case_through_the_console(stack: Stack, browser: object, artifacts: Path) -> None:
+def test_the_seed_case_through_the_console(stack: Stack, browser: Browser, artifacts: Path) -> None:
     intake, audit = stack.url("intake"), stack.url("audit")
 
     # The reporter, anonymous, on the report page.
-    reporter = browser.new_context(viewport={"width": 1280, "height": 900})  # type: ignore[attr-defined]
+    reporter = browser.new_context(viewport={"width": 1280, "height": 900})
     page = reporter.new_page()
     page.goto(f"{intake}/ui/report")
     page.get_by_label("Category").select_option(SEED_CASE["category"])
@@ -101,7 +100,7 @@ def test_the_seed_case_through_the_console(stack: Stack, browser: object, artifa
     page.screenshot(path=artifacts / "2-receipt-and-secret.png", full_page=True)
 
     # The HR head: the report reaches her once p-chen's level-1 deadline passed.
-    zhou = browser.new_context(viewport={"width": 1280, "height": 900})  # type: ignore[attr-defined]
+    zhou = browser.new_context(viewport={"width": 1280, "height": 900})
     handler = zhou.new_page()
     sign_in(handler, intake, "dev-zhou-token")
     reload_until(
@@ -124,7 +123,7 @@ def test_the_seed_case_through_the_console(stack: Stack, browser: object, artifa
     handler.screenshot(path=artifacts / "4-acknowledged-by-the-hr-head.png", full_page=True)
 
     # The accused: the same 404 as an unknown incident.
-    wang = browser.new_context().new_page()  # type: ignore[attr-defined]
+    wang = browser.new_context().new_page()
     sign_in(wang, intake, "dev-wang-token")
     answer = wang.goto(f"{intake}/ui/incidents/{incident}")
     assert answer is not None and answer.status == 404
@@ -147,7 +146,7 @@ def test_the_seed_case_through_the_console(stack: Stack, browser: object, artifa
     page.screenshot(path=artifacts / "5-reporter-follow-up.png", full_page=True)
 
     # The auditor: the incident, verified, who knew what and when.
-    auditor = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()  # type: ignore[attr-defined]
+    auditor = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
     sign_in(auditor, audit, "dev-auditor-token")
     reload_until(
         auditor,
@@ -182,7 +181,7 @@ def test_the_seed_case_through_the_console(stack: Stack, browser: object, artifa
     # The as-of slider, back to the first entry: only the reporter knew, nothing was routed.
     auditor.locator("#t").fill("0")
     # (the page's CSP forbids evaluating strings, so wait on the element, not a function)
-    playwright_sync.expect(auditor.locator("#state-status")).to_have_text("submitted")
+    expect(auditor.locator("#state-status")).to_have_text("submitted")
     who_then = auditor.locator("svg.chart text.who").all_text_contents()
     assert "p-zhou" not in who_then
     assert "as_of=" in auditor.url
