@@ -22,10 +22,11 @@ from services.audit.app import create_app
 from services.audit.ledger import append_records
 from services.audit.ui_index import catch_up
 from services.audit.verify import verify_bundle
-from services.bench.console import BIG, big_incident
+from services.bench.console import BIG, big_incident, console_figures
 from services.bench.figures import fill_ledger
 from services.infra.settings import AuditSettings, CommonSettings
 from tests.helpers import serving
+from tests.integration.test_bench_quick import assert_complete
 
 pytestmark = pytest.mark.integration
 
@@ -228,3 +229,21 @@ async def test_signing_out_forgets_the_session(console: tuple[httpx.AsyncClient,
     )
     assert out.status_code == 303
     assert (await client.get("/ui/")).status_code == 303  # back to the login page
+
+
+async def test_the_console_bench_figures_run_at_toy_size(
+    make_database: Callable[[str], str],
+) -> None:
+    """`incidents bench --only console` measures each figure beside its baseline."""
+    figures = await console_figures(
+        make_database("bench_console"), incidents=50, views=30, samples=3
+    )
+    assert [f.key for f in figures] == [
+        "console.index",
+        "console.list",
+        "console.incident",
+        "console.badge",
+    ]
+    for figure in figures:
+        assert_complete(figure, has_target=False)
+    assert figures[0].details["entries"] == 50 * 8 + 30 + 4
