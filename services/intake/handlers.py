@@ -50,7 +50,7 @@ from services.domain.events import (
 from services.domain.incident import IncidentState, fold
 from services.infra import eventstore
 from services.infra.auth import Principal
-from services.infra.crypto import IncidentKey
+from services.infra.crypto import CryptoError, IncidentKey
 from services.infra.http import Problem, problem_responses
 from services.infra.keystore import KeyStore
 from services.infra.runtime import Runtime
@@ -296,7 +296,10 @@ async def _attempt_once(
     if isinstance(verdict, Refused):
         await deny(runtime, conn, incident_id, principal, action, verdict.detail, events, version)
         return _Denied(404 if verdict.conceals else 403)
-    key = await keys.get(conn, incident_id)
+    try:  # an incident from before #8 gets its key now; an erased one stays keyless
+        key: IncidentKey | None = await keys.create(conn, incident_id)
+    except CryptoError:
+        key = None
     context = Context(runtime, incident_id, principal, events, state, verdict, key)
     new, result = build(context)
     await eventstore.append(
