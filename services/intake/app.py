@@ -68,7 +68,16 @@ def create_app(settings: IntakeSettings | None = None) -> FastAPI:
         runtime,
         title="Incidents intake",
         on_start=seed_directory,
-        untraced=("v1/reports", "v1/channels", "v1/receipts", "ui/report", "ui/receipt"),
+        # the console's pages an anonymous reporter loads are untraced too (start, static)
+        untraced=(
+            "v1/reports",
+            "v1/channels",
+            "v1/receipts",
+            "ui/report",
+            "ui/receipt",
+            "ui/static",
+            "ui/$",
+        ),
     )
     app.state.intake = service
     app.state.keys = keys
