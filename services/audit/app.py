@@ -16,6 +16,7 @@ from services.audit.ui_evidence import EvidenceDesk
 from services.audit.ui_index import indexer
 from services.console import web
 from services.domain.directory import DirectoryFile
+from services.domain.events import Topic
 from services.infra.auth import make_authenticator
 from services.infra.config import load_yaml_model
 from services.infra.kafka import all_topics
@@ -43,9 +44,12 @@ def create_app(settings: AuditSettings | None = None) -> FastAPI:
         async with runtime.db.acquire() as conn, conn.transaction():
             await append_records(conn, records)
 
+    # Every topic but incident.inbound: other systems publish plaintext reports there,
+    # which intake seals before anything else stores them (the ledger holds intake's
+    # sealed submitted event, whose causationid is the inbound event's id).
     runtime.consume(
         f"{settings.kafka_topic_prefix}audit-ledger",
-        all_topics(settings),
+        [t for t in all_topics(settings) if t != settings.topic(Topic.INBOUND)],
         ingest,
     )
     signer = load_signer(settings)

@@ -91,7 +91,7 @@ async def test_a_record_that_is_not_an_event_is_still_recorded_with_the_reason(
 ) -> None:
     _client, settings = audit
     garbage = b"\xff not json at all"
-    await producer.send_and_wait(settings.topic("incident.inbound"), garbage, key=b"x")
+    await producer.send_and_wait(settings.topic("incident.activity"), garbage, key=b"x")
     rows = await eventually(lambda: _invalid_rows(settings))
     leaf = json.loads(bytes(rows[0]["leaf"]))
     assert base64.b64decode(leaf["raw"]) == garbage
