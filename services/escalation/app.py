@@ -26,6 +26,7 @@ def create_app(settings: EscalationSettings | None = None) -> FastAPI:
     escalation = Escalation(runtime, notifier, system_clock)
     runtime.background("notifier", _close_when_stopped(notifier))
     runtime.background("deadline-scheduler", escalation.run_scheduler)
+    runtime.background("notice-delivery", escalation.run_deliveries)
     app = create_stream_app(
         settings,
         "escalation",

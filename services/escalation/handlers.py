@@ -6,6 +6,11 @@ reporter, which satisfies the feedback clock) and fired deadlines all go through
 `services.domain.escalation`, append its effects as events and store the new state
 and wake-up time, in one transaction. The scheduler sleeps until the earliest wake-up
 (or a NOTIFY that an earlier one appeared) and takes due rows with SKIP LOCKED.
+
+Notices (`incident.notified.v1`) are queued in `deliveries` with the consumer's
+tracking row and delivered by a worker (`run_deliveries`), so a slow webhook or mail
+server never holds up the consumers; a notice that fails for good is recorded there
+and fed back as `delivery_failed`.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import contextlib
 import json
 import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
 import asyncpg
@@ -50,6 +55,17 @@ LATENESS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 30, 300),
 )
 PENDING = Gauge("incidents_escalation_pending_deadlines", "Incidents waiting on a deadline.")
+QUEUED = Gauge("incidents_notify_queue_pending", "Notices queued and not yet delivered or failed.")
+QUEUED_AGE = Gauge(
+    "incidents_notify_queue_oldest_age_seconds",
+    "Age of the oldest notice still queued (0 when none).",
+)
+DELIVERY_CONCURRENCY = 16
+"""Notices one worker delivers at once."""
+DELIVERY_POLL_SECONDS = 0.5
+"""How often the delivery worker looks for due notices without being woken."""
+DELIVERY_MAX_ATTEMPTS = 5
+"""Leases of one notice (workers that died on it) before it counts as failed."""
 REPORTER_MESSAGE = "incident.reporter.message.v1"
 EVENT_IDS = uuid.UUID("6d1f6f3c-54a7-4f55-9c43-2b1f0ad0c0e1")
 
@@ -62,6 +78,8 @@ class Escalation:
         self.notifier = notifier
         self.now = clock
         self._wake = asyncio.Event()
+        self._deliveries_due = asyncio.Event()
+        self.delivery_lease = delivery_lease(runtime.settings)
 
     # -- inputs -------------------------------------------------------------------
 
@@ -91,7 +109,10 @@ class Escalation:
                 continue
             data = data_of(envelope)
             if isinstance(data, Notified):
-                await self._deliver(envelope, data)
+                async with self.runtime.db.acquire() as conn, conn.transaction():
+                    if await self._track(conn, envelope, record):
+                        await self._enqueue(conn, envelope)
+                self._deliveries_due.set()
                 continue
             if not isinstance(data, Acknowledged):
                 continue
@@ -330,30 +351,118 @@ class Escalation:
 
     # -- notices -----------------------------------------------------------------
 
-    async def _deliver(self, envelope: Envelope, notice: Notified) -> None:
-        """Deliver a notice, at least once per event id, outside any transaction.
+    async def _enqueue(self, conn: asyncpg.Connection, envelope: Envelope) -> None:
+        """Queue a notice for the delivery worker (not if delivered before the queue existed)."""
+        await conn.execute(
+            "INSERT INTO deliveries (event_id, incident_id, body, traceparent)"
+            " SELECT $1, $2, $3, $4 WHERE NOT EXISTS (SELECT 1 FROM tracking"
+            " WHERE consumer = 'escalation-delivery' AND event_key = $1)"
+            " ON CONFLICT (event_id) DO NOTHING",
+            envelope.id,
+            envelope.subject,
+            envelope.to_bytes(),
+            current_traceparent(),
+        )
 
-        Delivery (a webhook, a mail) can be slow and must not hold row locks; it is
-        marked done afterwards, so a crash in between delivers again rather than never.
+    async def run_deliveries(self, stop: asyncio.Event) -> None:
+        """Deliver queued notices until `stop`, up to `DELIVERY_CONCURRENCY` at once.
+
+        A slow webhook or mail server holds up only its own notices, never the
+        consumers. Due rows are leased (`_claim`), delivered outside any transaction and
+        their outcome recorded (`_deliver`); a notice whose worker died is leased again
+        when its lease runs out, with a longer lease each time.
         """
+        inflight: set[asyncio.Task[None]] = set()
+        try:
+            while not stop.is_set():
+                self._deliveries_due.clear()
+                try:
+                    free = DELIVERY_CONCURRENCY - len(inflight)
+                    for row in await self._claim(free) if free > 0 else ():
+                        task = asyncio.create_task(self._deliver(row))
+                        inflight.add(task)
+                        task.add_done_callback(inflight.discard)
+                    await self._refresh_queue_metrics()
+                except TRANSIENT_ERRORS as exc:
+                    log.warning("notice delivery: %r; retrying", exc)
+                waits = [self._deliveries_due.wait(), stop.wait(), *inflight]
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(_first_of(waits), DELIVERY_POLL_SECONDS)
+        finally:
+            for task in inflight:  # their leases run out; a later worker delivers them
+                task.cancel()
+            await asyncio.gather(*inflight, return_exceptions=True)
+
+    async def _claim(self, limit: int) -> list[asyncpg.Record]:
         async with self.runtime.db.acquire() as conn:
-            done = await conn.fetchval(
-                "SELECT 1 FROM tracking WHERE consumer = 'escalation-delivery' AND event_key = $1",
-                envelope.id,
-            )
-        if done:
-            return
-        delivered = await self.notifier.deliver(envelope.subject, notice)
-        async with self.runtime.db.acquire() as conn, conn.transaction():
-            fresh = await eventstore.track(conn, "escalation-delivery", envelope.id, "", 0, 0)
-            if fresh and not delivered:
-                await self._step_or_hold(
-                    conn,
-                    envelope,
-                    lambda s, now, p=notice.principal, lv=notice.level: esc.delivery_failed(
-                        s, p, lv, now
-                    ),
+            return list(
+                await conn.fetch(
+                    "UPDATE deliveries d SET attempts = d.attempts + 1, next_at ="
+                    " clock_timestamp() + make_interval(secs => $2 * least(8, 2 ^ d.attempts))"
+                    " FROM (SELECT event_id FROM deliveries WHERE state = 'pending'"
+                    " AND next_at <= clock_timestamp() ORDER BY next_at LIMIT $1"
+                    " FOR UPDATE SKIP LOCKED) due WHERE d.event_id = due.event_id"
+                    " RETURNING d.event_id, d.body, d.traceparent, d.attempts",
+                    limit,
+                    self.delivery_lease,
                 )
+            )
+
+    async def _deliver(self, row: asyncpg.Record) -> None:
+        """Deliver one leased notice and record the outcome, at least once per event id.
+
+        A notice that failed for good (the adapter's own retries exhausted), or whose
+        worker died `DELIVERY_MAX_ATTEMPTS` times, counts as failed: once every
+        recipient of a level failed, the next level is asked at once.
+        """
+        envelope = parse_envelope(bytes(row["body"]))
+        notice = Notified.model_validate(envelope.data)  # validated when it was queued
+        with (
+            span_after("escalation: deliver notice", row["traceparent"]),
+            bind_incident(envelope.subject),
+        ):
+            if row["attempts"] > DELIVERY_MAX_ATTEMPTS:
+                log.error("notice %s: gave up after %d leases", envelope.id, row["attempts"] - 1)
+                delivered = False
+            else:
+                delivered = await self.notifier.deliver(envelope.subject, notice)
+            try:
+                async with self.runtime.db.acquire() as conn, conn.transaction():
+                    recorded = await conn.fetchval(
+                        "UPDATE deliveries SET state = $2, done_at = clock_timestamp()"
+                        " WHERE event_id = $1 AND state = 'pending' RETURNING 1",
+                        envelope.id,
+                        "delivered" if delivered else "failed",
+                    )
+                    if recorded and not delivered:
+                        await self._step_or_hold(
+                            conn,
+                            envelope,
+                            lambda s, now, p=notice.principal, lv=notice.level: esc.delivery_failed(
+                                s, p, lv, now
+                            ),
+                        )
+            except TRANSIENT_ERRORS as exc:  # the lease runs out and it is delivered again
+                log.warning("notice %s: outcome not recorded: %r", envelope.id, exc)
+        self._deliveries_due.set()
+
+    async def _refresh_queue_metrics(self) -> None:
+        async with self.runtime.db.acquire() as conn:
+            row = await conn.fetchrow(
+                "SELECT count(*) AS n, min(created_at) AS oldest FROM deliveries"
+                " WHERE state = 'pending'"
+            )
+        QUEUED.set(row["n"])
+        oldest = row["oldest"]
+        QUEUED_AGE.set(max(0.0, (datetime.now(UTC) - oldest).total_seconds()) if oldest else 0)
+
+
+def delivery_lease(settings: object) -> float:
+    """Seconds a worker may take over one notice: every attempt of the adapter, each
+    retry's longest wait (30 s), and a margin."""
+    retries = int(getattr(settings, "notify_retries", 3))
+    timeout = float(getattr(settings, "notify_timeout_seconds", 5.0))
+    return (retries + 1) * timeout + retries * 30.0 + 10.0
 
 
 def _transition_for(envelope: Envelope) -> Callable[[esc.EscalationState, datetime], esc.Step]:
@@ -374,12 +483,18 @@ def _without_text(envelope: Envelope) -> Envelope:
 
 
 async def _either(event: asyncio.Event, stop: asyncio.Event) -> None:
-    waits = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(stop.wait())]
+    await _first_of([event.wait(), stop.wait()])
+
+
+async def _first_of(waits: Sequence[Awaitable[object]]) -> None:
+    """Return when the first of `waits` is done; cancel the rest (tasks given are kept)."""
+    futures = [asyncio.ensure_future(w) for w in waits]
     try:
-        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(futures, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for w in waits:
-            w.cancel()
+        for future, wait in zip(futures, waits, strict=True):
+            if future is not wait:
+                future.cancel()
 
 
 def system_clock() -> datetime:

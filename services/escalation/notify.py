@@ -27,8 +27,9 @@ paths or queries, message text, or response bodies.
 Every attempt is bounded by `timeout`. One `deliver` therefore takes at most about
 `(retries + 1) * timeout` plus the backoff (`backoff * (2**retries - 1)`, each delay
 capped at `max_delay`). With the defaults (3 retries, 5 s, 0.5 s) that is about 24 s.
-The handler delivers inline, so this bounds how long one notice can hold up the
-consumer.
+The service queues notices durably and a worker delivers several at once
+(`services.escalation.handlers`), so this bounds how long one notice takes, never how
+long the consumers wait; it also sets the worker's lease on a notice.
 
 Webhook signature, like Stripe's scheme: every request carries
 

@@ -28,9 +28,15 @@ SECONDS_POLICY = critical_policy("seconds-1", "2s")
 
 
 @pytest.fixture
-def common(settings: CommonSettings, tmp_path: Path) -> dict[str, Any]:
+def policy_text() -> str:
+    """The policy file of the test (a test parametrizes `policy_text` for another)."""
+    return SECONDS_POLICY
+
+
+@pytest.fixture
+def common(settings: CommonSettings, tmp_path: Path, policy_text: str) -> dict[str, Any]:
     policy = tmp_path / "policy.yaml"
-    policy.write_text(SECONDS_POLICY)
+    policy.write_text(policy_text)
     return {**settings.model_dump(), "policy_file": policy}
 
 
@@ -141,16 +147,19 @@ async def test_deadlines_that_pass_while_escalation_is_down_fire_once_after_rest
 
 RACERS = 30
 """Incidents whose acknowledgement lands at a different instant around their deadline."""
+RACE_LEVEL = 4.0
+"""Seconds of each level: the earliest acknowledgements have 3 s to get through."""
 
 
+@pytest.mark.parametrize("policy_text", [critical_policy("race-1", f"{RACE_LEVEL:.0f}s")])
 async def test_an_acknowledgement_racing_the_deadline_never_clears_a_level_it_escalated_from(
     intake_and_triage: httpx.AsyncClient, common: dict[str, Any], settings: CommonSettings
 ) -> None:
-    """Chen acknowledges each of 30 incidents at its own instant, from 1 s before its
+    """Chen acknowledges each of 30 incidents at its own instant, from 3 s before its
     level-1 deadline to 0.6 s after. Whichever wins, the acknowledgement or the
     deadline, an incident has one clear, and no escalation away from the level it
-    cleared: cleared at level 1 means level 2 was never asked; escalated to level 2
-    means the clear is at level 2."""
+    cleared: cleared at level 1 means level 2 was never asked; escalated to level k
+    means the clear is at level k (the acknowledgement got through that late)."""
     intake = intake_and_triage
     escalation = create_escalation(EscalationSettings(**common))
     named = {"authorization": "Bearer dev-liu-token"}  # no argon2 per report: they start close
@@ -171,7 +180,7 @@ async def test_an_acknowledgement_racing_the_deadline_never_clears_a_level_it_es
             return due if len(due) == RACERS else None
 
         due = await eventually(deadlines, timeout=20)
-        offsets = [-1.0 + 1.6 * i / (RACERS - 1) for i in range(RACERS)]
+        offsets = [-3.0 + 3.6 * i / (RACERS - 1) for i in range(RACERS)]
         loop = asyncio.get_running_loop()
 
         async def acknowledge(incident: str, offset: float) -> int:
@@ -202,7 +211,7 @@ async def test_an_acknowledgement_racing_the_deadline_never_clears_a_level_it_es
             return by_incident if done else None
 
         await eventually(all_cleared, timeout=20)
-        await asyncio.sleep(2.5)  # past level 2's deadline: a stray deadline would fire now
+        await asyncio.sleep(RACE_LEVEL + 0.5)  # a stray deadline would fire by now
         by_incident = await all_cleared()
         assert by_incident is not None
         async with escalation.state.escalation.runtime.db.acquire() as conn:
@@ -225,37 +234,28 @@ async def test_an_acknowledgement_racing_the_deadline_never_clears_a_level_it_es
         # never an escalation away from the level that was cleared, nor after the clear
         assert all(e.data["level"] <= level for e in escalated), (incident, level, escalated)
         assert events.index(clears[0]) == len(events) - 1, (incident, [e.type for e in events])
-        # escalated to level 2 exactly when the clear is at level 2
-        assert (level == 2) == any(e.data["level"] == 2 for e in escalated), incident
-        assert level in (1, 2), (incident, level)
+        # cleared at the level the chain had climbed to when the acknowledgement applied
+        assert max((e.data["level"] for e in escalated), default=1) == level, incident
         assert int(states[incident]["level"]) == level
     # the acknowledgements straddled the deadline: both outcomes happened
-    assert set(cleared_at) == {1, 2}, cleared_at
+    assert 1 in cleared_at and len(cleared_at) > 1, cleared_at
 
 
+FEEDBACK_POLICY = critical_policy("feedback-1", "1m").replace(
+    "feedback_within: 90d", "feedback_within: 8s"
+)
+
+
+@pytest.mark.parametrize("policy_text", [FEEDBACK_POLICY])
 async def test_a_message_to_the_reporter_satisfies_the_feedback_clock_and_silence_breaches_it(
-    settings: CommonSettings, tmp_path: Path
+    intake_and_triage: httpx.AsyncClient, common: dict[str, Any], settings: CommonSettings
 ) -> None:
-    """Feedback is owed within 3 s here. Chen writes to the reporter of one report and
+    """Feedback is owed within 8 s here. Chen writes to the reporter of one report and
     not of the other: only the unanswered one is reminded and breached."""
-    policy = tmp_path / "policy.yaml"
-    policy.write_text(
-        critical_policy("feedback-1", "1m").replace("feedback_within: 90d", "feedback_within: 3s")
-    )
-    common = {**settings.model_dump(), "policy_file": policy}
-    triage = create_triage(TriageSettings(**common))
+    intake = intake_and_triage
     chen = {"authorization": "Bearer dev-chen-token"}
-    async with (
-        serving(create_intake(IntakeSettings(**common)), "http://intake") as intake,
-        serving(triage, "http://triage"),
-        serving(create_escalation(EscalationSettings(**common)), "http://escalation"),
-    ):
-
-        async def loaded() -> bool:
-            async with triage.state.triage.runtime.db.acquire() as conn:
-                return bool(await conn.fetchval("SELECT count(*) >= 12 FROM directory_log"))
-
-        await eventually(loaded, timeout=20)
+    escalation = create_escalation(EscalationSettings(**common))
+    async with serving(escalation, "http://escalation"):
         named = {"authorization": "Bearer dev-liu-token"}
         answered, silent = [
             (await intake.post("/v1/reports", json=SEED_CASE, headers=named)).json()["incident_id"]
@@ -274,9 +274,16 @@ async def test_a_message_to_the_reporter_satisfies_the_feedback_clock_and_silenc
             events = await escalations(settings, silent)
             return events if any(e.type.endswith("breached.v1") for e in events) else None
 
-        silence = await eventually(breached, timeout=15)
+        silence = await eventually(breached, timeout=20)
         await asyncio.sleep(0.5)  # the answered one's deadline passed at the same moment
         answer = await escalations(settings, answered)
+        async with escalation.state.escalation.runtime.db.acquire() as conn:
+            satisfied = await conn.fetchval(
+                "SELECT c->>'satisfied_at' FROM escalation_state,"
+                " jsonb_array_elements(state->'clocks') c"
+                " WHERE incident_id = $1 AND c->>'name' = 'feedback'",
+                answered,
+            )
 
     feedback = [e for e in silence if e.data.get("clock") == "feedback"]
     assert [e.type for e in feedback] == [
@@ -284,3 +291,4 @@ async def test_a_message_to_the_reporter_satisfies_the_feedback_clock_and_silenc
         "incident.deadline.breached.v1",
     ]
     assert not [e for e in answer if e.data.get("clock") == "feedback"], answer
+    assert satisfied is not None

@@ -1,7 +1,8 @@
 """Delivery adapters against real servers on 127.0.0.1: an HTTP receiver (aiohttp) that
 checks signatures, and an SMTP server (aiosmtpd), plain and with STARTTLS and AUTH. The
-last test runs intake, triage and escalation in-process on the real broker and database,
-with a webhook receiver that always fails: level 1 not reached means level 2 asked at once.
+last tests run intake, triage and escalation in-process on the real broker and database:
+with a webhook receiver that always fails, level 1 not reached means level 2 asked at
+once; with one that takes seconds to answer, an acknowledgement is not held up by it.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from services.infra.settings import (
 )
 from services.intake.app import create_app as create_intake
 from services.triage.app import create_app as create_triage
-from tests.helpers import SEED_CASE, critical_policy, eventually, read_all
+from tests.helpers import SEED_CASE, critical_policy, eventually, read_all, serving
 
 pytestmark = pytest.mark.integration
 
@@ -78,10 +79,12 @@ class Received:
 
 @dataclass
 class Receiver:
-    """Answers by path: /ok 204, /flaky 503 twice then 200, /down 500, /slow too slowly."""
+    """Answers by path: /ok 204, /flaky 503 twice then 200, /down 500, /slow too slowly,
+    /stall after `stall` seconds."""
 
     base: str = ""
     got: list[Received] = field(default_factory=list)
+    stall: float = 6.0
 
     def at(self, path: str) -> list[Received]:
         return [r for r in self.got if r.path == path]
@@ -98,6 +101,9 @@ class Receiver:
             return web.Response(status=503 if len(self.at("/flaky")) <= 2 else 200)
         if request.path == "/slow":
             await asyncio.sleep(0.6)
+            return web.Response(status=200)
+        if request.path == "/stall":
+            await asyncio.sleep(self.stall)
             return web.Response(status=200)
         return web.Response(status=500, text="report content must never be asked for")
 
@@ -342,39 +348,33 @@ async def test_starttls_and_login_before_anything_is_sent(tmp_path: Path) -> Non
     assert len(mailbox.mails) == 1
 
 
-# -- escalation with a webhook that always fails -------------------------------------------
+# -- escalation with a webhook that always fails, or takes seconds ---------------------------
 
 LONG_DEADLINES = critical_policy("delivery-1", "120s")
 
 
 @contextlib.asynccontextmanager
-async def serving(app: FastAPI, base: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url=base) as client:
-            yield client
-
-
-async def test_when_every_level_1_delivery_fails_level_2_is_asked_at_once(
-    settings: CommonSettings, tmp_path: Path, receiver: Receiver
-) -> None:
+async def stack_with_webhook(
+    settings: CommonSettings, tmp_path: Path, url: str, **notify: Any
+) -> AsyncIterator[tuple[httpx.AsyncClient, FastAPI]]:
+    """Intake, triage (directory loaded) and escalation delivering to the webhook `url`."""
     policy = tmp_path / "policy.yaml"
     policy.write_text(LONG_DEADLINES)
     common = {**settings.model_dump(), "policy_file": policy}
-    escalation_settings = EscalationSettings(
-        **common,
-        notify_adapter="webhook",
-        notify_webhook_url=receiver.base + "/down",
-        notify_webhook_secret=SECRET,
-        notify_retries=1,
-        notify_backoff_seconds=0.01,
-        notify_timeout_seconds=2,
+    escalation = create_escalation(
+        EscalationSettings(
+            **common,
+            notify_adapter="webhook",
+            notify_webhook_url=url,
+            notify_webhook_secret=SECRET,
+            **notify,
+        )
     )
     triage = create_triage(TriageSettings(**common))
     async with (
         serving(create_intake(IntakeSettings(**common)), "http://intake") as intake,
         serving(triage, "http://triage"),
-        serving(create_escalation(escalation_settings), "http://escalation"),
+        serving(escalation, "http://escalation"),
     ):
 
         async def loaded() -> bool:
@@ -382,16 +382,40 @@ async def test_when_every_level_1_delivery_fails_level_2_is_asked_at_once(
                 return bool(await conn.fetchval("SELECT count(*) >= 12 FROM directory_log"))
 
         await eventually(loaded, timeout=20)
+        yield intake, escalation
+
+
+async def escalations_of(settings: CommonSettings, incident: str) -> list[Any]:
+    got = await read_all(settings.kafka_bootstrap, settings.topic("incident.escalations"))
+    return [e for e in (parse_event(r.value)[0] for r in got) if e.subject == incident]
+
+
+async def test_when_every_level_1_delivery_fails_level_2_is_asked_at_once(
+    settings: CommonSettings, tmp_path: Path, receiver: Receiver
+) -> None:
+    async with stack_with_webhook(
+        settings,
+        tmp_path,
+        receiver.base + "/down",
+        notify_retries=1,
+        notify_backoff_seconds=0.01,
+        notify_timeout_seconds=2,
+    ) as (intake, escalation):
         reported = datetime.now(UTC)
         incident = (await intake.post("/v1/reports", json=SEED_CASE)).json()["incident_id"]
 
         async def escalated_to(level: int) -> list[Any] | None:
-            got = await read_all(settings.kafka_bootstrap, settings.topic("incident.escalations"))
-            events = [parse_event(r.value)[0] for r in got]
-            mine = [e for e in events if e.subject == incident and e.type.endswith("escalated.v1")]
+            events = await escalations_of(settings, incident)
+            mine = [e for e in events if e.type.endswith("escalated.v1")]
             return mine if any(e.data["level"] == level for e in mine) else None
 
         events = await eventually(lambda: escalated_to(2), timeout=20)
+        async with escalation.state.escalation.runtime.db.acquire() as conn:
+            level1_queue = await conn.fetch(
+                "SELECT state, attempts FROM deliveries WHERE incident_id = $1"
+                " AND convert_from(body, 'UTF8')::jsonb->'data'->>'level' = '1'",
+                incident,
+            )
 
     level2 = next(e for e in events if e.data["level"] == 2)
     assert level2.data["reason"] == "delivery_failed"
@@ -407,3 +431,51 @@ async def test_when_every_level_1_delivery_fails_level_2_is_asked_at_once(
     assert level1 and {a["principal"] for a in level1} == {"p-chen"}
     assert len(level1) % 2 == 0  # each notice: one attempt and one retry
     assert all(set(a) >= {"report_digest", "sent_at"} and "description" not in a for a in level1)
+    # the failure is recorded in the delivery queue, once
+    assert [(r["state"], r["attempts"]) for r in level1_queue] == [("failed", 1)]
+
+
+async def test_a_webhook_that_takes_seconds_does_not_hold_up_an_acknowledgement(
+    settings: CommonSettings, tmp_path: Path, receiver: Receiver
+) -> None:
+    """The level-1 notice to Chen takes 6 s to deliver. Her acknowledgement, recorded
+    meanwhile, clears the escalation within a couple of seconds all the same: delivery
+    runs beside the consumers, not in them. The notice is delivered and recorded once."""
+    receiver.stall = 6.0
+    async with stack_with_webhook(
+        settings, tmp_path, receiver.base + "/stall", notify_retries=0, notify_timeout_seconds=10
+    ) as (intake, escalation):
+        incident = (await intake.post("/v1/reports", json=SEED_CASE)).json()["incident_id"]
+
+        async def stalled() -> bool:  # the webhook has the notice and is taking its time
+            return any(json.loads(r.body)["incident_id"] == incident for r in receiver.at("/stall"))
+
+        await eventually(stalled, timeout=20)
+
+        async def acknowledged() -> float | None:
+            answer = await intake.post(
+                f"/v1/incidents/{incident}/acknowledge",
+                headers={"authorization": "Bearer dev-chen-token"},
+            )
+            return asyncio.get_running_loop().time() if answer.status_code == 202 else None
+
+        at = await eventually(acknowledged, timeout=10)
+
+        async def cleared() -> bool:
+            events = await escalations_of(settings, incident)
+            return any(e.type.endswith("cleared.v1") for e in events)
+
+        await eventually(cleared, timeout=15)
+        took = asyncio.get_running_loop().time() - at
+
+        async def delivered() -> list[Any] | None:
+            async with escalation.state.escalation.runtime.db.acquire() as conn:
+                rows = await conn.fetch(
+                    "SELECT state, attempts FROM deliveries WHERE incident_id = $1", incident
+                )
+            return rows if rows and rows[0]["state"] != "pending" else None
+
+        rows = await eventually(delivered, timeout=15)
+    assert took < 3.0, f"the clear waited {took:.1f}s for the webhook"
+    assert [(r["state"], r["attempts"]) for r in rows] == [("delivered", 1)]
+    assert len([r for r in receiver.at("/stall") if incident in r.body.decode()]) == 1
