@@ -16,6 +16,7 @@ unreachable, token refused).
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import subprocess
@@ -397,8 +398,14 @@ class Phoenix:
             "PHOENIX_GRPC_PORT": str(self.grpc_port),
             "PHOENIX_WORKING_DIR": str(self.working_dir),
             "PHOENIX_TELEMETRY_ENABLED": "false",
+            "PYTHONPATH": os.pathsep.join(
+                p
+                for p in (str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH"))
+                if p
+            ),
         }
-        return [sys.executable, "-m", "phoenix.server.main", "serve"], env
+        launch = "from services.traces import run_phoenix; run_phoenix()"
+        return [sys.executable, "-c", launch, "serve"], env
 
     def start(self, log_path: Path, timeout: float = 90.0) -> None:
         """Start the server and wait until its UI answers; RuntimeError if it does not."""
@@ -440,6 +447,31 @@ class Phoenix:
 
         if self.process is not None:
             stop_process(self.process)
+
+
+def run_phoenix() -> None:  # pragma: no cover - the body of Phoenix's own process
+    """Phoenix's server, its OTLP gRPC receiver bound to `PHOENIX_HOST` as well.
+
+    Phoenix binds its HTTP side to `PHOENIX_HOST` but its gRPC receiver to every
+    interface (`[::]`), which would take spans from anyone on the network.
+    """
+    import grpc.aio
+    from phoenix.server.main import main
+
+    host = os.environ.get("PHOENIX_HOST", "127.0.0.1")
+    make_server = grpc.aio.server
+
+    def on_host(add: Any, address: str, *rest: Any) -> Any:
+        return add(address.replace("[::]:", f"{host}:", 1), *rest)
+
+    def server_on_host(*args: Any, **kwargs: Any) -> Any:
+        server = make_server(*args, **kwargs)
+        for name in ("add_insecure_port", "add_secure_port"):
+            setattr(server, name, functools.partial(on_host, getattr(server, name)))
+        return server
+
+    grpc.aio.server = server_on_host
+    main()
 
 
 @traces_app.command("show")
