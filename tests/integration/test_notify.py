@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from fastapi import FastAPI
 
-from services.domain.events import Notified, parse_event
+from services.domain.events import Notified, make_event, parse_event
 from services.escalation.app import create_app as create_escalation
 from services.escalation.notify import (
     DELIVERY_HEADER,
@@ -479,3 +479,62 @@ async def test_a_webhook_that_takes_seconds_does_not_hold_up_an_acknowledgement(
     assert took < 3.0, f"the clear waited {took:.1f}s for the webhook"
     assert [(r["state"], r["attempts"]) for r in rows] == [("delivered", 1)]
     assert len([r for r in receiver.at("/stall") if incident in r.body.decode()]) == 1
+
+
+async def test_a_notice_whose_worker_died_is_delivered_once_its_lease_runs_out(
+    settings: CommonSettings,
+) -> None:
+    """Three queued notices as a dead worker left them: one whose lease ran out (it is
+    delivered now), one whose lease still runs (a live worker has it: untouched), and one
+    leased five times already (it counts as failed without another try)."""
+    escalation = create_escalation(EscalationSettings(**settings.model_dump()))
+    delivered: list[str] = []
+
+    class Recording:
+        async def deliver(self, incident_id: str, notice: Notified) -> bool:
+            delivered.append(incident_id)
+            return True
+
+    escalation.state.escalation.notifier = Recording()
+    now = datetime.now(UTC)
+    rows = {
+        "lapsed": (-1.0, 1),
+        "leased": (60.0, 1),
+        "given-up": (-1.0, 5),
+    }
+    async with serving(escalation, "http://escalation"):
+        async with escalation.state.escalation.runtime.db.acquire() as conn:
+            for name, (lease_left, attempts) in rows.items():
+                event = make_event(
+                    "incident.notified.v1",
+                    subject=name,
+                    data=NOTICE,
+                    source="/services/triage",
+                    time=now,
+                )
+                await conn.execute(
+                    "INSERT INTO deliveries (event_id, incident_id, body, attempts, next_at)"
+                    " VALUES ($1, $2, $3, $4, $5)",
+                    event.id,
+                    name,
+                    event.to_bytes(),
+                    attempts,
+                    now + timedelta(seconds=lease_left),
+                )
+
+        async def settled() -> dict[str, tuple[str, int]] | None:
+            async with escalation.state.escalation.runtime.db.acquire() as conn:
+                got = {
+                    r["incident_id"]: (r["state"], r["attempts"])
+                    for r in await conn.fetch("SELECT incident_id, state, attempts FROM deliveries")
+                }
+            done = got["lapsed"][0] != "pending" and got["given-up"][0] != "pending"
+            return got if done else None
+
+        states = await eventually(settled, timeout=10)
+    assert states == {
+        "lapsed": ("delivered", 2),
+        "leased": ("pending", 1),
+        "given-up": ("failed", 6),
+    }
+    assert delivered == ["lapsed"]
