@@ -11,13 +11,16 @@ FastAPI lifespan, so all four services share one HTTP and health pattern.
 from __future__ import annotations
 
 import asyncio
+import logging
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import faust
-from aiokafka import ConsumerRecord
+from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaError
+from aiokafka.protocol.group import LeaveGroupRequest
 from faust.transport.drivers import TRANSPORTS
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
@@ -26,6 +29,8 @@ from services.infra import metrics
 from services.infra.kafka import BatchHandler, ConsumerStats, RecordProcessor, record_span
 from services.infra.runtime import Runtime
 from services.infra.settings import CommonSettings
+
+log = logging.getLogger(__name__)
 
 
 class _QuickFetchThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -128,3 +133,124 @@ def add_agent(
     agent.__name__ = name.replace("-", "_")
     app.agent(channel, name=name)(agent)
     return processor.stats
+
+
+class GroupRejoin:
+    """After the broker lost its data, make sure the agents read every partition again.
+
+    A restarted memory broker has no topics; the first client that asks for one (a
+    relay's producer, a consumer refreshing its metadata) has it auto-created with the
+    broker's default partition count (Tansu: 4) before `BrokerWatch` creates it with
+    ours. faust's consumer rejoins by itself when its heartbeat fails, usually on stale
+    metadata (the old count), and Tansu, whose group generation stays 0, keeps handing
+    a member it knows the assignment of its first join. The new partition is never
+    read: every record keyed to it is lost to this service (the short chaos run of #9:
+    reports whose only notification comes from escalation got none).
+
+    So, once that rejoin has settled (never during it: two joins at once leave ghost
+    members that Tansu waits for), the assignment is compared with fresh metadata. If
+    a partition is missing, the member leaves (aiokafka only leaves at generation > 0,
+    which Tansu never reaches) and joins again under a new id, and gets a full
+    assignment. The new group has no committed offsets, so new partitions are read
+    from their earliest record; faust's read offsets start afresh with any assignment,
+    and the tracking rows make re-reads no-ops. One worker per service is assumed (as
+    here): with two, each would see the other's partitions as missing, so the rejoins
+    are bounded.
+    """
+
+    ATTEMPTS = 3
+    QUIET_CHECKS = 3
+    SETTLE_TIMEOUT = 60.0
+
+    def __init__(self, app: faust.App, session_timeout: float) -> None:
+        self.app = app
+        self.session_timeout = session_timeout
+        self.rejoins = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def __call__(self) -> None:
+        """`BrokerWatch.on_reset` callback (the topics exist again): check in the background."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        self._task = asyncio.ensure_future(self._until_covered())
+
+    async def _until_covered(self) -> None:
+        # The heartbeat fails within one interval of the restart (before we heard of it),
+        # and aiokafka's own rejoin follows: let it happen first.
+        await asyncio.sleep(self.session_timeout)
+        for attempt in range(self.ATTEMPTS + 1):
+            try:
+                missing = await self._missing_when_settled()
+                if not missing:
+                    if attempt:
+                        log.info("faust reads every partition again after %d rejoins", attempt)
+                    return
+                if attempt == self.ATTEMPTS:
+                    break
+                log.warning(
+                    "after a broker reset faust is not assigned %s; joining again as a new member",
+                    sorted(f"{tp.topic}[{tp.partition}]" for tp in missing),
+                )
+                await self._call(self._rejoin_as_new_member)
+                self.rejoins += 1
+            except (TimeoutError, KafkaError, OSError) as exc:
+                log.warning("checking faust's assignment after a broker reset failed: %r", exc)
+                await asyncio.sleep(1.0)
+        log.error("faust still misses partitions after %d rejoins", self.ATTEMPTS)
+
+    async def _call(self, method: Any) -> Any:
+        # faust's consumer thread owns the aiokafka consumer: touch it only from there
+        return await self.app.consumer._thread.call_thread(method)
+
+    async def _missing_when_settled(self) -> set[TopicPartition]:
+        """Partitions of the subscribed topics not assigned, once no rejoin is pending.
+
+        Metadata is refreshed first: a change of partition count makes aiokafka rejoin
+        by itself (as leader), and that rejoin is left to finish before looking.
+        """
+        await self._call(self._refresh)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.SETTLE_TIMEOUT
+        quiet = 0
+        while quiet < self.QUIET_CHECKS:
+            if loop.time() > deadline:
+                raise TimeoutError("faust's consumer group did not settle")
+            await asyncio.sleep(1.0)
+            quiet = quiet + 1 if await self._call(self._settled) else 0
+        return set(await self._call(self._missing))
+
+    def _consumer(self) -> Any:
+        return self.app.consumer._thread._ensure_consumer()
+
+    async def _settled(self) -> bool:
+        consumer = self._consumer()
+        subscription = consumer._subscription.subscription
+        return bool(
+            subscription is not None
+            and consumer._coordinator.member_id
+            and not consumer._coordinator.need_rejoin(subscription)
+        )
+
+    async def _refresh(self) -> None:
+        await self._consumer()._client.force_metadata_update()
+
+    async def _missing(self) -> set[TopicPartition]:
+        consumer = self._consumer()
+        cluster = consumer._client.cluster
+        wanted = {
+            TopicPartition(topic, partition)
+            for topic in consumer.subscription()
+            for partition in cluster.partitions_for_topic(topic) or ()
+        }
+        return wanted - set(consumer.assignment())
+
+    async def _rejoin_as_new_member(self) -> None:
+        coordinator = self._consumer()._coordinator
+        try:
+            await coordinator._send_req(
+                LeaveGroupRequest(coordinator.group_id, coordinator.member_id)
+            )
+        except KafkaError as exc:
+            log.info("leaving the group failed (%r); the broker will time the member out", exc)
+        coordinator.reset_generation()
+        coordinator.request_rejoin()

@@ -12,7 +12,7 @@ from faust.contrib.asgi import faust_app_running
 
 from services.domain.events import InvalidEvent, parse_envelope
 from services.infra import eventstore
-from services.infra.faustapp import add_agent, make_faust_app
+from services.infra.faustapp import GroupRejoin, add_agent, make_faust_app
 from services.infra.kafka import BatchHandler
 from services.infra.runtime import Runtime
 from services.infra.settings import CommonSettings
@@ -33,6 +33,9 @@ def create_stream_app(
     faust_app = make_faust_app(settings, name)
     for agent_name, topics, handler in agents or ():
         add_agent(faust_app, runtime, name=agent_name, topics=topics, handler=handler)
+    # After a broker reset the agents must read every partition of the new topics.
+    rejoin = GroupRejoin(faust_app, settings.kafka_session_timeout_ms / 1000)
+    runtime.watch.on_reset(rejoin)
 
     @contextlib.asynccontextmanager
     async def running() -> AsyncIterator[None]:
@@ -41,6 +44,7 @@ def create_stream_app(
 
     app = build_app(runtime, title=f"Incidents {name}", on_start=on_start, alongside=running)
     app.state.faust = faust_app
+    app.state.faust_rejoin = rejoin
     return app
 
 
