@@ -476,6 +476,8 @@ def _transition_for(envelope: Envelope) -> Callable[[esc.EscalationState, dateti
         return lambda s, now: esc.reassign(s, removed, data.added, now)
     if isinstance(data, ReporterMessage) and data.direction == "to_reporter":
         return lambda s, now: esc.clock_satisfied(s, esc.FEEDBACK, now)
+    if isinstance(data, Notified):  # held only when its delivery failed before the decision
+        return lambda s, now: esc.delivery_failed(s, data.principal, data.level, now)
     return lambda s, now: (s, ())
 
 

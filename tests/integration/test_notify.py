@@ -13,6 +13,7 @@ import ipaddress
 import json
 import socket
 import ssl
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -24,6 +25,7 @@ from typing import Any
 import httpx
 import pytest
 from aiohttp import web
+from aiokafka import ConsumerRecord
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 from cryptography import x509
@@ -32,7 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from fastapi import FastAPI
 
-from services.domain.events import Notified, make_event, parse_event
+from services.domain.events import ChainLevel, Notified, Triaged, make_event, parse_event
 from services.escalation.app import create_app as create_escalation
 from services.escalation.notify import (
     DELIVERY_HEADER,
@@ -538,3 +540,74 @@ async def test_a_notice_whose_worker_died_is_delivered_once_its_lease_runs_out(
         "given-up": ("failed", 6),
     }
     assert delivered == ["lapsed"]
+
+
+def _record(topic: str, event: Any, offset: int) -> ConsumerRecord:
+    value = event.to_bytes()
+    key = event.subject.encode()
+    return ConsumerRecord(topic, 0, offset, 0, 0, key, value, None, len(key), len(value), ())
+
+
+async def test_a_failed_delivery_before_the_triage_decision_still_asks_the_next_level(
+    settings: CommonSettings,
+) -> None:
+    """Level 1's notice comes on incident.activity, the decision on incident.triage: no
+    order between them. When the notice fails before escalation has the decision, the
+    failure waits for it, and level 2 is asked at once when it comes."""
+    escalation = create_escalation(EscalationSettings(**settings.model_dump()))
+
+    class Failing:
+        async def deliver(self, incident_id: str, notice: Notified) -> bool:
+            return False
+
+    esc = escalation.state.escalation
+    esc.notifier = Failing()
+    incident = str(uuid.uuid4())
+    now = datetime.now(UTC)
+    decision = Triaged(
+        category="harassment",
+        severity="critical",
+        policy_version="t",
+        chain=[
+            ChainLevel(
+                level=1, role="hr_case_handler", recipients=["p-chen"], acknowledge_within=600
+            ),
+            ChainLevel(level=2, role="hr_head", recipients=["p-zhou"], acknowledge_within=600),
+        ],
+        report_digest=DIGEST,
+    )
+
+    def event(type_: str, data: Any) -> Any:
+        return make_event(type_, subject=incident, data=data, source="/t", time=now)
+
+    async with serving(escalation, "http://escalation"):
+        await esc.on_activity(
+            [_record("incident.activity", event("incident.notified.v1", NOTICE), 0)]
+        )
+
+        async def failed() -> bool:
+            async with esc.runtime.db.acquire() as conn:
+                return bool(
+                    await conn.fetchval(
+                        "SELECT state = 'failed' FROM deliveries WHERE incident_id = $1", incident
+                    )
+                )
+
+        await eventually(failed, timeout=10)
+        await esc.on_triage([_record("incident.triage", event("incident.triaged.v1", decision), 0)])
+        async with esc.runtime.db.acquire() as conn:
+            state = json.loads(
+                await conn.fetchval(
+                    "SELECT state FROM escalation_state WHERE incident_id = $1", incident
+                )
+            )
+            moves = [
+                json.loads(bytes(r["value"]))["data"]
+                for r in await conn.fetch(
+                    "SELECT value FROM outbox WHERE key = $1 ORDER BY position", incident
+                )
+            ]
+    assert state["current_level"] == 2
+    assert {"level": 2, "recipients": ["p-zhou"], "reason": "delivery_failed"}.items() <= moves[
+        0
+    ].items()
