@@ -15,13 +15,26 @@ The rules, in order:
 A refusal says whether the incident's existence must stay hidden from the caller
 (`conceals`): from an excluded principal always, and from anyone refused a view.
 Refusing a write to a principal who is simply not routed (or read-only) may say so.
+
+Exclusions hold from the first moment, not only once triage's decision arrived:
+`conflicted(...)` runs triage's own conflict rules (`services.domain.triage.conflicts_of`)
+on what the incident's events carry in clear (accused and named person ids, see
+`implicated`), the reporter and the directory, and `Routing.excluding(...)` adds those
+exclusions to the routing before `decide`. They carry the neutral rule `conflict`, so a
+recorded refusal never says which rule (and so never who reported).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
+
+from services.domain.envelope import Envelope
+from services.domain.events import ReportAmended, ReportSubmitted, is_sealed
+from services.domain.org import OrgSnapshot
+from services.domain.policy import Policy
+from services.domain.triage import conflicts_of
 
 Action = Literal["view", "acknowledge", "status", "comment", "message_reporter"]
 ACTIONS: tuple[Action, ...] = ("view", "acknowledge", "status", "comment", "message_reporter")
@@ -31,6 +44,9 @@ STANDING_READ_ROLES: frozenset[str] = frozenset({"auditor"})
 """Roles that may view any incident they are not excluded from, and do nothing else."""
 
 RefusalReason = Literal["excluded", "not_routed", "read_only"]
+
+CONFLICT = "conflict"
+"""The rule of an exclusion derived before (or besides) triage: it names no rule."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +76,62 @@ class Routing:
             if row.excluded_rule is not None:
                 excluded[row.principal] = row.excluded_rule
         return cls(routed=routed, excluded=excluded)
+
+    def excluding(self, more: Mapping[str, str]) -> Routing:
+        """This routing with `more` exclusions (a rule already recorded is kept)."""
+        if not more:
+            return self
+        return Routing(routed=self.routed, excluded={**more, **self.excluded})
+
+
+@dataclass(frozen=True)
+class Implicated:
+    """The person ids an incident's report names in clear: accused and named."""
+
+    accused: tuple[str, ...] = ()
+    named: tuple[str, ...] = ()
+
+    @property
+    def people(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys((*self.accused, *self.named)))
+
+
+def implicated(events: Sequence[Envelope]) -> Implicated:
+    """The accused and named of the submission and every amendment, as stored.
+
+    Person ids are stored in clear; free-text names are sealed and skipped (nobody of
+    the directory can be matched to them, by triage either).
+    """
+    accused: list[str] = []
+    named: list[str] = []
+    for envelope in events:
+        if envelope.type == "incident.report.submitted.v1":
+            submitted = ReportSubmitted.model_validate(envelope.data)
+            accused += submitted.accused
+            named += submitted.named
+        elif envelope.type == "incident.report.amended.v1":
+            amended = ReportAmended.model_validate(envelope.data)
+            accused += amended.accused_added
+            named += amended.named_added
+    return Implicated(accused=_clear(accused), named=_clear(named))
+
+
+def _clear(ids: Iterable[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(i for i in ids if not is_sealed(i)))
+
+
+def conflicted(
+    found: Implicated, reporter: str | None, org: OrgSnapshot, policy: Policy
+) -> dict[str, str]:
+    """Who triage's conflict rules exclude from these facts, each with the rule `conflict`.
+
+    `org` needs the implicated people and every manager above the accused (more is
+    harmless); `reporter` is the reporter's person id, None if anonymous or unknown.
+    """
+    people = conflicts_of(
+        accused=found.accused, named=found.named, reporter=reporter, org=org, policy=policy
+    )
+    return {x.principal: CONFLICT for x in people}
 
 
 @dataclass(frozen=True)

@@ -271,6 +271,23 @@ def _conflicts(
     return out
 
 
+def conflicts_of(
+    *,
+    accused: Sequence[str],
+    named: Sequence[str],
+    reporter: str | None,
+    org: OrgSnapshot,
+    policy: Policy,
+) -> tuple[ExcludedPerson, ...]:
+    """Who the policy's conflict rules exclude, without resolving any chain.
+
+    The exclusions `decide` makes from the same inputs: for a service that must refuse
+    the conflicted before triage's decision reaches it (intake, audit).
+    """
+    found = _conflicts(accused=accused, named=named, reporter=reporter, org=org, policy=policy)
+    return found.people(org, frozenset())
+
+
 def _resolve(
     number: int, level: Level, org: OrgSnapshot, unit: str | None, excluded: frozenset[str]
 ) -> tuple[ResolvedLevel, str | None]:

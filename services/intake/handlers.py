@@ -48,6 +48,7 @@ from services.domain.events import (
     make_event,
 )
 from services.domain.incident import IncidentState, fold
+from services.domain.policy import Policy
 from services.infra import eventstore
 from services.infra.auth import Principal
 from services.infra.crypto import CryptoError, IncidentKey
@@ -56,7 +57,7 @@ from services.infra.keystore import KeyStore
 from services.infra.runtime import Runtime
 from services.infra.telemetry import current_traceparent
 from services.intake.principals import RequiredPrincipal
-from services.intake.routing import routing_of
+from services.intake.routing import access_routing
 
 router = APIRouter(prefix="/v1", tags=["handlers"])
 
@@ -243,11 +244,25 @@ def _keys(request: Request) -> KeyStore:
     return keys
 
 
+def policy_of(request: Request) -> Policy:
+    """The policy intake runs with (its conflict rules decide exclusions before triage)."""
+    policy: Policy = request.app.state.intake.policy
+    return policy
+
+
 async def _act(
     request: Request, principal: Principal, incident: uuid.UUID, action: Action, build: Build[T]
 ) -> T:
     """Decide and record one action; returns what `build` made, after the commit."""
-    return await act(_runtime(request), _keys(request), principal, str(incident), action, build)
+    return await act(
+        _runtime(request),
+        _keys(request),
+        principal,
+        str(incident),
+        action,
+        build,
+        policy=policy_of(request),
+    )
 
 
 async def act(
@@ -257,13 +272,15 @@ async def act(
     incident_id: str,
     action: Action,
     build: Build[T],
+    *,
+    policy: Policy,
 ) -> T:
     """Decide and record one action; returns what `build` made, after the commit."""
     for _attempt in range(ATTEMPTS):
         try:
             async with runtime.db.acquire() as conn, conn.transaction():
                 result = await _attempt_once(
-                    runtime, keys, conn, incident_id, principal, action, build
+                    runtime, keys, policy, conn, incident_id, principal, action, build
                 )
         except eventstore.ConcurrencyError:
             continue
@@ -279,6 +296,7 @@ async def act(
 async def _attempt_once(
     runtime: Runtime,
     keys: KeyStore,
+    policy: Policy,
     conn: asyncpg.Connection,
     incident_id: str,
     principal: Principal,
@@ -292,7 +310,10 @@ async def _attempt_once(
     if not events or state.category is None:
         await deny(runtime, conn, incident_id, principal, action, "no_such_incident", None, 0)
         return _Denied(404)
-    verdict = decide(await routing_of(conn, incident_id), principal.id, principal.roles, action)
+    routing = await access_routing(
+        conn, incident_id, events, await keys.get(conn, incident_id), policy
+    )
+    verdict = decide(routing, principal.id, principal.roles, action)
     if isinstance(verdict, Refused):
         await deny(runtime, conn, incident_id, principal, action, verdict.detail, events, version)
         return _Denied(404 if verdict.conceals else 403)
@@ -487,11 +508,13 @@ async def view_incident(
     `incident.viewed.v1` (principal, report digest) is committed before the content
     is built; the answer names the same digest. Any refusal answers 404.
     """
-    return await incident_view(_runtime(request), _keys(request), caller, str(incident_id))
+    return await incident_view(
+        _runtime(request), _keys(request), caller, str(incident_id), policy=policy_of(request)
+    )
 
 
 async def incident_view(
-    runtime: Runtime, keys: KeyStore, caller: Principal, incident_id: str
+    runtime: Runtime, keys: KeyStore, caller: Principal, incident_id: str, *, policy: Policy
 ) -> dict[str, Any]:
     """Record `incident.viewed.v1`, then (only then) the report, opened with its key.
 
@@ -506,7 +529,7 @@ async def incident_view(
         )
         return [event], context
 
-    context = await act(runtime, keys, caller, incident_id, "view", viewed)
+    context = await act(runtime, keys, caller, incident_id, "view", viewed, policy=policy)
     # only now, after the viewed event committed, is the content opened
     async with runtime.db.acquire() as conn:
         opened = await keys.open_events(conn, incident_id, context.events)

@@ -60,9 +60,10 @@ from services.intake.handlers import (
     UNAUTHORIZED,
     IncidentId,
     deny,
+    policy_of,
 )
 from services.intake.principals import RequiredPrincipal
-from services.intake.routing import routing_of
+from services.intake.routing import access_routing
 
 router = APIRouter(prefix="/v1", tags=["privacy"])
 log = logging.getLogger(__name__)
@@ -112,6 +113,19 @@ class Hold(BaseModel):
 Build = Callable[[list[Envelope], IncidentState, IncidentKey | None], tuple[EventData, Any]]
 
 
+async def _excluded(
+    conn: asyncpg.Connection,
+    keys: KeyStore,
+    policy: Policy,
+    incident_id: str,
+    events: list[Envelope],
+    caller: Principal,
+) -> bool:
+    """Is the caller conflicted (by triage's decision, or already by the report itself)?"""
+    key = await keys.get(conn, incident_id)
+    return caller.id in (await access_routing(conn, incident_id, events, key, policy)).excluded
+
+
 async def _privileged(
     request: Request,
     caller: Principal,
@@ -126,6 +140,7 @@ async def _privileged(
 ) -> tuple[Envelope, Any]:
     runtime: Runtime = request.app.state.runtime
     keys: KeyStore = request.app.state.keys
+    policy = policy_of(request)
     incident_id = str(incident)
     for _attempt in range(ATTEMPTS):
         refused: int | None = None
@@ -138,7 +153,7 @@ async def _privileged(
                 reason = None
                 if not events or state.category is None:
                     reason, refused, events, version = "no_such_incident", 404, [], 0
-                elif caller.id in (await routing_of(conn, incident_id)).excluded:
+                elif await _excluded(conn, keys, policy, incident_id, events, caller):
                     reason, refused = "excluded", 404
                 elif role not in caller.roles:
                     reason, refused = f"{role}_required", 403

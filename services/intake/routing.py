@@ -9,6 +9,11 @@ The `intake-routing` consumer keeps the `routing` table (migration 0003):
   replace (else the incident's current level, else 1);
 - `incident.escalated.v1`: the `recipients` are routed at `level`.
 
+`access_routing` is what every access decision of intake takes: this projection plus
+the exclusions intake derives at once from the incident's own events and its directory
+(`services.domain.access.conflicted`, triage's rules), so the conflicted are refused
+before triage's decision arrives, and even if it never does.
+
 Other event types of these topics are tracked and ignored. An exclusion is never
 lifted by a later event, so records of the two topics may arrive in any order without
 ever widening access. Each record is tracked by its event id in the same transaction
@@ -24,7 +29,8 @@ from collections.abc import Sequence
 import asyncpg
 from aiokafka import ConsumerRecord
 
-from services.domain.access import Routing, RoutingRow
+from services.domain.access import Routing, RoutingRow, conflicted, implicated
+from services.domain.directory import Person
 from services.domain.envelope import Envelope
 from services.domain.events import (
     Assigned,
@@ -35,7 +41,10 @@ from services.domain.events import (
     data_of,
     parse_envelope,
 )
+from services.domain.org import OrgSnapshot
+from services.domain.policy import Policy
 from services.infra import eventstore
+from services.infra.crypto import CryptoError, IncidentKey
 from services.infra.kafka import BatchHandler
 from services.infra.runtime import Runtime
 
@@ -114,6 +123,57 @@ async def routing_of(conn: asyncpg.Connection, incident_id: str) -> Routing:
         )
         for r in rows
     )
+
+
+# The people the conflict rules need: the implicated and every manager above them.
+_CHAIN = """
+WITH RECURSIVE chain(person_id) AS (
+    SELECT unnest($1::text[])
+    UNION
+    SELECT p.manager_id FROM people p JOIN chain c ON p.person_id = c.person_id
+    WHERE p.manager_id IS NOT NULL
+)
+SELECT person_id, unit, manager_id, roles FROM people WHERE person_id IN (SELECT * FROM chain)
+"""
+
+
+def reporter_of(events: Sequence[Envelope], key: IncidentKey | None) -> str | None:
+    """The reporter's person id (opened from `reporter_identity`), None if anonymous.
+
+    Only for access decisions: never shown, never logged. An incident from before
+    sealing carries the id in `reporter`; a pseudonym (`pn:`) is never an id.
+    """
+    submitted = next((e for e in events if e.type == "incident.report.submitted.v1"), None)
+    if submitted is None:
+        return None
+    sealed = submitted.data.get("reporter_identity")
+    if isinstance(sealed, str) and sealed:
+        if key is None:
+            return None  # erased: nobody can be told who reported any more
+        try:
+            return key.open("reporter_identity", sealed)
+        except CryptoError:
+            return None
+    plain = submitted.data.get("reporter")
+    return plain if isinstance(plain, str) and plain and not plain.startswith("pn:") else None
+
+
+async def access_routing(
+    conn: asyncpg.Connection,
+    incident_id: str,
+    events: Sequence[Envelope],
+    key: IncidentKey | None,
+    policy: Policy,
+) -> Routing:
+    """The routing access is decided on: the projection, plus conflicts known at once."""
+    routing = await routing_of(conn, incident_id)
+    found = implicated(events)
+    rows = await conn.fetch(_CHAIN, list(found.people)) if found.people else []
+    org = OrgSnapshot.from_people(
+        Person(id=r["person_id"], unit=r["unit"], manager=r["manager_id"], roles=r["roles"])
+        for r in rows
+    )
+    return routing.excluding(conflicted(found, reporter_of(events, key), org, policy))
 
 
 def routing_handler(runtime: Runtime) -> BatchHandler:

@@ -126,3 +126,63 @@ def test_status_workflow(
         assert answer is None
     else:
         assert answer is not None and refused in answer
+
+
+# Exclusions known at once (before triage decides): triage's own rules ---------------
+
+
+def test_exclusions_known_at_once_are_triages_exclusions() -> None:
+    from datetime import UTC, datetime
+    from pathlib import Path
+
+    import services
+    from services.domain.access import CONFLICT, conflicted, implicated
+    from services.domain.directory import DirectoryFile
+    from services.domain.envelope import Envelope
+    from services.domain.org import OrgSnapshot
+    from services.domain.policy import Policy
+    from services.domain.triage import decide as triage
+    from services.infra.config import load_yaml_model
+
+    data = Path(services.__file__).parent / "data"
+    org = OrgSnapshot.from_directory(load_yaml_model(data / "directory.yaml", DirectoryFile))
+    policy = load_yaml_model(data / "policy.yaml", Policy)
+    submitted = Envelope.model_validate(
+        {
+            "id": "0b8f7c2e-6f0a-4a59-9a43-0f3c1c3b2a11",
+            "source": "test",
+            "type": "incident.report.submitted.v1",
+            "subject": "i1",
+            "time": "2026-11-02T09:00:00Z",
+            "data": {
+                "category": "sexual_misconduct",
+                "summary": "s",
+                "description": "d",
+                "accused": ["p-wang", "enc:v1:not-a-person"],
+                "named": ["p-audit"],
+                "report_digest": "sha256:" + "0" * 64,
+            },
+        }
+    )
+    amended = submitted.model_copy(
+        update={
+            "id": "0b8f7c2e-6f0a-4a59-9a43-0f3c1c3b2a12",
+            "type": "incident.report.amended.v1",
+            "data": {"accused_added": ["p-chen"], "report_digest": "sha256:" + "1" * 64},
+        }
+    )
+    found = implicated([submitted, amended])
+    assert found.accused == ("p-wang", "p-chen") and found.named == ("p-audit",)
+    at_once = conflicted(found, "p-liu", org, policy)
+    from services.domain.events import ReportSubmitted
+
+    report = ReportSubmitted.model_validate(
+        {**submitted.data, "accused": list(found.accused), "named": list(found.named)}
+    )
+    decided = triage(report, org, policy, datetime.now(UTC), reporter_person="p-liu")
+    assert set(at_once) == decided.excluded_ids  # managers too, independent roles not
+    assert {"p-wang", "p-chen", "p-li", "p-audit", "p-liu"} <= set(at_once)
+    assert set(at_once.values()) == {CONFLICT}
+    routing = ROUTING.excluding(at_once)
+    assert routing.excluded["p-wang"] == "accused"  # a rule already recorded is kept
+    assert decide(routing, "p-audit", AUDITOR, "view") == Refused("view", "excluded", CONFLICT)

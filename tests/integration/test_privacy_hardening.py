@@ -1,0 +1,134 @@
+"""Regression tests for the security review of privacy (#8) and the console (#10).
+
+Intake and audit run without triage here unless a test says otherwise, so triage's
+decision never arrives: the conflict rules must hold all the same, from the first
+moment (review H2), and audit must apply them too (H1).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from services.audit.app import create_app as create_audit
+from services.infra.settings import AuditSettings, CommonSettings, IntakeSettings
+from services.intake.app import create_app as create_intake
+from tests.helpers import critical_policy, eventually, serving
+from tests.integration.test_privacy import Stack, auth
+
+pytestmark = pytest.mark.integration
+
+
+class Services(Stack):
+    """Intake and audit (and triage only when a test starts it)."""
+
+    async def report(self, reporter: str | None, **fields: Any) -> str:
+        body = {"category": "harassment", "summary": "s", "description": "d", **fields}
+        headers = auth(reporter) if reporter else {}
+        answer = await self.intake.post("/v1/reports", headers=headers, json=body)
+        assert answer.status_code == 202, answer.text
+        incident: str = answer.json()["incident_id"]
+        return incident
+
+    async def denials(self, incident: str) -> list[str]:
+        rows = await self.sql(
+            "SELECT body FROM intake.events WHERE stream_id = $1 ORDER BY version", incident
+        )
+        events = [json.loads(bytes(r["body"])) for r in rows]
+        return [
+            f"{e['data']['principal']}:{e['data']['reason']}"
+            for e in events
+            if e["type"] == "incident.access.denied.v1"
+        ]
+
+
+@pytest.fixture
+async def services(settings: CommonSettings, tmp_path: Path) -> AsyncIterator[Services]:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(critical_policy("hardening-test", "1h"))
+    common = {**settings.model_dump(), "policy_file": policy}
+    intake_app = create_intake(IntakeSettings(**common))
+    audit_app = create_audit(
+        AuditSettings(**common, signing_key_file=tmp_path / "key.pem", checkpoint_interval=0.5)
+    )
+    async with (
+        serving(intake_app, "http://intake") as intake,
+        serving(audit_app, "http://audit") as audit,
+    ):
+        yield Services(intake, audit, intake_app, settings)
+
+
+# H2: before (and without) triage's decision -------------------------------------
+
+
+async def test_the_accused_are_refused_before_triage_decides(services: Services) -> None:
+    incident = await services.report("liu", accused=["p-audit", "p-custos"], unit="city-retail")
+    url = f"/v1/incidents/{incident}"
+    unknown = await services.intake.get(
+        "/v1/incidents/00000000-0000-4000-8000-000000000000", headers=auth("auditor")
+    )
+    view = await services.intake.get(url, headers=auth("auditor"))
+    assert view.status_code == 404, view.text
+    assert view.json()["detail"] == unknown.json()["detail"]
+    hold = await services.intake.post(
+        url + "/legal-hold", headers=auth("auditor"), json={"reason": "r"}
+    )
+    assert hold.status_code == 404, hold.text
+    who = await services.intake.post(
+        url + "/reporter-identity", headers=auth("custodian"), json={"reason": "curious"}
+    )
+    assert who.status_code == 404, who.text
+    assert "p-liu" not in who.text
+    # each refusal is recorded, under a rule that names nothing
+    assert await services.denials(incident) == [
+        "p-audit:excluded:conflict",
+        "p-audit:excluded",
+        "p-custos:excluded",
+    ]
+
+
+async def test_named_people_and_the_reporter_are_refused_before_triage(
+    services: Services,
+) -> None:
+    named = await services.report("liu", named=["p-audit"])
+    assert (
+        await services.intake.get(f"/v1/incidents/{named}", headers=auth("auditor"))
+    ).status_code == 404
+    # an auditor who reports under their own name is the reporter: not a reader
+    own = await services.report("auditor", accused=["p-wang"])
+    assert (
+        await services.intake.get(f"/v1/incidents/{own}", headers=auth("auditor"))
+    ).status_code == 404
+    assert await services.denials(own) == ["p-audit:excluded:conflict"]
+
+
+async def test_the_accused_managers_are_refused_before_triage(services: Services) -> None:
+    minion = f"p-minion-{secrets.token_hex(4)}"
+    put = await services.intake.put(
+        f"/v1/directory/people/{minion}",
+        headers=auth("admin"),
+        json={"name": "M", "unit": "group", "manager_id": "p-audit", "roles": ["employee"]},
+    )
+    assert put.status_code == 201, put.text
+    incident = await services.report("liu", accused=[minion])
+    view = await services.intake.get(f"/v1/incidents/{incident}", headers=auth("auditor"))
+    assert view.status_code == 404, view.text
+
+
+async def test_an_uninvolved_auditor_still_reads_before_triage(services: Services) -> None:
+    marker = f"M-{secrets.token_hex(4)}"
+    incident = await services.report("liu", accused=["p-wang"], summary=f"summary {marker}")
+    view = await services.intake.get(f"/v1/incidents/{incident}", headers=auth("auditor"))
+    assert view.status_code == 200, view.text
+    assert marker in view.json()["summary"]
+    await eventually(lambda: _in_ledger(services, incident), timeout=30)
+
+
+async def _in_ledger(services: Services, incident: str) -> bool:
+    rows = await services.sql("SELECT 1 FROM audit.ledger WHERE incident_id = $1", incident)
+    return bool(rows)
