@@ -12,12 +12,14 @@ from fastapi import APIRouter, Header, Query, Request
 
 from services.audit import tree
 from services.audit.checkpoint import NoteSigner
+from services.audit.conflicts import NOT_FOUND_DETAIL, refuse_if_excluded
 from services.audit.heads import all_heads, latest_head
 from services.audit.ledger import decode_leaf, incident_entries, roles_in_ledger
 from services.domain.directory import DirectoryFile
 from services.domain.envelope import utc_rfc3339
-from services.domain.events import IdentityDisclosed, make_event
+from services.domain.events import CUSTODIAN_FIELDS, READER_FIELDS, IdentityDisclosed, make_event
 from services.domain.knowledge import LedgerEvent, knowledge_as_of, state_as_of
+from services.domain.policy import Policy
 from services.infra import eventstore
 from services.infra.auth import Authenticator
 from services.infra.crypto import IncidentKey
@@ -116,6 +118,7 @@ async def knowledge(
     """
     _principal, roles = await require_role(request, authorization, KNOWLEDGE_ROLES)
     entries = await _entries(request, incident_id)
+    await refuse_conflicted(request, _principal, incident_id, entries, "knowledge")
     moment = _instant(as_of)
     if IDENTITY_CUSTODIAN not in roles:
         return knowledge_as_of(incident_id, entries, moment).to_json()
@@ -125,7 +128,7 @@ async def knowledge(
         key = await keys.get(conn, incident_id)
         if key is not None:  # erased: there is no identity left to disclose
             await record_disclosure(runtime, conn, key, _principal, entries)
-    opened = await readable(request, incident_id, entries)
+    opened = await readable(request, incident_id, entries, fields=CUSTODIAN_FIELDS)
     return knowledge_as_of(incident_id, opened, moment, reveal_reporter=key is not None).to_json()
 
 
@@ -164,18 +167,42 @@ def _instant(as_of: datetime | None) -> datetime:
 async def _incident(
     request: Request, authorization: str | None, incident_id: str
 ) -> list[LedgerEvent]:
-    await require_auditor(request, authorization)
-    return await _entries(request, incident_id)
+    principal = await require_auditor(request, authorization)
+    entries = await _entries(request, incident_id)
+    await refuse_conflicted(request, principal, incident_id, entries, "view")
+    return entries
+
+
+async def refuse_conflicted(
+    request: Request, principal: str, incident_id: str, entries: list[LedgerEvent], action: str
+) -> None:
+    """404 (recorded) for a principal the incident excludes: `services.audit.conflicts`."""
+    policy: Policy = request.app.state.policy
+    directory: DirectoryFile = request.app.state.directory
+    runtime: Runtime = request.app.state.runtime
+    keys: KeyStore = request.app.state.keys
+    await refuse_if_excluded(
+        runtime, keys, policy, directory, principal, incident_id, entries, action
+    )
 
 
 async def readable(
-    request: Request, incident_id: str, entries: list[LedgerEvent]
+    request: Request,
+    incident_id: str,
+    entries: list[LedgerEvent],
+    *,
+    fields: frozenset[str] = READER_FIELDS,
 ) -> list[LedgerEvent]:
-    """The entries with their sealed content opened (call only for authorised auditors)."""
+    """The entries with the sealed `fields` opened (only after the access checks).
+
+    An allow-list: an auditor reads the content, never who reported; the identity
+    custodian's recorded knowledge answer alone passes `CUSTODIAN_FIELDS`.
+    """
     keys: KeyStore = request.app.state.keys
     runtime: Runtime = request.app.state.runtime
     async with runtime.db.acquire() as conn:
-        opened = await keys.open_events(conn, incident_id, [e.envelope for e in entries])
+        events = [e.envelope for e in entries]
+        opened = await keys.open_events(conn, incident_id, events, fields=fields)
     return [replace(e, envelope=o) for e, o in zip(entries, opened, strict=True)]
 
 
@@ -210,7 +237,7 @@ async def _entries(request: Request, incident_id: str) -> list[LedgerEvent]:
     async with runtime.db.acquire() as conn:
         entries = await incident_entries(conn, incident_id)
     if not entries:
-        raise Problem(404, "Not found", "No events of this incident are in the ledger.")
+        raise Problem(404, "Not found", NOT_FOUND_DETAIL)
     return entries
 
 

@@ -17,6 +17,7 @@ from services.audit.ui_index import indexer
 from services.console import web
 from services.domain.directory import DirectoryFile
 from services.domain.events import Topic
+from services.domain.policy import Policy
 from services.infra.auth import make_authenticator
 from services.infra.config import load_yaml_model
 from services.infra.kafka import all_topics
@@ -61,6 +62,7 @@ def create_app(settings: AuditSettings | None = None) -> FastAPI:
     app.state.heads = heads
     app.state.auth = auth
     app.state.directory = directory
+    app.state.policy = load_yaml_model(settings.policy_file, Policy)
     app.state.keys = keys
     app.state.evidence = EvidenceDesk(runtime, signer)
     app.state.trace_url = settings.console_trace_url

@@ -91,7 +91,7 @@ async def incidents(
     )
     runtime: Runtime = request.app.state.runtime
     async with runtime.db.acquire() as conn:
-        page = await list_page(conn, filters, before=before, after=after)
+        page = await list_page(conn, filters, before=before, after=after, hidden_from=principal)
         options = await facets(conn)
         behind = await lag(conn)
     kept = {

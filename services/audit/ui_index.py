@@ -248,10 +248,20 @@ async def list_page(
     before: int | None = None,
     after: int | None = None,
     size: int = PAGE,
+    hidden_from: str | None = None,
 ) -> Page:
-    """One page of incidents, newest first, by keyset on the first ledger index."""
+    """One page of incidents, newest first, by keyset on the first ledger index.
+
+    `hidden_from`: leave out the incidents that exclude this principal, or accuse them
+    (before triage's decision is folded in); the incident page checks the rest.
+    """
     args: list[Any] = []
     clauses = filters.where(args)
+    if hidden_from is not None:
+        args.append(hidden_from)
+        n = len(args)
+        clauses.append(f"NOT (coalesce(state->'excluded', '[]') ? ${n}")
+        clauses[-1] += f" OR coalesce(state->'accused', '[]') ? ${n})"
     descending = after is None
     if before is not None:
         args.append(before)

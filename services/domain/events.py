@@ -431,14 +431,53 @@ UNREADABLE = "[erased]"
 """What a sealed value reads as when its key is gone (the incident was erased)."""
 
 
-def open_data(data: dict[str, Any], open_field: Callable[[str, str], str | None]) -> dict[str, Any]:
-    """A copy of `data` with every sealed value (top level, or in a list) opened.
+READER_FIELDS: frozenset[str] = frozenset(
+    {
+        "summary",
+        "description",
+        "location",
+        "accused",
+        "named",
+        "accused_added",
+        "named_added",
+        "addendum",
+        "text",
+        "outcome",
+        "reason",
+    }
+)
+"""The sealed fields opened for a principal allowed to read the report (a handler, an
+auditor): the content. Never `reporter_identity`, and never the `reason` of
+`incident.identity.disclosed.v1` (see `openable`)."""
+CUSTODIAN_FIELDS: frozenset[str] = READER_FIELDS | {"reporter_identity"}
+"""The same and who reported: only on an identity custodian's recorded path."""
+DISCLOSED_TYPE = "incident.identity.disclosed.v1"
 
-    `open_field(field, sealed)` returns the plaintext, or None when it cannot (the key
-    is destroyed): the value then reads `UNREADABLE`.
+
+def openable(event_type: str, fields: frozenset[str]) -> frozenset[str]:
+    """The fields of `fields` that may be opened in an event of `event_type`.
+
+    A custodian's reason for asking who reported stays sealed for everyone: it may say
+    more about the reporter than the answer.
+    """
+    return fields - {"reason"} if event_type == DISCLOSED_TYPE else fields
+
+
+def open_data(
+    data: dict[str, Any],
+    open_field: Callable[[str, str], str | None],
+    fields: frozenset[str],
+) -> dict[str, Any]:
+    """A copy of `data` with the sealed values (top level, or in a list) of `fields` opened.
+
+    An allow-list: a sealed value of any other field stays sealed. `open_field(field,
+    sealed)` returns the plaintext, or None when it cannot (the key is destroyed): the
+    value then reads `UNREADABLE`.
     """
 
     def one(name: str, value: Any) -> Any:
+        if name not in fields:
+            return value
         if is_sealed(value):
             opened = open_field(name, value)
             return UNREADABLE if opened is None else opened
@@ -449,11 +488,16 @@ def open_data(data: dict[str, Any], open_field: Callable[[str, str], str | None]
     return {name: one(name, value) for name, value in data.items()}
 
 
-def open_envelope(envelope: Envelope, open_field: Callable[[str, str], str | None]) -> Envelope:
-    """The same event with its sealed values opened (for a principal allowed to read)."""
+def open_envelope(
+    envelope: Envelope,
+    open_field: Callable[[str, str], str | None],
+    fields: frozenset[str] = READER_FIELDS,
+) -> Envelope:
+    """The same event with the sealed values of `fields` opened (see `openable`)."""
     if not any(is_sealed(v) or isinstance(v, list) for v in envelope.data.values()):
         return envelope
-    return envelope.model_copy(update={"data": open_data(envelope.data, open_field)})
+    allowed = openable(envelope.type, fields)
+    return envelope.model_copy(update={"data": open_data(envelope.data, open_field, allowed)})
 
 
 def b64(raw: bytes) -> str:

@@ -9,7 +9,9 @@ grant, and work on the clear metadata.
 
 `open_events` is the one place where sealed content becomes readable: intake's
 handler and reporter views and audit's auditor answers call it, after their own
-access checks. Once a key is destroyed (erasure), its values read `[erased]`.
+access checks, and it opens only an allow-list of fields (never `reporter_identity`
+unless the caller is on an identity custodian's path). Once a key is destroyed
+(erasure), its values read `[erased]`.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import asyncpg
 from pydantic import SecretStr
 
 from services.domain.envelope import Envelope
-from services.domain.events import open_envelope
+from services.domain.events import READER_FIELDS, open_envelope
 from services.infra.crypto import (
     DEVELOPMENT_MASTER_KEY,
     DEVELOPMENT_PSEUDONYM_KEY,
@@ -153,12 +155,41 @@ class KeyStore:
 
         return open_field
 
-    async def open_events(
+    async def reporter_of(
         self, conn: asyncpg.Connection, incident_id: str, events: Sequence[Envelope]
+    ) -> str | None:
+        """The reporter's person id, for access decisions only (never shown, never logged).
+
+        Opened from the submission's sealed `reporter_identity`; an incident from before
+        sealing carries the id in `reporter` (a pseudonym, `pn:`, is never an id). None
+        when anonymous, or erased: then nobody can be told who reported any more.
+        """
+        submitted = next((e for e in events if e.type == "incident.report.submitted.v1"), None)
+        if submitted is None:
+            return None
+        sealed = submitted.data.get("reporter_identity")
+        if isinstance(sealed, str) and sealed:
+            return (await self.opener(conn, incident_id))("reporter_identity", sealed)
+        plain = submitted.data.get("reporter")
+        return plain if isinstance(plain, str) and plain and not plain.startswith("pn:") else None
+
+    async def open_events(
+        self,
+        conn: asyncpg.Connection,
+        incident_id: str,
+        events: Sequence[Envelope],
+        *,
+        fields: frozenset[str] = READER_FIELDS,
     ) -> list[Envelope]:
-        """The incident's events with their content readable (call after access checks)."""
+        """The incident's events with the sealed values of `fields` readable.
+
+        Call after access checks. An allow-list: by default the content a reader is
+        shown, never who reported (`CUSTODIAN_FIELDS` only on a custodian's path).
+        """
         open_field = await self.opener(conn, incident_id)
-        return [open_envelope(e, open_field) if e.subject == incident_id else e for e in events]
+        return [
+            open_envelope(e, open_field, fields) if e.subject == incident_id else e for e in events
+        ]
 
 
 def key_store(

@@ -310,9 +310,7 @@ async def _attempt_once(
     if not events or state.category is None:
         await deny(runtime, conn, incident_id, principal, action, "no_such_incident", None, 0)
         return _Denied(404)
-    routing = await access_routing(
-        conn, incident_id, events, await keys.get(conn, incident_id), policy
-    )
+    routing = await access_routing(conn, incident_id, events, keys, policy)
     verdict = decide(routing, principal.id, principal.roles, action)
     if isinstance(verdict, Refused):
         await deny(runtime, conn, incident_id, principal, action, verdict.detail, events, version)

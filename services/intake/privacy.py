@@ -122,8 +122,8 @@ async def _excluded(
     caller: Principal,
 ) -> bool:
     """Is the caller conflicted (by triage's decision, or already by the report itself)?"""
-    key = await keys.get(conn, incident_id)
-    return caller.id in (await access_routing(conn, incident_id, events, key, policy)).excluded
+    routing = await access_routing(conn, incident_id, events, keys, policy)
+    return caller.id in routing.excluded
 
 
 async def _privileged(

@@ -44,8 +44,8 @@ from services.domain.events import (
 from services.domain.org import OrgSnapshot
 from services.domain.policy import Policy
 from services.infra import eventstore
-from services.infra.crypto import CryptoError, IncidentKey
 from services.infra.kafka import BatchHandler
+from services.infra.keystore import KeyStore
 from services.infra.runtime import Runtime
 
 CONSUMER = "intake-routing"
@@ -137,32 +137,11 @@ SELECT person_id, unit, manager_id, roles FROM people WHERE person_id IN (SELECT
 """
 
 
-def reporter_of(events: Sequence[Envelope], key: IncidentKey | None) -> str | None:
-    """The reporter's person id (opened from `reporter_identity`), None if anonymous.
-
-    Only for access decisions: never shown, never logged. An incident from before
-    sealing carries the id in `reporter`; a pseudonym (`pn:`) is never an id.
-    """
-    submitted = next((e for e in events if e.type == "incident.report.submitted.v1"), None)
-    if submitted is None:
-        return None
-    sealed = submitted.data.get("reporter_identity")
-    if isinstance(sealed, str) and sealed:
-        if key is None:
-            return None  # erased: nobody can be told who reported any more
-        try:
-            return key.open("reporter_identity", sealed)
-        except CryptoError:
-            return None
-    plain = submitted.data.get("reporter")
-    return plain if isinstance(plain, str) and plain and not plain.startswith("pn:") else None
-
-
 async def access_routing(
     conn: asyncpg.Connection,
     incident_id: str,
     events: Sequence[Envelope],
-    key: IncidentKey | None,
+    keys: KeyStore,
     policy: Policy,
 ) -> Routing:
     """The routing access is decided on: the projection, plus conflicts known at once."""
@@ -173,7 +152,8 @@ async def access_routing(
         Person(id=r["person_id"], unit=r["unit"], manager=r["manager_id"], roles=r["roles"])
         for r in rows
     )
-    return routing.excluding(conflicted(found, reporter_of(events, key), org, policy))
+    reporter = await keys.reporter_of(conn, incident_id, events)
+    return routing.excluding(conflicted(found, reporter, org, policy))
 
 
 def routing_handler(runtime: Runtime) -> BatchHandler:

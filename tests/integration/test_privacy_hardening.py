@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from services.audit.app import create_app as create_audit
@@ -132,3 +133,97 @@ async def test_an_uninvolved_auditor_still_reads_before_triage(services: Service
 async def _in_ledger(services: Services, incident: str) -> bool:
     rows = await services.sql("SELECT 1 FROM audit.ledger WHERE incident_id = $1", incident)
     return bool(rows)
+
+
+# H1: audit applies the same conflict rule, and never opens who reported ----------
+
+
+async def console_login(client: httpx.AsyncClient, token: str) -> dict[str, str]:
+    csrf = "c" * 40
+    answer = await client.post(
+        "/ui/login",
+        data={"csrf": csrf, "token": token, "next": "/ui/"},
+        headers={
+            "sec-fetch-site": "same-origin",
+            "cookie": f"__Host-incidents-audit-csrf={csrf}",
+        },
+    )
+    assert answer.status_code == 303, answer.text
+    return {"cookie": f"__Host-incidents-audit-session={token}"}
+
+
+async def in_ledger(services: Stack, incident: str, type_: str) -> bool:
+    rows = await services.sql(
+        "SELECT 1 FROM audit.ledger WHERE incident_id = $1 AND event_type = $2", incident, type_
+    )
+    return bool(rows)
+
+
+async def test_audit_refuses_an_implicated_auditor_everywhere(services: Services) -> None:
+    marker = f"MARKER-{secrets.token_hex(6)}"
+    incident = await services.report(
+        "liu", accused=["p-audit", "p-wang"], summary=f"summary {marker}", unit="city-retail"
+    )
+    other = await services.report("liu", accused=["p-wang"], summary=f"summary {marker}")
+    for each in (incident, other):
+        await eventually(
+            lambda i=each: in_ledger(services, i, "incident.report.submitted.v1"), timeout=30
+        )
+    unknown = await services.audit.get(
+        "/v1/incidents/00000000-0000-4000-8000-000000000000/timeline", headers=auth("auditor")
+    )
+    assert unknown.status_code == 404
+    for path in ("timeline", "state", "knowledge"):
+        answer = await services.audit.get(
+            f"/v1/incidents/{incident}/{path}", headers=auth("auditor")
+        )
+        assert answer.status_code == 404, (path, answer.text)
+        assert answer.json()["detail"] == unknown.json()["detail"]
+        assert marker not in answer.text and "p-liu" not in answer.text
+    cookie = await console_login(services.audit, "dev-auditor-token")
+    for path in ("", "/as-of", "/evidence.json"):
+        page = await services.audit.get(f"/ui/incidents/{incident}{path}", headers=cookie)
+        assert page.status_code == 404, (path, page.text[:200])
+        assert marker not in page.text
+    # the refusals are recorded, and reach the ledger like audit's other events
+    await eventually(lambda: in_ledger(services, incident, "incident.access.denied.v1"), timeout=30)
+    rows = await services.sql(
+        "SELECT body FROM audit.events WHERE stream_id = $1", f"audit-denied:{incident}"
+    )
+    assert len(rows) == 6  # three API routes, three console pages
+    assert {json.loads(bytes(r["body"]))["data"]["reason"] for r in rows} == {"excluded:conflict"}
+
+    # the uninvolved incident opens for the auditor, but never says who reported
+    timeline = await services.audit.get(f"/v1/incidents/{other}/timeline", headers=auth("auditor"))
+    assert timeline.status_code == 200 and marker in timeline.text
+    assert "p-liu" not in timeline.text
+
+    # the console list leaves the incident out (once the index has both)
+    async def listed() -> bool:
+        page = await services.audit.get("/ui/", headers=cookie)
+        return other in page.text
+
+    await eventually(listed, timeout=30)
+    assert incident not in (await services.audit.get("/ui/", headers=cookie)).text
+
+
+async def test_a_custodian_still_learns_who_reported_in_the_knowledge_answer(
+    services: Services,
+) -> None:
+    incident = await services.report("liu", accused=["p-wang"])
+    await eventually(
+        lambda: in_ledger(services, incident, "incident.report.submitted.v1"), timeout=30
+    )
+    answer = await services.audit.get(
+        f"/v1/incidents/{incident}/knowledge", headers=auth("custodian")
+    )
+    assert answer.status_code == 200, answer.text
+    assert "p-liu" in answer.text
+    accused = await services.report("liu", accused=["p-custos"])
+    await eventually(
+        lambda: in_ledger(services, accused, "incident.report.submitted.v1"), timeout=30
+    )
+    refused = await services.audit.get(
+        f"/v1/incidents/{accused}/knowledge", headers=auth("custodian")
+    )
+    assert refused.status_code == 404 and "p-liu" not in refused.text

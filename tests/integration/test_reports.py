@@ -24,7 +24,7 @@ from aiokafka import AIOKafkaConsumer
 from argon2 import PasswordHasher
 from fastapi import FastAPI
 
-from services.domain.events import SUBMITTED, data_of, is_sealed, parse_event
+from services.domain.events import CUSTODIAN_FIELDS, SUBMITTED, data_of, is_sealed, parse_event
 from services.infra.settings import IntakeSettings
 from services.intake.app import create_app
 from tests.helpers import serving
@@ -147,7 +147,9 @@ async def submitted_event(intake: Intake, incident_id: str) -> tuple[Any, Any]:
     envelope, sealed = parse_event(record.value)
     assert is_sealed(sealed.summary) and is_sealed(sealed.description)  # type: ignore[attr-defined]
     async with intake.app.state.runtime.db.acquire() as conn:
-        [opened] = await intake.app.state.keys.open_events(conn, incident_id, [envelope])
+        [opened] = await intake.app.state.keys.open_events(
+            conn, incident_id, [envelope], fields=CUSTODIAN_FIELDS
+        )
     return opened, data_of(opened)
 
 

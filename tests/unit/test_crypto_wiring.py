@@ -11,7 +11,14 @@ from typing import Any
 import pytest
 from pydantic import SecretStr, ValidationError
 
-from services.domain.events import UNREADABLE, make_event, open_data, open_envelope
+from services.domain.events import (
+    CUSTODIAN_FIELDS,
+    READER_FIELDS,
+    UNREADABLE,
+    make_event,
+    open_data,
+    open_envelope,
+)
 from services.domain.knowledge import LedgerEvent, knowledge_as_of
 from services.domain.policy import Policy, parse_duration
 from services.infra.crypto import (
@@ -89,10 +96,12 @@ def test_a_pseudonym_differs_per_incident_and_is_matched_against_the_directory()
 def test_sealed_values_open_for_their_key_and_read_erased_without_it() -> None:
     key = IncidentKey("inc-1", new_data_key(), new_salt())
     data = {"text": key.seal("text", "hello"), "accused": ["p-wang", key.seal("accused", "x")]}
-    opened = open_data(data, lambda field, value: key.open(field, value))
+    opened = open_data(data, lambda field, value: key.open(field, value), READER_FIELDS)
     assert opened == {"text": "hello", "accused": ["p-wang", "x"]}
-    erased = open_data(data, lambda _field, _value: None)
+    erased = open_data(data, lambda _field, _value: None, READER_FIELDS)
     assert erased == {"text": UNREADABLE, "accused": ["p-wang", UNREADABLE]}
+    # an allow-list: a field not on it stays sealed
+    assert open_data(data, key.open, frozenset({"text"}))["accused"] == data["accused"]
 
 
 def test_retention_is_per_category_with_a_five_year_default() -> None:
@@ -145,8 +154,18 @@ def test_knowledge_names_the_reporter_only_when_revealed_and_opened() -> None:
     )
     sealed = [submitted, disclosed]
     opened = [
-        LedgerEvent(e.index, e.recorded_at, open_envelope(e.envelope, key.open)) for e in sealed
+        LedgerEvent(e.index, e.recorded_at, open_envelope(e.envelope, key.open, CUSTODIAN_FIELDS))
+        for e in sealed
     ]
+    # a reader is never shown who reported, nor why a custodian asked
+    for e in sealed:
+        read = open_envelope(e.envelope, key.open)
+        assert read.data.get("reporter_identity") == e.envelope.data.get("reporter_identity")
+        assert read.data.get("reason") == e.envelope.data.get("reason")
+    assert (
+        open_envelope(disclosed.envelope, key.open, CUSTODIAN_FIELDS).data["reason"]
+        == (disclosed.envelope.data["reason"])
+    )
     plain = knowledge_as_of("inc-1", opened, NOW)
     assert plain.names() == ("p-custos", "reporter")
     assert plain.get("p-custos").via == ("identity_disclosed",)  # type: ignore[union-attr]

@@ -1,0 +1,130 @@
+"""Audit's conflict check: an auditor excluded from an incident is refused it here too.
+
+Audit reads every incident from its ledger, so it applies the same rule intake does
+(`services.domain.access`): a principal is excluded if the ledger's own events exclude
+them (triage's `incident.triaged.v1`, `incident.reassigned.v1`, folded with the domain
+code), or if triage's conflict rules exclude them from what the incident's events carry
+in clear (accused, named), its reporter (opened with the incident's key, which audit
+holds, and compared, never shown) and the accused's managers in the directory as the
+ledger has it (else the seed file). So the check holds before triage's decision
+reaches the ledger, and if it never does.
+
+A refusal answers exactly the 404 of an incident the ledger does not know, and is
+recorded first as `incident.access.denied.v1` (reason `excluded:conflict`) on the
+stream `audit-denied:<incident id>`, published like audit's other events, so the
+ledger itself holds the attempt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import asyncpg
+
+from services.audit.ledger import decode_leaf
+from services.domain.access import CONFLICT, conflicted, implicated
+from services.domain.directory import DirectoryFile, Person
+from services.domain.envelope import Envelope
+from services.domain.events import AccessDenied, make_event
+from services.domain.incident import fold
+from services.domain.knowledge import LedgerEvent
+from services.domain.org import OrgSnapshot
+from services.domain.policy import Policy
+from services.infra import eventstore
+from services.infra.http import Problem
+from services.infra.keystore import KeyStore
+from services.infra.runtime import Runtime
+from services.infra.telemetry import current_traceparent
+
+MAX_CHAIN = 100
+"""Managers walked above one accused person at most (the data may loop)."""
+NOT_FOUND_DETAIL = "No events of this incident are in the ledger."
+
+
+async def person_in_ledger(
+    conn: asyncpg.Connection, directory: DirectoryFile, person_id: str
+) -> Person | None:
+    """A person as the latest `directory.person.upserted.v1` has them, else the seed file."""
+    leaf = await conn.fetchval(
+        "SELECT leaf FROM ledger WHERE incident_id = $1 AND valid"
+        " AND event_type = 'directory.person.upserted.v1' ORDER BY idx DESC LIMIT 1",
+        person_id,
+    )
+    if leaf is None:
+        return next((p for p in directory.people if p.id == person_id), None)
+    data = decode_leaf(bytes(leaf))["event"]["data"]
+    return Person(
+        id=data["person_id"],
+        unit=data.get("unit"),
+        manager=data.get("manager_id"),
+        roles=list(data.get("roles") or ()),
+    )
+
+
+async def _org(
+    conn: asyncpg.Connection, directory: DirectoryFile, people: Sequence[str]
+) -> OrgSnapshot:
+    """The implicated people and every manager above them, as far as the data goes."""
+    found: dict[str, Person] = {}
+    for start in people:
+        current: str | None = start
+        for _step in range(MAX_CHAIN):
+            if current is None or current in found:
+                break
+            person = await person_in_ledger(conn, directory, current)
+            if person is None:
+                break
+            found[current] = person
+            current = person.manager
+    return OrgSnapshot.from_people(found.values())
+
+
+async def excluded(
+    conn: asyncpg.Connection,
+    keys: KeyStore,
+    policy: Policy,
+    directory: DirectoryFile,
+    incident_id: str,
+    entries: Sequence[LedgerEvent],
+) -> frozenset[str]:
+    """Everyone excluded from the incident, by the ledger's decisions or the report itself."""
+    events: list[Envelope] = [e.envelope for e in entries if e.envelope.subject == incident_id]
+    decided = fold(incident_id, events).excluded
+    found = implicated(events)
+    org = await _org(conn, directory, found.people)
+    reporter = await keys.reporter_of(conn, incident_id, events)
+    return decided | frozenset(conflicted(found, reporter, org, policy))
+
+
+async def refuse_if_excluded(
+    runtime: Runtime,
+    keys: KeyStore,
+    policy: Policy,
+    directory: DirectoryFile,
+    principal: str,
+    incident_id: str,
+    entries: Sequence[LedgerEvent],
+    action: str,
+) -> None:
+    """404, as for an unknown incident, if `principal` is excluded (recorded first)."""
+    async with runtime.db.acquire() as conn, conn.transaction():
+        if principal not in await excluded(conn, keys, policy, directory, incident_id, entries):
+            return
+        first = entries[0].envelope
+        event = make_event(
+            "incident.access.denied.v1",
+            subject=incident_id,
+            data=AccessDenied(principal=principal, action=action, reason=f"excluded:{CONFLICT}"),
+            source=runtime.source,
+            time=datetime.now(UTC),
+            actor=principal,
+            correlationid=first.correlationid or first.id,
+            traceparent=current_traceparent(),
+        )
+        stream = f"audit-denied:{incident_id}"
+        version = await eventstore.stream_version(conn, stream)
+        await eventstore.append(
+            conn, stream, version, [event], topic_prefix=runtime.settings.kafka_topic_prefix
+        )
+    raise Problem(404, "Not found", NOT_FOUND_DETAIL)
