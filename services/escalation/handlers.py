@@ -425,7 +425,9 @@ class Escalation:
                 log.error("notice %s: gave up after %d leases", envelope.id, row["attempts"] - 1)
                 delivered = False
             else:
-                delivered = await self.notifier.deliver(envelope.subject, notice)
+                delivered = await self.notifier.deliver(
+                    envelope.subject, notice, delivery_id=envelope.id
+                )
             try:
                 async with self.runtime.db.acquire() as conn, conn.transaction():
                     recorded = await conn.fetchval(

@@ -1,6 +1,7 @@
 """Delivering notices to people: one interface, adapters behind it.
 
-Every adapter implements `Notifier.deliver(incident_id, notice) -> bool`. It returns
+Every adapter implements `Notifier.deliver(incident_id, notice, delivery_id=) -> bool`,
+where `delivery_id` names the notice (the service passes its event id). It returns
 False when delivery failed for good, after its own retries, and it never raises. The
 escalation handler then records `delivery_failed`, and once every recipient of a level
 has failed, the next level is asked at once. No adapter sends report content. A notice
@@ -35,8 +36,9 @@ Webhook signature, like Stripe's scheme: every request carries
 
     X-Incidents-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>." + body)>
 
-and `X-Incidents-Delivery: <id>`, which is the same on every retry of one notice, so a
-receiver can drop duplicates. Each attempt is signed again with its own timestamp. A
+and `X-Incidents-Delivery: <id>`, the `delivery_id` (a random one without it), which is
+the same on every retry of one notice and when the notice is delivered again after a
+crash, so a receiver can drop duplicates. Each attempt is signed again with its own timestamp. A
 receiver recomputes the HMAC over the raw body and checks that `t` is recent:
 `verify_signature(secret, header, body, tolerance=300)`. Several `v1=` entries may
 appear, one per secret while a secret is rotated, and one match is enough. The body is
@@ -95,7 +97,9 @@ Sleep = Callable[[float], Awaitable[None]]
 class Notifier(Protocol):
     """Delivers one notice; False when delivery failed for good (after its retries)."""
 
-    async def deliver(self, incident_id: str, notice: Notified) -> bool: ...
+    async def deliver(
+        self, incident_id: str, notice: Notified, *, delivery_id: str | None = None
+    ) -> bool: ...
 
 
 class Adapter(Notifier, Protocol):
@@ -107,7 +111,9 @@ class Adapter(Notifier, Protocol):
 class LogNotifier:
     """Delivery by log line: enough for development and for the record of who was told."""
 
-    async def deliver(self, incident_id: str, notice: Notified) -> bool:
+    async def deliver(
+        self, incident_id: str, notice: Notified, *, delivery_id: str | None = None
+    ) -> bool:
         log.info(
             "notify %s of incident %s (level %d, via %s)",
             notice.principal,
@@ -285,9 +291,11 @@ class WebhookNotifier:
         if client is not None:
             await client.aclose()
 
-    async def deliver(self, incident_id: str, notice: Notified) -> bool:
+    async def deliver(
+        self, incident_id: str, notice: Notified, *, delivery_id: str | None = None
+    ) -> bool:
         try:
-            delivered = await self._deliver(incident_id, notice)
+            delivered = await self._deliver(incident_id, notice, delivery_id)
         except Exception as exc:  # a failure is a False, never an exception
             log.error(
                 "webhook notice of incident %s to %s (level %d) failed: %s",
@@ -308,8 +316,8 @@ class WebhookNotifier:
         ):
             return response.status_code, response.headers.get("retry-after")
 
-    async def _deliver(self, incident_id: str, notice: Notified) -> bool:
-        delivery = uuid.uuid4().hex
+    async def _deliver(self, incident_id: str, notice: Notified, delivery_id: str | None) -> bool:
+        delivery = delivery_id or uuid.uuid4().hex
         where = _where(self.url)
         outcome = "not tried"
         for attempt in range(self.retries + 1):
@@ -516,9 +524,11 @@ class SmtpNotifier:
                 smtp.login(self.username, self._password or "")
             smtp.send_message(mail, from_addr=self.sender, to_addrs=[address])
 
-    async def deliver(self, incident_id: str, notice: Notified) -> bool:
+    async def deliver(
+        self, incident_id: str, notice: Notified, *, delivery_id: str | None = None
+    ) -> bool:
         try:
-            delivered = await self._deliver(incident_id, notice)
+            delivered = await self._deliver(incident_id, notice, delivery_id)
         except Exception as exc:  # a failure is a False, never an exception
             log.error(
                 "mail notice of incident %s to %s (level %d) failed: %s",
@@ -531,7 +541,7 @@ class SmtpNotifier:
         DELIVERIES.labels("smtp", "delivered" if delivered else "failed").inc()
         return delivered
 
-    async def _deliver(self, incident_id: str, notice: Notified) -> bool:
+    async def _deliver(self, incident_id: str, notice: Notified, _: str | None) -> bool:
         address = self.recipients_by_principal(notice.principal)
         if address is None or not valid_address(address):
             log.warning(
@@ -610,9 +620,11 @@ class FanoutNotifier:
             raise ValueError("a fan-out needs at least one notifier")
         self.notifiers = tuple(notifiers)
 
-    async def deliver(self, incident_id: str, notice: Notified) -> bool:
+    async def deliver(
+        self, incident_id: str, notice: Notified, *, delivery_id: str | None = None
+    ) -> bool:
         results = await asyncio.gather(
-            *(_never_raises(n, incident_id, notice) for n in self.notifiers)
+            *(_never_raises(n, incident_id, notice, delivery_id) for n in self.notifiers)
         )
         return any(results)
 
@@ -624,9 +636,11 @@ class FanoutNotifier:
                 log.warning("closing %r failed: %s", notifier, type(exc).__name__)
 
 
-async def _never_raises(notifier: Notifier, incident_id: str, notice: Notified) -> bool:
+async def _never_raises(
+    notifier: Notifier, incident_id: str, notice: Notified, delivery_id: str | None
+) -> bool:
     try:
-        return await notifier.deliver(incident_id, notice)
+        return await notifier.deliver(incident_id, notice, delivery_id=delivery_id)
     except Exception as exc:
         log.error(
             "%r failed on incident %s to %s: %s",

@@ -211,6 +211,12 @@ async def test_a_webhook_posts_the_signed_notice_and_nothing_else() -> None:
     assert len(request.headers[DELIVERY_HEADER]) == 32
 
 
+async def test_a_given_delivery_id_is_the_delivery_header_of_every_attempt() -> None:
+    got = Recorder(503, 503, 204)
+    assert await webhook(got, []).deliver(INCIDENT, NOTICE, delivery_id="evt-1") is True
+    assert [r.headers[DELIVERY_HEADER] for r in got.requests] == ["evt-1"] * 3
+
+
 async def test_5xx_is_retried_with_exponential_backoff_then_delivered() -> None:
     sleeps: list[float] = []
     got = Recorder(503, 500, 200)
@@ -441,7 +447,9 @@ class Fixed:
         self.result = result
         self.calls = 0
 
-    async def deliver(self, incident_id: str, notice: Notified) -> bool:
+    async def deliver(
+        self, incident_id: str, notice: Notified, *, delivery_id: str | None = None
+    ) -> bool:
         self.calls += 1
         if isinstance(self.result, Exception):
             raise self.result
