@@ -12,21 +12,20 @@ from fastapi import APIRouter, Header, Query, Request
 
 from services.audit import tree
 from services.audit.checkpoint import NoteSigner
-from services.audit.conflicts import NOT_FOUND_DETAIL, refuse_if_excluded
+from services.audit.conflicts import NOT_FOUND_DETAIL, record, refuse_if_excluded
 from services.audit.heads import all_heads, latest_head
 from services.audit.ledger import decode_leaf, incident_entries, roles_in_ledger
 from services.domain.directory import DirectoryFile
 from services.domain.envelope import utc_rfc3339
-from services.domain.events import CUSTODIAN_FIELDS, READER_FIELDS, IdentityDisclosed, make_event
+from services.domain.events import CUSTODIAN_FIELDS, READER_FIELDS, IdentityDisclosed
 from services.domain.knowledge import LedgerEvent, knowledge_as_of, state_as_of
 from services.domain.policy import Policy
-from services.infra import eventstore
 from services.infra.auth import Authenticator
 from services.infra.crypto import IncidentKey
 from services.infra.http import Problem, problem_responses
 from services.infra.keystore import KeyStore
 from services.infra.runtime import Runtime
-from services.infra.telemetry import current_traceparent, trace_id_of
+from services.infra.telemetry import trace_id_of
 
 router = APIRouter(prefix="/v1")
 AUDIT_ROLES = frozenset({"auditor"})
@@ -214,22 +213,8 @@ async def record_disclosure(
     entries: list[LedgerEvent],
 ) -> None:
     """Queue `incident.identity.disclosed.v1` for a custodian's knowledge answer (in txn)."""
-    first = entries[0].envelope
-    event = make_event(
-        DISCLOSED,
-        subject=first.subject,
-        data=IdentityDisclosed(principal=principal, reason=key.seal("reason", KNOWLEDGE_REASON)),
-        source=runtime.source,
-        time=datetime.now(UTC),
-        actor=principal,
-        correlationid=first.correlationid or first.id,
-        traceparent=current_traceparent(),
-    )
-    stream = f"disclosures:{first.subject}"
-    version = await eventstore.stream_version(conn, stream)
-    await eventstore.append(
-        conn, stream, version, [event], topic_prefix=runtime.settings.kafka_topic_prefix
-    )
+    data = IdentityDisclosed(principal=principal, reason=key.seal("reason", KNOWLEDGE_REASON))
+    await record(runtime, conn, "disclosures", entries, data, principal)
 
 
 async def _entries(request: Request, incident_id: str) -> list[LedgerEvent]:

@@ -26,7 +26,7 @@ from services.audit.ledger import decode_leaf
 from services.domain.access import CONFLICT, conflicted, implicated
 from services.domain.directory import DirectoryFile, Person
 from services.domain.envelope import Envelope
-from services.domain.events import AccessDenied, make_event
+from services.domain.events import AccessDenied, IdentityDisclosed, make_event
 from services.domain.incident import fold
 from services.domain.knowledge import LedgerEvent
 from services.domain.org import OrgSnapshot
@@ -40,6 +40,10 @@ from services.infra.telemetry import current_traceparent
 MAX_CHAIN = 100
 """Managers walked above one accused person at most (the data may loop)."""
 NOT_FOUND_DETAIL = "No events of this incident are in the ledger."
+TYPES: dict[type, str] = {
+    AccessDenied: "incident.access.denied.v1",
+    IdentityDisclosed: "incident.identity.disclosed.v1",
+}
 
 
 async def person_in_ledger(
@@ -97,6 +101,39 @@ async def excluded(
     return decided | frozenset(conflicted(found, reporter, org, policy))
 
 
+async def record(
+    runtime: Runtime,
+    conn: asyncpg.Connection,
+    stream_kind: str,
+    entries: Sequence[LedgerEvent],
+    data: AccessDenied | IdentityDisclosed,
+    principal: str,
+) -> None:
+    """Queue one event of audit's own about the incident (in the caller's transaction).
+
+    On the stream `<stream_kind>:<incident id>`, published like every stored event. The
+    stream is locked first, so two requests at once both append (one after the other)
+    instead of one failing on the stream version.
+    """
+    first = entries[0].envelope
+    event = make_event(
+        TYPES[type(data)],
+        subject=first.subject,
+        data=data,
+        source=runtime.source,
+        time=datetime.now(UTC),
+        actor=principal,
+        correlationid=first.correlationid or first.id,
+        traceparent=current_traceparent(),
+    )
+    stream = f"{stream_kind}:{first.subject}"
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", stream)
+    version = await eventstore.stream_version(conn, stream)
+    await eventstore.append(
+        conn, stream, version, [event], topic_prefix=runtime.settings.kafka_topic_prefix
+    )
+
+
 async def refuse_if_excluded(
     runtime: Runtime,
     keys: KeyStore,
@@ -111,20 +148,7 @@ async def refuse_if_excluded(
     async with runtime.db.acquire() as conn, conn.transaction():
         if principal not in await excluded(conn, keys, policy, directory, incident_id, entries):
             return
-        first = entries[0].envelope
-        event = make_event(
-            "incident.access.denied.v1",
-            subject=incident_id,
-            data=AccessDenied(principal=principal, action=action, reason=f"excluded:{CONFLICT}"),
-            source=runtime.source,
-            time=datetime.now(UTC),
-            actor=principal,
-            correlationid=first.correlationid or first.id,
-            traceparent=current_traceparent(),
-        )
-        stream = f"audit-denied:{incident_id}"
-        version = await eventstore.stream_version(conn, stream)
-        await eventstore.append(
-            conn, stream, version, [event], topic_prefix=runtime.settings.kafka_topic_prefix
-        )
+        reason = f"excluded:{CONFLICT}"
+        data = AccessDenied(principal=principal, action=action, reason=reason)
+        await record(runtime, conn, "audit-denied", entries, data, principal)
     raise Problem(404, "Not found", NOT_FOUND_DETAIL)

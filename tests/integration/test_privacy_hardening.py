@@ -7,6 +7,7 @@ moment (review H2), and audit must apply them too (H1).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 from collections.abc import AsyncIterator
@@ -219,6 +220,16 @@ async def test_a_custodian_still_learns_who_reported_in_the_knowledge_answer(
     )
     assert answer.status_code == 200, answer.text
     assert "p-liu" in answer.text
+    # L2: two answers at once are both recorded and both answered
+    url = f"/v1/incidents/{incident}/knowledge"
+    both = await asyncio.gather(
+        *(services.audit.get(url, headers=auth("custodian")) for _ in range(4))
+    )
+    assert [b.status_code for b in both] == [200] * 4
+    rows = await services.sql(
+        "SELECT 1 FROM audit.events WHERE stream_id = $1", f"disclosures:{incident}"
+    )
+    assert len(rows) == 5
     accused = await services.report("liu", accused=["p-custos"])
     await eventually(
         lambda: in_ledger(services, accused, "incident.report.submitted.v1"), timeout=30
