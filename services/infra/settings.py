@@ -14,7 +14,12 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from services.infra.crypto import DEVELOPMENT_MASTER_KEY, DEVELOPMENT_PSEUDONYM_KEY
+from services.infra.crypto import (
+    DEVELOPMENT_MASTER_KEY,
+    DEVELOPMENT_PSEUDONYM_KEY,
+    CryptoError,
+    decode_key,
+)
 
 DEFAULT_DATABASE_URL = "postgresql://postgres:postgres@127.0.0.1:5432/incidents"
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
@@ -29,7 +34,11 @@ class CommonSettings(BaseSettings):
     """Settings every service reads."""
 
     model_config = SettingsConfigDict(
-        env_prefix="INCIDENTS_", extra="ignore", frozen=True, populate_by_name=True
+        env_prefix="INCIDENTS_",
+        extra="ignore",
+        frozen=True,
+        populate_by_name=True,
+        hide_input_in_errors=True,  # a refused setting may be a key: never echo it
     )
 
     environment: Literal["development", "test", "production"] = Field(
@@ -185,8 +194,25 @@ class CommonSettings(BaseSettings):
 
 
 def _development_key(value: SecretStr | None, path: Path | None, development: str) -> bool:
-    """True when a key setting leaves the public development key in use."""
-    return path is None and (value is None or value.get_secret_value() == development)
+    """True when a key setting (or key file) leaves the public development key in use.
+
+    Compared as key bytes, so another spelling of it (spaces, a newline) is caught; a
+    file that cannot be read or is not a key is not the development key (the service
+    refuses it when it loads the key).
+    """
+    if path is not None:
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError):
+            return False
+    elif value is not None:
+        text = value.get_secret_value()
+    else:
+        return True
+    try:
+        return decode_key(text, "key") == decode_key(development, "key")
+    except CryptoError:
+        return False
 
 
 class PseudonymSettings(CommonSettings):

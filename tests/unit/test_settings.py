@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import secrets
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
+from services.infra.crypto import DEVELOPMENT_MASTER_KEY, DEVELOPMENT_PSEUDONYM_KEY
 from services.infra.settings import (
     DEFAULT_BOOTSTRAP,
     DEFAULT_DATABASE_URL,
@@ -138,3 +141,38 @@ def test_a_database_url_can_point_at_another_database() -> None:
     assert url == "postgresql://postgres:postgres@127.0.0.1:5432/t_case_1"
     assert database_name(url) == "t_case_1"
     assert database_name("postgresql://127.0.0.1:5432") == "postgres"
+
+
+@pytest.mark.parametrize("spelling", ["{key}\n", " {key}", "\t{key}\t\n"])
+@pytest.mark.parametrize(
+    ("setting", "development"),
+    [
+        ("INCIDENTS_MASTER_KEY", DEVELOPMENT_MASTER_KEY),
+        ("INCIDENTS_PSEUDONYM_KEY", DEVELOPMENT_PSEUDONYM_KEY),
+    ],
+)
+def test_production_refuses_the_development_keys_however_spelled(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, spelling: str, setting: str, development: str
+) -> None:
+    production(monkeypatch, tmp_path)
+    safe = base64.b64encode(secrets.token_bytes(32)).decode()
+    monkeypatch.setenv("INCIDENTS_MASTER_KEY", safe)
+    monkeypatch.setenv("INCIDENTS_PSEUDONYM_KEY", safe)
+    IntakeSettings()  # safe keys start
+    monkeypatch.setenv(setting, spelling.format(key=development))
+    with pytest.raises(ValidationError) as refused:
+        IntakeSettings()
+    assert development not in str(refused.value)  # never echoed into the logs
+    monkeypatch.delenv(setting)
+    key_file = tmp_path / "key.b64"
+    key_file.write_text(spelling.format(key=development))
+    monkeypatch.setenv(setting + "_FILE", str(key_file))
+    with pytest.raises(ValidationError):
+        IntakeSettings()
+
+
+def test_a_refused_setting_is_not_echoed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INCIDENTS_KAFKA_IDEMPOTENCE", "s3cret-not-a-bool")
+    with pytest.raises(ValidationError) as refused:
+        CommonSettings()
+    assert "s3cret" not in str(refused.value)
