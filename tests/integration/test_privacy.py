@@ -13,20 +13,22 @@ from __future__ import annotations
 import base64
 import json
 import secrets
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
 import pytest
+from aiokafka import AIOKafkaProducer
 from fastapi import FastAPI
 
 from services.audit.app import create_app as create_audit
 from services.audit.verify import HttpSource, verify_ledger
-from services.domain.events import Topic, is_sealed
+from services.domain.events import Topic, is_sealed, make_event
 from services.infra.crypto import CryptoError, unseal
 from services.infra.settings import AuditSettings, CommonSettings, IntakeSettings, TriageSettings
 from services.intake.app import create_app as create_intake
@@ -249,6 +251,49 @@ async def test_a_marker_is_ciphertext_everywhere_and_unrecoverable_after_erasure
     chen = next(p for p in knowledge["principals"] if p["principal"] == "p-chen")
     assert {"notified", "viewed", "acknowledged"} <= set(chen["via"])
     await until_verified(stack)
+
+
+async def test_a_report_from_another_system_is_sealed_before_anything_keeps_it(
+    stack: Stack,
+) -> None:
+    marker = f"INBOUND-{secrets.token_hex(6)}"
+    inbound = make_event(
+        "incident.report.submitted.v1",
+        subject="hris-case-7",
+        data={
+            "category": "harassment",
+            "summary": f"summary {marker}",
+            "description": f"description {marker}",
+            "accused": ["p-wang", f"the driver {marker}"],
+            "reporter": "p-liu",
+            "report_digest": "sha256:00",
+        },
+        source="/systems/hris",
+        time=datetime.now(UTC),
+        actor="system:hris",
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=stack.settings.kafka_bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait(
+            stack.settings.topic(Topic.INBOUND), inbound.to_bytes(), key=b"hris-case-7"
+        )
+    finally:
+        await producer.stop()
+    incident = str(uuid.uuid5(uuid.NAMESPACE_URL, f"incident.inbound/{inbound.id}"))
+    await eventually(lambda: _has_all(stack, incident, ["incident.triaged.v1"]), timeout=30)
+    # The plaintext stays on incident.inbound (the contract; short retention in
+    # production) and nowhere else: not in any table, the ledger, or another topic.
+    others = []
+    for topic in Topic:
+        if topic != Topic.INBOUND:
+            got = await read_all(stack.settings.kafka_bootstrap, stack.settings.topic(topic))
+            others.extend(r.value or b"" for r in got)
+    assert_nowhere(marker, await every_table_as_text(stack), others)
+    assert "p-liu" not in json.dumps(await _triaged(stack, incident))
+    await eventually(lambda: routed_to_chen(stack, incident), timeout=20)
+    view = (await stack.intake.get(f"/v1/incidents/{incident}", headers=auth("chen"))).json()
+    assert view["summary"] == f"summary {marker}"
 
 
 async def test_a_legal_hold_blocks_erasure_until_it_is_released(stack: Stack) -> None:
