@@ -10,14 +10,15 @@ unreachable, token refused, bad input).
 from __future__ import annotations
 
 import asyncio
-import base64
+import binascii
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
+import orjson
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -256,36 +257,64 @@ async def incidents_as_of(source: LedgerSource, moment: datetime) -> dict[str, A
     """Every incident folded from the ledger entries recorded by ``moment``, in ledger order.
 
     Events are read from the leaves themselves (the bytes the Merkle tree covers) and
-    folded by `state_as_of`, the code the audit API's ``/state`` uses. Values are
-    `IncidentState`, or a message when an incident's events do not fold.
+    folded by the services' own fold, as the audit API's ``/state`` folds them (its
+    `state_as_of`). Values are `IncidentState`, or a message when an incident's events
+    do not fold. The ledger only records as events what validated when it was
+    consumed, so each is folded from its JSON (`apply_data`) without validating it
+    again; one that does not fold that way takes the validating path (`apply`), which
+    skips an event that is no valid CloudEvent and reports one that does not fold.
     """
     from services.domain.envelope import utc_rfc3339
     from services.domain.events import InvalidEvent, parse_envelope
-    from services.domain.knowledge import LedgerEvent, state_as_of
+    from services.domain.incident import IncidentState, apply, apply_data
 
-    events: dict[str, list[LedgerEvent]] = {}
+    states: dict[str, Any] = {}
     async for body in _leaves_until(source, utc_rfc3339(moment)):
         event = body.get("event")
         if not isinstance(event, dict):
             continue  # rejected input, recorded raw
-        kind = str(event.get("type", ""))
-        if not kind.startswith("incident.") or kind == "incident.input.rejected.v1":
+        kind = event.get("type")
+        if (
+            not isinstance(kind, str)
+            or not kind.startswith("incident.")
+            or kind == "incident.input.rejected.v1"
+        ):
             continue
+        subject = event.get("subject")
+        state = states.get(subject) if isinstance(subject, str) else None
+        if isinstance(state, str):
+            continue  # this incident already failed to fold
+        try:
+            if not isinstance(subject, str) or not subject:
+                raise TypeError("no subject")
+            time = datetime.fromisoformat(event["time"])
+            if time.tzinfo is not UTC:
+                time = _aware(time)
+            states[subject] = apply_data(
+                state or IncidentState(incident_id=subject), kind, time, event["data"]
+            )
+            continue
+        except (KeyError, TypeError, ValueError):
+            pass  # not the JSON a valid event has: the validating path decides
         try:
             envelope = parse_envelope(event)
         except InvalidEvent:
             continue  # recorded as an event, but not one the fold can read
-        recorded_at = datetime.fromisoformat(body["recorded_at"])
-        events.setdefault(envelope.subject, []).append(
-            LedgerEvent(body["index"], recorded_at, envelope)
-        )
-    states: dict[str, Any] = {}
-    for incident_id, entries in events.items():
         try:
-            states[incident_id] = state_as_of(incident_id, entries, moment)
+            states[envelope.subject] = apply(
+                states.get(envelope.subject) or IncidentState(incident_id=envelope.subject),
+                envelope,
+            )
         except ValueError as exc:
-            states[incident_id] = f"cannot replay: {exc}"
+            states[envelope.subject] = f"cannot replay: {exc}"
     return states
+
+
+def _aware(time: datetime) -> datetime:
+    """An event time as the envelope has it: in UTC, refused without a timezone."""
+    if time.tzinfo is None:
+        raise ValueError("time must carry a timezone")
+    return time.astimezone(UTC)
 
 
 async def _leaves_until(source: LedgerSource, cutoff: str) -> AsyncIterator[dict[str, Any]]:
@@ -296,7 +325,11 @@ async def _leaves_until(source: LedgerSource, cutoff: str) -> AsyncIterator[dict
         for entry in page:
             if "unreadable" in entry:
                 raise SourceError(f"entry {entry['index']} cannot be read: {entry['unreadable']}")
-            body: dict[str, Any] = json.loads(base64.b64decode(entry["leaf"]))
+            leaf = binascii.a2b_base64(entry["leaf"])
+            try:
+                body: dict[str, Any] = orjson.loads(leaf)
+            except orjson.JSONDecodeError:  # NaN, a lone surrogate: the standard library's
+                body = json.loads(leaf)
             if body["recorded_at"] > cutoff:
                 return
             yield body

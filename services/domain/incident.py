@@ -7,16 +7,19 @@ at T" with it, so both read history through the same code.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from services.domain.envelope import Envelope, canonical_json, utc_rfc3339
 from services.domain.events import (
+    CATALOG,
     Acknowledged,
     Assigned,
     Escalated,
+    EventData,
+    InvalidEvent,
     Reassigned,
     ReportAmended,
     ReportSubmitted,
@@ -81,62 +84,105 @@ class IncidentState:
 
 
 def apply(state: IncidentState, event: Envelope) -> IncidentState:
-    """The state after one more event. Events of other incidents are refused."""
+    """The state after one more event. Events of other incidents are refused.
+
+    The event's data is validated against the catalog (`InvalidEvent` for an unknown
+    type or bad data), then folded by `apply_data`.
+    """
     if event.subject != state.incident_id:
         raise ValueError(f"event {event.id} belongs to {event.subject}, not {state.incident_id}")
-    new = replace(state, version=state.version + 1, history=(*state.history, event.type))
-    data = data_of(event)
-    match data:
-        case ReportSubmitted():
-            return replace(
-                new,
+    data_of(event)
+    return apply_data(state, event.type, event.time, event.data)
+
+
+def apply_data(
+    state: IncidentState, event_type: str, time: datetime, data: Mapping[str, Any]
+) -> IncidentState:
+    """The fold itself, over an event's type, time and JSON data, valid for its type.
+
+    `apply` validates first; a replay of the audit ledger, whose events were validated
+    as they were recorded, calls this directly and skips the per-event validation. It
+    reads the JSON as the catalog's models would (their defaults for absent fields).
+    """
+    if event_type not in CATALOG:
+        raise InvalidEvent(f"unknown event type {event_type!r}")
+    changes: dict[str, Any] = {
+        "version": state.version + 1,
+        "history": (*state.history, event_type),
+    }
+    match _KIND.get(event_type):
+        case "submitted":
+            changes.update(
                 status="submitted",
-                category=data.category,
-                submitted_at=event.time,
-                anonymous=data.reporter is None,
-                accused=tuple(data.accused),
-                report_digest=data.report_digest,
+                category=data["category"],
+                submitted_at=time,
+                anonymous=data.get("reporter") is None,
+                accused=tuple(data.get("accused", ())),
+                report_digest=data["report_digest"],
             )
-        case ReportAmended():
-            return replace(
-                new,
-                accused=(*new.accused, *data.accused_added),
-                report_digest=data.report_digest,
+        case "amended":
+            changes.update(
+                accused=(*state.accused, *data.get("accused_added", ())),
+                report_digest=data["report_digest"],
             )
-        case Triaged():
-            return replace(
-                new,
+        case "triaged":
+            changes.update(
                 status="triaged",
-                severity=data.severity,
-                policy_version=data.policy_version,
-                excluded=frozenset(x.principal for x in data.excluded),
+                severity=data["severity"],
+                policy_version=data["policy_version"],
+                excluded=frozenset(x["principal"] for x in data.get("excluded", ())),
             )
-        case Assigned():
-            return replace(new, routed=new.routed | set(data.principals))
-        case Reassigned():
-            gone = {x.principal for x in data.removed}
-            return replace(
-                new,
-                routed=(new.routed - gone) | set(data.added),
-                excluded=new.excluded | gone,
+        case "assigned":
+            changes["routed"] = state.routed | set(data["principals"])
+        case "reassigned":
+            gone = {x["principal"] for x in data.get("removed", ())}
+            changes.update(
+                routed=(state.routed - gone) | set(data.get("added", ())),
+                excluded=state.excluded | gone,
             )
-        case Escalated():
-            return replace(
-                new,
-                routed=new.routed | set(data.recipients),
-                escalation_level=max(new.escalation_level, data.level),
+        case "escalated":
+            changes.update(
+                routed=state.routed | set(data["recipients"]),
+                escalation_level=max(state.escalation_level, int(data["level"])),
             )
-        case Acknowledged() if new.acknowledged_at is None:
-            return replace(
-                new,
-                status="acknowledged" if new.status in {"submitted", "triaged"} else new.status,
-                acknowledged_at=event.time,
-                acknowledged_by=data.principal,
+        case "acknowledged" if state.acknowledged_at is None:
+            changes.update(
+                status=(
+                    "acknowledged" if state.status in {"submitted", "triaged"} else state.status
+                ),
+                acknowledged_at=time,
+                acknowledged_by=data["principal"],
             )
-        case StatusChanged():
-            return replace(new, status=data.status, outcome=data.outcome or new.outcome)
-        case _:
-            return new
+        case "status":
+            changes.update(status=data["status"], outcome=data.get("outcome") or state.outcome)
+    return _evolve(state, changes)
+
+
+def _evolve(state: IncidentState, changes: dict[str, Any]) -> IncidentState:
+    """`dataclasses.replace` without its per-call field checks (the fold's hot path):
+    `changes` only ever names fields of `IncidentState`, as the fold above writes them."""
+    new = object.__new__(IncidentState)
+    new.__dict__.update(state.__dict__)
+    new.__dict__.update(changes)
+    return new
+
+
+_KIND_OF_DATA: dict[type[EventData], str] = {
+    ReportSubmitted: "submitted",
+    ReportAmended: "amended",
+    Triaged: "triaged",
+    Assigned: "assigned",
+    Reassigned: "reassigned",
+    Escalated: "escalated",
+    Acknowledged: "acknowledged",
+    StatusChanged: "status",
+}
+_KIND: dict[str, str] = {
+    name: _KIND_OF_DATA[entry.data]
+    for name, entry in CATALOG.items()
+    if entry.data in _KIND_OF_DATA
+}
+"""What the fold does with each event type, by the catalog's model for it."""
 
 
 def fold(incident_id: str, events: Iterable[Envelope]) -> IncidentState:
