@@ -37,7 +37,10 @@ def create_app(settings: AuditSettings | None = None) -> FastAPI:
     runtime = Runtime(settings, "audit", MIGRATIONS, db_role=settings.audit_db_role or None)
     # Audit opens content for auditors: it reads the key store, never writes it.
     keys = key_store(
-        settings.master_key, settings.master_key_file, settings.schema_name(settings.keys_schema)
+        settings.master_key,
+        settings.master_key_file,
+        settings.schema_name(settings.keys_schema),
+        previous_files=settings.previous_master_key_files,
     )
     runtime.before_start.append(lambda: keys.migrate(settings.database_url))
 

@@ -79,9 +79,16 @@ class KeyStore:
     """Create, read and destroy incidents' data keys (in the caller's transaction)."""
 
     def __init__(
-        self, master: MasterKey, schema: str, *, pseudonyms: Pseudonyms | None = None
+        self,
+        master: MasterKey,
+        schema: str,
+        *,
+        pseudonyms: Pseudonyms | None = None,
+        previous: Sequence[MasterKey] = (),
     ) -> None:
         self.master = master
+        # Keys wrapped by an earlier master key still open while `rewrap` moves them.
+        self.masters = {m.key_id: m for m in (*previous, master)}
         self.schema = schema
         self.pseudonyms = pseudonyms
         self._table = f"{quote_ident(schema)}.data_keys"
@@ -114,13 +121,48 @@ class KeyStore:
     async def get(self, conn: asyncpg.Connection, incident_id: str) -> IncidentKey | None:
         """The incident's key, or None when it has none or it was destroyed."""
         row = await conn.fetchrow(
-            f"SELECT wrapped FROM {self._table} WHERE incident_id = $1",  # noqa: S608
+            f"SELECT wrapped, master_key_id FROM {self._table} WHERE incident_id = $1",  # noqa: S608
             incident_id,
         )
         if row is None or row["wrapped"] is None:
             return None
-        raw = self.master.unwrap(bytes(row["wrapped"]), self._context(incident_id))
+        raw = self._master(row["master_key_id"]).unwrap(
+            bytes(row["wrapped"]), self._context(incident_id)
+        )
         return IncidentKey(incident_id, raw[:KEY_BYTES], raw[KEY_BYTES:], self.pseudonyms)
+
+    def _master(self, key_id: str) -> MasterKey:
+        master = self.masters.get(key_id)
+        if master is None:
+            raise CryptoError(f"master key {key_id} is not configured (a previous one?)")
+        return master
+
+    async def rewrap(self, conn: asyncpg.Connection, limit: int = 500) -> int:
+        """Re-wrap up to `limit` live keys still under an earlier master key; how many.
+
+        Master-key rotation: configure the new key and the old one as previous, let
+        this run until it returns 0, then remove the old key (and destroy it once no
+        backup that needs it is kept). Destroyed keys have nothing to re-wrap.
+        """
+        rows = await conn.fetch(
+            f"SELECT incident_id, master_key_id, wrapped FROM {self._table}"  # noqa: S608
+            " WHERE wrapped IS NOT NULL AND master_key_id <> $1 AND master_key_id = ANY($2)"
+            " ORDER BY incident_id LIMIT $3 FOR UPDATE SKIP LOCKED",
+            self.master.key_id,
+            list(self.masters),
+            limit,
+        )
+        for row in rows:
+            context = self._context(row["incident_id"])
+            raw = self._master(row["master_key_id"]).unwrap(bytes(row["wrapped"]), context)
+            await conn.execute(
+                f"UPDATE {self._table} SET wrapped = $2, master_key_id = $3"  # noqa: S608
+                " WHERE incident_id = $1",
+                row["incident_id"],
+                self.master.wrap(raw, context),
+                self.master.key_id,
+            )
+        return len(rows)
 
     async def destroyed_at(self, conn: asyncpg.Connection, incident_id: str) -> datetime | None:
         value: datetime | None = await conn.fetchval(
@@ -197,6 +239,12 @@ def key_store(
     master_file: Path | None,
     schema: str,
     pseudonyms: Pseudonyms | None = None,
+    previous_files: Sequence[Path] = (),
 ) -> KeyStore:
     """The key store of a service, from its settings."""
-    return KeyStore(master_key_of(master, master_file), schema, pseudonyms=pseudonyms)
+    return KeyStore(
+        master_key_of(master, master_file),
+        schema,
+        pseudonyms=pseudonyms,
+        previous=[LocalMasterKey.from_file(p, create=False) for p in previous_files],
+    )

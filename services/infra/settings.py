@@ -260,6 +260,18 @@ class ContentKeySettings(CommonSettings):
     keys_schema: str = Field(
         "keys", description="PostgreSQL schema of the key store (suffixed like the others)."
     )
+    previous_master_key_files: Annotated[tuple[Path, ...], NoDecode] = Field(
+        (),
+        description="Files of earlier master keys, comma separated: keys they wrapped still"
+        " open, and intake re-wraps them under the current one (rotation).",
+    )
+
+    @field_validator("previous_master_key_files", mode="before")
+    @classmethod
+    def _split_paths(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(Path(p.strip()) for p in value.split(",") if p.strip())
+        return value
 
     @field_validator("master_key", "master_key_file", mode="before")
     @classmethod

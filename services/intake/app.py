@@ -41,6 +41,7 @@ def create_app(settings: IntakeSettings | None = None) -> FastAPI:
         settings.master_key_file,
         settings.schema_name(settings.keys_schema),
         pseudonyms_of(settings.pseudonym_key, settings.pseudonym_key_file),
+        settings.previous_master_key_files,
     )
     runtime.before_start.append(lambda: keys.migrate(settings.database_url))
     service = IntakeService(runtime, policy, keys)

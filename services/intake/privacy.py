@@ -7,7 +7,8 @@
 - `POST /v1/incidents/{id}/legal-hold` and `/legal-hold/release` (role `auditor`):
   record `incident.legal_hold.placed.v1` / `.released.v1`. A held incident is never
   erased; releasing the last hold lets the job erase it once its retention passed.
-- `Eraser`: every `INCIDENTS_ERASURE_INTERVAL`, each closed incident whose category's
+- `Eraser`: every `INCIDENTS_ERASURE_INTERVAL`, it first re-wraps keys still under a
+  previous master key (rotation), then each closed incident whose category's
   retention (the policy's `retention`, 5 years by default) has passed since closing,
   and that no hold keeps, loses its data key (`KeyStore.destroy`) and gets
   `incident.erased.v1`, in one transaction; its receipt goes too. Its events stay, so
@@ -369,6 +370,9 @@ class Eraser:
         """The periodic job (a background task of intake's runtime)."""
         while not stop.is_set():
             try:
+                rewrapped = await self.rewrap()
+                if rewrapped:
+                    log.info("re-wrapped %d data keys under the current master key", rewrapped)
                 erased = await self.erase_due()
                 if erased:
                     log.info("erased %d incidents whose retention had passed", len(erased))
@@ -376,6 +380,17 @@ class Eraser:
                 log.warning("erasure round failed: %r", exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=self.interval)
+
+    async def rewrap(self) -> int:
+        """Move every live key still under a previous master key to the current one."""
+        total = 0
+        while len(self.keys.masters) > 1:
+            async with self.runtime.db.acquire() as conn, conn.transaction():
+                done = await self.keys.rewrap(conn)
+            total += done
+            if done == 0:
+                break
+        return total
 
     async def erase_due(self) -> list[str]:
         """Erase every closed, unheld incident past its retention now; their ids."""
