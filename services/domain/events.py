@@ -344,9 +344,15 @@ class InvalidEvent(ValueError):
         self.reason = reason
 
 
-def _explain(exc: ValidationError) -> str:
+def explain(exc: ValidationError) -> str:
+    """Why input is invalid, by place and message only: never the input itself.
+
+    A reason is stored and logged (dead letters). `str(exc)` quotes each value
+    (`input_value=...`, a report's text); the messages of pydantic's checks and of this
+    code's validators do not, e.g. `summary: String should have at most 500 characters`.
+    """
     parts = []
-    for err in exc.errors()[:5]:
+    for err in exc.errors(include_input=False, include_url=False)[:5]:
         where = ".".join(str(p) for p in err["loc"]) or "(event)"
         parts.append(f"{where}: {err['msg']}")
     return "; ".join(parts)
@@ -400,7 +406,7 @@ def parse_envelope(raw: bytes | str | dict[str, Any]) -> Envelope:
     try:
         return Envelope.model_validate(value)
     except ValidationError as exc:
-        raise InvalidEvent(f"not a valid CloudEvent: {_explain(exc)}") from exc
+        raise InvalidEvent(f"not a valid CloudEvent: {explain(exc)}") from exc
     except ValueError as exc:
         raise InvalidEvent(f"not a valid CloudEvent: {exc}") from exc
 
@@ -419,7 +425,7 @@ def data_of(envelope: Envelope) -> EventData:
     try:
         return entry.data.model_validate(envelope.data)
     except ValidationError as exc:
-        raise InvalidEvent(f"invalid data for {envelope.type}: {_explain(exc)}") from exc
+        raise InvalidEvent(f"invalid data for {envelope.type}: {explain(exc)}") from exc
 
 
 def is_sealed(value: object) -> bool:

@@ -271,7 +271,8 @@ class Runtime:
             ):
                 await self.dead_letter(
                     conn,
-                    reason=f"handler failed: {type(exc).__name__}: {exc}",
+                    # the type only: an exception's text may quote the record
+                    reason=f"handler failed: {type(exc).__name__}",
                     original=record.value or b"",
                     source_topic=record.topic,
                     partition=record.partition,

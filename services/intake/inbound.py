@@ -3,8 +3,14 @@
 A valid `incident.report.submitted.v1` CloudEvent becomes an incident exactly as if it
 had been posted over HTTP (same validation). The inbound event id is the idempotency
 key: a re-delivered record is tracked and skipped. Anything else goes to
-`incident.deadletter` with the original bytes, the reason and the source offset, in
-the same transaction as the tracking row, and the consumer carries on.
+`incident.deadletter` with the reason and the source offset, in the same transaction
+as the tracking row, and the consumer carries on. The original bytes are withheld
+(`original_b64` is empty; the reason carries their sha256): whatever arrives here may
+be a report in clear, and the dead-letter topic, intake's outbox and the logs keep it
+far longer than `incident.inbound` (7 days). An operator reads the original on
+`incident.inbound` at the source offset while it is kept. The reason says only where
+and what kind of error (`summary: String should have at most 500 characters`),
+never the input.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import uuid
 from aiokafka import ConsumerRecord
 from pydantic import ValidationError
 
-from services.domain.events import SUBMITTED, InvalidEvent, parse_envelope
+from services.domain.events import SUBMITTED, InvalidEvent, explain, parse_envelope
 from services.domain.reports import ReportInput, UnknownCategory
 from services.infra import eventstore
 from services.infra.runtime import Runtime
@@ -46,7 +52,9 @@ class InboundConsumer:
             if reporter is not None and not isinstance(reporter, str):
                 raise InvalidEvent("data.reporter must be a person id or null")
         except (InvalidEvent, ValidationError) as exc:
-            reason = exc.reason if isinstance(exc, InvalidEvent) else f"invalid report: {exc}"
+            reason = (
+                exc.reason if isinstance(exc, InvalidEvent) else f"invalid report: {explain(exc)}"
+            )
             await self._reject(record, reason, key=None)
             return
         key = f"inbound:{envelope.id}"
@@ -83,10 +91,11 @@ class InboundConsumer:
                 conn, CONSUMER, key, record.topic, record.partition, record.offset
             ):
                 return
+            digest = hashlib.sha256(record.value or b"").hexdigest()
             await self.runtime.dead_letter(
                 conn,
-                reason=reason,
-                original=record.value or b"",
+                reason=f"{reason} (original withheld: a report in clear; sha256:{digest})",
+                original=b"",
                 source_topic=record.topic,
                 partition=record.partition,
                 offset=record.offset,
