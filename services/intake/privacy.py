@@ -147,6 +147,12 @@ async def _privileged(
         refused: int | None = None
         try:
             async with runtime.db.acquire() as conn, conn.transaction():
+                # The eraser's lock order: the retention row first, then the stream (and
+                # the event counter). Taken in the other order, a hold racing an erasure
+                # deadlocks.
+                await conn.execute(
+                    "SELECT 1 FROM retention WHERE incident_id = $1 FOR UPDATE", incident_id
+                )
                 stored = await eventstore.load(conn, incident_id)
                 events = [s.envelope for s in stored]
                 version = stored[-1].version if stored else 0
@@ -181,8 +187,8 @@ async def _privileged(
                     )
                     if after is not None:
                         await after(conn, incident_id, state, event)
-        except eventstore.ConcurrencyError:
-            continue
+        except (eventstore.ConcurrencyError, asyncpg.DeadlockDetectedError):
+            continue  # nothing was committed: decide again on what is there now
         if refused == 404:
             raise Problem(404, "Not found", "No such incident.")
         if refused == 403:

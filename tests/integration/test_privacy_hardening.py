@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
@@ -238,3 +239,36 @@ async def test_a_custodian_still_learns_who_reported_in_the_knowledge_answer(
         f"/v1/incidents/{accused}/knowledge", headers=auth("custodian")
     )
     assert refused.status_code == 404 and "p-liu" not in refused.text
+
+
+# M4: a legal hold racing an erasure ---------------------------------------------
+
+
+async def test_a_legal_hold_waits_for_an_erasure_in_progress_instead_of_deadlocking(
+    services: Services,
+) -> None:
+    incident = await services.report("liu", accused=["p-wang"])
+    conn = await asyncpg.connect(services.settings.database_url)
+    try:
+        # what the eraser does: the retention row first, then (appending) the counter
+        async with conn.transaction():
+            await conn.execute(
+                "SELECT 1 FROM intake.retention WHERE incident_id = $1 FOR UPDATE", incident
+            )
+            hold = asyncio.create_task(
+                services.intake.post(
+                    f"/v1/incidents/{incident}/legal-hold",
+                    headers=auth("auditor"),
+                    json={"reason": "litigation"},
+                )
+            )
+            await asyncio.sleep(1.0)  # the hold request is under way meanwhile
+            await asyncio.wait_for(
+                conn.execute("UPDATE intake.counters SET last = last WHERE name = 'events'"),
+                timeout=10,
+            )
+        answer = await hold
+    finally:
+        await conn.close()
+    assert answer.status_code == 202, answer.text
+    assert answer.json()["held"] is True
