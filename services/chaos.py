@@ -43,11 +43,18 @@ creates. When the marker is gone, the service creates its topics again, rebuilds
 consumers (which start again from the earliest offset of the new, empty topics) and
 rewinds its relay's cursor by `INCIDENTS_OUTBOX_REPLAY_WINDOW` (7 days), so it
 publishes again, in order, everything it wrote in that window, including what the old
-broker acked and lost. Consumers skip what they have already handled: each writes a
-tracking row keyed by (consumer, event id) in the same transaction as its effects, and
-audit keys each ledger entry by (topic, event id). So whatever the broker forgot
-arrives again and is handled once, and nothing is recorded twice. `relay_state.resets`
-in each schema counts the rewinds; the run waits for all four before the next kill.
+broker acked and lost. A topic may come back with 4 partitions instead of 3 (the first
+client to ask for it has Tansu auto-create it, with its default, before the watch
+creates it), and Tansu keeps handing a group member it knows its first assignment; so
+the faust agents, once their own rejoin has settled, compare their assignment with
+fresh metadata and join again as a new member until they read every partition
+(`GroupRejoin` in services/infra/faustapp.py: the run of #9 that lost notifications
+had escalation never reading the new partition). Consumers skip what they have
+already handled: each writes a tracking row keyed by (consumer, event id) in the same
+transaction as its effects, and audit keys each ledger entry by (topic, event id). So
+whatever the broker forgot arrives again and is handled once, and nothing is recorded
+twice. `relay_state.resets` in each schema counts the rewinds; the run waits for all
+four before the next kill.
 """
 
 from __future__ import annotations

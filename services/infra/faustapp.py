@@ -31,6 +31,7 @@ from services.infra.runtime import Runtime
 from services.infra.settings import CommonSettings
 
 log = logging.getLogger(__name__)
+_LEADER_TOPIC = "-__assignor-__leader"
 
 
 class _QuickFetchThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -240,6 +241,7 @@ class GroupRejoin:
         wanted = {
             TopicPartition(topic, partition)
             for topic in consumer.subscription()
+            if not topic.endswith(_LEADER_TOPIC)  # faust elects its leader on partition 0
             for partition in cluster.partitions_for_topic(topic) or ()
         }
         return wanted - set(consumer.assignment())

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -163,12 +162,6 @@ def test_the_checker_catches_a_ledger_entry_recorded_twice() -> None:
 
 
 @pytest.mark.e2e
-@pytest.mark.skipif(
-    not os.environ.get("INCIDENTS_CHAOS"),
-    reason="opt-in (INCIDENTS_CHAOS=1): its last run before this commit failed one invariant"
-    " (6 incidents whose level 1 had nobody eligible got no notification after a broker"
-    " restart) that is not understood yet; see the note on issue #9",
-)
 def test_a_short_chaos_run_keeps_every_invariant(pg_server_url: str, tmp_path: Path) -> None:
     run_dir = tmp_path / "chaos"
     config = ChaosConfig(
