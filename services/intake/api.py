@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from opentelemetry import trace
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.domain.receipts import idempotency_key_digest, request_digest
+from services.domain.receipts import request_digest
 from services.domain.reports import (
     ReporterRefused,
     ReportRequest,
@@ -31,7 +31,6 @@ from services.intake.principals import OptionalPrincipal
 from services.intake.service import (
     ANONYMOUS_ACTOR,
     IdempotencyConflict,
-    IdempotencyKey,
     IntakeService,
     UnknownReporter,
 )
@@ -169,10 +168,10 @@ async def _take(
         raise Problem(status, title, exc.detail) from exc
     key = None
     if idempotency_key is not None:
-        key = IdempotencyKey(
-            scope=caller.id if caller else "anonymous",
-            key_digest=idempotency_key_digest(idempotency_key),
-            request_hash=request_digest(route, report.model_dump(mode="json")),
+        key = _service(request).idempotency_key(
+            caller.id if caller else None,
+            idempotency_key,
+            request_digest(route, report.model_dump(mode="json")),
         )
     body = report
     if route == "harassment":

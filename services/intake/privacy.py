@@ -467,6 +467,9 @@ class Eraser:
                         incident_id,
                     )
                     await conn.execute("DELETE FROM receipts WHERE incident_id = $1", incident_id)
+                    await conn.execute(
+                        "DELETE FROM idempotency WHERE response->>'incident_id' = $1", incident_id
+                    )
             except eventstore.ConcurrencyError:
                 continue
             return True

@@ -34,6 +34,7 @@ from services.domain.policy import Policy
 from services.domain.receipts import (
     FailureBudget,
     ReporterView,
+    idempotency_key_digest,
     new_receipt,
     new_secret,
     normalize_receipt,
@@ -76,11 +77,17 @@ class Accepted:
     event_id: str
 
 
+IDEMPOTENCY_TTL: Final = timedelta(hours=24)
+"""How long an Idempotency-Key's answer is kept (and replayed); then it is forgotten."""
+IDEMPOTENCY_CONTEXT: Final = "idempotency"
+
+
 @dataclass(frozen=True)
 class IdempotencyKey:
-    """An Idempotency-Key in its scope (principal id or "anonymous").
+    """An Idempotency-Key in its scope (a keyed pseudonym of the caller, or "anonymous").
 
     `key_digest` is the SHA-256 of the header value: the value itself is never stored.
+    Make one with `IntakeService.idempotency_key`.
     """
 
     scope: str
@@ -288,9 +295,35 @@ class IntakeService:
         )
         return event
 
+    def idempotency_key(
+        self, principal: str | None, header: str, request_hash: str
+    ) -> IdempotencyKey:
+        """An Idempotency-Key as stored: nothing in it names the caller or the report.
+
+        The scope is a keyed pseudonym of the caller (so the table does not link a
+        person to an incident), the request's digest is keyed too (so a report's text
+        cannot be confirmed by hashing guesses), both under intake's pseudonym key.
+        """
+        pseudonyms = self.keys.pseudonyms
+        if pseudonyms is None:
+            raise RuntimeError("intake runs with a pseudonym key")
+        scope = "anonymous" if principal is None else pseudonyms.of(IDEMPOTENCY_CONTEXT, principal)
+        return IdempotencyKey(
+            scope=scope,
+            key_digest=idempotency_key_digest(header),
+            request_hash=pseudonyms.of(IDEMPOTENCY_CONTEXT, request_hash),
+        )
+
     async def _earlier_answer(
         self, conn: asyncpg.Connection, key: IdempotencyKey
     ) -> Submission | None:
+        await conn.execute(  # an expired answer is forgotten, and the key may be used again
+            "DELETE FROM idempotency WHERE scope = $1 AND key = $2"
+            " AND created_at < now() - $3::interval",
+            key.scope,
+            key.key_digest,
+            IDEMPOTENCY_TTL,
+        )
         row = await conn.fetchrow(
             "SELECT request_hash, status, response FROM idempotency WHERE scope = $1 AND key = $2",
             key.scope,
@@ -400,13 +433,17 @@ class IntakeService:
                 return False
 
     async def _prune_attempts(self, stop: asyncio.Event) -> None:
-        """Forget attempt windows that ended (they no longer limit anything)."""
+        """Forget attempt windows that ended, and Idempotency-Key answers past their 24 h."""
         while not stop.is_set():
             try:
                 async with self.runtime.db.acquire() as conn:
                     await conn.execute(
                         "DELETE FROM receipt_attempts WHERE window_start < now() - $1::interval",
                         timedelta(seconds=self.receipt_window),
+                    )
+                    await conn.execute(
+                        "DELETE FROM idempotency WHERE created_at < now() - $1::interval",
+                        IDEMPOTENCY_TTL,
                     )
             except Exception as exc:  # the next round tries again
                 log.warning("pruning receipt attempts failed: %r", exc)

@@ -11,6 +11,7 @@ import asyncio
 import json
 import secrets
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -272,3 +273,48 @@ async def test_a_legal_hold_waits_for_an_erasure_in_progress_instead_of_deadlock
         await conn.close()
     assert answer.status_code == 202, answer.text
     assert answer.json()["held"] is True
+
+
+# M2: Idempotency-Key rows name nobody, expire, and go with the erasure ------------
+
+
+async def test_an_idempotency_row_names_nobody_expires_and_is_erased(services: Services) -> None:
+    key = {"idempotency-key": secrets.token_hex(8), **auth("liu")}
+    body = {"category": "harassment", "summary": "s", "description": "d", "accused": ["p-wang"]}
+    first = await services.intake.post("/v1/reports", headers=key, json=body)
+    assert first.status_code == 202, first.text
+    incident = first.json()["incident_id"]
+    [row] = await services.sql(
+        "SELECT scope, request_hash, created_at FROM intake.idempotency"
+        " WHERE response->>'incident_id' = $1",
+        incident,
+    )
+    assert "p-liu" not in row["scope"] and row["scope"].startswith("pn:")
+    # the request's digest is keyed (not sha256 of the report): a guess cannot confirm it
+    assert row["request_hash"].startswith("pn:")
+
+    # after 24 h the key is forgotten: another body with it is a new report, not a 409
+    await services.sql(
+        "UPDATE intake.idempotency SET created_at = now() - interval '25 hours'"
+        " WHERE response->>'incident_id' = $1",
+        incident,
+    )
+    again = await services.intake.post(
+        "/v1/reports", headers=key, json={**body, "summary": "other"}
+    )
+    assert again.status_code == 202 and again.json()["incident_id"] != incident
+    assert not await services.sql(
+        "SELECT 1 FROM intake.idempotency WHERE response->>'incident_id' = $1", incident
+    )
+
+    # an erasure takes the row of the erased incident with it
+    second = again.json()["incident_id"]
+    await services.sql(
+        "UPDATE intake.retention SET closed_at = now() - interval '3650 days'"
+        " WHERE incident_id = $1",
+        second,
+    )
+    assert await services.intake_app.state.eraser.erase(second, datetime.now(UTC))
+    assert not await services.sql(
+        "SELECT 1 FROM intake.idempotency WHERE response->>'incident_id' = $1", second
+    )
