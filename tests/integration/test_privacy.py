@@ -296,6 +296,29 @@ async def test_a_report_from_another_system_is_sealed_before_anything_keeps_it(
     assert view["summary"] == f"summary {marker}"
 
 
+async def test_triage_excludes_a_reporter_it_knows_only_by_pseudonym(stack: Stack) -> None:
+    # Chen, the city-retail HR case handler, reports her store manager herself: level 1
+    # would be her, so triage must recognise her pseudonym and ask group HR instead.
+    answer = await stack.intake.post(
+        "/v1/reports",
+        headers=auth("chen"),
+        json={"category": "harassment", "summary": "s", "description": "d", "accused": ["p-wang"]},
+    )
+    incident = answer.json()["incident_id"]
+    triaged = await eventually(lambda: _triaged(stack, incident), timeout=20)
+    [submitted] = await stack.sql(
+        "SELECT leaf FROM audit.ledger WHERE incident_id = $1"
+        " AND event_type = 'incident.report.submitted.v1'",
+        incident,
+    )
+    event = json.loads(bytes(submitted["leaf"]))["event"]
+    assert event["actor"] == "reporter:named" and event["data"]["reporter"].startswith("pn:")
+    assert triaged["chain"][0]["recipients"] == ["p-ma"]
+    assert all("p-chen" not in level["recipients"] for level in triaged["chain"])
+    view = await stack.intake.get(f"/v1/incidents/{incident}", headers=auth("chen"))
+    assert view.status_code == 404  # a reporter is never routed her own report
+
+
 async def test_a_legal_hold_blocks_erasure_until_it_is_released(stack: Stack) -> None:
     incident = await handled_and_closed(stack, "held", "harassment")
     url = f"/v1/incidents/{incident}/legal-hold"
