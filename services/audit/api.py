@@ -17,7 +17,8 @@ from services.audit.heads import all_heads, latest_head
 from services.audit.ledger import decode_leaf, incident_entries, roles_in_ledger
 from services.domain.directory import DirectoryFile
 from services.domain.envelope import utc_rfc3339
-from services.domain.events import CUSTODIAN_FIELDS, READER_FIELDS, IdentityDisclosed
+from services.domain.events import CUSTODIAN_FIELDS, READER_FIELDS, IdentityDisclosed, Viewed
+from services.domain.incident import fold
 from services.domain.knowledge import LedgerEvent, knowledge_as_of, state_as_of
 from services.domain.policy import Policy
 from services.infra.auth import Authenticator
@@ -79,11 +80,10 @@ async def timeline(
 ) -> dict[str, Any]:
     """The incident's events in ledger order, each with its index and recording time.
 
-    Sealed content is opened for the auditor (`[erased]` once the incident was erased).
+    Sealed content is opened for the auditor (`[erased]` once the incident was erased),
+    after `incident.viewed.v1` of the auditor is committed (so the ledger says they knew).
     """
-    entries = await readable(
-        request, incident_id, await _incident(request, authorization, incident_id)
-    )
+    entries = await _read(request, authorization, incident_id)
     return {
         "incident_id": incident_id,
         "events": [
@@ -142,10 +142,11 @@ async def state(
     as_of: Annotated[datetime | None, Query(description="RFC 3339 instant; default now")] = None,
     authorization: Annotated[str | None, Header()] = None,
 ) -> dict[str, Any]:
-    """Rebuilt by replaying the ledger through the domain fold the services use."""
-    entries = await readable(
-        request, incident_id, await _incident(request, authorization, incident_id)
-    )
+    """Rebuilt by replaying the ledger through the domain fold the services use.
+
+    The state holds opened content (the outcome): `incident.viewed.v1` is recorded first.
+    """
+    entries = await _read(request, authorization, incident_id)
     moment = _instant(as_of)
     return {
         "incident_id": incident_id,
@@ -166,10 +167,34 @@ def _instant(as_of: datetime | None) -> datetime:
 async def _incident(
     request: Request, authorization: str | None, incident_id: str
 ) -> list[LedgerEvent]:
+    _principal, entries = await _checked(request, authorization, incident_id)
+    return entries
+
+
+async def _checked(
+    request: Request, authorization: str | None, incident_id: str
+) -> tuple[str, list[LedgerEvent]]:
+    """The auditor and the incident's entries, sealed; 401, 403 or 404 (recorded)."""
     principal = await require_auditor(request, authorization)
     entries = await _entries(request, incident_id)
     await refuse_conflicted(request, principal, incident_id, entries, "view")
-    return entries
+    return principal, entries
+
+
+async def _read(request: Request, authorization: str | None, incident_id: str) -> list[LedgerEvent]:
+    """For an answer with content: the checks, `incident.viewed.v1` committed, then opened.
+
+    Like intake's view, an auditor who reads a report leaves a knowing record in the
+    ledger (on the stream `audit-views:<id>`) before any content leaves the service.
+    """
+    principal, entries = await _checked(request, authorization, incident_id)
+    digest = fold(incident_id, [e.envelope for e in entries]).report_digest
+    if digest is not None:  # no report in the ledger (yet): nothing to open
+        runtime: Runtime = request.app.state.runtime
+        async with runtime.db.acquire() as conn, conn.transaction():
+            data = Viewed(principal=principal, report_digest=digest)
+            await record(runtime, conn, "audit-views", entries, data, principal)
+    return await readable(request, incident_id, entries)
 
 
 async def refuse_conflicted(

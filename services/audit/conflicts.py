@@ -26,7 +26,7 @@ from services.audit.ledger import decode_leaf
 from services.domain.access import CONFLICT, conflicted, implicated
 from services.domain.directory import DirectoryFile, Person
 from services.domain.envelope import Envelope
-from services.domain.events import AccessDenied, IdentityDisclosed, make_event
+from services.domain.events import AccessDenied, IdentityDisclosed, Viewed, make_event
 from services.domain.incident import fold
 from services.domain.knowledge import LedgerEvent
 from services.domain.org import OrgSnapshot
@@ -43,6 +43,7 @@ NOT_FOUND_DETAIL = "No events of this incident are in the ledger."
 TYPES: dict[type, str] = {
     AccessDenied: "incident.access.denied.v1",
     IdentityDisclosed: "incident.identity.disclosed.v1",
+    Viewed: "incident.viewed.v1",
 }
 
 
@@ -106,7 +107,7 @@ async def record(
     conn: asyncpg.Connection,
     stream_kind: str,
     entries: Sequence[LedgerEvent],
-    data: AccessDenied | IdentityDisclosed,
+    data: AccessDenied | IdentityDisclosed | Viewed,
     principal: str,
 ) -> None:
     """Queue one event of audit's own about the incident (in the caller's transaction).

@@ -306,6 +306,9 @@ async def test_triage_excludes_a_reporter_it_knows_only_by_pseudonym(stack: Stac
     )
     incident = answer.json()["incident_id"]
     triaged = await eventually(lambda: _triaged(stack, incident), timeout=20)
+    # the two topics reach the ledger in either order
+    types = ["incident.report.submitted.v1"]
+    await eventually(lambda: _has_all(stack, incident, types), timeout=20)
     [submitted] = await stack.sql(
         "SELECT leaf FROM audit.ledger WHERE incident_id = $1"
         " AND event_type = 'incident.report.submitted.v1'",

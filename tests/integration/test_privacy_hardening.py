@@ -318,3 +318,35 @@ async def test_an_idempotency_row_names_nobody_expires_and_is_erased(services: S
     assert not await services.sql(
         "SELECT 1 FROM intake.idempotency WHERE response->>'incident_id' = $1", second
     )
+
+
+# M1: an auditor who reads content through audit leaves a knowing record -----------
+
+
+async def test_an_auditor_reading_content_is_recorded_as_knowing_first(
+    services: Services,
+) -> None:
+    marker = f"M-{secrets.token_hex(4)}"
+    incident = await services.report("liu", accused=["p-wang"], summary=f"summary {marker}")
+    await eventually(
+        lambda: in_ledger(services, incident, "incident.report.submitted.v1"), timeout=30
+    )
+    url = f"/v1/incidents/{incident}"
+    timeline = await services.audit.get(url + "/timeline", headers=auth("auditor"))
+    assert timeline.status_code == 200 and marker in timeline.text
+    # committed before the answer: it is in audit's store now, and reaches the ledger
+    [row] = await services.sql(
+        "SELECT body FROM audit.events WHERE stream_id = $1", f"audit-views:{incident}"
+    )
+    viewed = json.loads(bytes(row["body"]))
+    assert viewed["type"] == "incident.viewed.v1" and viewed["actor"] == "p-audit"
+    assert viewed["data"]["principal"] == "p-audit"
+    await eventually(lambda: in_ledger(services, incident, "incident.viewed.v1"), timeout=30)
+    knowledge = await services.audit.get(url + "/knowledge", headers=auth("auditor"))
+    assert "p-audit" in knowledge.text
+    # the state holds opened content too: recorded again
+    await services.audit.get(url + "/state", headers=auth("auditor"))
+    rows = await services.sql(
+        "SELECT 1 FROM audit.events WHERE stream_id = $1", f"audit-views:{incident}"
+    )
+    assert len(rows) == 2
