@@ -38,6 +38,8 @@ from services.infra.runtime import Runtime
 from services.infra.telemetry import trace_id_of
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
+MAX_T = 100 * 365 * 86_400_000
+"""The as-of offset `t` (ms after the first entry) is at most a century."""
 
 
 async def auditor(request: Request) -> tuple[str, str]:
@@ -126,7 +128,10 @@ def instant(as_of: str | None, t: int | None, start: datetime) -> datetime:
             ) from None
         return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
     if t is not None:
-        return start + timedelta(milliseconds=t)
+        try:
+            return start + timedelta(milliseconds=t)
+        except OverflowError:
+            raise ConsoleError(422, "Invalid as-of instant", "t is past any date.") from None
     return datetime.now(UTC)
 
 
@@ -175,7 +180,7 @@ async def incident(
     incident_id: str,
     request: Request,
     as_of: str | None = None,
-    t: Annotated[int | None, Query(ge=0)] = None,
+    t: Annotated[int | None, Query(ge=0, le=MAX_T)] = None,
 ) -> Response:
     """Timeline (ledger order), who-knew chart and state as of an instant, verified badge."""
     principal, authorization = await auditor(request)
@@ -200,7 +205,7 @@ async def incident_as_of(
     incident_id: str,
     request: Request,
     as_of: str | None = None,
-    t: Annotated[int | None, Query(ge=0)] = None,
+    t: Annotated[int | None, Query(ge=0, le=MAX_T)] = None,
 ) -> Response:
     """The as-of part of the incident page alone, for the script that redraws it."""
     _, authorization = await auditor(request)

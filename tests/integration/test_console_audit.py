@@ -216,6 +216,8 @@ async def test_without_javascript_the_slider_and_the_instant_reload_the_page(
     assert "Nobody knew yet at this instant." in instant.text
     bad = await client.get(f"/ui/incidents/{BIG}?as_of=yesterday")
     assert bad.status_code == 422
+    far = await client.get(f"/ui/incidents/{BIG}/as-of?t=1000000000000000")  # not a 500
+    assert far.status_code == 422
 
 
 async def test_signing_out_forgets_the_session(console: tuple[httpx.AsyncClient, FastAPI]) -> None:

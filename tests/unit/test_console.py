@@ -258,3 +258,16 @@ def test_the_index_stores_a_state_it_can_fold_on_from() -> None:
         half = apply(half, envelope)
     assert state_to_row(half) == state_to_row(whole)
     assert half.acknowledged_by == "p-zhou"
+
+
+def test_an_as_of_offset_past_any_date_is_refused_not_a_crash() -> None:
+    from datetime import UTC, datetime
+
+    from services.audit.ui import MAX_T, instant
+    from services.console.web import ConsoleError
+
+    start = datetime(2026, 11, 25, tzinfo=UTC)
+    assert instant(None, MAX_T, start).year == 2126
+    with pytest.raises(ConsoleError) as refused:
+        instant(None, 1_000_000_000_000_000, start)
+    assert refused.value.status == 422
