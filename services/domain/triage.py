@@ -156,13 +156,14 @@ class TriageDecision:
     def published_exclusions(self) -> tuple[ExcludedPerson, ...]:
         """The exclusions `incident.triaged.v1` carries.
 
-        All of them but one kind: a reporter excluded only as the reporter and holding
-        no role of the chain is left out. Listing them would name the reporter on a
-        topic every consumer and auditor reads (the SPEC carries the reporter's id only
-        as a pseudonym) while changing nothing about the routing. Such a person is not
-        routed either way, so they are refused the report all the same.
+        All of them but one kind: a person excluded only as the reporter is left out,
+        whether or not they hold a role of the chain. Listing them would name the
+        reporter on a topic every consumer and auditor reads (the SPEC carries the
+        reporter's id only as a pseudonym). The chain is resolved without them all the
+        same, and intake and audit exclude the reporter by themselves (they open
+        `reporter_identity`), so they are refused the report without being named.
         """
-        return tuple(x for x in self.excluded if x.routable or x.rules != (REPORTER,))
+        return tuple(x for x in self.excluded if x.rules != (REPORTER,))
 
     def to_triaged(self) -> Triaged:
         """The `incident.triaged.v1` data of this decision."""

@@ -318,6 +318,8 @@ async def test_triage_excludes_a_reporter_it_knows_only_by_pseudonym(stack: Stac
     assert event["actor"] == "reporter:named" and event["data"]["reporter"].startswith("pn:")
     assert triaged["chain"][0]["recipients"] == ["p-ma"]
     assert all("p-chen" not in level["recipients"] for level in triaged["chain"])
+    # never named as the reporter on the topic, though she holds a role of the chain
+    assert "p-chen" not in {x["principal"] for x in triaged["excluded"]}
     view = await stack.intake.get(f"/v1/incidents/{incident}", headers=auth("chen"))
     assert view.status_code == 404  # a reporter is never routed her own report
 

@@ -330,17 +330,19 @@ def test_a_person_excluded_by_several_rules_keeps_the_first_and_all() -> None:
     )
 
 
-def test_a_reporter_who_could_not_be_routed_is_excluded_but_not_named_in_the_event() -> None:
+def test_a_reporter_is_excluded_but_never_named_in_the_event() -> None:
     # p-liu, the employee, reports: she holds no role of the chain. Listing her in
     # incident.triaged.v1 would reveal who reported, and change nothing.
     decision = seed_decision(reporter="p-liu")
     liu = decision.exclusion_of("p-liu")
     assert liu is not None and liu.rule == "reporter" and not liu.routable
     assert "p-liu" not in {x.principal for x in decision.to_triaged().excluded}
-    # A reporter who would have been asked is listed: the routing must be explained.
-    assert Exclusion(principal="p-chen", rule="reporter") in (
-        seed_decision(reporter="p-chen").to_triaged().excluded
-    )
+    # Nor one who would have been asked (review L4): the chain goes around her all the
+    # same, and intake and audit refuse her as the reporter without the event naming her.
+    chen = seed_decision(reporter="p-chen")
+    assert "p-chen" not in {x.principal for x in chen.to_triaged().excluded}
+    assert "p-chen" in chen.excluded_ids
+    assert all("p-chen" not in level.recipients for level in chen.to_triaged().chain)
 
 
 def test_an_unknown_accused_is_said_in_the_notes() -> None:
