@@ -40,6 +40,7 @@ from services.domain.events import (
     IdentityDisclosed,
     LegalHoldPlaced,
     LegalHoldReleased,
+    is_sealed,
     make_event,
 )
 from services.domain.incident import IncidentState, fold
@@ -344,6 +345,17 @@ async def release_hold(
 # Erasure --------------------------------------------------------------------------
 
 
+def sealed_from_the_start(events: list[Envelope]) -> bool:
+    """True when the incident's report was sealed when it was taken (every one since #8).
+
+    An incident from before sealing gets a key on its next action, but its report
+    stays in clear in the event store, on Kafka and in the ledger: erasure by key
+    destruction cannot reach it, so the eraser refuses it (and logs that).
+    """
+    first = events[0]
+    return first.type != "incident.report.submitted.v1" or is_sealed(first.data.get("summary"))
+
+
 Clock = Callable[[], datetime]
 
 
@@ -439,6 +451,15 @@ class Eraser:
                     stored = await eventstore.load(conn, incident_id)
                     events = [s.envelope for s in stored]
                     if not events or held(events):
+                        return False
+                    if not sealed_from_the_start(events):
+                        # Destroying its key would record an erasure while its report
+                        # stays readable in every copy of its events: refuse, and say so.
+                        log.warning(
+                            "incident %s predates sealing: its report is stored in clear"
+                            " and cannot be erased by destroying its key; not erased",
+                            incident_id,
+                        )
                         return False
                     await self.keys.destroy(conn, incident_id)
                     event = make_event(

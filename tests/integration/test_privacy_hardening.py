@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,6 +21,8 @@ import httpx
 import pytest
 
 from services.audit.app import create_app as create_audit
+from services.domain.events import make_event
+from services.infra import eventstore
 from services.infra.settings import AuditSettings, CommonSettings, IntakeSettings
 from services.intake.app import create_app as create_intake
 from tests.helpers import critical_policy, eventually, serving
@@ -350,3 +353,43 @@ async def test_an_auditor_reading_content_is_recorded_as_knowing_first(
         "SELECT 1 FROM audit.events WHERE stream_id = $1", f"audit-views:{incident}"
     )
     assert len(rows) == 2
+
+
+# L3: an incident from before sealing is never "erased" while its report is in clear
+
+
+async def test_an_incident_from_before_sealing_is_refused_erasure(services: Services) -> None:
+    app = services.intake_app
+    incident = str(uuid.uuid4())
+    legacy = make_event(
+        "incident.report.submitted.v1",
+        subject=incident,
+        data={
+            "category": "harassment",
+            "summary": "plaintext summary from before #8",
+            "description": "plaintext",
+            "reporter": "p-liu",
+            "report_digest": "sha256:" + "0" * 64,
+        },
+        source="/intake",
+        time=datetime.now(UTC),
+        actor="p-liu",
+    )
+    async with app.state.runtime.db.acquire() as conn, conn.transaction():
+        await eventstore.append(
+            conn, incident, 0, [legacy], topic_prefix=services.settings.kafka_topic_prefix
+        )
+        await conn.execute(
+            "INSERT INTO retention (incident_id, category, closed_at)"
+            " VALUES ($1, 'harassment', now() - interval '3650 days')",
+            incident,
+        )
+        await app.state.keys.create(conn, incident)  # its next action gave it a key
+    assert not await app.state.eraser.erase(incident, datetime.now(UTC))
+    async with app.state.runtime.db.acquire() as conn:
+        assert await app.state.keys.get(conn, incident) is not None
+    types = [
+        json.loads(bytes(r["body"]))["type"]
+        for r in await services.sql("SELECT body FROM intake.events WHERE stream_id = $1", incident)
+    ]
+    assert types == ["incident.report.submitted.v1"]  # no incident.erased.v1
