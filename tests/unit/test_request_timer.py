@@ -1,0 +1,52 @@
+"""The HTTP latency metric's middleware: route template, method and status per request."""
+
+from __future__ import annotations
+
+import httpx
+from fastapi import FastAPI
+
+from services.infra import metrics
+from services.infra.http import Problem, install_problem_handlers
+from services.infra.webapp import RequestTimer
+
+
+def _count(method: str, route: str, status: str) -> float:
+    for family in metrics.HTTP_LATENCY.collect():
+        for sample in family.samples:
+            if (
+                sample.name.endswith("_count")
+                and sample.labels.get("method") == method
+                and sample.labels.get("route") == route
+                and sample.labels.get("status") == status
+            ):
+                return sample.value
+    return 0.0
+
+
+def _app() -> FastAPI:
+    app = FastAPI()
+    install_problem_handlers(app)
+
+    @app.get("/things/{thing_id}")
+    async def thing(thing_id: str) -> dict[str, str]:
+        if thing_id == "missing":
+            raise Problem(404, "Not found", "no such thing")
+        return {"id": thing_id}
+
+    app.add_middleware(RequestTimer)
+    return app
+
+
+async def test_each_request_is_counted_under_its_route_template_and_status() -> None:
+    ok_before = _count("GET", "/things/{thing_id}", "200")
+    missing_before = _count("GET", "/things/{thing_id}", "404")
+    unmatched_before = _count("GET", "unmatched", "404")
+    transport = httpx.ASGITransport(app=_app())
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        assert (await client.get("/things/a")).status_code == 200
+        assert (await client.get("/things/b")).status_code == 200
+        assert (await client.get("/things/missing")).status_code == 404
+        assert (await client.get("/nowhere")).status_code == 404
+    assert _count("GET", "/things/{thing_id}", "200") == ok_before + 2
+    assert _count("GET", "/things/{thing_id}", "404") == missing_before + 1
+    assert _count("GET", "unmatched", "404") == unmatched_before + 1
