@@ -43,14 +43,40 @@ def record_headers(envelope: Envelope) -> list[tuple[str, str]]:
     return headers
 
 
-async def _take_positions(conn: asyncpg.Connection, counter: str, count: int) -> int:
-    """Reserve `count` positions; returns the first. Holds the counter lock to commit."""
-    last = await conn.fetchval(
-        "UPDATE counters SET last = last + $2 WHERE name = $1 RETURNING last", counter, count
-    )
-    if last is None:
+def _counted(inserted: int | None, wanted: int, counter: str) -> None:
+    if inserted != wanted:  # no counter row: the UPDATE found nothing, so nothing went in
         raise RuntimeError(f"counter {counter!r} missing: migrations not applied?")
-    return int(last) - count + 1
+
+
+# One statement each reserves the positions (the counter row stays locked to commit, so
+# positions are in commit order) and inserts the rows, numbered in input order: one
+# round trip instead of two, and no executemany. The counter is taken inside the
+# statement, so a failed insert leaves no gap either.
+_ENQUEUE = """
+WITH counter AS (
+    UPDATE counters SET last = last + $1 WHERE name = 'outbox' RETURNING last - $1 AS base
+), inserted AS (
+    INSERT INTO outbox (position, event_id, topic, key, value, headers)
+    SELECT counter.base + r.n, r.event_id, r.topic, r.key, r.value, r.headers::jsonb
+    FROM counter, unnest($2::uuid[], $3::text[], $4::text[], $5::bytea[], $6::text[])
+        WITH ORDINALITY AS r (event_id, topic, key, value, headers, n)
+    RETURNING 1
+)
+SELECT count(*) FROM inserted
+"""
+
+_APPEND = """
+WITH counter AS (
+    UPDATE counters SET last = last + $1 WHERE name = 'events' RETURNING last - $1 AS base
+), inserted AS (
+    INSERT INTO events (stream_id, version, position, event_id, type, time, body)
+    SELECT $2, $3 + r.n, counter.base + r.n, r.event_id, r.type, r.time, r.body
+    FROM counter, unnest($4::uuid[], $5::text[], $6::timestamptz[], $7::bytea[])
+        WITH ORDINALITY AS r (event_id, type, time, body, n)
+    RETURNING 1
+)
+SELECT count(*) FROM inserted
+"""
 
 
 async def enqueue(
@@ -60,15 +86,16 @@ async def enqueue(
     """Queue (event_id, topic, key, value, headers) rows for the relay, in order."""
     if not rows:
         return
-    first = await _take_positions(conn, "outbox", len(rows))
-    await conn.executemany(
-        "INSERT INTO outbox (position, event_id, topic, key, value, headers)"
-        " VALUES ($1, $2, $3, $4, $5, $6::jsonb)",
-        [
-            (first + i, event_id, topic, key, value, json.dumps(headers))
-            for i, (event_id, topic, key, value, headers) in enumerate(rows)
-        ],
+    inserted = await conn.fetchval(
+        _ENQUEUE,
+        len(rows),
+        [r[0] for r in rows],
+        [r[1] for r in rows],
+        [r[2] for r in rows],
+        [r[3] for r in rows],
+        [json.dumps(r[4]) for r in rows],
     )
+    _counted(inserted, len(rows), "outbox")
 
 
 async def append(
@@ -87,29 +114,23 @@ async def append(
     """
     if not events:
         return expected_version
-    first = await _take_positions(conn, "events", len(events))
-    rows = []
-    for i, event in enumerate(events):
+    for event in events:
         if event.type not in CATALOG:
             raise ValueError(f"{event.type} is not in the event catalog")
-        rows.append(
-            (
-                stream_id,
-                expected_version + i + 1,
-                first + i,
-                event.id,
-                event.type,
-                event.time,
-                event.to_bytes(),
-            )
-        )
+    bodies = [event.to_bytes() for event in events]
     try:
         async with conn.transaction():  # a savepoint: the caller's txn survives our error
-            await conn.executemany(
-                "INSERT INTO events (stream_id, version, position, event_id, type, time, body)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                rows,
+            inserted = await conn.fetchval(
+                _APPEND,
+                len(events),
+                stream_id,
+                expected_version,
+                [e.id for e in events],
+                [e.type for e in events],
+                [e.time for e in events],
+                bodies,
             )
+            _counted(inserted, len(events), "events")
     except asyncpg.UniqueViolationError as exc:
         if exc.constraint_name and "event_id" in exc.constraint_name:
             raise DuplicateEventError(str(exc)) from exc
@@ -124,7 +145,7 @@ async def append(
                 body,
                 record_headers(e),
             )
-            for e, (*_, body) in zip(events, rows, strict=True)
+            for e, body in zip(events, bodies, strict=True)
         ],
     )
     return expected_version + len(events)

@@ -92,6 +92,34 @@ async def test_the_same_event_id_cannot_be_stored_twice(pool: asyncpg.Pool) -> N
             await eventstore.append(conn, "other", 0, [event])
 
 
+async def test_a_refused_append_leaves_the_callers_transaction_usable_and_no_gap(
+    pool: asyncpg.Pool,
+) -> None:
+    """The refused append is undone alone (counter included); what the caller then
+    appends in the same transaction takes the very next positions, in input order."""
+    async with pool.acquire() as conn, conn.transaction():
+        await eventstore.append(conn, "inc-4", 0, [submitted("inc-4")])
+        before = await conn.fetchval("SELECT last FROM counters WHERE name = 'events'")
+    async with pool.acquire() as conn, conn.transaction():
+        with pytest.raises(eventstore.ConcurrencyError):
+            await eventstore.append(conn, "inc-4", 0, [acknowledged("inc-4")])
+        batch = [submitted("inc-5"), acknowledged("inc-5"), acknowledged("inc-5")]
+        assert await eventstore.append(conn, "inc-5", 0, batch) == 3
+    async with pool.acquire() as conn:
+        stored = await conn.fetch(
+            "SELECT position, version, event_id::text FROM events"
+            " WHERE stream_id = 'inc-5' ORDER BY position"
+        )
+        queued = await conn.fetch(
+            "SELECT event_id::text FROM outbox WHERE key = 'inc-5' ORDER BY position"
+        )
+    assert [r["position"] for r in stored] == [before + 1, before + 2, before + 3]
+    assert [(r["version"], r["event_id"]) for r in stored] == [
+        (i + 1, e.id) for i, e in enumerate(batch)
+    ]
+    assert [r["event_id"] for r in queued] == [e.id for e in batch]
+
+
 async def test_global_positions_are_gap_free_and_in_commit_order_under_concurrency(
     pool: asyncpg.Pool,
 ) -> None:
