@@ -30,6 +30,18 @@ from services.infra.telemetry import current_traceparent, span_after
 
 log = logging.getLogger(__name__)
 
+_NEXT = (
+    "SELECT position, topic, key, value, headers FROM outbox"
+    " WHERE position > $1 ORDER BY position LIMIT $2"
+)
+# The cursor's UPDATE runs to completion whether or not the SELECT reads anything.
+_MOVE_AND_NEXT = (
+    "WITH moved AS (UPDATE relay_state SET published = $1, updated_at = clock_timestamp()"
+    " WHERE name = 'kafka' RETURNING 1)"
+    " SELECT position, topic, key, value, headers FROM outbox"
+    " WHERE position > $1 ORDER BY position LIMIT $2"
+)
+
 
 @dataclass
 class RelayStats:
@@ -105,30 +117,29 @@ class OutboxRelay:
             cursor = int(
                 await conn.fetchval("SELECT published FROM relay_state WHERE name='kafka'")
             )
+            rows: list[asyncpg.Record] | None = None  # fetched with the last cursor move
             while not stop.is_set():
                 if self._rewind.is_set():
                     self._rewind.clear()
                     cursor = await self._rewound(conn, cursor)
-                self._wake.clear()
-                rows = await conn.fetch(
-                    "SELECT position, topic, key, value, headers FROM outbox"
-                    " WHERE position > $1 ORDER BY position LIMIT $2",
-                    cursor,
-                    self.settings.outbox_batch,
-                )
+                    rows = None
+                if rows is None:
+                    self._wake.clear()
+                    rows = await conn.fetch(_NEXT, cursor, self.settings.outbox_batch)
                 if rows:
                     await self._publish(rows)
-                    cursor = int(rows[-1]["position"])
-                    await conn.execute(
-                        "UPDATE relay_state SET published = $1, updated_at = clock_timestamp()"
-                        " WHERE name = 'kafka'",
-                        cursor,
-                    )
+                    cursor, sent = int(rows[-1]["position"]), len(rows)
+                    # Every ack is in: move the cursor and read the next batch in one
+                    # round trip. The wake flag is cleared first, so a NOTIFY for a row
+                    # this read misses still wakes the wait below.
+                    self._wake.clear()
+                    rows = await conn.fetch(_MOVE_AND_NEXT, cursor, self.settings.outbox_batch)
                     self.stats.cursor = cursor
-                    self.stats.published += len(rows)
-                    metrics.PUBLISHED.labels(self.schema).inc(len(rows))
+                    self.stats.published += sent
+                    metrics.PUBLISHED.labels(self.schema).inc(sent)
                     self.stats.last_publish_at = time.time()
                     continue
+                rows = None
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(
                         _first(self._wake.wait(), stop.wait()), self.settings.outbox_poll_interval
