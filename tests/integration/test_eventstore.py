@@ -205,3 +205,18 @@ async def test_concurrent_start_ups_migrate_the_same_schema_once(settings: Commo
         *(migrate_service(settings.database_url, "race", None) for _ in range(4))
     )
     assert sorted(len(r) for r in results) == [0, 0, 0, 1]
+
+
+async def test_a_pool_connection_comes_back_clean_without_the_reset_query(
+    pool: asyncpg.Pool,
+) -> None:
+    """The pool skips asyncpg's reset query (db._no_session_state): a transaction left
+    open is still rolled back on release, and the schema's search path stays."""
+    conn = await pool.acquire()
+    await conn.execute("BEGIN")
+    await conn.execute("INSERT INTO counters (name, last) VALUES ('left-open', 1)")
+    await pool.release(conn)
+    async with pool.acquire() as again:
+        assert not again.is_in_transaction()
+        assert await again.fetchval("SELECT count(*) FROM counters WHERE name = 'left-open'") == 0
+        assert await again.fetchval("SELECT (current_schemas(false))[1]") == SCHEMA
