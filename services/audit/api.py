@@ -68,6 +68,12 @@ async def require_role(
     return principal, roles
 
 
+CONTENT_HELP = (
+    "Open the sealed report content; the auditor's incident.viewed.v1 is recorded in the"
+    " ledger first. Without it, content stays sealed as the ledger holds it."
+)
+
+
 @router.get(
     "/incidents/{incident_id}/timeline",
     summary="Every event of an incident",
@@ -76,14 +82,16 @@ async def require_role(
 async def timeline(
     incident_id: str,
     request: Request,
+    content: Annotated[bool, Query(description=CONTENT_HELP)] = False,
     authorization: Annotated[str | None, Header()] = None,
 ) -> dict[str, Any]:
     """The incident's events in ledger order, each with its index and recording time.
 
-    Sealed content is opened for the auditor (`[erased]` once the incident was erased),
-    after `incident.viewed.v1` of the auditor is committed (so the ledger says they knew).
+    Content stays sealed (`enc:v1:...`, as in the ledger) unless `content=true`: then it
+    is opened for the auditor (`[erased]` once the incident was erased), after the
+    auditor's `incident.viewed.v1` is committed (so the ledger says they knew).
     """
-    entries = await _read(request, authorization, incident_id)
+    entries = await _answer(request, authorization, incident_id, content)
     return {
         "incident_id": incident_id,
         "events": [
@@ -140,13 +148,15 @@ async def state(
     incident_id: str,
     request: Request,
     as_of: Annotated[datetime | None, Query(description="RFC 3339 instant; default now")] = None,
+    content: Annotated[bool, Query(description=CONTENT_HELP)] = False,
     authorization: Annotated[str | None, Header()] = None,
 ) -> dict[str, Any]:
     """Rebuilt by replaying the ledger through the domain fold the services use.
 
-    The state holds opened content (the outcome): `incident.viewed.v1` is recorded first.
+    The state's content (the outcome) stays sealed unless `content=true`, which records
+    the auditor's `incident.viewed.v1` first, as for the timeline.
     """
-    entries = await _read(request, authorization, incident_id)
+    entries = await _answer(request, authorization, incident_id, content)
     moment = _instant(as_of)
     return {
         "incident_id": incident_id,
@@ -179,6 +189,19 @@ async def _checked(
     entries = await _entries(request, incident_id)
     await refuse_conflicted(request, principal, incident_id, entries, "view")
     return principal, entries
+
+
+async def _answer(
+    request: Request, authorization: str | None, incident_id: str, content: bool
+) -> list[LedgerEvent]:
+    """The checked entries: opened (the view recorded first) only when content is asked.
+
+    Reading who knew when needs no content, so tools that poll the timeline (the demo,
+    `incidents traces show`, `verify`) leave no view of their own in the ledger.
+    """
+    if content:
+        return await _read(request, authorization, incident_id)
+    return await _incident(request, authorization, incident_id)
 
 
 async def _read(request: Request, authorization: str | None, incident_id: str) -> list[LedgerEvent]:

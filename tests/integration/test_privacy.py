@@ -200,11 +200,15 @@ async def test_a_marker_is_ciphertext_everywhere_and_unrecoverable_after_erasure
 
     # The auditor reads it, opened; so does the state.
     timeline = (
-        await stack.audit.get(f"/v1/incidents/{incident}/timeline", headers=auth("auditor"))
+        await stack.audit.get(
+            f"/v1/incidents/{incident}/timeline?content=true", headers=auth("auditor")
+        )
     ).json()
     assert marker in json.dumps(timeline)
     state = (
-        await stack.audit.get(f"/v1/incidents/{incident}/state", headers=auth("auditor"))
+        await stack.audit.get(
+            f"/v1/incidents/{incident}/state?content=true", headers=auth("auditor")
+        )
     ).json()
     assert state["state"]["outcome"] == f"outcome {marker}"
 
@@ -240,7 +244,9 @@ async def test_a_marker_is_ciphertext_everywhere_and_unrecoverable_after_erasure
 
     # Unreadable everywhere it was shown, while the record of who knew stays.
     timeline = (
-        await stack.audit.get(f"/v1/incidents/{incident}/timeline", headers=auth("auditor"))
+        await stack.audit.get(
+            f"/v1/incidents/{incident}/timeline?content=true", headers=auth("auditor")
+        )
     ).json()
     assert marker not in json.dumps(timeline) and "[erased]" in json.dumps(timeline)
     view = (await stack.intake.get(f"/v1/incidents/{incident}", headers=auth("chen"))).json()
@@ -357,7 +363,9 @@ async def test_a_legal_hold_blocks_erasure_until_it_is_released(stack: Stack) ->
     ]
     await eventually(lambda: _has_all(stack, incident, types), timeout=20)
     timeline = (
-        await stack.audit.get(f"/v1/incidents/{incident}/timeline", headers=auth("auditor"))
+        await stack.audit.get(
+            f"/v1/incidents/{incident}/timeline?content=true", headers=auth("auditor")
+        )
     ).json()
     denied = [e["event"] for e in timeline["events"] if e["event"]["type"] == types[3]]
     assert [(d["data"]["principal"], d["data"]["action"]) for d in denied] == [

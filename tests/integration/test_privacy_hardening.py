@@ -200,7 +200,9 @@ async def test_audit_refuses_an_implicated_auditor_everywhere(services: Services
     assert {json.loads(bytes(r["body"]))["data"]["reason"] for r in rows} == {"excluded:conflict"}
 
     # the uninvolved incident opens for the auditor, but never says who reported
-    timeline = await services.audit.get(f"/v1/incidents/{other}/timeline", headers=auth("auditor"))
+    timeline = await services.audit.get(
+        f"/v1/incidents/{other}/timeline?content=true", headers=auth("auditor")
+    )
     assert timeline.status_code == 200 and marker in timeline.text
     assert "p-liu" not in timeline.text
 
@@ -335,7 +337,18 @@ async def test_an_auditor_reading_content_is_recorded_as_knowing_first(
         lambda: in_ledger(services, incident, "incident.report.submitted.v1"), timeout=30
     )
     url = f"/v1/incidents/{incident}"
-    timeline = await services.audit.get(url + "/timeline", headers=auth("auditor"))
+    # who knew when needs no content: sealed as in the ledger, and no view recorded
+    for path in ("/timeline", "/state"):
+        sealed = await services.audit.get(url + path, headers=auth("auditor"))
+        assert sealed.status_code == 200 and marker not in sealed.text
+    assert (
+        "enc:v1:" in sealed.text
+        or "enc:v1:" in (await services.audit.get(url + "/timeline", headers=auth("auditor"))).text
+    )
+    assert not await services.sql(
+        "SELECT 1 FROM audit.events WHERE stream_id = $1", f"audit-views:{incident}"
+    )
+    timeline = await services.audit.get(url + "/timeline?content=true", headers=auth("auditor"))
     assert timeline.status_code == 200 and marker in timeline.text
     # committed before the answer: it is in audit's store now, and reaches the ledger
     [row] = await services.sql(
@@ -348,7 +361,7 @@ async def test_an_auditor_reading_content_is_recorded_as_knowing_first(
     knowledge = await services.audit.get(url + "/knowledge", headers=auth("auditor"))
     assert "p-audit" in knowledge.text
     # the state holds opened content too: recorded again
-    await services.audit.get(url + "/state", headers=auth("auditor"))
+    await services.audit.get(url + "/state?content=true", headers=auth("auditor"))
     rows = await services.sql(
         "SELECT 1 FROM audit.events WHERE stream_id = $1", f"audit-views:{incident}"
     )
