@@ -242,7 +242,7 @@ async def test_an_acknowledgement_racing_the_deadline_never_clears_a_level_it_es
 
 
 FEEDBACK_POLICY = critical_policy("feedback-1", "1m").replace(
-    "feedback_within: 90d", "feedback_within: 8s"
+    "feedback_within: 90d", "feedback_within: 20s"
 )
 
 
@@ -250,8 +250,9 @@ FEEDBACK_POLICY = critical_policy("feedback-1", "1m").replace(
 async def test_a_message_to_the_reporter_satisfies_the_feedback_clock_and_silence_breaches_it(
     intake_and_triage: httpx.AsyncClient, common: dict[str, Any], settings: CommonSettings
 ) -> None:
-    """Feedback is owed within 8 s here. Chen writes to the reporter of one report and
-    not of the other: only the unanswered one is reminded and breached."""
+    """Feedback is owed within 20 s here (the reminder at 18 s leaves a loaded machine
+    time to carry Chen's message). Chen writes to the reporter of one report and not of
+    the other: only the unanswered one is reminded and breached."""
     intake = intake_and_triage
     chen = {"authorization": "Bearer dev-chen-token"}
     escalation = create_escalation(EscalationSettings(**common))
@@ -274,7 +275,7 @@ async def test_a_message_to_the_reporter_satisfies_the_feedback_clock_and_silenc
             events = await escalations(settings, silent)
             return events if any(e.type.endswith("breached.v1") for e in events) else None
 
-        silence = await eventually(breached, timeout=20)
+        silence = await eventually(breached, timeout=45)
         await asyncio.sleep(0.5)  # the answered one's deadline passed at the same moment
         answer = await escalations(settings, answered)
         async with escalation.state.escalation.runtime.db.acquire() as conn:
