@@ -9,7 +9,6 @@ Routing is driven as in `test_handlers`: triage's events on the broker.
 from __future__ import annotations
 
 import re
-import secrets
 import uuid
 from collections.abc import AsyncIterator, Callable
 
@@ -17,7 +16,6 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from services.infra.settings import IntakeSettings
 from services.intake.app import create_app
 from tests.helpers import serving
 from tests.integration.test_handlers import (
@@ -29,6 +27,7 @@ from tests.integration.test_handlers import (
     triaged,
     until_routed,
 )
+from tests.integration.test_reports import module_settings
 
 pytestmark = pytest.mark.integration
 SAME_ORIGIN = {"sec-fetch-site": "same-origin"}
@@ -36,15 +35,7 @@ SAME_ORIGIN = {"sec-fetch-site": "same-origin"}
 
 @pytest.fixture(scope="module")
 async def env(kafka_bootstrap: str, make_database: Callable[[str], str]) -> AsyncIterator[Env]:
-    settings = IntakeSettings(
-        kafka_bootstrap=kafka_bootstrap,
-        database_url=make_database("console_intake"),
-        kafka_topic_prefix=f"t{secrets.token_hex(4)}.",
-        environment="test",
-        outbox_poll_interval=0.1,
-        broker_check_interval=0.3,
-        kafka_session_timeout_ms=3000,
-    )
+    settings = module_settings(kafka_bootstrap, make_database("console_intake"))
     producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
     await producer.start()
     try:

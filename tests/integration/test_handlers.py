@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from services.infra.settings import IntakeSettings
 from services.intake import handlers
 from services.intake.app import create_app
 from tests.helpers import eventually, serving
+from tests.integration.test_reports import module_settings
 
 pytestmark = pytest.mark.integration
 
@@ -67,15 +67,7 @@ class Env:
 
 @pytest.fixture(scope="module")
 async def env(kafka_bootstrap: str, make_database: Callable[[str], str]) -> AsyncIterator[Env]:
-    settings = IntakeSettings(
-        kafka_bootstrap=kafka_bootstrap,
-        database_url=make_database("handlers"),
-        kafka_topic_prefix=f"t{secrets.token_hex(4)}.",
-        environment="test",
-        outbox_poll_interval=0.1,
-        broker_check_interval=0.3,
-        kafka_session_timeout_ms=3000,
-    )
+    settings = module_settings(kafka_bootstrap, make_database("handlers"))
     producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
     await producer.start()
     try:
