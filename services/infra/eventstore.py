@@ -70,9 +70,10 @@ WITH counter AS (
     UPDATE counters SET last = last + $1 WHERE name = 'events' RETURNING last - $1 AS base
 ), inserted AS (
     INSERT INTO events (stream_id, version, position, event_id, type, time, body)
-    SELECT $2, $3 + r.n, counter.base + r.n, r.event_id, r.type, r.time, r.body
-    FROM counter, unnest($4::uuid[], $5::text[], $6::timestamptz[], $7::bytea[])
-        WITH ORDINALITY AS r (event_id, type, time, body, n)
+    SELECT r.stream_id, r.version, counter.base + r.n, r.event_id, r.type, r.time, r.body
+    FROM counter, unnest(
+        $2::text[], $3::integer[], $4::uuid[], $5::text[], $6::timestamptz[], $7::bytea[]
+    ) WITH ORDINALITY AS r (stream_id, version, event_id, type, time, body, n)
     RETURNING 1
 )
 SELECT count(*) FROM inserted
@@ -112,43 +113,57 @@ async def append(
     stream). Returns the new version. Raises ConcurrencyError if someone else
     appended meanwhile, DuplicateEventError if an event id was stored before.
     """
-    if not events:
-        return expected_version
-    for event in events:
+    await append_streams(conn, [(stream_id, expected_version, events)], topic_prefix=topic_prefix)
+    return expected_version + len(events)
+
+
+async def append_streams(
+    conn: asyncpg.Connection,
+    appends: Sequence[tuple[str, int, Sequence[Envelope]]],
+    *,
+    topic_prefix: str = "",
+) -> None:
+    """`append` for several streams at once: (stream_id, expected_version, events) each.
+
+    One statement stores them all and one queues them, in the order given; if any
+    stream moved, nothing is appended (ConcurrencyError names the first such stream
+    PostgreSQL reports).
+    """
+    rows = [
+        (stream_id, expected + n, event)
+        for stream_id, expected, events in appends
+        for n, event in enumerate(events, start=1)
+    ]
+    if not rows:
+        return
+    for _, _, event in rows:
         if event.type not in CATALOG:
             raise ValueError(f"{event.type} is not in the event catalog")
-    bodies = [event.to_bytes() for event in events]
+    bodies = [event.to_bytes() for _, _, event in rows]
     try:
         async with conn.transaction():  # a savepoint: the caller's txn survives our error
             inserted = await conn.fetchval(
                 _APPEND,
-                len(events),
-                stream_id,
-                expected_version,
-                [e.id for e in events],
-                [e.type for e in events],
-                [e.time for e in events],
+                len(rows),
+                [stream_id for stream_id, _, _ in rows],
+                [version for _, version, _ in rows],
+                [e.id for _, _, e in rows],
+                [e.type for _, _, e in rows],
+                [e.time for _, _, e in rows],
                 bodies,
             )
-            _counted(inserted, len(events), "events")
+            _counted(inserted, len(rows), "events")
     except asyncpg.UniqueViolationError as exc:
         if exc.constraint_name and "event_id" in exc.constraint_name:
             raise DuplicateEventError(str(exc)) from exc
-        raise ConcurrencyError(f"stream {stream_id} moved past version {expected_version}") from exc
+        raise ConcurrencyError(f"a stream moved on: {exc.detail or exc}") from exc
     await enqueue(
         conn,
         [
-            (
-                e.id,
-                topic_prefix + CATALOG[e.type].topic,
-                e.subject,
-                body,
-                record_headers(e),
-            )
-            for e, body in zip(events, bodies, strict=True)
+            (e.id, topic_prefix + CATALOG[e.type].topic, e.subject, body, record_headers(e))
+            for (_, _, e), body in zip(rows, bodies, strict=True)
         ],
     )
-    return expected_version + len(events)
 
 
 async def stream_version(conn: asyncpg.Connection, stream_id: str) -> int:

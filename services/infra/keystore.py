@@ -102,21 +102,38 @@ class KeyStore:
 
     async def create(self, conn: asyncpg.Connection, incident_id: str) -> IncidentKey:
         """A new key for a new incident; the existing one if it already has one."""
-        data_key, salt = new_data_key(), new_salt()
-        wrapped = self.master.wrap(data_key + salt, self._context(incident_id))
-        inserted = await conn.fetchval(
-            f"INSERT INTO {self._table} (incident_id, master_key_id, wrapped)"  # noqa: S608
-            " VALUES ($1, $2, $3) ON CONFLICT (incident_id) DO NOTHING RETURNING 1",
-            incident_id,
-            self.master.key_id,
-            wrapped,
-        )
-        if inserted:
-            return IncidentKey(incident_id, data_key, salt, self.pseudonyms)
-        existing = await self.get(conn, incident_id)
-        if existing is None:
-            raise CryptoError(f"the data key of {incident_id} was destroyed")
-        return existing
+        (key,) = await self.create_many(conn, [incident_id])
+        return key
+
+    async def create_many(
+        self, conn: asyncpg.Connection, incident_ids: Sequence[str]
+    ) -> list[IncidentKey]:
+        """`create` for several incidents in one statement; their keys, in order."""
+        fresh = {i: new_data_key() + new_salt() for i in incident_ids}
+        inserted = {
+            row["incident_id"]
+            for row in await conn.fetch(
+                f"INSERT INTO {self._table} (incident_id, master_key_id, wrapped)"  # noqa: S608
+                " SELECT i, $2, w FROM unnest($1::text[], $3::bytea[]) AS r (i, w)"
+                " ON CONFLICT (incident_id) DO NOTHING RETURNING incident_id",
+                list(fresh),
+                self.master.key_id,
+                [self.master.wrap(raw, self._context(i)) for i, raw in fresh.items()],
+            )
+        }
+        keys = []
+        for incident_id in incident_ids:
+            if incident_id in inserted:
+                raw = fresh[incident_id]
+                keys.append(
+                    IncidentKey(incident_id, raw[:KEY_BYTES], raw[KEY_BYTES:], self.pseudonyms)
+                )
+                continue
+            existing = await self.get(conn, incident_id)
+            if existing is None:
+                raise CryptoError(f"the data key of {incident_id} was destroyed")
+            keys.append(existing)
+        return keys
 
     async def get(self, conn: asyncpg.Connection, incident_id: str) -> IncidentKey | None:
         """The incident's key, or None when it has none or it was destroyed."""

@@ -43,6 +43,12 @@ BROKER_RESETS = Counter(
     "Times the broker was found to have lost its data.",
     ["service"],
 )
+GROUP_COMMIT_BATCH = Histogram(
+    "incidents_group_commit_batch_items",
+    "Items written per shared transaction (1 under light load).",
+    ["writer"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+)
 
 
 def register_service(service: str) -> None:

@@ -1,7 +1,10 @@
 """Intake's use cases. Each takes plain inputs, runs one transaction, returns a result.
 
 Reports (`take_report`): the submitted event, its outbox row, the anonymous reporter's
-receipt and the Idempotency-Key answer commit together, or none of them does.
+receipt and the Idempotency-Key answer commit together, or none of them does. Reports
+without an Idempotency-Key share their transaction with the reports that arrive while
+the previous one commits (`GroupCommit`): one COMMIT and one statement per table for
+the lot, each report still all-or-nothing (a failed batch is written again one by one).
 
 Receipts (`open_receipt`, `reporter_view`, `message_from_reporter`): an anonymous
 reporter comes back with the receipt and the secret. Every attempt runs exactly one
@@ -20,6 +23,7 @@ import json
 import logging
 import secrets
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -45,6 +49,7 @@ from services.domain.receipts import (
 )
 from services.domain.reports import ReportInput, UnknownCategory, submit_report
 from services.infra import eventstore
+from services.infra.groupcommit import GroupCommit
 from services.infra.keystore import KeyStore
 from services.infra.runtime import Runtime
 from services.infra.telemetry import current_traceparent
@@ -67,6 +72,29 @@ HASH_CONCURRENCY: Final = 4
 """Argon2 computations at once per process (each takes 64 MiB and a core for ~0.1 s)."""
 MESSAGE_RETRIES: Final = 10
 PRUNE_EVERY: Final = 60.0
+
+
+@dataclass(frozen=True)
+class NewIncident:
+    """What opening one incident needs (see `IntakeService.open_incidents`)."""
+
+    incident_id: str
+    report: ReportInput
+    reporter: str | None
+    channel: str
+    actor: str
+    traceparent: str | None
+    causationid: str | None = None
+
+
+@dataclass(frozen=True)
+class NewReport:
+    """A report waiting for its shared transaction: its incident and, if anonymous,
+    the receipt and the argon2id hash of its secret."""
+
+    incident: NewIncident
+    receipt: str | None
+    secret_hash: str | None
 
 
 @dataclass(frozen=True)
@@ -173,6 +201,9 @@ class IntakeService:
         self._hashing = asyncio.Semaphore(HASH_CONCURRENCY)
         # Same parameters as every real hash, so verifying against it takes as long.
         self._dummy_hash = self.hasher.hash(new_secret())
+        self.writer: GroupCommit[NewReport, None] = GroupCommit(
+            lambda: self.runtime.db, self._write_reports, name="intake reports"
+        )
         runtime.background("receipt-attempts-pruner", self._prune_attempts)
 
     # -- reports -----------------------------------------------------------------
@@ -218,39 +249,46 @@ class IntakeService:
             secret_hash = await self._hash(secret)
         answer = {"incident_id": incident_id, "receipt": receipt, "secret": None}
         stored = {**answer, "note": REPLAY_NOTE} if anonymous else answer
+        new = NewReport(
+            NewIncident(incident_id, report, reporter, channel, actor, traceparent),
+            receipt,
+            secret_hash,
+        )
+        if idempotency is None:  # shares a transaction with the reports arriving meanwhile
+            await self.writer.submit(new)
+            return Submission(202, {**answer, "secret": secret}, replayed=False)
         async with self.runtime.db.acquire() as conn, conn.transaction():
-            if idempotency is not None:
-                await conn.execute("SELECT pg_advisory_xact_lock($1)", idempotency.lock_id)
-                earlier = await self._earlier_answer(conn, idempotency)
-                if earlier is not None:  # a concurrent request with this key won
-                    return earlier
-            await self.open_incident(
-                conn,
-                incident_id,
-                report,
-                reporter=reporter,
-                channel=channel,
-                actor=actor,
-                traceparent=traceparent,
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", idempotency.lock_id)
+            earlier = await self._earlier_answer(conn, idempotency)
+            if earlier is not None:  # a concurrent request with this key won
+                return earlier
+            await self._write_reports(conn, [new])
+            await conn.execute(
+                "INSERT INTO idempotency (scope, key, request_hash, status, response)"
+                " VALUES ($1, $2, $3, $4, $5::jsonb)",
+                idempotency.scope,
+                idempotency.key_digest,
+                idempotency.request_hash,
+                202,
+                json.dumps(stored),
             )
-            if anonymous:
-                await conn.execute(
-                    "INSERT INTO receipts (receipt, incident_id, secret_hash) VALUES ($1, $2, $3)",
-                    receipt,
-                    incident_id,
-                    secret_hash,
-                )
-            if idempotency is not None:
-                await conn.execute(
-                    "INSERT INTO idempotency (scope, key, request_hash, status, response)"
-                    " VALUES ($1, $2, $3, $4, $5::jsonb)",
-                    idempotency.scope,
-                    idempotency.key_digest,
-                    idempotency.request_hash,
-                    202,
-                    json.dumps(stored),
-                )
         return Submission(202, {**answer, "secret": secret}, replayed=False)
+
+    async def _write_reports(
+        self, conn: asyncpg.Connection, reports: Sequence[NewReport]
+    ) -> list[None]:
+        """Inside the caller's transaction: open the incidents, store the receipts."""
+        await self.open_incidents(conn, [r.incident for r in reports])
+        anonymous = [r for r in reports if r.receipt is not None]
+        if anonymous:
+            await conn.execute(
+                "INSERT INTO receipts (receipt, incident_id, secret_hash)"
+                " SELECT * FROM unnest($1::text[], $2::text[], $3::text[])",
+                [r.receipt for r in anonymous],
+                [r.incident.incident_id for r in anonymous],
+                [r.secret_hash for r in anonymous],
+            )
+        return [None] * len(reports)
 
     async def open_incident(
         self,
@@ -266,34 +304,54 @@ class IntakeService:
     ) -> Envelope:
         """Inside the caller's transaction: the incident's key, its sealed submitted event
         (stored and queued) and its retention row. Raises UnknownCategory."""
-        key = await self.keys.create(conn, incident_id)
-        names = [*report.accused, *report.named]
-        known = await conn.fetch(
-            "SELECT person_id FROM people WHERE person_id = ANY($1::text[])", names
-        )
-        event = submit_report(
-            report,
-            self.policy,
-            incident_id=incident_id,
-            reporter=reporter,
-            channel=channel,
-            actor=actor,
-            source=self.runtime.source,
-            now=datetime.now(UTC),
-            protect=key,
-            known_people=frozenset(r["person_id"] for r in known),
-            traceparent=traceparent,
-            causationid=causationid,
-        )
-        await eventstore.append(
-            conn, incident_id, 0, [event], topic_prefix=self.runtime.settings.kafka_topic_prefix
-        )
-        await conn.execute(
-            "INSERT INTO retention (incident_id, category) VALUES ($1, $2)",
-            incident_id,
-            report.category,
+        (event,) = await self.open_incidents(
+            conn,
+            [NewIncident(incident_id, report, reporter, channel, actor, traceparent, causationid)],
         )
         return event
+
+    async def open_incidents(
+        self, conn: asyncpg.Connection, incidents: Sequence[NewIncident]
+    ) -> list[Envelope]:
+        """`open_incident` for several incidents, with one statement per table."""
+        keys = await self.keys.create_many(conn, [i.incident_id for i in incidents])
+        names = sorted({name for i in incidents for name in (*i.report.accused, *i.report.named)})
+        known: frozenset[str] = frozenset()
+        if names:
+            rows = await conn.fetch(
+                "SELECT person_id FROM people WHERE person_id = ANY($1::text[])", names
+            )
+            known = frozenset(r["person_id"] for r in rows)
+        now = datetime.now(UTC)
+        events = [
+            submit_report(
+                i.report,
+                self.policy,
+                incident_id=i.incident_id,
+                reporter=i.reporter,
+                channel=i.channel,
+                actor=i.actor,
+                source=self.runtime.source,
+                now=now,
+                protect=key,
+                known_people=known,
+                traceparent=i.traceparent,
+                causationid=i.causationid,
+            )
+            for i, key in zip(incidents, keys, strict=True)
+        ]
+        await eventstore.append_streams(
+            conn,
+            [(e.subject, 0, [e]) for e in events],
+            topic_prefix=self.runtime.settings.kafka_topic_prefix,
+        )
+        await conn.execute(
+            "INSERT INTO retention (incident_id, category)"
+            " SELECT * FROM unnest($1::text[], $2::text[])",
+            [i.incident_id for i in incidents],
+            [i.report.category for i in incidents],
+        )
+        return events
 
     def idempotency_key(
         self, principal: str | None, header: str, request_hash: str
