@@ -94,6 +94,7 @@ ORDER = (
     "intake.rate",
     "intake.latency",
     "intake.p99_at_70",
+    "intake.rate_stack",
     "intake.anonymous",
     "intake",
     "e2e",
@@ -276,6 +277,22 @@ def run_bench(
     return 1 if any(f.error is not None for f in figures) else 0
 
 
+def _intake_alone(bench: _Bench, dbs: Databases, stack: BenchStack) -> BenchStack:
+    """A second intake, alone over a database of its own, on the stack's broker under a
+    topic prefix nobody consumes: what intake itself carries, with the cores to itself."""
+    logs = bench.logs / "intake-alone"
+    logs.mkdir(exist_ok=True)
+    alone = BenchStack(
+        logs, dbs.create("bench_intake"), bootstrap=stack.bootstrap, topic_prefix="intake-alone."
+    )
+    try:
+        alone.start(services=("intake",))
+    except Exception:
+        alone.stop()
+        raise
+    return alone
+
+
 def _stack_figures(
     bench: _Bench,
     dbs: Databases,
@@ -361,18 +378,44 @@ def _stack_figures(
         raw_db = dbs.create("bench_raw") if bench.wanted("intake") else ""
 
         async def intake() -> list[Figure]:
-            rows = await fig.intake_figures(
-                target,
-                raw_db,
-                concurrency=sizes.intake_concurrency,
-                seconds=sizes.intake_seconds,
-                open_seconds=sizes.intake_open_seconds,
-            )
-            rows.append(
-                await fig.anonymous_figure(
-                    target, concurrency=4, seconds=sizes.anonymous_seconds, hash_seconds=1.0
+            alone, isolated = target, None
+            if stack is not None:  # intake by itself: the consumers' CPU is not in its figure
+                isolated = _intake_alone(bench, dbs, stack)
+                alone = fig.Target(
+                    isolated.url("intake"),
+                    stack.url("audit"),
+                    stack.bootstrap,
+                    isolated.database_url,
+                    auditor_token=token,
+                    topic_prefix=isolated.topic_prefix,
+                    pids={"intake": isolated.procs["intake"].pid},
                 )
-            )
+            try:
+                rows = await fig.intake_figures(
+                    alone,
+                    raw_db,
+                    concurrency=sizes.intake_concurrency,
+                    seconds=sizes.intake_seconds,
+                    open_seconds=sizes.intake_open_seconds,
+                    stack=target if isolated is not None else None,
+                )
+                rows.append(
+                    await fig.anonymous_figure(
+                        alone, concurrency=4, seconds=sizes.anonymous_seconds, hash_seconds=1.0
+                    )
+                )
+                if isolated is not None and rows[0].baseline:
+                    rows.append(
+                        await fig.intake_with_stack_figure(
+                            target,
+                            rows[0].baseline,
+                            concurrency=sizes.intake_concurrency,
+                            seconds=sizes.intake_seconds,
+                        )
+                    )
+            finally:
+                if isolated is not None:
+                    isolated.stop()
             return rows
 
         bench.run("intake", "intake", intake)

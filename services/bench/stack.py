@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import asyncpg
@@ -125,10 +126,11 @@ class BenchStack:
         """Base URL of a service."""
         return f"http://127.0.0.1:{self.ports[name]}"
 
-    def start(self, timeout: float = 90.0) -> float:
-        """Start every service and wait until each answers /readyz; seconds it took."""
+    def start(self, timeout: float = 90.0, services: Sequence[str] = SERVICES) -> float:
+        """Start the services (every one by default) and wait until each answers /readyz;
+        seconds it took."""
         began = time.monotonic()
-        for name in SERVICES:
+        for name in services:
             with (self.logs / f"{name}.log").open("ab") as log:
                 self.procs[name] = subprocess.Popen(  # noqa: S603 - our interpreter and module
                     [sys.executable, "-m", f"services.{name}"],
@@ -139,7 +141,7 @@ class BenchStack:
                     start_new_session=True,
                     preexec_fn=die_with_parent,
                 )
-        pending = list(SERVICES)
+        pending = list(services)
         with httpx.Client(timeout=2.0) as http:
             while pending:
                 for name in list(pending):

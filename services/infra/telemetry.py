@@ -10,7 +10,6 @@ stripped before either sees them (`scrubbed_attributes`).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import threading
@@ -18,6 +17,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+import orjson
 from opentelemetry import context, trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -199,11 +199,11 @@ class LocalSpanExporter:
 
         if self._closed:
             return SpanExportResult.FAILURE
-        data = "".join(
-            json.dumps(span_record(s, self.service), separators=(",", ":"), default=str) + "\n"
+        data = b"".join(
+            orjson.dumps(span_record(s, self.service), default=str) + b"\n"
             for s in spans
             if not _background_statement(s)
-        ).encode()
+        )
         if not data:
             return SpanExportResult.SUCCESS
         try:
@@ -229,13 +229,20 @@ class LocalSpanExporter:
 
 
 def local_span_processor(directory: Path, service: str, *, max_bytes: int) -> SpanProcessor:
-    """A batch processor writing to a `LocalSpanExporter` (every second by default)."""
+    """A batch processor writing to a `LocalSpanExporter` (every 0.2 s by default).
+
+    Small, frequent batches: the export thread holds the GIL while it encodes a batch,
+    and a request waiting behind a batch of 512 spans showed as tail latency (intake's
+    p99 at 70 % of its rate: 100-200 ms with 512-span batches, 31 ms without the file).
+    """
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-    delay = None if os.environ.get("OTEL_BSP_SCHEDULE_DELAY") else 1000
+    delay = None if os.environ.get("OTEL_BSP_SCHEDULE_DELAY") else 200
+    size = None if os.environ.get("OTEL_BSP_MAX_EXPORT_BATCH_SIZE") else 64
     return BatchSpanProcessor(
         LocalSpanExporter(directory, service, max_bytes=max_bytes),  # type: ignore[arg-type]
         schedule_delay_millis=delay,
+        max_export_batch_size=size,
     )
 
 
