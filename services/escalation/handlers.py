@@ -43,7 +43,7 @@ from services.domain.events import (
 from services.escalation.notify import Notifier
 from services.infra import eventstore
 from services.infra.db import connect
-from services.infra.kafka import TRANSIENT_ERRORS
+from services.infra.kafka import TRANSIENT_ERRORS, record_span
 from services.infra.logging import bind_incident
 from services.infra.runtime import Runtime
 from services.infra.telemetry import current_traceparent, span_after
@@ -85,44 +85,58 @@ class Escalation:
 
     async def on_triage(self, records: Sequence[ConsumerRecord]) -> None:
         for record in records:
-            envelope = await self._parse(record)
-            if envelope is None:
-                continue
-            data = data_of(envelope)
-            async with self.runtime.db.acquire() as conn, conn.transaction():
-                if not await self._track(conn, envelope, record):
-                    continue
-                if isinstance(data, Triaged):
-                    await self._start(conn, envelope, data)
-                elif isinstance(data, Reassigned):
-                    removed = [x.principal for x in data.removed]
-                    await self._step_or_hold(
-                        conn,
-                        envelope,
-                        lambda s, now, r=removed, a=data.added: esc.reassign(s, r, a, now),
-                    )
+            with record_span(record):
+                await self._triage_event(record)
+
+    async def _triage_event(self, record: ConsumerRecord) -> None:
+        envelope = await self._parse(record)
+        if envelope is None:
+            return
+        data = data_of(envelope)
+        async with self.runtime.db.acquire() as conn, conn.transaction():
+            if not await self._track(conn, envelope, record):
+                return
+            if isinstance(data, Triaged):
+                await self._start(conn, envelope, data)
+            elif isinstance(data, Reassigned):
+                removed = [x.principal for x in data.removed]
+                await self._step_or_hold(
+                    conn,
+                    envelope,
+                    lambda s, now, r=removed, a=data.added: esc.reassign(s, r, a, now),
+                )
 
     async def on_activity(self, records: Sequence[ConsumerRecord]) -> None:
+        """Acknowledgements step the incident's state, one transaction each; the batch's
+        notices go to the delivery queue together, in one transaction."""
+        notices: list[tuple[ConsumerRecord, Envelope, str | None]] = []
         for record in records:
-            envelope = await self._parse(record)
-            if envelope is None:
-                continue
-            data = data_of(envelope)
-            if isinstance(data, Notified):
+            with record_span(record):
+                envelope = await self._parse(record)
+                if envelope is None:
+                    continue
+                data = data_of(envelope)
+                if isinstance(data, Notified):
+                    notices.append((record, envelope, current_traceparent()))
+                    continue
+                if not isinstance(data, Acknowledged):
+                    continue
                 async with self.runtime.db.acquire() as conn, conn.transaction():
                     if await self._track(conn, envelope, record):
-                        await self._enqueue(conn, envelope)
-                self._deliveries_due.set()
-                continue
-            if not isinstance(data, Acknowledged):
-                continue
+                        await self._step_or_hold(
+                            conn,
+                            envelope,
+                            lambda s, now, p=data.principal: esc.acknowledge(s, p, now),
+                        )
+        if notices:
             async with self.runtime.db.acquire() as conn, conn.transaction():
-                if await self._track(conn, envelope, record):
-                    await self._step_or_hold(
-                        conn,
-                        envelope,
-                        lambda s, now, p=data.principal: esc.acknowledge(s, p, now),
-                    )
+                fresh = await eventstore.track_many(
+                    conn,
+                    "escalation",
+                    [(e.id, r.topic, r.partition, r.offset) for r, e, _ in notices],
+                )
+                await self._enqueue(conn, [(e, t) for _, e, t in notices if e.id in fresh])
+            self._deliveries_due.set()
 
     async def on_report(self, records: Sequence[ConsumerRecord]) -> None:
         """A handler's message to the reporter is the feedback the legal clock waits for.
@@ -141,10 +155,11 @@ class Escalation:
                 continue
             if not isinstance(message, ReporterMessage) or message.direction != "to_reporter":
                 continue
-            async with self.runtime.db.acquire() as conn, conn.transaction():
-                if await self._track(conn, envelope, record):
-                    held = _without_text(envelope)  # held until triage if early
-                    await self._step_or_hold(conn, held, _transition_for(held))
+            with record_span(record):
+                async with self.runtime.db.acquire() as conn, conn.transaction():
+                    if await self._track(conn, envelope, record):
+                        held = _without_text(envelope)  # held until triage if early
+                        await self._step_or_hold(conn, held, _transition_for(held))
 
     async def _parse(self, record: ConsumerRecord) -> Envelope | None:
         try:
@@ -351,17 +366,23 @@ class Escalation:
 
     # -- notices -----------------------------------------------------------------
 
-    async def _enqueue(self, conn: asyncpg.Connection, envelope: Envelope) -> None:
-        """Queue a notice for the delivery worker (not if delivered before the queue existed)."""
+    async def _enqueue(
+        self, conn: asyncpg.Connection, notices: Sequence[tuple[Envelope, str | None]]
+    ) -> None:
+        """Queue notices (each with the traceparent its delivery continues) for the
+        delivery worker; not those delivered before the queue existed."""
+        if not notices:
+            return
         await conn.execute(
             "INSERT INTO deliveries (event_id, incident_id, body, traceparent)"
-            " SELECT $1, $2, $3, $4 WHERE NOT EXISTS (SELECT 1 FROM tracking"
-            " WHERE consumer = 'escalation-delivery' AND event_key = $1)"
+            " SELECT e, i, b, t FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[])"
+            " AS r (e, i, b, t) WHERE NOT EXISTS (SELECT 1 FROM tracking"
+            " WHERE consumer = 'escalation-delivery' AND event_key = r.e)"
             " ON CONFLICT (event_id) DO NOTHING",
-            envelope.id,
-            envelope.subject,
-            envelope.to_bytes(),
-            current_traceparent(),
+            [e.id for e, _ in notices],
+            [e.subject for e, _ in notices],
+            [e.to_bytes() for e, _ in notices],
+            [t for _, t in notices],
         )
 
     async def run_deliveries(self, stop: asyncio.Event) -> None:

@@ -215,13 +215,37 @@ async def track(
     offset: int,
 ) -> bool:
     """Mark an input as processed by `consumer`; False if it already was (skip it)."""
-    status = await conn.execute(
+    return event_key in await track_many(conn, consumer, [(event_key, topic, partition, offset)])
+
+
+async def track_many(
+    conn: asyncpg.Connection,
+    consumer: str,
+    inputs: Sequence[tuple[str, str, int, int]],
+) -> set[str]:
+    """`track` for several inputs (event_key, topic, partition, offset) in one statement;
+    the keys not processed before (the others are to be skipped)."""
+    if not inputs:
+        return set()
+    rows = await conn.fetch(
         'INSERT INTO tracking (consumer, event_key, topic, partition, "offset")'
-        " VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+        " SELECT $1, k, t, p, o FROM unnest($2::text[], $3::text[], $4::integer[], $5::bigint[])"
+        " AS r (k, t, p, o) ON CONFLICT DO NOTHING RETURNING event_key",
         consumer,
-        event_key,
-        topic,
-        partition,
-        offset,
+        [i[0] for i in inputs],
+        [i[1] for i in inputs],
+        [i[2] for i in inputs],
+        [i[3] for i in inputs],
     )
-    return bool(status.endswith(" 1"))
+    return {r["event_key"] for r in rows}
+
+
+async def stream_versions(conn: asyncpg.Connection, stream_ids: Sequence[str]) -> dict[str, int]:
+    """`stream_version` of several streams in one query (0 for those with no events)."""
+    rows = await conn.fetch(
+        "SELECT stream_id, max(version) AS version FROM events"
+        " WHERE stream_id = ANY($1::text[]) GROUP BY stream_id",
+        list(stream_ids),
+    )
+    found = {r["stream_id"]: int(r["version"]) for r in rows}
+    return {s: found.get(s, 0) for s in stream_ids}

@@ -1,7 +1,9 @@
 """What triage does with each event: keep the directory, decide, re-exclude on amendment.
 
-Each input is handled in one transaction with its tracking row, so a re-delivered
-record makes no second decision or notification. Decisions are pure
+Each input is handled in a transaction with its tracking row, so a re-delivered record
+makes no second decision or notification; the submitted reports of a batch share one
+transaction (one statement per table), and a failed batch is retried record by record
+(`RecordProcessor`). Decisions are pure
 (`services.domain.triage.decide`); this module only loads inputs and stores outputs.
 """
 
@@ -32,6 +34,7 @@ from services.domain.policy import Policy
 from services.domain.triage import TriageDecision, decide, reexclude
 from services.infra import eventstore
 from services.infra.crypto import Pseudonyms
+from services.infra.kafka import record_span
 from services.infra.runtime import Runtime
 from services.infra.telemetry import current_traceparent
 
@@ -80,29 +83,33 @@ class Triage:
 
     async def on_directory(self, records: Sequence[ConsumerRecord]) -> None:
         for record in records:
-            try:
-                envelope = parse_envelope(record.value or b"")
-                if envelope.type not in DIRECTORY_EVENT_TYPES:
-                    raise InvalidEvent(f"not a directory event: {envelope.type}")
-                fold_directory([envelope])  # validates the data before it is kept
-            except InvalidEvent as exc:
-                await self.runtime.dead_letter_poison(record, exc)
-                continue
-            async with self.runtime.db.acquire() as conn, conn.transaction():
-                if await eventstore.track(
-                    conn,
-                    "triage-directory",
+            with record_span(record):
+                await self._directory_event(record)
+
+    async def _directory_event(self, record: ConsumerRecord) -> None:
+        try:
+            envelope = parse_envelope(record.value or b"")
+            if envelope.type not in DIRECTORY_EVENT_TYPES:
+                raise InvalidEvent(f"not a directory event: {envelope.type}")
+            fold_directory([envelope])  # validates the data before it is kept
+        except InvalidEvent as exc:
+            await self.runtime.dead_letter_poison(record, exc)
+            return
+        async with self.runtime.db.acquire() as conn, conn.transaction():
+            if await eventstore.track(
+                conn,
+                "triage-directory",
+                envelope.id,
+                record.topic,
+                record.partition,
+                record.offset,
+            ):
+                await conn.execute(
+                    "INSERT INTO directory_log (event_id, body) VALUES ($1, $2)"
+                    " ON CONFLICT DO NOTHING",
                     envelope.id,
-                    record.topic,
-                    record.partition,
-                    record.offset,
-                ):
-                    await conn.execute(
-                        "INSERT INTO directory_log (event_id, body) VALUES ($1, $2)"
-                        " ON CONFLICT DO NOTHING",
-                        envelope.id,
-                        envelope.to_bytes(),
-                    )
+                    envelope.to_bytes(),
+                )
 
     async def _refresh_directory(self, conn: asyncpg.Connection) -> None:
         """Catch up with directory events any triage worker recorded."""
@@ -121,62 +128,92 @@ class Triage:
     # -- reports ----------------------------------------------------------------
 
     async def on_report(self, records: Sequence[ConsumerRecord]) -> None:
+        """Decide on the batch's submitted reports in one transaction (with their tracking
+        rows); then each amendment in a transaction of its own, in order."""
+        submitted: list[tuple[ConsumerRecord, Envelope, ReportSubmitted]] = []
+        amended: list[tuple[ConsumerRecord, Envelope, ReportAmended]] = []
         for record in records:
             try:
                 envelope = parse_envelope(record.value or b"")
                 if envelope.type == SUBMITTED:
-                    data: EventData = ReportSubmitted.model_validate(envelope.data)
+                    submitted.append(
+                        (record, envelope, ReportSubmitted.model_validate(envelope.data))
+                    )
                 elif envelope.type == AMENDED:
-                    data = ReportAmended.model_validate(envelope.data)
-                else:
-                    continue  # reporter messages are not triage's business
+                    amended.append((record, envelope, ReportAmended.model_validate(envelope.data)))
+                # reporter messages are not triage's business
             except (InvalidEvent, ValueError) as exc:
                 await self.runtime.dead_letter_poison(record, exc)
-                continue
+        if submitted:
             async with self.runtime.db.acquire() as conn, conn.transaction():
-                if not await eventstore.track(
-                    conn,
-                    "triage-reports",
-                    envelope.id,
-                    record.topic,
-                    record.partition,
-                    record.offset,
-                ):
-                    continue
-                if isinstance(data, ReportSubmitted):
-                    await self._decide(conn, envelope, data)
-                else:
-                    assert isinstance(data, ReportAmended)
-                    await self._reexclude(conn, envelope, data)
+                await self._decide(conn, submitted)
+        for record, envelope, data in amended:
+            with record_span(record):
+                async with self.runtime.db.acquire() as conn, conn.transaction():
+                    if await self._track(conn, record, envelope):
+                        await self._reexclude(conn, envelope, data)
+
+    async def _track(self, conn: asyncpg.Connection, record: ConsumerRecord, env: Envelope) -> bool:
+        return await eventstore.track(
+            conn, "triage-reports", env.id, record.topic, record.partition, record.offset
+        )
 
     async def _decide(
-        self, conn: asyncpg.Connection, envelope: Envelope, report: ReportSubmitted
+        self,
+        conn: asyncpg.Connection,
+        reports: Sequence[tuple[ConsumerRecord, Envelope, ReportSubmitted]],
     ) -> None:
+        """Decide on each report not decided before: its decision row, its events."""
+        fresh = await eventstore.track_many(
+            conn,
+            "triage-reports",
+            [(e.id, r.topic, r.partition, r.offset) for r, e, _ in reports],
+        )
+        todo = []
+        for record, envelope, report in reports:
+            if envelope.id in fresh:  # a record delivered twice in one batch: once
+                fresh.discard(envelope.id)
+                todo.append((record, envelope, report))
+        if not todo:
+            return
         await self._refresh_directory(conn)
         now = datetime.now(UTC)
-        # The report carries the reporter only as a pseudonym: whoever in the directory
-        # it matches is excluded. The match is never stored or published, only used.
-        reporter = self._reporter(envelope.subject, report.reporter, self.org)
-        decision = decide(report, self.org, self.policy, now, reporter_person=reporter)
+        rows, outputs = [], []
+        for record, envelope, report in todo:
+            with record_span(record):  # the events continue the report's trace
+                # The report carries the reporter only as a pseudonym: whoever in the
+                # directory it matches is excluded. The match is never stored or
+                # published, only used.
+                reporter = self._reporter(envelope.subject, report.reporter, self.org)
+                decision = decide(report, self.org, self.policy, now, reporter_person=reporter)
+                rows.append((envelope.subject, report, decision))
+                repeat = self.policy.severities[decision.severity].repeat_last_every
+                triaged = decision.to_triaged().model_copy(
+                    update={"repeat_last_every": repeat, "report_digest": report.report_digest}
+                )
+                produced: list[tuple[str, EventData]] = [("incident.triaged.v1", triaged)]
+                produced.extend(self._first_level(decision, report.report_digest))
+                outputs.append((envelope, self._events(envelope, produced, now)))
+                for note in decision.notes:
+                    log.info("incident %s: %s", envelope.subject, note)
         await conn.execute(
             "INSERT INTO decisions (incident_id, report, reporter, policy_version,"
-            " directory_seq, decided_at) VALUES ($1, $2::jsonb, $3, $4, $5, $6)",
-            envelope.subject,
-            json.dumps(report.model_dump(mode="json")),
-            report.reporter,
-            decision.policy_version,
+            " directory_seq, decided_at)"
+            " SELECT i, r::jsonb, p, v, $5, $6"
+            " FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS x (i, r, p, v)",
+            [subject for subject, _, _ in rows],
+            [json.dumps(report.model_dump(mode="json")) for _, report, _ in rows],
+            [report.reporter for _, report, _ in rows],
+            [decision.policy_version for _, _, decision in rows],
             self.directory_seq,
             now,
         )
-        repeat = self.policy.severities[decision.severity].repeat_last_every
-        triaged = decision.to_triaged().model_copy(
-            update={"repeat_last_every": repeat, "report_digest": report.report_digest}
+        versions = await eventstore.stream_versions(conn, [e.subject for e, _ in outputs])
+        await eventstore.append_streams(
+            conn,
+            [(e.subject, versions[e.subject], events) for e, events in outputs],
+            topic_prefix=self.runtime.settings.kafka_topic_prefix,
         )
-        outputs: list[tuple[str, EventData]] = [("incident.triaged.v1", triaged)]
-        outputs.extend(self._first_level(decision, report.report_digest))
-        await self._append(conn, envelope, outputs, now)
-        for note in decision.notes:
-            log.info("incident %s: %s", envelope.subject, note)
 
     def _first_level(self, decision: TriageDecision, digest: str) -> list[tuple[str, EventData]]:
         recipients = list(decision.first_recipients)
@@ -226,14 +263,11 @@ class Triage:
         """The directory person whose pseudonym in this incident is the report's reporter."""
         return self.pseudonyms.match(incident_id, pseudonym, org.people)
 
-    async def _append(
-        self,
-        conn: asyncpg.Connection,
-        cause: Envelope,
-        outputs: list[tuple[str, EventData]],
-        now: datetime,
-    ) -> None:
-        events = [
+    def _events(
+        self, cause: Envelope, outputs: list[tuple[str, EventData]], now: datetime
+    ) -> list[Envelope]:
+        """Triage's events caused by `cause`, in the current span's trace."""
+        return [
             make_event(
                 type_,
                 subject=cause.subject,
@@ -247,12 +281,20 @@ class Triage:
             )
             for type_, data in outputs
         ]
+
+    async def _append(
+        self,
+        conn: asyncpg.Connection,
+        cause: Envelope,
+        outputs: list[tuple[str, EventData]],
+        now: datetime,
+    ) -> None:
         version = await eventstore.stream_version(conn, cause.subject)
         await eventstore.append(
             conn,
             cause.subject,
             version,
-            events,
+            self._events(cause, outputs, now),
             topic_prefix=self.runtime.settings.kafka_topic_prefix,
         )
 
