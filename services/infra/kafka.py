@@ -331,19 +331,25 @@ class ConsumerLoop:
                 backoff = 0.2
                 while not stop.is_set() and not self._rebuild.is_set():
                     batches = await consumer.getmany(timeout_ms=200, max_records=self.max_records)
+                    batches = {tp: records for tp, records in batches.items() if records}
+                    if not batches:
+                        continue
+                    # One handler call (so one transaction) and one commit for the records
+                    # of every partition fetched: each partition's stay in their order.
+                    await self.processor.process(
+                        [r for records in batches.values() for r in records], stop
+                    )
+                    await consumer.commit({tp: rs[-1].offset + 1 for tp, rs in batches.items()})
+                    self.stats.batches += 1
                     for tp, records in batches.items():
-                        if records:
-                            await self.processor.process(records, stop)
-                            await consumer.commit({tp: records[-1].offset + 1})
-                            self.stats.batches += 1
-                            metrics.CONSUMED.labels(self.group, tp.topic).inc(len(records))
-                            metrics.observe_lag(
-                                self.group,
-                                tp.topic,
-                                tp.partition,
-                                consumer.highwater(tp),
-                                records[-1].offset,
-                            )
+                        metrics.CONSUMED.labels(self.group, tp.topic).inc(len(records))
+                        metrics.observe_lag(
+                            self.group,
+                            tp.topic,
+                            tp.partition,
+                            consumer.highwater(tp),
+                            records[-1].offset,
+                        )
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # transient, or a bug in a poison handler: never die
