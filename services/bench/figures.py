@@ -767,13 +767,17 @@ async def e2e_figure(
         target="p99 ≤ 100 ms",
         met=lat.p99 <= 100 and missing == 0 and sent.failed == 0,
         limit=(
-            "CPU, not the hops: at this rate the client, the four services and PostgreSQL"
-            " need about as much CPU as the machine has (see the intake row's CPU per"
-            " report), so every stage queues. Idle, a hop costs a fetch wait of"
+            "CPU, not the hops: the client, the four services and PostgreSQL share 2"
+            " cores, and at 200 reports/s they need about as much CPU as the machine has"
+            " (the row of intake with the stack behind it gives the CPU per report of each"
+            " service and the rate the stack carries), so every stage queues and the"
+            " backlog grows for the whole run. Idle, a hop costs a fetch wait of"
             f" {CommonSettings().kafka_fetch_max_wait_ms} ms at most (intake relay → triage"
-            " → relay → escalation and audit) and a PostgreSQL commit per consumer; under"
-            " this load the profiles show each consumer's time in its round trips to"
-            " PostgreSQL (a transaction per record: tracking, events, outbox) and its spans."
+            " → relay → escalation and audit) and a PostgreSQL commit per consumer batch."
+            " Under load the profiles show, per service: spans (creation and the local"
+            " span file, 15-25 %), PostgreSQL round trips (one transaction per consumer"
+            " batch; acknowledgements, escalation steps and deliveries one per record),"
+            " audit's console index and ledger leaves, JSON and pydantic per event."
             " Each stage, from intake's acceptance to its ledger entry:"
             f" {stage_text}; the client got its 202 after"
             f" {Latency.of_seconds(answered).shown()}."
