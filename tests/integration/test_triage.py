@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -178,3 +179,46 @@ async def test_an_amendment_accusing_the_routed_handler_removes_her_and_asks_ano
     assert change["added"] == ["p-ma"]  # the group's HR handler, not conflicted
     told = [e.data["principal"] for e in events if e.type == "incident.notified.v1"]
     assert told == ["p-chen", "p-ma"]  # she had been told before; the record keeps it
+
+
+async def test_a_batch_of_reports_is_decided_once_each_in_one_go(
+    settings: CommonSettings,
+) -> None:
+    """Triage's batch path, handed records directly: a batch with two records delivered
+    twice and one that is not an event makes one decision per report, and a second
+    delivery of the whole batch makes none."""
+    common = settings.model_dump()
+    async with serving(create_intake(IntakeSettings(**common)), "http://intake") as intake:
+        incidents = [
+            (await intake.post("/v1/reports", json={**SEED_CASE, "summary": f"r{i}"})).json()[
+                "incident_id"
+            ]
+            for i in range(6)
+        ]
+        wanted = {i.encode() for i in incidents}
+
+        async def submitted() -> list[Any] | None:
+            got = await read_all(settings.kafka_bootstrap, settings.topic("incident.reports"))
+            records = [r for r in got if r.key in wanted]
+            return records if len(records) == 6 else None
+
+        records = await eventually(submitted)
+    # Triage on topics of its own: its agents never see these records, only this call.
+    alone = TriageSettings(**{**common, "kafka_topic_prefix": f"{settings.kafka_topic_prefix}x."})
+    app = create_triage(alone)
+    garbage = dataclasses.replace(records[0], value=b"not an event", offset=10_000)
+    async with serving(app, "http://triage"):
+        triage = app.state.triage
+        await triage.on_report([*records, records[1], records[4], garbage])
+        await triage.on_report(records)  # delivered again: nothing new
+        async with triage.runtime.db.acquire() as conn:
+            decided = await conn.fetch("SELECT incident_id FROM decisions")
+            triaged = await conn.fetch(
+                "SELECT stream_id FROM events WHERE type = 'incident.triaged.v1'"
+            )
+            dead = await conn.fetchval(
+                "SELECT count(*) FROM outbox WHERE topic LIKE '%incident.deadletter'"
+            )
+    assert sorted(r["incident_id"] for r in decided) == sorted(incidents)
+    assert sorted(r["stream_id"] for r in triaged) == sorted(incidents)
+    assert dead == 1
