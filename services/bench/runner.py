@@ -5,8 +5,9 @@ knowledge, replay) run first, on databases of their own, before any service is
 started, so that idle services do not take CPU from them. Then the private stack
 starts (or `--url-intake`/`--url-audit` name a running one) for escalation lateness,
 intake and end to end, in that order: end to end runs last because at full size it
-leaves a backlog behind it (intake's own figures run on a second intake by itself). A figure that fails is reported as an error and the
-others still run; a missed target is a result, not an error.
+leaves a backlog behind it (intake's own figures run on a second intake by itself).
+A figure that fails is reported as an error and the others still run; a missed
+target is a result, not an error.
 """
 
 from __future__ import annotations
