@@ -2,9 +2,9 @@
 
 Reports (`take_report`): the submitted event, its outbox row, the anonymous reporter's
 receipt and the Idempotency-Key answer commit together, or none of them does. Reports
-without an Idempotency-Key share their transaction with the reports that arrive while
-the previous one commits (`GroupCommit`): one COMMIT and one statement per table for
-the lot, each report still all-or-nothing (a failed batch is written again one by one).
+share their transaction with the reports that arrive while the previous one commits
+(`GroupCommit`): one COMMIT and one statement per table for the lot, each report still
+all-or-nothing (a failed batch is written again one by one).
 
 Receipts (`open_receipt`, `reporter_view`, `message_from_reporter`): an anonymous
 reporter comes back with the receipt and the secret. Every attempt runs exactly one
@@ -89,12 +89,15 @@ class NewIncident:
 
 @dataclass(frozen=True)
 class NewReport:
-    """A report waiting for its shared transaction: its incident and, if anonymous,
-    the receipt and the argon2id hash of its secret."""
+    """A report waiting for its shared transaction: its incident, the receipt and the
+    argon2id hash of its secret if anonymous, its Idempotency-Key if it came with one."""
 
     incident: NewIncident
     receipt: str | None
     secret_hash: str | None
+    idempotency: IdempotencyKey | None = None
+    stored: dict[str, Any] | None = None
+    """The answer stored with the Idempotency-Key (repeated to a later request)."""
 
 
 @dataclass(frozen=True)
@@ -201,7 +204,7 @@ class IntakeService:
         self._hashing = asyncio.Semaphore(HASH_CONCURRENCY)
         # Same parameters as every real hash, so verifying against it takes as long.
         self._dummy_hash = self.hasher.hash(new_secret())
-        self.writer: GroupCommit[NewReport, None] = GroupCommit(
+        self.writer: GroupCommit[NewReport, Submission | IdempotencyConflict | None] = GroupCommit(
             lambda: self.runtime.db, self._write_reports, name="intake reports"
         )
         runtime.background("receipt-attempts-pruner", self._prune_attempts)
@@ -253,33 +256,47 @@ class IntakeService:
             NewIncident(incident_id, report, reporter, channel, actor, traceparent),
             receipt,
             secret_hash,
+            idempotency,
+            stored,
         )
-        if idempotency is None:  # shares a transaction with the reports arriving meanwhile
-            await self.writer.submit(new)
-            return Submission(202, {**answer, "secret": secret}, replayed=False)
-        async with self.runtime.db.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", idempotency.lock_id)
-            earlier = await self._earlier_answer(conn, idempotency)
-            if earlier is not None:  # a concurrent request with this key won
-                return earlier
-            await self._write_reports(conn, [new])
-            await conn.execute(
-                "INSERT INTO idempotency (scope, key, request_hash, status, response)"
-                " VALUES ($1, $2, $3, $4, $5::jsonb)",
-                idempotency.scope,
-                idempotency.key_digest,
-                idempotency.request_hash,
-                202,
-                json.dumps(stored),
-            )
+        # Shares a transaction with the reports arriving meanwhile (see the module doc).
+        outcome = await self.writer.submit(new)
+        if isinstance(outcome, IdempotencyConflict):
+            raise outcome
+        if outcome is not None:  # a request with this key was answered first
+            return outcome
         return Submission(202, {**answer, "secret": secret}, replayed=False)
 
     async def _write_reports(
         self, conn: asyncpg.Connection, reports: Sequence[NewReport]
-    ) -> list[None]:
-        """Inside the caller's transaction: open the incidents, store the receipts."""
-        await self.open_incidents(conn, [r.incident for r in reports])
-        anonymous = [r for r in reports if r.receipt is not None]
+    ) -> list[Submission | IdempotencyConflict | None]:
+        """Inside the caller's transaction: open the incidents, store the receipts and the
+        Idempotency-Key answers. Per report: None when it was written, else the answer
+        of an earlier request with its key (or IdempotencyConflict), and nothing written.
+
+        The keys' advisory locks are taken first, in one order, so two batches never
+        wait on each other's keys; a key repeated within the batch answers as its first.
+        """
+        answered = await self._idempotency_answers(conn, [r.idempotency for r in reports])
+        outcomes: list[Submission | IdempotencyConflict | None] = []
+        written: list[NewReport] = []
+        for report in reports:
+            key = report.idempotency
+            if key is not None:
+                earlier = answered.get((key.scope, key.key_digest))
+                if earlier is not None:
+                    request_hash, submission = earlier
+                    same = request_hash == key.request_hash
+                    outcomes.append(submission if same else IdempotencyConflict())
+                    continue
+                stored = Submission(202, report.stored or {}, replayed=True)
+                answered[(key.scope, key.key_digest)] = (key.request_hash, stored)
+            outcomes.append(None)
+            written.append(report)
+        if not written:
+            return outcomes
+        await self.open_incidents(conn, [r.incident for r in written])
+        anonymous = [r for r in written if r.receipt is not None]
         if anonymous:
             await conn.execute(
                 "INSERT INTO receipts (receipt, incident_id, secret_hash)"
@@ -288,7 +305,53 @@ class IntakeService:
                 [r.incident.incident_id for r in anonymous],
                 [r.secret_hash for r in anonymous],
             )
-        return [None] * len(reports)
+        keyed = [(r.idempotency, r.stored) for r in written if r.idempotency is not None]
+        if keyed:
+            await conn.execute(
+                "INSERT INTO idempotency (scope, key, request_hash, status, response)"
+                " SELECT s, k, h, 202, r::jsonb"
+                " FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS x (s, k, h, r)",
+                [key.scope for key, _ in keyed],
+                [key.key_digest for key, _ in keyed],
+                [key.request_hash for key, _ in keyed],
+                [json.dumps(stored) for _, stored in keyed],
+            )
+        return outcomes
+
+    async def _idempotency_answers(
+        self, conn: asyncpg.Connection, keys: Sequence[IdempotencyKey | None]
+    ) -> dict[tuple[str, str], tuple[str, Submission]]:
+        """Lock the keys (sorted, one statement) and read their stored answers:
+        (scope, key digest) -> (request hash, the answer replayed). Expired ones go."""
+        present = [k for k in keys if k is not None]
+        if not present:
+            return {}
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k",
+            sorted({k.lock_id for k in present}),
+        )
+        scopes, digests = [k.scope for k in present], [k.key_digest for k in present]
+        await conn.execute(  # an expired answer is forgotten, and the key may be used again
+            "DELETE FROM idempotency i USING unnest($1::text[], $2::text[]) AS x (s, k)"
+            " WHERE i.scope = x.s AND i.key = x.k AND i.created_at < now() - $3::interval",
+            scopes,
+            digests,
+            IDEMPOTENCY_TTL,
+        )
+        rows = await conn.fetch(
+            "SELECT DISTINCT i.scope, i.key, i.request_hash, i.status, i.response"
+            " FROM idempotency i JOIN unnest($1::text[], $2::text[]) AS x (s, k)"
+            " ON i.scope = x.s AND i.key = x.k",
+            scopes,
+            digests,
+        )
+        return {
+            (r["scope"], r["key"]): (
+                r["request_hash"],
+                Submission(r["status"], json.loads(r["response"]), replayed=True),
+            )
+            for r in rows
+        }
 
     async def open_incident(
         self,

@@ -141,3 +141,41 @@ async def test_concurrent_reports_share_commits_and_each_is_one_whole_incident(
         )
         assert opened.status_code == 200
         assert opened.json()["incident_id"] == anonymous["incident_id"]
+
+
+async def test_keys_sharing_a_commit_answer_as_the_first_request_with_them(
+    kafka_bootstrap: str, make_database: Callable[[str], str]
+) -> None:
+    """One key six times, another with two bodies, and unkeyed reports, all at once:
+    one incident per key, the other body refused, every unkeyed report written."""
+    settings = module_settings(kafka_bootstrap, make_database("groupkeys"))
+    async with running_intake(settings) as intake:
+        _, batches_before = batch_totals()
+        first = {"idempotency-key": "key-a", **LIU}
+        second = {"idempotency-key": "key-b", **LIU}
+        bodies = [{**REPORT, "summary": "body x"}, {**REPORT, "summary": "body y"}]
+        calls = [
+            *((REPORT, first) for _ in range(6)),
+            *((bodies[i % 2], second) for i in range(6)),
+            *(({**REPORT, "summary": f"plain {i}"}, LIU) for i in range(6)),
+        ]
+        answers = await asyncio.gather(
+            *(intake.client.post("/v1/reports", json=b, headers=h) for b, h in calls)
+        )
+        _, batches = batch_totals()
+        assert batches - batches_before < len(calls)  # they did share
+        a, b, plain = answers[:6], answers[6:12], answers[12:]
+        assert {x.status_code for x in a} == {202}
+        assert len({x.json()["incident_id"] for x in a}) == 1
+        assert sum(x.headers.get("idempotent-replayed") == "true" for x in a) == 5
+        by_body = {s: {x.status_code for i, x in enumerate(b) if i % 2 == s} for s in (0, 1)}
+        assert sorted(map(sorted, by_body.values())) == [[202], [409]]
+        assert len({x.json()["incident_id"] for x in b if x.status_code == 202}) == 1
+        assert {x.status_code for x in plain} == {202}
+        ids = {x.json()["incident_id"] for x in answers if x.status_code == 202}
+        assert len(ids) == 8  # key a, key b, six plain
+        [row] = await intake.fetch(
+            "SELECT (SELECT count(*) FROM events WHERE type = 'incident.report.submitted.v1')"
+            " AS events, (SELECT count(*) FROM idempotency) AS keys"
+        )
+        assert (row["events"], row["keys"]) == (8, 2)
