@@ -178,6 +178,7 @@ class Escalation:
         )
 
     async def _start(self, conn: asyncpg.Connection, envelope: Envelope, triaged: Triaged) -> None:
+        await _lock_incident(conn, envelope.subject)
         exists = await conn.fetchval(
             "SELECT 1 FROM escalation_state WHERE incident_id = $1", envelope.subject
         )
@@ -203,6 +204,7 @@ class Escalation:
         envelope: Envelope,
         transition: Callable[[esc.EscalationState, datetime], esc.Step],
     ) -> None:
+        await _lock_incident(conn, envelope.subject)
         row = await conn.fetchrow(
             "SELECT state FROM escalation_state WHERE incident_id = $1 FOR UPDATE",
             envelope.subject,
@@ -502,6 +504,20 @@ def _transition_for(envelope: Envelope) -> Callable[[esc.EscalationState, dateti
     if isinstance(data, Notified):  # held only when its delivery failed before the decision
         return lambda s, now: esc.delivery_failed(s, data.principal, data.level, now)
     return lambda s, now: (s, ())
+
+
+async def _lock_incident(conn: asyncpg.Connection, incident_id: str) -> None:
+    """Serialise, per incident, starting its escalation and holding an early input.
+
+    Without it the two raced when escalation came back to a backlog on both topics (the
+    short chaos run caught it): the triage decision's transaction inserted the state and
+    found no early input to replay, while an acknowledgement's transaction, which had
+    found no state yet (the decision not committed), held itself in early_events after
+    that, where nothing would ever replay it. `FOR UPDATE` cannot lock a row not there.
+    """
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended('escalation:' || $1, 0))", incident_id
+    )
 
 
 def _without_text(envelope: Envelope) -> Envelope:

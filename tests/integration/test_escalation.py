@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from aiokafka import ConsumerRecord
 
-from services.domain.events import parse_event
+from services.domain.events import Acknowledged, ChainLevel, Triaged, make_event, parse_event
 from services.escalation.app import create_app as create_escalation
 from services.infra.settings import (
     CommonSettings,
@@ -293,3 +295,84 @@ async def test_a_message_to_the_reporter_satisfies_the_feedback_clock_and_silenc
     ]
     assert not [e for e in answer if e.data.get("clock") == "feedback"], answer
     assert satisfied is not None
+
+
+def _record(topic: str, offset: int, event: Any) -> ConsumerRecord:
+    body = event.to_bytes()
+    return ConsumerRecord(
+        topic=topic,
+        partition=0,
+        offset=offset,
+        timestamp=0,
+        timestamp_type=0,
+        key=event.subject.encode(),
+        value=body,
+        checksum=None,
+        serialized_key_size=len(event.subject),
+        serialized_value_size=len(body),
+        headers=(),
+    )
+
+
+async def test_a_decision_and_an_acknowledgement_arriving_together_never_lose_the_acknowledgement(
+    common: dict[str, Any], settings: CommonSettings
+) -> None:
+    """After a restart, escalation reads its backlog on incident.triage and
+    incident.activity at once: an incident's decision and its acknowledgement are
+    handled concurrently. The acknowledgement must clear the level every time (the
+    short chaos run once found one held in early_events for good)."""
+    # Escalation on topics of its own: only this test hands it records.
+    alone = EscalationSettings(
+        **{**common, "kafka_topic_prefix": f"{settings.kafka_topic_prefix}x."}
+    )
+    app = create_escalation(alone)
+    now = datetime.now(UTC)
+    incidents = [str(uuid.uuid4()) for _ in range(40)]
+    chain = [
+        ChainLevel(level=1, role="hr_case_handler", recipients=["p-chen"], acknowledge_within=600),
+        ChainLevel(level=2, role="hr_head", recipients=["p-zhou"], acknowledge_within=600),
+    ]
+    pairs = []
+    for n, incident in enumerate(incidents):
+        triaged = make_event(
+            "incident.triaged.v1",
+            subject=incident,
+            data=Triaged(
+                category="harassment",
+                severity="high",
+                policy_version="seconds-1",
+                chain=chain,
+                deadlines={"level_1_acknowledge": now + timedelta(seconds=600)},
+            ),
+            source="/tests",
+            time=now,
+        )
+        ack = make_event(
+            "incident.acknowledged.v1",
+            subject=incident,
+            data=Acknowledged(principal="p-chen", level=1),
+            source="/tests",
+            time=now,
+        )
+        pairs.append((_record("incident.triage", n, triaged), _record("incident.activity", n, ack)))
+    async with serving(app, "http://escalation"):
+        escalation = app.state.escalation
+        await asyncio.gather(
+            *(
+                call
+                for triaged_record, ack_record in pairs
+                for call in (
+                    escalation.on_triage([triaged_record]),
+                    escalation.on_activity([ack_record]),
+                )
+            )
+        )
+        async with escalation.runtime.db.acquire() as conn:
+            held = await conn.fetchval("SELECT count(*) FROM early_events")
+            cleared = await conn.fetchval(
+                "SELECT count(DISTINCT stream_id) FROM events"
+                " WHERE type = 'incident.escalation.cleared.v1' AND stream_id = ANY($1::text[])",
+                incidents,
+            )
+    assert held == 0
+    assert cleared == len(incidents)
