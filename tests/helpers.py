@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from fastapi import FastAPI
 
 
@@ -116,3 +116,10 @@ conflicts:
   exclude: [accused, accused_management_chain, named_in_report, reporter]
   independent_roles: [chief_ethics_officer, board_audit_committee]
 """
+
+
+def event_record(topic: str, event: Any, offset: int) -> ConsumerRecord:
+    """A consumer record carrying an event (keyed by its incident), as a handler gets it."""
+    value = event.to_bytes()
+    key = event.subject.encode()
+    return ConsumerRecord(topic, 0, offset, 0, 0, key, value, None, len(key), len(value), ())

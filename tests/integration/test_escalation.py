@@ -11,7 +11,6 @@ from typing import Any
 
 import httpx
 import pytest
-from aiokafka import ConsumerRecord
 
 from services.domain.events import Acknowledged, ChainLevel, Triaged, make_event, parse_event
 from services.escalation.app import create_app as create_escalation
@@ -23,7 +22,14 @@ from services.infra.settings import (
 )
 from services.intake.app import create_app as create_intake
 from services.triage.app import create_app as create_triage
-from tests.helpers import SEED_CASE, critical_policy, eventually, read_all, serving
+from tests.helpers import (
+    SEED_CASE,
+    critical_policy,
+    event_record,
+    eventually,
+    read_all,
+    serving,
+)
 
 pytestmark = pytest.mark.integration
 SECONDS_POLICY = critical_policy("seconds-1", "2s")
@@ -297,23 +303,6 @@ async def test_a_message_to_the_reporter_satisfies_the_feedback_clock_and_silenc
     assert satisfied is not None
 
 
-def _record(topic: str, offset: int, event: Any) -> ConsumerRecord:
-    body = event.to_bytes()
-    return ConsumerRecord(
-        topic=topic,
-        partition=0,
-        offset=offset,
-        timestamp=0,
-        timestamp_type=0,
-        key=event.subject.encode(),
-        value=body,
-        checksum=None,
-        serialized_key_size=len(event.subject),
-        serialized_value_size=len(body),
-        headers=(),
-    )
-
-
 async def test_a_decision_and_an_acknowledgement_arriving_together_never_lose_the_acknowledgement(
     common: dict[str, Any], settings: CommonSettings
 ) -> None:
@@ -354,7 +343,9 @@ async def test_a_decision_and_an_acknowledgement_arriving_together_never_lose_th
             source="/tests",
             time=now,
         )
-        pairs.append((_record("incident.triage", n, triaged), _record("incident.activity", n, ack)))
+        pairs.append(
+            (event_record("incident.triage", triaged, n), event_record("incident.activity", ack, n))
+        )
     async with serving(app, "http://escalation"):
         escalation = app.state.escalation
         await asyncio.gather(

@@ -25,7 +25,6 @@ from typing import Any
 import httpx
 import pytest
 from aiohttp import web
-from aiokafka import ConsumerRecord
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 from cryptography import x509
@@ -51,7 +50,14 @@ from services.infra.settings import (
 )
 from services.intake.app import create_app as create_intake
 from services.triage.app import create_app as create_triage
-from tests.helpers import SEED_CASE, critical_policy, eventually, read_all, serving
+from tests.helpers import (
+    SEED_CASE,
+    critical_policy,
+    event_record,
+    eventually,
+    read_all,
+    serving,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -545,12 +551,6 @@ async def test_a_notice_whose_worker_died_is_delivered_once_its_lease_runs_out(
     assert delivered == ["lapsed"]
 
 
-def _record(topic: str, event: Any, offset: int) -> ConsumerRecord:
-    value = event.to_bytes()
-    key = event.subject.encode()
-    return ConsumerRecord(topic, 0, offset, 0, 0, key, value, None, len(key), len(value), ())
-
-
 async def test_a_failed_delivery_before_the_triage_decision_still_asks_the_next_level(
     settings: CommonSettings,
 ) -> None:
@@ -587,7 +587,7 @@ async def test_a_failed_delivery_before_the_triage_decision_still_asks_the_next_
 
     async with serving(escalation, "http://escalation"):
         await esc.on_activity(
-            [_record("incident.activity", event("incident.notified.v1", NOTICE), 0)]
+            [event_record("incident.activity", event("incident.notified.v1", NOTICE), 0)]
         )
 
         async def failed() -> bool:
@@ -599,7 +599,9 @@ async def test_a_failed_delivery_before_the_triage_decision_still_asks_the_next_
                 )
 
         await eventually(failed, timeout=10)
-        await esc.on_triage([_record("incident.triage", event("incident.triaged.v1", decision), 0)])
+        await esc.on_triage(
+            [event_record("incident.triage", event("incident.triaged.v1", decision), 0)]
+        )
         async with esc.runtime.db.acquire() as conn:
             state = json.loads(
                 await conn.fetchval(
