@@ -63,7 +63,8 @@ class GroupCommit(Generic[T, R]):
         self.max_batch = max_batch
         self.writers = writers
         self._queue: list[_Queued[T, R]] = []
-        self._running: set[asyncio.Task[None]] = set()
+        self._active = 0  # writers that will still look at the queue before they end
+        self._tasks: set[asyncio.Task[None]] = set()  # held, so none is collected
 
     async def submit(self, item: T) -> R:
         """Write `item` in the next shared transaction; its result once committed.
@@ -77,27 +78,34 @@ class GroupCommit(Generic[T, R]):
         context = trace.get_current_span().get_span_context()
         link = trace.Link(context) if context.is_valid else None
         self._queue.append(_Queued(item, future, link))
-        if len(self._running) < self.writers:
+        if self._active < self.writers:
+            self._active += 1
             # An empty context: the batch's spans are not the first caller's children.
             task = asyncio.get_running_loop().create_task(
                 self._drain(), context=contextvars.Context()
             )
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         return await asyncio.shield(future)
 
     async def _drain(self) -> None:
-        while self._queue:
-            batch = self._queue[: self.max_batch]
-            del self._queue[: self.max_batch]
-            try:
-                await self._commit(batch)
-            except BaseException as exc:  # the task must never leave a caller waiting
-                for queued in batch:
-                    if not queued.future.done():
-                        queued.future.set_exception(exc)
-                if isinstance(exc, asyncio.CancelledError):
-                    raise
+        try:
+            while self._queue:
+                batch = self._queue[: self.max_batch]
+                del self._queue[: self.max_batch]
+                try:
+                    await self._commit(batch)
+                except BaseException as exc:  # the task must never leave a caller waiting
+                    for queued in batch:
+                        if not queued.future.done():
+                            queued.future.set_exception(exc)
+                    if isinstance(exc, asyncio.CancelledError):
+                        raise
+        finally:
+            # In the same step as the empty check above (no await between them), so an
+            # item queued from now on finds a free writer slot and starts a writer; a
+            # count kept by a done-callback would lag a step and could strand it.
+            self._active -= 1
 
     async def _commit(self, batch: list[_Queued[T, R]]) -> None:
         links = [q.link for q in batch if q.link is not None]
