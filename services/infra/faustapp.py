@@ -196,6 +196,7 @@ class GroupRejoin:
                 if not missing:
                     if attempt:
                         log.info("faust reads every partition again after %d rejoins", attempt)
+                    await self._read_from_the_start()
                     return
                 if attempt == self.ATTEMPTS:
                     break
@@ -209,6 +210,29 @@ class GroupRejoin:
                 log.warning("checking faust's assignment after a broker reset failed: %r", exc)
                 await asyncio.sleep(1.0)
         log.error("faust still misses partitions after %d rejoins", self.ATTEMPTS)
+
+    async def _read_from_the_start(self) -> None:
+        """Read every assigned partition of the new topics from offset 0, and commit 0.
+
+        faust keeps its offsets per partition across the reset: it resumed the new
+        topics at the old broker's positions (or committed those there), so records the
+        relays republished below them were skipped (the short chaos run lost 22
+        acknowledgements so). Its bookkeeping for them is dropped, as on a revoke;
+        everything is read again, which tracking makes harmless.
+        """
+        consumer: Any = self.app.consumer
+        partitions = {tp for tp in consumer.assignment() if not tp.topic.endswith(_LEADER_TOPIC)}
+        for tp in partitions:
+            for table in (consumer._gap, consumer._acked, consumer._acked_index):
+                table.pop(tp, None)
+            consumer._committed_offset.pop(tp, None)
+        if partitions:
+            await consumer._commit({tp: 0 for tp in partitions})
+            for tp in partitions:
+                await consumer.seek(tp, 0)
+            log.info(
+                "after a broker reset faust reads %d partitions from the start", len(partitions)
+            )
 
     async def _call(self, method: Any) -> Any:
         # faust's consumer thread owns the aiokafka consumer: touch it only from there
