@@ -43,7 +43,7 @@ from services.domain.events import (
 from services.escalation.notify import Notifier
 from services.infra import eventstore
 from services.infra.db import connect
-from services.infra.kafka import TRANSIENT_ERRORS, record_span
+from services.infra.kafka import TRANSIENT_ERRORS, per_record, record_span
 from services.infra.logging import bind_incident
 from services.infra.runtime import Runtime
 from services.infra.telemetry import current_traceparent, span_after
@@ -84,9 +84,7 @@ class Escalation:
     # -- inputs -------------------------------------------------------------------
 
     async def on_triage(self, records: Sequence[ConsumerRecord]) -> None:
-        for record in records:
-            with record_span(record):
-                await self._triage_event(record)
+        await per_record(self._triage_event)(records)
 
     async def _triage_event(self, record: ConsumerRecord) -> None:
         envelope = await self._parse(record)

@@ -34,7 +34,7 @@ from services.domain.policy import Policy
 from services.domain.triage import TriageDecision, decide, reexclude
 from services.infra import eventstore
 from services.infra.crypto import Pseudonyms
-from services.infra.kafka import record_span
+from services.infra.kafka import per_record, record_span
 from services.infra.runtime import Runtime
 from services.infra.telemetry import current_traceparent
 
@@ -82,9 +82,7 @@ class Triage:
     # -- directory --------------------------------------------------------------
 
     async def on_directory(self, records: Sequence[ConsumerRecord]) -> None:
-        for record in records:
-            with record_span(record):
-                await self._directory_event(record)
+        await per_record(self._directory_event)(records)
 
     async def _directory_event(self, record: ConsumerRecord) -> None:
         try:
