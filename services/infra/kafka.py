@@ -17,7 +17,13 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import (
+    AIOKafkaConsumer,
+    AIOKafkaProducer,
+    ConsumerRebalanceListener,
+    ConsumerRecord,
+    TopicPartition,
+)
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from opentelemetry import trace
@@ -270,8 +276,13 @@ class _Stopped(Exception):
 class ConsumerLoop:
     """Consume topics in a group, hand batches to a `RecordProcessor`, commit after each.
 
-    Any Kafka error outside a handler rebuilds the consumer from its committed offsets,
-    which is also how it recovers from a broker that restarted empty.
+    Any Kafka error outside a handler rebuilds the consumer from its committed offsets.
+    After a broker reset (`rebuild` with ``from_start``) committed offsets are not
+    trusted: the consumer that ran on until `BrokerWatch` noticed the reset may have
+    fetched the new topics at the old broker's positions and committed those, above
+    records the relays published again. So each partition, the first time it is
+    assigned after the reset, is read from offset 0 (and 0 is committed); the tracking
+    rows make the re-read harmless.
     """
 
     def __init__(
@@ -295,15 +306,47 @@ class ConsumerLoop:
         )
         self._rebuild = asyncio.Event()
         self.client_id = f"{group}-{uuid.uuid4().hex[:6]}"
+        self._reread: set[TopicPartition] | None = None
+        """Partitions read from 0 since the last reset (None: no reset to recover from)."""
 
-    def rebuild(self) -> None:
-        """Ask the loop to drop its consumer and join again (after a broker reset)."""
+    def rebuild(self, *, from_start: bool = False) -> None:
+        """Ask the loop to drop its consumer and join again.
+
+        ``from_start`` (after a broker reset): read each partition from offset 0 the
+        first time it is assigned from now on, whatever offset is committed for it.
+        """
+        if from_start:
+            self._reread = set()
         self._rebuild.set()
 
     def _consumer(self) -> AIOKafkaConsumer:
+        consumer = self._new_consumer()
+        consumer.subscribe(self.topics, listener=_FromStart(self, consumer))
+        return consumer
+
+    async def _assigned(self, consumer: AIOKafkaConsumer, assigned: set[TopicPartition]) -> None:
+        """Rebalance listener: after a reset, seek partitions not re-read yet to 0."""
+        if self._reread is None:
+            return
+        fresh = assigned - self._reread
+        if not fresh:
+            return
+        for tp in fresh:
+            consumer.seek(tp, 0)
+        self._reread |= fresh
+        log.info(
+            "consumer %s: after a broker reset, reading %d partitions from the start",
+            self.group,
+            len(fresh),
+        )
+        try:
+            await consumer.commit(dict.fromkeys(fresh, 0))
+        except Exception as exc:  # the seek holds; the next batch commits real offsets
+            log.warning("consumer %s: committing offset 0 after a reset: %r", self.group, exc)
+
+    def _new_consumer(self) -> AIOKafkaConsumer:
         session = self.settings.kafka_session_timeout_ms
         return AIOKafkaConsumer(
-            *self.topics,
             bootstrap_servers=self.settings.kafka_bootstrap,
             group_id=self.group,
             client_id=self.client_id,
@@ -365,6 +408,20 @@ class ConsumerLoop:
                     await consumer.stop()
             if self._rebuild.is_set():
                 self.stats.rebuilds += 1
+
+
+class _FromStart(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Hands `ConsumerLoop` each new assignment (aiokafka calls it after every join)."""
+
+    def __init__(self, loop: ConsumerLoop, consumer: AIOKafkaConsumer) -> None:
+        self.loop = loop
+        self.consumer = consumer
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        return None
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self.loop._assigned(self.consumer, assigned)
 
 
 def per_record(handler: RecordHandler) -> BatchHandler:

@@ -133,6 +133,8 @@ class Runtime:
             # then may never have been consumed. Publish the replay window again.
             log.warning("%s: the broker forgot this service's topics; replaying", self.name)
             await self.relay.request_rewind()
+            for loop in self.consumers:  # a killed predecessor may have committed stale offsets
+                loop.rebuild(from_start=True)
         if self.settings.relay_enabled:
             self._spawn(self.relay.run(self._stop), "relay")
         self._spawn(self.watch.run(self._stop), "broker-watch")
@@ -282,6 +284,6 @@ class Runtime:
 
 def _rebuilder(loop: ConsumerLoop) -> Callable[[], Awaitable[None]]:
     async def rebuild() -> None:
-        loop.rebuild()
+        loop.rebuild(from_start=True)
 
     return rebuild
