@@ -6,12 +6,9 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 
-from aiokafka import ConsumerRecord
 from fastapi import FastAPI
 from faust.contrib.asgi import faust_app_running
 
-from services.domain.events import InvalidEvent, parse_envelope
-from services.infra import eventstore
 from services.infra.faustapp import GroupRejoin, add_agent, make_faust_app
 from services.infra.kafka import BatchHandler
 from services.infra.runtime import Runtime
@@ -46,25 +43,3 @@ def create_stream_app(
     app.state.faust = faust_app
     app.state.faust_rejoin = rejoin
     return app
-
-
-def tracking_handler(runtime: Runtime, consumer: str) -> BatchHandler:
-    """A handler that records, exactly once, each event it consumed (and nothing else).
-
-    Invalid input is dead-lettered with its reason. The triage and escalation issues
-    replace this with their decisions; the tracking stays the same.
-    """
-
-    async def handle(records: Sequence[ConsumerRecord]) -> None:
-        for record in records:
-            try:
-                envelope = parse_envelope(record.value or b"")
-            except InvalidEvent as exc:
-                await runtime.dead_letter_poison(record, exc)
-                continue
-            async with runtime.db.acquire() as conn, conn.transaction():
-                await eventstore.track(
-                    conn, consumer, envelope.id, record.topic, record.partition, record.offset
-                )
-
-    return handle
