@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
@@ -43,7 +44,7 @@ from services.domain.events import (
 from services.escalation.notify import Notifier
 from services.infra import eventstore
 from services.infra.db import connect
-from services.infra.kafka import TRANSIENT_ERRORS, per_record, record_span
+from services.infra.kafka import TRANSIENT_ERRORS, record_span
 from services.infra.logging import bind_incident
 from services.infra.runtime import Runtime
 from services.infra.telemetry import current_traceparent, span_after
@@ -84,25 +85,34 @@ class Escalation:
     # -- inputs -------------------------------------------------------------------
 
     async def on_triage(self, records: Sequence[ConsumerRecord]) -> None:
-        await per_record(self._triage_event)(records)
+        """The batch's decisions and reassignments, in order, in one transaction.
 
-    async def _triage_event(self, record: ConsumerRecord) -> None:
-        envelope = await self._parse(record)
-        if envelope is None:
+        Each holds its incident's lock to the end of the transaction; the other paths
+        take one incident lock per transaction, so no cycle can form. A record that
+        fails fails the batch, which `RecordProcessor` then retries one by one.
+        """
+        async with self.runtime.db.acquire() as conn, conn.transaction():
+            for record in records:
+                with record_span(record):
+                    envelope = await self._parse(record)
+                    if envelope is not None:
+                        await self._triage_event(conn, record, envelope)
+
+    async def _triage_event(
+        self, conn: asyncpg.Connection, record: ConsumerRecord, envelope: Envelope
+    ) -> None:
+        if not await self._track(conn, envelope, record):
             return
         data = data_of(envelope)
-        async with self.runtime.db.acquire() as conn, conn.transaction():
-            if not await self._track(conn, envelope, record):
-                return
-            if isinstance(data, Triaged):
-                await self._start(conn, envelope, data)
-            elif isinstance(data, Reassigned):
-                removed = [x.principal for x in data.removed]
-                await self._step_or_hold(
-                    conn,
-                    envelope,
-                    lambda s, now, r=removed, a=data.added: esc.reassign(s, r, a, now),
-                )
+        if isinstance(data, Triaged):
+            await self._start(conn, envelope, data)
+        elif isinstance(data, Reassigned):
+            removed = [x.principal for x in data.removed]
+            await self._step_or_hold(
+                conn,
+                envelope,
+                lambda s, now, r=removed, a=data.added: esc.reassign(s, r, a, now),
+            )
 
     async def on_activity(self, records: Sequence[ConsumerRecord]) -> None:
         """Acknowledgements step the incident's state, one transaction each; the batch's
@@ -394,6 +404,7 @@ class Escalation:
         when its lease runs out, with a longer lease each time.
         """
         inflight: set[asyncio.Task[None]] = set()
+        measured = 0.0
         try:
             while not stop.is_set():
                 self._deliveries_due.clear()
@@ -403,10 +414,15 @@ class Escalation:
                         task = asyncio.create_task(self._deliver(row))
                         inflight.add(task)
                         task.add_done_callback(inflight.discard)
-                    await self._refresh_queue_metrics()
+                    if time.monotonic() - measured >= DELIVERY_POLL_SECONDS:
+                        await self._refresh_queue_metrics()
+                        measured = time.monotonic()
                 except TRANSIENT_ERRORS as exc:
                     log.warning("notice delivery: %r; retrying", exc)
-                waits = [self._deliveries_due.wait(), stop.wait(), *inflight]
+                # A finished delivery only matters when every slot is taken; otherwise
+                # the queue is empty until a new notice (or the poll) says otherwise.
+                full = len(inflight) >= DELIVERY_CONCURRENCY
+                waits = [self._deliveries_due.wait(), stop.wait(), *(inflight if full else ())]
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(_first_of(waits), DELIVERY_POLL_SECONDS)
         finally:
@@ -449,25 +465,26 @@ class Escalation:
                 delivered = await self.notifier.deliver(
                     envelope.subject, notice, delivery_id=envelope.id
                 )
+            outcome = (
+                "UPDATE deliveries SET state = $2, done_at = clock_timestamp()"
+                " WHERE event_id = $1 AND state = 'pending' RETURNING 1"
+            )
             try:
-                async with self.runtime.db.acquire() as conn, conn.transaction():
-                    recorded = await conn.fetchval(
-                        "UPDATE deliveries SET state = $2, done_at = clock_timestamp()"
-                        " WHERE event_id = $1 AND state = 'pending' RETURNING 1",
-                        envelope.id,
-                        "delivered" if delivered else "failed",
-                    )
-                    if recorded and not delivered:
-                        await self._step_or_hold(
-                            conn,
-                            envelope,
-                            lambda s, now, p=notice.principal, lv=notice.level: esc.delivery_failed(
-                                s, p, lv, now
-                            ),
-                        )
+                async with self.runtime.db.acquire() as conn:
+                    if delivered:  # one statement: no transaction around it
+                        await conn.fetchval(outcome, envelope.id, "delivered")
+                    else:
+                        async with conn.transaction():
+                            if await conn.fetchval(outcome, envelope.id, "failed"):
+                                await self._step_or_hold(
+                                    conn,
+                                    envelope,
+                                    lambda s, now, p=notice.principal, lv=notice.level: (
+                                        esc.delivery_failed(s, p, lv, now)
+                                    ),
+                                )
             except TRANSIENT_ERRORS as exc:  # the lease runs out and it is delivered again
                 log.warning("notice %s: outcome not recorded: %r", envelope.id, exc)
-        self._deliveries_due.set()
 
     async def _refresh_queue_metrics(self) -> None:
         async with self.runtime.db.acquire() as conn:

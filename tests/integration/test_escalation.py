@@ -303,13 +303,16 @@ async def test_a_message_to_the_reporter_satisfies_the_feedback_clock_and_silenc
     assert satisfied is not None
 
 
+@pytest.mark.parametrize("batched", [False, True], ids=["one-by-one", "decisions-in-one-batch"])
 async def test_a_decision_and_an_acknowledgement_arriving_together_never_lose_the_acknowledgement(
-    common: dict[str, Any], settings: CommonSettings
+    common: dict[str, Any], settings: CommonSettings, batched: bool
 ) -> None:
     """After a restart, escalation reads its backlog on incident.triage and
     incident.activity at once: an incident's decision and its acknowledgement are
     handled concurrently. The acknowledgement must clear the level every time (the
-    short chaos run once found one held in early_events for good)."""
+    short chaos run once found one held in early_events for good). Batched, the
+    decisions share one transaction that holds every incident's lock to its end while
+    the acknowledgements take theirs: no deadlock, nothing lost."""
     # Escalation on topics of its own: only this test hands it records.
     alone = EscalationSettings(
         **{**common, "kafka_topic_prefix": f"{settings.kafka_topic_prefix}x."}
@@ -348,16 +351,22 @@ async def test_a_decision_and_an_acknowledgement_arriving_together_never_lose_th
         )
     async with serving(app, "http://escalation"):
         escalation = app.state.escalation
-        await asyncio.gather(
-            *(
-                call
-                for triaged_record, ack_record in pairs
-                for call in (
-                    escalation.on_triage([triaged_record]),
-                    escalation.on_activity([ack_record]),
+        if batched:
+            await asyncio.gather(
+                escalation.on_triage([triaged for triaged, _ in pairs]),
+                *(escalation.on_activity([ack]) for _, ack in pairs),
+            )
+        else:
+            await asyncio.gather(
+                *(
+                    call
+                    for triaged_record, ack_record in pairs
+                    for call in (
+                        escalation.on_triage([triaged_record]),
+                        escalation.on_activity([ack_record]),
+                    )
                 )
             )
-        )
         async with escalation.runtime.db.acquire() as conn:
             held = await conn.fetchval("SELECT count(*) FROM early_events")
             cleared = await conn.fetchval(
