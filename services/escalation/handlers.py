@@ -44,6 +44,7 @@ from services.domain.events import (
 from services.escalation.notify import Notifier
 from services.infra import eventstore
 from services.infra.db import connect
+from services.infra.groupcommit import GroupCommit
 from services.infra.kafka import TRANSIENT_ERRORS, record_span
 from services.infra.logging import bind_incident
 from services.infra.runtime import Runtime
@@ -61,6 +62,8 @@ QUEUED_AGE = Gauge(
     "incidents_notify_queue_oldest_age_seconds",
     "Age of the oldest notice still queued (0 when none).",
 )
+PENDING_EVERY = 5.0
+"""Seconds between counts of the pending deadlines (a gauge; the count scans them)."""
 DELIVERY_CONCURRENCY = 16
 """Notices one worker delivers at once."""
 DELIVERY_POLL_SECONDS = 0.5
@@ -81,6 +84,10 @@ class Escalation:
         self._wake = asyncio.Event()
         self._deliveries_due = asyncio.Event()
         self.delivery_lease = delivery_lease(runtime.settings)
+        # Delivered notices record their outcome together (one UPDATE per shared commit).
+        self._delivered: GroupCommit[str, None] = GroupCommit(
+            lambda: self.runtime.db, _record_delivered, name="escalation-deliveries", writers=1
+        )
 
     # -- inputs -------------------------------------------------------------------
 
@@ -342,6 +349,7 @@ class Escalation:
     async def run_scheduler(self, stop: asyncio.Event) -> None:
         """Fire deadlines as they come due, until `stop`; survives database hiccups."""
         listener: asyncpg.Connection | None = None
+        counted = 0.0
         while not stop.is_set():
             try:
                 if listener is None or listener.is_closed():
@@ -352,16 +360,19 @@ class Escalation:
                         f"{self.runtime.schema}_wakeup", lambda *_: self._wake.set()
                     )
                 self._wake.clear()
-                await self.fire_due()
-                async with self.runtime.db.acquire() as conn:
-                    nearest = await conn.fetchval(
-                        "SELECT min(wakeup) FROM escalation_state WHERE wakeup IS NOT NULL"
-                    )
-                    PENDING.set(
-                        await conn.fetchval(
-                            "SELECT count(*) FROM escalation_state WHERE wakeup IS NOT NULL"
+                # Woken by every saved state: look for due rows only when one is due.
+                nearest = await self._nearest()
+                if nearest is not None and nearest <= self.now():
+                    await self.fire_due()
+                    nearest = await self._nearest()
+                if time.monotonic() - counted >= PENDING_EVERY:
+                    async with self.runtime.db.acquire() as conn:
+                        PENDING.set(
+                            await conn.fetchval(
+                                "SELECT count(*) FROM escalation_state WHERE wakeup IS NOT NULL"
+                            )
                         )
-                    )
+                    counted = time.monotonic()
                 delay = 1.0
                 if nearest is not None:
                     delay = max(0.0, min(delay, (nearest - self.now()).total_seconds()))
@@ -373,6 +384,13 @@ class Escalation:
                 await asyncio.sleep(0.5)
         if listener is not None:
             await listener.close()
+
+    async def _nearest(self) -> datetime | None:
+        async with self.runtime.db.acquire() as conn:
+            nearest: datetime | None = await conn.fetchval(
+                "SELECT min(wakeup) FROM escalation_state WHERE wakeup IS NOT NULL"
+            )
+        return nearest
 
     # -- notices -----------------------------------------------------------------
 
@@ -465,24 +483,23 @@ class Escalation:
                 delivered = await self.notifier.deliver(
                     envelope.subject, notice, delivery_id=envelope.id
                 )
-            outcome = (
-                "UPDATE deliveries SET state = $2, done_at = clock_timestamp()"
-                " WHERE event_id = $1 AND state = 'pending' RETURNING 1"
-            )
             try:
-                async with self.runtime.db.acquire() as conn:
-                    if delivered:  # one statement: no transaction around it
-                        await conn.fetchval(outcome, envelope.id, "delivered")
-                    else:
-                        async with conn.transaction():
-                            if await conn.fetchval(outcome, envelope.id, "failed"):
-                                await self._step_or_hold(
-                                    conn,
-                                    envelope,
-                                    lambda s, now, p=notice.principal, lv=notice.level: (
-                                        esc.delivery_failed(s, p, lv, now)
-                                    ),
-                                )
+                if delivered:
+                    await self._delivered.submit(envelope.id)
+                else:
+                    async with self.runtime.db.acquire() as conn, conn.transaction():
+                        if await conn.fetchval(
+                            "UPDATE deliveries SET state = 'failed', done_at = clock_timestamp()"
+                            " WHERE event_id = $1 AND state = 'pending' RETURNING 1",
+                            envelope.id,
+                        ):
+                            await self._step_or_hold(
+                                conn,
+                                envelope,
+                                lambda s, now, p=notice.principal, lv=notice.level: (
+                                    esc.delivery_failed(s, p, lv, now)
+                                ),
+                            )
             except TRANSIENT_ERRORS as exc:  # the lease runs out and it is delivered again
                 log.warning("notice %s: outcome not recorded: %r", envelope.id, exc)
 
@@ -495,6 +512,16 @@ class Escalation:
         QUEUED.set(row["n"])
         oldest = row["oldest"]
         QUEUED_AGE.set(max(0.0, (datetime.now(UTC) - oldest).total_seconds()) if oldest else 0)
+
+
+async def _record_delivered(conn: asyncpg.Connection, event_ids: Sequence[str]) -> list[None]:
+    """`GroupCommit` writer: mark delivered notices (still pending) as delivered."""
+    await conn.execute(
+        "UPDATE deliveries SET state = 'delivered', done_at = clock_timestamp()"
+        " WHERE event_id = ANY($1::text[]) AND state = 'pending'",
+        list(event_ids),
+    )
+    return [None] * len(event_ids)
 
 
 def delivery_lease(settings: object) -> float:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from typing import Any
 
 import asyncpg
 from aiokafka import ConsumerRecord
@@ -81,11 +82,15 @@ async def apply_event(conn: asyncpg.Connection, envelope: Envelope) -> None:
     at = envelope.time
     match data:
         case Triaged():
-            for x in data.excluded:
-                await conn.execute(_EXCLUDE, incident, x.principal, x.rule, at, envelope.id, False)
+            await _many(
+                conn,
+                _EXCLUDE,
+                [(incident, x.principal, x.rule, at, envelope.id, False) for x in data.excluded],
+            )
         case Assigned():
-            for principal in data.principals:
-                await conn.execute(_ROUTE, incident, principal, data.level, at, envelope.id)
+            await _many(
+                conn, _ROUTE, [(incident, p, data.level, at, envelope.id) for p in data.principals]
+            )
         case Reassigned():
             gone = [x.principal for x in data.removed]
             level = await conn.fetchval(
@@ -97,15 +102,24 @@ async def apply_event(conn: asyncpg.Connection, envelope: Envelope) -> None:
                 incident,
                 gone,
             )
-            for x in data.removed:
-                await conn.execute(_EXCLUDE, incident, x.principal, x.rule, at, envelope.id, True)
-            for principal in data.added:
-                await conn.execute(_ROUTE, incident, principal, level, at, envelope.id)
+            await _many(
+                conn,
+                _EXCLUDE,
+                [(incident, x.principal, x.rule, at, envelope.id, True) for x in data.removed],
+            )
+            await _many(conn, _ROUTE, [(incident, p, level, at, envelope.id) for p in data.added])
         case Escalated():
-            for principal in data.recipients:
-                await conn.execute(_ROUTE, incident, principal, data.level, at, envelope.id)
+            await _many(
+                conn, _ROUTE, [(incident, p, data.level, at, envelope.id) for p in data.recipients]
+            )
         case _:
             return
+
+
+async def _many(conn: asyncpg.Connection, statement: str, rows: list[tuple[Any, ...]]) -> None:
+    """One statement for each row, in order, pipelined (one round trip, not one per row)."""
+    if rows:
+        await conn.executemany(statement, rows)
 
 
 async def routing_of(conn: asyncpg.Connection, incident_id: str) -> Routing:
@@ -157,17 +171,31 @@ async def access_routing(
 
 
 def routing_handler(runtime: Runtime) -> BatchHandler:
-    """The batch handler of the `intake-routing` consumer: one transaction per batch."""
+    """The batch handler of the `intake-routing` consumer: one transaction per batch,
+    the batch's tracking rows in one statement, then each new event in order."""
 
     async def handle(records: Sequence[ConsumerRecord]) -> None:
         async with runtime.db.acquire() as conn, conn.transaction():
+            valid = []
             for record in records:
-                await _handle_one(runtime, conn, record)
+                envelope = await _parse(runtime, conn, record)
+                if envelope is not None:
+                    valid.append((record, envelope))
+            fresh = await eventstore.track_many(
+                conn, CONSUMER, [(e.id, r.topic, r.partition, r.offset) for r, e in valid]
+            )
+            for _, envelope in valid:
+                if envelope.id in fresh:  # a record delivered twice in one batch: once
+                    fresh.discard(envelope.id)
+                    await apply_event(conn, envelope)
 
     return handle
 
 
-async def _handle_one(runtime: Runtime, conn: asyncpg.Connection, record: ConsumerRecord) -> None:
+async def _parse(
+    runtime: Runtime, conn: asyncpg.Connection, record: ConsumerRecord
+) -> Envelope | None:
+    """The record's valid event, or None once it is dead-lettered (once) with its reason."""
     raw = record.value or b""
     try:
         envelope = parse_envelope(raw)
@@ -188,8 +216,5 @@ async def _handle_one(runtime: Runtime, conn: asyncpg.Connection, record: Consum
                 partition=record.partition,
                 offset=record.offset,
             )
-        return
-    if await eventstore.track(
-        conn, CONSUMER, envelope.id, record.topic, record.partition, record.offset
-    ):
-        await apply_event(conn, envelope)
+        return None
+    return envelope
