@@ -94,32 +94,110 @@ class Escalation:
     async def on_triage(self, records: Sequence[ConsumerRecord]) -> None:
         """The batch's decisions and reassignments, in order, in one transaction.
 
-        Each holds its incident's lock to the end of the transaction; the other paths
-        take one incident lock per transaction, so no cycle can form. A record that
-        fails fails the batch, which `RecordProcessor` then retries one by one.
+        Consecutive decisions start their escalations together (`_start_all`: one
+        statement per table for the run). Each holds its incident's lock to the end of
+        the transaction; the other paths take one incident lock per transaction, so no
+        cycle can form. A record that fails fails the batch, which `RecordProcessor`
+        then retries one by one.
         """
         async with self.runtime.db.acquire() as conn, conn.transaction():
+            decisions: list[tuple[ConsumerRecord, Envelope, Triaged]] = []
             for record in records:
+                envelope = await self._parse(record)
+                if envelope is None:
+                    continue
+                data = data_of(envelope)
+                if isinstance(data, Triaged):
+                    decisions.append((record, envelope, data))
+                    continue
+                await self._start_all(conn, decisions)  # what came before goes first
+                decisions = []
                 with record_span(record):
-                    envelope = await self._parse(record)
-                    if envelope is not None:
-                        await self._triage_event(conn, record, envelope)
+                    if await self._track(conn, envelope, record) and isinstance(data, Reassigned):
+                        removed = [x.principal for x in data.removed]
+                        await self._step_or_hold(
+                            conn,
+                            envelope,
+                            lambda s, now, r=removed, a=data.added: esc.reassign(s, r, a, now),
+                        )
+            await self._start_all(conn, decisions)
 
-    async def _triage_event(
-        self, conn: asyncpg.Connection, record: ConsumerRecord, envelope: Envelope
+    async def _start_all(
+        self,
+        conn: asyncpg.Connection,
+        decisions: Sequence[tuple[ConsumerRecord, Envelope, Triaged]],
     ) -> None:
-        if not await self._track(conn, envelope, record):
+        """Start the escalation of each decided incident that has none yet.
+
+        Tracking rows, incident locks, the new states and their events go in one
+        statement each; early inputs held for these incidents are then replayed in order.
+        """
+        fresh = await eventstore.track_many(
+            conn, "escalation", [(e.id, r.topic, r.partition, r.offset) for r, e, _ in decisions]
+        )
+        todo = []
+        for record, envelope, triaged in decisions:
+            if envelope.id in fresh:  # a record delivered twice in one batch: once
+                fresh.discard(envelope.id)
+                todo.append((record, envelope, triaged))
+        if not todo:
             return
-        data = data_of(envelope)
-        if isinstance(data, Triaged):
-            await self._start(conn, envelope, data)
-        elif isinstance(data, Reassigned):
-            removed = [x.principal for x in data.removed]
-            await self._step_or_hold(
-                conn,
-                envelope,
-                lambda s, now, r=removed, a=data.added: esc.reassign(s, r, a, now),
+        incidents = sorted({e.subject for _, e, _ in todo})
+        await _lock_incidents(conn, incidents)
+        started = {
+            r["incident_id"]
+            for r in await conn.fetch(
+                "SELECT incident_id FROM escalation_state WHERE incident_id = ANY($1::text[])",
+                incidents,
             )
+        }
+        versions = await eventstore.stream_versions(conn, incidents)
+        now = self.now()
+        rows: list[tuple[str, str, datetime | None, str | None]] = []
+        appends: list[tuple[str, int, Sequence[Envelope]]] = []
+        for record, envelope, triaged in todo:
+            if envelope.subject in started:
+                continue
+            started.add(envelope.subject)
+            with record_span(record):  # the state and its events continue the report's trace
+                state, effects = esc.start(
+                    triaged, envelope.subject, now, triaged.report_digest or "sha256:unknown"
+                )
+                rows.append(
+                    (
+                        state.incident_id,
+                        json.dumps(state.to_json()),
+                        esc.next_wakeup(state),
+                        current_traceparent(),
+                    )
+                )
+                if effects:
+                    events = self._effect_events(state, effects, envelope, now)
+                    appends.append((state.incident_id, versions[state.incident_id], events))
+                    versions[state.incident_id] += len(events)
+        if not rows:
+            return
+        await conn.execute(
+            "INSERT INTO escalation_state (incident_id, state, wakeup, traceparent)"
+            " SELECT i, s::jsonb, w, t"
+            " FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[]) AS r (i, s, w, t)",
+            [r[0] for r in rows],
+            [r[1] for r in rows],
+            [r[2] for r in rows],
+            [r[3] for r in rows],
+        )
+        await eventstore.append_streams(
+            conn, appends, topic_prefix=self.runtime.settings.kafka_topic_prefix
+        )
+        early = await conn.fetch(
+            "WITH gone AS (DELETE FROM early_events WHERE incident_id = ANY($1::text[])"
+            " RETURNING incident_id, seq, body) SELECT body FROM gone ORDER BY incident_id, seq",
+            [r[0] for r in rows],
+        )
+        for row in early:
+            held = parse_envelope(bytes(row["body"]))
+            await self._step_or_hold(conn, held, _transition_for(held))
+        self._wake.set()
 
     async def on_activity(self, records: Sequence[ConsumerRecord]) -> None:
         """Acknowledgements step the incident's state, one transaction each; the batch's
@@ -192,27 +270,6 @@ class Escalation:
             conn, "escalation", envelope.id, record.topic, record.partition, record.offset
         )
 
-    async def _start(self, conn: asyncpg.Connection, envelope: Envelope, triaged: Triaged) -> None:
-        await _lock_incident(conn, envelope.subject)
-        exists = await conn.fetchval(
-            "SELECT 1 FROM escalation_state WHERE incident_id = $1", envelope.subject
-        )
-        if exists:
-            return
-        now = self.now()
-        state, effects = esc.start(
-            triaged, envelope.subject, now, triaged.report_digest or "sha256:unknown"
-        )
-        await self._save(conn, None, state, effects, envelope, now, insert=True)
-        early = await conn.fetch(
-            "WITH gone AS (DELETE FROM early_events WHERE incident_id = $1 RETURNING seq, body)"
-            " SELECT body FROM gone ORDER BY seq",
-            envelope.subject,
-        )
-        for row in early:
-            held = parse_envelope(bytes(row["body"]))
-            await self._step_or_hold(conn, held, _transition_for(held))
-
     async def _step_or_hold(
         self,
         conn: asyncpg.Connection,
@@ -279,7 +336,24 @@ class Escalation:
         cause: Envelope | None,
         now: datetime,
     ) -> None:
-        events = [
+        version = await eventstore.stream_version(conn, state.incident_id)
+        await eventstore.append(
+            conn,
+            state.incident_id,
+            version,
+            self._effect_events(state, effects, cause, now),
+            topic_prefix=self.runtime.settings.kafka_topic_prefix,
+        )
+
+    def _effect_events(
+        self,
+        state: esc.EscalationState,
+        effects: Sequence[esc.Effect],
+        cause: Envelope | None,
+        now: datetime,
+    ) -> list[Envelope]:
+        """The events a step's effects publish, in the active span's trace."""
+        return [
             make_event(
                 esc.effect_type(effect),
                 subject=state.incident_id,
@@ -296,14 +370,6 @@ class Escalation:
             )
             for i, effect in enumerate(effects)
         ]
-        version = await eventstore.stream_version(conn, state.incident_id)
-        await eventstore.append(
-            conn,
-            state.incident_id,
-            version,
-            events,
-            topic_prefix=self.runtime.settings.kafka_topic_prefix,
-        )
 
     # -- deadlines ---------------------------------------------------------------
 
@@ -559,6 +625,15 @@ async def _lock_incident(conn: asyncpg.Connection, incident_id: str) -> None:
     """
     await conn.execute(
         "SELECT pg_advisory_xact_lock(hashtextextended('escalation:' || $1, 0))", incident_id
+    )
+
+
+async def _lock_incidents(conn: asyncpg.Connection, incidents: Sequence[str]) -> None:
+    """`_lock_incident` for several incidents, in the order given, in one statement."""
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended('escalation:' || i, 0))"
+        " FROM unnest($1::text[]) WITH ORDINALITY AS r (i, n) ORDER BY n",
+        list(incidents),
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -12,7 +13,14 @@ from typing import Any
 import httpx
 import pytest
 
-from services.domain.events import Acknowledged, ChainLevel, Triaged, make_event, parse_event
+from services.domain.events import (
+    Acknowledged,
+    ChainLevel,
+    Reassigned,
+    Triaged,
+    make_event,
+    parse_event,
+)
 from services.escalation.app import create_app as create_escalation
 from services.infra.settings import (
     CommonSettings,
@@ -376,3 +384,85 @@ async def test_a_decision_and_an_acknowledgement_arriving_together_never_lose_th
             )
     assert held == 0
     assert cleared == len(incidents)
+
+
+async def test_a_batch_of_decisions_starts_each_escalation_once_in_order(
+    common: dict[str, Any], settings: CommonSettings
+) -> None:
+    """One `on_triage` batch: decisions start together, a record delivered twice and a
+    second decision for an incident start nothing more, a reassignment after its
+    decision applies to the started state, an early acknowledgement is replayed, and an
+    invalid record is dead-lettered without failing the batch."""
+    alone = EscalationSettings(
+        **{**common, "kafka_topic_prefix": f"{settings.kafka_topic_prefix}b."}
+    )
+    app = create_escalation(alone)
+    now = datetime.now(UTC)
+    chain = [
+        ChainLevel(level=1, role="hr_case_handler", recipients=["p-chen"], acknowledge_within=600),
+        ChainLevel(level=2, role="hr_head", recipients=["p-zhou"], acknowledge_within=600),
+    ]
+    a, b, c = (str(uuid.uuid4()) for _ in range(3))
+
+    def decided(incident: str) -> Any:
+        return make_event(
+            "incident.triaged.v1",
+            subject=incident,
+            data=Triaged(
+                category="harassment",
+                severity="high",
+                policy_version="seconds-1",
+                chain=chain,
+                deadlines={"level_1_acknowledge": now + timedelta(seconds=600)},
+            ),
+            source="/tests",
+            time=now,
+        )
+
+    first_a = decided(a)
+    reassigned = make_event(
+        "incident.reassigned.v1",
+        subject=a,
+        data=Reassigned(added=["p-ma"]),
+        source="/tests",
+        time=now,
+    )
+    early_ack = make_event(
+        "incident.acknowledged.v1",
+        subject=c,
+        data=Acknowledged(principal="p-chen", level=1),
+        source="/tests",
+        time=now,
+    )
+    batch = [
+        event_record("incident.triage", first_a, 0),
+        event_record("incident.triage", first_a, 0),  # delivered twice
+        event_record("incident.triage", decided(b), 1),
+        event_record("incident.triage", reassigned, 2),
+        event_record("incident.triage", decided(a), 3),  # a second decision: nothing more
+        event_record("incident.triage", decided(c), 4),
+    ]
+    invalid = event_record("incident.triage", first_a, 5)
+    invalid.value = b"{not json"  # type: ignore[misc]
+    batch.insert(3, invalid)
+    async with serving(app, "http://escalation"):
+        escalation = app.state.escalation
+        await escalation.on_activity([event_record("incident.activity", early_ack, 0)])
+        await escalation.on_triage(batch)
+        async with escalation.runtime.db.acquire() as conn:
+            states = {
+                r["incident_id"]: json.loads(r["state"])
+                for r in await conn.fetch("SELECT incident_id, state FROM escalation_state")
+            }
+            events = await conn.fetch(
+                "SELECT stream_id, type, count(*) AS n FROM events GROUP BY stream_id, type"
+            )
+            held = await conn.fetchval("SELECT count(*) FROM early_events")
+            dead = await conn.fetchval("SELECT count(*) FROM outbox WHERE topic LIKE '%dead%'")
+    assert set(states) == {a, b, c}
+    assert "p-ma" in json.dumps(states[a]["chain"])  # the reassignment reached a's state
+    assert all(r["n"] == 1 for r in events), [dict(r) for r in events]
+    cleared = {r["stream_id"] for r in events if r["type"] == "incident.escalation.cleared.v1"}
+    assert cleared == {c}  # the early acknowledgement, replayed when c started
+    assert held == 0
+    assert dead == 1
