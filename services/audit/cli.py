@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import binascii
+import contextlib
+import gc
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -263,7 +265,13 @@ async def incidents_as_of(source: LedgerSource, moment: datetime) -> dict[str, A
     consumed, so each is folded from its JSON (`apply_data`) without validating it
     again; one that does not fold that way takes the validating path (`apply`), which
     skips an event that is no valid CloudEvent and reports one that does not fold.
+    The cyclic garbage collector is paused meanwhile (`_cyclic_gc_paused`).
     """
+    with _cyclic_gc_paused():
+        return await _fold_leaves(source, moment)
+
+
+async def _fold_leaves(source: LedgerSource, moment: datetime) -> dict[str, Any]:
     from services.domain.envelope import utc_rfc3339
     from services.domain.events import InvalidEvent, parse_envelope
     from services.domain.incident import IncidentState, apply, apply_data
@@ -308,6 +316,24 @@ async def incidents_as_of(source: LedgerSource, moment: datetime) -> dict[str, A
         except ValueError as exc:
             states[envelope.subject] = f"cannot replay: {exc}"
     return states
+
+
+@contextlib.contextmanager
+def _cyclic_gc_paused() -> Iterator[None]:
+    """Pause CPython's cyclic garbage collector for a fold, then put it back as it was.
+
+    A replay keeps every incident's state alive (tens of thousands of objects, none in a
+    reference cycle) while it allocates and frees a leaf's JSON per event; the collector
+    kept walking the growing states, 15-20 % of a full replay. Reference counting still
+    frees each leaf as soon as it is folded, so memory stays what the states need.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _aware(time: datetime) -> datetime:

@@ -116,3 +116,28 @@ async def test_events_the_json_fold_cannot_read_take_the_validating_path() -> No
     assert states["inc-no-data-field"].startswith("cannot replay: invalid data")
     assert states["inc-unknown"].startswith("cannot replay: unknown event type")
     assert "inc-naive-time" not in states
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+async def test_the_replay_puts_the_garbage_collector_back_as_it_found_it(enabled: bool) -> None:
+    """The cyclic collector is paused for the fold only: on again after it, or still
+    off for a caller that had switched it off, also when the fold fails."""
+    import gc
+
+    (gc.enable if enabled else gc.disable)()
+    try:
+        await incidents_as_of(leaf_log([e.to_dict() for e in life()]), T0 + timedelta(minutes=1))
+        assert gc.isenabled() is enabled
+
+        class Broken(MemorySource):
+            async def entries(self, start: int = 0, end: int | None = None) -> Any:
+                assert not gc.isenabled()  # paused while the leaves are folded
+                raise RuntimeError("the source failed")
+                yield []
+
+        broken = Broken({}, [], [])
+        with pytest.raises(RuntimeError):
+            await incidents_as_of(broken, T0)
+        assert gc.isenabled() is enabled
+    finally:
+        gc.enable()
