@@ -57,7 +57,12 @@ class Principal:
 
     @property
     def is_system(self) -> bool:
-        return self.id.startswith("system:")
+        return is_system_id(self.id)
+
+
+def is_system_id(principal_id: str) -> bool:
+    """True for another corporate system (`system:<name>`), not a person."""
+    return principal_id.startswith("system:")
 
 
 def _digest(token: str) -> bytes:

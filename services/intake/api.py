@@ -24,10 +24,10 @@ from services.domain.reports import (
     for_harassment_channel,
     reporter_of,
 )
-from services.infra.auth import Principal
+from services.infra.auth import is_system_id
 from services.infra.http import PROBLEM, Problem
 from services.infra.telemetry import span_after
-from services.intake.principals import OptionalPrincipal
+from services.intake.principals import OptionalCallerId
 from services.intake.service import (
     ANONYMOUS_ACTOR,
     IdempotencyConflict,
@@ -148,13 +148,13 @@ async def _take(
     route: str,
     report: ReportRequest,
     request: Request,
-    caller: Principal | None,
+    caller: str | None,
     idempotency_key: str | None,
 ) -> JSONResponse:
-    is_system = caller is not None and caller.is_system
+    is_system = caller is not None and is_system_id(caller)
     try:
         reporter = reporter_of(
-            caller.id if caller else None,
+            caller,
             caller_is_system=is_system,
             claimed=report.reporter,
             claimed_explicitly="reporter" in report.model_fields_set,
@@ -169,7 +169,7 @@ async def _take(
     key = None
     if idempotency_key is not None:
         key = _service(request).idempotency_key(
-            caller.id if caller else None,
+            caller,
             idempotency_key,
             request_digest(route, report.model_dump(mode="json")),
         )
@@ -188,7 +188,7 @@ async def _take(
             submission = await _service(request).take_report(
                 body.report(),
                 reporter=reporter,
-                actor=caller.id if caller else ANONYMOUS_ACTOR,
+                actor=caller or ANONYMOUS_ACTOR,
                 channel="api" if is_system else "web",
                 idempotency=key,
                 check_reporter=is_system,
@@ -219,7 +219,7 @@ async def _take(
 async def post_report(
     report: ReportRequest,
     request: Request,
-    caller: OptionalPrincipal,
+    caller: OptionalCallerId,
     idempotency_key: IdempotencyHeader = None,
 ) -> JSONResponse:
     """Take a report in; 202 once it is durable.
@@ -260,7 +260,7 @@ async def post_report(
 async def post_harassment_report(
     report: ReportRequest,
     request: Request,
-    caller: OptionalPrincipal,
+    caller: OptionalCallerId,
     idempotency_key: IdempotencyHeader = None,
 ) -> JSONResponse:
     """The harassment channel: `POST /v1/reports` for `sexual_misconduct` and `harassment`.

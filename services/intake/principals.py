@@ -17,16 +17,27 @@ from services.infra.runtime import Runtime
 from services.intake.directory import roles_of
 
 
-async def optional_principal(
+async def optional_caller_id(
     request: Request, authorization: Annotated[str | None, Header()] = None
-) -> Principal | None:
-    """The caller, or None when no Authorization header was sent (anonymous)."""
+) -> str | None:
+    """The caller's verified id, or None when no Authorization header was sent
+    (anonymous). Roles are not looked up: for routes that need none (taking a report)."""
     if authorization is None:
         return None
     auth: Authenticator = request.app.state.auth
     principal_id = await auth.principal_id_async(authorization)
     if principal_id is None:
         raise Problem(401, "Unauthorized", "The bearer token is not valid.")
+    return principal_id
+
+
+async def optional_principal(
+    request: Request,
+    principal_id: Annotated[str | None, Depends(optional_caller_id)],
+) -> Principal | None:
+    """The caller with their roles, or None when anonymous."""
+    if principal_id is None:
+        return None
     runtime: Runtime = request.app.state.runtime
     async with runtime.db.acquire() as conn:
         roles = await roles_of(conn, principal_id)
@@ -48,5 +59,6 @@ def require_role(principal: Principal, role: str) -> None:
         raise Problem(403, "Forbidden", f"The {role} role is required.")
 
 
+OptionalCallerId = Annotated[str | None, Depends(optional_caller_id)]
 OptionalPrincipal = Annotated[Principal | None, Depends(optional_principal)]
 RequiredPrincipal = Annotated[Principal, Depends(required_principal)]
