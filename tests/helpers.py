@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from fastapi import FastAPI
+
+from services.infra.settings import CommonSettings
 
 
 async def drain(bootstrap: str, topic: str, want: int, timeout: float = 15.0) -> list[Any]:
@@ -123,3 +126,15 @@ def event_record(topic: str, event: Any, offset: int) -> ConsumerRecord:
     value = event.to_bytes()
     key = event.subject.encode()
     return ConsumerRecord(topic, 0, offset, 0, 0, key, value, None, len(key), len(value), ())
+
+
+def broker_settings(kafka_bootstrap: str) -> CommonSettings:
+    """Settings for a test of Kafka plumbing alone: topics under a prefix of its own,
+    a 3 s session and a 20 ms fetch wait, no database."""
+    return CommonSettings(
+        kafka_bootstrap=kafka_bootstrap,
+        kafka_topic_prefix=f"k{secrets.token_hex(4)}.",
+        environment="test",
+        kafka_session_timeout_ms=3000,
+        kafka_fetch_max_wait_ms=20,
+    )

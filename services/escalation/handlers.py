@@ -132,14 +132,10 @@ class Escalation:
         Tracking rows, incident locks, the new states and their events go in one
         statement each; early inputs held for these incidents are then replayed in order.
         """
-        fresh = await eventstore.track_many(
+        first = await eventstore.track_each(
             conn, "escalation", [(e.id, r.topic, r.partition, r.offset) for r, e, _ in decisions]
         )
-        todo = []
-        for record, envelope, triaged in decisions:
-            if envelope.id in fresh:  # a record delivered twice in one batch: once
-                fresh.discard(envelope.id)
-                todo.append((record, envelope, triaged))
+        todo = [item for item, new in zip(decisions, first, strict=True) if new]
         if not todo:
             return
         incidents = sorted({e.subject for _, e, _ in todo})

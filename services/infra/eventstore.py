@@ -240,6 +240,22 @@ async def track_many(
     return {r["event_key"] for r in rows}
 
 
+async def track_each(
+    conn: asyncpg.Connection,
+    consumer: str,
+    inputs: Sequence[tuple[str, str, int, int]],
+) -> list[bool]:
+    """`track_many`, answered per input in order: True where the input is to be
+    processed (its key not processed before, and not earlier in this batch: a record
+    delivered twice in one batch is processed once)."""
+    fresh = await track_many(conn, consumer, inputs)
+    first: list[bool] = []
+    for key, *_ in inputs:
+        first.append(key in fresh)
+        fresh.discard(key)
+    return first
+
+
 async def stream_versions(conn: asyncpg.Connection, stream_ids: Sequence[str]) -> dict[str, int]:
     """`stream_version` of several streams in one query (0 for those with no events)."""
     rows = await conn.fetch(

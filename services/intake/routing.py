@@ -181,12 +181,11 @@ def routing_handler(runtime: Runtime) -> BatchHandler:
                 envelope = await _parse(runtime, conn, record)
                 if envelope is not None:
                     valid.append((record, envelope))
-            fresh = await eventstore.track_many(
+            first = await eventstore.track_each(
                 conn, CONSUMER, [(e.id, r.topic, r.partition, r.offset) for r, e in valid]
             )
-            for _, envelope in valid:
-                if envelope.id in fresh:  # a record delivered twice in one batch: once
-                    fresh.discard(envelope.id)
+            for (_, envelope), new in zip(valid, first, strict=True):
+                if new:
                     await apply_event(conn, envelope)
 
     return handle

@@ -162,16 +162,12 @@ class Triage:
         reports: Sequence[tuple[ConsumerRecord, Envelope, ReportSubmitted]],
     ) -> None:
         """Decide on each report not decided before: its decision row, its events."""
-        fresh = await eventstore.track_many(
+        first = await eventstore.track_each(
             conn,
             "triage-reports",
             [(e.id, r.topic, r.partition, r.offset) for r, e, _ in reports],
         )
-        todo = []
-        for record, envelope, report in reports:
-            if envelope.id in fresh:  # a record delivered twice in one batch: once
-                fresh.discard(envelope.id)
-                todo.append((record, envelope, report))
+        todo = [item for item, new in zip(reports, first, strict=True) if new]
         if not todo:
             return
         await self._refresh_directory(conn)

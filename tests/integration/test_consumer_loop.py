@@ -11,15 +11,13 @@ would have made), so it does not depend on the timing of a real restart.
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections.abc import Sequence
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 from services.infra.kafka import ConsumerLoop, ensure_topics
-from services.infra.settings import CommonSettings
-from tests.helpers import eventually
+from tests.helpers import broker_settings, eventually
 
 pytestmark = pytest.mark.integration
 
@@ -44,14 +42,8 @@ async def _commit(bootstrap: str, group: str, offsets: dict[TopicPartition, int]
 async def test_a_rebuild_after_a_reset_reads_every_partition_from_the_start(
     kafka_bootstrap: str,
 ) -> None:
-    prefix = f"c{secrets.token_hex(4)}."
-    settings = CommonSettings(
-        kafka_bootstrap=kafka_bootstrap,
-        kafka_topic_prefix=prefix,
-        environment="test",
-        kafka_session_timeout_ms=3000,
-        kafka_fetch_max_wait_ms=20,
-    )
+    settings = broker_settings(kafka_bootstrap)
+    prefix = settings.kafka_topic_prefix
     topic = settings.topic("loop.test")
     await ensure_topics(settings, [topic])
     partitions = [TopicPartition(topic, p) for p in range(settings.kafka_partitions)]

@@ -74,6 +74,40 @@ async def intake_and_triage(
         yield intake
 
 
+TWO_LEVELS = [
+    ChainLevel(level=1, role="hr_case_handler", recipients=["p-chen"], acknowledge_within=600),
+    ChainLevel(level=2, role="hr_head", recipients=["p-zhou"], acknowledge_within=600),
+]
+
+
+def decision(incident: str, now: datetime) -> Any:
+    """A triage decision for `incident`: two levels, level 1 due in 10 minutes."""
+    return make_event(
+        "incident.triaged.v1",
+        subject=incident,
+        data=Triaged(
+            category="harassment",
+            severity="high",
+            policy_version="seconds-1",
+            chain=TWO_LEVELS,
+            deadlines={"level_1_acknowledge": now + timedelta(seconds=600)},
+        ),
+        source="/tests",
+        time=now,
+    )
+
+
+def acknowledgement(incident: str, now: datetime) -> Any:
+    """p-chen acknowledges `incident` at level 1."""
+    return make_event(
+        "incident.acknowledged.v1",
+        subject=incident,
+        data=Acknowledged(principal="p-chen", level=1),
+        source="/tests",
+        time=now,
+    )
+
+
 async def escalations(settings: CommonSettings, incident: str) -> list[Any]:
     got = await read_all(settings.kafka_bootstrap, settings.topic("incident.escalations"))
     events = [parse_event(r.value)[0] for r in got]
@@ -328,35 +362,13 @@ async def test_a_decision_and_an_acknowledgement_arriving_together_never_lose_th
     app = create_escalation(alone)
     now = datetime.now(UTC)
     incidents = [str(uuid.uuid4()) for _ in range(40)]
-    chain = [
-        ChainLevel(level=1, role="hr_case_handler", recipients=["p-chen"], acknowledge_within=600),
-        ChainLevel(level=2, role="hr_head", recipients=["p-zhou"], acknowledge_within=600),
+    pairs = [
+        (
+            event_record("incident.triage", decision(incident, now), n),
+            event_record("incident.activity", acknowledgement(incident, now), n),
+        )
+        for n, incident in enumerate(incidents)
     ]
-    pairs = []
-    for n, incident in enumerate(incidents):
-        triaged = make_event(
-            "incident.triaged.v1",
-            subject=incident,
-            data=Triaged(
-                category="harassment",
-                severity="high",
-                policy_version="seconds-1",
-                chain=chain,
-                deadlines={"level_1_acknowledge": now + timedelta(seconds=600)},
-            ),
-            source="/tests",
-            time=now,
-        )
-        ack = make_event(
-            "incident.acknowledged.v1",
-            subject=incident,
-            data=Acknowledged(principal="p-chen", level=1),
-            source="/tests",
-            time=now,
-        )
-        pairs.append(
-            (event_record("incident.triage", triaged, n), event_record("incident.activity", ack, n))
-        )
     async with serving(app, "http://escalation"):
         escalation = app.state.escalation
         if batched:
@@ -398,28 +410,9 @@ async def test_a_batch_of_decisions_starts_each_escalation_once_in_order(
     )
     app = create_escalation(alone)
     now = datetime.now(UTC)
-    chain = [
-        ChainLevel(level=1, role="hr_case_handler", recipients=["p-chen"], acknowledge_within=600),
-        ChainLevel(level=2, role="hr_head", recipients=["p-zhou"], acknowledge_within=600),
-    ]
     a, b, c = (str(uuid.uuid4()) for _ in range(3))
 
-    def decided(incident: str) -> Any:
-        return make_event(
-            "incident.triaged.v1",
-            subject=incident,
-            data=Triaged(
-                category="harassment",
-                severity="high",
-                policy_version="seconds-1",
-                chain=chain,
-                deadlines={"level_1_acknowledge": now + timedelta(seconds=600)},
-            ),
-            source="/tests",
-            time=now,
-        )
-
-    first_a = decided(a)
+    first_a = decision(a, now)
     reassigned = make_event(
         "incident.reassigned.v1",
         subject=a,
@@ -427,20 +420,14 @@ async def test_a_batch_of_decisions_starts_each_escalation_once_in_order(
         source="/tests",
         time=now,
     )
-    early_ack = make_event(
-        "incident.acknowledged.v1",
-        subject=c,
-        data=Acknowledged(principal="p-chen", level=1),
-        source="/tests",
-        time=now,
-    )
+    early_ack = acknowledgement(c, now)
     batch = [
         event_record("incident.triage", first_a, 0),
         event_record("incident.triage", first_a, 0),  # delivered twice
-        event_record("incident.triage", decided(b), 1),
+        event_record("incident.triage", decision(b, now), 1),
         event_record("incident.triage", reassigned, 2),
-        event_record("incident.triage", decided(a), 3),  # a second decision: nothing more
-        event_record("incident.triage", decided(c), 4),
+        event_record("incident.triage", decision(a, now), 3),  # a second decision: nothing more
+        event_record("incident.triage", decision(c, now), 4),
     ]
     invalid = event_record("incident.triage", first_a, 5)
     invalid.value = b"{not json"  # type: ignore[misc]

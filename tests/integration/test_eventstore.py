@@ -175,6 +175,18 @@ async def test_tracking_says_a_redelivered_input_was_already_processed(pool: asy
         assert await eventstore.track(conn, "other-consumer", "evt-1", "t", 0, 9)
 
 
+async def test_a_batch_is_tracked_in_order_each_input_processed_once(pool: asyncpg.Pool) -> None:
+    """`track_each`: an input seen before, or repeated within the batch, is not processed."""
+    async with pool.acquire() as conn, conn.transaction():
+        assert await eventstore.track(conn, "c", "seen", "t", 0, 1)
+    batch = [("a", "t", 0, 2), ("seen", "t", 0, 3), ("a", "t", 0, 2), ("b", "t", 1, 0)]
+    async with pool.acquire() as conn, conn.transaction():
+        assert await eventstore.track_each(conn, "c", batch) == [True, False, False, True]
+    async with pool.acquire() as conn, conn.transaction():
+        assert await eventstore.track_each(conn, "c", batch) == [False] * 4
+        assert await eventstore.track_each(conn, "c", []) == []
+
+
 async def test_tracking_rolls_back_with_the_effects(pool: asyncpg.Pool) -> None:
     with pytest.raises(RuntimeError):
         async with pool.acquire() as conn, conn.transaction():

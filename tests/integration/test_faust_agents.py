@@ -9,7 +9,6 @@ reached the agents 0-750 ms late. Agents hand their handler batches of records.
 from __future__ import annotations
 
 import asyncio
-import secrets
 import statistics
 import time
 from collections.abc import Sequence
@@ -20,7 +19,7 @@ from aiokafka import AIOKafkaProducer, ConsumerRecord
 from faust.contrib.asgi import faust_app_running
 
 from services.infra.faustapp import add_agent, make_faust_app
-from services.infra.settings import CommonSettings
+from tests.helpers import broker_settings
 
 pytestmark = pytest.mark.integration
 
@@ -38,14 +37,8 @@ class _Poison:
 async def test_an_agent_fetches_with_the_configured_wait_and_gets_batches(
     kafka_bootstrap: str,
 ) -> None:
-    prefix = f"f{secrets.token_hex(4)}."
-    settings = CommonSettings(
-        kafka_bootstrap=kafka_bootstrap,
-        kafka_topic_prefix=prefix,
-        environment="test",
-        kafka_session_timeout_ms=3000,
-        kafka_fetch_max_wait_ms=20,
-    )
+    settings = broker_settings(kafka_bootstrap)
+    prefix = settings.kafka_topic_prefix
     topic = f"{prefix}latency"
     lateness: list[float] = []
     batches: list[int] = []
