@@ -292,34 +292,22 @@ class Escalation:
     async def _save(
         self,
         conn: asyncpg.Connection,
-        before: esc.EscalationState | None,
+        before: esc.EscalationState,
         after: esc.EscalationState,
         effects: Sequence[esc.Effect],
         cause: Envelope | None,
         now: datetime,
-        *,
-        insert: bool = False,
     ) -> None:
-        if before is not None and after == before and not effects:
+        """Store a step of an incident's escalation (its row exists: `_start_all` made it)."""
+        if after == before and not effects:
             return
-        wakeup = esc.next_wakeup(after)
-        if insert:
-            await conn.execute(
-                "INSERT INTO escalation_state (incident_id, state, wakeup, traceparent)"
-                " VALUES ($1, $2::jsonb, $3, $4)",
-                after.incident_id,
-                json.dumps(after.to_json()),
-                wakeup,
-                current_traceparent(),
-            )
-        else:
-            await conn.execute(
-                "UPDATE escalation_state SET state = $2::jsonb, wakeup = $3,"
-                " updated_at = clock_timestamp() WHERE incident_id = $1",
-                after.incident_id,
-                json.dumps(after.to_json()),
-                wakeup,
-            )
+        await conn.execute(
+            "UPDATE escalation_state SET state = $2::jsonb, wakeup = $3,"
+            " updated_at = clock_timestamp() WHERE incident_id = $1",
+            after.incident_id,
+            json.dumps(after.to_json()),
+            esc.next_wakeup(after),
+        )
         if effects:
             await self._append(conn, after, effects, cause, now)
         self._wake.set()
@@ -424,8 +412,9 @@ class Escalation:
                 self._wake.clear()
                 # Woken by every saved state: look for due rows only when one is due.
                 nearest = await self._nearest()
+                held = False
                 if nearest is not None and nearest <= self.now():
-                    await self.fire_due()
+                    held = not await self.fire_due()  # due, but locked by another transaction
                     nearest = await self._nearest()
                 if time.monotonic() - counted >= PENDING_EVERY:
                     async with self.runtime.db.acquire() as conn:
@@ -438,6 +427,8 @@ class Escalation:
                 delay = 1.0
                 if nearest is not None:
                     delay = max(0.0, min(delay, (nearest - self.now()).total_seconds()))
+                if held and delay == 0.0:
+                    delay = 0.05  # do not spin while the due row's lock is held
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(_either(self._wake, stop), delay)
             except TRANSIENT_ERRORS as exc:
