@@ -40,7 +40,8 @@ cached metadata may get acks for sends that are lost. PostgreSQL is the record. 
 service keeps its events and an outbox in its own schema, and its `BrokerWatch` checks
 every `INCIDENTS_BROKER_CHECK_INTERVAL` for a marker topic that only that service
 creates. When the marker is gone, the service creates its topics again, rebuilds its
-consumers (which start again from the earliest offset of the new, empty topics) and
+consumers (which read each partition of the new topics from offset 0, whatever a
+consumer that ran on may have committed there at the old broker's positions) and
 rewinds its relay's cursor by `INCIDENTS_OUTBOX_REPLAY_WINDOW` (7 days), so it
 publishes again, in order, everything it wrote in that window, including what the old
 broker acked and lost. A topic may come back with 4 partitions instead of 3 (the first
