@@ -32,10 +32,11 @@ async def optional_caller_id(
 
 
 async def optional_principal(
-    request: Request,
-    principal_id: Annotated[str | None, Depends(optional_caller_id)],
+    request: Request, authorization: Annotated[str | None, Header()] = None
 ) -> Principal | None:
-    """The caller with their roles, or None when anonymous."""
+    """The caller with their roles, or None when no Authorization header was sent
+    (anonymous). The console's pages call it too, with the session's bearer value."""
+    principal_id = await optional_caller_id(request, authorization)
     if principal_id is None:
         return None
     runtime: Runtime = request.app.state.runtime
