@@ -330,7 +330,14 @@ class IntakeService:
             "SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k",
             sorted({k.lock_id for k in present}),
         )
-        scopes, digests = [k.scope for k in present], [k.key_digest for k in present]
+        return await self._stored_answers(conn, present)
+
+    async def _stored_answers(
+        self, conn: asyncpg.Connection, keys: Sequence[IdempotencyKey]
+    ) -> dict[tuple[str, str], tuple[str, Submission]]:
+        """The answers stored with these keys, as `_idempotency_answers` returns them;
+        an expired answer is deleted first (the key may then be used again)."""
+        scopes, digests = [k.scope for k in keys], [k.key_digest for k in keys]
         await conn.execute(  # an expired answer is forgotten, and the key may be used again
             "DELETE FROM idempotency i USING unnest($1::text[], $2::text[]) AS x (s, k)"
             " WHERE i.scope = x.s AND i.key = x.k AND i.created_at < now() - $3::interval",
@@ -438,23 +445,13 @@ class IntakeService:
     async def _earlier_answer(
         self, conn: asyncpg.Connection, key: IdempotencyKey
     ) -> Submission | None:
-        await conn.execute(  # an expired answer is forgotten, and the key may be used again
-            "DELETE FROM idempotency WHERE scope = $1 AND key = $2"
-            " AND created_at < now() - $3::interval",
-            key.scope,
-            key.key_digest,
-            IDEMPOTENCY_TTL,
-        )
-        row = await conn.fetchrow(
-            "SELECT request_hash, status, response FROM idempotency WHERE scope = $1 AND key = $2",
-            key.scope,
-            key.key_digest,
-        )
-        if row is None:
+        found = (await self._stored_answers(conn, [key])).get((key.scope, key.key_digest))
+        if found is None:
             return None
-        if row["request_hash"] != key.request_hash:
+        request_hash, submission = found
+        if request_hash != key.request_hash:
             raise IdempotencyConflict
-        return Submission(row["status"], json.loads(row["response"]), replayed=True)
+        return submission
 
     # -- receipts ----------------------------------------------------------------
 
