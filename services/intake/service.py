@@ -204,8 +204,13 @@ class IntakeService:
         self._hashing = asyncio.Semaphore(HASH_CONCURRENCY)
         # Same parameters as every real hash, so verifying against it takes as long.
         self._dummy_hash = self.hasher.hash(new_secret())
+        # One writer: while it commits, the next reports queue up and share the next
+        # transaction. With two, paced arrivals mostly found a free writer and went one
+        # per transaction (1.4 reports a commit at 350/s), and each transaction costs
+        # intake about as much CPU as a report does: 2.2 against 2.0 ms per report at
+        # 420/s, and a p99 of 70-76 against 24-35 ms at 460/s (see the README).
         self.writer: GroupCommit[NewReport, Submission | IdempotencyConflict | None] = GroupCommit(
-            lambda: self.runtime.db, self._write_reports, name="intake reports"
+            lambda: self.runtime.db, self._write_reports, name="intake reports", writers=1
         )
         runtime.background("receipt-attempts-pruner", self._prune_attempts)
 
@@ -410,10 +415,11 @@ class IntakeService:
             )
             for i, key in zip(incidents, keys, strict=True)
         ]
-        await eventstore.append_streams(
+        await eventstore.append_streams(  # a refusal ends the caller's transaction
             conn,
             [(e.subject, 0, [e]) for e in events],
             topic_prefix=self.runtime.settings.kafka_topic_prefix,
+            savepoint=False,
         )
         await conn.execute(
             "INSERT INTO retention (incident_id, category)"

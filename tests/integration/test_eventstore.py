@@ -92,6 +92,31 @@ async def test_the_same_event_id_cannot_be_stored_twice(pool: asyncpg.Pool) -> N
             await eventstore.append(conn, "other", 0, [event])
 
 
+async def test_without_a_savepoint_a_refused_append_fails_the_whole_transaction(
+    pool: asyncpg.Pool,
+) -> None:
+    """`savepoint=False` (a group commit's batch): the refusal is the same error, and the
+    caller's transaction can only be rolled back, so nothing of it stays."""
+    async with pool.acquire() as conn, conn.transaction():
+        await eventstore.append(conn, "inc-6", 0, [submitted("inc-6")])
+    async with pool.acquire() as conn:
+        outbox = await conn.fetchval("SELECT count(*) FROM outbox")
+        with pytest.raises(eventstore.ConcurrencyError):
+            async with conn.transaction():
+                await eventstore.append_streams(
+                    conn, [("inc-7", 0, [submitted("inc-7")])], savepoint=False
+                )
+                try:
+                    await eventstore.append_streams(
+                        conn, [("inc-6", 0, [acknowledged("inc-6")])], savepoint=False
+                    )
+                finally:
+                    with pytest.raises(asyncpg.InFailedSQLTransactionError):
+                        await conn.execute("SELECT 1")
+        assert await eventstore.stream_version(conn, "inc-7") == 0
+        assert await conn.fetchval("SELECT count(*) FROM outbox") == outbox
+
+
 async def test_a_refused_append_leaves_the_callers_transaction_usable_and_no_gap(
     pool: asyncpg.Pool,
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,13 @@ from services.infra.logging import (
     redact_text,
     unconfigure_logging,
 )
-from services.infra.telemetry import LocalSpanExporter, scrubbed, scrubbed_attributes
+from services.infra.telemetry import (
+    LocalSpanExporter,
+    LocalSpanProcessor,
+    default_sampler,
+    scrubbed,
+    scrubbed_attributes,
+)
 from services.traces import Span, load_spans, render_text, trace_ids_naming, tree_rows
 
 TOKEN = "dev-chen-token-3f9a"  # a made-up bearer token
@@ -292,6 +299,73 @@ def test_database_statements_outside_any_trace_are_not_kept(tmp_path: Path) -> N
     assert sorted(s.name for s in spans) == ["INSERT", "request"]
     insert = next(s for s in spans if s.name == "INSERT")
     assert insert.scope == "opentelemetry.instrumentation.asyncpg" and insert.is_detail
+
+
+def test_the_span_processor_writes_ended_spans_without_being_asked(tmp_path: Path) -> None:
+    """Lines are encoded as spans end and written by the processor's thread on its own
+    schedule; a flush and a shutdown write what is left, and nothing is lost."""
+    provider = TracerProvider()
+    processor = LocalSpanProcessor(LocalSpanExporter(tmp_path, "intake"), interval=0.05)
+    provider.add_span_processor(processor)
+    tracer = provider.get_tracer("incidents")
+    database = provider.get_tracer("opentelemetry.instrumentation.asyncpg")
+    with tracer.start_as_current_span("request", attributes={"client.address": "203.0.113.9"}):
+        pass
+    with database.start_as_current_span("SELECT"):
+        pass  # a statement outside any trace: not kept
+    deadline = time.monotonic() + 5
+    while not (tmp_path / "intake.jsonl").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [s.name for s in load_spans(tmp_path)] == ["request"]
+    assert "203.0.113.9" not in (tmp_path / "intake.jsonl").read_text()
+    for i in range(50):
+        with tracer.start_as_current_span(f"late {i}"):
+            pass
+    provider.shutdown()  # the thread stops; what it had not written yet is written now
+    assert len(load_spans(tmp_path)) == 51
+    assert not processor._writer.is_alive()
+
+
+def test_the_span_processor_drops_lines_beyond_its_buffer_and_counts_them(
+    tmp_path: Path,
+) -> None:
+    processor = LocalSpanProcessor(
+        LocalSpanExporter(tmp_path, "intake"), interval=60, max_buffered=2000
+    )
+    provider = TracerProvider()
+    provider.add_span_processor(processor)
+    for i in range(40):
+        with provider.get_tracer("t").start_as_current_span(f"span {i}", attributes={"i": i}):
+            pass
+    assert processor.dropped > 0
+    assert processor.force_flush()
+    kept = load_spans(tmp_path)
+    assert 0 < len(kept) == 40 - processor.dropped
+    assert [s.name for s in kept] == [f"span {i}" for i in range(len(kept))]  # the oldest stay
+    provider.shutdown()
+
+
+def test_a_statement_that_would_start_a_trace_is_not_recorded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("OTEL_TRACES_SAMPLER", raising=False)
+    provider = TracerProvider(sampler=default_sampler())
+    memory = finished_spans(provider)
+    database = provider.get_tracer("opentelemetry.instrumentation.asyncpg")
+    statement = {"db.system": "postgresql"}
+    with database.start_as_current_span("SELECT", attributes=statement) as poll:
+        assert not poll.is_recording()
+    with database.start_as_current_span("SELECT", attributes={"db.system.name": "postgresql"}):
+        pass
+    with (
+        provider.get_tracer("incidents").start_as_current_span("request") as request,
+        database.start_as_current_span("INSERT", attributes=statement),
+    ):
+        pass
+    assert request.get_span_context().trace_flags.sampled
+    assert sorted(s.name for s in memory.get_finished_spans()) == ["INSERT", "request"]
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_off")
+    assert default_sampler() is None  # the SDK's own choice from the environment
 
 
 def test_span_files_rotate_at_their_size_limit(tmp_path: Path) -> None:
