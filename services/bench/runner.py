@@ -5,7 +5,8 @@ knowledge, replay) run first, on databases of their own, before any service is
 started, so that idle services do not take CPU from them. Then the private stack
 starts (or `--url-intake`/`--url-audit` name a running one) for escalation lateness,
 intake and end to end, in that order: end to end runs last because at full size it
-leaves a backlog behind it (intake's own figures run on a second intake by itself).
+leaves a backlog behind it. With a private stack, intake's own figures run before it
+starts, on an intake alone with its own database and broker.
 A figure that fails is reported as an error and the others still run; a missed
 target is a result, not an error.
 """
@@ -278,20 +279,46 @@ def run_bench(
     return 1 if any(f.error is not None for f in figures) else 0
 
 
-def _intake_alone(bench: _Bench, dbs: Databases, stack: BenchStack) -> BenchStack:
-    """A second intake, alone over a database of its own, on the stack's broker under a
-    topic prefix nobody consumes: what intake itself carries, with the cores to itself."""
-    logs = bench.logs / "intake-alone"
-    logs.mkdir(exist_ok=True)
-    alone = BenchStack(
-        logs, dbs.create("bench_intake"), bootstrap=stack.bootstrap, topic_prefix="intake-alone."
-    )
-    try:
-        alone.start(services=("intake",))
-    except Exception:
-        alone.stop()
-        raise
-    return alone
+def _intake_alone_figures(
+    bench: _Bench, dbs: Databases, sizes: Sizes, raw_db: str, token: str
+) -> Callable[[], Coroutine[Any, Any, list[Figure]]]:
+    """Intake's own figures, on an intake alone with a database and a Tansu of its own,
+    before the stack starts: what intake itself carries, with the cores to itself (the
+    four idle services took ~0.25 s of CPU a second between them)."""
+
+    async def work() -> list[Figure]:
+        logs = bench.logs / "intake-alone"
+        logs.mkdir(exist_ok=True)
+        alone = BenchStack(logs, dbs.create("bench_intake"), topic_prefix="intake-alone.")
+        try:
+            await asyncio.to_thread(alone.start, services=("intake",))
+            target = fig.Target(
+                alone.url("intake"),
+                "",
+                alone.bootstrap,
+                alone.database_url,
+                auditor_token=token,
+                topic_prefix=alone.topic_prefix,
+                pids={"intake": alone.procs["intake"].pid},
+            )
+            rows = await fig.intake_figures(
+                target,
+                raw_db,
+                concurrency=sizes.intake_concurrency,
+                seconds=sizes.intake_seconds,
+                open_seconds=sizes.intake_open_seconds,
+                settle_first=False,
+            )
+            rows.append(
+                await fig.anonymous_figure(
+                    target, concurrency=4, seconds=sizes.anonymous_seconds, hash_seconds=1.0
+                )
+            )
+        finally:
+            await asyncio.to_thread(alone.stop)
+        return rows
+
+    return work
 
 
 def _stack_figures(
@@ -318,6 +345,8 @@ def _stack_figures(
         )
         text = f"running services at {url_intake} and {url_audit}"
     else:
+        raw_db = dbs.create("bench_raw") if bench.wanted("intake") else ""
+        bench.run("intake", "intake alone", _intake_alone_figures(bench, dbs, sizes, raw_db, token))
         stack_db = dbs.create("bench_stack")
         try:
             with bench.console.status("starting the stack (Tansu, four services) ..."):
@@ -365,50 +394,39 @@ def _stack_figures(
                     lead=1.5,
                 ),
             )
-        raw_db = dbs.create("bench_raw") if bench.wanted("intake") else ""
+        if stack is None:  # running services: intake's figures on the stack's intake
 
-        async def intake() -> list[Figure]:
-            alone, isolated = target, None
-            if stack is not None:  # intake by itself: the consumers' CPU is not in its figure
-                isolated = _intake_alone(bench, dbs, stack)
-                alone = fig.Target(
-                    isolated.url("intake"),
-                    stack.url("audit"),
-                    stack.bootstrap,
-                    isolated.database_url,
-                    auditor_token=token,
-                    topic_prefix=isolated.topic_prefix,
-                    pids={"intake": isolated.procs["intake"].pid},
-                )
-            try:
+            async def intake() -> list[Figure]:
+                raw_db = dbs.create("bench_raw")
                 rows = await fig.intake_figures(
-                    alone,
+                    target,
                     raw_db,
                     concurrency=sizes.intake_concurrency,
                     seconds=sizes.intake_seconds,
                     open_seconds=sizes.intake_open_seconds,
-                    stack=target if isolated is not None else None,
                 )
                 rows.append(
                     await fig.anonymous_figure(
-                        alone, concurrency=4, seconds=sizes.anonymous_seconds, hash_seconds=1.0
+                        target, concurrency=4, seconds=sizes.anonymous_seconds, hash_seconds=1.0
                     )
                 )
-                if isolated is not None and rows[0].baseline:
-                    rows.append(
-                        await fig.intake_with_stack_figure(
-                            target,
-                            rows[0].baseline,
-                            concurrency=sizes.intake_concurrency,
-                            seconds=sizes.intake_seconds,
-                        )
-                    )
-            finally:
-                if isolated is not None:
-                    isolated.stop()
-            return rows
+                return rows
 
-        bench.run("intake", "intake", intake)
+            bench.run("intake", "intake", intake)
+        else:
+            alone_rate = next((f for f in bench.figures if f.key == "intake.rate"), None)
+            if alone_rate is not None and alone_rate.baseline:
+                baseline = alone_rate.baseline
+                bench.run(
+                    "intake",
+                    "intake with the stack",
+                    lambda: fig.intake_with_stack_figure(
+                        target,
+                        baseline,
+                        concurrency=sizes.intake_concurrency,
+                        seconds=sizes.intake_seconds,
+                    ),
+                )
         # Last: at full size the stack cannot keep up with 200/s, and the backlog it
         # leaves would load the cores under any figure measured after it.
         bench.run(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -44,6 +45,8 @@ def build_app(
             async with contextlib.AsyncExitStack() as stack:
                 if alongside is not None:
                     await stack.enter_async_context(alongside())
+                if getattr(app.state, "freeze_heap", False):
+                    freeze_heap()
                 yield
         finally:
             await runtime.stop()
@@ -97,6 +100,20 @@ class RequestTimer:
             ).observe(time.perf_counter() - began)
 
 
+def freeze_heap() -> None:
+    """Move every object alive now out of the cyclic garbage collector's sight.
+
+    What a service builds as it starts (modules, FastAPI routes, pydantic schemas, the
+    runtime's pools and clients) lives as long as the process, yet the collector went
+    over all of it at every full collection: a pause of ~100 ms every 3-4 s under
+    load in intake (p99 at 530 reports/s paced: 84-119 ms before, 26-30 ms after).
+    Garbage is collected first, so only live objects are frozen; objects made later
+    are collected as before.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 def serve(app: FastAPI, *, name: str, host: str, port: int, log_level: str) -> None:
     """Run a service's app in this process until SIGINT/SIGTERM.
 
@@ -108,6 +125,7 @@ def serve(app: FastAPI, *, name: str, host: str, port: int, log_level: str) -> N
     configure_logging(name, log_level)
     configure_tracing(name, getattr(runtime, "settings", None))
     app.add_middleware(IncidentBinding)
+    app.state.freeze_heap = True  # a process of its own: `freeze_heap` once it started
     uvicorn.run(
         app,
         host=host,
