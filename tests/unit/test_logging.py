@@ -30,6 +30,7 @@ from services.infra.telemetry import (
     LocalSpanExporter,
     LocalSpanProcessor,
     default_sampler,
+    otlp_span_processor,
     scrubbed,
     scrubbed_attributes,
 )
@@ -342,6 +343,25 @@ def test_the_span_processor_drops_lines_beyond_its_buffer_and_counts_them(
     kept = load_spans(tmp_path)
     assert 0 < len(kept) == 40 - processor.dropped
     assert [s.name for s in kept] == [f"span {i}" for i in range(len(kept))]  # the oldest stay
+    provider.shutdown()
+
+
+def test_the_otlp_processor_exports_scrubbed_spans_in_small_batches(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", raising=False)
+    collector = InMemorySpanExporter()
+    processor = otlp_span_processor(collector)  # type: ignore[arg-type]
+    assert processor._batch_processor._max_export_batch_size == 64  # type: ignore[attr-defined]
+    provider = TracerProvider()
+    provider.add_span_processor(processor)
+    with provider.get_tracer("t").start_as_current_span(
+        "request", attributes={"client.address": "203.0.113.5", "route": "reports"}
+    ):
+        pass
+    assert processor.force_flush()
+    [span] = collector.get_finished_spans()
+    assert span.attributes == {"route": "reports"}
     provider.shutdown()
 
 
