@@ -245,7 +245,8 @@ class LocalSpanProcessor(SpanProcessor):
     interval is 5 ms). That wait was intake's tail latency: p99 at 350 reports/s paced,
     50-60 ms with the batch thread, 24-26 ms with no span file, 12-19 ms with no spans
     at all. Here the thread that ends a span pays for its line (a few µs of orjson),
-    and the writer thread only joins bytes and calls ``write``, which lets the GIL go. At most `max_buffered` bytes wait: beyond that lines are dropped and counted
+    and the writer thread only joins bytes and calls ``write``, which lets the GIL go.
+    At most `max_buffered` bytes wait: beyond that lines are dropped and counted
     (`dropped`), as a batch processor drops spans when its queue is full.
     """
 
