@@ -301,24 +301,32 @@ def _intake_alone_figures(
                 topic_prefix=alone.topic_prefix,
                 pids={"intake": alone.procs["intake"].pid},
             )
-            rows = await fig.intake_figures(
-                target,
-                raw_db,
-                concurrency=sizes.intake_concurrency,
-                seconds=sizes.intake_seconds,
-                open_seconds=sizes.intake_open_seconds,
-                settle_first=False,
-            )
-            rows.append(
-                await fig.anonymous_figure(
-                    target, concurrency=4, seconds=sizes.anonymous_seconds, hash_seconds=1.0
-                )
-            )
+            rows = await _intake_rows(target, raw_db, sizes, settle_first=False)
         finally:
             await asyncio.to_thread(alone.stop)
         return rows
 
     return work
+
+
+async def _intake_rows(
+    target: fig.Target, raw_db: str, sizes: Sizes, *, settle_first: bool = True
+) -> list[Figure]:
+    """Intake's figures on `target`: rate, latencies, p99 at 70 %, anonymous reports."""
+    rows = await fig.intake_figures(
+        target,
+        raw_db,
+        concurrency=sizes.intake_concurrency,
+        seconds=sizes.intake_seconds,
+        open_seconds=sizes.intake_open_seconds,
+        settle_first=settle_first,
+    )
+    rows.append(
+        await fig.anonymous_figure(
+            target, concurrency=4, seconds=sizes.anonymous_seconds, hash_seconds=1.0
+        )
+    )
+    return rows
 
 
 def _stack_figures(
@@ -395,24 +403,8 @@ def _stack_figures(
                 ),
             )
         if stack is None:  # running services: intake's figures on the stack's intake
-
-            async def intake() -> list[Figure]:
-                raw_db = dbs.create("bench_raw")
-                rows = await fig.intake_figures(
-                    target,
-                    raw_db,
-                    concurrency=sizes.intake_concurrency,
-                    seconds=sizes.intake_seconds,
-                    open_seconds=sizes.intake_open_seconds,
-                )
-                rows.append(
-                    await fig.anonymous_figure(
-                        target, concurrency=4, seconds=sizes.anonymous_seconds, hash_seconds=1.0
-                    )
-                )
-                return rows
-
-            bench.run("intake", "intake", intake)
+            raw_db = dbs.create("bench_raw") if bench.wanted("intake") else ""
+            bench.run("intake", "intake", lambda: _intake_rows(target, raw_db, sizes))
         else:
             alone_rate = next((f for f in bench.figures if f.key == "intake.rate"), None)
             if alone_rate is not None and alone_rate.baseline:
