@@ -165,8 +165,10 @@ def add_agent(
                     )
 
         def failed(task: asyncio.Task[None]) -> None:
-            # A handler that died leaves the queue full: empty it, so the put below
-            # returns and the agent raises the handler's error (faust then restarts it).
+            # A handler that died may leave the queue full: empty it, so the put below
+            # returns and the agent raises the handler's error, as it did when it
+            # handled records itself (`RecordProcessor` retries and dead-letters, so
+            # only a bug gets here). Its records were not acknowledged: read again.
             if not task.cancelled():
                 while not waiting.empty():
                     waiting.get_nowait()
