@@ -340,6 +340,7 @@ def _stack_figures(
 ) -> str:
     """Run the figures that need services; a description of the stack used."""
     stack: BenchStack | None = None
+    raw_db = dbs.create("bench_raw") if bench.wanted("intake") else ""  # the raw baseline's
     if url_intake and url_audit:
         settings = CommonSettings()
         target = fig.Target(
@@ -353,7 +354,6 @@ def _stack_figures(
         )
         text = f"running services at {url_intake} and {url_audit}"
     else:
-        raw_db = dbs.create("bench_raw") if bench.wanted("intake") else ""
         bench.run("intake", "intake alone", _intake_alone_figures(bench, dbs, sizes, raw_db, token))
         stack_db = dbs.create("bench_stack")
         try:
@@ -403,7 +403,6 @@ def _stack_figures(
                 ),
             )
         if stack is None:  # running services: intake's figures on the stack's intake
-            raw_db = dbs.create("bench_raw") if bench.wanted("intake") else ""
             bench.run("intake", "intake", lambda: _intake_rows(target, raw_db, sizes))
         else:
             alone_rate = next((f for f in bench.figures if f.key == "intake.rate"), None)
