@@ -13,6 +13,11 @@ class Person(BaseModel):
 
     id: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")
     name: str | None = None
+    alternative_names: list[str] = Field(
+        default_factory=list,
+        description="Other names the person is known by (a name in another script, a"
+        " maiden name); free-text names in reports are matched against these too.",
+    )
     email: str | None = None
     unit: str | None = None
     manager: str | None = None

@@ -68,6 +68,34 @@ _SEALED = (
 )
 
 
+class PersonMatch(EventData):
+    """How intake resolved one free-text name of a report against the directory.
+
+    Recorded for every free-text entry of `accused` / `named` (an entry picked from the
+    directory is already a person id and needs no match). `how`:
+
+    - `exact`, `normalised`, `alternative_name`: exactly one person matched; their id
+      replaces the text in `accused` / `named` (clear, routing needs it);
+    - `none`: nobody matched (an outsider, a typo): the sealed text stays in the list;
+    - `ambiguous`: more than one person matched; `candidates` lists them all (each is
+      treated as conflicted) and the sealed text stays in the list.
+
+    A report with a `none` or `ambiguous` match is *conflict-unresolved*: triage routes
+    it only to the policy's independent roles until one of them confirms or corrects
+    the people (`incident.people.confirmed.v1`).
+    """
+
+    field: Literal["accused", "named"] = Field(description="Which list the name was given in.")
+    text: str = Field(description="The name as the reporter wrote it." + _SEALED)
+    how: Literal["exact", "normalised", "alternative_name", "none", "ambiguous"]
+    person_id: PrincipalId | None = Field(
+        None, description="The one person matched (exact, normalised, alternative_name)."
+    )
+    candidates: list[PrincipalId] = Field(
+        default_factory=list, description="Every person the name matched (ambiguous)."
+    )
+
+
 class ReportSubmitted(EventData):
     """A report entered the system (from a person, a system, or anonymously)."""
 
@@ -104,6 +132,11 @@ class ReportSubmitted(EventData):
         " principal is shown) keyed by the incident's salt; comparable across the"
         " incident's events, not guessable from the content."
     )
+    people_matches: list[PersonMatch] = Field(
+        default_factory=list,
+        description="How each free-text name of `accused` and `named` was resolved against"
+        " the directory (absent on incident.inbound: intake resolves).",
+    )
 
 
 class ReportAmended(EventData):
@@ -117,6 +150,56 @@ class ReportAmended(EventData):
     )
     addendum: str | None = Field(None, description="Text added to the report." + _SEALED)
     report_digest: Digest = Field(description="Digest of the amended report version.")
+    people_matches: list[PersonMatch] = Field(
+        default_factory=list,
+        description="How each free-text name added was resolved against the directory.",
+    )
+
+
+class PeopleConfirmed(EventData):
+    """A holder of an independent role confirmed or corrected who a report concerns.
+
+    Published by intake, recorded before the ordinary chain may see anything of a
+    conflict-unresolved report. `accused` and `named` are the complete lists of
+    directory person ids from now on (they replace every free-text entry; an entry the
+    holder found to be nobody in the directory is counted in `outsiders`). Triage then
+    decides again (`incident.triaged.v1` with a higher `revision`) with these people.
+    """
+
+    principal: PrincipalId = Field(description="Who confirmed (an independent role holder).")
+    accused: list[PrincipalId] = Field(default_factory=list)
+    named: list[PrincipalId] = Field(default_factory=list)
+    outsiders: int = Field(0, ge=0, description="Names found to be nobody in the directory.")
+    note: str | None = Field(None, description="Why, in the holder's words." + _SEALED)
+
+
+class Recused(EventData):
+    """A handler declared a conflict of interest on an incident routed to her.
+
+    Published by intake. She is excluded from then on (rule `recused`); triage asks the
+    next eligible person at once (`incident.reassigned.v1`).
+    """
+
+    principal: PrincipalId
+    reason: str | None = Field(None, description="Why, in her words." + _SEALED)
+
+
+class ReassignmentOrdered(EventData):
+    """A principal with a reassigning role (policy `conflicts.reassign_roles`) moved the
+    incident from some people to others, with a reason.
+
+    Published by intake after checking the caller's role and that every person in `to`
+    passes the incident's exclusions; triage checks the exclusions again against the
+    directory and publishes the resulting `incident.reassigned.v1` (rule `reassigned`
+    for the people removed).
+    """
+
+    principal: PrincipalId = Field(description="Who ordered the reassignment.")
+    to: list[PrincipalId] = Field(min_length=1, description="Who holds the incident now.")
+    remove: list[PrincipalId] = Field(
+        default_factory=list, description="Who stops holding it (excluded from then on)."
+    )
+    reason: str = Field(description="Why." + _SEALED)
 
 
 class ReporterMessage(EventData):
@@ -153,6 +236,24 @@ class Triaged(EventData):
     )
     report_digest: Digest | None = Field(
         None, description="Digest of the report version triaged (what the chain is shown)."
+    )
+    revision: int = Field(
+        1,
+        ge=1,
+        description="1 for the first decision; a later decision of the same incident (after"
+        " `incident.people.confirmed.v1`) has a higher one and replaces the chain from its"
+        " level 1. Exclusions only ever grow.",
+    )
+    conflict_unresolved: bool = Field(
+        False,
+        description="A name in the report matched nobody or several people: the chain holds"
+        " only the policy's independent roles until the people are confirmed.",
+    )
+    independent: list[PrincipalId] = Field(
+        default_factory=list,
+        description="Eligible holders of the policy's independent roles (after exclusions):"
+        " asked when the chain runs out with nobody eligible; when empty too, escalation"
+        " raises `incident.escalation.stalled.v1`.",
     )
 
 
@@ -240,6 +341,30 @@ class Escalated(EventData):
     deadline: datetime
 
 
+class EscalationStalled(EventData):
+    """Nobody is left to ask: every level, and the independent roles, are empty or excluded.
+
+    An alert for operations; repeated every `repeat_every` seconds until someone acts
+    (a reassignment, a recusal's replacement, a directory change).
+    """
+
+    level: int = Field(ge=0, description="The level the chain stopped at.")
+    reason: Literal["nobody_eligible"] = "nobody_eligible"
+    roles_tried: list[str] = Field(
+        default_factory=list, description="The roles asked last (the independent roles)."
+    )
+    repeat_every: int | None = Field(None, ge=1, description="Seconds until the alert repeats.")
+
+
+class AcknowledgementIgnored(EventData):
+    """Escalation ignored an acknowledgement: the principal was excluded (a conflict, a
+    recusal, a reassignment) or not routed at the moment it was applied."""
+
+    principal: PrincipalId
+    level: int = Field(ge=0)
+    reason: Literal["excluded", "not_routed"]
+
+
 class EscalationCleared(EventData):
     level: int = Field(ge=0)
     principal: PrincipalId
@@ -260,6 +385,9 @@ class DeadlineBreached(EventData):
 class PersonUpserted(EventData):
     person_id: PrincipalId
     name: str | None = None
+    alternative_names: list[str] = Field(
+        default_factory=list, description="Other names (another script, a former name)."
+    )
     email: str | None = None
     unit: str | None = None
     manager_id: PrincipalId | None = None
@@ -308,6 +436,7 @@ CATALOG: dict[str, EventType] = {
     for e in (
         EventType("incident.report.submitted.v1", Topic.REPORTS, ReportSubmitted),
         EventType("incident.report.amended.v1", Topic.REPORTS, ReportAmended),
+        EventType("incident.people.confirmed.v1", Topic.REPORTS, PeopleConfirmed),
         EventType("incident.reporter.message.v1", Topic.REPORTS, ReporterMessage),
         EventType("incident.triaged.v1", Topic.TRIAGE, Triaged),
         EventType("incident.assigned.v1", Topic.TRIAGE, Assigned),
@@ -318,12 +447,16 @@ CATALOG: dict[str, EventType] = {
         EventType("incident.commented.v1", Topic.ACTIVITY, Commented),
         EventType("incident.status.changed.v1", Topic.ACTIVITY, StatusChanged),
         EventType("incident.access.denied.v1", Topic.ACTIVITY, AccessDenied),
+        EventType("incident.recused.v1", Topic.ACTIVITY, Recused),
+        EventType("incident.reassignment.ordered.v1", Topic.ACTIVITY, ReassignmentOrdered),
         EventType("incident.identity.disclosed.v1", Topic.ACTIVITY, IdentityDisclosed),
         EventType("incident.legal_hold.placed.v1", Topic.ACTIVITY, LegalHoldPlaced),
         EventType("incident.legal_hold.released.v1", Topic.ACTIVITY, LegalHoldReleased),
         EventType("incident.erased.v1", Topic.ACTIVITY, Erased),
         EventType("incident.escalated.v1", Topic.ESCALATIONS, Escalated),
         EventType("incident.escalation.cleared.v1", Topic.ESCALATIONS, EscalationCleared),
+        EventType("incident.escalation.stalled.v1", Topic.ESCALATIONS, EscalationStalled),
+        EventType("incident.acknowledgement.ignored.v1", Topic.ESCALATIONS, AcknowledgementIgnored),
         EventType("incident.reminder.due.v1", Topic.ESCALATIONS, ReminderDue),
         EventType("incident.deadline.breached.v1", Topic.ESCALATIONS, DeadlineBreached),
         EventType("directory.person.upserted.v1", Topic.DIRECTORY, PersonUpserted),
@@ -450,6 +583,7 @@ READER_FIELDS: frozenset[str] = frozenset(
         "text",
         "outcome",
         "reason",
+        "note",
     }
 )
 """The sealed fields opened for a principal allowed to read the report (a handler, an
