@@ -1,8 +1,8 @@
 """People named in words: the normal form of a name and matching it against the directory.
 
-A reporter rarely knows a person id. She writes "Chen Mei", "chen  mei", "ＣＨＥＮ ＭＥＩ",
-"Chén Méi" or "陈梅"; intake resolves each free-text name to the one person it can only
-mean, or records that it matched nobody or several people (the report is then
+A reporter rarely knows a person id. She writes "Chen Mei", "chen  mei", the same in
+full-width letters, "Chén Méi" or "陈梅"; intake resolves each free-text name to the
+one person it can only mean, or records that it matched nobody or several people (the report is then
 *conflict-unresolved*, see `services.domain.events.PersonMatch`).
 
 `normalise` is the one normal form used for the directory's names and for what a
@@ -25,7 +25,7 @@ from typing import Literal
 MAX_NAME_LENGTH = 200
 """A free-text name longer than this is refused (4xx) before any matching."""
 
-_JOINERS = frozenset("'’`ʼ")
+_JOINERS = frozenset("'\u2019`\u02bc")  # apostrophes: ', right single quote, `, modifier
 How = Literal["exact", "normalised", "alternative_name", "none", "ambiguous"]
 
 
