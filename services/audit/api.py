@@ -35,6 +35,8 @@ KNOWLEDGE_ROLES = frozenset({"auditor", IDENTITY_CUSTODIAN})
 DISCLOSED = "incident.identity.disclosed.v1"
 KNOWLEDGE_REASON = "the reporter named in an audit knowledge answer"
 MAX_ENTRIES = 1000
+MAX_INDEX = 2**63 - 1
+"""The largest ledger index or tree size a route accepts (PostgreSQL's bigint)."""
 UNAUTHORIZED = (401, "No bearer token, or one that is not valid.")
 FORBIDDEN = (403, "The caller does not hold the auditor role.")
 INVALID = (422, "The request is not valid (a parameter, a range or a tree size).")
@@ -286,13 +288,17 @@ async def ledger_size(conn: asyncpg.Connection) -> int:
 )
 async def entries(
     request: Request,
-    start: Annotated[int, Query(ge=0)] = 0,
-    end: Annotated[int | None, Query(ge=0)] = None,
+    start: Annotated[int, Query(ge=0, le=MAX_INDEX)] = 0,
+    end: Annotated[int | None, Query(ge=0, le=MAX_INDEX)] = None,
     authorization: Annotated[str | None, Header()] = None,
 ) -> dict[str, Any]:
-    """At most 1,000 entries, each with its canonical leaf bytes, to recompute the tree."""
+    """At most 1,000 entries, each with its stored leaf bytes, to recompute the tree.
+
+    Every stored leaf is served, as base64 of its bytes, whether or not it still parses:
+    one that does not has `event: null` and an `error`, so a verifier can name it.
+    """
     await require_auditor(request, authorization)
-    end = start + MAX_ENTRIES if end is None else end
+    end = min(start + MAX_ENTRIES, MAX_INDEX) if end is None else end
     if end < start:
         raise Problem(422, "Invalid range", "end must not be below start.")
     if end - start > MAX_ENTRIES:
@@ -305,23 +311,30 @@ async def entries(
             start,
             end,
         )
-    out = []
-    for row in rows:
-        leaf = bytes(row["leaf"])
+    return {"entries": [served_entry(row) for row in rows]}
+
+
+def served_entry(row: asyncpg.Record) -> dict[str, Any]:
+    """One ledger row as `/v1/ledger/entries` serves it; a leaf that does not parse is
+    served as stored, with the row's own columns (`event: null`, and why in `error`)."""
+    leaf = bytes(row["leaf"])
+    entry: dict[str, Any] = {
+        "index": row["idx"],
+        "leaf": base64.b64encode(leaf).decode(),
+        "leaf_hash": bytes(row["leaf_hash"]).hex(),
+        "recorded_at": utc_rfc3339(row["recorded_at"]),
+        "topic": row["topic"],
+        "partition": row["partition"],
+        "offset": row["offset"],
+        "event": None,
+    }
+    try:
         decoded = decode_leaf(leaf)
-        out.append(
-            {
-                "index": row["idx"],
-                "leaf": base64.b64encode(leaf).decode(),
-                "leaf_hash": bytes(row["leaf_hash"]).hex(),
-                "recorded_at": decoded["recorded_at"],
-                "topic": row["topic"],
-                "partition": row["partition"],
-                "offset": row["offset"],
-                "event": decoded.get("event"),
-            }
-        )
-    return {"entries": out}
+        entry["recorded_at"] = decoded["recorded_at"]
+        entry["event"] = decoded.get("event")
+    except (ValueError, TypeError, KeyError):  # not JSON, not UTF-8, not an object
+        entry["error"] = "the stored leaf is not a ledger leaf (not JSON, or no recorded_at)"
+    return entry
 
 
 @router.get(
@@ -331,8 +344,8 @@ async def entries(
 )
 async def inclusion(
     request: Request,
-    index: Annotated[int, Query(ge=0)],
-    tree_size: Annotated[int, Query(ge=1)],
+    index: Annotated[int, Query(ge=0, le=MAX_INDEX)],
+    tree_size: Annotated[int, Query(ge=1, le=MAX_INDEX)],
 ) -> dict[str, Any]:
     """Proof that entry `index` is in the tree of `tree_size` entries (public: hashes only)."""
     if index >= tree_size:
@@ -357,8 +370,8 @@ async def inclusion(
 )
 async def consistency(
     request: Request,
-    first: Annotated[int, Query(ge=1)],
-    second: Annotated[int, Query(ge=1)],
+    first: Annotated[int, Query(ge=1, le=MAX_INDEX)],
+    second: Annotated[int, Query(ge=1, le=MAX_INDEX)],
 ) -> dict[str, Any]:
     """Proof that the tree of `first` entries is a prefix of the tree of `second`."""
     if first > second:
