@@ -8,6 +8,7 @@ import typer
 
 from services.audit.cli import audit_app
 from services.traces import traces_app
+from services.witness.cli import witness
 
 app = typer.Typer(
     name="incidents",
@@ -24,6 +25,7 @@ def _root() -> None:
 
 app.add_typer(audit_app, name="audit")
 app.add_typer(traces_app, name="traces")
+app.command()(witness)
 
 
 @app.command()

@@ -57,10 +57,12 @@ __all__ = [
     "NoteError",
     "NoteSigner",
     "NoteVerifier",
+    "b64decode_strict",
     "is_valid_key_name",
     "note_key_hash",
     "parse_verifier_key",
     "sign_checkpoint",
+    "split_note",
     "verify_checkpoint",
 ]
 
@@ -490,6 +492,17 @@ def parse_verifier_key(vkey: str) -> NoteVerifier:
             f"(expected {verifier.key_hash.hex()})"
         )
     return verifier
+
+
+def split_note(note: str | bytes) -> tuple[str, list[tuple[str, bytes, bytes]]]:
+    """Split a signed note strictly into its text and ``(name, key hash, signature)``
+    triples, without verifying anything (cosignatures parse their own signatures)."""
+    return _split_note(note)
+
+
+def b64decode_strict(text: str) -> bytes | None:
+    """Canonical padded base64 decoded, else ``None`` (see `_b64decode_strict`)."""
+    return _b64decode_strict(text)
 
 
 def _split_note(note: str | bytes) -> tuple[str, list[tuple[str, bytes, bytes]]]:
