@@ -44,8 +44,8 @@ def _go_check(
         "GOCACHE": str(tmp_path / "gocache"),
         "GOFLAGS": "",
     }
-    return subprocess.run(  # noqa: S603 - our own test program
-        ["go", "run", str(PROGRAM), log_key, witness_key, str(note_file)],  # noqa: S607
+    return subprocess.run(
+        ["go", "run", str(PROGRAM), log_key, witness_key, str(note_file)],
         capture_output=True,
         text=True,
         env=env,
