@@ -2,19 +2,33 @@
 
 Durations are written `30s`, `5m`, `1h`, `7d` (or `5y`, 365 days a year) and held as
 seconds.
+
+`conflicts` (docs/conflicts.md):
+
+- `exclude`: the rules on for every category (default: all but `accused_reports`);
+- `categories: {<category>: {exclude: [...]}}`: rules turned on for one category in
+  addition (a category can add rules, never remove one); `rules_for(category)`;
+- `independent_roles`: managers above the accused holding one of these stay eligible,
+  and they are the only chain of a conflict-unresolved report;
+- `reassign_roles`: who may order a reassignment (default `[chief_ethics_officer]`).
+
+Keys added later are written out only when set (`model_dump`), so a policy file that
+does not use them records, and compares, exactly as before.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     ValidationError,
+    model_serializer,
     model_validator,
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
@@ -36,7 +50,19 @@ def parse_duration(value: object) -> int:
 
 
 Duration = Annotated[int, BeforeValidator(parse_duration)]
-CONFLICT_RULES = ("accused", "accused_management_chain", "named_in_report", "reporter")
+CONFLICT_RULES = (
+    "accused",
+    "accused_management_chain",
+    "named_in_report",
+    "reporter",
+    "accused_reports",
+)
+"""The conflict rules a policy may turn on, in the order a person's first rule is chosen."""
+DEFAULT_EXCLUDE = CONFLICT_RULES[:4]
+"""`conflicts.exclude` when the policy is silent: every rule but `accused_reports`, which
+a policy turns on explicitly (for all categories or per category)."""
+DEFAULT_REASSIGN_ROLES = ("chief_ethics_officer",)
+"""`conflicts.reassign_roles` when the policy is silent."""
 
 
 class Level(BaseModel):
@@ -54,18 +80,92 @@ class Severity(BaseModel):
     feedback_within: Duration
 
 
-class Conflicts(BaseModel):
+def _located(
+    kind: str,
+    message: str,
+    loc: tuple[str | int, ...],
+    value: object,
+    context: dict[str, Any],
+) -> ValidationError:
+    """A validation error at `loc`, so a config loader can point at that line."""
+    return ValidationError.from_exception_data(
+        "Policy",
+        [
+            InitErrorDetails(
+                type=PydanticCustomError(kind, message, context),
+                loc=loc,
+                input=value,
+            )
+        ],
+    )
+
+
+def _unknown_rules(rules: list[str]) -> list[str]:
+    return sorted(set(rules) - set(CONFLICT_RULES))
+
+
+class CategoryConflicts(BaseModel):
+    """Conflict rules turned on for one category, on top of `conflicts.exclude`."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    exclude: list[str] = Field(default_factory=lambda: list(CONFLICT_RULES))
+    exclude: list[str] = Field(
+        default_factory=list,
+        description="Rules added for this category (never removed: exclusions only grow).",
+    )
+
+
+class Conflicts(BaseModel):
+    """Who is never routed a report (`exclude`), who stays eligible although above the
+    accused (`independent_roles`), per-category additions (`categories`) and who may order
+    a reassignment (`reassign_roles`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    exclude: list[str] = Field(default_factory=lambda: list(DEFAULT_EXCLUDE))
     independent_roles: list[str] = Field(default_factory=list)
+    categories: dict[str, CategoryConflicts] = Field(
+        default_factory=dict,
+        description="Per category, rules in addition to `exclude` (e.g. accused_reports).",
+    )
+    reassign_roles: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_REASSIGN_ROLES),
+        description="Roles whose holders may order a reassignment.",
+    )
 
     @model_validator(mode="after")
     def _known(self) -> Conflicts:
-        unknown = set(self.exclude) - set(CONFLICT_RULES)
+        unknown = _unknown_rules(self.exclude)
         if unknown:
-            raise ValueError(f"unknown conflict rules {sorted(unknown)}; known: {CONFLICT_RULES}")
+            raise ValueError(f"unknown conflict rules {unknown}; known: {CONFLICT_RULES}")
+        for category, extra in self.categories.items():
+            unknown = _unknown_rules(extra.exclude)
+            if unknown:
+                raise _located(
+                    "unknown_conflict_rule",
+                    "unknown conflict rules {unknown} for category '{category}'; known: {known}",
+                    ("categories", category, "exclude"),
+                    extra.exclude,
+                    {"unknown": unknown, "category": category, "known": CONFLICT_RULES},
+                )
         return self
+
+    @model_serializer(mode="wrap")
+    def _without_new_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # A policy without the later keys records as before (triage compares the stored
+        # body of a version with the file's), so they are written only when set.
+        body: dict[str, Any] = handler(self)
+        if not self.categories:
+            body.pop("categories", None)
+        if tuple(self.reassign_roles) == DEFAULT_REASSIGN_ROLES:
+            body.pop("reassign_roles", None)
+        return body
+
+    def rules_for(self, category: str | None) -> tuple[str, ...]:
+        """The rules on for `category`: `exclude` plus the category's, in canonical order."""
+        extra = self.categories.get(category) if category is not None else None
+        on = set(self.exclude) | set(extra.exclude if extra else ())
+        return tuple(rule for rule in CONFLICT_RULES if rule in on)
 
 
 DEFAULT_RETENTION = 5 * 365 * 86400
@@ -106,6 +206,19 @@ class Policy(BaseModel):
     def retention_of(self, category: str | None) -> int:
         """Seconds an incident of `category` is kept after closure (then erased)."""
         return (self.retention or Retention()).of(category)
+
+    @model_validator(mode="after")
+    def _conflict_categories_exist(self) -> Policy:
+        for category in self.conflicts.categories:
+            if category not in self.categories:
+                raise _located(
+                    "unknown_category",
+                    "conflicts are set for category '{category}', which the policy does not have",
+                    ("conflicts", "categories", category),
+                    category,
+                    {"category": category},
+                )
+        return self
 
     @model_validator(mode="after")
     def _severities_exist(self) -> Policy:

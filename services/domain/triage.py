@@ -6,30 +6,51 @@ report, the directory snapshot at that moment, the pinned policy and the clock
 
 1. Severity comes from `policy.categories`, the chain of roles from
    `policy.severities[severity].chain`.
-2. Conflicts are excluded first, by the rules of `policy.conflicts.exclude`:
+2. Conflicts are excluded first, by the rules the policy turns on for the report's
+   category (`policy.conflicts.rules_for(category)`):
 
    - `accused`: the accused person ids the directory knows. A free-text name (or an
      id the directory does not know) cannot be matched; it is kept in
-     `unresolved_accused` and said in `notes`, never guessed.
+     `unresolved_accused` and makes the report conflict-unresolved (below).
    - `accused_management_chain`: every manager above each accused person up to the
      top, except holders of `policy.conflicts.independent_roles`. The walk goes on
      through an independent manager; it stops at a loop in the manager data.
    - `named_in_report`: the named person ids the directory knows.
    - `reporter`: the reporter's person id, resolved by the caller (the report carries
      a pseudonym that this pure code does not read).
+   - `accused_reports`: people who answer to an accused, directly or further down:
+     each *candidate* (a holder of a role the decision may route to) whose own
+     management chain contains an accused. Candidates' chains are walked, never the
+     whole organisation, so the cost does not grow with its size. Independent roles
+     are not exempt: answering to the accused is a conflict whatever the role.
+   - `ambiguous_match` (always on): every candidate of a name that matched several
+     people (`PersonMatch.how == "ambiguous"`).
 
-   Each excluded person carries the first rule (in the policy's order) that excluded
-   them, and all of them.
+   Each excluded person carries the first rule (in `RULE_ORDER`) that excluded them,
+   and all of them.
 3. Each level's role is resolved after exclusions to the eligible holders in the
    incident's unit (the report's `unit`, else the unit of the first accused person the
    directory knows), else to the eligible holders anywhere in the organisation. A level
    with nobody left stays in the chain with no recipients and is flagged
    (`nobody_eligible`): escalation records `nobody_eligible` and asks the next level at
-   once.
-4. Deadlines: level 1's acknowledgement, the reporter's acknowledgement and feedback.
+   once. `independent` lists the eligible holders of the independent roles: escalation's
+   fallback when the chain runs out.
+4. A **conflict-unresolved** report (an accused or named entry that is not a person of
+   the directory, or a name that matched nobody or several people) gets a chain of the
+   independent roles only: one level per role in the policy's order, each with that
+   role's `acknowledge_within` in the severity's chain, else the chain's first level's.
+5. Deadlines: level 1's acknowledgement, the reporter's acknowledgement and feedback.
 
-`reexclude` re-runs the exclusion when an amendment adds an accused (or named) person:
-who is newly conflicted, and the routing without them.
+Later inputs change a decision, always by pure functions of it (exclusions only grow):
+
+- `reexclude`: an amendment adds accused (or named) people;
+- `decide(..., prior=decision)`: an independent-role holder confirmed the people
+  (`incident.people.confirmed.v1`, see `may_confirm`); the new decision has
+  `revision + 1`, keeps every earlier exclusion and the legal clocks;
+- `recuse`: a handler declared a conflict (rule `recused`); the next eligible holder of
+  her level's role replaces her;
+- `order_reassignment`: a holder of `conflicts.reassign_roles` moved the incident
+  (rule `reassigned` for the people removed; the new people must pass every exclusion).
 
 No I/O, no asyncio.
 """
@@ -40,9 +61,20 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from types import MappingProxyType
-from typing import Literal
+from typing import Any, Literal
 
-from services.domain.events import ChainLevel, Exclusion, Reassigned, ReportSubmitted, Triaged
+from pydantic import TypeAdapter
+
+from services.domain.events import (
+    ChainLevel,
+    Exclusion,
+    PeopleConfirmed,
+    PersonMatch,
+    Reassigned,
+    ReassignmentOrdered,
+    ReportSubmitted,
+    Triaged,
+)
 from services.domain.org import OrgSnapshot
 from services.domain.policy import CONFLICT_RULES, Level, Policy
 from services.domain.reports import UnknownCategory
@@ -51,7 +83,20 @@ ACCUSED = "accused"
 MANAGEMENT_CHAIN = "accused_management_chain"
 NAMED = "named_in_report"
 REPORTER = "reporter"
-assert (ACCUSED, MANAGEMENT_CHAIN, NAMED, REPORTER) == CONFLICT_RULES
+ACCUSED_REPORTS = "accused_reports"
+assert (ACCUSED, MANAGEMENT_CHAIN, NAMED, REPORTER, ACCUSED_REPORTS) == CONFLICT_RULES
+AMBIGUOUS = "ambiguous_match"
+"""Always on: a candidate of a name that matched several people."""
+RECUSED = "recused"
+"""Event-driven: she declared a conflict (`incident.recused.v1`)."""
+REASSIGNED = "reassigned"
+"""Event-driven: an ordered reassignment removed her (`incident.reassignment.ordered.v1`)."""
+RULE_ORDER = (*CONFLICT_RULES, AMBIGUOUS, RECUSED, REASSIGNED)
+"""Every rule, in the order a person's first rule is chosen."""
+UNRESOLVED_HOW = frozenset({"none", "ambiguous"})
+NO_INDEPENDENT_ROLE = "independent_roles"
+"""The role of the one empty level of a conflict-unresolved chain when the policy has no
+independent roles: nobody may be asked, so escalation raises its stalled alert."""
 
 LEVEL_1_ACKNOWLEDGE = "level_1_acknowledge"
 REPORTER_ACKNOWLEDGEMENT = "reporter_acknowledgement"
@@ -127,6 +172,13 @@ class TriageDecision:
     deadlines: Mapping[str, datetime]
     notes: tuple[str, ...]
     directory_as_of: datetime | None = None
+    revision: int = 1
+    conflict_unresolved: bool = False
+    independent: tuple[str, ...] = ()
+    accused: tuple[str, ...] = ()
+    """The accused person ids the directory knew (for `accused_reports` on later candidates)."""
+    unresolved_matches: int = 0
+    """Names of the report that matched nobody or several people."""
 
     @property
     def first_level(self) -> ResolvedLevel:
@@ -165,6 +217,11 @@ class TriageDecision:
         """
         return tuple(x for x in self.excluded if x.rules != (REPORTER,))
 
+    @property
+    def recipients(self) -> frozenset[str]:
+        """Everyone a level of the chain asks (or would ask)."""
+        return frozenset(p for level in self.chain for p in level.recipients)
+
     def to_triaged(self) -> Triaged:
         """The `incident.triaged.v1` data of this decision."""
         return Triaged(
@@ -174,7 +231,27 @@ class TriageDecision:
             chain=[level.to_chain_level() for level in self.chain],
             excluded=[x.to_exclusion() for x in self.published_exclusions],
             deadlines=dict(self.deadlines),
+            revision=self.revision,
+            conflict_unresolved=self.conflict_unresolved,
+            independent=list(self.independent),
         )
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready form, for the service to keep the decision between events."""
+        plain = replace(self, deadlines=dict(self.deadlines))
+        return _DECISION.dump_python(plain, mode="json")  # type: ignore[no-any-return]
+
+    @classmethod
+    def from_json(cls, value: Mapping[str, Any]) -> TriageDecision:
+        decision = _DECISION.validate_python(value)
+        return replace(decision, deadlines=MappingProxyType(dict(decision.deadlines)))
+
+
+_ORDER = {rule: i for i, rule in enumerate(RULE_ORDER)}
+
+
+def _ranked(rules: Iterable[str]) -> tuple[str, ...]:
+    return tuple(sorted(dict.fromkeys(rules), key=_ORDER.__getitem__))
 
 
 class _Conflicts:
@@ -193,18 +270,21 @@ class _Conflicts:
             rules.append(rule)
 
     def people(self, org: OrgSnapshot, chain_roles: frozenset[str]) -> tuple[ExcludedPerson, ...]:
-        order = {rule: i for i, rule in enumerate(CONFLICT_RULES)}
         found: list[ExcludedPerson] = []
         for principal, rules in self.rules.items():
-            ranked = tuple(sorted(rules, key=order.__getitem__))
+            ranked = _ranked(rules)
             routable = bool(org.roles_of(principal) & chain_roles)
             found.append(ExcludedPerson(principal, ranked[0], ranked, routable))
         # Grouped by first rule, in the order found within a rule (stable sort).
-        return tuple(sorted(found, key=lambda x: order[x.rule]))
+        return tuple(sorted(found, key=lambda x: _ORDER[x.rule]))
 
 
 def _unique(values: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(v.strip() for v in values if v.strip()))
+
+
+def _entries(n: int, what: str) -> str:
+    return f"{n} {what} entr{'y is' if n == 1 else 'ies are'}"
 
 
 def _conflicts(
@@ -214,8 +294,11 @@ def _conflicts(
     reporter: str | None,
     org: OrgSnapshot,
     policy: Policy,
+    category: str | None = None,
+    candidates: Iterable[str] = (),
+    matches: Sequence[PersonMatch] = (),
 ) -> _Conflicts:
-    rules = set(policy.conflicts.exclude)
+    rules = set(policy.conflicts.rules_for(category))
     independent = frozenset(policy.conflicts.independent_roles)
     out = _Conflicts()
     known_accused = [a for a in _unique(accused) if org.knows(a)]
@@ -223,16 +306,14 @@ def _conflicts(
     out.unresolved_named = [n for n in _unique(named) if not org.knows(n)]
     if out.unresolved_accused:
         out.notes.append(
-            f"{len(out.unresolved_accused)} accused entr"
-            f"{'y is' if len(out.unresolved_accused) == 1 else 'ies are'} not a person of the "
-            "directory (free text or unknown id): no conflict exclusion is possible for "
-            "them or their managers; check by hand"
+            f"{_entries(len(out.unresolved_accused), 'accused')} not a person of the "
+            "directory (free text or unknown id): only the independent roles may see the "
+            "report until one of them confirms who is meant"
         )
     if out.unresolved_named:
         out.notes.append(
-            f"{len(out.unresolved_named)} named entr"
-            f"{'y is' if len(out.unresolved_named) == 1 else 'ies are'} not a person of the "
-            "directory: they cannot be excluded"
+            f"{_entries(len(out.unresolved_named), 'named')} not a person of the directory: "
+            "only the independent roles may see the report until the people are confirmed"
         )
     # Rules in the canonical order, so a person's first rule is found first.
     if ACCUSED in rules:
@@ -269,7 +350,27 @@ def _conflicts(
         # The reporter's id comes from the caller, matched against the directory
         # already; it is excluded even if the directory does not know it (yet).
         out.add(reporter, REPORTER)
+    if ACCUSED_REPORTS in rules and known_accused:
+        above = frozenset(known_accused)
+        for candidate in dict.fromkeys(candidates):
+            if candidate in above:
+                continue  # excluded as accused already (or the rule is off: not theirs)
+            if any(m in above for m in org.managers_above(candidate).managers):
+                out.add(candidate, ACCUSED_REPORTS)
+    for match in matches:
+        if match.how == "ambiguous":
+            for person in match.candidates:
+                out.add(person, AMBIGUOUS)
     return out
+
+
+def _candidates(org: OrgSnapshot, roles: Iterable[str]) -> list[str]:
+    """Everyone who holds one of `roles`: the people a decision may route to."""
+    return list(dict.fromkeys(p for role in roles for p in org.holders(role)))
+
+
+def _unresolved_matches(matches: Sequence[PersonMatch]) -> int:
+    return sum(1 for m in matches if m.how in UNRESOLVED_HOW)
 
 
 def conflicts_of(
@@ -279,13 +380,28 @@ def conflicts_of(
     reporter: str | None,
     org: OrgSnapshot,
     policy: Policy,
+    category: str | None = None,
+    candidates: Iterable[str] = (),
+    matches: Sequence[PersonMatch] = (),
 ) -> tuple[ExcludedPerson, ...]:
     """Who the policy's conflict rules exclude, without resolving any chain.
 
     The exclusions `decide` makes from the same inputs: for a service that must refuse
-    the conflicted before triage's decision reaches it (intake, audit).
+    the conflicted before triage's decision reaches it (intake, audit). `category`
+    turns on the category's rules; `accused_reports` is only checked for `candidates`
+    (e.g. the principal asking), because it walks up from them; `matches` adds the
+    candidates of ambiguous names.
     """
-    found = _conflicts(accused=accused, named=named, reporter=reporter, org=org, policy=policy)
+    found = _conflicts(
+        accused=accused,
+        named=named,
+        reporter=reporter,
+        org=org,
+        policy=policy,
+        category=category,
+        candidates=candidates,
+        matches=matches,
+    )
     return found.people(org, frozenset())
 
 
@@ -327,6 +443,42 @@ def _aware(now: datetime) -> datetime:
     return now
 
 
+def _merge(
+    earlier: Iterable[ExcludedPerson], later: Iterable[ExcludedPerson], chain_roles: frozenset[str]
+) -> tuple[ExcludedPerson, ...]:
+    """Both sets of exclusions, each person once with every rule (exclusions only grow)."""
+    rules: dict[str, list[str]] = {}
+    routable: dict[str, bool] = {}
+    for x in (*earlier, *later):
+        rules.setdefault(x.principal, []).extend(x.rules)
+        routable[x.principal] = routable.get(x.principal, False) or x.routable
+    merged = [
+        ExcludedPerson(p, ranked[0], ranked, routable[p])
+        for p, ranked in ((p, _ranked(r)) for p, r in rules.items())
+    ]
+    return tuple(sorted(merged, key=lambda x: _ORDER[x.rule]))
+
+
+def independent_of(org: OrgSnapshot, policy: Policy, excluded: frozenset[str]) -> tuple[str, ...]:
+    """Eligible holders of the independent roles (policy order), anywhere: the fallback."""
+    return tuple(
+        p for p in _candidates(org, policy.conflicts.independent_roles) if p not in excluded
+    )
+
+
+def _unresolved_chain(policy: Policy, severity: str) -> list[Level]:
+    """The chain of a conflict-unresolved report: the independent roles only."""
+    chain = policy.severities[severity].chain
+    within = {level.role: level.acknowledge_within for level in chain}
+    roles = policy.conflicts.independent_roles
+    if not roles:
+        return [Level(role=NO_INDEPENDENT_ROLE, acknowledge_within=chain[0].acknowledge_within)]
+    return [
+        Level(role=role, acknowledge_within=within.get(role, chain[0].acknowledge_within))
+        for role in dict.fromkeys(roles)
+    ]
+
+
 def decide(
     report: ReportSubmitted,
     org: OrgSnapshot,
@@ -334,6 +486,7 @@ def decide(
     now: datetime,
     *,
     reporter_person: str | None,
+    prior: TriageDecision | None = None,
 ) -> TriageDecision:
     """Triage one report: severity, deadlines, the chain of recipients and the exclusions.
 
@@ -341,21 +494,45 @@ def decide(
     anonymous or unknown); `report.reporter` is not read. Raises `UnknownCategory` if the
     policy does not know the category (intake validates it first, so this is a bug or a
     policy swapped underneath).
+
+    `prior`: the incident's decision so far, when deciding again (the people were
+    confirmed: `report` then carries the confirmed lists). The new decision has the next
+    revision, keeps every exclusion of `prior` and its legal clocks (the reporter's
+    acknowledgement and feedback run from the first receipt); level 1's deadline runs
+    from `now`.
     """
     _aware(now)
     severity = policy.categories.get(report.category)
     if severity is None:
         raise UnknownCategory(report.category, sorted(policy.categories))
+    if prior is not None and prior.policy_version != policy.version:
+        raise ValueError(
+            f"the incident keeps policy {prior.policy_version!r}; got {policy.version!r}"
+        )
     rules = policy.severities[severity]
+    unresolved_matches = _unresolved_matches(report.people_matches)
+    conflict_unresolved = bool(
+        unresolved_matches
+        or any(not org.knows(a) for a in _unique(report.accused))
+        or any(not org.knows(n) for n in _unique(report.named))
+    )
+    levels = _unresolved_chain(policy, severity) if conflict_unresolved else list(rules.chain)
+    chain_roles = frozenset(level.role for level in levels)
     conflicts = _conflicts(
         accused=report.accused,
         named=report.named,
         reporter=reporter_person or None,
         org=org,
         policy=policy,
+        category=report.category,
+        candidates=_candidates(
+            org, [*(lv.role for lv in levels), *policy.conflicts.independent_roles]
+        ),
+        matches=report.people_matches,
     )
-    chain_roles = frozenset(level.role for level in rules.chain)
     excluded = conflicts.people(org, chain_roles)
+    if prior is not None:
+        excluded = _merge(prior.excluded, excluded, chain_roles)
     excluded_ids = frozenset(x.principal for x in excluded)
 
     unit: str | None = (report.unit or "").strip() or None
@@ -368,23 +545,32 @@ def decide(
                 break
 
     notes = list(conflicts.notes)
+    if unresolved_matches:
+        notes.append(
+            f"{unresolved_matches} name(s) matched nobody or several people in the directory:"
+            " only the independent roles may see the report until one of them confirms who"
+            " is meant"
+        )
     if unit is None:
         notes.append(
             "no unit: the report names none and no accused person is in the directory; "
             "every level is resolved across the organisation"
         )
     chain: list[ResolvedLevel] = []
-    for number, level in enumerate(rules.chain, start=1):
+    for number, level in enumerate(levels, start=1):
         resolved, note = _resolve(number, level, org, unit, excluded_ids)
         chain.append(resolved)
         if note:
             notes.append(note)
 
     deadlines = {
-        LEVEL_1_ACKNOWLEDGE: now + timedelta(seconds=rules.chain[0].acknowledge_within),
+        LEVEL_1_ACKNOWLEDGE: now + timedelta(seconds=levels[0].acknowledge_within),
         REPORTER_ACKNOWLEDGEMENT: now + timedelta(seconds=policy.reporter_acknowledgement_within),
         FEEDBACK: now + timedelta(seconds=rules.feedback_within),
     }
+    if prior is not None:  # the legal clocks run from the first receipt
+        deadlines.update({k: v for k, v in prior.deadlines.items() if k != LEVEL_1_ACKNOWLEDGE})
+    known_accused = tuple(a for a in _unique(report.accused) if org.knows(a))
     return TriageDecision(
         category=report.category,
         severity=severity,
@@ -400,7 +586,29 @@ def decide(
         deadlines=MappingProxyType(deadlines),
         notes=tuple(notes),
         directory_as_of=org.as_of,
+        revision=prior.revision + 1 if prior is not None else 1,
+        conflict_unresolved=conflict_unresolved,
+        independent=independent_of(org, policy, excluded_ids),
+        accused=tuple(dict.fromkeys((*(prior.accused if prior else ()), *known_accused))),
+        unresolved_matches=unresolved_matches,
     )
+
+
+def confirmed_report(report: ReportSubmitted, confirmed: PeopleConfirmed) -> ReportSubmitted:
+    """The report with the people an independent-role holder confirmed (ids only)."""
+    return report.model_copy(
+        update={
+            "accused": list(confirmed.accused),
+            "named": list(confirmed.named),
+            "people_matches": [],
+        }
+    )
+
+
+def may_confirm(decision: TriageDecision, principal: str, org: OrgSnapshot, policy: Policy) -> bool:
+    """Only a holder of an independent role who is not excluded may confirm the people."""
+    independent = frozenset(policy.conflicts.independent_roles)
+    return bool(org.roles_of(principal) & independent) and principal not in decision.excluded_ids
 
 
 @dataclass(frozen=True)
@@ -447,20 +655,33 @@ def reexclude(
     policy: Policy,
     *,
     named: Sequence[str] = (),
+    matches: Sequence[PersonMatch] = (),
 ) -> Reexclusion:
     """Re-run the accused (and named) exclusions after an amendment.
 
     `accused` is the amended list (all accused, or only the added ones: the result is the
-    same, as exclusions only grow). `named` are named people the amendment added. The
-    reporter rule does not change with an amendment. `policy` must be the decision's
-    pinned version.
+    same, as exclusions only grow). `named` are named people the amendment added,
+    `matches` how its free-text names were resolved (ambiguous candidates are
+    excluded). The reporter rule does not change with an amendment. `policy` must be
+    the decision's pinned version.
     """
     if policy.version != decision.policy_version:
         raise ValueError(
             f"the incident keeps policy {decision.policy_version!r}; got {policy.version!r}"
         )
-    conflicts = _conflicts(accused=accused, named=named, reporter=None, org=org, policy=policy)
     chain_roles = frozenset(level.role for level in decision.chain)
+    conflicts = _conflicts(
+        accused=[*decision.accused, *accused],
+        named=named,
+        reporter=None,
+        org=org,
+        policy=policy,
+        category=decision.category,
+        candidates=_candidates(
+            org, [*(lv.role for lv in decision.chain), *policy.conflicts.independent_roles]
+        ),
+        matches=matches,
+    )
     before = decision.excluded_ids
     newly = tuple(x for x in conflicts.people(org, chain_roles) if x.principal not in before)
     gone = frozenset(x.principal for x in newly)
@@ -499,6 +720,11 @@ def reexclude(
         ),
         management_cycles=tuple(dict.fromkeys((*decision.management_cycles, *conflicts.cycles))),
         notes=decision.notes + tuple(notes),
+        independent=independent_of(org, policy, every),
+        accused=tuple(
+            dict.fromkeys((*decision.accused, *(a for a in _unique(accused) if org.knows(a))))
+        ),
+        unresolved_matches=decision.unresolved_matches + _unresolved_matches(matches),
     )
     return Reexclusion(
         newly_excluded=newly,
@@ -507,3 +733,140 @@ def reexclude(
         added=MappingProxyType(added),
         decision=updated,
     )
+
+
+@dataclass(frozen=True)
+class Rerouting:
+    """What a recusal or an ordered reassignment changes.
+
+    `reassigned`: the `incident.reassigned.v1` data, None when nothing changes (then
+    `ignored` says why). `decision`: the decision with the change applied (the removed
+    excluded for good, replacements in the levels they were asked at), for the next event.
+    """
+
+    decision: TriageDecision
+    reassigned: Reassigned | None
+    ignored: str | None = None
+    notes: tuple[str, ...] = ()
+
+
+def _pinned(decision: TriageDecision, policy: Policy) -> None:
+    if policy.version != decision.policy_version:
+        raise ValueError(
+            f"the incident keeps policy {decision.policy_version!r}; got {policy.version!r}"
+        )
+
+
+def _next_holder(
+    level: ResolvedLevel, org: OrgSnapshot, unit: str | None, taken: frozenset[str]
+) -> str | None:
+    """The first holder of the level's role not excluded nor asked there: unit, then anywhere."""
+    for where in (unit, None) if unit is not None else (None,):
+        found = next((h for h in org.holders(level.role, where) if h not in taken), None)
+        if found is not None:
+            return found
+    return None
+
+
+def _reroute(
+    decision: TriageDecision,
+    removed: Mapping[str, str],
+    org: OrgSnapshot,
+    policy: Policy,
+    *,
+    replace_removed: bool,
+    to: Sequence[str] = (),
+) -> Rerouting:
+    """Exclude `removed` (principal -> rule) for good; replace them at their levels
+    (`replace_removed`) and/or add `to`, everyone added passing every exclusion.
+
+    The accused-based rules are checked again on the directory as it is now for every
+    candidate (the org may have changed since the decision): anyone they newly exclude
+    is removed too, with their rule.
+    """
+    chain_roles = frozenset(level.role for level in decision.chain)
+    independent = policy.conflicts.independent_roles
+    fresh = _conflicts(
+        accused=decision.accused,
+        named=(),
+        reporter=None,
+        org=org,
+        policy=policy,
+        category=decision.category,
+        candidates=_candidates(org, [*(lv.role for lv in decision.chain), *independent]) + list(to),
+    ).people(org, chain_roles)
+    before = decision.excluded_ids
+    fresh = tuple(x for x in fresh if x.principal not in before and x.principal not in removed)
+    asked = [
+        ExcludedPerson(p, rule, (rule,), bool(org.roles_of(p) & chain_roles))
+        for p, rule in removed.items()
+        if p not in before
+    ]
+    excluded = _merge(decision.excluded, (*asked, *fresh), chain_roles)
+    every = frozenset(x.principal for x in excluded)
+    gone = frozenset(removed)
+    notes: list[str] = []
+    chain: list[ResolvedLevel] = []
+    added: list[str] = []
+    for level in decision.chain:
+        left = tuple(p for p in level.recipients if p not in every)
+        if replace_removed and gone & set(level.recipients):
+            nxt = _next_holder(level, org, decision.unit, every | set(left))
+            if nxt is None:
+                notes.append(
+                    f"level {level.level} ({level.role}): nobody eligible left to replace "
+                    "the recused"
+                )
+            else:
+                left += (nxt,)
+                added.append(nxt)
+        if left != level.recipients:
+            scope: Scope = level.scope if left else "nobody"
+            level = replace(level, recipients=left, scope=scope)
+        chain.append(level)
+    for person in dict.fromkeys(to):
+        if person in every or not org.knows(person):
+            notes.append(f"{person} is excluded or not in the directory: not added")
+        elif person not in added:
+            added.append(person)
+    published = [x for x in (*asked, *fresh) if x.rules != (REPORTER,)]
+    updated = replace(
+        decision,
+        chain=tuple(chain),
+        excluded=excluded,
+        independent=independent_of(org, policy, every),
+        notes=decision.notes + tuple(notes),
+    )
+    if not published and not added:
+        return Rerouting(updated, None, "nobody to remove or add", tuple(notes))
+    reassigned = Reassigned(removed=[x.to_exclusion() for x in published], added=added)
+    return Rerouting(updated, reassigned, None, tuple(notes))
+
+
+def recuse(decision: TriageDecision, principal: str, org: OrgSnapshot, policy: Policy) -> Rerouting:
+    """She declared a conflict: excluded from then on (rule `recused`), and at each level
+    she was asked at, the next eligible holder of its role joins (unit first, then the
+    organisation). A second recusal changes nothing."""
+    _pinned(decision, policy)
+    if principal in decision.excluded_ids:
+        return Rerouting(decision, None, "already excluded")
+    return _reroute(decision, {principal: RECUSED}, org, policy, replace_removed=True)
+
+
+def order_reassignment(
+    decision: TriageDecision, order: ReassignmentOrdered, org: OrgSnapshot, policy: Policy
+) -> Rerouting:
+    """A reassignment ordered by a holder of `conflicts.reassign_roles`: `remove` are
+    excluded from then on (rule `reassigned`), `to` added but for anyone excluded or not
+    in the directory. Refused (nothing changes) when the principal holds no reassigning
+    role or is excluded. When nobody of `to` is left, the removal still stands."""
+    _pinned(decision, policy)
+    if not org.roles_of(order.principal) & frozenset(policy.conflicts.reassign_roles):
+        return Rerouting(decision, None, "the principal holds no reassigning role")
+    if order.principal in decision.excluded_ids:
+        return Rerouting(decision, None, "the principal is excluded")
+    removed = {p: REASSIGNED for p in order.remove}
+    return _reroute(decision, removed, org, policy, replace_removed=False, to=order.to)
+
+
+_DECISION: TypeAdapter[TriageDecision] = TypeAdapter(TriageDecision)

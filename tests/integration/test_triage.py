@@ -130,7 +130,7 @@ async def test_a_new_policy_version_applies_to_new_incidents_only(
     newer = tmp_path / "policy.yaml"
     original = Path(TriageSettings().policy_file).read_text()
     newer.write_text(
-        original.replace('version: "2026-11-01"', 'version: "2026-12-01"').replace(
+        original.replace('version: "2026-12-07"', 'version: "2026-12-31"').replace(
             "acknowledge_within: 1h", "acknowledge_within: 30m"
         )
     )
@@ -146,7 +146,7 @@ async def test_a_new_policy_version_applies_to_new_incidents_only(
             events = await eventually(lambda i=incident: _at_least(settings, i, 3))
             triaged = next(e for e in events if e.type == "incident.triaged.v1").data
             versions.append((triaged["policy_version"], triaged["chain"][0]["acknowledge_within"]))
-    assert versions == [("2026-11-01", 3600), ("2026-12-01", 1800)]
+    assert versions == [("2026-12-07", 3600), ("2026-12-31", 1800)]
     assert json.dumps(versions)
 
 

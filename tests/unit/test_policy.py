@@ -13,7 +13,7 @@ import pytest
 from pydantic import BaseModel
 
 from services.domain.directory import DirectoryFile
-from services.domain.policy import CONFLICT_RULES, Policy, parse_duration
+from services.domain.policy import CONFLICT_RULES, DEFAULT_EXCLUDE, Policy, parse_duration
 from services.infra.auth import TokensFile
 from services.infra.config import ConfigError, load_yaml_model
 from services.infra.settings import CommonSettings
@@ -74,7 +74,72 @@ def test_the_shipped_policy_loads() -> None:
     critical = policy.severities[policy.categories["sexual_misconduct"]]
     assert critical.chain[0].role == "hr_case_handler"
     assert critical.chain[0].acknowledge_within == 3600
-    assert set(policy.conflicts.exclude) == set(CONFLICT_RULES)
+    assert set(policy.conflicts.exclude) == set(DEFAULT_EXCLUDE)
+    # People who answer to the accused are excluded for the two categories that need it.
+    assert policy.conflicts.rules_for("sexual_misconduct") == CONFLICT_RULES
+    assert policy.conflicts.rules_for("harassment") == CONFLICT_RULES
+    assert policy.conflicts.rules_for("fraud") == DEFAULT_EXCLUDE
+    assert policy.conflicts.reassign_roles == ["chief_ethics_officer"]
+
+
+def test_the_demo_policy_turns_on_the_same_conflict_rules() -> None:
+    demo = load_yaml_model(Path(CommonSettings().policy_file).with_name("policy-demo.yaml"), Policy)
+    shipped = load_yaml_model(CommonSettings().policy_file, Policy)
+    assert demo.conflicts == shipped.conflicts
+
+
+def test_a_policy_without_the_later_conflict_keys_loads_and_records_as_before(
+    tmp_path: Path,
+) -> None:
+    """Triage compares a version's recorded body with the file: a file written before
+    `categories` and `reassign_roles` existed must dump exactly as it did then."""
+    path = tmp_path / "policy.yaml"
+    path.write_text(VALID_POLICY)
+    policy = load_yaml_model(path, Policy)
+    assert policy.conflicts.reassign_roles == ["chief_ethics_officer"]
+    assert policy.conflicts.rules_for("harassment") == ("accused", "reporter")
+    assert policy.model_dump(mode="json", exclude_none=True)["conflicts"] == {
+        "exclude": ["accused", "reporter"],
+        "independent_roles": ["chief_ethics_officer"],
+    }
+    silent = VALID_POLICY.replace("  exclude: [accused, reporter]\n", "")
+    path.write_text(silent)
+    assert load_yaml_model(path, Policy).conflicts.rules_for(None) == DEFAULT_EXCLUDE
+
+
+def test_rules_turned_on_for_a_category_add_to_the_common_ones(tmp_path: Path) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text(
+        VALID_POLICY
+        + "  categories:\n    harassment: {exclude: [accused_reports, accused]}\n"
+        + "  reassign_roles: [hr_head, chief_ethics_officer]\n"
+    )
+    policy = load_yaml_model(path, Policy)
+    assert policy.conflicts.rules_for("harassment") == ("accused", "reporter", "accused_reports")
+    assert policy.conflicts.rules_for("other") == ("accused", "reporter")
+    assert policy.conflicts.reassign_roles == ["hr_head", "chief_ethics_officer"]
+    # Recorded in full, and read back the same.
+    body = policy.model_dump(mode="json", exclude_none=True)
+    assert body["conflicts"]["categories"] == {
+        "harassment": {"exclude": ["accused_reports", "accused"]}
+    }
+    assert Policy.model_validate(body) == policy
+
+
+def test_an_unknown_rule_for_a_category_is_reported_at_its_line(tmp_path: Path) -> None:
+    text = VALID_POLICY + "  categories:\n    harassment: {exclude: [accused_friends]}\n"
+    message = load(tmp_path, text, Policy, "policy.yaml")
+    assert message.startswith(f"{tmp_path / 'policy.yaml'}:{line_of(text, 'accused_friends')}: ")
+    assert "conflicts.categories.harassment.exclude" in message and "accused_friends" in message
+
+
+def test_conflicts_for_a_category_the_policy_lacks_are_reported_at_its_line(
+    tmp_path: Path,
+) -> None:
+    text = VALID_POLICY + "  categories:\n    harasment: {exclude: [accused_reports]}\n"
+    message = load(tmp_path, text, Policy, "policy.yaml")
+    assert message.startswith(f"{tmp_path / 'policy.yaml'}:{line_of(text, 'harasment')}: ")
+    assert "conflicts.categories.harasment" in message and "does not have" in message
 
 
 def test_the_shipped_directory_loads() -> None:

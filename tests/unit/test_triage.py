@@ -48,6 +48,7 @@ SEED = OrgSnapshot.from_directory(load_yaml_model(DATA / "directory.yaml", Direc
 POLICY = load_yaml_model(DATA / "policy.yaml", Policy)
 NOW = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
 CHAIN = ("hr_case_handler", "hr_head", "chief_ethics_officer", "board_audit_committee")
+INDEPENDENT = ("chief_ethics_officer", "board_audit_committee")
 
 
 def report(
@@ -103,6 +104,8 @@ class Case:
     cycles: tuple[tuple[str, ...], ...] = ()
     scopes: Mapping[int, str] = field(default_factory=dict)  # where a level was found
     decided_unit: str | None = "city-retail"
+    category: str = "sexual_misconduct"
+    chain: tuple[str, ...] = CHAIN
 
 
 CASES = [
@@ -132,21 +135,23 @@ CASES = [
         },
     ),
     Case(
-        "accused unknown to the directory (a free-text name): nothing can be excluded",
+        "accused unknown to the directory (a free-text name): only the independent roles",
         accused=["the night manager at store 12"],
-        levels={1: ("p-chen",), 2: ("p-zhou",), 3: ("p-sun",), 4: ("p-board",)},
+        levels={1: ("p-sun",), 2: ("p-board",)},
         excluded={},
         unresolved_accused=("the night manager at store 12",),
+        chain=INDEPENDENT,
     ),
     Case(
-        "no unit and no known accused: every level across the organisation",
+        "no unit and no known accused: the independent roles across the organisation",
         accused=["Someone"],
         unit=None,
-        levels={1: ("p-chen", "p-ma"), 2: ("p-zhou",), 3: ("p-sun",), 4: ("p-board",)},
+        levels={1: ("p-sun",), 2: ("p-board",)},
         excluded={},
         unresolved_accused=("Someone",),
         scopes={1: "organisation"},
         decided_unit=None,
+        chain=INDEPENDENT,
     ),
     Case(
         "the accused is the unit's HR case handler: level 1 falls back to group HR",
@@ -160,14 +165,55 @@ CASES = [
         scopes={1: "organisation"},
     ),
     Case(
-        "the accused is the HR head: nobody eligible at the hr_head level",
+        "the accused is the HR head: his own HR case handler is never asked",
         accused=["p-zhou"],
         unit=None,
-        levels={1: ("p-ma",), 2: (), 3: ("p-sun",), 4: ("p-board",)},
+        # p-ma reports to p-zhou (accused_reports): City Retail's handler is asked.
+        levels={1: ("p-chen",), 2: (), 3: ("p-sun",), 4: ("p-board",)},
+        excluded={
+            "p-zhou": "accused",
+            "p-zhang": "accused_management_chain",
+            "p-ma": "accused_reports",
+        },
+        scopes={1: "organisation", 2: "nobody"},
+        decided_unit="group",
+    ),
+    Case(
+        "fraud by the HR head: accused_reports is off for fraud, his handler is asked",
+        accused=["p-zhou"],
+        unit=None,
+        category="fraud",
+        levels={1: ("p-ma",), 2: (), 3: ("p-sun",)},
         excluded={"p-zhou": "accused", "p-zhang": "accused_management_chain"},
-        # p-ma reports to p-zhou: exclusion goes up the chain, never down.
+        # p-ma reports to p-zhou: without accused_reports exclusion goes up, never down.
         not_excluded=("p-ma",),
         scopes={1: "unit", 2: "nobody"},
+        decided_unit="group",
+        chain=CHAIN[:3],
+    ),
+    Case(
+        "the unit president is accused: nobody who answers to him is asked",
+        accused=["p-li"],
+        levels={1: ("p-ma",), 2: ("p-zhou",), 3: ("p-sun",), 4: ("p-board",)},
+        excluded={
+            "p-li": "accused",
+            "p-zhang": "accused_management_chain",
+            "p-chen": "accused_reports",
+        },
+        scopes={1: "organisation"},
+    ),
+    Case(
+        "the CEO is accused: everyone answers to him but the board",
+        accused=["p-zhang"],
+        unit=None,
+        levels={1: (), 2: (), 3: (), 4: ("p-board",)},
+        excluded={
+            "p-zhang": "accused",
+            "p-chen": "accused_reports",
+            "p-ma": "accused_reports",
+            "p-zhou": "accused_reports",
+            "p-sun": "accused_reports",  # independent, but answering to the accused
+        },
         decided_unit="group",
     ),
     Case(
@@ -185,7 +231,7 @@ CASES = [
     Case(
         "a person named in the report is excluded",
         accused=["p-wang"],
-        named=["p-chen", "a colleague from the warehouse"],
+        named=["p-chen"],
         levels={1: ("p-ma",), 2: ("p-zhou",), 3: ("p-sun",), 4: ("p-board",)},
         excluded={
             "p-wang": "accused",
@@ -199,8 +245,9 @@ CASES = [
         accused=["a"],
         unit="shop",
         org=CIRCULAR,
-        levels={1: ("c",), 2: ("d",), 3: ("d",), 4: ("d",)},
-        excluded={"a": "accused", "b": "accused_management_chain"},
+        # c reports to b, who reports to a: c answers to the accused.
+        levels={1: (), 2: ("d",), 3: ("d",), 4: ("d",)},
+        excluded={"a": "accused", "b": "accused_management_chain", "c": "accused_reports"},
         cycles=(("a", "b"),),
         decided_unit="shop",
     ),
@@ -208,10 +255,11 @@ CASES = [
         "an empty directory: every level has nobody eligible",
         accused=["p-wang"],
         org=OrgSnapshot.empty(),
-        levels={1: (), 2: (), 3: (), 4: ()},
+        levels={1: (), 2: ()},
         excluded={},
         unresolved_accused=("p-wang",),
-        scopes={1: "nobody", 2: "nobody", 3: "nobody", 4: "nobody"},
+        scopes={1: "nobody", 2: "nobody"},
+        chain=INDEPENDENT,
     ),
     Case(
         "an independent role above the accused stays eligible",
@@ -238,13 +286,14 @@ CASES = [
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_triage_routes_around_conflicts(case: Case) -> None:
     decision = decide(
-        report(case.accused, unit=case.unit, named=case.named),
+        report(case.accused, unit=case.unit, named=case.named, category=case.category),
         case.org,
         POLICY,
         NOW,
         reporter_person=case.reporter,
     )
-    assert [level.role for level in decision.chain] == list(CHAIN)
+    assert [level.role for level in decision.chain] == list(case.chain)
+    assert decision.conflict_unresolved == (case.chain == INDEPENDENT)
     assert {level.level: level.recipients for level in decision.chain} == case.levels
     assert {x.principal: x.rule for x in decision.excluded} == case.excluded
     for person in case.not_excluded:
@@ -275,7 +324,7 @@ def test_the_seed_case_as_the_triaged_event() -> None:
     assert seed_decision().to_triaged() == Triaged(
         category="sexual_misconduct",
         severity="critical",
-        policy_version="2026-11-01",
+        policy_version="2026-12-07",
         chain=[
             ChainLevel(
                 level=1, role="hr_case_handler", recipients=["p-chen"], acknowledge_within=3600
@@ -301,6 +350,9 @@ def test_the_seed_case_as_the_triaged_event() -> None:
             "reporter_acknowledgement": NOW + timedelta(days=7),
             "feedback": NOW + timedelta(days=90),
         },
+        revision=1,
+        conflict_unresolved=False,
+        independent=["p-sun", "p-board"],
     )
 
 
@@ -401,12 +453,19 @@ def test_an_amendment_accusing_the_handler_moves_the_report_to_group_hr() -> Non
 
 def test_an_amendment_accusing_the_hr_head_leaves_that_level_with_nobody() -> None:
     result = reexclude(seed_decision(), ["p-zhou"], SEED, POLICY)
-    assert [(x.principal, x.rule) for x in result.newly_excluded] == [("p-zhou", "accused")]
+    assert [(x.principal, x.rule) for x in result.newly_excluded] == [
+        ("p-zhou", "accused"),
+        ("p-ma", "accused_reports"),  # she answers to him; never routed, excluded all the same
+    ]
     assert result.still_routed[1].nobody_eligible
     assert result.still_routed[0].recipients == ("p-chen",)  # p-chen is no conflict
     assert dict(result.added) == {}
     assert result.to_reassigned(current_level=2) == Reassigned(
-        removed=[Exclusion(principal="p-zhou", rule="accused")], added=[]
+        removed=[
+            Exclusion(principal="p-zhou", rule="accused"),
+            Exclusion(principal="p-ma", rule="accused_reports"),
+        ],
+        added=[],
     )
 
 
@@ -420,7 +479,7 @@ def test_an_amendment_that_adds_nobody_new_changes_nothing() -> None:
 
 def test_an_amendment_uses_the_incidents_pinned_policy() -> None:
     newer = POLICY.model_copy(update={"version": "2027-01-01"})
-    with pytest.raises(ValueError, match="keeps policy '2026-11-01'"):
+    with pytest.raises(ValueError, match="keeps policy '2026-12-07'"):
         reexclude(seed_decision(), ["p-chen"], SEED, newer)
 
 
@@ -466,6 +525,9 @@ def policies(draw: st.DrawFn) -> Policy:
             "conflicts": {
                 "exclude": draw(st.lists(st.sampled_from(CONFLICT_RULES), unique=True)),
                 "independent_roles": draw(st.lists(st.sampled_from(ROLES), unique=True)),
+                "categories": {
+                    "c": {"exclude": draw(st.lists(st.sampled_from(CONFLICT_RULES), unique=True))}
+                },
             },
         }
     )
@@ -512,7 +574,7 @@ def test_no_excluded_person_is_ever_routed(
     decision = decide(submitted, chart, policy, NOW, reporter_person=reporter)
     assert_routing_is_clean(decision, chart)
     excluded = decision.excluded_ids
-    rules = set(policy.conflicts.exclude)
+    rules = set(policy.conflicts.rules_for(submitted.category))
     independent = set(policy.conflicts.independent_roles)
     known_accused = [a for a in submitted.accused if chart.knows(a)]
 
@@ -532,10 +594,25 @@ def test_no_excluded_person_is_ever_routed(
                 expected.setdefault(person, set()).add("named_in_report")
     if "reporter" in rules and reporter:
         expected.setdefault(reporter, set()).add("reporter")
+    if "accused_reports" in rules:
+        roles = [*(level.role for level in decision.chain), *independent]
+        for person in chart.people:
+            if (
+                chart.roles_of(person) & set(roles)
+                and person not in known_accused
+                and set(chart.managers_above(person)) & set(known_accused)
+            ):
+                expected.setdefault(person, set()).add("accused_reports")
     # ... and nobody else, each with the first of their rules in the policy's order.
     assert {x.principal: set(x.rules) for x in decision.excluded} == expected
     for x in decision.excluded:
         assert x.rule == min(x.rules, key=CONFLICT_RULES.index)
+    unresolved = [p for p in (*submitted.accused, *submitted.named) if not chart.knows(p)]
+    assert decision.conflict_unresolved == bool(unresolved)
+    if unresolved:  # the independent roles only
+        assert [level.role for level in decision.chain] == (
+            list(dict.fromkeys(policy.conflicts.independent_roles)) or ["independent_roles"]
+        )
 
     # Each level: the eligible holders of the unit, else of the organisation, else nobody.
     for level in decision.chain:
