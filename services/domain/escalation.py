@@ -1,18 +1,19 @@
 """Escalation of one incident as a state machine: `(state, input) -> (state, effects)`.
 
 The escalation service keeps one `EscalationState` per incident (one row, `to_json()`)
-and feeds it what happens: the triage decision (`start`), acknowledgements
-(`acknowledge`), reassignments (`reassign`), failed deliveries (`delivery_failed`),
-amended reports (`report_amended`) and the passing of time (`due`, `reminders`, or
-both at once with `tick`). Each function returns the new state and the effects to
-publish: plain catalog payloads (`Escalated`, `Notified`, `EscalationCleared`,
-`ReminderDue`) plus `DeadlineBreached`, a proposed `incident.deadline.breached.v1`
-that the catalog does not have yet. `effect_type(effect)` names each one's event type.
+and feeds it what happens: the triage decision (`start`, and `redecide` for a later
+revision of it), acknowledgements (`acknowledge`), reassignments (`reassign`), recusals
+(`recuse`), failed deliveries (`delivery_failed`), amended reports (`report_amended`)
+and the passing of time (`due`, `reminders`, or both at once with `tick`). Each function
+returns the new state and the effects to publish: plain catalog payloads (`Escalated`,
+`Notified`, `EscalationCleared`, `EscalationStalled`, `AcknowledgementIgnored`,
+`ReminderDue`, `DeadlineBreached`). `effect_type(effect)` names each one's event type.
 
 Nothing here does I/O or reads a clock: `now` is always passed in, and must be
 timezone-aware. The service persists the new state and the effects in one transaction
-(outbox); `state.version` grows by one on every transition that changes the state, so
-`(incident_id, version, index of the effect)` is a stable key for event ids.
+(outbox); `state.version` grows by one on every transition that changes the state or
+has effects, so `(incident_id, version, index of the effect)` is a stable key for event
+ids.
 
 ## Rules (decisions)
 
@@ -20,7 +21,7 @@ timezone-aware. The service persists the new state and the effects in one transa
   emits nothing for it and only starts its deadline: triage's
   `deadlines["level_1_acknowledge"]` when the decision carries it (so a late start, after
   a restart, does not push the deadline back), else `now + acknowledge_within`.
-- **Exactly once.** One acknowledgement deadline is pending at a time (`due_at`).
+- **Exactly once.** One deadline is pending at a time (`due_at`).
   `due(state, now, expected_due_at)` fires only when `expected_due_at == due_at`, the
   state is not acknowledged, and `now >= due_at`; otherwise it is a no-op. Early calls,
   repeated calls and calls for a deadline that an acknowledgement (or an earlier
@@ -30,7 +31,7 @@ timezone-aware. The service persists the new state and the effects in one transa
   recipients, reason, deadline)` then one `Notified(channel="escalation")` per
   recipient, and waits `now + acknowledge_within` of level k (counted from when the
   level was really asked, so a late firing after a restart does not shorten it).
-- **Empty levels.** Every empty level the chain moves to is recorded once, as
+- **Empty levels.** Every empty level of the chain the move passes is recorded once, as
   `Escalated(level=k, recipients=[], reason="nobody_eligible")`, and the next level is
   asked at once (same `now`) with reason `nobody_eligible` too. All the `Escalated` of one
   move carry the same `deadline`: the instant the move became due, that is the missed
@@ -38,33 +39,68 @@ timezone-aware. The service persists the new state and the effects in one transa
   failed delivery). `start` with an empty level 1 therefore records
   `Escalated(level=1, [], nobody_eligible)`; a non-empty level 1 never gets an
   `Escalated`.
-- **Nobody left.** When the move runs past the last level (the last level is empty) it
-  stops: the last effect is `Escalated(level=last, recipients=[], nobody_eligible)` and
-  no deadline is pending (`state.stalled`). It goes on if a reassignment adds someone.
-- **The last level repeats** every `repeat_last_every` (`Escalated(level=last,
-  reason="not_acknowledged", deadline=missed)` and `Notified` again). Without
-  `repeat_last_every` it stops silently after the last level's deadline.
+- **Never silent: the independent level.** When a move runs past the chain's last level
+  with nobody eligible, it asks the decision's `independent` people (holders of the
+  policy's independent roles, after exclusions) as one more level, numbered
+  `last + 1` (`fallback_level`, role `independent`): `Escalated(level=last+1,
+  recipients, "nobody_eligible")`, a `Notified` each, and the last level's
+  `acknowledge_within`. It is then the top level (it repeats, see below). It is asked
+  only when the chain ran out of people, never because the last level did not answer.
+- **Stalled.** If nobody is eligible at the independent level either, the chain stops
+  at level `last + 1` and raises `EscalationStalled(level=last+1, nobody_eligible,
+  roles_tried=the chain's roles, repeat_every)`; `due` raises it again every repeat
+  interval (`state.stalled`, its deadline pending like any other) until someone acts:
+  an acknowledgement by anyone still routed (an earlier level's recipient), a
+  reassignment that adds someone (added to the independent level, which is then asked
+  with a fresh deadline, no `Escalated`: triage announces additions), or a new
+  revision of the decision. The service counts and logs each one at error level.
+- **The top level repeats** (the last level, or the independent level once it was
+  asked) every `repeat_last_every`: `Escalated(level=top, reason="not_acknowledged",
+  deadline=missed)` and `Notified` again. A decision without `repeat_last_every`
+  repeats every `acknowledge_within` of the last level instead (`repeat_every`):
+  nothing stops silently. A top level emptied by removals moves on (last level: to the
+  independent level; independent level: stalled).
 - **Acknowledgement** by a principal routed so far (an eligible recipient of any level
   up to the current one, or added by reassignment) and not excluded: the state is
   acknowledged, the pending deadline goes, `EscalationCleared(level=current_level)`.
-  A second acknowledgement, one by a principal not routed or excluded, and one before
-  `start`, do nothing. The clear names the level current when the acknowledgement was
-  *applied*: if an escalation won the race, the clear is at the new level, never a
-  clear of a level that was already escalated away from.
-- **Excluded** principals (triage's `excluded`, and everyone a reassignment removes)
-  are never notified, escalated to, nor accepted as acknowledgers, whichever level they
-  appear in. Additions of an excluded principal are ignored: exclusion wins.
+  A second acknowledgement, and one before `start`, do nothing. The clear names the
+  level current when the acknowledgement was *applied*: if an escalation won the race,
+  the clear is at the new level, never a clear of a level that was already escalated
+  away from.
+- **Ignored acknowledgements** (defence in depth): one by a principal excluded at that
+  moment (triage's exclusions, a reassignment's removal, a recusal) or not routed
+  changes nothing but is recorded, once per call (the service calls once per
+  acknowledgement event), as `AcknowledgementIgnored(principal, level=current_level,
+  reason="excluded" | "not_routed")`.
+- **Excluded** principals (triage's `excluded`, everyone a reassignment removes, every
+  recusal) are never notified, escalated to, nor accepted as acknowledgers, whichever
+  level they appear in. Additions of an excluded principal are ignored: exclusion wins.
+  Exclusions only grow, across revisions too.
 - **Reassignment** (`reassign(removed, added)`): added principals join the current
   level. If the current level is left with nobody eligible, the chain moves on at once
-  (`nobody_eligible`; at the last level, the stop record above). If the removed
-  principal is the one who acknowledged, the acknowledgement no longer counts: the
-  current level is asked again with a fresh deadline (or the chain moves on if it is
-  empty). A stopped chain to which someone is added waits on the current level again.
+  (`nobody_eligible`; past the last level, the independent level or the stall above).
+  If the removed principal is the one who acknowledged, the acknowledgement no longer
+  counts: the current level is asked again with a fresh deadline (or the chain moves on
+  if it is empty).
+- **Recusal** (`recuse(principal)`, from `incident.recused.v1`) is the removal alone:
+  she is excluded at once, so her later acknowledgement is ignored even before triage's
+  `incident.reassigned.v1` (removing her, adding her replacement) arrives. It does not
+  move the chain on by itself, since that reassignment follows; the pending deadline
+  stands, so nothing waits forever (if she had acknowledged, her level is asked again).
+  The recusal and the reassignment give the same state in either order (apart from
+  `version`, which counts the steps).
+- **Revisions.** A decision whose `revision` is higher than the state's (`redecide`,
+  after the people were confirmed) replaces the chain, its `independent` people and
+  its repeat interval and restarts it from its level 1, asked by triage as for a first
+  decision (its deadline starts, no `Escalated` for it). Exclusions are the union of
+  both. An acknowledgement of the old chain does not carry over: the new chain must
+  acknowledge. Legal clocks run on from the first decision. A decision whose revision
+  is not higher is a no-op.
 - **Failed delivery** (`delivery_failed(principal, level)`, after the adapter has given
   up retrying): once every eligible recipient of the current ask has failed, the next
   level is asked at once with reason `delivery_failed`. Failures for another level are
   ignored. A removal that leaves only recipients whose delivery failed counts the same.
-  At the last level there is nothing higher: the repeat deadline stands.
+  At the top level there is nothing higher: the repeat deadline stands.
 - **Legal clocks** come from `Triaged.deadlines` (`reporter_acknowledgement`,
   `feedback`; other keys are not legal clocks and are ignored). `ReminderDue(clock,
   due_at)` fires `reminder_lead` before the deadline, by default 10 % of the span from
@@ -77,6 +113,14 @@ timezone-aware. The service persists the new state and the effects in one transa
   service calls it for `feedback` when a handler writes to the reporter). A satisfied
   clock neither reminds nor breaches. Legal clocks keep running after acknowledgement:
   feedback is owed regardless.
+
+## Stored format
+
+`to_json` writes format 2. `from_json` also reads format 1 (before revisions, the
+independent level and stalls): revision 1, no independent people, and a chain that
+format 1 had stopped silently (started, unacknowledged, no deadline) gets its deadline
+back at the instant it stopped, so the next `tick` moves it on under the rules above
+(migration 0004 wakes those rows).
 """
 
 from __future__ import annotations
@@ -88,32 +132,50 @@ from typing import Any, Final, Literal
 
 from services.domain.envelope import utc_rfc3339
 from services.domain.events import (
+    AcknowledgementIgnored,
     DeadlineBreached,
     Escalated,
     EscalationCleared,
+    EscalationStalled,
     EventData,
     Notified,
     ReminderDue,
     Triaged,
 )
 
-STATE_FORMAT: Final = 1
+STATE_FORMAT: Final = 2
+READABLE_FORMATS: Final = (1, STATE_FORMAT)
 REPORTER_ACKNOWLEDGEMENT: Final = "reporter_acknowledgement"
 FEEDBACK: Final = "feedback"
 LEGAL_CLOCKS: Final = (REPORTER_ACKNOWLEDGEMENT, FEEDBACK)
 DEFAULT_REMINDER_LEAD: Final = 0.1
 ESCALATION_CHANNEL: Final = "escalation"
 DEADLINE_BREACHED: Final = "incident.deadline.breached.v1"
+ESCALATION_STALLED: Final = "incident.escalation.stalled.v1"
+ACKNOWLEDGEMENT_IGNORED: Final = "incident.acknowledgement.ignored.v1"
 LEVEL_1_ACKNOWLEDGE: Final = "level_1_acknowledge"
+INDEPENDENT_ROLE: Final = "independent"
+"""The role name of the independent level (one past the chain's last level)."""
 
 Reason = Literal["not_acknowledged", "nobody_eligible", "delivery_failed"]
+IgnoredReason = Literal["excluded", "not_routed"]
 
 
-Effect = Escalated | EscalationCleared | Notified | ReminderDue | DeadlineBreached
+Effect = (
+    Escalated
+    | EscalationCleared
+    | EscalationStalled
+    | AcknowledgementIgnored
+    | Notified
+    | ReminderDue
+    | DeadlineBreached
+)
 
 _EFFECT_TYPES: Final[dict[type[EventData], str]] = {
     Escalated: "incident.escalated.v1",
     EscalationCleared: "incident.escalation.cleared.v1",
+    EscalationStalled: ESCALATION_STALLED,
+    AcknowledgementIgnored: ACKNOWLEDGEMENT_IGNORED,
     Notified: "incident.notified.v1",
     ReminderDue: "incident.reminder.due.v1",
     DeadlineBreached: DEADLINE_BREACHED,
@@ -165,7 +227,11 @@ class LegalClock:
 
 @dataclass(frozen=True)
 class EscalationState:
-    """Escalation of one incident. Immutable; every change makes a new state."""
+    """Escalation of one incident. Immutable; every change makes a new state.
+
+    `current_level` runs from 1 to `fallback_level` (the independent level); `stalled`
+    means nobody is left there either and `due_at` is the next `EscalationStalled`.
+    """
 
     incident_id: str
     chain: tuple[Level, ...]
@@ -179,11 +245,17 @@ class EscalationState:
     undelivered: frozenset[str] = frozenset()
     clocks: tuple[LegalClock, ...] = ()
     version: int = 0
+    revision: int = 1
+    independent: tuple[str, ...] = ()
+    stalled: bool = False
 
     # Derived views
 
     def level(self, number: int) -> Level:
-        """The chain level with this number (1-based)."""
+        """The level with this number (1-based); `fallback_level` is the independent one."""
+        if number == self.fallback_level:
+            last = self.chain[-1]
+            return Level(number, INDEPENDENT_ROLE, self.independent, last.acknowledge_within)
         return self.chain[number - 1]
 
     def eligible(self, number: int) -> tuple[str, ...]:
@@ -196,17 +268,25 @@ class EscalationState:
 
     @property
     def last_level(self) -> int:
+        """The chain's last level."""
         return len(self.chain)
+
+    @property
+    def fallback_level(self) -> int:
+        """The independent level, asked when the chain ran out of people."""
+        return len(self.chain) + 1
+
+    @property
+    def repeat_every(self) -> int:
+        """Seconds between repeats of the top level (and of a stall alert)."""
+        if self.repeat_last_every is not None:
+            return self.repeat_last_every
+        return self.chain[-1].acknowledge_within
 
     @property
     def routed(self) -> frozenset[str]:
         """Everyone asked so far who may still act: eligible recipients up to the current level."""
         return frozenset(p for k in range(1, self.current_level + 1) for p in self.eligible(k))
-
-    @property
-    def stalled(self) -> bool:
-        """Started, unacknowledged, and no deadline pending: nobody left to ask."""
-        return self.current_level > 0 and self.acknowledged is None and self.due_at is None
 
     def clock(self, name: str) -> LegalClock | None:
         return next((c for c in self.clocks if c.name == name), None)
@@ -262,16 +342,20 @@ class EscalationState:
                 for c in self.clocks
             ],
             "version": self.version,
+            "revision": self.revision,
+            "independent": list(self.independent),
+            "stalled": self.stalled,
         }
 
     @classmethod
     def from_json(cls, value: Mapping[str, Any]) -> EscalationState:
-        """The state `to_json` wrote; ValueError if it is not one."""
-        if value.get("format") != STATE_FORMAT:
-            raise ValueError(f"escalation state format {value.get('format')!r} is not supported")
+        """The state `to_json` wrote (this format or format 1); ValueError if it is not one."""
+        fmt = value.get("format")
+        if fmt not in READABLE_FORMATS:
+            raise ValueError(f"escalation state format {fmt!r} is not supported")
         try:
             ack = value["acknowledged"]
-            return cls(
+            state = cls(
                 incident_id=str(value["incident_id"]),
                 chain=tuple(
                     Level(
@@ -308,9 +392,18 @@ class EscalationState:
                     for c in value["clocks"]
                 ),
                 version=int(value["version"]),
+                revision=int(value.get("revision", 1)),
+                independent=tuple(str(p) for p in value.get("independent", ())),
+                stalled=bool(value.get("stalled", False)),
             )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"not an escalation state: {exc!r}") from exc
+        if fmt == 1 and _stopped_silently(state):
+            # Format 1 stopped a chain with nobody left (or no repeat) and said nothing
+            # more; its deadline comes back at the instant it stopped, so the next tick
+            # asks the independent level, repeats or raises the stall.
+            state = replace(state, due_at=state.asked_at)
+        return state
 
 
 Step = tuple[EscalationState, tuple[Effect, ...]]
@@ -333,9 +426,7 @@ def start(
     deadline) or a fixed time before it. ValueError if the chain is not levels 1..n.
     """
     _aware(now)
-    levels = sorted(triaged.chain, key=lambda lv: lv.level)
-    if not levels or [lv.level for lv in levels] != list(range(1, len(levels) + 1)):
-        raise ValueError("an escalation chain has levels 1..n, at least one")
+    chain = _chain_of(triaged)
     if isinstance(reminder_lead, timedelta):
         if reminder_lead < timedelta(0):
             raise ValueError("reminder_lead is not negative")
@@ -353,28 +444,45 @@ def start(
             )
     state = EscalationState(
         incident_id=incident_id,
-        chain=tuple(
-            Level(lv.level, lv.role, tuple(lv.recipients), lv.acknowledge_within) for lv in levels
-        ),
+        chain=chain,
         report_digest=report_digest,
         repeat_last_every=triaged.repeat_last_every,
         excluded=frozenset(x.principal for x in triaged.excluded),
         clocks=tuple(sorted(clocks, key=lambda c: c.due_at)),
         version=1,
+        revision=triaged.revision,
+        independent=tuple(triaged.independent),
     )
-    if state.eligible(1):
-        asked = _ask(state, 1, now)
-        first_due = triaged.deadlines.get(LEVEL_1_ACKNOWLEDGE)
-        if first_due is not None:
-            _aware(first_due)
-            asked = replace(asked, due_at=first_due)
-        return asked, ()
-    return _move_on(state, now, "nobody_eligible", now)
+    return _begin(state, triaged, now)
+
+
+def redecide(state: EscalationState, triaged: Triaged, now: datetime) -> Step:
+    """A later decision of the incident (a higher `revision`) replaces the chain and
+    restarts it from its level 1; one not newer than the state's is a no-op."""
+    _aware(now)
+    if triaged.revision <= state.revision:
+        return state, ()
+    fresh = replace(
+        state,
+        chain=_chain_of(triaged),
+        report_digest=triaged.report_digest or state.report_digest,
+        repeat_last_every=triaged.repeat_last_every,
+        current_level=0,
+        asked_at=None,
+        due_at=None,
+        acknowledged=None,  # the new chain must acknowledge
+        excluded=state.excluded | {x.principal for x in triaged.excluded},
+        undelivered=frozenset(),
+        revision=triaged.revision,
+        independent=tuple(triaged.independent),
+        stalled=False,
+    )
+    return _changed(state, *_begin(fresh, triaged, now))
 
 
 def due(state: EscalationState, now: datetime, expected_due_at: datetime | None) -> Step:
-    """Fire the pending acknowledgement deadline `expected_due_at`, if it is the one
-    pending, has passed and is not acknowledged; otherwise nothing."""
+    """Fire the pending deadline `expected_due_at`, if it is the one pending, has
+    passed and is not acknowledged; otherwise nothing."""
     _aware(now)
     missed = state.due_at
     if (
@@ -384,78 +492,93 @@ def due(state: EscalationState, now: datetime, expected_due_at: datetime | None)
         or state.acknowledged is not None
     ):
         return state, ()
+    if state.stalled:
+        return _changed(state, *_stall(state, now, ()))
     if state.current_level < state.last_level:
         return _changed(state, *_move_on(state, now, "not_acknowledged", missed))
-    last = state.last_level
-    if state.repeat_last_every is None:
-        return _changed(state, replace(state, due_at=None), ())
-    recipients = state.eligible(last)
-    if not recipients:  # defensive: reassign stops an emptied last level already
-        effects: tuple[Effect, ...] = (_escalated(last, (), "nobody_eligible", missed),)
-        return _changed(state, replace(state, due_at=None), effects)
+    top = state.current_level
+    recipients = state.eligible(top)
+    if not recipients:  # emptied by a recusal, or a format 1 stop: move past it
+        if top < state.fallback_level:
+            return _changed(state, *_move_on(state, now, "nobody_eligible", missed))
+        return _changed(state, *_stall(state, now, ()))
     repeated = replace(
         state,
         asked_at=now,
-        due_at=now + timedelta(seconds=state.repeat_last_every),
+        due_at=now + timedelta(seconds=state.repeat_every),
         undelivered=frozenset(),
     )
-    return _changed(state, repeated, _asked(state, last, recipients, "not_acknowledged", missed))
+    return _changed(state, repeated, _asked(state, top, recipients, "not_acknowledged", missed))
 
 
 def acknowledge(state: EscalationState, principal: str, now: datetime) -> Step:
-    """A principal acknowledged; clears the chain if they are routed and not excluded."""
+    """A principal acknowledged; clears the chain if they are routed and not excluded,
+    and records the acknowledgement as ignored if they are not."""
     _aware(now)
-    if (
-        state.acknowledged is not None
-        or principal in state.excluded
-        or principal not in state.routed
-    ):
+    if principal in state.excluded:
+        return _ignored(state, principal, "excluded")
+    if principal not in state.routed:
+        return _ignored(state, principal, "not_routed")
+    if state.acknowledged is not None:
         return state, ()
     level = state.current_level
     new = replace(
         state,
         acknowledged=Acknowledgement(by=principal, at=now, level=level),
         due_at=None,
+        stalled=False,
         clocks=_satisfy(state.clocks, REPORTER_ACKNOWLEDGEMENT, now),
     )
     return _changed(state, new, (EscalationCleared(level=level, principal=principal),))
 
 
 def reassign(
-    state: EscalationState, removed: Iterable[str], added: Iterable[str], now: datetime
+    state: EscalationState,
+    removed: Iterable[str],
+    added: Iterable[str],
+    now: datetime,
+    *,
+    move_on: bool = True,
 ) -> Step:
-    """Triage removed principals (now excluded for good) and added others to the current level."""
+    """Triage removed principals (now excluded for good) and added others to the current
+    level. `move_on=False` (a recusal) never moves the chain on by itself."""
     _aware(now)
     gone = frozenset(removed)
     excluded = state.excluded | gone
-    chain = state.chain
     current = state.current_level
     at = max(current, 1)
-    level = state.level(at)
     joining = tuple(
-        p for p in dict.fromkeys(added) if p not in excluded and p not in level.recipients
+        p for p in dict.fromkeys(added) if p not in excluded and p not in state.level(at).recipients
     )
+    new = replace(state, excluded=excluded, undelivered=state.undelivered - gone)
     if joining:
-        widened = replace(level, recipients=level.recipients + joining)
-        chain = (*chain[: at - 1], widened, *chain[at:])
-    new = replace(state, chain=chain, excluded=excluded, undelivered=state.undelivered - gone)
+        new = _widen(new, at, joining)
     reopened = state.acknowledged is not None and state.acknowledged.by in gone
     if reopened:
         new = replace(new, acknowledged=None)
     if current == 0 or new.acknowledged is not None:
         return _changed(state, new, ())
+    waiting = new.due_at is not None and not new.stalled  # an ask's deadline is pending
     if new.eligible(current):
-        if new.due_at is None and (reopened or joining):
+        if not waiting and (reopened or joining):
             new = _ask(new, current, now)
-        elif new.due_at is not None and set(new.eligible(current)) <= new.undelivered:
+        elif waiting and set(new.eligible(current)) <= new.undelivered:
             return _changed(state, *_fail_over(new, now))
         return _changed(state, new, ())
-    if current < new.last_level:
-        return _changed(state, *_move_on(new, now, "nobody_eligible", now))
-    if new.due_at is None and not reopened:  # already stopped: nothing new to record
+    if new.stalled:  # already alerting on its own schedule
         return _changed(state, new, ())
-    stopped = replace(new, due_at=None, undelivered=frozenset())
-    return _changed(state, stopped, (_escalated(current, (), "nobody_eligible", now),))
+    if not move_on:
+        # triage's reassignment follows a recusal; an acknowledged level asked again
+        # keeps a deadline, so the chain moves on if that never comes
+        return _changed(state, _ask(new, current, now) if reopened else new, ())
+    if current < new.fallback_level:
+        return _changed(state, *_move_on(new, now, "nobody_eligible", now))
+    return _changed(state, *_stall(new, now, ()))
+
+
+def recuse(state: EscalationState, principal: str, now: datetime) -> Step:
+    """A handler declared a conflict: excluded at once; triage's reassignment follows."""
+    return reassign(state, [principal], [], now, move_on=False)
 
 
 def delivery_failed(state: EscalationState, principal: str, level: int, now: datetime) -> Step:
@@ -465,6 +588,7 @@ def delivery_failed(state: EscalationState, principal: str, level: int, now: dat
     if (
         state.acknowledged is not None
         or state.due_at is None
+        or state.stalled
         or level != state.current_level
         or principal not in state.eligible(level)
     ):
@@ -507,7 +631,7 @@ def clock_satisfied(state: EscalationState, clock: str, now: datetime) -> Step:
 
 
 def tick(state: EscalationState, now: datetime) -> Step:
-    """Everything due at `now`: the pending acknowledgement deadline, then the legal clocks."""
+    """Everything due at `now`: the pending deadline, then the legal clocks."""
     state, escalations = due(state, now, state.due_at)
     state, legal = reminders(state, now)
     return state, escalations + legal
@@ -524,6 +648,27 @@ def next_wakeup(state: EscalationState) -> datetime | None:
 # Internals
 
 
+def _chain_of(triaged: Triaged) -> tuple[Level, ...]:
+    levels = sorted(triaged.chain, key=lambda lv: lv.level)
+    if not levels or [lv.level for lv in levels] != list(range(1, len(levels) + 1)):
+        raise ValueError("an escalation chain has levels 1..n, at least one")
+    return tuple(
+        Level(lv.level, lv.role, tuple(lv.recipients), lv.acknowledge_within) for lv in levels
+    )
+
+
+def _begin(state: EscalationState, triaged: Triaged, now: datetime) -> Step:
+    """Level 1 of a (new) chain: asked by triage, or the chain moves on at once."""
+    if state.eligible(1):
+        asked = _ask(state, 1, now)
+        first_due = triaged.deadlines.get(LEVEL_1_ACKNOWLEDGE)
+        if first_due is not None:
+            _aware(first_due)
+            asked = replace(asked, due_at=first_due)
+        return asked, ()
+    return _move_on(state, now, "nobody_eligible", now)
+
+
 def _ask(state: EscalationState, number: int, now: datetime) -> EscalationState:
     """Level `number` is asked at `now`; its deadline starts."""
     within = state.level(number).acknowledge_within
@@ -533,30 +678,69 @@ def _ask(state: EscalationState, number: int, now: datetime) -> EscalationState:
         asked_at=now,
         due_at=now + timedelta(seconds=within),
         undelivered=frozenset(),
+        stalled=False,
     )
 
 
 def _move_on(state: EscalationState, now: datetime, reason: Reason, deadline: datetime) -> Step:
-    """Ask the next level with anyone eligible, recording each empty level on the way."""
+    """Ask the next level with anyone eligible, recording each empty chain level on the
+    way; past the last level, the independent level, else the stall."""
     effects: list[Effect] = []
-    for number in range(state.current_level + 1, state.last_level + 1):
+    for number in range(state.current_level + 1, state.fallback_level + 1):
         recipients = state.eligible(number)
         if recipients:
             effects.extend(_asked(state, number, recipients, reason, deadline))
             return _ask(state, number, now), tuple(effects)
-        effects.append(_escalated(number, (), "nobody_eligible", deadline))
+        if number < state.fallback_level:
+            effects.append(_escalated(number, (), "nobody_eligible", deadline))
         reason = "nobody_eligible"
-    stopped = replace(
-        state, current_level=state.last_level, asked_at=now, due_at=None, undelivered=frozenset()
+    return _stall(state, now, tuple(effects))
+
+
+def _stall(state: EscalationState, now: datetime, effects: tuple[Effect, ...]) -> Step:
+    """Nobody left at all: raise the alert now and again every repeat interval."""
+    every = state.repeat_every
+    stalled = replace(
+        state,
+        current_level=state.fallback_level,
+        asked_at=now,
+        due_at=now + timedelta(seconds=every),
+        undelivered=frozenset(),
+        stalled=True,
     )
-    return stopped, tuple(effects)
+    alert = EscalationStalled(
+        level=state.fallback_level,
+        reason="nobody_eligible",
+        roles_tried=list(dict.fromkeys(lv.role for lv in state.chain)),
+        repeat_every=every,
+    )
+    return stalled, (*effects, alert)
+
+
+def _widen(state: EscalationState, number: int, joining: tuple[str, ...]) -> EscalationState:
+    """Principals join level `number` (the independent level included)."""
+    if number == state.fallback_level:
+        return replace(state, independent=state.independent + joining)
+    level = state.level(number)
+    widened = replace(level, recipients=level.recipients + joining)
+    return replace(state, chain=(*state.chain[: number - 1], widened, *state.chain[number:]))
+
+
+def _ignored(state: EscalationState, principal: str, reason: IgnoredReason) -> Step:
+    """An acknowledgement that does not count, recorded; a new version keys its event."""
+    ignored = AcknowledgementIgnored(principal=principal, level=state.current_level, reason=reason)
+    return replace(state, version=state.version + 1), (ignored,)
 
 
 def _fail_over(state: EscalationState, now: datetime) -> Step:
     """Every recipient of the current ask failed delivery."""
     if state.current_level < state.last_level:
         return _move_on(state, now, "delivery_failed", now)
-    return state, ()  # nobody higher: the repeat deadline stands
+    return state, ()  # nothing higher: the repeat deadline stands
+
+
+def _stopped_silently(state: EscalationState) -> bool:
+    return state.current_level > 0 and state.acknowledged is None and state.due_at is None
 
 
 def _asked(

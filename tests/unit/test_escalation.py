@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,17 +18,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.domain import escalation as esc
+from services.domain.envelope import utc_rfc3339
 from services.domain.escalation import (
-    DeadlineBreached,
     Effect,
     EscalationState,
     Step,
 )
 from services.domain.events import (
     CATALOG,
+    AcknowledgementIgnored,
     ChainLevel,
+    DeadlineBreached,
     Escalated,
     EscalationCleared,
+    EscalationStalled,
     Exclusion,
     Notified,
     ReminderDue,
@@ -51,6 +55,8 @@ def triaged(
     repeat: int | None = 24 * 3600,
     excluded: list[str] | None = None,
     deadlines: dict[str, datetime] | None = None,
+    independent: list[str] | None = None,
+    revision: int = 1,
 ) -> Triaged:
     levels = [[HANDLER], [HR_HEAD], [ETHICS], [BOARD_1, BOARD_2]] if levels is None else levels
     within = within or [3600, 2 * 3600, 4 * 3600, 24 * 3600][: len(levels)]
@@ -70,6 +76,8 @@ def triaged(
             else deadlines
         ),
         repeat_last_every=repeat,
+        independent=independent or [],
+        revision=revision,
     )
 
 
@@ -120,6 +128,19 @@ class Story:
         while (wake := esc.next_wakeup(self.state)) is not None and wake <= end:
             self.step(wake, esc.tick, wake)
         return self.effects[first:]
+
+
+def stalled(level: int, every: int) -> EscalationStalled:
+    roles = ["hr_case_handler", "hr_head", "chief_ethics_officer", "board_audit_committee"]
+    return EscalationStalled(
+        level=level, reason="nobody_eligible", roles_tried=roles[: level - 1], repeat_every=every
+    )
+
+
+def ignored(principal: str, level: int, reason: str) -> AcknowledgementIgnored:
+    return AcknowledgementIgnored.model_validate(
+        {"principal": principal, "level": level, "reason": reason}
+    )
 
 
 def escalations(effects: list[tuple[datetime, Effect]]) -> list[tuple[datetime, Escalated]]:
@@ -230,13 +251,18 @@ def test_a_late_firing_gives_the_next_level_its_full_time() -> None:
     assert story.due(T0 + 10 * H) == ()  # one step per call
 
 
-def test_without_repeat_the_chain_stops_after_the_last_level() -> None:
-    story = Story(triaged(levels=[[HANDLER], [HR_HEAD]], repeat=None))
-    happened = story.run_until(T0 + 10 * D)
-    assert [e.level for _, e in escalations(happened)] == [2]
-    assert story.state.due_at is None and story.state.current_level == 2
-    assert story.state.stalled
-    assert story.ack(T0 + 10 * D, HR_HEAD) == (EscalationCleared(level=2, principal=HR_HEAD),)
+def test_without_repeat_the_last_level_repeats_on_its_own_deadline() -> None:
+    story = Story(triaged(levels=[[HANDLER], [HR_HEAD]], repeat=None))  # never silent
+    happened = story.run_until(T0 + 9 * H)
+    assert [(at - T0, e.level, e.reason) for at, e in escalations(happened)] == [
+        (1 * H, 2, "not_acknowledged"),
+        (3 * H, 2, "not_acknowledged"),
+        (5 * H, 2, "not_acknowledged"),
+        (7 * H, 2, "not_acknowledged"),
+        (9 * H, 2, "not_acknowledged"),
+    ]
+    assert story.state.due_at == T0 + 11 * H and not story.state.stalled
+    assert story.ack(T0 + 10 * H, HR_HEAD) == (EscalationCleared(level=2, principal=HR_HEAD),)
 
 
 # Empty levels, exclusions, reassignment
@@ -262,15 +288,27 @@ def test_empty_levels_are_recorded_and_skipped_at_once() -> None:
     assert story.state.due_at == T0 + 26 * H
 
 
-def test_nobody_eligible_anywhere_stops_with_a_record_and_no_deadline() -> None:
-    story = Story(triaged(levels=[[ACCUSED_BOSS], [], [ACCUSED_BOSS]], excluded=[ACCUSED_BOSS]))
+def test_nobody_eligible_anywhere_raises_a_stall_that_repeats() -> None:
+    story = Story(
+        triaged(levels=[[ACCUSED_BOSS], [], [ACCUSED_BOSS]], excluded=[ACCUSED_BOSS], repeat=3600)
+    )
 
     assert [e for _, e in story.effects] == [
-        escalated(k, [], "nobody_eligible", T0) for k in (1, 2, 3)
+        *(escalated(k, [], "nobody_eligible", T0) for k in (1, 2, 3)),
+        stalled(4, 3600),
     ]
-    assert story.state.stalled and story.state.current_level == 3
-    assert story.ack(T0 + H, ACCUSED_BOSS) == ()
-    assert esc.next_wakeup(story.state) == T0 + 7 * D - timedelta(hours=16.8)
+    assert story.state.stalled and story.state.current_level == 4
+    assert esc.next_wakeup(story.state) == T0 + H
+    assert story.due(T0 + H) == (stalled(4, 3600),)
+    assert story.due(T0 + H) == ()  # once per interval
+    assert [
+        at - T0 for at, e in story.run_until(T0 + 4 * H) if isinstance(e, EscalationStalled)
+    ] == [
+        2 * H,
+        3 * H,
+        4 * H,
+    ]
+    assert story.ack(T0 + 4 * H, ACCUSED_BOSS) == (ignored(ACCUSED_BOSS, 4, "excluded"),)
 
 
 def test_excluded_principals_are_never_notified_nor_accepted() -> None:
@@ -280,17 +318,13 @@ def test_excluded_principals_are_never_notified_nor_accepted() -> None:
             excluded=[ACCUSED_BOSS],
         )
     )
-    assert story.ack(T0, ACCUSED_BOSS) == ()
+    assert story.ack(T0, ACCUSED_BOSS) == (ignored(ACCUSED_BOSS, 1, "excluded"),)
     story.run_until(T0 + 40 * H)
 
-    named = [
-        p
-        for _, e in story.effects
-        for p in (e.recipients if isinstance(e, Escalated) else [getattr(e, "principal", "")])
-    ]
+    named = [p for _, e in story.effects for p in named_in(e)]
     assert ACCUSED_BOSS not in named
     assert ACCUSED_BOSS not in story.state.routed
-    assert story.ack(T0 + 40 * H, ACCUSED_BOSS) == ()
+    assert story.ack(T0 + 40 * H, ACCUSED_BOSS) == (ignored(ACCUSED_BOSS, 4, "excluded"),)
 
 
 def test_reassignment_excludes_for_good_and_moves_on_when_the_level_empties() -> None:
@@ -301,7 +335,7 @@ def test_reassignment_excludes_for_good_and_moves_on_when_the_level_empties() ->
 
     assert moved == (escalated(3, [ETHICS], "nobody_eligible", T0 + 2 * H), notified(ETHICS, 3))
     assert story.state.due_at == T0 + 6 * H
-    assert story.ack(T0 + 2 * H, HR_HEAD) == ()
+    assert story.ack(T0 + 2 * H, HR_HEAD) == (ignored(HR_HEAD, 3, "excluded"),)
     story.run_until(T0 + 20 * H)
     assert escalations(story.effects)[-1][1] == escalated(
         4, [BOARD_1], "not_acknowledged", T0 + 6 * H
@@ -326,26 +360,229 @@ def test_reassignment_of_the_acknowledger_reopens_the_chain() -> None:
 
     assert story.state.acknowledged is None
     assert story.state.due_at == T0 + 2 * H  # level 1 asked again, with its full time
-    assert story.ack(T0 + H, HANDLER) == ()
+    assert story.ack(T0 + H, HANDLER) == (ignored(HANDLER, 1, "excluded"),)
     assert story.due(T0 + 2 * H) == (
         escalated(2, [HR_HEAD], "not_acknowledged", T0 + 2 * H),
         notified(HR_HEAD, 2),
     )
 
 
-def test_emptying_the_last_level_stops_and_an_addition_resumes() -> None:
+def test_emptying_the_last_level_stalls_and_an_addition_resumes() -> None:
     story = Story(triaged(levels=[[HANDLER], [BOARD_1]]))
     story.due(T0 + H)
 
     assert story.step(T0 + 2 * H, esc.reassign, [BOARD_1], [], T0 + 2 * H) == (
-        escalated(2, [], "nobody_eligible", T0 + 2 * H),
+        stalled(3, 24 * 3600),
     )
     assert story.state.stalled
     assert story.step(T0 + 3 * H, esc.reassign, ["p-other"], [], T0 + 3 * H) == ()
 
     assert story.step(T0 + 4 * H, esc.reassign, [], [BOARD_2], T0 + 4 * H) == ()
-    assert story.state.due_at == T0 + 6 * H
-    assert story.ack(T0 + 5 * H, BOARD_2) == (EscalationCleared(level=2, principal=BOARD_2),)
+    assert not story.state.stalled
+    assert story.state.due_at == T0 + 6 * H  # the last level's time, at the independent level
+    assert story.ack(T0 + 5 * H, BOARD_2) == (EscalationCleared(level=3, principal=BOARD_2),)
+
+
+# Never silent: the independent level and the stall
+
+
+def test_a_chain_with_nobody_left_asks_the_independent_people() -> None:
+    story = Story(
+        triaged(
+            levels=[[ACCUSED_BOSS], [ACCUSED_BOSS]],
+            within=[3600, 7200],
+            excluded=[ACCUSED_BOSS],
+            independent=[ETHICS, ACCUSED_BOSS],  # exclusion wins here too
+        )
+    )
+
+    assert [e for _, e in story.effects] == [
+        escalated(1, [], "nobody_eligible", T0),
+        escalated(2, [], "nobody_eligible", T0),
+        escalated(3, [ETHICS], "nobody_eligible", T0),
+        notified(ETHICS, 3),
+    ]
+    assert story.state.current_level == story.state.fallback_level == 3
+    assert story.state.due_at == T0 + 2 * H  # the last level's acknowledge_within
+    # unanswered, the independent level is the top one and repeats
+    assert story.due(T0 + 2 * H) == (
+        escalated(3, [ETHICS], "not_acknowledged", T0 + 2 * H),
+        notified(ETHICS, 3),
+    )
+    assert story.state.due_at == T0 + 26 * H
+    assert story.ack(T0 + 3 * H, ETHICS) == (EscalationCleared(level=3, principal=ETHICS),)
+
+
+def test_the_independent_level_is_asked_only_when_the_chain_ran_out_of_people() -> None:
+    story = Story(triaged(levels=[[HANDLER], [HR_HEAD]], independent=[ETHICS]))
+    happened = story.run_until(T0 + 30 * H)
+    assert {e.level for _, e in escalations(happened)} == {2}  # HR_HEAD is asked again
+
+
+def test_an_emptied_last_level_goes_to_the_independent_level_and_then_stalls() -> None:
+    story = Story(triaged(levels=[[HANDLER], [HR_HEAD]], within=[3600, 7200], independent=[ETHICS]))
+    story.due(T0 + H)
+
+    assert story.step(T0 + 2 * H, esc.reassign, [HR_HEAD], [], T0 + 2 * H) == (
+        escalated(3, [ETHICS], "nobody_eligible", T0 + 2 * H),
+        notified(ETHICS, 3),
+    )
+    assert story.step(T0 + 3 * H, esc.reassign, [ETHICS], [], T0 + 3 * H) == (
+        stalled(3, 24 * 3600),
+    )
+    assert story.state.stalled and story.state.due_at == T0 + 27 * H
+
+
+def test_a_stall_repeats_until_someone_acts() -> None:
+    decision = triaged(levels=[[HANDLER], [ACCUSED_BOSS]], excluded=[ACCUSED_BOSS], repeat=600)
+    story = Story(decision)
+
+    assert story.due(T0 + H) == (escalated(2, [], "nobody_eligible", T0 + H), stalled(3, 600))
+    alerts = story.run_until(T0 + H + timedelta(minutes=30))
+    assert [e for _, e in alerts] == [stalled(3, 600)] * 3
+
+    # (a) someone earlier in the chain, still routed, acknowledges: the alert stops
+    acked = Story(decision)
+    acked.due(T0 + H)
+    assert acked.ack(T0 + 2 * H, HANDLER) == (EscalationCleared(level=3, principal=HANDLER),)
+    assert acked.state.due_at is None and not acked.state.stalled
+
+    # (b) a reassignment adds someone: asked at the independent level, the alert stops
+    story.step(T0 + 2 * H, esc.reassign, [], [ETHICS], T0 + 2 * H)
+    assert not story.state.stalled and story.state.due_at == T0 + 4 * H  # 2 h, the last level's
+    assert ETHICS in story.state.routed
+
+    # (c) a new revision of the decision restarts the chain
+    revised = Story(decision)
+    revised.due(T0 + H)
+    restarted = revised.step(
+        T0 + 2 * H, esc.redecide, triaged(levels=[[HR_HEAD]], revision=2), T0 + 2 * H
+    )
+    assert restarted == () and not revised.state.stalled
+    assert revised.state.due_at == T0 + 3 * H
+
+
+# Revisions
+
+
+def test_a_new_revision_replaces_the_chain_and_restarts_it_from_level_1() -> None:
+    first = triaged(levels=[[ETHICS], [BOARD_1]], excluded=[ACCUSED_BOSS])  # conflict-unresolved
+    story = Story(first)
+    story.ack(T0 + 10 * timedelta(minutes=1), ETHICS)
+    second = triaged(
+        levels=[[HANDLER], [HR_HEAD], [ETHICS]],
+        excluded=[HR_HEAD],
+        deadlines={"level_1_acknowledge": T0 + 3 * H},
+        revision=2,
+    )
+
+    assert story.step(T0 + 2 * H, esc.redecide, second, T0 + 2 * H) == ()  # triage asks level 1
+
+    state = story.state
+    assert (state.revision, state.current_level, state.due_at) == (2, 1, T0 + 3 * H)
+    assert state.acknowledged is None  # the old chain's acknowledgement does not carry over
+    assert state.excluded == {ACCUSED_BOSS, HR_HEAD}  # exclusions are the union
+    assert story.ack(T0 + 2 * H, BOARD_1) == (ignored(BOARD_1, 1, "not_routed"),)
+    assert story.due(T0 + 3 * H) == (  # HR_HEAD excluded: level 2 is empty
+        escalated(2, [], "nobody_eligible", T0 + 3 * H),
+        escalated(3, [ETHICS], "nobody_eligible", T0 + 3 * H),
+        notified(ETHICS, 3),
+    )
+    # the reporter's clock stays satisfied by the first acknowledgement
+    assert state.clock("reporter_acknowledgement").satisfied_at is not None  # type: ignore[union-attr]
+
+
+def test_a_revision_not_higher_than_the_current_is_a_no_op() -> None:
+    story = Story(triaged(revision=2))
+    before = story.state
+    for revision in (1, 2):
+        again = triaged(levels=[[BOARD_1]], revision=revision)
+        assert story.step(T0 + H, esc.redecide, again, T0 + H) == ()
+        assert story.state == before
+
+
+def test_a_revision_whose_level_1_is_empty_moves_on_at_once() -> None:
+    story = Story(triaged(levels=[[HANDLER]]))
+    second = triaged(levels=[[HANDLER], [HR_HEAD]], excluded=[HANDLER], revision=2)
+    assert story.step(T0 + H, esc.redecide, second, T0 + H) == (
+        escalated(1, [], "nobody_eligible", T0 + H),
+        escalated(2, [HR_HEAD], "nobody_eligible", T0 + H),
+        notified(HR_HEAD, 2),
+    )
+
+
+# Defence in depth: ignored acknowledgements and recusals
+
+
+def test_acknowledgements_by_excluded_or_unrouted_principals_are_recorded_as_ignored() -> None:
+    story = Story(triaged(excluded=[ACCUSED_BOSS]))
+    assert story.ack(T0, ACCUSED_BOSS) == (ignored(ACCUSED_BOSS, 1, "excluded"),)
+    assert story.ack(T0, HR_HEAD) == (ignored(HR_HEAD, 1, "not_routed"),)  # level 2 not asked
+    assert story.state.acknowledged is None and story.state.due_at == T0 + H
+    assert story.ack(T0, HANDLER) == (EscalationCleared(level=1, principal=HANDLER),)
+    assert story.ack(T0, HANDLER) == ()  # a second valid one is no news
+    assert story.ack(T0, ACCUSED_BOSS) == (ignored(ACCUSED_BOSS, 1, "excluded"),)
+
+
+def test_a_recused_handler_cannot_acknowledge_even_before_the_reassignment() -> None:
+    story = Story(triaged(levels=[[HANDLER], [HR_HEAD]]))
+    assert story.step(T0, esc.recuse, HANDLER, T0) == ()
+    assert story.state.due_at == T0 + H  # no replacement yet: the deadline stands
+    assert story.ack(T0, HANDLER) == (ignored(HANDLER, 1, "excluded"),)
+    assert story.due(T0 + H) == (  # if triage's reassignment never came, it moves on
+        escalated(2, [HR_HEAD], "not_acknowledged", T0 + H),
+        notified(HR_HEAD, 2),
+    )
+
+
+def test_a_recused_acknowledger_reopens_her_level() -> None:
+    story = Story(triaged(levels=[[HANDLER], [HR_HEAD]]))
+    story.ack(T0, HANDLER)
+    story.step(T0 + H, esc.recuse, HANDLER, T0 + H)
+    assert story.state.acknowledged is None and story.state.due_at == T0 + 2 * H
+
+
+@pytest.mark.parametrize("acknowledged_first", [False, True])
+@pytest.mark.parametrize("alone", [False, True])
+def test_a_recusal_and_its_reassignment_end_in_the_same_state_in_either_order(
+    acknowledged_first: bool, alone: bool
+) -> None:
+    levels = [[HANDLER] if alone else [HANDLER, "p-hr2"], [HR_HEAD]]
+    at = T0 + 10 * timedelta(minutes=1)
+    ends = []
+    for order in ("recusal first", "reassignment first"):
+        story = Story(triaged(levels=levels))
+        if acknowledged_first:
+            story.ack(T0, HANDLER)
+        steps = [
+            lambda s=story: s.step(at, esc.recuse, HANDLER, at),
+            lambda s=story: s.step(at, esc.reassign, [HANDLER], ["p-new"], at),
+        ]
+        for step in steps if order == "recusal first" else reversed(steps):
+            step()
+        assert story.ack(at, HANDLER) == (ignored(HANDLER, 1, "excluded"),)
+        ends.append(replace(story.state, version=0))
+    assert ends[0] == ends[1]
+    assert "p-new" in ends[0].routed and HANDLER not in ends[0].routed
+
+
+# Stored format
+
+
+def test_a_format_1_state_is_read_and_a_silent_stop_is_woken() -> None:
+    old = Story(triaged(levels=[[HANDLER], [HR_HEAD]], excluded=[HR_HEAD])).state.to_json()
+    for key in ("revision", "independent", "stalled"):
+        del old[key]
+    old.update(format=1, current_level=2, due_at=None, asked_at=utc_rfc3339(T0 + H))
+
+    state = EscalationState.from_json(old)
+
+    assert (state.revision, state.independent, state.stalled) == (1, (), False)
+    assert state.due_at == T0 + H and esc.next_wakeup(state) == T0 + H
+    state, effects = esc.tick(state, T0 + 2 * H)
+    assert effects == (stalled(3, 24 * 3600),)
+    with pytest.raises(ValueError, match="format"):
+        EscalationState.from_json({**old, "format": 3})
 
 
 # Failed deliveries
@@ -389,14 +626,14 @@ def test_failed_delivery_at_the_last_level_waits_for_the_repeat() -> None:
 
 
 def test_legal_clocks_remind_before_and_breach_at_the_deadline() -> None:
-    story = Story(triaged(levels=[[HANDLER]], repeat=None))
+    story = Story(triaged(levels=[[HANDLER]], repeat=60 * 24 * 3600))
     assert story.state.reporter_acknowledgement_due == T0 + 7 * D
     assert story.state.feedback_due == T0 + 90 * D
-    story.due(T0 + H)  # the chain stops, only the legal clocks are left
 
     happened = story.run_until(T0 + 100 * D)
 
-    assert [(at - T0, e) for at, e in happened] == [
+    legal = (ReminderDue, DeadlineBreached)
+    assert [(at - T0, e) for at, e in happened if isinstance(e, legal)] == [
         (
             7 * D - timedelta(hours=16.8),
             ReminderDue(clock="reporter_acknowledgement", due_at=T0 + 7 * D),
@@ -523,8 +760,8 @@ def test_the_version_grows_with_every_change_only() -> None:
     assert story.state.version == v
     story.due(T0 + H)
     assert story.state.version == v + 1
-    story.ack(T0 + H, "p-stranger")
-    assert story.state.version == v + 1
+    assert story.ack(T0 + H, "p-stranger") == (ignored("p-stranger", 2, "not_routed"),)
+    assert story.state.version == v + 2  # the ignored acknowledgement's event needs its key
 
 
 # Properties
@@ -562,6 +799,9 @@ def decision_of(
 
 
 def named_in(effect: Effect) -> list[str]:
+    """Who an effect routes the report to (an ignored acknowledgement routes nothing)."""
+    if isinstance(effect, AcknowledgementIgnored):
+        return []
     if isinstance(effect, Escalated):
         return list(effect.recipients)
     principal = getattr(effect, "principal", None)
@@ -603,7 +843,8 @@ def test_due_and_acknowledgements_in_any_order(
             story.due(now, expected)
         assert story.state.current_level >= level_before  # (d)
 
-    effects = [e for _, e in story.effects]
+    # an ignored acknowledgement is a record, not a step of the chain
+    effects = [e for _, e in story.effects if not isinstance(e, AcknowledgementIgnored)]
     raised = [e for e in effects if isinstance(e, Escalated)]
     # (a) at most one escalation per (level, missed deadline)
     keys = [(e.level, e.deadline) for e in raised]
@@ -628,13 +869,10 @@ def test_due_and_acknowledgements_in_any_order(
         if isinstance(e, Notified):
             owner = next(x for x in reversed(effects[:i]) if isinstance(x, Escalated))
             assert e.principal in owner.recipients and e.level == owner.level
-    # an unacknowledged chain with anyone left always has a pending deadline (never lost)
+    # never silent: an unacknowledged chain always has a pending deadline (an ask, a
+    # repeat or the stall alert)
     state = story.state
-    if (
-        state.acknowledged is None
-        and state.eligible(state.current_level)
-        and (repeat is not None or state.current_level < state.last_level)
-    ):
+    if state.acknowledged is None:
         assert state.due_at is not None
 
 
@@ -652,6 +890,9 @@ failed_op = st.tuples(
     st.tuples(st.sampled_from(PRINCIPALS), st.integers(min_value=1, max_value=5)),
 )
 tick_op = st.tuples(st.just("tick"), st.integers(min_value=0, max_value=20_000), st.just(None))
+recuse_op = st.tuples(
+    st.just("recuse"), st.integers(min_value=0, max_value=5_000), st.sampled_from(PRINCIPALS)
+)
 
 
 @settings(max_examples=300, deadline=None)
@@ -659,7 +900,7 @@ tick_op = st.tuples(st.just("tick"), st.integers(min_value=0, max_value=20_000),
     chain=chains,
     repeat=st.none() | st.integers(min_value=1, max_value=10_000),
     excluded=st.sets(st.sampled_from(PRINCIPALS), max_size=2),
-    ops=st.lists(tick_op | ack_op | reassign_op | failed_op, max_size=30),
+    ops=st.lists(tick_op | ack_op | reassign_op | failed_op | recuse_op, max_size=30),
 )
 def test_reassignments_and_failures_never_reach_an_excluded_principal(
     chain: list[tuple[list[str], int]],
@@ -683,6 +924,9 @@ def test_reassignments_and_failures_never_reach_an_excluded_principal(
             removed, added = arg
             produced = story.step(now, esc.reassign, sorted(removed), sorted(added), now)
             banned |= removed
+        elif kind == "recuse":
+            produced = story.step(now, esc.recuse, arg, now)
+            banned.add(arg)
         else:
             principal, level = arg
             produced = story.step(now, esc.delivery_failed, principal, level, now)
@@ -694,6 +938,8 @@ def test_reassignments_and_failures_never_reach_an_excluded_principal(
         assert story.state.current_level >= level_before
         # (b) an acknowledgement that still counts stops everything
         if acked_by is not None and acked_by not in banned:
-            assert produced == ()
+            assert all(isinstance(e, AcknowledgementIgnored) for e in produced)
+        # never silent, whatever was removed
+        assert story.state.acknowledged is not None or story.state.due_at is not None
     levels = [e.level for _, e in story.effects if isinstance(e, Escalated)]
     assert levels == sorted(levels)
