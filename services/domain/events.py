@@ -296,9 +296,17 @@ class StatusChanged(EventData):
 
 
 class AccessDenied(EventData):
+    """A refused action. `reason` is one word for every conflict rule (`excluded`), so
+    the record never singles out the reporter; the rule itself is `rule`, sealed."""
+
     principal: PrincipalId
     action: str
     reason: str | None = None
+    rule: str | None = Field(
+        None,
+        description="The conflict rule that excluded the principal, when intake knew it"
+        " from the incident's own events (identity custodian only)." + _SEALED,
+    )
 
 
 class IdentityDisclosed(EventData):
@@ -589,8 +597,9 @@ READER_FIELDS: frozenset[str] = frozenset(
 """The sealed fields opened for a principal allowed to read the report (a handler, an
 auditor): the content. Never `reporter_identity`, and never the `reason` of
 `incident.identity.disclosed.v1` (see `openable`)."""
-CUSTODIAN_FIELDS: frozenset[str] = READER_FIELDS | {"reporter_identity"}
-"""The same and who reported: only on an identity custodian's recorded path."""
+CUSTODIAN_FIELDS: frozenset[str] = READER_FIELDS | {"reporter_identity", "rule"}
+"""The same, who reported, and the rule of a refusal (which may name the reporter): only
+on an identity custodian's recorded path."""
 DISCLOSED_TYPE = "incident.identity.disclosed.v1"
 
 
