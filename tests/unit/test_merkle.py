@@ -5,9 +5,10 @@ Three independent sources of truth are used:
 * the reference tree of transparency-dev/merkle (8 leaves and the root of every size,
   copied below so these checks never depend on the shared folder),
 * a literal, recursive transcription of the RFC 9162 definitions (MTH, PATH, PROOF),
-* the transparency-dev/merkle proof probes in ``../shared/testdata/rfc9162`` (or the
-  folder named by ``INCIDENTS_RFC9162_VECTORS``): the verifier must accept exactly the
-  probes marked ``wantErr: false``. Those tests skip when the folder is absent.
+* the transparency-dev/merkle proof probes committed in ``tests/data/rfc9162`` (Apache-2.0,
+  see its NOTICE; ``INCIDENTS_RFC9162_VECTORS`` names another folder): the verifier must
+  accept exactly the probes marked ``wantErr: false``. A missing folder fails the tests:
+  a clone that silently skipped them would not be checking the verifier at all.
 """
 
 from __future__ import annotations
@@ -474,7 +475,7 @@ def vectors_dir() -> Path:
     override = os.environ.get("INCIDENTS_RFC9162_VECTORS")
     if override:
         return Path(override)
-    return Path(__file__).resolve().parents[2].parent / "shared" / "testdata" / "rfc9162"
+    return Path(__file__).resolve().parents[1] / "data" / "rfc9162"
 
 
 VECTORS = vectors_dir()
@@ -483,9 +484,8 @@ PROBES = sorted(
     for kind in ("inclusion", "consistency")
     for p in (VECTORS / kind).rglob("*.json")
 )
-PROBE_PARAMS: list[Any] = [*PROBES] or [
-    pytest.param("", marks=pytest.mark.skip(reason=f"no RFC 9162 vectors in {VECTORS}"))
-]
+# No probes found: one parameter that fails below, so the absence is a failure, not a skip.
+PROBE_PARAMS: list[Any] = [*PROBES] or ["(no probes)"]
 
 
 def b64(value: str | None) -> bytes:
@@ -505,8 +505,8 @@ def check_probe(probe: dict[str, Any], kind: str) -> None:
 
 
 def test_the_probe_folder_holds_all_the_probes_we_expect() -> None:
-    if not VECTORS.is_dir():
-        pytest.skip(f"no RFC 9162 vectors in {VECTORS}")
+    assert VECTORS.is_dir(), f"no RFC 9162 vectors in {VECTORS}"
+    assert (VECTORS / "LICENSE").is_file() and (VECTORS / "NOTICE").is_file()
     kinds = {p.split("/")[0] for p in PROBES}
     assert kinds == {"inclusion", "consistency"}
     assert len(PROBES) >= 190
@@ -517,6 +517,7 @@ def test_the_probe_folder_holds_all_the_probes_we_expect() -> None:
 
 @pytest.mark.parametrize("probe_path", PROBE_PARAMS, ids=str)
 def test_the_verifier_accepts_exactly_the_good_probes(probe_path: str) -> None:
+    assert PROBES, f"no RFC 9162 proof probes in {VECTORS}"
     probe = json.loads((VECTORS / probe_path).read_text())
     kind = probe_path.split("/")[0]
     if probe["wantErr"]:
@@ -528,8 +529,7 @@ def test_the_verifier_accepts_exactly_the_good_probes(probe_path: str) -> None:
 
 def test_the_reference_tree_file_agrees_with_our_copy_of_it() -> None:
     path = VECTORS / "reference-tree.json"
-    if not path.is_file():
-        pytest.skip(f"no {path}")
+    assert path.is_file(), f"no {path}"
     reference = json.loads(path.read_text())
     assert reference["hash"] == "sha256"
     assert reference["leaf_inputs_hex"] == REFERENCE_LEAVES_HEX
