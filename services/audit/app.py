@@ -10,8 +10,9 @@ from fastapi import FastAPI
 
 from services.audit import ui
 from services.audit.api import router
-from services.audit.heads import HeadSigner, load_signer
+from services.audit.heads import HeadSigner, WitnessSubmitter, load_signer, load_witnesses
 from services.audit.ledger import append_records
+from services.audit.receipt_proofs import router as proofs_router
 from services.audit.ui_evidence import EvidenceDesk
 from services.audit.ui_index import indexer
 from services.console import web
@@ -59,10 +60,14 @@ def create_app(settings: AuditSettings | None = None) -> FastAPI:
     signer = load_signer(settings)
     heads = HeadSigner(runtime, settings, signer)
     runtime.background("head-signer", heads.run)
+    witnesses = WitnessSubmitter(runtime, settings, load_witnesses(settings))
+    if witnesses.witnesses:  # separate from signing: a witness that is down delays nothing
+        runtime.background("witness-submitter", witnesses.run)
     runtime.background("console-index", indexer(runtime))
     app = build_app(runtime, title="Incidents audit")
     app.state.signer = signer
     app.state.heads = heads
+    app.state.witnesses = witnesses
     app.state.auth = auth
     app.state.directory = directory
     app.state.policy = load_yaml_model(settings.policy_file, Policy)
@@ -70,5 +75,6 @@ def create_app(settings: AuditSettings | None = None) -> FastAPI:
     app.state.evidence = EvidenceDesk(runtime, signer)
     app.state.trace_url = settings.console_trace_url
     app.include_router(router)
+    app.include_router(proofs_router)
     web.mount(app, ui.router, settings, title="Incidents audit")
     return app

@@ -5,25 +5,32 @@ whichever comes first, as long as something other than checkpoints was recorded
 since the last one (otherwise each head's own ledger entry would call for another
 head forever). The head row and its `audit.checkpoint.signed.v1` event are written
 in one transaction; the event reaches the ledger like every other record.
+
+`WitnessSubmitter` then has each new head cosigned by the configured witnesses
+(`INCIDENTS_WITNESSES`, docs/witness.md) and publishes `audit.checkpoint.cosigned.v1`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+import httpx
 from prometheus_client import Gauge
 
 from services.audit import tree
-from services.audit.checkpoint import Checkpoint, NoteSigner, sign_checkpoint
+from services.audit.checkpoint import Checkpoint, NoteError, NoteSigner, sign_checkpoint
+from services.audit.cosignature import CosignatureVerifier, append_signatures
 from services.domain.envelope import utc_rfc3339
-from services.domain.events import CheckpointSigned, Topic, make_event
+from services.domain.events import CheckpointCosigned, CheckpointSigned, Topic, make_event
 from services.infra import eventstore
 from services.infra.kafka import TRANSIENT_ERRORS
 from services.infra.runtime import Runtime
@@ -57,14 +64,29 @@ def load_signer(settings: AuditSettings) -> NoteSigner:
 
 
 @dataclass(frozen=True)
+class Cosigned:
+    """A witness's cosignature of a head: its verifier key, signature line and time."""
+
+    witness: str
+    signature: str
+    cosigned_at: datetime
+
+
+@dataclass(frozen=True)
 class Head:
-    """A signed tree head as stored and served."""
+    """A signed tree head as stored and served, with the witnesses' cosignatures."""
 
     tree_size: int
     root_hash: bytes
     signed_at: datetime
     key_id: str
     checkpoint: str
+    cosignatures: tuple[Cosigned, ...] = ()
+
+    @property
+    def cosigned_checkpoint(self) -> str:
+        """The signed note with every witness cosignature line appended."""
+        return append_signatures(self.checkpoint, [c.signature for c in self.cosignatures])
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -73,26 +95,52 @@ class Head:
             "timestamp": utc_rfc3339(self.signed_at),
             "key_id": self.key_id,
             "checkpoint": self.checkpoint,
+            "cosigned_checkpoint": self.cosigned_checkpoint,
+            "cosignatures": [
+                {"witness": c.witness, "timestamp": utc_rfc3339(c.cosigned_at)}
+                for c in self.cosignatures
+            ],
         }
 
 
-def _head(row: asyncpg.Record) -> Head:
+def _head(row: asyncpg.Record, cosignatures: Sequence[Cosigned] = ()) -> Head:
     return Head(
         tree_size=row["tree_size"],
         root_hash=bytes(row["root_hash"]),
         signed_at=row["signed_at"],
         key_id=row["key_id"],
         checkpoint=row["checkpoint"],
+        cosignatures=tuple(cosignatures),
     )
+
+
+async def _with_cosignatures(conn: asyncpg.Connection, rows: list[asyncpg.Record]) -> list[Head]:
+    found: dict[int, list[Cosigned]] = {}
+    for r in await conn.fetch(
+        "SELECT tree_size, witness, signature, cosigned_at FROM ledger_cosignatures"
+        " WHERE tree_size = ANY($1::bigint[]) ORDER BY tree_size, witness",
+        [row["tree_size"] for row in rows],
+    ):
+        found.setdefault(r["tree_size"], []).append(
+            Cosigned(r["witness"], r["signature"], r["cosigned_at"])
+        )
+    return [_head(row, found.get(row["tree_size"], ())) for row in rows]
 
 
 async def latest_head(conn: asyncpg.Connection) -> Head | None:
     row = await conn.fetchrow("SELECT * FROM ledger_heads ORDER BY tree_size DESC LIMIT 1")
-    return _head(row) if row else None
+    return (await _with_cosignatures(conn, [row]))[0] if row else None
 
 
 async def all_heads(conn: asyncpg.Connection) -> list[Head]:
-    return [_head(r) for r in await conn.fetch("SELECT * FROM ledger_heads ORDER BY tree_size")]
+    rows = await conn.fetch("SELECT * FROM ledger_heads ORDER BY tree_size")
+    return await _with_cosignatures(conn, list(rows))
+
+
+async def head_at(conn: asyncpg.Connection, tree_size: int) -> Head | None:
+    """The head of exactly `tree_size` entries, if one was signed."""
+    row = await conn.fetchrow("SELECT * FROM ledger_heads WHERE tree_size = $1", tree_size)
+    return (await _with_cosignatures(conn, [row]))[0] if row else None
 
 
 class HeadSigner:
@@ -189,3 +237,205 @@ class HeadSigner:
                 log.warning("signing a tree head failed (will retry): %r", exc)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), tick)
+
+
+# ----------------------------------------------------------------------- witnesses
+
+
+@dataclass(frozen=True)
+class WitnessEndpoint:
+    """A configured witness: where to submit, and the key its cosignatures must verify with."""
+
+    url: str
+    verifier: CosignatureVerifier
+
+    @property
+    def key(self) -> str:
+        return self.verifier.verifier_key
+
+
+def load_witnesses(settings: AuditSettings) -> list[WitnessEndpoint]:
+    """`INCIDENTS_WITNESSES` parsed; a malformed key stops start-up with the reason."""
+    witnesses = []
+    for url, vkey in settings.witnesses:
+        try:
+            witnesses.append(WitnessEndpoint(url, CosignatureVerifier.from_verifier_key(vkey)))
+        except NoteError as exc:
+            raise ValueError(f"INCIDENTS_WITNESSES: the key of {url}: {exc}") from exc
+    return witnesses
+
+
+class WitnessRefused(Exception):
+    """A witness answered something other than a cosignature or a 409 (see the log)."""
+
+
+_SUBMIT_ERRORS: tuple[type[BaseException], ...] = (
+    httpx.HTTPError,
+    WitnessRefused,
+    *TRANSIENT_ERRORS,
+)
+
+
+class WitnessSubmitter:
+    """Gets the latest signed head cosigned by every configured witness (c2sp.org/tlog-witness).
+
+    Runs beside `HeadSigner`, never inside it: a witness that is down or refuses delays
+    only its own cosignature, and is retried with a backoff of up to a minute. Each
+    submission proves consistency from the size the witness last cosigned (our stored
+    cosignatures, or the size a 409 names); a cosignature is checked with the witness's
+    configured key before it is stored and published on `audit.checkpoints`.
+    """
+
+    MAX_BACKOFF = 60.0
+    TIMEOUT = 10.0
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        settings: AuditSettings,
+        witnesses: Sequence[WitnessEndpoint],
+        http: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.runtime = runtime
+        self.checkpoints_topic = settings.topic(Topic.CHECKPOINTS)
+        self.witnesses = list(witnesses)
+        self.http = http
+        self.known: dict[str, int] = {}  # witness key -> size it says it last cosigned
+        self.failures: dict[str, int] = {}
+        self.retry_at: dict[str, float] = {}
+
+    async def submit_all(self) -> int:
+        """One round: each witness not backing off gets the latest head; returns how
+        many new cosignatures were stored."""
+        now = asyncio.get_running_loop().time()
+        stored = 0
+        for witness in self.witnesses:
+            if self.retry_at.get(witness.key, 0.0) > now:
+                continue
+            try:
+                stored += await self.submit(witness)
+            except _SUBMIT_ERRORS as exc:
+                failures = self.failures.get(witness.key, 0) + 1
+                self.failures[witness.key] = failures
+                delay = min(self.MAX_BACKOFF, 2.0**failures)
+                self.retry_at[witness.key] = now + delay
+                log.warning(
+                    "witness %s: no cosignature (retry in %.0f s): %r", witness.url, delay, exc
+                )
+            else:
+                self.failures.pop(witness.key, None)
+        return stored
+
+    async def submit(self, witness: WitnessEndpoint) -> int:
+        """Submit the latest head to `witness` unless it already cosigned it; 1 if stored."""
+        async with self.runtime.db.acquire() as conn:
+            head = await latest_head(conn)
+            if head is None or any(c.witness == witness.key for c in head.cosignatures):
+                return 0
+            cosigned = await conn.fetchval(
+                "SELECT max(tree_size) FROM ledger_cosignatures WHERE witness = $1", witness.key
+            )
+        old = self.known.get(witness.key, int(cosigned or 0))
+        for _ in range(3):  # a 409 names the size to prove from; resubmit once or twice
+            if old > head.tree_size:
+                raise WitnessRefused(
+                    f"the witness cosigned a tree of {old} entries, larger than our head of"
+                    f" {head.tree_size}: the ledger was cut back or forked"
+                )
+            answer = await self._post(witness, await self._body(old, head))
+            if answer.status_code == 409:
+                old = _size_of(answer.text)
+                self.known[witness.key] = old
+                continue
+            if answer.status_code != 200:
+                raise WitnessRefused(f"answered {answer.status_code}: {answer.text[:300]!r}")
+            line = _cosignature_line(witness, head.checkpoint, answer.text)
+            self.known[witness.key] = head.tree_size
+            return await self._store(witness, head, line)
+        raise WitnessRefused("the witness kept answering 409")
+
+    async def _body(self, old: int, head: Head) -> str:
+        proof: list[bytes] = []
+        if 0 < old < head.tree_size:
+            async with self.runtime.db.acquire() as conn:
+                proof = await tree.consistency_proof(conn, old, head.tree_size)
+        lines = [f"old {old}", *(base64.b64encode(p).decode() for p in proof)]
+        return "\n".join(lines) + "\n\n" + head.checkpoint
+
+    async def _post(self, witness: WitnessEndpoint, body: str) -> httpx.Response:
+        url = f"{witness.url}/add-checkpoint"
+        if self.http is not None:
+            return await self.http.post(url, content=body.encode(), timeout=self.TIMEOUT)
+        async with httpx.AsyncClient(timeout=self.TIMEOUT) as http:
+            return await http.post(url, content=body.encode())
+
+    async def _store(self, witness: WitnessEndpoint, head: Head, line: str) -> int:
+        cosignature = witness.verifier.verify(head.checkpoint + line)
+        at = datetime.fromtimestamp(cosignature.timestamp, UTC)
+        async with self.runtime.db.acquire() as conn, conn.transaction():
+            inserted = await conn.execute(
+                "INSERT INTO ledger_cosignatures (tree_size, witness, signature, cosigned_at)"
+                " VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                head.tree_size,
+                witness.key,
+                line,
+                at,
+            )
+            if not inserted.endswith(" 1"):
+                return 0
+            now_head = await head_at(conn, head.tree_size)
+            note = now_head.cosigned_checkpoint if now_head else head.checkpoint + line
+            event = make_event(
+                "audit.checkpoint.cosigned.v1",
+                subject=head.checkpoint.split("\n", 1)[0],
+                data=CheckpointCosigned(
+                    tree_size=head.tree_size,
+                    root_hash=head.root_hash.hex(),
+                    witness=witness.key,
+                    timestamp=at,
+                    checkpoint=note,
+                ),
+                source=self.runtime.source,
+                time=datetime.now(UTC),
+                actor="system:audit",
+            )
+            await eventstore.enqueue(
+                conn,
+                [
+                    (
+                        event.id,
+                        self.checkpoints_topic,
+                        event.subject,
+                        event.to_bytes(),
+                        eventstore.record_headers(event),
+                    )
+                ],
+            )
+        log.info("witness %s cosigned tree head %d", witness.url, head.tree_size)
+        return 1
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Submit until `stop`; a witness's failure is logged and retried, never raised."""
+        while not stop.is_set():
+            await self.submit_all()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
+
+
+def _size_of(text: str) -> int:
+    """The size in a 409 body (``<size>\\n``, text/x.tlog.size)."""
+    value = text.strip()
+    if not value.isascii() or not value.isdigit():
+        raise WitnessRefused(f"a 409 without a size: {text[:100]!r}")
+    return int(value)
+
+
+def _cosignature_line(witness: WitnessEndpoint, checkpoint: str, answer: str) -> str:
+    """The answer's signature line that verifies with the witness's key (others ignored)."""
+    for line in answer.splitlines(keepends=True):
+        try:
+            witness.verifier.verify(checkpoint + line)
+        except NoteError:
+            continue
+        return line
+    raise WitnessRefused("no line of the answer is a valid cosignature of the head")

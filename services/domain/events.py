@@ -430,6 +430,18 @@ class CheckpointSigned(EventData):
     checkpoint: str
 
 
+class CheckpointCosigned(EventData):
+    """A witness cosigned a signed head (c2sp.org/tlog-cosignature; docs/witness.md)."""
+
+    tree_size: int = Field(ge=0)
+    root_hash: str
+    witness: str = Field(description="The witness's verifier key string.")
+    timestamp: datetime = Field(description="The cosignature's own timestamp.")
+    checkpoint: str = Field(
+        description="The signed note with every cosignature held for this size appended."
+    )
+
+
 @dataclass(frozen=True)
 class EventType:
     """One entry of the catalog."""
@@ -472,6 +484,7 @@ CATALOG: dict[str, EventType] = {
         EventType("directory.role.revoked.v1", Topic.DIRECTORY, RoleRevoked),
         EventType("incident.input.rejected.v1", Topic.DEADLETTER, InputRejected),
         EventType("audit.checkpoint.signed.v1", Topic.CHECKPOINTS, CheckpointSigned),
+        EventType("audit.checkpoint.cosigned.v1", Topic.CHECKPOINTS, CheckpointCosigned),
     )
 }
 SUBMITTED = "incident.report.submitted.v1"

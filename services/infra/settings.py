@@ -460,6 +460,11 @@ class AuditSettings(ContentKeySettings):
         " (a Phoenix or Jaeger trace page). Unset: the page shows the id and the"
         " `incidents traces show` command.",
     )
+    witnesses: Annotated[tuple[tuple[str, str], ...], NoDecode] = Field(
+        (),
+        description="Witnesses that cosign each signed head (docs/witness.md): comma"
+        " separated `<base URL> <witness verifier key>` pairs (INCIDENTS_WITNESSES).",
+    )
     audit_db_role: str | None = Field(
         "incidents_audit",
         description="Role audit works as (SET ROLE): it may read and append the ledger,"
@@ -471,6 +476,21 @@ class AuditSettings(ContentKeySettings):
         validation_alias=AliasChoices("INCIDENTS_AUDIT_PORT"),
         description="HTTP port of audit (INCIDENTS_AUDIT_PORT).",
     )
+
+    @field_validator("witnesses", mode="before")
+    @classmethod
+    def _witness_pairs(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        pairs = []
+        for item in value.split(","):
+            parts = item.split()
+            if not parts:
+                continue
+            if len(parts) != 2 or urlsplit(parts[0]).scheme not in ("http", "https"):
+                raise ValueError("each witness is `<http(s) base URL> <verifier key>`")
+            pairs.append((parts[0].rstrip("/"), parts[1]))
+        return tuple(pairs)
 
 
 def with_database(url: str, database: str) -> str:

@@ -1,0 +1,159 @@
+"""Audit's signed heads get cosigned by a running witness (a real HTTP server).
+
+The witness runs under uvicorn on a free port with its own state folder; audit is told
+about it through `witnesses` (INCIDENTS_WITNESSES). Each new head is cosigned, the
+cosigned checkpoint is served with the head, published on audit.checkpoints, and a
+witness that is down never stops signing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from aiokafka import AIOKafkaProducer
+
+from services.audit import merkle
+from services.audit.app import create_app
+from services.audit.checkpoint import NoteSigner, parse_verifier_key, verify_checkpoint
+from services.audit.cosignature import CosignatureVerifier
+from services.domain.envelope import canonical_json
+from services.infra.settings import AuditSettings, CommonSettings
+from services.witness.app import create_app as create_witness
+from services.witness.config import WitnessSettings, load_key
+from tests.helpers import eventually, serving
+from tests.integration.test_audit_ledger import an_event, ledger_rows
+
+pytestmark = pytest.mark.integration
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def _serve(app: Any, port: int) -> tuple[uvicorn.Server, asyncio.Task[None]]:
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    task = asyncio.create_task(server.serve())
+    await eventually(lambda: _started(server))
+    return server, task
+
+
+async def _started(server: uvicorn.Server) -> bool:
+    return server.started
+
+
+async def _stop(server: uvicorn.Server, task: asyncio.Task[None]) -> None:
+    server.should_exit = True
+    await task
+
+
+@pytest.fixture
+async def witnessed(
+    settings: CommonSettings, tmp_path: Path
+) -> AsyncIterator[tuple[httpx.AsyncClient, AuditSettings, CosignatureVerifier, Any]]:
+    origin = "test.example/witnessed-ledger"
+    log = NoteSigner.generate(origin)
+    (tmp_path / "key.pem").write_bytes(log.private_pem())
+    witness_dir = tmp_path / "witness"
+    witness_key = load_key(witness_dir, "test.example/witness").verifier()
+    port = _free_port()
+    witness_app = create_witness(
+        WitnessSettings(
+            state_dir=witness_dir, logs=(log.verifier_key,), name="test.example/witness"
+        )
+    )
+    server, task = await _serve(witness_app, port)
+    audit_settings = AuditSettings(
+        **settings.model_dump(),
+        ledger_origin=origin,
+        signing_key_file=tmp_path / "key.pem",
+        checkpoint_interval=0.2,
+        witnesses=((f"http://127.0.0.1:{port}", witness_key.verifier_key),),
+    )
+    try:
+        async with serving(create_app(audit_settings), "http://audit") as client:
+            yield client, audit_settings, witness_key, (server, task)
+    finally:
+        if not server.should_exit:
+            await _stop(server, task)
+
+
+async def _cosigned_head(client: httpx.AsyncClient, above: int) -> dict[str, Any] | None:
+    answer = await client.get("/v1/ledger/head")
+    if answer.status_code != 200:
+        return None
+    head: dict[str, Any] = answer.json()
+    return head if head["tree_size"] > above and head["cosignatures"] else None
+
+
+async def test_each_new_head_is_cosigned_served_and_published(
+    witnessed: tuple[httpx.AsyncClient, AuditSettings, CosignatureVerifier, Any],
+    producer: AIOKafkaProducer,
+) -> None:
+    client, settings, witness_key, (server, task) = witnessed
+    log_key = (await client.get("/v1/ledger/public-key")).json()["verifier_key"]
+    first_event = an_event("inc-witnessed")
+    await producer.send_and_wait(settings.topic("incident.activity"), first_event)
+    first = await eventually(lambda: _cosigned_head(client, 0))
+    cosigned = first["cosigned_checkpoint"]
+    checkpoint = verify_checkpoint(parse_verifier_key(log_key), cosigned)
+    assert checkpoint.tree_size == first["tree_size"]
+    assert witness_key.verify(cosigned).timestamp > 0
+    assert first["cosignatures"][0]["witness"] == witness_key.verifier_key
+
+    # A second head is proven consistent with the first (old size > 0) and cosigned.
+    await producer.send_and_wait(settings.topic("incident.activity"), an_event("inc-later"))
+    second = await eventually(lambda: _cosigned_head(client, first["tree_size"]))
+    assert witness_key.verify(second["cosigned_checkpoint"])
+    heads = (await client.get("/v1/ledger/heads")).json()["heads"]
+    assert [h["tree_size"] for h in heads if h["cosignatures"]][-1] == second["tree_size"]
+
+    # Published: the cosigned checkpoint reaches the ledger as audit.checkpoint.cosigned.v1.
+    rows = await eventually(lambda: _cosigned_events(settings))
+    data = json.loads(bytes(rows[0]["leaf"]))["event"]["data"]
+    assert witness_key.verify(data["checkpoint"])
+
+    # The reporter's proof route: the first event's leaf is included under the head.
+    event_id = json.loads(first_event)["id"]
+    proof = (await client.get(f"/v1/ledger/proofs/event/{event_id}")).json()
+    leaf = canonical_json({**proof["entry"], "event": json.loads(first_event)})
+    assert merkle.leaf_hash(leaf).hex() == proof["leaf_hash"]
+    head = verify_checkpoint(parse_verifier_key(log_key), proof["checkpoint"])
+    merkle.verify_inclusion(
+        merkle.leaf_hash(leaf),
+        proof["index"],
+        proof["tree_size"],
+        [bytes.fromhex(h) for h in proof["inclusion_proof"]],
+        head.root_hash,
+    )
+    assert (await client.get("/v1/ledger/proofs/event/not-a-uuid")).status_code == 404
+
+    # The witness goes down: heads are still signed, just not cosigned.
+    await _stop(server, task)
+    signed_size = (await client.get("/v1/ledger/head")).json()["tree_size"]
+    await producer.send_and_wait(settings.topic("incident.activity"), an_event("inc-down"))
+    later = await eventually(lambda: _head_above(client, signed_size))
+    assert later["cosignatures"] == []
+    assert base64.b64decode(log_key.split("+")[2])[0] == 1
+
+
+async def _head_above(client: httpx.AsyncClient, size: int) -> dict[str, Any] | None:
+    head: dict[str, Any] = (await client.get("/v1/ledger/head")).json()
+    return head if head["tree_size"] > size else None
+
+
+async def _cosigned_events(settings: AuditSettings) -> list[Any]:
+    return [
+        r for r in await ledger_rows(settings) if r["event_type"] == "audit.checkpoint.cosigned.v1"
+    ]
