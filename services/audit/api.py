@@ -13,6 +13,7 @@ from fastapi import APIRouter, Header, Query, Request
 from services.audit import tree
 from services.audit.checkpoint import NoteSigner
 from services.audit.conflicts import NOT_FOUND_DETAIL, record, refuse_if_excluded
+from services.audit.guard import guard_entries, record_read
 from services.audit.heads import all_heads, latest_head
 from services.audit.ledger import decode_leaf, incident_entries, roles_in_ledger
 from services.domain.directory import DirectoryFile
@@ -93,7 +94,7 @@ async def timeline(
     is opened for the auditor (`[erased]` once the incident was erased), after the
     auditor's `incident.viewed.v1` is committed (so the ledger says they knew).
     """
-    entries = await _answer(request, authorization, incident_id, content)
+    entries = await _answer(request, authorization, incident_id, content, "timeline")
     return {
         "incident_id": incident_id,
         "events": [
@@ -128,6 +129,7 @@ async def knowledge(
     _principal, roles = await require_role(request, authorization, KNOWLEDGE_ROLES)
     entries = await _entries(request, incident_id)
     await refuse_conflicted(request, _principal, incident_id, entries, "knowledge")
+    await record_read(request, _principal, "knowledge", incident_id)
     moment = _instant(as_of)
     if IDENTITY_CUSTODIAN not in roles:
         return knowledge_as_of(incident_id, entries, moment).to_json()
@@ -158,7 +160,7 @@ async def state(
     The state's content (the outcome) stays sealed unless `content=true`, which records
     the auditor's `incident.viewed.v1` first, as for the timeline.
     """
-    entries = await _answer(request, authorization, incident_id, content)
+    entries = await _answer(request, authorization, incident_id, content, "state")
     moment = _instant(as_of)
     return {
         "incident_id": incident_id,
@@ -177,24 +179,28 @@ def _instant(as_of: datetime | None) -> datetime:
 
 
 async def _incident(
-    request: Request, authorization: str | None, incident_id: str
+    request: Request, authorization: str | None, incident_id: str, route: str = "console"
 ) -> list[LedgerEvent]:
-    _principal, entries = await _checked(request, authorization, incident_id)
+    _principal, entries = await _checked(request, authorization, incident_id, route)
     return entries
 
 
 async def _checked(
-    request: Request, authorization: str | None, incident_id: str
+    request: Request, authorization: str | None, incident_id: str, route: str
 ) -> tuple[str, list[LedgerEvent]]:
-    """The auditor and the incident's entries, sealed; 401, 403 or 404 (recorded)."""
+    """The auditor and the incident's entries, sealed; 401, 403 or 404 (recorded).
+
+    The read itself is recorded too (`audit.read.recorded.v1`), before the answer.
+    """
     principal = await require_auditor(request, authorization)
     entries = await _entries(request, incident_id)
     await refuse_conflicted(request, principal, incident_id, entries, "view")
+    await record_read(request, principal, route, incident_id)
     return principal, entries
 
 
 async def _answer(
-    request: Request, authorization: str | None, incident_id: str, content: bool
+    request: Request, authorization: str | None, incident_id: str, content: bool, route: str
 ) -> list[LedgerEvent]:
     """The checked entries: opened (the view recorded first) only when content is asked.
 
@@ -202,17 +208,19 @@ async def _answer(
     `incidents traces show`, `verify`) leave no view of their own in the ledger.
     """
     if content:
-        return await _read(request, authorization, incident_id)
-    return await _incident(request, authorization, incident_id)
+        return await _read(request, authorization, incident_id, route)
+    return await _incident(request, authorization, incident_id, route)
 
 
-async def _read(request: Request, authorization: str | None, incident_id: str) -> list[LedgerEvent]:
+async def _read(
+    request: Request, authorization: str | None, incident_id: str, route: str
+) -> list[LedgerEvent]:
     """For an answer with content: the checks, `incident.viewed.v1` committed, then opened.
 
     Like intake's view, an auditor who reads a report leaves a knowing record in the
     ledger (on the stream `audit-views:<id>`) before any content leaves the service.
     """
-    principal, entries = await _checked(request, authorization, incident_id)
+    principal, entries = await _checked(request, authorization, incident_id, route)
     digest = fold(incident_id, [e.envelope for e in entries]).report_digest
     if digest is not None:  # no report in the ledger (yet): nothing to open
         runtime: Runtime = request.app.state.runtime
@@ -294,10 +302,14 @@ async def entries(
 ) -> dict[str, Any]:
     """At most 1,000 entries, each with its stored leaf bytes, to recompute the tree.
 
+    Guarded as the timeline is (`services.audit.guard`): an incident that excludes the
+    caller has its entries withheld (`withheld: true`, only index, leaf hash and
+    recording time), and the read is recorded as `audit.read.recorded.v1`.
+
     Every stored leaf is served, as base64 of its bytes, whether or not it still parses:
     one that does not has `event: null` and an `error`, so a verifier can name it.
     """
-    await require_auditor(request, authorization)
+    principal = await require_auditor(request, authorization)
     end = min(start + MAX_ENTRIES, MAX_INDEX) if end is None else end
     if end < start:
         raise Problem(422, "Invalid range", "end must not be below start.")
@@ -311,7 +323,8 @@ async def entries(
             start,
             end,
         )
-    return {"entries": [served_entry(row) for row in rows]}
+    served = [served_entry(row) for row in rows]
+    return {"entries": await guard_entries(request, principal, start, end, served)}
 
 
 def served_entry(row: asyncpg.Record) -> dict[str, Any]:

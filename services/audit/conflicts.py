@@ -22,11 +22,17 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from services.audit.ledger import decode_leaf
+from services.audit.ledger import person_data
 from services.domain.access import CONFLICT, conflicted, implicated
 from services.domain.directory import DirectoryFile, Person
 from services.domain.envelope import Envelope
-from services.domain.events import AccessDenied, IdentityDisclosed, Viewed, make_event
+from services.domain.events import (
+    AccessDenied,
+    IdentityDisclosed,
+    ReadRecorded,
+    Viewed,
+    make_event,
+)
 from services.domain.incident import fold
 from services.domain.knowledge import LedgerEvent
 from services.domain.org import OrgSnapshot
@@ -40,7 +46,9 @@ from services.infra.telemetry import current_traceparent
 MAX_CHAIN = 100
 """Managers walked above one accused person at most (the data may loop)."""
 NOT_FOUND_DETAIL = "No events of this incident are in the ledger."
+OwnEvent = AccessDenied | IdentityDisclosed | Viewed | ReadRecorded
 TYPES: dict[type, str] = {
+    ReadRecorded: "audit.read.recorded.v1",
     AccessDenied: "incident.access.denied.v1",
     IdentityDisclosed: "incident.identity.disclosed.v1",
     Viewed: "incident.viewed.v1",
@@ -50,15 +58,10 @@ TYPES: dict[type, str] = {
 async def person_in_ledger(
     conn: asyncpg.Connection, directory: DirectoryFile, person_id: str
 ) -> Person | None:
-    """A person as the latest `directory.person.upserted.v1` has them, else the seed file."""
-    leaf = await conn.fetchval(
-        "SELECT leaf FROM ledger WHERE incident_id = $1 AND valid"
-        " AND event_type = 'directory.person.upserted.v1' ORDER BY idx DESC LIMIT 1",
-        person_id,
-    )
-    if leaf is None:
+    """A person as the ledger has them (`person_data`), else as the seed file has them."""
+    data = await person_data(conn, person_id)
+    if data is None:
         return next((p for p in directory.people if p.id == person_id), None)
-    data = decode_leaf(bytes(leaf))["event"]["data"]
     return Person(
         id=data["person_id"],
         unit=data.get("unit"),
@@ -107,27 +110,42 @@ async def record(
     conn: asyncpg.Connection,
     stream_kind: str,
     entries: Sequence[LedgerEvent],
-    data: AccessDenied | IdentityDisclosed | Viewed,
+    data: OwnEvent,
     principal: str,
 ) -> None:
-    """Queue one event of audit's own about the incident (in the caller's transaction).
-
-    On the stream `<stream_kind>:<incident id>`, published like every stored event. The
-    stream is locked first, so two requests at once both append (one after the other)
-    instead of one failing on the stream version.
-    """
+    """Queue one event of audit's own about the incident (in the caller's transaction),
+    on the stream `<stream_kind>:<incident id>`, in the incident's correlation."""
     first = entries[0].envelope
+    stream = f"{stream_kind}:{first.subject}"
+    correlation = first.correlationid or first.id
+    await append_own(runtime, conn, stream, first.subject, data, principal, correlation)
+
+
+async def append_own(
+    runtime: Runtime,
+    conn: asyncpg.Connection,
+    stream: str,
+    subject: str,
+    data: OwnEvent,
+    principal: str,
+    correlationid: str | None = None,
+) -> None:
+    """Queue one event of audit's own on `stream` (in the caller's transaction).
+
+    Published like every stored event, so it reaches the ledger and is signed with the
+    rest. The stream is locked first, so two requests at once both append (one after
+    the other) instead of one failing on the stream version.
+    """
     event = make_event(
         TYPES[type(data)],
-        subject=first.subject,
+        subject=subject,
         data=data,
         source=runtime.source,
         time=datetime.now(UTC),
         actor=principal,
-        correlationid=first.correlationid or first.id,
+        correlationid=correlationid,
         traceparent=current_traceparent(),
     )
-    stream = f"{stream_kind}:{first.subject}"
     await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", stream)
     version = await eventstore.stream_version(conn, stream)
     await eventstore.append(

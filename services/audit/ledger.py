@@ -191,9 +191,14 @@ def decode_leaf(leaf: bytes) -> dict[str, Any]:
 
 
 async def incident_entries(conn: asyncpg.Connection, incident_id: str) -> list[LedgerEvent]:
-    """Every valid ledger entry of one incident, in ledger order."""
+    """Every valid `incident.*` entry of one incident, in ledger order.
+
+    Scoped by event type, not only by subject: a person or a log whose id happens to
+    equal an incident id is not that incident (its events never land in the timeline).
+    """
     rows = await conn.fetch(
-        "SELECT idx, recorded_at, leaf FROM ledger WHERE incident_id = $1 AND valid ORDER BY idx",
+        "SELECT idx, recorded_at, leaf FROM ledger WHERE incident_id = $1 AND valid"
+        " AND event_type LIKE 'incident.%' ORDER BY idx",
         incident_id,
     )
     return [
@@ -206,17 +211,44 @@ async def incident_entries(conn: asyncpg.Connection, incident_id: str) -> list[L
     ]
 
 
+PERSON_EVENTS = [
+    "directory.person.upserted.v1",
+    "directory.role.assigned.v1",
+    "directory.role.revoked.v1",
+]
+
+
+async def person_data(conn: asyncpg.Connection, person_id: str) -> dict[str, Any] | None:
+    """A person as the ledger has them, or None: the latest `directory.person.upserted.v1`
+    with the `directory.role.assigned.v1`/`revoked.v1` recorded after it applied (as
+    `services.domain.org` folds them), so an approved grant counts here too."""
+    rows = await conn.fetch(
+        "SELECT event_type, leaf FROM ledger WHERE incident_id = $1 AND valid"
+        " AND event_type = ANY($2::text[]) AND idx >= COALESCE((SELECT max(idx) FROM ledger"
+        " WHERE incident_id = $1 AND valid AND event_type = $3), 0) ORDER BY idx",
+        person_id,
+        PERSON_EVENTS,
+        PERSON_EVENTS[0],
+    )
+    if not rows:
+        return None
+    person: dict[str, Any] = {"person_id": person_id, "roles": []}
+    for row in rows:
+        data = decode_leaf(bytes(row["leaf"]))["event"]["data"]
+        if row["event_type"] == PERSON_EVENTS[0]:
+            person = dict(data)
+        elif row["event_type"] == PERSON_EVENTS[1]:
+            person["roles"] = sorted({*(person.get("roles") or ()), data["role"]})
+        else:
+            person["roles"] = [r for r in person.get("roles") or () if r != data["role"]]
+    return person
+
+
 async def roles_in_ledger(conn: asyncpg.Connection, principal: str) -> frozenset[str] | None:
-    """The roles the latest `directory.person.upserted.v1` of a person gives, or None.
+    """The roles the ledger gives a person (`person_data`), or None if it has no record.
 
     Audit learns the directory from the ledger itself, so a role granted or revoked
     through intake's directory API counts here as soon as its event is recorded.
     """
-    leaf = await conn.fetchval(
-        "SELECT leaf FROM ledger WHERE incident_id = $1 AND valid"
-        " AND event_type = 'directory.person.upserted.v1' ORDER BY idx DESC LIMIT 1",
-        principal,
-    )
-    if leaf is None:
-        return None
-    return frozenset(decode_leaf(bytes(leaf))["event"]["data"].get("roles", ()))
+    person = await person_data(conn, principal)
+    return None if person is None else frozenset(person.get("roles") or ())

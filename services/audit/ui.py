@@ -18,7 +18,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, Response
 
-from services.audit.api import _incident, require_auditor
+from services.audit.api import MAX_INDEX, _incident, require_auditor
 from services.audit.ui_evidence import EvidenceDesk
 from services.audit.ui_index import STATUSES, Filters, facets, lag, list_page
 from services.console.chart import axis_span, layout, time_lines
@@ -79,8 +79,8 @@ async def incidents(
     status: str | None = None,
     overdue: str | None = None,
     breached: str | None = None,
-    before: Annotated[int | None, Query(ge=0)] = None,
-    after: Annotated[int | None, Query(ge=0)] = None,
+    before: Annotated[int | None, Query(ge=0, le=MAX_INDEX)] = None,
+    after: Annotated[int | None, Query(ge=0, le=MAX_INDEX)] = None,
 ) -> Response:
     """Incidents, newest first, filtered, fifty a page (keyset on the ledger index)."""
     principal, _ = await auditor(request)

@@ -405,11 +405,38 @@ class PersonUpserted(EventData):
 class RoleAssigned(EventData):
     person_id: PrincipalId
     role: str
+    proposed_by: PrincipalId | None = Field(
+        None, description="The admin who proposed a privileged role (the actor approved it)."
+    )
+    grant_id: str | None = Field(None, description="The approved proposal, if any.")
+
+
+class RoleProposed(EventData):
+    """An admin proposed a privileged role: assigned only once a second admin approves."""
+
+    grant_id: str
+    person_id: PrincipalId
+    role: str
+    proposed_by: PrincipalId
 
 
 class RoleRevoked(EventData):
     person_id: PrincipalId
     role: str
+
+
+class ReadRecorded(EventData):
+    """An auditor read through audit's API (recorded once per request, before the answer)."""
+
+    principal: PrincipalId
+    route: str = Field(description="entries, timeline, knowledge, state or console.")
+    incident_id: str | None = None
+    start: int | None = Field(None, ge=0, description="First index read (entries).")
+    end: int | None = Field(None, ge=0, description="End of the range read (entries).")
+    withheld: list[str] = Field(
+        default_factory=list,
+        description="Incidents whose entries were withheld: the reader is excluded from them.",
+    )
 
 
 class InputRejected(EventData):
@@ -482,8 +509,10 @@ CATALOG: dict[str, EventType] = {
         EventType("directory.person.upserted.v1", Topic.DIRECTORY, PersonUpserted),
         EventType("directory.role.assigned.v1", Topic.DIRECTORY, RoleAssigned),
         EventType("directory.role.revoked.v1", Topic.DIRECTORY, RoleRevoked),
+        EventType("directory.role.proposed.v1", Topic.DIRECTORY, RoleProposed),
         EventType("incident.input.rejected.v1", Topic.DEADLETTER, InputRejected),
         EventType("audit.checkpoint.signed.v1", Topic.CHECKPOINTS, CheckpointSigned),
+        EventType("audit.read.recorded.v1", Topic.ACTIVITY, ReadRecorded),
         EventType("audit.checkpoint.cosigned.v1", Topic.CHECKPOINTS, CheckpointCosigned),
     )
 }

@@ -6,7 +6,9 @@ directory as it stood at any moment and explain a decision with it:
 
 - `directory.person.upserted.v1` replaces everything known about one person (unit,
   manager, roles);
-- `directory.role.assigned.v1` / `directory.role.revoked.v1` add or remove one role.
+- `directory.role.assigned.v1` / `directory.role.revoked.v1` add or remove one role;
+- `directory.role.proposed.v1` changes nothing: a privileged role proposed by one admin
+  counts only once another admin approves it (then `directory.role.assigned.v1`).
 
 Manager data comes from people, and people make mistakes: a manager may be missing
 from the directory, or the managers may loop (a -> b -> a). `managers_above` always
@@ -25,13 +27,20 @@ from types import MappingProxyType
 
 from services.domain.directory import DirectoryFile, Person
 from services.domain.envelope import Envelope
-from services.domain.events import PersonUpserted, RoleAssigned, RoleRevoked, data_of
+from services.domain.events import (
+    PersonUpserted,
+    RoleAssigned,
+    RoleProposed,
+    RoleRevoked,
+    data_of,
+)
 
 DIRECTORY_EVENT_TYPES = frozenset(
     {
         "directory.person.upserted.v1",
         "directory.role.assigned.v1",
         "directory.role.revoked.v1",
+        "directory.role.proposed.v1",
     }
 )
 
@@ -214,6 +223,8 @@ def _apply(people: dict[str, OrgPerson], envelope: Envelope) -> None:
                 people[data.person_id] = OrgPerson(
                     known.id, known.unit, known.manager, known.roles - {data.role}
                 )
+        case RoleProposed():
+            pass  # pending until approved: a proposal grants nothing
         case _:  # pragma: no cover - DIRECTORY_EVENT_TYPES and the catalog agree
             raise NotADirectoryEvent(envelope.type)
 

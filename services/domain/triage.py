@@ -58,7 +58,7 @@ No I/O, no asyncio.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from types import MappingProxyType
 from typing import Any, Literal
@@ -742,12 +742,15 @@ class Rerouting:
     `reassigned`: the `incident.reassigned.v1` data, None when nothing changes (then
     `ignored` says why). `decision`: the decision with the change applied (the removed
     excluded for good, replacements in the levels they were asked at), for the next event.
+    `levels`: the level each added person was added for (a replacement: the level she
+    replaces; a person an order added: the first level of the people it removed, else 1).
     """
 
     decision: TriageDecision
     reassigned: Reassigned | None
     ignored: str | None = None
     notes: tuple[str, ...] = ()
+    levels: Mapping[str, int] = field(default_factory=dict)
 
 
 def _pinned(decision: TriageDecision, policy: Policy) -> None:
@@ -807,7 +810,7 @@ def _reroute(
     gone = frozenset(removed)
     notes: list[str] = []
     chain: list[ResolvedLevel] = []
-    added: list[str] = []
+    added: dict[str, int] = {}
     for level in decision.chain:
         left = tuple(p for p in level.recipients if p not in every)
         if replace_removed and gone & set(level.recipients):
@@ -819,16 +822,17 @@ def _reroute(
                 )
             else:
                 left += (nxt,)
-                added.append(nxt)
+                added.setdefault(nxt, level.level)
         if left != level.recipients:
             scope: Scope = level.scope if left else "nobody"
             level = replace(level, recipients=left, scope=scope)
         chain.append(level)
+    held = [lv.level for lv in decision.chain if gone & set(lv.recipients)]
     for person in dict.fromkeys(to):
         if person in every or not org.knows(person):
-            notes.append(f"{person} is excluded or not in the directory: not added")
-        elif person not in added:
-            added.append(person)
+            notes.append("a person to add is excluded or not in the directory: not added")
+        else:
+            added.setdefault(person, min(held, default=1))
     published = [x for x in (*asked, *fresh) if x.rules != (REPORTER,)]
     updated = replace(
         decision,
@@ -839,8 +843,8 @@ def _reroute(
     )
     if not published and not added:
         return Rerouting(updated, None, "nobody to remove or add", tuple(notes))
-    reassigned = Reassigned(removed=[x.to_exclusion() for x in published], added=added)
-    return Rerouting(updated, reassigned, None, tuple(notes))
+    reassigned = Reassigned(removed=[x.to_exclusion() for x in published], added=list(added))
+    return Rerouting(updated, reassigned, None, tuple(notes), MappingProxyType(added))
 
 
 def recuse(decision: TriageDecision, principal: str, org: OrgSnapshot, policy: Policy) -> Rerouting:

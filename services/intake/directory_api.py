@@ -21,6 +21,7 @@ from services.infra.auth import Principal
 from services.infra.http import Problem
 from services.infra.runtime import Runtime
 from services.intake.directory import get_person, upsert_person
+from services.intake.grants import SELF_GRANT, approve, pending, privileged_added, propose
 from services.intake.handlers import INVALID, TOO_LARGE, UNAUTHORIZED, problem_responses
 from services.intake.principals import RequiredPrincipal, require_role
 
@@ -135,9 +136,13 @@ async def _manager_refusal(conn: asyncpg.Connection, person_id: str, manager: st
             "model": PersonOut,
             "description": "Created: `directory.person.upserted.v1` is recorded.",
         },
+        202: {
+            "description": "Stored, but a privileged role (auditor, identity_custodian, admin)"
+            " is pending (`pending_grants`) until a second admin approves it."
+        },
         **problem_responses(
             UNAUTHORIZED,
-            FORBIDDEN,
+            (403, "The caller is no admin, or grants themselves a privileged role."),
             TOO_LARGE,
             (
                 422,
@@ -163,13 +168,25 @@ async def put_person(
     )
     async with _runtime(request).db.acquire() as conn, conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", _WRITE_LOCK)
-        existed = await get_person(conn, person_id) is not None
+        current = await get_person(conn, person_id)
+        added = privileged_added(current.roles if current else (), person.roles)
+        if added and person_id == caller.id:
+            raise Problem(403, "Self-grant refused", SELF_GRANT)
         if person.manager is not None:
             refusal = await _manager_refusal(conn, person_id, person.manager)
             if refusal:
                 raise Problem(422, "Invalid manager", refusal, field="manager_id")
+        # A privileged role waits for a second admin (services.intake.grants).
+        person = person.model_copy(update={"roles": sorted(set(person.roles) - added)})
         await upsert_person(_runtime(request), conn, person, actor=caller.id)
-    return JSONResponse(_out(person), status_code=200 if existed else 201)
+        grants = [
+            {"grant_id": await propose(_runtime(request), conn, person_id, role, caller.id)}
+            | {"role": role}
+            for role in sorted(added)
+        ]
+    if grants:
+        return JSONResponse({**_out(person), "pending_grants": grants}, status_code=202)
+    return JSONResponse(_out(person), status_code=200 if current else 201)
 
 
 @router.get(
@@ -187,3 +204,48 @@ async def get_person_route(
     if person is None:
         raise Problem(404, "Not found", "No such person.")
     return _out(person)
+
+
+GrantId = Annotated[str, Path(min_length=1, max_length=40, pattern=r"^g-[0-9a-f]{1,32}$")]
+
+
+def _grant(row: asyncpg.Record) -> dict[str, Any]:
+    return {
+        "grant_id": row["grant_id"],
+        "person_id": row["person_id"],
+        "role": row["role"],
+        "proposed_by": row["proposed_by"],
+        "proposed_at": row["proposed_at"].isoformat(),
+        "approved_by": row["approved_by"],
+    }
+
+
+@router.get(
+    "/directory/grants",
+    summary="Privileged role grants waiting for a second admin (admin)",
+    responses=problem_responses(UNAUTHORIZED, FORBIDDEN),
+)
+async def pending_grants(request: Request, caller: AdminPrincipal) -> dict[str, Any]:
+    """Proposed grants of auditor, identity_custodian or admin, not yet approved."""
+    async with _runtime(request).db.acquire() as conn:
+        return {"grants": [_grant(row) for row in await pending(conn)]}
+
+
+@router.post(
+    "/directory/grants/{grant_id}/approval",
+    summary="Approve a privileged role grant (a second admin)",
+    responses=problem_responses(
+        UNAUTHORIZED,
+        (403, "No admin, the proposer themselves, or the person the role is for."),
+        (404, "No such grant."),
+        (409, "Already approved, or the person is gone."),
+        INVALID,
+    ),
+)
+async def approve_grant(
+    grant_id: GrantId, request: Request, caller: AdminPrincipal
+) -> dict[str, Any]:
+    """Assign the proposed role: `directory.role.assigned.v1`, with this admin as actor."""
+    async with _runtime(request).db.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", _WRITE_LOCK)
+        return _grant(await approve(_runtime(request), conn, grant_id, caller.id))

@@ -19,7 +19,8 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
 def create_app(settings: TriageSettings | None = None) -> FastAPI:
-    """The triage app: decisions from reports, the directory from its events."""
+    """The triage app: decisions from reports, the directory from its events, and
+    reassignments from recusals and ordered reassignments (activity)."""
     settings = settings or TriageSettings()
     policy = load_yaml_model(settings.policy_file, Policy)
     runtime = Runtime(settings, "triage", MIGRATIONS)
@@ -32,6 +33,7 @@ def create_app(settings: TriageSettings | None = None) -> FastAPI:
         [
             ("triage-directory", [settings.topic(Topic.DIRECTORY)], triage.on_directory),
             ("triage-reports", [settings.topic(Topic.REPORTS)], triage.on_report),
+            ("triage-activity", [settings.topic(Topic.ACTIVITY)], triage.on_activity),
         ],
         runtime=runtime,
         on_start=triage.start,

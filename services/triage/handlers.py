@@ -1,18 +1,31 @@
-"""What triage does with each event: keep the directory, decide, re-exclude on amendment.
+"""What triage does with each event: keep the directory, decide, and change a decision.
+
+- `directory.changes`: the directory, event-sourced (`directory_log`);
+- `incident.reports`: a submitted report is decided (`incident.triaged.v1`, level 1's
+  `incident.assigned.v1` and `incident.notified.v1`); an amendment re-runs the
+  exclusions; a confirmation of the people by an independent-role holder decides again
+  (the next `revision`);
+- `incident.activity`: a recusal or an ordered reassignment gives
+  `incident.reassigned.v1`; every other activity type is ignored.
 
 Each input is handled in a transaction with its tracking row, so a re-delivered record
 makes no second decision or notification; the submitted reports of a batch share one
 transaction (one statement per table), and a failed batch is retried record by record
-(`RecordProcessor`). Decisions are pure
-(`services.domain.triage.decide`); this module only loads inputs and stores outputs.
+(`RecordProcessor`). The events a later input causes have ids derived from the input's
+id, so even a second worker racing on the same input cannot publish twice. Decisions
+are pure (`services.domain.triage`); the decision as it stands is kept in
+`decisions.state`, and this module only loads inputs and stores outputs
+(docs/conflicts.md).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+import uuid
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 from aiokafka import ConsumerRecord
@@ -24,6 +37,9 @@ from services.domain.events import (
     EventData,
     InvalidEvent,
     Notified,
+    PeopleConfirmed,
+    ReassignmentOrdered,
+    Recused,
     ReportAmended,
     ReportSubmitted,
     make_event,
@@ -31,7 +47,16 @@ from services.domain.events import (
 )
 from services.domain.org import DIRECTORY_EVENT_TYPES, OrgSnapshot, fold_directory
 from services.domain.policy import Policy
-from services.domain.triage import TriageDecision, decide, reexclude
+from services.domain.triage import (
+    Rerouting,
+    TriageDecision,
+    confirmed_report,
+    decide,
+    may_confirm,
+    order_reassignment,
+    recuse,
+    reexclude,
+)
 from services.infra import eventstore
 from services.infra.crypto import Pseudonyms
 from services.infra.kafka import per_record, record_span
@@ -40,6 +65,29 @@ from services.infra.telemetry import current_traceparent
 
 log = logging.getLogger(__name__)
 AMENDED = "incident.report.amended.v1"
+CONFIRMED = "incident.people.confirmed.v1"
+RECUSED = "incident.recused.v1"
+ORDERED = "incident.reassignment.ordered.v1"
+ACTIVITY: dict[str, type[Recused] | type[ReassignmentOrdered]] = {
+    RECUSED: Recused,
+    ORDERED: ReassignmentOrdered,
+}
+"""The activity types triage acts on; every other one is ignored."""
+EVENT_IDS = uuid.UUID("0b7a4f0e-2c55-4e0a-9a53-7d1c3e2f6a18")
+"""Namespace of the ids of events caused by a later input: uuid5(cause id, index)."""
+LaterInput = ReportAmended | PeopleConfirmed | Recused | ReassignmentOrdered
+
+
+class Kept:
+    """An incident's decision as it stands, with what the service needs beside it."""
+
+    def __init__(
+        self, row: Mapping[str, Any], decision: TriageDecision, policy: Policy, digest: str
+    ) -> None:
+        self.row = row
+        self.decision = decision
+        self.policy = policy
+        self.digest = digest
 
 
 class PolicyConflict(RuntimeError):
@@ -127,9 +175,9 @@ class Triage:
 
     async def on_report(self, records: Sequence[ConsumerRecord]) -> None:
         """Decide on the batch's submitted reports in one transaction (with their tracking
-        rows); then each amendment in a transaction of its own, in order."""
+        rows); then each amendment and confirmation in a transaction of its own, in order."""
         submitted: list[tuple[ConsumerRecord, Envelope, ReportSubmitted]] = []
-        amended: list[tuple[ConsumerRecord, Envelope, ReportAmended]] = []
+        later: list[tuple[ConsumerRecord, Envelope, LaterInput]] = []
         for record in records:
             try:
                 envelope = parse_envelope(record.value or b"")
@@ -138,22 +186,66 @@ class Triage:
                         (record, envelope, ReportSubmitted.model_validate(envelope.data))
                     )
                 elif envelope.type == AMENDED:
-                    amended.append((record, envelope, ReportAmended.model_validate(envelope.data)))
+                    later.append((record, envelope, ReportAmended.model_validate(envelope.data)))
+                elif envelope.type == CONFIRMED:
+                    later.append((record, envelope, PeopleConfirmed.model_validate(envelope.data)))
                 # reporter messages are not triage's business
             except (InvalidEvent, ValueError) as exc:
                 await self.runtime.dead_letter_poison(record, exc)
         if submitted:
             async with self.runtime.db.acquire() as conn, conn.transaction():
                 await self._decide(conn, submitted)
-        for record, envelope, data in amended:
+        await self._each(later, "triage-reports")
+
+    async def on_activity(self, records: Sequence[ConsumerRecord]) -> None:
+        """Recusals and ordered reassignments, each in a transaction of its own, in order.
+
+        Every other activity type is ignored without reading its data; a record that is
+        not an event is left to escalation and audit, which dead-letter what they cannot
+        read on this topic. A recusal or order whose data is invalid is dead-lettered.
+        """
+        todo: list[tuple[ConsumerRecord, Envelope, LaterInput]] = []
+        for record in records:
+            try:
+                envelope = parse_envelope(record.value or b"")
+            except InvalidEvent:
+                continue
+            model = ACTIVITY.get(envelope.type)
+            if model is None:
+                continue
+            try:
+                todo.append((record, envelope, model.model_validate(envelope.data)))
+            except ValueError as exc:
+                await self.runtime.dead_letter_poison(record, exc)
+        await self._each(todo, "triage-activity")
+
+    async def _each(
+        self, inputs: Sequence[tuple[ConsumerRecord, Envelope, LaterInput]], consumer: str
+    ) -> None:
+        for record, envelope, data in inputs:
             with record_span(record):
                 async with self.runtime.db.acquire() as conn, conn.transaction():
-                    if await self._track(conn, record, envelope):
-                        await self._reexclude(conn, envelope, data)
+                    if await self._track(conn, record, envelope, consumer):
+                        await self._later(conn, envelope, data)
 
-    async def _track(self, conn: asyncpg.Connection, record: ConsumerRecord, env: Envelope) -> bool:
+    async def _later(self, conn: asyncpg.Connection, envelope: Envelope, data: LaterInput) -> None:
+        match data:
+            case ReportAmended():
+                await self._reexclude(conn, envelope, data)
+            case PeopleConfirmed():
+                await self._confirm(conn, envelope, data)
+            case Recused() | ReassignmentOrdered():
+                await self._reroute(conn, envelope, data)
+
+    async def _track(
+        self,
+        conn: asyncpg.Connection,
+        record: ConsumerRecord,
+        env: Envelope,
+        consumer: str = "triage-reports",
+    ) -> bool:
         return await eventstore.track(
-            conn, "triage-reports", env.id, record.topic, record.partition, record.offset
+            conn, consumer, env.id, record.topic, record.partition, record.offset
         )
 
     async def _decide(
@@ -181,26 +273,23 @@ class Triage:
                 reporter = self._reporter(envelope.subject, report.reporter, self.org)
                 decision = decide(report, self.org, self.policy, now, reporter_person=reporter)
                 rows.append((envelope.subject, report, decision))
-                repeat = self.policy.severities[decision.severity].repeat_last_every
-                triaged = decision.to_triaged().model_copy(
-                    update={"repeat_last_every": repeat, "report_digest": report.report_digest}
-                )
-                produced: list[tuple[str, EventData]] = [("incident.triaged.v1", triaged)]
-                produced.extend(self._first_level(decision, report.report_digest))
+                produced = self._decided(decision, self.policy, report.report_digest)
                 outputs.append((envelope, self._events(envelope, produced, now)))
                 for note in decision.notes:
                     log.info("incident %s: %s", envelope.subject, note)
         await conn.execute(
             "INSERT INTO decisions (incident_id, report, reporter, policy_version,"
-            " directory_seq, decided_at)"
-            " SELECT i, r::jsonb, p, v, $5, $6"
-            " FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS x (i, r, p, v)",
+            " directory_seq, decided_at, state)"
+            " SELECT i, r::jsonb, p, v, $5, $6, s::jsonb"
+            " FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $7::text[])"
+            " AS x (i, r, p, v, s)",
             [subject for subject, _, _ in rows],
             [json.dumps(report.model_dump(mode="json")) for _, report, _ in rows],
             [report.reporter for _, report, _ in rows],
             [decision.policy_version for _, _, decision in rows],
             self.directory_seq,
             now,
+            [_state(decision, report.report_digest) for _, report, decision in rows],
         )
         versions = await eventstore.stream_versions(conn, [e.subject for e, _ in outputs])
         await eventstore.append_streams(
@@ -208,6 +297,16 @@ class Triage:
             [(e.subject, versions[e.subject], events) for e, events in outputs],
             topic_prefix=self.runtime.settings.kafka_topic_prefix,
         )
+
+    def _decided(
+        self, decision: TriageDecision, policy: Policy, digest: str
+    ) -> list[tuple[str, EventData]]:
+        """`incident.triaged.v1`, then level 1's `assigned` and `notified`."""
+        repeat = policy.severities[decision.severity].repeat_last_every
+        triaged = decision.to_triaged().model_copy(
+            update={"repeat_last_every": repeat, "report_digest": digest}
+        )
+        return [("incident.triaged.v1", triaged), *self._first_level(decision, digest)]
 
     def _first_level(self, decision: TriageDecision, digest: str) -> list[tuple[str, EventData]]:
         recipients = list(decision.first_recipients)
@@ -218,34 +317,60 @@ class Triage:
         ]
         return out + _notified(recipients, digest)
 
-    async def _reexclude(
-        self, conn: asyncpg.Connection, envelope: Envelope, amended: ReportAmended
-    ) -> None:
+    async def _kept(self, conn: asyncpg.Connection, incident: str) -> Kept:
+        """The incident's decision as it stands (locked for this transaction)."""
         row = await conn.fetchrow(
-            "SELECT * FROM decisions WHERE incident_id = $1 FOR UPDATE", envelope.subject
+            "SELECT * FROM decisions WHERE incident_id = $1 FOR UPDATE", incident
         )
         if row is None:
-            raise LookupError(f"amendment of {envelope.subject} before its decision")
+            raise LookupError(f"input for {incident} before its decision")
         policy = self.policies[row["policy_version"]]
         report = ReportSubmitted.model_validate(json.loads(row["report"]))
+        if row["state"] is not None:
+            state = json.loads(row["state"])
+            decision = TriageDecision.from_json(state["decision"])
+            return Kept(row, decision, policy, state["report_digest"])
+        # Decided before the state was kept: rebuilt as the amendments left it.
         org_then = await self._directory_at(conn, row["directory_seq"])
-        reporter = self._reporter(envelope.subject, row["reporter"], org_then)
+        reporter = self._reporter(incident, row["reporter"], org_then)
         decision = decide(report, org_then, policy, row["decided_at"], reporter_person=reporter)
-        amendments = json.loads(row["amendments"])
         await self._refresh_directory(conn)
-        for earlier in amendments:
+        for earlier in json.loads(row["amendments"]):
             decision = reexclude(
                 decision, earlier["accused"], self.org, policy, named=earlier["named"]
             ).decision
-        result = reexclude(
-            decision, amended.accused_added, self.org, policy, named=amended.named_added
+        return Kept(row, decision, policy, report.report_digest)
+
+    async def _keep(
+        self, conn: asyncpg.Connection, incident: str, decision: TriageDecision, digest: str
+    ) -> None:
+        await conn.execute(
+            "UPDATE decisions SET state = $2::jsonb WHERE incident_id = $1",
+            incident,
+            _state(decision, digest),
         )
+
+    async def _reexclude(
+        self, conn: asyncpg.Connection, envelope: Envelope, amended: ReportAmended
+    ) -> None:
+        kept = await self._kept(conn, envelope.subject)
+        await self._refresh_directory(conn)
+        result = reexclude(
+            kept.decision,
+            amended.accused_added,
+            self.org,
+            kept.policy,
+            named=amended.named_added,
+            matches=amended.people_matches,
+        )
+        amendments = json.loads(kept.row["amendments"])
         amendments.append({"accused": amended.accused_added, "named": amended.named_added})
         await conn.execute(
             "UPDATE decisions SET amendments = $2::jsonb WHERE incident_id = $1",
             envelope.subject,
             json.dumps(amendments),
         )
+        await self._keep(conn, envelope.subject, result.decision, amended.report_digest)
         reassigned = result.to_reassigned()
         if reassigned is None:
             return
@@ -253,14 +378,80 @@ class Triage:
         outputs.extend(_notified(reassigned.added, amended.report_digest))
         await self._append(conn, envelope, outputs, datetime.now(UTC))
 
+    async def _confirm(
+        self, conn: asyncpg.Connection, envelope: Envelope, confirmed: PeopleConfirmed
+    ) -> None:
+        """An independent-role holder confirmed the people: decide again with them."""
+        kept = await self._kept(conn, envelope.subject)
+        await self._refresh_directory(conn)
+        if not may_confirm(kept.decision, confirmed.principal, self.org, kept.policy):
+            log.warning(
+                "incident %s: people confirmed by someone who holds no independent role or"
+                " is excluded: ignored",
+                envelope.subject,
+            )
+            return
+        report = ReportSubmitted.model_validate(json.loads(kept.row["report"]))
+        reporter = self._reporter(envelope.subject, kept.row["reporter"], self.org)
+        now = datetime.now(UTC)
+        decision = decide(
+            confirmed_report(report, confirmed),
+            self.org,
+            kept.policy,
+            now,
+            reporter_person=reporter,
+            prior=kept.decision,
+        )
+        await self._keep(conn, envelope.subject, decision, kept.digest)
+        for note in decision.notes:
+            log.info("incident %s (revision %d): %s", envelope.subject, decision.revision, note)
+        outputs = self._decided(decision, kept.policy, kept.digest)
+        await self._append(conn, envelope, outputs, now, derived_ids=True)
+
+    async def _reroute(
+        self, conn: asyncpg.Connection, envelope: Envelope, data: Recused | ReassignmentOrdered
+    ) -> None:
+        """A recusal or an ordered reassignment: `incident.reassigned.v1`, and the added
+        told (`incident.notified.v1` at the level they were added for)."""
+        kept = await self._kept(conn, envelope.subject)
+        await self._refresh_directory(conn)
+        result: Rerouting
+        if isinstance(data, Recused):
+            result = recuse(kept.decision, data.principal, self.org, kept.policy)
+        else:
+            result = order_reassignment(kept.decision, data, self.org, kept.policy)
+        for note in result.notes:
+            log.info("incident %s: %s", envelope.subject, note)
+        if result.reassigned is None:
+            log.warning(
+                "incident %s: %s ignored: %s", envelope.subject, envelope.type, result.ignored
+            )
+            return
+        await self._keep(conn, envelope.subject, result.decision, kept.digest)
+        outputs: list[tuple[str, EventData]] = [("incident.reassigned.v1", result.reassigned)]
+        outputs.extend(
+            (
+                "incident.notified.v1",
+                Notified(principal=p, channel="triage", level=level, report_digest=kept.digest),
+            )
+            for p, level in result.levels.items()
+        )
+        await self._append(conn, envelope, outputs, datetime.now(UTC), derived_ids=True)
+
     def _reporter(self, incident_id: str, pseudonym: str | None, org: OrgSnapshot) -> str | None:
         """The directory person whose pseudonym in this incident is the report's reporter."""
         return self.pseudonyms.match(incident_id, pseudonym, org.people)
 
     def _events(
-        self, cause: Envelope, outputs: list[tuple[str, EventData]], now: datetime
+        self,
+        cause: Envelope,
+        outputs: list[tuple[str, EventData]],
+        now: datetime,
+        *,
+        derived_ids: bool = False,
     ) -> list[Envelope]:
-        """Triage's events caused by `cause`, in the current span's trace."""
+        """Triage's events caused by `cause`, in the current span's trace; with
+        `derived_ids`, each id is derived from the cause's id and the event's index."""
         return [
             make_event(
                 type_,
@@ -272,8 +463,9 @@ class Triage:
                 causationid=cause.id,
                 correlationid=cause.correlationid or cause.id,
                 traceparent=current_traceparent(),
+                event_id=str(uuid.uuid5(EVENT_IDS, f"{cause.id}:{i}")) if derived_ids else None,
             )
-            for type_, data in outputs
+            for i, (type_, data) in enumerate(outputs)
         ]
 
     async def _append(
@@ -282,13 +474,15 @@ class Triage:
         cause: Envelope,
         outputs: list[tuple[str, EventData]],
         now: datetime,
+        *,
+        derived_ids: bool = False,
     ) -> None:
         version = await eventstore.stream_version(conn, cause.subject)
         await eventstore.append(
             conn,
             cause.subject,
             version,
-            self._events(cause, outputs, now),
+            self._events(cause, outputs, now, derived_ids=derived_ids),
             topic_prefix=self.runtime.settings.kafka_topic_prefix,
         )
 
@@ -302,3 +496,8 @@ def _notified(principals: Sequence[str], digest: str) -> list[tuple[str, EventDa
         )
         for p in principals
     ]
+
+
+def _state(decision: TriageDecision, digest: str) -> str:
+    """`decisions.state`: the decision and the digest of the report version it shows."""
+    return json.dumps({"decision": decision.to_json(), "report_digest": digest})

@@ -22,6 +22,7 @@ pytestmark = pytest.mark.integration
 ADMIN = {"authorization": "Bearer dev-admin-token"}
 NEWCOMER = {
     "name": "Nia Newcomer",
+    "alternative_names": ["\u5c3c\u5a05"],
     "email": "nia@example.com",
     "unit": "city-retail",
     "manager_id": "p-wang",
@@ -111,7 +112,7 @@ async def test_an_admin_creates_then_changes_a_person_with_one_event_per_change(
     assert read.status_code == 200 and read.json() == changed.json()
 
 
-async def test_a_role_given_through_the_api_takes_effect_at_once(
+async def test_a_privileged_role_takes_effect_once_a_second_admin_approves(
     intake: tuple[httpx.AsyncClient, IntakeSettings],
 ) -> None:
     client, _ = intake
@@ -123,7 +124,16 @@ async def test_a_role_given_through_the_api_takes_effect_at_once(
     answer = await client.put(
         "/v1/directory/people/p-liu", json={**body, "roles": ["admin", "employee"]}, headers=ADMIN
     )
-    assert answer.status_code == 200
+    # admin is privileged: pending until a second admin approves (issue 19)
+    assert answer.status_code == 202, answer.text
+    assert (await client.get("/v1/directory/people/p-liu", headers=liu)).status_code == 403
+    (grant,) = answer.json()["pending_grants"]
+    pending = await client.get("/v1/directory/grants", headers=ADMIN)
+    assert [g["grant_id"] for g in pending.json()["grants"]] == [grant["grant_id"]]
+    second = {"authorization": "Bearer dev-admin2-token"}
+    approval = f"/v1/directory/grants/{grant['grant_id']}/approval"
+    assert (await client.post(approval, headers=second)).status_code == 200
+    assert (await client.post(approval, headers=second)).status_code == 409
     assert (await client.get("/v1/directory/people/p-liu", headers=liu)).status_code == 200
 
 

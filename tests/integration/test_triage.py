@@ -222,3 +222,47 @@ async def test_a_batch_of_reports_is_decided_once_each_in_one_go(
     assert sorted(r["incident_id"] for r in decided) == sorted(incidents)
     assert sorted(r["stream_id"] for r in triaged) == sorted(incidents)
     assert dead == 1
+
+
+async def test_a_recusing_handler_is_replaced_by_the_next_eligible_one_once(
+    stack: tuple[httpx.AsyncClient, FastAPI], settings: CommonSettings, producer: AIOKafkaProducer
+) -> None:
+    """p-chen declares a conflict: excluded from then on, p-ma (group HR) asked at once.
+    The recusal delivered twice is handled once; when p-ma recuses too nobody is left,
+    and the removal is published all the same."""
+    intake, _ = stack
+    incident = (await intake.post("/v1/reports", json=SEED_CASE)).json()["incident_id"]
+    await eventually(lambda: _at_least(settings, incident, 3))
+
+    async def recuse(principal: str) -> None:
+        recused = make_event(
+            "incident.recused.v1",
+            subject=incident,
+            data={"principal": principal},
+            source="/services/intake",
+            time=datetime.now(UTC),
+            actor=principal,
+        )
+        await producer.send_and_wait(
+            settings.topic("incident.activity"), recused.to_bytes(), key=incident.encode()
+        )
+
+    def reassignments(events: list[Any]) -> list[dict[str, Any]]:
+        return [e.data for e in events if e.type == "incident.reassigned.v1"]
+
+    async def reassigned(n: int) -> list[Any] | None:
+        events = await decisions_for(settings, incident)
+        return events if len(reassignments(events)) >= n else None
+
+    await recuse("p-chen")
+    await recuse("p-chen")  # delivered again
+    await recuse("p-ma")
+    events = await eventually(lambda: reassigned(2), timeout=20)
+    assert reassignments(events) == [
+        {"removed": [{"principal": "p-chen", "rule": "recused"}], "added": ["p-ma"]},
+        {"removed": [{"principal": "p-ma", "rule": "recused"}], "added": []},
+    ]
+    told = [
+        (e.data["principal"], e.data["level"]) for e in events if e.type == "incident.notified.v1"
+    ]
+    assert told == [("p-chen", 1), ("p-ma", 1)]

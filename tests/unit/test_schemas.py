@@ -119,6 +119,19 @@ SAMPLES: dict[str, dict[str, Any]] = {
     },
     "directory.role.assigned.v1": {"person_id": "p-ma", "role": "hr_head"},
     "directory.role.revoked.v1": {"person_id": "p-ma", "role": "hr_head"},
+    "directory.role.proposed.v1": {
+        "grant_id": "g-0123456789abcdef",
+        "person_id": "p-ma",
+        "role": "auditor",
+        "proposed_by": "p-admin",
+    },
+    "audit.read.recorded.v1": {
+        "principal": "p-audit",
+        "route": "entries",
+        "start": 0,
+        "end": 1000,
+        "withheld": ["7c9e6679-7425-40de-944b-e07fc1f90ae7"],
+    },
     "incident.input.rejected.v1": {
         "reason": "not JSON",
         "source_topic": "incident.inbound",
