@@ -98,6 +98,18 @@ def verify(
         help="Trusted C2SP verifier key of the log. Without it, the key the source"
         " serves is used and its id printed: compare it with one you trust.",
     ),
+    witness_keys: list[str] = typer.Option(
+        [],
+        "--witness",
+        help="Verifier key of a witness whose cosignatures count (repeatable; docs/witness.md).",
+    ),
+    quorum: int = typer.Option(
+        1,
+        "--quorum",
+        min=1,
+        help="With --witness: fail unless a signed head carries this many"
+        " valid cosignatures of those witnesses.",
+    ),
 ) -> None:
     """Recompute the Merkle tree and check every signed head; exit 1 at the first bad entry."""
     from services.audit.verify import verify_bundle, verify_ledger
@@ -133,6 +145,8 @@ def verify(
                 url, token, lambda source: verify_ledger(source, progress=progress, trusted_key=key)
             )
         _summary(report, url)
+    if witness_keys and report.ok:
+        _witness_quorum(report, url, bundle, witness_keys, quorum)
     if not report.ok:
         where = report.where()
         if where is None:
@@ -140,6 +154,20 @@ def verify(
         else:
             out.print(f"first bad index: {where} ({report.reason})", soft_wrap=True)
         raise typer.Exit(_EXIT_FAILED)
+
+
+def _witness_quorum(
+    report: VerifyReport, url: str, bundle: Path | None, keys: list[str], quorum: int
+) -> None:
+    """``--witness``/``--quorum``: fail `report` unless a head carries the quorum."""
+    from services.audit.verify import SourceError, witness_check
+
+    try:
+        outcome = witness_check(report, url, bundle, keys, quorum)
+    except SourceError as exc:
+        raise _fail(str(exc)) from None
+    if outcome.ok:
+        out.print(f"witnesses: {outcome.reason} (latest head {outcome.latest_size})")
 
 
 def _summary(report: VerifyReport, source: str) -> None:
@@ -344,19 +372,11 @@ def _aware(time: datetime) -> datetime:
 
 
 async def _leaves_until(source: LedgerSource, cutoff: str) -> AsyncIterator[dict[str, Any]]:
-    """The decoded leaves recorded at or before ``cutoff``; ledger time never goes back.
-
-    Entries the audit service withholds from this reader (incidents that exclude them)
-    are skipped: replay shows nothing of them, as the timeline does.
-    """
+    """The decoded leaves recorded at or before ``cutoff``; ledger time never goes back."""
     from services.audit.verify import SourceError
 
     async for page in source.entries(0):
         for entry in page:
-            if entry.get("withheld"):  # an incident that excludes the reader: no leaf
-                if entry["recorded_at"] > cutoff:
-                    return
-                continue
             if "unreadable" in entry:
                 raise SourceError(f"entry {entry['index']} cannot be read: {entry['unreadable']}")
             leaf = binascii.a2b_base64(entry["leaf"])

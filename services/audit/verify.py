@@ -681,7 +681,6 @@ class _Walk:
         self.offers_proofs = True
         self.heads_checked = 0
         self.proofs_checked = 0
-        self.withheld = 0  # entries served without their leaf (see `withheld_entry`)
 
     async def run(self, source: LedgerSource, progress: Progress | None) -> None:
         self.reach()
@@ -721,9 +720,6 @@ class _Walk:
                 " is missing or out of order",
                 index=position,
             )
-        if entry.get("withheld") is True:
-            self.withheld_entry(entry, position)
-            return
         leaf = _leaf_bytes(entry, position)
         hashed = merkle.leaf_hash(leaf)
         served_hash = entry.get("leaf_hash")
@@ -764,23 +760,6 @@ class _Walk:
             self.recorded_head(event, position)
         self.frontier.append(hashed)
         self.previous_time = body["recorded_at"]
-
-    def withheld_entry(self, entry: Entry, position: int) -> None:
-        """An entry the service withholds from this reader (an incident that excludes
-        them): its leaf hash still goes into the tree, so the heads still prove it."""
-        try:
-            hashed = bytes.fromhex(entry["leaf_hash"])
-        except (KeyError, TypeError, ValueError):
-            raise _Bad(f"withheld entry {position} has no leaf hash", index=position) from None
-        if len(hashed) != 32:
-            raise _Bad(f"withheld entry {position} has no leaf hash", index=position)
-        recorded_at = entry.get("recorded_at")
-        if not isinstance(recorded_at, str):
-            raise _Bad(f"withheld entry {position} has no recording time", index=position)
-        _check_order(recorded_at, self.previous_time, position, position - 1)
-        self.withheld += 1
-        self.frontier.append(hashed)
-        self.previous_time = recorded_at
 
     def reach(self) -> None:
         """Compare the root with every head of the current size."""
@@ -1059,3 +1038,113 @@ def _hashes(value: Any) -> list[bytes]:
         return [bytes.fromhex(h) for h in value]
     except ValueError as exc:
         raise SourceError(f"a proof hash is not hex: {exc}") from exc
+
+
+# ------------------------------------------------------------------ witness quorum
+
+
+@dataclass(frozen=True)
+class WitnessQuorum:
+    """The outcome of `check_witness_quorum`: the largest head with enough cosignatures."""
+
+    ok: bool
+    reason: str
+    tree_size: int | None = None
+    latest_size: int | None = None
+    cosigners: tuple[str, ...] = ()
+
+
+def check_witness_quorum(
+    heads: Sequence[Any], log_key: str, witness_keys: Sequence[str], quorum: int
+) -> WitnessQuorum:
+    """Whether some signed head carries `quorum` valid cosignatures of `witness_keys`.
+
+    Each head document (as /v1/ledger/head serves it, or a bundle's ``head``) is read
+    from its ``cosigned_checkpoint`` (else ``checkpoint``): the log's signature must
+    verify with `log_key`, and each witness key counts once if its Ed25519
+    ``cosignature/v1`` line verifies (docs/witness.md). The answer names the largest
+    witnessed head; heads signed after it wait for their cosignatures. Fails when no
+    head has the quorum, or a key or the quorum is unusable.
+    """
+    from services.audit.cosignature import CosignatureVerifier, cosigned_by
+
+    try:
+        log = parse_verifier_key(log_key)
+        witnesses = [CosignatureVerifier.from_verifier_key(k) for k in witness_keys]
+    except NoteError as exc:
+        return WitnessQuorum(False, f"unusable key: {exc}")
+    if not 1 <= quorum <= len(set(witnesses)):
+        return WitnessQuorum(
+            False, f"a quorum of {quorum} needs at least that many distinct --witness keys"
+        )
+    best: tuple[int, tuple[str, ...]] | None = None
+    latest = None
+    for doc in heads:
+        note = (
+            doc.get("cosigned_checkpoint") or doc.get("checkpoint")
+            if isinstance(doc, dict)
+            else None
+        )
+        if not isinstance(note, str):
+            continue
+        try:
+            checkpoint = verify_checkpoint(log, note)
+        except (NoteError, CheckpointError):
+            continue
+        latest = max(latest or 0, checkpoint.tree_size)
+        cosigners = tuple(c.name for c in cosigned_by(note, witnesses))
+        if len(cosigners) >= quorum and (best is None or checkpoint.tree_size > best[0]):
+            best = (checkpoint.tree_size, cosigners)
+    if best is None:
+        return WitnessQuorum(
+            False,
+            f"no signed head carries {quorum} valid cosignature(s) of the given witnesses",
+            latest_size=latest,
+        )
+    size, cosigners = best
+    return WitnessQuorum(
+        True,
+        f"the head of size {size} is cosigned by {', '.join(cosigners)}",
+        tree_size=size,
+        latest_size=latest,
+        cosigners=cosigners,
+    )
+
+
+def witness_check(
+    report: VerifyReport,
+    url: str | None,
+    bundle: Path | None,
+    witness_keys: Sequence[str],
+    quorum: int,
+) -> WitnessQuorum:
+    """``verify --witness ... --quorum N`` after a passed `report`: fail it unless a head
+    of the same source (the service's heads, or the bundle's head) carries the quorum.
+
+    The log key is the one the source serves, accepted only if it is the key `report`
+    was verified with (same key id). Raises `SourceError` if the source cannot be read.
+    """
+    if not report.ok:
+        return WitnessQuorum(False, "the ledger itself did not verify")
+    try:
+        if bundle is not None:
+            document = json.loads(bundle.read_text(encoding="utf-8"))
+            key_doc, head = document, document.get("head")
+            heads = [head] if isinstance(head, dict) else []
+        else:
+            base = (url or "").rstrip("/")
+            key_doc = httpx.get(f"{base}/v1/ledger/public-key", timeout=30.0).json()
+            answer = httpx.get(f"{base}/v1/ledger/heads", timeout=30.0).json()
+            heads = _list(answer.get("heads"), "heads")
+        log_key = key_doc.get("verifier_key")
+        log_id = parse_verifier_key(log_key).key_id
+    except (OSError, httpx.HTTPError, ValueError, AttributeError, TypeError) as exc:
+        raise SourceError(f"cannot read the heads for the witness check: {exc}") from exc
+    if log_id != report.key_id:
+        outcome = WitnessQuorum(False, "the source's key is not the one verified")
+    else:
+        outcome = check_witness_quorum(heads, log_key, witness_keys, quorum)
+    if not outcome.ok:
+        report.ok = False
+        report.reason = f"witness quorum not met: {outcome.reason}"
+    return outcome
