@@ -11,8 +11,8 @@
 Each input is handled in a transaction with its tracking row, so a re-delivered record
 makes no second decision or notification; the submitted reports of a batch share one
 transaction (one statement per table), and a failed batch is retried record by record
-(`RecordProcessor`). The events a later input causes have ids derived from the input's
-id, so even a second worker racing on the same input cannot publish twice. Decisions
+(`RecordProcessor`). Every event triage writes has an id derived from its cause's id,
+so even a second worker racing on the same input cannot publish twice. Decisions
 are pure (`services.domain.triage`); the decision as it stands is kept in
 `decisions.state`, and this module only loads inputs and stores outputs
 (docs/conflicts.md).
@@ -74,7 +74,7 @@ ACTIVITY: dict[str, type[Recused] | type[ReassignmentOrdered]] = {
 }
 """The activity types triage acts on; every other one is ignored."""
 EVENT_IDS = uuid.UUID("0b7a4f0e-2c55-4e0a-9a53-7d1c3e2f6a18")
-"""Namespace of the ids of events caused by a later input: uuid5(cause id, index)."""
+"""Namespace of the ids of triage's events: uuid5 of the cause's id and the index."""
 LaterInput = ReportAmended | PeopleConfirmed | Recused | ReassignmentOrdered
 
 
@@ -406,7 +406,7 @@ class Triage:
         for note in decision.notes:
             log.info("incident %s (revision %d): %s", envelope.subject, decision.revision, note)
         outputs = self._decided(decision, kept.policy, kept.digest)
-        await self._append(conn, envelope, outputs, now, derived_ids=True)
+        await self._append(conn, envelope, outputs, now)
 
     async def _reroute(
         self, conn: asyncpg.Connection, envelope: Envelope, data: Recused | ReassignmentOrdered
@@ -436,7 +436,7 @@ class Triage:
             )
             for p, level in result.levels.items()
         )
-        await self._append(conn, envelope, outputs, datetime.now(UTC), derived_ids=True)
+        await self._append(conn, envelope, outputs, datetime.now(UTC))
 
     def _reporter(self, incident_id: str, pseudonym: str | None, org: OrgSnapshot) -> str | None:
         """The directory person whose pseudonym in this incident is the report's reporter."""
@@ -447,11 +447,10 @@ class Triage:
         cause: Envelope,
         outputs: list[tuple[str, EventData]],
         now: datetime,
-        *,
-        derived_ids: bool = False,
     ) -> list[Envelope]:
-        """Triage's events caused by `cause`, in the current span's trace; with
-        `derived_ids`, each id is derived from the cause's id and the event's index."""
+        """Triage's events caused by `cause`, in the current span's trace, each with an id
+        derived from the cause's id and the event's index (a re-delivered cause makes the
+        same ids, which the event store refuses twice)."""
         return [
             make_event(
                 type_,
@@ -463,7 +462,7 @@ class Triage:
                 causationid=cause.id,
                 correlationid=cause.correlationid or cause.id,
                 traceparent=current_traceparent(),
-                event_id=str(uuid.uuid5(EVENT_IDS, f"{cause.id}:{i}")) if derived_ids else None,
+                event_id=str(uuid.uuid5(EVENT_IDS, f"{cause.id}:{i}")),
             )
             for i, (type_, data) in enumerate(outputs)
         ]
@@ -474,15 +473,13 @@ class Triage:
         cause: Envelope,
         outputs: list[tuple[str, EventData]],
         now: datetime,
-        *,
-        derived_ids: bool = False,
     ) -> None:
         version = await eventstore.stream_version(conn, cause.subject)
         await eventstore.append(
             conn,
             cause.subject,
             version,
-            self._events(cause, outputs, now, derived_ids=derived_ids),
+            self._events(cause, outputs, now),
             topic_prefix=self.runtime.settings.kafka_topic_prefix,
         )
 
