@@ -372,11 +372,19 @@ def _aware(time: datetime) -> datetime:
 
 
 async def _leaves_until(source: LedgerSource, cutoff: str) -> AsyncIterator[dict[str, Any]]:
-    """The decoded leaves recorded at or before ``cutoff``; ledger time never goes back."""
+    """The decoded leaves recorded at or before ``cutoff``; ledger time never goes back.
+
+    Entries the audit service withholds from this reader (incidents that exclude them)
+    are skipped: replay shows nothing of them, as the timeline does.
+    """
     from services.audit.verify import SourceError
 
     async for page in source.entries(0):
         for entry in page:
+            if entry.get("withheld"):  # an incident that excludes the reader: no leaf
+                if entry["recorded_at"] > cutoff:
+                    return
+                continue
             if "unreadable" in entry:
                 raise SourceError(f"entry {entry['index']} cannot be read: {entry['unreadable']}")
             leaf = binascii.a2b_base64(entry["leaf"])

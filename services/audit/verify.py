@@ -681,6 +681,7 @@ class _Walk:
         self.offers_proofs = True
         self.heads_checked = 0
         self.proofs_checked = 0
+        self.withheld = 0  # entries served without their leaf (see `withheld_entry`)
 
     async def run(self, source: LedgerSource, progress: Progress | None) -> None:
         self.reach()
@@ -720,6 +721,9 @@ class _Walk:
                 " is missing or out of order",
                 index=position,
             )
+        if entry.get("withheld") is True:
+            self.withheld_entry(entry, position)
+            return
         leaf = _leaf_bytes(entry, position)
         hashed = merkle.leaf_hash(leaf)
         served_hash = entry.get("leaf_hash")
@@ -760,6 +764,23 @@ class _Walk:
             self.recorded_head(event, position)
         self.frontier.append(hashed)
         self.previous_time = body["recorded_at"]
+
+    def withheld_entry(self, entry: Entry, position: int) -> None:
+        """An entry the service withholds from this reader (an incident that excludes
+        them): its leaf hash still goes into the tree, so the heads still prove it."""
+        try:
+            hashed = bytes.fromhex(entry["leaf_hash"])
+        except (KeyError, TypeError, ValueError):
+            raise _Bad(f"withheld entry {position} has no leaf hash", index=position) from None
+        if len(hashed) != 32:
+            raise _Bad(f"withheld entry {position} has no leaf hash", index=position)
+        recorded_at = entry.get("recorded_at")
+        if not isinstance(recorded_at, str):
+            raise _Bad(f"withheld entry {position} has no recording time", index=position)
+        _check_order(recorded_at, self.previous_time, position, position - 1)
+        self.withheld += 1
+        self.frontier.append(hashed)
+        self.previous_time = recorded_at
 
     def reach(self) -> None:
         """Compare the root with every head of the current size."""
