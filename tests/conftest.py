@@ -151,3 +151,13 @@ def make_database(pg_server_url: str) -> Iterator[Callable[[str], str]]:
 def fresh_database_url(make_database: Callable[[str], str], request: pytest.FixtureRequest) -> str:
     """A new empty database for this test, named after it."""
     return make_database(request.node.name)
+
+
+@pytest.fixture(autouse=True)
+def _verifier_state(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`incidents audit verify` keeps a state file (pinned keys, verified heads): each
+    test gets its own, never the user's (a key pinned there would fail the next run)."""
+    state = tmp_path_factory.mktemp("verifier") / "verified-heads.json"
+    monkeypatch.setenv("INCIDENTS_VERIFY_STATE", str(state))

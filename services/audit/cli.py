@@ -14,6 +14,8 @@ import binascii
 import contextlib
 import gc
 import json
+import os
+import shlex
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,7 +28,8 @@ from rich.console import Console
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from services.audit.verify import HttpSource, LedgerSource, VerifyReport
+    from services.audit.trust import VerifierState
+    from services.audit.verify import HttpSource, KnownHead, LedgerSource, VerifyReport
 
 audit_app = typer.Typer(
     name="audit",
@@ -95,8 +98,37 @@ def verify(
     key: str | None = typer.Option(
         None,
         "--key",
-        help="Trusted C2SP verifier key of the log. Without it, the key the source"
-        " serves is used and its id printed: compare it with one you trust.",
+        help="Trusted C2SP verifier key of the log (or a file holding it). Without it, the"
+        " key pinned in the state file is required; with no pin, the key the source serves"
+        " is pinned on first use, with a warning.",
+    ),
+    state_file: Path | None = typer.Option(
+        None,
+        "--state",
+        envvar="INCIDENTS_VERIFY_STATE",
+        help="State file: the pinned key and the largest verified head of each log"
+        " (default: verified-heads.json in $INCIDENTS_STATE_DIR, else ~/.incidents).",
+    ),
+    head_files: list[Path] = typer.Option(
+        [],
+        "--head",
+        help="One more signed head to check the log against: a checkpoint note, a head as"
+        " /v1/ledger/head serves it, or an evidence bundle. Repeatable.",
+    ),
+    kafka: str | None = typer.Option(
+        None,
+        "--kafka",
+        envvar="INCIDENTS_KAFKA_BOOTSTRAP",
+        help="Kafka bootstrap servers: check every head published on the checkpoints topic.",
+    ),
+    checkpoints_topic: str | None = typer.Option(
+        None,
+        "--checkpoints-topic",
+        help="The topic of signed heads (default: $INCIDENTS_KAFKA_TOPIC_PREFIX"
+        " + audit.checkpoints).",
+    ),
+    kafka_timeout: float = typer.Option(
+        10.0, "--kafka-timeout", min=0.5, help="Read the checkpoints topic for at most this long."
     ),
     witness_keys: list[str] = typer.Option(
         [],
@@ -111,49 +143,140 @@ def verify(
         " valid cosignatures of those witnesses.",
     ),
 ) -> None:
-    """Recompute the Merkle tree and check every signed head; exit 1 at the first bad entry."""
-    from services.audit.verify import verify_bundle, verify_ledger
+    """Recompute the Merkle tree and check it against every signed head found; exit 1 if
+    anything is not intact (bad entries, a cut tail, a fork, another key)."""
+    from services.audit.trust import StateError, VerifierState, default_state_file, file_heads
 
-    if bundle is not None:
-        if url != DEFAULT_URL:
-            raise _fail("give --url or --bundle, not both")
-        try:
-            document = json.loads(bundle.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
-            raise _fail(f"cannot read the bundle {bundle}: {exc}") from None
-        report = verify_bundle(document, trusted_key=key)
-        _summary(report, f"bundle {bundle}")
-    else:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-        bar = Progress(
-            "[progress.description]{task.description}",
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            console=err,
-            transient=True,
-            disable=not err.is_terminal,
-        )
-        task = bar.add_task("verifying entries", total=None)
-
-        def progress(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
-        with bar:
-            report = _call(
-                url, token, lambda source: verify_ledger(source, progress=progress, trusted_key=key)
+    try:
+        state = VerifierState.load(state_file or default_state_file())
+        heads = [head for path in head_files for head in file_heads(path)]
+        trusted = _key_text(key)
+        if bundle is not None:
+            if url != DEFAULT_URL:
+                raise _fail("give --url or --bundle, not both")
+            report, notes = _verify_bundle(bundle, state, trusted, heads)
+        else:
+            topic = checkpoints_topic or _checkpoints_topic()
+            report, notes = _verify_service(
+                url, token, state, trusted, heads, kafka, topic, kafka_timeout
             )
-        _summary(report, url)
+    except StateError as exc:
+        raise _fail(str(exc)) from None
     if witness_keys and report.ok:
         _witness_quorum(report, url, bundle, witness_keys, quorum)
-    if not report.ok:
-        where = report.where()
-        if where is None:
-            out.print(f"verification failed: {report.reason}", soft_wrap=True)
-        else:
-            out.print(f"first bad index: {where} ({report.reason})", soft_wrap=True)
-        raise typer.Exit(_EXIT_FAILED)
+    for note in notes:
+        err.print(f"[bold yellow]warning:[/] {note}", soft_wrap=True)
+    if report.ok:
+        try:
+            state.save()
+        except StateError as exc:
+            err.print(f"[bold yellow]warning:[/] {exc}", soft_wrap=True)
+        return
+    _verdict(report)
+    raise typer.Exit(_EXIT_FAILED)
+
+
+def _key_text(key: str | None) -> str | None:
+    """``--key``: a verifier key string, or a file holding one."""
+    if key is None or "+" in key:
+        return key
+    try:
+        return Path(key).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _fail(f"--key is neither a verifier key nor a readable file: {exc}") from None
+
+
+def _checkpoints_topic() -> str:
+    from services.domain.events import Topic
+
+    return f"{os.environ.get('INCIDENTS_KAFKA_TOPIC_PREFIX', '')}{Topic.CHECKPOINTS}"
+
+
+def _verify_bundle(
+    path: Path, state: VerifierState, key: str | None, heads: list[KnownHead]
+) -> tuple[VerifyReport, list[str]]:
+    from services.audit.trust import verify_bundle_file
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _fail(f"cannot read the bundle {path}: {exc}") from None
+    try:
+        document = json.loads(text)
+    except ValueError as exc:
+        out.print(
+            f"the bundle {path} is not valid JSON (cut short or damaged): {exc}", soft_wrap=True
+        )
+        raise typer.Exit(_EXIT_FAILED) from None
+    report, notes = verify_bundle_file(document, state, key=key, heads=heads)
+    _summary(report, f"bundle {path}")
+    return report, notes
+
+
+def _verify_service(
+    url: str,
+    token: str | None,
+    state: VerifierState,
+    key: str | None,
+    heads: list[KnownHead],
+    kafka: str | None,
+    topic: str,
+    kafka_timeout: float,
+) -> tuple[VerifyReport, list[str]]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from services.audit.trust import topic_heads, verify_service
+
+    notes: list[str] = []
+    if kafka:
+        published, late = asyncio.run(topic_heads(kafka, topic, within=kafka_timeout))
+        heads = [*heads, *published]
+        notes += [late] if late else []
+    bar = Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    )
+    task = bar.add_task("verifying entries", total=None)
+
+    def progress(done: int, total: int) -> None:
+        bar.update(task, completed=done, total=total)
+
+    with bar:
+        report, more = _call(
+            url,
+            token,
+            lambda source: verify_service(source, state, key=key, heads=heads, progress=progress),
+        )
+    _summary(report, url + (f" and the {topic} topic" if kafka else ""))
+    return report, notes + more
+
+
+def _verdict(report: VerifyReport) -> None:
+    """Why the log or bundle is not intact: the first bad index, every other one, and
+    the two heads that disagree."""
+    where = report.where()
+    if where is None:
+        out.print(f"verification failed: {report.reason}", soft_wrap=True)
+    else:
+        out.print(f"first bad index: {where} ({report.reason})", soft_wrap=True)
+    if len(report.bad_indexes) > 1:
+        shown = ", ".join(map(str, report.bad_indexes[:50]))
+        more = f" and {len(report.bad_indexes) - 50} more" if report.bad_indexes[50:] else ""
+        out.print(f"bad indexes ({len(report.bad_indexes)}): {shown}{more}", soft_wrap=True)
+        for problem in report.problems[1:10]:
+            out.print(f"  also: {problem}", soft_wrap=True)
+    if report.conflict:
+        out.print("heads that disagree:")
+        for head in report.conflict:
+            out.print(
+                f"  size {head['tree_size']}, root {head['root_hash']} ({head['where']})",
+                soft_wrap=True,
+            )
 
 
 def _witness_quorum(
@@ -206,11 +329,15 @@ def export(
         out_file.write_text(json.dumps(bundle, indent=2) + "\n", encoding="utf-8")
     except OSError as exc:
         raise _fail(f"cannot write {out_file}: {exc}") from None
-    out.print(
-        f"{out_file}: {len(bundle['entries'])} entries of {incident}, proven against the"
-        f" signed head of size {bundle['head']['tree_size']}; check it with"
-        f" `incidents audit verify --bundle {out_file}`"
+    command = shlex.join(
+        ["incidents", "audit", "verify", "--bundle", str(out_file), "--key", bundle["verifier_key"]]
     )
+    out.print(
+        f"{out_file}: {len(bundle['entries'])} entries of {incident}, cut at tree size"
+        f" {bundle['tree_size']} and proven against its signed head; check it with",
+        soft_wrap=True,
+    )
+    out.print(command, soft_wrap=True, markup=False)
 
 
 # ------------------------------------------------------------------------ replay

@@ -26,17 +26,36 @@ over HTTP (`HttpSource`), an evidence bundle (`BundleSource`), or entries held i
 A checkpoint event inside the ledger that verifies with the key must be among the served
 heads with the same root, so a head cannot be dropped from the list to hide a rewrite.
 
+Heads from elsewhere (`KnownHead`: the verifier's own state file, the
+``audit.checkpoints`` topic, a checkpoint note or bundle given on the command line; see
+`services.audit.trust`) are checked the same way: each must verify with the key, and the
+entries must hash to its root at its size. Two heads of one size with different roots
+are a fork; a head larger than the tree means the tail was cut off, even when the
+service's own list of heads was cut with it and a new, smaller head signed since. The
+report then names both heads (`VerifyReport.conflict`). Comparing the root of the
+recomputed first ``m`` leaves with a head of size ``m`` is what checking an RFC 9162
+consistency proof from ``m`` to the current size, built from those leaves, comes down
+to; the service's own consistency proofs between the heads are checked as well.
+
+A damaged entry does not stop the walk: the verifier records it, carries the tree on
+with the entry's stored leaf hash, and reads on, so the report names every bad index
+(`VerifyReport.bad_indexes`). Only a problem after which positions no longer line up (a
+missing, inserted or reordered entry, a signed root that does not match) ends the walk.
+
 "First bad index" is the first position whose entry fails a check of step 2. When the
 leaf at position ``p`` claims index ``p - 1``, the leaf before it claims that index too:
 an entry was inserted at ``p - 1``, which is reported (unless a signed head already
 vouches for it, then ``p``).
 
-`export_bundle` writes the evidence for one incident: the key, the latest signed head,
+`export_bundle` writes the evidence for one incident: the key, the tree size it was cut
+at and the signed head of that size, the list of the incident's leaf indexes below it,
 the incident's leaves and an inclusion proof of each against that head.
 `verify_bundle` checks such a bundle offline (no database, no network): the head's
-signature, each leaf against its inclusion proof and the signed root, and that every
-leaf is an event of the incident. A bundle proves that what it holds was in the signed
-log; it cannot prove that it holds all of the incident's events.
+signature, that the stated tree size is the head's, each leaf against its inclusion
+proof and the signed root, that every leaf is an event of the incident, and that the
+entries are exactly the listed indexes (an entry deleted, or a bundle cut short,
+fails). The index list itself is not signed: a forger who deletes an entry *and* its
+index is caught only against the live ledger (its timeline lists the index).
 """
 
 from __future__ import annotations
@@ -47,8 +66,9 @@ import json
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote
@@ -76,6 +96,7 @@ __all__ = [
     "BundleSource",
     "ExportError",
     "HttpSource",
+    "KnownHead",
     "LedgerSource",
     "MemorySource",
     "ProofSource",
@@ -87,8 +108,11 @@ __all__ = [
     "verify_ledger",
 ]
 
-BUNDLE_FORMAT = "incidents.audit.bundle/v1"
-"""The ``format`` field of evidence bundles this module writes and reads."""
+BUNDLE_FORMAT = "incidents.audit.bundle/v2"
+"""The ``format`` field of evidence bundles this module writes and reads (v2 states its
+tree size and lists the incident's indexes; v1 could not show an entry was deleted)."""
+MAX_PROBLEMS = 100
+"""Most problems a report spells out; every bad index is still listed."""
 
 PAGE_SIZE = 1000
 """Entries per request: the most the audit API serves at once."""
@@ -129,6 +153,19 @@ class AuthError(SourceError):
 
 class ExportError(Exception):
     """An evidence bundle cannot be made (nothing to export, or no head covers it yet)."""
+
+
+@dataclass(frozen=True)
+class KnownHead:
+    """A signed checkpoint note from outside the source, and where it came from.
+
+    ``optional`` heads (read from a shared topic anyone may write to) are skipped when
+    they name another log; any other head must verify with the log's key.
+    """
+
+    note: str
+    where: str
+    optional: bool = False
 
 
 # ----------------------------------------------------------------------- sources
@@ -464,6 +501,15 @@ class VerifyReport:
     bad_range: tuple[int, int] | None = None
     origin: str | None = None
     key_id: str | None = None
+    verifier_key: str | None = None
+    bad_indexes: list[int] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    conflict: list[dict[str, Any]] = field(default_factory=list)
+    """The two heads that disagree (``tree_size``, ``root_hash``, ``where``), if any."""
+    verified_head: dict[str, Any] | None = None
+    """The largest head the entries were proven against (``tree_size``, ``root_hash``,
+    ``checkpoint``, ``where``): what a verifier keeps in its state."""
+    heads_ignored: int = 0
 
     @property
     def unsigned_entries(self) -> int:
@@ -497,12 +543,16 @@ class _Bad(Exception):
         index: int | None = None,
         head: int | None = None,
         span: tuple[int, int] | None = None,
+        heads: Sequence[_Head] = (),
+        fatal: bool = False,
     ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.index = index
         self.head = head
         self.span = span
+        self.heads = tuple(heads)
+        self.fatal = fatal  # True: positions no longer line up, the walk cannot read on
 
     def fill(self, report: VerifyReport) -> None:
         report.ok = False
@@ -512,6 +562,23 @@ class _Bad(Exception):
         report.bad_range = self.span
         if self.index is None and self.span is not None and self.span[1] - self.span[0] == 1:
             report.first_bad_index = self.span[0]
+        if self.heads:
+            report.conflict = [h.shown() for h in self.heads]
+
+
+def _fill_all(report: VerifyReport, failures: list[_Bad], fatal: _Bad | None) -> None:
+    """The report of a walk: the first failure leads, every bad index is listed."""
+    every = [*failures, *([fatal] if fatal is not None else [])]
+    if not every:
+        report.ok = True
+        return
+    every[0].fill(report)
+    if fatal is not None and fatal is not every[0]:
+        report.bad_head = report.bad_head if report.bad_head is not None else fatal.head
+        if fatal.heads and not report.conflict:
+            report.conflict = [h.shown() for h in fatal.heads]
+    report.bad_indexes = sorted({b.index for b in every if b.index is not None})
+    report.problems = [b.reason for b in every[:MAX_PROBLEMS]]
 
 
 # -------------------------------------------------------------- keys and heads
@@ -522,7 +589,15 @@ class _Head:
     tree_size: int
     root_hash: bytes
     timestamp: str
-    doc: dict[str, Any]
+    doc: dict[str, Any]  # holds the signed note as ``checkpoint``
+    where: str = "the source's heads"
+
+    def shown(self) -> dict[str, Any]:
+        return {"tree_size": self.tree_size, "root_hash": self.root_hash.hex(), "where": self.where}
+
+    def kept(self) -> dict[str, Any]:
+        """What a verifier keeps of a head it proved the entries against."""
+        return {**self.shown(), "checkpoint": self.doc.get("checkpoint")}
 
 
 def _verifier(doc: Any, trusted_key: str | None) -> NoteVerifier:
@@ -549,7 +624,7 @@ def _verifier(doc: Any, trusted_key: str | None) -> NoteVerifier:
     return verifier
 
 
-def _signed_head(verifier: NoteVerifier, doc: Any) -> _Head:
+def _signed_head(verifier: NoteVerifier, doc: Any, where: str = "the source's heads") -> _Head:
     """One served head: its note verifies and its JSON fields say what the note says."""
     if not isinstance(doc, dict):
         raise _Bad("a signed head is not a JSON object")
@@ -568,26 +643,79 @@ def _signed_head(verifier: NoteVerifier, doc: Any) -> _Head:
         )
     if doc.get("key_id") not in (None, verifier.key_id):
         raise _Bad(f"the head of size {size} names key {doc['key_id']}, not ours", head=size)
-    return _Head(size, checkpoint.root_hash, str(doc.get("timestamp", "")), doc)
+    return _Head(size, checkpoint.root_hash, str(doc.get("timestamp", "")), doc, where)
 
 
-def _signed_heads(verifier: NoteVerifier, docs: Any) -> list[_Head]:
+def _signed_heads(
+    verifier: NoteVerifier, docs: Any, where: str = "the source's heads"
+) -> list[_Head]:
     """Every served head verified, one per size, by size; two roots for a size is a fork."""
     if not isinstance(docs, list):
         raise _Bad("the list of signed heads is malformed")
-    by_size: dict[int, _Head] = {}
-    for doc in docs:
-        head = _signed_head(verifier, doc)
+    return _merge([], [_signed_head(verifier, doc, where) for doc in docs])
+
+
+def _merge(first: list[_Head], more: Iterable[_Head]) -> list[_Head]:
+    """One head per size (the first seen kept), by size; two roots for a size is a fork."""
+    by_size = {h.tree_size: h for h in first}
+    for head in more:
         seen = by_size.setdefault(head.tree_size, head)
         if seen.root_hash != head.root_hash:
             raise _Bad(
-                f"two signed heads of size {head.tree_size} have different roots: the log forked",
+                f"two signed heads of size {head.tree_size} have different roots:"
+                f" {seen.root_hash.hex()} ({seen.where}) and {head.root_hash.hex()}"
+                f" ({head.where}): the log forked",
                 head=head.tree_size,
+                heads=(seen, head),
             )
     return [by_size[size] for size in sorted(by_size)]
 
 
+def _known_heads(verifier: NoteVerifier, known: Iterable[KnownHead]) -> tuple[list[_Head], int]:
+    """Heads from outside the source, verified with the log's key; and how many were
+    optional heads of another log (skipped)."""
+    heads: list[_Head] = []
+    ignored = 0
+    for item in known:
+        origin = item.note.split("\n", 1)[0] if isinstance(item.note, str) else None
+        if item.optional and origin != verifier.name:
+            ignored += 1
+            continue
+        try:
+            checkpoint = verify_checkpoint(verifier, item.note)
+        except (NoteError, CheckpointError) as exc:
+            raise _Bad(
+                f"a signed head of log {origin!r} from {item.where} does not verify with the"
+                f" log's key {verifier.verifier_key} ({exc}): the log's key was replaced, or"
+                " the head is not this log's"
+            ) from None
+        doc = {
+            "tree_size": checkpoint.tree_size,
+            "root_hash": checkpoint.root_hash.hex(),
+            "checkpoint": item.note,
+        }
+        heads.append(_Head(checkpoint.tree_size, checkpoint.root_hash, "", doc, item.where))
+    return heads, ignored
+
+
 # -------------------------------------------------------------------- leaves
+
+
+def _stored_hash(entry: Entry) -> bytes | None:
+    """The leaf hash stored with an entry (or, without one, the hash of its leaf bytes)."""
+    served = entry.get("leaf_hash")
+    if isinstance(served, str) and len(served) == 2 * merkle.HASH_SIZE:
+        try:
+            return bytes.fromhex(served)
+        except ValueError:
+            return None
+    text = entry.get("leaf")
+    if served is None and isinstance(text, str):
+        try:
+            return merkle.leaf_hash(binascii.a2b_base64(text, strict_mode=True))
+        except (binascii.Error, ValueError):
+            return None
+    return None
 
 
 def _leaf_bytes(entry: Entry, position: int) -> bytes:
@@ -666,10 +794,15 @@ def _check_order(recorded_at: str, previous: str, position: int, before: int) ->
 class _Walk:
     """Streams the entries through the per-entry checks and a Merkle frontier."""
 
-    def __init__(self, verifier: NoteVerifier, heads: list[_Head]) -> None:
+    def __init__(
+        self, verifier: NoteVerifier, heads: list[_Head], served: list[_Head] | None = None
+    ) -> None:
+        served = heads if served is None else served
         self.verifier = verifier
-        self.heads = heads
-        self.by_size = {h.tree_size: h for h in heads}
+        self.heads = heads  # the served heads and every known head, one per size
+        self.by_size = {h.tree_size: h for h in served}
+        self.served_largest = served[-1].tree_size if served else 0
+        self.current = served[-1] if served else None  # the source's latest signed head
         self.largest = heads[-1].tree_size if heads else 0
         self.frontier = merkle.MerkleFrontier()
         self.next = 0  # index in `heads` of the next head to reach
@@ -682,6 +815,8 @@ class _Walk:
         self.heads_checked = 0
         self.proofs_checked = 0
         self.withheld = 0  # entries served without their leaf (see `withheld_entry`)
+        self.failures: list[_Bad] = []  # damaged entries read past, in order
+        self.last_matched: _Head | None = None
 
     async def run(self, source: LedgerSource, progress: Progress | None) -> None:
         self.reach()
@@ -701,14 +836,26 @@ class _Walk:
         self.reach()
         await self.prove(source)
         if self.next < len(self.heads):
-            head, count = self.heads[self.next], self.frontier.size
+            beyond, count = self.heads[self.next :], self.frontier.size
+            head = beyond[-1]
+            more = f"; {len(beyond)} signed heads are larger than the tree" if beyond[1:] else ""
             raise _Bad(
-                f"the signed head of size {head.tree_size} ({head.timestamp}) covers"
+                f"the signed head of size {head.tree_size} from {head.where} covers"
                 f" {head.tree_size} entries but the source has only {count}: the tail was"
-                " cut off",
+                f" cut off{more}",
                 index=count,
                 head=head.tree_size,
+                heads=self.pair(head),
             )
+
+    def pair(self, head: _Head) -> tuple[_Head, _Head]:
+        """``head`` and what it disagrees with: the source's latest signed head, or the
+        tree recomputed from the entries when that head is ``head`` itself."""
+        if self.current is not None and self.current.tree_size != head.tree_size:
+            return head, self.current
+        size = self.frontier.size
+        tree = _Head(size, self.frontier.root(), "", {}, "the tree recomputed from the entries")
+        return head, tree
 
     def entry(self, entry: Entry) -> None:
         position = self.frontier.size
@@ -724,6 +871,25 @@ class _Walk:
         if entry.get("withheld") is True:
             self.withheld_entry(entry, position)
             return
+        try:
+            hashed, body = self.check(entry, position)
+        except _Bad as bad:
+            stored = _stored_hash(entry)
+            if bad.fatal or stored is None:
+                raise
+            # Read on: the stored hash is what the signed tree was built from, so the
+            # heads still tell whether anything besides this entry was changed.
+            self.failures.append(bad)
+            self.frontier.append(stored)
+            return
+        event = body.get("event")
+        if isinstance(event, dict) and event.get("type") == CHECKPOINT_EVENT:
+            self.recorded_head(event, position)
+        self.frontier.append(hashed)
+        self.previous_time = body["recorded_at"]
+
+    def check(self, entry: Entry, position: int) -> tuple[bytes, dict[str, Any]]:
+        """The entry's leaf hash and leaf JSON; `_Bad` (fatal only if positions shifted)."""
         leaf = _leaf_bytes(entry, position)
         hashed = merkle.leaf_hash(leaf)
         served_hash = entry.get("leaf_hash")
@@ -741,11 +907,13 @@ class _Walk:
                     f"the entries at positions {claim} and {position} both say they are entry"
                     f" {claim}: an entry was inserted at {claim}",
                     index=claim,
+                    fatal=True,
                 )
             raise _Bad(
                 f"the leaf at position {position} says it is entry {claim!r}: entries were"
                 " deleted, inserted or reordered",
                 index=position,
+                fatal=True,
             )
         _check_order(body["recorded_at"], self.previous_time, position, position - 1)
         for name in _SERVED_FIELDS:
@@ -755,15 +923,12 @@ class _Walk:
                     f" says {body.get(name)!r}",
                     index=position,
                 )
-        event = body.get("event")
-        if "event" in entry and entry["event"] != event:
+        if "event" in entry and entry["event"] != body.get("event"):
             raise _Bad(
-                f"entry {position} is served with an event its leaf does not hold", index=position
+                f"entry {position} is served with an event its leaf does not hold",
+                index=position,
             )
-        if isinstance(event, dict) and event.get("type") == CHECKPOINT_EVENT:
-            self.recorded_head(event, position)
-        self.frontier.append(hashed)
-        self.previous_time = body["recorded_at"]
+        return hashed, body
 
     def withheld_entry(self, entry: Entry, position: int) -> None:
         """An entry the service withholds from this reader (an incident that excludes
@@ -787,7 +952,8 @@ class _Walk:
         size = self.frontier.size
         while self.next < len(self.heads) and self.heads[self.next].tree_size == size:
             head = self.heads[self.next]
-            if self.frontier.root() != head.root_hash:
+            root = self.frontier.root()
+            if root != head.root_hash and self.by_size.get(size) is head:
                 raise _Bad(
                     f"the entries do not hash to the root of the signed head of size {size}"
                     f" ({head.timestamp}): an entry in [{self.vouched}, {size}) was changed"
@@ -795,9 +961,20 @@ class _Walk:
                     head=size,
                     span=(self.vouched, size),
                 )
+            if root != head.root_hash:
+                raise _Bad(
+                    f"the signed head of size {size} from {head.where} is not consistent with"
+                    f" the tree: its root is {head.root_hash.hex()}, the entries give"
+                    f" {root.hex()} at that size: an entry in [{self.vouched}, {size}) was"
+                    " changed, or the log was cut back and has grown again since",
+                    head=size,
+                    span=(self.vouched, size),
+                    heads=self.pair(head),
+                )
             self.vouched = size
             self.heads_checked += 1
             self.matched.append(head)
+            self.last_matched = head
             self.next += 1
         self.next_size = self.heads[self.next].tree_size if self.next < len(self.heads) else -1
 
@@ -810,7 +987,7 @@ class _Walk:
         except (NoteError, CheckpointError):
             return  # anyone may publish to the topic; only our key's heads count
         listed = self.by_size.get(checkpoint.tree_size)
-        if listed is None and checkpoint.tree_size <= self.largest:
+        if listed is None and checkpoint.tree_size <= self.served_largest:
             raise _Bad(
                 f"entry {position} records a signed head of size {checkpoint.tree_size} that"
                 " the source's list of heads leaves out",
@@ -858,34 +1035,42 @@ async def verify_ledger(
     *,
     progress: Progress | None = None,
     trusted_key: str | None = None,
+    known_heads: Iterable[KnownHead] = (),
 ) -> VerifyReport:
-    """Verify everything ``source`` serves (see the module docstring for the checks).
+    """Verify everything ``source`` serves (see the module docstring for the checks),
+    against its own heads and every one of ``known_heads``.
 
     A `BundleSource` is checked with `verify_bundle`. `SourceError` (an unreachable
     source, refused credentials) propagates: it means "could not verify", not "tampered".
     """
     if isinstance(source, BundleSource):
-        return verify_bundle(source.bundle, trusted_key=trusted_key)
+        return verify_bundle(source.bundle, trusted_key=trusted_key, known_heads=known_heads)
     started = time.perf_counter()
     report = VerifyReport()
     walk: _Walk | None = None
+    fatal: _Bad | None = None
     try:
         verifier = _verifier(await source.public_key(), trusted_key)
         report.origin, report.key_id = verifier.name, verifier.key_id
-        heads = _signed_heads(verifier, await source.heads())
-        report.tree_size = heads[-1].tree_size if heads else 0
-        walk = _Walk(verifier, heads)
+        report.verifier_key = verifier.verifier_key
+        where = f"the heads served by {getattr(source, 'url', 'the source')}"
+        served = _signed_heads(verifier, await source.heads(), where)
+        report.tree_size = served[-1].tree_size if served else 0
+        extra, report.heads_ignored = _known_heads(verifier, known_heads)
+        walk = _Walk(verifier, _merge(served, extra), served)
         await walk.run(source, progress)
-        report.ok = True
     except _Bad as bad:
-        bad.fill(report)
+        fatal = bad
     finally:
         if walk is not None:
             report.entries_checked = walk.frontier.size
             report.heads_checked = walk.heads_checked
             report.proofs_checked = walk.proofs_checked
-        report.elapsed = time.perf_counter() - started
-        report.rate = report.entries_checked / report.elapsed if report.elapsed > 0 else 0.0
+    _fill_all(report, walk.failures if walk is not None else [], fatal)
+    if report.ok and walk is not None and walk.last_matched is not None:
+        report.verified_head = walk.last_matched.kept()
+    report.elapsed = time.perf_counter() - started
+    report.rate = report.entries_checked / report.elapsed if report.elapsed > 0 else 0.0
     return report
 
 
@@ -895,8 +1080,10 @@ async def verify_ledger(
 async def export_bundle(source: ProofSource, incident_id: str) -> dict[str, Any]:
     """The evidence bundle of one incident, checked with `verify_bundle` before it is returned.
 
-    Holds the format, the log's key, the latest signed head, and each of the incident's
-    entries as ``{index, leaf (base64), inclusion_proof (hex list)}`` against that head.
+    Holds the format, the log's key, the tree size it was cut at and the signed head of
+    that size (the latest), the incident's indexes below it (``incident_indexes``), and
+    each of those entries as ``{index, leaf (base64), inclusion_proof (hex list)}``
+    against that head.
     Raises `ExportError` when the incident has no entry, when its newest entries are not
     under a signed head yet, or when the source serves evidence that does not verify.
     """
@@ -931,7 +1118,9 @@ async def export_bundle(source: ProofSource, incident_id: str) -> dict[str, Any]
         "incident_id": incident_id,
         "exported_at": utc_rfc3339(datetime.now(UTC)),
         **key_document(verifier),
+        "tree_size": head.tree_size,
         "head": head.doc,
+        "incident_indexes": indexes,
         "entries": entries,
     }
     report = verify_bundle(bundle)
@@ -964,26 +1153,44 @@ async def _leaves(source: LedgerSource, indexes: list[int]) -> dict[int, str]:
     return found
 
 
-def verify_bundle(bundle: Any, *, trusted_key: str | None = None) -> VerifyReport:
-    """Check an evidence bundle offline: head signature, each leaf and inclusion proof.
+def verify_bundle(
+    bundle: Any, *, trusted_key: str | None = None, known_heads: Iterable[KnownHead] = ()
+) -> VerifyReport:
+    """Check an evidence bundle offline: head signature, completeness, each leaf and proof.
 
-    Every entry's leaf must be canonical and claim its index, hash (with its inclusion
-    proof) to the signed root, be an event of the bundle's incident, and the entries
-    must be in ledger order with ledger time never going backwards.
+    The stated tree size must be the signed head's. Every entry's leaf must be canonical
+    and claim its index, hash (with its inclusion proof) to the signed root, be an event
+    of the bundle's incident, and the entries must be in ledger order with ledger time
+    never going backwards; they must be exactly the incident's listed indexes. A known
+    head of the bundle's size must have the bundle head's root (offline, heads of other
+    sizes cannot be compared).
     """
     started = time.perf_counter()
     report = VerifyReport()
     try:
         if not isinstance(bundle, dict) or bundle.get("format") != BUNDLE_FORMAT:
-            raise _Bad(f"not an evidence bundle of format {BUNDLE_FORMAT}")
+            raise _Bad(
+                f"not an evidence bundle of format {BUNDLE_FORMAT} (an older bundle cannot"
+                " show that none of its entries was deleted: export it again)"
+            )
         verifier = _verifier(bundle, trusted_key)
         report.origin, report.key_id = verifier.name, verifier.key_id
-        head = _signed_head(verifier, bundle.get("head"))
+        report.verifier_key = verifier.verifier_key
+        head = _signed_head(verifier, bundle.get("head"), "the bundle")
         report.tree_size, report.heads_checked = head.tree_size, 1
+        extra, report.heads_ignored = _known_heads(verifier, known_heads)
+        _merge([head], extra)
+        if bundle.get("tree_size") != head.tree_size or type(bundle.get("tree_size")) is not int:
+            raise _Bad(
+                f"the bundle says it was cut at tree size {bundle.get('tree_size')!r} but"
+                f" carries the signed head of size {head.tree_size}",
+                head=head.tree_size,
+            )
         incident = bundle.get("incident_id")
         entries = bundle.get("entries")
         if not isinstance(incident, str) or not isinstance(entries, list) or not entries:
             raise _Bad("the bundle names no incident or holds no entries")
+        listed = _listed_indexes(bundle.get("incident_indexes"), head.tree_size)
         previous_index, previous_time = -1, ""
         for item in entries:
             index = item.get("index") if isinstance(item, dict) else None
@@ -1018,12 +1225,46 @@ def verify_bundle(bundle: Any, *, trusted_key: str | None = None) -> VerifyRepor
             previous_index, previous_time = index, body["recorded_at"]
             report.entries_checked += 1
         report.proofs_checked = report.entries_checked
+        _check_complete(listed, [item["index"] for item in entries])
         report.ok = True
+        report.verified_head = head.kept()
     except _Bad as bad:
         bad.fill(report)
     report.elapsed = time.perf_counter() - started
     report.rate = report.entries_checked / report.elapsed if report.elapsed > 0 else 0.0
     return report
+
+
+def _listed_indexes(value: Any, tree_size: int) -> list[int]:
+    """The bundle's list of the incident's indexes: ascending, below its tree size."""
+    if (
+        not isinstance(value, list)
+        or not all(type(i) is int and 0 <= i < tree_size for i in value)
+        or any(a >= b for a, b in pairwise(value))
+    ):
+        raise _Bad(
+            "the bundle's list of the incident's entries (incident_indexes) is missing or"
+            f" malformed: it must be ascending indexes below its tree size {tree_size}"
+        )
+    return value
+
+
+def _check_complete(listed: list[int], held: list[int]) -> None:
+    """The bundle holds exactly the listed entries: none deleted, none cut off."""
+    missing = sorted(set(listed) - set(held))
+    if missing:
+        shown = ", ".join(map(str, missing[:10])) + (", ..." if missing[10:] else "")
+        raise _Bad(
+            f"the bundle lists {len(missing)} entries of the incident it does not hold"
+            f" ({shown}): entries were deleted, or the bundle was cut short",
+            index=missing[0],
+        )
+    extra = sorted(set(held) - set(listed))
+    if extra:
+        raise _Bad(
+            f"entry {extra[0]} is not in the bundle's list of the incident's entries",
+            index=extra[0],
+        )
 
 
 # -------------------------------------------------------------------- helpers

@@ -190,4 +190,4 @@ def test_the_seed_case_through_the_console(stack: Stack, browser: Browser, artif
         auditor.get_by_role("link", name="Download the evidence bundle").click()
     saved = artifacts / "evidence.json"
     download.value.save_as(saved)
-    assert '"format": "incidents.audit.bundle/v1"' in saved.read_text(encoding="utf-8")
+    assert '"format": "incidents.audit.bundle/v2"' in saved.read_text(encoding="utf-8")
