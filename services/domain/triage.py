@@ -24,7 +24,9 @@ report, the directory snapshot at that moment, the pinned policy and the clock
      whole organisation, so the cost does not grow with its size. Independent roles
      are not exempt: answering to the accused is a conflict whatever the role.
    - `ambiguous_match` (always on): every candidate of a name that matched several
-     people (`PersonMatch.how == "ambiguous"`).
+     people (`PersonMatch.how == "ambiguous"`). Each candidate of an ambiguous *accused*
+     name may be the accused: the two rules about the accused's line
+     (`accused_management_chain`, `accused_reports`) apply to each of them too.
 
    Each excluded person carries the first rule (in `RULE_ORDER`) that excluded them,
    and all of them.
@@ -302,6 +304,10 @@ def _conflicts(
     independent = frozenset(policy.conflicts.independent_roles)
     out = _Conflicts()
     known_accused = [a for a in _unique(accused) if org.knows(a)]
+    # Any of the candidates of an ambiguous accused name may be the accused: the people
+    # above and below each of them are treated as if he were.
+    maybe_accused = _ambiguous_accused(matches, org)
+    lines_of = [*known_accused, *(p for p in maybe_accused if p not in known_accused)]
     out.unresolved_accused = [a for a in _unique(accused) if not org.knows(a)]
     out.unresolved_named = [n for n in _unique(named) if not org.knows(n)]
     if out.unresolved_accused:
@@ -320,7 +326,7 @@ def _conflicts(
         for person in known_accused:
             out.add(person, ACCUSED)
     if MANAGEMENT_CHAIN in rules:
-        for person in known_accused:
+        for person in lines_of:
             chain = org.managers_above(person)
             for manager in chain.managers:
                 held = org.roles_of(manager) & independent
@@ -350,8 +356,8 @@ def _conflicts(
         # The reporter's id comes from the caller, matched against the directory
         # already; it is excluded even if the directory does not know it (yet).
         out.add(reporter, REPORTER)
-    if ACCUSED_REPORTS in rules and known_accused:
-        above = frozenset(known_accused)
+    if ACCUSED_REPORTS in rules and lines_of:
+        above = frozenset(lines_of)
         for candidate in dict.fromkeys(candidates):
             if candidate in above:
                 continue  # excluded as accused already (or the rule is off: not theirs)
@@ -362,6 +368,14 @@ def _conflicts(
             for person in match.candidates:
                 out.add(person, AMBIGUOUS)
     return out
+
+
+def _ambiguous_accused(matches: Sequence[PersonMatch], org: OrgSnapshot) -> list[str]:
+    """The directory's candidates of the ambiguous accused names."""
+    found = (
+        p for m in matches if m.how == "ambiguous" and m.field == "accused" for p in m.candidates
+    )
+    return [p for p in dict.fromkeys(found) if org.knows(p)]
 
 
 def _candidates(org: OrgSnapshot, roles: Iterable[str]) -> list[str]:
@@ -571,6 +585,7 @@ def decide(
     if prior is not None:  # the legal clocks run from the first receipt
         deadlines.update({k: v for k, v in prior.deadlines.items() if k != LEVEL_1_ACKNOWLEDGE})
     known_accused = tuple(a for a in _unique(report.accused) if org.knows(a))
+    maybe_accused = tuple(_ambiguous_accused(report.people_matches, org))
     return TriageDecision(
         category=report.category,
         severity=severity,
@@ -589,7 +604,9 @@ def decide(
         revision=prior.revision + 1 if prior is not None else 1,
         conflict_unresolved=conflict_unresolved,
         independent=independent_of(org, policy, excluded_ids),
-        accused=tuple(dict.fromkeys((*(prior.accused if prior else ()), *known_accused))),
+        accused=tuple(
+            dict.fromkeys((*(prior.accused if prior else ()), *known_accused, *maybe_accused))
+        ),
         unresolved_matches=unresolved_matches,
     )
 
@@ -722,7 +739,13 @@ def reexclude(
         notes=decision.notes + tuple(notes),
         independent=independent_of(org, policy, every),
         accused=tuple(
-            dict.fromkeys((*decision.accused, *(a for a in _unique(accused) if org.knows(a))))
+            dict.fromkeys(
+                (
+                    *decision.accused,
+                    *(a for a in _unique(accused) if org.knows(a)),
+                    *_ambiguous_accused(matches, org),
+                )
+            )
         ),
         unresolved_matches=decision.unresolved_matches + _unresolved_matches(matches),
     )

@@ -24,6 +24,7 @@ president (p-li), nor the CEO above him (p-zhang).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -35,12 +36,31 @@ from hypothesis import strategies as st
 
 import services
 from services.domain.directory import DirectoryFile, Person
-from services.domain.events import ChainLevel, Exclusion, Reassigned, ReportSubmitted, Triaged
+from services.domain.events import (
+    ChainLevel,
+    Exclusion,
+    PeopleConfirmed,
+    PersonMatch,
+    Reassigned,
+    ReassignmentOrdered,
+    ReportSubmitted,
+    Triaged,
+)
 from services.domain.incident import report_digest
 from services.domain.org import OrgPerson, OrgSnapshot
 from services.domain.policy import CONFLICT_RULES, Policy
 from services.domain.reports import UnknownCategory
-from services.domain.triage import TriageDecision, decide, reexclude
+from services.domain.triage import (
+    ExcludedPerson,
+    TriageDecision,
+    confirmed_report,
+    conflicts_of,
+    decide,
+    may_confirm,
+    order_reassignment,
+    recuse,
+    reexclude,
+)
 from services.infra.config import load_yaml_model
 
 DATA = Path(services.__file__).parent / "data"
@@ -649,3 +669,186 @@ def test_an_amendment_never_leaves_a_conflicted_person_routed(
         kept = [p for p in old.recipients if p not in newly]
         if kept:
             assert list(new.recipients) == kept
+
+
+# -- names that match nobody or several people ------------------------------------------------
+
+
+def with_matches(submitted: ReportSubmitted, *matches: PersonMatch) -> ReportSubmitted:
+    return submitted.model_copy(update={"people_matches": list(matches)})
+
+
+def test_a_name_matching_several_people_excludes_them_all_and_asks_only_the_independent() -> None:
+    """ "Chen" could be p-chen or p-ma's namesake: both candidates are conflicted, and only
+    the independent roles see the report until someone confirms who is meant."""
+    ambiguous = PersonMatch(
+        field="accused", text="enc:v1:x", how="ambiguous", candidates=["p-chen", "p-ma"]
+    )
+    decision = decide(
+        with_matches(report(["enc:v1:x"]), ambiguous), SEED, POLICY, NOW, reporter_person=None
+    )
+    assert decision.conflict_unresolved and decision.unresolved_matches == 1
+    assert [(lv.role, lv.recipients, lv.acknowledge_within) for lv in decision.chain] == [
+        ("chief_ethics_officer", ("p-sun",), 4 * 3600),
+        ("board_audit_committee", ("p-board",), 24 * 3600),
+    ]
+    assert decision.deadlines["level_1_acknowledge"] == NOW + timedelta(hours=4)
+    rules = {x.principal: x.rules for x in decision.excluded}
+    assert rules["p-chen"] == rules["p-ma"] == ("ambiguous_match",)
+    # Either may be the accused: the managers above them are excluded as for an accused.
+    assert rules["p-li"] == rules["p-zhou"] == rules["p-zhang"] == ("accused_management_chain",)
+    assert decision.independent == ("p-sun", "p-board")
+    triaged = decision.to_triaged()
+    assert triaged.conflict_unresolved and triaged.independent == ["p-sun", "p-board"]
+
+
+def test_a_name_matching_nobody_asks_only_the_independent_roles() -> None:
+    nobody = PersonMatch(field="named", text="enc:v1:y", how="none")
+    decision = decide(
+        with_matches(report(["p-wang"], named=["enc:v1:y"]), nobody),
+        SEED,
+        POLICY,
+        NOW,
+        reporter_person="p-liu",
+    )
+    assert decision.conflict_unresolved
+    assert [lv.recipients for lv in decision.chain] == [("p-sun",), ("p-board",)]
+    assert {"p-wang", "p-li", "p-zhang", "p-liu"} <= decision.excluded_ids
+
+
+def test_without_independent_roles_an_unresolved_report_asks_nobody() -> None:
+    bare = POLICY.model_copy(
+        update={"conflicts": POLICY.conflicts.model_copy(update={"independent_roles": []})}
+    )
+    decision = decide(report(["someone"]), SEED, bare, NOW, reporter_person=None)
+    assert [(lv.role, lv.recipients) for lv in decision.chain] == [("independent_roles", ())]
+    assert decision.independent == ()
+
+
+def test_conflicts_of_checks_the_accuseds_reports_among_the_candidates_given() -> None:
+    people = conflicts_of(
+        accused=["p-zhou"],
+        named=[],
+        reporter=None,
+        org=SEED,
+        policy=POLICY,
+        category="harassment",
+        candidates=["p-ma", "p-chen"],
+    )
+    assert {x.principal: x.rule for x in people} == {
+        "p-zhou": "accused",
+        "p-zhang": "accused_management_chain",
+        "p-ma": "accused_reports",
+    }
+    fraud = conflicts_of(
+        accused=["p-zhou"], named=[], reporter=None, org=SEED, policy=POLICY,
+        category="fraud", candidates=["p-ma"],
+    )  # fmt: skip
+    assert "p-ma" not in {x.principal for x in fraud}
+
+
+# -- deciding again after the people are confirmed ---------------------------------------------
+
+
+def unresolved_decision() -> tuple[ReportSubmitted, TriageDecision]:
+    submitted = with_matches(
+        report(["enc:v1:x"]),
+        PersonMatch(
+            field="accused", text="enc:v1:x", how="ambiguous", candidates=["p-chen", "p-ma"]
+        ),
+    )
+    return submitted, decide(submitted, SEED, POLICY, NOW, reporter_person="p-liu")
+
+
+def test_only_an_independent_holder_who_is_not_excluded_may_confirm() -> None:
+    _, decision = unresolved_decision()
+    assert may_confirm(decision, "p-sun", SEED, POLICY)
+    assert not may_confirm(decision, "p-chen", SEED, POLICY)  # no independent role
+    excluded = decide(report(["p-sun"]), SEED, POLICY, NOW, reporter_person=None)
+    assert not may_confirm(excluded, "p-sun", SEED, POLICY)  # accused herself
+
+
+def test_a_confirmation_decides_again_keeping_every_exclusion_and_the_legal_clocks() -> None:
+    submitted, first = unresolved_decision()
+    later = NOW + timedelta(hours=3)
+    confirmed = PeopleConfirmed(principal="p-sun", accused=["p-wang"], named=[])
+    again = decide(
+        confirmed_report(submitted, confirmed),
+        SEED,
+        POLICY,
+        later,
+        reporter_person="p-liu",
+        prior=first,
+    )
+    assert again.revision == 2 and not again.conflict_unresolved
+    # The ordinary chain now. Exclusions are never lifted: p-chen and p-ma (candidates)
+    # and the line above them (p-zhou above p-ma) stay out.
+    assert [lv.recipients for lv in again.chain] == [(), (), ("p-sun",), ("p-board",)]
+    assert first.excluded_ids <= again.excluded_ids
+    assert {"p-wang", "p-li", "p-zhang"} <= again.excluded_ids
+    assert again.deadlines["level_1_acknowledge"] == later + timedelta(hours=1)
+    assert again.deadlines["feedback"] == first.deadlines["feedback"]
+    assert (
+        again.deadlines["reporter_acknowledgement"] == first.deadlines["reporter_acknowledgement"]
+    )
+    assert again.to_triaged().revision == 2
+
+
+def test_a_decision_survives_its_json_form() -> None:
+    _, decision = unresolved_decision()
+    assert TriageDecision.from_json(json.loads(json.dumps(decision.to_json()))) == decision
+
+
+# -- recusal and ordered reassignment -----------------------------------------------------------
+
+
+def test_a_recusing_handler_is_replaced_by_the_next_eligible_holder_of_her_role() -> None:
+    result = recuse(seed_decision(), "p-chen", SEED, POLICY)
+    assert result.reassigned == Reassigned(
+        removed=[Exclusion(principal="p-chen", rule="recused")], added=["p-ma"]
+    )
+    assert dict(result.levels) == {"p-ma": 1}
+    assert result.decision.chain[0].recipients == ("p-ma",)
+    assert result.decision.exclusion_of("p-chen") == ExcludedPerson(
+        "p-chen", "recused", ("recused",), True
+    )
+    # Recusing again changes nothing.
+    assert recuse(result.decision, "p-chen", SEED, POLICY).reassigned is None
+
+
+def test_when_nobody_is_left_the_recusal_still_removes_her() -> None:
+    first = recuse(seed_decision(), "p-chen", SEED, POLICY).decision
+    result = recuse(first, "p-ma", SEED, POLICY)
+    assert result.reassigned == Reassigned(
+        removed=[Exclusion(principal="p-ma", rule="recused")], added=[]
+    )
+    assert result.decision.chain[0].nobody_eligible
+
+
+def test_an_ordered_reassignment_adds_only_people_who_pass_every_exclusion() -> None:
+    order = ReassignmentOrdered(
+        principal="p-sun", to=["p-ma", "p-wang", "p-nobody"], remove=["p-chen"], reason="enc:v1:r"
+    )
+    result = order_reassignment(seed_decision(reporter="p-liu"), order, SEED, POLICY)
+    assert result.reassigned == Reassigned(
+        removed=[Exclusion(principal="p-chen", rule="reassigned")], added=["p-ma"]
+    )
+    assert result.decision.chain[0].recipients == ()
+    assert "p-chen" in result.decision.excluded_ids
+
+
+def test_an_ordered_reassignment_to_nobody_eligible_still_removes() -> None:
+    order = ReassignmentOrdered(principal="p-sun", to=["p-li"], remove=["p-chen"], reason="r")
+    result = order_reassignment(seed_decision(), order, SEED, POLICY)
+    assert result.reassigned == Reassigned(
+        removed=[Exclusion(principal="p-chen", rule="reassigned")], added=[]
+    )
+
+
+def test_an_order_from_someone_without_the_role_or_excluded_is_ignored() -> None:
+    by_handler = ReassignmentOrdered(principal="p-ma", to=["p-ma"], remove=["p-chen"], reason="r")
+    ignored = order_reassignment(seed_decision(), by_handler, SEED, POLICY)
+    assert ignored.reassigned is None and ignored.ignored
+    accused = decide(report(["p-sun"]), SEED, POLICY, NOW, reporter_person=None)
+    by_accused = ReassignmentOrdered(principal="p-sun", to=["p-ma"], reason="r")
+    assert order_reassignment(accused, by_accused, SEED, POLICY).reassigned is None
