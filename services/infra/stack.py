@@ -260,6 +260,25 @@ class _Stack:
                 if applied:
                     self.console.print(f"  {name}: applied {', '.join(applied)}")
 
+    def local_witness(self, host: str) -> int:
+        """Prepare the one local witness (docs/witness.md): its state in the state folder,
+        audit's key as the log it witnesses, and INCIDENTS_WITNESSES for audit. Its port."""
+        from services.audit.heads import load_signer
+        from services.witness.config import WitnessSettings, load_key
+
+        witness = WitnessSettings()
+        if not os.environ.get("INCIDENTS_WITNESS_STATE_DIR"):  # kept between runs by default
+            witness = WitnessSettings(state_dir=state_dir() / "witness")
+        if port_in_use(host, witness.port):
+            raise StackError(f"the witness port {witness.port} is in use on {host}")
+        log_key = load_signer(AuditSettings()).verifier_key
+        vkey = load_key(witness.state_dir, witness.name).verifier_key
+        os.environ["INCIDENTS_WITNESS_STATE_DIR"] = str(witness.state_dir)
+        os.environ["INCIDENTS_WITNESS_LOGS"] = log_key
+        os.environ["INCIDENTS_WITNESSES"] = f"http://{host}:{witness.port} {vkey}"
+        self.console.print(f"Witness: {vkey}")
+        return witness.port
+
     def start_services(
         self,
         names: Sequence[str],
@@ -488,6 +507,8 @@ def _run(
     stack.migrate(settings, list(ports))
     if stack.stop.is_set():
         return 0
+    if service_command is None and "audit" in ports and not os.environ.get("INCIDENTS_WITNESSES"):
+        ports = {"witness": stack.local_witness(host), **ports}
     stack.start_services(list(ports), ports, service_command or default_command)
     if not stack.wait_ready(host, ready_timeout):
         stack.console.print("Stopping (signal received) ...")
