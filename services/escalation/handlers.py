@@ -1,7 +1,8 @@
 """What escalation does: keep each incident's deadline, fire it once, deliver notices.
 
-Inputs (triage decisions, reassignments, acknowledgements, a handler's message to the
-reporter, which satisfies the feedback clock) and fired deadlines all go through
+Inputs (triage decisions and their later revisions, reassignments, acknowledgements,
+recusals, a handler's message to the reporter, which satisfies the feedback clock) and
+fired deadlines all go through
 `_step_or_hold`: lock the incident's state row, run a pure transition from
 `services.domain.escalation`, append its effects as events and store the new state
 and wake-up time, in one transaction. The scheduler sleeps until the earliest wake-up
@@ -11,6 +12,12 @@ Notices (`incident.notified.v1`) are queued in `deliveries` with the consumer's
 tracking row and delivered by a worker (`run_deliveries`), so a slow webhook or mail
 server never holds up the consumers; a notice that fails for good is recorded there
 and fed back as `delivery_failed`.
+
+Never silent (issue 18): every `incident.escalation.stalled.v1` the domain raises (nobody
+left to ask, the independent people included) is also counted
+(`incidents_escalation_stalled_total`) and logged at error level, and
+`incidents_escalation_stalled_incidents` counts the incidents stalled now; ignored
+acknowledgements are counted by reason and logged.
 """
 
 from __future__ import annotations
@@ -26,15 +33,18 @@ from datetime import UTC, datetime
 
 import asyncpg
 from aiokafka import ConsumerRecord
-from prometheus_client import Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from services.domain import escalation as esc
 from services.domain.envelope import Envelope
 from services.domain.events import (
     Acknowledged,
+    AcknowledgementIgnored,
+    EscalationStalled,
     InvalidEvent,
     Notified,
     Reassigned,
+    Recused,
     ReporterMessage,
     Triaged,
     data_of,
@@ -57,6 +67,18 @@ LATENESS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 30, 300),
 )
 PENDING = Gauge("incidents_escalation_pending_deadlines", "Incidents waiting on a deadline.")
+STALLED = Counter(
+    "incidents_escalation_stalled_total",
+    "Stall alerts raised (incident.escalation.stalled.v1): nobody left to ask, first or repeated.",
+)
+STALLED_NOW = Gauge(
+    "incidents_escalation_stalled_incidents", "Incidents whose escalation is stalled now."
+)
+ACK_IGNORED = Counter(
+    "incidents_escalation_acknowledgements_ignored_total",
+    "Acknowledgements ignored: the principal was excluded or not routed.",
+    ["reason"],
+)
 QUEUED = Gauge("incidents_notify_queue_pending", "Notices queued and not yet delivered or failed.")
 QUEUED_AGE = Gauge(
     "incidents_notify_queue_oldest_age_seconds",
@@ -95,7 +117,8 @@ class Escalation:
         """The batch's decisions and reassignments, in order, in one transaction.
 
         Consecutive decisions start their escalations together (`_start_all`: one
-        statement per table for the run). Each holds its incident's lock to the end of
+        statement per table for the run); a later revision of a decision restarts its
+        incident's chain (`esc.redecide`). Each holds its incident's lock to the end of
         the transaction; the other paths take one incident lock per transaction, so no
         cycle can form. A record that fails fails the batch, which `RecordProcessor`
         then retries one by one.
@@ -114,12 +137,7 @@ class Escalation:
                 decisions = []
                 with record_span(record):
                     if await self._track(conn, envelope, record) and isinstance(data, Reassigned):
-                        removed = [x.principal for x in data.removed]
-                        await self._step_or_hold(
-                            conn,
-                            envelope,
-                            lambda s, now, r=removed, a=data.added: esc.reassign(s, r, a, now),
-                        )
+                        await self._step_or_hold(conn, envelope, _transition_for(envelope))
             await self._start_all(conn, decisions)
 
     async def _start_all(
@@ -131,6 +149,8 @@ class Escalation:
 
         Tracking rows, incident locks, the new states and their events go in one
         statement each; early inputs held for these incidents are then replayed in order.
+        Decisions of incidents already started (a new revision, or a decision seen
+        again under another id) then step their state, one by one, in order.
         """
         first = await eventstore.track_each(
             conn, "escalation", [(e.id, r.topic, r.partition, r.offset) for r, e, _ in decisions]
@@ -151,8 +171,10 @@ class Escalation:
         now = self.now()
         rows: list[tuple[str, str, datetime | None, str | None]] = []
         appends: list[tuple[str, int, Sequence[Envelope]]] = []
+        revisions: list[tuple[ConsumerRecord, Envelope]] = []
         for record, envelope, triaged in todo:
             if envelope.subject in started:
+                revisions.append((record, envelope))
                 continue
             started.add(envelope.subject)
             with record_span(record):  # the state and its events continue the report's trace
@@ -171,8 +193,21 @@ class Escalation:
                     events = self._effect_events(state, effects, envelope, now)
                     appends.append((state.incident_id, versions[state.incident_id], events))
                     versions[state.incident_id] += len(events)
-        if not rows:
-            return
+                    _observe(state.incident_id, effects)
+        if rows:
+            await self._insert_started(conn, rows, appends)
+        for record, envelope in revisions:  # their rows exist now: nothing is held
+            with record_span(record):
+                await self._step_or_hold(conn, envelope, _transition_for(envelope))
+        self._wake.set()
+
+    async def _insert_started(
+        self,
+        conn: asyncpg.Connection,
+        rows: Sequence[tuple[str, str, datetime | None, str | None]],
+        appends: Sequence[tuple[str, int, Sequence[Envelope]]],
+    ) -> None:
+        """Insert new states and their events; replay the inputs held for them."""
         await conn.execute(
             "INSERT INTO escalation_state (incident_id, state, wakeup, traceparent)"
             " SELECT i, s::jsonb, w, t"
@@ -193,11 +228,13 @@ class Escalation:
         for row in early:
             held = parse_envelope(bytes(row["body"]))
             await self._step_or_hold(conn, held, _transition_for(held))
-        self._wake.set()
 
     async def on_activity(self, records: Sequence[ConsumerRecord]) -> None:
-        """Acknowledgements step the incident's state, one transaction each; the batch's
-        notices go to the delivery queue together, in one transaction."""
+        """Acknowledgements and recusals step the incident's state, one transaction each;
+        the batch's notices go to the delivery queue together, in one transaction.
+
+        A recusal excludes its principal at once (defence in depth: her acknowledgement
+        is ignored even before triage's reassignment arrives)."""
         notices: list[tuple[ConsumerRecord, Envelope, str | None]] = []
         for record in records:
             with record_span(record):
@@ -208,15 +245,11 @@ class Escalation:
                 if isinstance(data, Notified):
                     notices.append((record, envelope, current_traceparent()))
                     continue
-                if not isinstance(data, Acknowledged):
+                if not isinstance(data, Acknowledged | Recused):
                     continue
                 async with self.runtime.db.acquire() as conn, conn.transaction():
                     if await self._track(conn, envelope, record):
-                        await self._step_or_hold(
-                            conn,
-                            envelope,
-                            lambda s, now, p=data.principal: esc.acknowledge(s, p, now),
-                        )
+                        await self._step_or_hold(conn, envelope, _transition_for(envelope))
         if notices:
             async with self.runtime.db.acquire() as conn, conn.transaction():
                 fresh = await eventstore.track_many(
@@ -310,6 +343,7 @@ class Escalation:
         )
         if effects:
             await self._append(conn, after, effects, cause, now)
+            _observe(after.incident_id, effects)
         self._wake.set()
 
     async def _append(
@@ -418,11 +452,14 @@ class Escalation:
                     nearest = await self._nearest()
                 if time.monotonic() - counted >= PENDING_EVERY:
                     async with self.runtime.db.acquire() as conn:
-                        PENDING.set(
-                            await conn.fetchval(
-                                "SELECT count(*) FROM escalation_state WHERE wakeup IS NOT NULL"
-                            )
+                        # a stalled incident always waits on its next alert
+                        counts = await conn.fetchrow(
+                            "SELECT count(*) AS pending,"
+                            " count(*) FILTER (WHERE state @> '{\"stalled\": true}') AS stalled"
+                            " FROM escalation_state WHERE wakeup IS NOT NULL"
                         )
+                    PENDING.set(counts["pending"])
+                    STALLED_NOW.set(counts["stalled"])
                     counted = time.monotonic()
                 delay = 1.0
                 if nearest is not None:
@@ -546,13 +583,7 @@ class Escalation:
                             " WHERE event_id = $1 AND state = 'pending' RETURNING 1",
                             envelope.id,
                         ):
-                            await self._step_or_hold(
-                                conn,
-                                envelope,
-                                lambda s, now, p=notice.principal, lv=notice.level: (
-                                    esc.delivery_failed(s, p, lv, now)
-                                ),
-                            )
+                            await self._step_or_hold(conn, envelope, _transition_for(envelope))
             except TRANSIENT_ERRORS as exc:  # the lease runs out and it is delivered again
                 log.warning("notice %s: outcome not recorded: %r", envelope.id, exc)
 
@@ -589,8 +620,12 @@ def delivery_lease(settings: object) -> float:
 
 def _transition_for(envelope: Envelope) -> Callable[[esc.EscalationState, datetime], esc.Step]:
     data = data_of(envelope)
+    if isinstance(data, Triaged):  # a decision of an incident already started
+        return lambda s, now: esc.redecide(s, data, now)
     if isinstance(data, Acknowledged):
         return lambda s, now: esc.acknowledge(s, data.principal, now)
+    if isinstance(data, Recused):
+        return lambda s, now: esc.recuse(s, data.principal, now)
     if isinstance(data, Reassigned):
         removed = [x.principal for x in data.removed]
         return lambda s, now: esc.reassign(s, removed, data.added, now)
@@ -599,6 +634,32 @@ def _transition_for(envelope: Envelope) -> Callable[[esc.EscalationState, dateti
     if isinstance(data, Notified):  # held only when its delivery failed before the decision
         return lambda s, now: esc.delivery_failed(s, data.principal, data.level, now)
     return lambda s, now: (s, ())
+
+
+def _observe(incident_id: str, effects: Sequence[esc.Effect]) -> None:
+    """Count and log what operations must see among a step's effects.
+
+    Called inside the step's transaction: a transaction retried after a failure counts
+    its alert again (an alert too many, never one too few).
+    """
+    for effect in effects:
+        if isinstance(effect, EscalationStalled):
+            STALLED.inc()
+            log.error(
+                "incident %s: escalation stalled at level %d: nobody eligible, the"
+                " independent roles included; alerting again every %s s until someone acts",
+                incident_id,
+                effect.level,
+                effect.repeat_every,
+            )
+        elif isinstance(effect, AcknowledgementIgnored):
+            ACK_IGNORED.labels(effect.reason).inc()
+            log.warning(
+                "incident %s: acknowledgement at level %d ignored (%s)",
+                incident_id,
+                effect.level,
+                effect.reason,
+            )
 
 
 async def _lock_incident(conn: asyncpg.Connection, incident_id: str) -> None:

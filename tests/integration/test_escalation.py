@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -12,10 +13,12 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 
 from services.domain.events import (
     Acknowledged,
     ChainLevel,
+    Exclusion,
     Reassigned,
     Triaged,
     make_event,
@@ -453,3 +456,71 @@ async def test_a_batch_of_decisions_starts_each_escalation_once_in_order(
     assert cleared == {c}  # the early acknowledgement, replayed when c started
     assert held == 0
     assert dead == 1
+
+
+async def test_an_incident_whose_whole_chain_is_excluded_raises_a_stall_that_repeats(
+    common: dict[str, Any], settings: CommonSettings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The accused holds every level and no independent person is left: escalation
+    raises incident.escalation.stalled.v1 at once and again every second (the decision's
+    repeat interval), each counted and logged at error level, until a reassignment adds
+    someone."""
+    alone = EscalationSettings(
+        **{**common, "kafka_topic_prefix": f"{settings.kafka_topic_prefix}s."}
+    )
+    app = create_escalation(alone)
+    incident, now = str(uuid.uuid4()), datetime.now(UTC)
+    accused = [
+        ChainLevel(level=n, role=role, recipients=["p-li"], acknowledge_within=1)
+        for n, role in ((1, "hr_case_handler"), (2, "unit_president"))
+    ]
+    stuck = Triaged(
+        category="harassment",
+        severity="high",
+        policy_version="seconds-1",
+        chain=accused,
+        excluded=[Exclusion(principal="p-li", rule="accused")],
+        repeat_last_every=1,
+        independent=[],
+    )
+    rescue = Reassigned(added=["p-sun"])
+    before = REGISTRY.get_sample_value("incidents_escalation_stalled_total") or 0.0
+    caplog.set_level(logging.ERROR, logger="services.escalation.handlers")
+    async with serving(app, "http://escalation"):
+        escalation = app.state.escalation
+        triaged = make_event(
+            "incident.triaged.v1", subject=incident, data=stuck, source="/t", time=now
+        )
+        await escalation.on_triage([event_record("incident.triage", triaged, 0)])
+
+        async def alerts() -> list[Any] | None:
+            got = await read_all(alone.kafka_bootstrap, alone.topic("incident.escalations"))
+            events = [parse_event(r.value)[0] for r in got]
+            stalls = [e for e in events if e.type == "incident.escalation.stalled.v1"]
+            return stalls if len(stalls) >= 3 else None  # raised, then repeated twice
+
+        stalls = await eventually(alerts, timeout=20)
+        added = make_event(
+            "incident.reassigned.v1", subject=incident, data=rescue, source="/t", time=now
+        )
+        await escalation.on_triage([event_record("incident.triage", added, 1)])
+        async with escalation.runtime.db.acquire() as conn:
+            state = json.loads(
+                await conn.fetchval(
+                    "SELECT state FROM escalation_state WHERE incident_id = $1", incident
+                )
+            )
+    assert {e.subject for e in stalls} == {incident}
+    assert stalls[0].data == {
+        "level": 3,
+        "reason": "nobody_eligible",
+        "roles_tried": ["hr_case_handler", "unit_president"],
+        "repeat_every": 1,
+    }
+    assert len({e.id for e in stalls}) == len(stalls)  # each repeat is its own event
+    after = REGISTRY.get_sample_value("incidents_escalation_stalled_total") or 0.0
+    assert after - before >= 3
+    logged = [r for r in caplog.records if "escalation stalled" in r.getMessage()]
+    assert len(logged) >= 3 and all(r.levelno == logging.ERROR for r in logged)
+    # someone acts: p-sun is asked at the independent level and the alert stops
+    assert state["stalled"] is False and state["independent"] == ["p-sun"]
