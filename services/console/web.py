@@ -36,7 +36,8 @@ from services.infra.settings import CommonSettings
 PREFIX = "/ui"
 SESSION_MAX_AGE = 8 * 3600
 """Seconds the login cookie lives (an OIDC token may expire sooner: then log in again)."""
-MAX_FORM_FIELDS = 20
+MAX_FORM_FIELDS = 80
+"""Fields a form may send (the report form: its fields and up to 50 people picked)."""
 SECURITY_HEADERS = {
     "Cache-Control": "no-store",
     "Content-Security-Policy": (
@@ -180,7 +181,13 @@ def to_login(request: Request) -> Response:
 
 
 async def read_form(request: Request) -> dict[str, str]:
-    """The fields of a urlencoded form POST, after the CSRF checks (403 page otherwise)."""
+    """The fields of a urlencoded form POST, after the CSRF checks (403 page otherwise);
+    the first value of a field sent several times."""
+    return {name: values[0] for name, values in (await read_form_lists(request)).items()}
+
+
+async def read_form_lists(request: Request) -> dict[str, list[str]]:
+    """`read_form` with every value of each field (checkboxes sharing a name)."""
     if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
         raise ConsoleError(403, "Forbidden", "A form of another site cannot act here.")
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -191,9 +198,9 @@ async def read_form(request: Request) -> dict[str, str]:
         parsed = parse_qs(raw, keep_blank_values=True, max_num_fields=MAX_FORM_FIELDS)
     except (UnicodeDecodeError, ValueError):
         raise ConsoleError(400, "Bad form", "The form could not be read.") from None
-    fields = {name: values[0] for name, values in parsed.items()}
+    fields = dict(parsed)
     expected = request.cookies.get(console_of(request).csrf_cookie) or ""
-    sent = fields.pop("csrf", "")
+    sent = (fields.pop("csrf", None) or [""])[0]
     if not expected or not hmac.compare_digest(expected.encode(), sent.encode()):
         raise ConsoleError(
             403, "Form expired", "The form's security token did not match; reload the page."

@@ -634,11 +634,14 @@ READER_FIELDS: frozenset[str] = frozenset(
         "outcome",
         "reason",
         "note",
+        "people_matches",
+        "people_matches.text",
     }
 )
 """The sealed fields opened for a principal allowed to read the report (a handler, an
 auditor): the content. Never `reporter_identity`, and never the `reason` of
-`incident.identity.disclosed.v1` (see `openable`)."""
+`incident.identity.disclosed.v1` (see `openable`). A field inside the objects of a list
+is named `<list>.<field>` (`people_matches.text`), as its associated data is."""
 CUSTODIAN_FIELDS: frozenset[str] = READER_FIELDS | {"reporter_identity", "rule"}
 """The same, who reported, and the rule of a refusal (which may name the reporter): only
 on an identity custodian's recorded path."""
@@ -659,7 +662,8 @@ def open_data(
     open_field: Callable[[str, str], str | None],
     fields: frozenset[str],
 ) -> dict[str, Any]:
-    """A copy of `data` with the sealed values (top level, or in a list) of `fields` opened.
+    """A copy of `data` with the sealed values (top level, in a list, or in the objects of
+    a list: `<list>.<field>`) of `fields` opened.
 
     An allow-list: a sealed value of any other field stays sealed. `open_field(field,
     sealed)` returns the plaintext, or None when it cannot (the key is destroyed): the
@@ -674,6 +678,8 @@ def open_data(
             return UNREADABLE if opened is None else opened
         if isinstance(value, list):
             return [one(name, v) for v in value]
+        if isinstance(value, dict):
+            return {k: one(f"{name}.{k}", v) for k, v in value.items()}
         return value
 
     return {name: one(name, value) for name, value in data.items()}

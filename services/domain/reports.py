@@ -5,20 +5,128 @@
 Who the reporter is follows from who is calling (`reporter_of`), never from the body
 alone: a person reports as themselves, a system may name the person it reports for,
 and an anonymous caller has no reporter.
+
+One validation model wherever a report enters (HTTP, the console, `incident.inbound`):
+`ReportInput` refuses what the rest of the system cannot carry, so a report intake
+accepts is always decided. No text may hold a NUL, another control character (a
+description may hold tabs and line breaks) or a lone surrogate: triage stores the
+report as JSONB, which refuses `\\u0000`, and a surrogate cannot be encoded at all.
+
+People: each entry of `accused` / `named` is a person id the directory knows, or a
+free-text name (`resolve_people`, see docs/people-and-names.md). A plain string that
+is a known person id is that person; any other string is a name. `{"id": ...}` insists
+on an id (an unknown one is refused) and `{"name": ...}` on a name.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import re
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Final, Literal, Protocol
+from typing import Annotated, Final, Literal, NamedTuple, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+)
 
 from services.domain.envelope import Envelope, canonical_json, new_event_id
-from services.domain.events import SUBMITTED, ReportSubmitted, make_event
+from services.domain.events import SUBMITTED, PersonMatch, ReportSubmitted, make_event
 from services.domain.incident import REPORT_FIELDS
+from services.domain.names import MAX_NAME_LENGTH, NameMatch, is_valid_name, normalise, resolve
 from services.domain.policy import Policy
+
+_NOT_ONE_LINE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_NOT_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def one_line(value: str) -> str:
+    """`value` if it has no control character and no lone surrogate, else ValueError."""
+    if _NOT_ONE_LINE.search(value):
+        raise ValueError("control characters are not accepted here")
+    return value
+
+
+def text(value: str) -> str:
+    """`value` if its only control characters are tabs and line breaks, else ValueError."""
+    if _NOT_TEXT.search(value):
+        raise ValueError("control characters other than tabs and line breaks are not accepted")
+    return value
+
+
+OneLine = Annotated[str, AfterValidator(one_line)]
+Text = Annotated[str, AfterValidator(text)]
+NAME_RULE: Final = (
+    f"each name is 1 to {MAX_NAME_LENGTH} characters, with no control characters,"
+    " and has a letter or digit"
+)
+
+
+def _name(value: str) -> str:
+    value = value.strip()
+    if not is_valid_name(value):
+        raise ValueError(NAME_RULE)
+    return value
+
+
+Name = Annotated[str, AfterValidator(_name)]
+PERSON_ID_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._@:-]{0,99}$"
+
+
+class PersonById(BaseModel):
+    """A person picked from the directory (the people search): an unknown id is refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(max_length=100, pattern=PERSON_ID_PATTERN, description="A person id.")
+
+
+class PersonByName(BaseModel):
+    """A name as the reporter writes it: always resolved as a name, never taken as an id."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: Name = Field(description="A free-text name (" + NAME_RULE + ").")
+
+
+def _kind_of_entry(value: object) -> str | None:
+    if isinstance(value, str):
+        return "name"
+    if isinstance(value, PersonById) or (isinstance(value, dict) and "id" in value):
+        return "id"
+    if isinstance(value, PersonByName | dict):
+        return "by_name"
+    return None
+
+
+PersonEntry = Annotated[
+    Annotated[Name, Tag("name")]
+    | Annotated[PersonById, Tag("id")]
+    | Annotated[PersonByName, Tag("by_name")],
+    Discriminator(
+        _kind_of_entry,
+        custom_error_type="person_entry",
+        custom_error_message='a person is a string, {"id": ...} or {"name": ...}',
+    ),
+]
+_PEOPLE_DOC = (
+    " Each entry is a string (a person id the directory knows is that person; anything"
+    " else is a free-text name, resolved against the directory's names and alternative"
+    ' names), `{"id": ...}` (a person picked with `GET /v1/people/search`; an id the'
+    ' directory does not know is refused with 422) or `{"name": ...}` (always a name).'
+    " A name that matches exactly one person is replaced by their id; one that matches"
+    " nobody or several people is kept (sealed) and makes the report conflict-unresolved."
+    " A reporter may not name themselves as accused (422). "
+    + NAME_RULE[0].upper()
+    + NAME_RULE[1:]
+    + "."
+)
 
 
 class ReportInput(BaseModel):
@@ -26,23 +134,19 @@ class ReportInput(BaseModel):
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
-    category: str = Field(min_length=1, max_length=64, description="A policy category.")
-    summary: str = Field(min_length=1, max_length=500)
-    description: str = Field(min_length=1, max_length=100_000)
+    category: OneLine = Field(min_length=1, max_length=64, description="A policy category.")
+    summary: OneLine = Field(min_length=1, max_length=500)
+    description: Text = Field(min_length=1, max_length=100_000)
     occurred_at: datetime | None = None
-    location: str | None = Field(None, max_length=500)
-    unit: str | None = Field(None, max_length=100)
-    accused: list[str] = Field(default_factory=list, max_length=50)
-    named: list[str] = Field(default_factory=list, max_length=100)
-    channel: str | None = Field(None, max_length=64)
-
-    @field_validator("accused", "named")
-    @classmethod
-    def _names(cls, values: list[str]) -> list[str]:
-        cleaned = [v.strip() for v in values]
-        if any(not v or len(v) > 200 for v in cleaned):
-            raise ValueError("each entry is 1 to 200 characters")
-        return cleaned
+    location: OneLine | None = Field(None, max_length=500)
+    unit: OneLine | None = Field(None, max_length=100)
+    accused: list[PersonEntry] = Field(
+        default_factory=list, max_length=50, description="Who is accused." + _PEOPLE_DOC
+    )
+    named: list[PersonEntry] = Field(
+        default_factory=list, max_length=100, description="Others involved." + _PEOPLE_DOC
+    )
+    channel: OneLine | None = Field(None, max_length=64)
 
     @field_validator("occurred_at")
     @classmethod
@@ -50,9 +154,6 @@ class ReportInput(BaseModel):
         if value is not None and value.tzinfo is None:
             raise ValueError("occurred_at needs a timezone (RFC 3339)")
         return value
-
-
-PERSON_ID_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._@:-]{0,99}$"
 
 
 class ReportRequest(ReportInput):
@@ -183,25 +284,147 @@ NAMED_ACTOR: Final = "reporter:named"
 """The actor of a report a person made under their own name."""
 SEALED_REPORT_TEXT: Final = ("summary", "description", "location")
 """Free-text fields of a report that are always sealed."""
+MATCH_TEXT_FIELD: Final = "people_matches.text"
+"""The field name a `PersonMatch.text` is sealed under (associated data `<incident id>
+NUL people_matches.text`): `services.domain.events.open_data` opens it by that name."""
+
+
+class NameRow(NamedTuple):
+    """One name of the directory: its normal form, its spelling, whose, which kind."""
+
+    norm: str
+    name: str
+    person_id: str
+    kind: str  # primary | alternative
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One entry of `accused` / `named` once resolved: a person id, or a free-text name."""
+
+    value: str
+    is_id: bool
+
+
+@dataclass(frozen=True)
+class People:
+    """The accused and named of a report, resolved against the directory.
+
+    A free-text name that matched exactly one person is replaced by their id; others
+    stay names. `matches` has one `(field, text, match)` per free-text entry given.
+    """
+
+    accused: tuple[Entry, ...] = ()
+    named: tuple[Entry, ...] = ()
+    matches: tuple[tuple[Literal["accused", "named"], str, NameMatch], ...] = field(
+        default_factory=tuple
+    )
+
+
+class PeopleRefused(ValueError):
+    """An entry of `accused` / `named` cannot be taken: `where` is e.g. `accused.1`,
+    `reason` says why without quoting the input (dead letters keep it)."""
+
+    def __init__(self, where: str, reason: str) -> None:
+        super().__init__(f"{where}: {reason}")
+        self.where = where
+        self.reason = reason
+
+
+def to_look_up(report: ReportInput) -> tuple[list[str], list[str]]:
+    """What resolving the report's people needs from the directory: the entries that may
+    be person ids, and the normal forms of the entries that may be names."""
+    ids: list[str] = []
+    norms: list[str] = []
+    for entry in (*report.accused, *report.named):
+        if isinstance(entry, PersonById):
+            ids.append(entry.id)
+        elif isinstance(entry, PersonByName):
+            norms.append(normalise(entry.name))
+        else:
+            ids.append(entry)
+            norms.append(normalise(entry))
+    return ids, norms
+
+
+def resolve_people(
+    report: ReportInput,
+    *,
+    known_ids: Collection[str],
+    names: Iterable[NameRow] = (),
+    reporter: str | None = None,
+) -> People:
+    """Resolve the report's accused and named, given which of its entries are directory
+    ids (`known_ids`) and the directory's names with the normal forms of its other
+    entries (`names`, see `to_look_up`).
+
+    Raises PeopleRefused for `{"id": ...}` unknown to the directory, and when the
+    reporter is among the accused (by id, or by a name that can only mean them).
+    A person given twice in one list is kept once.
+    """
+    exact: dict[str, set[str]] = {}
+    primary: dict[str, set[str]] = {}
+    alternative: dict[str, set[str]] = {}
+    for row in names:
+        exact.setdefault(row.name, set()).add(row.person_id)
+        (primary if row.kind == "primary" else alternative).setdefault(row.norm, set()).add(
+            row.person_id
+        )
+    matches: list[tuple[Literal["accused", "named"], str, NameMatch]] = []
+
+    def one(
+        name: Literal["accused", "named"], entries: Sequence[str | PersonById | PersonByName]
+    ) -> tuple[Entry, ...]:
+        out: list[Entry] = []
+        for index, entry in enumerate(entries):
+            if isinstance(entry, PersonById) or (isinstance(entry, str) and entry in known_ids):
+                person = entry.id if isinstance(entry, PersonById) else entry
+                if person not in known_ids:
+                    raise PeopleRefused(f"{name}.{index}", "the directory has no such person id")
+                resolved = Entry(person, is_id=True)
+            else:
+                written = entry.name if isinstance(entry, PersonByName) else entry
+                match = resolve(written, exact, primary, alternative)
+                matches.append((name, written, match))
+                if match.person_id is not None:
+                    resolved = Entry(match.person_id, is_id=True)
+                else:
+                    resolved = Entry(written, is_id=False)
+            if name == "accused" and resolved.is_id and resolved.value == reporter:
+                raise PeopleRefused(f"{name}.{index}", "the reporter cannot be among the accused")
+            if resolved not in out:
+                out.append(resolved)
+        return tuple(out)
+
+    return People(one("accused", report.accused), one("named", report.named), tuple(matches))
 
 
 def protected_content(
-    content: dict[str, object], protect: Protector, known_people: Collection[str]
+    content: dict[str, object], protect: Protector, people: People
 ) -> dict[str, object]:
     """The report content as it is stored and published: free text sealed.
 
     Entries of `accused` and `named` that are person ids of the directory stay clear
-    (triage routes by them); every other entry is a free-text name and is sealed.
+    (triage routes by them); every other entry is a free-text name and is sealed, as
+    is the text of each `people_matches` entry.
     """
     out = dict(content)
     for name in SEALED_REPORT_TEXT:
         value = out.get(name)
         if isinstance(value, str):
             out[name] = protect.seal(name, value)
-    for name in ("accused", "named"):
-        values = out.get(name)
-        if isinstance(values, list):
-            out[name] = [v if v in known_people else protect.seal(name, str(v)) for v in values]
+    for name, entries in (("accused", people.accused), ("named", people.named)):
+        out[name] = [e.value if e.is_id else protect.seal(name, e.value) for e in entries]
+    out["people_matches"] = [
+        PersonMatch(
+            field=name,
+            text=protect.seal(MATCH_TEXT_FIELD, written),
+            how=match.how,
+            person_id=match.person_id,
+            candidates=list(match.candidates),
+        ).model_dump(mode="json")
+        for name, written, match in people.matches
+    ]
     return out
 
 
@@ -216,6 +439,7 @@ def submit_report(
     source: str,
     now: datetime,
     protect: Protector,
+    people: People | None = None,
     known_people: Collection[str] = (),
     traceparent: str | None = None,
     event_id: str | None = None,
@@ -225,20 +449,26 @@ def submit_report(
 
     `protect` holds the incident's keys: free text is sealed, the reporter travels as
     a pseudonym (and sealed in `reporter_identity`), and the digest is salted.
-    `known_people` are the directory's person ids among the accused and named. A
-    person reporting as themselves is the actor `reporter:named`: their id as the
-    actor would name the reporter in clear on every topic and in the ledger.
+    `people` are the accused and named as `resolve_people` resolved them (without it,
+    they are resolved here against `known_people`, the directory's person ids among
+    the entries, and no names). A person reporting as themselves is the actor
+    `reporter:named`: their id as the actor would name the reporter in clear on every
+    topic and in the ledger.
     """
     if reporter is not None and actor == reporter:
         actor = NAMED_ACTOR
     event_id = event_id or new_event_id()
     if report.category not in policy.categories:
         raise UnknownCategory(report.category, sorted(policy.categories))
+    if people is None:
+        people = resolve_people(report, known_ids=known_people, reporter=reporter)
     content = report.model_dump(mode="json", exclude={"channel", "reporter"})
+    content["accused"] = [e.value for e in people.accused]
+    content["named"] = [e.value for e in people.named]
     shown = {name: content.get(name) for name in REPORT_FIELDS}
     data = ReportSubmitted.model_validate(
         {
-            **protected_content(content, protect, known_people),
+            **protected_content(content, protect, people),
             "reporter": None if reporter is None else protect.pseudonym(reporter),
             "reporter_identity": (
                 None if reporter is None else protect.seal("reporter_identity", reporter)

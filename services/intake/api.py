@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from services.domain.receipts import request_digest
 from services.domain.reports import (
+    PeopleRefused,
     ReporterRefused,
     ReportRequest,
     UnknownCategory,
@@ -134,7 +135,11 @@ REPORT_RESPONSES: dict[int | str, dict[str, Any]] = {
     422: problem(
         "Invalid body or header: malformed JSON, a missing or overlong field, an unknown"
         " field, an unknown category (`valid_categories` lists the policy's), a reporter"
-        " the directory does not know, or `reporter: null` from an authenticated person."
+        " the directory does not know, `reporter: null` from an authenticated person, a"
+        " control character in a field (tabs and line breaks only in `description`), an"
+        ' empty, overlong or control-character name, an `{"id": ...}` the directory does'
+        " not know, or the reporter among the accused (`errors` names the entry, e.g."
+        " `accused.0`)."
     ),
 }
 
@@ -197,6 +202,13 @@ async def _take(
         raise Problem(422, "Unknown category", str(exc), valid_categories=exc.known) from exc
     except UnknownReporter as exc:
         raise Problem(422, "Unknown reporter", str(exc)) from exc
+    except PeopleRefused as exc:
+        raise Problem(
+            422,
+            "Invalid person",
+            str(exc),
+            errors=[{"field": exc.where, "message": exc.reason}],
+        ) from exc
     except IdempotencyConflict as exc:
         raise Problem(
             409,
@@ -230,6 +242,16 @@ async def post_report(
     A system (`system:*`) may name the person it reports for in `reporter`, who must
     be in the directory, or leave it out for an anonymous report (which gets a
     receipt and secret to pass on).
+
+    People: each entry of `accused` and `named` is a person id (as `GET
+    /v1/people/search` answers it), `{"id": ...}`, `{"name": ...}` or a plain name.
+    A plain string the directory knows as a person id is that person; anything else is
+    a name, resolved against the directory's names and alternative names (case,
+    spacing, accents, full-width forms and word order do not matter). A name matching
+    exactly one person becomes their id; one matching nobody or several people is kept
+    (sealed) and the report goes to the policy's independent roles only until they
+    confirm the people. Every free-text name's resolution is recorded in the event's
+    `people_matches`. See docs/people-and-names.md.
 
     Idempotency-Key: the same key (per caller) and the same body answer the same
     status and JSON again, with `Idempotent-Replayed: true`, and make no second

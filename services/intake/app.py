@@ -18,7 +18,7 @@ from services.infra.keystore import key_store, pseudonyms_of
 from services.infra.runtime import Runtime
 from services.infra.settings import IntakeSettings
 from services.infra.webapp import build_app
-from services.intake import directory_api, handlers, privacy, receipts, ui
+from services.intake import directory_api, handlers, people, privacy, receipts, ui
 from services.intake.api import router
 from services.intake.directory import seed
 from services.intake.inbound import InboundConsumer
@@ -74,6 +74,7 @@ def create_app(settings: IntakeSettings | None = None) -> FastAPI:
             "v1/reports",
             "v1/channels",
             "v1/receipts",
+            "v1/people",  # the people search: who searched for whom is never recorded
             "ui/report",
             "ui/receipt",
             "ui/static",
@@ -88,6 +89,7 @@ def create_app(settings: IntakeSettings | None = None) -> FastAPI:
     app.include_router(receipts.router)
     app.include_router(handlers.router)
     app.include_router(directory_api.router)
+    app.include_router(people.router)
     app.include_router(privacy.router)
     web.mount(app, ui.router, settings, title="Incidents")
     return app

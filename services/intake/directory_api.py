@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from services.domain.directory import Person
+from services.domain.reports import Name
 from services.infra.auth import Principal
 from services.infra.http import Problem
 from services.infra.runtime import Runtime
@@ -61,7 +62,13 @@ class PersonBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
-    name: str | None = Field(None, min_length=1, max_length=200)
+    name: Name | None = Field(None, description="Display name (shown by the people search).")
+    alternative_names: list[Name] = Field(
+        default_factory=list,
+        max_length=20,
+        description="Other names the person is known by (another script, a former name):"
+        " free-text names in reports and the people search match them too.",
+    )
     email: str | None = Field(
         None, max_length=254, pattern=r"^[^@\s]+@[^@\s]+$", description="E-mail address."
     )
@@ -86,6 +93,7 @@ class PersonBody(BaseModel):
 class PersonOut(BaseModel):
     person_id: str
     name: str | None
+    alternative_names: list[str]
     email: str | None
     unit: str | None
     manager_id: str | None
@@ -96,6 +104,7 @@ def _out(person: Person) -> dict[str, Any]:
     return {
         "person_id": person.id,
         "name": person.name,
+        "alternative_names": list(person.alternative_names),
         "email": person.email,
         "unit": person.unit,
         "manager_id": person.manager,
@@ -161,6 +170,7 @@ async def put_person(
     person = Person(
         id=person_id,
         name=body.name,
+        alternative_names=body.alternative_names,
         email=body.email,
         unit=body.unit,
         manager=body.manager_id,

@@ -1,7 +1,8 @@
 """The `incident.inbound` consumer: reports that other systems publish on Kafka.
 
 A valid `incident.report.submitted.v1` CloudEvent becomes an incident exactly as if it
-had been posted over HTTP (same validation). The inbound event id is the idempotency
+had been posted over HTTP (same validation, `ReportInput`, and the same resolution of
+the people named, `IntakeService.resolve_people`). The inbound event id is the idempotency
 key: a re-delivered record is tracked and skipped. Anything else goes to
 `incident.deadletter` with the reason and the source offset, in the same transaction
 as the tracking row, and the consumer carries on. The original bytes are withheld
@@ -22,7 +23,7 @@ from aiokafka import ConsumerRecord
 from pydantic import ValidationError
 
 from services.domain.events import SUBMITTED, InvalidEvent, explain, parse_envelope
-from services.domain.reports import ReportInput, UnknownCategory
+from services.domain.reports import PeopleRefused, ReportInput, UnknownCategory
 from services.infra import eventstore
 from services.infra.runtime import Runtime
 from services.infra.telemetry import current_traceparent
@@ -63,6 +64,11 @@ class InboundConsumer:
             unknown = UnknownCategory(report.category, sorted(self.service.policy.categories))
             await self._reject(record, str(unknown), key=key)
             return
+        try:  # the same resolution and refusals as POST /v1/reports
+            people = await self.service.resolve_people(report, reporter)
+        except PeopleRefused as exc:
+            await self._reject(record, f"invalid report: {exc}", key=key)
+            return
         # The plaintext of this record is sealed before anything is stored or republished
         # (incident.inbound itself must be short-retention: see the README, Privacy).
         async with self.runtime.db.acquire() as conn, conn.transaction():
@@ -79,6 +85,7 @@ class InboundConsumer:
                 actor=envelope.actor or f"system:{envelope.source}",
                 traceparent=current_traceparent() or envelope.traceparent,
                 causationid=envelope.id,
+                people=people,
             )
 
     async def _reject(self, record: ConsumerRecord, reason: str, key: str | None) -> None:

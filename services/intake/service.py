@@ -6,6 +6,9 @@ share their transaction with the reports that arrive while the previous one comm
 (`GroupCommit`): one COMMIT and one statement per table for the lot, each report still
 all-or-nothing (a failed batch is written again one by one).
 
+People search (`search_people`): the people a reporter may pick as accused or named,
+by the start of any word of their names; rate-limited per client in memory.
+
 Receipts (`open_receipt`, `reporter_view`, `message_from_reporter`): an anonymous
 reporter comes back with the receipt and the secret. Every attempt runs exactly one
 argon2id verification, against a dummy hash when the receipt does not exist or the
@@ -19,12 +22,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import hmac
 import json
 import logging
 import secrets
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
@@ -34,7 +38,9 @@ from argon2.exceptions import InvalidHashError, VerificationError
 
 from services.domain.envelope import Envelope
 from services.domain.events import ReporterMessage, make_event
+from services.domain.names import MAX_NAME_LENGTH, normalise
 from services.domain.policy import Policy
+from services.domain.ratelimit import TokenBuckets
 from services.domain.receipts import (
     FailureBudget,
     ReporterView,
@@ -47,12 +53,21 @@ from services.domain.receipts import (
     retry_after_seconds,
     sha256_hex,
 )
-from services.domain.reports import ReportInput, UnknownCategory, submit_report
+from services.domain.reports import (
+    People,
+    ReportInput,
+    UnknownCategory,
+    one_line,
+    resolve_people,
+    submit_report,
+    to_look_up,
+)
 from services.infra import eventstore
 from services.infra.groupcommit import GroupCommit
 from services.infra.keystore import KeyStore
 from services.infra.runtime import Runtime
 from services.infra.telemetry import current_traceparent
+from services.intake.directory import lookup_people, people_shown, search_people
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +87,13 @@ HASH_CONCURRENCY: Final = 4
 """Argon2 computations at once per process (each takes 64 MiB and a core for ~0.1 s)."""
 MESSAGE_RETRIES: Final = 10
 PRUNE_EVERY: Final = 60.0
+SEARCH_RESULTS: Final = 10
+"""At most this many people in one search answer."""
+SEARCH_MIN_CHARS: Final = 2
+"""A search needs this many letters or digits (spaces and punctuation do not count)."""
+SEARCH_BURST: Final = 30
+SEARCH_RATE: Final = 1.0
+"""Searches per client: a burst of SEARCH_BURST, then SEARCH_RATE a second."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +107,8 @@ class NewIncident:
     actor: str
     traceparent: str | None
     causationid: str | None = None
+    people: People = field(default_factory=People)
+    """The accused and named, resolved (`IntakeService.resolve_people`)."""
 
 
 @dataclass(frozen=True)
@@ -170,8 +194,29 @@ class TooManyAttempts(Exception):
         self.retry_after = retry_after
 
 
+class BadSearch(ValueError):
+    """A people search that cannot be run (too short, too long, control characters)."""
+
+
+@dataclass(frozen=True)
+class PersonFound:
+    """What a people search shows of a person: never roles, managers or addresses."""
+
+    id: str
+    name: str | None
+    unit: str | None
+
+
 class Busy(Exception):
     """The incident kept moving under us; the caller may retry."""
+
+
+def _one_line(text: str) -> bool:
+    try:
+        one_line(text)
+    except ValueError:
+        return False
+    return True
 
 
 def fresh_traceparent() -> str:
@@ -193,6 +238,8 @@ class IntakeService:
         receipt_window: float = RECEIPT_WINDOW,
         process_failures: int = PROCESS_FAILURES,
         process_window: float = PROCESS_WINDOW,
+        search_burst: int = SEARCH_BURST,
+        search_rate: float = SEARCH_RATE,
     ) -> None:
         self.runtime = runtime
         self.policy = policy
@@ -202,6 +249,10 @@ class IntakeService:
         self.receipt_window = receipt_window
         self.failures = FailureBudget(process_failures, process_window)
         self._hashing = asyncio.Semaphore(HASH_CONCURRENCY)
+        self.searches = TokenBuckets(capacity=search_burst, rate=search_rate)
+        # Client addresses are keyed under a per-process secret before they are used
+        # as bucket keys: the address itself is never held, logged or stored.
+        self._client_key = secrets.token_bytes(32)
         # Same parameters as every real hash, so verifying against it takes as long.
         self._dummy_hash = self.hasher.hash(new_secret())
         # One writer: while it commits, the next reports queue up and share the next
@@ -232,8 +283,9 @@ class IntakeService:
         the secret's argon2id hash is stored. With an Idempotency-Key, the answer is
         stored in the same transaction as the event; a request with the same key and
         body gets it again (the secret replaced by null and a note), another body
-        raises IdempotencyConflict. Raises UnknownCategory, and UnknownReporter when
-        `check_reporter` and the directory does not know the reporter.
+        raises IdempotencyConflict. Raises UnknownCategory, PeopleRefused (see
+        `resolve_people`), and UnknownReporter when `check_reporter` and the directory
+        does not know the reporter.
         """
         if idempotency is not None:
             async with self.runtime.db.acquire() as conn:
@@ -247,6 +299,7 @@ class IntakeService:
                 raise UnknownReporter(f"the directory has no person {reporter!r}")
         if report.category not in self.policy.categories:
             raise UnknownCategory(report.category, sorted(self.policy.categories))
+        people = await self.resolve_people(report, reporter)
         anonymous = reporter is None
         incident_id = str(uuid.uuid4())
         # the caller's span: a new root for anonymous reports (see api._take)
@@ -258,7 +311,7 @@ class IntakeService:
         answer = {"incident_id": incident_id, "receipt": receipt, "secret": None}
         stored = {**answer, "note": REPLAY_NOTE} if anonymous else answer
         new = NewReport(
-            NewIncident(incident_id, report, reporter, channel, actor, traceparent),
+            NewIncident(incident_id, report, reporter, channel, actor, traceparent, people=people),
             receipt,
             secret_hash,
             idempotency,
@@ -271,6 +324,16 @@ class IntakeService:
         if outcome is not None:  # a request with this key was answered first
             return outcome
         return Submission(202, {**answer, "secret": secret}, replayed=False)
+
+    async def resolve_people(self, report: ReportInput, reporter: str | None) -> People:
+        """The report's accused and named resolved against the directory: one indexed
+        statement for all its entries (none without entries). Raises PeopleRefused."""
+        ids, norms = to_look_up(report)
+        if not ids and not norms:
+            return People()
+        async with self.runtime.db.acquire() as conn:
+            known, names = await lookup_people(conn, ids, norms)
+        return resolve_people(report, known_ids=known, names=names, reporter=reporter)
 
     async def _write_reports(
         self, conn: asyncpg.Connection, reports: Sequence[NewReport]
@@ -376,12 +439,17 @@ class IntakeService:
         actor: str,
         traceparent: str | None,
         causationid: str | None = None,
+        people: People,
     ) -> Envelope:
         """Inside the caller's transaction: the incident's key, its sealed submitted event
         (stored and queued) and its retention row. Raises UnknownCategory."""
         (event,) = await self.open_incidents(
             conn,
-            [NewIncident(incident_id, report, reporter, channel, actor, traceparent, causationid)],
+            [
+                NewIncident(
+                    incident_id, report, reporter, channel, actor, traceparent, causationid, people
+                )
+            ],
         )
         return event
 
@@ -390,13 +458,6 @@ class IntakeService:
     ) -> list[Envelope]:
         """`open_incident` for several incidents, with one statement per table."""
         keys = await self.keys.create_many(conn, [i.incident_id for i in incidents])
-        names = sorted({name for i in incidents for name in (*i.report.accused, *i.report.named)})
-        known: frozenset[str] = frozenset()
-        if names:
-            rows = await conn.fetch(
-                "SELECT person_id FROM people WHERE person_id = ANY($1::text[])", names
-            )
-            known = frozenset(r["person_id"] for r in rows)
         now = datetime.now(UTC)
         events = [
             submit_report(
@@ -409,7 +470,7 @@ class IntakeService:
                 source=self.runtime.source,
                 now=now,
                 protect=key,
-                known_people=known,
+                people=i.people,
                 traceparent=i.traceparent,
                 causationid=i.causationid,
             )
@@ -458,6 +519,50 @@ class IntakeService:
         if request_hash != key.request_hash:
             raise IdempotencyConflict
         return submission
+
+    # -- people search -----------------------------------------------------------
+
+    def search_client(self, principal: str | None, address: str | None) -> str:
+        """The rate-limit key of a search: the principal, or for an anonymous caller a
+        keyed digest of the client address (all anonymous callers without an address,
+        or behind one proxy, share one bucket)."""
+        if principal is not None:
+            return f"principal:{principal}"
+        mac = hmac.new(self._client_key, (address or "").encode(), hashlib.sha256)
+        return f"anonymous:{mac.hexdigest()[:32]}"
+
+    async def search_people(self, query: str, client: str) -> list[PersonFound]:
+        """Up to SEARCH_RESULTS people with, for every word of `query` (normalised as
+        names are), a word of one of their names starting with it.
+
+        Raises TooManyAttempts when `client` (`search_client`) has no search left, and
+        BadSearch for a query with control characters, over MAX_NAME_LENGTH, or with
+        fewer than SEARCH_MIN_CHARS letters or digits. Logs nothing: the query and the
+        answer may say whom an anonymous reporter is about to report.
+        """
+        wait = self.searches.take(client, asyncio.get_running_loop().time())
+        if wait is not None:
+            raise TooManyAttempts(wait)
+        if len(query) > MAX_NAME_LENGTH or not _one_line(query):
+            raise BadSearch(
+                f"a search is at most {MAX_NAME_LENGTH} characters, without control characters"
+            )
+        words = normalise(query).split()
+        if sum(len(w) for w in words) < SEARCH_MIN_CHARS:
+            raise BadSearch(f"a search needs at least {SEARCH_MIN_CHARS} letters or digits")
+        async with self.runtime.db.acquire() as conn:
+            rows = await search_people(conn, sorted(set(words)), SEARCH_RESULTS)
+        return [PersonFound(r["person_id"], r["name"], r["unit"]) for r in rows]
+
+    async def people_picked(self, ids: Sequence[str]) -> list[PersonFound]:
+        """What the search showed of people already picked, in the order given (ids the
+        directory does not know are left out)."""
+        if not ids:
+            return []
+        async with self.runtime.db.acquire() as conn:
+            rows = await people_shown(conn, ids)
+        by_id = {r["person_id"]: PersonFound(r["person_id"], r["name"], r["unit"]) for r in rows}
+        return [by_id[i] for i in dict.fromkeys(ids) if i in by_id]
 
     # -- receipts ----------------------------------------------------------------
 

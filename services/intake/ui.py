@@ -8,7 +8,9 @@ comments and messages are `handlers.acknowledge`, `change_status`, `comment` and
 `message_reporter`. So access decisions, the 404 an excluded principal gets, the
 recorded refusals and any decryption of content are exactly the API's.
 
-Reporters: a report form (`api.post_report`, anonymous unless signed in), and the
+Reporters: a report form (`api.post_report`, anonymous unless signed in; the accused
+and named are picked with the people search, a search step that works without
+JavaScript, or written as names), and the
 receipt page, where the receipt and the secret are POSTed (never in a URL) to
 `open_receipt` and `reporter_view`, as `GET /v1/receipts/{receipt}` does. These routes
 are untraced (see `app.py`), and nothing about the reporter is stored.
@@ -28,6 +30,7 @@ from services.console.web import (
     ConsoleError,
     LoginNeeded,
     read_form,
+    read_form_lists,
     redirect,
     render,
     session_authorization,
@@ -38,8 +41,16 @@ from services.infra.auth import Principal
 from services.infra.http import Problem
 from services.intake import handlers
 from services.intake.api import post_report
+from services.intake.people import search_client
 from services.intake.principals import optional_principal
-from services.intake.service import Busy, IntakeService, ReceiptNotFound, TooManyAttempts
+from services.intake.service import (
+    BadSearch,
+    Busy,
+    IntakeService,
+    PersonFound,
+    ReceiptNotFound,
+    TooManyAttempts,
+)
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 
@@ -184,58 +195,126 @@ def _service(request: Request) -> IntakeService:
     return service
 
 
-@router.get("/report")
-async def report_form(request: Request) -> Response:
-    principal = await signed_in(request)
+PEOPLE_FIELDS = ("accused", "named")
+MAX_PICKED = 50
+
+
+def _report_page(
+    request: Request,
+    principal: Principal | None,
+    *,
+    status: int = 200,
+    values: dict[str, str] | None = None,
+    picked: dict[str, list[PersonFound]] | None = None,
+    found: dict[str, list[PersonFound]] | None = None,
+    searched: bool = False,
+    error: str | None = None,
+) -> Response:
     return render(
         request,
         "intake_report.html",
+        status=status,
         principal=principal.id if principal else None,
         categories=sorted(_service(request).policy.categories),
-        key=str(uuid.uuid4()),
-        values={},
-        error=None,
+        key=(values or {}).get("key") or str(uuid.uuid4()),
+        values=values or {},
+        picked=picked or {name: [] for name in PEOPLE_FIELDS},
+        found=found or {name: [] for name in PEOPLE_FIELDS},
+        searched=searched,
+        error=error,
     )
+
+
+@router.get("/report")
+async def report_form(request: Request) -> Response:
+    principal = await signed_in(request)
+    return _report_page(request, principal)
 
 
 def _names(text: str) -> list[str]:
     return [n.strip() for n in text.replace("\n", ",").split(",") if n.strip()]
 
 
+def _single(lists: dict[str, list[str]]) -> dict[str, str]:
+    return {name: values[0] for name, values in lists.items() if name not in _PICKS}
+
+
+_PICKS = {f"{name}_id" for name in PEOPLE_FIELDS}
+
+
 @router.post("/report")
 async def report(request: Request) -> Response:
-    """Submit through `post_report`; an anonymous reporter sees the receipt and secret once."""
+    """Submit through `post_report`; an anonymous reporter sees the receipt and secret once.
+
+    The people search without JavaScript: the form's "Search" button (`step=search`)
+    posts the draft here, and the page comes back with the draft as it was, the people
+    already picked (checked) and the people found (to check). The draft never goes into
+    a URL (history, proxies). Picked people are sent as `{"id": ...}`, the free-text
+    fields as names.
+    """
     principal = await signed_in(request)
-    fields = await read_form(request)
+    lists = await read_form_lists(request)
+    fields = _single(lists)
+    picks = {name: lists.get(f"{name}_id", [])[:MAX_PICKED] for name in PEOPLE_FIELDS}
+    if fields.get("step") == "search":
+        return await _search_step(request, principal, fields, picks)
     body: dict[str, Any] = {
         name: fields.get(name, "").strip()
         for name in ("category", "summary", "description", "location", "unit")
     }
     body = {k: v for k, v in body.items() if v or k in ("category", "summary", "description")}
-    body["accused"] = _names(fields.get("accused", ""))
-    body["named"] = _names(fields.get("named", ""))
-    categories = sorted(_service(request).policy.categories)
+    for name in PEOPLE_FIELDS:
+        body[name] = [{"id": i} for i in dict.fromkeys(picks[name])] + _names(fields.get(name, ""))
+    caller = principal.id if principal else None
     try:
         parsed = ReportRequest.model_validate(body)
-        answer = await post_report(parsed, request, principal, fields.get("key") or None)
+        answer = await post_report(parsed, request, caller, fields.get("key") or None)
     except (ValidationError, Problem) as exc:
         error = _invalid(exc).detail if isinstance(exc, ValidationError) else exc.detail
-        return render(
-            request,
-            "intake_report.html",
-            status=422,
-            principal=principal.id if principal else None,
-            categories=categories,
-            key=fields.get("key") or str(uuid.uuid4()),
-            values=fields,
-            error=error,
+        picked = {n: await _service(request).people_picked(picks[n]) for n in PEOPLE_FIELDS}
+        return _report_page(
+            request, principal, status=422, values=fields, picked=picked, error=error
         )
     submitted = json.loads(bytes(answer.body))
     return render(
         request,
         "intake_submitted.html",
-        principal=principal.id if principal else None,
+        principal=caller,
         submitted=submitted,
+    )
+
+
+async def _search_step(
+    request: Request,
+    principal: Principal | None,
+    fields: dict[str, str],
+    picks: dict[str, list[str]],
+) -> Response:
+    """The report form again with the people found for each field's search words."""
+    service = _service(request)
+    client = search_client(request, principal.id if principal else None)
+    picked = {name: await service.people_picked(picks[name]) for name in PEOPLE_FIELDS}
+    found: dict[str, list[PersonFound]] = {name: [] for name in PEOPLE_FIELDS}
+    error = None
+    try:
+        for name in PEOPLE_FIELDS:
+            query = fields.get(f"{name}_q", "").strip()
+            if query:
+                chosen = {p.id for p in picked[name]}
+                hits = await service.search_people(query, client)
+                found[name] = [p for p in hits if p.id not in chosen]
+    except BadSearch as exc:
+        error = f"Search: {exc}."
+    except TooManyAttempts as exc:
+        error = f"Too many searches; try again in {exc.retry_after} seconds."
+    return _report_page(
+        request,
+        principal,
+        values=fields,
+        picked=picked,
+        found=found,
+        searched=error is None,
+        error=error,
     )
 
 
