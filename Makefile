@@ -3,6 +3,7 @@
 #   make run      start the whole stack here (incidents up); Ctrl-C stops it
 #   make test     the whole test suite (unit, integration, e2e); PYTEST_ARGS passes through
 #   make lint     ruff (lint + format check) and mypy --strict on services/domain
+#   make docs     build the docs site (docs/, mkdocs.yml) with --strict: a broken link fails
 #
 # Every target installs first: a venv in .venv from `python3` (3.11 or newer; set
 # PYTHON=python3.12 to pick another), with the exact versions of constraints.txt.
@@ -23,12 +24,13 @@ SRC := services tests
 # Python >= 3.11, or a message saying what was found.
 PY_CHECK := import sys; v = sys.version_info; sys.exit(0 if v >= (3, 11) else f"error: Python >= 3.11 is required, {sys.executable} is {v.major}.{v.minor}")
 
-.PHONY: help venv install run test lint format schemas bench constraints clean
+.PHONY: help venv install run test lint docs format schemas bench constraints clean
 
 help:
 	@echo "make run          start the stack (broker, PostgreSQL if needed, four services)"
 	@echo "make test         run every test (PYTEST_ARGS=... passes options to pytest)"
 	@echo "make lint         ruff check, ruff format --check, mypy --strict services/domain"
+	@echo "make docs         build the docs site into .run/site (mkdocs --strict: broken links fail)"
 	@echo "make format       ruff check --fix, then ruff format"
 	@echo "make schemas      write the event JSON Schemas and asyncapi.yaml to schemas/"
 	@echo "make bench        incidents bench"
@@ -59,6 +61,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check $(SRC)
 	$(BIN)/ruff format --check $(SRC)
 	$(BIN)/mypy --strict services/domain
+
+# The docs site (mkdocs.yml, docs/) into .run/site. --strict turns every warning into an
+# error, a link to a page or anchor that does not exist included: this is the link check.
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict --quiet
 
 # Fixes what ruff can fix and formats; `make lint` shows whatever is left.
 format: $(STAMP)
