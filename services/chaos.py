@@ -10,7 +10,7 @@ The run, in order:
    written to the run folder and passed as `INCIDENTS_POLICY_FILE`), so every level's
    deadline and the reporter's acknowledgement clock pass during the run.
 2. **Reports at a steady rate**, a seeded mix of anonymous and named reports (the seed
-   case of the README among them: see `TEMPLATES`), each with its own
+   case of docs/getting-started.md among them: see `TEMPLATES`), each with its own
    `Idempotency-Key`. A report whose answer is lost (intake killed mid-request, a 5xx)
    is sent again with the same key until it gets its 202, as a careful client would.
    A share of the incidents is acknowledged by its level-1 handler a second or two

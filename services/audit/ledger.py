@@ -1,6 +1,6 @@
 """The ledger: canonical leaves, and appending consumed records exactly once, in order.
 
-Leaf encoding, version 1 (documented in README "Audit ledger"): the canonical JSON
+Leaf encoding, version 1 (documented in docs/audit.md): the canonical JSON
 (sorted keys, no whitespace, UTF-8) of
 
     {"v": 1, "index": <int>, "recorded_at": "<RFC 3339 UTC, microseconds, Z>",

@@ -70,7 +70,7 @@ class InboundConsumer:
             await self._reject(record, f"invalid report: {exc}", key=key)
             return
         # The plaintext of this record is sealed before anything is stored or republished
-        # (incident.inbound itself must be short-retention: see the README, Privacy).
+        # (incident.inbound itself must be short-retention: see docs/security.md, Privacy).
         async with self.runtime.db.acquire() as conn, conn.transaction():
             if not await eventstore.track(
                 conn, CONSUMER, key, record.topic, record.partition, record.offset

@@ -259,7 +259,7 @@ class IntakeService:
         # transaction. With two, paced arrivals mostly found a free writer and went one
         # per transaction (1.4 reports a commit at 350/s), and each transaction costs
         # intake about as much CPU as a report does: 2.2 against 2.0 ms per report at
-        # 420/s, and a p99 of 70-76 against 24-35 ms at 460/s (see the README).
+        # 420/s, and a p99 of 70-76 against 24-35 ms at 460/s (paced runs of incidents bench).
         self.writer: GroupCommit[NewReport, Submission | IdempotencyConflict | None] = GroupCommit(
             lambda: self.runtime.db, self._write_reports, name="intake reports", writers=1
         )
