@@ -727,9 +727,9 @@ def _widen(state: EscalationState, number: int, joining: tuple[str, ...]) -> Esc
 
 
 def _ignored(state: EscalationState, principal: str, reason: IgnoredReason) -> Step:
-    """An acknowledgement that does not count, recorded; a new version keys its event."""
+    """An acknowledgement that does not count, recorded (`_changed` gives it a version)."""
     ignored = AcknowledgementIgnored(principal=principal, level=state.current_level, reason=reason)
-    return replace(state, version=state.version + 1), (ignored,)
+    return _changed(state, state, (ignored,))
 
 
 def _fail_over(state: EscalationState, now: datetime) -> Step:
@@ -769,8 +769,9 @@ def _escalated(
 
 
 def _changed(old: EscalationState, new: EscalationState, effects: tuple[Effect, ...]) -> Step:
-    """Stamp a new version on a state that changed."""
-    if new == old:
+    """Stamp a new version on a state that changed or has effects: the effects' event ids
+    are keyed by the new version, so two steps never share one."""
+    if new == old and not effects:
         return old, effects
     return replace(new, version=old.version + 1), effects
 

@@ -113,6 +113,8 @@ class Story:
         before = self.state.version
         self.state, effects = fn(self.state, *args)
         assert self.state.version >= before
+        if effects:  # event ids are keyed by (incident, version, index): never reused
+            assert self.state.version == before + 1
         return self._keep(now, effects)
 
     def due(self, now: datetime, *expected: datetime | None) -> tuple[Effect, ...]:
