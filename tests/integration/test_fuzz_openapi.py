@@ -83,6 +83,7 @@ INTAKE_OPERATIONS = [
     ("POST", "/v1/incidents/{incident_id}/legal-hold/release"),
     ("PUT", "/v1/directory/people/{person_id}"),
     ("GET", "/v1/directory/people/{person_id}"),
+    ("GET", "/v1/people/search"),
 ]
 AUDIT_OPERATIONS = [
     ("GET", "/v1/incidents/{incident_id}/timeline"),
