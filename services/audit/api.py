@@ -296,7 +296,7 @@ async def ledger_size(conn: asyncpg.Connection) -> int:
 )
 async def entries(
     request: Request,
-    start: Annotated[int, Query(ge=0, le=MAX_INDEX)] = 0,
+    start: Annotated[int, Query(ge=0, le=MAX_INDEX - MAX_ENTRIES)] = 0,
     end: Annotated[int | None, Query(ge=0, le=MAX_INDEX)] = None,
     authorization: Annotated[str | None, Header()] = None,
 ) -> dict[str, Any]:
@@ -310,7 +310,7 @@ async def entries(
     one that does not has `event: null` and an `error`, so a verifier can name it.
     """
     principal = await require_auditor(request, authorization)
-    end = min(start + MAX_ENTRIES, MAX_INDEX) if end is None else end
+    end = start + MAX_ENTRIES if end is None else end
     if end < start:
         raise Problem(422, "Invalid range", "end must not be below start.")
     if end - start > MAX_ENTRIES:

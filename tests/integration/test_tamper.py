@@ -30,6 +30,7 @@ from typer.testing import CliRunner
 
 from services.audit.app import create_app
 from services.audit.merkle import leaf_hash
+from services.audit.trust import VerifierState, topic_heads, verify_service
 from services.audit.verify import (
     HttpSource,
     VerifyReport,
@@ -39,7 +40,7 @@ from services.audit.verify import (
 )
 from services.cli import app as cli
 from services.domain.envelope import CLOUDEVENTS_CONTENT_TYPE, canonical_json
-from services.domain.events import make_event
+from services.domain.events import Topic, make_event
 from services.domain.incident import report_digest
 from services.infra.settings import AuditSettings, CommonSettings
 from tests.helpers import eventually, serving
@@ -261,7 +262,7 @@ async def swap_with_a_later_entry(conn: asyncpg.Connection, ledger: Ledger, k: i
 
 
 async def break_the_json(conn: asyncpg.Connection, ledger: Ledger, k: int) -> None:
-    """A leaf the service itself can no longer decode: it answers 500 for its page."""
+    """A leaf that is no JSON any more (the service serves it as stored, with an error)."""
     leaf = b"\xff" + bytes(ledger.rows[k]["leaf"])[1:]
     await conn.execute("UPDATE audit.ledger SET leaf = $1 WHERE idx = $2", leaf, k)
 
@@ -363,3 +364,104 @@ async def test_an_incidents_bundle_verifies_offline_and_fails_when_altered(
     resigned = runner.invoke(cli, ["audit", "verify", "--bundle", str(path)])
     assert resigned.exit_code == 1
     assert "does not verify" in resigned.output
+
+
+# ------------------------------------------------ heads published, then cut away
+
+
+async def cut_back(audit: Audit, cut: int) -> None:
+    """As superuser, triggers off: drop the ledger from `cut` on together with the stored
+    subtrees and the signed heads above it, and rewind the counter so audit appends at
+    `cut` again (the issue's cut of 799-2005 and the 66 heads after 798)."""
+    tables = ("ledger", "ledger_nodes", "ledger_heads")
+    conn = await asyncpg.connect(audit.settings.database_url)
+    try:
+        async with conn.transaction():
+            # the counter first, as audit's appends lock it first (else they deadlock)
+            await conn.execute("SELECT last FROM audit.counters WHERE name = 'ledger' FOR UPDATE")
+            for table in tables:
+                await conn.execute(f"ALTER TABLE audit.{table} DISABLE TRIGGER USER")
+            await conn.execute("DELETE FROM audit.ledger WHERE idx >= $1", cut)
+            await conn.execute(
+                "DELETE FROM audit.ledger_nodes WHERE (idx + 1) * (2::bigint ^ level) > $1", cut
+            )
+            await conn.execute("DELETE FROM audit.ledger_heads WHERE tree_size > $1", cut)
+            await conn.execute("UPDATE audit.counters SET last = $1 WHERE name = 'ledger'", cut - 1)
+            for table in tables:
+                await conn.execute(f"ALTER TABLE audit.{table} ENABLE TRIGGER USER")
+    finally:
+        await conn.close()
+
+
+async def test_a_tail_cut_with_its_heads_and_signed_again_is_caught_from_state_and_topic(
+    audit: Audit, producer: AIOKafkaProducer, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    ledger = await fed(audit, producer)
+    state = VerifierState.load(tmp_path / "state.json")
+    report, _notes = await verify_service(audit.source(), state)
+    assert report.ok, report.reason
+    state.save()
+    largest = ledger.head_sizes[-1]
+
+    cut = ledger.head_sizes[-2]  # its head stays; every later one goes with the entries
+    await cut_back(audit, cut)
+    for n in range(2):  # audit carries on and signs a new, smaller tree
+        await producer.send_and_wait(audit.settings.topic("incident.activity"), an_event(n))
+    await eventually(lambda: _has(audit, cut + 2))
+    signed = await audit.app.state.heads.sign_if_due(force=True)
+    assert signed is not None and cut < signed.tree_size < largest
+
+    served_only = await verify(audit)
+    assert served_only.ok, "its own heads say nothing of the cut"
+
+    state = VerifierState.load(tmp_path / "state.json")
+    report, _notes = await verify_service(audit.source(), state)
+    assert not report.ok and "cut off" in (report.reason or "")
+    assert report.first_bad_index == report.entries_checked < largest
+    assert [h["tree_size"] for h in report.conflict] == [largest, signed.tree_size]
+    assert "the state file" in report.conflict[0]["where"]
+
+    published, unfinished = await topic_heads(
+        kafka_bootstrap, audit.settings.topic(Topic.CHECKPOINTS), within=10.0
+    )
+    assert unfinished is None
+    report, _notes = await verify_service(
+        audit.source(), VerifierState(tmp_path / "fresh.json"), heads=published
+    )
+    assert not report.ok and "cut off" in (report.reason or "")
+    assert report.conflict[0]["tree_size"] == largest
+    assert "audit.checkpoints topic" in report.conflict[0]["where"]
+
+
+async def _has(audit: Audit, size: int) -> bool:
+    return len(await _rows(audit)) >= size
+
+
+async def test_leaves_corrupted_into_non_json_are_served_and_every_one_named(
+    audit: Audit, producer: AIOKafkaProducer
+) -> None:
+    ledger = await fed(audit, producer)
+    k = ledger.middle_event()
+    bad = [k, k + 2]
+    async with behind_its_back(audit) as conn:
+        for index in bad:
+            leaf = b"{" + bytes(ledger.rows[index]["leaf"])[2:]
+            await conn.execute("UPDATE audit.ledger SET leaf = $1 WHERE idx = $2", leaf, index)
+    auth = {"authorization": f"Bearer {TOKEN}"}
+    answer = await audit.client.get(
+        "/v1/ledger/entries", params={"start": k, "end": k + 3}, headers=auth
+    )
+    assert answer.status_code == 200
+    served = answer.json()["entries"]
+    assert [e["event"] is None for e in served] == [True, False, True]
+    assert "error" in served[0] and "error" not in served[1]
+    report = await verify(audit)
+    assert not report.ok
+    assert report.first_bad_index == k and report.bad_indexes == bad, report.reason
+    huge = await audit.client.get(
+        "/v1/ledger/entries", params={"start": 9223372036854775807}, headers=auth
+    )
+    too_far = await audit.client.get(
+        "/v1/ledger/proofs/inclusion", params={"index": 0, "tree_size": 10**30}
+    )
+    assert (huge.status_code, too_far.status_code) == (422, 422)
