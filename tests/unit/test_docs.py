@@ -8,12 +8,15 @@ one the code no longer has. To rewrite both tables from the code:
 
     .venv/bin/python -m tests.unit.test_docs
 
-(The link check is `make docs`: mkdocs --strict fails on a link to a missing page.)
+The inbound example of docs/events.md must be an event intake accepts, with the
+incident id it documents. (The link check is `make docs`: mkdocs --strict fails on a
+link to a missing page or anchor.)
 """
 
 from __future__ import annotations
 
 import re
+import uuid
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -22,7 +25,8 @@ from pydantic import AliasChoices, SecretStr
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings
 
-from services.domain.events import CATALOG
+from services.domain.events import CATALOG, SUBMITTED, parse_envelope
+from services.domain.reports import ReportInput
 from services.infra.settings import (
     AuditSettings,
     CommonSettings,
@@ -39,6 +43,7 @@ DOCS = ROOT / "docs"
 CONFIGURATION = DOCS / "configuration.md"
 EVENTS = DOCS / "events.md"
 _DATA = ROOT / "services" / "data"
+REPORT_FIELDS = frozenset(ReportInput.model_fields)
 
 # (heading, settings class, fields of that class to list, who reads them)
 _BASES: tuple[type[BaseSettings], ...] = (CommonSettings, PseudonymSettings, ContentKeySettings)
@@ -164,6 +169,19 @@ def test_the_configuration_reference_lists_every_setting_and_no_other() -> None:
 def test_the_event_table_lists_every_event_type_and_no_other() -> None:
     listed = _backticked(_block(EVENTS.read_text(), "events"), r"[a-z_]+(?:\.[a-z_]+)+\.v\d+")
     assert listed == set(CATALOG), "stale event table: run `python -m tests.unit.test_docs`"
+
+
+def test_the_inbound_example_is_an_event_intake_accepts() -> None:
+    text = EVENTS.read_text()
+    section = text[text.index("## Publishing a report") :]
+    example = re.search(r"```json\n(.*?)```", section, re.DOTALL)
+    assert example, "no JSON example in the inbound section"
+    envelope = parse_envelope(example.group(1))
+    assert envelope.type == SUBMITTED
+    ReportInput.model_validate({k: v for k, v in envelope.data.items() if k in REPORT_FIELDS})
+    assert set(envelope.data) <= REPORT_FIELDS | {"reporter"}
+    incident_id = uuid.uuid5(uuid.NAMESPACE_URL, f"incident.inbound/{envelope.id}")
+    assert str(incident_id) in section, "the documented incident id is not the derived one"
 
 
 def test_every_setting_has_a_description() -> None:
