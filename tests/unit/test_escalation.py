@@ -789,7 +789,11 @@ ack_op = st.tuples(
 
 
 def decision_of(
-    chain: list[tuple[list[str], int]], repeat: int | None, excluded: set[str]
+    chain: list[tuple[list[str], int]],
+    repeat: int | None,
+    excluded: set[str],
+    independent: set[str] | None = None,
+    revision: int = 1,
 ) -> Triaged:
     return triaged(
         levels=[r for r, _ in chain],
@@ -797,6 +801,8 @@ def decision_of(
         repeat=repeat,
         excluded=sorted(excluded),
         deadlines={},
+        independent=sorted(independent or ()),
+        revision=revision,
     )
 
 
@@ -895,6 +901,15 @@ tick_op = st.tuples(st.just("tick"), st.integers(min_value=0, max_value=20_000),
 recuse_op = st.tuples(
     st.just("recuse"), st.integers(min_value=0, max_value=5_000), st.sampled_from(PRINCIPALS)
 )
+redecide_op = st.tuples(
+    st.just("redecide"),
+    st.integers(min_value=0, max_value=5_000),
+    st.tuples(
+        chains,
+        st.sets(st.sampled_from(PRINCIPALS), max_size=2),
+        st.sets(st.sampled_from(PRINCIPALS), max_size=2),
+    ),
+)
 
 
 @settings(max_examples=300, deadline=None)
@@ -902,17 +917,20 @@ recuse_op = st.tuples(
     chain=chains,
     repeat=st.none() | st.integers(min_value=1, max_value=10_000),
     excluded=st.sets(st.sampled_from(PRINCIPALS), max_size=2),
-    ops=st.lists(tick_op | ack_op | reassign_op | failed_op | recuse_op, max_size=30),
+    independent=st.sets(st.sampled_from(PRINCIPALS), max_size=2),
+    ops=st.lists(tick_op | ack_op | reassign_op | failed_op | recuse_op | redecide_op, max_size=30),
 )
-def test_reassignments_and_failures_never_reach_an_excluded_principal(
+def test_reassignments_recusals_and_revisions_never_reach_an_excluded_principal(
     chain: list[tuple[list[str], int]],
     repeat: int | None,
     excluded: set[str],
+    independent: set[str],
     ops: list[tuple[str, int, Any]],
 ) -> None:
-    story = Story(decision_of(chain, repeat, excluded))
+    story = Story(decision_of(chain, repeat, excluded, independent))
     now = T0
     banned = set(excluded)
+    restarted = False
     for kind, advance, arg in ops:
         now += timedelta(seconds=advance)
         level_before = story.state.current_level
@@ -929,6 +947,14 @@ def test_reassignments_and_failures_never_reach_an_excluded_principal(
         elif kind == "recuse":
             produced = story.step(now, esc.recuse, arg, now)
             banned.add(arg)
+        elif kind == "redecide":
+            new_chain, new_excluded, new_independent = arg
+            revision = story.state.revision + 1
+            again = decision_of(new_chain, repeat, new_excluded, new_independent, revision)
+            produced = story.step(now, esc.redecide, again, now)
+            banned |= new_excluded
+            restarted = True
+            level_before, acked_by = 0, None  # a new chain from its level 1
         else:
             principal, level = arg
             produced = story.step(now, esc.delivery_failed, principal, level, now)
@@ -944,4 +970,4 @@ def test_reassignments_and_failures_never_reach_an_excluded_principal(
         # never silent, whatever was removed
         assert story.state.acknowledged is not None or story.state.due_at is not None
     levels = [e.level for _, e in story.effects if isinstance(e, Escalated)]
-    assert levels == sorted(levels)
+    assert restarted or levels == sorted(levels)
