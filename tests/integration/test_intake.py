@@ -175,8 +175,21 @@ async def _at_least(settings: CommonSettings, n: int) -> list[asyncpg.Record] | 
             inbound_event(summary="Bob Smith groped me " * 40),
             "invalid report: summary: String should have at most",
         ),
+        (inbound_event(unit="city\x00retail"), "invalid report: unit: Value error, control"),
+        (
+            inbound_event(reporter="p-wang", accused=["Wang Jun"]),
+            "invalid report: accused.0: the reporter cannot be among the accused",
+        ),
     ],
-    ids=["not-json", "not-cloudevent", "unknown-category", "wrong-type", "report-text"],
+    ids=[
+        "not-json",
+        "not-cloudevent",
+        "unknown-category",
+        "wrong-type",
+        "report-text",
+        "nul-in-unit",
+        "reporter-accused",
+    ],
 )
 async def test_bad_inbound_records_are_dead_lettered_with_digest_reason_and_offset(
     intake: tuple[httpx.AsyncClient, IntakeSettings],
