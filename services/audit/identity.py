@@ -1,0 +1,76 @@
+"""One log, one identity: the signing key is bound to the log it signs (issue 19).
+
+Each audit database holds a log id, made with the database (migration 0005) and never
+changed. Beside the signing key, `<key file>.log` records the log that key signs
+(`{"log_id", "origin", "key_id"}`), written on the key's first start with a database.
+Audit refuses to start when its key is bound to another log: a fresh or replaced
+database would otherwise continue under the key and origin of an earlier log, so two
+different trees would be signed as one log and every earlier head and receipt would
+contradict the new ones. The way out is deliberate: give the new log its own key
+(`INCIDENTS_SIGNING_KEY_FILE`), or move the old key and its `.log` file away (outside
+production a new key is then made).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import asyncpg
+
+from services.audit.checkpoint import NoteSigner
+
+
+class LogIdentityError(RuntimeError):
+    """The signing key already signed a different log."""
+
+
+def binding_path(key_file: Path) -> Path:
+    """Where the log a key signs is recorded: beside the key, `<key file>.log`."""
+    return key_file.with_name(key_file.name + ".log")
+
+
+def bind(key_file: Path, signer: NoteSigner, log_id: str) -> None:
+    """Bind the key to `log_id` on first use; LogIdentityError if it signs another log."""
+    path = binding_path(key_file)
+    record = {"log_id": log_id, "origin": signer.name, "key_id": signer.key_id}
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # bound before (or by another instance just now): compare
+        pass
+    else:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(record, handle)
+        return
+    try:
+        bound = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise LogIdentityError(
+            f"{path} cannot be read ({exc}); it names the log that {key_file} signs"
+        ) from None
+    if not isinstance(bound, dict) or bound.get("log_id") != log_id:
+        other = bound.get("log_id") if isinstance(bound, dict) else bound
+        raise LogIdentityError(
+            f"the signing key {key_file} (key id {signer.key_id}, origin {signer.name}) signs"
+            f" the log {other}, but this database holds the log {log_id}: one key and origin"
+            " sign one log only. Give this log its own key (INCIDENTS_SIGNING_KEY_FILE), or,"
+            f" if the earlier log is gone for good, move {key_file} and {path} away."
+        )
+
+
+async def log_id_of(database_url: str, schema: str) -> str:
+    """The log id stored in audit's schema (made by migration 0005)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        value = await conn.fetchval(f'SELECT log_id FROM "{schema}".ledger_log')  # noqa: S608
+    finally:
+        await conn.close()
+    return str(value)
+
+
+async def bind_to_database(
+    key_file: Path, signer: NoteSigner, database_url: str, schema: str
+) -> None:
+    """`bind` the key to the log of this database (a step before audit starts)."""
+    bind(key_file, signer, await log_id_of(database_url, schema))
