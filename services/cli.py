@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from services.audit.cli import audit_app
+from services.audit.receipt_check import receipt_app
 from services.traces import traces_app
 from services.witness.cli import witness
 
@@ -26,6 +27,7 @@ def _root() -> None:
 app.add_typer(audit_app, name="audit")
 app.add_typer(traces_app, name="traces")
 app.command()(witness)
+app.add_typer(receipt_app, name="receipt")
 
 
 @app.command()

@@ -299,6 +299,11 @@ class IntakeSettings(ContentKeySettings, PseudonymSettings):
         description="Seconds between runs of the erasure job (destroys the keys of closed"
         " incidents whose retention has passed and that no legal hold keeps).",
     )
+    audit_url: str = Field(
+        "http://127.0.0.1:8004",
+        description="Audit's base URL: the receipt view fetches the reporter's ledger proof"
+        " there (docs/witness.md). Empty: receipts carry no proof.",
+    )
 
     port: int = Field(
         8001,

@@ -8,7 +8,7 @@ and repeated failures in one process, answer 429 with `Retry-After`.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Path, Request
 from fastapi.responses import JSONResponse
@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from services.domain.envelope import utc_rfc3339
 from services.infra.http import problem_response
 from services.intake.api import problem
+from services.intake.ledger_proof import ledger_proof
 from services.intake.service import (
     PROCESS_FAILURES,
     PROCESS_WINDOW,
@@ -56,6 +57,12 @@ class ReporterViewOut(BaseModel):
     )
     messages: list[MessageOut] = Field(
         description="Messages to and from the reporter, oldest first."
+    )
+    ledger_proof: dict[str, Any] | None = Field(
+        None,
+        description="Once the report is under a signed head: the proof that the audit"
+        " ledger holds it (its leaf, inclusion proof and cosigned checkpoint; check it with"
+        " `incidents receipt check`, docs/witness.md). Null until then.",
     )
 
 
@@ -146,7 +153,9 @@ async def get_receipt(
     except TooManyAttempts as exc:
         return _too_many(exc)
     view = await service.reporter_view(incident_id)
-    return JSONResponse(view.to_json(), headers=NO_STORE)
+    audit_url = getattr(service.runtime.settings, "audit_url", "")
+    proof = await ledger_proof(service.runtime, audit_url, incident_id)
+    return JSONResponse({**view.to_json(), "ledger_proof": proof}, headers=NO_STORE)
 
 
 @router.post(
