@@ -19,11 +19,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from services.domain.directory import Person
 from services.domain.reports import Name
 from services.infra.auth import Principal
-from services.infra.http import Problem
+from services.infra.http import Problem, problem_responses
 from services.infra.runtime import Runtime
 from services.intake.directory import get_person, upsert_person
 from services.intake.grants import SELF_GRANT, approve, pending, privileged_added, propose
-from services.intake.handlers import INVALID, TOO_LARGE, UNAUTHORIZED, problem_responses
+from services.intake.handlers import INVALID, TOO_LARGE, UNAUTHORIZED
 from services.intake.principals import RequiredPrincipal, require_role
 
 router = APIRouter(prefix="/v1", tags=["directory"])
