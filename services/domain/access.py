@@ -7,14 +7,23 @@ The rules, in order:
 
 1. An excluded (conflicted) principal is always refused, whatever else is true of
    them: routed by mistake, or holding a standing role. Exclusions never expire.
-2. A principal the incident is routed to (assigned, reassigned to, or escalated to)
-   may do everything: view, acknowledge, change status, comment, write to the reporter.
-3. A standing read role (`auditor`) may view, read-only: every other action is refused.
-4. Everyone else is refused.
+2. `reassign` needs one of the policy's `conflicts.reassign_roles` (routed or not);
+   `confirm_people` needs routing *and* one of `conflicts.independent_roles`.
+3. A principal the incident is routed to (assigned, reassigned to, or escalated to)
+   may do everything else: view, acknowledge, change status, comment, write to the
+   reporter, recuse.
+4. A standing read role (`auditor`) may view, read-only: every other action is refused.
+5. Everyone else is refused.
 
-A refusal says whether the incident's existence must stay hidden from the caller
-(`conceals`): from an excluded principal always, and from anyone refused a view.
-Refusing a write to a principal who is simply not routed (or read-only) may say so.
+A refusal hides the incident's existence (`conceals`, answered exactly like an unknown
+id) unless the caller knows of the incident anyway: a read-only reader refused a write,
+or a routed principal refused an action her role does not allow. `decide` only needs
+the caller's own row of the routing, so the refusal of a principal with no row (the
+unrelated, the unknown id) is an indexed lookup whatever the incident's size.
+
+The recorded reason (`Refused.reason`) is the same `excluded` for every conflict rule,
+so the ledger never tells the reporter (or any rule) apart; the rule itself is
+`Refused.rule`, which the caller records sealed.
 
 Exclusions hold from the first moment, not only once triage's decision arrived:
 `conflicted(...)` runs triage's own conflict rules (`services.domain.triage.conflicts_of`)
@@ -26,27 +35,74 @@ recorded refusal never says which rule (and so never who reported).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 from services.domain.envelope import Envelope
-from services.domain.events import ReportAmended, ReportSubmitted, is_sealed
+from services.domain.events import (
+    PeopleConfirmed,
+    ReportAmended,
+    ReportSubmitted,
+    is_sealed,
+)
 from services.domain.org import OrgSnapshot
 from services.domain.policy import Policy
 from services.domain.triage import conflicts_of
 
-Action = Literal["view", "acknowledge", "status", "comment", "message_reporter"]
-ACTIONS: tuple[Action, ...] = ("view", "acknowledge", "status", "comment", "message_reporter")
+Action = Literal[
+    "view",
+    "acknowledge",
+    "status",
+    "comment",
+    "message_reporter",
+    "recuse",
+    "reassign",
+    "confirm_people",
+]
+ACTIONS: tuple[Action, ...] = get_args(Action)
 READ_ACTIONS: frozenset[Action] = frozenset({"view"})
 
 STANDING_READ_ROLES: frozenset[str] = frozenset({"auditor"})
 """Roles that may view any incident they are not excluded from, and do nothing else."""
 
-RefusalReason = Literal["excluded", "not_routed", "read_only"]
+RefusalReason = Literal["excluded", "not_routed", "read_only", "role_required", "no_such_incident"]
 
 CONFLICT = "conflict"
-"""The rule of an exclusion derived before (or besides) triage: it names no rule."""
+"""The rule of an exclusion whose rule is not known (kept for old callers)."""
+ACCUSED_REPORTS = "accused_reports"
+"""The rule excluding people who answer to an accused (their management chain has one)."""
+DEFAULT_REASSIGN_ROLES: tuple[str, ...] = ("chief_ethics_officer",)
+"""Who may order a reassignment when the policy does not say (`conflicts.reassign_roles`)."""
+
+SUBMITTED = "incident.report.submitted.v1"
+AMENDED = "incident.report.amended.v1"
+CONFIRMED = "incident.people.confirmed.v1"
+
+
+@dataclass(frozen=True)
+class Roles:
+    """The policy's roles that grant the conflict actions (see `roles_of`)."""
+
+    reassign: frozenset[str] = frozenset(DEFAULT_REASSIGN_ROLES)
+    independent: frozenset[str] = frozenset()
+
+
+def roles_of(policy: Policy) -> Roles:
+    """The policy's `conflicts.reassign_roles` (default [chief_ethics_officer]) and
+    `conflicts.independent_roles`, read defensively (an older policy model lacks one)."""
+    conflicts = policy.conflicts
+    reassign = getattr(conflicts, "reassign_roles", None) or DEFAULT_REASSIGN_ROLES
+    independent = getattr(conflicts, "independent_roles", None) or ()
+    return Roles(reassign=frozenset(reassign), independent=frozenset(independent))
+
+
+def rules_on(policy: Policy, category: str | None) -> frozenset[str]:
+    """The conflict rules the policy turns on for `category` (per-category additions too)."""
+    rules_for = getattr(policy.conflicts, "rules_for", None)
+    if callable(rules_for):
+        return frozenset(rules_for(category))
+    return frozenset(policy.conflicts.exclude)
 
 
 @dataclass(frozen=True)
@@ -86,52 +142,144 @@ class Routing:
 
 @dataclass(frozen=True)
 class Implicated:
-    """The person ids an incident's report names in clear: accused and named."""
+    """The person ids an incident's report names in clear: accused, named, and the
+    candidates of an ambiguous name (all of them treated as conflicted)."""
 
     accused: tuple[str, ...] = ()
     named: tuple[str, ...] = ()
+    candidates: tuple[str, ...] = ()
 
     @property
     def people(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys((*self.accused, *self.named)))
+        return tuple(dict.fromkeys((*self.accused, *self.named, *self.candidates)))
 
 
 def implicated(events: Sequence[Envelope]) -> Implicated:
-    """The accused and named of the submission and every amendment, as stored.
+    """The accused and named of the submission, every amendment and every confirmation.
 
     Person ids are stored in clear; free-text names are sealed and skipped (nobody of
-    the directory can be matched to them, by triage either).
+    the directory can be matched to them, by triage either), but every candidate of an
+    ambiguous name counts. A confirmation adds its lists: exclusions only ever grow.
     """
     accused: list[str] = []
     named: list[str] = []
+    candidates: list[str] = []
     for envelope in events:
-        if envelope.type == "incident.report.submitted.v1":
+        if envelope.type == SUBMITTED:
             submitted = ReportSubmitted.model_validate(envelope.data)
             accused += submitted.accused
             named += submitted.named
-        elif envelope.type == "incident.report.amended.v1":
+            matches = submitted.people_matches
+        elif envelope.type == AMENDED:
             amended = ReportAmended.model_validate(envelope.data)
             accused += amended.accused_added
             named += amended.named_added
-    return Implicated(accused=_clear(accused), named=_clear(named))
+            matches = amended.people_matches
+        elif envelope.type == CONFIRMED:
+            confirmed = PeopleConfirmed.model_validate(envelope.data)
+            accused += confirmed.accused
+            named += confirmed.named
+            continue
+        else:
+            continue
+        candidates += [c for m in matches if m.how == "ambiguous" for c in m.candidates]
+    return Implicated(accused=_clear(accused), named=_clear(named), candidates=_clear(candidates))
 
 
 def _clear(ids: Iterable[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(i for i in ids if not is_sealed(i)))
 
 
-def conflicted(
-    found: Implicated, reporter: str | None, org: OrgSnapshot, policy: Policy
-) -> dict[str, str]:
-    """Who triage's conflict rules exclude from these facts, each with the rule `conflict`.
+def conflict_unresolved(events: Sequence[Envelope], known: Callable[[str], bool]) -> bool:
+    """Does the report name someone not (yet) confirmed to be a person of the directory?
 
-    `org` needs the implicated people and every manager above the accused (more is
-    harmless); `reporter` is the reporter's person id, None if anonymous or unknown.
+    True while a name of the report (since the last `incident.people.confirmed.v1`)
+    matched nobody or several people, or an entry is not a known directory id; a
+    confirmation settles everything named before it.
+    """
+    pending = False
+    for envelope in events:
+        if envelope.type == CONFIRMED:
+            pending = False
+            continue
+        if envelope.type == SUBMITTED:
+            submitted = ReportSubmitted.model_validate(envelope.data)
+            entries, matches = [*submitted.accused, *submitted.named], submitted.people_matches
+        elif envelope.type == AMENDED:
+            amended = ReportAmended.model_validate(envelope.data)
+            entries = [*amended.accused_added, *amended.named_added]
+            matches = amended.people_matches
+        else:
+            continue
+        if any(m.how in ("none", "ambiguous") for m in matches) or any(
+            is_sealed(e) or not known(e) for e in entries
+        ):
+            pending = True
+    return pending
+
+
+def conflicted(
+    found: Implicated,
+    reporter: str | None,
+    org: OrgSnapshot,
+    policy: Policy,
+    *,
+    asking: str | None = None,
+    category: str | None = None,
+) -> dict[str, str]:
+    """Who triage's conflict rules exclude from these facts, each with its first rule.
+
+    `org` needs the implicated people and every manager above the accused, and above
+    `asking` (more is harmless); `reporter` is the reporter's person id, None if
+    anonymous or unknown. Ambiguous candidates are excluded as named. `asking` (the
+    principal whose access is being decided) is checked for `accused_reports` too.
     """
     people = conflicts_of(
-        accused=found.accused, named=found.named, reporter=reporter, org=org, policy=policy
+        accused=found.accused,
+        named=(*found.named, *found.candidates),
+        reporter=reporter,
+        org=org,
+        policy=policy,
     )
-    return {x.principal: CONFLICT for x in people}
+    out = {x.principal: x.rule for x in people}
+    if (
+        asking is not None
+        and asking not in out
+        and ACCUSED_REPORTS in rules_on(policy, category)
+        and answers_to_accused(asking, found, org)
+    ):
+        out[asking] = ACCUSED_REPORTS
+    return out
+
+
+def answers_to_accused(person: str, found: Implicated, org: OrgSnapshot) -> bool:
+    """Is an accused (or a candidate of an ambiguous name) in `person`'s management
+    chain? `org` needs `person` and the managers above them."""
+    suspects = {*found.accused, *found.candidates}
+    return bool(suspects & set(org.managers_above(person).managers))
+
+
+def reassignment_refusals(
+    to: Sequence[str],
+    routing: Routing,
+    found: Implicated,
+    org: OrgSnapshot,
+) -> dict[str, str]:
+    """Why each person of a reassignment's `to` may not hold the incident (empty: all may).
+
+    `unknown`: not a person of the directory; `excluded`: any exclusion of the incident
+    (`routing` already holds triage's, the recusals, the conflicts known at once), or
+    someone who answers to an accused, whatever the category: a person chosen by hand
+    is held to the strictest rule.
+    `org` needs the people of `to` and the managers above them.
+    """
+    refusals: dict[str, str] = {}
+    for person in to:
+        if not org.knows(person):
+            refusals[person] = "unknown"
+        elif person in routing.excluded or answers_to_accused(person, found, org):
+            refusals[person] = "excluded"
+    return refusals
 
 
 @dataclass(frozen=True)
@@ -145,7 +293,7 @@ class Allowed:
 
 @dataclass(frozen=True)
 class Refused:
-    """The action is refused, and why."""
+    """The action is refused, and why: `reason` is recorded in clear, `rule` sealed."""
 
     action: Action
     reason: RefusalReason
@@ -153,31 +301,48 @@ class Refused:
 
     @property
     def detail(self) -> str:
-        """The reason as recorded in `incident.access.denied.v1` (`excluded:<rule>`...)."""
-        return f"{self.reason}:{self.rule}" if self.rule else self.reason
+        """The reason as recorded in `incident.access.denied.v1`: one word for every
+        conflict rule, so the record never tells the rules (and the reporter) apart."""
+        return self.reason
 
     @property
     def conceals(self) -> bool:
-        """True when the answer must not reveal that the incident exists."""
-        return self.reason == "excluded" or self.action in READ_ACTIONS
+        """True when the answer must not reveal that the incident exists: always, but
+        for a caller who knows of it anyway (a reader, a routed principal)."""
+        return self.reason not in ("read_only", "role_required")
 
 
 Decision = Allowed | Refused
 
 
 def decide(
-    routing: Routing, principal: str, roles: Iterable[str], action: Action
+    routing: Routing,
+    principal: str,
+    roles: Iterable[str],
+    action: Action,
+    grants: Roles = Roles(),
 ) -> Allowed | Refused:
-    """May `principal` (holding `roles`) do `action` on an incident routed as `routing`?"""
+    """May `principal` (holding `roles`) do `action` on an incident routed as `routing`?
+
+    Only the principal's own entries of `routing` are read. `grants` are the policy's
+    roles for `reassign` and `confirm_people`.
+    """
     if action not in ACTIONS:
         raise ValueError(f"unknown action {action!r}")
+    held = set(roles)
     rule = routing.excluded.get(principal)
     if rule is not None:
         return Refused(action, "excluded", rule)
     level = routing.routed.get(principal)
+    if action == "reassign":
+        if grants.reassign & held:
+            return Allowed(action, "routed" if level is not None else "standing_role", level)
+        return Refused(action, "role_required" if level is not None else "not_routed")
     if level is not None:
+        if action == "confirm_people" and not grants.independent & held:
+            return Refused(action, "role_required")
         return Allowed(action, "routed", level)
-    if STANDING_READ_ROLES & set(roles):
+    if STANDING_READ_ROLES & held:
         if action in READ_ACTIONS:
             return Allowed(action, "standing_role")
         return Refused(action, "read_only")

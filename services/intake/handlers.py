@@ -1,68 +1,63 @@
-"""Handlers' actions on incidents routed to them: view, acknowledge, status, comments.
+"""Handlers' actions on incidents routed to them: the HTTP routes (thin adapters).
 
-Every route needs a principal. Access is decided by `services.domain.access` over the
-routing projection (`services.intake.routing`) and the caller's directory roles.
+Every route needs a principal. The use cases are `services.intake.actions` (one unit of
+work per action: decide, record, commit, answer); access is decided there by
+`services.domain.access` over the routing projection (`services.intake.routing`) and
+the caller's directory roles. The routes build a use case's inputs from the request and
+map its errors to HTTP in one place (`_answer`).
 
-Each action is one transaction on the incident's stream in intake's event store: load
-the stream, decide, append (optimistic concurrency on the stream version, retried on
-a conflict), commit, and only then answer. So `incident.viewed.v1` is durable before
-any report content leaves the service; if it cannot be stored, nothing is shown.
+`incident.viewed.v1` is durable before any report content leaves the service; if it
+cannot be stored, nothing is shown. Content is sealed with the incident's key before it
+is stored (comments, messages, the closing outcome, reasons), and opened only for the
+view, after `incident.viewed.v1` committed (`incident_view`, which the JSON route and
+the console pages both call). Closing an incident starts its retention clock.
 
-Content is sealed with the incident's key before it is stored (comments, messages,
-the closing outcome), and opened only for the view, after `incident.viewed.v1`
-committed (`incident_view`, which the JSON route and the console pages both call).
-Closing an incident starts its retention clock (`retention.closed_at`, same
-transaction).
+Refusals reveal nothing: an excluded principal, a principal the incident is not routed
+to and any caller on an unknown id get the same answer on every route, read and write
+(404 `No such incident.`, byte for byte), at the same cost (see `actions`), recorded as
+`incident.access.denied.v1` on `access-denied:<id>`. Only a caller who knows of the
+incident anyway gets 403: a read-only reader asking to write, or a routed principal
+asking what her role does not allow (reassign, confirm the people).
 
-A refusal is recorded as `incident.access.denied.v1` on the incident's stream, or, for
-an incident intake does not know, on the stream `access-denied:<id>` (its subject is
-still the id asked for, so the audit timeline of that id shows the attempts). A
-refused view, and every refusal of an excluded (conflicted) principal, answers 404
-exactly as an unknown incident does; a refused write by a principal who is simply not
-routed, or read-only, answers 403.
+The conflict routes (issue 18, docs/conflicts.md): `POST .../recuse`, `.../reassign` and
+`.../people`.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime
-from typing import Annotated, Any, Literal, TypeVar
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from datetime import datetime
+from typing import Annotated, Any, Literal
 
-import asyncpg
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from services.domain.access import Action, Allowed, Refused, decide, status_change_refusal
+from services.domain.access import Action, status_change_refusal
 from services.domain.envelope import Envelope, utc_rfc3339
 from services.domain.events import (
-    AccessDenied,
     Acknowledged,
     Commented,
     EventData,
+    PrincipalId,
     ReporterMessage,
     StatusChanged,
     Viewed,
-    make_event,
 )
-from services.domain.incident import IncidentState, fold
+from services.domain.incident import fold
 from services.domain.policy import Policy
-from services.infra import eventstore
 from services.infra.auth import Principal
-from services.infra.crypto import CryptoError, IncidentKey
 from services.infra.http import Problem, problem_responses
 from services.infra.keystore import KeyStore
 from services.infra.runtime import Runtime
-from services.infra.telemetry import current_traceparent
+from services.intake import actions
+from services.intake.actions import ActionError, Build, Context, NotNow, T
 from services.intake.principals import RequiredPrincipal
-from services.intake.routing import access_routing
 
 router = APIRouter(prefix="/v1", tags=["handlers"])
 
-ATTEMPTS = 10
-"""Appends retried on a stream version conflict before answering 503."""
 MAX_LISTED = 200
 
 SUBMITTED = "incident.report.submitted.v1"
@@ -85,13 +80,20 @@ BUSY = (503, "The incident changed too often meanwhile; retry.")
 FAILED = (500, "Internal error: nothing was shown and nothing changed.")
 NOT_FOUND = (
     404,
-    "No such incident, or the caller may not know of it: refusals look exactly like an "
-    "unknown incident (`incident.access.denied.v1` is recorded).",
+    "No such incident, or the caller may not know of it (excluded, or not routed): every "
+    "such refusal looks exactly like an unknown incident (`incident.access.denied.v1` is "
+    "recorded).",
 )
 FORBIDDEN = (
     403,
-    "The incident is not routed to the caller, or the caller's access is read-only "
-    "(`incident.access.denied.v1` is recorded).",
+    "The caller knows of the incident but may not do this: read-only access, or a role "
+    "the action needs (`incident.access.denied.v1` is recorded).",
+)
+CLOSED = (409, "The incident is closed (or erased): nothing can change its people now.")
+PEOPLE_REFUSED = (
+    422,
+    "The request is not valid, or names a person who is not in the directory or may not "
+    "hold the incident (a conflict); `errors` lists them.",
 )
 
 
@@ -189,49 +191,7 @@ class MyIncidents(BaseModel):
     incidents: list[MyIncident]
 
 
-# The one way an action runs -------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Context:
-    """What an allowed action sees: the stream as loaded, its fold, the decision."""
-
-    runtime: Runtime
-    incident_id: str
-    principal: Principal
-    events: list[Envelope]
-    state: IncidentState
-    allowed: Allowed
-    key: IncidentKey | None = None
-
-    def seal(self, field_name: str, value: str) -> str:
-        """A value sealed with the incident's key; 409 once the incident was erased."""
-        if self.key is None:
-            raise Problem(
-                409, "Erased", "This incident's content was erased: nothing can be added."
-            )
-        return self.key.seal(field_name, value)
-
-    def event(self, type_: str, data: EventData) -> Envelope:
-        return make_event(
-            type_,
-            subject=self.incident_id,
-            data=data,
-            source=self.runtime.source,
-            time=datetime.now(UTC),
-            actor=self.principal.id,
-            correlationid=self.events[0].correlationid or self.events[0].id,
-            traceparent=current_traceparent(),
-        )
-
-
-@dataclass(frozen=True)
-class _Denied:
-    status: int
-
-
-T = TypeVar("T")
-Build = Callable[[Context], tuple[list[Envelope], T]]
+# The one way a route runs an action ---------------------------------------------
 
 
 def _runtime(request: Request) -> Runtime:
@@ -250,19 +210,9 @@ def policy_of(request: Request) -> Policy:
     return policy
 
 
-async def _act(
-    request: Request, principal: Principal, incident: uuid.UUID, action: Action, build: Build[T]
-) -> T:
-    """Decide and record one action; returns what `build` made, after the commit."""
-    return await act(
-        _runtime(request),
-        _keys(request),
-        principal,
-        str(incident),
-        action,
-        build,
-        policy=policy_of(request),
-    )
+def problem(error: ActionError) -> Problem:
+    """The HTTP answer to a use case's error: the one place they are mapped."""
+    return Problem(error.status, error.title, error.detail, **error.extra)
 
 
 async def act(
@@ -274,102 +224,35 @@ async def act(
     build: Build[T],
     *,
     policy: Policy,
+    people: Sequence[str] = (),
 ) -> T:
-    """Decide and record one action; returns what `build` made, after the commit."""
-    for _attempt in range(ATTEMPTS):
-        try:
-            async with runtime.db.acquire() as conn, conn.transaction():
-                result = await _attempt_once(
-                    runtime, keys, policy, conn, incident_id, principal, action, build
-                )
-        except eventstore.ConcurrencyError:
-            continue
-        # committed: the recorded events (or the refusal) are durable from here on
-        if isinstance(result, _Denied):
-            if result.status == 404:
-                raise Problem(404, "Not found", "No such incident.")
-            raise Problem(403, "Forbidden", "You may not do this on this incident.")
-        return result
-    raise Problem(503, "Busy", "The incident kept changing; retry.")
+    """`actions.act`, its errors answered as problem+json (`Problem`)."""
+    try:
+        return await actions.act(
+            runtime, keys, principal, incident_id, action, build, policy=policy, people=people
+        )
+    except ActionError as error:
+        raise problem(error) from None
 
 
-async def _attempt_once(
-    runtime: Runtime,
-    keys: KeyStore,
-    policy: Policy,
-    conn: asyncpg.Connection,
-    incident_id: str,
+async def _act(
+    request: Request,
     principal: Principal,
+    incident: uuid.UUID,
     action: Action,
     build: Build[T],
-) -> T | _Denied:
-    stored = await eventstore.load(conn, incident_id)
-    events = [s.envelope for s in stored]
-    version = stored[-1].version if stored else 0
-    state = fold(incident_id, events)
-    if not events or state.category is None:
-        await deny(runtime, conn, incident_id, principal, action, "no_such_incident", None, 0)
-        return _Denied(404)
-    routing = await access_routing(conn, incident_id, events, keys, policy)
-    verdict = decide(routing, principal.id, principal.roles, action)
-    if isinstance(verdict, Refused):
-        await deny(runtime, conn, incident_id, principal, action, verdict.detail, events, version)
-        return _Denied(404 if verdict.conceals else 403)
-    try:  # an incident from before #8 gets its key now; an erased one stays keyless
-        key: IncidentKey | None = await keys.create(conn, incident_id)
-    except CryptoError:
-        key = None
-    context = Context(runtime, incident_id, principal, events, state, verdict, key)
-    new, result = build(context)
-    await eventstore.append(
-        conn, incident_id, version, new, topic_prefix=runtime.settings.kafka_topic_prefix
-    )
-    for event in new:
-        if event.type == STATUS and event.data.get("status") == "closed":
-            await start_retention(conn, incident_id, state.category, event.time)
-    return result
-
-
-async def start_retention(
-    conn: asyncpg.Connection, incident_id: str, category: str | None, closed_at: datetime
-) -> None:
-    """The incident was closed: its retention runs from now (inside the caller's txn)."""
-    await conn.execute(
-        "INSERT INTO retention (incident_id, category, closed_at) VALUES ($1, $2, $3)"
-        " ON CONFLICT (incident_id) DO UPDATE SET closed_at = EXCLUDED.closed_at",
-        incident_id,
-        category or "",
-        closed_at,
-    )
-
-
-async def deny(
-    runtime: Runtime,
-    conn: asyncpg.Connection,
-    incident_id: str,
-    principal: Principal,
-    action: Action,
-    reason: str,
-    events: list[Envelope] | None,
-    version: int,
-) -> None:
-    """Record `incident.access.denied.v1`: on the incident's stream, or `access-denied:<id>`."""
-    event = make_event(
-        "incident.access.denied.v1",
-        subject=incident_id,
-        data=AccessDenied(principal=principal.id, action=action, reason=reason),
-        source=runtime.source,
-        time=datetime.now(UTC),
-        actor=principal.id,
-        correlationid=(events[0].correlationid or events[0].id) if events else None,
-        traceparent=current_traceparent(),
-    )
-    stream = incident_id
-    if not events:
-        stream = f"access-denied:{incident_id}"
-        version = await eventstore.stream_version(conn, stream)
-    await eventstore.append(
-        conn, stream, version, [event], topic_prefix=runtime.settings.kafka_topic_prefix
+    people: Sequence[str] = (),
+) -> T:
+    """Decide and record one action; returns what `build` made, after the commit."""
+    return await act(
+        _runtime(request),
+        _keys(request),
+        principal,
+        str(incident),
+        action,
+        build,
+        policy=policy_of(request),
+        people=people,
     )
 
 
@@ -633,7 +516,7 @@ async def change_status(
             outcome=body.outcome,
         )
         if refusal:
-            raise Problem(409, "Conflict", refusal, current_status=state.status)
+            raise NotNow(refusal, current_status=state.status)
         outcome = None if body.outcome is None else context.seal("outcome", body.outcome)
         event = context.event(
             STATUS, StatusChanged(principal=caller.id, status=body.status, outcome=outcome)
@@ -706,3 +589,126 @@ async def _simple(
         return [event], _recorded(context, event)
 
     return await _act(request, caller, incident, action, record)
+
+
+# Conflicts: recusal, reassignment, confirmation of the people ----------------------
+
+
+class RecuseBody(_Body):
+    reason: str | None = Field(
+        None, min_length=1, max_length=2000, description="Why (sealed; optional)."
+    )
+
+
+class ReassignBody(_Body):
+    to: list[PrincipalId] = Field(
+        min_length=1, max_length=20, description="Person ids who hold the incident now."
+    )
+    remove: list[PrincipalId] = Field(
+        default_factory=list,
+        max_length=20,
+        description="Person ids who stop holding it (excluded from it from then on).",
+    )
+    reason: str = Field(min_length=1, max_length=2000, description="Why (sealed).")
+
+
+class PeopleBody(_Body):
+    accused: list[PrincipalId] = Field(
+        default_factory=list, max_length=50, description="Every accused, as person ids."
+    )
+    named: list[PrincipalId] = Field(
+        default_factory=list, max_length=50, description="Everyone else involved, as ids."
+    )
+    outsiders: int = Field(
+        0, ge=0, le=1000, description="Names found to be nobody in the directory."
+    )
+    note: str | None = Field(
+        None, min_length=1, max_length=2000, description="Why (sealed; optional)."
+    )
+
+
+def _done(incident_id: uuid.UUID, done: actions.Done) -> dict[str, Any]:
+    return {
+        "incident_id": str(incident_id),
+        "event_id": done.event.id,
+        "type": done.event.type,
+        "status": done.status,
+    }
+
+
+@router.post(
+    "/incidents/{incident_id}/recuse",
+    status_code=202,
+    summary="Declare a conflict of interest on an incident routed to the caller",
+    response_model=Recorded,
+    responses={
+        202: {"description": "Recorded: `incident.recused.v1`; the caller is excluded now."},
+        **problem_responses(
+            UNAUTHORIZED, FORBIDDEN, NOT_FOUND, CLOSED, TOO_LARGE, INVALID, FAILED, BUSY
+        ),
+    },
+)
+async def recuse(
+    incident_id: IncidentId, body: RecuseBody, request: Request, caller: RequiredPrincipal
+) -> dict[str, Any]:
+    """The caller is excluded from the incident from this commit on (rule `recused`);
+    triage asks the next eligible person (`incident.reassigned.v1`)."""
+    done = await _act(request, caller, incident_id, "recuse", actions.recuse(body.reason))
+    return _done(incident_id, done)
+
+
+@router.post(
+    "/incidents/{incident_id}/reassign",
+    status_code=202,
+    summary="Order a reassignment (policy `conflicts.reassign_roles`)",
+    response_model=Recorded,
+    responses={
+        202: {"description": "Recorded: `incident.reassignment.ordered.v1`."},
+        **problem_responses(
+            UNAUTHORIZED, FORBIDDEN, NOT_FOUND, CLOSED, TOO_LARGE, PEOPLE_REFUSED, FAILED, BUSY
+        ),
+    },
+)
+async def reassign(
+    incident_id: IncidentId, body: ReassignBody, request: Request, caller: RequiredPrincipal
+) -> dict[str, Any]:
+    """`to` hold the incident now, `remove` stop holding it (and are excluded).
+
+    Each of `to` must be a person of the directory whom no exclusion of the incident
+    keeps out (triage's rules, the reporter, recusals, earlier removals) and who does not
+    answer to an accused; else 422 and nothing is recorded.
+    """
+    build = actions.reassign(body.to, body.remove, body.reason)
+    done = await _act(request, caller, incident_id, "reassign", build, (*body.to, *body.remove))
+    return _done(incident_id, done)
+
+
+@router.post(
+    "/incidents/{incident_id}/people",
+    status_code=202,
+    summary="Confirm or correct who a conflict-unresolved report concerns (independent roles)",
+    response_model=Recorded,
+    responses={
+        202: {"description": "Recorded: `incident.people.confirmed.v1`; triage decides again."},
+        **problem_responses(
+            UNAUTHORIZED,
+            FORBIDDEN,
+            NOT_FOUND,
+            (409, "The incident is closed, or its people are not unresolved (nothing to confirm)."),
+            TOO_LARGE,
+            PEOPLE_REFUSED,
+            FAILED,
+            BUSY,
+        ),
+    },
+)
+async def confirm_people(
+    incident_id: IncidentId, body: PeopleBody, request: Request, caller: RequiredPrincipal
+) -> dict[str, Any]:
+    """The complete lists of accused and named person ids from now on, by a holder of
+    one of the policy's `conflicts.independent_roles` the incident is routed to."""
+    build = actions.confirm_people(body.accused, body.named, body.outsiders, body.note)
+    done = await _act(
+        request, caller, incident_id, "confirm_people", build, (*body.accused, *body.named)
+    )
+    return _done(incident_id, done)

@@ -15,8 +15,10 @@
   the ledger still verifies and still says who knew when; their content never opens
   again, with any key the system holds.
 
-A principal excluded from the incident (a conflict) gets 404 here too, and every
-refusal is recorded as `incident.access.denied.v1`, as for handlers' actions.
+The role is checked first: a caller without it gets 403 whether the incident exists or
+not. A role holder excluded from the incident (a conflict) gets 404, as for an unknown
+id. Every refusal is recorded as `incident.access.denied.v1` on `access-denied:<id>`,
+as for handlers' actions.
 """
 
 from __future__ import annotations
@@ -52,8 +54,8 @@ from services.infra.http import Problem, problem_responses
 from services.infra.keystore import KeyStore
 from services.infra.runtime import Runtime
 from services.infra.telemetry import current_traceparent
+from services.intake.actions import ATTEMPTS, record_refusal
 from services.intake.handlers import (
-    ATTEMPTS,
     BUSY,
     FAILED,
     INVALID,
@@ -61,7 +63,6 @@ from services.intake.handlers import (
     SUBMITTED,
     UNAUTHORIZED,
     IncidentId,
-    deny,
     policy_of,
 )
 from services.intake.principals import RequiredPrincipal
@@ -148,25 +149,28 @@ async def _privileged(
         refused: int | None = None
         try:
             async with runtime.db.acquire() as conn, conn.transaction():
-                # The eraser's lock order: the retention row first, then the stream (and
-                # the event counter). Taken in the other order, a hold racing an erasure
-                # deadlocks.
-                await conn.execute(
-                    "SELECT 1 FROM retention WHERE incident_id = $1 FOR UPDATE", incident_id
-                )
-                stored = await eventstore.load(conn, incident_id)
-                events = [s.envelope for s in stored]
-                version = stored[-1].version if stored else 0
-                state = fold(incident_id, events)
+                # The role first: a caller without it is refused the same way, at the same
+                # cost, whether the incident exists or not (nothing is read of it).
                 reason = None
-                if not events or state.category is None:
-                    reason, refused, events, version = "no_such_incident", 404, [], 0
-                elif await _excluded(conn, keys, policy, incident_id, events, caller):
-                    reason, refused = "excluded", 404
-                elif role not in caller.roles:
+                if role not in caller.roles:
                     reason, refused = f"{role}_required", 403
+                else:
+                    # The eraser's lock order: the retention row first, then the stream
+                    # (and the event counter). Taken in the other order, a hold racing an
+                    # erasure deadlocks.
+                    await conn.execute(
+                        "SELECT 1 FROM retention WHERE incident_id = $1 FOR UPDATE", incident_id
+                    )
+                    stored = await eventstore.load(conn, incident_id)
+                    events = [s.envelope for s in stored]
+                    version = stored[-1].version if stored else 0
+                    state = fold(incident_id, events)
+                    if not events or state.category is None:
+                        reason, refused = "no_such_incident", 404
+                    elif await _excluded(conn, keys, policy, incident_id, events, caller):
+                        reason, refused = "excluded", 404
                 if reason is not None:  # recorded, and committed before the answer
-                    await deny(runtime, conn, incident_id, caller, action, reason, events, version)  # type: ignore[arg-type]
+                    await record_refusal(runtime, conn, incident_id, caller, action, reason)
                 else:
                     data, result = build(events, state, await keys.get(conn, incident_id))
                     event = make_event(

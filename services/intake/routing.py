@@ -7,12 +7,24 @@ The `intake-routing` consumer keeps the `routing` table (migration 0003):
 - `incident.reassigned.v1`: the `removed` principals stop being routed and become
   excluded (with their rule); the `added` ones are routed, at the level of those they
   replace (else the incident's current level, else 1);
-- `incident.escalated.v1`: the `recipients` are routed at `level`.
+- `incident.escalated.v1`: the `recipients` are routed at `level`;
+- `incident.triaged.v1` of a later `revision` (after the people were confirmed): its
+  exclusions are added and its new level 1 is routed (nobody routed before is unrouted,
+  nobody excluded is ever let back in);
+- intake's own `incident.recused.v1` (the principal is excluded, rule `recused`) and
+  `incident.reassignment.ordered.v1` (`remove` excluded, rule `reassigned`; `to` routed
+  at their level): applied by intake in the transaction that records them, so the
+  recused is refused from that commit on, before triage answers.
 
-`access_routing` is what every access decision of intake takes: this projection plus
-the exclusions intake derives at once from the incident's own events and its directory
-(`services.domain.access.conflicted`, triage's rules), so the conflicted are refused
-before triage's decision arrives, and even if it never does.
+The table is intake's access table: `caller_routing` reads one principal's row by its
+primary key, which is all a refusal needs (`services.intake.actions`); its cost does not
+depend on the incident's size, nor on whether the incident exists.
+
+`access_routing` is what an access decision takes once the caller may act: this
+projection plus the exclusions intake derives at once from the incident's own events and
+its directory (`services.domain.access.conflicted`, triage's rules, and whether the
+caller answers to an accused), so the conflicted are refused before triage's decision
+arrives, and even if it never does.
 
 Other event types of these topics are tracked and ignored. An exclusion is never
 lifted by a later event, so records of the two topics may arrive in any order without
@@ -25,19 +37,29 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 from aiokafka import ConsumerRecord
 
-from services.domain.access import Routing, RoutingRow, conflicted, implicated
+from services.domain.access import (
+    Implicated,
+    Routing,
+    RoutingRow,
+    conflicted,
+    implicated,
+)
 from services.domain.directory import Person
 from services.domain.envelope import Envelope
 from services.domain.events import (
     Assigned,
     Escalated,
+    Exclusion,
     InvalidEvent,
     Reassigned,
+    ReassignmentOrdered,
+    Recused,
     Triaged,
     data_of,
     parse_envelope,
@@ -87,33 +109,63 @@ async def apply_event(conn: asyncpg.Connection, envelope: Envelope) -> None:
                 _EXCLUDE,
                 [(incident, x.principal, x.rule, at, envelope.id, False) for x in data.excluded],
             )
+            if data.revision > 1 and data.chain:  # a re-decision: its level 1 is asked now
+                first = data.chain[0]
+                await _many(
+                    conn,
+                    _ROUTE,
+                    [(incident, p, first.level, at, envelope.id) for p in first.recipients],
+                )
+        case Recused():
+            await _many(
+                conn, _EXCLUDE, [(incident, data.principal, "recused", at, envelope.id, True)]
+            )
+        case ReassignmentOrdered():
+            await _replace(conn, envelope, data.remove, "reassigned", data.to)
         case Assigned():
             await _many(
                 conn, _ROUTE, [(incident, p, data.level, at, envelope.id) for p in data.principals]
             )
         case Reassigned():
-            gone = [x.principal for x in data.removed]
-            level = await conn.fetchval(
-                "SELECT coalesce("
-                " (SELECT min(level) FROM routing WHERE incident_id = $1 AND routed"
-                "  AND principal = ANY($2::text[])),"
-                " (SELECT max(level) FROM routing WHERE incident_id = $1 AND routed),"
-                " 1)",
-                incident,
-                gone,
+            await _replace(
+                conn, envelope, [x.principal for x in data.removed], data.removed, data.added
             )
-            await _many(
-                conn,
-                _EXCLUDE,
-                [(incident, x.principal, x.rule, at, envelope.id, True) for x in data.removed],
-            )
-            await _many(conn, _ROUTE, [(incident, p, level, at, envelope.id) for p in data.added])
         case Escalated():
             await _many(
                 conn, _ROUTE, [(incident, p, data.level, at, envelope.id) for p in data.recipients]
             )
         case _:
             return
+
+
+async def _replace(
+    conn: asyncpg.Connection,
+    envelope: Envelope,
+    gone: Sequence[str],
+    rules: Sequence[Exclusion] | str,
+    added: Sequence[str],
+) -> None:
+    """Unroute and exclude `gone` (each with its rule, or all with one), and route `added`
+    at the level of those they replace (else the incident's current level, else 1)."""
+    incident, at = envelope.subject, envelope.time
+    level = await conn.fetchval(
+        "SELECT coalesce("
+        " (SELECT min(level) FROM routing WHERE incident_id = $1 AND routed"
+        "  AND principal = ANY($2::text[])),"
+        " (SELECT max(level) FROM routing WHERE incident_id = $1 AND routed),"
+        " 1)",
+        incident,
+        list(gone),
+    )
+    excluded = (
+        [(p, rules) for p in gone]
+        if isinstance(rules, str)
+        else [(x.principal, x.rule) for x in rules]
+    )
+    await _many(
+        conn, _EXCLUDE, [(incident, p, rule, at, envelope.id, True) for p, rule in excluded]
+    )
+    await _many(conn, _ROUTE, [(incident, p, level, at, envelope.id) for p in added])
 
 
 async def _many(conn: asyncpg.Connection, statement: str, rows: list[tuple[Any, ...]]) -> None:
@@ -128,6 +180,22 @@ async def routing_of(conn: asyncpg.Connection, incident_id: str) -> Routing:
         "SELECT principal, level, routed, excluded_rule FROM routing WHERE incident_id = $1",
         incident_id,
     )
+    return _routing(rows)
+
+
+async def caller_routing(conn: asyncpg.Connection, incident_id: str, principal: str) -> Routing:
+    """One principal's routing of an incident (one primary-key lookup): all `decide`
+    reads for her, and the same work for an incident that does not exist."""
+    rows = await conn.fetch(
+        "SELECT principal, level, routed, excluded_rule FROM routing"
+        " WHERE incident_id = $1 AND principal = $2",
+        incident_id,
+        principal,
+    )
+    return _routing(rows)
+
+
+def _routing(rows: Sequence[asyncpg.Record]) -> Routing:
     return Routing.from_rows(
         RoutingRow(
             principal=r["principal"],
@@ -151,23 +219,53 @@ SELECT person_id, unit, manager_id, roles FROM people WHERE person_id IN (SELECT
 """
 
 
+@dataclass(frozen=True)
+class Facts:
+    """What the conflict rules need of one incident: who its events implicate, who
+    reported (None if anonymous), and the directory around them (see `facts_of`)."""
+
+    found: Implicated
+    reporter: str | None
+    org: OrgSnapshot
+
+
+async def facts_of(
+    conn: asyncpg.Connection,
+    incident_id: str,
+    events: Sequence[Envelope],
+    keys: KeyStore,
+    people: Sequence[str] = (),
+) -> Facts:
+    """The incident's conflict facts; the directory holds the implicated, `people` and
+    every manager above them (a chain each: never a scan of the organisation)."""
+    found = implicated(events)
+    wanted = list(dict.fromkeys((*found.people, *people)))
+    rows = await conn.fetch(_CHAIN, wanted) if wanted else []
+    org = OrgSnapshot.from_people(
+        Person(id=r["person_id"], unit=r["unit"], manager=r["manager_id"], roles=r["roles"])
+        for r in rows
+    )
+    reporter = await keys.reporter_of(conn, incident_id, events)
+    return Facts(found, reporter, org)
+
+
 async def access_routing(
     conn: asyncpg.Connection,
     incident_id: str,
     events: Sequence[Envelope],
     keys: KeyStore,
     policy: Policy,
+    *,
+    asking: str | None = None,
+    category: str | None = None,
 ) -> Routing:
-    """The routing access is decided on: the projection, plus conflicts known at once."""
+    """The routing access is decided on: the projection, plus conflicts known at once
+    (for `asking` too: whether she answers to an accused, where `category`'s rules say)."""
     routing = await routing_of(conn, incident_id)
-    found = implicated(events)
-    rows = await conn.fetch(_CHAIN, list(found.people)) if found.people else []
-    org = OrgSnapshot.from_people(
-        Person(id=r["person_id"], unit=r["unit"], manager=r["manager_id"], roles=r["roles"])
-        for r in rows
+    facts = await facts_of(conn, incident_id, events, keys, (asking,) if asking else ())
+    return routing.excluding(
+        conflicted(facts.found, facts.reporter, facts.org, policy, asking=asking, category=category)
     )
-    reporter = await keys.reporter_of(conn, incident_id, events)
-    return routing.excluding(conflicted(found, reporter, org, policy))
 
 
 def routing_handler(runtime: Runtime) -> BatchHandler:

@@ -109,7 +109,8 @@ async def test_an_excluded_principal_gets_the_same_404_as_for_an_unknown_inciden
     assert REPORT["summary"] not in refused.text
     strip = re.compile(r'value="[^"]+"')
     assert strip.sub("", refused.text) == strip.sub("", unknown.text)
-    assert "incident.access.denied.v1" in await types_of(env, incident)
+    # recorded on the incident's refusal stream (never its own: see services.intake.actions)
+    assert "incident.access.denied.v1" in await types_of(env, f"access-denied:{incident}")
     ack = await wang.post(
         f"/ui/incidents/{incident}/acknowledge",
         data={"csrf": csrf_of(refused)},

@@ -24,9 +24,10 @@ from fastapi import FastAPI
 
 from services.domain.envelope import Envelope
 from services.domain.events import CATALOG, EventData, is_sealed, make_event, parse_event
+from services.infra import eventstore
 from services.infra.localstack import run_sync
 from services.infra.settings import IntakeSettings
-from services.intake import handlers
+from services.intake import actions, handlers
 from services.intake.app import create_app
 from tests.helpers import eventually, serving
 from tests.integration.test_reports import module_settings
@@ -41,8 +42,9 @@ TOKENS = {
     "p-li": "dev-li-token",  # his manager
     "p-liu": "dev-liu-token",  # employee, nobody's handler
     "p-audit": "dev-auditor-token",  # auditor
+    "p-sun": "dev-sun-token",  # chief_ethics_officer (independent; may reassign)
 }
-REPORT = {
+REPORT: dict[str, Any] = {
     "category": "sexual_misconduct",
     "summary": "Assault by store manager",
     "description": "On Friday evening the store manager ...",
@@ -84,7 +86,8 @@ async def env(kafka_bootstrap: str, make_database: Callable[[str], str]) -> Asyn
 async def fetch(settings: IntakeSettings, sql: str, *args: Any) -> list[asyncpg.Record]:
     conn = await asyncpg.connect(settings.database_url)
     try:
-        return await conn.fetch(sql, *args)
+        rows: list[asyncpg.Record] = await conn.fetch(sql, *args)
+        return rows
     finally:
         await conn.close()
 
@@ -98,6 +101,11 @@ async def stream(settings: IntakeSettings, stream_id: str) -> list[Envelope]:
 
 async def of_type(settings: IntakeSettings, incident: str, type_: str) -> list[Envelope]:
     return [e for e in await stream(settings, incident) if e.type == type_]
+
+
+async def denials(settings: IntakeSettings, incident: str) -> list[Envelope]:
+    """The refusals recorded for an incident id (never on the incident's own stream)."""
+    return await stream(settings, f"access-denied:{incident}")
 
 
 async def opened(env: Env, incident: str, events: list[Envelope]) -> list[dict[str, Any]]:
@@ -252,7 +260,7 @@ async def test_a_routed_handler_sees_the_report_only_after_the_view_is_committed
     committed_at_build: list[int] = []
     original = handlers.report_view
 
-    def spying(context: handlers.Context) -> dict[str, Any]:
+    def spying(context: actions.Context) -> dict[str, Any]:
         # Another connection sees only committed rows: the event and its outbox row.
         async def count() -> int:
             conn = await asyncpg.connect(env.settings.database_url)
@@ -301,7 +309,7 @@ async def test_no_content_is_returned_when_the_view_cannot_be_recorded(
     # as a real server answers: the error handler's 500, not an exception in the client
     transport = httpx.ASGITransport(app=env.app, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://intake") as client:
-        monkeypatch.setattr(handlers.eventstore, "append", broken)
+        monkeypatch.setattr(eventstore, "append", broken)
         answer = await client.get(f"/v1/incidents/{incident}", headers=auth("p-chen"))
         monkeypatch.undo()
     assert answer.status_code == 500
@@ -331,10 +339,12 @@ async def test_an_unknown_incident_is_404_and_the_attempt_is_recorded(env: Env) 
     assert answer.headers["content-type"] == "application/problem+json"
     ack = await env.client.post(f"/v1/incidents/{unknown}/acknowledge", headers=auth("p-chen"))
     assert ack.status_code == 404
-    events = await stream(env.settings, f"access-denied:{unknown}")
+    events = await denials(env.settings, unknown)
+    # refused on the caller's (absent) routing row: the same work and record as for a
+    # real incident not routed to her
     assert [(e.type, e.subject, e.data["action"], e.data["reason"]) for e in events] == [
-        ("incident.access.denied.v1", unknown, "view", "no_such_incident"),
-        ("incident.access.denied.v1", unknown, "acknowledge", "no_such_incident"),
+        ("incident.access.denied.v1", unknown, "view", "not_routed"),
+        ("incident.access.denied.v1", unknown, "acknowledge", "not_routed"),
     ]
     await on_topic(env.settings, "incident.activity", denied(unknown, "p-chen", "view"))
 
@@ -344,8 +354,13 @@ async def test_someone_the_incident_is_not_routed_to_gets_the_same_404(env: Env)
     unknown = await env.client.get(f"/v1/incidents/{uuid.uuid4()}", headers=auth("p-liu"))
     answer = await env.client.get(f"/v1/incidents/{incident}", headers=auth("p-liu"))
     assert answer.status_code == 404 and answer.json() == unknown.json()
-    [event] = await of_type(env.settings, incident, "incident.access.denied.v1")
-    assert event.data == {"principal": "p-liu", "action": "view", "reason": "not_routed"}
+    [event] = await denials(env.settings, incident)
+    assert event.data == {
+        "principal": "p-liu",
+        "action": "view",
+        "reason": "not_routed",
+        "rule": None,
+    }
     assert await of_type(env.settings, incident, "incident.viewed.v1") == []
     await on_topic(env.settings, "incident.activity", denied(incident, "p-liu", "view"))
 
@@ -366,15 +381,15 @@ async def test_an_excluded_principal_is_refused_even_when_routed(env: Env) -> No
         )
         assert answer.status_code == 404, (path, answer.text)  # he must not learn it exists
         assert REPORT["summary"] not in answer.text
-    denials = await of_type(env.settings, incident, "incident.access.denied.v1")
-    assert [(e.data["principal"], e.data["action"], e.data["reason"]) for e in denials] == [
-        ("p-wang", "view", "excluded:accused"),
-        ("p-wang", "acknowledge", "excluded:accused"),
-        ("p-wang", "comment", "excluded:accused"),
-        ("p-wang", "message_reporter", "excluded:accused"),
+    refused = await denials(env.settings, incident)
+    assert [(e.data["principal"], e.data["action"], e.data["reason"]) for e in refused] == [
+        ("p-wang", "view", "excluded"),
+        ("p-wang", "acknowledge", "excluded"),
+        ("p-wang", "comment", "excluded"),
+        ("p-wang", "message_reporter", "excluded"),
     ]
     types = {e.type for e in await stream(env.settings, incident)}
-    assert types == {"incident.report.submitted.v1", "incident.access.denied.v1"}
+    assert types == {"incident.report.submitted.v1"}  # refusals never grow its fold
     await on_topic(env.settings, "incident.activity", denied(incident, "p-wang", "view"))
     # and his manager, excluded but never routed, gets the same answer
     answer = await env.client.get(f"/v1/incidents/{incident}", headers=auth("p-li"))
@@ -399,8 +414,8 @@ async def test_an_auditor_may_view_but_not_act(env: Env) -> None:
         )
         assert refused.status_code == 403, (path, refused.text)
         assert refused.headers["content-type"] == "application/problem+json"
-    denials = await of_type(env.settings, incident, "incident.access.denied.v1")
-    assert [(e.data["action"], e.data["reason"]) for e in denials] == [
+    recorded = await denials(env.settings, incident)
+    assert [(e.data["action"], e.data["reason"]) for e in recorded] == [
         ("acknowledge", "read_only"),
         ("status", "read_only"),
         ("comment", "read_only"),
@@ -433,12 +448,17 @@ async def test_acknowledge_records_the_level_once_per_principal(env: Env) -> Non
     assert (view["status"], view["acknowledged_by"]) == ("acknowledged", "p-chen")
 
 
-async def test_acknowledging_an_incident_not_routed_to_you_is_403_and_audited(env: Env) -> None:
+async def test_acknowledging_an_incident_not_routed_to_you_is_404_and_audited(env: Env) -> None:
     incident = await routed_incident(env)
     answer = await env.client.post(f"/v1/incidents/{incident}/acknowledge", headers=auth("p-ma"))
-    assert answer.status_code == 403
-    [event] = await of_type(env.settings, incident, "incident.access.denied.v1")
-    assert event.data == {"principal": "p-ma", "action": "acknowledge", "reason": "not_routed"}
+    assert answer.status_code == 404  # as for an unknown id: she may not learn it exists
+    [event] = await denials(env.settings, incident)
+    assert event.data == {
+        "principal": "p-ma",
+        "action": "acknowledge",
+        "reason": "not_routed",
+        "rule": None,
+    }
     assert await of_type(env.settings, incident, "incident.acknowledged.v1") == []
     await on_topic(env.settings, "incident.activity", denied(incident, "p-ma", "acknowledge"))
 
@@ -446,7 +466,7 @@ async def test_acknowledging_an_incident_not_routed_to_you_is_403_and_audited(en
 async def test_an_escalation_routes_the_next_level(env: Env) -> None:
     incident = await routed_incident(env)
     before = await env.client.post(f"/v1/incidents/{incident}/acknowledge", headers=auth("p-zhou"))
-    assert before.status_code == 403
+    assert before.status_code == 404
     await publish(
         env,
         "incident.escalated.v1",
@@ -506,7 +526,7 @@ async def test_status_follows_the_workflow(env: Env) -> None:
     view = (await env.client.get(f"/v1/incidents/{incident}", headers=auth("p-chen"))).json()
     assert (view["status"], view["outcome"]) == ("closed", "Dismissal; police informed")
     refused = await env.client.post(url, headers=auth("p-liu"), json={"status": "resolved"})
-    assert refused.status_code == 403
+    assert refused.status_code == 404
 
 
 async def test_comments_and_messages_to_the_reporter(env: Env) -> None:
@@ -548,7 +568,7 @@ async def test_comments_and_messages_to_the_reporter(env: Env) -> None:
     assert [c["text"] for c in view["comments"]] == ["Called HR"]
     assert [(m["direction"], m["author"]) for m in view["messages"]] == [("to_reporter", "p-chen")]
     for principal, body, status in [
-        ("p-liu", {"text": "hi"}, 403),
+        ("p-liu", {"text": "hi"}, 404),
         ("p-chen", {"text": ""}, 422),
         ("p-chen", {"text": "x" * 10_001}, 422),
         ("p-chen", {"text": "hi", "author": "reporter"}, 422),
@@ -609,8 +629,8 @@ async def test_reassignment_removes_and_excludes_and_routes_the_replacement(env:
     assert (await routing_rows(env, incident))["p-ma"]["level"] == 1
     gone = await env.client.get(f"/v1/incidents/{incident}", headers=auth("p-chen"))
     assert gone.status_code == 404
-    [event] = await of_type(env.settings, incident, "incident.access.denied.v1")
-    assert event.data["reason"] == "excluded:conflict_disclosed"
+    [event] = await denials(env.settings, incident)
+    assert event.data["reason"] == "excluded"
     new = await env.client.get(f"/v1/incidents/{incident}", headers=auth("p-ma"))
     assert new.status_code == 200 and new.json()["level"] == 1
 
@@ -698,3 +718,172 @@ async def test_openapi_documents_every_answer_as_problem_json(env: Env) -> None:
             for code, response in operation["responses"].items():
                 if code.startswith(("4", "5")):
                     assert list(response["content"]) == ["application/problem+json"], (path, code)
+
+
+# Conflicts: recusal, reassignment, confirmation (issue 18) -------------------------
+
+
+async def test_a_recused_handler_is_excluded_at_once(env: Env) -> None:
+    incident = await routed_incident(env, level1=("p-chen", "p-ma"))
+    url = f"/v1/incidents/{incident}/recuse"
+    answer = await env.client.post(url, headers=auth("p-chen"), json={"reason": "my cousin"})
+    assert answer.status_code == 202, answer.text
+    [recused] = await of_type(env.settings, incident, "incident.recused.v1")
+    assert answer.json()["event_id"] == recused.id and is_sealed(recused.data["reason"])
+    # refused from this commit on, before triage answers; the answer hides the incident
+    rows = await routing_rows(env, incident)
+    assert (rows["p-chen"]["routed"], rows["p-chen"]["excluded_rule"]) == (False, "recused")
+    for principal in ("p-chen", "p-liu"):  # again, and someone not routed
+        again = await env.client.post(url, headers=auth(principal), json={})
+        assert again.status_code == 404, principal
+    view = await env.client.get(f"/v1/incidents/{incident}", headers=auth("p-chen"))
+    assert view.status_code == 404
+    await on_topic(
+        env.settings,
+        "incident.activity",
+        lambda e, _: e.subject == incident and e.type == "incident.recused.v1",
+    )
+    # a closed incident: nothing to recuse from
+    await env.client.post(f"/v1/incidents/{incident}/acknowledge", headers=auth("p-ma"))
+    closed = await env.client.post(
+        f"/v1/incidents/{incident}/status",
+        headers=auth("p-ma"),
+        json={"status": "closed", "outcome": "unfounded"},
+    )
+    assert closed.status_code == 202
+    late = await env.client.post(url, headers=auth("p-ma"), json={})
+    assert late.status_code == 409 and late.headers["content-type"] == "application/problem+json"
+
+
+async def test_a_reassignment_by_the_ethics_officer_passes_the_exclusions(env: Env) -> None:
+    # the report accuses p-wang; p-liu answers to him, p-li is above him
+    incident = await routed_incident(env)
+    url = f"/v1/incidents/{incident}/reassign"
+    bad = [
+        ("p-sun", {"to": [], "reason": "x"}, 422, "to"),  # nobody
+        ("p-sun", {"to": ["p-wang"], "reason": "x"}, 422, "to.0"),  # the accused
+        ("p-sun", {"to": ["p-ma", "p-liu"], "reason": "x"}, 422, "to.1"),  # answers to him
+        ("p-sun", {"to": ["p-nobody"], "reason": "x"}, 422, "to.0"),  # not a person
+        ("p-sun", {"to": ["p-ma"], "remove": ["p-ma"], "reason": "x"}, 422, "remove.0"),
+        ("p-chen", {"to": ["p-ma"], "reason": "x"}, 403, None),  # routed, without the role
+        ("p-liu", {"to": ["p-ma"], "reason": "x"}, 404, None),  # neither
+    ]
+    for principal, body, status, field in bad:
+        answer = await env.client.post(url, headers=auth(principal), json=body)
+        assert answer.status_code == status, (principal, body, answer.text)
+        if field is not None:
+            assert field in [e["field"] for e in answer.json()["errors"]], answer.text
+    assert await of_type(env.settings, incident, "incident.reassignment.ordered.v1") == []
+    body = {"to": ["p-ma"], "remove": ["p-chen"], "reason": "workload"}
+    answer = await env.client.post(url, headers=auth("p-sun"), json=body)
+    assert answer.status_code == 202, answer.text
+    [ordered] = await of_type(env.settings, incident, "incident.reassignment.ordered.v1")
+    assert (ordered.data["to"], ordered.data["remove"]) == (["p-ma"], ["p-chen"])
+    assert is_sealed(ordered.data["reason"])
+    rows = await routing_rows(env, incident)
+    assert (rows["p-chen"]["routed"], rows["p-chen"]["excluded_rule"]) == (False, "reassigned")
+    assert (rows["p-ma"]["routed"], rows["p-ma"]["level"]) == (True, 1)
+    mine = await env.client.get(f"/v1/incidents/{incident}", headers=auth("p-ma"))
+    assert mine.status_code == 200
+    assert (
+        await env.client.get(f"/v1/incidents/{incident}", headers=auth("p-chen"))
+    ).status_code == 404
+    # the removed are never let back in by hand either
+    back = await env.client.post(url, headers=auth("p-sun"), json={"to": ["p-chen"], "reason": "x"})
+    assert back.status_code == 422
+
+
+async def test_an_independent_holder_confirms_the_people_of_an_unresolved_report(
+    env: Env,
+) -> None:
+    # "a client" matched nobody in the directory: only the independent roles see it
+    incident = await routed_incident(env, level1=("p-sun", "p-chen"), excluded={})
+    url = f"/v1/incidents/{incident}/people"
+    body = {"accused": ["p-wang"], "named": [], "outsiders": 1, "note": "the client"}
+    refused = await env.client.post(url, headers=auth("p-chen"), json=body)
+    assert refused.status_code == 403  # routed, but no independent role
+    unknown = await env.client.post(
+        url, headers=auth("p-sun"), json={**body, "named": ["p-nobody"]}
+    )
+    assert unknown.status_code == 422 and unknown.json()["errors"][0]["field"] == "named.0"
+    answer = await env.client.post(url, headers=auth("p-sun"), json=body)
+    assert answer.status_code == 202, answer.text
+    [confirmed] = await of_type(env.settings, incident, "incident.people.confirmed.v1")
+    assert confirmed.data["accused"] == ["p-wang"] and confirmed.data["outsiders"] == 1
+    assert is_sealed(confirmed.data["note"])
+    await on_topic(
+        env.settings,
+        "incident.reports",
+        lambda e, _: e.subject == incident and e.type == "incident.people.confirmed.v1",
+    )
+    settled = await env.client.post(url, headers=auth("p-sun"), json=body)
+    assert settled.status_code == 409  # nothing is unresolved any more
+
+
+async def test_someone_answering_to_the_accused_may_not_act_even_when_routed(env: Env) -> None:
+    # a faulty decision routes p-chen, who reports to the accused p-li (harassment turns
+    # `accused_reports` on): she is refused at request time, like an unknown id
+    incident = await routed_incident(
+        env, excluded={}, accused=["p-li"], named=[], category="harassment"
+    )
+    for method, path, body in [
+        ("POST", "/acknowledge", None),
+        ("POST", "/status", {"status": "closed", "outcome": "unfounded"}),
+    ]:
+        answer = await env.client.request(
+            method, f"/v1/incidents/{incident}{path}", headers=auth("p-chen"), json=body
+        )
+        assert answer.status_code == 404, answer.text
+    refused = await denials(env.settings, incident)
+    assert [(e.data["action"], e.data["reason"]) for e in refused] == [
+        ("acknowledge", "excluded"),
+        ("status", "excluded"),
+    ]
+    assert await opened_rules(env, incident, refused) == ["accused_reports"] * 2
+    assert await of_type(env.settings, incident, "incident.acknowledged.v1") == []
+
+
+async def opened_rules(env: Env, incident: str, events: list[Envelope]) -> list[str | None]:
+    """The sealed `rule` of refusals, as an identity custodian's path opens it."""
+    from services.domain.events import CUSTODIAN_FIELDS
+
+    async with env.app.state.runtime.db.acquire() as conn:
+        opened = await env.app.state.keys.open_events(
+            conn, incident, events, fields=CUSTODIAN_FIELDS
+        )
+    return [e.data.get("rule") for e in opened]
+
+
+async def test_refusals_are_the_same_for_the_excluded_the_unrelated_and_an_unknown_id(
+    env: Env,
+) -> None:
+    incident = await routed_incident(env)  # p-wang is the accused
+    unknown = str(uuid.uuid4())
+    routes: list[tuple[str, str, dict[str, Any] | None]] = [
+        ("GET", "", None),
+        ("POST", "/acknowledge", None),
+        ("POST", "/status", {"status": "investigating"}),
+        ("POST", "/comments", {"text": "x"}),
+        ("POST", "/messages", {"text": "x"}),
+        ("POST", "/recuse", {}),
+        ("POST", "/reassign", {"to": ["p-ma"], "reason": "x"}),
+        ("POST", "/people", {"accused": ["p-ma"]}),
+        ("POST", "/reporter-identity", {"reason": "x"}),
+        ("POST", "/legal-hold", {"reason": "x"}),
+        ("POST", "/legal-hold/release", {"reason": "x"}),
+    ]
+    for method, path, body in routes:
+        seen = set()
+        for principal, target in [("p-wang", incident), ("p-liu", incident), ("p-liu", unknown)]:
+            answer = await env.client.request(
+                method, f"/v1/incidents/{target}{path}", headers=auth(principal), json=body
+            )
+            assert answer.status_code in (403, 404), (path, answer.text)
+            headers = tuple(sorted((k, v) for k, v in answer.headers.items() if k != "date"))
+            seen.add((answer.status_code, headers, answer.content))
+        assert len(seen) == 1, (path, seen)
+    # and none of it touched the incident's own stream
+    assert {e.type for e in await stream(env.settings, incident)} == {
+        "incident.report.submitted.v1"
+    }
+    assert len(await denials(env.settings, unknown)) == len(routes)

@@ -5,14 +5,27 @@ from __future__ import annotations
 import pytest
 
 from services.domain.access import (
+    ACCUSED_REPORTS,
     ACTIONS,
     Allowed,
+    Implicated,
     Refused,
+    Roles,
     Routing,
     RoutingRow,
+    answers_to_accused,
+    conflict_unresolved,
+    conflicted,
     decide,
+    implicated,
+    reassignment_refusals,
+    roles_of,
+    rules_on,
     status_change_refusal,
 )
+from services.domain.envelope import Envelope
+from services.domain.org import OrgSnapshot
+from services.domain.policy import Policy
 
 ROUTING = Routing.from_rows(
     [
@@ -28,15 +41,17 @@ ROUTING = Routing.from_rows(
     ]
 )
 AUDITOR = frozenset({"auditor"})
+HANDLING = tuple(a for a in ACTIONS if a not in ("recuse", "reassign", "confirm_people"))
+"""What a routed handler does with an incident (the conflict actions are tested below)."""
 NONE: frozenset[str] = frozenset()
 
 # principal, roles, action -> expected: ("allowed", via, level) or ("refused", reason, rule)
 TABLE = [
-    *[("p-chen", NONE, a, ("allowed", "routed", 1)) for a in ACTIONS],
-    *[("p-zhou", frozenset({"hr_head"}), a, ("allowed", "routed", 2)) for a in ACTIONS],
+    *[("p-chen", NONE, a, ("allowed", "routed", 1)) for a in HANDLING],
+    *[("p-zhou", frozenset({"hr_head"}), a, ("allowed", "routed", 2)) for a in HANDLING],
     # a routed auditor is a routed principal: may do everything
-    *[("p-zhou", AUDITOR, a, ("allowed", "routed", 2)) for a in ACTIONS],
-    *[("p-wang", NONE, a, ("refused", "excluded", "accused")) for a in ACTIONS],
+    *[("p-zhou", AUDITOR, a, ("allowed", "routed", 2)) for a in HANDLING],
+    *[("p-wang", NONE, a, ("refused", "excluded", "accused")) for a in HANDLING],
     *[
         (
             "p-li",
@@ -44,18 +59,18 @@ TABLE = [
             a,
             ("refused", "excluded", "accused_management_chain"),
         )
-        for a in ACTIONS
+        for a in HANDLING
     ],
-    *[("p-ma", NONE, a, ("refused", "excluded", "reassigned")) for a in ACTIONS],
-    *[("p-audit2", AUDITOR, a, ("refused", "excluded", "named_in_report")) for a in ACTIONS],
+    *[("p-ma", NONE, a, ("refused", "excluded", "reassigned")) for a in HANDLING],
+    *[("p-audit2", AUDITOR, a, ("refused", "excluded", "named_in_report")) for a in HANDLING],
     ("p-audit", AUDITOR, "view", ("allowed", "standing_role", None)),
-    *[("p-audit", AUDITOR, a, ("refused", "read_only", None)) for a in ACTIONS if a != "view"],
-    *[("p-liu", frozenset({"employee"}), a, ("refused", "not_routed", None)) for a in ACTIONS],
-    *[("system:hris", NONE, a, ("refused", "not_routed", None)) for a in ACTIONS],
+    *[("p-audit", AUDITOR, a, ("refused", "read_only", None)) for a in HANDLING if a != "view"],
+    *[("p-liu", frozenset({"employee"}), a, ("refused", "not_routed", None)) for a in HANDLING],
+    *[("system:hris", NONE, a, ("refused", "not_routed", None)) for a in HANDLING],
     # a role held elsewhere gives no access by itself (only standing read roles do)
     *[
         ("p-ma2", frozenset({"hr_case_handler", "admin"}), a, ("refused", "not_routed", None))
-        for a in ACTIONS
+        for a in HANDLING
     ],
 ]
 
@@ -75,11 +90,15 @@ def test_access_rules(
 @pytest.mark.parametrize(
     ("refusal", "detail", "conceals"),
     [
-        (Refused("view", "excluded", "accused"), "excluded:accused", True),
-        (Refused("acknowledge", "excluded", "accused"), "excluded:accused", True),
+        # one recorded reason for every rule: the record never tells the reporter apart
+        (Refused("view", "excluded", "accused"), "excluded", True),
+        (Refused("acknowledge", "excluded", "reporter"), "excluded", True),
         (Refused("view", "not_routed"), "not_routed", True),
-        (Refused("acknowledge", "not_routed"), "not_routed", False),
+        # an unrelated caller's write is answered like an unknown id too
+        (Refused("acknowledge", "not_routed"), "not_routed", True),
+        # only a caller who knows of the incident anyway is told "forbidden"
         (Refused("comment", "read_only"), "read_only", False),
+        (Refused("reassign", "role_required"), "role_required", False),
     ],
 )
 def test_a_refusal_says_how_it_is_recorded_and_whether_it_hides_the_incident(
@@ -182,7 +201,148 @@ def test_exclusions_known_at_once_are_triages_exclusions() -> None:
     decided = triage(report, org, policy, datetime.now(UTC), reporter_person="p-liu")
     assert set(at_once) == decided.excluded_ids  # managers too, independent roles not
     assert {"p-wang", "p-chen", "p-li", "p-audit", "p-liu"} <= set(at_once)
-    assert set(at_once.values()) == {CONFLICT}
+    assert at_once["p-liu"] == "reporter" and CONFLICT not in at_once.values()
     routing = ROUTING.excluding(at_once)
     assert routing.excluded["p-wang"] == "accused"  # a rule already recorded is kept
-    assert decide(routing, "p-audit", AUDITOR, "view") == Refused("view", "excluded", CONFLICT)
+    assert decide(routing, "p-audit", AUDITOR, "view") == Refused(
+        "view", "excluded", "named_in_report"
+    )
+
+
+# Issue 18: the conflict actions, ambiguous names, people answering to an accused ------
+
+GRANTS = Roles(reassign=frozenset({"chief_ethics_officer"}), independent=frozenset({"ceo_x"}))
+
+
+@pytest.mark.parametrize(
+    ("principal", "roles", "action", "expected"),
+    [
+        ("p-chen", NONE, "recuse", Allowed("recuse", "routed", 1)),
+        ("p-liu", NONE, "recuse", Refused("recuse", "not_routed")),
+        ("p-audit", AUDITOR, "recuse", Refused("recuse", "read_only")),
+        ("p-wang", NONE, "recuse", Refused("recuse", "excluded", "accused")),
+        # a reassigner needs the role, not the routing; an excluded one is refused
+        ("p-sun", {"chief_ethics_officer"}, "reassign", Allowed("reassign", "standing_role")),
+        ("p-chen", NONE, "reassign", Refused("reassign", "role_required")),
+        ("p-liu", NONE, "reassign", Refused("reassign", "not_routed")),
+        (
+            "p-ma",
+            {"chief_ethics_officer"},
+            "reassign",
+            Refused("reassign", "excluded", "reassigned"),
+        ),
+        # confirming the people needs the routing and an independent role
+        ("p-chen", {"ceo_x"}, "confirm_people", Allowed("confirm_people", "routed", 1)),
+        ("p-chen", NONE, "confirm_people", Refused("confirm_people", "role_required")),
+        ("p-sun", {"ceo_x"}, "confirm_people", Refused("confirm_people", "not_routed")),
+    ],
+)
+def test_conflict_actions(
+    principal: str, roles: set[str], action: str, expected: Allowed | Refused
+) -> None:
+    assert decide(ROUTING, principal, roles, action, GRANTS) == expected  # type: ignore[arg-type]
+
+
+def test_roles_default_when_the_policy_is_silent() -> None:
+    policy = _policy()
+    assert "chief_ethics_officer" in roles_of(policy).reassign
+    assert roles_of(policy).independent == frozenset(policy.conflicts.independent_roles)
+
+
+def _policy() -> Policy:
+    from pathlib import Path
+
+    import services
+    from services.infra.config import load_yaml_model
+
+    return load_yaml_model(Path(services.__file__).parent / "data" / "policy.yaml", Policy)
+
+
+def _event(type_: str, data: dict[str, object], n: int = 0) -> Envelope:
+    return Envelope.model_validate(
+        {
+            "id": f"0b8f7c2e-6f0a-4a59-9a43-0f3c1c3b2a{n:02d}",
+            "source": "test",
+            "type": type_,
+            "subject": "i1",
+            "time": "2026-11-02T09:00:00Z",
+            "data": data,
+        }
+    )
+
+
+DIGEST = "sha256:" + "0" * 64
+SEALED = "enc:v1:bm90LWEtcGVyc29u"
+
+
+def _submitted(accused: list[str], matches: list[dict[str, object]]) -> Envelope:
+    return _event(
+        "incident.report.submitted.v1",
+        {
+            "category": "harassment",
+            "summary": "s",
+            "description": "d",
+            "accused": accused,
+            "report_digest": DIGEST,
+            "people_matches": matches,
+        },
+    )
+
+
+def test_ambiguous_names_leave_the_report_unresolved_until_confirmed() -> None:
+    ambiguous = {"field": "accused", "text": SEALED, "how": "ambiguous"}
+    submitted = _submitted([SEALED], [{**ambiguous, "candidates": ["p-wang", "p-chen"]}])
+    known = {"p-wang", "p-chen", "p-li"}.__contains__
+    found = implicated([submitted])
+    assert found.accused == () and found.candidates == ("p-wang", "p-chen")
+    assert conflict_unresolved([submitted], known)
+    confirmed = _event(
+        "incident.people.confirmed.v1", {"principal": "p-sun", "accused": ["p-wang"]}, 1
+    )
+    assert not conflict_unresolved([submitted, confirmed], known)
+    assert implicated([submitted, confirmed]).accused == ("p-wang",)  # candidates kept too
+    # an amendment naming an unknown id afterwards reopens it
+    amended = _event(
+        "incident.report.amended.v1", {"named_added": ["p-nobody"], "report_digest": DIGEST}, 2
+    )
+    assert conflict_unresolved([submitted, confirmed, amended], known)
+    org = _org()
+    at_once = conflicted(found, None, org, _policy())
+    assert {"p-wang", "p-chen"} <= set(at_once)  # every candidate is conflicted
+
+
+def _org() -> OrgSnapshot:
+    from pathlib import Path
+
+    import services
+    from services.domain.directory import DirectoryFile
+    from services.infra.config import load_yaml_model
+
+    path = Path(services.__file__).parent / "data" / "directory.yaml"
+    return OrgSnapshot.from_directory(load_yaml_model(path, DirectoryFile))
+
+
+def test_people_answering_to_an_accused_are_excluded_where_the_policy_says() -> None:
+    found = Implicated(accused=("p-li",))  # p-wang, p-chen and p-liu answer to him
+    org, policy = _org(), _policy()
+    assert answers_to_accused("p-liu", found, org)  # through p-wang
+    assert not answers_to_accused("p-ma", found, org)
+    on = conflicted(found, None, org, policy, asking="p-chen", category="harassment")
+    assert on["p-chen"] == ACCUSED_REPORTS
+    if ACCUSED_REPORTS not in rules_on(policy, "fraud"):
+        off = conflicted(found, None, org, policy, asking="p-chen", category="fraud")
+        assert "p-chen" not in off
+
+
+def test_a_reassignment_names_only_people_who_may_hold_the_incident() -> None:
+    found = Implicated(accused=("p-wang",))
+    routing = ROUTING.excluding({"p-zhou": "recused"})
+    refusals = reassignment_refusals(
+        ["p-sun", "p-zhou", "p-liu", "p-nobody", "p-wang"], routing, found, _org()
+    )
+    assert refusals == {
+        "p-zhou": "excluded",  # recused
+        "p-liu": "excluded",  # answers to the accused
+        "p-nobody": "unknown",
+        "p-wang": "excluded",
+    }
