@@ -331,7 +331,17 @@ class PeopleRefused(ValueError):
         self.reason = reason
 
 
-def to_look_up(report: ReportInput) -> tuple[list[str], list[str]]:
+class HasPeople(Protocol):
+    """Something naming people: a report, or an amendment's added people."""
+
+    @property
+    def accused(self) -> Sequence[str | PersonById | PersonByName]: ...
+
+    @property
+    def named(self) -> Sequence[str | PersonById | PersonByName]: ...
+
+
+def to_look_up(report: HasPeople) -> tuple[list[str], list[str]]:
     """What resolving the report's people needs from the directory: the entries that may
     be person ids, and the normal forms of the entries that may be names."""
     ids: list[str] = []
@@ -348,7 +358,7 @@ def to_look_up(report: ReportInput) -> tuple[list[str], list[str]]:
 
 
 def resolve_people(
-    report: ReportInput,
+    report: HasPeople,
     *,
     known_ids: Collection[str],
     names: Iterable[NameRow] = (),
@@ -413,8 +423,21 @@ def protected_content(
         value = out.get(name)
         if isinstance(value, str):
             out[name] = protect.seal(name, value)
-    for name, entries in (("accused", people.accused), ("named", people.named)):
-        out[name] = [e.value if e.is_id else protect.seal(name, e.value) for e in entries]
+    return {**out, **sealed_people(people, protect)}
+
+
+def sealed_people(
+    people: People, protect: Protector, fields: tuple[str, str] = ("accused", "named")
+) -> dict[str, object]:
+    """The accused, the named and `people_matches` as an event carries them: directory
+    ids clear, names and the matches' texts sealed. `fields` names the first two (an
+    amendment's are `("accused_added", "named_added")`); each name is sealed under the
+    field it is carried in, as `open_data` opens it."""
+    accused, named = fields
+    out: dict[str, object] = {
+        name: [e.value if e.is_id else protect.seal(name, e.value) for e in entries]
+        for name, entries in ((accused, people.accused), (named, people.named))
+    }
     out["people_matches"] = [
         PersonMatch(
             field=name,

@@ -13,7 +13,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from services.domain.events import READER_FIELDS, ReportSubmitted, data_of, open_data
+from services.domain.events import (
+    READER_FIELDS,
+    ReportAmended,
+    ReportSubmitted,
+    data_of,
+    open_data,
+)
 from services.domain.names import NameIndex, normalise
 from services.domain.policy import Policy
 from services.domain.ratelimit import TokenBuckets
@@ -23,6 +29,7 @@ from services.domain.reports import (
     PeopleRefused,
     ReportInput,
     resolve_people,
+    sealed_people,
     submit_report,
     to_look_up,
 )
@@ -274,3 +281,12 @@ def test_the_buckets_stay_bounded_whatever_the_keys() -> None:
     for i in range(1000):
         buckets.take(f"client-{i}", float(i) / 1000)
     assert len(buckets._buckets) <= 101
+
+
+def test_an_amendment_resolves_and_seals_its_added_people_the_same_way() -> None:
+    added = report(accused=["wang jun", "the night driver"])
+    fields = sealed_people(resolved(added), KEY, ("accused_added", "named_added"))
+    amended = ReportAmended.model_validate({**fields, "report_digest": "sha256:00"})
+    assert amended.accused_added[0] == "p-wang"
+    assert KEY.open("accused_added", amended.accused_added[1]) == "the night driver"
+    assert [m.how for m in amended.people_matches] == ["normalised", "none"]
