@@ -512,8 +512,12 @@ async def _leaves_until(source: LedgerSource, cutoff: str) -> AsyncIterator[dict
                 if entry["recorded_at"] > cutoff:
                     return
                 continue
-            if "unreadable" in entry:
-                raise SourceError(f"entry {entry['index']} cannot be read: {entry['unreadable']}")
+            if "unreadable" in entry or "error" in entry:  # a damaged leaf: nothing to fold
+                why = entry.get("unreadable") or entry.get("error")
+                raise SourceError(
+                    f"entry {entry['index']} cannot be read ({why}): `incidents audit verify`"
+                    " names every damaged entry"
+                )
             leaf = binascii.a2b_base64(entry["leaf"])
             try:
                 body: dict[str, Any] = orjson.loads(leaf)

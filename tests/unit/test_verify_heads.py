@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +23,17 @@ from typer.testing import CliRunner, Result
 
 from services.audit import merkle
 from services.audit.checkpoint import NoteSigner
+from services.audit.cli import incidents_as_of
 from services.audit.trust import VerifierState, file_heads, verify_service
-from services.audit.verify import KnownHead, MemorySource, export_bundle, verify_ledger
+from services.audit.verify import (
+    KnownHead,
+    MemorySource,
+    SourceError,
+    export_bundle,
+    verify_ledger,
+)
 from services.cli import app
-from tests.unit.test_verify import ORIGIN, SIGNER, TOKEN, a_log, event_leaf, incident_of
+from tests.unit.test_verify import ORIGIN, SIGNER, T0, TOKEN, a_log, event_leaf, incident_of
 
 URL = "http://audit.test"
 
@@ -331,3 +339,11 @@ async def test_the_state_is_written_atomically_and_read_back(tmp_path: Path) -> 
         f"the state file {tmp_path / 'deep' / 'state.json'}"
     ]
     assert list((tmp_path / "deep").iterdir()) == [tmp_path / "deep" / "state.json"]
+
+
+async def test_replay_names_a_damaged_entry_instead_of_failing_to_parse_it() -> None:
+    log = a_log()
+    not_json(log, 5)
+    log.rows[5].update(event=None, error="the stored leaf is not a ledger leaf")
+    with pytest.raises(SourceError, match=r"entry 5 cannot be read \(the stored leaf"):
+        await incidents_as_of(log, T0 + timedelta(hours=1))
