@@ -28,6 +28,7 @@ from rich.console import Console
 
 from services.bench import figures as fig
 from services.bench.console import console_figures
+from services.bench.refusals import refusal_figure
 from services.bench.report import Figure, machine, print_table, write
 from services.bench.stack import BenchStack, Databases
 from services.infra.settings import CommonSettings
@@ -89,7 +90,7 @@ QUICK = Sizes(
     escalation_spread=3,
 )
 
-GROUPS = ("verify", "append", "ledger", "console", "e2e", "escalation", "intake")
+GROUPS = ("verify", "append", "ledger", "console", "e2e", "escalation", "intake", "refusals")
 """Names `--only` accepts."""
 
 ORDER = (
@@ -99,6 +100,7 @@ ORDER = (
     "intake.rate_stack",
     "intake.anonymous",
     "intake",
+    "refusals",
     "e2e",
     "escalation",
     "append",
@@ -252,6 +254,14 @@ def run_bench(
                 dbs.create("bench_console"), incidents=1_000 if quick else 10_000
             ),
         )
+        if bench.wanted("refusals") and not external:
+            bench.run(
+                "refusals",
+                "refusals: real incident vs unknown id",
+                _on_intake_alone(
+                    bench, dbs, "refusals", token, lambda target: refusal_figure(target)
+                ),
+            )
         if any(bench.wanted(g) for g in ("e2e", "escalation", "intake")):
             stack_text = _stack_figures(
                 bench, dbs, sizes, url_intake, url_audit, database_url, token
@@ -281,15 +291,34 @@ def run_bench(
 
 def _intake_alone_figures(
     bench: _Bench, dbs: Databases, sizes: Sizes, raw_db: str, token: str
-) -> Callable[[], Coroutine[Any, Any, list[Figure]]]:
+) -> Callable[[], Coroutine[Any, Any, Figure | list[Figure]]]:
     """Intake's own figures, on an intake alone with a database and a Tansu of its own,
     before the stack starts: what intake itself carries, with the cores to itself (the
     four idle services took ~0.25 s of CPU a second between them)."""
 
-    async def work() -> list[Figure]:
-        logs = bench.logs / "intake-alone"
+    return _on_intake_alone(
+        bench,
+        dbs,
+        "intake",
+        token,
+        lambda target: _intake_rows(target, raw_db, sizes, settle_first=False),
+    )
+
+
+def _on_intake_alone(
+    bench: _Bench,
+    dbs: Databases,
+    name: str,
+    token: str,
+    measure: Callable[[fig.Target], Coroutine[Any, Any, Figure | list[Figure]]],
+) -> Callable[[], Coroutine[Any, Any, Figure | list[Figure]]]:
+    """`measure` on an intake alone (a database `bench_<name>` and a Tansu of its own),
+    stopped afterwards."""
+
+    async def work() -> Figure | list[Figure]:
+        logs = bench.logs / f"{name}-alone"
         logs.mkdir(exist_ok=True)
-        alone = BenchStack(logs, dbs.create("bench_intake"), topic_prefix="intake-alone.")
+        alone = BenchStack(logs, dbs.create(f"bench_{name}"), topic_prefix=f"{name}-alone.")
         try:
             await asyncio.to_thread(alone.start, services=("intake",))
             target = fig.Target(
@@ -301,10 +330,9 @@ def _intake_alone_figures(
                 topic_prefix=alone.topic_prefix,
                 pids={"intake": alone.procs["intake"].pid},
             )
-            rows = await _intake_rows(target, raw_db, sizes, settle_first=False)
+            return await measure(target)
         finally:
             await asyncio.to_thread(alone.stop)
-        return rows
 
     return work
 
