@@ -187,7 +187,7 @@ def backoff_delay(
 ) -> float:
     """Delay before retry number `attempt + 1`: `base * 2**attempt`, capped at `cap`, with
     "equal jitter" (between half and all of it) so that retries don't come in step."""
-    full = min(cap, base * (2**attempt))
+    full = min(cap, base * 2.0**attempt)
     return full / 2 + rand() * full / 2
 
 

@@ -433,7 +433,7 @@ async def test_a_batch_of_decisions_starts_each_escalation_once_in_order(
         event_record("incident.triage", decision(c, now), 4),
     ]
     invalid = event_record("incident.triage", first_a, 5)
-    invalid.value = b"{not json"  # type: ignore[misc]
+    invalid.value = b"{not json"
     batch.insert(3, invalid)
     async with serving(app, "http://escalation"):
         escalation = app.state.escalation
