@@ -73,6 +73,8 @@ class VerifierState:
 
     path: Path
     logs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+    """Which log (origin) each service URL served when last verified."""
     changed: bool = False
 
     @classmethod
@@ -93,13 +95,21 @@ class VerifierState:
         logs = document.get("logs")
         if not isinstance(logs, dict):
             raise StateError(f"the state file {path} is not a {STATE_FORMAT} file")
-        return cls(path, {k: v for k, v in logs.items() if isinstance(v, dict)})
+        sources = document.get("sources")
+        return cls(
+            path,
+            {k: v for k, v in logs.items() if isinstance(v, dict)},
+            {k: v for k, v in sources.items() if isinstance(v, str)}
+            if isinstance(sources, dict)
+            else {},
+        )
 
     def save(self) -> None:
         """Write the file atomically (a temporary file renamed over it), if changed."""
         if not self.changed:
             return
-        text = json.dumps({"format": STATE_FORMAT, "logs": self.logs}, indent=2) + "\n"
+        document = {"format": STATE_FORMAT, "logs": self.logs, "sources": self.sources}
+        text = json.dumps(document, indent=2) + "\n"
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=".verified-")
@@ -128,9 +138,21 @@ class VerifierState:
         where = f"the state file {self.path} (verified {head.get('verified_at', '?')})"
         return [KnownHead(head["checkpoint"], where)]
 
-    def trusted_key(self, origin: str, key: str | None) -> tuple[str | None, list[str]]:
-        """The key to require for ``origin`` (``--key``, else the pin) and any warning."""
+    def trusted_key(
+        self, origin: str, key: str | None, source: str | None = None
+    ) -> tuple[str | None, list[str]]:
+        """The key to require for ``origin`` (``--key``, else the pin) and any warning.
+
+        A service that served another, pinned log before must still sign with that
+        log's key: a history re-signed under a new origin name is not a new log.
+        """
         pinned = self.pinned_key(origin)
+        before = self.sources.get(source) if source is not None else None
+        if key is None and pinned is None and before not in (None, origin):
+            return self.pinned_key(before), [
+                f"{source} served log {before} before and now serves {origin}: its pinned"
+                " key is required"
+            ]
         if key is not None:
             if pinned is not None and pinned != key:
                 raise StateError(
@@ -149,11 +171,17 @@ class VerifierState:
             " trust, or pass --key."
         ]
 
-    def remember(self, report: VerifyReport, *, heads: bool = True) -> list[str]:
-        """Pin the report's key if unpinned and keep its verified head if larger."""
+    def remember(
+        self, report: VerifyReport, *, heads: bool = True, source: str | None = None
+    ) -> list[str]:
+        """Pin the report's key if unpinned, keep its verified head if larger, and note
+        which log ``source`` served."""
         if not report.ok or report.origin is None or report.verifier_key is None:
             return []
         notes: list[str] = []
+        if source is not None and self.sources.get(source) != report.origin:
+            self.sources[source] = report.origin
+            self.changed = True
         entry = self.logs.setdefault(report.origin, {})
         if entry.get("verifier_key") is None:
             entry["verifier_key"] = report.verifier_key
@@ -277,10 +305,11 @@ async def verify_service(
     outcome in ``state`` (not saved) when intact. Returns the report and warnings."""
     document = await source.public_key()
     origin = str(document.get("origin")) if isinstance(document, dict) else "?"
-    trusted, notes = state.trusted_key(origin, key)
+    url = getattr(source, "url", None)
+    trusted, notes = state.trusted_key(origin, key, url)
     known = [*state.known_heads(origin), *heads]
     report = await verify_ledger(source, progress=progress, trusted_key=trusted, known_heads=known)
-    return report, notes + state.remember(report)
+    return report, notes + state.remember(report, source=url)
 
 
 def verify_bundle_file(

@@ -198,6 +198,20 @@ def test_a_history_re_signed_with_another_key_fails_once_the_key_is_pinned(
     assert "pins" in conflicting.output
 
 
+def test_a_history_re_signed_under_a_new_origin_name_still_needs_the_pinned_key(
+    tmp_path: Path, serving: Callable[[MemorySource], None]
+) -> None:
+    state = tmp_path / "state.json"
+    serving(a_log())
+    assert check(state).exit_code == 0
+    renamed = NoteSigner.generate("renamed.example/ledger")
+    serving(MemorySource.build(renamed, [event_leaf(i, incident_of(i)) for i in range(64)], [60]))
+    result = check(state)
+    assert result.exit_code == 1, result.output
+    assert f"{URL} served log {ORIGIN} before" in result.output
+    assert "not the trusted key" in result.output
+
+
 # -------------------------------------------------------------------- bundles
 
 
