@@ -14,8 +14,10 @@ import json
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 import uvicorn
@@ -31,6 +33,7 @@ from services.witness.app import create_app as create_witness
 from services.witness.config import WitnessSettings, load_key
 from tests.helpers import eventually, serving
 from tests.integration.test_audit_ledger import an_event, ledger_rows
+from tests.integration.test_tamper import cut_back
 
 pytestmark = pytest.mark.integration
 
@@ -83,7 +86,7 @@ async def witnessed(
     )
     try:
         async with serving(create_app(audit_settings), "http://audit") as client:
-            yield client, audit_settings, witness_key, (server, task)
+            yield client, audit_settings, witness_key, (server, task, witness_app)
     finally:
         if not server.should_exit:
             await _stop(server, task)
@@ -101,7 +104,7 @@ async def test_each_new_head_is_cosigned_served_and_published(
     witnessed: tuple[httpx.AsyncClient, AuditSettings, CosignatureVerifier, Any],
     producer: AIOKafkaProducer,
 ) -> None:
-    client, settings, witness_key, (server, task) = witnessed
+    client, settings, witness_key, (server, task, _witness) = witnessed
     log_key = (await client.get("/v1/ledger/public-key")).json()["verifier_key"]
     first_event = an_event("inc-witnessed")
     await producer.send_and_wait(settings.topic("incident.activity"), first_event)
@@ -145,15 +148,57 @@ async def test_each_new_head_is_cosigned_served_and_published(
     await producer.send_and_wait(settings.topic("incident.activity"), an_event("inc-down"))
     later = await eventually(lambda: _head_above(client, signed_size))
     assert later["cosignatures"] == []
-    assert base64.b64decode(log_key.split("+")[2])[0] == 1
+    assert base64.b64decode(log_key.split("+", 2)[2])[0] == 1
 
 
 async def _head_above(client: httpx.AsyncClient, size: int) -> dict[str, Any] | None:
-    head: dict[str, Any] = (await client.get("/v1/ledger/head")).json()
-    return head if head["tree_size"] > size else None
+    answer = await client.get("/v1/ledger/head")
+    head: dict[str, Any] = answer.json()
+    return head if answer.status_code == 200 and head["tree_size"] > size else None
 
 
 async def _cosigned_events(settings: AuditSettings) -> list[Any]:
     return [
         r for r in await ledger_rows(settings) if r["event_type"] == "audit.checkpoint.cosigned.v1"
     ]
+
+
+async def test_the_witness_refuses_the_ledger_cut_back_and_signed_again(
+    witnessed: tuple[httpx.AsyncClient, AuditSettings, CosignatureVerifier, Any],
+    producer: AIOKafkaProducer,
+) -> None:
+    """The issue's truncation: entries, subtrees, heads and their cosignatures dropped
+    as superuser, audit signing on top of the shorter ledger. The witness never cosigns
+    the new history: it refuses the forged extension (422, kept as evidence)."""
+    client, settings, _witness_key, (_server, _task, witness_app) = witnessed
+    topic = settings.topic("incident.activity")
+    for n in range(6):
+        await producer.send_and_wait(topic, an_event(f"inc-cut-{n}"))
+    witnessed_head = await eventually(lambda: _cosigned_head(client, 5))
+    size = witnessed_head["tree_size"]
+
+    cut = 2
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        async with conn.transaction():
+            await conn.execute("ALTER TABLE audit.ledger_cosignatures DISABLE TRIGGER USER")
+            await conn.execute("DELETE FROM audit.ledger_cosignatures WHERE tree_size > $1", cut)
+            await conn.execute("ALTER TABLE audit.ledger_cosignatures ENABLE TRIGGER USER")
+    finally:
+        await conn.close()
+    await cut_back(SimpleNamespace(settings=settings), cut)  # type: ignore[arg-type]
+    for n in range(size):  # audit carries on and signs a forged tree larger than the witnessed
+        await producer.send_and_wait(topic, an_event(f"inc-after-{n}"))
+    forged = await eventually(lambda: _head_above(client, size))
+    witness = witness_app.state.witness
+    # (audit backs off while its forged heads are still smaller than the witnessed one)
+    refusals = await eventually(lambda: _refusals(witness, settings.ledger_origin), timeout=60)
+    assert refusals[0][2] == 422  # the consistency proof from its size does not verify
+    head = (await client.get("/v1/ledger/head")).json()
+    assert head["tree_size"] >= forged["tree_size"] and head["cosignatures"] == []
+    assert witness.store.latest(settings.ledger_origin).tree_size == size
+
+
+async def _refusals(witness: Any, origin: str) -> list[tuple[int, int, int, str]]:
+    found: list[tuple[int, int, int, str]] = witness.store.refusals(origin)
+    return found
