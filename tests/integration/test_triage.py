@@ -224,45 +224,58 @@ async def test_a_batch_of_reports_is_decided_once_each_in_one_go(
     assert dead == 1
 
 
-async def test_a_recusing_handler_is_replaced_by_the_next_eligible_one_once(
+async def test_an_unresolved_name_asks_the_independent_until_confirmed_then_recusal_reroutes(
     stack: tuple[httpx.AsyncClient, FastAPI], settings: CommonSettings, producer: AIOKafkaProducer
 ) -> None:
-    """p-chen declares a conflict: excluded from then on, p-ma (group HR) asked at once.
-    The recusal delivered twice is handled once; when p-ma recuses too nobody is left,
-    and the removal is published all the same."""
+    """A name that is nobody in the directory: only the chief ethics officer is asked.
+    A confirmation by a handler is ignored; hers (the accused is p-wang) decides again
+    (revision 2: the unit's HR case handler). Then p-chen declares a conflict: excluded
+    from then on, p-ma (group HR) asked at once; the recusal delivered twice is handled
+    once; when p-ma recuses too nobody is left, and the removal is published all the same."""
     intake, _ = stack
-    incident = (await intake.post("/v1/reports", json=SEED_CASE)).json()["incident_id"]
-    await eventually(lambda: _at_least(settings, incident, 3))
+    report = {**SEED_CASE, "accused": ["the night manager at store 12"]}
+    incident = (await intake.post("/v1/reports", json=report)).json()["incident_id"]
+    events = await eventually(lambda: _at_least(settings, incident, 3))
+    first = next(e for e in events if e.type == "incident.triaged.v1").data
+    assert first["conflict_unresolved"] and first["revision"] == 1
+    assert [lv["recipients"] for lv in first["chain"]] == [["p-sun"], ["p-board"]]
 
-    async def recuse(principal: str) -> None:
-        recused = make_event(
-            "incident.recused.v1",
+    async def send(topic: str, type_: str, data: dict[str, Any], times: int = 1) -> None:
+        event = make_event(
+            type_,
             subject=incident,
-            data={"principal": principal},
+            data=data,
             source="/services/intake",
             time=datetime.now(UTC),
-            actor=principal,
+            actor=data["principal"],
         )
-        await producer.send_and_wait(
-            settings.topic("incident.activity"), recused.to_bytes(), key=incident.encode()
-        )
+        for _ in range(times):
+            await producer.send_and_wait(
+                settings.topic(topic), event.to_bytes(), key=incident.encode()
+            )
 
-    def reassignments(events: list[Any]) -> list[dict[str, Any]]:
-        return [e.data for e in events if e.type == "incident.reassigned.v1"]
+    def of_type(events: list[Any], type_: str) -> list[dict[str, Any]]:
+        return [e.data for e in events if e.type == type_]
 
-    async def reassigned(n: int) -> list[Any] | None:
+    async def at_least(type_: str, n: int) -> list[Any] | None:
         events = await decisions_for(settings, incident)
-        return events if len(reassignments(events)) >= n else None
+        return events if len(of_type(events, type_)) >= n else None
 
-    await recuse("p-chen")
-    await recuse("p-chen")  # delivered again
-    await recuse("p-ma")
-    events = await eventually(lambda: reassigned(2), timeout=20)
-    assert reassignments(events) == [
+    confirmed = "incident.people.confirmed.v1"
+    await send("incident.reports", confirmed, {"principal": "p-chen", "accused": ["p-ma"]})
+    await send("incident.reports", confirmed, {"principal": "p-sun", "accused": ["p-wang"]})
+    events = await eventually(lambda: at_least("incident.triaged.v1", 2), timeout=20)
+    [_, again] = of_type(events, "incident.triaged.v1")  # p-chen's was ignored
+    assert again["revision"] == 2 and not again["conflict_unresolved"]
+    assert again["chain"][0]["recipients"] == ["p-chen"]
+    assert {"principal": "p-wang", "rule": "accused"} in again["excluded"]
+
+    await send("incident.activity", "incident.recused.v1", {"principal": "p-chen"}, times=2)
+    await send("incident.activity", "incident.recused.v1", {"principal": "p-ma"})
+    events = await eventually(lambda: at_least("incident.reassigned.v1", 2), timeout=20)
+    assert of_type(events, "incident.reassigned.v1") == [
         {"removed": [{"principal": "p-chen", "rule": "recused"}], "added": ["p-ma"]},
         {"removed": [{"principal": "p-ma", "rule": "recused"}], "added": []},
     ]
-    told = [
-        (e.data["principal"], e.data["level"]) for e in events if e.type == "incident.notified.v1"
-    ]
-    assert told == [("p-chen", 1), ("p-ma", 1)]
+    told = [(d["principal"], d["level"]) for d in of_type(events, "incident.notified.v1")]
+    assert told == [("p-sun", 1), ("p-chen", 1), ("p-ma", 1)]
