@@ -6,6 +6,7 @@ import dataclasses
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,7 @@ async def _directory_loaded(app: FastAPI) -> bool:
 
 
 async def decisions_for(settings: CommonSettings, incident: str) -> list[Any]:
-    records = []
+    records: list[Any] = []
     for topic in ("incident.triage", "incident.activity"):
         got = await read_all(settings.kafka_bootstrap, settings.topic(topic))
         records.extend(parse_event(r.value)[0] for r in got)
@@ -141,9 +142,9 @@ async def test_a_new_policy_version_applies_to_new_incidents_only(
             serving(create_intake(IntakeSettings(**common)), "http://intake") as intake,
             serving(triage_app, "http://triage"),
         ):
-            await eventually(lambda app=triage_app: _directory_loaded(app), timeout=20)
+            await eventually(partial(_directory_loaded, triage_app), timeout=20)
             incident = (await intake.post("/v1/reports", json=SEED_CASE)).json()["incident_id"]
-            events = await eventually(lambda i=incident: _at_least(settings, i, 3))
+            events = await eventually(partial(_at_least, settings, incident, 3))
             triaged = next(e for e in events if e.type == "incident.triaged.v1").data
             versions.append((triaged["policy_version"], triaged["chain"][0]["acknowledge_within"]))
     assert versions == [("2026-12-07", 3600), ("2026-12-31", 1800)]
