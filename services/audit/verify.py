@@ -32,10 +32,11 @@ Heads from elsewhere (`KnownHead`: the verifier's own state file, the
 entries must hash to its root at its size. Two heads of one size with different roots
 are a fork; a head larger than the tree means the tail was cut off, even when the
 service's own list of heads was cut with it and a new, smaller head signed since. The
-report then names both heads (`VerifyReport.conflict`). Comparing the root of the
-recomputed first ``m`` leaves with a head of size ``m`` is what checking an RFC 9162
-consistency proof from ``m`` to the current size, built from those leaves, comes down
-to; the service's own consistency proofs between the heads are checked as well.
+report then names both heads (`VerifyReport.conflict`). Once every head is reached,
+each head from elsewhere is also proven consistent with the source's latest head by an
+RFC 9162 consistency proof built from the recomputed entries (the walk keeps the few
+subtrees each proof needs); the service's own consistency proofs between consecutive
+heads are checked as well.
 
 A damaged entry does not stop the walk: the verifier records it, carries the tree on
 with the entry's stored leaf hash, and reads on, so the report names every bad index
@@ -817,6 +818,61 @@ class _Walk:
         self.withheld = 0  # entries served without their leaf (see `withheld_entry`)
         self.failures: list[_Bad] = []  # damaged entries read past, in order
         self.last_matched: _Head | None = None
+        self.wanted: set[tuple[int, int]] = set()  # subtrees the known heads' proofs need
+        self.kept: dict[tuple[int, int], bytes] = {}
+        self.planned = self.plan_proofs()
+
+    def plan_proofs(self) -> list[_Head]:
+        """The heads from elsewhere to prove consistent with the source's latest head,
+        by consistency proofs built from the recomputed entries; the subtrees those
+        proofs need (a few per head) are kept as the walk completes them."""
+        if self.current is None:
+            return []
+        planned = []
+        for head in self.heads:
+            low, high = sorted((head.tree_size, self.current.tree_size))
+            if self.by_size.get(head.tree_size) is head or low == 0 or low == high:
+                continue
+
+            def record(level: int, index: int) -> bytes:
+                self.wanted.add((level, index))
+                return bytes(merkle.HASH_SIZE)
+
+            merkle.consistency_proof(low, high, record)
+            planned.append(head)
+        return planned
+
+    def add(self, leaf_hash: bytes) -> None:
+        """Append a leaf hash to the tree, keeping the subtrees a planned proof needs."""
+        position = self.frontier.size
+        completed = self.frontier.append(leaf_hash)
+        if self.wanted:
+            for level, index, node in [(0, position, leaf_hash), *completed]:
+                if (level, index) in self.wanted:
+                    self.kept[(level, index)] = node
+
+    def prove_known(self) -> None:
+        """Check each planned consistency proof (every head is reached by now)."""
+        current = self.current
+        for head in self.planned:
+            assert current is not None  # planned only when there is a latest head
+            first, second = sorted((head, current), key=lambda h: h.tree_size)
+            proof = merkle.consistency_proof(
+                first.tree_size, second.tree_size, lambda level, i: self.kept[(level, i)]
+            )
+            try:
+                merkle.verify_consistency(
+                    first.tree_size, second.tree_size, proof, first.root_hash, second.root_hash
+                )
+            except merkle.ProofError as exc:
+                raise _Bad(
+                    f"the signed head of size {head.tree_size} from {head.where} is not"
+                    f" consistent with the source's latest head of size {current.tree_size}:"
+                    f" the consistency proof built from the entries does not verify ({exc})",
+                    head=head.tree_size,
+                    heads=(head, current),
+                ) from None
+            self.proofs_checked += 1
 
     async def run(self, source: LedgerSource, progress: Progress | None) -> None:
         self.reach()
@@ -847,6 +903,7 @@ class _Walk:
                 head=head.tree_size,
                 heads=self.pair(head),
             )
+        self.prove_known()
 
     def pair(self, head: _Head) -> tuple[_Head, _Head]:
         """``head`` and what it disagrees with: the source's latest signed head, or the
@@ -880,12 +937,12 @@ class _Walk:
             # Read on: the stored hash is what the signed tree was built from, so the
             # heads still tell whether anything besides this entry was changed.
             self.failures.append(bad)
-            self.frontier.append(stored)
+            self.add(stored)
             return
         event = body.get("event")
         if isinstance(event, dict) and event.get("type") == CHECKPOINT_EVENT:
             self.recorded_head(event, position)
-        self.frontier.append(hashed)
+        self.add(hashed)
         self.previous_time = body["recorded_at"]
 
     def check(self, entry: Entry, position: int) -> tuple[bytes, dict[str, Any]]:
@@ -944,7 +1001,7 @@ class _Walk:
             raise _Bad(f"withheld entry {position} has no recording time", index=position)
         _check_order(recorded_at, self.previous_time, position, position - 1)
         self.withheld += 1
-        self.frontier.append(hashed)
+        self.add(hashed)
         self.previous_time = recorded_at
 
     def reach(self) -> None:

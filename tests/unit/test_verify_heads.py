@@ -22,7 +22,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from services.audit import merkle
-from services.audit.checkpoint import NoteSigner
+from services.audit.checkpoint import Checkpoint, NoteSigner, sign_checkpoint
 from services.audit.cli import incidents_as_of
 from services.audit.trust import VerifierState, file_heads, verify_service
 from services.audit.verify import (
@@ -361,3 +361,19 @@ async def test_replay_names_a_damaged_entry_instead_of_failing_to_parse_it() -> 
     log.rows[5].update(event=None, error="the stored leaf is not a ledger leaf")
     with pytest.raises(SourceError, match=r"entry 5 cannot be read \(the stored leaf"):
         await incidents_as_of(log, T0 + timedelta(hours=1))
+
+
+async def test_each_head_from_elsewhere_is_proven_consistent_with_the_latest_one() -> None:
+    log = a_log()
+    assert log.tree is not None
+    after = sign_checkpoint(SIGNER, Checkpoint(ORIGIN, 62, log.tree.root(62)))
+    served_30 = next(h["checkpoint"] for h in log.head_docs if h["tree_size"] == 30)
+    plain = await verify_ledger(log)
+    report = await verify_ledger(
+        log, known_heads=[KnownHead(served_30, "a file"), KnownHead(after, "the topic", True)]
+    )
+    assert report.ok, report.reason
+    assert report.heads_checked == plain.heads_checked + 1  # 30 is one of the served heads
+    # 60 to 62 twice: the source's proof, and one built from the recomputed leaves
+    assert report.proofs_checked == plain.proofs_checked + 2
+    assert report.verified_head is not None and report.verified_head["tree_size"] == 62
