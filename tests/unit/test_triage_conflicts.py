@@ -245,7 +245,7 @@ def started(decision: TriageDecision, digest: str) -> esc.EscalationState:
     return state
 
 
-@settings(max_examples=250, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(scenarios())
 def test_no_conflicted_person_is_ever_asked(scenario: Scenario) -> None:
     org = scenario.chart.org
