@@ -13,8 +13,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import httpx
 import pytest
-from fastapi.testclient import TestClient
 
 from services.audit.checkpoint import Checkpoint, NoteSigner, sign_checkpoint
 from services.audit.cosignature import append_signatures
@@ -54,14 +54,15 @@ def _go_check(
     )
 
 
-def test_a_cosigned_checkpoint_verifies_with_go_sumdb_note(tmp_path: Path) -> None:
+async def test_a_cosigned_checkpoint_verifies_with_go_sumdb_note(tmp_path: Path) -> None:
     log = NoteSigner.generate("go.example/log")
     tree = MemoryTree(leaf_hash(f"entry {i}".encode()) for i in range(5))
     note = sign_checkpoint(log, Checkpoint(log.name, 5, tree.root()))
     settings = WitnessSettings(state_dir=tmp_path / "w", logs=(log.verifier_key,))
-    with TestClient(create_app(settings)) as http:
-        answer = http.post("/add-checkpoint", content=f"old 0\n\n{note}".encode())
-        witness_key = http.get("/key").text.strip()
+    transport = httpx.ASGITransport(app=create_app(settings))
+    async with httpx.AsyncClient(transport=transport, base_url="http://witness") as http:
+        answer = await http.post("/add-checkpoint", content=f"old 0\n\n{note}".encode())
+        witness_key = (await http.get("/key")).text.strip()
     assert answer.status_code == 200, answer.text
     cosigned = append_signatures(note, [answer.text])
 
