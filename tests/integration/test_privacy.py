@@ -85,9 +85,14 @@ async def stack(settings: CommonSettings, tmp_path: Path) -> AsyncIterator[Stack
         yield Stack(intake, audit, intake_app, settings)
 
 
-async def routed_to_chen(stack: Stack, incident: str) -> bool:
-    listed = (await stack.intake.get("/v1/incidents", headers=auth("chen"))).json()
+async def routed_to_chen(stack: Stack, incident: str, who: str = "chen") -> bool:
+    listed = (await stack.intake.get("/v1/incidents", headers=auth(who))).json()
     return any(i["incident_id"] == incident for i in listed["incidents"])
+
+
+# A name that matches nobody in the directory makes a report conflict-unresolved: it
+# goes to the independent roles only (p-sun, chief ethics officer), not to HR.
+UNRESOLVED_HANDLER = "sun"
 
 
 async def ledger_types(stack: Stack, incident: str) -> list[str]:
@@ -138,7 +143,8 @@ async def until_verified(stack: Stack) -> None:
 
 
 async def handled_and_closed(stack: Stack, marker: str, category: str) -> str:
-    """A named report full of the marker, viewed, answered, commented on and closed."""
+    """A named report full of the marker, viewed, answered, commented on and closed (by
+    the independent role: its free-text names match nobody)."""
     answer = await stack.intake.post(
         "/v1/reports",
         headers=auth("liu"),
@@ -154,9 +160,9 @@ async def handled_and_closed(stack: Stack, marker: str, category: str) -> str:
     )
     assert answer.status_code == 202, answer.text
     incident: str = answer.json()["incident_id"]
-    await eventually(lambda: routed_to_chen(stack, incident), timeout=20)
+    await eventually(lambda: routed_to_chen(stack, incident, UNRESOLVED_HANDLER), timeout=20)
     url = f"/v1/incidents/{incident}"
-    view = (await stack.intake.get(url, headers=auth("chen"))).json()
+    view = (await stack.intake.get(url, headers=auth(UNRESOLVED_HANDLER))).json()
     assert marker in view["summary"] and marker in view["description"]
     assert f"the driver {marker}" in view["accused"] and "p-wang" in view["accused"]
     for path, body in [
@@ -165,7 +171,7 @@ async def handled_and_closed(stack: Stack, marker: str, category: str) -> str:
         ("/acknowledge", None),
         ("/status", {"status": "closed", "outcome": f"outcome {marker}"}),
     ]:
-        done = await stack.intake.post(url + path, headers=auth("chen"), json=body)
+        done = await stack.intake.post(url + path, headers=auth(UNRESOLVED_HANDLER), json=body)
         assert done.status_code == 202, (path, done.text)
     return incident
 
@@ -226,7 +232,8 @@ async def test_a_marker_is_ciphertext_everywhere_and_unrecoverable_after_erasure
     sealed = _sealed_values(
         await stack.sql("SELECT leaf FROM audit.ledger WHERE incident_id = $1", incident)
     )
-    assert len(sealed) == 9  # 3 texts, 2 free names, the identity, comment, message, outcome
+    # 3 texts, 2 free names and their 2 matches, the identity, comment, message, outcome
+    assert len(sealed) == 11
     # Every key the system still holds: the master key and every data key it unwraps.
     keys = stack.intake_app.state.keys
     holders = await stack.sql("SELECT incident_id, wrapped FROM keys.data_keys")
@@ -249,13 +256,15 @@ async def test_a_marker_is_ciphertext_everywhere_and_unrecoverable_after_erasure
         )
     ).json()
     assert marker not in json.dumps(timeline) and "[erased]" in json.dumps(timeline)
-    view = (await stack.intake.get(f"/v1/incidents/{incident}", headers=auth("chen"))).json()
+    view = (
+        await stack.intake.get(f"/v1/incidents/{incident}", headers=auth(UNRESOLVED_HANDLER))
+    ).json()
     assert view["summary"] == "[erased]" and marker not in json.dumps(view)
     knowledge = (
         await stack.audit.get(f"/v1/incidents/{incident}/knowledge", headers=auth("auditor"))
     ).json()
-    chen = next(p for p in knowledge["principals"] if p["principal"] == "p-chen")
-    assert {"notified", "viewed", "acknowledged"} <= set(chen["via"])
+    handler = next(p for p in knowledge["principals"] if p["principal"] == "p-sun")
+    assert {"notified", "viewed", "acknowledged"} <= set(handler["via"])
     await until_verified(stack)
 
 
@@ -297,8 +306,10 @@ async def test_a_report_from_another_system_is_sealed_before_anything_keeps_it(
             others.extend(r.value or b"" for r in got)
     assert_nowhere(marker, await every_table_as_text(stack), others)
     assert "p-liu" not in json.dumps(await _triaged(stack, incident))
-    await eventually(lambda: routed_to_chen(stack, incident), timeout=20)
-    view = (await stack.intake.get(f"/v1/incidents/{incident}", headers=auth("chen"))).json()
+    await eventually(lambda: routed_to_chen(stack, incident, UNRESOLVED_HANDLER), timeout=20)
+    view = (
+        await stack.intake.get(f"/v1/incidents/{incident}", headers=auth(UNRESOLVED_HANDLER))
+    ).json()
     assert view["summary"] == f"summary {marker}"
 
 
@@ -456,4 +467,6 @@ def _sealed_values(rows: list[asyncpg.Record]) -> list[tuple[str, str]]:
             for item in value if isinstance(value, list) else [value]:
                 if is_sealed(item):
                     found.append((field, item))
+                elif isinstance(item, dict):  # people_matches[*].text
+                    found.extend((f"{field}.{k}", v) for k, v in item.items() if is_sealed(v))
     return found
