@@ -304,8 +304,9 @@ TEMPLATES: tuple[Template, ...] = (
             "description": "...",
             "accused": ["the night shift supervisor"],
         },
-        first=("p-chen", "p-ma"),
-        acker="chen",
+        # a name that matches nobody: conflict-unresolved, the independent role only
+        first=("p-sun",),
+        acker="sun",
     ),
     Template(
         "named employee",
