@@ -42,6 +42,7 @@ from typing import Literal, get_args
 from services.domain.envelope import Envelope
 from services.domain.events import (
     PeopleConfirmed,
+    PersonMatch,
     ReportAmended,
     ReportSubmitted,
     is_sealed,
@@ -70,8 +71,6 @@ RefusalReason = Literal["excluded", "not_routed", "read_only", "role_required", 
 
 CONFLICT = "conflict"
 """The rule of an exclusion whose rule is not known (kept for old callers)."""
-ACCUSED_REPORTS = "accused_reports"
-"""The rule excluding people who answer to an accused (their management chain has one)."""
 DEFAULT_REASSIGN_ROLES: tuple[str, ...] = ("chief_ethics_officer",)
 """Who may order a reassignment when the policy does not say (`conflicts.reassign_roles`)."""
 
@@ -95,14 +94,6 @@ def roles_of(policy: Policy) -> Roles:
     reassign = getattr(conflicts, "reassign_roles", None) or DEFAULT_REASSIGN_ROLES
     independent = getattr(conflicts, "independent_roles", None) or ()
     return Roles(reassign=frozenset(reassign), independent=frozenset(independent))
-
-
-def rules_on(policy: Policy, category: str | None) -> frozenset[str]:
-    """The conflict rules the policy turns on for `category` (per-category additions too)."""
-    rules_for = getattr(policy.conflicts, "rules_for", None)
-    if callable(rules_for):
-        return frozenset(rules_for(category))
-    return frozenset(policy.conflicts.exclude)
 
 
 @dataclass(frozen=True)
@@ -142,12 +133,18 @@ class Routing:
 
 @dataclass(frozen=True)
 class Implicated:
-    """The person ids an incident's report names in clear: accused, named, and the
-    candidates of an ambiguous name (all of them treated as conflicted)."""
+    """What an incident's report says of people in clear: the accused and named person
+    ids, and how each free-text name was matched (`matches`: the candidates of an
+    ambiguous name are all treated as conflicted)."""
 
     accused: tuple[str, ...] = ()
     named: tuple[str, ...] = ()
-    candidates: tuple[str, ...] = ()
+    matches: tuple[PersonMatch, ...] = ()
+
+    @property
+    def candidates(self) -> tuple[str, ...]:
+        """Every candidate of an ambiguous name."""
+        return _clear(c for m in self.matches if m.how == "ambiguous" for c in m.candidates)
 
     @property
     def people(self) -> tuple[str, ...]:
@@ -155,35 +152,32 @@ class Implicated:
 
 
 def implicated(events: Sequence[Envelope]) -> Implicated:
-    """The accused and named of the submission, every amendment and every confirmation.
+    """The accused and named of the submission, every amendment and every confirmation,
+    and the name matches of the first two.
 
     Person ids are stored in clear; free-text names are sealed and skipped (nobody of
-    the directory can be matched to them, by triage either), but every candidate of an
-    ambiguous name counts. A confirmation adds its lists: exclusions only ever grow.
+    the directory can be matched to them, by triage either), but the candidates of an
+    ambiguous name count. A confirmation adds its lists: exclusions only ever grow.
     """
     accused: list[str] = []
     named: list[str] = []
-    candidates: list[str] = []
+    matches: list[PersonMatch] = []
     for envelope in events:
         if envelope.type == SUBMITTED:
             submitted = ReportSubmitted.model_validate(envelope.data)
             accused += submitted.accused
             named += submitted.named
-            matches = submitted.people_matches
+            matches += submitted.people_matches
         elif envelope.type == AMENDED:
             amended = ReportAmended.model_validate(envelope.data)
             accused += amended.accused_added
             named += amended.named_added
-            matches = amended.people_matches
+            matches += amended.people_matches
         elif envelope.type == CONFIRMED:
             confirmed = PeopleConfirmed.model_validate(envelope.data)
             accused += confirmed.accused
             named += confirmed.named
-            continue
-        else:
-            continue
-        candidates += [c for m in matches if m.how == "ambiguous" for c in m.candidates]
-    return Implicated(accused=_clear(accused), named=_clear(named), candidates=_clear(candidates))
+    return Implicated(accused=_clear(accused), named=_clear(named), matches=tuple(matches))
 
 
 def _clear(ids: Iterable[str]) -> tuple[str, ...]:
@@ -224,32 +218,27 @@ def conflicted(
     org: OrgSnapshot,
     policy: Policy,
     *,
-    asking: str | None = None,
     category: str | None = None,
+    candidates: Iterable[str] = (),
 ) -> dict[str, str]:
     """Who triage's conflict rules exclude from these facts, each with its first rule.
 
-    `org` needs the implicated people and every manager above the accused, and above
-    `asking` (more is harmless); `reporter` is the reporter's person id, None if
-    anonymous or unknown. Ambiguous candidates are excluded as named. `asking` (the
-    principal whose access is being decided) is checked for `accused_reports` too.
+    `org` needs the implicated people and every manager above the accused and above each
+    of `candidates` (more is harmless); `reporter` is the reporter's person id, None if
+    anonymous or unknown. `candidates` (the principal asking, the people a reassignment
+    names) are checked for `accused_reports` too, where `category`'s rules turn it on.
     """
     people = conflicts_of(
         accused=found.accused,
-        named=(*found.named, *found.candidates),
+        named=found.named,
         reporter=reporter,
         org=org,
         policy=policy,
+        category=category,
+        candidates=candidates,
+        matches=found.matches,
     )
-    out = {x.principal: x.rule for x in people}
-    if (
-        asking is not None
-        and asking not in out
-        and ACCUSED_REPORTS in rules_on(policy, category)
-        and answers_to_accused(asking, found, org)
-    ):
-        out[asking] = ACCUSED_REPORTS
-    return out
+    return {x.principal: x.rule for x in people}
 
 
 def answers_to_accused(person: str, found: Implicated, org: OrgSnapshot) -> bool:
@@ -268,9 +257,9 @@ def reassignment_refusals(
     """Why each person of a reassignment's `to` may not hold the incident (empty: all may).
 
     `unknown`: not a person of the directory; `excluded`: any exclusion of the incident
-    (`routing` already holds triage's, the recusals, the conflicts known at once), or
-    someone who answers to an accused, whatever the category: a person chosen by hand
-    is held to the strictest rule.
+    (`routing` holds triage's, the recusals and removals, and the conflicts `conflicted`
+    finds with `to` as candidates), or someone who answers to an accused whatever the
+    category: a person chosen by hand is held to the strictest rule.
     `org` needs the people of `to` and the managers above them.
     """
     refusals: dict[str, str] = {}

@@ -73,7 +73,7 @@ from services.infra.crypto import CryptoError, IncidentKey
 from services.infra.keystore import KeyStore
 from services.infra.runtime import Runtime
 from services.infra.telemetry import current_traceparent
-from services.intake.routing import Facts, apply_event, caller_routing, facts_of, routing_of
+from services.intake.routing import Facts, access_of, apply_event, caller_routing
 
 ATTEMPTS = 10
 """Appends retried on a stream version conflict before answering 503."""
@@ -160,6 +160,7 @@ class Context:
     key: IncidentKey | None = None
     routing: Routing = field(default_factory=Routing)
     facts: Facts | None = None
+    policy: Policy | None = None
 
     def seal(self, field_name: str, value: str) -> str:
         """A value sealed with the incident's key; NotNow once the incident was erased."""
@@ -249,22 +250,30 @@ async def _attempt_once(
         refused = Refused(action, "no_such_incident")
         await record_refusal(runtime, conn, incident_id, principal, action, refused.detail)
         return refused
-    facts = await facts_of(conn, incident_id, events, keys, (principal.id, *people))
-    at_once = conflicted(
-        facts.found, facts.reporter, facts.org, policy, asking=principal.id, category=state.category
+    access = await access_of(
+        conn,
+        incident_id,
+        events,
+        keys,
+        policy,
+        asking=principal.id,
+        category=state.category,
+        people=people,
     )
-    routing = (await routing_of(conn, incident_id)).excluding(at_once)
+    routing, facts = access.routing, access.facts
     verdict = decide(routing, principal.id, principal.roles, action, grants)
     try:  # an incident from before #8 gets its key now; an erased one stays keyless
         key: IncidentKey | None = await keys.create(conn, incident_id)
     except CryptoError:
         key = None
     if isinstance(verdict, Refused):
-        rule = at_once.get(principal.id)
+        rule = access.at_once.get(principal.id)
         sealed = key.seal("rule", rule) if key is not None and rule is not None else None
         await record_refusal(runtime, conn, incident_id, principal, action, verdict.detail, sealed)
         return verdict
-    context = Context(runtime, incident_id, principal, events, state, verdict, key, routing, facts)
+    context = Context(
+        runtime, incident_id, principal, events, state, verdict, key, routing, facts, policy
+    )
     new, result = build(context)
     await eventstore.append(
         conn, incident_id, version, new, topic_prefix=runtime.settings.kafka_topic_prefix
@@ -360,9 +369,20 @@ def reassign(to: Sequence[str], remove: Sequence[str], reason: str) -> Build[Don
 
     def build(context: Context) -> tuple[list[Envelope], Done]:
         _open(context)
-        facts = context.facts
-        assert facts is not None  # act loads them
-        refusals = reassignment_refusals(to, context.routing, facts.found, facts.org)
+        facts, policy = context.facts, context.policy
+        assert facts is not None and policy is not None  # act sets them
+        # the people named are candidates: triage's rules as it will check them again
+        named = conflicted(
+            facts.found,
+            facts.reporter,
+            facts.org,
+            policy,
+            category=context.state.category,
+            candidates=to,
+        )
+        refusals = reassignment_refusals(
+            to, context.routing.excluding(named), facts.found, facts.org
+        )
         errors = [
             {"field": f"to.{to.index(p)}", "message": _WHY[why]} for p, why in refusals.items()
         ]

@@ -124,8 +124,12 @@ async def _excluded(
     events: list[Envelope],
     caller: Principal,
 ) -> bool:
-    """Is the caller conflicted (by triage's decision, or already by the report itself)?"""
-    routing = await access_routing(conn, incident_id, events, keys, policy)
+    """Is the caller conflicted (by triage's decision, or already by the report itself,
+    or because she answers to an accused)?"""
+    category = fold(incident_id, events).category
+    routing = await access_routing(
+        conn, incident_id, events, keys, policy, asking=caller.id, category=category
+    )
     return caller.id in routing.excluded
 
 

@@ -249,6 +249,45 @@ async def facts_of(
     return Facts(found, reporter, org)
 
 
+@dataclass(frozen=True)
+class Access:
+    """What an access decision of a caller who may act takes (see `access_of`): the
+    routing with the conflicts known at once, those conflicts (person -> first rule),
+    and the facts they came from."""
+
+    routing: Routing
+    at_once: dict[str, str]
+    facts: Facts
+
+
+async def access_of(
+    conn: asyncpg.Connection,
+    incident_id: str,
+    events: Sequence[Envelope],
+    keys: KeyStore,
+    policy: Policy,
+    *,
+    asking: str | None = None,
+    category: str | None = None,
+    people: Sequence[str] = (),
+) -> Access:
+    """The projection plus the conflicts known at once, `asking` being a candidate
+    (whether she answers to an accused, where `category`'s rules say); the directory of
+    the facts also holds `people` and the managers above them."""
+    routing = await routing_of(conn, incident_id)
+    candidates = (asking,) if asking else ()
+    facts = await facts_of(conn, incident_id, events, keys, (*candidates, *people))
+    at_once = conflicted(
+        facts.found,
+        facts.reporter,
+        facts.org,
+        policy,
+        category=category,
+        candidates=candidates,
+    )
+    return Access(routing.excluding(at_once), at_once, facts)
+
+
 async def access_routing(
     conn: asyncpg.Connection,
     incident_id: str,
@@ -259,13 +298,11 @@ async def access_routing(
     asking: str | None = None,
     category: str | None = None,
 ) -> Routing:
-    """The routing access is decided on: the projection, plus conflicts known at once
-    (for `asking` too: whether she answers to an accused, where `category`'s rules say)."""
-    routing = await routing_of(conn, incident_id)
-    facts = await facts_of(conn, incident_id, events, keys, (asking,) if asking else ())
-    return routing.excluding(
-        conflicted(facts.found, facts.reporter, facts.org, policy, asking=asking, category=category)
+    """The routing access is decided on: the projection, plus conflicts known at once."""
+    access = await access_of(
+        conn, incident_id, events, keys, policy, asking=asking, category=category
     )
+    return access.routing
 
 
 def routing_handler(runtime: Runtime) -> BatchHandler:
