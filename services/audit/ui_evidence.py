@@ -125,7 +125,9 @@ async def evidence_of(
     indexes = [
         r["idx"]
         for r in await conn.fetch(
-            "SELECT idx FROM ledger WHERE incident_id = $1 AND valid ORDER BY idx", incident_id
+            "SELECT idx FROM ledger WHERE incident_id = $1 AND valid"
+            " AND event_type LIKE 'incident.%' ORDER BY idx",  # the timeline's entries
+            incident_id,
         )
     ]
     head = await latest_head(conn)
