@@ -54,10 +54,13 @@ __all__ = [
     "MAX_TREE_SIZE",
     "Checkpoint",
     "CheckpointError",
+    "KeyNames",
     "NoteError",
     "NoteSigner",
     "NoteVerifier",
     "b64decode_strict",
+    "ed25519_from_pem",
+    "ed25519_to_pem",
     "is_valid_key_name",
     "note_key_hash",
     "parse_verifier_key",
@@ -276,7 +279,27 @@ class Checkpoint:
 # ------------------------------------------------------------------------- signing
 
 
-class _KeyNames:
+def ed25519_from_pem(data: bytes) -> Ed25519PrivateKey:
+    """An unencrypted PKCS#8 PEM Ed25519 private key; `NoteError` for anything else."""
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as exc:
+        raise NoteError(f"cannot load PEM private key: {exc}") from exc
+    if not isinstance(key, Ed25519PrivateKey):
+        raise NoteError(f"PEM key is {type(key).__name__}, not an Ed25519 private key")
+    return key
+
+
+def ed25519_to_pem(key: Ed25519PrivateKey) -> bytes:
+    """The private key as unencrypted PKCS#8 PEM (keep it secret)."""
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+class KeyNames:
     """What a signer and a verifier both tell about their key (name, hashes, strings)."""
 
     _name: str
@@ -309,7 +332,7 @@ class _KeyNames:
         return _verifier_key_string(self._name, self._public_key)
 
 
-class NoteSigner(_KeyNames):
+class NoteSigner(KeyNames):
     """Signs notes with one Ed25519 key under one key name (our log's origin).
 
     The private key never appears in ``repr``; export it explicitly with `private_pem`.
@@ -341,21 +364,11 @@ class NoteSigner(_KeyNames):
     @classmethod
     def from_pem(cls, data: bytes, name: str) -> NoteSigner:
         """Build a signer from an unencrypted PKCS#8 PEM Ed25519 private key."""
-        try:
-            key = serialization.load_pem_private_key(data, password=None)
-        except (ValueError, TypeError) as exc:
-            raise NoteError(f"cannot load PEM private key: {exc}") from exc
-        if not isinstance(key, Ed25519PrivateKey):
-            raise NoteError(f"PEM key is {type(key).__name__}, not an Ed25519 private key")
-        return cls(key, name)
+        return cls(ed25519_from_pem(data), name)
 
     def private_pem(self) -> bytes:
         """Return the private key as unencrypted PKCS#8 PEM (keep it secret)."""
-        return self._key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
+        return ed25519_to_pem(self._key)
 
     def verifier(self) -> NoteVerifier:
         """Return the `NoteVerifier` for this signer's public key."""
@@ -392,7 +405,7 @@ def _note_text_bytes(text: str) -> bytes:
 # ---------------------------------------------------------------------- verification
 
 
-class NoteVerifier(_KeyNames):
+class NoteVerifier(KeyNames):
     """Verifies notes against one trusted Ed25519 key (name and public key)."""
 
     __slots__ = ("_key", "_key_hash", "_name", "_public_key")

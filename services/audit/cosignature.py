@@ -34,8 +34,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from services.audit.checkpoint import (
+    KeyNames,
     NoteError,
     b64decode_strict,
+    ed25519_from_pem,
+    ed25519_to_pem,
     is_valid_key_name,
     split_note,
 )
@@ -87,20 +90,8 @@ class Cosignature:
     timestamp: int
 
 
-class _CosignerKey:
-    _name: str
-    _public_key: bytes
-    _key_hash: bytes
-
-    @property
-    def name(self) -> str:
-        """The cosigner name written in its signature lines."""
-        return self._name
-
-    @property
-    def key_hash(self) -> bytes:
-        """The 4-byte key ID prefixing its signatures."""
-        return self._key_hash
+class _CosignerKey(KeyNames):
+    """Name, key and key ID as for a log key, but with the cosignature type byte 0x04."""
 
     @property
     def verifier_key(self) -> str:
@@ -129,21 +120,11 @@ class CosignatureSigner(_CosignerKey):
     @classmethod
     def from_pem(cls, data: bytes, name: str) -> CosignatureSigner:
         """From an unencrypted PKCS#8 PEM Ed25519 private key."""
-        try:
-            key = serialization.load_pem_private_key(data, password=None)
-        except (ValueError, TypeError) as exc:
-            raise NoteError(f"cannot load PEM private key: {exc}") from exc
-        if not isinstance(key, Ed25519PrivateKey):
-            raise NoteError("the PEM key is not an Ed25519 private key")
-        return cls(key, name)
+        return cls(ed25519_from_pem(data), name)
 
     def private_pem(self) -> bytes:
         """The private key as unencrypted PKCS#8 PEM (keep it secret)."""
-        return self._key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
+        return ed25519_to_pem(self._key)
 
     def verifier(self) -> CosignatureVerifier:
         return CosignatureVerifier(self._name, self._public_key)
