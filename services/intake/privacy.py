@@ -66,7 +66,7 @@ from services.intake.handlers import (
     policy_of,
 )
 from services.intake.principals import RequiredPrincipal
-from services.intake.routing import access_routing
+from services.intake.routing import access_of
 
 router = APIRouter(prefix="/v1", tags=["privacy"])
 log = logging.getLogger(__name__)
@@ -127,10 +127,10 @@ async def _excluded(
     """Is the caller conflicted (by triage's decision, or already by the report itself,
     or because she answers to an accused)?"""
     category = fold(incident_id, events).category
-    routing = await access_routing(
+    access = await access_of(
         conn, incident_id, events, keys, policy, asking=caller.id, category=category
     )
-    return caller.id in routing.excluded
+    return caller.id in access.routing.excluded
 
 
 async def _privileged(

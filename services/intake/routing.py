@@ -20,7 +20,7 @@ The table is intake's access table: `caller_routing` reads one principal's row b
 primary key, which is all a refusal needs (`services.intake.actions`); its cost does not
 depend on the incident's size, nor on whether the incident exists.
 
-`access_routing` is what an access decision takes once the caller may act: this
+`access_of` is what an access decision takes once the caller may act: this
 projection plus the exclusions intake derives at once from the incident's own events and
 its directory (`services.domain.access.conflicted`, triage's rules, and whether the
 caller answers to an accused), so the conflicted are refused before triage's decision
@@ -286,23 +286,6 @@ async def access_of(
         candidates=candidates,
     )
     return Access(routing.excluding(at_once), at_once, facts)
-
-
-async def access_routing(
-    conn: asyncpg.Connection,
-    incident_id: str,
-    events: Sequence[Envelope],
-    keys: KeyStore,
-    policy: Policy,
-    *,
-    asking: str | None = None,
-    category: str | None = None,
-) -> Routing:
-    """The routing access is decided on: the projection, plus conflicts known at once."""
-    access = await access_of(
-        conn, incident_id, events, keys, policy, asking=asking, category=category
-    )
-    return access.routing
 
 
 def routing_handler(runtime: Runtime) -> BatchHandler:
