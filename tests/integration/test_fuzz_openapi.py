@@ -86,6 +86,8 @@ INTAKE_OPERATIONS = [
     ("POST", "/v1/incidents/{incident_id}/legal-hold/release"),
     ("PUT", "/v1/directory/people/{person_id}"),
     ("GET", "/v1/directory/people/{person_id}"),
+    ("GET", "/v1/directory/grants"),
+    ("POST", "/v1/directory/grants/{grant_id}/approval"),
     ("GET", "/v1/people/search"),
 ]
 AUDIT_OPERATIONS = [
@@ -100,7 +102,9 @@ AUDIT_OPERATIONS = [
     ("GET", "/v1/ledger/public-key"),
 ]
 JSON_BODY = [
-    op for op in INTAKE_OPERATIONS if op[0] in ("POST", "PUT") and "acknowledge" not in op[1]
+    op
+    for op in INTAKE_OPERATIONS
+    if op[0] in ("POST", "PUT") and "acknowledge" not in op[1] and "approval" not in op[1]
 ]
 
 # ----------------------------------------------------------------------- the apps
