@@ -142,6 +142,12 @@ def verify(
         help="With --witness: fail unless a signed head carries this many"
         " valid cosignatures of those witnesses.",
     ),
+    witness_urls: list[str] = typer.Option(
+        [],
+        "--witness-url",
+        help="A witness's base URL: the latest checkpoint it cosigned of this log is one"
+        " more head to check the log against (repeatable; docs/witness.md).",
+    ),
 ) -> None:
     """Recompute the Merkle tree and check it against every signed head found; exit 1 if
     anything is not intact (bad entries, a cut tail, a fork, another key)."""
@@ -151,6 +157,7 @@ def verify(
         state = VerifierState.load(state_file or default_state_file())
         heads = [head for path in head_files for head in file_heads(path)]
         trusted = _key_text(key)
+        heads += _witness_checkpoints(witness_urls, url, bundle, trusted)
         if bundle is not None:
             if url != DEFAULT_URL:
                 raise _fail("give --url or --bundle, not both")
@@ -277,6 +284,32 @@ def _verdict(report: VerifyReport) -> None:
                 f"  size {head['tree_size']}, root {head['root_hash']} ({head['where']})",
                 soft_wrap=True,
             )
+
+
+def _witness_checkpoints(
+    urls: list[str], url: str, bundle: Path | None, trusted: str | None
+) -> list[KnownHead]:
+    """``--witness-url``: each witness's latest cosigned checkpoint of the log, as a head."""
+    import httpx
+
+    from services.audit.checkpoint import NoteError, parse_verifier_key
+    from services.audit.verify import SourceError, witness_known_heads
+
+    if not urls:
+        return []
+    try:
+        if trusted is not None:
+            origin = parse_verifier_key(trusted).name
+        elif bundle is not None:
+            origin = json.loads(bundle.read_text(encoding="utf-8"))["origin"]
+        else:
+            answer = httpx.get(f"{url.rstrip('/')}/v1/ledger/public-key", timeout=30.0)
+            origin = answer.raise_for_status().json()["origin"]
+        return witness_known_heads(urls, str(origin))
+    except (SourceError, NoteError, OSError, ValueError, KeyError, TypeError) as exc:
+        raise _fail(f"--witness-url: {exc}") from None
+    except httpx.HTTPError as exc:
+        raise _fail(f"--witness-url: cannot read the log's origin at {url}: {exc}") from None
 
 
 def _witness_quorum(

@@ -1467,3 +1467,27 @@ def witness_check(
         report.ok = False
         report.reason = f"witness quorum not met: {outcome.reason}"
     return outcome
+
+
+def witness_known_heads(urls: Sequence[str], origin: str) -> list[KnownHead]:
+    """The latest checkpoint each witness cosigned of `origin` (c2sp.org/tlog-witness's
+    ``GET <prefix>/<sha256 hex of origin>/checkpoint``), as heads for verify to check the
+    log against: a ledger cut back below what a witness saw fails as a cut tail.
+    A witness that never cosigned this log (404) adds nothing; an unreachable one raises
+    `SourceError`."""
+    import hashlib
+
+    heads = []
+    origin_hash = hashlib.sha256(origin.encode("utf-8")).hexdigest()
+    for url in urls:
+        where = f"{url.rstrip('/')}/{origin_hash}/checkpoint"
+        try:
+            answer = httpx.get(where, timeout=30.0)
+        except httpx.HTTPError as exc:
+            raise SourceError(f"cannot reach the witness at {url}: {exc}") from exc
+        if answer.status_code == 404:
+            continue
+        if answer.status_code != 200:
+            raise SourceError(f"the witness at {url} answered {answer.status_code}")
+        heads.append(KnownHead(answer.text, f"the witness {url}"))
+    return heads

@@ -27,6 +27,8 @@ from services.audit import merkle
 from services.audit.app import create_app
 from services.audit.checkpoint import NoteSigner, parse_verifier_key, verify_checkpoint
 from services.audit.cosignature import CosignatureVerifier
+from services.audit.trust import VerifierState, verify_service
+from services.audit.verify import HttpSource, witness_known_heads
 from services.domain.envelope import canonical_json
 from services.infra.settings import AuditSettings, CommonSettings
 from services.witness.app import create_app as create_witness
@@ -166,6 +168,7 @@ async def _cosigned_events(settings: AuditSettings) -> list[Any]:
 async def test_the_witness_refuses_the_ledger_cut_back_and_signed_again(
     witnessed: tuple[httpx.AsyncClient, AuditSettings, CosignatureVerifier, Any],
     producer: AIOKafkaProducer,
+    tmp_path: Path,
 ) -> None:
     """The issue's truncation: entries, subtrees, heads and their cosignatures dropped
     as superuser, audit signing on top of the shorter ledger. The witness never cosigns
@@ -197,6 +200,20 @@ async def test_the_witness_refuses_the_ledger_cut_back_and_signed_again(
     head = (await client.get("/v1/ledger/head")).json()
     assert head["tree_size"] >= forged["tree_size"] and head["cosignatures"] == []
     assert witness.store.latest(settings.ledger_origin).tree_size == size
+
+    # verify, told of the witness, finds the cut: the tree has grown again past the
+    # witnessed size, but its root at that size is not the witnessed one.
+    heads = await asyncio.to_thread(
+        witness_known_heads, [settings.witnesses[0][0]], settings.ledger_origin
+    )
+    assert len(heads) == 1 and heads[0].where.startswith("the witness")
+    report, _notes = await verify_service(
+        HttpSource("http://audit", "dev-auditor-token", client=client),
+        VerifierState(tmp_path / "fresh.json"),
+        heads=heads,
+    )
+    reason = report.reason or ""
+    assert not report.ok and "from the witness" in reason and "cut back" in reason, reason
 
 
 async def _refusals(witness: Any, origin: str) -> list[tuple[int, int, int, str]]:
