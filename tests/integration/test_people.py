@@ -12,15 +12,18 @@ from typing import Any
 
 import httpx
 import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from services.domain.events import parse_event
 from services.domain.ratelimit import TokenBuckets
 from services.domain.reports import MATCH_TEXT_FIELD
 from tests.helpers import SEED_CASE
+from tests.integration import test_tracing
 from tests.integration.test_console_intake import SAME_ORIGIN, csrf_of
 from tests.integration.test_reports import Intake, module_settings, running_intake
 
 pytestmark = pytest.mark.integration
+spans = test_tracing.spans  # the fixture collecting spans in memory
 LIU = {"authorization": "Bearer dev-liu-token"}
 ADMIN = {"authorization": "Bearer dev-admin-token"}
 
@@ -86,7 +89,7 @@ async def test_bad_people_and_control_characters_are_refused_and_nothing_is_writ
 
 
 async def test_the_people_search_shows_only_id_name_and_unit(
-    intake: Intake, caplog: pytest.LogCaptureFixture
+    intake: Intake, caplog: pytest.LogCaptureFixture, spans: InMemorySpanExporter
 ) -> None:
     put = await intake.client.put(
         "/v1/directory/people/p-zoe",
@@ -96,6 +99,7 @@ async def test_the_people_search_shows_only_id_name_and_unit(
     assert put.status_code == 201, put.text
     caplog.set_level(logging.DEBUG)
     before = await intake.counts()
+    spans.clear()
 
     async def search(q: str) -> httpx.Response:
         return await intake.client.get("/v1/people/search", params={"q": q})
@@ -114,6 +118,8 @@ async def test_the_people_search_shows_only_id_name_and_unit(
     # broker client the directory change above), and records no event
     served = [m.getMessage() for m in caplog.records if not m.name.startswith(("httpx", "aio"))]
     assert not [m for m in served if "quix" in m.lower() or "p-zoe" in m]
+    traced = [f"{s.name} {dict(s.attributes or {})}" for s in spans.get_finished_spans()]
+    assert not [t for t in traced if "quix" in t.lower() or "p-zoe" in t or "search" in t]
     assert await intake.counts() == before
 
 
