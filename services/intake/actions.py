@@ -18,7 +18,9 @@ incident, and whether it exists or not:
    folded, and the exclusions intake derives at once checked: triage's conflict rules on
    the incident's own events (also after an amendment or a confirmation), the reporter,
    and whether the caller answers to an accused (her management chain, read at request
-   time). A conflicted caller is refused here, as excluded, with the same answer.
+   time). A conflicted caller is refused here, as excluded, with the same answer,
+   and (but for the reporter, whom it would name) her exclusion is written into the
+   access table, so that her next refusal is the first step's.
 
 Every refusal is recorded as `incident.access.denied.v1` (subject: the incident id asked
 for) on the stream `access-denied:<id>`, never on the incident's stream: a probe adds
@@ -73,7 +75,7 @@ from services.infra.crypto import CryptoError, IncidentKey
 from services.infra.keystore import KeyStore
 from services.infra.runtime import Runtime
 from services.infra.telemetry import current_traceparent
-from services.intake.routing import Facts, access_of, apply_event, caller_routing
+from services.intake.routing import Facts, access_of, apply_event, caller_routing, exclude
 
 ATTEMPTS = 10
 """Appends retried on a stream version conflict before answering 503."""
@@ -83,6 +85,8 @@ RECUSED = "incident.recused.v1"
 ORDERED = "incident.reassignment.ordered.v1"
 CONFIRMED = "incident.people.confirmed.v1"
 DENIED = "incident.access.denied.v1"
+REPORTER = "reporter"
+"""Triage's rule for the reporter (never written in clear where it would name her)."""
 ROUTING_TYPES = frozenset({RECUSED, ORDERED})
 """Intake's own events the routing projection learns in the transaction that records them."""
 
@@ -269,7 +273,14 @@ async def _attempt_once(
     if isinstance(verdict, Refused):
         rule = access.at_once.get(principal.id)
         sealed = key.seal("rule", rule) if key is not None and rule is not None else None
-        await record_refusal(runtime, conn, incident_id, principal, action, verdict.detail, sealed)
+        denied = await record_refusal(
+            runtime, conn, incident_id, principal, action, verdict.detail, sealed
+        )
+        if rule is not None and rule != REPORTER:
+            # Kept in the access table, so her next refusal is the first step's (an
+            # indexed lookup). Not the reporter's: that row would name her in clear, and
+            # she knows of the incident anyway.
+            await exclude(conn, incident_id, principal.id, rule, denied)
         return verdict
     context = Context(
         runtime, incident_id, principal, events, state, verdict, key, routing, facts, policy
@@ -312,7 +323,7 @@ async def record_refusal(
     action: str,
     reason: str,
     sealed_rule: str | None = None,
-) -> None:
+) -> Envelope:
     """Record `incident.access.denied.v1` on `access-denied:<id>` (inside the caller's
     transaction): the same statements for a real incident and an unknown id."""
     event = make_event(
@@ -329,6 +340,7 @@ async def record_refusal(
     await eventstore.append(
         conn, stream, version, [event], topic_prefix=runtime.settings.kafka_topic_prefix
     )
+    return event
 
 
 # The conflict actions -------------------------------------------------------------

@@ -168,6 +168,13 @@ async def _replace(
     await _many(conn, _ROUTE, [(incident, p, level, at, envelope.id) for p in added])
 
 
+async def exclude(
+    conn: asyncpg.Connection, incident_id: str, principal: str, rule: str, cause: Envelope
+) -> None:
+    """Record an exclusion intake found itself (routing unchanged; never lifted)."""
+    await conn.execute(_EXCLUDE, incident_id, principal, rule, cause.time, cause.id, False)
+
+
 async def _many(conn: asyncpg.Connection, statement: str, rows: list[tuple[Any, ...]]) -> None:
     """One statement for each row, in order, pipelined (one round trip, not one per row)."""
     if rows:

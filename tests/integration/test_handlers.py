@@ -29,7 +29,7 @@ from services.infra.localstack import run_sync
 from services.infra.settings import IntakeSettings
 from services.intake import actions, handlers
 from services.intake.app import create_app
-from tests.helpers import eventually, serving
+from tests.helpers import eventually, serving, signed
 from tests.integration.test_reports import module_settings
 
 pytestmark = pytest.mark.integration
@@ -156,15 +156,17 @@ async def submit(env: Env, **overrides: Any) -> str:
 async def publish(
     env: Env, type_: str, incident: str, data: dict[str, Any], event_id: str | None = None
 ) -> bytes:
-    value = make_event(
-        type_,
-        subject=incident,
-        data=data,
-        source="/services/test-triage",
-        time=datetime.now(UTC),
-        actor="system:triage",
-        event_id=event_id,
-    ).to_bytes()
+    value = signed(
+        make_event(
+            type_,
+            subject=incident,
+            data=data,
+            source="/services/test-triage",
+            time=datetime.now(UTC),
+            actor="system:triage",
+            event_id=event_id,
+        )
+    )
     await send(env, CATALOG[type_].topic, value, incident)
     return value
 
@@ -685,7 +687,7 @@ async def test_bad_routing_records_are_dead_lettered_and_routing_carries_on(env:
     bad_data["data"] = {"level": 0, "principals": "p-chen"}
     for value, topic in [
         (b"{oops", "incident.triage"),
-        (json.dumps(bad_data).encode(), "incident.escalations"),
+        (signed(bad_data, "triage"), "incident.escalations"),  # authentic, but invalid
     ]:
         await send(env, topic, value, incident)
     rejected = await on_topic(
@@ -839,7 +841,11 @@ async def test_someone_answering_to_the_accused_may_not_act_even_when_routed(env
         ("acknowledge", "excluded"),
         ("status", "excluded"),
     ]
-    assert await opened_rules(env, incident, refused) == ["accused_reports"] * 2
+    # the rule is sealed in the first refusal; from then on the access table holds her
+    # exclusion, and the next refusal is its indexed lookup (the rule is in that row)
+    assert await opened_rules(env, incident, refused) == ["accused_reports", None]
+    row = (await routing_rows(env, incident))["p-chen"]
+    assert (row["routed"], row["excluded_rule"]) == (True, "accused_reports")
     assert await of_type(env.settings, incident, "incident.acknowledged.v1") == []
 
 
