@@ -71,16 +71,26 @@ async def person_in_ledger(
 
 
 async def _org(
-    conn: asyncpg.Connection, directory: DirectoryFile, people: Sequence[str]
+    conn: asyncpg.Connection,
+    directory: DirectoryFile,
+    people: Sequence[str],
+    known: dict[str, Person | None] | None = None,
 ) -> OrgSnapshot:
-    """The implicated people and every manager above them, as far as the data goes."""
+    """The implicated people and every manager above them, as far as the data goes.
+
+    `known` memoises the people looked up (one request judging many incidents meets
+    the same managers again and again).
+    """
     found: dict[str, Person] = {}
+    known = {} if known is None else known
     for start in people:
         current: str | None = start
         for _step in range(MAX_CHAIN):
             if current is None or current in found:
                 break
-            person = await person_in_ledger(conn, directory, current)
+            if current not in known:
+                known[current] = await person_in_ledger(conn, directory, current)
+            person = known[current]
             if person is None:
                 break
             found[current] = person
@@ -95,12 +105,14 @@ async def excluded(
     directory: DirectoryFile,
     incident_id: str,
     entries: Sequence[LedgerEvent],
+    known: dict[str, Person | None] | None = None,
 ) -> frozenset[str]:
-    """Everyone excluded from the incident, by the ledger's decisions or the report itself."""
+    """Everyone excluded from the incident, by the ledger's decisions or the report itself
+    (`known`: people already looked up, see `_org`)."""
     events: list[Envelope] = [e.envelope for e in entries if e.envelope.subject == incident_id]
     decided = fold(incident_id, events).excluded
     found = implicated(events)
-    org = await _org(conn, directory, found.people)
+    org = await _org(conn, directory, found.people, known)
     reporter = await keys.reporter_of(conn, incident_id, events)
     return decided | frozenset(conflicted(found, reporter, org, policy))
 

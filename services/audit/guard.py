@@ -25,7 +25,7 @@ from fastapi import Request
 
 from services.audit.conflicts import append_own, excluded
 from services.audit.ledger import decode_leaf
-from services.domain.directory import DirectoryFile
+from services.domain.directory import DirectoryFile, Person
 from services.domain.events import InvalidEvent, ReadRecorded, parse_envelope
 from services.domain.knowledge import LedgerEvent
 from services.domain.policy import Policy
@@ -74,8 +74,9 @@ async def excluded_in_range(
     policy: Policy = request.app.state.policy
     directory: DirectoryFile = request.app.state.directory
     found: set[str] = set()
+    known: dict[str, Person | None] = {}
     for incident, entries in by_incident.items():
-        if principal in await excluded(conn, keys, policy, directory, incident, entries):
+        if principal in await excluded(conn, keys, policy, directory, incident, entries, known):
             found.add(incident)
     return frozenset(found)
 
