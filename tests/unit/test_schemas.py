@@ -75,6 +75,20 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "removed": [{"principal": "p-ma", "rule": "named_in_report"}],
         "added": ["p-zhou"],
     },
+    "incident.recused.v1": {"principal": "p-chen", "reason": None},
+    "incident.reassignment.ordered.v1": {
+        "principal": "p-sun",
+        "to": ["p-ma"],
+        "remove": ["p-chen"],
+        "reason": "enc:v1:AAAA",
+    },
+    "incident.people.confirmed.v1": {
+        "principal": "p-sun",
+        "accused": ["p-wang"],
+        "named": [],
+        "outsiders": 1,
+        "note": None,
+    },
     "incident.notified.v1": {
         "principal": "p-ma",
         "channel": "email",
