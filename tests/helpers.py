@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import secrets
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -12,6 +13,8 @@ import httpx
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from fastapi import FastAPI
 
+from services.domain.envelope import Envelope
+from services.infra import signing
 from services.infra.settings import CommonSettings
 
 
@@ -119,6 +122,22 @@ conflicts:
   exclude: [accused, accused_management_chain, named_in_report, reporter]
   independent_roles: [chief_ethics_officer, board_audit_committee]
 """
+
+
+def signed(event: Envelope | dict[str, Any] | bytes, service: str | None = None) -> bytes:
+    """An event as a service would publish it: signed with that service's development
+    key (by default the producer its `source` names, else the only one of its type).
+
+    Tests that produce events straight onto Kafka sign them with this, as every
+    consumer refuses unsigned events (docs/event-signing.md).
+    """
+    if isinstance(event, Envelope):
+        value = event.to_dict()
+    elif isinstance(event, bytes):
+        value = json.loads(event)
+    else:
+        value = dict(event)
+    return signing.signer_for(service or signing.producer_of(value)).sign_bytes(value)
 
 
 def event_record(topic: str, event: Any, offset: int) -> ConsumerRecord:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from services.console import web
 from services.domain.directory import DirectoryFile
 from services.domain.events import Topic
 from services.domain.policy import Policy
+from services.infra import metrics
 from services.infra.auth import make_authenticator
 from services.infra.config import load_yaml_model
 from services.infra.kafka import all_topics
@@ -29,6 +31,7 @@ from services.infra.settings import AuditSettings
 from services.infra.webapp import build_app
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+log = logging.getLogger(__name__)
 
 
 def create_app(settings: AuditSettings | None = None) -> FastAPI:
@@ -47,8 +50,15 @@ def create_app(settings: AuditSettings | None = None) -> FastAPI:
     runtime.before_start.append(lambda: keys.migrate(settings.database_url))
 
     async def ingest(records: Sequence[ConsumerRecord]) -> None:
+        # Forged records are recorded too, as rejected input with the reason: the
+        # attempt is evidence (docs/event-signing.md).
+        refused = runtime.authenticity(records)
         async with runtime.db.acquire() as conn, conn.transaction():
-            await append_records(conn, records)
+            await append_records(conn, records, refused)
+        for record, reason in zip(records, refused, strict=True):
+            if reason is not None:
+                metrics.REJECTED_EVENTS.labels("audit", reason).inc()
+                log.error("audit recorded a refused record of %s: %s", record.topic, reason)
 
     # Every topic but incident.inbound: other systems publish plaintext reports there,
     # which intake seals before anything else stores them (the ledger holds intake's
@@ -57,6 +67,7 @@ def create_app(settings: AuditSettings | None = None) -> FastAPI:
         f"{settings.kafka_topic_prefix}audit-ledger",
         [t for t in all_topics(settings) if t != settings.topic(Topic.INBOUND)],
         ingest,
+        verify=False,
     )
     signer = load_signer(settings)
     # One key signs one log: refuse a key that signed another database's log (identity.py).

@@ -68,26 +68,19 @@ class Candidate:
     trace_id: str | None
 
 
-def classify(record: ConsumerRecord) -> Candidate:
-    """Decide what a record is: a valid event (keyed by topic and id) or rejected input."""
+def classify(record: ConsumerRecord, refused: str | None = None) -> Candidate:
+    """Decide what a record is: a valid event (keyed by topic and id) or rejected input.
+
+    `refused` is why the record is not authentic (services/infra/signing.py), if it is
+    not: it is then rejected input too, kept as evidence of the attempt.
+    """
     raw = record.value or b""
     try:
+        if refused is not None:
+            raise InvalidEvent(f"{NOT_AUTHENTIC}{refused}")
         envelope, _data = parse_event(raw)
     except InvalidEvent as exc:
-        digest = hashlib.sha256(raw).hexdigest()
-        return Candidate(
-            record_key=f"raw:{record.topic}:{record.partition}:{record.offset}:{digest}",
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            event=None,
-            raw=raw,
-            reason=exc.reason[:1000],
-            event_id=None,
-            incident_id=None,
-            event_type=None,
-            trace_id=trace_id_of(header(record, "traceparent")),
-        )
+        return _rejected(record, exc.reason[:1000])
     return Candidate(
         record_key=f"{record.topic}:{envelope.id}",
         topic=record.topic,
@@ -101,6 +94,44 @@ def classify(record: ConsumerRecord) -> Candidate:
         event_type=envelope.type,
         trace_id=trace_id_of(envelope.traceparent or header(record, "traceparent")),
     )
+
+
+NOT_AUTHENTIC = "not authentic: "
+"""How the reason of a refused record starts (then one of signing.REASONS)."""
+
+
+def _rejected(record: ConsumerRecord, reason: str, kind: str = "raw") -> Candidate:
+    raw = record.value or b""
+    digest = hashlib.sha256(raw).hexdigest()
+    return Candidate(
+        record_key=f"{kind}:{record.topic}:{record.partition}:{record.offset}:{digest}",
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        event=None,
+        raw=raw,
+        reason=reason,
+        event_id=None,
+        incident_id=None,
+        event_type=None,
+        trace_id=trace_id_of(header(record, "traceparent")),
+    )
+
+
+def _replays(
+    candidates: list[Candidate], records: Sequence[ConsumerRecord], stored: dict[str, bytes]
+) -> list[Candidate]:
+    """The candidates with each replay (an event id recorded before, or earlier in the
+    batch, with other content) turned into rejected input."""
+    events = {key: decode_leaf(leaf).get("event") for key, leaf in stored.items()}
+    out = []
+    for candidate, record in zip(candidates, records, strict=True):
+        if candidate.event is not None:
+            first = events.setdefault(candidate.record_key, candidate.event)
+            if first != candidate.event:
+                candidate = _rejected(record, f"{NOT_AUTHENTIC}replayed", "replayed")
+        out.append(candidate)
+    return out
 
 
 def leaf_bytes(index: int, recorded_at: datetime, candidate: Candidate) -> bytes:
@@ -121,24 +152,41 @@ def leaf_bytes(index: int, recorded_at: datetime, candidate: Candidate) -> bytes
     return canonical_json(body)
 
 
-async def append_records(conn: asyncpg.Connection, records: Sequence[ConsumerRecord]) -> int:
+async def append_records(
+    conn: asyncpg.Connection,
+    records: Sequence[ConsumerRecord],
+    refused: Sequence[str | None] | None = None,
+) -> int:
     """Append the records not yet in the ledger, in order; returns how many were new.
 
-    Must run inside a transaction. The ledger counter row is locked first, so appends
-    are serialised, indexes are gap-free, and the duplicate check cannot race.
+    `refused` says per record why it is not authentic (or None): such a record, and a
+    replay (an event id recorded before with other content), is recorded as rejected
+    input, once. Must run inside a transaction. The ledger counter row is locked first,
+    so appends are serialised, indexes are gap-free, and the duplicate check cannot race.
     """
     row = await conn.fetchrow(
         "SELECT last, clock_timestamp() AS now FROM counters WHERE name = 'ledger' FOR UPDATE"
     )
     last, now = int(row["last"]), row["now"]
-    candidates = [classify(r) for r in records]
-    keys = [c.record_key for c in candidates]
-    seen = {
-        r["record_key"]
+    reasons = refused if refused is not None else [None] * len(records)
+    candidates = [classify(r, why) for r, why in zip(records, reasons, strict=True)]
+    keys = [c.record_key for c in candidates if c.event is not None]
+    stored = {
+        r["record_key"]: bytes(r["leaf"])
         for r in await conn.fetch(
-            "SELECT record_key FROM ledger WHERE record_key = ANY($1::text[])", keys
+            "SELECT record_key, leaf FROM ledger WHERE record_key = ANY($1::text[])", keys
         )
     }
+    candidates = _replays(candidates, records, stored)
+    others = [c.record_key for c in candidates if c.event is None]
+    seen = set(stored)
+    if others:
+        seen |= {
+            r["record_key"]
+            for r in await conn.fetch(
+                "SELECT record_key FROM ledger WHERE record_key = ANY($1::text[])", others
+            )
+        }
     if last >= 0:
         previous = await conn.fetchval("SELECT recorded_at FROM ledger WHERE idx = $1", last)
         now = max(now, previous)  # recorded_at never goes backwards along the index

@@ -2,7 +2,8 @@
 
 The envelope is validated here, in pure code, so that intake, the consumers and the
 audit replay agree on what a valid event is. The bytes form (`canonical_json`) is the
-one the outbox publishes and the ledger hashes.
+one the outbox publishes and the ledger hashes, and `signing_input` is what a service's
+Ed25519 signature covers (docs/event-signing.md).
 """
 
 from __future__ import annotations
@@ -41,6 +42,36 @@ def canonical_json(value: Any) -> bytes:
     The same value always gives the same bytes, which is what hashing needs.
     """
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+SIGNATURE_ATTRIBUTE = "signature"
+"""Extension attribute: base64 of the 64-byte Ed25519 signature of `signing_input`."""
+SIGNING_KEY_ATTRIBUTE = "signingkey"
+"""Extension attribute: the id of the key that signed (`<service>:<16 hex>`); it is signed."""
+SIGNING_CONTEXT = b"incidents-event-signature/v1\n"
+"""The first line of every signing input, so a signature over an event is never valid
+for anything else (docs/event-signing.md)."""
+
+
+def signing_input(event: dict[str, Any]) -> bytes:
+    """The bytes an event's signature covers: `SIGNING_CONTEXT` then the canonical JSON of
+    the whole structured-mode event object without its `signature` attribute.
+
+    Events hold no floating-point numbers (`Envelope` refuses them), so these bytes are
+    also the RFC 8785 (JCS) form of the event: another language can rebuild them.
+    """
+    unsigned = {k: v for k, v in event.items() if k != SIGNATURE_ATTRIBUTE}
+    return SIGNING_CONTEXT + canonical_json(unsigned)
+
+
+def _has_float(value: Any) -> bool:
+    if isinstance(value, float):
+        return True
+    if isinstance(value, dict):
+        return any(_has_float(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_float(v) for v in value)
+    return False
 
 
 class Envelope(BaseModel):
@@ -83,6 +114,15 @@ class Envelope(BaseModel):
             return str(uuid.UUID(value))
         except ValueError as exc:
             raise ValueError("must be a UUID") from exc
+
+    @field_validator("data")
+    @classmethod
+    def _no_floats(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # Python and JCS print some floats differently; integers and strings they agree
+        # on, so the signing input stays reproducible in any language.
+        if _has_float(value):
+            raise ValueError("floating-point numbers are not allowed in events")
+        return value
 
     @field_validator("time")
     @classmethod

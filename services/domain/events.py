@@ -469,15 +469,39 @@ class CheckpointCosigned(EventData):
     )
 
 
+SERVICES: tuple[str, ...] = ("intake", "triage", "escalation", "audit")
+"""The services that publish events, each with its own signing key (docs/event-signing.md)."""
+_TOPIC_PRODUCERS: dict[Topic, frozenset[str]] = {
+    Topic.INBOUND: frozenset(),  # other systems' records: not signed by a service
+    Topic.REPORTS: frozenset({"intake"}),
+    Topic.TRIAGE: frozenset({"triage"}),
+    Topic.ACTIVITY: frozenset({"intake"}),
+    Topic.ESCALATIONS: frozenset({"escalation"}),
+    Topic.DIRECTORY: frozenset({"intake"}),
+    Topic.DEADLETTER: frozenset(SERVICES),  # every service dead-letters its own input
+    Topic.CHECKPOINTS: frozenset({"audit"}),
+}
+
+
 @dataclass(frozen=True)
 class EventType:
-    """One entry of the catalog."""
+    """One entry of the catalog.
+
+    `producers` are the services that may publish the type: a consumer accepts an event
+    only when a key of one of them signed it. By default the owner of its topic.
+    """
 
     name: str
     topic: Topic
     data: type[EventData]
+    producers: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        if not self.producers:
+            object.__setattr__(self, "producers", _TOPIC_PRODUCERS[self.topic])
 
 
+_INTAKE_OR_AUDIT = frozenset({"intake", "audit"})  # both record views, refusals, disclosures
 CATALOG: dict[str, EventType] = {
     e.name: e
     for e in (
@@ -488,15 +512,22 @@ CATALOG: dict[str, EventType] = {
         EventType("incident.triaged.v1", Topic.TRIAGE, Triaged),
         EventType("incident.assigned.v1", Topic.TRIAGE, Assigned),
         EventType("incident.reassigned.v1", Topic.TRIAGE, Reassigned),
-        EventType("incident.notified.v1", Topic.ACTIVITY, Notified),
-        EventType("incident.viewed.v1", Topic.ACTIVITY, Viewed),
+        EventType(
+            "incident.notified.v1",
+            Topic.ACTIVITY,
+            Notified,
+            frozenset({"triage", "escalation"}),
+        ),
+        EventType("incident.viewed.v1", Topic.ACTIVITY, Viewed, _INTAKE_OR_AUDIT),
         EventType("incident.acknowledged.v1", Topic.ACTIVITY, Acknowledged),
         EventType("incident.commented.v1", Topic.ACTIVITY, Commented),
         EventType("incident.status.changed.v1", Topic.ACTIVITY, StatusChanged),
-        EventType("incident.access.denied.v1", Topic.ACTIVITY, AccessDenied),
+        EventType("incident.access.denied.v1", Topic.ACTIVITY, AccessDenied, _INTAKE_OR_AUDIT),
         EventType("incident.recused.v1", Topic.ACTIVITY, Recused),
         EventType("incident.reassignment.ordered.v1", Topic.ACTIVITY, ReassignmentOrdered),
-        EventType("incident.identity.disclosed.v1", Topic.ACTIVITY, IdentityDisclosed),
+        EventType(
+            "incident.identity.disclosed.v1", Topic.ACTIVITY, IdentityDisclosed, _INTAKE_OR_AUDIT
+        ),
         EventType("incident.legal_hold.placed.v1", Topic.ACTIVITY, LegalHoldPlaced),
         EventType("incident.legal_hold.released.v1", Topic.ACTIVITY, LegalHoldReleased),
         EventType("incident.erased.v1", Topic.ACTIVITY, Erased),
@@ -512,7 +543,7 @@ CATALOG: dict[str, EventType] = {
         EventType("directory.role.proposed.v1", Topic.DIRECTORY, RoleProposed),
         EventType("incident.input.rejected.v1", Topic.DEADLETTER, InputRejected),
         EventType("audit.checkpoint.signed.v1", Topic.CHECKPOINTS, CheckpointSigned),
-        EventType("audit.read.recorded.v1", Topic.ACTIVITY, ReadRecorded),
+        EventType("audit.read.recorded.v1", Topic.ACTIVITY, ReadRecorded, frozenset({"audit"})),
         EventType("audit.checkpoint.cosigned.v1", Topic.CHECKPOINTS, CheckpointCosigned),
     )
 }

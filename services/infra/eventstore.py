@@ -2,7 +2,8 @@
 
 All three take a connection that is already inside a transaction, so a handler can
 append events, queue them for Kafka and mark the input it consumed in one commit:
-either all of it happened or none of it did.
+either all of it happened or none of it did. Every event is signed as it is stored or
+queued (services/infra/signing.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import asyncpg
 
 from services.domain.envelope import CLOUDEVENTS_CONTENT_TYPE, Envelope
 from services.domain.events import CATALOG, parse_envelope
+from services.infra import signing
 
 
 class ConcurrencyError(RuntimeError):
@@ -84,7 +86,31 @@ async def enqueue(
     conn: asyncpg.Connection,
     rows: Sequence[tuple[str, str, str, bytes, list[tuple[str, str]]]],
 ) -> None:
-    """Queue (event_id, topic, key, value, headers) rows for the relay, in order."""
+    """Queue (event_id, topic, key, value, headers) rows for the relay, in order.
+
+    Each value is an event this service publishes: it is signed here (`signing`), so
+    what the relay publishes is what the consumers verify and the ledger hashes.
+    """
+    await _enqueue_signed(conn, [(i, t, k, signed(v), h) for i, t, k, v, h in rows])
+
+
+def signed(value: bytes) -> bytes:
+    """A structured-mode event's bytes, signed by the service of this process that
+    publishes it (docs/event-signing.md); a value that is no event stays as it is (the
+    relay's own tests queue such values; a consumer refuses them as invalid input)."""
+    try:
+        event = json.loads(value)
+    except ValueError:
+        return value
+    if not isinstance(event, dict) or event.get("type") not in CATALOG:
+        return value
+    return signing.sign_event(event)
+
+
+async def _enqueue_signed(
+    conn: asyncpg.Connection,
+    rows: Sequence[tuple[str, str, str, bytes, list[tuple[str, str]]]],
+) -> None:
     if not rows:
         return
     inserted = await conn.fetchval(
@@ -142,7 +168,8 @@ async def append_streams(
     for _, _, event in rows:
         if event.type not in CATALOG:
             raise ValueError(f"{event.type} is not in the event catalog")
-    bodies = [event.to_bytes() for _, _, event in rows]
+    # Signed once: the events table, the outbox and Kafka hold the same bytes.
+    bodies = [signing.sign_event(event.to_dict()) for _, _, event in rows]
     arguments = (
         len(rows),
         [stream_id for stream_id, _, _ in rows],
@@ -163,7 +190,7 @@ async def append_streams(
         if exc.constraint_name and "event_id" in exc.constraint_name:
             raise DuplicateEventError(str(exc)) from exc
         raise ConcurrencyError(f"a stream moved on: {exc.detail or exc}") from exc
-    await enqueue(
+    await _enqueue_signed(
         conn,
         [
             (e.id, topic_prefix + CATALOG[e.type].topic, e.subject, body, record_headers(e))
@@ -271,3 +298,27 @@ async def stream_versions(conn: asyncpg.Connection, stream_ids: Sequence[str]) -
     )
     found = {r["stream_id"]: int(r["version"]) for r in rows}
     return {s: found.get(s, 0) for s in stream_ids}
+
+
+async def replayed(conn: asyncpg.Connection, digests: Sequence[tuple[str, bytes]]) -> list[bool]:
+    """Remember the (event id, content digest) of accepted events; per input, True when
+    its id came before with another digest (a replay: same id, other content).
+
+    A record delivered again (same digest) is not a replay; two records of one batch
+    with the same id and different digests make the second a replay.
+    """
+    if not digests:
+        return []
+    rows = await conn.fetch(
+        "WITH new AS (INSERT INTO event_digests (event_id, digest)"
+        " SELECT DISTINCT ON (i) i, d FROM unnest($1::text[], $2::bytea[])"
+        " WITH ORDINALITY AS r (i, d, n) ORDER BY i, n"
+        " ON CONFLICT DO NOTHING RETURNING event_id, digest)"
+        " SELECT event_id, digest FROM new UNION ALL SELECT event_id, digest"
+        " FROM event_digests WHERE event_id = ANY($1::text[])"
+        " AND event_id NOT IN (SELECT event_id FROM new)",
+        [i for i, _ in digests],
+        [d for _, d in digests],
+    )
+    known = {r["event_id"]: bytes(r["digest"]) for r in rows}
+    return [known.get(i, d) != d for i, d in digests]

@@ -135,7 +135,7 @@ def add_agent(
     64-79 ms of CPU a second and an idle escalation 74-93. Here nothing runs until a
     record comes.
     """
-    processor = RecordProcessor(name, handler, runtime.dead_letter_poison)
+    processor = RecordProcessor(name, handler, runtime.dead_letter_poison, gate=runtime.screen)
     stop = asyncio.Event()
     channel = app.topic(*topics, key_type=bytes, value_type=bytes, value_serializer="raw")
 

@@ -168,6 +168,9 @@ class BrokerWatch:
 
 BatchHandler = Callable[[Sequence[ConsumerRecord]], Awaitable[None]]
 RecordHandler = Callable[[ConsumerRecord], Awaitable[None]]
+Gate = Callable[[Sequence[ConsumerRecord]], Awaitable[list[ConsumerRecord]]]
+"""Screens a batch before the handler: returns the records it may act on (the others
+it has dealt with itself, e.g. `Runtime.screen` dead-letters forged events)."""
 
 
 @dataclass
@@ -189,7 +192,9 @@ class RecordProcessor:
     without skipping anything. Any other exception is a bug or a poison record: the
     batch is retried record by record, and a record that still fails `poison_after`
     times goes to `on_poison` (which dead-letters it) so the consumer carries on.
-    Used by `ConsumerLoop` and by the faust agents alike.
+    A `gate` first drops the records the handler must never see (forged events: the
+    signature check of docs/event-signing.md). Used by `ConsumerLoop` and by the faust
+    agents alike.
     """
 
     def __init__(
@@ -200,15 +205,32 @@ class RecordProcessor:
         *,
         poison_after: int = 3,
         stats: ConsumerStats | None = None,
+        gate: Gate | None = None,
     ) -> None:
         self.name = name
         self.handler = handler
         self.on_poison = on_poison
         self.poison_after = poison_after
         self.stats = stats or ConsumerStats()
+        self.gate = gate
 
     async def process(self, records: Sequence[ConsumerRecord], stop: asyncio.Event) -> None:
         """Handle a batch; returns once every record was handled or dead-lettered."""
+        if self.gate is not None:
+            gate, given = self.gate, records
+            passed: list[ConsumerRecord] = []
+
+            async def screen() -> None:
+                passed[:] = await gate(given)
+
+            try:
+                await self._retry_transient(screen, stop)
+            except _Stopped:
+                raise asyncio.CancelledError from None
+            self.stats.records += len(records) - len(passed)
+            if not passed:
+                return
+            records = passed
         try:
             await self._retry_transient(lambda: self.handler(records), stop)
             self.stats.records += len(records)
@@ -295,6 +317,7 @@ class ConsumerLoop:
         on_poison: Callable[[ConsumerRecord, BaseException], Awaitable[None]],
         poison_after: int = 3,
         max_records: int = 500,
+        gate: Gate | None = None,
     ) -> None:
         self.settings = settings
         self.group = group
@@ -302,7 +325,7 @@ class ConsumerLoop:
         self.max_records = max_records
         self.stats = ConsumerStats()
         self.processor = RecordProcessor(
-            group, handler, on_poison, poison_after=poison_after, stats=self.stats
+            group, handler, on_poison, poison_after=poison_after, stats=self.stats, gate=gate
         )
         self._rebuild = asyncio.Event()
         self.client_id = f"{group}-{uuid.uuid4().hex[:6]}"

@@ -29,6 +29,12 @@ CONSUMER_LAG = Gauge(
 DEAD_LETTERED = Counter(
     "incidents_deadletter_records_total", "Records sent to the dead-letter topic.", ["service"]
 )
+REJECTED_EVENTS = Counter(
+    "incidents_rejected_events_total",
+    "Records refused as not authentic (unsigned, bad signature, unknown or revoked key,"
+    " wrong producer, replayed): a security signal (docs/event-signing.md).",
+    ["service", "reason"],
+)
 PUBLISHED = Counter("incidents_outbox_published_total", "Outbox rows published.", ["service"])
 OUTBOX_BACKLOG = Gauge(
     "incidents_outbox_backlog_events", "Outbox rows not yet published.", ["service"]

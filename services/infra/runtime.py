@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaProducer, ConsumerRecord
 
 from services.domain.envelope import utc_rfc3339
 from services.domain.events import InputRejected, Topic, b64, make_event
-from services.infra import eventstore, metrics
+from services.infra import eventstore, metrics, signing
 from services.infra.db import create_pool, migrate_service
 from services.infra.kafka import (
     TRANSIENT_ERRORS,
@@ -55,6 +55,10 @@ class Runtime:
         metrics.register_service(name)
         self.schema = settings.schema_name(name)
         self.source = f"/services/{name}"
+        self.keys = signing.configure(
+            name, settings.environment, settings.event_signing_key, settings.event_keys_file
+        )
+        """The key set this service's consumers check events against (`screen`)."""
         self.migrations = migrations
         self.pool: asyncpg.Pool | None = None
         self.producer: AIOKafkaProducer | None = None
@@ -75,14 +79,20 @@ class Runtime:
         handler: BatchHandler,
         *,
         on_poison: Callable[[ConsumerRecord, BaseException], Awaitable[None]] | None = None,
+        verify: bool = True,
     ) -> ConsumerLoop:
-        """Register a consumer loop (started with the runtime)."""
+        """Register a consumer loop (started with the runtime).
+
+        With `verify` (the default) only authentic records reach the handler (`screen`);
+        audit verifies in its ingest instead, to record refused records in the ledger.
+        """
         loop = ConsumerLoop(
             self.settings,
             group=group,
             topics=topics,
             handler=handler,
             on_poison=on_poison or self.dead_letter_poison,
+            gate=self.screen if verify else None,
         )
         self.consumers.append(loop)
         return loop
@@ -263,23 +273,86 @@ class Runtime:
             "dead-lettered input from %s at %s: %s", source_topic, utc_rfc3339(event.time), reason
         )
 
+    def authenticity(self, records: Sequence[ConsumerRecord]) -> list[str | None]:
+        """Per record, why it is not authentic (signing.REASONS), or None.
+
+        Records of incident.inbound come from other systems, not from a service: they
+        are not checked here (intake validates them as reports).
+        """
+        inbound = self.settings.topic(Topic.INBOUND)
+        return [None if r.topic == inbound else self.keys.check_bytes(r.value)[0] for r in records]
+
+    async def screen(self, records: Sequence[ConsumerRecord]) -> list[ConsumerRecord]:
+        """The records a handler may act on: signed by a producer of their type with a
+        valid key (`authenticity`) and not a replay (an id accepted before with other
+        content). The others are refused (`refuse`) and left out."""
+        inbound = self.settings.topic(Topic.INBOUND)
+        verdicts: list[str | None] = []
+        accepted: list[tuple[int, str, bytes]] = []
+        for n, record in enumerate(records):
+            if record.topic == inbound:
+                verdicts.append(None)
+                continue
+            reason, event_id = self.keys.check_bytes(record.value)
+            verdicts.append(reason)
+            if reason is None and event_id is not None:
+                accepted.append((n, event_id, hashlib.sha256(record.value or b"").digest()))
+        if accepted:
+            async with self.db.acquire() as conn:
+                flags = await eventstore.replayed(conn, [(i, d) for _, i, d in accepted])
+            for (n, _, _), replay in zip(accepted, flags, strict=True):
+                if replay:
+                    verdicts[n] = signing.REPLAYED
+        passed = []
+        for record, reason in zip(records, verdicts, strict=True):
+            if reason is None:
+                passed.append(record)
+            else:
+                await self.refuse(record, reason)
+        return passed
+
+    async def refuse(self, record: ConsumerRecord, reason: str) -> None:
+        """Dead-letter a record that is not authentic, once per content, never act on it;
+        count it (incidents_rejected_events_total) and log it as an error."""
+        digest = hashlib.sha256(record.value or b"").hexdigest()
+        key = f"refused:{record.topic}:{digest}"
+        if not await self._dead_letter_once("refused", key, record, f"not authentic: {reason}"):
+            return
+        metrics.REJECTED_EVENTS.labels(self.name, reason).inc()
+        log.error(
+            "%s refused a record of %s[%d]@%d: %s",
+            self.name,
+            record.topic,
+            record.partition,
+            record.offset,
+            reason,
+        )
+
     async def dead_letter_poison(self, record: ConsumerRecord, exc: BaseException) -> None:
         """Default poison handler: dead-letter the record once (tracked by its coordinates)."""
         digest = hashlib.sha256(record.value or b"").hexdigest()[:16]
         key = f"poison:{record.topic}:{record.partition}:{record.offset}:{digest}"
+        # the type only: an exception's text may quote the record
+        await self._dead_letter_once("poison", key, record, f"handler failed: {type(exc).__name__}")
+
+    async def _dead_letter_once(
+        self, kind: str, key: str, record: ConsumerRecord, reason: str
+    ) -> bool:
+        """Dead-letter a record unless `key` was dead-lettered before; True if it was now."""
         async with self.db.acquire() as conn, conn.transaction():
-            if await eventstore.track(
-                conn, f"{self.name}-poison", key, record.topic, record.partition, record.offset
+            if not await eventstore.track(
+                conn, f"{self.name}-{kind}", key, record.topic, record.partition, record.offset
             ):
-                await self.dead_letter(
-                    conn,
-                    # the type only: an exception's text may quote the record
-                    reason=f"handler failed: {type(exc).__name__}",
-                    original=record.value or b"",
-                    source_topic=record.topic,
-                    partition=record.partition,
-                    offset=record.offset,
-                )
+                return False
+            await self.dead_letter(
+                conn,
+                reason=reason,
+                original=record.value or b"",
+                source_topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+            )
+        return True
 
 
 def _rebuilder(loop: ConsumerLoop) -> Callable[[], Awaitable[None]]:

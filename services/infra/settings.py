@@ -128,6 +128,19 @@ class CommonSettings(BaseSettings):
         30, ge=0, le=300, description="Clock skew allowed on exp, nbf and iat (seconds)."
     )
 
+    event_signing_key: Path | None = Field(
+        None,
+        description="This service's Ed25519 private key (PEM, or raw base64) that signs"
+        " every event it publishes (docs/event-signing.md). Unset: a public development"
+        " key derived from the service's name, which production refuses.",
+    )
+    event_keys_file: Path | None = Field(
+        None,
+        description="The key set consumers check event signatures against (YAML: id,"
+        " service, public_key, revoked). Unset: the development keys, which production"
+        " refuses.",
+    )
+
     @field_validator("oidc_algorithms", mode="before")
     @classmethod
     def _split_algorithms(cls, value: Any) -> Any:

@@ -23,7 +23,7 @@ from services.audit.merkle import leaf_hash
 from services.domain.envelope import CLOUDEVENTS_CONTENT_TYPE
 from services.domain.events import make_event
 from services.infra.settings import AuditSettings, CommonSettings
-from tests.helpers import eventually, serving
+from tests.helpers import eventually, serving, signed
 
 pytestmark = pytest.mark.integration
 AUDITOR = {"authorization": "Bearer dev-auditor-token"}
@@ -51,13 +51,14 @@ async def ledger_rows(settings: CommonSettings) -> list[asyncpg.Record]:
 
 
 def an_event(incident: str = "inc-a") -> bytes:
-    return make_event(
+    event = make_event(
         "incident.acknowledged.v1",
         subject=incident,
         data={"principal": "p-chen", "level": 1},
         source="/tests",
         time=datetime.now(UTC),
-    ).to_bytes()
+    )
+    return signed(event)
 
 
 async def test_a_record_delivered_twice_makes_one_ledger_entry(
@@ -260,6 +261,6 @@ async def test_audit_learns_roles_from_directory_events_in_the_ledger(
         source="/services/intake",
         time=datetime.now(UTC),
     )
-    await producer.send_and_wait(settings.topic("directory.changes"), revoked.to_bytes())
+    await producer.send_and_wait(settings.topic("directory.changes"), signed(revoked))
     await eventually(lambda: _rows_with(settings, "p-audit"))
     assert (await client.get("/v1/ledger/entries?end=1", headers=AUDITOR)).status_code == 403

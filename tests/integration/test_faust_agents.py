@@ -25,13 +25,18 @@ pytestmark = pytest.mark.integration
 
 
 class _Poison:
-    """What add_agent needs of a runtime: somewhere to send records that fail for good."""
+    """What add_agent needs of a runtime: somewhere to send records that fail for good,
+    and a gate (`Runtime.screen`)."""
 
     def __init__(self) -> None:
         self.records: list[ConsumerRecord] = []
 
     async def dead_letter_poison(self, record: ConsumerRecord, exc: BaseException) -> None:
         self.records.append(record)
+
+    async def screen(self, records: Sequence[ConsumerRecord]) -> list[ConsumerRecord]:
+        """The signature check lets everything through: these records are not events."""
+        return list(records)
 
 
 async def test_an_agent_fetches_with_the_configured_wait_and_gets_batches(

@@ -43,7 +43,7 @@ from services.domain.envelope import CLOUDEVENTS_CONTENT_TYPE, canonical_json
 from services.domain.events import Topic, make_event
 from services.domain.incident import report_digest
 from services.infra.settings import AuditSettings, CommonSettings
-from tests.helpers import eventually, serving
+from tests.helpers import eventually, serving, signed
 
 pytestmark = pytest.mark.integration
 TOKEN = "dev-auditor-token"
@@ -108,7 +108,7 @@ def an_event(n: int) -> bytes:
     else:
         kind, data = "incident.acknowledged.v1", {"principal": "p-chen", "level": 1}
     event = make_event(kind, subject=incident, data=data, source="/tests", time=datetime.now(UTC))
-    return event.to_bytes()
+    return signed(event, "intake")
 
 
 DIGEST = report_digest({"category": "harassment", "summary": "s", "description": "d"})

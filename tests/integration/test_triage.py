@@ -20,7 +20,7 @@ from services.infra.settings import CommonSettings, IntakeSettings, TriageSettin
 from services.intake.app import create_app as create_intake
 from services.triage.app import create_app as create_triage
 from services.triage.handlers import PolicyConflict
-from tests.helpers import eventually, read_all, serving
+from tests.helpers import eventually, read_all, serving, signed
 
 pytestmark = pytest.mark.integration
 SEED_CASE = {
@@ -167,7 +167,7 @@ async def test_an_amendment_accusing_the_routed_handler_removes_her_and_asks_ano
         actor="reporter:anonymous",
     )
     await producer.send_and_wait(
-        settings.topic("incident.reports"), amended.to_bytes(), key=incident.encode()
+        settings.topic("incident.reports"), signed(amended), key=incident.encode()
     )
 
     async def reassigned() -> list[Any] | None:
@@ -252,7 +252,7 @@ async def test_an_unresolved_name_asks_the_independent_until_confirmed_then_recu
         )
         for _ in range(times):
             await producer.send_and_wait(
-                settings.topic(topic), event.to_bytes(), key=incident.encode()
+                settings.topic(topic), signed(event), key=incident.encode()
             )
 
     def of_type(events: list[Any], type_: str) -> list[dict[str, Any]]:
