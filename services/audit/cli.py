@@ -335,6 +335,10 @@ def _summary(report: VerifyReport, source: str) -> None:
     table.add_row("signed heads", f"{report.heads_checked} checked (largest {report.tree_size})")
     table.add_row("proofs", f"{report.proofs_checked} checked")
     table.add_row("entries", f"{report.entries_checked:,}")
+    if report.withheld:
+        table.add_row(
+            "withheld", f"{report.withheld:,} (incidents that exclude you: hashes only, see docs)"
+        )
     if report.ok and report.unsigned_entries:
         table.add_row("not yet signed", f"{report.unsigned_entries} entries after the last head")
     table.add_row("rate", f"{report.rate:,.0f} entries/s ({report.elapsed:.2f} s)")

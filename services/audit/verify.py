@@ -511,6 +511,9 @@ class VerifyReport:
     """The largest head the entries were proven against (``tree_size``, ``root_hash``,
     ``checkpoint``, ``where``): what a verifier keeps in its state."""
     heads_ignored: int = 0
+    withheld: int = 0
+    """Entries served withheld (incidents that exclude the reader): leaf hashes only, so
+    the tree and heads are proven but those leaves themselves are not checked."""
 
     @property
     def unsigned_entries(self) -> int:
@@ -1123,6 +1126,7 @@ async def verify_ledger(
             report.entries_checked = walk.frontier.size
             report.heads_checked = walk.heads_checked
             report.proofs_checked = walk.proofs_checked
+            report.withheld = walk.withheld
     _fill_all(report, walk.failures if walk is not None else [], fatal)
     if report.ok and walk is not None and walk.last_matched is not None:
         report.verified_head = walk.last_matched.kept()
