@@ -15,15 +15,26 @@ from the directory, or the managers may loop (a -> b -> a). `managers_above` alw
 terminates, stops at the first repeat and reports the loop, so a conflict-of-interest
 check never hangs on bad data.
 
+At the size of a real company (254,000 people) triage cannot copy the people map per
+batch of events nor fold the log again to see a past moment: `DirectoryProjection` is
+the incremental form of the same fold. It is changed in place, one event at a time,
+keeps each person's earlier versions (valid from one sequence number to the next) and
+serves read views, of now or of any past sequence number, that answer like a snapshot
+(`Org`), so the pure decisions take either (docs/scale.md).
+
 Pure code: no I/O, no asyncio.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+import sys
+from array import array
+from bisect import bisect_right
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
+from typing import Protocol
 
 from services.domain.directory import DirectoryFile, Person
 from services.domain.envelope import Envelope
@@ -49,7 +60,7 @@ class NotADirectoryEvent(ValueError):
     """The event is not one of `DIRECTORY_EVENT_TYPES`."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class OrgPerson:
     """What routing needs to know about one person."""
 
@@ -177,27 +188,58 @@ class OrgSnapshot:
 
     def managers_above(self, person_id: str) -> ManagementChain:
         """The chain of managers above a person up to the top; terminates on loops."""
-        managers: list[str] = []
-        seen = {person_id: -1}
-        current = self.people.get(person_id)
-        while current is not None and current.manager is not None:
-            manager = current.manager
-            if manager in seen:
-                # The loop starts at the repeated manager (or at the person themselves).
-                loop = (person_id, *managers) if manager == person_id else managers[seen[manager] :]
-                return ManagementChain(person_id, tuple(managers), cycle=tuple(loop))
-            seen[manager] = len(managers)
-            managers.append(manager)
-            current = self.people.get(manager)
-            if current is None:
-                return ManagementChain(person_id, tuple(managers), dangling=manager)
-        return ManagementChain(person_id, tuple(managers))
+        return walk_managers(self.people.get, person_id)
+
+
+def walk_managers(get: Callable[[str], OrgPerson | None], person_id: str) -> ManagementChain:
+    """The chain of managers above `person_id` as `get` knows people; stops at the top,
+    at an unknown manager (`dangling`) or at the first repeat (`cycle`)."""
+    managers: list[str] = []
+    seen = {person_id: -1}
+    current = get(person_id)
+    while current is not None and current.manager is not None:
+        manager = current.manager
+        if manager in seen:
+            # The loop starts at the repeated manager (or at the person themselves).
+            loop = (person_id, *managers) if manager == person_id else managers[seen[manager] :]
+            return ManagementChain(person_id, tuple(managers), cycle=tuple(loop))
+        seen[manager] = len(managers)
+        managers.append(manager)
+        current = get(manager)
+        if current is None:
+            return ManagementChain(person_id, tuple(managers), dangling=manager)
+    return ManagementChain(person_id, tuple(managers))
+
+
+class Org(Protocol):
+    """What the decisions read of the directory: a snapshot or a projection's view."""
+
+    @property
+    def as_of(self) -> datetime | None: ...
+
+    def __len__(self) -> int: ...
+
+    def __contains__(self, person_id: object) -> bool: ...
+
+    def knows(self, person_id: str) -> bool: ...
+
+    def person(self, person_id: str) -> OrgPerson | None: ...
+
+    def unit_of(self, person_id: str) -> str | None: ...
+
+    def roles_of(self, person_id: str) -> frozenset[str]: ...
+
+    def holders(self, role: str, unit: str | None = None) -> tuple[str, ...]: ...
+
+    def managers_above(self, person_id: str) -> ManagementChain: ...
 
 
 # -- folding directory events ---------------------------------------------------------
 
 
-def _apply(people: dict[str, OrgPerson], envelope: Envelope) -> None:
+def _changed(envelope: Envelope, held: Callable[[str], OrgPerson | None]) -> OrgPerson | None:
+    """The person one directory event changes, as they are after it; None if it changes
+    nobody. `held` gives a person as they were before the event."""
     if envelope.type not in DIRECTORY_EVENT_TYPES:
         raise NotADirectoryEvent(
             f"{envelope.type} is not a directory event ({', '.join(sorted(DIRECTORY_EVENT_TYPES))})"
@@ -205,7 +247,7 @@ def _apply(people: dict[str, OrgPerson], envelope: Envelope) -> None:
     data = data_of(envelope)
     match data:
         case PersonUpserted():
-            people[data.person_id] = OrgPerson(
+            return OrgPerson(
                 id=data.person_id,
                 unit=data.unit,
                 manager=data.manager_id,
@@ -213,20 +255,23 @@ def _apply(people: dict[str, OrgPerson], envelope: Envelope) -> None:
             )
         case RoleAssigned():
             # A role for someone not upserted yet still counts: they hold it.
-            held = people.get(data.person_id) or OrgPerson(id=data.person_id)
-            people[data.person_id] = OrgPerson(
-                held.id, held.unit, held.manager, held.roles | {data.role}
-            )
+            known = held(data.person_id) or OrgPerson(id=data.person_id)
+            return OrgPerson(known.id, known.unit, known.manager, known.roles | {data.role})
         case RoleRevoked():
-            known = people.get(data.person_id)
-            if known is not None and data.role in known.roles:
-                people[data.person_id] = OrgPerson(
-                    known.id, known.unit, known.manager, known.roles - {data.role}
-                )
+            was = held(data.person_id)
+            if was is not None and data.role in was.roles:
+                return OrgPerson(was.id, was.unit, was.manager, was.roles - {data.role})
+            return None
         case RoleProposed():
-            pass  # pending until approved: a proposal grants nothing
+            return None  # pending until approved: a proposal grants nothing
         case _:  # pragma: no cover - DIRECTORY_EVENT_TYPES and the catalog agree
             raise NotADirectoryEvent(envelope.type)
+
+
+def _apply(people: dict[str, OrgPerson], envelope: Envelope) -> None:
+    person = _changed(envelope, people.get)
+    if person is not None:
+        people[person.id] = person
 
 
 def _later(a: datetime | None, b: datetime) -> datetime:
@@ -263,3 +308,201 @@ def fold_directory(
         _apply(people, envelope)
         as_of = _later(as_of, envelope.time)
     return OrgSnapshot(people, as_of)
+
+
+# -- the incremental, versioned projection ----------------------------------------------
+
+
+def _micros(moment: datetime) -> int:
+    delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _moment(micros: int) -> datetime:
+    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=micros)
+
+
+class DirectoryProjection:
+    """The directory folded event by event, in place, with every person's history.
+
+    `apply(envelope, seq)` costs what one person's change costs, whatever the size of
+    the organisation: the current people by id, the holders of each role (by role and
+    by role and unit) are updated for that one person, and the version they replace is
+    kept, valid from the sequence number it was applied at until the next one. So the
+    directory as it was at any earlier sequence number is a lookup (a bisection in one
+    person's versions), never a fold of the log again: `at(seq)`. Sequence numbers only
+    grow (the order of triage's `directory_log`).
+
+    One owner changes it (the service); the decisions read it through `DirectoryView`s,
+    which never change: a view of sequence number n answers as a fold of the events up
+    to n would, however many events are applied after it was taken.
+    """
+
+    def __init__(self) -> None:
+        self.seq = 0
+        self._current: dict[str, OrgPerson] = {}
+        self._since: dict[str, int] = {}
+        """The sequence number each person's current version holds from."""
+        self._past: dict[str, list[tuple[int, OrgPerson]]] = {}
+        """Earlier versions of the people changed more than once: (from seq, version)."""
+        self._holders: dict[tuple[str, str | None], dict[str, None]] = {}
+        """(role, None) and (role, unit) -> the current holders (insertion-ordered set)."""
+        self._sorted: dict[tuple[str, str | None], tuple[str, ...]] = {}
+        self._ever: dict[str, set[str]] = {}
+        """role -> everyone who ever held it: the holders at a past seq are among them."""
+        self._seqs = array("q")
+        self._as_of = array("q")
+        self._counts = array("q")
+        """After each applied event: its seq, the latest event time (us), people known."""
+
+    def __len__(self) -> int:
+        return len(self._current)
+
+    def apply(self, envelope: Envelope, seq: int) -> None:
+        """Fold one directory event recorded at `seq` (greater than every earlier one).
+
+        Raises `NotADirectoryEvent` or `InvalidEvent` (then nothing changed).
+        """
+        if seq <= self.seq:
+            raise ValueError(f"directory seq {seq} is not after {self.seq}")
+        person = _changed(envelope, self._current.get)
+        if person is not None:
+            self._put(
+                OrgPerson(
+                    person.id,
+                    sys.intern(person.unit) if person.unit is not None else None,
+                    sys.intern(person.manager) if person.manager is not None else None,
+                    person.roles,
+                ),
+                seq,
+            )
+        latest = _micros(envelope.time)
+        if self._as_of and self._as_of[-1] > latest:
+            latest = self._as_of[-1]
+        self._seqs.append(seq)
+        self._as_of.append(latest)
+        self._counts.append(len(self._current))
+        self.seq = seq
+
+    def _put(self, person: OrgPerson, seq: int) -> None:
+        old = self._current.get(person.id)
+        if old is not None:
+            self._past.setdefault(person.id, []).append((self._since[person.id], old))
+            for key in _role_keys(old):
+                self._holders[key].pop(person.id, None)
+                self._sorted.pop(key, None)
+        self._current[person.id] = person
+        self._since[person.id] = seq
+        for key in _role_keys(person):
+            self._holders.setdefault(key, {})[person.id] = None
+            self._sorted.pop(key, None)
+        for role in person.roles:
+            self._ever.setdefault(role, set()).add(person.id)
+
+    def view(self) -> DirectoryView:
+        """The directory as it is now (the view does not follow later events)."""
+        return DirectoryView(self, self.seq)
+
+    def at(self, seq: int) -> DirectoryView:
+        """The directory as it was once every event up to `seq` was applied."""
+        return DirectoryView(self, min(seq, self.seq))
+
+    # -- what the views read --------------------------------------------------------
+
+    def person_at(self, person_id: str, seq: int) -> OrgPerson | None:
+        since = self._since.get(person_id)
+        if since is None:
+            return None
+        if seq >= since:
+            return self._current[person_id]
+        past = self._past.get(person_id, ())
+        i = bisect_right(past, seq, key=lambda version: version[0]) - 1
+        return past[i][1] if i >= 0 else None
+
+    def holders_at(self, role: str, unit: str | None, seq: int) -> tuple[str, ...]:
+        if seq == self.seq:
+            key = (role, unit)
+            found = self._sorted.get(key)
+            if found is None:
+                found = self._sorted[key] = tuple(sorted(self._holders.get(key, ())))
+            return found
+        held = []
+        for person_id in self._ever.get(role, ()):
+            person = self.person_at(person_id, seq)
+            if (
+                person is not None
+                and role in person.roles
+                and (unit is None or person.unit == unit)
+            ):
+                held.append(person_id)
+        return tuple(sorted(held))
+
+    def _at_index(self, seq: int) -> int:
+        return bisect_right(self._seqs, seq) - 1
+
+    def as_of_at(self, seq: int) -> datetime | None:
+        i = self._at_index(seq)
+        return _moment(self._as_of[i]) if i >= 0 else None
+
+    def count_at(self, seq: int) -> int:
+        i = self._at_index(seq)
+        return self._counts[i] if i >= 0 else 0
+
+    def ids(self) -> Iterator[str]:
+        """Everyone the projection ever knew (known at some seq)."""
+        return iter(self._since)
+
+
+def _role_keys(person: OrgPerson) -> list[tuple[str, str | None]]:
+    return [key for role in person.roles for key in ((role, None), (role, person.unit))]
+
+
+class DirectoryView:
+    """The directory of a `DirectoryProjection` at one sequence number: an `Org`.
+
+    Lookups cost what they cost in a snapshot (a dict, or a bisection in one person's
+    versions when the view is older than the person's latest change), whatever the
+    size of the organisation; `snapshot()` copies it whole, for tests and tools.
+    """
+
+    __slots__ = ("_projection", "seq")
+
+    def __init__(self, projection: DirectoryProjection, seq: int) -> None:
+        self._projection = projection
+        self.seq = seq
+
+    @property
+    def as_of(self) -> datetime | None:
+        return self._projection.as_of_at(self.seq)
+
+    def __len__(self) -> int:
+        return self._projection.count_at(self.seq)
+
+    def __contains__(self, person_id: object) -> bool:
+        return isinstance(person_id, str) and self.knows(person_id)
+
+    def knows(self, person_id: str) -> bool:
+        return self.person(person_id) is not None
+
+    def person(self, person_id: str) -> OrgPerson | None:
+        return self._projection.person_at(person_id, self.seq)
+
+    def unit_of(self, person_id: str) -> str | None:
+        person = self.person(person_id)
+        return person.unit if person else None
+
+    def roles_of(self, person_id: str) -> frozenset[str]:
+        person = self.person(person_id)
+        return person.roles if person else frozenset()
+
+    def holders(self, role: str, unit: str | None = None) -> tuple[str, ...]:
+        """Ids of the people holding `role` (in `unit`, if given), sorted."""
+        return self._projection.holders_at(role, unit, self.seq)
+
+    def managers_above(self, person_id: str) -> ManagementChain:
+        return walk_managers(self.person, person_id)
+
+    def snapshot(self) -> OrgSnapshot:
+        """The same directory as an `OrgSnapshot` (copies every person: not per report)."""
+        people = (self.person(i) for i in self._projection.ids())
+        return OrgSnapshot({p.id: p for p in people if p is not None}, self.as_of)

@@ -77,7 +77,7 @@ from services.domain.events import (
     ReportSubmitted,
     Triaged,
 )
-from services.domain.org import OrgSnapshot
+from services.domain.org import Org
 from services.domain.policy import CONFLICT_RULES, Level, Policy
 from services.domain.reports import UnknownCategory
 
@@ -271,7 +271,7 @@ class _Conflicts:
         if rule not in rules:
             rules.append(rule)
 
-    def people(self, org: OrgSnapshot, chain_roles: frozenset[str]) -> tuple[ExcludedPerson, ...]:
+    def people(self, org: Org, chain_roles: frozenset[str]) -> tuple[ExcludedPerson, ...]:
         found: list[ExcludedPerson] = []
         for principal, rules in self.rules.items():
             ranked = _ranked(rules)
@@ -294,7 +294,7 @@ def _conflicts(
     accused: Sequence[str],
     named: Sequence[str],
     reporter: str | None,
-    org: OrgSnapshot,
+    org: Org,
     policy: Policy,
     category: str | None = None,
     candidates: Iterable[str] = (),
@@ -370,7 +370,7 @@ def _conflicts(
     return out
 
 
-def _ambiguous_accused(matches: Sequence[PersonMatch], org: OrgSnapshot) -> list[str]:
+def _ambiguous_accused(matches: Sequence[PersonMatch], org: Org) -> list[str]:
     """The directory's candidates of the ambiguous accused names."""
     found = (
         p for m in matches if m.how == "ambiguous" and m.field == "accused" for p in m.candidates
@@ -378,7 +378,7 @@ def _ambiguous_accused(matches: Sequence[PersonMatch], org: OrgSnapshot) -> list
     return [p for p in dict.fromkeys(found) if org.knows(p)]
 
 
-def _candidates(org: OrgSnapshot, roles: Iterable[str]) -> list[str]:
+def _candidates(org: Org, roles: Iterable[str]) -> list[str]:
     """Everyone who holds one of `roles`: the people a decision may route to."""
     return list(dict.fromkeys(p for role in roles for p in org.holders(role)))
 
@@ -392,7 +392,7 @@ def conflicts_of(
     accused: Sequence[str],
     named: Sequence[str],
     reporter: str | None,
-    org: OrgSnapshot,
+    org: Org,
     policy: Policy,
     category: str | None = None,
     candidates: Iterable[str] = (),
@@ -420,7 +420,7 @@ def conflicts_of(
 
 
 def _resolve(
-    number: int, level: Level, org: OrgSnapshot, unit: str | None, excluded: frozenset[str]
+    number: int, level: Level, org: Org, unit: str | None, excluded: frozenset[str]
 ) -> tuple[ResolvedLevel, str | None]:
     """The level resolved after exclusions, and a note when it was not found in the unit."""
     if unit is not None:
@@ -473,7 +473,7 @@ def _merge(
     return tuple(sorted(merged, key=lambda x: _ORDER[x.rule]))
 
 
-def independent_of(org: OrgSnapshot, policy: Policy, excluded: frozenset[str]) -> tuple[str, ...]:
+def independent_of(org: Org, policy: Policy, excluded: frozenset[str]) -> tuple[str, ...]:
     """Eligible holders of the independent roles (policy order), anywhere: the fallback."""
     return tuple(
         p for p in _candidates(org, policy.conflicts.independent_roles) if p not in excluded
@@ -495,7 +495,7 @@ def _unresolved_chain(policy: Policy, severity: str) -> list[Level]:
 
 def decide(
     report: ReportSubmitted,
-    org: OrgSnapshot,
+    org: Org,
     policy: Policy,
     now: datetime,
     *,
@@ -549,14 +549,7 @@ def decide(
         excluded = _merge(prior.excluded, excluded, chain_roles)
     excluded_ids = frozenset(x.principal for x in excluded)
 
-    unit: str | None = (report.unit or "").strip() or None
-    unit_source: UnitSource = "report" if unit else "none"
-    if unit is None:
-        for person in _unique(report.accused):
-            found = org.unit_of(person)
-            if found:
-                unit, unit_source = found, "accused"
-                break
+    unit, unit_source = incident_unit(report, org)
 
     notes = list(conflicts.notes)
     if unresolved_matches:
@@ -611,6 +604,63 @@ def decide(
     )
 
 
+def incident_unit(report: ReportSubmitted, org: Org) -> tuple[str | None, UnitSource]:
+    """The unit the chain is resolved in first: the report's, else the first accused's."""
+    unit = (report.unit or "").strip() or None
+    if unit is not None:
+        return unit, "report"
+    for person in _unique(report.accused):
+        found = org.unit_of(person)
+        if found:
+            return found, "accused"
+    return None, "none"
+
+
+def reporter_candidates(
+    org: Org, policy: Policy, unit: str | None, extra: Iterable[str] = ()
+) -> list[str]:
+    """The people a named reporter must be looked for among, before a decision: whoever
+    could be asked or given the incident without a fallback to the whole organisation.
+
+    The reporter rule only changes who is routed (the reporter is never published, and
+    intake and audit exclude the reporter by themselves), so matching the pseudonym
+    against anyone else changes nothing: the holders of the policy's chain roles in
+    `unit`, the holders of the independent and reassigning roles anywhere, and `extra`
+    (the people a reassignment adds). A level resolved across the organisation widens
+    the search to its role's holders (`widened_candidates`). See docs/scale.md.
+    """
+    chain_roles = dict.fromkeys(
+        level.role for rules in policy.severities.values() for level in rules.chain
+    )
+    anywhere = [*policy.conflicts.independent_roles, *policy.conflicts.reassign_roles]
+    in_unit = (
+        (p for role in chain_roles for p in org.holders(role, unit)) if unit is not None else ()
+    )
+    found = (p for role in dict.fromkeys(anywhere) for p in org.holders(role))
+    return list(dict.fromkeys((*in_unit, *found, *extra)))
+
+
+def widened_candidates(decision: TriageDecision, org: Org) -> list[str]:
+    """The holders of the roles of the levels a decision resolved outside its unit: the
+    reporter, if among them, must be excluded and the decision made again."""
+    return list(
+        dict.fromkeys(
+            p for lv in decision.chain if lv.scope != "unit" for p in org.holders(lv.role)
+        )
+    )
+
+
+def exclude_reporter(decision: TriageDecision, reporter: str, org: Org) -> TriageDecision:
+    """The decision with the reporter excluded too (matched after it was made, e.g. when
+    a later recusal or reassignment may reach people outside the first candidates)."""
+    if reporter in decision.excluded_ids:
+        return decision
+    chain_roles = frozenset(level.role for level in decision.chain)
+    routable = bool(org.roles_of(reporter) & chain_roles)
+    found = ExcludedPerson(reporter, REPORTER, (REPORTER,), routable)
+    return replace(decision, excluded=_merge(decision.excluded, (found,), chain_roles))
+
+
 def confirmed_report(report: ReportSubmitted, confirmed: PeopleConfirmed) -> ReportSubmitted:
     """The report with the people an independent-role holder confirmed (ids only)."""
     return report.model_copy(
@@ -622,7 +672,7 @@ def confirmed_report(report: ReportSubmitted, confirmed: PeopleConfirmed) -> Rep
     )
 
 
-def may_confirm(decision: TriageDecision, principal: str, org: OrgSnapshot, policy: Policy) -> bool:
+def may_confirm(decision: TriageDecision, principal: str, org: Org, policy: Policy) -> bool:
     """Only a holder of an independent role who is not excluded may confirm the people."""
     independent = frozenset(policy.conflicts.independent_roles)
     return bool(org.roles_of(principal) & independent) and principal not in decision.excluded_ids
@@ -668,7 +718,7 @@ class Reexclusion:
 def reexclude(
     decision: TriageDecision,
     accused: Sequence[str],
-    org: OrgSnapshot,
+    org: Org,
     policy: Policy,
     *,
     named: Sequence[str] = (),
@@ -784,7 +834,7 @@ def _pinned(decision: TriageDecision, policy: Policy) -> None:
 
 
 def _next_holder(
-    level: ResolvedLevel, org: OrgSnapshot, unit: str | None, taken: frozenset[str]
+    level: ResolvedLevel, org: Org, unit: str | None, taken: frozenset[str]
 ) -> str | None:
     """The first holder of the level's role not excluded nor asked there: unit, then anywhere."""
     for where in (unit, None) if unit is not None else (None,):
@@ -797,7 +847,7 @@ def _next_holder(
 def _reroute(
     decision: TriageDecision,
     removed: Mapping[str, str],
-    org: OrgSnapshot,
+    org: Org,
     policy: Policy,
     *,
     replace_removed: bool,
@@ -870,7 +920,7 @@ def _reroute(
     return Rerouting(updated, reassigned, None, tuple(notes), MappingProxyType(added))
 
 
-def recuse(decision: TriageDecision, principal: str, org: OrgSnapshot, policy: Policy) -> Rerouting:
+def recuse(decision: TriageDecision, principal: str, org: Org, policy: Policy) -> Rerouting:
     """She declared a conflict: excluded from then on (rule `recused`), and at each level
     she was asked at, the next eligible holder of its role joins (unit first, then the
     organisation). A second recusal changes nothing."""
@@ -881,7 +931,7 @@ def recuse(decision: TriageDecision, principal: str, org: OrgSnapshot, policy: P
 
 
 def order_reassignment(
-    decision: TriageDecision, order: ReassignmentOrdered, org: OrgSnapshot, policy: Policy
+    decision: TriageDecision, order: ReassignmentOrdered, org: Org, policy: Policy
 ) -> Rerouting:
     """A reassignment ordered by a holder of `conflicts.reassign_roles`: `remove` are
     excluded from then on (rule `reassigned`), `to` added but for anyone excluded or not

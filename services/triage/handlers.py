@@ -45,17 +45,27 @@ from services.domain.events import (
     make_event,
     parse_envelope,
 )
-from services.domain.org import DIRECTORY_EVENT_TYPES, OrgSnapshot, fold_directory
+from services.domain.org import (
+    DIRECTORY_EVENT_TYPES,
+    DirectoryProjection,
+    DirectoryView,
+    Org,
+    fold_directory,
+)
 from services.domain.policy import Policy
 from services.domain.triage import (
     Rerouting,
     TriageDecision,
     confirmed_report,
     decide,
+    exclude_reporter,
+    incident_unit,
     may_confirm,
     order_reassignment,
     recuse,
     reexclude,
+    reporter_candidates,
+    widened_candidates,
 )
 from services.infra import eventstore
 from services.infra.crypto import Pseudonyms
@@ -102,8 +112,17 @@ class Triage:
         self.policy = policy
         self.pseudonyms = pseudonyms
         self.policies: dict[str, Policy] = {policy.version: policy}
-        self.org = OrgSnapshot()
-        self.directory_seq = 0
+        self.directory = DirectoryProjection()
+        """The directory, folded incrementally from `directory_log` (docs/scale.md)."""
+
+    @property
+    def org(self) -> DirectoryView:
+        """The directory as far as it was folded."""
+        return self.directory.view()
+
+    @property
+    def directory_seq(self) -> int:
+        return self.directory.seq
 
     async def start(self) -> None:
         """Record the policy version (refusing a changed file under an old version)."""
@@ -162,14 +181,13 @@ class Triage:
         rows = await conn.fetch(
             "SELECT seq, body FROM directory_log WHERE seq > $1 ORDER BY seq", self.directory_seq
         )
-        if rows:
-            events = [parse_envelope(bytes(r["body"])) for r in rows]
-            self.org = fold_directory(events, start=self.org)
-            self.directory_seq = int(rows[-1]["seq"])
+        for row in rows:  # each event changes one person, in place
+            self.directory.apply(parse_envelope(bytes(row["body"])), int(row["seq"]))
 
-    async def _directory_at(self, conn: asyncpg.Connection, seq: int) -> OrgSnapshot:
-        rows = await conn.fetch("SELECT body FROM directory_log WHERE seq <= $1 ORDER BY seq", seq)
-        return fold_directory(parse_envelope(bytes(r["body"])) for r in rows)
+    async def _directory_at(self, conn: asyncpg.Connection, seq: int) -> DirectoryView:
+        """The directory as it was at `seq`: a view of the projection's history."""
+        await self._refresh_directory(conn)
+        return self.directory.at(seq)
 
     # -- reports ----------------------------------------------------------------
 
@@ -270,8 +288,7 @@ class Triage:
                 # The report carries the reporter only as a pseudonym: whoever in the
                 # directory it matches is excluded. The match is never stored or
                 # published, only used.
-                reporter = self._reporter(envelope.subject, report.reporter, self.org)
-                decision = decide(report, self.org, self.policy, now, reporter_person=reporter)
+                decision = self._decision(envelope.subject, report, self.org, self.policy, now)
                 rows.append((envelope.subject, report, decision))
                 produced = self._decided(decision, self.policy, report.report_digest)
                 outputs.append((envelope, self._events(envelope, produced, now)))
@@ -332,9 +349,7 @@ class Triage:
             return Kept(row, decision, policy, state["report_digest"])
         # Decided before the state was kept: rebuilt as the amendments left it.
         org_then = await self._directory_at(conn, row["directory_seq"])
-        reporter = self._reporter(incident, row["reporter"], org_then)
-        decision = decide(report, org_then, policy, row["decided_at"], reporter_person=reporter)
-        await self._refresh_directory(conn)
+        decision = self._decision(incident, report, org_then, policy, row["decided_at"])
         for earlier in json.loads(row["amendments"]):
             decision = reexclude(
                 decision, earlier["accused"], self.org, policy, named=earlier["named"]
@@ -392,15 +407,15 @@ class Triage:
             )
             return
         report = ReportSubmitted.model_validate(json.loads(kept.row["report"]))
-        reporter = self._reporter(envelope.subject, kept.row["reporter"], self.org)
         now = datetime.now(UTC)
-        decision = decide(
+        decision = self._decision(
+            envelope.subject,
             confirmed_report(report, confirmed),
             self.org,
             kept.policy,
             now,
-            reporter_person=reporter,
             prior=kept.decision,
+            pseudonym=kept.row["reporter"],
         )
         await self._keep(conn, envelope.subject, decision, kept.digest)
         for note in decision.notes:
@@ -415,11 +430,25 @@ class Triage:
         told (`incident.notified.v1` at the level they were added for)."""
         kept = await self._kept(conn, envelope.subject)
         await self._refresh_directory(conn)
+        # A recusal or an order may reach anyone holding the chain's roles, and the
+        # people an order adds: the reporter is looked for among them first.
+        org = self.org
+        added = data.to if isinstance(data, ReassignmentOrdered) else ()
+        roles = [lv.role for lv in kept.decision.chain]
+        reach = [p for role in dict.fromkeys(roles) for p in org.holders(role)]
+        reporter = self.pseudonyms.match(
+            envelope.subject,
+            kept.row["reporter"],
+            reporter_candidates(org, kept.policy, None, (*reach, *added)),
+        )
+        decision = kept.decision
+        if reporter is not None:
+            decision = exclude_reporter(decision, reporter, org)
         result: Rerouting
         if isinstance(data, Recused):
-            result = recuse(kept.decision, data.principal, self.org, kept.policy)
+            result = recuse(decision, data.principal, org, kept.policy)
         else:
-            result = order_reassignment(kept.decision, data, self.org, kept.policy)
+            result = order_reassignment(decision, data, org, kept.policy)
         for note in result.notes:
             log.info("incident %s: %s", envelope.subject, note)
         if result.reassigned is None:
@@ -438,9 +467,37 @@ class Triage:
         )
         await self._append(conn, envelope, outputs, datetime.now(UTC))
 
-    def _reporter(self, incident_id: str, pseudonym: str | None, org: OrgSnapshot) -> str | None:
-        """The directory person whose pseudonym in this incident is the report's reporter."""
-        return self.pseudonyms.match(incident_id, pseudonym, org.people)
+    def _decision(
+        self,
+        incident_id: str,
+        report: ReportSubmitted,
+        org: Org,
+        policy: Policy,
+        now: datetime,
+        *,
+        prior: TriageDecision | None = None,
+        pseudonym: str | None = None,
+    ) -> TriageDecision:
+        """`decide`, with the named reporter found among the few people who could be
+        asked (`reporter_candidates`), never by a pseudonym per person of the directory;
+        a level resolved outside the unit widens the search to its role's holders, and
+        the decision is made again if the reporter is among them (docs/scale.md).
+
+        `pseudonym`: the reporter's, when `report` does not carry it (a confirmation).
+        The match is never stored or published, only used.
+        """
+        pseudonym = pseudonym or report.reporter
+        unit, _source = incident_unit(report, org)
+        scoped = reporter_candidates(org, policy, unit)
+        reporter = self.pseudonyms.match(incident_id, pseudonym, scoped)
+        decision = decide(report, org, policy, now, reporter_person=reporter, prior=prior)
+        if reporter is None and pseudonym:
+            tried = set(scoped)
+            wider = [p for p in widened_candidates(decision, org) if p not in tried]
+            reporter = self.pseudonyms.match(incident_id, pseudonym, wider)
+            if reporter is not None:
+                decision = decide(report, org, policy, now, reporter_person=reporter, prior=prior)
+        return decision
 
     def _events(
         self,
