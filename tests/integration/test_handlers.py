@@ -820,6 +820,15 @@ async def test_an_independent_holder_confirms_the_people_of_an_unresolved_report
     )
     settled = await env.client.post(url, headers=auth("p-sun"), json=body)
     assert settled.status_code == 409  # nothing is unresolved any more
+    # triage decides again: the new chain's level 1 is routed, nobody is unrouted
+    decided = {**triaged({"p-li": "accused_management_chain"}), "revision": 2}
+    decided["chain"][0]["recipients"] = ["p-ma"]
+    await publish(env, "incident.triaged.v1", incident, decided)
+    await until_routed(
+        env,
+        incident,
+        {"p-ma": (True, None), "p-sun": (True, None), "p-li": (False, "accused_management_chain")},
+    )
 
 
 async def test_someone_answering_to_the_accused_may_not_act_even_when_routed(env: Env) -> None:
