@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from services.audit.checkpoint import Checkpoint, NoteSigner, sign_checkpoint
 from services.audit.cosignature import CosignatureSigner, append_signatures
 from services.audit.merkle import leaf_hash
-from services.audit.verify import check_witness_quorum
+from services.audit.verify import VerifyReport, check_witness_quorum, key_document, witness_check
 
 LOG = NoteSigner.generate("q.example/log")
 W1 = CosignatureSigner.generate("w1.example")
@@ -49,3 +52,18 @@ def test_a_quorum_larger_than_the_keys_given_is_refused() -> None:
     outcome = check_witness_quorum([_head(5, W1, W2)], LOG.verifier_key, KEYS, 3)
     assert not outcome.ok and "distinct" in outcome.reason
     assert not check_witness_quorum([], LOG.verifier_key, ["nonsense"], 1).ok
+
+
+def test_a_bundle_whose_head_carries_the_cosignatures_passes_verify_witness(
+    tmp_path: Path,
+) -> None:
+    bundle = tmp_path / "bundle.json"
+    bundle.write_text(json.dumps({**key_document(LOG.verifier()), "head": _head(5, W1)}))
+    passed = VerifyReport(ok=True, key_id=LOG.key_id)
+    assert witness_check(passed, None, bundle, KEYS, 1).ok and passed.ok
+    failed = VerifyReport(ok=True, key_id=LOG.key_id)
+    outcome = witness_check(failed, None, bundle, KEYS, 2)
+    assert not outcome.ok and not failed.ok
+    assert "witness quorum not met" in (failed.reason or "")
+    other = VerifyReport(ok=True, key_id=NoteSigner.generate("q.example/log").key_id)
+    assert not witness_check(other, None, bundle, KEYS, 1).ok  # not the key verified
