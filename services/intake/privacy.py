@@ -66,7 +66,7 @@ from services.intake.handlers import (
     policy_of,
 )
 from services.intake.principals import RequiredPrincipal
-from services.intake.routing import access_of
+from services.intake.routing import access_of, caller_routing
 
 router = APIRouter(prefix="/v1", tags=["privacy"])
 log = logging.getLogger(__name__)
@@ -158,6 +158,8 @@ async def _privileged(
                 reason = None
                 if role not in caller.roles:
                     reason, refused = f"{role}_required", 403
+                elif caller.id in (await caller_routing(conn, incident_id, caller.id)).excluded:
+                    reason, refused = "excluded", 404  # the access table: nothing read
                 else:
                     # The eraser's lock order: the retention row first, then the stream
                     # (and the event counter). Taken in the other order, a hold racing an
