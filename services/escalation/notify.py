@@ -19,9 +19,10 @@ paths or queries, message text, or response bodies.
 - `SmtpNotifier` sends a plain-text mail with the stdlib `smtplib`, in a thread. It uses
   STARTTLS (certificate verified) and a login when configured. It retries connection
   errors, timeouts and 4xx replies, and fails at once on 5xx or TLS errors. The
-  address comes from a `recipients_by_principal` lookup that the service provides.
-  `directory_emails` reads it from `INCIDENTS_DIRECTORY_FILE`, as audit does for the
-  auditor role, so a change made through the directory API is not seen until restart.
+  address comes from a `recipients_by_principal` lookup that the service provides
+  (plain or async): escalation's projection of the directory events
+  (`services.escalation.addresses`), so a change made through the directory API
+  counts for the next notice.
 - `FanoutNotifier` delivers to several adapters at once. A notice counts as delivered
   if any of them delivered it.
 
@@ -53,6 +54,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import inspect
 import json
 import logging
 import random as _random
@@ -65,19 +67,18 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid, parsedate_to_datetime
-from pathlib import Path
 from typing import Protocol
 from urllib.parse import quote, urlsplit
 
 import httpx
 from prometheus_client import Counter
 
-from services.domain.directory import DirectoryFile
 from services.domain.events import Notified
-from services.infra.config import load_yaml_model
 from services.infra.settings import EscalationSettings
 
 log = logging.getLogger("incidents.notify")
+AddressLookup = Callable[[str], str | Awaitable[str | None] | None]
+"""principal -> e-mail address (or None), plain or async."""
 
 SIGNATURE_HEADER = "X-Incidents-Signature"
 DELIVERY_HEADER = "X-Incidents-Delivery"
@@ -454,7 +455,7 @@ class SmtpNotifier:
         starttls: bool = True,
         username: str | None = None,
         password: str | None = None,
-        recipients_by_principal: Callable[[str], str | None] | None = None,
+        recipients_by_principal: AddressLookup | None = None,
         *,
         console_url: str,
         timeout: float = 10.0,
@@ -542,7 +543,8 @@ class SmtpNotifier:
         return delivered
 
     async def _deliver(self, incident_id: str, notice: Notified, _: str | None) -> bool:
-        address = self.recipients_by_principal(notice.principal)
+        found = self.recipients_by_principal(notice.principal)
+        address = await found if inspect.isawaitable(found) else found
         if address is None or not valid_address(address):
             log.warning(
                 "mail notice of incident %s to %s (level %d) not sent: %s",
@@ -655,17 +657,10 @@ async def _never_raises(
 # -- wiring ----------------------------------------------------------------------------
 
 
-def directory_emails(path: Path) -> Callable[[str], str | None]:
-    """principal -> e-mail, read once from the directory file (`INCIDENTS_DIRECTORY_FILE`)."""
-    directory = load_yaml_model(path, DirectoryFile)
-    emails = {person.id: person.email for person in directory.people if person.email}
-    return emails.get
-
-
 def build_notifier(
     settings: EscalationSettings,
     *,
-    recipients_by_principal: Callable[[str], str | None] | None = None,
+    recipients_by_principal: AddressLookup | None = None,
 ) -> Adapter:
     """The adapter `settings.notify_adapter` names, configured from the settings."""
     if settings.notify_adapter == "webhook":

@@ -27,13 +27,13 @@ from services.escalation.app import select_notifier
 from services.escalation.notify import (
     DELIVERY_HEADER,
     SIGNATURE_HEADER,
+    AddressLookup,
     FanoutNotifier,
     LogNotifier,
     SmtpNotifier,
     WebhookNotifier,
     backoff_delay,
     build_notifier,
-    directory_emails,
     retry_after_seconds,
     retryable_status,
     signature_header,
@@ -333,7 +333,7 @@ def test_a_webhook_needs_a_secret() -> None:
 # -- SMTP ------------------------------------------------------------------------------
 
 
-def smtp(lookup: Callable[[str], str | None], **kw: object) -> SmtpNotifier:
+def smtp(lookup: AddressLookup, **kw: object) -> SmtpNotifier:
     async def sleep(delay: float) -> None:
         return None
 
@@ -439,6 +439,26 @@ def test_the_smtp_adapter_refuses_a_bad_configuration() -> None:
         smtp(lambda p: None, username="u")
 
 
+async def test_the_address_comes_from_the_service_s_lookup_when_the_notice_is_sent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Escalation's lookup is async (its projection of the directory events): the
+    address as it is at sending time is used, and nobody without one is mailed."""
+    addresses = {"p-chen": "chen@example.com"}
+
+    async def lookup(principal: str) -> str | None:
+        return addresses.get(principal)
+
+    sent: list[str] = []
+    notifier = smtp(lookup)
+    monkeypatch.setattr(notifier, "_send", lambda mail, address: sent.append(address))
+    assert await notifier.deliver(INCIDENT, NOTICE)
+    addresses["p-chen"] = "mei.chen@example.com"  # changed through the directory API
+    assert await notifier.deliver(INCIDENT, NOTICE)
+    assert not await notifier.deliver(INCIDENT, NOTICE.model_copy(update={"principal": "p-x"}))
+    assert sent == ["chen@example.com", "mei.chen@example.com"]
+
+
 # -- fan-out ---------------------------------------------------------------------------
 
 
@@ -483,7 +503,7 @@ def test_by_default_notices_go_to_the_log() -> None:
     settings = EscalationSettings()
     assert settings.notify_adapter == "log"
     assert isinstance(build_notifier(settings), LogNotifier)
-    assert isinstance(select_notifier(settings), LogNotifier)
+    assert isinstance(select_notifier(settings, lambda principal: None), LogNotifier)
 
 
 def test_the_webhook_adapter_needs_a_url_and_a_non_empty_secret() -> None:
@@ -515,7 +535,7 @@ def test_webhook_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) 
     assert SECRET not in repr(notifier)
 
 
-def test_the_smtp_adapter_needs_a_host_and_a_sender_and_reads_the_directory_file() -> None:
+def test_the_smtp_adapter_needs_a_host_and_a_sender_and_takes_the_service_s_lookup() -> None:
     with pytest.raises(ValidationError, match="SMTP_HOST"):
         EscalationSettings(notify_adapter="smtp", notify_smtp_sender="s@example.com")
     with pytest.raises(ValidationError, match="go together"):
@@ -527,19 +547,11 @@ def test_the_smtp_adapter_needs_a_host_and_a_sender_and_reads_the_directory_file
         notify_smtp_username="u",
         notify_smtp_password="p",
     )
-    notifier = select_notifier(settings)
+    lookup = {"p-chen": "chen@example.com"}.get
+    notifier = select_notifier(settings, lookup)
     assert isinstance(notifier, SmtpNotifier)
     assert (notifier.host, notifier.port, notifier.starttls) == ("mail.example", 587, True)
-    assert notifier.recipients_by_principal("p-chen") == "chen@example.com"
-    assert notifier.recipients_by_principal("p-nobody") is None
-
-
-def test_directory_emails_reads_the_file(tmp_path: Path) -> None:
-    path = tmp_path / "directory.yaml"
-    path.write_text("people:\n  - {id: p-a, email: a@example.com}\n  - {id: p-b}\n")
-    emails = directory_emails(path)
-    assert emails("p-a") == "a@example.com"
-    assert emails("p-b") is None
+    assert notifier.recipients_by_principal is lookup
 
 
 def production(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
