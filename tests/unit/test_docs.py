@@ -125,14 +125,18 @@ def settings_tables() -> str:
 
 def event_table() -> str:
     """One row per event type of the catalog: its topic and what it says."""
-    rows = ["| type | topic | `data` fields (optional ones end in ?) | what it says |"]
-    rows.append("|---|---|---|---|")
+    rows = ["| type | topic | signed by | `data` fields (optional ones end in ?) | what it says |"]
+    rows.append("|---|---|---|---|---|")
     for name, entry in CATALOG.items():
         doc = " ".join((entry.data.__doc__ or "").strip().split("\n\n")[0].split())
         fields = ", ".join(
             f"{f}{'' if info.is_required() else '?'}" for f, info in entry.data.model_fields.items()
         )
-        rows.append(f"| `{name}` | `{entry.topic.value}` | {fields} | {doc.replace('|', '/')} |")
+        producers = ", ".join(sorted(entry.producers)) or "another system (unsigned)"
+        rows.append(
+            f"| `{name}` | `{entry.topic.value}` | {producers} | {fields} |"
+            f" {doc.replace('|', '/')} |"
+        )
     return "\n".join(rows)
 
 
