@@ -326,3 +326,23 @@ def producer_of(event: dict[str, Any]) -> str:
 def sign_event(event: dict[str, Any]) -> bytes:
     """The signed bytes of an event this process publishes (see `producer_of`)."""
     return signer_for(producer_of(event)).sign_bytes(event)
+
+
+def ensure_key_files(folder: Path) -> tuple[dict[str, Path], Path]:
+    """Real keys for a local stack (`incidents up`): one private key file per service in
+    `folder` (made once, owner-only), and the key set of their public keys, written again
+    each time. Returns (service -> key file, key set file)."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    files: dict[str, Path] = {}
+    entries = []
+    for service in SERVICES:
+        path = folder / f"{service}.pem"
+        if not path.exists():
+            path.touch(mode=0o600)
+            path.write_bytes(private_key_pem(Ed25519PrivateKey.generate()))
+        public = load_private_key(path).public_key()
+        entries.append(KeyEntry(key_id(service, public), service, public))
+        files[service] = path
+    keys_file = folder / "keys.yaml"
+    keys_file.write_text(key_set_yaml(entries), encoding="utf-8")
+    return files, keys_file

@@ -35,6 +35,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
+from services.infra import signing
 from services.infra.db import migrate_service
 from services.infra.localstack import (
     STOP_TIMEOUT,
@@ -295,9 +296,15 @@ class _Stack:
             env.update(self.phoenix.service_env())
         path = env.get("PYTHONPATH", "")
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_IMPORT_ROOT), path) if p)
+        key_files: dict[str, Path] = {}
+        if not env.get("INCIDENTS_EVENT_KEYS_FILE"):  # real event keys, kept in the state folder
+            key_files, keys_file = signing.ensure_key_files(state_dir() / "event-keys")
+            env["INCIDENTS_EVENT_KEYS_FILE"] = str(keys_file)
         for name in names:
             log_path = self.run / f"{name}.log"
             child_env = {**env, f"INCIDENTS_{name.upper()}_PORT": str(ports[name])}
+            if name in key_files:
+                child_env["INCIDENTS_EVENT_SIGNING_KEY"] = str(key_files[name])
             with log_path.open("ab") as log:
                 process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
                     command(name),

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client import REGISTRY
 
 from services.audit.app import create_app as create_audit
-from services.domain.events import InputRejected, make_event, parse_event
+from services.domain.events import InputRejected, Topic, make_event, parse_event
 from services.escalation.app import create_app as create_escalation
 from services.infra import signing
 from services.infra.settings import (
@@ -39,6 +39,7 @@ from services.infra.settings import (
 )
 from services.intake.app import create_app as create_intake
 from services.triage.app import create_app as create_triage
+from tests import event_verifier
 from tests.helpers import SEED_CASE, critical_policy, eventually, read_all, serving, signed
 
 pytestmark = pytest.mark.integration
@@ -51,6 +52,7 @@ REVOKED = signing.Signer("intake", Ed25519PrivateKey.from_private_bytes(b"\x07" 
 class Stack:
     intake: httpx.AsyncClient
     settings: CommonSettings
+    keys_file: Path
 
     async def sql(self, query: str, *args: Any) -> list[asyncpg.Record]:
         conn = await asyncpg.connect(self.settings.database_url)
@@ -81,7 +83,7 @@ async def stack(settings: CommonSettings, tmp_path: Path) -> AsyncIterator[Stack
             "http://audit",
         ),
     ):
-        yield Stack(intake, settings)
+        yield Stack(intake, settings, keys)
 
 
 def auth(name: str) -> dict[str, str]:
@@ -233,3 +235,18 @@ async def test_forged_acknowledgements_and_escalations_are_refused_recorded_and_
         "SELECT event_type FROM audit.ledger WHERE incident_id = $1 AND valid", incident
     )
     assert "incident.acknowledged.v1" not in {r["event_type"] for r in valid}
+
+    # Everything the services published verifies with a verifier written from the docs.
+    keys = event_verifier.read_key_set(stack.keys_file.read_text())
+    checked = 0
+    for topic in Topic:
+        if topic == Topic.INBOUND:
+            continue
+        for record in await read_all(stack.settings.kafka_bootstrap, stack.settings.topic(topic)):
+            if record.value in every:
+                continue
+            ok, service = event_verifier.verify(record.value, keys)
+            assert ok, (topic, record.value[:200])
+            assert json.loads(record.value)["source"] == f"/services/{service}"
+            checked += 1
+    assert checked > 20

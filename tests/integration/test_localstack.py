@@ -171,6 +171,7 @@ FAKE_SERVICE = textwrap.dedent(
     name = sys.argv[1]
     port = int(os.environ["INCIDENTS_" + name.upper() + "_PORT"])
     print(name, os.environ["INCIDENTS_KAFKA_BOOTSTRAP"], os.environ["INCIDENTS_DATABASE_URL"],
+          os.environ.get("INCIDENTS_EVENT_SIGNING_KEY"), os.environ["INCIDENTS_EVENT_KEYS_FILE"],
           flush=True)
 
     class Handler(BaseHTTPRequestHandler):
@@ -259,6 +260,10 @@ def test_up_starts_services_and_stops_them_in_reverse_order(
         assert f"http://127.0.0.1:{ports['audit']}" in output
         log = (tmp_path / "run" / "intake.log").read_text()
         assert kafka_bootstrap in log and fresh_database_url in log
+        keys = tmp_path / "state" / "event-keys"  # real event keys, in the state folder
+        assert f"{keys / 'intake.pem'} {keys / 'keys.yaml'}" in log
+        assert "intake:" in (keys / "keys.yaml").read_text()
+        assert (keys / "intake.pem").stat().st_mode & 0o077 == 0
         lock = json.loads((tmp_path / "state" / "up.lock").read_text())
         assert lock["pid"] == driver.pid
         driver.send_signal(signal.SIGINT)
