@@ -8,18 +8,23 @@ database would otherwise continue under the key and origin of an earlier log, so
 different trees would be signed as one log and every earlier head and receipt would
 contradict the new ones. The way out is deliberate: give the new log its own key
 (`INCIDENTS_SIGNING_KEY_FILE`), or move the old key and its `.log` file away (outside
-production a new key is then made).
+production a new key is then made). Where the key lives on a read-only mount (a
+Kubernetes or Compose secret) the binding cannot be written: audit warns and starts,
+and the witnesses, which never cosign a smaller or forked tree, remain the check.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
 import asyncpg
 
 from services.audit.checkpoint import NoteSigner
+
+log = logging.getLogger(__name__)
 
 
 class LogIdentityError(RuntimeError):
@@ -39,6 +44,13 @@ def bind(key_file: Path, signer: NoteSigner, log_id: str) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:  # bound before (or by another instance just now): compare
         pass
+    except OSError as exc:  # a read-only secret mount: nothing to compare against
+        log.warning(
+            "cannot record the log of the signing key beside it (%s): the one-key-one-log"
+            " check is off; witnesses still refuse to cosign a restarted or forked log",
+            exc,
+        )
+        return
     else:
         with os.fdopen(fd, "w") as handle:
             json.dump(record, handle)

@@ -32,3 +32,13 @@ def test_an_unreadable_binding_refuses_rather_than_rebinds(tmp_path: Path) -> No
     binding_path(key).write_text("not json")
     with pytest.raises(LogIdentityError, match="cannot be read"):
         bind(key, NoteSigner.generate("o.example/log"), "log-a")
+
+
+def test_a_key_folder_it_cannot_write_warns_and_starts(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A read-only secret mount in production; a missing folder stands in for it here
+    # (root writes through read-only permissions).
+    key = tmp_path / "not-there" / "audit_signing_key"
+    bind(key, NoteSigner.generate("o.example/log"), "log-a")
+    assert "check is off" in caplog.text
