@@ -209,7 +209,16 @@ def bench(
     only: str = typer.Option(
         "",
         "--only",
-        help="Comma-separated figure groups: verify, append, ledger, e2e, escalation, intake.",
+        help="Comma-separated figure groups: verify, append, ledger, console, e2e,"
+        " escalation, intake, refusals, org.",
+    ),
+    org: int | None = typer.Option(
+        None,
+        "--org",
+        min=13,
+        help="Also measure the per-report costs (triage, intake, audit) and triage's memory"
+        " with a generated organisation of this many people, beside the seed's 12 (group"
+        " org; --only org alone defaults to 254,000, or 20,000 with --quick).",
     ),
 ) -> None:
     """Measure the figures of issue #9, each beside a raw baseline of the same run.
@@ -231,6 +240,7 @@ def bench(
             out=out,
             token=token,
             only=groups,
+            org=org,
         )
     )
 

@@ -28,6 +28,7 @@ from rich.console import Console
 
 from services.bench import figures as fig
 from services.bench.console import console_figures
+from services.bench.orgscale import org_figures
 from services.bench.refusals import refusal_figure
 from services.bench.report import Figure, machine, print_table, write
 from services.bench.stack import BenchStack, Databases
@@ -90,7 +91,17 @@ QUICK = Sizes(
     escalation_spread=3,
 )
 
-GROUPS = ("verify", "append", "ledger", "console", "e2e", "escalation", "intake", "refusals")
+GROUPS = (
+    "verify",
+    "append",
+    "ledger",
+    "console",
+    "e2e",
+    "escalation",
+    "intake",
+    "refusals",
+    "org",
+)
 """Names `--only` accepts."""
 
 ORDER = (
@@ -115,6 +126,11 @@ ORDER = (
     "console.list",
     "console.incident",
     "console.badge",
+    "org.triage",
+    "org.intake",
+    "org.audit",
+    "org.memory",
+    "org",
     "stack",
 )
 """Rows in the order of the issue's table (errors are keyed by group)."""
@@ -199,8 +215,12 @@ def run_bench(
     token: str = "dev-auditor-token",  # noqa: S107 - public development token
     only: Sequence[str] = (),
     console: Console | None = None,
+    org: int | None = None,
 ) -> int:
-    """Run the bench; 0 when every figure ran (targets met or not), 1 if one failed."""
+    """Run the bench; 0 when every figure ran (targets met or not), 1 if one failed.
+
+    `org`: the size of the generated organisation of the `org` group, which runs when
+    it is given or named in `only` (services/bench/orgscale.py)."""
     if console is None:
         console = Console()
         if not console.is_terminal:  # piped or logged: room for the table's columns
@@ -254,6 +274,13 @@ def run_bench(
                 dbs.create("bench_console"), incidents=1_000 if quick else 10_000
             ),
         )
+        people = org or (20_000 if quick else 254_000)
+        if org is not None or "org" in bench.only:
+            bench.run(
+                "org",
+                f"per-report costs at {people:,} people",
+                lambda: org_figures(dbs.create, people, 200 if quick else 2000),
+            )
         if bench.wanted("refusals") and not external:
             bench.run(
                 "refusals",
