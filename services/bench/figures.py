@@ -40,9 +40,10 @@ from services.audit.verify import MemorySource, verify_ledger
 from services.bench.ledgerdata import BATCH, LedgerData
 from services.bench.report import Figure, Latency, percentile
 from services.domain import escalation as esc
-from services.domain.envelope import utc_rfc3339
-from services.domain.events import make_event
+from services.domain.envelope import canonical_json, signing_input, utc_rfc3339
+from services.domain.events import CATALOG, make_event
 from services.domain.knowledge import knowledge_as_of
+from services.infra import signing
 from services.infra.db import INFRA_MIGRATIONS, connect, create_pool, migrate, migrate_service
 from services.infra.kafka import ensure_topics, make_producer
 from services.infra.settings import CommonSettings
@@ -1084,6 +1085,82 @@ async def verify_figure(
             "seconds": report.elapsed,
         },
     )
+
+
+def _per_event_us(call: Callable[[Any], object], items: Sequence[Any], rounds: int = 3) -> float:
+    """The best of `rounds` passes of `call` over `items`, in microseconds per item."""
+    best = math.inf
+    for _ in range(rounds):
+        began = time.perf_counter()
+        for item in items:
+            call(item)
+        best = min(best, time.perf_counter() - began)
+    return best / len(items) * 1e6
+
+
+async def signing_figures(events: int = 10_000) -> list[Figure]:
+    """µs to sign and to verify one event (docs/event-signing.md), over the typical events
+    of an incident's life, beside its canonical JSON alone (which both include)."""
+    values = [json.loads(entry.event) for entry in LedgerData(events).entries()]
+    keys = signing.development_key_set()
+    signers = {  # each type signed by (the development key of) a service that publishes it
+        name: signing.Signer(owner, signing.development_key(owner))
+        for name, entry in CATALOG.items()
+        for owner in [min(entry.producers)]
+    }
+
+    def sign_one(value: dict[str, Any]) -> bytes:
+        return signers[value["type"]].sign_bytes(value)
+
+    signed = [sign_one(v) for v in values]
+    if any(keys.check_bytes(b)[0] is not None for b in signed):
+        raise RuntimeError("a signed bench event did not verify")
+    canonical = await asyncio.to_thread(_per_event_us, canonical_json, values)
+    sign = await asyncio.to_thread(_per_event_us, sign_one, values)
+    verify = await asyncio.to_thread(_per_event_us, keys.check_bytes, signed)
+    size = sum(len(b) for b in signed) / len(signed)
+    # The bare curve operations over the same bytes, for what the rest costs.
+    key = signing.development_key("intake")
+    inputs = [signing_input(v) for v in values[:1000]]
+    signatures = [key.sign(m) for m in inputs]
+    public = key.public_key()
+    bare_sign = await asyncio.to_thread(_per_event_us, key.sign, inputs)
+    pairs = list(zip(signatures, inputs, strict=True))
+    bare_verify = await asyncio.to_thread(_per_event_us, lambda p: public.verify(*p), pairs)
+    common: dict[str, Any] = {
+        "unit": "µs/event",
+        "baseline_name": "canonical_json alone",
+        "baseline": canonical,
+        "baseline_unit": "µs/event",
+        "details": {
+            "events": len(values),
+            "mean_signed_bytes": size,
+            "bare_ed25519_sign_us": bare_sign,
+            "bare_ed25519_verify_us": bare_verify,
+        },
+    }
+    return [
+        Figure(
+            key="signing.sign",
+            name=f"sign one event (Ed25519, {len(values):,} typical events)",
+            value=sign,
+            limit=(
+                "One Ed25519 signature (OpenSSL through `cryptography`) and the canonical"
+                " JSON twice (the signing input, then the published bytes)."
+            ),
+            **common,
+        ),
+        Figure(
+            key="signing.verify",
+            name=f"verify one event (Ed25519, {len(values):,} typical events)",
+            value=verify,
+            limit=(
+                "json.loads of the record, its canonical JSON again (the signing input) and"
+                " one Ed25519 verification: about three signatures' worth of field work."
+            ),
+            **common,
+        ),
+    ]
 
 
 # ------------------------------------------------------------ tree, knowledge, replay

@@ -40,6 +40,7 @@ class Sizes:
     """How big each figure's run is."""
 
     verify_leaves: int
+    signing_events: int
     append_events: int
     ledger_entries: int
     query_samples: int
@@ -58,6 +59,7 @@ class Sizes:
 
 FULL = Sizes(
     verify_leaves=200_000,
+    signing_events=10_000,
     append_events=200_000,
     ledger_entries=1_000_000,
     query_samples=2000,
@@ -75,6 +77,7 @@ FULL = Sizes(
 )
 QUICK = Sizes(
     verify_leaves=20_000,
+    signing_events=2_000,
     append_events=20_000,
     ledger_entries=100_000,
     query_samples=200,
@@ -100,6 +103,7 @@ GROUPS = (
     "escalation",
     "intake",
     "refusals",
+    "signing",
     "org",
 )
 """Names `--only` accepts."""
@@ -117,6 +121,8 @@ ORDER = (
     "append",
     "ledger.append",
     "verify",
+    "signing.sign",
+    "signing.verify",
     "ledger",
     "proof.inclusion",
     "proof.consistency",
@@ -250,6 +256,11 @@ def run_bench(
             "verify",
             "verify leaves/s",
             lambda: fig.verify_figure(sizes.verify_leaves),
+        )
+        bench.run(
+            "signing",
+            "event signatures",
+            lambda: fig.signing_figures(sizes.signing_events),
         )
         bench.run(
             "append",
