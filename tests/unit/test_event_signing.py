@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiokafka import ConsumerRecord
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from services.audit import ledger
 from services.domain.envelope import Envelope, signing_input
 from services.domain.events import CATALOG, SERVICES, make_event
 from services.infra import signing
@@ -228,3 +230,28 @@ def test_production_refuses_to_start_without_a_key_and_a_key_set(tmp_path: Path)
         signing.signer_for("intake").key_id
         == signing.Signer("intake", signing.development_key("intake")).key_id
     )
+
+
+def _record(value: bytes, offset: int) -> ConsumerRecord:
+    return ConsumerRecord(
+        "incident.activity", 0, offset, 0, 0, b"k", value, None, 1, len(value), ()
+    )
+
+
+def test_audit_records_a_refused_record_and_a_replay_as_rejected_input() -> None:
+    """The ledger's classification (services/audit/ledger.py): a record the signature check
+    refused, and one that reuses a recorded event's id with other content, are rejected
+    input with the reason; the same record again is the same entry."""
+    genuine = Signer("intake", VECTOR_KEY).sign_bytes(VECTOR_EVENT)
+    other = Signer("intake", VECTOR_KEY).sign_bytes({**VECTOR_EVENT, "actor": "p-board"})
+    refused = ledger.classify(_record(genuine, 1), "revoked key")
+    assert refused.event is None and refused.reason == "not authentic: revoked key"
+    records = [_record(genuine, 1), _record(genuine, 2), _record(other, 3)]
+    candidates = [ledger.classify(r) for r in records]
+    kept = ledger._replays(candidates, records, {})
+    assert kept[0].event is not None and kept[1].record_key == kept[0].record_key
+    assert kept[2].event is None and kept[2].reason == "not authentic: replayed"
+    assert kept[2].record_key.startswith("replayed:")
+    stored = {kept[0].record_key: ledger.leaf_bytes(0, datetime.now(UTC), kept[0])}
+    later = ledger._replays([ledger.classify(records[2])], records[2:], stored)
+    assert later[0].reason == "not authentic: replayed"
