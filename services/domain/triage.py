@@ -19,9 +19,11 @@ report, the directory snapshot at that moment, the pinned policy and the clock
    - `reporter`: the reporter's person id, resolved by the caller (the report carries
      a pseudonym that this pure code does not read).
    - `accused_reports`: people who answer to an accused, directly or further down:
-     each *candidate* (a holder of a role the decision may route to) whose own
+     each *candidate* (a holder of a role the decision may route to: of the chain's
+     roles in the incident's unit, of a level's role anywhere once the level must be
+     resolved across the organisation, and of the independent roles) whose own
      management chain contains an accused. Candidates' chains are walked, never the
-     whole organisation, so the cost does not grow with its size. Independent roles
+     whole organisation, so the cost does not grow with its size (docs/scale.md). Independent roles
      are not exempt: answering to the accused is a conflict whatever the role.
    - `ambiguous_match` (always on): every candidate of a name that matched several
      people (`PersonMatch.how == "ambiguous"`). Each candidate of an ambiguous *accused*
@@ -532,24 +534,46 @@ def decide(
     )
     levels = _unresolved_chain(policy, severity) if conflict_unresolved else list(rules.chain)
     chain_roles = frozenset(level.role for level in levels)
-    conflicts = _conflicts(
-        accused=report.accused,
-        named=report.named,
-        reporter=reporter_person or None,
-        org=org,
-        policy=policy,
-        category=report.category,
-        candidates=_candidates(
-            org, [*(lv.role for lv in levels), *policy.conflicts.independent_roles]
-        ),
-        matches=report.people_matches,
-    )
-    excluded = conflicts.people(org, chain_roles)
-    if prior is not None:
-        excluded = _merge(prior.excluded, excluded, chain_roles)
-    excluded_ids = frozenset(x.principal for x in excluded)
-
     unit, unit_source = incident_unit(report, org)
+
+    def conflicts_among(candidates: list[str]) -> tuple[_Conflicts, tuple[ExcludedPerson, ...]]:
+        found = _conflicts(
+            accused=report.accused,
+            named=report.named,
+            reporter=reporter_person or None,
+            org=org,
+            policy=policy,
+            category=report.category,
+            candidates=candidates,
+            matches=report.people_matches,
+        )
+        people = found.people(org, chain_roles)
+        return found, _merge(prior.excluded, people, chain_roles) if prior else people
+
+    # Candidates in scope only (issue 21): the chain roles' holders in the unit and the
+    # independent roles' holders; a role whose unit holders are all excluded (or none)
+    # is resolved across the organisation, so its holders anywhere are checked then.
+    # Whether a candidate answers to the accused depends on her chain alone, so this
+    # routes exactly as checking every holder of every role would.
+    roles = [*(lv.role for lv in levels), *policy.conflicts.independent_roles]
+    if unit is None:
+        candidates = _candidates(org, roles)
+    else:
+        candidates = _candidates(org, policy.conflicts.independent_roles) + [
+            p for lv in levels for p in org.holders(lv.role, unit)
+        ]
+    conflicts, excluded = conflicts_among(candidates)
+    if unit is not None:
+        excluded_ids = frozenset(x.principal for x in excluded)
+        wider = [
+            p
+            for lv in levels
+            if all(h in excluded_ids for h in org.holders(lv.role, unit))
+            for p in org.holders(lv.role)
+        ]
+        if set(wider) - set(candidates):
+            conflicts, excluded = conflicts_among(list(dict.fromkeys((*candidates, *wider))))
+    excluded_ids = frozenset(x.principal for x in excluded)
 
     notes = list(conflicts.notes)
     if unresolved_matches:
