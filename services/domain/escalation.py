@@ -113,6 +113,18 @@ ids.
   service calls it for `feedback` when a handler writes to the reporter). A satisfied
   clock neither reminds nor breaches. Legal clocks keep running after acknowledgement:
   feedback is owed regardless.
+- **Reminders that remind** (issue 22). A `ReminderDue` is followed, in the same step,
+  by a `Notified(channel="reminder")` to each eligible recipient of the current level
+  (and to the acknowledger, if she is routed elsewhere); a `DeadlineBreached` by a
+  `Notified(channel="breach")` to them, to the eligible recipients of the next level
+  with anyone eligible (the one escalation would ask next) and to the independent
+  people. Each notice
+  names the level its recipient belongs to; everyone once, excluded people never
+  (`clock_recipients`). They go through the same delivery queue as the asks, exactly
+  once (the step's version keys their event ids, as for every effect). They are not
+  asks: no deadline starts, and a failed delivery of one never moves the chain on
+  (`is_ask`; `delivery_failed` ignores them). A stalled chain has nobody to remind:
+  the stall alert is already raised.
 
 ## Stored format
 
@@ -150,6 +162,10 @@ FEEDBACK: Final = "feedback"
 LEGAL_CLOCKS: Final = (REPORTER_ACKNOWLEDGEMENT, FEEDBACK)
 DEFAULT_REMINDER_LEAD: Final = 0.1
 ESCALATION_CHANNEL: Final = "escalation"
+REMINDER_CHANNEL: Final = "reminder"
+BREACH_CHANNEL: Final = "breach"
+CLOCK_CHANNELS: Final = frozenset({REMINDER_CHANNEL, BREACH_CHANNEL})
+"""Channels of notices about a legal clock: they tell, they do not ask."""
 DEADLINE_BREACHED: Final = "incident.deadline.breached.v1"
 ESCALATION_STALLED: Final = "incident.escalation.stalled.v1"
 ACKNOWLEDGEMENT_IGNORED: Final = "incident.acknowledgement.ignored.v1"
@@ -581,12 +597,26 @@ def recuse(state: EscalationState, principal: str, now: datetime) -> Step:
     return reassign(state, [principal], [], now, move_on=False)
 
 
-def delivery_failed(state: EscalationState, principal: str, level: int, now: datetime) -> Step:
+def is_ask(channel: str) -> bool:
+    """A notice on `channel` asks its recipient to act (triage's, escalation's), unlike a
+    reminder or breach notice, which tells of a legal clock."""
+    return channel not in CLOCK_CHANNELS
+
+
+def delivery_failed(
+    state: EscalationState,
+    principal: str,
+    level: int,
+    now: datetime,
+    channel: str = ESCALATION_CHANNEL,
+) -> Step:
     """Delivery to `principal` of the ask of `level` failed for good; once every eligible
-    recipient of the current ask failed, the next level is asked at once."""
+    recipient of the current ask failed, the next level is asked at once. A reminder or
+    breach notice that failed changes nothing."""
     _aware(now)
     if (
-        state.acknowledged is not None
+        not is_ask(channel)
+        or state.acknowledged is not None
         or state.due_at is None
         or state.stalled
         or level != state.current_level
@@ -616,12 +646,49 @@ def reminders(state: EscalationState, now: datetime) -> Step:
             if not clock.reminded and now >= clock.remind_at:
                 if now < clock.due_at:
                     effects.append(ReminderDue(clock=clock.name, due_at=clock.due_at))
+                    effects.extend(_clock_notices(state, REMINDER_CHANNEL))
                 clock = replace(clock, reminded=True)
             if not clock.breached and now >= clock.due_at:
                 effects.append(DeadlineBreached(clock=clock.name, due_at=clock.due_at))
+                effects.extend(_clock_notices(state, BREACH_CHANNEL))
                 clock = replace(clock, breached=True)
         clocks.append(clock)
     return _changed(state, replace(state, clocks=tuple(clocks)), tuple(effects))
+
+
+def clock_recipients(state: EscalationState, breach: bool) -> tuple[tuple[str, int], ...]:
+    """Who a legal clock's reminder (or, with `breach`, its breach) tells, each with the
+    level she belongs to: the current level's eligible recipients and the acknowledger;
+    for a breach also the next level with anyone eligible and the independent people.
+    Each once, in that order; excluded people never."""
+    current = state.current_level
+    if current == 0:
+        return ()
+    wanted: list[tuple[str, int]] = [(p, current) for p in state.eligible(current)]
+    ack = state.acknowledged
+    if ack is not None and ack.by not in state.excluded:
+        wanted.append((ack.by, ack.level))
+    if breach:
+        # the level escalation would ask next: the first one after this with anyone in it
+        for number in range(current + 1, state.fallback_level):
+            if state.eligible(number):
+                wanted.extend((p, number) for p in state.eligible(number))
+                break
+        wanted.extend((p, state.fallback_level) for p in state.eligible(state.fallback_level))
+    seen: set[str] = set()
+    out = []
+    for principal, level in wanted:
+        if principal not in seen:
+            seen.add(principal)
+            out.append((principal, level))
+    return tuple(out)
+
+
+def _clock_notices(state: EscalationState, channel: str) -> tuple[Notified, ...]:
+    return tuple(
+        Notified(principal=p, channel=channel, level=level, report_digest=state.report_digest)
+        for p, level in clock_recipients(state, breach=channel == BREACH_CHANNEL)
+    )
 
 
 def clock_satisfied(state: EscalationState, clock: str, now: datetime) -> Step:

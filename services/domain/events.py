@@ -390,6 +390,40 @@ class DeadlineBreached(EventData):
     due_at: datetime
 
 
+NoticeAdapter = Literal["log", "webhook", "smtp"]
+NoticeFailure = Literal["refused", "unreachable", "no_address", "gave_up", "error"]
+
+
+class NoticeDelivered(EventData):
+    """The adapter confirmed a queued notice (`incident.notified.v1`): a webhook answered
+    2xx, an SMTP server accepted the mail, or the log adapter wrote its line (which tells
+    nobody: docs/notifications.md)."""
+
+    notice_id: str = Field(description="The event id of the notice's incident.notified.v1.")
+    principal: PrincipalId
+    level: int = Field(ge=0)
+    channel: str = Field(description="The notice's channel: triage, escalation, reminder, breach.")
+    adapter: NoticeAdapter
+    attempts: int = Field(ge=0, description="The adapter's attempts, retries included.")
+
+
+class NoticeFailed(EventData):
+    """The adapter gave up on a queued notice, after its own retries. `reason` is a class,
+    `detail` the HTTP status or SMTP reply code class or error type: never an address, a
+    URL, a server's text or a secret."""
+
+    notice_id: str = Field(description="The event id of the notice's incident.notified.v1.")
+    principal: PrincipalId
+    level: int = Field(ge=0)
+    channel: str = Field(description="The notice's channel: triage, escalation, reminder, breach.")
+    adapter: NoticeAdapter | None = Field(
+        None, description="The adapter that gave up (none when the worker gave up itself)."
+    )
+    attempts: int = Field(ge=0, description="The adapter's attempts, retries included.")
+    reason: NoticeFailure
+    detail: str | None = Field(None, max_length=80, description="e.g. HTTP 400, ConnectTimeout.")
+
+
 class PersonUpserted(EventData):
     person_id: PrincipalId
     name: str | None = None
@@ -537,6 +571,8 @@ CATALOG: dict[str, EventType] = {
         EventType("incident.acknowledgement.ignored.v1", Topic.ESCALATIONS, AcknowledgementIgnored),
         EventType("incident.reminder.due.v1", Topic.ESCALATIONS, ReminderDue),
         EventType("incident.deadline.breached.v1", Topic.ESCALATIONS, DeadlineBreached),
+        EventType("incident.notice.delivered.v1", Topic.ESCALATIONS, NoticeDelivered),
+        EventType("incident.notice.failed.v1", Topic.ESCALATIONS, NoticeFailed),
         EventType("directory.person.upserted.v1", Topic.DIRECTORY, PersonUpserted),
         EventType("directory.role.assigned.v1", Topic.DIRECTORY, RoleAssigned),
         EventType("directory.role.revoked.v1", Topic.DIRECTORY, RoleRevoked),

@@ -22,6 +22,29 @@ Events):
 
 `incident.access.denied.v1` makes nobody know; every other type is ignored.
 
+## Delivery: queued is not told (issue 22)
+
+`incident.notified.v1` says a notice was *queued* for a principal's channel, not that
+she got it. Escalation records what its adapter said: `incident.notice.delivered.v1`
+(a webhook's 2xx, an SMTP server's acceptance, or the log adapter's line) or
+`incident.notice.failed.v1` (with a reason class), each naming the notice by its
+event id (`notice_id`). "Opened" is derived, no event of its own: her first
+`incident.viewed.v1` recorded at or after her first notice. `via` is unchanged
+(`notified` still means a notice was queued) and two fields are added per principal:
+
+- `delivery`: `{queued_at, delivered_at, failed_at, opened_at, adapter}`, the first
+  of each (ledger time), `adapter` the one that first delivered; null for a principal
+  never notified. `deliveries_as_of` gives the same per notice (the audit route
+  `/deliveries`).
+- `knew_at`: the first entry that shows she could know: a notice delivered by an
+  adapter that reaches a person (webhook, smtp: not `log`, which tells nobody), her
+  view, acknowledgement, report or submission, or a disclosure to her. Null when all
+  the ledger holds is a queued, failed or log-only notice, or an escalation naming
+  her: `first_known_at` stays when the ledger first *named* her, as before.
+
+Outcome events are joined to their notices by id, in any ledger order (they travel on
+`incident.escalations`, the notices on `incident.activity`).
+
 Pure: no I/O. Events whose `data` does not match the catalog raise `InvalidEvent`
 (a `ValueError`), as they do in the incident fold.
 """
@@ -29,7 +52,7 @@ Pure: no I/O. Events whose `data` does not match the catalog raise `InvalidEvent
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal
 
@@ -39,6 +62,8 @@ from services.domain.events import (
     Acknowledged,
     Escalated,
     IdentityDisclosed,
+    NoticeDelivered,
+    NoticeFailed,
     Notified,
     ReportAmended,
     ReportSubmitted,
@@ -51,6 +76,8 @@ from services.domain.incident import IncidentState, apply
 Via = Literal[
     "notified", "viewed", "escalated", "acknowledged", "reported", "submitted", "identity_disclosed"
 ]
+Mark = Via | Literal["delivered", "failed", "opened"]
+"""A chart mark: how the ledger named her, or what became of a notice to her."""
 
 REPORTER = "reporter"
 """The principal the reporter appears as, unless the caller may see who it is."""
@@ -64,6 +91,16 @@ ACKNOWLEDGED = "incident.acknowledged.v1"
 DISCLOSED = "incident.identity.disclosed.v1"
 KNOWING_TYPES = frozenset({NOTIFIED, VIEWED, ESCALATED, ACKNOWLEDGED, DISCLOSED})
 """The SPEC's knowing events; submission and amendment make the reporter know too."""
+NOTICE_DELIVERED = "incident.notice.delivered.v1"
+NOTICE_FAILED = "incident.notice.failed.v1"
+OUTCOME_TYPES = frozenset({NOTICE_DELIVERED, NOTICE_FAILED})
+TELLING_ADAPTERS = frozenset({"webhook", "smtp"})
+"""Adapters whose confirmation means a person was reached (the log adapter's does not)."""
+PROOF_VIA: frozenset[Via] = frozenset(
+    {"viewed", "acknowledged", "reported", "submitted", "identity_disclosed"}
+)
+"""Knowing entries that show by themselves that she could know (unlike a queued notice
+or an escalation naming her)."""
 
 _SYSTEM_PREFIX = "system:"
 
@@ -90,6 +127,72 @@ class LedgerEvent:
         _require_aware("recorded_at", self.recorded_at)
 
 
+def _when(moment: datetime | None) -> str | None:
+    return None if moment is None else utc_rfc3339(moment)
+
+
+@dataclass(frozen=True)
+class NoticeDelivery:
+    """One notice (`incident.notified.v1`) and what became of it, by ledger time."""
+
+    notice_id: str
+    principal: str
+    level: int
+    channel: str
+    queued_at: datetime
+    delivered_at: datetime | None = None
+    failed_at: datetime | None = None
+    opened_at: datetime | None = None
+    adapter: str | None = None
+    attempts: int | None = None
+    reason: str | None = None
+    detail: str | None = None
+
+    @property
+    def status(self) -> str:
+        """queued, delivered or failed (delivered wins if a retry after a crash said both)."""
+        if self.delivered_at is not None:
+            return "delivered"
+        return "failed" if self.failed_at is not None else "queued"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "notice_id": self.notice_id,
+            "principal": self.principal,
+            "level": self.level,
+            "channel": self.channel,
+            "status": self.status,
+            "queued_at": utc_rfc3339(self.queued_at),
+            "delivered_at": _when(self.delivered_at),
+            "failed_at": _when(self.failed_at),
+            "opened_at": _when(self.opened_at),
+            "adapter": self.adapter,
+            "attempts": self.attempts,
+            "reason": self.reason,
+            "detail": self.detail,
+        }
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A principal's notices summed up: the first of each step, by ledger time."""
+
+    queued_at: datetime
+    delivered_at: datetime | None = None
+    failed_at: datetime | None = None
+    opened_at: datetime | None = None
+    adapter: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "queued_at": utc_rfc3339(self.queued_at),
+            "delivered_at": _when(self.delivered_at),
+            "failed_at": _when(self.failed_at),
+            "opened_at": _when(self.opened_at),
+            "adapter": self.adapter,
+        }
+
+
 @dataclass(frozen=True)
 class PrincipalKnowledge:
     """What one principal knew: since when, how, which report versions, acknowledged when."""
@@ -99,20 +202,25 @@ class PrincipalKnowledge:
     via: tuple[Via, ...] = ()
     report_digests: tuple[str, ...] = ()
     acknowledged_at: datetime | None = None
-    marks: tuple[tuple[datetime, Via], ...] = field(default=(), compare=False)
-    """Every knowing entry of this principal (ledger time, how), in ledger order: what
-    the console's who-knew chart draws. Not part of the JSON answer."""
+    marks: tuple[tuple[datetime, Mark], ...] = field(default=(), compare=False)
+    """Every knowing entry of this principal (ledger time, how), in ledger order, then
+    her notices' outcomes and first opening: what the console's who-knew chart draws.
+    Not part of the JSON answer."""
+    delivery: Delivery | None = field(default=None, compare=False)
+    knew_at: datetime | None = field(default=None, compare=False)
+    """Both derived from the same entries as the rest (tests compare the rest)."""
 
     def to_json(self) -> dict[str, Any]:
-        """The SPEC's JSON form, times as RFC 3339 UTC with `Z`."""
+        """The SPEC's JSON form, times as RFC 3339 UTC with `Z`, plus `delivery` and
+        `knew_at` (module docstring)."""
         return {
             "principal": self.principal,
             "first_known_at": utc_rfc3339(self.first_known_at),
             "via": list(self.via),
             "report_digests": list(self.report_digests),
-            "acknowledged_at": (
-                None if self.acknowledged_at is None else utc_rfc3339(self.acknowledged_at)
-            ),
+            "acknowledged_at": _when(self.acknowledged_at),
+            "knew_at": _when(self.knew_at),
+            "delivery": None if self.delivery is None else self.delivery.to_json(),
         }
 
 
@@ -151,17 +259,49 @@ class _Acc:
     via: list[Via] = field(default_factory=list)
     digests: list[str] = field(default_factory=list)
     acknowledged_at: datetime | None = None
-    marks: list[tuple[datetime, Via]] = field(default_factory=list)
+    marks: list[tuple[datetime, Mark]] = field(default_factory=list)
 
-    def freeze(self, principal: str) -> PrincipalKnowledge:
+    def freeze(self, principal: str, notices: Sequence[NoticeDelivery]) -> PrincipalKnowledge:
+        delivery = _summary(notices)
+        proofs = [at for at, via in self.marks if via in PROOF_VIA]
+        proofs += [
+            n.delivered_at
+            for n in notices
+            if n.delivered_at is not None and n.adapter in TELLING_ADAPTERS
+        ]
+        marks = list(self.marks)
+        for notice in notices:
+            if notice.delivered_at is not None:
+                marks.append((notice.delivered_at, "delivered"))
+            if notice.failed_at is not None:
+                marks.append((notice.failed_at, "failed"))
+        if delivery is not None and delivery.opened_at is not None:
+            marks.append((delivery.opened_at, "opened"))
         return PrincipalKnowledge(
             principal=principal,
             first_known_at=self.first_known_at,
             via=tuple(self.via),
             report_digests=tuple(self.digests),
             acknowledged_at=self.acknowledged_at,
-            marks=tuple(self.marks),
+            marks=tuple(marks),
+            delivery=delivery,
+            knew_at=min(proofs, default=None),
         )
+
+
+def _summary(notices: Sequence[NoticeDelivery]) -> Delivery | None:
+    """The first of each step over one principal's notices."""
+    if not notices:
+        return None
+    delivered = [n for n in notices if n.delivered_at is not None]
+    first = min(delivered, key=lambda n: n.delivered_at or n.queued_at, default=None)
+    return Delivery(
+        queued_at=min(n.queued_at for n in notices),
+        delivered_at=None if first is None else first.delivered_at,
+        failed_at=min((n.failed_at for n in notices if n.failed_at), default=None),
+        opened_at=min((n.opened_at for n in notices if n.opened_at), default=None),
+        adapter=None if first is None else first.adapter,
+    )
 
 
 class _Reader:
@@ -172,6 +312,9 @@ class _Reader:
         self.known: dict[str, _Acc] = {}
         self.latest_digest: str | None = None
         self.reporter = REPORTER
+        self.notices: dict[str, NoticeDelivery] = {}
+        self.outcomes: list[tuple[datetime, NoticeDelivered | NoticeFailed]] = []
+        self.views: dict[str, list[datetime]] = {}
 
     def learn(self, principal: str, at: datetime, via: Via, digest: str | None) -> _Acc:
         acc = self.known.get(principal)
@@ -189,9 +332,20 @@ class _Reader:
 
     def read(self, entry: LedgerEvent) -> None:
         envelope, at = entry.envelope, entry.recorded_at
+        if envelope.type in OUTCOME_TYPES:
+            outcome = data_of(envelope)
+            if isinstance(outcome, NoticeDelivered | NoticeFailed):
+                self.outcomes.append((at, outcome))
+            return
         if envelope.type not in KNOWING_TYPES and envelope.type not in (SUBMITTED, AMENDED):
             return  # access.denied and everything else: nobody learns anything
-        match data_of(envelope):
+        data = data_of(envelope)
+        if isinstance(data, Notified):
+            notice = NoticeDelivery(envelope.id, data.principal, data.level, data.channel, at)
+            self.notices.setdefault(envelope.id, notice)
+        elif isinstance(data, Viewed):
+            self.views.setdefault(data.principal, []).append(at)
+        match data:
             case ReportSubmitted() as data:
                 self.latest_digest = data.report_digest
                 # The person id: `reporter_identity` once opened (sealed values and
@@ -220,8 +374,39 @@ class _Reader:
                 if acc.acknowledged_at is None or at < acc.acknowledged_at:
                     acc.acknowledged_at = at
 
+    def deliveries(self) -> list[NoticeDelivery]:
+        """Every notice with its outcome (joined by notice id) and first opening."""
+        notices = dict(self.notices)
+        for at, outcome in self.outcomes:
+            notice = notices.get(outcome.notice_id)
+            if notice is None:  # its notice is not (yet) in the ledger: nothing to join
+                continue
+            if isinstance(outcome, NoticeDelivered):
+                if notice.delivered_at is None or at < notice.delivered_at:
+                    notice = replace(
+                        notice, delivered_at=at, adapter=outcome.adapter, attempts=outcome.attempts
+                    )
+            elif notice.failed_at is None or at < notice.failed_at:
+                notice = replace(
+                    notice,
+                    failed_at=at,
+                    adapter=notice.adapter or outcome.adapter,
+                    attempts=notice.attempts or outcome.attempts,
+                    reason=outcome.reason,
+                    detail=outcome.detail,
+                )
+            notices[outcome.notice_id] = notice
+        out = []
+        for notice in notices.values():
+            opened = [v for v in self.views.get(notice.principal, ()) if v >= notice.queued_at]
+            out.append(replace(notice, opened_at=min(opened, default=None)))
+        return sorted(out, key=lambda n: (n.queued_at, n.principal, n.notice_id))
+
     def result(self) -> tuple[PrincipalKnowledge, ...]:
-        frozen = (acc.freeze(name) for name, acc in self.known.items())
+        by_principal: dict[str, list[NoticeDelivery]] = {}
+        for notice in self.deliveries():
+            by_principal.setdefault(notice.principal, []).append(notice)
+        frozen = (acc.freeze(name, by_principal.get(name, ())) for name, acc in self.known.items())
         return tuple(sorted(frozen, key=lambda p: (p.first_known_at, p.principal)))
 
 
@@ -264,6 +449,17 @@ def knowledge_as_of(
     for entry in _recorded_by(incident_id, entries, as_of):
         reader.read(entry)
     return Knowledge(incident_id=incident_id, as_of=as_of, principals=reader.result())
+
+
+def deliveries_as_of(
+    incident_id: str, entries: Sequence[LedgerEvent], as_of: datetime
+) -> list[NoticeDelivery]:
+    """Every notice of the incident recorded by `as_of` (ledger time), with its
+    delivery, failure and first opening, in the order they were queued."""
+    reader = _Reader(reveal_reporter=False)
+    for entry in _recorded_by(incident_id, entries, as_of):
+        reader.read(entry)
+    return reader.deliveries()
 
 
 def state_as_of(incident_id: str, entries: Sequence[LedgerEvent], as_of: datetime) -> IncidentState:

@@ -11,7 +11,10 @@ and wake-up time, in one transaction. The scheduler sleeps until the earliest wa
 Notices (`incident.notified.v1`) are queued in `deliveries` with the consumer's
 tracking row and delivered by a worker (`run_deliveries`), so a slow webhook or mail
 server never holds up the consumers; a notice that fails for good is recorded there
-and fed back as `delivery_failed`.
+and fed back as `delivery_failed`. Each outcome is also published, once, in the same
+transaction as the row's new state: `incident.notice.delivered.v1` (the adapter's
+confirmation) or `incident.notice.failed.v1` (its reason class), so the ledger proves
+delivery, not only the queueing (docs/notifications.md).
 
 Never silent (issue 18): every `incident.escalation.stalled.v1` the domain raises (nobody
 left to ask, the independent people included) is also counted
@@ -42,6 +45,8 @@ from services.domain.events import (
     AcknowledgementIgnored,
     EscalationStalled,
     InvalidEvent,
+    NoticeDelivered,
+    NoticeFailed,
     Notified,
     Reassigned,
     Recused,
@@ -51,7 +56,7 @@ from services.domain.events import (
     make_event,
     parse_envelope,
 )
-from services.escalation.notify import Notifier
+from services.escalation.notify import Notifier, Outcome, recording
 from services.infra import eventstore
 from services.infra.db import connect
 from services.infra.groupcommit import GroupCommit
@@ -93,6 +98,8 @@ DELIVERY_POLL_SECONDS = 0.5
 DELIVERY_MAX_ATTEMPTS = 5
 """Leases of one notice (workers that died on it) before it counts as failed."""
 REPORTER_MESSAGE = "incident.reporter.message.v1"
+DELIVERED = "incident.notice.delivered.v1"
+FAILED = "incident.notice.failed.v1"
 EVENT_IDS = uuid.UUID("6d1f6f3c-54a7-4f55-9c43-2b1f0ad0c0e1")
 
 
@@ -107,8 +114,8 @@ class Escalation:
         self._deliveries_due = asyncio.Event()
         self.delivery_lease = delivery_lease(runtime.settings)
         # Delivered notices record their outcome together (one UPDATE per shared commit).
-        self._delivered: GroupCommit[str, None] = GroupCommit(
-            lambda: self.runtime.db, _record_delivered, name="escalation-deliveries", writers=1
+        self._delivered: GroupCommit[Envelope, None] = GroupCommit(
+            lambda: self.runtime.db, self._record_delivered, name="escalation-deliveries", writers=1
         )
 
     # -- inputs -------------------------------------------------------------------
@@ -355,11 +362,19 @@ class Escalation:
         now: datetime,
     ) -> None:
         version = await eventstore.stream_version(conn, state.incident_id)
+        events = self._effect_events(state, effects, cause, now)
+        if any(e.correlationid is None for e in events):
+            # a deadline fired (no cause): the incident's correlation is in its stream
+            correlation = await eventstore.correlation_of(conn, state.incident_id)
+            events = [
+                e if e.correlationid else e.model_copy(update={"correlationid": correlation})
+                for e in events
+            ]
         await eventstore.append(
             conn,
             state.incident_id,
             version,
-            self._effect_events(state, effects, cause, now),
+            events,
             topic_prefix=self.runtime.settings.kafka_topic_prefix,
         )
 
@@ -566,16 +581,19 @@ class Escalation:
             span_after("escalation: deliver notice", row["traceparent"]),
             bind_incident(envelope.subject),
         ):
+            outcome: Outcome | None = None
             if row["attempts"] > DELIVERY_MAX_ATTEMPTS:
                 log.error("notice %s: gave up after %d leases", envelope.id, row["attempts"] - 1)
                 delivered = False
             else:
-                delivered = await self.notifier.deliver(
-                    envelope.subject, notice, delivery_id=envelope.id
-                )
+                with recording() as record:
+                    delivered = await self.notifier.deliver(
+                        envelope.subject, notice, delivery_id=envelope.id
+                    )
+                outcome = record.delivered() if delivered else record.failed()
             try:
                 if delivered:
-                    await self._delivered.submit(envelope.id)
+                    await self._delivered.submit(self._outcome_event(envelope, notice, outcome))
                 else:
                     async with self.runtime.db.acquire() as conn, conn.transaction():
                         if await conn.fetchval(
@@ -583,6 +601,9 @@ class Escalation:
                             " WHERE event_id = $1 AND state = 'pending' RETURNING 1",
                             envelope.id,
                         ):
+                            await _lock_incident(conn, envelope.subject)
+                            failed = self._outcome_event(envelope, notice, outcome, failed=True)
+                            await self._append_outcomes(conn, [failed])
                             await self._step_or_hold(conn, envelope, _transition_for(envelope))
             except TRANSIENT_ERRORS as exc:  # the lease runs out and it is delivered again
                 log.warning("notice %s: outcome not recorded: %r", envelope.id, exc)
@@ -597,15 +618,82 @@ class Escalation:
         oldest = row["oldest"]
         QUEUED_AGE.set(max(0.0, (datetime.now(UTC) - oldest).total_seconds()) if oldest else 0)
 
+    def _outcome_event(
+        self,
+        notice_event: Envelope,
+        notice: Notified,
+        outcome: Outcome | None,
+        *,
+        failed: bool = False,
+    ) -> Envelope:
+        """`incident.notice.delivered.v1` or `.failed.v1` of a notice; one id per notice
+        and outcome, so a notice delivered again after a crash can never record twice."""
+        common = {
+            "notice_id": notice_event.id,
+            "principal": notice.principal,
+            "level": notice.level,
+            "channel": notice.channel,
+            "attempts": outcome.attempts if outcome is not None else 0,
+        }
+        data: NoticeDelivered | NoticeFailed
+        if failed:
+            data = NoticeFailed.model_validate(
+                {
+                    **common,
+                    "adapter": outcome.adapter if outcome is not None else None,
+                    "reason": outcome.reason if outcome and outcome.reason else "gave_up",
+                    "detail": outcome.detail if outcome is not None else None,
+                }
+            )
+        else:
+            data = NoticeDelivered.model_validate(
+                {**common, "adapter": outcome.adapter if outcome is not None else "log"}
+            )
+        kind = FAILED if failed else DELIVERED
+        return make_event(
+            kind,
+            subject=notice_event.subject,
+            data=data,
+            source=self.runtime.source,
+            time=self.now(),
+            actor="system:escalation",
+            causationid=notice_event.id,
+            correlationid=notice_event.correlationid,
+            traceparent=current_traceparent(),
+            event_id=str(uuid.uuid5(EVENT_IDS, f"{notice_event.id}:{kind}")),
+        )
 
-async def _record_delivered(conn: asyncpg.Connection, event_ids: Sequence[str]) -> list[None]:
-    """`GroupCommit` writer: mark delivered notices (still pending) as delivered."""
-    await conn.execute(
-        "UPDATE deliveries SET state = 'delivered', done_at = clock_timestamp()"
-        " WHERE event_id = ANY($1::text[]) AND state = 'pending'",
-        list(event_ids),
-    )
-    return [None] * len(event_ids)
+    async def _append_outcomes(self, conn: asyncpg.Connection, events: Sequence[Envelope]) -> None:
+        """Append outcome events to their incidents' streams (their locks held)."""
+        by_incident: dict[str, list[Envelope]] = {}
+        for event in events:
+            by_incident.setdefault(event.subject, []).append(event)
+        versions = await eventstore.stream_versions(conn, list(by_incident))
+        await eventstore.append_streams(
+            conn,
+            [(i, versions[i], batch) for i, batch in by_incident.items()],
+            topic_prefix=self.runtime.settings.kafka_topic_prefix,
+        )
+
+    async def _record_delivered(
+        self, conn: asyncpg.Connection, events: Sequence[Envelope]
+    ) -> list[None]:
+        """`GroupCommit` writer: mark delivered notices (still pending) as delivered and
+        publish their `incident.notice.delivered.v1`, once each."""
+        notice_ids = [e.causationid or "" for e in events]
+        done = {
+            r["event_id"]
+            for r in await conn.fetch(
+                "UPDATE deliveries SET state = 'delivered', done_at = clock_timestamp()"
+                " WHERE event_id = ANY($1::text[]) AND state = 'pending' RETURNING event_id",
+                notice_ids,
+            )
+        }
+        fresh = [e for e in events if e.causationid in done]
+        if fresh:
+            await _lock_incidents(conn, sorted({e.subject for e in fresh}))
+            await self._append_outcomes(conn, fresh)
+        return [None] * len(events)
 
 
 def delivery_lease(settings: object) -> float:
@@ -632,7 +720,7 @@ def _transition_for(envelope: Envelope) -> Callable[[esc.EscalationState, dateti
     if isinstance(data, ReporterMessage) and data.direction == "to_reporter":
         return lambda s, now: esc.clock_satisfied(s, esc.FEEDBACK, now)
     if isinstance(data, Notified):  # held only when its delivery failed before the decision
-        return lambda s, now: esc.delivery_failed(s, data.principal, data.level, now)
+        return lambda s, now: esc.delivery_failed(s, data.principal, data.level, now, data.channel)
     return lambda s, now: (s, ())
 
 

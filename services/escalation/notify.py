@@ -47,6 +47,12 @@ appear, one per secret while a secret is rotated, and one match is enough. The b
     {"incident_id", "principal", "level", "channel", "report_digest", "sent_at"}
 
 where `sent_at` (RFC 3339 UTC) is the time of the attempt.
+
+What happened, for the ledger: a caller that wants to know how a `deliver` went (which
+adapter, how many attempts, why it failed) opens `recording()` around it; each adapter
+notes its outcome there (`Outcome`: a reason class and a detail such as `HTTP 400`,
+never an address, URL or server text). It travels in a context variable, so the
+`Notifier` protocol stays a bool and a fan-out's adapters note into the same record.
 """
 
 from __future__ import annotations
@@ -63,7 +69,10 @@ import smtplib
 import ssl
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid, parsedate_to_datetime
@@ -73,7 +82,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 from prometheus_client import Counter
 
-from services.domain.events import Notified
+from services.domain.events import NoticeAdapter, NoticeFailure, Notified
 from services.infra.settings import EscalationSettings
 
 log = logging.getLogger("incidents.notify")
@@ -93,6 +102,58 @@ ATTEMPTS_RETRIED = Counter(
 )
 
 Sleep = Callable[[float], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One adapter's outcome of one notice: what `incident.notice.*.v1` records."""
+
+    adapter: NoticeAdapter
+    delivered: bool
+    attempts: int
+    reason: NoticeFailure | None = None
+    detail: str | None = None
+
+
+@dataclass
+class Record:
+    """The outcomes noted during one `deliver` (several for a fan-out)."""
+
+    outcomes: list[Outcome] = field(default_factory=list)
+
+    def delivered(self) -> Outcome | None:
+        """The first adapter that delivered, if any."""
+        return next((o for o in self.outcomes if o.delivered), None)
+
+    def failed(self) -> Outcome | None:
+        """The last adapter's failure, if any."""
+        return next((o for o in reversed(self.outcomes) if not o.delivered), None)
+
+
+_RECORD: ContextVar[Record | None] = ContextVar("incidents_notify_record", default=None)
+
+
+@contextmanager
+def recording() -> Iterator[Record]:
+    """Collect the outcomes the adapters note while the block runs."""
+    record = Record()
+    token = _RECORD.set(record)
+    try:
+        yield record
+    finally:
+        _RECORD.reset(token)
+
+
+def note(
+    adapter: NoticeAdapter,
+    attempts: int,
+    reason: NoticeFailure | None = None,
+    detail: str | None = None,
+) -> None:
+    """An adapter's outcome (delivered when `reason` is None), if someone is recording."""
+    record = _RECORD.get()
+    if record is not None:
+        record.outcomes.append(Outcome(adapter, reason is None, attempts, reason, detail))
 
 
 class Notifier(Protocol):
@@ -122,6 +183,7 @@ class LogNotifier:
             notice.level,
             notice.channel,
         )
+        note("log", 1)
         DELIVERIES.labels("log", "delivered").inc()
         return True
 
@@ -305,6 +367,7 @@ class WebhookNotifier:
                 notice.level,
                 type(exc).__name__,
             )
+            note("webhook", 0, "error", type(exc).__name__)
             delivered = False
         DELIVERIES.labels("webhook", "delivered" if delivered else "failed").inc()
         return delivered
@@ -345,6 +408,7 @@ class WebhookNotifier:
                         where,
                         attempt + 1,
                     )
+                    note("webhook", attempt + 1)
                     return True
                 outcome = f"HTTP {status}"
                 if not retryable_status(status):
@@ -357,6 +421,7 @@ class WebhookNotifier:
                         where,
                         outcome,
                     )
+                    note("webhook", attempt + 1, "refused", outcome)
                     return False
                 wait = retry_after_seconds(retry_after, self._clock())
             if attempt == self.retries:
@@ -374,6 +439,7 @@ class WebhookNotifier:
                         wait,
                         self.max_delay,
                     )
+                    note("webhook", attempt + 1, "gave_up", outcome)
                     return False
                 delay = max(delay, wait)
             log.info(
@@ -400,7 +466,13 @@ class WebhookNotifier:
             outcome,
             where,
         )
+        note("webhook", self.retries + 1, _given_up(outcome), outcome)
         return False
+
+
+def _given_up(outcome: str) -> NoticeFailure:
+    """Retries exhausted: on answers that kept saying no, or on a peer never reached."""
+    return "refused" if re.search(r"\b\d{3}$", outcome) else "unreachable"  # a status or code
 
 
 # -- SMTP ------------------------------------------------------------------------------
@@ -538,6 +610,7 @@ class SmtpNotifier:
                 notice.level,
                 type(exc).__name__,
             )
+            note("smtp", 0, "error", type(exc).__name__)
             delivered = False
         DELIVERIES.labels("smtp", "delivered" if delivered else "failed").inc()
         return delivered
@@ -553,6 +626,7 @@ class SmtpNotifier:
                 notice.level,
                 "no e-mail address known" if not address else "unusable e-mail address",
             )
+            note("smtp", 0, "no_address")
             return False
         mail = self.message(incident_id, notice, address)
         outcome = "not tried"
@@ -571,6 +645,7 @@ class SmtpNotifier:
                         self.host,
                         outcome,
                     )
+                    note("smtp", attempt + 1, "refused", outcome[:80])
                     return False
             else:
                 log.info(
@@ -581,6 +656,7 @@ class SmtpNotifier:
                     self.host,
                     attempt + 1,
                 )
+                note("smtp", attempt + 1)
                 return True
             if attempt == self.retries:
                 break
@@ -608,6 +684,7 @@ class SmtpNotifier:
             outcome,
             self.host,
         )
+        note("smtp", self.retries + 1, _given_up(outcome), outcome[:80])
         return False
 
 

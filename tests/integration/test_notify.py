@@ -608,13 +608,20 @@ async def test_a_failed_delivery_before_the_triage_decision_still_asks_the_next_
                     "SELECT state FROM escalation_state WHERE incident_id = $1", incident
                 )
             )
-            moves = [
-                json.loads(bytes(r["value"]))["data"]
+            published = [
+                json.loads(bytes(r["value"]))
                 for r in await conn.fetch(
                     "SELECT value FROM outbox WHERE key = $1 ORDER BY position", incident
                 )
             ]
     assert state["current_level"] == 2
+    # the failure is published first (a class, no adapter noted by this fake), then the move
+    assert [e["type"] for e in published[:2]] == [
+        "incident.notice.failed.v1",
+        "incident.escalated.v1",
+    ]
+    assert published[0]["data"]["reason"] == "gave_up"
+    moves = [e["data"] for e in published if e["type"] == "incident.escalated.v1"]
     assert {"level": 2, "recipients": ["p-zhou"], "reason": "delivery_failed"}.items() <= moves[
         0
     ].items()

@@ -91,6 +91,10 @@ def notified(principal: str, level: int) -> Notified:
     return Notified(principal=principal, channel="escalation", level=level, report_digest=DIGEST)
 
 
+def clock_notice(principal: str, level: int, channel: str) -> Notified:
+    return Notified(principal=principal, channel=channel, level=level, report_digest=DIGEST)
+
+
 def roundtrip(state: EscalationState) -> None:
     encoded = json.dumps(state.to_json())
     assert EscalationState.from_json(json.loads(encoded)) == state
@@ -191,11 +195,16 @@ def test_acknowledgement_at_level_2_stops_everything() -> None:
     assert story.state.acknowledged == esc.Acknowledgement(HR_HEAD, T0 + 2 * H, 2)
     assert story.state.due_at is None
     later = story.run_until(T0 + 400 * D)
-    assert [e for _, e in later if isinstance(e, Escalated | Notified | EscalationCleared)] == []
-    # The reporter was told of receipt; feedback is still owed and still reminded.
+    asks = [e for _, e in later if isinstance(e, Escalated | EscalationCleared)]
+    assert asks + [e for _, e in later if isinstance(e, Notified) and esc.is_ask(e.channel)] == []
+    # The reporter was told of receipt; feedback is still owed and still reminded: the
+    # acknowledger, then at the breach also level 3.
     assert [(at - T0, e) for at, e in later] == [
         (81 * D, ReminderDue(clock="feedback", due_at=T0 + 90 * D)),
+        (81 * D, clock_notice(HR_HEAD, 2, "reminder")),
         (90 * D, DeadlineBreached(clock="feedback", due_at=T0 + 90 * D)),
+        (90 * D, clock_notice(HR_HEAD, 2, "breach")),
+        (90 * D, clock_notice(ETHICS, 3, "breach")),
     ]
     assert esc.next_wakeup(story.state) is None
     assert story.ack(T0 + 3 * H, HR_HEAD) == ()  # idempotent
@@ -665,7 +674,10 @@ def test_a_fixed_reminder_lead_and_a_late_wakeup_skip_the_stale_reminder() -> No
 
     late = story.step(T0 + 8 * D, esc.reminders, T0 + 8 * D)  # down from day 5 to day 8
 
-    assert late == (DeadlineBreached(clock="reporter_acknowledgement", due_at=T0 + 7 * D),)
+    assert late == (
+        DeadlineBreached(clock="reporter_acknowledgement", due_at=T0 + 7 * D),
+        clock_notice(HANDLER, 1, "breach"),
+    )
 
 
 def test_level_1_keeps_the_deadline_triage_set() -> None:
@@ -971,3 +983,47 @@ def test_reassignments_recusals_and_revisions_never_reach_an_excluded_principal(
         assert story.state.acknowledged is not None or story.state.due_at is not None
     levels = [e.level for _, e in story.effects if isinstance(e, Escalated)]
     assert restarted or levels == sorted(levels)
+
+
+# Reminders that remind (issue 22)
+
+
+def test_a_reminder_tells_the_current_level_and_a_breach_also_the_next_and_the_independent() -> (
+    None
+):
+    decision = triaged(excluded=[ETHICS], independent=["p-ombuds", HR_HEAD])
+    story = Story(decision)
+    story.due(T0 + H)  # level 2 (HR_HEAD) asked; level 3 (ETHICS) is excluded
+    assert story.state.current_level == 2
+
+    reminded = story.step(T0 + 6 * D, esc.reminders, T0 + 6 * D + 8 * H)
+    breached = story.step(T0 + 7 * D, esc.reminders, T0 + 7 * D)
+
+    assert reminded == (
+        ReminderDue(clock="reporter_acknowledgement", due_at=T0 + 7 * D),
+        clock_notice(HR_HEAD, 2, "reminder"),
+    )
+    # the next level with anyone eligible: 3 is all excluded, so the board (4)
+    assert breached == (
+        DeadlineBreached(clock="reporter_acknowledgement", due_at=T0 + 7 * D),
+        clock_notice(HR_HEAD, 2, "breach"),
+        clock_notice(BOARD_1, 4, "breach"),
+        clock_notice(BOARD_2, 4, "breach"),
+        clock_notice("p-ombuds", 5, "breach"),
+    )
+    assert esc.clock_recipients(story.state, breach=False) == ((HR_HEAD, 2),)
+
+
+def test_a_failed_reminder_or_breach_notice_never_moves_the_chain() -> None:
+    story = Story(triaged(levels=[[HANDLER], [HR_HEAD]]))
+    for channel in ("reminder", "breach"):
+        assert esc.delivery_failed(story.state, HANDLER, 1, T0, channel) == (story.state, ())
+    assert esc.is_ask("triage") and esc.is_ask("escalation") and not esc.is_ask("breach")
+    moved = story.step(T0, esc.delivery_failed, HANDLER, 1, T0, "triage")
+    assert moved[0] == escalated(2, [HR_HEAD], "delivery_failed", T0)
+
+
+def test_a_stalled_chain_has_nobody_to_remind() -> None:
+    story = Story(triaged(levels=[[HANDLER]], excluded=[HANDLER]))
+    assert story.state.stalled
+    assert esc.clock_recipients(story.state, breach=True) == ()

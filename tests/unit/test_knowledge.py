@@ -34,6 +34,7 @@ from services.domain.knowledge import (
     LedgerEvent,
     PrincipalKnowledge,
     Via,
+    deliveries_as_of,
     knowledge_as_of,
     state_as_of,
 )
@@ -384,6 +385,8 @@ def test_the_json_form_follows_the_spec() -> None:
                 "via": ["reported"],
                 "report_digests": [D1],
                 "acknowledged_at": None,
+                "knew_at": "2026-11-02T09:00:00.000000Z",
+                "delivery": None,
             },
             {
                 "principal": "p-chen",
@@ -391,6 +394,14 @@ def test_the_json_form_follows_the_spec() -> None:
                 "via": ["notified", "viewed"],
                 "report_digests": [D1],
                 "acknowledged_at": None,
+                "knew_at": "2026-11-02T09:30:00.000000Z",  # her view: no delivery recorded
+                "delivery": {
+                    "queued_at": "2026-11-02T09:00:02.000000Z",
+                    "delivered_at": None,
+                    "failed_at": None,
+                    "opened_at": "2026-11-02T09:30:00.000000Z",
+                    "adapter": None,
+                },
             },
             {
                 "principal": "p-zhou",
@@ -398,6 +409,14 @@ def test_the_json_form_follows_the_spec() -> None:
                 "via": ["escalated", "notified", "acknowledged"],
                 "report_digests": [D1],
                 "acknowledged_at": "2026-11-02T10:20:00.000000Z",
+                "knew_at": "2026-11-02T10:20:00.000000Z",
+                "delivery": {
+                    "queued_at": "2026-11-02T10:00:03.000000Z",
+                    "delivered_at": None,
+                    "failed_at": None,
+                    "opened_at": None,
+                    "adapter": None,
+                },
             },
         ],
     }
@@ -582,3 +601,91 @@ def test_principals_are_sorted_and_distinct(steps: list[Step], offset: float) ->
     for p in knowledge.principals:
         assert len(set(p.via)) == len(p.via)
         assert len(set(p.report_digests)) == len(p.report_digests)
+
+
+# Delivery: queued, delivered, failed, opened (issue 22)
+
+
+def outcome(
+    when: datetime, notice: Envelope, failed: bool = False, adapter: str = "webhook"
+) -> Envelope:
+    data: dict[str, Any] = {
+        "notice_id": notice.id,
+        "principal": notice.data["principal"],
+        "level": notice.data["level"],
+        "channel": notice.data["channel"],
+        "adapter": adapter,
+        "attempts": 1,
+    }
+    if failed:
+        data.update(reason="refused", detail="HTTP 400")
+    kind = "incident.notice.failed.v1" if failed else "incident.notice.delivered.v1"
+    return ev(kind, when, actor="system:escalation", **data)
+
+
+def test_a_failed_notice_is_notified_but_not_delivered_and_proves_no_knowledge() -> None:
+    to_chen = notified(at(9, 0, 2), "p-chen")
+    to_zhou = notified(at(10, 0, 3), "p-zhou", level=2)
+    entries = ledger(
+        (at(9, 0), submitted(at(9, 0))),
+        (at(9, 0, 1), triaged(at(9, 0, 1))),
+        (at(9, 0, 3), outcome(at(9, 0, 3), to_chen, failed=True)),  # before its notice
+        (at(9, 0, 4), to_chen),
+        (at(10, 0, 2), escalated(at(10, 0, 2), ["p-zhou"])),
+        (at(10, 0, 3), to_zhou),
+        (at(10, 0, 4), outcome(at(10, 0, 4), to_zhou)),
+        (at(10, 5), viewed(at(10, 5), "p-zhou")),
+    )
+    known = knowledge_as_of(INCIDENT, entries, at(12, 0))
+
+    chen, zhou = known.get("p-chen"), known.get("p-zhou")
+    assert chen is not None and zhou is not None
+    assert chen.via == ("notified",) and chen.knew_at is None
+    assert chen.to_json()["delivery"] == {
+        "queued_at": "2026-11-02T09:00:04.000000Z",
+        "delivered_at": None,
+        "failed_at": "2026-11-02T09:00:03.000000Z",
+        "opened_at": None,
+        "adapter": None,
+    }
+    assert zhou.knew_at == at(10, 0, 4)  # the webhook's 2xx, before her view
+    assert zhou.delivery is not None and zhou.delivery.adapter == "webhook"
+    assert zhou.delivery.opened_at == at(10, 5)
+    assert [m for _, m in zhou.marks][-2:] == ["delivered", "opened"]
+
+    rows = [n.to_json() for n in deliveries_as_of(INCIDENT, entries, at(12, 0))]
+    assert [(r["principal"], r["status"], r["reason"], r["detail"]) for r in rows] == [
+        ("p-chen", "failed", "refused", "HTTP 400"),
+        ("p-zhou", "delivered", None, None),
+    ]
+    assert rows[0]["notice_id"] == to_chen.id
+    # as of before the outcome was recorded, the notice is only queued
+    early = deliveries_as_of(INCIDENT, entries, at(10, 0, 3))
+    assert [n.status for n in early] == ["failed", "queued"]
+
+
+def test_the_log_adapter_confirms_a_line_not_a_person() -> None:
+    notice = notified(at(9, 0, 2), "p-chen")
+    entries = ledger(
+        (at(9, 0), submitted(at(9, 0))),
+        (at(9, 0, 2), notice),
+        (at(9, 0, 3), outcome(at(9, 0, 3), notice, adapter="log")),
+    )
+    chen = knowledge_as_of(INCIDENT, entries, at(10, 0)).get("p-chen")
+    assert chen is not None and chen.delivery is not None
+    assert chen.delivery.delivered_at == at(9, 0, 3) and chen.delivery.adapter == "log"
+    assert chen.knew_at is None
+
+
+def test_opened_is_the_first_view_after_the_notice_not_one_before() -> None:
+    notice = notified(at(9, 10), "p-chen")
+    entries = ledger(
+        (at(9, 0), submitted(at(9, 0))),
+        (at(9, 5), viewed(at(9, 5), "p-chen")),
+        (at(9, 10), notice),
+        (at(9, 20), viewed(at(9, 20), "p-chen")),
+    )
+    chen = knowledge_as_of(INCIDENT, entries, at(10, 0)).get("p-chen")
+    assert chen is not None and chen.delivery is not None
+    assert chen.delivery.opened_at == at(9, 20)
+    assert chen.knew_at == at(9, 5)
