@@ -84,6 +84,21 @@ def demo(
     raise typer.Exit(run_demo(intake_url=intake, audit_url=audit, speed=speed, max_wait=max_wait))
 
 
+@app.command("event-keys")
+def event_keys(
+    out: Path = typer.Argument(..., help="Folder of the keys (created, owner-only)."),
+) -> None:
+    """Make each service's event signing key (once) and the key set of their public keys
+    (docs/event-signing.md): what INCIDENTS_EVENT_SIGNING_KEY and INCIDENTS_EVENT_KEYS_FILE
+    take in production. An existing key is kept; the key set is written again."""
+    from services.infra.signing import ensure_key_files
+
+    files, keys_file = ensure_key_files(out)
+    for service, path in files.items():
+        typer.echo(f"{service}: {path}")
+    typer.echo(f"key set: {keys_file}")
+
+
 @app.command()
 def schemas(
     out: Path = typer.Option(

@@ -329,20 +329,23 @@ def sign_event(event: dict[str, Any]) -> bytes:
 
 
 def ensure_key_files(folder: Path) -> tuple[dict[str, Path], Path]:
-    """Real keys for a local stack (`incidents up`): one private key file per service in
-    `folder` (made once, owner-only), and the key set of their public keys, written again
-    each time. Returns (service -> key file, key set file)."""
+    """Real keys (`incidents up`, `incidents event-keys`): one private key file per service
+    in `folder` (made once, owner-only), and the key set `keys.yaml`: the entries it had
+    (revoked or older keys stay as they were) and the services' current keys (added, not
+    revoked, unless it says so). Returns (service -> key file, key set file)."""
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    keys_file = folder / "keys.yaml"
+    entries = parse_key_set(keys_file.read_text("utf-8")).entries if keys_file.exists() else {}
     files: dict[str, Path] = {}
-    entries = []
     for service in SERVICES:
         path = folder / f"{service}.pem"
         if not path.exists():
             path.touch(mode=0o600)
             path.write_bytes(private_key_pem(Ed25519PrivateKey.generate()))
         public = load_private_key(path).public_key()
-        entries.append(KeyEntry(key_id(service, public), service, public))
+        entries.setdefault(
+            key_id(service, public), KeyEntry(key_id(service, public), service, public)
+        )
         files[service] = path
-    keys_file = folder / "keys.yaml"
-    keys_file.write_text(key_set_yaml(entries), encoding="utf-8")
+    keys_file.write_text(key_set_yaml(entries.values()), encoding="utf-8")
     return files, keys_file

@@ -255,3 +255,30 @@ def test_audit_records_a_refused_record_and_a_replay_as_rejected_input() -> None
     stored = {kept[0].record_key: ledger.leaf_bytes(0, datetime.now(UTC), kept[0])}
     later = ledger._replays([ledger.classify(records[2])], records[2:], stored)
     assert later[0].reason == "not authentic: replayed"
+
+
+def test_key_files_are_made_once_and_the_key_set_lists_them(tmp_path: Path) -> None:
+    files, keys_file = signing.ensure_key_files(tmp_path / "keys")
+    again, _ = signing.ensure_key_files(tmp_path / "keys")
+    assert {s: p.read_bytes() for s, p in files.items()} == {
+        s: p.read_bytes() for s, p in again.items()
+    }
+    assert set(files) == set(SERVICES)
+    keys = signing.parse_key_set(keys_file.read_text())
+    for service, path in files.items():
+        assert path.stat().st_mode & 0o077 == 0
+        signer = Signer(service, signing.load_private_key(path))
+        assert keys.entries[signer.key_id].service == service
+    assert (tmp_path / "keys").stat().st_mode & 0o077 == 0
+
+
+def test_making_the_key_files_again_keeps_a_revocation(tmp_path: Path) -> None:
+    files, keys_file = signing.ensure_key_files(tmp_path)
+    old = Signer("intake", signing.load_private_key(files["intake"])).key_id
+    keys_file.write_text(keys_file.read_text().replace("revoked: false", "revoked: true", 1))
+    files["intake"].unlink()  # rotated: a new key is made, the old one stays revoked
+    files, keys_file = signing.ensure_key_files(tmp_path)
+    keys = signing.parse_key_set(keys_file.read_text())
+    new = Signer("intake", signing.load_private_key(files["intake"])).key_id
+    assert keys.entries[old].revoked and not keys.entries[new].revoked
+    assert len(keys.entries) == len(SERVICES) + 1
