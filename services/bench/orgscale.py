@@ -68,6 +68,8 @@ BASELINE = 13
 """The seed directory's size: the issue's "12 people" (the seed has one more admin)."""
 CATEGORY = "sexual_misconduct"
 TARGET = 1.5
+ONE_UNIT = 1013
+"""The seed core and one full unit: the seed case as deep as at N, in a small org."""
 
 
 def policy() -> Policy:
@@ -140,7 +142,14 @@ def _figure(
         target=f"p99 ≤ {TARGET}x the {BASELINE}-people p99",
         met=ratio <= TARGET,
         limit=limit,
-        details={"people": n, "at_n": at_n, "baseline": at_12, "ratio": ratio, **details},
+        details={
+            "people": n,
+            "at_n": at_n,
+            "baseline": at_12,
+            "ratio": ratio,
+            "one_unit_people": ONE_UNIT,
+            **details,
+        },
     )
 
 
@@ -184,6 +193,7 @@ def triage_latency(people: Sequence[Person], samples: int) -> tuple[Latency, dic
 
 def triage_figure(n: int, samples: int) -> Figure:
     at_12, base = triage_latency(generate(BASELINE), samples)
+    one_unit, _ = triage_latency(generate(ONE_UNIT), samples)
     at_n, detail = triage_latency(generate(n), samples)
     figure = _figure(
         "org.triage",
@@ -196,6 +206,7 @@ def triage_figure(n: int, samples: int) -> Figure:
         " out. The seed case must route correctly: the accused and his line excluded.",
         decision=detail,
         baseline_decision=base,
+        one_unit=one_unit,
     )
     if not detail["routes_correctly"]:
         figure.met = False
@@ -252,6 +263,7 @@ async def intake_latency(database_url: str, people: Sequence[Person], samples: i
 
 async def intake_figure(create_db: Callable[[str], str], n: int, samples: int) -> Figure:
     at_12 = await intake_latency(create_db("bench_org_intake"), generate(BASELINE), samples)
+    one_unit = await intake_latency(create_db("bench_org_intake"), generate(ONE_UNIT), samples)
     at_n = await intake_latency(create_db("bench_org_intake"), generate(n), samples)
     return _figure(
         "org.intake",
@@ -262,6 +274,7 @@ async def intake_figure(create_db: Callable[[str], str], n: int, samples: int) -
         "facts_of (one recursive query over the people table for the implicated and the"
         " asking person's chains) and the conflict rules, for an HR case handler of the"
         " accused's unit; the routing-table read and the key store are left out.",
+        one_unit=one_unit,
     )
 
 
@@ -356,6 +369,7 @@ async def audit_latency(database_url: str, people: Sequence[Person], samples: in
 
 async def audit_figure(create_db: Callable[[str], str], n: int, samples: int) -> Figure:
     at_12 = await audit_latency(create_db("bench_org_audit"), generate(BASELINE), samples)
+    one_unit = await audit_latency(create_db("bench_org_audit"), generate(ONE_UNIT), samples)
     at_n = await audit_latency(create_db("bench_org_audit"), generate(n), samples)
     return _figure(
         "org.audit",
@@ -365,7 +379,10 @@ async def audit_figure(create_db: Callable[[str], str], n: int, samples: int) ->
         n,
         "The auditor's roles from the ledger (person_data), the incident's entries, the"
         " conflict check (the accused's chain from the directory events in the ledger)"
-        " and the knowledge fold; HTTP and the recorded read are left out.",
+        " and the knowledge fold; HTTP and the recorded read are left out. The conflict"
+        " check reads one person per query up the accused's chain: 2 managers in the seed"
+        " case at 13 people, 5 in the generated one (see one_unit: as deep, 1,013 people).",
+        one_unit=one_unit,
     )
 
 
