@@ -106,15 +106,24 @@ async def excluded(
     incident_id: str,
     entries: Sequence[LedgerEvent],
     known: dict[str, Person | None] | None = None,
+    *,
+    reader: str | None = None,
 ) -> frozenset[str]:
     """Everyone excluded from the incident, by the ledger's decisions or the report itself
-    (`known`: people already looked up, see `_org`)."""
+    (`known`: people already looked up, see `_org`).
+
+    `reader`, the principal asking, is also checked against the rules that walk up from
+    a candidate (`accused_reports`: an auditor who answers to the accused, directly or
+    through his management line), as intake checks the principal asking.
+    """
     events: list[Envelope] = [e.envelope for e in entries if e.envelope.subject == incident_id]
-    decided = fold(incident_id, events).excluded
+    state = fold(incident_id, events)
     found = implicated(events)
-    org = await _org(conn, directory, found.people, known)
+    candidates = () if reader is None else (reader,)
+    org = await _org(conn, directory, (*found.people, *candidates), known)
     reporter = await keys.reporter_of(conn, incident_id, events)
-    return decided | frozenset(conflicted(found, reporter, org, policy))
+    rules = conflicted(found, reporter, org, policy, category=state.category, candidates=candidates)
+    return state.excluded | frozenset(rules)
 
 
 async def record(
@@ -177,7 +186,10 @@ async def refuse_if_excluded(
 ) -> None:
     """404, as for an unknown incident, if `principal` is excluded (recorded first)."""
     async with runtime.db.acquire() as conn, conn.transaction():
-        if principal not in await excluded(conn, keys, policy, directory, incident_id, entries):
+        found = await excluded(
+            conn, keys, policy, directory, incident_id, entries, reader=principal
+        )
+        if principal not in found:
             return
         reason = f"excluded:{CONFLICT}"
         data = AccessDenied(principal=principal, action=action, reason=reason)

@@ -76,7 +76,9 @@ async def excluded_in_range(
     found: set[str] = set()
     known: dict[str, Person | None] = {}
     for incident, entries in by_incident.items():
-        if principal in await excluded(conn, keys, policy, directory, incident, entries, known):
+        if principal in await excluded(
+            conn, keys, policy, directory, incident, entries, known, reader=principal
+        ):
             found.add(incident)
     return frozenset(found)
 
