@@ -82,8 +82,8 @@ def _directory(monkeypatch: pytest.MonkeyPatch) -> None:
 async def test_an_auditor_who_answers_to_the_accused_is_excluded(reader: str) -> None:
     incident = "7f1c1c3e-8a52-4a5e-9d8e-0d6f1f0a2b11"
     found = await conflicts.excluded(
-        None,  # type: ignore[arg-type]  # the directory comes from the patched lookup
-        _Keys(),  # type: ignore[arg-type]
+        None,  # the directory comes from the patched lookup
+        _Keys(),
         _policy(category_rules=True),
         DirectoryFile(),
         incident,
@@ -97,8 +97,8 @@ async def test_an_auditor_who_answers_to_the_accused_is_excluded(reader: str) ->
 async def test_an_unrelated_auditor_and_a_policy_without_the_rule_exclude_nobody_more() -> None:
     incident = "7f1c1c3e-8a52-4a5e-9d8e-0d6f1f0a2b12"
     unrelated = await conflicts.excluded(
-        None,  # type: ignore[arg-type]
-        _Keys(),  # type: ignore[arg-type]
+        None,
+        _Keys(),
         _policy(category_rules=True),
         DirectoryFile(),
         incident,
@@ -107,8 +107,8 @@ async def test_an_unrelated_auditor_and_a_policy_without_the_rule_exclude_nobody
     )
     assert "p-audit" not in unrelated
     off = await conflicts.excluded(
-        None,  # type: ignore[arg-type]
-        _Keys(),  # type: ignore[arg-type]
+        None,
+        _Keys(),
         _policy(category_rules=False),
         DirectoryFile(),
         incident,
