@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -14,6 +14,7 @@ from services.domain.directory import DirectoryFile, Person
 from services.domain.events import make_event
 from services.domain.knowledge import LedgerEvent
 from services.domain.policy import Policy
+from services.infra.keystore import KeyStore
 
 PEOPLE = {
     "p-li": Person(id="p-li", unit="retail", manager=None, roles=["unit_president"]),
@@ -83,7 +84,7 @@ async def test_an_auditor_who_answers_to_the_accused_is_excluded(reader: str) ->
     incident = "7f1c1c3e-8a52-4a5e-9d8e-0d6f1f0a2b11"
     found = await conflicts.excluded(
         None,  # the directory comes from the patched lookup
-        _Keys(),
+        cast(KeyStore, _Keys()),
         _policy(category_rules=True),
         DirectoryFile(),
         incident,
@@ -98,7 +99,7 @@ async def test_an_unrelated_auditor_and_a_policy_without_the_rule_exclude_nobody
     incident = "7f1c1c3e-8a52-4a5e-9d8e-0d6f1f0a2b12"
     unrelated = await conflicts.excluded(
         None,
-        _Keys(),
+        cast(KeyStore, _Keys()),
         _policy(category_rules=True),
         DirectoryFile(),
         incident,
@@ -108,7 +109,7 @@ async def test_an_unrelated_auditor_and_a_policy_without_the_rule_exclude_nobody
     assert "p-audit" not in unrelated
     off = await conflicts.excluded(
         None,
-        _Keys(),
+        cast(KeyStore, _Keys()),
         _policy(category_rules=False),
         DirectoryFile(),
         incident,
