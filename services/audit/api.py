@@ -20,7 +20,7 @@ from services.domain.directory import DirectoryFile
 from services.domain.envelope import utc_rfc3339
 from services.domain.events import CUSTODIAN_FIELDS, READER_FIELDS, IdentityDisclosed, Viewed
 from services.domain.incident import fold
-from services.domain.knowledge import LedgerEvent, knowledge_as_of, state_as_of
+from services.domain.knowledge import LedgerEvent, deliveries_as_of, knowledge_as_of, state_as_of
 from services.domain.policy import Policy
 from services.infra.auth import Authenticator
 from services.infra.crypto import IncidentKey
@@ -141,6 +141,31 @@ async def knowledge(
             await record_disclosure(runtime, conn, key, _principal, entries)
     opened = await readable(request, incident_id, entries, fields=CUSTODIAN_FIELDS)
     return knowledge_as_of(incident_id, opened, moment, reveal_reporter=key is not None).to_json()
+
+
+@router.get(
+    "/incidents/{incident_id}/deliveries",
+    summary="Each notice and what became of it, per person",
+    responses=INCIDENT_ANSWERS,
+)
+async def deliveries(
+    incident_id: str,
+    request: Request,
+    as_of: Annotated[datetime | None, Query(description="RFC 3339 instant; default now")] = None,
+    authorization: Annotated[str | None, Header()] = None,
+) -> dict[str, Any]:
+    """Every `incident.notified.v1` recorded by `as_of` (ledger time) with its outcome
+    (`incident.notice.delivered.v1` / `.failed.v1`) and the recipient's first view after
+    it: queued, delivered or failed, when, by which adapter, after how many attempts and,
+    for a failure, its reason class. For auditors, refused as the timeline is."""
+    entries = await _incident(request, authorization, incident_id, "deliveries")
+    moment = _instant(as_of)
+    return {
+        "incident_id": incident_id,
+        "as_of": utc_rfc3339(moment),
+        "time_basis": "ledger",
+        "notices": [n.to_json() for n in deliveries_as_of(incident_id, entries, moment)],
+    }
 
 
 @router.get(

@@ -32,7 +32,7 @@ from services.console.web import (
     session_authorization,
     signed_in_as,
 )
-from services.domain.knowledge import LedgerEvent, knowledge_as_of, state_as_of
+from services.domain.knowledge import LedgerEvent, deliveries_as_of, knowledge_as_of, state_as_of
 from services.infra.http import Problem
 from services.infra.runtime import Runtime
 from services.infra.telemetry import trace_id_of
@@ -146,6 +146,7 @@ def as_of_view(incident_id: str, entries: list[LedgerEvent], moment: datetime) -
     return {
         "incident_id": incident_id,
         "knowledge": knowledge,
+        "deliveries": deliveries_as_of(incident_id, entries, moment),
         "state": state,
         "chart": chart,
         "as_of": moment,

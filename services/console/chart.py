@@ -3,7 +3,8 @@
 One row per principal who knew the incident at `as_of` (from `knowledge_as_of`, the
 function behind the audit API's `/knowledge`): a bar from when they first knew to the
 as-of instant, a mark at every knowing entry (notified, viewed, escalated to,
-acknowledged, reported), and vertical lines for the deadlines known at that instant and
+acknowledged, reported) and at each notice's outcome (delivered, failed) and first
+opening (issue 22: queued is not told), and vertical lines for the deadlines known at that instant and
 the clocks breached by then. The time axis spans the whole incident, whatever the
 as-of instant, so moving the as-of control grows the bars instead of rescaling them.
 

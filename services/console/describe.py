@@ -53,6 +53,21 @@ SHOWN: Mapping[str, Fields] = {
     "incident.escalation.cleared.v1": (("level", "level"), ("principal", "by")),
     "incident.reminder.due.v1": (("clock", "clock"), ("due_at", "due")),
     "incident.deadline.breached.v1": (("clock", "clock"), ("due_at", "due")),
+    "incident.notice.delivered.v1": (
+        ("principal", "who"),
+        ("level", "level"),
+        ("channel", "channel"),
+        ("adapter", "by"),
+        ("attempts", "attempts"),
+    ),
+    "incident.notice.failed.v1": (
+        ("principal", "who"),
+        ("level", "level"),
+        ("channel", "channel"),
+        ("reason", "reason"),
+        ("detail", "detail"),
+        ("attempts", "attempts"),
+    ),
     "incident.reporter.message.v1": (("direction", "direction"),),
 }
 

@@ -78,7 +78,7 @@ async def test_the_accused_made_auditor_reads_nothing_of_his_case(services: Serv
             assert set(entry) == {"index", "leaf_hash", "recorded_at", "withheld"}
 
     url = f"/v1/incidents/{incident}"
-    for path in ("/timeline", "/knowledge", "/state", "/timeline?content=true"):
+    for path in ("/timeline", "/knowledge", "/state", "/deliveries", "/timeline?content=true"):
         answer = await services.audit.get(url + path, headers=auth("wang"))
         assert answer.status_code == 404, (path, answer.text)
     source = HttpSource("http://audit", "dev-wang-token", client=services.audit)
@@ -136,7 +136,13 @@ async def test_only_incidents_are_incidents_and_integers_are_bounded(services: S
     )
     assert timeline.status_code == 200, timeline.text
     assert {e["event"]["type"].split(".")[0] for e in timeline.json()["events"]} == {"incident"}
-    for path in ("timeline", "knowledge", "state"):
+    deliveries = await services.audit.get(
+        f"/v1/incidents/{incident}/deliveries", headers=auth("auditor")
+    )
+    assert deliveries.status_code == 200, deliveries.text
+    assert deliveries.json()["time_basis"] == "ledger"
+    assert all(n["status"] in ("queued", "delivered") for n in deliveries.json()["notices"])
+    for path in ("timeline", "knowledge", "state", "deliveries"):
         person = await services.audit.get(f"/v1/incidents/p-chen/{path}", headers=auth("auditor"))
         assert person.status_code == 404, person.text
     huge = 2**63

@@ -34,6 +34,7 @@ from cryptography.x509.oid import NameOID
 from fastapi import FastAPI
 
 from services.domain.events import ChainLevel, Notified, Triaged, make_event, parse_event
+from services.domain.knowledge import LedgerEvent, knowledge_as_of
 from services.escalation.app import create_app as create_escalation
 from services.escalation.notify import (
     DELIVERY_HEADER,
@@ -88,7 +89,7 @@ class Received:
 @dataclass
 class Receiver:
     """Answers by path: /ok 204, /flaky 503 twice then 200, /down 500, /slow too slowly,
-    /stall after `stall` seconds."""
+    /stall after `stall` seconds, /picky 400 for p-chen's notices and 204 for others'."""
 
     base: str = ""
     got: list[Received] = field(default_factory=list)
@@ -110,6 +111,8 @@ class Receiver:
         if request.path == "/slow":
             await asyncio.sleep(0.6)
             return web.Response(status=200)
+        if request.path == "/picky":
+            return web.Response(status=400 if json.loads(body)["principal"] == "p-chen" else 204)
         if request.path == "/stall":
             await asyncio.sleep(self.stall)
             return web.Response(status=200)
@@ -401,10 +404,13 @@ async def escalations_of(settings: CommonSettings, incident: str) -> list[Any]:
 async def test_when_every_level_1_delivery_fails_level_2_is_asked_at_once(
     settings: CommonSettings, tmp_path: Path, receiver: Receiver
 ) -> None:
+    """The webhook answers 400 for Chen, level 1's only recipient, and 204 for Zhou: the
+    failure is recorded (a reason class, no retry), level 2 is asked at once, and the
+    knowledge shows Chen notified but not delivered, Zhou delivered (issue 22)."""
     async with stack_with_webhook(
         settings,
         tmp_path,
-        receiver.base + "/down",
+        receiver.base + "/picky",
         notify_retries=1,
         notify_backoff_seconds=0.01,
         notify_timeout_seconds=2,
@@ -418,6 +424,13 @@ async def test_when_every_level_1_delivery_fails_level_2_is_asked_at_once(
             return mine if any(e.data["level"] == level for e in mine) else None
 
         events = await eventually(lambda: escalated_to(2), timeout=20)
+
+        async def outcomes() -> list[Any] | None:
+            mine = [e for e in await escalations_of(settings, incident) if ".notice." in e.type]
+            return mine if len(mine) == 2 else None
+
+        delivered, failed = sorted(await eventually(outcomes, timeout=20), key=lambda e: e.type)
+        activity = await read_all(settings.kafka_bootstrap, settings.topic("incident.activity"))
         async with escalation.state.escalation.runtime.db.acquire() as conn:
             level1_queue = await conn.fetch(
                 "SELECT state, attempts FROM deliveries WHERE incident_id = $1"
@@ -432,15 +445,38 @@ async def test_when_every_level_1_delivery_fails_level_2_is_asked_at_once(
     assert level2.time - reported < timedelta(seconds=30)
     level1_attempts = [
         json.loads(r.body)
-        for r in receiver.at("/down")
+        for r in receiver.at("/picky")
         if r.valid and json.loads(r.body)["incident_id"] == incident
     ]
     level1 = [a for a in level1_attempts if a["level"] == 1]
     assert level1 and {a["principal"] for a in level1} == {"p-chen"}
-    assert len(level1) % 2 == 0  # each notice: one attempt and one retry
+    assert len(level1) == 1  # a 400 is not retried
     assert all(set(a) >= {"report_digest", "sent_at"} and "description" not in a for a in level1)
-    # the failure is recorded in the delivery queue, once
+    # the failure is recorded in the delivery queue, once, and published with its class
     assert [(r["state"], r["attempts"]) for r in level1_queue] == [("failed", 1)]
+    assert failed.type == "incident.notice.failed.v1"
+    assert {k: failed.data[k] for k in ("principal", "level", "reason", "detail", "attempts")} == {
+        "principal": "p-chen",
+        "level": 1,
+        "reason": "refused",
+        "detail": "HTTP 400",
+        "attempts": 1,
+    }
+    assert (delivered.data["principal"], delivered.data["adapter"]) == ("p-zhou", "webhook")
+    # knowledge over these events (ledger time = event time here): notified, not delivered
+    mine = [parse_event(r.value)[0] for r in activity]
+    ledger = [
+        LedgerEvent(i, e.time, e)
+        for i, e in enumerate(
+            [*[e for e in mine if e.subject == incident], *events, failed, delivered]
+        )
+    ]
+    known = knowledge_as_of(incident, ledger, datetime.now(UTC) + timedelta(seconds=1))
+    chen, zhou = known.get("p-chen"), known.get("p-zhou")
+    assert chen is not None and chen.delivery is not None and zhou is not None
+    assert "notified" in chen.via and chen.knew_at is None
+    assert chen.delivery.delivered_at is None and chen.delivery.failed_at is not None
+    assert zhou.delivery is not None and zhou.delivery.delivered_at is not None
 
 
 async def test_a_webhook_that_takes_seconds_does_not_hold_up_an_acknowledgement(

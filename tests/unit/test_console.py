@@ -271,3 +271,32 @@ def test_an_as_of_offset_past_any_date_is_refused_not_a_crash() -> None:
     with pytest.raises(ConsoleError) as refused:
         instant(None, 1_000_000_000_000_000, start)
     assert refused.value.status == 422
+
+
+def test_the_incident_page_shows_each_notice_and_a_failed_one_is_not_proof() -> None:
+    """Issue 22: the as-of part lists every notice with its outcome, marks the chart with
+    it, and says that p-chen, whose only notice failed, is not proven to have known."""
+    from services.audit.ui import as_of_view
+    from services.console.web import fragment
+
+    story = seed_case()
+    notice = story[2].envelope
+    failed = {
+        "notice_id": notice.id,
+        "principal": "p-chen",
+        "level": 1,
+        "channel": "triage",
+        "adapter": "webhook",
+        "attempts": 1,
+        "reason": "refused",
+        "detail": "HTTP 400",
+    }
+    entries = [*story, entry(8, 2, "incident.notice.failed.v1", failed, "system:escalation")]
+    view = as_of_view(INCIDENT, entries, T0 + timedelta(seconds=100))
+    chen = view["knowledge"].get("p-chen")
+    assert chen.knew_at is None and "failed" in [m.via for m in view["chart"].rows[1].marks]
+
+    html = fragment("audit_asof.html", **view)
+
+    assert 'id="deliveries-h"' in html and "HTTP 400" in html and "not proven" in html
+    assert 'class="mark m-failed"' in html
