@@ -477,6 +477,26 @@ def _given_up(outcome: str) -> NoticeFailure:
 
 # -- SMTP ------------------------------------------------------------------------------
 
+
+def _wording(notice: Notified, shown: str) -> tuple[str, str]:
+    """Subject and first line: an ask, or a legal clock's reminder or breach (which tell
+    of the clock and ask nothing new; `services.domain.escalation.CLOCK_CHANNELS`)."""
+    if notice.channel == "reminder":
+        return (
+            f"Reminder: a legal deadline of incident {shown} is near",
+            f"A legal deadline of incident {shown} is near (you are at level {notice.level}).",
+        )
+    if notice.channel == "breach":
+        return (
+            f"Legal deadline missed on incident {shown}",
+            f"A legal deadline of incident {shown} has passed unmet (level {notice.level}).",
+        )
+    return (
+        f"Please act on incident {shown} (level {notice.level})",
+        f"You have been asked to act on incident {shown} (level {notice.level}).",
+    )
+
+
 _ADDRESS = re.compile(r"^[^@\s<>,;:\"()\[\]\\]+@[A-Za-z0-9.-]+$")
 
 
@@ -573,12 +593,13 @@ class SmtpNotifier:
         mail = EmailMessage()
         mail["From"] = self.sender
         mail["To"] = address
-        mail["Subject"] = f"Please act on incident {shown} (level {notice.level})"
+        subject, opening = _wording(notice, shown)
+        mail["Subject"] = subject
         mail["Date"] = format_datetime(datetime.now(UTC), usegmt=True)
         mail["Message-ID"] = make_msgid(domain=self.sender.rpartition("@")[2])
         mail["Auto-Submitted"] = "auto-generated"
         mail.set_content(
-            f"You have been asked to act on incident {shown} (level {notice.level}).\n"
+            f"{opening}\n"
             f"Open {link}\n"
             "\n"
             "This mail holds no report content. Sign in to the console to read the report\n"

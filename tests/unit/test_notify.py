@@ -30,10 +30,12 @@ from services.escalation.notify import (
     AddressLookup,
     FanoutNotifier,
     LogNotifier,
+    Outcome,
     SmtpNotifier,
     WebhookNotifier,
     backoff_delay,
     build_notifier,
+    recording,
     retry_after_seconds,
     retryable_status,
     signature_header,
@@ -598,3 +600,43 @@ def test_production_refuses_weak_notification_settings(
         EscalationSettings()
     monkeypatch.setenv("INCIDENTS_NOTIFY_SMTP_STARTTLS", "true")
     assert EscalationSettings().notify_smtp_starttls is True
+
+
+# -- outcomes for the ledger (issue 22) -------------------------------------------------
+
+
+async def test_each_adapter_notes_its_outcome_with_a_class_and_no_secret() -> None:
+    with recording() as refused:
+        assert await webhook(Recorder(400), []).deliver(INCIDENT, NOTICE) is False
+    with recording() as unreachable:
+        down = Recorder(httpx.ConnectError("refused"))
+        assert await webhook(down, [], retries=1).deliver(INCIDENT, NOTICE) is False
+    with recording() as busy:
+        assert await webhook(Recorder(503, 204), []).deliver(INCIDENT, NOTICE) is True
+    with recording() as nobody:
+        assert await smtp(lambda p: None).deliver(INCIDENT, NOTICE) is False
+    with recording() as both:
+        fan = FanoutNotifier([LogNotifier(), webhook(Recorder(400), [])])
+        assert await fan.deliver(INCIDENT, NOTICE) is True
+
+    assert refused.outcomes == [Outcome("webhook", False, 1, "refused", "HTTP 400")]
+    assert unreachable.outcomes == [Outcome("webhook", False, 2, "unreachable", "ConnectError")]
+    assert busy.delivered() == Outcome("webhook", True, 2)
+    assert nobody.failed() == Outcome("smtp", False, 0, "no_address")
+    assert both.delivered() == Outcome("log", True, 1)
+    assert both.failed() == Outcome("webhook", False, 1, "refused", "HTTP 400")
+
+
+@pytest.mark.parametrize(
+    ("channel", "subject"),
+    [
+        ("reminder", f"Reminder: a legal deadline of incident {INCIDENT} is near"),
+        ("breach", f"Legal deadline missed on incident {INCIDENT}"),
+        ("escalation", f"Please act on incident {INCIDENT} (level 2)"),
+    ],
+)
+def test_a_reminder_or_breach_mail_says_what_it_is(channel: str, subject: str) -> None:
+    notice = NOTICE.model_copy(update={"channel": channel, "level": 2})
+    mail = smtp(lambda p: "chen@example.com").message(INCIDENT, notice, "chen@example.com")
+    assert mail["Subject"] == subject
+    assert DIGEST not in mail.get_content()
