@@ -31,7 +31,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 from services.infra.localstack import free_port
-from tests.e2e.conftest import AUDITOR, ROOT, Stack, timeline
+from tests.e2e.conftest import AUDITOR, ROOT, Stack, submit, timeline
 
 pytestmark = pytest.mark.e2e
 
@@ -428,3 +428,44 @@ async def test_no_event_on_any_topic_routes_anything_to_the_accused_or_his_line(
         named = {event["data"].get("principal"), *event["data"].get("principals", [])}
         named |= set(event["data"].get("recipients", []))
         assert not named & set(NEVER_TOLD), event
+
+
+# the accused named in words, not by id (issue 18) --------------------------------------
+
+SPELLINGS = ("p-wang", "wang  JUN", "王军", "Ｗａｎｇ　Ｊｕｎ")  # noqa: RUF001
+"""The accused by id, by his display name in another case and spacing, by the
+alternative name the directory holds (Chinese characters), and in full-width letters."""
+
+
+def test_the_accused_named_in_words_routes_as_by_id_and_an_unknown_name_only_to_the_independent(
+    stack: Stack,
+) -> None:
+    decided: dict[str, tuple[Any, ...]] = {}
+    for spelling in SPELLINGS:
+        incident = submit(stack, {**SEED_REPORT, "accused": [spelling]})
+        triaged = data(wait_event(stack, incident, TRIAGED))
+        accused = data(wait_event(stack, incident, "incident.report.submitted.v1"))["accused"]
+        assert accused == ["p-wang"], (spelling, accused)
+        excluded = {x["principal"] for x in triaged["excluded"]}
+        assert set(NEVER_TOLD) <= excluded, (spelling, excluded)
+        levels = sorted(triaged["chain"], key=lambda lv: lv["level"])
+        decided[spelling] = (
+            triaged["conflict_unresolved"],
+            tuple(tuple(lv["recipients"]) for lv in levels),
+            tuple(sorted(excluded)),
+        )
+    assert len(set(decided.values())) == 1, decided
+    assert next(iter(decided.values()))[1][0] == ("p-chen",)
+
+    unknown = submit(stack, {**SEED_REPORT, "accused": ["Somebody Nobody Knows"]})
+    triaged = data(wait_event(stack, unknown, TRIAGED))
+    assert triaged["conflict_unresolved"] is True
+    roles = [lv["role"] for lv in sorted(triaged["chain"], key=lambda lv: lv["level"])]
+    assert roles == ["chief_ethics_officer", "board_audit_committee"]
+    asked = {p for lv in triaged["chain"] for p in lv["recipients"]}
+    assert asked <= {"p-sun", "p-board"}, asked
+    for principal in ("p-chen", "p-zhou", *NEVER_TOLD):
+        answer = httpx.get(
+            f"{stack.url('intake')}/v1/incidents/{unknown}", headers=as_(principal), timeout=10
+        )
+        assert answer.status_code == 404, (principal, answer.text)
