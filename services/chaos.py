@@ -85,6 +85,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from services.domain.escalation import CLOCK_CHANNELS
 from services.infra.localstack import (
     EmbeddedPostgres,
     LocalStackError,
@@ -1254,7 +1255,8 @@ def evaluate(
                 f"{label}: escalation notices {dict(by_escalation)} differ from the"
                 f" escalations' recipients {dict(asked)}"
             )
-        others = {ch for _p, ch, _lv in trail.notified} - {"triage", "escalation"}
+        # a legal clock's reminder and breach tell people too (issue 22), never asking
+        others = {ch for _p, ch, _lv in trail.notified} - {"triage", "escalation", *CLOCK_CHANNELS}
         if others:
             notices.fail(f"{label}: notices on unexpected channels {others}")
         if not trail.notified and any(plan.eligible(k) for k in plan.levels):

@@ -106,9 +106,11 @@ def seed_case_ledger() -> list[dict[str, Any]]:
         *escalated(3, ["p-sun"], 8.14, 8.2),
         *escalated(4, ["p-board"], 14.19, 14.25),
         event("incident.reminder.due.v1", 18.1, clock="reporter_acknowledgement", due_at=at(20.1)),
+        event("incident.notified.v1", 18.1, principal="p-board", channel="reminder", level=4),
         event(
             "incident.deadline.breached.v1", 20.1, clock="reporter_acknowledgement", due_at=at(20.1)
         ),
+        event("incident.notified.v1", 20.1, principal="p-board", channel="breach", level=4),
         *escalated(4, ["p-board"], 22.24, 22.3),
     ]
 
