@@ -90,8 +90,9 @@ def _default(value: Any) -> str:
         return f"`{value}`"
     if isinstance(value, bool):
         return f"`{str(value).lower()}`"
-    if isinstance(value, tuple):
-        return f"`{','.join(str(v) for v in value)}`" if value else "(empty)"
+    if isinstance(value, tuple | list | set | frozenset):
+        items = sorted(map(str, value)) if isinstance(value, set | frozenset) else value
+        return f"`{','.join(str(v) for v in items)}`" if value else "(empty)"
     if isinstance(value, Enum):
         return f"`{value.value}`"
     if value == "":
@@ -116,9 +117,8 @@ def settings_tables() -> str:
         ]
         for name, field in fields.items():
             description = " ".join((field.description or "").split()).replace("|", "\\|")
-            rows.append(
-                f"| `{env_name(cls, name, field)}` | {_default(field.default)} | {description} |"
-            )
+            default = _default(field.get_default(call_default_factory=True))
+            rows.append(f"| `{env_name(cls, name, field)}` | {default} | {description} |")
         parts.append("\n".join(rows))
     return "\n\n".join(parts)
 
