@@ -49,6 +49,7 @@ class Topic(StrEnum):
     DIRECTORY = "directory.changes"
     DEADLETTER = "incident.deadletter"
     CHECKPOINTS = "audit.checkpoints"
+    INBOUND_RESULTS = "incident.inbound.results"
 
 
 class EventData(BaseModel):
@@ -483,6 +484,24 @@ class InputRejected(EventData):
     original_b64: str = Field(description="The original record value, base64.")
 
 
+class InboundAccepted(EventData):
+    """Intake took an inbound report (docs/inbound.md): the sender's event opened
+    `incident_id`. Keyed by the sender's event id on incident.inbound.results; the same
+    answer again for a resend."""
+
+    event_id: str = Field(description="The sender's event id (the record key).")
+    system: str = Field(description="The registered system that sent it.")
+    incident_id: str = Field(description="UUIDv5 of `<system>/<event id>` (docs/inbound.md).")
+
+
+class InboundRejected(EventData):
+    """Intake refused an inbound event (also dead-lettered): why, never the input."""
+
+    event_id: str | None = Field(description="The sender's event id, when readable.")
+    system: str | None = Field(description="The authenticated system, if it was one.")
+    reason: str = Field(description="Where and what kind of error, e.g. `out of scope`.")
+
+
 class CheckpointSigned(EventData):
     tree_size: int = Field(ge=0)
     root_hash: str
@@ -514,6 +533,7 @@ _TOPIC_PRODUCERS: dict[Topic, frozenset[str]] = {
     Topic.DIRECTORY: frozenset({"intake"}),
     Topic.DEADLETTER: frozenset(SERVICES),  # every service dead-letters its own input
     Topic.CHECKPOINTS: frozenset({"audit"}),
+    Topic.INBOUND_RESULTS: frozenset({"intake"}),
 }
 
 
@@ -578,6 +598,8 @@ CATALOG: dict[str, EventType] = {
         EventType("directory.role.revoked.v1", Topic.DIRECTORY, RoleRevoked),
         EventType("directory.role.proposed.v1", Topic.DIRECTORY, RoleProposed),
         EventType("incident.input.rejected.v1", Topic.DEADLETTER, InputRejected),
+        EventType("incident.inbound.accepted.v1", Topic.INBOUND_RESULTS, InboundAccepted),
+        EventType("incident.inbound.rejected.v1", Topic.INBOUND_RESULTS, InboundRejected),
         EventType("audit.checkpoint.signed.v1", Topic.CHECKPOINTS, CheckpointSigned),
         EventType("audit.read.recorded.v1", Topic.ACTIVITY, ReadRecorded, frozenset({"audit"})),
         EventType("audit.checkpoint.cosigned.v1", Topic.CHECKPOINTS, CheckpointCosigned),

@@ -21,7 +21,9 @@ from services.domain.envelope import (
     SPECVERSION,
     Envelope,
 )
-from services.domain.events import CATALOG, SUBMITTED, EventType, Topic
+from services.domain.events import CATALOG, EventType, Topic
+from services.domain.inbound import INBOUND_TYPE, MAX_INBOUND_BYTES, SCOPES
+from services.domain.reports import ReportRequest
 
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 SCHEMA_BASE_URL = "https://incidents.example/schemas/"
@@ -33,7 +35,13 @@ DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 #: Which service sends to and receives from which topic (SPEC.md, services table).
 SERVICE_TOPICS: dict[str, dict[str, tuple[Topic, ...]]] = {
     "intake": {
-        "send": (Topic.REPORTS, Topic.ACTIVITY, Topic.DIRECTORY, Topic.DEADLETTER),
+        "send": (
+            Topic.REPORTS,
+            Topic.ACTIVITY,
+            Topic.DIRECTORY,
+            Topic.DEADLETTER,
+            Topic.INBOUND_RESULTS,
+        ),
         "receive": (Topic.INBOUND,),
     },
     "triage": {
@@ -52,8 +60,16 @@ SERVICE_TOPICS: dict[str, dict[str, tuple[Topic, ...]]] = {
 
 _TOPIC_DESCRIPTIONS: dict[Topic, str] = {
     Topic.INBOUND: (
-        "Reports published by other systems. Each record must be a valid "
-        f"`{SUBMITTED}` CloudEvent; anything else goes to `{Topic.DEADLETTER}`."
+        "Reports published by registered systems (docs/inbound.md). Each record is one "
+        f"`{INBOUND_TYPE}` CloudEvent, structured mode (`content-type: "
+        f"{CLOUDEVENTS_CONTENT_TYPE}`) or binary mode (`ce_*` headers, `content-type: "
+        f"{JSON_CONTENT_TYPE}`), signed with the system's registered Ed25519 key, at most "
+        f"{MAX_INBOUND_BYTES} bytes. Anything else goes to `{Topic.DEADLETTER}`; the sender "
+        f"is answered on `{Topic.INBOUND_RESULTS}`."
+    ),
+    Topic.INBOUND_RESULTS: (
+        "Intake's answer to each authenticated inbound event, keyed by the sender's event "
+        "id: accepted (with the incident id) or rejected (with the reason)."
     ),
     Topic.REPORTS: "Reports as accepted by intake, their amendments and reporter messages.",
     Topic.TRIAGE: "Triage decisions: severity, escalation chain, exclusions, assignments.",
@@ -77,9 +93,9 @@ def _described(name: str, schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def _types_on(topic: Topic) -> tuple[str, ...]:
-    """Event types carried by a topic (the inbound topic carries submitted reports)."""
+    """Event types carried by a topic (the inbound topic carries inbound reports)."""
     if topic is Topic.INBOUND:
-        return (SUBMITTED,)
+        return (INBOUND_TYPE,)
     return tuple(name for name, entry in CATALOG.items() if entry.topic is topic)
 
 
@@ -114,25 +130,31 @@ def event_schema(entry: EventType) -> dict[str, Any]:
             "traceparent", {"type": "string", "pattern": _TRACEPARENT.pattern}
         ),
     }
+    return _cloudevent_schema(
+        entry.name,
+        f"A `{entry.name}` event: a CloudEvents 1.0 event in structured JSON mode, "
+        f"published on the Kafka topic `{entry.topic}` with the incident id as key.",
+        ["specversion", "id", "source", "type", "time", "subject", "datacontenttype", "data"],
+        properties,
+        defs,
+    )
+
+
+def _cloudevent_schema(
+    name: str,
+    description: str,
+    required: list[str],
+    properties: dict[str, Any],
+    defs: dict[str, Any],
+) -> dict[str, Any]:
+    """The JSON Schema document of one event type (structured mode)."""
     schema: dict[str, Any] = {
         "$schema": JSON_SCHEMA_DIALECT,
-        "$id": f"{SCHEMA_BASE_URL}{schema_file(entry.name)}",
-        "title": entry.name,
-        "description": (
-            f"A `{entry.name}` event: a CloudEvents 1.0 event in structured JSON mode, "
-            f"published on the Kafka topic `{entry.topic}` with the incident id as key."
-        ),
+        "$id": f"{SCHEMA_BASE_URL}{schema_file(name)}",
+        "title": name,
+        "description": description,
         "type": "object",
-        "required": [
-            "specversion",
-            "id",
-            "source",
-            "type",
-            "time",
-            "subject",
-            "datacontenttype",
-            "data",
-        ],
+        "required": required,
         "properties": properties,
         # Other systems may add their own extensions, named by the CloudEvents rule.
         "propertyNames": {"pattern": _EXTENSION_NAME.pattern},
@@ -146,9 +168,108 @@ def event_schema(entry: EventType) -> dict[str, Any]:
     return schema
 
 
+def inbound_schema() -> dict[str, Any]:
+    """JSON Schema of `incident.report.inbound.v1` as a registered system sends it on
+    Kafka, in its structured form (docs/inbound.md): `data` is `POST /v1/reports`' body."""
+    data = ReportRequest.model_json_schema()
+    defs = data.pop("$defs", {})
+    properties: dict[str, Any] = {
+        "specversion": _described("specversion", {"type": "string", "const": SPECVERSION}),
+        "id": {
+            "type": "string",
+            "format": "uuid",
+            "description": "The sender's event id (a UUID): with the system id it derives the"
+            " incident id, so a resend opens nothing new. The results topic is keyed by it.",
+        },
+        "source": _described("source", {"type": "string", "minLength": 1}),
+        "type": _described("type", {"type": "string", "const": INBOUND_TYPE}),
+        "time": _described("time", {"type": "string", "format": "date-time"}),
+        "subject": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 200,
+            "description": "Optional, the sender's own reference; intake ignores it (it"
+            " derives the incident id from the system id and the event id).",
+        },
+        "datacontenttype": _described(
+            "datacontenttype", {"type": "string", "const": JSON_CONTENT_TYPE}
+        ),
+        "data": data,
+        "signingkey": {
+            "type": "string",
+            "pattern": r"^system:[a-z0-9][a-z0-9-]{0,62}:[0-9a-f]{16}$",
+            "description": "The system's registered key: `system:<id>:<first 16 hex of"
+            " SHA-256(raw public key)>`. Required on Kafka; optional over HTTP (the"
+            " bearer token authenticates).",
+        },
+        "signature": {
+            "type": "string",
+            "contentEncoding": "base64",
+            "description": "Base64 Ed25519 signature of `incidents-event-signature/v1\\n`"
+            " followed by the canonical JSON of this object without `signature`"
+            " (docs/event-signing.md). In binary mode, of the structured form rebuilt from"
+            " the headers (every attribute a string, `datacontenttype` from content-type).",
+        },
+        "traceparent": _described(
+            "traceparent", {"type": "string", "pattern": _TRACEPARENT.pattern}
+        ),
+    }
+    return _cloudevent_schema(
+        INBOUND_TYPE,
+        f"A report from a registered system (scopes: {', '.join(SCOPES)}): a CloudEvents"
+        f" 1.0 event on the Kafka topic `{Topic.INBOUND}` or `POST /v1/events`. `data`"
+        " is the body of `POST /v1/reports`: no digest, no field the sender cannot know.",
+        ["specversion", "id", "source", "type", "time", "data", "signingkey", "signature"],
+        properties,
+        defs,
+    )
+
+
 def event_schemas() -> dict[str, dict[str, Any]]:
-    """File name -> JSON Schema of the whole CloudEvent, for every catalog type."""
-    return {schema_file(name): event_schema(entry) for name, entry in CATALOG.items()}
+    """File name -> JSON Schema of the whole CloudEvent, for every catalog type and the
+    inbound contract."""
+    schemas = {schema_file(name): event_schema(entry) for name, entry in CATALOG.items()}
+    schemas[schema_file(INBOUND_TYPE)] = inbound_schema()
+    return schemas
+
+
+def _inbound_message() -> dict[str, Any]:
+    return {
+        "name": INBOUND_TYPE,
+        "title": INBOUND_TYPE,
+        "summary": "A report from a registered system (docs/inbound.md).",
+        "contentType": CLOUDEVENTS_CONTENT_TYPE,
+        "headers": {
+            "type": "object",
+            "required": ["content-type"],
+            "properties": {
+                "content-type": {
+                    "type": "string",
+                    "enum": [CLOUDEVENTS_CONTENT_TYPE, JSON_CONTENT_TYPE],
+                    "description": f"Structured mode: `{CLOUDEVENTS_CONTENT_TYPE}`, the value"
+                    f" is the whole event. Binary mode: `{JSON_CONTENT_TYPE}`, the value is"
+                    " `data` and every other attribute is a `ce_<name>` header.",
+                },
+            },
+            "patternProperties": {
+                "^ce_[a-z0-9]{1,20}$": {
+                    "type": "string",
+                    "description": "Binary mode: one attribute (ce_specversion, ce_id,"
+                    " ce_source, ce_type, ce_time, ce_signingkey, ce_signature...).",
+                }
+            },
+        },
+        "payload": {"$ref": f"./{schema_file(INBOUND_TYPE)}"},
+        "bindings": {
+            "kafka": {
+                "key": {
+                    "type": "string",
+                    "description": "The sender's choice (e.g. its case id); intake ignores it.",
+                },
+                "bindingVersion": KAFKA_BINDING_VERSION,
+            }
+        },
+    }
 
 
 def _message(entry: EventType) -> dict[str, Any]:
@@ -183,7 +304,9 @@ def _message(entry: EventType) -> dict[str, Any]:
                 "key": {
                     "type": "string",
                     "description": (
-                        "The incident id (the event's `subject`), so that each "
+                        "The sender's event id (`data.event_id`), not the incident id."
+                        if entry.topic is Topic.INBOUND_RESULTS
+                        else "The incident id (the event's `subject`), so that each "
                         "incident's events stay in order on one partition."
                     ),
                 },
@@ -248,7 +371,12 @@ def asyncapi_document() -> dict[str, Any]:
         },
         "channels": {str(topic): _channel(topic) for topic in Topic},
         "operations": _operations(),
-        "components": {"messages": {name: _message(entry) for name, entry in CATALOG.items()}},
+        "components": {
+            "messages": {
+                **{name: _message(entry) for name, entry in CATALOG.items()},
+                INBOUND_TYPE: _inbound_message(),
+            }
+        },
     }
 
 

@@ -322,3 +322,16 @@ async def replayed(conn: asyncpg.Connection, digests: Sequence[tuple[str, bytes]
     )
     known = {r["event_id"]: bytes(r["digest"]) for r in rows}
     return [known.get(i, d) != d for i, d in digests]
+
+
+async def correlation_of(conn: asyncpg.Connection, stream_id: str) -> str | None:
+    """The correlation id of an incident's events as this service stored them: its first
+    stored event's `correlationid` (the incident's first event id), or that event's own
+    id when it is the incident's first event. None for an empty stream."""
+    body = await conn.fetchval(
+        "SELECT body FROM events WHERE stream_id = $1 ORDER BY version LIMIT 1", stream_id
+    )
+    if body is None:
+        return None
+    first = parse_envelope(bytes(body))
+    return first.correlationid or first.id

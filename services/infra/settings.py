@@ -312,6 +312,12 @@ class IntakeSettings(ContentKeySettings, PseudonymSettings):
         description="Seconds between runs of the erasure job (destroys the keys of closed"
         " incidents whose retention has passed and that no legal hold keeps).",
     )
+    systems_file: Path = Field(
+        _DATA / "systems.yaml",
+        description="Registered systems that may report incidents (YAML: id, scopes, Ed25519"
+        " public keys, HTTP, Kafka principal; docs/inbound.md). Production refuses the demo"
+        " file.",
+    )
     audit_url: str = Field(
         "http://127.0.0.1:8004",
         description="Audit's base URL: the receipt view fetches the reporter's ledger proof"
@@ -323,6 +329,15 @@ class IntakeSettings(ContentKeySettings, PseudonymSettings):
         validation_alias=AliasChoices("INCIDENTS_INTAKE_PORT"),
         description="HTTP port of intake (INCIDENTS_INTAKE_PORT).",
     )
+
+    @model_validator(mode="after")
+    def _real_systems(self) -> IntakeSettings:
+        if (
+            self.environment == "production"
+            and self.systems_file.resolve() == (_DATA / "systems.yaml").resolve()
+        ):
+            raise ValueError("production refuses the demo systems file (INCIDENTS_SYSTEMS_FILE)")
+        return self
 
 
 class TriageSettings(PseudonymSettings):

@@ -17,8 +17,9 @@ from services.infra.kafka import per_record
 from services.infra.keystore import key_store, pseudonyms_of
 from services.infra.runtime import Runtime
 from services.infra.settings import IntakeSettings
+from services.infra.systems import load_systems
 from services.infra.webapp import build_app
-from services.intake import directory_api, handlers, people, privacy, receipts, ui
+from services.intake import directory_api, events_api, handlers, people, privacy, receipts, ui
 from services.intake.api import router
 from services.intake.directory import seed
 from services.intake.inbound import InboundConsumer
@@ -47,7 +48,8 @@ def create_app(settings: IntakeSettings | None = None) -> FastAPI:
     service = IntakeService(runtime, policy, keys)
     eraser = Eraser(runtime, keys, policy, interval=settings.erasure_interval)
     runtime.background("erasure", eraser.run)
-    inbound = InboundConsumer(runtime, service)
+    systems = load_systems(settings.systems_file)
+    inbound = InboundConsumer(runtime, service, systems)
     runtime.consume(
         f"{settings.kafka_topic_prefix}intake-inbound",
         [settings.topic(Topic.INBOUND)],
@@ -85,8 +87,10 @@ def create_app(settings: IntakeSettings | None = None) -> FastAPI:
     app.state.keys = keys
     app.state.eraser = eraser
     app.state.auth = auth
+    app.state.systems = systems
     app.include_router(router)
     app.include_router(receipts.router)
+    app.include_router(events_api.router)
     app.include_router(handlers.router)
     app.include_router(directory_api.router)
     app.include_router(people.router)

@@ -38,6 +38,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 
 from services.domain.envelope import Envelope
 from services.domain.events import ReporterMessage, make_event
+from services.domain.inbound import authorize, incident_id_for, report_of
 from services.domain.names import MAX_NAME_LENGTH, normalise
 from services.domain.policy import Policy
 from services.domain.ratelimit import TokenBuckets
@@ -50,6 +51,7 @@ from services.domain.receipts import (
     normalize_receipt,
     normalize_secret,
     reporter_view,
+    request_digest,
     retry_after_seconds,
     sha256_hex,
 )
@@ -66,6 +68,7 @@ from services.infra import eventstore
 from services.infra.groupcommit import GroupCommit
 from services.infra.keystore import KeyStore
 from services.infra.runtime import Runtime
+from services.infra.systems import System
 from services.infra.telemetry import current_traceparent
 from services.intake.directory import lookup_people, people_shown, search_people
 
@@ -276,8 +279,15 @@ class IntakeService:
         channel: str,
         idempotency: IdempotencyKey | None,
         check_reporter: bool = False,
+        incident_id: str | None = None,
+        issue_receipt: bool = True,
+        causationid: str | None = None,
     ) -> Submission:
         """Open an incident for a report, as `POST /v1/reports` does.
+
+        `incident_id` (an inbound event's derived id) replaces a random one; without
+        `issue_receipt` an anonymous report gets no receipt and secret (an inbound report on
+        Kafka: the answer travels on a topic); `causationid` is the event it came from.
 
         An anonymous report (no reporter) gets a receipt and a one-time secret; only
         the secret's argon2id hash is stored. With an Idempotency-Key, the answer is
@@ -300,8 +310,8 @@ class IntakeService:
         if report.category not in self.policy.categories:
             raise UnknownCategory(report.category, sorted(self.policy.categories))
         people = await self.resolve_people(report, reporter)
-        anonymous = reporter is None
-        incident_id = str(uuid.uuid4())
+        anonymous = reporter is None and issue_receipt
+        incident_id = incident_id or str(uuid.uuid4())
         # the caller's span: a new root for anonymous reports (see api._take)
         traceparent = current_traceparent()
         receipt = secret = secret_hash = None
@@ -311,7 +321,9 @@ class IntakeService:
         answer = {"incident_id": incident_id, "receipt": receipt, "secret": None}
         stored = {**answer, "note": REPLAY_NOTE} if anonymous else answer
         new = NewReport(
-            NewIncident(incident_id, report, reporter, channel, actor, traceparent, people=people),
+            NewIncident(
+                incident_id, report, reporter, channel, actor, traceparent, causationid, people
+            ),
             receipt,
             secret_hash,
             idempotency,
@@ -324,6 +336,36 @@ class IntakeService:
         if outcome is not None:  # a request with this key was answered first
             return outcome
         return Submission(202, {**answer, "secret": secret}, replayed=False)
+
+    async def take_inbound(
+        self, event: dict[str, Any], system: System, *, channel: str, issue_receipt: bool
+    ) -> Submission:
+        """An inbound event of an authenticated registered system (docs/inbound.md),
+        taken exactly as `take_report` takes `POST /v1/reports`' body: the same
+        validation model, use case and refusals, then triage decides.
+
+        The actor is the system (`system:<id>`); a `reporter` it names only within its
+        scope. The incident id derives from the system and the event id, and the event
+        id is the Idempotency-Key: a resend answers the first answer (one incident), the
+        same id with other data raises IdempotencyConflict. Raises InboundRefused too.
+        """
+        envelope, request = report_of(event)
+        reporter = request.reporter
+        authorize(system.id, system.scopes, reporter)
+        key = self.idempotency_key(
+            system.principal, f"ce:{envelope.id}", request_digest("inbound", envelope.data)
+        )
+        return await self.take_report(
+            request.report(),
+            reporter=reporter,
+            actor=system.principal,
+            channel=channel,
+            idempotency=key,
+            check_reporter=True,
+            incident_id=incident_id_for(system.id, envelope.id),
+            issue_receipt=issue_receipt,
+            causationid=envelope.id,
+        )
 
     async def resolve_people(self, report: ReportInput, reporter: str | None) -> People:
         """The report's accused and named resolved against the directory: one indexed

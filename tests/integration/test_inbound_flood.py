@@ -2,7 +2,7 @@
 
 Intake runs in-process on the session's broker and PostgreSQL (as in test_intake.py).
 Another system floods `incident.inbound` with bad records of every kind the issue
-names (bad JSON, binary garbage, a CloudEvent of the wrong type, missing fields, an
+names (bad JSON, binary garbage, a CloudEvent of the wrong type, unsigned, missing fields, an
 unknown category, a non-UUID id, a 4 MB value, empty values, null keys, duplicate
 headers, and a few nastier ones), then publishes one valid report. Exactly 1,000
 `incident.input.rejected.v1` records must land on `incident.deadletter`, one per bad
@@ -34,9 +34,11 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from fastapi import FastAPI
 
 from services.domain.events import InputRejected, ReportSubmitted, make_event, parse_event
+from services.domain.inbound import incident_id_for
 from services.infra.kafka import MAX_MESSAGE_BYTES
 from services.infra.settings import CommonSettings, IntakeSettings
 from services.intake.app import create_app
+from tests import inbound_client as sender
 from tests.helpers import eventually, serving
 
 pytestmark = pytest.mark.integration
@@ -44,7 +46,7 @@ log = logging.getLogger(__name__)
 
 FLOOD = 1000
 HUGE = 4 * 1024 * 1024
-REPORT = {"category": "harassment", "summary": "Comments in meetings", "description": "..."}
+STRUCTURED = (("content-type", b"application/cloudevents+json"),)
 
 
 @dataclass(frozen=True)
@@ -55,15 +57,17 @@ class Bad:
     value: bytes | None
     reason: str
     key: bytes | None = b"hris"
-    headers: tuple[tuple[str, bytes], ...] = ()
+    headers: tuple[tuple[str, bytes], ...] = STRUCTURED
 
 
 def event(**data: Any) -> dict[str, Any]:
-    """A submitted-report CloudEvent as a dict, its data overridden by `data` (unchecked)."""
-    valid = _event(
-        "incident.report.submitted.v1", {**REPORT, "report_digest": "sha256:00", "reporter": None}
-    )
-    return {**valid, "data": {**valid["data"], **data}}
+    """An inbound report CloudEvent as a dict, its data overridden by `data` (unchecked)."""
+    return sender.event(**data)
+
+
+def signed(value: dict[str, Any]) -> bytes:
+    """As the registered system hris sends it: signed, so it is refused for what it says."""
+    return sender.canonical(sender.sign(value))
 
 
 def acknowledged() -> dict[str, Any]:
@@ -95,28 +99,30 @@ def kinds(n: int) -> list[Bad]:
         Bad("invalid-utf8-in-json", b'{"id": "\xc3\x28%d"}' % n, "not JSON"),
         Bad(
             "wrong-type",
-            dumps(acknowledged()),
-            "accepts only incident.report.submitted.v1",
+            signed(acknowledged()),
+            "accepts only incident.report.inbound.v1",
         ),
-        Bad("missing-source", dumps(without(ev, "source")), "not a valid CloudEvent"),
-        Bad("missing-data", dumps(without(ev, "data")), "not a valid CloudEvent"),
+        Bad("unsigned", dumps(ev), "not authenticated: unsigned"),
+        Bad("missing-source", signed(without(ev, "source")), "not a valid CloudEvent"),
+        Bad("missing-data", signed(without(ev, "data")), "not a valid CloudEvent"),
         Bad(
             "missing-summary",
-            dumps({**ev, "data": without(ev["data"], "summary")}),
+            signed({**ev, "data": without(ev["data"], "summary")}),
             "invalid report",
         ),
         Bad(
             "missing-category",
-            dumps({**ev, "data": without(ev["data"], "category")}),
+            signed({**ev, "data": without(ev["data"], "category")}),
             "invalid report",
         ),
-        Bad("unknown-category", dumps(event(category=f"gossip-{n}")), "unknown category"),
-        Bad("non-uuid-id", dumps({**ev, "id": f"hris-{n}"}), "not a valid CloudEvent"),
-        Bad("bad-specversion", dumps({**ev, "specversion": "0.3"}), "not a valid CloudEvent"),
-        Bad("bad-time", dumps({**ev, "time": "yesterday"}), "not a valid CloudEvent"),
-        Bad("data-not-object", dumps({**ev, "data": [1, 2]}), "not a valid CloudEvent"),
-        Bad("reporter-not-a-string", dumps(event(reporter=n)), "data.reporter"),
-        Bad("summary-too-long", dumps(event(summary="s" * 501)), "invalid report"),
+        Bad("unknown-category", signed(event(category=f"gossip-{n}")), "unknown category"),
+        Bad("non-uuid-id", signed({**ev, "id": f"hris-{n}"}), "not a valid CloudEvent"),
+        Bad("bad-specversion", signed({**ev, "specversion": "0.3"}), "not a valid CloudEvent"),
+        Bad("bad-time", signed({**ev, "time": "yesterday"}), "not a valid CloudEvent"),
+        Bad("data-not-object", signed({**ev, "data": [1, 2]}), "not a valid CloudEvent"),
+        Bad("reporter-not-a-string", signed(event(reporter=n)), "invalid report: reporter"),
+        Bad("summary-too-long", signed(event(summary="s" * 501)), "invalid report"),
+        Bad("no-content-type", signed(ev), "content-type must be", headers=()),
         Bad("json-array", dumps([ev]), "JSON object"),
         Bad("json-null", b"null", "JSON object"),
         Bad("json-number", str(n).encode(), "JSON object"),
@@ -126,7 +132,7 @@ def kinds(n: int) -> list[Bad]:
         Bad(
             "duplicate-headers",
             dumps(acknowledged()),
-            "accepts only",
+            "is repeated",
             headers=(
                 ("content-type", b"application/cloudevents+json"),
                 ("content-type", b"text/plain"),
@@ -146,8 +152,8 @@ def kinds(n: int) -> list[Bad]:
 def flood() -> list[Bad]:
     """FLOOD bad records: two 4 MB ones, the rest cycling through every kind."""
     huge = [
-        Bad("huge-garbage", b"x" * HUGE, "not JSON"),
-        Bad("huge-description", dumps(event(description="d" * HUGE)), "invalid report"),
+        Bad("huge-garbage", b"x" * HUGE, "more than"),
+        Bad("huge-description", signed(event(description="d" * HUGE)), "more than"),
     ]
     records = list(huge)
     n = 0
@@ -258,11 +264,13 @@ async def test_a_flood_of_malformed_inbound_records_is_dead_lettered_and_intake_
     valid_id = str(uuid.uuid4())
     valid = event(summary="Sent after the flood")
     valid["id"] = valid_id
-    valid_meta = await big_producer.send_and_wait(inbound, dumps(valid), key=b"hris")
+    valid_meta = await big_producer.send_and_wait(
+        inbound, signed(valid), key=b"hris", headers=list(STRUCTURED)
+    )
     clock.mark("produced 1,001 records")
 
     # 2. the valid report became an incident
-    incident_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"incident.inbound/{valid_id}"))
+    incident_id = incident_id_for("hris", valid_id)
     rows = await eventually(
         lambda: fetch(
             settings, "SELECT type, body FROM intake.events WHERE stream_id = $1", incident_id

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
+import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from services.domain.events import make_event, parse_event
+from services.domain.events import parse_event
 from services.infra.settings import CommonSettings, IntakeSettings
 from services.intake.app import create_app
-from tests.helpers import drain, eventually, serving
+from tests import inbound_client as sender
+from tests.helpers import drain, read_all, serving
 
 pytestmark = pytest.mark.integration
 REPORT = {"category": "harassment", "summary": "Comments in meetings", "description": "..."}
@@ -119,94 +120,168 @@ async def test_a_bad_token_is_refused_rather_than_treated_as_anonymous(
     assert await stored_events(settings) == []
 
 
-def inbound_event(event_id: str | None = None, **overrides: object) -> bytes:
-    data = {**REPORT, "report_digest": "sha256:00", "reporter": None, **overrides}
-    return make_event(
-        "incident.report.submitted.v1",
-        subject="hris-case-1",
-        data=data,
-        source="/systems/hris",
-        time=datetime.now(UTC),
-        actor="system:hris",
-        event_id=event_id,
-    ).to_bytes()
+# -- the inbound contract (docs/inbound.md), as a sending system meets it ---------------
+
+INBOUND_NS = uuid.UUID("5f0b6a52-8d0e-4c59-9a57-2f4b2c9e1d01")  # docs/inbound.md
 
 
-async def test_a_valid_inbound_event_becomes_one_incident_even_if_delivered_twice(
+def incident_of(system: str, event_id: str) -> str:
+    """The documented derivation, computed here independently of intake's code."""
+    return str(uuid.uuid5(INBOUND_NS, f"{system}/{event_id}"))
+
+
+async def send_inbound(
+    producer: AIOKafkaProducer,
+    settings: CommonSettings,
+    record: tuple[list[tuple[str, bytes]], bytes],
+) -> Any:
+    headers, value = record
+    return await producer.send_and_wait(
+        settings.topic("incident.inbound"), value, key=b"hris", headers=headers
+    )
+
+
+async def test_an_inbound_report_in_binary_mode_becomes_one_incident_and_its_id_is_answered(
     intake: tuple[httpx.AsyncClient, IntakeSettings], producer: AIOKafkaProducer
 ) -> None:
     _, settings = intake
-    value = inbound_event()
-    for _ in range(2):
-        await producer.send_and_wait(settings.topic("incident.inbound"), value, key=b"hris-case-1")
-    rows = await eventually(lambda: stored_events(settings))
-    await producer.send_and_wait(
-        settings.topic("incident.inbound"), inbound_event(), key=b"hris-case-1"
-    )
-    rows = await eventually(lambda: _at_least(settings, 2))
-    assert len(rows) == 2  # the duplicate made nothing; the second distinct event did
-    envelope, _ = parse_event(bytes(rows[0]["body"]))
-    assert envelope.causationid == json.loads(value)["id"]
-    assert envelope.actor == "system:hris"
+    event = sender.sign(sender.event(reporter="p-chen", accused=["Wang Jun"]))
+    for _ in range(2):  # the sender resends: the same incident, answered twice
+        await send_inbound(producer, settings, sender.binary(event))
+    answers = await drain(settings.kafka_bootstrap, settings.topic("incident.inbound.results"), 2)
+    assert [a.key for a in answers] == [event["id"].encode()] * 2
+    for answer in answers:
+        envelope, data = parse_event(answer.value)
+        assert envelope.type == "incident.inbound.accepted.v1"
+        assert data.model_dump() == {
+            "event_id": event["id"],
+            "system": "hris",
+            "incident_id": incident_of("hris", event["id"]),
+        }
+    [row] = await stored_events(settings)
+    envelope, submitted = parse_event(bytes(row["body"]))
+    assert row["stream_id"] == incident_of("hris", event["id"])
+    assert (envelope.actor, envelope.causationid) == ("system:hris", event["id"])
+    assert submitted.channel == "kafka" and submitted.reporter is not None  # a pseudonym
+    assert submitted.accused == ["p-wang"]  # the same name resolution as POST /v1/reports
+    ids = {parse_event(a.value)[0].id for a in answers}
+    assert len(ids) == 1  # one answer id: a duplicate, not news
 
 
-async def _at_least(settings: CommonSettings, n: int) -> list[asyncpg.Record] | None:
-    rows = await stored_events(settings)
-    return rows if len(rows) >= n else None
-
-
-@pytest.mark.parametrize(
-    ("value", "reason"),
-    [
-        (b"{oops", "not JSON"),
-        (json.dumps({"hello": "world"}).encode(), "not a valid CloudEvent"),
-        (inbound_event(category="gossip"), "unknown category"),
-        (
-            make_event(
-                "incident.acknowledged.v1",
-                subject="x",
-                data={"principal": "p", "level": 1},
-                source="/s",
-                time=datetime.now(UTC),
-            ).to_bytes(),
-            "accepts only incident.report.submitted.v1",
-        ),
-        (
-            inbound_event(summary="Bob Smith groped me " * 40),
-            "invalid report: summary: String should have at most",
-        ),
-        (inbound_event(unit="city\x00retail"), "invalid report: unit: Value error, control"),
-        (
-            inbound_event(reporter="p-wang", accused=["Wang Jun"]),
-            "invalid report: accused.0: the reporter cannot be among the accused",
-        ),
-    ],
-    ids=[
-        "not-json",
-        "not-cloudevent",
-        "unknown-category",
-        "wrong-type",
-        "report-text",
-        "nul-in-unit",
-        "reporter-accused",
-    ],
-)
-async def test_bad_inbound_records_are_dead_lettered_with_digest_reason_and_offset(
+async def test_an_inbound_report_over_the_cloudevents_http_binding_answers_its_incident(
     intake: tuple[httpx.AsyncClient, IntakeSettings],
-    producer: AIOKafkaProducer,
-    value: bytes,
-    reason: str,
+) -> None:
+    client, settings = intake
+    hris = {"authorization": "Bearer dev-hris-token"}
+    # structured mode, anonymous (scope `report`): a receipt to pass on
+    event = sender.event()
+    headers, body = sender.structured(event)
+    answer = await client.post(
+        "/v1/events",
+        content=body,
+        headers={**hris, "content-type": "application/cloudevents+json"},
+    )
+    assert answer.status_code == 202, answer.text
+    assert answer.json()["incident_id"] == incident_of("hris", event["id"])
+    assert answer.json()["receipt"] and answer.json()["secret"]
+    # binary mode, for a person (scope `report_for_person`); a resend answers the same
+    named = sender.event(reporter="p-chen")
+    headers, body = sender.binary(named, prefix="ce-")
+    for replay in (False, True):
+        answer = await client.post("/v1/events", content=body, headers={**hris, **dict(headers)})
+        assert answer.status_code == 202, answer.text
+        assert answer.json()["incident_id"] == incident_of("hris", named["id"])
+        assert answer.json()["receipt"] is None
+        assert (answer.headers.get("idempotent-replayed") == "true") is replay
+    assert len(await stored_events(settings)) == 2
+    # the same id with other data, no or a person's token, no content type
+    other = sender.binary({**named, "data": {**named["data"], "summary": "Else"}}, prefix="ce-")
+    gossip = sender.binary(sender.event(category="gossip"), prefix="ce-")
+    refusals = [
+        ({**hris, **dict(other[0])}, other[1], 409),
+        (dict(headers), body, 401),
+        ({"authorization": "Bearer dev-chen-token", **dict(headers)}, body, 403),
+        (hris, body, 415),
+        ({**hris, **dict(gossip[0])}, gossip[1], 422),
+    ]
+    for sent_headers, sent_body, status in refusals:
+        answer = await client.post("/v1/events", content=sent_body, headers=sent_headers)
+        assert answer.status_code == status, answer.text
+        assert answer.headers["content-type"] == "application/problem+json"
+    assert len(await stored_events(settings)) == 2
+
+
+def _bad_inbound() -> list[tuple[str, tuple[list[tuple[str, bytes]], bytes], str]]:
+    """(case, record, the reason its dead letter gives) for each kind of bad input."""
+    hris_signed_by_helpdesk = sender.sign(sender.event(), "helpdesk")
+    hris_signed_by_helpdesk["signingkey"] = sender.key_id("hris", sender.demo_key("hris"))
+    old = sender.sign({**sender.event(), "type": "incident.report.submitted.v1"})
+    binary_without_type = sender.binary(sender.sign(sender.event()))
+    return [
+        ("unsigned", sender.structured(sender.event()), "not authenticated: unsigned"),
+        ("wrong-key", sender.structured(hris_signed_by_helpdesk), "bad signature"),
+        (
+            "out-of-scope",
+            sender.structured(sender.sign(sender.event(reporter="p-chen"), "helpdesk")),
+            "lacks the 'report_for_person' scope",
+        ),
+        (
+            "binary-content-type",
+            ([("content-type", b"text/plain"), *binary_without_type[0][1:]], b"{}"),
+            "binary mode needs content-type: application/json",
+        ),
+        (
+            "binary-no-specversion",
+            ([h for h in binary_without_type[0] if h[0] != "ce_specversion"], b"{}"),
+            "binary mode needs a ce_specversion header",
+        ),
+        ("no-content-type", ([], sender.canonical(sender.sign(sender.event()))), "content-type"),
+        (
+            "oversized",
+            sender.structured(sender.sign(sender.event(description="x" * 300_000))),
+            "more than 262144",
+        ),
+        ("old-type", sender.structured(old), "send incident.report.inbound.v1"),
+        ("not-json", ([("content-type", b"application/cloudevents+json")], b"{oops"), "not JSON"),
+        (
+            "invalid-report",
+            sender.structured(sender.sign(sender.event(unit="city\x00retail"))),
+            "invalid report: unit: Value error, control",
+        ),
+        (
+            "unknown-category",
+            sender.structured(sender.sign(sender.event(category="gossip"))),
+            "unknown category",
+        ),
+    ]
+
+
+async def test_bad_inbound_records_are_dead_lettered_once_with_their_reason(
+    intake: tuple[httpx.AsyncClient, IntakeSettings], producer: AIOKafkaProducer
 ) -> None:
     _, settings = intake
-    sent = await producer.send_and_wait(settings.topic("incident.inbound"), value, key=b"k")
-    [record] = await drain(settings.kafka_bootstrap, settings.topic("incident.deadletter"), 1)
-    _, data = parse_event(record.value)
-    assert reason in data.reason
-    assert data.source_offset == sent.offset and data.source_partition == sent.partition
-    # the original may be a report in clear: only its digest, never its bytes or text
-    assert data.original_b64 == ""
-    assert f"sha256:{hashlib.sha256(value).hexdigest()}" in data.reason
-    assert "Bob Smith" not in data.reason and b"Bob Smith" not in record.value
-    # and the consumer carries on: a good report after the bad one still gets in
-    await producer.send_and_wait(settings.topic("incident.inbound"), inbound_event(), key=b"k")
-    await eventually(lambda: stored_events(settings))
+    bad = _bad_inbound()
+    offsets = {}
+    for case, record, _ in bad:
+        offsets[(await send_inbound(producer, settings, record)).offset] = case
+    good = sender.sign(sender.event())
+    await send_inbound(producer, settings, sender.structured(good))
+    results = settings.topic("incident.inbound.results")
+    answers = await drain(settings.kafka_bootstrap, results, 5)
+    assert [parse_event(a.value)[0].type for a in answers][-1] == "incident.inbound.accepted.v1"
+    letters = await read_all(settings.kafka_bootstrap, settings.topic("incident.deadletter"))
+    reasons = {}
+    for letter in letters:
+        _, data = parse_event(letter.value)
+        assert data.original_b64 == ""  # a report in clear: only its digest
+        reasons.setdefault(offsets[data.source_offset], []).append(data.reason)
+    expected = {case: reason for case, _, reason in bad}
+    assert sorted(reasons) == sorted(expected)
+    for case, [reason] in reasons.items():  # each exactly once
+        assert expected[case] in reason, (case, reason)
+    # the authenticated senders are answered too; forgeries and unreadable records not
+    rejected = [parse_event(a.value)[1] for a in answers[:-1]]
+    assert {r.system for r in rejected} == {"hris", "helpdesk"}
+    assert all(r.event_id and "x" * 20 not in r.reason for r in rejected)
+    [row] = await stored_events(settings)  # only the good one
+    assert row["stream_id"] == incident_of("hris", good["id"])

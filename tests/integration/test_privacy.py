@@ -13,10 +13,9 @@ from __future__ import annotations
 import base64
 import json
 import secrets
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +27,13 @@ from fastapi import FastAPI
 
 from services.audit.app import create_app as create_audit
 from services.audit.verify import HttpSource, verify_ledger
-from services.domain.events import Topic, is_sealed, make_event
+from services.domain.events import Topic, is_sealed
+from services.domain.inbound import incident_id_for
 from services.infra.crypto import CryptoError, unseal
 from services.infra.settings import AuditSettings, CommonSettings, IntakeSettings, TriageSettings
 from services.intake.app import create_app as create_intake
 from services.triage.app import create_app as create_triage
+from tests import inbound_client as sender
 from tests.helpers import critical_policy, eventually, read_all, serving
 
 pytestmark = pytest.mark.integration
@@ -272,30 +273,25 @@ async def test_a_report_from_another_system_is_sealed_before_anything_keeps_it(
     stack: Stack,
 ) -> None:
     marker = f"INBOUND-{secrets.token_hex(6)}"
-    inbound = make_event(
-        "incident.report.submitted.v1",
-        subject="hris-case-7",
-        data={
-            "category": "harassment",
-            "summary": f"summary {marker}",
-            "description": f"description {marker}",
-            "accused": ["p-wang", f"the driver {marker}"],
-            "reporter": "p-liu",
-            "report_digest": "sha256:00",
-        },
-        source="/systems/hris",
-        time=datetime.now(UTC),
-        actor="system:hris",
+    inbound = sender.sign(
+        sender.event(
+            category="harassment",
+            summary=f"summary {marker}",
+            description=f"description {marker}",
+            accused=["p-wang", f"the driver {marker}"],
+            reporter="p-liu",
+        )
     )
+    headers, value = sender.structured(inbound)
     producer = AIOKafkaProducer(bootstrap_servers=stack.settings.kafka_bootstrap)
     await producer.start()
     try:
         await producer.send_and_wait(
-            stack.settings.topic(Topic.INBOUND), inbound.to_bytes(), key=b"hris-case-7"
+            stack.settings.topic(Topic.INBOUND), value, key=b"hris-case-7", headers=headers
         )
     finally:
         await producer.stop()
-    incident = str(uuid.uuid5(uuid.NAMESPACE_URL, f"incident.inbound/{inbound.id}"))
+    incident = incident_id_for("hris", inbound["id"])
     await eventually(lambda: _has_all(stack, incident, ["incident.triaged.v1"]), timeout=30)
     # The plaintext stays on incident.inbound (the contract; short retention in
     # production) and nowhere else: not in any table, the ledger, or another topic.

@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 from services.cli import app
 from services.domain.events import CATALOG, SUBMITTED, Topic, make_event
+from services.domain.inbound import INBOUND_TYPE
 from services.domain.schemas import (
     ASYNCAPI_FILE,
     SERVICE_TOPICS,
@@ -171,6 +172,16 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "end": 1000,
         "withheld": ["7c9e6679-7425-40de-944b-e07fc1f90ae7"],
     },
+    "incident.inbound.accepted.v1": {
+        "event_id": "0b6f8a47-3f0e-4a53-9d0e-1c2a3b4c5d6e",
+        "system": "hris",
+        "incident_id": "c4107746-4877-5a31-b444-10a8b947dd59",
+    },
+    "incident.inbound.rejected.v1": {
+        "event_id": "0b6f8a47-3f0e-4a53-9d0e-1c2a3b4c5d6e",
+        "system": "hris",
+        "reason": "system 'hris' lacks the 'report_for_person' scope for this report",
+    },
     "incident.input.rejected.v1": {
         "reason": "not JSON",
         "source_topic": "incident.inbound",
@@ -237,7 +248,7 @@ def test_rendering_is_deterministic() -> None:
 
 
 def test_every_catalog_type_has_a_schema_and_a_sample() -> None:
-    assert set(event_schemas()) == {schema_file(name) for name in CATALOG}
+    assert set(event_schemas()) == {schema_file(name) for name in [*CATALOG, INBOUND_TYPE]}
     assert set(SAMPLES) == set(CATALOG)
 
 
@@ -298,15 +309,16 @@ def test_the_asyncapi_document_has_every_topic_as_a_channel() -> None:
 def test_the_asyncapi_document_has_a_message_per_type_with_its_schema_file() -> None:
     doc = asyncapi_document()
     messages = doc["components"]["messages"]
-    assert set(messages) == set(CATALOG)
+    assert set(messages) == set(CATALOG) | {INBOUND_TYPE}
     for name, message in messages.items():
         assert message["contentType"] == "application/cloudevents+json"
         assert message["payload"] == {"$ref": f"./{name}.json"}
-        assert "incident id" in message["bindings"]["kafka"]["key"]["description"]
-        assert set(message["headers"]["properties"]) == {"content-type", "traceparent"}
+        if name in CATALOG:
+            assert "incident id" in message["bindings"]["kafka"]["key"]["description"]
+            assert set(message["headers"]["properties"]) == {"content-type", "traceparent"}
     for name, entry in CATALOG.items():
         assert name in doc["channels"][str(entry.topic)]["messages"]
-    assert SUBMITTED in doc["channels"][str(Topic.INBOUND)]["messages"]
+    assert list(doc["channels"][str(Topic.INBOUND)]["messages"]) == [INBOUND_TYPE]
 
 
 def _resolve(doc: dict[str, Any], ref: str) -> Any:

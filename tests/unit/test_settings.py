@@ -41,6 +41,7 @@ def production(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("INCIDENTS_DATABASE_URL", PRODUCTION_URL)
     monkeypatch.setenv("INCIDENTS_KAFKA_IDEMPOTENCE", "true")
     monkeypatch.setenv("INCIDENTS_TOKENS_FILE", str(tokens))
+    monkeypatch.setenv("INCIDENTS_SYSTEMS_FILE", str(tmp_path / "systems.yaml"))
     monkeypatch.setenv("INCIDENTS_OIDC_JWKS_URL", "https://idp.example/jwks")
     monkeypatch.setenv("INCIDENTS_OIDC_ISSUER", "https://idp.example")
     monkeypatch.setenv("INCIDENTS_OIDC_AUDIENCE", "incidents")
@@ -119,6 +120,19 @@ def test_production_refuses_the_demo_tokens_file(
     monkeypatch.delenv("INCIDENTS_TOKENS_FILE")
     with pytest.raises(ValidationError, match="demo tokens file"):
         CommonSettings()
+
+
+def test_production_refuses_the_demo_systems_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    production(monkeypatch, tmp_path)
+    safe = base64.b64encode(secrets.token_bytes(32)).decode()
+    monkeypatch.setenv("INCIDENTS_MASTER_KEY", safe)
+    monkeypatch.setenv("INCIDENTS_PSEUDONYM_KEY", safe)
+    assert IntakeSettings().systems_file == tmp_path / "systems.yaml"
+    monkeypatch.delenv("INCIDENTS_SYSTEMS_FILE")
+    with pytest.raises(ValidationError, match="demo systems file"):
+        IntakeSettings()
 
 
 def test_production_refuses_the_demo_tokens_file_by_another_path(
