@@ -37,7 +37,10 @@ SCOPE_REPORT: Final = "report"
 """May report anonymously (no `reporter`)."""
 SCOPE_REPORT_FOR_PERSON: Final = "report_for_person"
 """May name the person it reports for (`reporter`)."""
-SCOPES: Final = (SCOPE_REPORT, SCOPE_REPORT_FOR_PERSON)
+REPORT_SCOPES: Final = (SCOPE_REPORT, SCOPE_REPORT_FOR_PERSON)
+SCOPE_DIRECTORY: Final = "directory"
+"""May provision the directory over SCIM (`/scim/v2`, docs/directory-sync.md; needs `http`)."""
+SCOPES: Final = (*REPORT_SCOPES, SCOPE_DIRECTORY)
 INCIDENT_NAMESPACE: Final = uuid.UUID("5f0b6a52-8d0e-4c59-9a57-2f4b2c9e1d01")
 """UUIDv5 namespace of inbound incident ids (see `incident_id_for`)."""
 _REQUIRED = ("specversion", "id", "source", "type")

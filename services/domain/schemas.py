@@ -22,7 +22,7 @@ from services.domain.envelope import (
     Envelope,
 )
 from services.domain.events import CATALOG, EventType, Topic
-from services.domain.inbound import INBOUND_TYPE, MAX_INBOUND_BYTES, SCOPES
+from services.domain.inbound import INBOUND_TYPE, MAX_INBOUND_BYTES, REPORT_SCOPES
 from services.domain.reports import ReportRequest
 
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -216,7 +216,7 @@ def inbound_schema() -> dict[str, Any]:
     }
     return _cloudevent_schema(
         INBOUND_TYPE,
-        f"A report from a registered system (scopes: {', '.join(SCOPES)}): a CloudEvents"
+        f"A report from a registered system (scopes: {', '.join(REPORT_SCOPES)}): a CloudEvents"
         f" 1.0 event on the Kafka topic `{Topic.INBOUND}` or `POST /v1/events`. `data`"
         " is the body of `POST /v1/reports`: no digest, no field the sender cannot know.",
         ["specversion", "id", "source", "type", "time", "data", "signingkey", "signature"],

@@ -25,6 +25,7 @@ from services.intake.directory import seed
 from services.intake.inbound import InboundConsumer
 from services.intake.privacy import Eraser
 from services.intake.routing import routing_handler
+from services.intake.scim import mount as mount_scim
 from services.intake.service import IntakeService
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -95,5 +96,6 @@ def create_app(settings: IntakeSettings | None = None) -> FastAPI:
     app.include_router(directory_api.router)
     app.include_router(people.router)
     app.include_router(privacy.router)
+    mount_scim(app, systems)
     web.mount(app, ui.router, settings, title="Incidents")
     return app

@@ -1,0 +1,164 @@
+"""Set-based directory import: many people at once, still one event per real change.
+
+The seed file at intake start and `incidents directory import FILE` both come here.
+People are written in chunks, one transaction each: one statement reads the chunk's
+current rows, one stores its events and one queues them on the outbox
+(`eventstore.append_streams`, signed there), one multi-row statement upserts `people`
+and two replace the names (`person_names`, `person_name_words`). Per person that is
+the same `directory.person.upserted.v1` event and rows as
+`services.intake.directory.upsert_person` writes, in the input's order, without its
+round trips per person. Each chunk takes the directory's write lock, the one the
+admin API's writes take, so an import and an API change never interleave a chunk.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import asyncpg
+
+from services.domain.directory import Person
+from services.domain.directory_sync import ImportInvalid, import_problems
+from services.infra import eventstore
+from services.intake.directory import _person, name_keys, person_event
+
+WRITE_LOCK = "directory:manager-chains"
+"""The advisory lock of every directory write (services/intake/directory_api.py)."""
+CHUNK = 2000
+"""People per transaction: big enough for few round trips, small enough for steady
+progress and a short hold of the write lock."""
+
+
+@dataclass
+class ImportResult:
+    """What an import did: people added, changed and left as they were."""
+
+    added: int = 0
+    changed: int = 0
+    unchanged: int = 0
+
+
+async def managers_now(conn: asyncpg.Connection) -> dict[str, str | None]:
+    """Every stored person's manager (one statement)."""
+    rows = await conn.fetch("SELECT person_id, manager_id FROM people")
+    return {r["person_id"]: r["manager_id"] for r in rows}
+
+
+async def import_people(
+    pool: asyncpg.Pool,
+    people: Sequence[Person],
+    *,
+    source: str,
+    actor: str,
+    topic_prefix: str = "",
+    only_new: bool = False,
+    check: bool = True,
+    progress: Callable[[int], None] | None = None,
+) -> ImportResult:
+    """Store `people` (whole records), one `directory.person.upserted.v1` per person
+    added or changed, in the order given. `only_new` leaves people already stored as
+    they are (the seed: API changes win over the file). `check` refuses the whole
+    import first (ImportInvalid) on a duplicate, unknown manager or cycle.
+    `progress(n)` is called after each committed chunk with its number of people."""
+    result = ImportResult()
+    people = [p.model_copy(update={"roles": sorted(set(p.roles))}) for p in people]
+    if check:
+        async with pool.acquire() as conn:
+            problems = import_problems(people, await managers_now(conn))
+        if problems:
+            raise ImportInvalid(problems)
+    for start in range(0, len(people), CHUNK):
+        chunk = people[start : start + CHUNK]
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", WRITE_LOCK)
+            await _store_chunk(conn, chunk, result, source, actor, topic_prefix, only_new)
+        if progress is not None:
+            progress(len(chunk))
+    return result
+
+
+async def _store_chunk(
+    conn: asyncpg.Connection,
+    chunk: Sequence[Person],
+    result: ImportResult,
+    source: str,
+    actor: str,
+    topic_prefix: str,
+    only_new: bool,
+) -> None:
+    rows = await conn.fetch(
+        "SELECT * FROM people WHERE person_id = ANY($1::text[])", [p.id for p in chunk]
+    )
+    current = {r["person_id"]: _person(r) for r in rows}
+    todo: list[Person] = []
+    for person in chunk:
+        stored = current.get(person.id)
+        if stored is not None and (only_new or stored == person):
+            result.unchanged += 1
+            continue
+        todo.append(person)
+        if stored is None:
+            result.added += 1
+        else:
+            result.changed += 1
+    if not todo:
+        return
+    now = datetime.now(UTC)
+    streams = [f"directory:{p.id}" for p in todo]
+    versions = await eventstore.stream_versions(conn, streams)
+    appends = [
+        (stream, versions[stream], [person_event(person, source, actor, now)])
+        for stream, person in zip(streams, todo, strict=True)
+    ]
+    await eventstore.append_streams(conn, appends, topic_prefix=topic_prefix, savepoint=False)
+    await _upsert_rows(conn, todo)
+
+
+async def _upsert_rows(conn: asyncpg.Connection, people: Sequence[Person]) -> None:
+    """`people`, `person_names` and `person_name_words` of these people: multi-row
+    statements (lists travel as JSON arrays: PostgreSQL arrays cannot be ragged)."""
+    ids = [p.id for p in people]
+    await conn.execute(
+        "INSERT INTO people (person_id, name, email, unit, manager_id, roles, alternative_names)"
+        " SELECT i, n, e, u, m,"
+        "  ARRAY(SELECT jsonb_array_elements_text(r)), ARRAY(SELECT jsonb_array_elements_text(a))"
+        " FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],"
+        "  $6::jsonb[], $7::jsonb[]) AS x (i, n, e, u, m, r, a)"
+        " ON CONFLICT (person_id) DO UPDATE SET name = excluded.name, email = excluded.email,"
+        " unit = excluded.unit, manager_id = excluded.manager_id, roles = excluded.roles,"
+        " alternative_names = excluded.alternative_names, updated_at = clock_timestamp()",
+        ids,
+        [p.name for p in people],
+        [p.email for p in people],
+        [p.unit for p in people],
+        [p.manager for p in people],
+        [json.dumps(sorted(p.roles)) for p in people],
+        [json.dumps(list(p.alternative_names)) for p in people],
+    )
+    names: list[tuple[str, str, str, str]] = []
+    words: set[tuple[str, str]] = set()
+    for person in people:
+        for kind, name, norm in name_keys(person):
+            names.append((person.id, kind, name, norm))
+            words.update((person.id, word) for word in norm.split(" "))
+    await conn.execute("DELETE FROM person_names WHERE person_id = ANY($1::text[])", ids)
+    await conn.execute("DELETE FROM person_name_words WHERE person_id = ANY($1::text[])", ids)
+    await conn.execute(
+        "INSERT INTO person_names (person_id, kind, name, norm)"
+        " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])"
+        " ON CONFLICT DO NOTHING",
+        [n[0] for n in names],
+        [n[1] for n in names],
+        [n[2] for n in names],
+        [n[3] for n in names],
+    )
+    ordered = sorted(words)
+    await conn.execute(
+        "INSERT INTO person_name_words (person_id, word)"
+        " SELECT * FROM unnest($1::text[], $2::text[])",
+        [w[0] for w in ordered],
+        [w[1] for w in ordered],
+    )

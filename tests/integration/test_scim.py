@@ -1,0 +1,269 @@
+"""SCIM provisioning on a real intake (database and broker): the routes an HR system
+uses, the events they record, and an outside conformance tester (scim2-tester)."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import socket
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from scim2_client.client import BaseSyncSCIMClient
+
+from services.domain.directory_sync import ENTERPRISE_SCHEMA, USER_SCHEMA
+from services.infra.settings import IntakeSettings
+from services.intake.app import create_app
+from tests.helpers import serving
+from tests.integration.test_directory_api import stored
+
+pytestmark = pytest.mark.integration
+HRIS = {"authorization": "Bearer dev-hris-token"}
+SCIM_JSON = {**HRIS, "content-type": "application/scim+json"}
+PATCH_SCHEMA = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
+BULK_SCHEMA = "urn:ietf:params:scim:api:messages:2.0:BulkRequest"
+ERROR_SCHEMA = "urn:ietf:params:scim:api:messages:2.0:Error"
+
+
+def _settings(kafka_bootstrap: str, database_url: str) -> IntakeSettings:
+    return IntakeSettings(
+        kafka_bootstrap=kafka_bootstrap,
+        database_url=database_url,
+        kafka_topic_prefix=f"t{secrets.token_hex(4)}.",
+        environment="test",
+        outbox_poll_interval=0.1,
+        broker_check_interval=0.3,
+        kafka_session_timeout_ms=3000,
+    )
+
+
+@pytest.fixture(scope="module")
+async def intake(
+    kafka_bootstrap: str, make_database: Callable[[str], str]
+) -> AsyncIterator[tuple[httpx.AsyncClient, IntakeSettings]]:
+    settings = _settings(kafka_bootstrap, make_database("scim"))
+    async with serving(create_app(settings), "http://intake") as client:
+        yield client, settings
+
+
+def _user(user_name: str, manager: str | None = "p-wang", **extra: Any) -> dict[str, Any]:
+    enterprise: dict[str, Any] = {"department": "city-retail"}
+    if manager:
+        enterprise["manager"] = {"value": manager}
+    return {
+        "schemas": [USER_SCHEMA, ENTERPRISE_SCHEMA],
+        "userName": user_name,
+        "displayName": f"Person {user_name}",
+        "emails": [{"value": f"{user_name}@example.com", "primary": True}],
+        ENTERPRISE_SCHEMA: enterprise,
+        **extra,
+    }
+
+
+async def test_users_patch_filter_etag_bulk(
+    intake: tuple[httpx.AsyncClient, IntakeSettings],
+) -> None:
+    client, settings = intake
+    # discovery needs no credential; the rest does, and only a SCIM system's
+    config = await client.get("/scim/v2/ServiceProviderConfig")
+    assert config.status_code == 200 and config.json()["bulk"]["supported"] is True
+    refused = await client.get("/scim/v2/Users")
+    assert refused.status_code == 401 and ERROR_SCHEMA in refused.json()["schemas"]
+    person = await client.get("/scim/v2/Users", headers={"authorization": "Bearer dev-admin-token"})
+    assert person.status_code == 403 and person.json()["status"] == "403"
+
+    # create: the person id is the userName; one directory event, the system as actor
+    created = await client.post(
+        "/scim/v2/Users", headers=SCIM_JSON, json=_user("p-scim-1", externalId="E-1")
+    )
+    assert created.status_code == 201, created.text
+    body = created.json()
+    assert body["id"] == "p-scim-1" and body["externalId"] == "E-1"
+    assert body[ENTERPRISE_SCHEMA]["manager"]["value"] == "p-wang"
+    etag = created.headers["etag"]
+    assert etag == 'W/"1"'
+
+    # PATCH the manager (the enterprise extension's path)
+    patch = {
+        "schemas": [PATCH_SCHEMA],
+        "Operations": [
+            {"op": "replace", "path": f"{ENTERPRISE_SCHEMA}:manager.value", "value": "p-liu"}
+        ],
+    }
+    patched = await client.patch(
+        "/scim/v2/Users/p-scim-1", headers={**SCIM_JSON, "if-match": etag}, json=patch
+    )
+    assert patched.status_code == 204, patched.text  # RFC 7644 §3.5.2: no body asked for
+    now = await client.get("/scim/v2/Users/p-scim-1", headers=HRIS)
+    assert now.json()[ENTERPRISE_SCHEMA]["manager"]["value"] == "p-liu"
+    assert now.headers["etag"] == 'W/"2"'
+    events = await stored(settings, "p-scim-1")
+    assert [e.type for e in events] == ["directory.person.upserted.v1"] * 2
+    assert [e.data["manager_id"] for e in events] == ["p-wang", "p-liu"]
+    assert {e.actor for e in events} == {"system:hris"}
+
+    # the old ETag no longer matches: 412, nothing recorded
+    stale = await client.patch(
+        "/scim/v2/Users/p-scim-1", headers={**SCIM_JSON, "if-match": etag}, json=patch
+    )
+    assert stale.status_code == 412 and ERROR_SCHEMA in stale.json()["schemas"]
+    assert len(await stored(settings, "p-scim-1")) == 2
+
+    # a manager that would make a cycle, and an unknown one, are SCIM errors
+    cycle = {
+        "schemas": [PATCH_SCHEMA],
+        "Operations": [
+            {
+                "op": "add",
+                "path": "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:manager",
+                "value": {"value": "p-scim-1"},
+            }
+        ],
+    }
+    own = await client.patch("/scim/v2/Users/p-scim-1", headers=SCIM_JSON, json=cycle)
+    assert own.status_code == 400 and own.json()["scimType"] == "invalidValue"
+
+    # Bulk: the second user names the first by bulkId; failOnErrors stops after one error
+    bulk = {
+        "schemas": [BULK_SCHEMA],
+        "failOnErrors": 1,
+        "Operations": [
+            {"method": "POST", "path": "/Users", "bulkId": "boss", "data": _user("p-scim-2")},
+            {
+                "method": "POST",
+                "path": "/Users",
+                "bulkId": "report",
+                "data": _user("p-scim-3", manager="bulkId:boss"),
+            },
+            {"method": "POST", "path": "/Users", "bulkId": "dup", "data": _user("p-scim-2")},
+            {"method": "POST", "path": "/Users", "bulkId": "never", "data": _user("p-scim-4")},
+        ],
+    }
+    done = await client.post("/scim/v2/Bulk", headers=SCIM_JSON, json=bulk)
+    assert done.status_code == 200, done.text
+    statuses = [op["status"] for op in done.json()["Operations"]]
+    assert statuses[:3] == ["201", "201", "409"] and len(statuses) == 3
+    three = (await client.get("/scim/v2/Users/p-scim-3", headers=HRIS)).json()
+    assert three[ENTERPRISE_SCHEMA]["manager"]["value"] == "p-scim-2"
+    assert (await client.get("/scim/v2/Users/p-scim-4", headers=HRIS)).status_code == 404
+
+    # filter and pagination
+    found = await client.get(
+        "/scim/v2/Users",
+        headers=HRIS,
+        params={
+            "filter": 'userName sw "p-scim" and (emails co "scim-2" or '
+            f'{ENTERPRISE_SCHEMA}:manager.value eq "p-scim-2")'
+        },
+    )
+    assert found.status_code == 200, found.text
+    assert [u["id"] for u in found.json()["Resources"]] == ["p-scim-2", "p-scim-3"]
+    by_external = await client.get(
+        "/scim/v2/Users", headers=HRIS, params={"filter": 'externalId eq "E-1"'}
+    )
+    assert [u["id"] for u in by_external.json()["Resources"]] == ["p-scim-1"]
+    page = await client.get(
+        "/scim/v2/Users",
+        headers=HRIS,
+        params={
+            "filter": f'{ENTERPRISE_SCHEMA}:department eq "CITY-RETAIL"',
+            "startIndex": "2",
+            "count": "2",
+        },
+    )
+    listed = page.json()
+    assert listed["totalResults"] >= 4 and listed["startIndex"] == 2
+    assert listed["itemsPerPage"] == 2 and len(listed["Resources"]) == 2
+
+    # bad input answers SCIM errors, never a 500
+    bad_filter = await client.get("/scim/v2/Users", headers=HRIS, params={"filter": "nick eq"})
+    assert bad_filter.status_code == 400 and bad_filter.json()["scimType"] == "invalidFilter"
+    not_json = await client.post("/scim/v2/Users", headers=SCIM_JSON, content=b"{nope")
+    assert not_json.status_code == 400 and ERROR_SCHEMA in not_json.json()["schemas"]
+    gone = await client.delete("/scim/v2/Users/p-scim-1", headers=HRIS)
+    assert gone.status_code == 405
+
+
+async def test_groups_are_roles(intake: tuple[httpx.AsyncClient, IntakeSettings]) -> None:
+    client, settings = intake
+    add = {
+        "schemas": [PATCH_SCHEMA],
+        "Operations": [{"op": "add", "path": "members", "value": [{"value": "p-li"}]}],
+    }
+    made = await client.post(
+        "/scim/v2/Groups",
+        headers=SCIM_JSON,
+        json={"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "displayName": "mentor"},
+    )
+    assert made.status_code == 201, made.text
+    joined = await client.patch("/scim/v2/Groups/mentor", headers=SCIM_JSON, json=add)
+    assert joined.status_code == 204, joined.text
+    group = (await client.get("/scim/v2/Groups/mentor", headers=HRIS)).json()
+    assert [m["value"] for m in group["members"]] == ["p-li"]
+    assert "mentor" in (await stored(settings, "p-li"))[-1].data["roles"]
+    # privileged roles are not granted over SCIM
+    privileged = await client.patch("/scim/v2/Groups/auditor", headers=SCIM_JSON, json=add)
+    assert privileged.status_code == 403
+
+
+class _HttpxScimClient(BaseSyncSCIMClient):
+    """scim2-client over the project's httpx (its own engine wants the httpx2 fork)."""
+
+    def __init__(self, client: httpx.Client) -> None:
+        super().__init__()
+        self.client = client
+
+    def _stays_under_base_url(self, endpoint: str) -> bool:
+        return not endpoint.startswith(("http://", "https://"))
+
+    def _parse_json(self, response: Any) -> Any:
+        return response.json()
+
+    def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        return self.client.request(method, url, **kwargs)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_conformance_scim2_tester(
+    kafka_bootstrap: str, make_database: Callable[[str], str]
+) -> None:
+    """scim2-tester's discovery and CRUD checks pass, but for two refusals by design
+    (docs/directory-sync.md): people are never deleted, and userName is the person id,
+    which never changes."""
+    from scim2_tester import Status, check_server
+
+    port = _free_port()
+    app = create_app(_settings(kafka_bootstrap, make_database("scim_conformance")))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            await asyncio.sleep(0.05)
+
+        def check() -> list[Any]:
+            with httpx.Client(
+                base_url=f"http://127.0.0.1:{port}/scim/v2", headers=HRIS, timeout=30
+            ) as http:
+                scim = _HttpxScimClient(http)
+                return check_server(scim, resource_types=["User"])
+
+        results = await asyncio.to_thread(check)
+    finally:
+        server.should_exit = True
+        await task
+    failed = [
+        (r.title, r.reason)
+        for r in results
+        if r.status == Status.ERROR
+        and "delet" not in (r.title + (r.reason or "")).lower()
+        and "userName is the person id" not in (r.reason or "")
+    ]
+    assert results and not failed, "\n".join(f"{t}: {r}"[:300] for t, r in failed)
