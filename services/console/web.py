@@ -208,6 +208,23 @@ async def read_form_lists(request: Request) -> dict[str, list[str]]:
     return fields
 
 
+def own_navigation(request: Request) -> bool:
+    """True for a person's own top-level navigation: the browser's fetch metadata says
+    the page is loaded as a document (`Sec-Fetch-Mode: navigate`, `Sec-Fetch-Dest:
+    document`) because the person did it (`Sec-Fetch-User: ?1`: a click, the address
+    bar), from this site or none. A request another page made (an image, a frame, a
+    fetch, a same-site page's script: SameSite=Strict does not stop those) is not one,
+    and neither is a request without fetch metadata: a page that records something
+    then asks for an explicit open action (a POST form) instead."""
+    headers = request.headers
+    return (
+        headers.get("sec-fetch-mode") == "navigate"
+        and headers.get("sec-fetch-user") == "?1"
+        and headers.get("sec-fetch-dest", "document") == "document"
+        and headers.get("sec-fetch-site") in ("same-origin", "none")
+    )
+
+
 def safe_next(target: str | None, default: str) -> str:
     """A local console path to return to after login; anything else goes home."""
     if target is None or not target.startswith(PREFIX + "/"):

@@ -29,6 +29,7 @@ from pydantic import ValidationError
 from services.console.web import (
     ConsoleError,
     LoginNeeded,
+    own_navigation,
     read_form,
     read_form_lists,
     redirect,
@@ -116,8 +117,32 @@ async def home(request: Request) -> Response:
 
 @router.get("/incidents/{incident_id}")
 async def incident(incident_id: str, request: Request, done: str | None = None) -> Response:
-    """The report, shown only after `view_incident` recorded the view."""
+    """The report, shown only after `view_incident` recorded the view, on the person's
+    own top-level navigation only (`own_navigation`). Any other GET (a request another
+    page made, a client without fetch metadata) records nothing, not even a refusal,
+    and gets a page with an explicit open action (`open_incident`)."""
     principal = await handler(request)
+    if not own_navigation(request):
+        return render(
+            request,
+            "intake_open.html",
+            principal=principal.id,
+            incident_id=str(_incident_id(incident_id)),
+        )
+    return await _shown(incident_id, request, principal, done)
+
+
+@router.post("/incidents/{incident_id}/open")
+async def open_incident(incident_id: str, request: Request) -> Response:
+    """The explicit open action: the report, after its view is recorded."""
+    principal = await handler(request)
+    await read_form(request)
+    return await _shown(incident_id, request, principal, None)
+
+
+async def _shown(
+    incident_id: str, request: Request, principal: Principal, done: str | None
+) -> Response:
     try:
         view = await handlers.view_incident(_incident_id(incident_id), request, principal)
     except Problem as exc:

@@ -31,6 +31,13 @@ from tests.integration.test_reports import module_settings
 
 pytestmark = pytest.mark.integration
 SAME_ORIGIN = {"sec-fetch-site": "same-origin"}
+NAVIGATE = {
+    "sec-fetch-site": "same-origin",
+    "sec-fetch-mode": "navigate",
+    "sec-fetch-dest": "document",
+    "sec-fetch-user": "?1",
+}
+"""What a browser sends when the person herself opens a page (a click, the address bar)."""
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +60,11 @@ def csrf_of(page: httpx.Response) -> str:
 
 
 async def browser(env: Env, token: str | None = None) -> httpx.AsyncClient:
-    """A client of its own (own cookies), signed in with `token` if given."""
-    client = httpx.AsyncClient(transport=env.client._transport, base_url="https://intake")
+    """A client of its own (own cookies), signed in with `token` if given, whose GETs
+    are the person's own navigation (NAVIGATE)."""
+    client = httpx.AsyncClient(
+        transport=env.client._transport, base_url="https://intake", headers=NAVIGATE
+    )
     if token is not None:
         page = await client.get("/ui/login")
         answer = await client.post(
@@ -96,6 +106,35 @@ async def test_the_handler_page_shows_the_report_after_recording_the_view(env: E
     views = [e for e in await stream(env.settings, incident) if e.type == "incident.viewed.v1"]
     assert [v.data["principal"] for v in views] == ["p-chen"]
     assert views[0].data["report_digest"] in page.text
+
+
+async def test_a_request_another_page_made_records_no_view_and_no_refusal(env: Env) -> None:
+    incident = await routed_incident(env)
+    chen, wang = await browser(env, "dev-chen-token"), await browser(env, "dev-wang-token")
+    made_by_a_page = [
+        {"sec-fetch-mode": "no-cors", "sec-fetch-dest": "image", "sec-fetch-user": "?0"},
+        {"sec-fetch-mode": "cors", "sec-fetch-dest": "empty", "sec-fetch-user": "?0"},
+        {"sec-fetch-mode": "navigate", "sec-fetch-dest": "iframe", "sec-fetch-user": "?0"},
+        {"sec-fetch-user": "?0"},  # a navigation the person did not make (a script's)
+    ]
+    for headers in made_by_a_page:
+        for client in (chen, wang):
+            page = await client.get(f"/ui/incidents/{incident}", headers=headers)
+            assert page.status_code == 200 and "Open the report" in page.text
+            assert REPORT["summary"] not in page.text
+    bare = httpx.AsyncClient(transport=env.client._transport, base_url="https://intake")
+    bare.cookies = chen.cookies  # no fetch metadata at all
+    assert "Open the report" in (await bare.get(f"/ui/incidents/{incident}")).text
+    assert "incident.viewed.v1" not in await types_of(env, incident)
+    assert "incident.access.denied.v1" not in await types_of(env, f"access-denied:{incident}")
+    # the explicit open action (a POST form) records the view, then shows the report
+    page = await chen.get(f"/ui/incidents/{incident}", headers=made_by_a_page[0])
+    opened = await chen.post(
+        f"/ui/incidents/{incident}/open", data={"csrf": csrf_of(page)}, headers=SAME_ORIGIN
+    )
+    assert opened.status_code == 200 and REPORT["summary"] in opened.text
+    views = [e for e in await stream(env.settings, incident) if e.type == "incident.viewed.v1"]
+    assert [v.data["principal"] for v in views] == ["p-chen"]
 
 
 async def test_an_excluded_principal_gets_the_same_404_as_for_an_unknown_incident(
