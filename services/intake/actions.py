@@ -325,7 +325,9 @@ async def record_refusal(
     sealed_rule: str | None = None,
 ) -> Envelope:
     """Record `incident.access.denied.v1` on `access-denied:<id>` (inside the caller's
-    transaction): the same statements for a real incident and an unknown id."""
+    transaction): the same statements for a real incident and an unknown id. It carries
+    the incident's correlation id, when there is an incident."""
+    correlation = await eventstore.correlation_of(conn, incident_id)
     event = make_event(
         DENIED,
         subject=incident_id,
@@ -333,6 +335,7 @@ async def record_refusal(
         source=runtime.source,
         time=datetime.now(UTC),
         actor=principal.id,
+        correlationid=correlation,
         traceparent=current_traceparent(),
     )
     stream = refusal_stream(incident_id)

@@ -250,3 +250,20 @@ async def test_forged_acknowledgements_and_escalations_are_refused_recorded_and_
             assert json.loads(record.value)["source"] == f"/services/{service}"
             checked += 1
     assert checked > 20
+
+    # Correlation everywhere: every event of the incident, whichever service published
+    # it and whatever caused it (a deadline, for the escalation), carries the incident's
+    # first event id.
+    of_incident = []
+    for topic in Topic:
+        if topic == Topic.INBOUND:
+            continue
+        for record in await read_all(stack.settings.kafka_bootstrap, stack.settings.topic(topic)):
+            event = json.loads(record.value)
+            if record.value not in every and event.get("subject") == incident:
+                of_incident.append(event)
+    [first] = [e for e in of_incident if e["type"] == "incident.report.submitted.v1"]
+    types = {e["type"] for e in of_incident}
+    assert {"incident.triaged.v1", "incident.viewed.v1", "incident.escalated.v1"} <= types
+    missing = [e["type"] for e in of_incident if e.get("correlationid") != first["id"]]
+    assert missing == [], missing
