@@ -363,7 +363,9 @@ class _Reader:
             case Notified() as data:
                 self.learn(data.principal, at, "notified", data.report_digest)
             case Viewed() as data:
-                self.learn(data.principal, at, "viewed", data.report_digest)
+                # `reporter`: the reporter reading her own report (named, docs/reporters.md)
+                who = self.reporter if data.principal == REPORTER else data.principal
+                self.learn(who, at, "viewed", data.report_digest)
             case Escalated() as data:
                 for recipient in data.recipients:
                     self.learn(recipient, at, "escalated", self.latest_digest)

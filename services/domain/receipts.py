@@ -23,8 +23,15 @@ from datetime import datetime, timedelta
 from typing import Any, Final
 
 from services.domain.envelope import Envelope, canonical_json, utc_rfc3339
-from services.domain.events import ReporterMessage, Triaged, data_of
+from services.domain.events import ReporterMessage, data_of
 from services.domain.incident import IncidentState, apply
+from services.domain.status import (
+    FEEDBACK,
+    REPORTER_ACKNOWLEDGEMENT,
+    Progress,
+    in_time_order,
+    progress_of,
+)
 
 ALPHABET: Final = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 GROUP_LENGTH: Final = 5
@@ -32,7 +39,6 @@ RECEIPT_GROUPS: Final = 4
 SECRET_GROUPS: Final = 6
 BITS_PER_SYMBOL: Final = 5
 _READS_AS: Final = {"O": "0", "I": "1", "L": "1"}
-REPORTER_ACKNOWLEDGEMENT: Final = "reporter_acknowledgement"
 
 
 def code_bits(groups: int) -> int:
@@ -141,7 +147,8 @@ class MessageView:
 
 @dataclass(frozen=True)
 class ReporterView:
-    """What an anonymous reporter may see of their incident."""
+    """What a reporter (anonymous or named) may see of their incident: never who handles
+    it, never the handlers' comments."""
 
     incident_id: str
     status: str
@@ -149,22 +156,50 @@ class ReporterView:
     acknowledged_at: datetime | None
     acknowledgement_due_at: datetime | None
     messages: tuple[MessageView, ...]
+    progress: Progress = field(default_factory=Progress)
+    feedback_due_at: datetime | None = None
 
     @property
     def acknowledged(self) -> bool:
         return self.acknowledged_at is not None
 
+    @property
+    def outcome(self) -> str | None:
+        """The outcome the handler recorded, once the incident is closed."""
+        return self.progress.outcome if self.progress.status == "closed" else None
+
     def to_json(self) -> dict[str, Any]:
         def when(moment: datetime | None) -> str | None:
             return utc_rfc3339(moment) if moment is not None else None
 
+        clocks = {c["clock"]: c for c in self.progress.reporter_clocks()}
+        for name, due, met in (  # before triage's decision: the policy's spans
+            (REPORTER_ACKNOWLEDGEMENT, self.acknowledgement_due_at, self.acknowledged_at),
+            (FEEDBACK, self.feedback_due_at, self.progress.first_feedback_at),
+        ):
+            if due is not None and name not in clocks:
+                clocks[name] = {
+                    "clock": name,
+                    "due_at": when(due),
+                    "met_at": when(met),
+                    "breached": False,
+                }
         return {
             "incident_id": self.incident_id,
             "status": self.status,
+            "status_label": self.progress.label,
+            "level": self.progress.level,
+            "stalled": self.progress.stalled,
+            "outcome": self.outcome,
+            "closed_at": when(self.progress.closed_at) if self.outcome is not None else None,
             "submitted_at": when(self.submitted_at),
             "acknowledged": self.acknowledged,
             "acknowledged_at": when(self.acknowledged_at),
             "acknowledgement_due_at": when(self.acknowledgement_due_at),
+            "feedback_due_at": when(self.feedback_due_at),
+            "clocks": [
+                clocks[name] for name in (REPORTER_ACKNOWLEDGEMENT, FEEDBACK) if name in clocks
+            ],
             "messages": [
                 {"direction": m.direction, "text": m.text, "sent_at": utc_rfc3339(m.sent_at)}
                 for m in self.messages
@@ -173,33 +208,47 @@ class ReporterView:
 
 
 def reporter_view(
-    incident_id: str, events: Iterable[Envelope], *, acknowledgement_within: int | None
+    incident_id: str,
+    events: Iterable[Envelope],
+    *,
+    acknowledgement_within: int | None,
+    kept: Iterable[Envelope] = (),
+    feedback_within: Callable[[str | None], int | None] = lambda category: None,
 ) -> ReporterView:
     """The reporter's view of an incident from its events, in order.
 
     The acknowledgement deadline is triage's `reporter_acknowledgement` deadline when
     a triage decision in the stream carries one, else the submission time plus
     `acknowledgement_within` seconds (the policy's `reporter_acknowledgement_within`),
-    else unknown. Handler identities and internal comments are never part of it.
+    else unknown; the feedback deadline likewise (`feedback_within` of the category's
+    severity). `kept` are the triage and escalation events intake keeps: the status,
+    level and clocks are `services.domain.status` over both, as every view shows them.
+    Handler identities and internal comments are never part of it.
     """
+    events = list(events)
     state = IncidentState(incident_id=incident_id)
     messages: list[MessageView] = []
-    decided_due: datetime | None = None
     for event in events:
         state = apply(state, event)
         data = data_of(event)
         if isinstance(data, ReporterMessage):
             messages.append(MessageView(data.direction, data.text, event.time))
-        elif isinstance(data, Triaged) and REPORTER_ACKNOWLEDGEMENT in data.deadlines:
-            decided_due = data.deadlines[REPORTER_ACKNOWLEDGEMENT]
-    due = decided_due
-    if due is None and state.submitted_at is not None and acknowledgement_within is not None:
-        due = state.submitted_at + timedelta(seconds=acknowledgement_within)
+    progress = progress_of(in_time_order(events, kept))
+    due = progress.reporter_acknowledgement_due
+    feedback_due = progress.feedback_due
+    if state.submitted_at is not None:
+        if due is None and acknowledgement_within is not None:
+            due = state.submitted_at + timedelta(seconds=acknowledgement_within)
+        within = feedback_within(state.category)
+        if feedback_due is None and within is not None:
+            feedback_due = state.submitted_at + timedelta(seconds=within)
     return ReporterView(
         incident_id=incident_id,
-        status=state.status,
+        status=progress.status,
         submitted_at=state.submitted_at,
         acknowledged_at=state.acknowledged_at,
         acknowledgement_due_at=due,
         messages=tuple(messages),
+        progress=progress,
+        feedback_due_at=feedback_due,
     )

@@ -19,7 +19,17 @@ from services.infra.runtime import Runtime
 from services.infra.settings import IntakeSettings
 from services.infra.systems import load_systems
 from services.infra.webapp import build_app
-from services.intake import directory_api, events_api, handlers, people, privacy, receipts, ui
+from services.intake import (
+    directory_api,
+    events_api,
+    handlers,
+    my_reports,
+    my_reports_ui,
+    people,
+    privacy,
+    receipts,
+    ui,
+)
 from services.intake.api import router
 from services.intake.directory import seed
 from services.intake.inbound import InboundConsumer
@@ -93,6 +103,8 @@ def create_app(settings: IntakeSettings | None = None) -> FastAPI:
     app.include_router(receipts.router)
     app.include_router(events_api.router)
     app.include_router(handlers.router)
+    app.include_router(my_reports.router)
+    app.include_router(my_reports_ui.router)
     app.include_router(directory_api.router)
     app.include_router(people.router)
     app.include_router(privacy.router)

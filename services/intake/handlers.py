@@ -48,6 +48,7 @@ from services.domain.events import (
 )
 from services.domain.incident import fold
 from services.domain.policy import Policy
+from services.domain.status import in_time_order, progress_of
 from services.infra.auth import Principal
 from services.infra.http import Problem, problem_responses
 from services.infra.keystore import KeyStore
@@ -55,6 +56,7 @@ from services.infra.runtime import Runtime
 from services.intake import actions
 from services.intake.actions import ActionError, Build, Context, NotNow, T
 from services.intake.principals import RequiredPrincipal
+from services.intake.progress import handler_status, kept_events, progress
 
 router = APIRouter(prefix="/v1", tags=["handlers"])
 
@@ -134,7 +136,23 @@ class Message(BaseModel):
     at: str
 
 
-class IncidentView(BaseModel):
+class StatusOut(BaseModel):
+    """The incident's status as every view shows it (services/domain/status.py)."""
+
+    status: str = Field(
+        description="submitted, triaged, escalated, acknowledged, investigating, resolved, closed."
+    )
+    status_label: str = Field("", description="In words, e.g. `escalated to level 2`.")
+    escalation_level: int | None = Field(None, description="The level asked last.")
+    stalled: bool = Field(False, description="Escalation found nobody left to ask.")
+    acknowledgement_due_at: str | None = Field(
+        None,
+        description="While nobody acknowledged: the deadline of the level the caller was"
+        " asked at (RFC 3339 UTC).",
+    )
+
+
+class IncidentView(StatusOut):
     """A handler's view of the report. The reporter's identity is never part of it."""
 
     incident_id: str
@@ -149,7 +167,6 @@ class IncidentView(BaseModel):
     addenda: list[str] = Field(description="Texts the report gained after submission.")
     channel: str | None
     submitted_at: str | None
-    status: str
     outcome: str | None
     acknowledged_at: str | None
     acknowledged_by: str | None
@@ -177,10 +194,9 @@ class Recorded(BaseModel):
     status: str = Field(description="The incident's status after the action.")
 
 
-class MyIncident(BaseModel):
+class MyIncident(StatusOut):
     incident_id: str
     category: str | None
-    status: str
     level: int
     routed_at: str | None
     submitted_at: str | None
@@ -351,6 +367,7 @@ async def my_incidents(request: Request, caller: RequiredPrincipal) -> dict[str,
             " ORDER BY stream_id, version",
             ids,
         )
+        kept = await kept_events(conn, ids)
     by_stream: dict[str, list[Envelope]] = {}
     for row in stored:
         by_stream.setdefault(row["stream_id"], []).append(
@@ -361,15 +378,17 @@ async def my_incidents(request: Request, caller: RequiredPrincipal) -> dict[str,
         state = fold(row["incident_id"], by_stream.get(row["incident_id"], []))
         if state.category is None:
             continue  # routed, but intake has no report (yet): nothing to show
+        own = by_stream.get(row["incident_id"], [])
+        shown = progress_of(in_time_order(own, kept.get(row["incident_id"], [])))
         listed.append(
             {
                 "incident_id": row["incident_id"],
                 "category": state.category,
-                "status": state.status,
                 "level": row["level"],
                 "routed_at": _time(row["routed_at"]),
                 "submitted_at": _time(state.submitted_at),
                 "acknowledged_at": _time(state.acknowledged_at),
+                **handler_status(shown, row["level"]),
             }
         )
     return {"incidents": listed}
@@ -414,7 +433,9 @@ async def incident_view(
     # only now, after the viewed event committed, is the content opened
     async with runtime.db.acquire() as conn:
         opened = await keys.open_events(conn, incident_id, context.events)
-    return report_view(replace(context, events=opened, state=fold(incident_id, opened)))
+        shown = await progress(conn, incident_id, opened)
+    view = report_view(replace(context, events=opened, state=fold(incident_id, opened)))
+    return {**view, **handler_status(shown, context.allowed.level)}
 
 
 # Writes -----------------------------------------------------------------------------

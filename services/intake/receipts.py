@@ -46,14 +46,32 @@ class ReporterViewOut(BaseModel):
 
     incident_id: str
     status: str = Field(
-        description="submitted, triaged, acknowledged, investigating, resolved or closed."
+        description="submitted, triaged, escalated, acknowledged, investigating, resolved or"
+        " closed: the one status every view shows (services/domain/status.py)."
     )
+    status_label: str = Field(
+        "", description="The status in words, e.g. `escalated to level 2`, `closed with outcome`."
+    )
+    level: int | None = Field(None, description="The escalation level asked last.")
+    stalled: bool = Field(False, description="Escalation found nobody left to ask.")
+    outcome: str | None = Field(
+        None, description="The outcome the handler recorded, once the report is closed."
+    )
+    closed_at: str | None = Field(None, description="When it was closed, RFC 3339 UTC.")
     submitted_at: str | None = Field(description="RFC 3339 UTC.")
     acknowledged: bool = Field(description="Whether a handler acknowledged the report.")
     acknowledged_at: str | None = Field(description="When, RFC 3339 UTC; null if not yet.")
     acknowledgement_due_at: str | None = Field(
         description="By when the reporter must get an acknowledgement (the policy's"
         " `reporter_acknowledgement_within` after submission), if known."
+    )
+    feedback_due_at: str | None = Field(
+        None, description="By when the reporter must get feedback (the legal 3 months)."
+    )
+    clocks: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="The legal clocks that concern the reporter: clock"
+        " (`reporter_acknowledgement`, `feedback`), due_at, met_at, breached.",
     )
     messages: list[MessageOut] = Field(
         description="Messages to and from the reporter, oldest first."

@@ -26,6 +26,10 @@ its directory (`services.domain.access.conflicted`, triage's rules, and whether 
 caller answers to an accused), so the conflicted are refused before triage's decision
 arrives, and even if it never does.
 
+The events that say where an incident stands (decided, escalated, stalled, a clock
+breached) are also kept as they are, in `incident_progress`, so intake's pages show the
+status audit shows (`services.intake.progress`, services/domain/status.py).
+
 Other event types of these topics are tracked and ignored. An exclusion is never
 lifted by a later event, so records of the two topics may arrive in any order without
 ever widening access. Each record is tracked by its event id in the same transaction
@@ -66,6 +70,7 @@ from services.domain.events import (
 )
 from services.domain.org import OrgSnapshot
 from services.domain.policy import Policy
+from services.domain.status import FROM_TRIAGE_AND_ESCALATION
 from services.infra import eventstore
 from services.infra.kafka import BatchHandler
 from services.infra.keystore import KeyStore
@@ -298,6 +303,22 @@ async def access_of(
     return Access(routing.excluding(at_once), at_once, facts)
 
 
+async def keep_progress(conn: asyncpg.Connection, events: Sequence[Envelope]) -> None:
+    """Keep the events that say where an incident stands (`incident_progress`, one
+    statement for the batch), for `services.intake.progress`."""
+    kept = [e for e in events if e.type in FROM_TRIAGE_AND_ESCALATION]
+    if kept:
+        await conn.execute(
+            "INSERT INTO incident_progress (event_id, incident_id, time, body)"
+            " SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::jsonb[])"
+            " ON CONFLICT (event_id) DO NOTHING",
+            [e.id for e in kept],
+            [e.subject for e in kept],
+            [e.time for e in kept],
+            [e.model_dump_json() for e in kept],
+        )
+
+
 def routing_handler(runtime: Runtime) -> BatchHandler:
     """The batch handler of the `intake-routing` consumer: one transaction per batch,
     the batch's tracking rows in one statement, then each new event in order."""
@@ -312,9 +333,10 @@ def routing_handler(runtime: Runtime) -> BatchHandler:
             first = await eventstore.track_each(
                 conn, CONSUMER, [(e.id, r.topic, r.partition, r.offset) for r, e in valid]
             )
-            for (_, envelope), new in zip(valid, first, strict=True):
-                if new:
-                    await apply_event(conn, envelope)
+            fresh = [e for (_, e), new in zip(valid, first, strict=True) if new]
+            for envelope in fresh:
+                await apply_event(conn, envelope)
+            await keep_progress(conn, fresh)
 
     return handle
 

@@ -71,6 +71,7 @@ from services.infra.runtime import Runtime
 from services.infra.systems import System
 from services.infra.telemetry import current_traceparent
 from services.intake.directory import lookup_people, people_shown, search_people
+from services.intake.progress import kept_events
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +139,7 @@ class Accepted:
 IDEMPOTENCY_TTL: Final = timedelta(hours=24)
 """How long an Idempotency-Key's answer is kept (and replayed); then it is forgotten."""
 IDEMPOTENCY_CONTEXT: Final = "idempotency"
+MY_REPORTS_CONTEXT: Final = "my-reports"
 
 
 @dataclass(frozen=True)
@@ -415,6 +417,14 @@ class IntakeService:
                 [r.incident.incident_id for r in anonymous],
                 [r.secret_hash for r in anonymous],
             )
+        named = [r.incident for r in written if r.incident.reporter is not None]
+        if named:  # her reports, for her follow-up (docs/reporters.md)
+            await conn.execute(
+                "INSERT INTO reporter_reports (owner, incident_id)"
+                " SELECT * FROM unnest($1::text[], $2::text[])",
+                [self.reporter_tag(i.reporter or "") for i in named],
+                [i.incident_id for i in named],
+            )
         keyed = [(r.idempotency, r.stored) for r in written if r.idempotency is not None]
         if keyed:
             await conn.execute(
@@ -551,6 +561,14 @@ class IntakeService:
             request_hash=pseudonyms.of(IDEMPOTENCY_CONTEXT, request_hash),
         )
 
+    def reporter_tag(self, person_id: str) -> str:
+        """The keyed pseudonym her reports are listed under (`reporter_reports`): the
+        table names nobody without intake's pseudonym key (docs/reporters.md)."""
+        pseudonyms = self.keys.pseudonyms
+        if pseudonyms is None:
+            raise RuntimeError("intake runs with a pseudonym key")
+        return pseudonyms.of(MY_REPORTS_CONTEXT, person_id)
+
     async def _earlier_answer(
         self, conn: asyncpg.Connection, key: IdempotencyKey
     ) -> Submission | None:
@@ -647,14 +665,26 @@ class IntakeService:
         async with self.runtime.db.acquire() as conn:
             stored = await eventstore.load(conn, incident_id)
             events = await self.keys.open_events(conn, incident_id, [s.envelope for s in stored])
+            kept = (await kept_events(conn, [incident_id])).get(incident_id, [])
         return reporter_view(
             incident_id,
             events,
             acknowledgement_within=self.policy.reporter_acknowledgement_within,
+            kept=kept,
+            feedback_within=self.feedback_within,
         )
 
-    async def message_from_reporter(self, incident_id: str, text: str) -> MessageSent:
-        """Append the reporter's message to the incident (retried when the stream moves)."""
+    def feedback_within(self, category: str | None) -> int | None:
+        """Seconds the reporter waits for feedback at most (the category's severity)."""
+        severity = self.policy.categories.get(category or "")
+        rules = self.policy.severities.get(severity or "")
+        return None if rules is None else int(rules.feedback_within)
+
+    async def message_from_reporter(
+        self, incident_id: str, text: str, *, actor: str = ANONYMOUS_ACTOR
+    ) -> MessageSent:
+        """Append the reporter's message to the incident (retried when the stream moves);
+        `actor` is `reporter:named` for a named reporter (never her id)."""
         async with self.runtime.db.acquire() as conn:
             first = await conn.fetchval(
                 "SELECT event_id FROM events WHERE stream_id = $1 AND version = 1", incident_id
@@ -669,10 +699,16 @@ class IntakeService:
             data=ReporterMessage(direction="from_reporter", author="reporter", text=sealed),
             source=self.runtime.source,
             time=datetime.now(UTC),
-            actor=ANONYMOUS_ACTOR,
+            actor=actor,
             correlationid=str(first) if first is not None else None,
             traceparent=fresh_traceparent(),
         )
+        await self.append_event(incident_id, event)
+        return MessageSent(incident_id=incident_id, message_id=event.id, sent_at=event.time)
+
+    async def append_event(self, incident_id: str, event: Envelope) -> None:
+        """Append one event at the stream's end, retried when the stream moves; Busy
+        when it kept moving."""
         for attempt in range(MESSAGE_RETRIES):
             try:
                 async with self.runtime.db.acquire() as conn, conn.transaction():
@@ -687,7 +723,7 @@ class IntakeService:
             except eventstore.ConcurrencyError:
                 await asyncio.sleep(0.005 * 2**attempt * (0.5 + secrets.randbelow(100) / 100))
                 continue
-            return MessageSent(incident_id=incident_id, message_id=event.id, sent_at=event.time)
+            return
         raise Busy
 
     # -- argon2 ------------------------------------------------------------------

@@ -364,7 +364,7 @@ async def _open(request: Request, fields: dict[str, str]) -> str:
 async def _receipt_page(
     request: Request, incident_id: str, fields: dict[str, str], note: str | None
 ) -> Response:
-    view = await _service(request).reporter_view(incident_id)
+    view = (await _service(request).reporter_view(incident_id)).to_json()
     return render(
         request,
         "intake_receipt.html",

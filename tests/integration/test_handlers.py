@@ -287,7 +287,8 @@ async def test_a_routed_handler_sees_the_report_only_after_the_view_is_committed
     view = answer.json()
     assert view["summary"] == REPORT["summary"] and view["description"] == REPORT["description"]
     assert view["accused"] == ["p-wang"] and view["named"] == ["a client"]
-    assert (view["level"], view["access"], view["status"]) == (1, "routed", "submitted")
+    assert (view["level"], view["access"], view["status"]) == (1, "routed", "triaged")
+    assert view["status_label"] == "triaged, level 1 asked"  # services/domain/status.py
     assert "reporter" not in json.dumps(view)
     [event] = await of_type(env.settings, incident, "incident.viewed.v1")
     assert event.data == {"principal": "p-chen", "report_digest": view["report_digest"]}

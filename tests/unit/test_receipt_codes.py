@@ -178,6 +178,20 @@ def test_a_new_report_is_submitted_and_not_acknowledged_with_the_policy_deadline
         "acknowledged_at": None,
         "acknowledgement_due_at": "2026-11-08T09:00:00.000000Z",
         "messages": [],
+        "status_label": "submitted",
+        "level": None,
+        "stalled": False,
+        "outcome": None,
+        "closed_at": None,
+        "feedback_due_at": None,
+        "clocks": [
+            {
+                "clock": "reporter_acknowledgement",
+                "due_at": "2026-11-08T09:00:00.000000Z",
+                "met_at": None,
+                "breached": False,
+            }
+        ],
     }
 
 

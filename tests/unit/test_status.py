@@ -36,7 +36,7 @@ def triaged(
     }
 
 
-SUBMIT = ("report.submitted", 0, {})
+SUBMIT: tuple[str, int, dict[str, Any]] = ("report.submitted", 0, {})
 CLOCKS = {"reporter_acknowledgement": T0 + timedelta(days=7), "feedback": T0 + timedelta(days=90)}
 
 
