@@ -15,18 +15,21 @@ link to a missing page or anchor.)
 
 from __future__ import annotations
 
+import json
 import re
-import uuid
+import shutil
+import subprocess
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
+import pytest
 from pydantic import AliasChoices, SecretStr
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings
 
-from services.domain.events import CATALOG, SUBMITTED, parse_envelope
-from services.domain.reports import ReportInput
+from services.domain.events import CATALOG
+from services.domain.inbound import incident_id_for, report_of
 from services.infra.settings import (
     AuditSettings,
     CommonSettings,
@@ -36,6 +39,7 @@ from services.infra.settings import (
     PseudonymSettings,
     TriageSettings,
 )
+from services.infra.systems import load_systems
 from services.witness.config import WitnessSettings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,7 +47,6 @@ DOCS = ROOT / "docs"
 CONFIGURATION = DOCS / "configuration.md"
 EVENTS = DOCS / "events.md"
 _DATA = ROOT / "services" / "data"
-REPORT_FIELDS = frozenset(ReportInput.model_fields)
 
 # (heading, settings class, fields of that class to list, who reads them)
 _BASES: tuple[type[BaseSettings], ...] = (CommonSettings, PseudonymSettings, ContentKeySettings)
@@ -180,12 +183,24 @@ def test_the_inbound_example_is_an_event_intake_accepts() -> None:
     section = text[text.index("## Publishing a report") :]
     example = re.search(r"```json\n(.*?)```", section, re.DOTALL)
     assert example, "no JSON example in the inbound section"
-    envelope = parse_envelope(example.group(1))
-    assert envelope.type == SUBMITTED
-    ReportInput.model_validate({k: v for k, v in envelope.data.items() if k in REPORT_FIELDS})
-    assert set(envelope.data) <= REPORT_FIELDS | {"reporter"}
-    incident_id = uuid.uuid5(uuid.NAMESPACE_URL, f"incident.inbound/{envelope.id}")
-    assert str(incident_id) in section, "the documented incident id is not the derived one"
+    event = json.loads(example.group(1))
+    envelope, _ = report_of(event)  # the inbound type, validated as POST /v1/reports
+    system = load_systems(_DATA / "systems.yaml").signer_of(event)  # the demo key signed it
+    incident_id = incident_id_for(system.id, envelope.id)
+    assert incident_id in section, "the documented incident id is not the derived one"
+
+
+def test_the_shell_signing_example_signs_what_intake_verifies(tmp_path: Path) -> None:
+    if not (shutil.which("jq") and shutil.which("openssl") and shutil.which("xxd")):
+        pytest.skip("jq, openssl and xxd are needed")
+    text = (ROOT / "docs" / "inbound.md").read_text()
+    recipe = re.search(r"```sh\n(# the demo key.*?)```", text, re.DOTALL)
+    assert recipe, "no signing example in docs/inbound.md"
+    script = recipe.group(1).replace("docs/examples/", f"{ROOT}/docs/examples/")
+    subprocess.run(["sh", "-c", script], cwd=tmp_path, check=True, timeout=30)
+    event = json.loads((tmp_path / "signed.json").read_text())
+    assert load_systems(_DATA / "systems.yaml").signer_of(event).id == "hris"
+    report_of(event)
 
 
 def test_every_setting_has_a_description() -> None:
