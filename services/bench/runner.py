@@ -27,6 +27,7 @@ from typing import Any
 from rich.console import Console
 
 from services.bench import figures as fig
+from services.bench.attachments import attachment_figures
 from services.bench.console import console_figures
 from services.bench.orgscale import org_figures
 from services.bench.refusals import refusal_figure
@@ -105,6 +106,7 @@ GROUPS = (
     "refusals",
     "signing",
     "org",
+    "attachments",
 )
 """Names `--only` accepts."""
 
@@ -116,6 +118,8 @@ ORDER = (
     "intake.anonymous",
     "intake",
     "refusals",
+    "attachments.upload",
+    "attachments.download",
     "e2e",
     "escalation",
     "append",
@@ -299,6 +303,12 @@ def run_bench(
                 _on_intake_alone(
                     bench, dbs, "refusals", token, lambda target: refusal_figure(target)
                 ),
+            )
+        if bench.wanted("attachments") and not external:
+            bench.run(
+                "attachments",
+                "attachments: 20 MB up and down vs plain asyncpg",
+                _on_intake_alone(bench, dbs, "attachments", token, attachment_figures),
             )
         if any(bench.wanted(g) for g in ("e2e", "escalation", "intake")):
             stack_text = _stack_figures(

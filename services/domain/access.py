@@ -11,8 +11,9 @@ The rules, in order:
    `confirm_people` needs routing *and* one of `conflicts.independent_roles`.
 3. A principal the incident is routed to (assigned, reassigned to, or escalated to)
    may do everything else: view, acknowledge, change status, comment, write to the
-   reporter, recuse.
-4. A standing read role (`auditor`) may view, read-only: every other action is refused.
+   reporter, recuse, attach a file, download one.
+4. A standing read role (`auditor`) may view and download, read-only: every other
+   action is refused.
 5. Everyone else is refused.
 
 A refusal hides the incident's existence (`conceals`, answered exactly like an unknown
@@ -60,9 +61,11 @@ Action = Literal[
     "recuse",
     "reassign",
     "confirm_people",
+    "attach",
+    "download",
 ]
 ACTIONS: tuple[Action, ...] = get_args(Action)
-READ_ACTIONS: frozenset[Action] = frozenset({"view"})
+READ_ACTIONS: frozenset[Action] = frozenset({"view", "download"})
 
 STANDING_READ_ROLES: frozenset[str] = frozenset({"auditor"})
 """Roles that may view any incident they are not excluded from, and do nothing else."""

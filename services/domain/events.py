@@ -211,6 +211,40 @@ class ReporterMessage(EventData):
     text: str = Field(description="The message." + _SEALED)
 
 
+AttachmentAudience = Literal["handlers", "reporter"]
+
+
+class AttachmentAdded(EventData):
+    """A file was attached to the report (docs/attachments.md): listed by its digest,
+    size and type; the content is kept sealed in chunks outside the event, the name
+    sealed here. Never the content or the name in clear."""
+
+    attachment_id: str = Field(description="The file's id (a UUID).")
+    digest: Digest = Field(
+        description="`sha256:<hex>`: HMAC-SHA256 of the plaintext under the incident's digest"
+        " salt (like `report_digest`: no guess can be tested once the key is destroyed)."
+    )
+    size: int = Field(ge=1, description="Bytes of the plaintext.")
+    media_type: str = Field(description="The type found in the content (never from the name).")
+    name: str = Field(description="The file's base name as sent." + _SEALED)
+    author: str = Field(description="`reporter`, or the handler's principal id.")
+    audience: AttachmentAudience = Field(
+        "handlers",
+        description="`reporter`: a handler sent it to the reporter (she may download it);"
+        " the reporter's own files are always hers.",
+    )
+    message_id: str | None = Field(
+        None, description="The id of the message event it came with, if any."
+    )
+
+
+class AttachmentDownloaded(EventData):
+    """Someone was sent a file's content (recorded before the first byte)."""
+
+    principal: str = Field(description="`reporter`, or the principal's id.")
+    attachment_id: str
+
+
 class ChainLevel(EventData):
     level: int = Field(ge=1)
     role: str
@@ -563,6 +597,7 @@ CATALOG: dict[str, EventType] = {
         EventType("incident.report.amended.v1", Topic.REPORTS, ReportAmended),
         EventType("incident.people.confirmed.v1", Topic.REPORTS, PeopleConfirmed),
         EventType("incident.reporter.message.v1", Topic.REPORTS, ReporterMessage),
+        EventType("incident.attachment.added.v1", Topic.REPORTS, AttachmentAdded),
         EventType("incident.triaged.v1", Topic.TRIAGE, Triaged),
         EventType("incident.assigned.v1", Topic.TRIAGE, Assigned),
         EventType("incident.reassigned.v1", Topic.TRIAGE, Reassigned),
@@ -577,6 +612,7 @@ CATALOG: dict[str, EventType] = {
         EventType("incident.commented.v1", Topic.ACTIVITY, Commented),
         EventType("incident.status.changed.v1", Topic.ACTIVITY, StatusChanged),
         EventType("incident.access.denied.v1", Topic.ACTIVITY, AccessDenied, _INTAKE_OR_AUDIT),
+        EventType("incident.attachment.downloaded.v1", Topic.ACTIVITY, AttachmentDownloaded),
         EventType("incident.recused.v1", Topic.ACTIVITY, Recused),
         EventType("incident.reassignment.ordered.v1", Topic.ACTIVITY, ReassignmentOrdered),
         EventType(
@@ -725,6 +761,7 @@ READER_FIELDS: frozenset[str] = frozenset(
         "note",
         "people_matches",
         "people_matches.text",
+        "name",
     }
 )
 """The sealed fields opened for a principal allowed to read the report (a handler, an

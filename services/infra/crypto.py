@@ -142,6 +142,35 @@ def unseal(data_key: bytes, incident_id: str, field: str, token: str) -> str:
     return plain.decode()
 
 
+def _chunk_aad(incident_id: str, attachment_id: str, index: int, last: bool) -> bytes:
+    return f"{incident_id}\x00attachment\x00{attachment_id}\x00{index}\x00{int(last)}".encode()
+
+
+def seal_chunk(
+    data_key: bytes, incident_id: str, attachment_id: str, index: int, last: bool, plain: bytes
+) -> bytes:
+    """One chunk of a file, sealed: `nonce || ciphertext || tag` (AES-256-GCM).
+
+    The associated data binds the chunk to its incident, its file, its place and whether
+    it is the file's last: a chunk moved to another place or file, or a file cut short
+    (its last chunk dropped), does not open (`open_chunk` raises CryptoError).
+    """
+    nonce = secrets.token_bytes(NONCE_BYTES)
+    aad = _chunk_aad(incident_id, attachment_id, index, last)
+    return nonce + AESGCM(data_key).encrypt(nonce, plain, aad)
+
+
+def open_chunk(
+    data_key: bytes, incident_id: str, attachment_id: str, index: int, last: bool, sealed: bytes
+) -> bytes:
+    """The plaintext of a chunk sealed by `seal_chunk` for the same place; else CryptoError."""
+    try:
+        aad = _chunk_aad(incident_id, attachment_id, index, last)
+        return AESGCM(data_key).decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], aad)
+    except (InvalidTag, ValueError) as exc:
+        raise CryptoError("the chunk does not open here with this key") from exc
+
+
 def salted_digest(salt: bytes, content: bytes) -> str:
     """`sha256:<hex>` of content keyed by the incident's salt (HMAC-SHA256)."""
     return "sha256:" + hmac.new(salt, content, hashlib.sha256).hexdigest()
@@ -214,6 +243,12 @@ class IncidentKey:
 
     def digest(self, content: bytes) -> str:
         return salted_digest(self.salt, content)
+
+    def seal_chunk(self, attachment_id: str, index: int, last: bool, plain: bytes) -> bytes:
+        return seal_chunk(self.data_key, self.incident_id, attachment_id, index, last, plain)
+
+    def open_chunk(self, attachment_id: str, index: int, last: bool, sealed: bytes) -> bytes:
+        return open_chunk(self.data_key, self.incident_id, attachment_id, index, last, sealed)
 
     def pseudonym(self, person_id: str) -> str:
         if self.pseudonyms is None:

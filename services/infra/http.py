@@ -99,15 +99,26 @@ def install_problem_handlers(app: FastAPI) -> None:
         return problem_response(500, "Internal error", "The error was logged.")
 
 
+STREAMED_UPLOADS = "/attachments"
+"""POSTs to a path ending so stream a file to a route that enforces its own limit (the
+attachment settings, docs/attachments.md): `BodyLimit` lets their bodies through."""
+
+
 class BodyLimit:
-    """Refuse request bodies over `max_bytes` with 413, whether or not Content-Length is set."""
+    """Refuse request bodies over `max_bytes` with 413, whether or not Content-Length is set.
+
+    Not for streamed uploads (`STREAMED_UPLOADS`): those routes count the bytes as they
+    arrive and refuse past their own, larger limit.
+    """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or (
+            scope.get("method") == "POST" and scope.get("path", "").endswith(STREAMED_UPLOADS)
+        ):
             await self.app(scope, receive, send)
             return
         for name, value in scope.get("headers", []):

@@ -312,6 +312,16 @@ class IntakeSettings(ContentKeySettings, PseudonymSettings):
         description="Seconds between runs of the erasure job (destroys the keys of closed"
         " incidents whose retention has passed and that no legal hold keeps).",
     )
+    attachment_max_bytes: int = Field(
+        25 * 1024 * 1024,
+        ge=1024,
+        description="Largest accepted evidence file, in bytes (413 above; docs/attachments.md).",
+    )
+    attachment_incident_max_bytes: int = Field(
+        200 * 1024 * 1024,
+        ge=1024,
+        description="Most bytes of evidence files one incident may hold (413 above).",
+    )
     systems_file: Path = Field(
         _DATA / "systems.yaml",
         description="Registered systems that may report incidents (YAML: id, scopes, Ed25519"

@@ -20,6 +20,8 @@ from services.infra.settings import IntakeSettings
 from services.infra.systems import load_systems
 from services.infra.webapp import build_app
 from services.intake import (
+    attachments_api,
+    attachments_ui,
     directory_api,
     events_api,
     handlers,
@@ -103,6 +105,8 @@ def create_app(settings: IntakeSettings | None = None) -> FastAPI:
     app.include_router(receipts.router)
     app.include_router(events_api.router)
     app.include_router(handlers.router)
+    app.include_router(attachments_api.router)
+    app.include_router(attachments_ui.router)
     app.include_router(my_reports.router)
     app.include_router(my_reports_ui.router)
     app.include_router(directory_api.router)

@@ -36,6 +36,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from services.domain.access import Action, status_change_refusal
+from services.domain.attachments import attachments_of
 from services.domain.envelope import Envelope, utc_rfc3339
 from services.domain.events import (
     Acknowledged,
@@ -136,6 +137,20 @@ class Message(BaseModel):
     at: str
 
 
+class AttachmentOut(BaseModel):
+    """A file of the incident (docs/attachments.md); its content is downloaded apart."""
+
+    attachment_id: str
+    digest: str = Field(description="HMAC-SHA256 of the content under the incident's salt.")
+    size: int
+    media_type: str = Field(description="Found in the content.")
+    name: str = Field(description="The base name it was sent with (`[erased]` after erasure).")
+    author: str = Field(description="`reporter`, or the handler's principal id.")
+    audience: Literal["handlers", "reporter"]
+    message_id: str | None
+    at: str
+
+
 class StatusOut(BaseModel):
     """The incident's status as every view shows it (services/domain/status.py)."""
 
@@ -175,6 +190,9 @@ class IncidentView(StatusOut):
     report_digest: str | None = Field(description="Digest of the report version shown.")
     comments: list[Comment]
     messages: list[Message]
+    attachments: list[AttachmentOut] = Field(
+        default_factory=list, description="The incident's files, oldest first."
+    )
 
 
 class Acknowledgement(BaseModel):
@@ -339,6 +357,7 @@ def report_view(context: Context) -> dict[str, Any]:
         "report_digest": state.report_digest,
         "comments": comments,
         "messages": messages,
+        "attachments": [a.to_json() for a in attachments_of(context.events)],
     }
 
 

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from services.domain.envelope import utc_rfc3339
 from services.infra.http import problem_response
 from services.intake.api import problem
+from services.intake.attachments import reporter_files
 from services.intake.ledger_proof import ledger_proof
 from services.intake.service import (
     PROCESS_FAILURES,
@@ -75,6 +76,12 @@ class ReporterViewOut(BaseModel):
     )
     messages: list[MessageOut] = Field(
         description="Messages to and from the reporter, oldest first."
+    )
+    attachments: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Files she may download (hers, and those the handlers sent her):"
+        " attachment_id, digest, size, media_type, name, author, audience, message_id, at."
+        " `GET /v1/receipts/{receipt}/attachments/{attachment_id}` downloads one.",
     )
     ledger_proof: dict[str, Any] | None = Field(
         None,
@@ -173,7 +180,11 @@ async def get_receipt(
     view = await service.reporter_view(incident_id)
     audit_url = getattr(service.runtime.settings, "audit_url", "")
     proof = await ledger_proof(service.runtime, audit_url, incident_id)
-    return JSONResponse({**view.to_json(), "ledger_proof": proof}, headers=NO_STORE)
+    files = await reporter_files(service.runtime, service.keys, incident_id)
+    attachments = [f.to_json() for f in files]
+    return JSONResponse(
+        {**view.to_json(), "attachments": attachments, "ledger_proof": proof}, headers=NO_STORE
+    )
 
 
 @router.post(

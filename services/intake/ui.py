@@ -42,6 +42,7 @@ from services.infra.auth import Principal
 from services.infra.http import Problem
 from services.intake import handlers
 from services.intake.api import post_report
+from services.intake.attachments import reporter_files
 from services.intake.people import search_client
 from services.intake.principals import optional_principal
 from services.intake.service import (
@@ -61,6 +62,7 @@ DONE = {
     "status": "The status change is recorded.",
     "comment": "Your comment is recorded.",
     "message": "Your message to the reporter is recorded.",
+    "attached": "The file is attached (sealed; listed by its digest).",
 }
 
 
@@ -364,11 +366,14 @@ async def _open(request: Request, fields: dict[str, str]) -> str:
 async def _receipt_page(
     request: Request, incident_id: str, fields: dict[str, str], note: str | None
 ) -> Response:
-    view = (await _service(request).reporter_view(incident_id)).to_json()
+    service = _service(request)
+    view = (await service.reporter_view(incident_id)).to_json()
+    files = await reporter_files(service.runtime, service.keys, incident_id)
     return render(
         request,
         "intake_receipt.html",
         view=view,
+        files=files,
         error=None,
         note=note,
         receipt=fields.get("receipt", ""),

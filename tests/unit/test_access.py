@@ -6,6 +6,7 @@ import pytest
 
 from services.domain.access import (
     ACTIONS,
+    READ_ACTIONS,
     Allowed,
     Implicated,
     Refused,
@@ -61,8 +62,12 @@ TABLE = [
     ],
     *[("p-ma", NONE, a, ("refused", "excluded", "reassigned")) for a in HANDLING],
     *[("p-audit2", AUDITOR, a, ("refused", "excluded", "named_in_report")) for a in HANDLING],
-    ("p-audit", AUDITOR, "view", ("allowed", "standing_role", None)),
-    *[("p-audit", AUDITOR, a, ("refused", "read_only", None)) for a in HANDLING if a != "view"],
+    *[("p-audit", AUDITOR, a, ("allowed", "standing_role", None)) for a in READ_ACTIONS],
+    *[
+        ("p-audit", AUDITOR, a, ("refused", "read_only", None))
+        for a in HANDLING
+        if a not in READ_ACTIONS
+    ],
     *[("p-liu", frozenset({"employee"}), a, ("refused", "not_routed", None)) for a in HANDLING],
     *[("system:hris", NONE, a, ("refused", "not_routed", None)) for a in HANDLING],
     # a role held elsewhere gives no access by itself (only standing read roles do)

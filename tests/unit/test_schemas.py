@@ -56,6 +56,18 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "author": "reporter",
         "text": "Any news?",
     },
+    "incident.attachment.added.v1": {
+        "attachment_id": "1b4e28ba-2fa1-41d2-883f-0016d3cca427",
+        "digest": "sha256:" + "ab" * 32,
+        "size": 5242880,
+        "media_type": "application/pdf",
+        "name": "enc:v1:c2VhbGVk",
+        "author": "reporter",
+    },
+    "incident.attachment.downloaded.v1": {
+        "principal": "p-chen",
+        "attachment_id": "1b4e28ba-2fa1-41d2-883f-0016d3cca427",
+    },
     "incident.triaged.v1": {
         "category": "sexual_misconduct",
         "severity": "critical",
