@@ -20,7 +20,13 @@ from services.domain.directory import DirectoryFile
 from services.domain.envelope import utc_rfc3339
 from services.domain.events import CUSTODIAN_FIELDS, READER_FIELDS, IdentityDisclosed, Viewed
 from services.domain.incident import fold
-from services.domain.knowledge import LedgerEvent, deliveries_as_of, knowledge_as_of, state_as_of
+from services.domain.knowledge import (
+    LedgerEvent,
+    deliveries_as_of,
+    knowledge_as_of,
+    progress_as_of,
+    state_as_of,
+)
 from services.domain.policy import Policy
 from services.infra.auth import Authenticator
 from services.infra.crypto import IncidentKey
@@ -192,6 +198,8 @@ async def state(
         "as_of": utc_rfc3339(moment),
         "time_basis": "ledger",
         "state": state_as_of(incident_id, entries, moment).to_json(),
+        # the status and level in the words every view uses (services/domain/status.py)
+        "progress": progress_as_of(incident_id, entries, moment).to_json(),
     }
 
 

@@ -32,7 +32,13 @@ from services.console.web import (
     session_authorization,
     signed_in_as,
 )
-from services.domain.knowledge import LedgerEvent, deliveries_as_of, knowledge_as_of, state_as_of
+from services.domain.knowledge import (
+    LedgerEvent,
+    deliveries_as_of,
+    knowledge_as_of,
+    progress_as_of,
+    state_as_of,
+)
 from services.infra.http import Problem
 from services.infra.runtime import Runtime
 from services.infra.telemetry import trace_id_of
@@ -139,6 +145,7 @@ def as_of_view(incident_id: str, entries: list[LedgerEvent], moment: datetime) -
     """The chart, the state and the knowledge at `moment`: what the as-of control redraws."""
     knowledge = knowledge_as_of(incident_id, entries, moment)
     state = state_as_of(incident_id, entries, moment)
+    progress = progress_as_of(incident_id, entries, moment)
     start, end = axis_span(entries)
     chart = layout(knowledge, time_lines(entries, moment), start, end)
     span_ms = int((end - start).total_seconds() * 1000)
@@ -148,6 +155,7 @@ def as_of_view(incident_id: str, entries: list[LedgerEvent], moment: datetime) -
         "knowledge": knowledge,
         "deliveries": deliveries_as_of(incident_id, entries, moment),
         "state": state,
+        "progress": progress,
         "chart": chart,
         "as_of": moment,
         "span_ms": span_ms,

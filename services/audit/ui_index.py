@@ -3,10 +3,12 @@
 The auditor's list (filters by category, severity, status, overdue, breached clocks;
 keyset pages over 10,000s of incidents) cannot fold the whole ledger per request, so a
 background task folds each new ledger entry into `console_incidents` with the domain's
-own `apply`, in ledger order, and moves its cursor (counter `console_index`) in the
-same transaction. It is derived data: it lags the ledger by up to `POLL` seconds, can
-be rebuilt from the ledger (reset the counter, empty the table), and the incident page
-never reads it (that page folds the incident's own entries, as the audit API does).
+own `apply` and the one status's `advance` (services/domain/status.py: status and level
+in the words every view uses), in ledger order, and moves its cursor (counter
+`console_index`) in the same transaction. It is derived data: it lags the ledger by up
+to `POLL` seconds, can be rebuilt from the ledger (reset the counter, empty the table;
+rows folded before the one status show the old status until then), and the incident
+page never reads it (that page folds the incident's own entries, as the audit API does).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import asyncpg
 from services.audit.ledger import decode_leaf
 from services.domain.events import DeadlineBreached, InvalidEvent, Triaged, data_of, parse_envelope
 from services.domain.incident import IncidentState, apply
+from services.domain.status import STATUSES as STATUSES  # the filter's words
+from services.domain.status import Progress, advance, from_store, to_store
 from services.domain.triage import LEVEL_1_ACKNOWLEDGE
 from services.infra.runtime import Runtime
 
@@ -35,7 +39,6 @@ POLL = 0.5
 """Seconds between looks at the ledger when the index has caught up."""
 PAGE = 50
 """Incidents per list page."""
-STATUSES = ("submitted", "triaged", "acknowledged", "investigating", "resolved", "closed")
 SKIPPED_TYPES = ("incident.input.rejected.v1",)
 
 
@@ -72,6 +75,7 @@ class _Row:
     state: IncidentState
     ack_due_at: datetime | None
     breaches: int
+    progress: Progress
 
 
 async def index_once(conn: asyncpg.Connection, batch: int = BATCH) -> int:
@@ -108,6 +112,7 @@ async def index_once(conn: asyncpg.Connection, batch: int = BATCH) -> int:
             state_from_row(json.loads(r["state"])),
             r["ack_due_at"],
             r["breaches"],
+            from_store(json.loads(r["state"]).get("progress")),
         )
     changed: set[str] = set()
     for entry in entries:
@@ -126,8 +131,10 @@ async def index_once(conn: asyncpg.Connection, batch: int = BATCH) -> int:
                     IncidentState(incident_id=incident),
                     None,
                     0,
+                    Progress(),
                 )
             row.state = apply(row.state, envelope)
+            row.progress = advance(row.progress, envelope.type, envelope.time, envelope.data)
             data = data_of(envelope)
         except (InvalidEvent, ValueError) as exc:  # the audit API's fold would refuse it too
             log.warning("console index: ledger entry %s not folded: %s", entry["idx"], exc)
@@ -160,12 +167,12 @@ async def index_once(conn: asyncpg.Connection, batch: int = BATCH) -> int:
                     row.last_recorded_at,
                     row.state.category,
                     row.state.severity,
-                    row.state.status,
-                    row.state.escalation_level,
+                    row.progress.status,
+                    row.progress.level,
                     row.state.acknowledged_at,
                     row.ack_due_at,
                     row.breaches,
-                    json.dumps(state_to_row(row.state)),
+                    json.dumps({**state_to_row(row.state), "progress": to_store(row.progress)}),
                 )
                 for incident, row in ((i, rows[i]) for i in sorted(changed))
             ],
@@ -228,7 +235,7 @@ class Filters:
 LISTED = (
     "incident_id, first_idx, first_recorded_at, last_recorded_at, category, severity, status,"
     " escalation_level, acknowledged_at, ack_due_at, breaches,"
-    " (acknowledged_at IS NULL AND ack_due_at < now()) AS overdue"
+    " (acknowledged_at IS NULL AND ack_due_at < now()) AS overdue, state->'progress' AS progress"
 )
 
 
@@ -274,7 +281,7 @@ async def list_page(
     where = " AND ".join(clauses)  # fixed text: every value is a parameter
     query = f"SELECT {LISTED} FROM console_incidents WHERE {where}"  # noqa: S608
     query += f" ORDER BY first_idx {order} LIMIT ${len(args)}"
-    rows = [dict(r) for r in await conn.fetch(query, *args)]
+    rows = [_listed(r) for r in await conn.fetch(query, *args)]
     more = len(rows) > size
     rows = rows[:size]
     if not descending:
@@ -287,6 +294,14 @@ async def list_page(
     if before is not None:  # came from a newer page
         return Page(rows, newer=first, older=last if more else None)
     return Page(rows, newer=None, older=last if more else None)
+
+
+def _listed(record: asyncpg.Record) -> dict[str, Any]:
+    """A list row, with the status in the words every view uses (`status_label`)."""
+    row = dict(record)
+    stored = row.pop("progress")
+    row["status_label"] = from_store(json.loads(stored)).label if stored else row["status"]
+    return row
 
 
 async def facets(conn: asyncpg.Connection) -> dict[str, list[str]]:

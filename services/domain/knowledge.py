@@ -72,6 +72,7 @@ from services.domain.events import (
     is_sealed,
 )
 from services.domain.incident import IncidentState, apply
+from services.domain.status import Progress, progress_of
 
 Via = Literal[
     "notified", "viewed", "escalated", "acknowledged", "reported", "submitted", "identity_disclosed"
@@ -462,6 +463,11 @@ def deliveries_as_of(
     for entry in _recorded_by(incident_id, entries, as_of):
         reader.read(entry)
     return reader.deliveries()
+
+
+def progress_as_of(incident_id: str, entries: Sequence[LedgerEvent], as_of: datetime) -> Progress:
+    """Where the incident stood at `as_of`, in the words every view uses (status.py)."""
+    return progress_of(e.envelope for e in _recorded_by(incident_id, entries, as_of))
 
 
 def state_as_of(incident_id: str, entries: Sequence[LedgerEvent], as_of: datetime) -> IncidentState:

@@ -204,6 +204,46 @@ class Progress:
         ]
 
 
+_TIMES: Final = (
+    "submitted_at",
+    "acknowledged_at",
+    "first_acknowledged_at",
+    "first_feedback_at",
+    "closed_at",
+    "reporter_acknowledgement_due",
+    "feedback_due",
+)
+
+
+def to_store(progress: Progress) -> dict[str, Any]:
+    """A JSON form that `from_store` reads back exactly (for a projection's row)."""
+    out: dict[str, Any] = dict(progress.__dict__)
+    for name in _TIMES:
+        out[name] = None if out[name] is None else out[name].isoformat()
+    out["asked"] = [[level, due.isoformat()] for level, due in progress.asked]
+    out["breached"], out["within"] = list(progress.breached), list(progress.within)
+    return out
+
+
+def from_store(doc: Mapping[str, Any] | None) -> Progress:
+    """`to_store`'s form back (nothing stored: the progress of no event)."""
+    if not doc:
+        return Progress()
+    values = dict(doc)
+    for name in _TIMES:
+        values[name] = _time(values.get(name))
+    values["asked"] = tuple((int(level), _checked_time(due)) for level, due in doc["asked"])
+    values["breached"], values["within"] = tuple(doc["breached"]), tuple(doc["within"])
+    return Progress(**values)
+
+
+def _checked_time(value: Any) -> datetime:
+    moment = _time(value)
+    if moment is None:
+        raise ValueError(f"not a time: {value!r}")
+    return moment
+
+
 def _time(value: Any) -> datetime | None:
     if isinstance(value, datetime):
         return value

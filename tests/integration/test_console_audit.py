@@ -139,6 +139,7 @@ async def test_filters_find_the_overdue_breached_critical_incident(
         page = await timed(client, f"/ui/?{query}")
         assert page.status_code == 200
         assert rows(page) == [BIG], query
+    assert "triaged, level 1 asked" in page.text  # the words every view uses (status.py)
     investigating = await timed(client, "/ui/?status=investigating&category=harassment")
     assert len(rows(investigating)) == 50
     assert BIG not in rows(investigating)
@@ -159,6 +160,7 @@ async def test_the_page_of_an_incident_with_2000_events_renders_and_verifies(
     assert re.search(rf"<strong>Verified</strong>: {total} ledger entries", text)
     assert text.count('class="who"') >= 3  # reporter, p-zhou, p-chen rows in the chart
     assert "reporter acknowledgement breached" in text
+    assert re.search(r'id="state-level">level 1\b', text)  # as the handler sees it, not 0
     again = await timed(client, f"/ui/incidents/{BIG}")  # the badge is cached per head
     assert again.status_code == 200
     bundle = await timed(client, f"/ui/incidents/{BIG}/evidence.json")

@@ -4,12 +4,20 @@ deadlines of each level and the reporter's legal clocks."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from services.domain.envelope import Envelope
-from services.domain.status import Progress, advance, in_time_order, progress_of
+from services.domain.status import (
+    Progress,
+    advance,
+    from_store,
+    in_time_order,
+    progress_of,
+    to_store,
+)
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 HOUR = 3600
@@ -145,3 +153,14 @@ def test_streams_merge_by_time() -> None:
     )
     assert [e.type for e in merged][1] == "incident.escalated.v1"
     assert progress_of(merged).label == "acknowledged at level 2"
+
+
+def test_the_stored_form_reads_back_exactly() -> None:
+    progress = fold(
+        SUBMIT,
+        ("triaged", 1, triaged(deadlines=CLOCKS)),
+        ("escalated", 61, {"level": 2, "recipients": ["p-2"]}),
+        ("deadline.breached", 99, {"clock": "feedback"}),
+    )
+    assert from_store(json.loads(json.dumps(to_store(progress)))) == progress
+    assert from_store(None) == Progress()
