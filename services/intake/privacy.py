@@ -500,6 +500,9 @@ class Eraser:
                         incident_id,
                     )
                     await conn.execute("DELETE FROM receipts WHERE incident_id = $1", incident_id)
+                    await conn.execute(  # her list no longer links her tag to it
+                        "DELETE FROM reporter_reports WHERE incident_id = $1", incident_id
+                    )
                     await conn.execute(
                         "DELETE FROM idempotency WHERE response->>'incident_id' = $1", incident_id
                     )

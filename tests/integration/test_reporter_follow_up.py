@@ -9,11 +9,14 @@ test_handlers (whose module fixture this reuses).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.helpers import eventually
+from tests.integration.test_console_intake import NAVIGATE, SAME_ORIGIN, csrf_of
 from tests.integration.test_handlers import (
     REPORT,
     Env,
@@ -100,6 +103,28 @@ async def test_a_named_reporter_follows_up_her_report(env: Env) -> None:
         mine = (await env.client.get("/v1/my/reports", headers=auth(other))).json()["reports"]
         assert incident not in {r["incident_id"] for r in mine}
     assert (await env.client.get("/v1/my/reports")).status_code == 401
+
+    page = await console(env, "dev-liu-token")  # her console pages say the same
+    mine = await page.get("/ui/my")
+    assert incident in mine.text and "closed with outcome" in mine.text
+    one = await page.get(f"/ui/my/reports/{incident}")
+    assert one.status_code == 200 and "Warning issued." in one.text
+    assert re.search(r'id="status">closed</strong> with outcome', one.text)
+    assert (await (await console(env, "dev-ma-token")).get(one.url)).status_code == 404
+
+
+async def console(env: Env, token: str) -> httpx.AsyncClient:
+    """A browser signed in to the console with `token`, navigating by itself."""
+    transport = env.client._transport
+    client = httpx.AsyncClient(transport=transport, base_url="https://intake", headers=NAVIGATE)
+    login = await client.get("/ui/login")
+    signed = await client.post(
+        "/ui/login",
+        data={"csrf": csrf_of(login), "token": token, "next": "/ui/my"},
+        headers=SAME_ORIGIN,
+    )
+    assert signed.status_code == 303, signed.text
+    return client
 
 
 async def test_the_receipt_shows_the_outcome(env: Env) -> None:
