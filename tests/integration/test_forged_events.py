@@ -204,8 +204,9 @@ async def test_forged_acknowledgements_and_escalations_are_refused_recorded_and_
         await eventually(refused_by, timeout=20)
     # once each: the copy delivered again (before the others, on the same partition) is
     # not dead-lettered a second time
-    letters = Counter(d for d, _ in await dead_letters(stack, "escalation"))
-    assert all(letters[digest(v)] == 1 for v in forgeries["incident.activity"])
+    for service in ("escalation", "triage"):
+        letters = Counter(d for d, _ in await dead_letters(stack, service))
+        assert all(letters[digest(v)] == 1 for v in forgeries["incident.activity"]), service
     assert rejected("escalation", "unsigned") >= before["unsigned"] + 1
     assert rejected("escalation", "replayed") >= before["replayed"] + 1
 
