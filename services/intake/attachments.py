@@ -26,7 +26,7 @@ import hashlib
 import hmac
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -301,11 +301,18 @@ async def _record(
 
 
 async def reporter_files(runtime: Runtime, keys: KeyStore, incident_id: str) -> list[Attachment]:
-    """The files the reporter may download, names opened (after her receipt matched)."""
+    """The files the reporter may download, names opened (after her receipt matched).
+
+    A handler's file says `handlers` as its author, never who: the reporter is never
+    told who handles her report (docs/reporters.md)."""
     async with runtime.db.acquire() as conn:
         stored = await eventstore.load(conn, incident_id)
         events = await keys.open_events(conn, incident_id, [s.envelope for s in stored])
-    return [a for a in attachments_of(events) if visible_to_reporter(a)]
+    return [
+        a if a.author == "reporter" else replace(a, author="handlers")
+        for a in attachments_of(events)
+        if visible_to_reporter(a)
+    ]
 
 
 async def read(

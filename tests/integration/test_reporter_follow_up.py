@@ -130,6 +130,12 @@ async def console(env: Env, token: str) -> httpx.AsyncClient:
 async def test_the_receipt_shows_the_outcome(env: Env) -> None:
     body = await routed(env, {})
     incident = body["incident_id"]
+    sent = await env.client.post(
+        f"/v1/incidents/{incident}/attachments?audience=reporter",
+        content=b"Minutes of the meeting.\n",
+        headers={**auth("p-chen"), "x-filename": "minutes.txt"},
+    )
+    assert sent.status_code == 201, sent.text
     await handle(
         env,
         incident,
@@ -142,3 +148,5 @@ async def test_the_receipt_shows_the_outcome(env: Env) -> None:
     seen = answer.json()
     assert (seen["status"], seen["outcome"]) == ("closed", "The manager was moved.")
     assert seen["status_label"] == "closed with outcome" and seen["closed_at"] is not None
+    assert [f["author"] for f in seen["attachments"]] == ["handlers"]  # never who
+    assert "p-chen" not in answer.text
