@@ -40,6 +40,7 @@ from services.domain.attachments import (
 )
 from services.domain.events import AttachmentAudience, AttachmentDownloaded, make_event
 from services.domain.policy import Policy
+from services.domain.reports import NAMED_ACTOR
 from services.infra import eventstore
 from services.infra.auth import Principal
 from services.infra.crypto import CryptoError, IncidentKey
@@ -47,7 +48,7 @@ from services.infra.http import Problem, problem_responses
 from services.infra.keystore import KeyStore
 from services.infra.runtime import Runtime
 from services.infra.telemetry import current_traceparent
-from services.intake import actions, handlers
+from services.intake import actions, handlers, my_reports
 from services.intake.actions import ActionError, Context, Erased, NotNow
 from services.intake.attachments import (
     Limits,
@@ -333,16 +334,16 @@ async def reporter_upload(
     body: AsyncIterator[bytes],
     name: str | None,
     message_id: str | None = None,
+    actor: str = ANONYMOUS_ACTOR,
 ) -> Any:
-    """Store the reporter's file (her receipt was checked); its event's data."""
+    """Store the reporter's file (her receipt, or her being its named reporter, was
+    checked); its event's data."""
     runtime: Runtime = request.app.state.runtime
     async with runtime.db.acquire() as conn:
         key = await _service(request).keys.get(conn, incident_id)
     if key is None:
         raise handlers.problem(Erased("This report was erased: nothing can be added."))
-    upload = Upload(
-        incident_id, REPORTER, ANONYMOUS_ACTOR, name, "handlers", message_id, fresh_traceparent()
-    )
+    upload = Upload(incident_id, REPORTER, actor, name, "handlers", message_id, fresh_traceparent())
     try:
         return await store(runtime, key, upload, body, limits_of(request))
     except ActionError as error:
@@ -350,7 +351,11 @@ async def reporter_upload(
 
 
 async def reporter_download(
-    runtime: Runtime, keys: KeyStore, incident_id: str, attachment_id: str
+    runtime: Runtime,
+    keys: KeyStore,
+    incident_id: str,
+    attachment_id: str,
+    actor: str = ANONYMOUS_ACTOR,
 ) -> StreamingResponse:
     """Record the reporter's download (committed), then stream the file."""
     for _attempt in range(ATTEMPTS):
@@ -369,7 +374,7 @@ async def reporter_download(
                 data=AttachmentDownloaded(principal=REPORTER, attachment_id=attachment_id),
                 source=runtime.source,
                 time=datetime.now(UTC),
-                actor=ANONYMOUS_ACTOR,
+                actor=actor,
                 correlationid=events[0].correlationid or events[0].id,
                 traceparent=fresh_traceparent(),
             )
@@ -440,4 +445,73 @@ async def reporter_get(
     incident_id = await _receipt_incident(request, receipt, secret)
     return await reporter_download(
         request.app.state.runtime, request.app.state.keys, incident_id, str(attachment_id)
+    )
+
+
+# Named reporters (signed in; services.intake.my_reports decides which reports are hers) --
+
+
+async def _hers(request: Request, caller: Principal, incident_id: str) -> None:
+    """Nothing when the report is the caller's own; else the same 404 as `my_reports`."""
+    await my_reports.hers(_service(request), caller.id, incident_id)
+
+
+@router.post(
+    "/my/reports/{incident_id}/attachments",
+    status_code=201,
+    summary="Attach a file to one of my reports (named reporter; raw body, streamed)",
+    responses={
+        201: {"description": "Stored: `incident.attachment.added.v1`."},
+        **problem_responses(
+            (401, "No bearer token, or one that is not valid."),
+            (404, "No report of the caller has this id: the same answer either way."),
+            (409, "The report is closed or erased: nothing can be added."),
+            (413, "The file is over INCIDENTS_ATTACHMENT_MAX_BYTES, or the report's files over"),
+            (415, "The content is not of an accepted type."),
+            (422, "The file is empty, or a header or parameter is not valid."),
+            (503, "The report kept changing; retry."),
+        ),
+    },
+    openapi_extra=UPLOAD_BODY,
+)
+async def my_attach(
+    incident_id: handlers.IncidentId,
+    request: Request,
+    caller: RequiredPrincipal,
+    name: FilenameHeader = None,
+    message_id: MessageId = None,
+) -> JSONResponse:
+    """The body is the file; the handlers see it with the report (actor `reporter:named`)."""
+    check_length(request, limits_of(request).file)
+    await _hers(request, caller, str(incident_id))
+    data = await reporter_upload(
+        request,
+        str(incident_id),
+        request.stream(),
+        filename(name),
+        None if message_id is None else str(message_id),
+        actor=NAMED_ACTOR,
+    )
+    return _answer(str(incident_id), data)
+
+
+@router.get(
+    "/my/reports/{incident_id}/attachments/{attachment_id}",
+    summary="Download a file of one of my reports (hers, or one the handlers sent her)",
+    response_class=StreamingResponse,
+    responses=DOWNLOAD_ANSWERS,
+)
+async def my_get(
+    incident_id: handlers.IncidentId,
+    attachment_id: AttachmentId,
+    request: Request,
+    caller: RequiredPrincipal,
+) -> StreamingResponse:
+    await _hers(request, caller, str(incident_id))
+    return await reporter_download(
+        request.app.state.runtime,
+        request.app.state.keys,
+        str(incident_id),
+        str(attachment_id),
+        actor=NAMED_ACTOR,
     )

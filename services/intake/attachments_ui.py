@@ -28,8 +28,9 @@ from starlette.requests import ClientDisconnect
 
 from services.console.web import ConsoleError, console_of, read_form, redirect
 from services.domain.events import AttachmentAudience
+from services.domain.reports import NAMED_ACTOR
 from services.infra.http import Problem
-from services.intake import attachments_api, handlers, ui
+from services.intake import attachments_api, handlers, my_reports, ui
 from services.intake.attachments_api import reporter_download, reporter_upload
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
@@ -215,6 +216,37 @@ async def reporter_get(request: Request) -> Response:
             request.app.state.keys,
             incident_id,
             fields.get("attachment_id", "")[:100],
+        )
+    except Problem as exc:
+        raise _page_error(exc) from None
+
+
+@router.post("/my/reports/{incident_id}/attachments")
+async def my_attach(incident_id: str, request: Request) -> Response:
+    """A named reporter's file for one of her reports, then the report again."""
+    principal = await ui.handler(request)
+    parsed = str(ui._incident_id(incident_id))
+    _, name, body = await read_upload(request)
+    try:
+        await my_reports.hers(request.app.state.intake, principal.id, parsed)
+    except Problem as exc:
+        raise _page_error(exc) from None
+    await _uploaded(reporter_upload(request, parsed, body, name, actor=NAMED_ACTOR))
+    return redirect(request, f"/ui/my/reports/{parsed}?done=attached")
+
+
+@router.get("/my/reports/{incident_id}/attachments/{attachment_id}")
+async def my_get(incident_id: str, attachment_id: str, request: Request) -> Response:
+    principal = await ui.handler(request)
+    parsed = str(ui._incident_id(incident_id))
+    try:
+        await my_reports.hers(request.app.state.intake, principal.id, parsed)
+        return await reporter_download(
+            request.app.state.runtime,
+            request.app.state.keys,
+            parsed,
+            attachment_id[:100],
+            actor=NAMED_ACTOR,
         )
     except Problem as exc:
         raise _page_error(exc) from None

@@ -4,9 +4,9 @@
 `POST /v1/my/reports/{incident_id}/messages` give a person who reported under her own
 name what the receipt gives an anonymous reporter (docs/reporters.md): status, level and
 the legal clocks in the words every view uses (services/domain/status.py), messages
-both ways, the outcome once closed, her own report text and the ledger's proof of her
-submission (files: not yet, see docs/reporters.md). Never who handles it, never the
-handlers' comments, never the report's people beyond what she wrote.
+both ways, the outcome once closed, her own report text, the ledger's proof of her
+submission, and her files (services.intake.attachments_api, docs/attachments.md). Never
+who handles it, never the handlers' comments, never the report's people beyond what she wrote.
 
 Which reports are hers: `reporter_reports`, written with the submission, lists them
 under a keyed pseudonym of her person id (the table names nobody); reading one also
@@ -34,6 +34,7 @@ from services.domain.reports import NAMED_ACTOR
 from services.domain.status import in_time_order, progress_of
 from services.infra import eventstore
 from services.infra.http import Problem, problem_responses
+from services.intake.attachments import reporter_files
 from services.intake.ledger_proof import ledger_proof
 from services.intake.principals import RequiredPrincipal
 from services.intake.progress import kept_events
@@ -153,6 +154,12 @@ async def _hers(service: IntakeService, person_id: str, incident_id: str) -> lis
     return events
 
 
+async def hers(service: IntakeService, person_id: str, incident_id: str) -> None:
+    """Nothing when the report is hers; else the 404 every other case gets (the file
+    routes, services.intake.attachments_api, ask this)."""
+    await _hers(service, person_id, incident_id)
+
+
 async def show_report(service: IntakeService, person_id: str, incident_id: str) -> dict[str, Any]:
     """Record her view (`incident.viewed.v1`, principal `reporter`), then build it."""
     events = await _hers(service, person_id, incident_id)
@@ -173,8 +180,10 @@ async def show_report(service: IntakeService, person_id: str, incident_id: str) 
     view = (await service.reporter_view(incident_id)).to_json()
     async with service.runtime.db.acquire() as conn:
         (opened,) = await service.keys.open_events(conn, incident_id, [first])
+    files = await reporter_files(service.runtime, service.keys, incident_id)
     return {
         **view,
+        "attachments": [f.to_json() for f in files],
         "category": opened.data.get("category"),
         "summary": opened.data.get("summary"),
         "description": opened.data.get("description"),

@@ -18,7 +18,7 @@ from services.intake.receipts import MessageIn
 from services.intake.service import IntakeService
 
 router = APIRouter(prefix="/ui/my", include_in_schema=False)
-DONE = {"message": "Your message is sent."}
+DONE = {"message": "Your message is sent.", "attached": "Your file is attached."}
 
 
 def _service(request: Request) -> IntakeService:

@@ -252,3 +252,30 @@ async def test_the_console_uploads_and_lists_files_without_javascript(env: Env) 
     finally:
         await reporter.aclose()
         await handler.aclose()
+
+
+async def test_a_named_reporter_attaches_and_downloads_her_own_files_only(env: Env) -> None:
+    answer = await env.client.post(
+        "/v1/reports",
+        json={"category": "harassment", "summary": "Chat logs", "description": "Attached."},
+        headers=auth("p-liu"),
+    )
+    assert answer.status_code == 202, answer.text
+    incident = str(answer.json()["incident_id"])
+    url = f"/v1/my/reports/{incident}/attachments"
+    stored = await env.client.post(
+        url, content=PNG, headers={**auth("p-liu"), "x-filename": "a.png"}
+    )
+    assert stored.status_code == 201, stored.text
+    file_id = stored.json()["attachment_id"]
+    mine = await env.client.get(f"{url}/{file_id}", headers=auth("p-liu"))
+    assert mine.status_code == 200 and mine.content == PNG
+    shown = (await env.client.get(f"/v1/my/reports/{incident}", headers=auth("p-liu"))).json()
+    assert [f["name"] for f in shown["attachments"]] == ["a.png"]
+    for other in (
+        await env.client.get(f"{url}/{file_id}", headers=auth("p-ma")),
+        await env.client.post(url, content=PNG, headers=auth("p-ma")),
+    ):
+        assert other.status_code == 404
+    (added,) = await of_type(env.settings, incident, ADDED)
+    assert added.actor == "reporter:named" and added.data["author"] == "reporter"

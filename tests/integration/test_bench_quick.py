@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from services.bench import figures as fig
+from services.bench.attachments import attachment_figures
 from services.bench.ledgerdata import LedgerData, check
 from services.bench.report import Figure, write
 from services.bench.stack import BenchStack
@@ -124,6 +125,7 @@ async def test_figures_that_need_the_services(
         warmup=0.2,
     )
     anonymous = await fig.anonymous_figure(target, concurrency=1, seconds=1, hash_seconds=0.1)
+    upload, download = await attachment_figures(target, size=1024 * 1024, rounds=1)
 
     assert_complete(e2e)
     assert e2e.details["accepted"] == 10 and e2e.details["incomplete"] == 0
@@ -140,3 +142,5 @@ async def test_figures_that_need_the_services(
     )
     assert anonymous.baseline is not None and anonymous.baseline > 0
     assert anonymous.met is None and anonymous.ratio is not None
+    for files in (upload, download):
+        assert files.error is None and files.ratio is not None and files.baseline

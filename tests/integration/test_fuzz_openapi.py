@@ -85,6 +85,8 @@ INTAKE_OPERATIONS = [
     ("GET", "/v1/incidents/{incident_id}/attachments/{attachment_id}"),
     ("POST", "/v1/receipts/{receipt}/attachments"),
     ("GET", "/v1/receipts/{receipt}/attachments/{attachment_id}"),
+    ("POST", "/v1/my/reports/{incident_id}/attachments"),
+    ("GET", "/v1/my/reports/{incident_id}/attachments/{attachment_id}"),
     ("POST", "/v1/incidents/{incident_id}/reporter-identity"),
     ("POST", "/v1/incidents/{incident_id}/legal-hold"),
     ("POST", "/v1/incidents/{incident_id}/legal-hold/release"),
