@@ -601,7 +601,12 @@ class Escalation:
                             " WHERE event_id = $1 AND state = 'pending' RETURNING 1",
                             envelope.id,
                         ):
+                            # the locks a step takes, in its order, before any append
                             await _lock_incident(conn, envelope.subject)
+                            await conn.execute(
+                                "SELECT 1 FROM escalation_state WHERE incident_id = $1 FOR UPDATE",
+                                envelope.subject,
+                            )
                             failed = self._outcome_event(envelope, notice, outcome, failed=True)
                             await self._append_outcomes(conn, [failed])
                             await self._step_or_hold(conn, envelope, _transition_for(envelope))
@@ -664,14 +669,14 @@ class Escalation:
         )
 
     async def _append_outcomes(self, conn: asyncpg.Connection, events: Sequence[Envelope]) -> None:
-        """Append outcome events to their incidents' streams (their locks held)."""
-        by_incident: dict[str, list[Envelope]] = {}
-        for event in events:
-            by_incident.setdefault(event.subject, []).append(event)
-        versions = await eventstore.stream_versions(conn, list(by_incident))
+        """Append outcome events, each as the one event of its notice's own stream
+        (`notice:<notice id>`; the subject stays the incident). So recording a delivery
+        takes no incident lock: a batch of them never waits on (nor deadlocks with) a
+        step holding the outbox counter and the incident locks, and the deliveries
+        row's pending -> done update already makes it once per notice."""
         await eventstore.append_streams(
             conn,
-            [(i, versions[i], batch) for i, batch in by_incident.items()],
+            [(f"notice:{e.causationid}", 0, [e]) for e in events],
             topic_prefix=self.runtime.settings.kafka_topic_prefix,
         )
 
@@ -691,7 +696,6 @@ class Escalation:
         }
         fresh = [e for e in events if e.causationid in done]
         if fresh:
-            await _lock_incidents(conn, sorted({e.subject for e in fresh}))
             await self._append_outcomes(conn, fresh)
         return [None] * len(events)
 
