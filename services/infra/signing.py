@@ -252,11 +252,13 @@ def private_key_pem(key: Ed25519PrivateKey) -> bytes:
 
 # -- the process's keys ------------------------------------------------------------
 # A process signs with the keys its services configured (one in production; a test
-# may run several services in one process). A development key fills in for a service
-# this process did not configure: no production key set lists one, so whatever it
-# signed would be refused there.
+# may run several services in one process). Outside production a development key fills
+# in for a service this process did not configure; a production process never signs
+# with one.
 
 _signers: dict[str, Signer] = {}
+_development: dict[str, Signer] = {}
+_production = False
 
 
 def configure(
@@ -267,6 +269,7 @@ def configure(
     Production refuses to start without a key file and a key set, or with a key the set
     does not list for this service (SigningError).
     """
+    global _production
     if environment == "production" and (key_file is None or keys_file is None):
         raise SigningError(
             "production needs INCIDENTS_EVENT_SIGNING_KEY and INCIDENTS_EVENT_KEYS_FILE"
@@ -296,18 +299,19 @@ def configure(
             raise SigningError(message)
         log.error(message)
     _signers[service] = signer
+    _production = environment == "production"
     return keys
 
 
 def signer_for(service: str) -> Signer:
-    """The signer of a service of this process (its development key when this process
-    configured none for it)."""
+    """The signer of a service of this process (outside production, its development key
+    when this process configured none for it)."""
     signer = _signers.get(service)
     if signer is not None:
         return signer
-    if service not in SERVICES:
-        raise SigningError(f"no event signing key for {service!r}")
-    return _signers.setdefault(service, Signer(service, development_key(service)))
+    if _production or service not in SERVICES:
+        raise SigningError(f"no event signing key for {service!r} in this process")
+    return _development.setdefault(service, Signer(service, development_key(service)))
 
 
 def producer_of(event: dict[str, Any]) -> str:

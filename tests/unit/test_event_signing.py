@@ -224,6 +224,8 @@ def test_production_refuses_to_start_without_a_key_and_a_key_set(tmp_path: Path)
             VECTOR_KEY_ID
         }
         assert signing.signer_for("intake").key_id == VECTOR_KEY_ID
+        with pytest.raises(SigningError):  # never a public development key in production
+            signing.signer_for("escalation")
     finally:
         signing.configure("intake", "test", None, None)  # back to the development key
     assert (
