@@ -34,6 +34,28 @@ for key in content-master-key pseudonym-key; do
   fi
 done
 
+# Kafka TLS: a private CA, a key and certificate per broker (its host name) and per
+# client principal (the CN is the principal the ACLs of deploy/kafka/acls.sh name).
+# system-hris is the demo registered system: give each real system its own.
+if [ ! -e kafka-ca.key ]; then
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
+    -subj "/CN=incidents kafka CA" -keyout kafka-ca.key -out kafka-ca.pem 2>/dev/null
+  echo "created secrets/kafka-ca.pem and its key (keep the key offline)"
+fi
+certificate() {  # NAME [HOST]: kafka-NAME.key, kafka-NAME.pem (CN=NAME) and a PEM keystore
+  [ -e "kafka-$1.pem" ] && return 0
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$1" \
+    -keyout "kafka-$1.key" -out "kafka-$1.csr" 2>/dev/null
+  printf 'subjectAltName=DNS:%s\n' "${2:-$1}" > "kafka-$1.ext"
+  openssl x509 -req -in "kafka-$1.csr" -CA kafka-ca.pem -CAkey kafka-ca.key -CAcreateserial \
+    -days 825 -extfile "kafka-$1.ext" -out "kafka-$1.pem" 2>/dev/null
+  cat "kafka-$1.key" "kafka-$1.pem" kafka-ca.pem > "kafka-$1.keystore.pem"
+  rm -f "kafka-$1.csr" "kafka-$1.ext"
+  echo "created secrets/kafka-$1.pem (principal User:$1)"
+}
+for broker in kafka-1 kafka-2 kafka-3; do certificate "$broker"; done
+for principal in admin intake triage escalation audit system-hris; do certificate "$principal"; done
+
 if [ ! -e notify.env ]; then
   # The key that signs each notice webhook; the receiver needs the same value.
   printf 'INCIDENTS_NOTIFY_WEBHOOK_SECRET=%s\n' "$(openssl rand -hex 32)" > notify.env
@@ -42,4 +64,5 @@ fi
 
 # Readable by the containers' users; the 0700 folder keeps everyone else out.
 chmod 0444 postgres_password db_*_password audit-signing-key.pem content-master-key \
-  pseudonym-key
+  pseudonym-key kafka-*.pem kafka-*.key
+chmod 0400 kafka-ca.key

@@ -27,7 +27,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
 from services.infra import metrics
-from services.infra.kafka import BatchHandler, ConsumerStats, RecordProcessor
+from services.infra.kafka import BatchHandler, ConsumerStats, RecordProcessor, security_options
 from services.infra.runtime import Runtime
 from services.infra.settings import CommonSettings
 
@@ -70,6 +70,7 @@ def make_faust_app(settings: CommonSettings, name: str) -> faust.App:
     app = faust.App(
         f"{settings.kafka_topic_prefix}{name}",
         broker=f"incidents://{host}",
+        broker_credentials=broker_credentials(settings),
         broker_session_timeout=session_s,
         broker_heartbeat_interval=max(session_s / 3, 0.1),
         broker_request_timeout=max(40.0, session_s * 3),
@@ -88,6 +89,21 @@ def make_faust_app(settings: CommonSettings, name: str) -> faust.App:
     )
     app.incidents_fetch_max_wait_ms = settings.kafka_fetch_max_wait_ms  # type: ignore[attr-defined]
     return app
+
+
+def broker_credentials(settings: CommonSettings) -> faust.types.auth.CredentialsT | None:
+    """faust's form of `kafka.security_options`: the same TLS context and principal."""
+    options = security_options(settings)
+    if not options:
+        return None
+    if settings.kafka_security_protocol == "SSL":
+        return faust.SSLCredentials(options["ssl_context"])
+    return faust.SASLCredentials(
+        username=options["sasl_plain_username"],
+        password=options["sasl_plain_password"],
+        ssl_context=options["ssl_context"],
+        mechanism=options["sasl_mechanism"],
+    )
 
 
 def _record(event: Any) -> ConsumerRecord:

@@ -15,6 +15,7 @@ import re
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 from aiokafka import (
@@ -26,6 +27,7 @@ from aiokafka import (
 )
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.helpers import create_ssl_context
 from opentelemetry import trace
 
 from services.domain.events import Topic
@@ -55,9 +57,35 @@ def all_topics(settings: CommonSettings) -> list[str]:
     return [settings.topic(t) for t in Topic]
 
 
+def security_options(settings: CommonSettings) -> dict[str, Any]:
+    """The aiokafka options that encrypt and authenticate this service's connections
+    (none with PLAINTEXT, the local broker): TLS against the configured CA, and the
+    principal either the client certificate's (SSL: mTLS) or a SCRAM login (SASL_SSL).
+    Every client of the service takes them, so the broker's ACLs (deploy/kafka/acls.sh)
+    see one principal per service."""
+    protocol = settings.kafka_security_protocol
+    if protocol == "PLAINTEXT":
+        return {}
+    context = create_ssl_context(
+        cafile=str(settings.kafka_ssl_cafile),
+        certfile=str(settings.kafka_ssl_certfile) if settings.kafka_ssl_certfile else None,
+        keyfile=str(settings.kafka_ssl_keyfile) if settings.kafka_ssl_keyfile else None,
+    )
+    options: dict[str, Any] = {"security_protocol": protocol, "ssl_context": context}
+    if protocol == "SASL_SSL" and settings.kafka_sasl_password_file is not None:
+        password = settings.kafka_sasl_password_file.read_text(encoding="utf-8").strip()
+        options |= {
+            "sasl_mechanism": settings.kafka_sasl_mechanism,
+            "sasl_plain_username": settings.kafka_sasl_username,
+            "sasl_plain_password": password,
+        }
+    return options
+
+
 def make_producer(settings: CommonSettings, client_id: str) -> AIOKafkaProducer:
     """The one producer configuration: acks=all, idempotence as configured."""
     return AIOKafkaProducer(
+        **security_options(settings),
         bootstrap_servers=settings.kafka_bootstrap,
         client_id=client_id,
         acks="all",
@@ -73,7 +101,9 @@ def make_producer(settings: CommonSettings, client_id: str) -> AIOKafkaProducer:
 async def ensure_topics(settings: CommonSettings, names: Iterable[str]) -> list[str]:
     """Create the topics that do not exist yet; returns those created."""
     admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=10000
+        **security_options(settings),
+        bootstrap_servers=settings.kafka_bootstrap,
+        request_timeout_ms=10000,
     )
     await admin.start()
     try:
@@ -106,7 +136,11 @@ async def ensure_topics(settings: CommonSettings, names: Iterable[str]) -> list[
 
 async def list_topics(settings: CommonSettings) -> set[str]:
     """Names of the topics the broker has now."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=5000)
+    admin = AIOKafkaAdminClient(
+        **security_options(settings),
+        bootstrap_servers=settings.kafka_bootstrap,
+        request_timeout_ms=5000,
+    )
     await admin.start()
     try:
         return set(await admin.list_topics())
@@ -370,6 +404,7 @@ class ConsumerLoop:
     def _new_consumer(self) -> AIOKafkaConsumer:
         session = self.settings.kafka_session_timeout_ms
         return AIOKafkaConsumer(
+            **security_options(self.settings),
             bootstrap_servers=self.settings.kafka_bootstrap,
             group_id=self.group,
             client_id=self.client_id,

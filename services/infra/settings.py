@@ -62,6 +62,29 @@ class CommonSettings(BaseSettings):
     kafka_fetch_max_wait_ms: int = Field(
         20, ge=1, description="How long a fetch waits for data: the consumer's latency floor."
     )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_SSL"] = Field(
+        "PLAINTEXT",
+        description="How the service talks to Kafka: PLAINTEXT (local broker only), SSL"
+        " (TLS; with a client certificate, the certificate is the principal: mTLS) or"
+        " SASL_SSL (TLS and a SCRAM login). Production refuses PLAINTEXT"
+        " (deploy/README.md, Broker security).",
+    )
+    kafka_ssl_cafile: Path | None = Field(
+        None, description="CA certificate (PEM) the broker's certificate must chain to."
+    )
+    kafka_ssl_certfile: Path | None = Field(
+        None, description="Client certificate (PEM) for mTLS: its CN is the Kafka principal."
+    )
+    kafka_ssl_keyfile: Path | None = Field(
+        None, description="Private key (PEM) of the client certificate."
+    )
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "SCRAM-SHA-512", description="SASL mechanism with SASL_SSL."
+    )
+    kafka_sasl_username: str | None = Field(None, description="SCRAM user with SASL_SSL.")
+    kafka_sasl_password_file: Path | None = Field(
+        None, description="File holding the SCRAM password with SASL_SSL (a secret)."
+    )
     database_url: str = Field(DEFAULT_DATABASE_URL, description="PostgreSQL URL.")
     db_schema_suffix: str = Field(
         "", description="Suffix for every service's schema name (tests isolate with it)."
@@ -191,6 +214,26 @@ class CommonSettings(BaseSettings):
                 raise ValueError("production needs INCIDENTS_OIDC_JWKS_URL (OIDC JWTs)")
             if urlsplit(self.oidc_jwks_url).scheme != "https":
                 raise ValueError("production needs an https INCIDENTS_OIDC_JWKS_URL")
+            if self.kafka_security_protocol == "PLAINTEXT":
+                raise ValueError(
+                    "production needs INCIDENTS_KAFKA_SECURITY_PROTOCOL SSL or SASL_SSL"
+                )
+        if self.kafka_security_protocol != "PLAINTEXT" and self.kafka_ssl_cafile is None:
+            raise ValueError("Kafka over TLS needs INCIDENTS_KAFKA_SSL_CAFILE")
+        if self.kafka_security_protocol == "SSL" and not (
+            self.kafka_ssl_certfile and self.kafka_ssl_keyfile
+        ):
+            raise ValueError(
+                "INCIDENTS_KAFKA_SECURITY_PROTOCOL=SSL (mTLS) needs INCIDENTS_KAFKA_SSL_CERTFILE"
+                " and INCIDENTS_KAFKA_SSL_KEYFILE"
+            )
+        if self.kafka_security_protocol == "SASL_SSL" and not (
+            self.kafka_sasl_username and self.kafka_sasl_password_file
+        ):
+            raise ValueError(
+                "INCIDENTS_KAFKA_SECURITY_PROTOCOL=SASL_SSL needs INCIDENTS_KAFKA_SASL_USERNAME"
+                " and INCIDENTS_KAFKA_SASL_PASSWORD_FILE"
+            )
         if self.oidc_jwks_url is not None and not (self.oidc_issuer and self.oidc_audience):
             raise ValueError(
                 "INCIDENTS_OIDC_JWKS_URL needs INCIDENTS_OIDC_ISSUER and INCIDENTS_OIDC_AUDIENCE"

@@ -597,23 +597,32 @@ async def comment(
     response_model=Recorded,
     responses={
         202: {"description": "Recorded: `incident.reporter.message.v1` to the reporter."},
-        **problem_responses(UNAUTHORIZED, FORBIDDEN, NOT_FOUND, TOO_LARGE, INVALID, FAILED, BUSY),
+        **problem_responses(
+            UNAUTHORIZED,
+            FORBIDDEN,
+            NOT_FOUND,
+            (409, "The incident is closed: the reporter reads its outcome instead."),
+            TOO_LARGE,
+            INVALID,
+            FAILED,
+            BUSY,
+        ),
     },
 )
 async def message_reporter(
     incident_id: IncidentId, body: TextBody, request: Request, caller: RequiredPrincipal
 ) -> dict[str, Any]:
-    """A message the reporter reads with their receipt (`direction: to_reporter`)."""
-    return await _simple(
-        request,
-        caller,
-        incident_id,
-        "message_reporter",
-        MESSAGE,
-        lambda context: ReporterMessage(
+    """A message the reporter reads with her receipt or her reports (`direction:
+    to_reporter`); 409 once the incident is closed (she reads the outcome instead)."""
+
+    def message(context: Context) -> ReporterMessage:
+        if context.state.status == "closed":
+            raise NotNow("The incident is closed: write no more to the reporter.")
+        return ReporterMessage(
             direction="to_reporter", author=caller.id, text=context.seal("text", body.text)
-        ),
-    )
+        )
+
+    return await _simple(request, caller, incident_id, "message_reporter", MESSAGE, message)
 
 
 async def _simple(

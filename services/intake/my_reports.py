@@ -39,7 +39,13 @@ from services.intake.ledger_proof import ledger_proof
 from services.intake.principals import RequiredPrincipal
 from services.intake.progress import kept_events
 from services.intake.receipts import MessageAccepted, MessageIn, ReporterViewOut
-from services.intake.service import Busy, IntakeService, ReceiptNotFound, fresh_traceparent
+from services.intake.service import (
+    Busy,
+    IntakeService,
+    ReceiptNotFound,
+    ReportClosed,
+    fresh_traceparent,
+)
 
 router = APIRouter(prefix="/v1/my", tags=["reporters"])
 MAX_LISTED = 200
@@ -239,6 +245,10 @@ async def my_message(
         sent = await service.message_from_reporter(incident_id, message.text, actor=NAMED_ACTOR)
     except ReceiptNotFound:  # erased meanwhile
         raise _not_found() from None
+    except ReportClosed:  # closed meanwhile
+        raise Problem(
+            409, "Closed", "The report is closed: the handlers no longer read here."
+        ) from None
     except Busy:
         raise Problem(503, "Busy", "The report kept changing; retry.") from None
     return {

@@ -27,6 +27,7 @@ from services.intake.service import (
     Busy,
     IntakeService,
     ReceiptNotFound,
+    ReportClosed,
     TooManyAttempts,
 )
 
@@ -195,6 +196,7 @@ async def get_receipt(
     responses={
         202: {"description": "The message is durably part of the incident."},
         404: NOT_FOUND,
+        409: problem("The report is closed: the handlers no longer read messages on it."),
         413: problem("The body is over the size limit (INCIDENTS_MAX_BODY_BYTES)."),
         422: INVALID,
         429: TOO_MANY,
@@ -220,6 +222,8 @@ async def post_receipt_message(
         return _too_many(exc)
     try:
         sent = await service.message_from_reporter(incident_id, message.text)
+    except ReportClosed:
+        return problem_response(409, "Closed", "The report is closed: nothing can be added.")
     except Busy:
         answer = problem_response(503, "Busy", "The incident kept changing; retry.")
         answer.headers["Retry-After"] = "1"

@@ -39,6 +39,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from services.domain.envelope import Envelope
 from services.domain.events import ReporterMessage, make_event
 from services.domain.inbound import authorize, incident_id_for, report_of
+from services.domain.incident import fold
 from services.domain.names import MAX_NAME_LENGTH, normalise
 from services.domain.policy import Policy
 from services.domain.ratelimit import TokenBuckets
@@ -210,6 +211,10 @@ class PersonFound:
     id: str
     name: str | None
     unit: str | None
+
+
+class ReportClosed(Exception):
+    """The report is closed: the handlers no longer read messages or files on it."""
 
 
 class Busy(Exception):
@@ -684,14 +689,16 @@ class IntakeService:
         self, incident_id: str, text: str, *, actor: str = ANONYMOUS_ACTOR
     ) -> MessageSent:
         """Append the reporter's message to the incident (retried when the stream moves);
-        `actor` is `reporter:named` for a named reporter (never her id)."""
+        `actor` is `reporter:named` for a named reporter (never her id). Raises
+        ReportClosed once it is closed, ReceiptNotFound once erased."""
         async with self.runtime.db.acquire() as conn:
-            first = await conn.fetchval(
-                "SELECT event_id FROM events WHERE stream_id = $1 AND version = 1", incident_id
-            )
+            events = [s.envelope for s in await eventstore.load(conn, incident_id)]
             key = await self.keys.get(conn, incident_id)
-        if key is None:  # erased: nothing can be added to it any more
+        if key is None or not events:  # erased: nothing can be added to it any more
             raise ReceiptNotFound
+        if fold(incident_id, events).status == "closed":
+            raise ReportClosed
+        first = events[0].id
         sealed = key.seal("text", text)
         event = make_event(
             "incident.reporter.message.v1",
@@ -700,7 +707,7 @@ class IntakeService:
             source=self.runtime.source,
             time=datetime.now(UTC),
             actor=actor,
-            correlationid=str(first) if first is not None else None,
+            correlationid=events[0].correlationid or first,
             traceparent=fresh_traceparent(),
         )
         await self.append_event(incident_id, event)

@@ -51,6 +51,7 @@ from services.intake.service import (
     IntakeService,
     PersonFound,
     ReceiptNotFound,
+    ReportClosed,
     TooManyAttempts,
 )
 
@@ -398,6 +399,8 @@ async def receipt_message(request: Request) -> Response:
     incident_id = await _open(request, fields)
     try:
         await _service(request).message_from_reporter(incident_id, text)
+    except ReportClosed:
+        raise ConsoleError(409, "Closed", "The report is closed: nothing can be added.") from None
     except Busy:
         raise ConsoleError(503, "Busy", "The report kept changing; send it again.") from None
     return await _receipt_page(request, incident_id, fields, "Your message is sent.")

@@ -209,6 +209,18 @@ async def test_bad_files_are_refused_and_nothing_is_half_stored(
         f"/v1/incidents/{incident}/attachments", content=PNG, headers=auth("p-chen")
     )
     assert handler.status_code == 409
+    # and no message either way: the reporter reads the outcome
+    to_her = await env.client.post(
+        f"/v1/incidents/{incident}/messages",
+        json={"text": "One more thing"},
+        headers=auth("p-chen"),
+    )
+    from_her = await env.client.post(
+        f"/v1/receipts/{receipt['receipt']}/messages",
+        json={"text": "One more thing"},
+        headers={"x-receipt-secret": receipt["secret"]},
+    )
+    assert to_her.status_code == from_her.status_code == 409
 
 
 async def test_the_console_uploads_and_lists_files_without_javascript(env: Env) -> None:

@@ -519,7 +519,11 @@ def test_the_init_script_feeds_every_password_roles_sql_needs() -> None:
 COMPOSE: dict[str, Any] = yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8"))
 COMPOSE_SERVICES: dict[str, Any] = COMPOSE["services"]
 OURS = {n: s for n, s in COMPOSE_SERVICES.items() if "build" in s}
-BROKERS = {n: s for n, s in COMPOSE_SERVICES.items() if s["image"].startswith("apache/kafka:")}
+BROKERS = {
+    n: s
+    for n, s in COMPOSE_SERVICES.items()
+    if s["image"].startswith("apache/kafka:") and n != "acls"  # acls: a job with its tools
+}
 
 
 def env_file(path: Path) -> dict[str, str]:
@@ -620,7 +624,12 @@ def test_compose_gives_each_service_its_own_database_login(
         assert secret in COMPOSE_SERVICES[name]["secrets"]
         assert secret == f"db_{roles[url.username].removesuffix('_password')}_password"
     assert "INCIDENTS_DATABASE_URL" not in compose_env("topics")
-    assert not COMPOSE_SERVICES["topics"].get("secrets"), "the topics job needs no secret"
+    # the topics job creates topics as the Kafka admin: its certificate, no database
+    assert set(COMPOSE_SERVICES["topics"]["secrets"]) == {
+        "kafka_ca",
+        "kafka_admin_cert",
+        "kafka_admin_key",
+    }
     audit = compose_env("audit")
     assert audit["INCIDENTS_AUDIT_DB_ROLE"] == "", "production logs in as the audit role"
     key = audit["INCIDENTS_SIGNING_KEY_FILE"].removeprefix("/run/secrets/")
@@ -660,7 +669,7 @@ def test_compose_runs_kafka_in_kraft_mode_with_three_replicas() -> None:
         env = broker["environment"]
         assert set(env["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}
         node_ids[str(env["KAFKA_NODE_ID"])] = name
-        assert env["KAFKA_ADVERTISED_LISTENERS"] == f"PLAINTEXT://{name}:{KAFKA_PORT}"
+        assert env["KAFKA_ADVERTISED_LISTENERS"] == f"SSL://{name}:{KAFKA_PORT}"
         assert int(env["KAFKA_MIN_INSYNC_REPLICAS"]) == 2
         assert int(env["KAFKA_DEFAULT_REPLICATION_FACTOR"]) == 3
         assert str(env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"]) == "false"
@@ -681,7 +690,9 @@ def test_compose_starts_things_in_order() -> None:
     for name in SETTINGS:
         assert needs(name)["topics"] == "service_completed_successfully"
         assert needs(name)["migrate"] == "service_completed_successfully"
+        assert needs(name)["acls"] == "service_completed_successfully"
     assert needs("topics") == {n: "service_healthy" for n in BROKERS}
+    assert needs("acls") == {n: "service_healthy" for n in BROKERS}
     assert needs("migrate") == {"postgres": "service_healthy"}
     for name in JOBS:
         assert COMPOSE_SERVICES[name]["restart"] == "no"

@@ -20,7 +20,7 @@ ROUTES = {
     ("post", "/v1/reports"): {"202", "401", "403", "409", "413", "422"},
     ("post", "/v1/channels/harassment/reports"): {"202", "401", "403", "409", "413", "422"},
     ("get", "/v1/receipts/{receipt}"): {"200", "404", "422", "429"},
-    ("post", "/v1/receipts/{receipt}/messages"): {"202", "404", "413", "422", "429", "503"},
+    ("post", "/v1/receipts/{receipt}/messages"): {"202", "404", "409", "413", "422", "429", "503"},
 }
 
 

@@ -42,6 +42,9 @@ def production(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("INCIDENTS_KAFKA_IDEMPOTENCE", "true")
     monkeypatch.setenv("INCIDENTS_TOKENS_FILE", str(tokens))
     monkeypatch.setenv("INCIDENTS_SYSTEMS_FILE", str(tmp_path / "systems.yaml"))
+    monkeypatch.setenv("INCIDENTS_KAFKA_SECURITY_PROTOCOL", "SSL")
+    for name in ("CAFILE", "CERTFILE", "KEYFILE"):
+        monkeypatch.setenv(f"INCIDENTS_KAFKA_SSL_{name}", str(tmp_path / name.lower()))
     monkeypatch.setenv("INCIDENTS_OIDC_JWKS_URL", "https://idp.example/jwks")
     monkeypatch.setenv("INCIDENTS_OIDC_ISSUER", "https://idp.example")
     monkeypatch.setenv("INCIDENTS_OIDC_AUDIENCE", "incidents")
@@ -119,6 +122,16 @@ def test_production_refuses_the_demo_tokens_file(
     production(monkeypatch, tmp_path)
     monkeypatch.delenv("INCIDENTS_TOKENS_FILE")
     with pytest.raises(ValidationError, match="demo tokens file"):
+        CommonSettings()
+
+
+def test_production_refuses_a_plaintext_broker(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    production(monkeypatch, tmp_path)
+    CommonSettings()
+    monkeypatch.setenv("INCIDENTS_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT")
+    with pytest.raises(ValidationError, match="KAFKA_SECURITY_PROTOCOL SSL or SASL_SSL"):
         CommonSettings()
 
 
