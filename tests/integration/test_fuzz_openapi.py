@@ -87,6 +87,9 @@ INTAKE_OPERATIONS = [
     ("GET", "/v1/receipts/{receipt}/attachments/{attachment_id}"),
     ("POST", "/v1/my/reports/{incident_id}/attachments"),
     ("GET", "/v1/my/reports/{incident_id}/attachments/{attachment_id}"),
+    ("GET", "/v1/my/reports"),
+    ("GET", "/v1/my/reports/{incident_id}"),
+    ("POST", "/v1/my/reports/{incident_id}/messages"),
     ("POST", "/v1/incidents/{incident_id}/reporter-identity"),
     ("POST", "/v1/incidents/{incident_id}/legal-hold"),
     ("POST", "/v1/incidents/{incident_id}/legal-hold/release"),
@@ -159,6 +162,8 @@ def intake_token(path: str) -> str | None:
         return "dev-admin-token"
     if path.startswith("/v1/incidents"):
         return "dev-chen-token"
+    if path.startswith("/v1/my/"):
+        return "dev-liu-token"  # a person who may have reported under her name
     return None
 
 
