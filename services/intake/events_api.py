@@ -63,10 +63,18 @@ _STATUS = {
             "content": {
                 "application/cloudevents+json": {
                     "schema": {
-                        "$ref": "https://incidents.example/schemas/incident.report.inbound.v1.json"
+                        "type": "object",
+                        "description": "Structured mode: an incident.report.inbound.v1"
+                        " CloudEvent (schemas/incident.report.inbound.v1.json).",
                     }
                 },
-                "application/json": {"schema": {"type": "object"}},
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "description": "Binary mode: the event's data (POST /v1/reports'"
+                        " body), its attributes in ce- headers.",
+                    }
+                },
             },
         }
     },

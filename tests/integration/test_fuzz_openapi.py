@@ -14,7 +14,8 @@ undocumented 400 (now 422 problem+json like any body that is not JSON); audit's 
 (unknown incident, no signed head yet) were undocumented, and its 422s were declared as
 FastAPI's default `application/json` body while it answers `application/problem+json`.
 
-Triage and escalation serve only health and metrics: there is nothing to fuzz there.
+Triage and escalation serve only health, readiness and metrics (`services.infra.http`,
+fuzzed here through intake and audit, which serve the same routes).
 """
 
 from __future__ import annotations
@@ -67,9 +68,11 @@ FUZZ = settings(
 )
 PROBLEM = "application/problem+json"
 
+HEALTH_OPERATIONS = [("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics")]
 INTAKE_OPERATIONS = [
     ("POST", "/v1/reports"),
     ("POST", "/v1/channels/harassment/reports"),
+    ("POST", "/v1/events"),
     ("GET", "/v1/receipts/{receipt}"),
     ("POST", "/v1/receipts/{receipt}/messages"),
     ("GET", "/v1/incidents"),
@@ -98,6 +101,7 @@ INTAKE_OPERATIONS = [
     ("GET", "/v1/directory/grants"),
     ("POST", "/v1/directory/grants/{grant_id}/approval"),
     ("GET", "/v1/people/search"),
+    *HEALTH_OPERATIONS,
 ]
 AUDIT_OPERATIONS = [
     ("GET", "/v1/incidents/{incident_id}/timeline"),
@@ -109,6 +113,7 @@ AUDIT_OPERATIONS = [
     ("GET", "/v1/ledger/head"),
     ("GET", "/v1/ledger/heads"),
     ("GET", "/v1/ledger/public-key"),
+    *HEALTH_OPERATIONS,
 ]
 JSON_BODY = [
     op
@@ -158,6 +163,8 @@ def audit_api(
 
 
 def intake_token(path: str) -> str | None:
+    if path == "/v1/events":
+        return "dev-hris-token"  # a registered system
     if path.startswith("/v1/directory"):
         return "dev-admin-token"
     if path.startswith("/v1/incidents"):
