@@ -14,8 +14,7 @@ undocumented 400 (now 422 problem+json like any body that is not JSON); audit's 
 (unknown incident, no signed head yet) were undocumented, and its 422s were declared as
 FastAPI's default `application/json` body while it answers `application/problem+json`.
 
-Triage and escalation serve only health, readiness and metrics (`services.infra.http`,
-fuzzed here through intake and audit, which serve the same routes).
+Triage and escalation serve only health and metrics: there is nothing to fuzz there.
 """
 
 from __future__ import annotations
@@ -68,7 +67,6 @@ FUZZ = settings(
 )
 PROBLEM = "application/problem+json"
 
-HEALTH_OPERATIONS = [("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics")]
 INTAKE_OPERATIONS = [
     ("POST", "/v1/reports"),
     ("POST", "/v1/channels/harassment/reports"),
@@ -101,7 +99,6 @@ INTAKE_OPERATIONS = [
     ("GET", "/v1/directory/grants"),
     ("POST", "/v1/directory/grants/{grant_id}/approval"),
     ("GET", "/v1/people/search"),
-    *HEALTH_OPERATIONS,
 ]
 AUDIT_OPERATIONS = [
     ("GET", "/v1/incidents/{incident_id}/timeline"),
@@ -113,7 +110,6 @@ AUDIT_OPERATIONS = [
     ("GET", "/v1/ledger/head"),
     ("GET", "/v1/ledger/heads"),
     ("GET", "/v1/ledger/public-key"),
-    *HEALTH_OPERATIONS,
 ]
 JSON_BODY = [
     op
