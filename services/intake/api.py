@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from opentelemetry import trace
 from pydantic import BaseModel, ConfigDict, Field
 
+from services.domain.inbound import InboundRefused, authorize
 from services.domain.receipts import request_digest
 from services.domain.reports import (
     PeopleRefused,
@@ -27,6 +28,7 @@ from services.domain.reports import (
 )
 from services.infra.auth import is_system_id
 from services.infra.http import PROBLEM, Problem
+from services.infra.systems import Systems
 from services.infra.telemetry import span_after
 from services.intake.principals import OptionalCallerId
 from services.intake.service import (
@@ -129,7 +131,10 @@ REPORT_RESPONSES: dict[int | str, dict[str, Any]] = {
         "The bearer token is not valid, or an anonymous caller named a `reporter`"
         " (naming a reporter needs authentication)."
     ),
-    403: problem("A person named someone else as `reporter` (a person reports as themselves)."),
+    403: problem(
+        "A person named someone else as `reporter` (a person reports as themselves), or a"
+        " system that is not registered for HTTP or lacks the scope (docs/inbound.md)."
+    ),
     409: problem("The Idempotency-Key was used before with another body (or endpoint)."),
     413: problem("The body is over the size limit (INCIDENTS_MAX_BODY_BYTES)."),
     422: problem(
@@ -147,6 +152,19 @@ REPORT_RESPONSES: dict[int | str, dict[str, Any]] = {
 def _service(request: Request) -> IntakeService:
     service: IntakeService = request.app.state.intake
     return service
+
+
+def _within_scope(request: Request, caller: str | None, reporter: str | None) -> None:
+    """A system reports only as the systems file registers it (docs/inbound.md): on
+    HTTP, and naming a person only with the `report_for_person` scope; else 403."""
+    systems: Systems = request.app.state.systems
+    system = systems.for_principal(caller)
+    try:
+        if system is None:
+            raise InboundRefused("out_of_scope", "not a registered system on HTTP")
+        authorize(system.id, system.scopes, reporter)
+    except InboundRefused as exc:
+        raise Problem(403, "Forbidden", exc.reason) from exc
 
 
 async def _take(
@@ -171,6 +189,8 @@ async def _take(
             "explicit_null": (422, "Invalid reporter"),
         }[exc.kind]
         raise Problem(status, title, exc.detail) from exc
+    if is_system:
+        _within_scope(request, caller, reporter)
     key = None
     if idempotency_key is not None:
         key = _service(request).idempotency_key(

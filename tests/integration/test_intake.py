@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -285,3 +286,24 @@ async def test_bad_inbound_records_are_dead_lettered_once_with_their_reason(
     assert all(r.event_id and "x" * 20 not in r.reason for r in rejected)
     [row] = await stored_events(settings)  # only the good one
     assert row["stream_id"] == incident_of("hris", good["id"])
+
+
+async def test_a_system_reports_for_a_person_over_http_only_within_its_scope(
+    settings: CommonSettings, tmp_path: Path
+) -> None:
+    systems = tmp_path / "systems.yaml"  # hris, registered for anonymous reports only
+    systems.write_text("systems:\n  - {id: hris, scopes: [report], http: true}\n")
+    intake_settings = IntakeSettings(**settings.model_dump(), systems_file=systems)
+    hris = {"authorization": "Bearer dev-hris-token"}
+    async with serving(create_app(intake_settings), "http://intake") as client:
+        named = await client.post(
+            "/v1/reports", json={**REPORT, "reporter": "p-chen"}, headers=hris
+        )
+        assert named.status_code == 403, named.text
+        assert "lacks the 'report_for_person' scope" in named.json()["detail"]
+        headers, body = sender.binary(sender.event(reporter="p-chen"), prefix="ce-")
+        event = await client.post("/v1/events", content=body, headers={**hris, **dict(headers)})
+        assert event.status_code == 403
+        anonymous = await client.post("/v1/reports", json=REPORT, headers=hris)
+        assert anonymous.status_code == 202, anonymous.text
+    assert len(await stored_events(intake_settings)) == 1
