@@ -279,6 +279,31 @@ def test_p_sun_acknowledging_stops_the_chain(stack: Stack, seed: Seed) -> None:
         timeout=10,
     ).json()
     assert receipt["acknowledged"] is True
+    assert receipt["status_label"] == "acknowledged at level 3"  # as the handler's view says
+
+
+def test_a_named_reporter_reads_the_handlers_message_and_the_outcome(stack: Stack) -> None:
+    """Issue 22: a report under her own name, followed up signed in (docs/reporters.md)."""
+    intake, liu = stack.url("intake"), {"authorization": "Bearer dev-liu-token"}
+    report = {**SEED_REPORT, "category": "harassment", "accused": [], "summary": "Insults"}
+    answer = httpx.post(intake + "/v1/reports", json=report, headers=liu, timeout=10)
+    assert answer.status_code == 202 and answer.json()["receipt"] is None, answer.text
+    incident = answer.json()["incident_id"]
+    acknowledge(stack, incident, "p-chen")
+    base = f"{intake}/v1/incidents/{incident}"
+    for path, body in (
+        ("/messages", {"text": "We have spoken to the team."}),
+        ("/status", {"status": "closed", "outcome": "A written warning."}),
+    ):
+        done = httpx.post(base + path, json=body, headers=as_("p-chen"), timeout=10)
+        assert done.status_code == 202, done.text
+    mine = httpx.get(intake + "/v1/my/reports", headers=liu, timeout=10).json()["reports"]
+    assert incident in {r["incident_id"] for r in mine}
+    seen = httpx.get(f"{intake}/v1/my/reports/{incident}", headers=liu, timeout=10).json()
+    assert [m["text"] for m in seen["messages"]] == ["We have spoken to the team."]
+    assert (seen["status_label"], seen["outcome"]) == ("closed with outcome", "A written warning.")
+    other = httpx.get(f"{intake}/v1/my/reports/{incident}", headers=as_("p-chen"), timeout=10)
+    assert other.status_code == 404
 
 
 def test_the_ledger_knows_who_knew_and_never_the_accused_line(stack: Stack, seed: Seed) -> None:
