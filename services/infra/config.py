@@ -16,7 +16,8 @@ M = TypeVar("M", bound=BaseModel)
 
 
 class ConfigError(ValueError):
-    """A configuration file is missing or invalid; the message names file, line and field."""
+    """A configuration file is missing or invalid; the message names file, line and field,
+    one line per problem."""
 
 
 def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
@@ -52,10 +53,18 @@ def load_yaml_model(path: Path, model: type[M]) -> M:
     try:
         return model.model_validate(data or {})
     except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = tuple(first["loc"])
+        raise ConfigError("\n".join(_problems(path, node, exc))) from exc
+
+
+def _problems(path: Path, node: yaml.Node | None, exc: ValidationError) -> list[str]:
+    """One line per invalid field, each naming file:line and the field (at most 20)."""
+    lines = []
+    for error in exc.errors()[:20]:
+        loc = tuple(error["loc"])
         field = ".".join(str(p) for p in loc) or "(top level)"
         line = _line_of(node, loc)
         where = f"{path}:{line}" if line else str(path)
-        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        raise ConfigError(f"{where}: field {field}: {first['msg']}{more}") from exc
+        lines.append(f"{where}: field {field}: {error['msg']}")
+    if exc.error_count() > 20:
+        lines.append(f"{path}: and {exc.error_count() - 20} more")
+    return lines

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from datetime import datetime
+from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from services.domain.parsing import json_error, parse_rfc3339
 
 log = logging.getLogger(__name__)
 PROBLEM = "application/problem+json"
@@ -34,6 +37,12 @@ class ProblemDoc(BaseModel):
 
 
 PROBLEM_SCHEMA = ProblemDoc.model_json_schema()
+
+Instant = Annotated[datetime, BeforeValidator(parse_rfc3339)]
+"""A datetime query parameter: RFC 3339 with an offset only (bare numbers, naive times
+and dates refused with 422); `Instant | None` for an optional one."""
+REALM = "incidents"
+"""The `realm` of every `WWW-Authenticate: Bearer` challenge (RFC 6750, section 3)."""
 
 
 def problem_responses(*codes: tuple[int, str]) -> dict[int | str, dict[str, Any]]:
@@ -70,28 +79,55 @@ def _where(loc: tuple[Any, ...]) -> str:
     return ".".join(parts) or "body"
 
 
+def _error(error: dict[str, Any], body: Any) -> dict[str, str]:
+    """One entry of a 422's `errors`: the field and what is wrong with it.
+
+    A body that is not JSON is named by line and column (FastAPI puts the character
+    offset where the field goes); the body itself is never quoted.
+    """
+    loc = tuple(error.get("loc", ()))
+    if error.get("type") == "json_invalid" and isinstance(body, str) and len(loc) == 2:
+        problem = str((error.get("ctx") or {}).get("error", "invalid JSON"))
+        return {"field": "body", "message": f"not valid JSON: {json_error(problem, body, loc[1])}"}
+    return {"field": _where(loc), "message": str(error.get("msg", "invalid"))}
+
+
+def challenge(request: Request) -> dict[str, str]:
+    """The `WWW-Authenticate` header of a 401 (RFC 6750, section 3): `invalid_token`
+    when a credential was sent and refused, no error code when none was sent."""
+    value = f'Bearer realm="{REALM}"'
+    if request.headers.get("authorization"):
+        value += ', error="invalid_token"'
+    return {"WWW-Authenticate": value}
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     """Route every error through problem+json."""
 
     @app.exception_handler(Problem)
-    async def _problem(_: Request, exc: Problem) -> JSONResponse:
-        return problem_response(exc.status, exc.title, exc.detail, **exc.extra)
+    async def _problem(request: Request, exc: Problem) -> JSONResponse:
+        response = problem_response(exc.status, exc.title, exc.detail, **exc.extra)
+        if exc.status == 401:
+            response.headers.update(challenge(request))
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [
-            {"field": _where(tuple(e.get("loc", ()))), "message": e.get("msg", "invalid")}
-            for e in exc.errors()[:20]
-        ]
+        errors = [_error(e, exc.body) for e in exc.errors()[:20]]
         detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
         return problem_response(422, "Invalid request", detail, errors=errors)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
             # FastAPI's answer to a body that is not UTF-8: invalid like any non-JSON body
             return problem_response(422, "Invalid request", "The body is not UTF-8 JSON.")
-        return problem_response(exc.status_code, str(exc.detail))
+        response = problem_response(exc.status_code, str(exc.detail))
+        # Starlette's 405 names the allowed methods in `Allow` (RFC 9110, 15.5.6)
+        response.headers.update(exc.headers or {})
+        if exc.status_code == 401:
+            response.headers.update(challenge(request))
+        return response
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
@@ -158,15 +194,34 @@ class _TooLarge(Exception):
 
 
 def health_router(readiness: Callable[[], Awaitable[dict[str, str]]]) -> APIRouter:
-    """`/healthz` (process up), `/readyz` (dependencies reachable), `/metrics` (Prometheus)."""
-    router = APIRouter(include_in_schema=False)
+    """`/healthz` (process up), `/readyz` (dependencies reachable), `/metrics` (Prometheus).
 
-    @router.get("/healthz")
+    In every service's OpenAPI document (for triage and escalation they are all it has).
+    """
+    router = APIRouter(tags=["operations"])
+
+    @router.get("/healthz", summary="The process is up")
     async def healthz() -> dict[str, str]:
+        """`{"status": "ok"}` while the process serves HTTP; says nothing of its dependencies."""
         return {"status": "ok"}
 
-    @router.get("/readyz")
+    @router.get(
+        "/readyz",
+        summary="The database and the broker answer",
+        response_model=None,
+        responses={
+            200: {
+                "description": "Ready: every check is `ok`.",
+                "content": {"application/json": {}},
+            },
+            503: {
+                "description": "Not ready: `checks` names each dependency and its error.",
+                "content": {"application/json": {}},
+            },
+        },
+    )
     async def readyz() -> Response:
+        """Each dependency's check (`database`, `broker`, stopped tasks) and the verdict."""
         checks = await readiness()
         ok = all(v == "ok" for v in checks.values())
         return JSONResponse(
@@ -174,8 +229,14 @@ def health_router(readiness: Callable[[], Awaitable[dict[str, str]]]) -> APIRout
             status_code=200 if ok else 503,
         )
 
-    @router.get("/metrics")
+    @router.get(
+        "/metrics",
+        summary="Prometheus metrics",
+        response_class=PlainTextResponse,
+        responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Text format."}},
+    )
     async def metrics() -> Response:
+        """The process's metrics in the Prometheus text exposition format."""
         return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return router

@@ -51,24 +51,16 @@ from services.infra.localstack import (
     split_host_port,
     stop_process,
 )
+from services.infra.preflight import CONFIG_EXIT, SETTINGS, check_service
 from services.infra.settings import (
     AuditSettings,
     CommonSettings,
-    EscalationSettings,
-    IntakeSettings,
-    TriageSettings,
     database_name,
     with_database,
 )
 from services.traces import Phoenix
 
 SERVICES: tuple[str, ...] = ("intake", "triage", "escalation", "audit")
-SETTINGS: dict[str, type[CommonSettings]] = {
-    "intake": IntakeSettings,
-    "triage": TriageSettings,
-    "escalation": EscalationSettings,
-    "audit": AuditSettings,
-}
 READY_TIMEOUT = 60.0
 _PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # the `services` package
 _IMPORT_ROOT = _PACKAGE_ROOT.parent  # the folder that makes `services` importable
@@ -435,7 +427,8 @@ def run_stack(
     console: Console | None = None,
     traces: bool = False,
 ) -> int:
-    """Run the stack until SIGINT/SIGTERM (exit code 0) or a failure (exit code 1).
+    """Run the stack until SIGINT/SIGTERM (exit code 0) or a failure (exit code 1); a
+    configuration problem (`services.infra.preflight`) exits with 2 before anything starts.
 
     `services`, `service_command` (name -> argv) and `ports` (name -> HTTP port) exist
     for tests; by default the four services run as `python -m services.<name>` on the
@@ -454,6 +447,13 @@ def run_stack(
                 f"lock {lock_path}). Stop it first (Ctrl-C in its terminal)."
             )
             return 1
+        # a file several services read is named once
+        problems = list(dict.fromkeys(p for name in services for p in check_service(name)[1]))
+        if problems:  # before the broker, the database or a migration starts
+            console.print(f"[red]error:[/] the configuration has {len(problems)} problem(s):")
+            for line in problems:
+                console.print(f"  {line}", markup=False, highlight=False)
+            return CONFIG_EXIT
         try:
             settings, host, service_ports = _preflight(services, ports)
         except StackError as exc:

@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from services.infra import metrics
 from services.infra.http import BodyLimit, health_router, install_problem_handlers
 from services.infra.logging import IncidentBinding, configure_logging
+from services.infra.preflight import SETTINGS, checked
 from services.infra.runtime import Runtime
 from services.infra.telemetry import configure_tracing
 
@@ -137,12 +138,16 @@ def serve(app: FastAPI, *, name: str, host: str, port: int, log_level: str) -> N
 
 
 def run_service(name: str, settings_class: type[Any], create_app: Callable[[Any], FastAPI]) -> None:
-    """The body of `python -m services.<name>`: read the settings, build the app, serve it."""
-    settings = settings_class()
+    """The body of `python -m services.<name>`: check the configuration, build the app,
+    serve it. A configuration problem stops here, before any connection or migration,
+    with one line per problem and exit code 2 (`services.infra.preflight`)."""
+    if SETTINGS.get(name) is not settings_class:  # a settings class the check does not know
+        raise ValueError(f"no configuration check for {name} with {settings_class.__name__}")
+    settings, app = checked(name, create_app)
     serve(
-        create_app(settings),
+        app,
         name=name,
         host=settings.http_host,
-        port=settings.port,
+        port=settings.port,  # type: ignore[attr-defined]  # each service's class has one
         log_level=settings.log_level,
     )

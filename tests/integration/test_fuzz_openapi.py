@@ -14,7 +14,8 @@ undocumented 400 (now 422 problem+json like any body that is not JSON); audit's 
 (unknown incident, no signed head yet) were undocumented, and its 422s were declared as
 FastAPI's default `application/json` body while it answers `application/problem+json`.
 
-Triage and escalation serve only health and metrics: there is nothing to fuzz there.
+Triage and escalation serve only health, readiness and metrics (`services.infra.http`,
+fuzzed here through intake and audit, which serve the same routes).
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ FUZZ = settings(
 )
 PROBLEM = "application/problem+json"
 
+HEALTH_OPERATIONS = [("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics")]
 INTAKE_OPERATIONS = [
     ("POST", "/v1/reports"),
     ("POST", "/v1/channels/harassment/reports"),
@@ -99,6 +101,7 @@ INTAKE_OPERATIONS = [
     ("GET", "/v1/directory/grants"),
     ("POST", "/v1/directory/grants/{grant_id}/approval"),
     ("GET", "/v1/people/search"),
+    *HEALTH_OPERATIONS,
 ]
 AUDIT_OPERATIONS = [
     ("GET", "/v1/incidents/{incident_id}/timeline"),
@@ -110,6 +113,7 @@ AUDIT_OPERATIONS = [
     ("GET", "/v1/ledger/head"),
     ("GET", "/v1/ledger/heads"),
     ("GET", "/v1/ledger/public-key"),
+    *HEALTH_OPERATIONS,
 ]
 JSON_BODY = [
     op
@@ -194,6 +198,9 @@ def fuzz(
 ) -> None:
     """Send valid and invalid generated requests; every answer must be as documented."""
     operation = schema[path][method]
+    # /readyz may answer its documented 503 here: in schemathesis' portal the runtime's
+    # background tasks read as stopped (a 5xx is then no server error but the verdict)
+    checks = CHECKS[1:] if path == "/readyz" else CHECKS
 
     for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
 
@@ -207,7 +214,7 @@ def fuzz(
                 headers["Authorization"] = f"Bearer {token}"
             case.headers = headers
             response = case.call()
-            case.validate_response(response, checks=CHECKS)
+            case.validate_response(response, checks=checks)
 
         try:
             one()
