@@ -132,8 +132,11 @@ def apply_data(
                 policy_version=data["policy_version"],
                 excluded=frozenset(x["principal"] for x in data.get("excluded", ())),
             )
-        case "assigned":
-            changes["routed"] = state.routed | set(data["principals"])
+        case "assigned":  # triage asked this level (1): the level is 1, never 0
+            changes.update(
+                routed=state.routed | set(data["principals"]),
+                escalation_level=max(state.escalation_level, int(data["level"])),
+            )
         case "reassigned":
             gone = {x["principal"] for x in data.get("removed", ())}
             changes.update(

@@ -146,6 +146,7 @@ def test_an_escalation_routes_to_its_recipients_and_raises_the_level() -> None:
         reason="not_acknowledged",
         deadline=(T0 + timedelta(hours=3)).isoformat(),
     )
+    assert fold(INCIDENT, [submitted(), triaged(), assigned()]).escalation_level == 1  # not 0
     state = fold(INCIDENT, [submitted(), triaged(), assigned(), escalated])
     assert state.escalation_level == 2
     assert state.routed == {"p-ma", "p-zhou"}
