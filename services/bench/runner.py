@@ -29,6 +29,7 @@ from rich.console import Console
 from services.bench import figures as fig
 from services.bench.attachments import attachment_figures
 from services.bench.console import console_figures
+from services.bench.dirsync import sync_figures
 from services.bench.orgscale import org_figures
 from services.bench.refusals import refusal_figure
 from services.bench.report import Figure, machine, print_table, write
@@ -140,6 +141,9 @@ ORDER = (
     "org.intake",
     "org.audit",
     "org.memory",
+    "org.import",
+    "org.restart",
+    "org.patch",
     "org",
     "stack",
 )
@@ -295,6 +299,11 @@ def run_bench(
                 "org",
                 f"per-report costs at {people:,} people",
                 lambda: org_figures(dbs.create, people, 200 if quick else 2000),
+            )
+            bench.run(
+                "org",
+                f"directory import, restart and SCIM PATCH at {people:,} people",
+                lambda: sync_figures(dbs.create, bench.logs / "sync", people, 20 if quick else 50),
             )
         if bench.wanted("refusals") and not external:
             bench.run(

@@ -14,9 +14,14 @@ import pytest
 import uvicorn
 from scim2_client.client import BaseSyncSCIMClient
 
-from services.domain.directory_sync import ENTERPRISE_SCHEMA, USER_SCHEMA
+from services.bench.orgchart import generate
+from services.domain.directory import Person
+from services.domain.directory_sync import ENTERPRISE_SCHEMA, USER_SCHEMA, ImportInvalid
+from services.domain.envelope import Envelope
+from services.infra.db import create_pool
 from services.infra.settings import IntakeSettings
 from services.intake.app import create_app
+from services.intake.directory_import import import_people
 from tests.helpers import serving
 from tests.integration.test_directory_api import stored
 
@@ -267,3 +272,45 @@ async def test_conformance_scim2_tester(
         and "userName is the person id" not in (r.reason or "")
     ]
     assert results and not failed, "\n".join(f"{t}: {r}"[:300] for t, r in failed)
+
+
+async def test_import_of_thousands_one_event_each_in_order(
+    intake: tuple[httpx.AsyncClient, IntakeSettings],
+) -> None:
+    """The set-based import (the seed's path and `incidents directory import`)."""
+    _, settings = intake
+    people = generate(3_013)  # the seed's 13 (already there: unchanged) and 3,000 more
+    pool = await create_pool(settings.database_url, schema="intake", max_size=2)
+    seen: list[int] = []
+    try:
+        result = await import_people(
+            pool, people, source="/services/intake", actor="system:hris", progress=seen.append
+        )
+        assert (result.added, result.changed, result.unchanged) == (3_000, 0, 13)
+        assert sum(seen) == len(people) and len(seen) == 2  # chunks of 2,000
+        moved = [p.model_copy(update={"unit": "hq"}) for p in people[-5:]]
+        again = await import_people(pool, moved, source="/services/intake", actor="system:hris")
+        assert (again.added, again.changed, again.unchanged) == (0, 5, 0)
+        async with pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT subject, version, body FROM ("
+                " SELECT substr(stream_id, 11) AS subject, version, body, position FROM events"
+                " WHERE stream_id LIKE 'directory:%') e"
+                " WHERE subject = ANY($1::text[]) ORDER BY position",
+                [p.id for p in people[13:]],
+            )
+            found = await conn.fetchval(
+                "SELECT count(*) FROM person_name_words WHERE person_id = $1", people[-1].id
+            )
+        with pytest.raises(ImportInvalid, match="not in the directory"):
+            orphan = Person(id="p-orphan", manager="p-nobody")
+            await import_people(pool, [orphan], source="/s", actor="system:x")
+    finally:
+        await pool.close()
+    subjects = [r["subject"] for r in rows]
+    assert subjects == [p.id for p in people[13:]] + [p.id for p in moved]
+    assert [r["version"] for r in rows[-5:]] == [2] * 5
+    first = Envelope.model_validate_json(bytes(rows[0]["body"]))
+    assert first.actor == "system:hris" and first.type == "directory.person.upserted.v1"
+    assert '"signature"' in bytes(rows[0]["body"]).decode()
+    assert found > 0
