@@ -36,6 +36,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from services.domain.envelope import Envelope, new_event_id
+from services.domain.parsing import json_error
 
 
 class Topic(StrEnum):
@@ -705,8 +706,10 @@ def parse_envelope(raw: bytes | str | dict[str, Any]) -> Envelope:
     else:
         try:
             value = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise InvalidEvent(f"not JSON: {exc}") from exc
+        except json.JSONDecodeError as exc:  # where, never what: the input may be a report
+            raise InvalidEvent(f"not JSON: {json_error(exc.msg, exc.doc, exc.pos)}") from exc
+        except UnicodeDecodeError as exc:
+            raise InvalidEvent(f"not JSON: not UTF-8 at byte {exc.start + 1}") from exc
         except (RecursionError, ValueError) as exc:  # absurd nesting, 5,000-digit numbers
             raise InvalidEvent(f"not JSON this system accepts: {type(exc).__name__}") from exc
     if not isinstance(value, dict):

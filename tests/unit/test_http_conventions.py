@@ -12,6 +12,7 @@ from fastapi import FastAPI, Query
 from fastapi.testclient import TestClient
 from pydantic import BaseModel
 
+from services.domain.events import InvalidEvent, parse_envelope
 from services.domain.parsing import json_error, parse_rfc3339
 from services.escalation.app import create_app as create_escalation
 from services.infra.http import Instant, Problem, health_router, install_problem_handlers
@@ -121,3 +122,15 @@ def test_stream_services_document_their_routes(app: Any) -> None:
     assert {"/healthz", "/readyz", "/metrics"} <= set(paths)
     assert set(paths["/readyz"]["get"]["responses"]) == {"200", "503"}
     assert "text/plain" in str(paths["/metrics"]["get"]["responses"]["200"]["content"])
+
+
+def test_a_dead_letter_reason_names_line_and_column_never_the_input() -> None:
+    """`parse_envelope` (every consumer, intake's /v1/events): where, not what."""
+    with pytest.raises(InvalidEvent) as refused:
+        parse_envelope(b'{\n  "id": "secret-words",\n  oops}')
+    assert str(refused.value) == (
+        "not JSON: Expecting property name enclosed in double quotes at line 3, column 3"
+    )
+    with pytest.raises(InvalidEvent) as refused:
+        parse_envelope(b'{"id": "secret-\xc3\x28"}')
+    assert str(refused.value) == "not JSON: not UTF-8 at byte 16"
