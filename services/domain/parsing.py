@@ -15,7 +15,7 @@ RFC3339 = re.compile(
     r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:[Zz]|[+-]\d{2}:\d{2})$"
 )
 """RFC 3339 `date-time` (section 5.6): the offset is required, `Z` or `±hh:mm`."""
-RFC3339_HINT = "an RFC 3339 date-time with an offset, e.g. 2026-11-25T10:00:00Z"
+RFC3339_HINT = "an RFC 3339 date-time with a timezone offset, e.g. 2026-11-25T10:00:00Z"
 
 
 def parse_rfc3339(text: object) -> datetime:

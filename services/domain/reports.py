@@ -29,17 +29,18 @@ from typing import Annotated, Final, Literal, NamedTuple, Protocol
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
     Tag,
-    field_validator,
 )
 
 from services.domain.envelope import Envelope, canonical_json, new_event_id
 from services.domain.events import SUBMITTED, PersonMatch, ReportSubmitted, make_event
 from services.domain.incident import REPORT_FIELDS
 from services.domain.names import MAX_NAME_LENGTH, NameMatch, is_valid_name, normalise, resolve
+from services.domain.parsing import parse_rfc3339
 from services.domain.policy import Policy
 
 _NOT_ONE_LINE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
@@ -134,26 +135,40 @@ class ReportInput(BaseModel):
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
-    category: OneLine = Field(min_length=1, max_length=64, description="A policy category.")
-    summary: OneLine = Field(min_length=1, max_length=500)
-    description: Text = Field(min_length=1, max_length=100_000)
-    occurred_at: datetime | None = None
-    location: OneLine | None = Field(None, max_length=500)
-    unit: OneLine | None = Field(None, max_length=100)
+    category: OneLine = Field(
+        min_length=1,
+        max_length=64,
+        description="One of the policy's categories (INCIDENTS_POLICY_FILE, `categories`):"
+        " another answers 422 `Unknown category` with `valid_categories`. The harassment"
+        " channel takes `sexual_misconduct` and `harassment` only.",
+    )
+    summary: OneLine = Field(
+        min_length=1, max_length=500, description="One line: no control characters."
+    )
+    description: Text = Field(
+        min_length=1,
+        max_length=100_000,
+        description="What happened; tabs and line breaks are the only control characters.",
+    )
+    occurred_at: Annotated[datetime, BeforeValidator(parse_rfc3339)] | None = Field(
+        None,
+        description="When it happened: an RFC 3339 date-time with an offset (`Z` or"
+        " `±hh:mm`); a number, a date alone or a time without an offset answers 422.",
+    )
+    location: OneLine | None = Field(None, max_length=500, description="One line.")
+    unit: OneLine | None = Field(None, max_length=100, description="One line.")
     accused: list[PersonEntry] = Field(
         default_factory=list, max_length=50, description="Who is accused." + _PEOPLE_DOC
     )
     named: list[PersonEntry] = Field(
         default_factory=list, max_length=100, description="Others involved." + _PEOPLE_DOC
     )
-    channel: OneLine | None = Field(None, max_length=64)
-
-    @field_validator("occurred_at")
-    @classmethod
-    def _aware(cls, value: datetime | None) -> datetime | None:
-        if value is not None and value.tzinfo is None:
-            raise ValueError("occurred_at needs a timezone (RFC 3339)")
-        return value
+    channel: OneLine | None = Field(
+        None,
+        max_length=64,
+        description="The intake channel, one line. On `POST /v1/channels/harassment/reports`"
+        " leave it out (or `harassment`): another value answers 422.",
+    )
 
 
 class ReportRequest(ReportInput):

@@ -533,7 +533,12 @@ def _recorded(context: Context, event: Envelope, status: str | None = None) -> d
                 "transition the workflow forbids (closed is final).",
             ),
             TOO_LARGE,
-            INVALID,
+            (
+                422,
+                "Not valid: `status` is not investigating, resolved or closed, `closed`"
+                " comes without an `outcome` (1 to 2,000 characters), or another field is"
+                " unknown or too long; `errors` lists the fields.",
+            ),
             FAILED,
             BUSY,
         ),

@@ -5,18 +5,21 @@ and health, readiness and metrics listed in each OpenAPI document."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Annotated, Any
 
 import pytest
 from fastapi import FastAPI, Query
 from fastapi.testclient import TestClient
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
+from services.audit.app import create_app as create_audit
 from services.domain.events import InvalidEvent, parse_envelope
 from services.domain.parsing import json_error, parse_rfc3339
+from services.domain.reports import ReportInput
 from services.escalation.app import create_app as create_escalation
 from services.infra.http import Instant, Problem, health_router, install_problem_handlers
-from services.infra.settings import EscalationSettings, TriageSettings
+from services.infra.settings import AuditSettings, EscalationSettings, TriageSettings
 from services.triage.app import create_app as create_triage
 
 
@@ -134,3 +137,29 @@ def test_a_dead_letter_reason_names_line_and_column_never_the_input() -> None:
     with pytest.raises(InvalidEvent) as refused:
         parse_envelope(b'{"id": "secret-\xc3\x28"}')
     assert str(refused.value) == "not JSON: not UTF-8 at byte 16"
+
+
+@pytest.mark.parametrize("value", [12345, "12345", "2026-10-30", "2026-10-30T21:15:00"])
+def test_a_report_time_is_rfc3339_with_an_offset_too(value: object) -> None:
+    """`occurred_at` in a report body (HTTP and inbound events) follows the same rule."""
+    body = {"category": "harassment", "summary": "s", "description": "d", "occurred_at": value}
+    with pytest.raises(ValidationError, match="RFC 3339"):
+        ReportInput.model_validate(body)
+    body["occurred_at"] = "2026-10-30T21:15:00+02:00"
+    assert ReportInput.model_validate(body).occurred_at == datetime(
+        2026, 10, 30, 19, 15, tzinfo=UTC
+    )
+
+
+def test_audits_as_of_refuses_a_bare_number(tmp_path: Path) -> None:
+    """The real route: validation answers before any database is needed."""
+    app = create_audit(AuditSettings(environment="test", signing_key_file=tmp_path / "k.pem"))
+    client = TestClient(app)  # no `with`: the lifespan (database, broker) never starts
+    for route in ("state", "knowledge", "deliveries"):
+        answer = client.get(f"/v1/incidents/x/{route}", params={"as_of": "12345"})
+        assert answer.status_code == 422, route
+        assert answer.json()["errors"][0]["field"] == "query.as_of"
+    assert client.put("/v1/ledger/head").headers["allow"] == "GET"
+    anonymous = client.get("/v1/incidents/x/state")
+    assert anonymous.status_code == 401
+    assert anonymous.headers["www-authenticate"] == 'Bearer realm="incidents"'

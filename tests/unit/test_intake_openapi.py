@@ -67,3 +67,18 @@ def test_the_receipt_routes_require_the_secret_header(spec: dict[str, Any]) -> N
         params = {p["name"]: p for p in spec["paths"][path][method]["parameters"]}
         assert params["X-Receipt-Secret"]["required"] is True
         assert params["receipt"]["in"] == "path"
+
+
+def test_the_422_rules_the_code_enforces_are_stated(spec: dict[str, Any]) -> None:
+    """Issue 23, item 8: categories come from the policy, the harassment channel's limits,
+    the outcome a close needs, RFC 3339 times, and the sizes as maxLength."""
+    report = spec["components"]["schemas"]["ReportRequest"]["properties"]
+    assert "policy" in report["category"]["description"]
+    assert "valid_categories" in report["category"]["description"]
+    assert "harassment" in report["channel"]["description"]
+    assert "RFC 3339" in str(report["occurred_at"])
+    assert report["summary"]["maxLength"] == 500
+    assert report["description"]["maxLength"] == 100_000
+    status = spec["paths"]["/v1/incidents/{incident_id}/status"]["post"]["responses"]
+    assert "outcome" in status["422"]["description"]
+    assert {"/healthz", "/readyz", "/metrics"} <= set(spec["paths"])
