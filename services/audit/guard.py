@@ -119,4 +119,13 @@ async def record_read(request: Request, principal: str, route: str, incident_id:
     runtime: Runtime = request.app.state.runtime
     data = ReadRecorded(principal=principal, route=route, incident_id=incident_id)
     async with runtime.db.acquire() as conn, conn.transaction():
-        await append_own(runtime, conn, f"audit-reads:{principal}", incident_id, data, principal)
+        # in the incident's correlation: its first event, the report (none: unknown id)
+        first = await conn.fetchval(
+            "SELECT event_id FROM ledger WHERE incident_id = $1 AND valid"
+            " AND event_type = 'incident.report.submitted.v1' ORDER BY idx LIMIT 1",
+            incident_id,
+        )
+        correlation = str(first) if first is not None else None
+        await append_own(
+            runtime, conn, f"audit-reads:{principal}", incident_id, data, principal, correlation
+        )

@@ -176,7 +176,7 @@ class Escalation:
         }
         versions = await eventstore.stream_versions(conn, incidents)
         now = self.now()
-        rows: list[tuple[str, str, datetime | None, str | None]] = []
+        rows: list[tuple[str, str, datetime | None, str | None, str]] = []
         appends: list[tuple[str, int, Sequence[Envelope]]] = []
         revisions: list[tuple[ConsumerRecord, Envelope]] = []
         for record, envelope, triaged in todo:
@@ -194,6 +194,7 @@ class Escalation:
                         json.dumps(state.to_json()),
                         esc.next_wakeup(state),
                         current_traceparent(),
+                        envelope.correlationid or envelope.id,
                     )
                 )
                 if effects:
@@ -211,18 +212,19 @@ class Escalation:
     async def _insert_started(
         self,
         conn: asyncpg.Connection,
-        rows: Sequence[tuple[str, str, datetime | None, str | None]],
+        rows: Sequence[tuple[str, str, datetime | None, str | None, str]],
         appends: Sequence[tuple[str, int, Sequence[Envelope]]],
     ) -> None:
         """Insert new states and their events; replay the inputs held for them."""
         await conn.execute(
-            "INSERT INTO escalation_state (incident_id, state, wakeup, traceparent)"
-            " SELECT i, s::jsonb, w, t"
-            " FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[]) AS r (i, s, w, t)",
+            "INSERT INTO escalation_state (incident_id, state, wakeup, traceparent, correlationid)"
+            " SELECT i, s::jsonb, w, t, c FROM unnest($1::text[], $2::text[],"
+            " $3::timestamptz[], $4::text[], $5::text[]) AS r (i, s, w, t, c)",
             [r[0] for r in rows],
             [r[1] for r in rows],
             [r[2] for r in rows],
             [r[3] for r in rows],
+            [r[4] for r in rows],
         )
         await eventstore.append_streams(
             conn, appends, topic_prefix=self.runtime.settings.kafka_topic_prefix
@@ -364,8 +366,11 @@ class Escalation:
         version = await eventstore.stream_version(conn, state.incident_id)
         events = self._effect_events(state, effects, cause, now)
         if any(e.correlationid is None for e in events):
-            # a deadline fired (no cause): the incident's correlation is in its stream
-            correlation = await eventstore.correlation_of(conn, state.incident_id)
+            # a deadline fired (no cause): the correlation kept when the escalation started
+            correlation = await conn.fetchval(
+                "SELECT correlationid FROM escalation_state WHERE incident_id = $1",
+                state.incident_id,
+            ) or await eventstore.correlation_of(conn, state.incident_id)
             events = [
                 e if e.correlationid else e.model_copy(update={"correlationid": correlation})
                 for e in events

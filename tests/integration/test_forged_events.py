@@ -54,6 +54,7 @@ class Stack:
     intake: httpx.AsyncClient
     settings: CommonSettings
     keys_file: Path
+    audit: httpx.AsyncClient
 
     async def sql(self, query: str, *args: Any) -> list[asyncpg.Record]:
         conn = await asyncpg.connect(self.settings.database_url)
@@ -82,9 +83,9 @@ async def stack(settings: CommonSettings, tmp_path: Path) -> AsyncIterator[Stack
         serving(
             create_audit(AuditSettings(**common, signing_key_file=tmp_path / "audit.pem")),
             "http://audit",
-        ),
+        ) as audit,
     ):
-        yield Stack(intake, settings, keys)
+        yield Stack(intake, settings, keys, audit)
 
 
 def auth(name: str) -> dict[str, str]:
@@ -261,16 +262,25 @@ async def test_forged_acknowledgements_and_escalations_are_refused_recorded_and_
     assert checked > 20
 
     # Correlation everywhere: every event of the incident, whichever service published
-    # it and whatever caused it (a deadline, for the escalation), carries the incident's
-    # first event id.
-    of_incident = []
-    for topic in Topic:
-        if topic == Topic.INBOUND:
-            continue
-        for record in await read_all(stack.settings.kafka_bootstrap, stack.settings.topic(topic)):
-            event = json.loads(record.value)
-            if record.value not in every and event.get("subject") == incident:
-                of_incident.append(event)
+    # it and whatever caused it (a deadline, for the escalation; an auditor's read),
+    # carries the incident's first event id.
+    read = await stack.audit.get(f"/v1/incidents/{incident}/timeline", headers=auth("auditor"))
+    assert read.status_code == 200, read.text
+
+    async def events_of_incident() -> list[dict[str, Any]] | None:
+        found = []
+        for topic in Topic:
+            if topic == Topic.INBOUND:
+                continue
+            name = stack.settings.topic(topic)
+            for record in await read_all(stack.settings.kafka_bootstrap, name):
+                event = json.loads(record.value)
+                if record.value not in every and event.get("subject") == incident:
+                    found.append(event)
+        types = {e["type"] for e in found}
+        return found if "audit.read.recorded.v1" in types else None
+
+    of_incident = await eventually(events_of_incident, timeout=20)
     [first] = [e for e in of_incident if e["type"] == "incident.report.submitted.v1"]
     types = {e["type"] for e in of_incident}
     assert {"incident.triaged.v1", "incident.viewed.v1", "incident.escalated.v1"} <= types
