@@ -69,7 +69,7 @@ from services.domain.triage import (
 )
 from services.infra import eventstore
 from services.infra.crypto import Pseudonyms
-from services.infra.kafka import per_record, record_span
+from services.infra.kafka import record_span
 from services.infra.runtime import Runtime
 from services.infra.telemetry import current_traceparent
 
@@ -149,32 +149,35 @@ class Triage:
     # -- directory --------------------------------------------------------------
 
     async def on_directory(self, records: Sequence[ConsumerRecord]) -> None:
-        await per_record(self._directory_event)(records)
-
-    async def _directory_event(self, record: ConsumerRecord) -> None:
-        try:
-            envelope = parse_envelope(record.value or b"")
-            if envelope.type not in DIRECTORY_EVENT_TYPES:
-                raise InvalidEvent(f"not a directory event: {envelope.type}")
-            fold_directory([envelope])  # validates the data before it is kept
-        except InvalidEvent as exc:
-            await self.runtime.dead_letter_poison(record, exc)
+        """Keep a batch of directory events in `directory_log`, in order: one
+        transaction and two statements per batch, not per event (a directory import
+        brings hundreds of thousands: docs/directory-sync.md)."""
+        valid: list[tuple[ConsumerRecord, Envelope]] = []
+        for record in records:
+            try:
+                envelope = parse_envelope(record.value or b"")
+                if envelope.type not in DIRECTORY_EVENT_TYPES:
+                    raise InvalidEvent(f"not a directory event: {envelope.type}")
+                fold_directory([envelope])  # validates the data before it is kept
+            except InvalidEvent as exc:
+                await self.runtime.dead_letter_poison(record, exc)
+                continue
+            valid.append((record, envelope))
+        if not valid:
             return
         async with self.runtime.db.acquire() as conn, conn.transaction():
-            if await eventstore.track(
+            fresh = await eventstore.track_each(
                 conn,
                 "triage-directory",
-                envelope.id,
-                record.topic,
-                record.partition,
-                record.offset,
-            ):
-                await conn.execute(
-                    "INSERT INTO directory_log (event_id, body) VALUES ($1, $2)"
-                    " ON CONFLICT DO NOTHING",
-                    envelope.id,
-                    envelope.to_bytes(),
-                )
+                [(e.id, r.topic, r.partition, r.offset) for r, e in valid],
+            )
+            kept = [e for (_, e), new in zip(valid, fresh, strict=True) if new]
+            await conn.execute(
+                "INSERT INTO directory_log (event_id, body)"
+                " SELECT * FROM unnest($1::uuid[], $2::bytea[]) ON CONFLICT DO NOTHING",
+                [e.id for e in kept],
+                [e.to_bytes() for e in kept],
+            )
 
     async def _refresh_directory(self, conn: asyncpg.Connection) -> None:
         """Catch up with directory events any triage worker recorded."""
