@@ -24,6 +24,7 @@ from pydantic import ValidationError
 
 from services.domain.envelope import CLOUDEVENTS_CONTENT_TYPE, JSON_CONTENT_TYPE, Envelope
 from services.domain.events import SUBMITTED, InvalidEvent, explain
+from services.domain.parsing import json_error
 from services.domain.reports import ReportRequest
 
 INBOUND_TYPE: Final = "incident.report.inbound.v1"
@@ -88,8 +89,13 @@ def _media_type(content_type: str | None) -> str | None:
 def _json_object(raw: bytes, what: str) -> dict[str, Any]:
     try:
         value = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InboundRefused("malformed", f"{what} is not JSON: {exc.__class__.__name__}") from exc
+    except json.JSONDecodeError as exc:  # where, never what: the event may be a report
+        where = json_error(exc.msg, exc.doc, exc.pos)
+        raise InboundRefused("malformed", f"{what} is not JSON: {where}") from exc
+    except UnicodeDecodeError as exc:
+        raise InboundRefused(
+            "malformed", f"{what} is not JSON: not UTF-8 at byte {exc.start + 1}"
+        ) from exc
     except (RecursionError, ValueError) as exc:
         raise InboundRefused(
             "malformed", f"{what} is not JSON this system accepts: {type(exc).__name__}"

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 
 from services.audit.app import create_app as create_audit
 from services.domain.events import InvalidEvent, parse_envelope
+from services.domain.inbound import InboundRefused, decode
 from services.domain.parsing import json_error, parse_rfc3339
 from services.domain.reports import ReportInput
 from services.escalation.app import create_app as create_escalation
@@ -163,3 +164,12 @@ def test_audits_as_of_refuses_a_bare_number(tmp_path: Path) -> None:
     anonymous = client.get("/v1/incidents/x/state")
     assert anonymous.status_code == 401
     assert anonymous.headers["www-authenticate"] == 'Bearer realm="incidents"'
+
+
+def test_an_inbound_event_that_is_not_json_is_named_by_line_and_column() -> None:
+    """Kafka's incident.inbound and HTTP's /v1/events decode alike (`decode`)."""
+    headers = [("content-type", b"application/cloudevents+json")]
+    with pytest.raises(InboundRefused) as refused:
+        decode(headers, b'{"specversion": "1.0",\n "id": secret}')
+    assert refused.value.kind == "malformed"
+    assert str(refused.value) == "the event is not JSON: Expecting value at line 2, column 8"
