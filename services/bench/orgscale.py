@@ -30,6 +30,7 @@ whole line (five managers up to the CEO) must be excluded.
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import json
 import os
@@ -59,7 +60,7 @@ from services.infra.config import load_yaml_model
 from services.infra.crypto import Pseudonyms
 from services.infra.db import connect, migrate_service
 from services.intake.routing import facts_of
-from services.triage.handlers import Triage
+from services.triage.handlers import FREEZE_AFTER, Triage
 
 DATA = Path(services.__file__).parent / "data"
 SERVICES = Path(services.__file__).parent
@@ -165,6 +166,8 @@ def triage_latency(people: Sequence[Person], samples: int) -> tuple[Latency, dic
     for seq, envelope in enumerate(events, start=1):
         projection.apply(envelope, seq)
     fold_seconds = time.perf_counter() - began
+    if len(events) >= FREEZE_AFTER:
+        gc.freeze()  # as triage does after folding a large directory
     rules = policy()
     triage = Triage(cast(Any, None), rules, Pseudonyms(os.urandom(32)))
     triage.directory = projection
@@ -179,6 +182,7 @@ def triage_latency(people: Sequence[Person], samples: int) -> tuple[Latency, dic
         began = time.perf_counter()
         decision = triage._decision(incident, report, triage.org, rules, T0)
         times.append(time.perf_counter() - began)
+    gc.unfreeze()
     assert decision is not None
     line = {case.accused, *case.line}
     routed_ok = line <= decision.excluded_ids and not (decision.recipients & line)

@@ -111,16 +111,24 @@ class OrgSnapshot:
     people: Mapping[str, OrgPerson] = field(default_factory=lambda: MappingProxyType({}))
     as_of: datetime | None = None
     _by_role: Mapping[str, tuple[str, ...]] = field(init=False, repr=False, compare=False)
+    _reports: Mapping[str, tuple[str, ...]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         people = dict(self.people)
         by_role: dict[str, list[str]] = {}
+        reports: dict[str, list[str]] = {}
         for person_id in sorted(people):
             for role in people[person_id].roles:
                 by_role.setdefault(role, []).append(person_id)
+            manager = people[person_id].manager
+            if manager is not None:
+                reports.setdefault(manager, []).append(person_id)
         object.__setattr__(self, "people", MappingProxyType(people))
         object.__setattr__(
             self, "_by_role", MappingProxyType({r: tuple(ids) for r, ids in by_role.items()})
+        )
+        object.__setattr__(
+            self, "_reports", MappingProxyType({m: tuple(ids) for m, ids in reports.items()})
         )
 
     def __eq__(self, other: object) -> bool:
@@ -186,6 +194,10 @@ class OrgSnapshot:
             return ids
         return tuple(i for i in ids if self.people[i].unit == unit)
 
+    def reports_of(self, person_id: str) -> tuple[str, ...]:
+        """The people whose manager is `person_id` (their direct reports), sorted."""
+        return self._reports.get(person_id, ())
+
     def managers_above(self, person_id: str) -> ManagementChain:
         """The chain of managers above a person up to the top; terminates on loops."""
         return walk_managers(self.people.get, person_id)
@@ -230,6 +242,8 @@ class Org(Protocol):
     def roles_of(self, person_id: str) -> frozenset[str]: ...
 
     def holders(self, role: str, unit: str | None = None) -> tuple[str, ...]: ...
+
+    def reports_of(self, person_id: str) -> tuple[str, ...]: ...
 
     def managers_above(self, person_id: str) -> ManagementChain: ...
 
@@ -350,6 +364,10 @@ class DirectoryProjection:
         self._sorted: dict[tuple[str, str | None], tuple[str, ...]] = {}
         self._ever: dict[str, set[str]] = {}
         """role -> everyone who ever held it: the holders at a past seq are among them."""
+        self._reports: dict[str, dict[str, None]] = {}
+        """manager -> the people whose current manager they are."""
+        self._ever_reported: dict[str, set[str]] = {}
+        """manager -> everyone who ever had them as manager (for a past seq)."""
         self._seqs = array("q")
         self._as_of = array("q")
         self._counts = array("q")
@@ -391,6 +409,8 @@ class DirectoryProjection:
             for key in _role_keys(old):
                 self._holders[key].pop(person.id, None)
                 self._sorted.pop(key, None)
+            if old.manager is not None:
+                self._reports[old.manager].pop(person.id, None)
         self._current[person.id] = person
         self._since[person.id] = seq
         for key in _role_keys(person):
@@ -398,6 +418,9 @@ class DirectoryProjection:
             self._sorted.pop(key, None)
         for role in person.roles:
             self._ever.setdefault(role, set()).add(person.id)
+        if person.manager is not None:
+            self._reports.setdefault(person.manager, {})[person.id] = None
+            self._ever_reported.setdefault(person.manager, set()).add(person.id)
 
     def view(self) -> DirectoryView:
         """The directory as it is now (the view does not follow later events)."""
@@ -436,6 +459,17 @@ class DirectoryProjection:
             ):
                 held.append(person_id)
         return tuple(sorted(held))
+
+    def reports_at(self, manager: str, seq: int) -> tuple[str, ...]:
+        if seq == self.seq:
+            return tuple(sorted(self._reports.get(manager, ())))
+        return tuple(
+            sorted(
+                p
+                for p in self._ever_reported.get(manager, ())
+                if (person := self.person_at(p, seq)) is not None and person.manager == manager
+            )
+        )
 
     def _at_index(self, seq: int) -> int:
         return bisect_right(self._seqs, seq) - 1
@@ -498,6 +532,10 @@ class DirectoryView:
     def holders(self, role: str, unit: str | None = None) -> tuple[str, ...]:
         """Ids of the people holding `role` (in `unit`, if given), sorted."""
         return self._projection.holders_at(role, unit, self.seq)
+
+    def reports_of(self, person_id: str) -> tuple[str, ...]:
+        """The people whose manager is `person_id` (their direct reports), sorted."""
+        return self._projection.reports_at(person_id, self.seq)
 
     def managers_above(self, person_id: str) -> ManagementChain:
         return walk_managers(self.person, person_id)

@@ -19,11 +19,12 @@ report, the directory snapshot at that moment, the pinned policy and the clock
    - `reporter`: the reporter's person id, resolved by the caller (the report carries
      a pseudonym that this pure code does not read).
    - `accused_reports`: people who answer to an accused, directly or further down:
-     each *candidate* (a holder of a role the decision may route to: of the chain's
-     roles in the incident's unit, of a level's role anywhere once the level must be
-     resolved across the organisation, and of the independent roles) whose own
-     management chain contains an accused. Candidates' chains are walked, never the
-     whole organisation, so the cost does not grow with its size (docs/scale.md). Independent roles
+     each *candidate* (a holder of a role the decision may route to) whose own
+     management chain contains an accused. The people below each accused are walked
+     down from him when they are fewer than twice the candidates (a team lead's few
+     reports), else each candidate's chain is walked up: never the whole
+     organisation, and at a company's size only the smaller of the two
+     (docs/scale.md). Independent roles
      are not exempt: answering to the accused is a conflict whatever the role.
    - `ambiguous_match` (always on): every candidate of a name that matched several
      people (`PersonMatch.how == "ambiguous"`). Each candidate of an ambiguous *accused*
@@ -301,7 +302,17 @@ def _conflicts(
     category: str | None = None,
     candidates: Iterable[str] = (),
     matches: Sequence[PersonMatch] = (),
+    earlier_lines: Sequence[str] = (),
+    candidate_roles: Sequence[str] = (),
 ) -> _Conflicts:
+    """Who the rules exclude, with the notes and loops found on the way.
+
+    `candidate_roles`: every holder of these roles is a candidate too (before
+    `candidates`, in `_candidates` order), without listing them all when the people
+    below the accused are fewer. `earlier_lines`: people whose lines an earlier
+    revision treated as the accused's (its accused and ambiguous candidates):
+    exclusions only grow, so the people who answer to them stay excluded when a
+    revision brings new candidates."""
     rules = set(policy.conflicts.rules_for(category))
     independent = frozenset(policy.conflicts.independent_roles)
     out = _Conflicts()
@@ -309,7 +320,9 @@ def _conflicts(
     # Any of the candidates of an ambiguous accused name may be the accused: the people
     # above and below each of them are treated as if he were.
     maybe_accused = _ambiguous_accused(matches, org)
-    lines_of = [*known_accused, *(p for p in maybe_accused if p not in known_accused)]
+    lines_of = list(
+        dict.fromkeys((*known_accused, *maybe_accused, *(p for p in earlier_lines if org.knows(p))))
+    )
     out.unresolved_accused = [a for a in _unique(accused) if not org.knows(a)]
     out.unresolved_named = [n for n in _unique(named) if not org.knows(n)]
     if out.unresolved_accused:
@@ -359,17 +372,54 @@ def _conflicts(
         # already; it is excluded even if the directory does not know it (yet).
         out.add(reporter, REPORTER)
     if ACCUSED_REPORTS in rules and lines_of:
-        above = frozenset(lines_of)
-        for candidate in dict.fromkeys(candidates):
-            if candidate in above:
-                continue  # excluded as accused already (or the rule is off: not theirs)
-            if any(m in above for m in org.managers_above(candidate).managers):
-                out.add(candidate, ACCUSED_REPORTS)
+        for candidate in _answering(org, lines_of, candidate_roles, list(candidates)):
+            out.add(candidate, ACCUSED_REPORTS)
     for match in matches:
         if match.how == "ambiguous":
             for person in match.candidates:
                 out.add(person, AMBIGUOUS)
     return out
+
+
+def _answering(
+    org: Org, lines_of: Sequence[str], roles: Sequence[str], explicit: Sequence[str]
+) -> list[str]:
+    """The candidates (holders of `roles`, then `explicit`) who answer to one of
+    `lines_of`, in candidate order, but for those of `lines_of` themselves.
+
+    Walks down from `lines_of` when fewer people are below them than twice the
+    candidates, else up from every candidate: the cheaper walk, the same answer."""
+    above = frozenset(lines_of)
+    first = {role: i for i, role in reversed(list(enumerate(roles)))}
+    held = sum(len(org.holders(role)) for role in first)
+    below = _below(org, lines_of, limit=2 * (held + len(explicit)))
+    if below is None:
+        pool = list(dict.fromkeys((*_candidates(org, roles), *explicit)))
+        found = [p for p in pool if any(m in above for m in org.managers_above(p).managers)]
+    else:
+
+        def order(person: str) -> tuple[int, str]:
+            return min(first[r] for r in org.roles_of(person) if r in first), person
+
+        holding = sorted((p for p in below if org.roles_of(p) & first.keys()), key=order)
+        found = list(dict.fromkeys((*holding, *(p for p in explicit if p in below))))
+    return [p for p in found if p not in above]
+
+
+def _below(org: Org, tops: Sequence[str], *, limit: int) -> frozenset[str] | None:
+    """Everyone who answers to one of `tops`, directly or further down (walking the
+    direct reports; loops in the manager data end the walk), or None once more than
+    `limit` people were found: then walking up from the candidates costs less."""
+    found: set[str] = set()
+    todo = list(tops)
+    while todo:
+        for person in org.reports_of(todo.pop()):
+            if person not in found:
+                found.add(person)
+                todo.append(person)
+                if len(found) > limit:
+                    return None
+    return frozenset(found)
 
 
 def _ambiguous_accused(matches: Sequence[PersonMatch], org: Org) -> list[str]:
@@ -534,46 +584,23 @@ def decide(
     )
     levels = _unresolved_chain(policy, severity) if conflict_unresolved else list(rules.chain)
     chain_roles = frozenset(level.role for level in levels)
-    unit, unit_source = incident_unit(report, org)
-
-    def conflicts_among(candidates: list[str]) -> tuple[_Conflicts, tuple[ExcludedPerson, ...]]:
-        found = _conflicts(
-            accused=report.accused,
-            named=report.named,
-            reporter=reporter_person or None,
-            org=org,
-            policy=policy,
-            category=report.category,
-            candidates=candidates,
-            matches=report.people_matches,
-        )
-        people = found.people(org, chain_roles)
-        return found, _merge(prior.excluded, people, chain_roles) if prior else people
-
-    # Candidates in scope only (issue 21): the chain roles' holders in the unit and the
-    # independent roles' holders; a role whose unit holders are all excluded (or none)
-    # is resolved across the organisation, so its holders anywhere are checked then.
-    # Whether a candidate answers to the accused depends on her chain alone, so this
-    # routes exactly as checking every holder of every role would.
-    roles = [*(lv.role for lv in levels), *policy.conflicts.independent_roles]
-    if unit is None:
-        candidates = _candidates(org, roles)
-    else:
-        candidates = _candidates(org, policy.conflicts.independent_roles) + [
-            p for lv in levels for p in org.holders(lv.role, unit)
-        ]
-    conflicts, excluded = conflicts_among(candidates)
-    if unit is not None:
-        excluded_ids = frozenset(x.principal for x in excluded)
-        wider = [
-            p
-            for lv in levels
-            if all(h in excluded_ids for h in org.holders(lv.role, unit))
-            for p in org.holders(lv.role)
-        ]
-        if set(wider) - set(candidates):
-            conflicts, excluded = conflicts_among(list(dict.fromkeys((*candidates, *wider))))
+    conflicts = _conflicts(
+        accused=report.accused,
+        named=report.named,
+        reporter=reporter_person or None,
+        org=org,
+        policy=policy,
+        category=report.category,
+        candidate_roles=[*(lv.role for lv in levels), *policy.conflicts.independent_roles],
+        matches=report.people_matches,
+        earlier_lines=prior.accused if prior is not None else (),
+    )
+    excluded = conflicts.people(org, chain_roles)
+    if prior is not None:
+        excluded = _merge(prior.excluded, excluded, chain_roles)
     excluded_ids = frozenset(x.principal for x in excluded)
+
+    unit, unit_source = incident_unit(report, org)
 
     notes = list(conflicts.notes)
     if unresolved_matches:
@@ -768,9 +795,7 @@ def reexclude(
         org=org,
         policy=policy,
         category=decision.category,
-        candidates=_candidates(
-            org, [*(lv.role for lv in decision.chain), *policy.conflicts.independent_roles]
-        ),
+        candidate_roles=[*(lv.role for lv in decision.chain), *policy.conflicts.independent_roles],
         matches=matches,
     )
     before = decision.excluded_ids
@@ -893,7 +918,8 @@ def _reroute(
         org=org,
         policy=policy,
         category=decision.category,
-        candidates=_candidates(org, [*(lv.role for lv in decision.chain), *independent]) + list(to),
+        candidates=to,
+        candidate_roles=[*(lv.role for lv in decision.chain), *independent],
     ).people(org, chain_roles)
     before = decision.excluded_ids
     fresh = tuple(x for x in fresh if x.principal not in before and x.principal not in removed)

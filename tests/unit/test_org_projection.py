@@ -24,10 +24,12 @@ from services.domain.envelope import Envelope
 from services.domain.events import ReportSubmitted, make_event
 from services.domain.org import DirectoryProjection, Org, OrgSnapshot, fold_directory
 from services.domain.policy import Policy
-from services.domain.triage import decide, reporter_candidates
+from services.domain.triage import _answering, _candidates, decide, reporter_candidates
 from services.infra.config import load_yaml_model
 from services.infra.crypto import Pseudonyms
 from services.triage.handlers import Triage
+from tests.unit.test_triage_conflicts import ROLES as CHART_ROLES
+from tests.unit.test_triage_conflicts import charts
 
 DATA = Path(services.__file__).parent / "data"
 POLICY = load_yaml_model(DATA / "policy.yaml", Policy)
@@ -85,6 +87,7 @@ def same(view: Org, folded: OrgSnapshot) -> None:
         assert view.person(person) == folded.person(person)
         assert view.knows(person) == folded.knows(person)
         assert view.managers_above(person) == folded.managers_above(person)
+        assert view.reports_of(person) == folded.reports_of(person)
     for role in ROLES:
         for unit in UNITS:
             assert view.holders(role, unit) == folded.holders(role, unit)
@@ -222,3 +225,18 @@ def test_the_seed_directory_file_is_the_same_as_a_projection_of_it() -> None:
         )
         projection.apply(upserted, seq)
     assert projection.view().snapshot().people == OrgSnapshot.from_directory(seed).people
+
+
+@settings(max_examples=200, deadline=None)
+@given(charts(), st.data())
+def test_the_walk_down_and_the_walk_up_find_the_same_candidates(chart: Any, data: Any) -> None:
+    """Who answers to the accused: walked down from them, or up from each candidate
+    (the naive way), in the same order, on random org charts."""
+    org = chart.org
+    everyone = sorted(org.people)
+    lines = data.draw(st.lists(st.sampled_from(everyone), min_size=1, max_size=3, unique=True))
+    roles = data.draw(st.lists(st.sampled_from(CHART_ROLES), max_size=4))
+    explicit = data.draw(st.lists(st.sampled_from(everyone), max_size=2))
+    pool = list(dict.fromkeys((*_candidates(org, roles), *explicit)))
+    naive = [p for p in pool if p not in lines and set(org.managers_above(p).managers) & set(lines)]
+    assert _answering(org, lines, roles, explicit) == naive
