@@ -24,7 +24,7 @@ SRC := services tests
 # Python >= 3.11, or a message saying what was found.
 PY_CHECK := import sys; v = sys.version_info; sys.exit(0 if v >= (3, 11) else f"error: Python >= 3.11 is required, {sys.executable} is {v.major}.{v.minor}")
 
-.PHONY: help venv install run test lint docs format schemas bench constraints clean
+.PHONY: help venv install run test lint docs format schemas messages bench constraints clean
 
 help:
 	@echo "make run          start the stack (broker, PostgreSQL if needed, four services)"
@@ -33,6 +33,7 @@ help:
 	@echo "make docs         build the docs site into .run/site (mkdocs --strict: broken links fail)"
 	@echo "make format       ruff check --fix, then ruff format"
 	@echo "make schemas      write the event JSON Schemas and asyncapi.yaml to schemas/"
+	@echo "make messages     extract the console's strings and update its language catalogs"
 	@echo "make bench        incidents bench"
 	@echo "make constraints  regenerate constraints.txt from the venv"
 	@echo "make venv         create .venv and install the project (what every target does first)"
@@ -74,6 +75,17 @@ format: $(STAMP)
 
 schemas: $(STAMP)
 	$(BIN)/incidents schemas
+
+# The console's languages (docs/console.md): the English strings of the templates and
+# the console's Python (babel.cfg) into messages.pot, merged into every catalog under
+# services/console/locale (a new string arrives with an empty msgstr, for a translator).
+# No compile step: the console compiles the .po files when it starts.
+LOCALES := services/console/locale
+messages: $(STAMP)
+	$(BIN)/pybabel -q extract -F babel.cfg -k N_ --no-location --sort-output \
+	  --project=incidents -o $(LOCALES)/messages.pot .
+	$(BIN)/pybabel -q update -i $(LOCALES)/messages.pot -d $(LOCALES) --ignore-pot-creation-date \
+	  --no-fuzzy-matching --ignore-obsolete
 
 bench: $(STAMP)
 	$(BIN)/incidents bench

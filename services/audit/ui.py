@@ -27,6 +27,7 @@ from services.console.web import (
     ConsoleError,
     LoginNeeded,
     fragment,
+    language,
     render,
     secured,
     session_authorization,
@@ -220,7 +221,8 @@ async def incident_as_of(
     _, authorization = await auditor(request)
     entries = await entries_of(request, authorization, incident_id)
     moment = instant(as_of, t, axis_span(entries)[0])
-    body = fragment("audit_asof.html", **as_of_view(incident_id, entries, moment))
+    view = as_of_view(incident_id, entries, moment)
+    body = fragment("audit_asof.html", **language(request), **view)
     return secured(HTMLResponse(body), request)
 
 

@@ -21,15 +21,18 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from gettext import NullTranslations
 from typing import Any
 from urllib.parse import parse_qs, quote
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
-from jinja2 import Environment, PackageLoader
+from jinja2 import Environment, PackageLoader, pass_context
+from jinja2.runtime import Context
+from markupsafe import Markup
 
-from services.domain.envelope import utc_rfc3339
+from services.console import i18n
 from services.infra.auth import Authenticator
 from services.infra.settings import CommonSettings
 
@@ -54,19 +57,91 @@ templates = Environment(
     autoescape=True,
     trim_blocks=True,
     lstrip_blocks=True,
+    extensions=["jinja2.ext.i18n"],
+)
+templates.policies["ext.i18n.trimmed"] = True
+# English by default (a fragment, the benchmark); `render` passes the reader's language.
+templates.install_null_translations(newstyle=True)  # type: ignore[attr-defined]
+templates.globals["tr"] = str
+
+
+@pass_context
+def when(context: Context, moment: datetime | str | None) -> Markup | str:
+    """A time in the page's language, in a `<time datetime=...>` (see i18n.when)."""
+    return i18n.when(moment, context.get("lang", i18n.SOURCE))
+
+
+@pass_context
+def when_text(context: Context, moment: datetime | str | None) -> str:
+    """`when` without markup (an SVG `<title>`)."""
+    return i18n.when_text(moment, context.get("lang", i18n.SOURCE))
+
+
+@pass_context
+def _level_label(context: Context, label: str) -> str:
+    return i18n.level_label(label, context["tr"])
+
+
+@pass_context
+def _status_word(context: Context, status: str) -> str:
+    return i18n.status_word(status, context["tr"])
+
+
+@pass_context
+def _status_rest(context: Context, label: str, status: str) -> str:
+    return i18n.status_rest(label, status, context["tr"])
+
+
+@pass_context
+def _status_label(context: Context, label: str) -> str:
+    return i18n.status_label(label, context["tr"])
+
+
+templates.filters.update(
+    when=when,
+    when_text=when_text,
+    level_label=_level_label,
+    status_word=_status_word,
+    status_rest=_status_rest,
+    status_label=_status_label,
 )
 
 
-def when(moment: datetime | str | None) -> str:
-    """A time as people read it in the console: RFC 3339 UTC to the second, or a dash."""
-    if moment is None:
-        return "-"
-    if isinstance(moment, str):
-        moment = datetime.fromisoformat(moment)
-    return utc_rfc3339(moment).replace("T", " ")[:19] + " UTC"
+def _gettext(translations: NullTranslations) -> tuple[Any, Any]:
+    """gettext and ngettext for `{% trans %}` and `_()` (Jinja's newstyle: the
+    variables are escaped and put in after translation)."""
+
+    @pass_context
+    def gettext(context: Context, message: str, **variables: Any) -> str:
+        text = translations.gettext(message)
+        # the catalogs are the project's own files, trusted like the templates
+        shown = Markup(text) if context.eval_ctx.autoescape else text  # noqa: S704
+        return shown % variables
+
+    @pass_context
+    def ngettext(context: Context, one: str, many: str, n: int, **variables: Any) -> str:
+        variables.setdefault("num", n)
+        text = translations.ngettext(one, many, n)
+        shown = Markup(text) if context.eval_ctx.autoescape else text  # noqa: S704
+        return shown % variables
+
+    return gettext, ngettext
 
 
-templates.filters["when"] = when
+def language(request: Request) -> dict[str, Any]:
+    """The template context of the reader's language (see services.console.i18n)."""
+    tag = i18n.negotiate(request.cookies.get(i18n.COOKIE), request.headers.get("accept-language"))
+    translations = i18n.translations(tag)
+    gettext, ngettext = _gettext(translations)
+    return {
+        "lang": tag,
+        "html_lang": i18n.html_lang(tag),
+        "languages": [(t, i18n.html_lang(t), i18n.display_name(t)) for t in i18n.languages()],
+        "gettext": gettext,
+        "_": gettext,
+        "ngettext": ngettext,
+        "tr": translations.gettext,
+    }
 
 
 @dataclass(frozen=True)
@@ -156,10 +231,13 @@ def render(request: Request, template: str, status: int = 200, **context: Any) -
     """A page from `templates/`, with the CSRF token its forms need."""
     csrf = _csrf(request)
     context.setdefault("principal", getattr(request.state, "principal", None))
+    lang = language(request)
     body = templates.get_template(template).render(
-        console=console_of(request), csrf=csrf[0], path=request.url.path, **context
+        console=console_of(request), csrf=csrf[0], path=request.url.path, **lang, **context
     )
     response = HTMLResponse(body, status_code=status)
+    response.headers["Content-Language"] = lang["html_lang"]
+    response.headers["Vary"] = "Accept-Language, Cookie"
     secured(response, request, csrf)
     return response
 
@@ -256,10 +334,29 @@ async def login(request: Request) -> Response:
             "login.html",
             status=401,
             next=target,
-            error="This token is not valid (or has expired).",
+            error=i18n.N_("This token is not valid (or has expired)."),
         )
     response = redirect(request, target)
     _cookie(response, console, console.session_cookie, token, SESSION_MAX_AGE)
+    return response
+
+
+@login_router.get("/lang/{tag}")
+async def switch_language(tag: str, request: Request, next: str | None = None) -> Response:
+    """The language switch: a link on every page; remembers the choice in the `lang`
+    cookie and goes back to the page (an unknown language: English)."""
+    console = console_of(request)
+    response = redirect(request, safe_next(next, console.home))
+    chosen = i18n.negotiate(tag, None)
+    response.set_cookie(
+        i18n.COOKIE,
+        chosen,
+        max_age=i18n.COOKIE_MAX_AGE,
+        path="/",
+        secure=console.secure,
+        httponly=True,
+        samesite="lax",
+    )
     return response
 
 
@@ -272,6 +369,19 @@ async def logout(request: Request) -> Response:
         console.session_cookie, path="/", secure=console.secure, httponly=True, samesite="strict"
     )
     return response
+
+
+async def error_page(request: Request, exc: ConsoleError) -> Response:
+    """A ConsoleError as a page, its title and detail in the reader's language when the
+    catalog has them (error.html)."""
+    return render(
+        request,
+        "error.html",
+        status=exc.status,
+        title=exc.title,
+        detail=exc.detail,
+        switch_to=console_of(request).home,  # an error page does not name what was asked
+    )
 
 
 def mount(app: FastAPI, pages: APIRouter, settings: CommonSettings, *, title: str) -> None:
@@ -289,9 +399,7 @@ def mount(app: FastAPI, pages: APIRouter, settings: CommonSettings, *, title: st
         name="console-static",
     )
 
-    @app.exception_handler(ConsoleError)
-    async def _console_error(request: Request, exc: ConsoleError) -> Response:
-        return render(request, "error.html", status=exc.status, title=exc.title, detail=exc.detail)
+    app.add_exception_handler(ConsoleError, error_page)  # type: ignore[arg-type]
 
     @app.exception_handler(LoginNeeded)
     async def _login_needed(request: Request, _: LoginNeeded) -> Response:

@@ -26,6 +26,7 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect
 
+from services.console.i18n import N_
 from services.console.web import ConsoleError, console_of, read_form, redirect
 from services.domain.events import AttachmentAudience
 from services.domain.reports import NAMED_ACTOR
@@ -203,7 +204,7 @@ async def reporter_attach(request: Request) -> Response:
     fields, name, body = await read_upload(request)
     incident_id = await ui._open(request, fields)
     await _uploaded(reporter_upload(request, incident_id, body, name))
-    return await ui._receipt_page(request, incident_id, fields, "Your file is attached.")
+    return await ui._receipt_page(request, incident_id, fields, N_("Your file is attached."))
 
 
 @router.post("/receipt/download")

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
 
+from services.console.i18n import N_
 from services.console.web import ConsoleError, read_form, redirect, render
 from services.infra.http import Problem
 from services.intake import my_reports, ui
@@ -18,7 +19,7 @@ from services.intake.receipts import MessageIn
 from services.intake.service import IntakeService
 
 router = APIRouter(prefix="/ui/my", include_in_schema=False)
-DONE = {"message": "Your message is sent.", "attached": "Your file is attached."}
+DONE = {"message": N_("Your message is sent."), "attached": N_("Your file is attached.")}
 
 
 def _service(request: Request) -> IntakeService:

@@ -26,6 +26,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
 
+from services.console.i18n import N_
 from services.console.web import (
     ConsoleError,
     LoginNeeded,
@@ -58,12 +59,12 @@ from services.intake.service import (
 router = APIRouter(prefix="/ui", include_in_schema=False)
 
 DONE = {
-    "acknowledged": "Your acknowledgement is recorded.",
-    "already": "You had already acknowledged this incident.",
-    "status": "The status change is recorded.",
-    "comment": "Your comment is recorded.",
-    "message": "Your message to the reporter is recorded.",
-    "attached": "The file is attached (sealed; listed by its digest).",
+    "acknowledged": N_("Your acknowledgement is recorded."),
+    "already": N_("You had already acknowledged this incident."),
+    "status": N_("The status change is recorded."),
+    "comment": N_("Your comment is recorded."),
+    "message": N_("Your message to the reporter is recorded."),
+    "attached": N_("The file is attached (sealed; listed by its digest)."),
 }
 
 
@@ -403,4 +404,4 @@ async def receipt_message(request: Request) -> Response:
         raise ConsoleError(409, "Closed", "The report is closed: nothing can be added.") from None
     except Busy:
         raise ConsoleError(503, "Busy", "The report kept changing; send it again.") from None
-    return await _receipt_page(request, incident_id, fields, "Your message is sent.")
+    return await _receipt_page(request, incident_id, fields, N_("Your message is sent."))
