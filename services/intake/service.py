@@ -362,6 +362,17 @@ class IntakeService:
         key = self.idempotency_key(
             system.principal, f"ce:{envelope.id}", request_digest("inbound", envelope.data)
         )
+        incident_id = incident_id_for(system.id, envelope.id)
+        async with self.runtime.db.acquire() as conn:
+            earlier = await self._earlier_answer(conn, key)  # or IdempotencyConflict
+            if earlier is None and await eventstore.stream_version(conn, incident_id):
+                # a resend after its stored answer expired (IDEMPOTENCY_TTL): the same
+                # incident, which exists; the receipt was given the first time only
+                earlier = Submission(
+                    202, {"incident_id": incident_id, "receipt": None, "secret": None}, True
+                )
+        if earlier is not None:
+            return earlier
         return await self.take_report(
             request.report(),
             reporter=reporter,
@@ -369,7 +380,7 @@ class IntakeService:
             channel=channel,
             idempotency=key,
             check_reporter=True,
-            incident_id=incident_id_for(system.id, envelope.id),
+            incident_id=incident_id,
             issue_receipt=issue_receipt,
             causationid=envelope.id,
         )

@@ -210,6 +210,16 @@ async def test_an_inbound_report_over_the_cloudevents_http_binding_answers_its_i
         assert answer.status_code == status, answer.text
         assert answer.headers["content-type"] == "application/problem+json"
     assert len(await stored_events(settings)) == 2
+    # a resend after its stored answer expired still names the same incident, no new one
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        await conn.execute("DELETE FROM intake.idempotency")
+    finally:
+        await conn.close()
+    late = await client.post("/v1/events", content=body, headers={**hris, **dict(headers)})
+    assert late.status_code == 202 and late.headers["idempotent-replayed"] == "true"
+    assert late.json()["incident_id"] == incident_of("hris", named["id"])
+    assert len(await stored_events(settings)) == 2
 
 
 def _bad_inbound() -> list[tuple[str, tuple[list[tuple[str, bytes]], bytes], str]]:
