@@ -28,7 +28,7 @@ NOT_YET = (404, "No such event under a signed head (yet).")
 @router.get(
     "/ledger/proofs/event/{event_id}",
     summary="Inclusion proof of an event under the latest (cosigned) head",
-    responses=problem_responses(NOT_YET),
+    responses=problem_responses(NOT_YET, (422, "The event id is longer than 36 characters.")),
 )
 async def event_proof(
     request: Request, event_id: Annotated[str, Path(max_length=36)]

@@ -43,14 +43,21 @@ Instant = Annotated[datetime, BeforeValidator(parse_rfc3339)]
 and dates refused with 422); `Instant | None` for an optional one."""
 REALM = "incidents"
 """The `realm` of every `WWW-Authenticate: Bearer` challenge (RFC 6750, section 3)."""
+CHALLENGE_DOC: dict[str, Any] = {
+    "description": f'`Bearer realm="{REALM}"`, with `error="invalid_token"` when a token'
+    " was sent and refused (RFC 6750).",
+    "schema": {"type": "string"},
+}
 
 
 def problem_responses(*codes: tuple[int, str]) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses=` entries for problem+json answers."""
-    return {
-        code: {"description": text, "content": {PROBLEM: {"schema": PROBLEM_SCHEMA}}}
-        for code, text in codes
-    }
+    """OpenAPI `responses=` entries for problem+json answers (a 401's challenge header too)."""
+    entries: dict[int | str, dict[str, Any]] = {}
+    for code, text in codes:
+        entries[code] = {"description": text, "content": {PROBLEM: {"schema": PROBLEM_SCHEMA}}}
+        if code == 401:
+            entries[code]["headers"] = {"WWW-Authenticate": CHALLENGE_DOC}
+    return entries
 
 
 class Problem(Exception):

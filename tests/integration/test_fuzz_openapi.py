@@ -107,12 +107,14 @@ AUDIT_OPERATIONS = [
     ("GET", "/v1/incidents/{incident_id}/timeline"),
     ("GET", "/v1/incidents/{incident_id}/knowledge"),
     ("GET", "/v1/incidents/{incident_id}/state"),
+    ("GET", "/v1/incidents/{incident_id}/deliveries"),
     ("GET", "/v1/ledger/entries"),
     ("GET", "/v1/ledger/proofs/inclusion"),
     ("GET", "/v1/ledger/proofs/consistency"),
     ("GET", "/v1/ledger/head"),
     ("GET", "/v1/ledger/heads"),
     ("GET", "/v1/ledger/public-key"),
+    ("GET", "/v1/ledger/proofs/event/{event_id}"),
     *HEALTH_OPERATIONS,
 ]
 JSON_BODY = [

@@ -173,3 +173,9 @@ def test_an_inbound_event_that_is_not_json_is_named_by_line_and_column() -> None
         decode(headers, b'{"specversion": "1.0",\n "id": secret}')
     assert refused.value.kind == "malformed"
     assert str(refused.value) == "the event is not JSON: Expecting value at line 2, column 8"
+
+
+def test_a_documented_401_documents_its_challenge(tmp_path: Path) -> None:
+    app = create_audit(AuditSettings(environment="test", signing_key_file=tmp_path / "k.pem"))
+    state = _paths(app)["/v1/incidents/{incident_id}/state"]["get"]["responses"]
+    assert "WWW-Authenticate" in state["401"]["headers"]
