@@ -6,6 +6,9 @@ hard-coded 1.5 s, `acks=all`, idempotence as configured. Agents hand batches of
 records to the same `RecordProcessor` as plain consumers, so retries, dead-lettering and
 tracking behave identically everywhere. The faust app runs inside the service's
 FastAPI lifespan, so all four services share one HTTP and health pattern.
+
+Every private attribute of faust or aiokafka this needs (the fetch-wait override,
+what `GroupRejoin` reads and does) is touched in `faust_internals`, and only there.
 """
 
 from __future__ import annotations
@@ -21,11 +24,9 @@ from typing import Any
 import faust
 from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
-from aiokafka.protocol.group import LeaveGroupRequest
-from faust.transport.drivers import TRANSPORTS
-from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
+from services.infra import faust_internals as internals
 from services.infra import metrics
 from services.infra.kafka import BatchHandler, ConsumerStats, RecordProcessor, security_options
 from services.infra.runtime import Runtime
@@ -33,32 +34,6 @@ from services.infra.settings import CommonSettings
 
 log = logging.getLogger(__name__)
 _LEADER_TOPIC = "-__assignor-__leader"
-
-
-class _QuickFetchThread(faust_aiokafka.AIOKafkaConsumerThread):
-    """faust's consumer thread with a configurable fetch wait (faust hard-codes 1500 ms)."""
-
-    def _create_worker_consumer(self, transport: Any) -> Any:
-        consumer = super()._create_worker_consumer(transport)
-        consumer._fetch_max_wait_ms = getattr(self.app, "incidents_fetch_max_wait_ms", 20)
-        return consumer
-
-
-class _QuickConsumer(faust_aiokafka.Consumer):
-    def _new_consumer_thread(self) -> _QuickFetchThread:
-        # faust builds its thread here by name (a `threadClass` attribute is ignored):
-        # without this override every agent fetched with a 1.5 s wait, and records
-        # reached triage and escalation 0-750 ms late on Tansu.
-        return _QuickFetchThread(self, loop=self.loop, beacon=self.beacon)
-
-
-class QuickTransport(faust_aiokafka.Transport):
-    """The aiokafka transport with `_QuickConsumer`."""
-
-    Consumer = _QuickConsumer
-
-
-TRANSPORTS.data["incidents"] = f"{__name__}:QuickTransport"
 
 
 def make_faust_app(settings: CommonSettings, name: str) -> faust.App:
@@ -87,7 +62,8 @@ def make_faust_app(settings: CommonSettings, name: str) -> faust.App:
         autodiscover=False,
         stream_wait_empty=False,
     )
-    app.incidents_fetch_max_wait_ms = settings.kafka_fetch_max_wait_ms  # type: ignore[attr-defined]
+    # read by the consumer faust builds (`faust_internals.QuickTransport`)
+    setattr(app, internals.FETCH_MAX_WAIT_ATTR, settings.kafka_fetch_max_wait_ms)
     return app
 
 
@@ -265,7 +241,9 @@ class GroupRejoin:
                     "after a broker reset faust is not assigned %s; joining again as a new member",
                     sorted(f"{tp.topic}[{tp.partition}]" for tp in missing),
                 )
-                await self._call(self._rejoin_as_new_member)
+                failed = await self._call(self._rejoin_as_new_member)
+                if failed is not None:
+                    log.info("leaving the group failed (%r); the broker times it out", failed)
                 self.rejoins += 1
             except (TimeoutError, KafkaError, OSError) as exc:
                 log.warning("checking faust's assignment after a broker reset failed: %r", exc)
@@ -283,12 +261,8 @@ class GroupRejoin:
         """
         consumer: Any = self.app.consumer
         partitions = {tp for tp in consumer.assignment() if not tp.topic.endswith(_LEADER_TOPIC)}
-        for tp in partitions:
-            for table in (consumer._gap, consumer._acked, consumer._acked_index):
-                table.pop(tp, None)
-            consumer._committed_offset.pop(tp, None)
         if partitions:
-            await consumer._commit({tp: 0 for tp in partitions})
+            await internals.forget_and_commit(self.app, dict.fromkeys(partitions, 0))
             for tp in partitions:
                 await consumer.seek(tp, 0)
             log.info(
@@ -297,7 +271,7 @@ class GroupRejoin:
 
     async def _call(self, method: Any) -> Any:
         # faust's consumer thread owns the aiokafka consumer: touch it only from there
-        return await self.app.consumer._thread.call_thread(method)
+        return await internals.call_in_consumer_thread(self.app, method)
 
     async def _missing_when_settled(self) -> set[TopicPartition]:
         """Partitions of the subscribed topics not assigned, once no rejoin is pending.
@@ -317,38 +291,19 @@ class GroupRejoin:
         return set(await self._call(self._missing))
 
     def _consumer(self) -> Any:
-        return self.app.consumer._thread._ensure_consumer()
+        return internals.aiokafka_consumer(self.app)
 
     async def _settled(self) -> bool:
-        consumer = self._consumer()
-        subscription = consumer._subscription.subscription
-        return bool(
-            subscription is not None
-            and consumer._coordinator.member_id
-            and not consumer._coordinator.need_rejoin(subscription)
-        )
+        return internals.group_settled(self._consumer())
 
     async def _refresh(self) -> None:
-        await self._consumer()._client.force_metadata_update()
+        await internals.refresh_metadata(self._consumer())
 
     async def _missing(self) -> set[TopicPartition]:
         consumer = self._consumer()
-        cluster = consumer._client.cluster
-        wanted = {
-            TopicPartition(topic, partition)
-            for topic in consumer.subscription()
-            if not topic.endswith(_LEADER_TOPIC)  # faust elects its leader on partition 0
-            for partition in cluster.partitions_for_topic(topic) or ()
-        }
-        return wanted - set(consumer.assignment())
+        # faust elects its leader on partition 0 of its own topic: not ours to check
+        topics = [t for t in consumer.subscription() if not t.endswith(_LEADER_TOPIC)]
+        return internals.topic_partitions(consumer, topics) - set(consumer.assignment())
 
-    async def _rejoin_as_new_member(self) -> None:
-        coordinator = self._consumer()._coordinator
-        try:
-            await coordinator._send_req(
-                LeaveGroupRequest(coordinator.group_id, coordinator.member_id)
-            )
-        except KafkaError as exc:
-            log.info("leaving the group failed (%r); the broker will time the member out", exc)
-        coordinator.reset_generation()
-        coordinator.request_rejoin()
+    async def _rejoin_as_new_member(self) -> KafkaError | None:
+        return await internals.leave_and_rejoin(self._consumer())

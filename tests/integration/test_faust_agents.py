@@ -12,12 +12,12 @@ import asyncio
 import statistics
 import time
 from collections.abc import Sequence
-from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 from faust.contrib.asgi import faust_app_running
 
+from services.infra.faust_internals import fetch_max_wait_ms
 from services.infra.faustapp import add_agent, make_faust_app
 from tests.helpers import broker_settings
 
@@ -60,14 +60,12 @@ async def test_an_agent_fetches_with_the_configured_wait_and_gets_batches(
     await producer.start()
     try:
         async with faust_app_running(app, stop_timeout=5):
-            consumer: Any = app.consumer._thread._consumer  # type: ignore[attr-defined]
             loop = asyncio.get_running_loop()
             deadline = loop.time() + 30
-            while consumer is None or consumer._fetcher is None:  # the group is joining
+            while fetch_max_wait_ms(app) is None:  # the group is joining
                 assert loop.time() < deadline, "the agent's consumer never started"
                 await asyncio.sleep(0.1)
-                consumer = app.consumer._thread._consumer  # type: ignore[attr-defined]
-            assert consumer._fetcher._fetch_max_wait_ms == 20
+            assert fetch_max_wait_ms(app) == 20
             # wait until the agent reads: one record, answered
             while not lateness:
                 assert loop.time() < deadline, "the agent never got a record"
