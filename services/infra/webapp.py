@@ -55,7 +55,7 @@ def build_app(
     app = FastAPI(title=title, version="1", lifespan=lifespan)
     install_problem_handlers(app)
     app.include_router(health_router(runtime.readiness))
-    app.add_middleware(BodyLimit, max_bytes=runtime.settings.max_body_bytes)  # type: ignore[arg-type]
+    app.add_middleware(BodyLimit, max_bytes=runtime.settings.max_body_bytes)
     app.state.runtime = runtime
     excluded = ",".join(("healthz", "readyz", "metrics", *untraced))
     # No spans for the ASGI receive/send steps: two or three more per request, each
