@@ -86,15 +86,16 @@ MAX_RESULTS = 1000
 ROLE_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
 
 
-def scim_service() -> ScimService:
-    """The SCIM service intake announces: PATCH, Bulk (1,000 operations, 4 MB), filter
-    (1,000 results a page), ETags; no sorting, no password change; bearer tokens."""
+def scim_service(max_payload: int = 256 * 1024) -> ScimService:
+    """The SCIM service intake announces: PATCH, Bulk (1,000 operations, `max_payload`
+    bytes: intake's body limit), filter (1,000 results a page), ETags; no sorting, no
+    password change; bearer tokens."""
     config = load_default_service_provider_config()
     config.sort = Sort(supported=False)
     config.change_password = ChangePassword(supported=False)
     config.etag = ETag(supported=True)
     config.filter = FilterConfig(supported=True, max_results=MAX_RESULTS)
-    config.bulk = Bulk(supported=True, max_operations=1000, max_payload_size=4 * 1024 * 1024)
+    config.bulk = Bulk(supported=True, max_operations=1000, max_payload_size=max_payload)
     config.authentication_schemes = [
         AuthenticationScheme(
             type=AuthenticationScheme.Type.oauthbearertoken,
@@ -486,6 +487,7 @@ def mount(app: FastAPI, systems: Systems) -> None:
         system = systems.for_principal(principal)
         return system is not None and SCOPE_DIRECTORY in system.scopes
 
-    app.state.scim = scim_service()
+    runtime: Runtime = app.state.runtime
+    app.state.scim = scim_service(runtime.settings.max_body_bytes)
     app.state.scim_systems = allowed
     app.include_router(router)
