@@ -50,7 +50,7 @@ class FormStream:
         self.events: list[Event] = []
         self._field = bytearray()
         self._value = bytearray()
-        self._headers: dict[str, str] = {}
+        self._headers: dict[str, bytes] = {}
         self._name = ""
         self._file = False
         self._buffer = bytearray()
@@ -76,13 +76,13 @@ class FormStream:
         self._headers, self._buffer, self._file = {}, bytearray(), False
 
     def _header_end(self) -> None:
-        self._headers[self._field.decode("latin-1").lower()] = self._value.decode(
-            "utf-8", "replace"
-        )
+        # raw bytes: browsers send a file's name in UTF-8 (证据.pdf), which the header
+        # parser would try to encode as latin-1 if handed a str
+        self._headers[self._field.decode("latin-1").lower()] = bytes(self._value)
         self._field, self._value = bytearray(), bytearray()
 
     def _headers_done(self) -> None:
-        _, params = parse_options_header(self._headers.get("content-disposition", ""))
+        _, params = parse_options_header(self._headers.get("content-disposition", b""))
         self._name = params.get(b"name", b"").decode("utf-8", "replace")
         filename = params.get(b"filename")
         self._file = filename is not None

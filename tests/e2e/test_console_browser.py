@@ -141,7 +141,7 @@ def test_the_seed_case_through_the_console(stack: Stack, browser: Browser, artif
     page.get_by_label("Write to the handlers").fill("Thank you. I can give more details.")
     page.get_by_role("button", name="Send").click()
     page.get_by_text("Your message is sent.").wait_for()
-    assert "I can give more details" in page.locator("ul.thread").inner_text()
+    assert "I can give more details" in page.locator("ul.thread").first.inner_text()
     assert "?" not in page.url and secret not in page.url
     page.screenshot(path=artifacts / "5-reporter-follow-up.png", full_page=True)
 
@@ -191,3 +191,102 @@ def test_the_seed_case_through_the_console(stack: Stack, browser: Browser, artif
     saved = artifacts / "evidence.json"
     download.value.save_as(saved)
     assert '"format": "incidents.audit.bundle/v2"' in saved.read_text(encoding="utf-8")
+
+
+# The console in both languages (issue 22, item 6) --------------------------------------
+
+EN_DATE = re.compile(r"[A-Z][a-z]{2} \d{1,2}, \d{4}, \d{1,2}:\d{2}:\d{2}\s[AP]M UTC")
+ZH_DATE = re.compile(r"\d{4}年\d{1,2}月\d{1,2}日 \d{2}:\d{2}:\d{2} UTC")
+
+
+def localised_date(page: Page, pattern: re.Pattern[str]) -> None:
+    """A date on the page is in the page's language, with its machine-readable twin."""
+    moment = page.locator("time").first
+    assert pattern.fullmatch(moment.inner_text().strip()), moment.inner_text()
+    assert re.fullmatch(
+        r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z", moment.get_attribute("datetime") or ""
+    )
+
+
+def test_the_reporter_and_handler_pages_in_english_and_chinese(
+    stack: Stack, browser: Browser, artifacts: Path
+) -> None:
+    """A reporter whose browser asks for Chinese makes a report (the people search as a
+    form step), reads her receipt page and, in a browser without JavaScript, attaches a
+    file there. The handler reads the same incident in English, then switches to Chinese
+    with the link every page shows; the choice is kept in the `lang` cookie."""
+    intake = stack.url("intake")
+
+    zh = browser.new_context(locale="zh-CN", viewport={"width": 1280, "height": 900})
+    page = zh.new_page()
+    page.goto(f"{intake}/ui/report")
+    assert page.locator("html").get_attribute("lang") == "zh-Hans"
+    page.get_by_role("heading", name="提交举报").wait_for()
+    page.get_by_label("类别").select_option("harassment")
+    assert page.get_by_label("类别").locator("option:checked").inner_text() == "骚扰"
+    page.locator("#summary").fill("出差时被骚扰")
+    page.get_by_label("事情经过").fill("经理在酒店骚扰了我。")
+    page.locator("#accused_q").fill("王军")
+    page.locator("#accused-people").get_by_role("button", name="搜索").click()
+    page.locator("#accused-picks").get_by_label("Wang Jun").check()
+    page.screenshot(path=artifacts / "zh-1-report-people-found.png", full_page=True)
+    page.get_by_role("button", name="提交举报").click()
+    page.get_by_role("heading", name="您的举报已收到").wait_for()
+    receipt = page.locator("#receipt").inner_text().strip()
+    secret = page.locator("#secret").inner_text().strip()
+
+    page.goto(f"{intake}/ui/receipt")
+    page.get_by_label("回执").fill(receipt)
+    page.get_by_label("密码").fill(secret)
+    page.get_by_role("button", name="打开").click()
+    page.get_by_role("heading", name="跟进举报").wait_for()
+    assert page.locator("#status").inner_text() in ("已提交", "已分诊", "已升级")
+    localised_date(page, ZH_DATE)
+    page.screenshot(path=artifacts / "zh-2-receipt-page.png", full_page=True)
+
+    # The upload without JavaScript: a plain multipart form.
+    plain = browser.new_context(locale="zh-CN", java_script_enabled=False).new_page()
+    plain.goto(f"{intake}/ui/receipt")
+    plain.get_by_label("回执").fill(receipt)
+    plain.get_by_label("密码").fill(secret)
+    plain.get_by_role("button", name="打开").click()
+    plain.locator("#evidence").set_input_files(
+        {"name": "证据.pdf", "mimeType": "application/pdf", "buffer": b"%PDF-1.7\n" + b"x" * 4000}
+    )
+    plain.get_by_role("button", name="上传").click()
+    plain.get_by_text("您的文件已上传。").wait_for()
+    assert "证据.pdf" in plain.locator("#attachments").inner_text()
+    assert "您发送了" in plain.locator("#attachments").inner_text()
+    localised_date(plain, ZH_DATE)
+    plain.screenshot(path=artifacts / "zh-3-upload-without-javascript.png", full_page=True)
+
+    # The handler at level 1, in English first.
+    chen = browser.new_context(locale="en-US", viewport={"width": 1280, "height": 900})
+    handler = chen.new_page()
+    sign_in(handler, intake, "dev-chen-token")
+    reload_until(
+        handler,
+        lambda p: p.get_by_role("cell", name="harassment").count() > 0,
+        LEVEL_SECONDS * 4,
+        "the harassment report in p-chen's list",
+    )
+    handler.get_by_role("heading", name="My incidents").wait_for()
+    localised_date(handler, EN_DATE)
+    handler.get_by_role("cell", name="harassment").locator("xpath=..").locator("a").first.click()
+    handler.get_by_role("heading", name=re.compile(r"^Incident ")).wait_for()
+    assert handler.locator("#attachments").get_by_text("证据.pdf").count() == 1
+    localised_date(handler, EN_DATE)
+
+    handler.locator("nav.languages").get_by_role("link", name=re.compile("中文")).click()
+    handler.get_by_role("heading", name=re.compile(r"^事件 ")).wait_for()
+    assert handler.locator("html").get_attribute("lang") == "zh-Hans"
+    handler.get_by_role("heading", name="举报内容").wait_for()
+    assert handler.get_by_role("button", name="确认受理").count() >= 1
+    localised_date(handler, ZH_DATE)
+    assert {c["name"]: c["value"] for c in chen.cookies()}["lang"] == "zh_Hans"
+    handler.screenshot(path=artifacts / "zh-4-handler-incident.png", full_page=True)
+    handler.goto(f"{intake}/ui/")
+    handler.get_by_role("heading", name="我的事件").wait_for()
+    localised_date(handler, ZH_DATE)
+    handler.locator("nav.languages").get_by_role("link", name="English").click()
+    handler.get_by_role("heading", name="My incidents").wait_for()

@@ -159,3 +159,20 @@ def test_a_fragment_without_a_request_is_english() -> None:
         console=Console(title="Incidents", secure=False), title="Not found", detail=None
     )
     assert "<h1>Not found</h1>" in page and 'lang="en"' in page
+
+
+def test_a_file_named_in_chinese_is_read_from_the_upload_form() -> None:
+    """Browsers send a file's name in UTF-8; the form parser once took it for latin-1
+    and answered 500."""
+    from services.intake.attachments_ui import FormStream
+
+    body = (
+        b'--b\r\nContent-Disposition: form-data; name="csrf"\r\n\r\ntok\r\n'
+        b'--b\r\nContent-Disposition: form-data; name="file"; filename="'
+        + "证据.pdf".encode()
+        + b'"\r\nContent-Type: application/pdf\r\n\r\n%PDF-1.7\n\r\n--b--\r\n'
+    )
+    events = FormStream(b"b").feed(body)
+    assert events[0] == ("field", "csrf", b"tok")
+    assert events[1] == ("file", "file", "证据.pdf".encode())
+    assert events[2] == ("data", "", b"%PDF-1.7\n") and events[3][0] == "end"
