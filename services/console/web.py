@@ -12,6 +12,9 @@ submit; the `__Host-` prefix keeps a sibling subdomain from planting it), and a 
 the browser marks as cross-site (`Sec-Fetch-Site`) is refused as well. Pages answer
 `Cache-Control: no-store` and a strict Content-Security-Policy: every asset is served by
 the service itself, and the little JavaScript there is lives in `static/console.js`.
+
+Pages are rendered in the reader's language (`language`: the `lang` cookie the switch
+at `/ui/lang/<tag>` sets, else `Accept-Language`; see `services.console.i18n`).
 """
 
 from __future__ import annotations
