@@ -43,11 +43,10 @@ def test_every_problem_is_one_line_naming_where(broken: dict[str, str]) -> None:
     settings, problems = check_service("audit")
     assert settings is None
     policy, directory = broken["INCIDENTS_POLICY_FILE"], broken["INCIDENTS_DIRECTORY_FILE"]
-    assert problems == [
-        "INCIDENTS_DB_POOL_MAX: Input should be greater than or equal to 1",
-        f"{policy}: cannot read: No such file or directory",
-        f"{directory}:4: not valid YAML: expected ',' or ']', but got '<stream end>'",
-    ]
+    refused, unread, not_yaml = problems  # the YAML parser's own words vary (LibYAML or not)
+    assert refused == "INCIDENTS_DB_POOL_MAX: Input should be greater than or equal to 1"
+    assert unread == f"{policy}: cannot read: No such file or directory"
+    assert not_yaml.startswith(f"{directory}:4: not valid YAML: ") and "]" in not_yaml
 
 
 def test_a_field_that_does_not_validate_names_file_line_and_field(
