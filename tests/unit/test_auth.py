@@ -529,6 +529,10 @@ def _production(**overrides: Any) -> CommonSettings:
         "oidc_jwks_url": JWKS_URL,
         "oidc_issuer": ISSUER,
         "oidc_audience": AUDIENCE,
+        "kafka_security_protocol": "SSL",
+        "kafka_ssl_cafile": Path("/nonexistent/ca.pem"),
+        "kafka_ssl_certfile": Path("/nonexistent/cert.pem"),
+        "kafka_ssl_keyfile": Path("/nonexistent/key.pem"),
     }
     return CommonSettings(**{**safe, **overrides})
 
