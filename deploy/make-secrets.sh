@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Creates the missing docker secrets of compose.yaml in deploy/secrets/ (see
-# secrets/README.md): random database passwords, the audit signing key and the
-# webhook secret of the notices. An
-# existing file is never overwritten.
+# secrets/README.md): random database passwords, the audit signing key, the event
+# signing keys and their key set, the Kafka certificates and the webhook secret of the
+# notices. An existing file is never overwritten (the key set only gains entries).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/secrets"
 umask 077
@@ -56,6 +56,33 @@ certificate() {  # NAME [HOST]: kafka-NAME.key, kafka-NAME.pem (CN=NAME) and a P
 for broker in kafka-1 kafka-2 kafka-3; do certificate "$broker"; done
 for principal in admin intake triage escalation audit system-hris; do certificate "$principal"; done
 
+# Event signing (docs/event-signing.md): an Ed25519 key per service, made once, and the
+# key set of their public keys every service checks events against. The key set keeps
+# the entries it has (older and revoked keys) and gains the id of any key it lacks, so
+# a rotated key (the old file moved away, this script run again) is added beside the
+# old one. The format and ids are services/infra/signing.py's (`incidents event-keys`
+# makes the same); tests/unit/test_deploy.py loads the result with its loader.
+for service in intake triage escalation audit; do
+  if [ ! -e "event-key-$service.pem" ]; then
+    openssl genpkey -algorithm ed25519 -out "event-key-$service.pem"
+    echo "created secrets/event-key-$service.pem (only $service gets it)"
+  fi
+done
+[ -e event-keys.yaml ] || printf 'keys:\n' > event-keys.yaml
+chmod u+w event-keys.yaml  # 0444 after a first run
+raw_public() {  # the 32 raw bytes of a key's public half (the end of its DER SPKI)
+  openssl pkey -in "$1" -pubout -outform DER | tail -c 32
+}
+for service in intake triage escalation audit; do
+  # <service>:<first 16 hex of SHA-256(raw public key)>
+  id="$service:$(raw_public "event-key-$service.pem" | openssl dgst -sha256 -r | cut -c1-16)"
+  if ! grep -q "^- id: $id\$" event-keys.yaml; then
+    printf -- '- id: %s\n  service: %s\n  public_key: %s\n  revoked: false\n' "$id" "$service" \
+      "$(raw_public "event-key-$service.pem" | openssl base64 -A)" >> event-keys.yaml
+    echo "added $id to secrets/event-keys.yaml"
+  fi
+done
+
 if [ ! -e notify.env ]; then
   # The key that signs each notice webhook; the receiver needs the same value.
   printf 'INCIDENTS_NOTIFY_WEBHOOK_SECRET=%s\n' "$(openssl rand -hex 32)" > notify.env
@@ -64,5 +91,5 @@ fi
 
 # Readable by the containers' users; the 0700 folder keeps everyone else out.
 chmod 0444 postgres_password db_*_password audit-signing-key.pem content-master-key \
-  pseudonym-key kafka-*.pem kafka-*.key
+  pseudonym-key kafka-*.pem kafka-*.key event-key-*.pem event-keys.yaml
 chmod 0400 kafka-ca.key
