@@ -7,7 +7,9 @@ matches the settings classes, and the production settings they add up to pass th
 production checks; every incidents container runs the one image built from the one
 Dockerfile, whose install step is CI's; each Kubernetes object has what its kind
 requires, every Deployment has probes, resources and a PodDisruptionBudget, and the
-network policies let only the right pods reach PostgreSQL and Kafka. When `kubectl`
+network policies let only the right pods reach PostgreSQL and Kafka; each service
+mounts its own event signing key and the key set, which make-secrets.sh makes in a form
+services.infra.signing loads. When `kubectl`
 is installed, the production overlay is rendered with its kustomize and checked too.
 """
 
@@ -42,6 +44,7 @@ from services.infra.settings import (
     IntakeSettings,
     TriageSettings,
 )
+from services.infra.signing import Signer, load_private_key, parse_key_set
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -662,6 +665,86 @@ def test_compose_secrets_are_files_git_ignores() -> None:
             assert urlsplit(value).password is None, f"production.env: a password in {name}"
 
 
+EVENT_KEY_SECRET = re.compile(r"event_key_(\w+)")
+"""The compose secret of a service's event signing key (`event_key_<service>`)."""
+
+
+def test_compose_gives_each_service_its_own_event_key_and_the_key_set() -> None:
+    secrets = COMPOSE["secrets"]
+    assert secrets["event_keys"]["file"] == "./secrets/event-keys.yaml"
+    for name, service in OURS.items():
+        env = compose_env(name)
+        mine = {s for s in service.get("secrets", []) if EVENT_KEY_SECRET.fullmatch(str(s))}
+        if name in JOBS:  # they publish nothing: no key
+            assert not mine and "INCIDENTS_EVENT_SIGNING_KEY" not in env, name
+            continue
+        assert mine == {f"event_key_{name}"}, f"{name} mounts its own event key, no other"
+        assert secrets[f"event_key_{name}"]["file"] == f"./secrets/event-key-{name}.pem"
+        assert env["INCIDENTS_EVENT_SIGNING_KEY"] == f"/run/secrets/event_key_{name}"
+        assert env["INCIDENTS_EVENT_KEYS_FILE"] == "/run/secrets/event_keys"
+        assert "event_keys" in service["secrets"], name
+    others = {n for n in COMPOSE_SERVICES if n not in OURS}
+    for name in others:
+        mounted = {
+            str(s if isinstance(s, str) else s["source"])
+            for s in COMPOSE_SERVICES[name].get("secrets", [])
+        }
+        assert not {m for m in mounted if m.startswith("event_key")}, name
+
+
+def test_make_secrets_makes_every_compose_secret_and_a_key_set_that_loads(
+    tmp_path: Path,
+) -> None:
+    """make-secrets.sh, run in a copy of deploy/: every file compose mounts, and event
+    keys that services.infra.signing loads, each listed for its service in the key set;
+    run again, it changes nothing; with one key replaced, the set holds both."""
+    bash, openssl = shutil.which("bash"), shutil.which("openssl")
+    if bash is None or openssl is None:
+        pytest.skip("bash and openssl are needed to run deploy/make-secrets.sh")
+    shutil.copy(DEPLOY / "make-secrets.sh", tmp_path / "make-secrets.sh")
+    folder = tmp_path / "secrets"
+    folder.mkdir()
+
+    def run() -> None:
+        answer = subprocess.run(
+            [bash, str(tmp_path / "make-secrets.sh")],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+        )
+        assert answer.returncode == 0, answer.stderr
+
+    def key_ids() -> dict[str, str]:
+        """Service -> the id of the key its file holds (signing.py's derivation)."""
+        return {
+            service: Signer(service, load_private_key(folder / f"event-key-{service}.pem")).key_id
+            for service in SETTINGS
+        }
+
+    run()
+    for name, secret in COMPOSE["secrets"].items():
+        assert (DEPLOY / secret["file"]).resolve().parent == DEPLOY / "secrets", name
+        assert (folder / Path(secret["file"]).name).is_file(), f"make-secrets.sh makes {name}"
+    assert folder.stat().st_mode & 0o077 == 0, "the folder is the owner's alone"
+    key_set_text = (folder / "event-keys.yaml").read_text(encoding="utf-8")
+    keys = parse_key_set(key_set_text)
+    ids = key_ids()
+    assert set(keys.entries) == set(ids.values())
+    for service, kid in ids.items():
+        entry = keys.entries[kid]
+        assert entry.service == service and not entry.revoked
+    run()
+    assert (folder / "event-keys.yaml").read_text(encoding="utf-8") == key_set_text
+    # Rotation: intake's key moved away, a new one made and added beside the old one.
+    (folder / "event-key-intake.pem").rename(tmp_path / "old-intake.pem")
+    run()
+    rotated = parse_key_set((folder / "event-keys.yaml").read_text(encoding="utf-8"))
+    new_ids = key_ids()
+    assert new_ids["intake"] != ids["intake"]
+    assert set(rotated.entries) == set(ids.values()) | {new_ids["intake"]}
+
+
 def test_compose_runs_kafka_in_kraft_mode_with_three_replicas() -> None:
     assert len(BROKERS) == 3
     node_ids = {}
@@ -1020,6 +1103,38 @@ def test_k8s_secrets_come_from_the_template_which_has_no_values(
     ]
     mounts = {m["mountPath"] for m in audit["spec"]["containers"][0]["volumeMounts"]}
     assert str(Path(key_file or "").parent) in mounts
+
+
+def mounted_secret(template: dict[str, Any], container: dict[str, Any], path: str) -> str | None:
+    """The Secret mounted in the container at the folder of `path`, if any."""
+    volumes = {v["name"]: v for v in template["spec"].get("volumes", [])}
+    for mount in container.get("volumeMounts", []):
+        if mount["mountPath"] == str(Path(path).parent):
+            secret = volumes[mount["name"]].get("secret", {})
+            items = {i["path"]: i["key"] for i in secret.get("items", [])}
+            assert Path(path).name in items, f"{path} is not an item of its volume"
+            return str(secret.get("secretName"))
+    return None
+
+
+def test_k8s_gives_each_service_its_own_event_key_and_the_key_set(
+    manifests: list[dict[str, Any]],
+) -> None:
+    template = of_kind(k8s_documents([K8S / "secrets.template.yaml"]), "Secret")
+    assert set(template["incidents-event-keys"]["stringData"]) == {"keys.yaml"}
+    for name, pod in pod_templates(manifests).items():
+        names = {v["secret"]["secretName"] for v in pod["spec"].get("volumes", []) if "secret" in v}
+        event_keys = {n for n in names if n.startswith("incidents-event-key-")}
+        if name in JOBS:
+            assert not event_keys, f"the {name} job publishes nothing: no event key"
+            continue
+        assert event_keys == {f"incidents-event-key-{name}"}, f"{name}: its own key, no other"
+        (main,) = [c for c in pod["spec"]["containers"] if c["name"] == name]
+        env = container_env(main, manifests)
+        key, keys = env["INCIDENTS_EVENT_SIGNING_KEY"], env["INCIDENTS_EVENT_KEYS_FILE"]
+        assert mounted_secret(pod, main, key) == f"incidents-event-key-{name}"
+        assert mounted_secret(pod, main, keys) == "incidents-event-keys"
+        assert set(template[f"incidents-event-key-{name}"]["stringData"]) == {Path(key).name}
 
 
 def reachable_ports(policies: dict[str, dict[str, Any]], labels: dict[str, str]) -> set[int | str]:
