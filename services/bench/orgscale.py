@@ -44,6 +44,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
+import asyncpg
+
 import services
 from services.audit.conflicts import excluded
 from services.audit.ledger import incident_entries, roles_in_ledger
@@ -56,11 +58,12 @@ from services.domain.events import ReportSubmitted, make_event, parse_envelope
 from services.domain.knowledge import knowledge_as_of
 from services.domain.org import DirectoryProjection
 from services.domain.policy import Policy
+from services.domain.triage import TriageDecision
 from services.infra.config import load_yaml_model
 from services.infra.crypto import Pseudonyms
 from services.infra.db import connect, migrate_service
 from services.intake.routing import facts_of
-from services.triage.handlers import FREEZE_AFTER, Triage
+from services.triage.handlers import Triage
 
 DATA = Path(services.__file__).parent / "data"
 SERVICES = Path(services.__file__).parent
@@ -157,48 +160,83 @@ def _figure(
 # -- triage ------------------------------------------------------------------------------
 
 
-def triage_latency(people: Sequence[Person], samples: int) -> tuple[Latency, dict[str, Any]]:
-    """p50/p99 of triage's decision on the seed case, and what the decision was."""
-    case = seed_case(list(people))
-    projection = DirectoryProjection()
-    events = directory_events(people)
-    began = time.perf_counter()
-    for seq, envelope in enumerate(events, start=1):
-        projection.apply(envelope, seq)
-    fold_seconds = time.perf_counter() - began
-    if len(events) >= FREEZE_AFTER:
-        gc.freeze()  # as triage does after folding a large directory
-    rules = policy()
-    triage = Triage(cast(Any, None), rules, Pseudonyms(os.urandom(32)))
-    triage.directory = projection
-    reports = []
+Probe = Callable[[], Awaitable[Any]]
+"""One sample of a figure's work (a decision, an access check, a knowledge query)."""
+
+
+async def interleaved(probes: Sequence[Probe], samples: int) -> list[Latency]:
+    """Each probe's latency, the probes taking turns sample after sample, so a burst
+    of load from elsewhere on the machine lands on every size alike."""
+    for _ in range(20):  # warm plans, caches and code paths
+        for probe in probes:
+            await probe()
+    times: list[list[float]] = [[] for _ in probes]
     for _ in range(samples):
-        incident = str(uuid.uuid4())
-        envelope = submitted(case, incident, triage.pseudonyms)
-        reports.append((incident, ReportSubmitted.model_validate(envelope.data)))
-    times = []
-    decision = None
-    for incident, report in reports:
+        for probe, spent in zip(probes, times, strict=True):
+            spent.append(await _timed(probe))
+    return [Latency.of_seconds(spent) for spent in times]
+
+
+class TriageProbe:
+    """Decides on the seed case, a new incident each call; `spent` is the decision's
+    own time (the report is made beforehand), `detail()` what it decided."""
+
+    def __init__(self, people: Sequence[Person]) -> None:
+        self.case = seed_case(list(people))
+        self.projection = DirectoryProjection()
+        events = directory_events(people)
         began = time.perf_counter()
-        decision = triage._decision(incident, report, triage.org, rules, T0)
-        times.append(time.perf_counter() - began)
-    gc.unfreeze()
-    assert decision is not None
-    line = {case.accused, *case.line}
-    routed_ok = line <= decision.excluded_ids and not (decision.recipients & line)
-    return Latency.of_seconds(times), {
-        "accused": case.accused,
-        "line_excluded": sorted(line & decision.excluded_ids),
-        "first_recipients": list(decision.first_recipients),
-        "routes_correctly": routed_ok,
-        "fold_events_per_s": len(events) / fold_seconds if fold_seconds else None,
-    }
+        for seq, envelope in enumerate(events, start=1):
+            self.projection.apply(envelope, seq)
+        seconds = time.perf_counter() - began
+        self.fold_rate = len(events) / seconds if seconds else None
+        self.rules = policy()
+        self.triage = Triage(cast(Any, None), self.rules, Pseudonyms(os.urandom(32)))
+        self.triage.directory = self.projection
+        self.decision: TriageDecision | None = None
+        self.spent = 0.0
+
+    async def __call__(self) -> None:
+        incident = str(uuid.uuid4())
+        report = submitted(self.case, incident, self.triage.pseudonyms)
+        data = ReportSubmitted.model_validate(report.data)
+        began = time.perf_counter()
+        self.decision = self.triage._decision(incident, data, self.triage.org, self.rules, T0)
+        self.spent = time.perf_counter() - began
+
+    def detail(self) -> dict[str, Any]:
+        made = self.decision
+        assert made is not None
+        line = {self.case.accused, *self.case.line}
+        return {
+            "accused": self.case.accused,
+            "line_excluded": sorted(line & made.excluded_ids),
+            "first_recipients": list(made.first_recipients),
+            "routes_correctly": line <= made.excluded_ids and not (made.recipients & line),
+            "fold_events_per_s": self.fold_rate,
+        }
 
 
 def triage_figure(n: int, samples: int) -> Figure:
-    at_12, base = triage_latency(generate(BASELINE), samples)
-    one_unit, _ = triage_latency(generate(ONE_UNIT), samples)
-    at_n, detail = triage_latency(generate(n), samples)
+    probes = [TriageProbe(generate(size)) for size in (BASELINE, ONE_UNIT, n)]
+    spent: list[list[float]] = [[] for _ in probes]
+
+    async def run() -> None:
+        for _ in range(20):
+            for probe in probes:
+                await probe()
+        for _ in range(samples):
+            for probe, times in zip(probes, spent, strict=True):
+                await probe()
+                times.append(probe.spent)
+
+    gc.freeze()  # as triage does after folding a large directory
+    try:
+        asyncio.run(run())
+    finally:
+        gc.unfreeze()
+    at_12, one_unit, at_n = (Latency.of_seconds(times) for times in spent)
+    detail = probes[2].detail()
     figure = _figure(
         "org.triage",
         "triage decision, named seed-case report",
@@ -206,10 +244,11 @@ def triage_figure(n: int, samples: int) -> Figure:
         at_12,
         n,
         "In process: Triage._decision (reporter among the candidates, then decide) on the"
-        " projection; the service's database round trips (the same at any size) are left"
-        " out. The seed case must route correctly: the accused and his line excluded.",
+        " projection, the three sizes taking turns; the service's database round trips"
+        " (the same at any size) are left out. The seed case must route correctly: the"
+        " accused and his line excluded.",
         decision=detail,
-        baseline_decision=base,
+        baseline_decision=probes[0].detail(),
         one_unit=one_unit,
     )
     if not detail["routes_correctly"]:
@@ -230,45 +269,57 @@ class _Reporter:
         return self.reporter
 
 
-async def intake_latency(database_url: str, people: Sequence[Person], samples: int) -> Latency:
-    await migrate_service(database_url, "intake", SERVICES / "intake" / "migrations")
+async def intake_probe(conn: asyncpg.Connection, people: Sequence[Person]) -> Probe:
+    """Intake's schema with `people` in it (COPY); an access check of the seed case."""
     case = seed_case(list(people))
-    conn = await connect(database_url, schema="intake")
-    try:
-        await conn.copy_records_to_table(
-            "people",
-            records=[(p.id, p.name, p.email, p.unit, p.manager, p.roles) for p in people],
-            columns=["person_id", "name", "email", "unit", "manager_id", "roles"],
+    await conn.copy_records_to_table(
+        "people",
+        records=[(p.id, p.name, p.email, p.unit, p.manager, p.roles) for p in people],
+        columns=["person_id", "name", "email", "unit", "manager_id", "roles"],
+    )
+    await conn.execute("ANALYZE people")
+    rules = policy()
+    asking = [p.id for p in people if p.unit == case.unit and "hr_case_handler" in p.roles][:1]
+    keys = cast(Any, _Reporter(case.reporter))
+    incident = str(uuid.uuid4())
+    events = [submitted(case, incident)]
+
+    async def check() -> None:
+        facts = await facts_of(conn, incident, events, keys, people=asking)
+        conflicted(
+            facts.found, facts.reporter, facts.org, rules, category=CATEGORY, candidates=asking
         )
-        await conn.execute("ANALYZE people")
-        rules = policy()
-        asking = [p.id for p in people if p.unit == case.unit and "hr_case_handler" in p.roles]
-        keys = cast(Any, _Reporter(case.reporter))
-        incident = str(uuid.uuid4())
-        events = [submitted(case, incident)]
 
-        async def check() -> None:
-            facts = await facts_of(conn, incident, events, keys, people=asking[:1])
-            conflicted(
-                facts.found,
-                facts.reporter,
-                facts.org,
-                rules,
-                category=CATEGORY,
-                candidates=asking[:1],
-            )
+    return check
 
-        for _ in range(20):  # warm the plan and the cache
-            await check()
-        return Latency.of_seconds([await _timed(check) for _ in range(samples)])
+
+async def _on_databases(
+    create_db: Callable[[str], str],
+    prefix: str,
+    schema: str,
+    n: int,
+    samples: int,
+    make: Callable[[asyncpg.Connection, Sequence[Person]], Awaitable[Probe]],
+) -> list[Latency]:
+    """A database each for 13, 1,013 and n people, probed in turns."""
+    conns: list[asyncpg.Connection] = []
+    try:
+        probes = []
+        for size in (BASELINE, ONE_UNIT, n):
+            url = create_db(prefix)
+            await migrate_service(url, schema, SERVICES / schema / "migrations")
+            conns.append(await connect(url, schema=schema))
+            probes.append(await make(conns[-1], generate(size)))
+        return await interleaved(probes, samples)
     finally:
-        await conn.close()
+        for conn in conns:
+            await conn.close()
 
 
 async def intake_figure(create_db: Callable[[str], str], n: int, samples: int) -> Figure:
-    at_12 = await intake_latency(create_db("bench_org_intake"), generate(BASELINE), samples)
-    one_unit = await intake_latency(create_db("bench_org_intake"), generate(ONE_UNIT), samples)
-    at_n = await intake_latency(create_db("bench_org_intake"), generate(n), samples)
+    at_12, one_unit, at_n = await _on_databases(
+        create_db, "bench_org_intake", "intake", n, samples, intake_probe
+    )
     return _figure(
         "org.intake",
         "intake access check (directory part)",
@@ -277,7 +328,8 @@ async def intake_figure(create_db: Callable[[str], str], n: int, samples: int) -
         n,
         "facts_of (one recursive query over the people table for the implicated and the"
         " asking person's chains) and the conflict rules, for an HR case handler of the"
-        " accused's unit; the routing-table read and the key store are left out.",
+        " accused's unit, the three sizes taking turns; the routing-table read and the key"
+        " store are left out.",
         one_unit=one_unit,
     )
 
@@ -321,60 +373,55 @@ def _ledger_rows(envelopes: Sequence[Envelope], topic_of: Callable[[Envelope], s
     return rows
 
 
-async def audit_latency(database_url: str, people: Sequence[Person], samples: int) -> Latency:
-    await migrate_service(database_url, "audit", SERVICES / "audit" / "migrations")
+async def audit_probe(conn: asyncpg.Connection, people: Sequence[Person]) -> Probe:
+    """A ledger of the people's directory events and the seed case's report (COPY);
+    the knowledge query's work on it."""
     case = seed_case(list(people))
     incident = str(uuid.uuid4())
     report = submitted(case, incident)
     envelopes = [*directory_events(people), report]
-    conn = await connect(database_url, schema="audit")
-    try:
-        await conn.copy_records_to_table(
-            "ledger",
-            records=_ledger_rows(
-                envelopes,
-                lambda e: "incident.reports" if e.subject == incident else "directory.changes",
-            ),
-            columns=[
-                "idx",
-                "recorded_at",
-                "topic",
-                "partition",
-                "offset",
-                "record_key",
-                "event_id",
-                "incident_id",
-                "event_type",
-                "trace_id",
-                "valid",
-                "leaf",
-                "leaf_hash",
-            ],
-        )
-        await conn.execute("ANALYZE ledger")
-        rules = policy()
-        seed = load_yaml_model(DATA / "directory.yaml", DirectoryFile)
-        keys = cast(Any, _Reporter(case.reporter))
+    await conn.copy_records_to_table(
+        "ledger",
+        records=_ledger_rows(
+            envelopes,
+            lambda e: "incident.reports" if e.subject == incident else "directory.changes",
+        ),
+        columns=[
+            "idx",
+            "recorded_at",
+            "topic",
+            "partition",
+            "offset",
+            "record_key",
+            "event_id",
+            "incident_id",
+            "event_type",
+            "trace_id",
+            "valid",
+            "leaf",
+            "leaf_hash",
+        ],
+    )
+    await conn.execute("ANALYZE ledger")
+    rules = policy()
+    seed = load_yaml_model(DATA / "directory.yaml", DirectoryFile)
+    keys = cast(Any, _Reporter(case.reporter))
 
-        async def knowledge() -> None:
-            roles = await roles_in_ledger(conn, "p-audit")
-            assert roles is not None and "auditor" in roles
-            entries = await incident_entries(conn, incident)
-            out = await excluded(conn, keys, rules, seed, incident, entries)
-            assert case.accused in out
-            knowledge_as_of(incident, entries, T0 + timedelta(days=1))
+    async def knowledge() -> None:
+        roles = await roles_in_ledger(conn, "p-audit")
+        assert roles is not None and "auditor" in roles
+        entries = await incident_entries(conn, incident)
+        out = await excluded(conn, keys, rules, seed, incident, entries)
+        assert case.accused in out
+        knowledge_as_of(incident, entries, T0 + timedelta(days=1))
 
-        for _ in range(20):
-            await knowledge()
-        return Latency.of_seconds([await _timed(knowledge) for _ in range(samples)])
-    finally:
-        await conn.close()
+    return knowledge
 
 
 async def audit_figure(create_db: Callable[[str], str], n: int, samples: int) -> Figure:
-    at_12 = await audit_latency(create_db("bench_org_audit"), generate(BASELINE), samples)
-    one_unit = await audit_latency(create_db("bench_org_audit"), generate(ONE_UNIT), samples)
-    at_n = await audit_latency(create_db("bench_org_audit"), generate(n), samples)
+    at_12, one_unit, at_n = await _on_databases(
+        create_db, "bench_org_audit", "audit", n, samples, audit_probe
+    )
     return _figure(
         "org.audit",
         "audit knowledge query",
@@ -383,9 +430,10 @@ async def audit_figure(create_db: Callable[[str], str], n: int, samples: int) ->
         n,
         "The auditor's roles from the ledger (person_data), the incident's entries, the"
         " conflict check (the accused's chain from the directory events in the ledger)"
-        " and the knowledge fold; HTTP and the recorded read are left out. The conflict"
-        " check reads one person per query up the accused's chain: 2 managers in the seed"
-        " case at 13 people, 5 in the generated one (see one_unit: as deep, 1,013 people).",
+        " and the knowledge fold, the three sizes taking turns; HTTP and the recorded"
+        " read are left out. The conflict check reads one person per query up the"
+        " accused's chain: 2 managers in the seed case at 13 people, 5 in the generated"
+        " one (see one_unit: as deep, 1,013 people).",
         one_unit=one_unit,
     )
 

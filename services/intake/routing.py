@@ -220,15 +220,20 @@ def _routing(rows: Sequence[asyncpg.Record]) -> Routing:
 
 
 # The people the conflict rules need: the implicated and every manager above them. The
-# rows are carried through the recursion, each step one primary-key lookup: a final
-# `people WHERE person_id IN (chain)` was planned as a hash join over the whole table
-# (5 ms at 20,000 people, 0.07 ms at 13; issue 21, docs/scale.md). UNION stops loops.
+# rows are carried through the recursion, each step one primary-key lookup (the LIMIT
+# keeps the planner from turning the step into a hash join over the whole table, as it
+# did with a final `people WHERE person_id IN (chain)`: 5 ms at 20,000 people, 0.07 ms
+# at 13, and 1 ms at 3,000 with a plain join; issue 21, docs/scale.md). UNION stops
+# loops.
 _CHAIN = """
 WITH RECURSIVE chain AS (
     SELECT person_id, unit, manager_id, roles FROM people WHERE person_id = ANY($1::text[])
     UNION
-    SELECT p.person_id, p.unit, p.manager_id, p.roles
-    FROM chain c JOIN people p ON p.person_id = c.manager_id
+    SELECT m.person_id, m.unit, m.manager_id, m.roles
+    FROM chain c CROSS JOIN LATERAL (
+        SELECT person_id, unit, manager_id, roles FROM people p
+        WHERE p.person_id = c.manager_id LIMIT 1
+    ) m
 )
 SELECT person_id, unit, manager_id, roles FROM chain
 """
