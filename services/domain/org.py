@@ -366,8 +366,8 @@ class DirectoryProjection:
         """role -> everyone who ever held it: the holders at a past seq are among them."""
         self._reports: dict[str, dict[str, None]] = {}
         """manager -> the people whose current manager they are."""
-        self._ever_reported: dict[str, set[str]] = {}
-        """manager -> everyone who ever had them as manager (for a past seq)."""
+        self._former_reports: dict[str, set[str]] = {}
+        """manager -> the people who left them for another manager (for a past seq)."""
         self._seqs = array("q")
         self._as_of = array("q")
         self._counts = array("q")
@@ -411,6 +411,8 @@ class DirectoryProjection:
                 self._sorted.pop(key, None)
             if old.manager is not None:
                 self._reports[old.manager].pop(person.id, None)
+                if old.manager != person.manager:
+                    self._former_reports.setdefault(old.manager, set()).add(person.id)
         self._current[person.id] = person
         self._since[person.id] = seq
         for key in _role_keys(person):
@@ -420,7 +422,6 @@ class DirectoryProjection:
             self._ever.setdefault(role, set()).add(person.id)
         if person.manager is not None:
             self._reports.setdefault(person.manager, {})[person.id] = None
-            self._ever_reported.setdefault(person.manager, set()).add(person.id)
 
     def view(self) -> DirectoryView:
         """The directory as it is now (the view does not follow later events)."""
@@ -463,10 +464,11 @@ class DirectoryProjection:
     def reports_at(self, manager: str, seq: int) -> tuple[str, ...]:
         if seq == self.seq:
             return tuple(sorted(self._reports.get(manager, ())))
+        ever = {*self._reports.get(manager, ()), *self._former_reports.get(manager, ())}
         return tuple(
             sorted(
                 p
-                for p in self._ever_reported.get(manager, ())
+                for p in ever
                 if (person := self.person_at(p, seq)) is not None and person.manager == manager
             )
         )
