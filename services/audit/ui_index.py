@@ -168,7 +168,7 @@ async def index_once(conn: asyncpg.Connection, batch: int = BATCH) -> int:
                     row.state.category,
                     row.state.severity,
                     row.progress.status,
-                    row.progress.level,
+                    row.progress.level or 0,  # the column's 0: not triaged yet
                     row.state.acknowledged_at,
                     row.ack_due_at,
                     row.breaches,
