@@ -717,7 +717,7 @@ class Chaos:
             await slots.acquire()
             task = asyncio.ensure_future(self._submit(template, key, acknowledge, ack_delay))
             tasks.add(task)
-            task.add_done_callback(lambda t: (slots.release(), tasks.discard(t)))
+            task.add_done_callback(functools.partial(_finished, slots, tasks))
             if i % max(1, int(self.config.rate * 10)) == 0 and i:
                 self._progress(i)
         if tasks:
@@ -1587,3 +1587,11 @@ def run_chaos(config: ChaosConfig, console: Console | None = None) -> int:
                     database.drop()
             else:
                 console.print(f"kept the database for inspection: {_redact(database.url)}")
+
+
+def _finished(
+    slots: asyncio.Semaphore, tasks: set[asyncio.Task[Any]], task: asyncio.Task[Any]
+) -> None:
+    """A submission ended: free its slot and forget its task."""
+    slots.release()
+    tasks.discard(task)

@@ -1393,7 +1393,7 @@ class _TableSource:
 
 async def _replay(conn: asyncpg.Connection, n: int, label: str) -> Figure:
     began = time.perf_counter()
-    states = await incidents_as_of(_TableSource(conn), datetime.now(UTC))  # type: ignore[arg-type]
+    states = await incidents_as_of(_TableSource(conn), datetime.now(UTC))
     elapsed = time.perf_counter() - began
     broken = [s for s in states.values() if isinstance(s, str)]
     if broken:

@@ -4,9 +4,9 @@ One row per principal who knew the incident at `as_of` (from `knowledge_as_of`, 
 function behind the audit API's `/knowledge`): a bar from when they first knew to the
 as-of instant, a mark at every knowing entry (notified, viewed, escalated to,
 acknowledged, reported) and at each notice's outcome (delivered, failed) and first
-opening (issue 22: queued is not told), and vertical lines for the deadlines known at that instant and
-the clocks breached by then. The time axis spans the whole incident, whatever the
-as-of instant, so moving the as-of control grows the bars instead of rescaling them.
+opening (a queued notice alone is not told), and vertical lines for the deadlines known
+at that instant and the clocks breached by then. The time axis spans the whole incident,
+whatever the as-of instant, so moving the as-of control grows the bars instead of rescaling them.
 
 Deadlines come from `incident.triaged.v1` (`deadlines`), `incident.escalated.v1`
 (`deadline`) and `incident.deadline.breached.v1` (`due_at`); none of them carries

@@ -211,7 +211,9 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "audit.checkpoint.cosigned.v1": {
         "tree_size": 7,
         "root_hash": "cd" * 32,
-        "witness": "incidents.example/witness+cd28c5fd+BNVOKfj/BrJFtwHMmYpmk45+n8lAr9NV+9bzKdNBpAYN",
+        "witness": (
+            "incidents.example/witness+cd28c5fd+BNVOKfj/BrJFtwHMmYpmk45+n8lAr9NV+9bzKdNBpAYN"
+        ),
         "timestamp": "2026-11-01T09:30:01Z",
         "checkpoint": "incidents.example/ledger\n7\nzd==\n",
     },
