@@ -32,6 +32,7 @@ from services.infra.faust_internals import (
 
 SERVICES = Path(__file__).resolve().parents[2] / "services"
 GUARDED = Path(faust_internals.__file__).resolve()
+_PRIVATE_ACCESS = re.compile(r"(?<!\bself)(?<!\bcls)\.(_[a-z]\w*)")
 _ASSIGNED = r"self\.{name}\s*(:[^=\n]*)?=(?!=)"
 
 
@@ -110,25 +111,13 @@ def _own_private_names(tree: ast.AST) -> set[str]:
     return names
 
 
-def _uses_the_libraries(tree: ast.AST) -> bool:
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            modules = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            modules = [node.module or ""]
-        else:
-            continue
-        if any(m.split(".")[0] in ("faust", "aiokafka", "mode") for m in modules):
-            return True
-    return False
-
-
 def library_internals_outside(root: Path, guarded: Path) -> list[str]:
     """`path:line name` for each private attribute of faust/aiokafka used outside it.
 
-    The grep, as an AST walk: in a module that imports faust, mode or aiokafka, an
-    attribute `x._name` (x not `self`/`cls`) whose name the libraries define and the
-    module does not, and any override of a library's private method in a subclass.
+    The grep, as an AST walk over every module (a faust object reaches modules that
+    never import faust, e.g. as `app.state.faust`): an attribute `x._name` (x not
+    `self`/`cls`) whose name the libraries define and the module does not, and any
+    override of a library's private method in a subclass of one of their classes.
     Own-object accesses (`self._task`) and the module's own privates are not flagged.
     """
     library = _library_private_names()
@@ -136,9 +125,10 @@ def library_internals_outside(root: Path, guarded: Path) -> list[str]:
     for path in sorted(root.rglob("*.py")):
         if path.resolve() == guarded:
             continue
-        tree = ast.parse(path.read_text(encoding="utf-8"))
-        if not _uses_the_libraries(tree):
-            continue
+        text = path.read_text(encoding="utf-8")
+        if not {m.group(1) for m in _PRIVATE_ACCESS.finditer(text)} & library:
+            continue  # no attribute the libraries define: nothing to parse
+        tree = ast.parse(text)
         own = _own_private_names(tree)
         where = path.relative_to(root.parent)
         for node in ast.walk(tree):
