@@ -2,7 +2,7 @@
 #
 #   make run      start the whole stack here (incidents up); Ctrl-C stops it
 #   make test     the whole test suite (unit, integration, e2e); PYTEST_ARGS passes through
-#   make lint     ruff (lint + format check) and mypy --strict on services/domain
+#   make lint     ruff (lint + format check) and mypy --strict on the whole services package
 #   make docs     build the docs site (docs/, mkdocs.yml) with --strict: a broken link fails
 #
 # Every target installs first: a venv in .venv from `python3` (3.11 or newer; set
@@ -24,12 +24,13 @@ SRC := services tests
 # Python >= 3.11, or a message saying what was found.
 PY_CHECK := import sys; v = sys.version_info; sys.exit(0 if v >= (3, 11) else f"error: Python >= 3.11 is required, {sys.executable} is {v.major}.{v.minor}")
 
-.PHONY: help venv install run test lint docs format schemas messages bench constraints clean
+.PHONY: help venv install run test test-unit lint docs format schemas messages bench constraints clean
 
 help:
 	@echo "make run          start the stack (broker, PostgreSQL if needed, four services)"
 	@echo "make test         run every test (PYTEST_ARGS=... passes options to pytest)"
-	@echo "make lint         ruff check, ruff format --check, mypy --strict services/domain"
+	@echo "make test-unit    the unit tests only: no broker, no database, about a minute"
+	@echo "make lint         ruff check, ruff format --check, mypy --strict services"
 	@echo "make docs         build the docs site into .run/site (mkdocs --strict: broken links fail)"
 	@echo "make format       ruff check --fix, then ruff format"
 	@echo "make schemas      write the event JSON Schemas and asyncapi.yaml to schemas/"
@@ -58,10 +59,13 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
+test-unit: $(STAMP)
+	$(BIN)/pytest -q tests/unit $(PYTEST_ARGS)
+
 lint: $(STAMP)
 	$(BIN)/ruff check $(SRC)
 	$(BIN)/ruff format --check $(SRC)
-	$(BIN)/mypy --strict services/domain
+	$(BIN)/mypy --strict services
 
 # The docs site (mkdocs.yml, docs/) into .run/site. --strict turns every warning into an
 # error, a link to a page or anchor that does not exist included: this is the link check.

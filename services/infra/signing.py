@@ -300,6 +300,11 @@ def configure(
         log.error(message)
     _signers[service] = signer
     _production = environment == "production"
+    if _production:  # a development signer left from before can never sign here
+        _development.clear()
+        for name, held in list(_signers.items()):
+            if held.key_id == Signer(name, development_key(name)).key_id:
+                del _signers[name]
     return keys
 
 

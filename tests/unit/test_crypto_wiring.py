@@ -40,6 +40,11 @@ PRODUCTION: dict[str, Any] = {
     "oidc_jwks_url": "https://idp.example/jwks.json",
     "oidc_issuer": "https://idp.example/",
     "oidc_audience": "incidents",
+    "kafka_security_protocol": "SSL",
+    "kafka_ssl_cafile": "/nonexistent/ca.pem",
+    "kafka_ssl_certfile": "/nonexistent/cert.pem",
+    "kafka_ssl_keyfile": "/nonexistent/key.pem",
+    "systems_file": "/etc/incidents/systems.yaml",
 }
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 

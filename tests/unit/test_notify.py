@@ -566,6 +566,9 @@ def production(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("INCIDENTS_OIDC_JWKS_URL", "https://idp.example/jwks")
     monkeypatch.setenv("INCIDENTS_OIDC_ISSUER", "https://idp.example")
     monkeypatch.setenv("INCIDENTS_OIDC_AUDIENCE", "incidents")
+    monkeypatch.setenv("INCIDENTS_KAFKA_SECURITY_PROTOCOL", "SSL")
+    for name in ("CAFILE", "CERTFILE", "KEYFILE"):
+        monkeypatch.setenv(f"INCIDENTS_KAFKA_SSL_{name}", str(tmp_path / name.lower()))
 
 
 def test_production_refuses_weak_notification_settings(
