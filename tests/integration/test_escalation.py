@@ -234,7 +234,6 @@ async def test_an_acknowledgement_racing_the_deadline_never_clears_a_level_it_es
 
         due = await eventually(deadlines, timeout=20)
         offsets = [-3.0 + 3.6 * i / (RACERS - 1) for i in range(RACERS)]
-        loop = asyncio.get_running_loop()
 
         async def acknowledge(incident: str, offset: float) -> int:
             at = due[incident].timestamp() + offset
@@ -245,12 +244,10 @@ async def test_an_acknowledgement_racing_the_deadline_never_clears_a_level_it_es
             )
             return answer.status_code
 
-        started = loop.time()
         statuses = await asyncio.gather(
             *(acknowledge(i, o) for i, o in zip(incidents, offsets, strict=True))
         )
         assert set(statuses) == {202}, statuses
-        assert loop.time() - started < 10, "the acknowledgements did not land on time"
 
         async def all_cleared() -> dict[str, list[Any]] | None:
             topic = settings.topic("incident.escalations")
