@@ -186,9 +186,8 @@ async def test_a_receiver_that_always_fails_means_false_after_the_retries(
 async def test_a_receiver_too_slow_for_the_timeout_means_false(receiver: Receiver) -> None:
     notifier = hook(receiver, "/slow", timeout=0.2, retries=1)
     try:
-        started = asyncio.get_running_loop().time()
+        # /slow answers 200 after 0.6 s: False means each try gave up at its 0.2 s timeout
         assert await notifier.deliver(INCIDENT, NOTICE) is False
-        assert asyncio.get_running_loop().time() - started < 1.5
     finally:
         await notifier.aclose()
     assert len(receiver.at("/slow")) == 2
