@@ -494,3 +494,39 @@ def test_the_accused_named_in_words_routes_as_by_id_and_an_unknown_name_only_to_
             f"{stack.url('intake')}/v1/incidents/{unknown}", headers=as_(principal), timeout=10
         )
         assert answer.status_code == 404, (principal, answer.text)
+
+
+# every record is authentic and as published (issue 20) ----------------------------------
+
+
+async def test_every_record_on_every_topic_verifies_and_matches_its_published_schema(
+    stack: Stack, seed: Seed
+) -> None:
+    """After the seed case and `incidents demo` ran on this stack: each record on each topic
+    verifies with a verifier written from docs/event-signing.md alone (tests.event_verifier
+    imports nothing of the services), under the services' key set, signed by a service the
+    catalog lets publish its type; and validates against its JSON Schema in schemas/."""
+    from jsonschema import Draft202012Validator
+
+    from services.domain.events import CATALOG
+    from services.infra import signing  # only to write the development key set out as YAML
+    from tests import event_verifier
+
+    keys = event_verifier.read_key_set(
+        signing.key_set_yaml(signing.development_key_set().entries.values())
+    )
+    events = await topic_events(stack)
+    assert len(events) > 100, len(events)
+    validators: dict[str, Draft202012Validator] = {}
+    for entry in events:
+        event = entry["event"]
+        ok, service = event_verifier.verify(json.dumps(event).encode(), keys)
+        assert ok, (entry["topic"], event["type"], event.get("signingkey"))
+        assert service in CATALOG[event["type"]].producers, (service, event["type"])
+        if event["type"] not in validators:
+            schema = json.loads((ROOT / "schemas" / f"{event['type']}.json").read_text())
+            validators[event["type"]] = Draft202012Validator(
+                schema, format_checker=Draft202012Validator.FORMAT_CHECKER
+            )
+        errors = [e.message for e in validators[event["type"]].iter_errors(event)]
+        assert not errors, (event["type"], errors[:3])
