@@ -496,6 +496,49 @@ def test_the_accused_named_in_words_routes_as_by_id_and_an_unknown_name_only_to_
         assert answer.status_code == 404, (principal, answer.text)
 
 
+# evidence files (issue 22) --------------------------------------------------------------
+
+
+def test_the_reporters_pdf_reaches_the_handler_recorded_and_never_the_accused(
+    stack: Stack, seed: Seed
+) -> None:
+    """Through the whole stack: the anonymous reporter attaches a 5 MB PDF by her receipt;
+    p-chen, routed at level 1, downloads it (recorded in the ledger); the accused gets the
+    404 of an unknown file, recorded too. (Erasure is tested in test_attachments.)"""
+    content = b"%PDF-1.7\n" + os.urandom(5 * 1024 * 1024 - 9)
+    answer = httpx.post(
+        f"{stack.url('intake')}/v1/receipts/{seed.receipt}/attachments",
+        content=content,
+        headers={"x-receipt-secret": seed.secret, "x-filename": "statement.pdf"},
+        timeout=30,
+    )
+    assert answer.status_code == 201, answer.text
+    file_id = answer.json()["attachment_id"]
+    path = f"{stack.url('intake')}/v1/incidents/{seed.incident}/attachments/{file_id}"
+    got = httpx.get(path, headers=as_("p-chen"), timeout=30)
+    assert got.status_code == 200 and got.content == content
+    refused = httpx.get(path, headers=as_("p-wang"), timeout=10)
+    unknown = httpx.get(
+        f"{stack.url('intake')}/v1/incidents/{seed.incident}/attachments/{seed.incident}",
+        headers=as_("p-chen"),
+        timeout=10,
+    )
+    assert refused.status_code == unknown.status_code == 404
+    assert refused.content == unknown.content
+    wait_event(
+        stack,
+        seed.incident,
+        "incident.attachment.downloaded.v1",
+        lambda d: d["principal"] == "p-chen" and d["attachment_id"] == file_id,
+    )
+    wait_event(
+        stack,
+        seed.incident,
+        DENIED,
+        lambda d: d["principal"] == "p-wang" and d["action"] == "download",
+    )
+
+
 # every record is authentic and as published (issue 20) ----------------------------------
 
 
