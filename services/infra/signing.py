@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from services.domain.envelope import (
     SIGNATURE_ATTRIBUTE,
+    SIGNING_CONTEXT,
     SIGNING_KEY_ATTRIBUTE,
     canonical_json,
     signing_input,
@@ -96,8 +97,20 @@ class Signer:
         return signed
 
     def sign_bytes(self, event: dict[str, Any]) -> bytes:
-        """The signed event as the canonical JSON bytes stored, published and hashed."""
-        return canonical_json(self.sign(event))
+        """The signed event as the canonical JSON bytes stored, published and hashed:
+        `canonical_json(self.sign(event))`, serialised once instead of twice (a bulk
+        import signs hundreds of thousands). The members sorting before `signature`
+        and those after are serialised apart; the signing input and the signed bytes
+        are both joined from these two parts."""
+        before = {k: v for k, v in event.items() if k < SIGNATURE_ATTRIBUTE}
+        after = {k: v for k, v in event.items() if k > SIGNATURE_ATTRIBUTE}
+        after[SIGNING_KEY_ATTRIBUTE] = self.key_id  # `signingkey` sorts after `signature`
+        head = canonical_json(before)[1:-1]  # members without their braces
+        tail = canonical_json(after)[1:-1]  # never empty: it holds `signingkey`
+        unsigned = b"{" + (head + b"," if head else b"") + tail + b"}"
+        signature = self.private_key.sign(SIGNING_CONTEXT + unsigned)
+        member = b'"%s":"%s"' % (SIGNATURE_ATTRIBUTE.encode(), base64.b64encode(signature))
+        return b"{" + (head + b"," if head else b"") + member + b"," + tail + b"}"
 
 
 @dataclass(frozen=True)
@@ -316,7 +329,10 @@ def signer_for(service: str) -> Signer:
         return signer
     if _production or service not in SERVICES:
         raise SigningError(f"no event signing key for {service!r} in this process")
-    return _development.setdefault(service, Signer(service, development_key(service)))
+    signer = _development.get(service)
+    if signer is None:  # derived once: deriving the key per event cost as much as signing
+        signer = _development[service] = Signer(service, development_key(service))
+    return signer
 
 
 def producer_of(event: dict[str, Any]) -> str:

@@ -64,7 +64,7 @@ async def import_people(
     import first (ImportInvalid) on a duplicate, unknown manager or cycle.
     `progress(n)` is called after each committed chunk with its number of people."""
     result = ImportResult()
-    people = [p.model_copy(update={"roles": sorted(set(p.roles))}) for p in people]
+    people = [_roles_sorted(p) for p in people]
     if check:
         async with pool.acquire() as conn:
             problems = import_problems(people, await managers_now(conn))
@@ -78,6 +78,13 @@ async def import_people(
         if progress is not None:
             progress(len(chunk))
     return result
+
+
+def _roles_sorted(person: Person) -> Person:
+    """The person with roles sorted and unique, as stored; copied only when they are not
+    already (a copy per person was a tenth of a bulk import's time)."""
+    roles = sorted(set(person.roles))
+    return person if roles == list(person.roles) else person.model_copy(update={"roles": roles})
 
 
 async def _store_chunk(
