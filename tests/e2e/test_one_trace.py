@@ -35,18 +35,27 @@ def stack_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 def _trace(folder: Path, trace_id: str, want: dict[str, list[str]]) -> list[Span]:
-    """The trace's spans once each service has written the spans `want` names."""
+    """The trace's spans once each service has written the spans `want` names and the
+    parent of every span read (each process writes its own spans when they end, so a
+    child in one file can be read before its parent reaches another)."""
+
+    def wanted(spans: list[Span]) -> bool:
+        return all(
+            any(s.service == service and s.name.startswith(n) for s in spans)
+            for service, names in want.items()
+            for n in names
+        )
+
     began = time.monotonic()
     spans: list[Span] = []
     while time.monotonic() - began < 20:
         spans = load_spans(folder, [trace_id])
-        if all(
-            any(s.service == service and s.name.startswith(n) for s in spans)
-            for service, names in want.items()
-            for n in names
-        ):
+        ids = {s.span_id for s in spans}
+        if wanted(spans) and all(s.parent_span_id in (None, *ids) for s in spans):
             return spans
         time.sleep(0.3)  # the exporters write every second
+    if wanted(spans):
+        return spans  # a parent never came: the test's orphan assertion names it
     found = sorted({(s.service, s.name) for s in spans})
     raise AssertionError(f"trace {trace_id} lacks spans; it has {found}")
 
