@@ -35,6 +35,12 @@ from services.infra.keystore import KeyStore
 from services.infra.runtime import Runtime
 from services.infra.telemetry import trace_id_of
 
+AsOf = Annotated[
+    Instant | None,
+    Query(description="RFC 3339 date-time with an offset (`Z` or `±hh:mm`); default now."),
+]
+"""The `as_of` query parameter of the incident routes: now when absent."""
+
 router = APIRouter(prefix="/v1")
 AUDIT_ROLES = frozenset({"auditor"})
 IDENTITY_CUSTODIAN = "identity_custodian"
@@ -123,10 +129,7 @@ async def timeline(
 async def knowledge(
     incident_id: str,
     request: Request,
-    as_of: Annotated[
-        Instant | None,
-        Query(description="RFC 3339 date-time with an offset (`Z` or `±hh:mm`); default now."),
-    ] = None,
+    as_of: AsOf = None,
     authorization: Annotated[str | None, Header()] = None,
 ) -> dict[str, Any]:
     """Principals who had been shown the report by `as_of`, by ledger time (no backdating).
@@ -160,10 +163,7 @@ async def knowledge(
 async def deliveries(
     incident_id: str,
     request: Request,
-    as_of: Annotated[
-        Instant | None,
-        Query(description="RFC 3339 date-time with an offset (`Z` or `±hh:mm`); default now."),
-    ] = None,
+    as_of: AsOf = None,
     authorization: Annotated[str | None, Header()] = None,
 ) -> dict[str, Any]:
     """Every `incident.notified.v1` recorded by `as_of` (ledger time) with its outcome
@@ -188,10 +188,7 @@ async def deliveries(
 async def state(
     incident_id: str,
     request: Request,
-    as_of: Annotated[
-        Instant | None,
-        Query(description="RFC 3339 date-time with an offset (`Z` or `±hh:mm`); default now."),
-    ] = None,
+    as_of: AsOf = None,
     content: Annotated[bool, Query(description=CONTENT_HELP)] = False,
     authorization: Annotated[str | None, Header()] = None,
 ) -> dict[str, Any]:

@@ -48,7 +48,7 @@ import asyncpg
 
 import services
 from services.audit.conflicts import excluded
-from services.audit.ledger import incident_entries, roles_in_ledger
+from services.audit.ledger import LEDGER_COLUMNS, incident_entries, roles_in_ledger
 from services.bench.orgchart import SeedCase, generate, seed_case
 from services.bench.report import Figure, Latency
 from services.domain.access import conflicted
@@ -386,21 +386,7 @@ async def audit_probe(conn: asyncpg.Connection, people: Sequence[Person]) -> Pro
             envelopes,
             lambda e: "incident.reports" if e.subject == incident else "directory.changes",
         ),
-        columns=[
-            "idx",
-            "recorded_at",
-            "topic",
-            "partition",
-            "offset",
-            "record_key",
-            "event_id",
-            "incident_id",
-            "event_type",
-            "trace_id",
-            "valid",
-            "leaf",
-            "leaf_hash",
-        ],
+        columns=LEDGER_COLUMNS,
     )
     await conn.execute("ANALYZE ledger")
     rules = policy()
