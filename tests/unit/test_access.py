@@ -62,7 +62,7 @@ TABLE = [
     ],
     *[("p-ma", NONE, a, ("refused", "excluded", "reassigned")) for a in HANDLING],
     *[("p-audit2", AUDITOR, a, ("refused", "excluded", "named_in_report")) for a in HANDLING],
-    *[("p-audit", AUDITOR, a, ("allowed", "standing_role", None)) for a in READ_ACTIONS],
+    *[("p-audit", AUDITOR, a, ("allowed", "standing_role", None)) for a in sorted(READ_ACTIONS)],
     *[
         ("p-audit", AUDITOR, a, ("refused", "read_only", None))
         for a in HANDLING
