@@ -11,6 +11,10 @@ contradict the new ones. The way out is deliberate: give the new log its own key
 production a new key is then made). Where the key lives on a read-only mount (a
 Kubernetes or Compose secret) the binding cannot be written: audit warns and starts,
 and the witnesses, which never cosign a smaller or forked tree, remain the check.
+
+The other direction holds too: a log whose latest signed head does not verify under this
+key was signed by another key (`check_latest_head`), and audit refuses to start rather
+than sign new heads on top of it under a second key, which no verifier would accept.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from pathlib import Path
 
 import asyncpg
 
-from services.audit.checkpoint import NoteSigner
+from services.audit.checkpoint import NoteError, NoteSigner
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +85,32 @@ async def log_id_of(database_url: str, schema: str) -> str:
     return str(value)
 
 
+def check_latest_head(signer: NoteSigner, tree_size: int, key_id: str, checkpoint: str) -> None:
+    """LogIdentityError unless the log's latest signed head verifies under `signer`'s key."""
+    try:
+        signer.verifier().verify(checkpoint)
+    except NoteError:
+        raise LogIdentityError(
+            f"this log's latest signed head (tree size {tree_size}) was signed by key id"
+            f" {key_id}, not by this service's key (key id {signer.key_id}): a log is signed"
+            " by one key. Start audit with the key that signed it"
+            " (INCIDENTS_SIGNING_KEY_FILE); a new key means a new log (a new database)."
+        ) from None
+
+
 async def bind_to_database(
     key_file: Path, signer: NoteSigner, database_url: str, schema: str
 ) -> None:
-    """`bind` the key to the log of this database (a step before audit starts)."""
+    """`bind` the key to the log of this database, and check that the log's latest head
+    was signed by this key (a step before audit starts)."""
     bind(key_file, signer, await log_id_of(database_url, schema))
+    conn = await asyncpg.connect(database_url)
+    try:
+        head = await conn.fetchrow(
+            f'SELECT tree_size, key_id, checkpoint FROM "{schema}".ledger_heads'  # noqa: S608
+            " ORDER BY tree_size DESC LIMIT 1"
+        )
+    finally:
+        await conn.close()
+    if head is not None:
+        check_latest_head(signer, head["tree_size"], head["key_id"], head["checkpoint"])

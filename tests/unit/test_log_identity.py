@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from services.audit.checkpoint import NoteSigner
-from services.audit.identity import LogIdentityError, bind, binding_path
+from services.audit.identity import LogIdentityError, bind, binding_path, check_latest_head
 
 
 def test_a_key_is_bound_to_its_first_log_and_refused_for_another(tmp_path: Path) -> None:
@@ -42,3 +42,12 @@ def test_a_key_folder_it_cannot_write_warns_and_starts(
     key = tmp_path / "not-there" / "audit_signing_key"
     bind(key, NoteSigner.generate("o.example/log"), "log-a")
     assert "check is off" in caplog.text
+
+
+def test_a_log_whose_latest_head_another_key_signed_is_refused() -> None:
+    signer = NoteSigner.generate("incidents.example/ledger")
+    other = NoteSigner.generate("incidents.example/ledger")
+    note = other.sign("incidents.example/ledger\n13\n" + "A" * 43 + "=\n")
+    with pytest.raises(LogIdentityError, match=r"tree size 13.*not by this service's key"):
+        check_latest_head(signer, 13, other.key_id, note)
+    check_latest_head(other, 13, other.key_id, note)  # its own key: fine
