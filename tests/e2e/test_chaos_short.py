@@ -164,6 +164,7 @@ def test_the_checker_catches_a_ledger_entry_recorded_twice() -> None:
 
 
 @pytest.mark.e2e
+@pytest.mark.serial
 def test_a_short_chaos_run_keeps_every_invariant(pg_server_url: str, tmp_path: Path) -> None:
     run_dir = tmp_path / "chaos"
     config = ChaosConfig(

@@ -205,6 +205,7 @@ RACE_LEVEL = 4.0
 
 
 @pytest.mark.parametrize("policy_text", [critical_policy("race-1", f"{RACE_LEVEL:.0f}s")])
+@pytest.mark.serial
 async def test_an_acknowledgement_racing_the_deadline_never_clears_a_level_it_escalated_from(
     intake_and_triage: httpx.AsyncClient, common: dict[str, Any], settings: CommonSettings
 ) -> None:
