@@ -301,7 +301,7 @@ class DirectoryStorage(AsyncScimStorage):
         if resource_type.id == "Group":
             return await self._create_group(resource_type, resource)
         person = self._person(resource.model_copy(update={"id": None}), ())
-        if await get_person(self.conn, person.id) is not None:
+        if await _user_name_taken(self.conn, person.id):
             raise UniquenessException(detail=f"userName {person.id!r} is already taken")
         await self._store(person)
         await self._keep(person.id, resource)
@@ -323,8 +323,11 @@ class DirectoryStorage(AsyncScimStorage):
             return await self._update_group(resource_type, resource_id, resource)
         stored = await get_person(self.conn, resource_id)
         assert stored is not None  # get() found it, under the write lock
-        if getattr(resource, "user_name", resource_id) != resource_id:
+        user_name = getattr(resource, "user_name", None) or resource_id
+        if user_name.lower() != resource_id.lower():
             raise MutabilityException(detail="userName is the person id and cannot change")
+        if user_name != resource_id:  # the same userName (caseExact false): the id stays
+            resource = resource.model_copy(update={"user_name": resource_id})
         person = self._person(resource, stored.roles)
         await self._store(person)
         await self._keep(person.id, resource)
@@ -408,6 +411,17 @@ class DirectoryStorage(AsyncScimStorage):
             if roles != held:
                 changed = person.model_copy(update={"roles": sorted(roles)})
                 await upsert_person(self.runtime, self.conn, changed, actor=self.actor)
+
+
+async def _user_name_taken(conn: asyncpg.Connection, user_name: str) -> bool:
+    """Whether a person holds this userName, compared as RFC 7643 says (caseExact false:
+    "P-Chen" is taken by p-chen), by the index on lower(person_id)."""
+    return bool(
+        await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM people WHERE lower(person_id) = lower($1))",
+            user_name,
+        )
+    )
 
 
 def _member_ids(resource: Resource[Any]) -> list[str]:

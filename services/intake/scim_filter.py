@@ -5,11 +5,17 @@ WHERE clause with numbered parameters, so a search over 254,000 people is one in
 or scanned statement instead of a Python loop. Pure: it builds text, it runs nothing.
 
 Attributes (case-insensitive names, the enterprise URN optional where it applies):
-`id`, `userName` (the person id, compared exactly: ids are case-sensitive here),
-`externalId`, `displayName`, `name.formatted`, `emails`/`emails.value`, `department`,
-`organization` (both the unit), `manager.value`, `groups`/`groups.value` (roles),
-`active` and `meta.lastModified`. Strings other than ids compare case-insensitively,
-as RFC 7643 declares them (caseExact false). Anything else is `invalidFilter`.
+`id`, `userName` (both the person id), `externalId`, `displayName`, `name.formatted`,
+`emails`/`emails.value`, `department`, `organization` (both the unit), `manager.value`,
+`groups`/`groups.value` (roles), `active` and `meta.lastModified`. `id`, `externalId`
+and `manager.value` compare exactly (caseExact true); `userName` and the other strings
+case-insensitively, as RFC 7643 declares them (caseExact false, §4.1.1).
+
+Indexes (intake migration 0010): `lower(...)` of the person id, name, e-mail and unit,
+with `text_pattern_ops`, serve `eq` and `sw` on userName, displayName, emails and
+department/organization; `manager_id` serves `manager.value eq`. `co` and `ew` (and
+`gt`/`lt` on strings) scan `people`: they are searches, not the provisioning lookups.
+Anything else is `invalidFilter`.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from services.domain.directory_sync import ENTERPRISE_SCHEMA, USER_SCHEMA
 # attribute path (lower case, without URN) -> (SQL expression, kind)
 _COLUMNS: dict[str, tuple[str, str]] = {
     "id": ("p.person_id", "id"),
-    "username": ("p.person_id", "id"),
+    "username": ("p.person_id", "text"),
     "externalid": ("s.external_id", "id"),
     "displayname": ("p.name", "text"),
     "name.formatted": ("p.name", "text"),

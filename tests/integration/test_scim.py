@@ -13,6 +13,7 @@ import httpx
 import pytest
 import uvicorn
 from scim2_client.client import BaseSyncSCIMClient
+from scim2_models import ScimFilter
 
 from services.bench.orgchart import generate
 from services.domain.directory import Person
@@ -22,6 +23,7 @@ from services.infra.db import create_pool
 from services.infra.settings import IntakeSettings
 from services.intake.app import create_app
 from services.intake.directory_import import import_people
+from services.intake.scim_filter import SqlFilter, user_filter_sql
 from tests.helpers import serving
 from tests.integration.test_directory_api import stored
 
@@ -315,3 +317,53 @@ async def test_import_of_thousands_one_event_each_in_order(
     assert first.actor == "system:hris" and first.type == "directory.person.upserted.v1"
     assert '"signature"' in bytes(rows[0]["body"]).decode()
     assert found > 0
+
+
+async def test_user_name_is_case_insensitive_and_filters_use_indexes(
+    intake: tuple[httpx.AsyncClient, IntakeSettings],
+) -> None:
+    """RFC 7643 §4.1.1: userName is caseExact false, in filters and in uniqueness; the
+    filters an HR system looks people up by are served by an index (EXPLAIN, with
+    sequential scans disabled so the few rows of a test still show which index can)."""
+    client, settings = intake
+    made = await client.post("/scim/v2/Users", headers=SCIM_JSON, json=_user("p-case-1"))
+    assert made.status_code == 201, made.text
+    again = await client.post("/scim/v2/Users", headers=SCIM_JSON, json=_user("P-Case-1"))
+    assert again.status_code == 409 and again.json()["scimType"] == "uniqueness"
+    found = await client.get(
+        "/scim/v2/Users", headers=HRIS, params={"filter": 'userName eq "P-CASE-1"'}
+    )
+    assert [u["id"] for u in found.json()["Resources"]] == ["p-case-1"]
+    # a PUT naming the same userName in other letters keeps the person's id
+    put = await client.put(
+        "/scim/v2/Users/p-case-1", headers=SCIM_JSON, json=_user("P-CASE-1", displayName="Kay")
+    )
+    assert put.status_code == 200, put.text
+    assert put.json()["userName"] == "p-case-1" and put.json()["displayName"] == "Kay"
+    # the id itself is caseExact
+    assert (await client.get("/scim/v2/Users/P-CASE-1", headers=HRIS)).status_code == 404
+
+    lookups = {
+        'userName eq "P-CASE-1"': "people_lower_id",
+        'userName sw "P-CASE"': "people_lower_id",
+        'displayName eq "kay"': "people_lower_name",
+        'emails eq "P-Case-1@Example.com"': "people_lower_email",
+        'emails[value sw "p-case"]': "people_lower_email",
+        f'{ENTERPRISE_SCHEMA}:department eq "CITY-RETAIL"': "people_lower_unit",
+        f'{ENTERPRISE_SCHEMA}:manager.value eq "p-wang"': "people_manager",
+    }
+    pool = await create_pool(settings.database_url, schema="intake", max_size=1)
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute("SET LOCAL enable_seqscan = off")
+            for text, index in lookups.items():
+                params = SqlFilter()
+                where = user_filter_sql(ScimFilter(text).ast, params)
+                plan = await conn.fetchval(
+                    "EXPLAIN (FORMAT JSON) SELECT p.person_id FROM people p"
+                    f" LEFT JOIN scim_users s USING (person_id) WHERE {where}",
+                    *params.params,
+                )
+                assert f'"Index Name": "{index}"' in plan, (text, plan)
+    finally:
+        await pool.close()

@@ -75,7 +75,9 @@ def _sql(text: str) -> tuple[str, list[Any]]:
 
 
 def test_filters_become_sql() -> None:
-    assert _sql('userName eq "p-nia"') == ("(p.person_id = $1)", ["p-nia"])
+    # userName is caseExact false (RFC 7643 §4.1.1), id is caseExact
+    assert _sql('userName eq "P-Nia"') == ("(lower(p.person_id) = $1)", ["p-nia"])
+    assert _sql('id eq "P-Nia"') == ("(p.person_id = $1)", ["P-Nia"])
     where, params = _sql(
         f'displayName co "Ni_a" and (emails sw "NIA" or {ENTERPRISE_SCHEMA}:manager.value eq'
         ' "p-wang")'
