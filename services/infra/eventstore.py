@@ -158,26 +158,17 @@ async def append_streams(
     survives the refusal; a caller whose transaction ends with the error anyway passes
     ``savepoint=False`` and saves the two round trips (SAVEPOINT, RELEASE).
     """
-    rows = [
-        (stream_id, expected + n, event)
-        for stream_id, expected, events in appends
-        for n, event in enumerate(events, start=1)
-    ]
+    rows = signed_rows(appends)
     if not rows:
         return
-    for _, _, event in rows:
-        if event.type not in CATALOG:
-            raise ValueError(f"{event.type} is not in the event catalog")
-    # Signed once: the events table, the outbox and Kafka hold the same bytes.
-    bodies = [signing.sign_event(event.to_dict()) for _, _, event in rows]
     arguments = (
         len(rows),
-        [stream_id for stream_id, _, _ in rows],
-        [version for _, version, _ in rows],
-        [e.id for _, _, e in rows],
-        [e.type for _, _, e in rows],
-        [e.time for _, _, e in rows],
-        bodies,
+        [stream_id for stream_id, _, _, _ in rows],
+        [version for _, version, _, _ in rows],
+        [e.id for _, _, e, _ in rows],
+        [e.type for _, _, e, _ in rows],
+        [e.time for _, _, e, _ in rows],
+        [body for _, _, _, body in rows],
     )
     try:
         if savepoint:
@@ -190,13 +181,37 @@ async def append_streams(
         if exc.constraint_name and "event_id" in exc.constraint_name:
             raise DuplicateEventError(str(exc)) from exc
         raise ConcurrencyError(f"a stream moved on: {exc.detail or exc}") from exc
-    await _enqueue_signed(
-        conn,
-        [
-            (e.id, topic_prefix + CATALOG[e.type].topic, e.subject, body, record_headers(e))
-            for (_, _, e), body in zip(rows, bodies, strict=True)
-        ],
-    )
+    await _enqueue_signed(conn, queued(rows, topic_prefix))
+
+
+SignedRow = tuple[str, int, Envelope, bytes]
+"""(stream id, version, event, its signed bytes): one event as an append stores it."""
+
+
+def signed_rows(appends: Sequence[tuple[str, int, Sequence[Envelope]]]) -> list[SignedRow]:
+    """The rows an append stores, numbered after each stream's expected version, in the
+    order given; ValueError for a type outside the catalog. Signed once: the events
+    table, the outbox and Kafka hold the same bytes (shared by the in-memory recorder)."""
+    rows = [
+        (stream_id, expected + n, event)
+        for stream_id, expected, events in appends
+        for n, event in enumerate(events, start=1)
+    ]
+    for _, _, event in rows:
+        if event.type not in CATALOG:
+            raise ValueError(f"{event.type} is not in the event catalog")
+    return [(s, v, e, signing.sign_event(e.to_dict())) for s, v, e in rows]
+
+
+def queued(
+    rows: Sequence[SignedRow], topic_prefix: str
+) -> list[tuple[str, str, str, bytes, list[tuple[str, str]]]]:
+    """The outbox rows of appended events: each on its catalog topic (prefixed), keyed
+    by its subject (the incident)."""
+    return [
+        (e.id, topic_prefix + CATALOG[e.type].topic, e.subject, body, record_headers(e))
+        for _, _, e, body in rows
+    ]
 
 
 async def stream_version(conn: asyncpg.Connection, stream_id: str) -> int:
