@@ -123,9 +123,9 @@ def time_lines(entries: Sequence[LedgerEvent], as_of: datetime) -> list[TimeLine
     return sorted(found.values(), key=lambda line: (line.at, line.kind, line.label))
 
 
-TRIAGED = "incident.triaged.v1"
-ESCALATED = "incident.escalated.v1"
-BREACHED = "incident.deadline.breached.v1"
+TRIAGED = Triaged.TYPE
+ESCALATED = Escalated.TYPE
+BREACHED = DeadlineBreached.TYPE
 
 
 def _words(name: str) -> str:

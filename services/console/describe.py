@@ -12,55 +12,76 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from services.domain.events import (
+    AccessDenied,
+    Acknowledged,
+    Assigned,
+    Commented,
+    DeadlineBreached,
+    Escalated,
+    EscalationCleared,
+    NoticeDelivered,
+    NoticeFailed,
+    Notified,
+    Reassigned,
+    ReminderDue,
+    ReportAmended,
+    ReporterMessage,
+    ReportSubmitted,
+    StatusChanged,
+    Triaged,
+    Viewed,
+)
+
 Fields = tuple[tuple[str, str], ...]
 """(data key, label) pairs shown for a type, in order."""
 
 SHOWN: Mapping[str, Fields] = {
-    "incident.report.submitted.v1": (
+    ReportSubmitted.TYPE: (
         ("category", "category"),
         ("channel", "channel"),
         ("report_digest", "digest"),
     ),
-    "incident.report.amended.v1": (("report_digest", "digest"),),
-    "incident.triaged.v1": (
+    ReportAmended.TYPE: (("report_digest", "digest"),),
+    Triaged.TYPE: (
         ("severity", "severity"),
         ("policy_version", "policy"),
         ("report_digest", "digest"),
     ),
-    "incident.assigned.v1": (("level", "level"), ("principals", "to")),
-    "incident.reassigned.v1": (("added", "added"),),
-    "incident.notified.v1": (
+    Assigned.TYPE: (("level", "level"), ("principals", "to")),
+    Reassigned.TYPE: (("added", "added"),),
+    Notified.TYPE: (
         ("principal", "who"),
         ("level", "level"),
         ("channel", "channel"),
         ("report_digest", "digest"),
     ),
-    "incident.viewed.v1": (("principal", "who"), ("report_digest", "digest")),
-    "incident.acknowledged.v1": (("principal", "who"), ("level", "level")),
-    "incident.commented.v1": (("principal", "who"),),
-    "incident.status.changed.v1": (("principal", "who"), ("status", "status")),
-    "incident.access.denied.v1": (
+    Viewed.TYPE: (("principal", "who"), ("report_digest", "digest")),
+    Acknowledged.TYPE: (("principal", "who"), ("level", "level")),
+    Commented.TYPE: (("principal", "who"),),
+    StatusChanged.TYPE: (("principal", "who"), ("status", "status")),
+    AccessDenied.TYPE: (
         ("principal", "who"),
         ("action", "action"),
         ("reason", "reason"),
     ),
-    "incident.escalated.v1": (
+    Escalated.TYPE: (
         ("level", "level"),
         ("recipients", "to"),
         ("reason", "reason"),
         ("deadline", "deadline"),
     ),
-    "incident.escalation.cleared.v1": (("level", "level"), ("principal", "by")),
-    "incident.reminder.due.v1": (("clock", "clock"), ("due_at", "due")),
-    "incident.deadline.breached.v1": (("clock", "clock"), ("due_at", "due")),
-    "incident.notice.delivered.v1": (
+    EscalationCleared.TYPE: (("level", "level"), ("principal", "by")),
+    ReminderDue.TYPE: (("clock", "clock"), ("due_at", "due")),
+    DeadlineBreached.TYPE: (("clock", "clock"), ("due_at", "due")),
+    NoticeDelivered.TYPE: (
         ("principal", "who"),
         ("level", "level"),
         ("channel", "channel"),
         ("adapter", "by"),
         ("attempts", "attempts"),
     ),
-    "incident.notice.failed.v1": (
+    NoticeFailed.TYPE: (
         ("principal", "who"),
         ("level", "level"),
         ("channel", "channel"),
@@ -68,14 +89,14 @@ SHOWN: Mapping[str, Fields] = {
         ("detail", "detail"),
         ("attempts", "attempts"),
     ),
-    "incident.reporter.message.v1": (("direction", "direction"),),
+    ReporterMessage.TYPE: (("direction", "direction"),),
 }
 
 NOTES: Mapping[str, str] = {
-    "incident.report.submitted.v1": "report content not shown",
-    "incident.report.amended.v1": "amendment content not shown",
-    "incident.commented.v1": "comment text not shown",
-    "incident.reporter.message.v1": "message text not shown",
+    ReportSubmitted.TYPE: "report content not shown",
+    ReportAmended.TYPE: "amendment content not shown",
+    Commented.TYPE: "comment text not shown",
+    ReporterMessage.TYPE: "message text not shown",
 }
 
 
@@ -98,8 +119,8 @@ def _removed(data: Mapping[str, Any]) -> str | None:
 
 
 EXTRA: Mapping[str, tuple[str, Callable[[Mapping[str, Any]], str | None]]] = {
-    "incident.triaged.v1": ("excluded", _excluded),
-    "incident.reassigned.v1": ("removed", _removed),
+    Triaged.TYPE: ("excluded", _excluded),
+    Reassigned.TYPE: ("removed", _removed),
 }
 
 
@@ -124,7 +145,7 @@ def describe(event_type: str, data: Mapping[str, Any] | None) -> list[tuple[str,
         value = extra(data)
         if value:
             shown.append((label, value))
-    if event_type == "incident.status.changed.v1" and data.get("outcome"):
+    if event_type == StatusChanged.TYPE and data.get("outcome"):
         shown.append(("outcome", "recorded, not shown"))
     if event_type in NOTES:
         shown.append(("", NOTES[event_type]))

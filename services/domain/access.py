@@ -77,9 +77,9 @@ CONFLICT = "conflict"
 DEFAULT_REASSIGN_ROLES: tuple[str, ...] = ("chief_ethics_officer",)
 """Who may order a reassignment when the policy does not say (`conflicts.reassign_roles`)."""
 
-SUBMITTED = "incident.report.submitted.v1"
-AMENDED = "incident.report.amended.v1"
-CONFIRMED = "incident.people.confirmed.v1"
+SUBMITTED = ReportSubmitted.TYPE
+AMENDED = ReportAmended.TYPE
+CONFIRMED = PeopleConfirmed.TYPE
 
 
 @dataclass(frozen=True)

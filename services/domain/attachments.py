@@ -22,9 +22,10 @@ from datetime import datetime
 from typing import Any
 
 from services.domain.envelope import Envelope
+from services.domain.events import AttachmentAdded, AttachmentDownloaded
 
-ADDED = "incident.attachment.added.v1"
-DOWNLOADED = "incident.attachment.downloaded.v1"
+ADDED = AttachmentAdded.TYPE
+DOWNLOADED = AttachmentDownloaded.TYPE
 SNIFF_BYTES = 64 * 1024
 """How much of a file's start `sniff` needs (it is given at least this, or the whole file)."""
 MAX_NAME = 200

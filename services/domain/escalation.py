@@ -149,7 +149,6 @@ from services.domain.events import (
     Escalated,
     EscalationCleared,
     EscalationStalled,
-    EventData,
     Notified,
     ReminderDue,
     Triaged,
@@ -166,9 +165,9 @@ REMINDER_CHANNEL: Final = "reminder"
 BREACH_CHANNEL: Final = "breach"
 CLOCK_CHANNELS: Final = frozenset({REMINDER_CHANNEL, BREACH_CHANNEL})
 """Channels of notices about a legal clock: they tell, they do not ask."""
-DEADLINE_BREACHED: Final = "incident.deadline.breached.v1"
-ESCALATION_STALLED: Final = "incident.escalation.stalled.v1"
-ACKNOWLEDGEMENT_IGNORED: Final = "incident.acknowledgement.ignored.v1"
+DEADLINE_BREACHED: Final = DeadlineBreached.TYPE
+ESCALATION_STALLED: Final = EscalationStalled.TYPE
+ACKNOWLEDGEMENT_IGNORED: Final = AcknowledgementIgnored.TYPE
 LEVEL_1_ACKNOWLEDGE: Final = "level_1_acknowledge"
 INDEPENDENT_ROLE: Final = "independent"
 """The role name of the independent level (one past the chain's last level)."""
@@ -187,20 +186,10 @@ Effect = (
     | DeadlineBreached
 )
 
-_EFFECT_TYPES: Final[dict[type[EventData], str]] = {
-    Escalated: "incident.escalated.v1",
-    EscalationCleared: "incident.escalation.cleared.v1",
-    EscalationStalled: ESCALATION_STALLED,
-    AcknowledgementIgnored: ACKNOWLEDGEMENT_IGNORED,
-    Notified: "incident.notified.v1",
-    ReminderDue: "incident.reminder.due.v1",
-    DeadlineBreached: DEADLINE_BREACHED,
-}
-
 
 def effect_type(effect: Effect) -> str:
-    """The event type an effect is published as."""
-    return _EFFECT_TYPES[type(effect)]
+    """The event type an effect is published as (its class says)."""
+    return effect.TYPE
 
 
 @dataclass(frozen=True)

@@ -83,17 +83,17 @@ Mark = Via | Literal["delivered", "failed", "opened"]
 REPORTER = "reporter"
 """The principal the reporter appears as, unless the caller may see who it is."""
 
-SUBMITTED = "incident.report.submitted.v1"
-AMENDED = "incident.report.amended.v1"
-NOTIFIED = "incident.notified.v1"
-VIEWED = "incident.viewed.v1"
-ESCALATED = "incident.escalated.v1"
-ACKNOWLEDGED = "incident.acknowledged.v1"
-DISCLOSED = "incident.identity.disclosed.v1"
+SUBMITTED = ReportSubmitted.TYPE
+AMENDED = ReportAmended.TYPE
+NOTIFIED = Notified.TYPE
+VIEWED = Viewed.TYPE
+ESCALATED = Escalated.TYPE
+ACKNOWLEDGED = Acknowledged.TYPE
+DISCLOSED = IdentityDisclosed.TYPE
 KNOWING_TYPES = frozenset({NOTIFIED, VIEWED, ESCALATED, ACKNOWLEDGED, DISCLOSED})
 """The SPEC's knowing events; submission and amendment make the reporter know too."""
-NOTICE_DELIVERED = "incident.notice.delivered.v1"
-NOTICE_FAILED = "incident.notice.failed.v1"
+NOTICE_DELIVERED = NoticeDelivered.TYPE
+NOTICE_FAILED = NoticeFailed.TYPE
 OUTCOME_TYPES = frozenset({NOTICE_DELIVERED, NOTICE_FAILED})
 TELLING_ADAPTERS = frozenset({"webhook", "smtp"})
 """Adapters whose confirmation means a person was reached (the log adapter's does not)."""

@@ -48,10 +48,10 @@ from services.domain.events import (
 
 DIRECTORY_EVENT_TYPES = frozenset(
     {
-        "directory.person.upserted.v1",
-        "directory.role.assigned.v1",
-        "directory.role.revoked.v1",
-        "directory.role.proposed.v1",
+        PersonUpserted.TYPE,
+        RoleAssigned.TYPE,
+        RoleRevoked.TYPE,
+        RoleProposed.TYPE,
     }
 )
 

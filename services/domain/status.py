@@ -42,19 +42,33 @@ from datetime import datetime, timedelta
 from typing import Any, Final
 
 from services.domain.envelope import Envelope, utc_rfc3339
+from services.domain.events import (
+    Acknowledged,
+    Assigned,
+    DeadlineBreached,
+    Erased,
+    Escalated,
+    EscalationCleared,
+    EscalationStalled,
+    Reassigned,
+    ReporterMessage,
+    ReportSubmitted,
+    StatusChanged,
+    Triaged,
+)
 
-SUBMITTED: Final = "incident.report.submitted.v1"
-TRIAGED: Final = "incident.triaged.v1"
-ASSIGNED: Final = "incident.assigned.v1"
-REASSIGNED: Final = "incident.reassigned.v1"
-ESCALATED: Final = "incident.escalated.v1"
-CLEARED: Final = "incident.escalation.cleared.v1"
-STALLED: Final = "incident.escalation.stalled.v1"
-ACKNOWLEDGED: Final = "incident.acknowledged.v1"
-STATUS_CHANGED: Final = "incident.status.changed.v1"
-MESSAGE: Final = "incident.reporter.message.v1"
-BREACHED: Final = "incident.deadline.breached.v1"
-ERASED: Final = "incident.erased.v1"
+SUBMITTED: Final = ReportSubmitted.TYPE
+TRIAGED: Final = Triaged.TYPE
+ASSIGNED: Final = Assigned.TYPE
+REASSIGNED: Final = Reassigned.TYPE
+ESCALATED: Final = Escalated.TYPE
+CLEARED: Final = EscalationCleared.TYPE
+STALLED: Final = EscalationStalled.TYPE
+ACKNOWLEDGED: Final = Acknowledged.TYPE
+STATUS_CHANGED: Final = StatusChanged.TYPE
+MESSAGE: Final = ReporterMessage.TYPE
+BREACHED: Final = DeadlineBreached.TYPE
+ERASED: Final = Erased.TYPE
 
 PROGRESS_TYPES: Final = frozenset(
     {SUBMITTED, TRIAGED, ASSIGNED, REASSIGNED, ESCALATED, CLEARED, STALLED, ACKNOWLEDGED}
@@ -261,11 +275,11 @@ def advance(
     changes: dict[str, Any] = {}
     waiting = progress.status in WAITING or progress.status == "new"
     match event_type:
-        case "incident.report.submitted.v1":
+        case ReportSubmitted.TYPE:
             changes.update(submitted_at=time)
             if progress.status == "new":
                 changes["status"] = "submitted"
-        case "incident.triaged.v1":
+        case Triaged.TYPE:
             revision = int(data.get("revision", 1))
             if revision <= progress.revision:
                 return progress  # a decision repeated, or an older one arriving late
@@ -292,7 +306,7 @@ def advance(
                 )
             if waiting or progress.status == "acknowledged":
                 changes["status"] = "triaged"
-        case "incident.escalated.v1":
+        case Escalated.TYPE:
             level = int(data["level"])
             changes["level"] = level
             if data.get("recipients"):
@@ -303,13 +317,13 @@ def advance(
                 changes["stalled"] = False
             if waiting:
                 changes["status"] = "escalated"
-        case "incident.escalation.stalled.v1":
+        case EscalationStalled.TYPE:
             changes.update(stalled=True, level=int(data.get("level") or 0) or progress.level)
-        case "incident.escalation.cleared.v1":
+        case EscalationCleared.TYPE:
             changes["stalled"] = False
-        case "incident.reassigned.v1" if data.get("added"):
+        case Reassigned.TYPE if data.get("added"):
             changes["stalled"] = False
-        case "incident.acknowledged.v1":
+        case Acknowledged.TYPE:
             changes.update(
                 stalled=False, first_acknowledged_at=progress.first_acknowledged_at or time
             )
@@ -317,19 +331,19 @@ def advance(
                 changes["acknowledged_at"] = time
             if progress.status in WAITING:
                 changes["status"] = "acknowledged"
-        case "incident.status.changed.v1":
+        case StatusChanged.TYPE:
             status = str(data["status"])
             changes.update(status=status, outcome=data.get("outcome") or progress.outcome)
             if status == "closed":
                 changes["closed_at"] = time
-        case "incident.reporter.message.v1" if data.get("direction") == "to_reporter":
+        case ReporterMessage.TYPE if data.get("direction") == "to_reporter":
             if progress.first_feedback_at is None:
                 changes["first_feedback_at"] = time
-        case "incident.deadline.breached.v1":
+        case DeadlineBreached.TYPE:
             clock = str(data.get("clock"))
             if clock not in progress.breached:
                 changes["breached"] = (*progress.breached, clock)
-        case "incident.erased.v1":
+        case Erased.TYPE:
             changes["erased"] = True
     return replace(progress, **changes) if changes else progress
 

@@ -25,7 +25,7 @@ import asyncpg
 from pydantic import SecretStr
 
 from services.domain.envelope import Envelope
-from services.domain.events import READER_FIELDS, open_envelope
+from services.domain.events import READER_FIELDS, ReportSubmitted, open_envelope
 from services.infra.crypto import (
     DEVELOPMENT_MASTER_KEY,
     DEVELOPMENT_PSEUDONYM_KEY,
@@ -223,7 +223,7 @@ class KeyStore:
         sealing carries the id in `reporter` (a pseudonym, `pn:`, is never an id). None
         when anonymous, or erased: then nobody can be told who reported any more.
         """
-        submitted = next((e for e in events if e.type == "incident.report.submitted.v1"), None)
+        submitted = next((e for e in events if e.type == ReportSubmitted.TYPE), None)
         if submitted is None:
             return None
         sealed = submitted.data.get("reporter_identity")

@@ -242,7 +242,7 @@ class Runtime:
     ) -> None:
         """Queue an `incident.input.rejected.v1` record (inside the caller's transaction)."""
         event = make_event(
-            "incident.input.rejected.v1",
+            InputRejected.TYPE,
             subject="deadletter",
             data=InputRejected(
                 reason=reason[:2000],
