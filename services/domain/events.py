@@ -1,8 +1,13 @@
 """The event catalog: every event type, its topic and the shape of its `data`.
 
-Each type is versioned (`.v1`); a change of shape makes `.v2` plus an upcaster, never
-an edit of `.v1`. `make schemas` exports every model below as JSON Schema and the
-topics as an AsyncAPI document.
+Each type is one class (an `Event`) that names its type string, topic and signers once:
+`ReportSubmitted.TYPE`, `.TOPIC`, `.PRODUCERS`. Everything else is built from the
+classes (`EVENT_CLASSES`): the catalog, `make schemas`' JSON Schemas and AsyncAPI
+document, the broker's ACLs, the docs table. Write `Viewed.TYPE`, never the string.
+
+Each type is versioned (`.v1`); a change of shape makes `.v2` plus an upcaster
+(`services/domain/upcasting.py`), never an edit of `.v1`; an optional field may be added
+to a version (docs/events.md, "Changing an event").
 
 Personal content travels sealed (SPEC.md, issue #8). The fields keep their names and
 their `.v1` types; their text is a *sealed value* on every topic but

@@ -34,7 +34,7 @@ DIGEST = "sha256:" + "ab" * 32
 
 def viewed(data: Any) -> Any:
     return make_event(
-        "incident.viewed.v1", subject="inc-0001", data=data, source="/services/intake", time=NOW
+        Viewed.TYPE, subject="inc-0001", data=data, source="/services/intake", time=NOW
     )
 
 
@@ -53,7 +53,7 @@ def test_every_type_is_versioned_and_published_on_a_known_topic() -> None:
 
 def test_make_event_validates_the_data_against_the_type() -> None:
     event = viewed({"principal": "p-ma", "report_digest": DIGEST})
-    assert event.type == "incident.viewed.v1"
+    assert event.type == Viewed.TYPE
     assert event.data == {"principal": "p-ma", "report_digest": DIGEST}
 
 
@@ -109,7 +109,7 @@ def test_an_event_of_an_unknown_type_is_refused_by_name() -> None:
 
 def test_an_event_with_bad_data_is_refused_with_the_field_named() -> None:
     reason = reason_for(valid_dict(data={"principal": "p-ma"}))
-    assert "incident.viewed.v1" in reason
+    assert Viewed.TYPE in reason
     assert "report_digest" in reason
 
 
