@@ -13,10 +13,12 @@ from services.audit import ui
 from services.audit.api import router
 from services.audit.heads import HeadSigner, WitnessSubmitter, load_signer, load_witnesses
 from services.audit.identity import bind_to_database
-from services.audit.ledger import append_records
+from services.audit.ledger import consumed
+from services.audit.postgres import Isolation, PostgresAuditUnitOfWork
 from services.audit.receipt_proofs import router as proofs_router
 from services.audit.ui_evidence import EvidenceDesk
 from services.audit.ui_index import indexer
+from services.audit.usecases import AppendBatch, AuditConfig, append_batch
 from services.console import web
 from services.domain.directory import DirectoryFile
 from services.domain.events import Topic
@@ -49,12 +51,23 @@ def create_app(settings: AuditSettings | None = None) -> FastAPI:
     )
     runtime.before_start.append(lambda: keys.migrate(settings.database_url))
 
+    config = AuditConfig(
+        policy=load_yaml_model(settings.policy_file, Policy),
+        directory=directory,
+        source=runtime.source,
+        topic_prefix=settings.kafka_topic_prefix,
+    )
+
+    def unit_of_work(*, snapshot: bool = False) -> PostgresAuditUnitOfWork:
+        isolation: Isolation = "repeatable_read" if snapshot else "read_committed"
+        return PostgresAuditUnitOfWork(runtime.db, config, keys, isolation=isolation)
+
     async def ingest(records: Sequence[ConsumerRecord]) -> None:
         # Forged records are recorded too, as rejected input with the reason: the
         # attempt is evidence (docs/event-signing.md).
         refused = runtime.authenticity(records)
-        async with runtime.db.acquire() as conn, conn.transaction():
-            await append_records(conn, records, refused)
+        batch = AppendBatch(tuple(consumed(records, refused)))
+        await append_batch(batch, unit_of_work())
         for record, reason in zip(records, refused, strict=True):
             if reason is not None:
                 metrics.REJECTED_EVENTS.labels("audit", reason).inc()
@@ -88,7 +101,8 @@ def create_app(settings: AuditSettings | None = None) -> FastAPI:
     app.state.witnesses = witnesses
     app.state.auth = auth
     app.state.directory = directory
-    app.state.policy = load_yaml_model(settings.policy_file, Policy)
+    app.state.policy = config.policy
+    app.state.unit_of_work = unit_of_work
     app.state.keys = keys
     app.state.evidence = EvidenceDesk(runtime, signer)
     app.state.trace_url = settings.console_trace_url

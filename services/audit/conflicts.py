@@ -9,57 +9,42 @@ holds, and compared, never shown) and the accused's managers in the directory as
 ledger has it (else the seed file). So the check holds before triage's decision
 reaches the ledger, and if it never does.
 
-A refusal answers exactly the 404 of an incident the ledger does not know, and is
-recorded first as `incident.access.denied.v1` (reason `excluded:conflict`) on the
-stream `audit-denied:<incident id>`, published like audit's other events, so the
-ledger itself holds the attempt.
+The use cases (`services.audit.usecases`) refuse an excluded reader with exactly the
+404 of an incident the ledger does not know, recorded first as
+`incident.access.denied.v1` (reason `excluded:conflict`) on the stream
+`audit-denied:<incident id>`, published like audit's other events, so the ledger
+itself holds the attempt.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import asyncpg
 
 from services.audit.ledger import person_data
-from services.domain.access import CONFLICT, conflicted, implicated
+from services.domain.access import conflicted, implicated
 from services.domain.directory import DirectoryFile, Person
 from services.domain.envelope import Envelope
-from services.domain.events import (
-    AccessDenied,
-    IdentityDisclosed,
-    ReadRecorded,
-    Viewed,
-    make_event,
-)
 from services.domain.incident import fold
 from services.domain.knowledge import LedgerEvent
 from services.domain.org import OrgSnapshot
 from services.domain.policy import Policy
-from services.infra import eventstore
-from services.infra.http import Problem
 from services.infra.keystore import KeyStore
-from services.infra.runtime import Runtime
-from services.infra.telemetry import current_traceparent
 
 MAX_CHAIN = 100
 """Managers walked above one accused person at most (the data may loop)."""
-NOT_FOUND_DETAIL = "No events of this incident are in the ledger."
-OwnEvent = AccessDenied | IdentityDisclosed | Viewed | ReadRecorded
-TYPES: dict[type, str] = {
-    ReadRecorded: "audit.read.recorded.v1",
-    AccessDenied: "incident.access.denied.v1",
-    IdentityDisclosed: "incident.identity.disclosed.v1",
-    Viewed: "incident.viewed.v1",
-}
+PersonLookup = Callable[[str], Awaitable[Person | None]]
+"""A person by id (the ledger's directory, else the seed file), or None."""
+ReporterLookup = Callable[[str, Sequence[Envelope]], Awaitable[str | None]]
+"""The reporter's person id of an incident (opened, compared, never shown), or None."""
 
 
-async def person_in_ledger(
-    conn: asyncpg.Connection, directory: DirectoryFile, person_id: str
+def as_person(
+    data: dict[str, Any] | None, directory: DirectoryFile, person_id: str
 ) -> Person | None:
-    """A person as the ledger has them (`person_data`), else as the seed file has them."""
-    data = await person_data(conn, person_id)
+    """A person from the ledger's data (`person_data`), else as the seed file has them."""
     if data is None:
         return next((p for p in directory.people if p.id == person_id), None)
     return Person(
@@ -70,9 +55,15 @@ async def person_in_ledger(
     )
 
 
+async def person_in_ledger(
+    conn: asyncpg.Connection, directory: DirectoryFile, person_id: str
+) -> Person | None:
+    """A person as the ledger has them (`person_data`), else as the seed file has them."""
+    return as_person(await person_data(conn, person_id), directory, person_id)
+
+
 async def _org(
-    conn: asyncpg.Connection,
-    directory: DirectoryFile,
+    person: PersonLookup,
     people: Sequence[str],
     known: dict[str, Person | None] | None = None,
 ) -> OrgSnapshot:
@@ -89,20 +80,19 @@ async def _org(
             if current is None or current in found:
                 break
             if current not in known:
-                known[current] = await person_in_ledger(conn, directory, current)
-            person = known[current]
-            if person is None:
+                known[current] = await person(current)
+            someone = known[current]
+            if someone is None:
                 break
-            found[current] = person
-            current = person.manager
+            found[current] = someone
+            current = someone.manager
     return OrgSnapshot.from_people(found.values())
 
 
-async def excluded(
-    conn: asyncpg.Connection,
-    keys: KeyStore,
+async def excluded_by(
+    person: PersonLookup,
+    reporter_of: ReporterLookup,
     policy: Policy,
-    directory: DirectoryFile,
     incident_id: str,
     entries: Sequence[LedgerEvent],
     known: dict[str, Person | None] | None = None,
@@ -120,78 +110,32 @@ async def excluded(
     state = fold(incident_id, events)
     found = implicated(events)
     candidates = () if reader is None else (reader,)
-    org = await _org(conn, directory, (*found.people, *candidates), known)
-    reporter = await keys.reporter_of(conn, incident_id, events)
+    org = await _org(person, (*found.people, *candidates), known)
+    reporter = await reporter_of(incident_id, events)
     rules = conflicted(found, reporter, org, policy, category=state.category, candidates=candidates)
     return state.excluded | frozenset(rules)
 
 
-async def record(
-    runtime: Runtime,
+async def excluded(
     conn: asyncpg.Connection,
-    stream_kind: str,
-    entries: Sequence[LedgerEvent],
-    data: OwnEvent,
-    principal: str,
-) -> None:
-    """Queue one event of audit's own about the incident (in the caller's transaction),
-    on the stream `<stream_kind>:<incident id>`, in the incident's correlation."""
-    first = entries[0].envelope
-    stream = f"{stream_kind}:{first.subject}"
-    correlation = first.correlationid or first.id
-    await append_own(runtime, conn, stream, first.subject, data, principal, correlation)
-
-
-async def append_own(
-    runtime: Runtime,
-    conn: asyncpg.Connection,
-    stream: str,
-    subject: str,
-    data: OwnEvent,
-    principal: str,
-    correlationid: str | None = None,
-) -> None:
-    """Queue one event of audit's own on `stream` (in the caller's transaction).
-
-    Published like every stored event, so it reaches the ledger and is signed with the
-    rest. The stream is locked first, so two requests at once both append (one after
-    the other) instead of one failing on the stream version.
-    """
-    event = make_event(
-        TYPES[type(data)],
-        subject=subject,
-        data=data,
-        source=runtime.source,
-        time=datetime.now(UTC),
-        actor=principal,
-        correlationid=correlationid,
-        traceparent=current_traceparent(),
-    )
-    await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", stream)
-    version = await eventstore.stream_version(conn, stream)
-    await eventstore.append(
-        conn, stream, version, [event], topic_prefix=runtime.settings.kafka_topic_prefix
-    )
-
-
-async def refuse_if_excluded(
-    runtime: Runtime,
     keys: KeyStore,
     policy: Policy,
     directory: DirectoryFile,
-    principal: str,
     incident_id: str,
     entries: Sequence[LedgerEvent],
-    action: str,
-) -> None:
-    """404, as for an unknown incident, if `principal` is excluded (recorded first)."""
-    async with runtime.db.acquire() as conn, conn.transaction():
-        found = await excluded(
-            conn, keys, policy, directory, incident_id, entries, reader=principal
-        )
-        if principal not in found:
-            return
-        reason = f"excluded:{CONFLICT}"
-        data = AccessDenied(principal=principal, action=action, reason=reason)
-        await record(runtime, conn, "audit-denied", entries, data, principal)
-    raise Problem(404, "Not found", NOT_FOUND_DETAIL)
+    known: dict[str, Person | None] | None = None,
+    *,
+    reader: str | None = None,
+) -> frozenset[str]:
+    """`excluded_by` on a connection: the people of the ledger (else `directory`) and
+    the reporter opened with `keys`."""
+
+    async def person(person_id: str) -> Person | None:
+        return await person_in_ledger(conn, directory, person_id)
+
+    async def reporter_of(incident: str, events: Sequence[Envelope]) -> str | None:
+        return await keys.reporter_of(conn, incident, events)
+
+    return await excluded_by(
+        person, reporter_of, policy, incident_id, entries, known, reader=reader
+    )

@@ -16,16 +16,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 from aiokafka import ConsumerRecord
 
 from services.audit import tree
-from services.audit.merkle import leaf_hash
+from services.audit.heads import Head, all_heads, latest_head
+from services.audit.merkle import MerkleFrontier
 from services.domain.envelope import canonical_json, utc_rfc3339
 from services.domain.events import InvalidEvent, b64, parse_envelope, parse_event
 from services.domain.knowledge import LedgerEvent
@@ -33,22 +35,38 @@ from services.infra.kafka import header, record_span
 from services.infra.telemetry import trace_id_of
 
 LEAF_VERSION = 1
-LEDGER_COLUMNS = [
-    "idx",
-    "recorded_at",
-    "topic",
-    "partition",
-    "offset",
-    "record_key",
-    "event_id",
-    "incident_id",
-    "event_type",
-    "trace_id",
-    "valid",
-    "leaf",
-    "leaf_hash",
-]
-"""The `ledger` columns an append writes, in the order of its rows."""
+
+
+@dataclass(frozen=True)
+class Consumed:
+    """A record as consumed (topic, partition, offset, bytes), and why it is not
+    authentic (`refused`, services/infra/signing.py), None when it is."""
+
+    topic: str
+    partition: int
+    offset: int
+    value: bytes
+    traceparent: str | None = None
+    refused: str | None = None
+
+
+def consumed(
+    records: Sequence[ConsumerRecord], refused: Sequence[str | None] | None = None
+) -> list[Consumed]:
+    """Kafka records as the append use case takes them (each one's span recorded, so
+    each report's trace shows its ledger entry)."""
+    reasons = refused if refused is not None else [None] * len(records)
+    out = []
+    for record, why in zip(records, reasons, strict=True):
+        with record_span(record):
+            pass
+        traceparent = header(record, "traceparent")
+        out.append(
+            Consumed(
+                record.topic, record.partition, record.offset, record.value or b"", traceparent, why
+            )
+        )
+    return out
 
 
 @dataclass(frozen=True)
@@ -68,19 +86,54 @@ class Candidate:
     trace_id: str | None
 
 
-def classify(record: ConsumerRecord, refused: str | None = None) -> Candidate:
+class LedgerRow(NamedTuple):
+    """One `ledger` row as an append writes it (the fields of `LEDGER_COLUMNS`)."""
+
+    idx: int
+    recorded_at: datetime
+    topic: str
+    partition: int
+    offset: int
+    record_key: str
+    event_id: str | None
+    incident_id: str | None
+    event_type: str | None
+    trace_id: str | None
+    valid: bool
+    leaf: bytes
+    leaf_hash: bytes
+
+
+LEDGER_COLUMNS = list(LedgerRow._fields)
+"""The `ledger` columns an append writes, in the order of its rows."""
+
+
+@dataclass(frozen=True)
+class StoredRow:
+    """A stored entry as the raw-ledger reads serve it."""
+
+    idx: int
+    recorded_at: datetime
+    topic: str
+    partition: int
+    offset: int
+    leaf: bytes
+    leaf_hash: bytes
+
+
+def classify(record: Consumed) -> Candidate:
     """Decide what a record is: a valid event (keyed by topic and id) or rejected input.
 
-    `refused` is why the record is not authentic (services/infra/signing.py), if it is
-    not: it is then rejected input too, kept as evidence of the attempt.
+    A record `refused` as not authentic is rejected input too, kept as evidence of the
+    attempt.
     """
-    raw = record.value or b""
+    raw = record.value
     try:
-        if refused is not None:
-            raise InvalidEvent(f"{NOT_AUTHENTIC}{refused}")
+        if record.refused is not None:
+            raise InvalidEvent(f"{NOT_AUTHENTIC}{record.refused}")
         envelope, _data = parse_event(raw)
     except InvalidEvent as exc:
-        return _rejected(record, exc.reason[:1000])
+        return rejected(record, exc.reason[:1000])
     return Candidate(
         record_key=f"{record.topic}:{envelope.id}",
         topic=record.topic,
@@ -92,7 +145,7 @@ def classify(record: ConsumerRecord, refused: str | None = None) -> Candidate:
         event_id=envelope.id,
         incident_id=envelope.subject,
         event_type=envelope.type,
-        trace_id=trace_id_of(envelope.traceparent or header(record, "traceparent")),
+        trace_id=trace_id_of(envelope.traceparent or record.traceparent),
     )
 
 
@@ -100,8 +153,9 @@ NOT_AUTHENTIC = "not authentic: "
 """How the reason of a refused record starts (then one of signing.REASONS)."""
 
 
-def _rejected(record: ConsumerRecord, reason: str, kind: str = "raw") -> Candidate:
-    raw = record.value or b""
+def rejected(record: Consumed, reason: str, kind: str = "raw") -> Candidate:
+    """The record as rejected input (`kind` "replayed" for a replay), with the reason."""
+    raw = record.value
     digest = hashlib.sha256(raw).hexdigest()
     return Candidate(
         record_key=f"{kind}:{record.topic}:{record.partition}:{record.offset}:{digest}",
@@ -114,24 +168,8 @@ def _rejected(record: ConsumerRecord, reason: str, kind: str = "raw") -> Candida
         event_id=None,
         incident_id=None,
         event_type=None,
-        trace_id=trace_id_of(header(record, "traceparent")),
+        trace_id=trace_id_of(record.traceparent),
     )
-
-
-def _replays(
-    candidates: list[Candidate], records: Sequence[ConsumerRecord], stored: dict[str, bytes]
-) -> list[Candidate]:
-    """The candidates with each replay (an event id recorded before, or earlier in the
-    batch, with other content) turned into rejected input."""
-    events = {key: decode_leaf(leaf).get("event") for key, leaf in stored.items()}
-    out = []
-    for candidate, record in zip(candidates, records, strict=True):
-        if candidate.event is not None:
-            first = events.setdefault(candidate.record_key, candidate.event)
-            if first != candidate.event:
-                candidate = _rejected(record, f"{NOT_AUTHENTIC}replayed", "replayed")
-        out.append(candidate)
-    return out
 
 
 def leaf_bytes(index: int, recorded_at: datetime, candidate: Candidate) -> bytes:
@@ -157,79 +195,11 @@ async def append_records(
     records: Sequence[ConsumerRecord],
     refused: Sequence[str | None] | None = None,
 ) -> int:
-    """Append the records not yet in the ledger, in order; returns how many were new.
+    """`services.audit.usecases.append_to` on a connection inside a transaction (benches
+    and tests fill a ledger with it); returns how many records were new."""
+    from services.audit.usecases import append_to  # here: usecases builds on this module
 
-    `refused` says per record why it is not authentic (or None): such a record, and a
-    replay (an event id recorded before with other content), is recorded as rejected
-    input, once. Must run inside a transaction. The ledger counter row is locked first,
-    so appends are serialised, indexes are gap-free, and the duplicate check cannot race.
-    """
-    row = await conn.fetchrow(
-        "SELECT last, clock_timestamp() AS now FROM counters WHERE name = 'ledger' FOR UPDATE"
-    )
-    last, now = int(row["last"]), row["now"]
-    reasons = refused if refused is not None else [None] * len(records)
-    candidates = [classify(r, why) for r, why in zip(records, reasons, strict=True)]
-    keys = [c.record_key for c in candidates if c.event is not None]
-    stored = {
-        r["record_key"]: bytes(r["leaf"])
-        for r in await conn.fetch(
-            "SELECT record_key, leaf FROM ledger WHERE record_key = ANY($1::text[])", keys
-        )
-    }
-    candidates = _replays(candidates, records, stored)
-    others = [c.record_key for c in candidates if c.event is None]
-    seen = set(stored)
-    if others:
-        seen |= {
-            r["record_key"]
-            for r in await conn.fetch(
-                "SELECT record_key FROM ledger WHERE record_key = ANY($1::text[])", others
-            )
-        }
-    if last >= 0:
-        previous = await conn.fetchval("SELECT recorded_at FROM ledger WHERE idx = $1", last)
-        now = max(now, previous)  # recorded_at never goes backwards along the index
-    frontier = await tree.frontier_at(conn, last + 1)
-    nodes: list[tuple[int, int, bytes]] = []
-    rows = []
-    for candidate, record in zip(candidates, records, strict=True):
-        with record_span(record):  # so each report's trace shows its ledger entry
-            pass
-        if candidate.record_key in seen:
-            continue
-        seen.add(candidate.record_key)
-        last += 1
-        leaf = leaf_bytes(last, now, candidate)
-        hashed = leaf_hash(leaf)
-        nodes.extend(frontier.append(hashed))
-        rows.append(
-            (
-                last,
-                now,
-                candidate.topic,
-                candidate.partition,
-                candidate.offset,
-                candidate.record_key,
-                candidate.event_id,
-                candidate.incident_id,
-                candidate.event_type,
-                candidate.trace_id,
-                candidate.event is not None,
-                leaf,
-                hashed,
-            )
-        )
-    if not rows:
-        return 0
-    await conn.copy_records_to_table(
-        "ledger",
-        records=rows,
-        columns=LEDGER_COLUMNS,
-    )
-    await tree.store_nodes(conn, nodes)
-    await conn.execute("UPDATE counters SET last = $1 WHERE name = 'ledger'", last)
-    return len(rows)
+    return await append_to(PostgresLedger(conn), consumed(records, refused))
 
 
 def decode_leaf(leaf: bytes) -> dict[str, Any]:
@@ -278,14 +248,19 @@ async def person_data(conn: asyncpg.Connection, person_id: str) -> dict[str, Any
         PERSON_EVENTS,
         PERSON_EVENTS[0],
     )
-    if not rows:
+    return fold_person(person_id, [(r["event_type"], bytes(r["leaf"])) for r in rows])
+
+
+def fold_person(person_id: str, entries: Sequence[tuple[str, bytes]]) -> dict[str, Any] | None:
+    """The person from their directory entries (type, leaf) from the latest upsert on."""
+    if not entries:
         return None
     person: dict[str, Any] = {"person_id": person_id, "roles": []}
-    for row in rows:
-        data = decode_leaf(bytes(row["leaf"]))["event"]["data"]
-        if row["event_type"] == PERSON_EVENTS[0]:
+    for event_type, leaf in entries:
+        data = decode_leaf(leaf)["event"]["data"]
+        if event_type == PERSON_EVENTS[0]:
             person = dict(data)
-        elif row["event_type"] == PERSON_EVENTS[1]:
+        elif event_type == PERSON_EVENTS[1]:
             person["roles"] = sorted({*(person.get("roles") or ()), data["role"]})
         else:
             person["roles"] = [r for r in person.get("roles") or () if r != data["role"]]
@@ -300,3 +275,159 @@ async def roles_in_ledger(conn: asyncpg.Connection, principal: str) -> frozenset
     """
     person = await person_data(conn, principal)
     return None if person is None else frozenset(person.get("roles") or ())
+
+
+STORED = 'idx, recorded_at, topic, partition, "offset", leaf, leaf_hash'
+"""The columns of a `StoredRow` (fixed text)."""
+
+
+def _stored(row: asyncpg.Record) -> StoredRow:
+    return StoredRow(
+        row["idx"],
+        row["recorded_at"],
+        row["topic"],
+        row["partition"],
+        row["offset"],
+        bytes(row["leaf"]),
+        bytes(row["leaf_hash"]),
+    )
+
+
+class PostgresLedger:
+    """The `Ledger` repository (`services.audit.usecases`) on a connection in a transaction."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+
+    async def lock_tail(self) -> tuple[int, datetime]:
+        # The counter row is locked first, so appends are serialised, indexes are
+        # gap-free, and the duplicate check cannot race.
+        row = await self.conn.fetchrow(
+            "SELECT last, clock_timestamp() AS now FROM counters WHERE name = 'ledger' FOR UPDATE"
+        )
+        last, now = int(row["last"]), row["now"]
+        if last >= 0:
+            previous = await self.conn.fetchval(
+                "SELECT recorded_at FROM ledger WHERE idx = $1", last
+            )
+            now = max(now, previous)  # recorded_at never goes backwards along the index
+        return last, now
+
+    async def leaves(self, record_keys: Sequence[str]) -> dict[str, bytes]:
+        return {
+            r["record_key"]: bytes(r["leaf"])
+            for r in await self.conn.fetch(
+                "SELECT record_key, leaf FROM ledger WHERE record_key = ANY($1::text[])",
+                list(record_keys),
+            )
+        }
+
+    async def known(self, record_keys: Sequence[str]) -> set[str]:
+        return {
+            r["record_key"]
+            for r in await self.conn.fetch(
+                "SELECT record_key FROM ledger WHERE record_key = ANY($1::text[])",
+                list(record_keys),
+            )
+        }
+
+    async def frontier(self, size: int) -> MerkleFrontier:
+        return await tree.frontier_at(self.conn, size)
+
+    async def write(
+        self, rows: Sequence[LedgerRow], nodes: Sequence[tuple[int, int, bytes]]
+    ) -> None:
+        await self.conn.copy_records_to_table("ledger", records=rows, columns=LEDGER_COLUMNS)
+        await tree.store_nodes(self.conn, list(nodes))
+        await self.conn.execute("UPDATE counters SET last = $1 WHERE name = 'ledger'", rows[-1].idx)
+
+    async def size(self) -> int:
+        return int(await self.conn.fetchval("SELECT last + 1 FROM counters WHERE name = 'ledger'"))
+
+    async def incident_entries(self, incident_id: str) -> list[LedgerEvent]:
+        return await incident_entries(self.conn, incident_id)
+
+    async def person_data(self, person_id: str) -> dict[str, Any] | None:
+        return await person_data(self.conn, person_id)
+
+    async def rows(self, start: int, end: int) -> list[StoredRow]:
+        return [
+            _stored(r)
+            for r in await self.conn.fetch(
+                f"SELECT {STORED} FROM ledger WHERE idx >= $1 AND idx < $2 ORDER BY idx",  # noqa: S608
+                start,
+                end,
+            )
+        ]
+
+    async def incidents_between(self, start: int, end: int) -> list[str]:
+        return [
+            row["incident_id"]
+            for row in await self.conn.fetch(
+                "SELECT DISTINCT incident_id FROM ledger WHERE idx >= $1 AND idx < $2 AND valid"
+                " AND event_type LIKE 'incident.%'",
+                start,
+                end,
+            )
+        ]
+
+    async def entries_of(self, incident_ids: Sequence[str]) -> dict[str, list[LedgerEvent]]:
+        by_incident: dict[str, list[LedgerEvent]] = {}
+        for row in await self.conn.fetch(
+            "SELECT idx, recorded_at, incident_id, leaf FROM ledger WHERE incident_id = ANY($1)"
+            " AND valid AND event_type LIKE 'incident.%' ORDER BY idx",
+            list(incident_ids),
+        ):
+            try:
+                envelope = parse_envelope(decode_leaf(bytes(row["leaf"]))["event"])
+            except (InvalidEvent, ValueError, TypeError, KeyError):
+                continue  # verify names a leaf that no longer parses
+            by_incident.setdefault(row["incident_id"], []).append(
+                LedgerEvent(index=row["idx"], recorded_at=row["recorded_at"], envelope=envelope)
+            )
+        return by_incident
+
+    async def indexes_of(self, start: int, end: int, incident_ids: Sequence[str]) -> set[int]:
+        return {
+            row["idx"]
+            for row in await self.conn.fetch(
+                "SELECT idx FROM ledger WHERE idx >= $1 AND idx < $2 AND incident_id = ANY($3)",
+                start,
+                end,
+                list(incident_ids),
+            )
+        }
+
+    async def first_report(self, incident_id: str) -> str | None:
+        first = await self.conn.fetchval(
+            "SELECT event_id FROM ledger WHERE incident_id = $1 AND valid"
+            " AND event_type = 'incident.report.submitted.v1' ORDER BY idx LIMIT 1",
+            incident_id,
+        )
+        return None if first is None else str(first)
+
+    async def entry_of_event(self, event_id: uuid.UUID) -> StoredRow | None:
+        row = await self.conn.fetchrow(
+            f"SELECT {STORED} FROM ledger WHERE event_id = $1 AND valid"  # noqa: S608
+            " ORDER BY idx LIMIT 1",
+            event_id,
+        )
+        return None if row is None else _stored(row)
+
+    async def leaf_hash(self, index: int) -> bytes:
+        return bytes(await self.conn.fetchval("SELECT leaf_hash FROM ledger WHERE idx = $1", index))
+
+    async def inclusion_proof(self, index: int, size: int) -> list[bytes]:
+        return await tree.inclusion_proof(self.conn, index, size)
+
+    async def consistency_proof(self, first: int, second: int) -> list[bytes]:
+        return await tree.consistency_proof(self.conn, first, second)
+
+    async def latest_head(self) -> Head | None:
+        return await latest_head(self.conn)
+
+    async def all_heads(self) -> list[Head]:
+        return await all_heads(self.conn)
+
+    async def lock_stream(self, stream: str) -> None:
+        await self.conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", stream)

@@ -10,16 +10,14 @@ event's bytes rebuilds the leaf as ``canonical_json({**entry, "event": event})``
 
 from __future__ import annotations
 
-import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request
 
-from services.audit import tree
-from services.audit.heads import latest_head
-from services.audit.ledger import decode_leaf
-from services.infra.http import Problem, problem_responses
-from services.infra.runtime import Runtime
+from services.audit.api import answer, unit_of_work
+from services.audit.usecases import EventProofQuery
+from services.audit.usecases import event_proof as find_proof
+from services.infra.http import problem_responses
 
 router = APIRouter(prefix="/v1")
 NOT_YET = (404, "No such event under a signed head (yet).")
@@ -34,28 +32,14 @@ async def event_proof(
     request: Request, event_id: Annotated[str, Path(max_length=36)]
 ) -> dict[str, Any]:
     """Where the event is in the ledger and the proof that the latest head contains it."""
-    try:
-        wanted = uuid.UUID(event_id)
-    except ValueError:
-        raise Problem(404, "Not found", "No such event under a signed head.") from None
-    runtime: Runtime = request.app.state.runtime
-    async with runtime.db.acquire() as conn, conn.transaction(isolation="repeatable_read"):
-        row = await conn.fetchrow(
-            "SELECT idx, leaf, leaf_hash FROM ledger WHERE event_id = $1 AND valid"
-            " ORDER BY idx LIMIT 1",
-            wanted,
-        )
-        head = await latest_head(conn)
-        if row is None or head is None or row["idx"] >= head.tree_size:
-            raise Problem(404, "Not found", "No such event under a signed head.")
-        proof = await tree.inclusion_proof(conn, row["idx"], head.tree_size)
-    entry = {k: v for k, v in decode_leaf(bytes(row["leaf"])).items() if k != "event"}
+    uow = unit_of_work(request, snapshot=True)
+    found = await answer(find_proof(EventProofQuery(event_id), uow))
     return {
-        "index": row["idx"],
-        "tree_size": head.tree_size,
-        "leaf_hash": bytes(row["leaf_hash"]).hex(),
-        "entry": entry,
-        "inclusion_proof": [p.hex() for p in proof],
-        "checkpoint": head.cosigned_checkpoint,
-        "cosignatures": head.to_json()["cosignatures"],
+        "index": found.row.idx,
+        "tree_size": found.head.tree_size,
+        "leaf_hash": found.row.leaf_hash.hex(),
+        "entry": found.entry,
+        "inclusion_proof": [p.hex() for p in found.proof],
+        "checkpoint": found.head.cosigned_checkpoint,
+        "cosignatures": found.head.to_json()["cosignatures"],
     }

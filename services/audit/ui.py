@@ -1,11 +1,13 @@
 """The auditor's console pages under `/ui/`: the incident list and the incident page.
 
 Each page authenticates with the login cookie through `require_auditor`, the API's own
-check, and reads the incident through the API's `_incident` (the auditor check, the
-ledger entries, 404 when there are none). Knowledge and state come from
-`knowledge_as_of` and `state_as_of`, exactly what `/knowledge` and `/state` answer. The
-timeline shows types, actors, times, digests and trace ids, never report content (see
-`services.console.describe`). The list reads the console index (`ui_index`).
+check, and reads the incident through the API's `incident_read` (the use case
+`read_incident`: the auditor and conflict checks, the ledger entries, 404 when there
+are none, the read recorded). Knowledge and state come from `knowledge_as_of` and
+`state_as_of`, exactly what `/knowledge` and `/state` answer. The timeline shows types,
+actors, times, digests and trace ids, never report content (see
+`services.console.describe`). The list reads the console index (`ui_index`) through
+the use case `list_incidents`.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, Response
 
-from services.audit.api import MAX_INDEX, _incident, require_auditor
+from services.audit.api import MAX_INDEX, incident_read, require_auditor, unit_of_work
 from services.audit.ui_evidence import EvidenceDesk
-from services.audit.ui_index import STATUSES, Filters, facets, lag, list_page
+from services.audit.ui_index import STATUSES, Filters
+from services.audit.usecases import ListIncidents, list_incidents
 from services.console.chart import axis_span, layout, time_lines
 from services.console.describe import describe
 from services.console.web import (
@@ -41,7 +44,6 @@ from services.domain.knowledge import (
     state_as_of,
 )
 from services.infra.http import Problem
-from services.infra.runtime import Runtime
 from services.infra.telemetry import trace_id_of
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
@@ -65,7 +67,7 @@ async def auditor(request: Request) -> tuple[str, str]:
 
 async def entries_of(request: Request, authorization: str, incident_id: str) -> list[LedgerEvent]:
     try:
-        return await _incident(request, authorization, incident_id)
+        return await incident_read(request, authorization, incident_id)
     except Problem as exc:
         raise ConsoleError(exc.status, exc.title, exc.detail) from None
 
@@ -98,11 +100,8 @@ async def incidents(
         overdue=_flag(overdue),
         breached=_flag(breached),
     )
-    runtime: Runtime = request.app.state.runtime
-    async with runtime.db.acquire() as conn:
-        page = await list_page(conn, filters, before=before, after=after, hidden_from=principal)
-        options = await facets(conn)
-        behind = await lag(conn)
+    query = ListIncidents(principal, filters, before=before, after=after)
+    listed = await list_incidents(query, unit_of_work(request))
     kept = {
         "category": filters.category,
         "severity": filters.severity,
@@ -114,12 +113,12 @@ async def incidents(
         request,
         "audit_list.html",
         principal=principal,
-        page=page,
+        page=listed.page,
         filters=filters,
         kept=kept,
-        options=options,
+        options=listed.options,
         statuses=STATUSES,
-        behind=behind,
+        behind=listed.behind,
         now=datetime.now(UTC),
     )
 

@@ -326,3 +326,23 @@ async def lag(conn: asyncpg.Connection) -> int:
             " WHERE l.name = 'ledger' AND c.name = 'console_index'"
         )
     )
+
+
+class PostgresConsoleIndex:
+    """`ConsoleIndex` (services.audit.usecases) on a connection."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+
+    async def page(
+        self, filters: Filters, *, before: int | None, after: int | None, hidden_from: str
+    ) -> Page:
+        return await list_page(
+            self.conn, filters, before=before, after=after, hidden_from=hidden_from
+        )
+
+    async def facets(self) -> dict[str, list[str]]:
+        return await facets(self.conn)
+
+    async def lag(self) -> int:
+        return await lag(self.conn)

@@ -1,0 +1,187 @@
+"""Audit's use cases on the in-memory unit of work (`services.audit.memory`): appending a
+batch, a replay refused, who knew, and a reader who answers to the accused refused."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from services.audit.ledger import Consumed
+from services.audit.memory import AuditMemory, InMemoryAuditUnitOfWork
+from services.audit.usecases import (
+    AppendBatch,
+    AuditConfig,
+    Forbidden,
+    KnowledgeQuery,
+    NotFound,
+    ReadIncident,
+    append_batch,
+    knowledge,
+    read_incident,
+)
+from services.domain.directory import DirectoryFile, Person
+from services.domain.envelope import Envelope
+from services.domain.events import make_event
+from services.domain.policy import Policy
+from services.infra.recorder_memory import InMemoryStore
+
+INCIDENT = "7f1c1c3e-8a52-4a5e-9d8e-0d6f1f0a2b21"
+DIGEST = "sha256:" + "0" * 64
+T0 = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
+DIRECTORY = DirectoryFile(
+    people=[
+        Person(id="p-li", unit="retail", manager=None, roles=["unit_president"]),
+        Person(id="p-wang", unit="retail", manager="p-li", roles=["store_manager"]),
+        Person(id="p-liu", unit="retail", manager="p-wang", roles=["auditor"]),
+        Person(id="p-audit", unit="group", manager=None, roles=["auditor"]),
+        Person(id="p-zhou", unit="hr", manager=None, roles=["hr_case_handler"]),
+    ]
+)
+POLICY = Policy.model_validate(
+    {
+        "version": "t",
+        "categories": {"harassment": "high"},
+        "severities": {
+            "high": {
+                "chain": [{"role": "hr_case_handler", "acknowledge_within": "1h"}],
+                "repeat_last_every": "1h",
+                "feedback_within": "90d",
+            }
+        },
+        "reporter_acknowledgement_within": "7d",
+        "conflicts": {
+            "exclude": ["accused", "accused_management_chain", "named_in_report", "reporter"],
+            "independent_roles": ["chief_ethics_officer"],
+            "categories": {"harassment": {"exclude": ["accused_reports"]}},
+        },
+    }
+)
+
+
+class Audit:
+    """One in-memory audit: the recorder's store and the ledger, shared by its units."""
+
+    def __init__(self) -> None:
+        self.store = InMemoryStore()
+        self.memory = AuditMemory()
+        self.config = AuditConfig(POLICY, DIRECTORY)
+
+    def uow(self) -> InMemoryAuditUnitOfWork:
+        return InMemoryAuditUnitOfWork(self.config, self.store, self.memory)
+
+    def own_types(self) -> list[str]:
+        """The types of audit's own events, as recorded (the outbox publishes them)."""
+        return [json.loads(row.value)["type"] for row in self.store.outbox]
+
+
+def event(type_: str, data: dict[str, Any], actor: str, seconds: int = 0) -> Envelope:
+    return make_event(
+        type_,
+        subject=INCIDENT,
+        data=data,
+        source="/services/intake",
+        time=T0 + timedelta(seconds=seconds),
+        actor=actor,
+    )
+
+
+def record(envelope: Envelope, offset: int, value: bytes | None = None) -> Consumed:
+    return Consumed("incident.events", 0, offset, value or envelope.to_bytes())
+
+
+def report() -> Envelope:
+    return event(
+        "incident.report.submitted.v1",
+        {
+            "category": "harassment",
+            "summary": "s",
+            "description": "d",
+            "accused": ["p-wang"],
+            "report_digest": DIGEST,
+        },
+        "anonymous",
+    )
+
+
+async def fill(audit: Audit, *envelopes: Envelope) -> int:
+    records = tuple(record(e, n) for n, e in enumerate(envelopes))
+    return await append_batch(AppendBatch(records), audit.uow())
+
+
+async def test_a_batch_is_appended_once_in_order_with_a_growing_tree() -> None:
+    audit = Audit()
+    submitted = report()
+    viewed = event(
+        "incident.viewed.v1", {"principal": "p-zhou", "report_digest": DIGEST}, "p-zhou", 60
+    )
+    assert await fill(audit, submitted, viewed) == 2
+    assert await fill(audit, submitted, viewed) == 0  # redelivered: nothing new
+    rows = audit.memory.rows
+    assert [r.idx for r in rows] == [0, 1]
+    assert [r.event_id for r in rows] == [submitted.id, viewed.id]
+    assert all(r.valid and r.incident_id == INCIDENT for r in rows)
+    assert rows[1].recorded_at >= rows[0].recorded_at
+    leaf = json.loads(rows[0].leaf)
+    assert (leaf["index"], leaf["event"]["id"]) == (0, submitted.id)
+
+
+async def test_a_replayed_event_is_recorded_as_rejected_input_never_as_the_event() -> None:
+    audit = Audit()
+    original = report()
+    await fill(audit, original)
+    forged = json.loads(original.to_bytes())
+    forged["data"]["summary"] = "other words under the same id"
+    replay = record(original, 7, json.dumps(forged).encode())
+    assert await append_batch(AppendBatch((replay,)), audit.uow()) == 1
+    assert await append_batch(AppendBatch((replay,)), audit.uow()) == 0  # the attempt, once
+    stored = audit.memory.rows[1]
+    assert not stored.valid and stored.event_id is None
+    assert json.loads(stored.leaf)["reason"] == "not authentic: replayed"
+    assert [r.event_id for r in audit.memory.rows if r.valid] == [original.id]
+
+
+async def test_a_refused_record_is_kept_as_evidence() -> None:
+    audit = Audit()
+    refused = Consumed("incident.events", 0, 3, report().to_bytes(), refused="unsigned")
+    assert await append_batch(AppendBatch((refused,)), audit.uow()) == 1
+    assert json.loads(audit.memory.rows[0].leaf)["reason"] == "not authentic: unsigned"
+
+
+async def test_knowledge_names_who_was_shown_the_report_and_records_the_read() -> None:
+    audit = Audit()
+    viewed = event(
+        "incident.viewed.v1", {"principal": "p-zhou", "report_digest": DIGEST}, "p-zhou", 60
+    )
+    await fill(audit, report(), viewed)
+    later = datetime.now(UTC) + timedelta(minutes=1)
+    answer = await knowledge(KnowledgeQuery("p-audit", INCIDENT, later), audit.uow())
+    assert "p-zhou" in {p.principal for p in answer.principals}
+    assert audit.own_types() == ["audit.read.recorded.v1"]
+    before = await knowledge(KnowledgeQuery("p-audit", INCIDENT, T0), audit.uow())
+    assert not before.principals  # ledger time: nothing was recorded by then
+
+
+async def test_an_auditor_who_answers_to_the_accused_is_refused_as_for_an_unknown_incident() -> (
+    None
+):
+    audit = Audit()
+    await fill(audit, report())
+    with pytest.raises(NotFound) as refused:
+        await read_incident(ReadIncident("p-liu", INCIDENT), audit.uow())
+    with pytest.raises(NotFound) as unknown:
+        await read_incident(ReadIncident("p-audit", "no-such-incident"), audit.uow())
+    assert str(refused.value) == str(unknown.value)
+    assert audit.own_types() == ["incident.access.denied.v1"]  # the attempt, recorded
+    read = await read_incident(ReadIncident("p-audit", INCIDENT), audit.uow())
+    assert [e.envelope.type for e in read.entries] == ["incident.report.submitted.v1"]
+
+
+async def test_a_principal_without_the_auditor_role_is_forbidden() -> None:
+    audit = Audit()
+    await fill(audit, report())
+    with pytest.raises(Forbidden):
+        await read_incident(ReadIncident("p-zhou", INCIDENT), audit.uow())
+    assert audit.own_types() == []
