@@ -167,17 +167,17 @@ def implicated(events: Sequence[Envelope]) -> Implicated:
     matches: list[PersonMatch] = []
     for envelope in events:
         if envelope.type == SUBMITTED:
-            submitted = ReportSubmitted.model_validate(envelope.data)
+            submitted = ReportSubmitted.read(envelope)
             accused += submitted.accused
             named += submitted.named
             matches += submitted.people_matches
         elif envelope.type == AMENDED:
-            amended = ReportAmended.model_validate(envelope.data)
+            amended = ReportAmended.read(envelope)
             accused += amended.accused_added
             named += amended.named_added
             matches += amended.people_matches
         elif envelope.type == CONFIRMED:
-            confirmed = PeopleConfirmed.model_validate(envelope.data)
+            confirmed = PeopleConfirmed.read(envelope)
             accused += confirmed.accused
             named += confirmed.named
     return Implicated(accused=_clear(accused), named=_clear(named), matches=tuple(matches))
@@ -200,10 +200,10 @@ def conflict_unresolved(events: Sequence[Envelope], known: Callable[[str], bool]
             pending = False
             continue
         if envelope.type == SUBMITTED:
-            submitted = ReportSubmitted.model_validate(envelope.data)
+            submitted = ReportSubmitted.read(envelope)
             entries, matches = [*submitted.accused, *submitted.named], submitted.people_matches
         elif envelope.type == AMENDED:
-            amended = ReportAmended.model_validate(envelope.data)
+            amended = ReportAmended.read(envelope)
             entries = [*amended.accused_added, *amended.named_added]
             matches = amended.people_matches
         else:
