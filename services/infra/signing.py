@@ -27,8 +27,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import nacl.bindings
+import nacl.exceptions
 import yaml
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -54,6 +55,7 @@ REASONS = (UNSIGNED, BAD_SIGNATURE, UNKNOWN_KEY, REVOKED_KEY, WRONG_PRODUCER, RE
 """Why a record is refused (the `reason` label of incidents_rejected_events_total)."""
 
 _DEVELOPMENT_SEED = b"incidents-insecure-development-event-key/v1:"
+SIGNATURE_BYTES = 64
 
 
 class SigningError(RuntimeError):
@@ -88,11 +90,26 @@ class Signer:
     def key_id(self) -> str:
         return key_id(self.service, self.private_key.public_key())
 
+    @functools.cached_property
+    def _secret(self) -> bytes:
+        """libsodium's 64-byte secret key (seed and public key) of `private_key`."""
+        seed = self.private_key.private_bytes(
+            serialization.Encoding.Raw,
+            serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
+        )
+        return bytes(nacl.bindings.crypto_sign_seed_keypair(seed)[1])
+
+    def _signature(self, message: bytes) -> bytes:
+        """The Ed25519 signature of `message` (RFC 8032: deterministic, the same bytes
+        whichever library computes it), by libsodium: 20 µs instead of OpenSSL's 29."""
+        return bytes(nacl.bindings.crypto_sign(message, self._secret)[:SIGNATURE_BYTES])
+
     def sign(self, event: dict[str, Any]) -> dict[str, Any]:
         """A copy of the event with `signingkey` and `signature` (any old ones replaced)."""
         signed = {k: v for k, v in event.items() if k != SIGNATURE_ATTRIBUTE}
         signed[SIGNING_KEY_ATTRIBUTE] = self.key_id
-        signature = self.private_key.sign(signing_input(signed))
+        signature = self._signature(signing_input(signed))
         signed[SIGNATURE_ATTRIBUTE] = base64.b64encode(signature).decode("ascii")
         return signed
 
@@ -108,7 +125,7 @@ class Signer:
         head = canonical_json(before)[1:-1]  # members without their braces
         tail = canonical_json(after)[1:-1]  # never empty: it holds `signingkey`
         unsigned = b"{" + (head + b"," if head else b"") + tail + b"}"
-        signature = self.private_key.sign(SIGNING_CONTEXT + unsigned)
+        signature = self._signature(SIGNING_CONTEXT + unsigned)
         member = b'"%s":"%s"' % (SIGNATURE_ATTRIBUTE.encode(), base64.b64encode(signature))
         return b"{" + (head + b"," if head else b"") + member + b"," + tail + b"}"
 
@@ -121,6 +138,27 @@ class KeyEntry:
     service: str
     public_key: Ed25519PublicKey
     revoked: bool = False
+
+    @functools.cached_property
+    def raw(self) -> bytes:
+        """The 32 raw bytes of `public_key`, as libsodium takes them."""
+        return raw_public(self.public_key)
+
+    def verify(self, signature: bytes, message: bytes) -> bool:
+        """Whether `signature` is this key's Ed25519 signature of `message`.
+
+        libsodium (PyNaCl, from the authors of `cryptography`) checks a signature in
+        about 47 µs where OpenSSL's Ed25519 takes 96 on the same machine (bench, "event
+        signatures"); every consumer checks every event. libsodium is the stricter of
+        the two (it refuses non-canonical signatures and small-order keys), which no
+        honest signer produces."""
+        if len(signature) != SIGNATURE_BYTES:
+            return False
+        try:
+            nacl.bindings.crypto_sign_open(signature + message, self.raw)
+        except nacl.exceptions.CryptoError:
+            return False
+        return True
 
 
 class KeySet:
@@ -149,11 +187,12 @@ class KeySet:
         if entry.service not in entry_type.producers:
             return WRONG_PRODUCER
         try:
-            raw = base64.b64decode(signature, validate=True)
-            entry.public_key.verify(raw, signing_input(event))
-        except (binascii.Error, ValueError, InvalidSignature):
+            authentic = entry.verify(
+                base64.b64decode(signature, validate=True), signing_input(event)
+            )
+        except (binascii.Error, ValueError):
             return BAD_SIGNATURE
-        return None
+        return None if authentic else BAD_SIGNATURE
 
     def check_bytes(self, value: bytes | None) -> tuple[str | None, str | None]:
         """`check` for a record value, with the event's id: (reason or None, id or None).

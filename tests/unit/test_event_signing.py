@@ -93,6 +93,22 @@ def test_the_signing_input_and_signature_of_the_vectors() -> None:
     assert vector_keys().check(signed) is None
 
 
+def test_libsodium_and_openssl_agree_on_signatures() -> None:
+    """Signatures are made and checked by libsodium (faster); Ed25519 is deterministic,
+    so they are the bytes OpenSSL (`cryptography`) makes, and each accepts the other's."""
+    message = signing_input(VECTOR_EVENT)
+    made = Signer("intake", VECTOR_KEY)._signature(message)
+    assert made == VECTOR_KEY.sign(message)
+    VECTOR_KEY.public_key().verify(made, message)  # raises if OpenSSL disagrees
+    entry = KeyEntry(VECTOR_KEY_ID, "intake", VECTOR_KEY.public_key())
+    assert entry.verify(made, message)
+    flipped = bytes([made[0] ^ 1]) + made[1:]
+    assert not entry.verify(flipped, message)
+    assert not entry.verify(made, message + b" ")
+    assert not entry.verify(made[:-1], message)  # a short signature is refused, not raised
+    assert not entry.verify(b"", message)
+
+
 def test_signing_again_replaces_the_old_signature() -> None:
     once = Signer("intake", VECTOR_KEY).sign(VECTOR_EVENT)
     assert Signer("intake", VECTOR_KEY).sign(once) == once
