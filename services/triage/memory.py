@@ -1,0 +1,143 @@
+"""Triage's repositories in memory, for use-case tests that run in milliseconds.
+
+`InMemoryTriageUnitOfWork(store, triage_store)` is the recorder's `InMemoryUnitOfWork`
+(`services.infra.recorder_memory`) with `decisions`, `directory_log` and `policies`
+beside it: what a block changes is staged and applied to `TriageStore` when the block
+ends cleanly, dropped on an exception, like the PostgreSQL tables in a transaction.
+Row locks (`for_update`) are not modelled: a test runs one unit of work at a time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from services.infra.recorder_memory import InMemoryStore, InMemoryUnitOfWork
+from services.triage.usecases import NewDecision, StoredDecision
+
+
+@dataclass
+class TriageStore:
+    """What triage's tables hold (committed state); read it in tests."""
+
+    decisions: dict[str, StoredDecision] = field(default_factory=dict)
+    directory_log: list[tuple[str, bytes]] = field(default_factory=list)
+    """(event id, body); an event's seq is its index plus one."""
+    policies: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+class _Staged:
+    def __init__(self) -> None:
+        self.decisions: dict[str, StoredDecision] = {}
+        self.directory_log: list[tuple[str, bytes]] = []
+        self.policies: dict[str, dict[str, Any]] = {}
+
+
+class MemoryDecisions:
+    def __init__(self, store: TriageStore, staged: _Staged) -> None:
+        self.store, self.staged = store, staged
+
+    def _get(self, incident_id: str) -> StoredDecision | None:
+        return self.staged.decisions.get(incident_id, self.store.decisions.get(incident_id))
+
+    async def add(
+        self, decisions: Sequence[NewDecision], *, directory_seq: int, decided_at: datetime
+    ) -> None:
+        for d in decisions:
+            if self._get(d.incident_id) is not None:
+                raise ValueError(f"decision {d.incident_id} exists (primary key)")
+            self.staged.decisions[d.incident_id] = StoredDecision(
+                incident_id=d.incident_id,
+                report=d.report.model_dump(mode="json"),
+                reporter=d.report.reporter,
+                policy_version=d.policy_version,
+                directory_seq=directory_seq,
+                decided_at=decided_at,
+                amendments=[],
+                state=d.state,
+            )
+
+    async def for_update(self, incident_id: str) -> StoredDecision | None:
+        return self._get(incident_id)
+
+    def _change(self, incident_id: str, **changes: Any) -> None:
+        row = self._get(incident_id)
+        if row is not None:  # an UPDATE of no row changes nothing
+            self.staged.decisions[incident_id] = dataclasses.replace(row, **changes)
+
+    async def keep_state(self, incident_id: str, state: dict[str, Any]) -> None:
+        self._change(incident_id, state=state)
+
+    async def set_amendments(self, incident_id: str, amendments: list[dict[str, Any]]) -> None:
+        self._change(incident_id, amendments=list(amendments))
+
+
+class MemoryDirectoryLog:
+    def __init__(self, store: TriageStore, staged: _Staged) -> None:
+        self.store, self.staged = store, staged
+
+    async def append(self, events: Sequence[tuple[str, bytes]]) -> None:
+        known = {i for i, _ in self.store.directory_log} | {i for i, _ in self.staged.directory_log}
+        for event_id, body in events:
+            if event_id not in known:
+                known.add(event_id)
+                self.staged.directory_log.append((event_id, body))
+
+    async def after(self, seq: int) -> list[tuple[int, bytes]]:
+        log = self.store.directory_log + self.staged.directory_log
+        return [(n, body) for n, (_, body) in enumerate(log, start=1) if n > seq]
+
+
+class MemoryPolicies:
+    def __init__(self, store: TriageStore, staged: _Staged) -> None:
+        self.store, self.staged = store, staged
+
+    async def record(self, version: str, body: dict[str, Any]) -> None:
+        if await self.body_of(version) is None:
+            self.staged.policies[version] = body
+
+    async def body_of(self, version: str) -> dict[str, Any] | None:
+        return self.staged.policies.get(version, self.store.policies.get(version))
+
+    async def every(self) -> list[tuple[str, dict[str, Any]]]:
+        return list({**self.store.policies, **self.staged.policies}.items())
+
+
+class InMemoryTriageUnitOfWork(InMemoryUnitOfWork):
+    """`TriageUnitOfWork` in memory: the recorder's store and triage's tables."""
+
+    def __init__(self, store: InMemoryStore, triage: TriageStore) -> None:
+        super().__init__(store)
+        self.triage = triage
+        self._staged = _Staged()
+
+    def _opened(self) -> _Staged:
+        self.recorder  # noqa: B018 - raises outside `async with`
+        return self._staged
+
+    @property
+    def decisions(self) -> MemoryDecisions:
+        return MemoryDecisions(self.triage, self._opened())
+
+    @property
+    def directory_log(self) -> MemoryDirectoryLog:
+        return MemoryDirectoryLog(self.triage, self._opened())
+
+    @property
+    def policies(self) -> MemoryPolicies:
+        return MemoryPolicies(self.triage, self._opened())
+
+    def commit(self) -> None:
+        staged = self._staged
+        self.triage.decisions.update(staged.decisions)
+        self.triage.directory_log.extend(staged.directory_log)
+        self.triage.policies.update(staged.policies)
+        self._staged = _Staged()
+        super().commit()
+
+    def rollback(self) -> None:
+        self._staged = _Staged()
+        super().rollback()

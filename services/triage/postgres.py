@@ -1,0 +1,127 @@
+"""Triage's repositories on PostgreSQL, in the transaction of a `PostgresUnitOfWork`.
+
+`PostgresTriageUnitOfWork(pool)` is the `TriageUnitOfWork` the service runs with: the
+recorder (event store, outbox, tracking) and `decisions`, `directory_log` and `policies`
+(migrations/) on the same connection, so a use case commits or rolls back all of it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from services.infra.recorder import PostgresUnitOfWork
+from services.triage.usecases import NewDecision, StoredDecision
+
+
+class PostgresDecisions:
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+
+    async def add(
+        self, decisions: Sequence[NewDecision], *, directory_seq: int, decided_at: datetime
+    ) -> None:
+        await self.conn.execute(
+            "INSERT INTO decisions (incident_id, report, reporter, policy_version,"
+            " directory_seq, decided_at, state)"
+            " SELECT i, r::jsonb, p, v, $5, $6, s::jsonb"
+            " FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $7::text[])"
+            " AS x (i, r, p, v, s)",
+            [d.incident_id for d in decisions],
+            [json.dumps(d.report.model_dump(mode="json")) for d in decisions],
+            [d.report.reporter for d in decisions],
+            [d.policy_version for d in decisions],
+            directory_seq,
+            decided_at,
+            [json.dumps(d.state) for d in decisions],
+        )
+
+    async def for_update(self, incident_id: str) -> StoredDecision | None:
+        row = await self.conn.fetchrow(
+            "SELECT * FROM decisions WHERE incident_id = $1 FOR UPDATE", incident_id
+        )
+        if row is None:
+            return None
+        return StoredDecision(
+            incident_id=row["incident_id"],
+            report=json.loads(row["report"]),
+            reporter=row["reporter"],
+            policy_version=row["policy_version"],
+            directory_seq=int(row["directory_seq"]),
+            decided_at=row["decided_at"],
+            amendments=json.loads(row["amendments"]),
+            state=json.loads(row["state"]) if row["state"] is not None else None,
+        )
+
+    async def keep_state(self, incident_id: str, state: dict[str, Any]) -> None:
+        await self.conn.execute(
+            "UPDATE decisions SET state = $2::jsonb WHERE incident_id = $1",
+            incident_id,
+            json.dumps(state),
+        )
+
+    async def set_amendments(self, incident_id: str, amendments: list[dict[str, Any]]) -> None:
+        await self.conn.execute(
+            "UPDATE decisions SET amendments = $2::jsonb WHERE incident_id = $1",
+            incident_id,
+            json.dumps(amendments),
+        )
+
+
+class PostgresDirectoryLog:
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+
+    async def append(self, events: Sequence[tuple[str, bytes]]) -> None:
+        await self.conn.execute(
+            "INSERT INTO directory_log (event_id, body)"
+            " SELECT * FROM unnest($1::uuid[], $2::bytea[]) ON CONFLICT DO NOTHING",
+            [event_id for event_id, _ in events],
+            [body for _, body in events],
+        )
+
+    async def after(self, seq: int) -> list[tuple[int, bytes]]:
+        rows = await self.conn.fetch(
+            "SELECT seq, body FROM directory_log WHERE seq > $1 ORDER BY seq", seq
+        )
+        return [(int(row["seq"]), bytes(row["body"])) for row in rows]
+
+
+class PostgresPolicies:
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+
+    async def record(self, version: str, body: dict[str, Any]) -> None:
+        await self.conn.execute(
+            "INSERT INTO policies (version, body) VALUES ($1, $2::jsonb) ON CONFLICT DO NOTHING",
+            version,
+            json.dumps(body),
+        )
+
+    async def body_of(self, version: str) -> dict[str, Any] | None:
+        stored = await self.conn.fetchval("SELECT body FROM policies WHERE version = $1", version)
+        return None if stored is None else dict(json.loads(stored))
+
+    async def every(self) -> list[tuple[str, dict[str, Any]]]:
+        rows = await self.conn.fetch("SELECT version, body FROM policies")
+        return [(row["version"], json.loads(row["body"])) for row in rows]
+
+
+class PostgresTriageUnitOfWork(PostgresUnitOfWork):
+    """`TriageUnitOfWork` on a pool: one connection and transaction per `async with`."""
+
+    @property
+    def decisions(self) -> PostgresDecisions:
+        return PostgresDecisions(self.conn)
+
+    @property
+    def directory_log(self) -> PostgresDirectoryLog:
+        return PostgresDirectoryLog(self.conn)
+
+    @property
+    def policies(self) -> PostgresPolicies:
+        return PostgresPolicies(self.conn)

@@ -1,0 +1,667 @@
+"""Triage's use cases: what triage does with each input, whatever brought it.
+
+Each use case takes a command (a frozen dataclass built by an adapter from consumed
+records) and a `TriageUnitOfWork`, and never touches asyncpg, HTTP or Kafka:
+
+- `record_policy` (`RecordPolicy`): the policy version in use, refused if an older file
+  recorded the same version with other content (`PolicyConflict`);
+- `keep_directory` (`KeepDirectory`): directory events kept in `directory_log`, in order;
+- `decide` (`DecideReports`): a batch of submitted reports decided, each once:
+  `incident.triaged.v1`, then level 1's `incident.assigned.v1` and `incident.notified.v1`;
+- `reexclude` (`Reexclude`): an amendment re-runs the exclusions (`incident.reassigned.v1`
+  when someone asked is now excluded);
+- `decide_again` (`DecideAgain`): the people confirmed by an independent-role holder, the
+  decision made again (the next `revision`);
+- `reroute` (`Reroute`): a recusal or an ordered reassignment, `incident.reassigned.v1`.
+
+Every input is tracked in the unit of work that acts on it (a re-delivered one changes
+nothing), and every event written has an id derived from its cause's id and its index,
+so even a second worker racing on the same input cannot publish twice. The decisions are
+pure (`services.domain.triage`); the directory is folded incrementally from the log
+(`DirectoryProjection`) and kept in memory between units of work.
+
+The repositories triage adds to the recorder (`Decisions`, `DirectoryLog`, `Policies`)
+are Protocols here; `services.triage.postgres` implements them on PostgreSQL and
+`services.triage.memory` in dictionaries (use-case tests).
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol, TypeVar
+
+from services.domain.envelope import Envelope
+from services.domain.events import (
+    SUBMITTED,
+    Assigned,
+    EventData,
+    InvalidEvent,
+    Notified,
+    PeopleConfirmed,
+    ReassignmentOrdered,
+    Recused,
+    ReportAmended,
+    ReportSubmitted,
+    make_event,
+    parse_envelope,
+)
+from services.domain.org import (
+    DIRECTORY_EVENT_TYPES,
+    DirectoryProjection,
+    DirectoryView,
+    Org,
+    fold_directory,
+)
+from services.domain.policy import Policy
+from services.domain.triage import (
+    Rerouting,
+    TriageDecision,
+    confirmed_report,
+    decide,
+    exclude_reporter,
+    incident_unit,
+    may_confirm,
+    order_reassignment,
+    recuse,
+    reexclude,
+    reporter_candidates,
+    widened_candidates,
+)
+from services.infra.crypto import Pseudonyms
+from services.infra.recorder import TrackedInput, UnitOfWork
+
+log = logging.getLogger(__name__)
+
+AMENDED = "incident.report.amended.v1"
+CONFIRMED = "incident.people.confirmed.v1"
+RECUSED = "incident.recused.v1"
+ORDERED = "incident.reassignment.ordered.v1"
+ACTIVITY: dict[str, type[Recused] | type[ReassignmentOrdered]] = {
+    RECUSED: Recused,
+    ORDERED: ReassignmentOrdered,
+}
+"""The activity types triage acts on; every other one is ignored."""
+DIRECTORY_CONSUMER = "triage-directory"
+REPORTS_CONSUMER = "triage-reports"
+ACTIVITY_CONSUMER = "triage-activity"
+FREEZE_AFTER = 10_000
+"""Directory events folded at once after which the heap is frozen (`gc.freeze`)."""
+EVENT_IDS = uuid.UUID("0b7a4f0e-2c55-4e0a-9a53-7d1c3e2f6a18")
+"""Namespace of the ids of triage's events: uuid5 of the cause's id and the index."""
+Outputs = list[tuple[str, EventData]]
+
+
+class PolicyConflict(RuntimeError):
+    """The policy file reuses a version already recorded with other content."""
+
+
+# -- the repositories a triage unit of work adds to the recorder ---------------------------
+
+
+@dataclass(frozen=True)
+class StoredDecision:
+    """An incident's decision row: its inputs, and the decision as it stands (`state`)."""
+
+    incident_id: str
+    report: dict[str, Any]
+    reporter: str | None
+    policy_version: str
+    directory_seq: int
+    decided_at: datetime
+    amendments: list[dict[str, Any]]
+    state: dict[str, Any] | None
+    """`{"decision": TriageDecision.to_json(), "report_digest": ...}`; None for incidents
+    decided before it was kept (rebuilt from the columns above once, then kept)."""
+
+
+@dataclass(frozen=True)
+class NewDecision:
+    incident_id: str
+    report: ReportSubmitted
+    policy_version: str
+    state: dict[str, Any]
+
+
+class Decisions(Protocol):
+    """The decision of each incident (`decisions`)."""
+
+    async def add(
+        self, decisions: Sequence[NewDecision], *, directory_seq: int, decided_at: datetime
+    ) -> None: ...
+
+    async def for_update(self, incident_id: str) -> StoredDecision | None:
+        """The incident's row, locked until the unit of work ends; None if undecided."""
+        ...
+
+    async def keep_state(self, incident_id: str, state: dict[str, Any]) -> None: ...
+
+    async def set_amendments(self, incident_id: str, amendments: list[dict[str, Any]]) -> None: ...
+
+
+class DirectoryLog(Protocol):
+    """Every directory event triage consumed, in order (`directory_log`)."""
+
+    async def append(self, events: Sequence[tuple[str, bytes]]) -> None:
+        """Keep (event id, body) pairs after the others; an id kept before is skipped."""
+        ...
+
+    async def after(self, seq: int) -> list[tuple[int, bytes]]:
+        """(seq, body) of the events kept after `seq`, in order."""
+        ...
+
+
+class Policies(Protocol):
+    """Every policy version triage ran with, verbatim (`policies`)."""
+
+    async def record(self, version: str, body: dict[str, Any]) -> None:
+        """Keep a version unless it was kept before (the earlier body stays)."""
+        ...
+
+    async def body_of(self, version: str) -> dict[str, Any] | None: ...
+
+    async def every(self) -> list[tuple[str, dict[str, Any]]]: ...
+
+
+class TriageUnitOfWork(UnitOfWork, Protocol):
+    """The recorder and triage's repositories, in one transaction."""
+
+    @property
+    def decisions(self) -> Decisions: ...
+
+    @property
+    def directory_log(self) -> DirectoryLog: ...
+
+    @property
+    def policies(self) -> Policies: ...
+
+
+# -- commands -------------------------------------------------------------------------------
+
+
+def _no_scope() -> AbstractContextManager[object]:
+    return nullcontext()
+
+
+@dataclass(frozen=True)
+class Cause:
+    """One consumed input: its envelope, where it came from (for tracking), and the
+    scope its work runs in (the adapter's span continuing the input's trace)."""
+
+    envelope: Envelope
+    tracked: TrackedInput
+    scope: Callable[[], AbstractContextManager[object]] = _no_scope
+    body: bytes | None = None
+    """The input's bytes as consumed, where the use case keeps them verbatim."""
+
+
+@dataclass(frozen=True)
+class RecordPolicy:
+    policy: Policy
+
+
+@dataclass(frozen=True)
+class KeepDirectory:
+    events: Sequence[Cause]
+    """Directory events, each checked by `directory_event`."""
+
+
+@dataclass(frozen=True)
+class DecideReports:
+    reports: Sequence[tuple[Cause, ReportSubmitted]]
+
+
+@dataclass(frozen=True)
+class Reexclude:
+    cause: Cause
+    amended: ReportAmended
+    consumer: str = REPORTS_CONSUMER
+
+
+@dataclass(frozen=True)
+class DecideAgain:
+    cause: Cause
+    confirmed: PeopleConfirmed
+    consumer: str = REPORTS_CONSUMER
+
+
+@dataclass(frozen=True)
+class Reroute:
+    cause: Cause
+    change: Recused | ReassignmentOrdered
+    consumer: str = ACTIVITY_CONSUMER
+
+
+LaterCommand = Reexclude | DecideAgain | Reroute
+_Later = TypeVar("_Later", Reexclude, DecideAgain, Reroute)
+
+
+# -- reading inputs (pure: what an adapter checks before it builds a command) ---------------
+
+
+def directory_event(envelope: Envelope) -> None:
+    """Raise `InvalidEvent` unless this is a directory event with valid data."""
+    if envelope.type not in DIRECTORY_EVENT_TYPES:
+        raise InvalidEvent(f"not a directory event: {envelope.type}")
+    fold_directory([envelope])  # validates the data
+
+
+def report_input(envelope: Envelope) -> ReportSubmitted | ReportAmended | PeopleConfirmed | None:
+    """The data of a report-topic event triage acts on; None for the others (reporter
+    messages are not triage's business). Raises `ValueError` for invalid data."""
+    if envelope.type == SUBMITTED:
+        return ReportSubmitted.model_validate(envelope.data)
+    if envelope.type == AMENDED:
+        return ReportAmended.model_validate(envelope.data)
+    if envelope.type == CONFIRMED:
+        return PeopleConfirmed.model_validate(envelope.data)
+    return None
+
+
+def activity_input(envelope: Envelope) -> Recused | ReassignmentOrdered | None:
+    """The data of a recusal or an ordered reassignment; None for every other activity
+    type (its data is not read). Raises `ValueError` for invalid data."""
+    model = ACTIVITY.get(envelope.type)
+    return None if model is None else model.model_validate(envelope.data)
+
+
+def later_command(
+    cause: Cause, data: ReportAmended | PeopleConfirmed | Recused | ReassignmentOrdered
+) -> LaterCommand:
+    """The command for an input that changes a decision made before."""
+    match data:
+        case ReportAmended():
+            return Reexclude(cause, data)
+        case PeopleConfirmed():
+            return DecideAgain(cause, data)
+        case Recused() | ReassignmentOrdered():
+            return Reroute(cause, data)
+
+
+# -- the use cases --------------------------------------------------------------------------
+
+
+@dataclass
+class _Kept:
+    """An incident's decision as it stands, with what the use cases need beside it."""
+
+    row: StoredDecision
+    decision: TriageDecision
+    policy: Policy
+    digest: str
+
+
+class TriageUseCases:
+    """Triage's use cases and the state they share: the policies and the directory,
+    folded incrementally from `directory_log` (docs/scale.md)."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        pseudonyms: Pseudonyms,
+        *,
+        source: str = "/services/triage",
+        topic_prefix: str = "",
+        traceparent: Callable[[], str | None] = lambda: None,
+    ) -> None:
+        self.policy = policy
+        self.pseudonyms = pseudonyms
+        self.source = source
+        self.topic_prefix = topic_prefix
+        self.traceparent = traceparent
+        """The trace context triage's events carry (the adapter's current span)."""
+        self.policies: dict[str, Policy] = {policy.version: policy}
+        self.directory = DirectoryProjection()
+
+    @property
+    def org(self) -> DirectoryView:
+        """The directory as far as it was folded."""
+        return self.directory.view()
+
+    # -- policy -------------------------------------------------------------------------
+
+    async def record_policy(self, command: RecordPolicy, uow: TriageUnitOfWork) -> None:
+        """Record the policy version (refusing a changed file under an old version), and
+        learn every version recorded before (an incident keeps its version)."""
+        policy = command.policy
+        # exclude_none: a policy without the (later) optional sections records as before
+        body = policy.model_dump(mode="json", exclude_none=True)
+        async with uow:
+            await uow.policies.record(policy.version, body)
+            if await uow.policies.body_of(policy.version) != body:
+                raise PolicyConflict(
+                    f"policy version {policy.version!r} was recorded with other content;"
+                    " give the changed policy a new version"
+                )
+            for version, stored in await uow.policies.every():
+                self.policies[version] = Policy.model_validate(stored)
+
+    # -- directory ----------------------------------------------------------------------
+
+    async def keep_directory(self, command: KeepDirectory, uow: TriageUnitOfWork) -> int:
+        """Keep a batch of directory events in `directory_log`, in order: one unit of
+        work for the batch (a directory import brings hundreds of thousands:
+        docs/directory-sync.md). Returns how many were new."""
+        if not command.events:
+            return 0
+        async with uow:
+            fresh = await uow.recorder.track_each(
+                DIRECTORY_CONSUMER, [c.tracked for c in command.events]
+            )
+            kept = [c for c, new in zip(command.events, fresh, strict=True) if new]
+            await uow.directory_log.append([(c.envelope.id, c.envelope.to_bytes()) for c in kept])
+        return len(kept)
+
+    async def _refresh_directory(self, uow: TriageUnitOfWork) -> None:
+        """Catch up with directory events any triage worker recorded."""
+        rows = await uow.directory_log.after(self.directory.seq)
+        for seq, body in rows:  # each event changes one person, in place
+            self.directory.apply(parse_envelope(body), seq)
+        if len(rows) >= FREEZE_AFTER:
+            # A large directory is long-lived: without this, each full collection walks
+            # every person again (0.3 to 3.5 s at 254,000 people on a loaded machine),
+            # a pause in the middle of some report's decision (docs/scale.md).
+            gc.freeze()
+
+    # -- reports ------------------------------------------------------------------------
+
+    async def decide(self, command: DecideReports, uow: TriageUnitOfWork) -> list[Envelope]:
+        """Decide on each report not decided before, in one unit of work: its decision,
+        its events. Returns the events appended."""
+        async with uow:
+            first = await uow.recorder.track_each(
+                REPORTS_CONSUMER, [cause.tracked for cause, _ in command.reports]
+            )
+            todo = [item for item, new in zip(command.reports, first, strict=True) if new]
+            if not todo:
+                return []
+            await self._refresh_directory(uow)
+            now = datetime.now(UTC)
+            org = self.org
+            rows: list[NewDecision] = []
+            outputs: list[tuple[Envelope, list[Envelope]]] = []
+            for cause, report in todo:
+                envelope = cause.envelope
+                with cause.scope():  # the events continue the report's trace
+                    # The report carries the reporter only as a pseudonym: whoever in the
+                    # directory it matches is excluded. The match is never stored or
+                    # published, only used.
+                    decision = self.decision(envelope.subject, report, org, self.policy, now)
+                    rows.append(
+                        NewDecision(
+                            envelope.subject,
+                            report,
+                            decision.policy_version,
+                            _state(decision, report.report_digest),
+                        )
+                    )
+                    produced = self._decided(decision, self.policy, report.report_digest)
+                    outputs.append((envelope, self._events(envelope, produced, now)))
+                    for note in decision.notes:
+                        log.info("incident %s: %s", envelope.subject, note)
+            await uow.decisions.add(rows, directory_seq=self.directory.seq, decided_at=now)
+            versions = await uow.recorder.stream_versions([e.subject for e, _ in outputs])
+            await uow.recorder.append_streams(
+                [(e.subject, versions[e.subject], events) for e, events in outputs],
+                topic_prefix=self.topic_prefix,
+            )
+        return [event for _, events in outputs for event in events]
+
+    async def later(self, command: LaterCommand, uow: TriageUnitOfWork) -> list[Envelope]:
+        """An input that changes a decision made before, in a unit of work of its own."""
+        match command:
+            case Reexclude():
+                return await self.reexclude(command, uow)
+            case DecideAgain():
+                return await self.decide_again(command, uow)
+            case Reroute():
+                return await self.reroute(command, uow)
+
+    async def reexclude(self, command: Reexclude, uow: TriageUnitOfWork) -> list[Envelope]:
+        """An amendment: the exclusions run again with the accused it adds."""
+        return await self._once(command, uow, self._reexcluded)
+
+    async def decide_again(self, command: DecideAgain, uow: TriageUnitOfWork) -> list[Envelope]:
+        """An independent-role holder confirmed the people: decide again with them."""
+        return await self._once(command, uow, self._decided_again)
+
+    async def reroute(self, command: Reroute, uow: TriageUnitOfWork) -> list[Envelope]:
+        """A recusal or an ordered reassignment: `incident.reassigned.v1`, and the added
+        told (`incident.notified.v1` at the level they were added for)."""
+        return await self._once(command, uow, self._rerouted)
+
+    async def _once(
+        self,
+        command: _Later,
+        uow: TriageUnitOfWork,
+        step: Callable[[TriageUnitOfWork, _Later, _Kept], Awaitable[list[Envelope]]],
+    ) -> list[Envelope]:
+        """A later input in its unit of work, in its cause's scope: tracked (a re-delivered
+        one does nothing), then `step` with the incident's decision as it stands and the
+        directory caught up."""
+        cause = command.cause
+        with cause.scope():
+            async with uow:
+                if not await self._first(uow, command.consumer, cause):
+                    return []
+                kept = await self._kept(uow, cause.envelope.subject)
+                await self._refresh_directory(uow)
+                return await step(uow, command, kept)
+
+    async def _reexcluded(
+        self, uow: TriageUnitOfWork, command: Reexclude, kept: _Kept
+    ) -> list[Envelope]:
+        amended, subject = command.amended, command.cause.envelope.subject
+        result = reexclude(
+            kept.decision,
+            amended.accused_added,
+            self.org,
+            kept.policy,
+            named=amended.named_added,
+            matches=amended.people_matches,
+        )
+        amendments = [
+            *kept.row.amendments,
+            {"accused": amended.accused_added, "named": amended.named_added},
+        ]
+        await uow.decisions.set_amendments(subject, amendments)
+        await uow.decisions.keep_state(subject, _state(result.decision, amended.report_digest))
+        reassigned = result.to_reassigned()
+        if reassigned is None:
+            return []
+        outputs: Outputs = [("incident.reassigned.v1", reassigned)]
+        outputs.extend(_notified(reassigned.added, amended.report_digest))
+        return await self._append(uow, command.cause.envelope, outputs, datetime.now(UTC))
+
+    async def _decided_again(
+        self, uow: TriageUnitOfWork, command: DecideAgain, kept: _Kept
+    ) -> list[Envelope]:
+        confirmed, subject = command.confirmed, command.cause.envelope.subject
+        if not may_confirm(kept.decision, confirmed.principal, self.org, kept.policy):
+            log.warning(
+                "incident %s: people confirmed by someone who holds no independent role or"
+                " is excluded: ignored",
+                subject,
+            )
+            return []
+        report = ReportSubmitted.model_validate(kept.row.report)
+        now = datetime.now(UTC)
+        decision = self.decision(
+            subject,
+            confirmed_report(report, confirmed),
+            self.org,
+            kept.policy,
+            now,
+            prior=kept.decision,
+            pseudonym=kept.row.reporter,
+        )
+        await uow.decisions.keep_state(subject, _state(decision, kept.digest))
+        for note in decision.notes:
+            log.info("incident %s (revision %d): %s", subject, decision.revision, note)
+        outputs = self._decided(decision, kept.policy, kept.digest)
+        return await self._append(uow, command.cause.envelope, outputs, now)
+
+    async def _rerouted(
+        self, uow: TriageUnitOfWork, command: Reroute, kept: _Kept
+    ) -> list[Envelope]:
+        data, envelope = command.change, command.cause.envelope
+        # A recusal or an order may reach anyone holding the chain's roles, and the
+        # people an order adds: the reporter is looked for among them first.
+        org = self.org
+        added = data.to if isinstance(data, ReassignmentOrdered) else ()
+        roles = [lv.role for lv in kept.decision.chain]
+        reach = [p for role in dict.fromkeys(roles) for p in org.holders(role)]
+        reporter = self.pseudonyms.match(
+            envelope.subject,
+            kept.row.reporter,
+            reporter_candidates(org, kept.policy, None, (*reach, *added)),
+        )
+        decision = kept.decision
+        if reporter is not None:
+            decision = exclude_reporter(decision, reporter, org)
+        result: Rerouting
+        if isinstance(data, Recused):
+            result = recuse(decision, data.principal, org, kept.policy)
+        else:
+            result = order_reassignment(decision, data, org, kept.policy)
+        for note in result.notes:
+            log.info("incident %s: %s", envelope.subject, note)
+        if result.reassigned is None:
+            log.warning(
+                "incident %s: %s ignored: %s", envelope.subject, envelope.type, result.ignored
+            )
+            return []
+        await uow.decisions.keep_state(envelope.subject, _state(result.decision, kept.digest))
+        outputs: Outputs = [("incident.reassigned.v1", result.reassigned)]
+        outputs.extend(
+            (
+                "incident.notified.v1",
+                Notified(principal=p, channel="triage", level=level, report_digest=kept.digest),
+            )
+            for p, level in result.levels.items()
+        )
+        return await self._append(uow, envelope, outputs, datetime.now(UTC))
+
+    # -- shared steps -------------------------------------------------------------------
+
+    async def _first(self, uow: TriageUnitOfWork, consumer: str, cause: Cause) -> bool:
+        """Track the input; False if it was handled before (skip it)."""
+        return (await uow.recorder.track_each(consumer, [cause.tracked]))[0]
+
+    async def _kept(self, uow: TriageUnitOfWork, incident: str) -> _Kept:
+        """The incident's decision as it stands (locked for this unit of work)."""
+        row = await uow.decisions.for_update(incident)
+        if row is None:
+            raise LookupError(f"input for {incident} before its decision")
+        policy = self.policies[row.policy_version]
+        report = ReportSubmitted.model_validate(row.report)
+        if row.state is not None:
+            decision = TriageDecision.from_json(row.state["decision"])
+            return _Kept(row, decision, policy, row.state["report_digest"])
+        # Decided before the state was kept: rebuilt as the amendments left it.
+        await self._refresh_directory(uow)
+        org_then = self.directory.at(row.directory_seq)
+        decision = self.decision(incident, report, org_then, policy, row.decided_at)
+        for earlier in row.amendments:
+            decision = reexclude(
+                decision, earlier["accused"], self.org, policy, named=earlier["named"]
+            ).decision
+        return _Kept(row, decision, policy, report.report_digest)
+
+    def decision(
+        self,
+        incident_id: str,
+        report: ReportSubmitted,
+        org: Org,
+        policy: Policy,
+        now: datetime,
+        *,
+        prior: TriageDecision | None = None,
+        pseudonym: str | None = None,
+    ) -> TriageDecision:
+        """`decide`, with the named reporter found among the few people who could be
+        asked (`reporter_candidates`), never by a pseudonym per person of the directory;
+        a level resolved outside the unit widens the search to its role's holders, and
+        the decision is made again if the reporter is among them (docs/scale.md).
+
+        `pseudonym`: the reporter's, when `report` does not carry it (a confirmation).
+        The match is never stored or published, only used.
+        """
+        pseudonym = pseudonym or report.reporter
+        unit, _source = incident_unit(report, org)
+        scoped = reporter_candidates(org, policy, unit)
+        reporter = self.pseudonyms.match(incident_id, pseudonym, scoped)
+        decision = decide(report, org, policy, now, reporter_person=reporter, prior=prior)
+        if reporter is None and pseudonym:
+            tried = set(scoped)
+            wider = [p for p in widened_candidates(decision, org) if p not in tried]
+            reporter = self.pseudonyms.match(incident_id, pseudonym, wider)
+            if reporter is not None:
+                decision = decide(report, org, policy, now, reporter_person=reporter, prior=prior)
+        return decision
+
+    def _decided(self, decision: TriageDecision, policy: Policy, digest: str) -> Outputs:
+        """`incident.triaged.v1`, then level 1's `assigned` and `notified`."""
+        repeat = policy.severities[decision.severity].repeat_last_every
+        triaged = decision.to_triaged().model_copy(
+            update={"repeat_last_every": repeat, "report_digest": digest}
+        )
+        recipients = list(decision.first_recipients)
+        if not recipients:  # escalation records nobody_eligible and asks the next level
+            return [("incident.triaged.v1", triaged)]
+        return [
+            ("incident.triaged.v1", triaged),
+            ("incident.assigned.v1", Assigned(level=1, principals=recipients)),
+            *_notified(recipients, digest),
+        ]
+
+    def _events(self, cause: Envelope, outputs: Outputs, now: datetime) -> list[Envelope]:
+        """Triage's events caused by `cause`, in the current trace, each with an id
+        derived from the cause's id and the event's index (a re-delivered cause makes the
+        same ids, which the event store refuses twice)."""
+        return [
+            make_event(
+                type_,
+                subject=cause.subject,
+                data=data,
+                source=self.source,
+                time=now,
+                actor="system:triage",
+                causationid=cause.id,
+                correlationid=cause.correlationid or cause.id,
+                traceparent=self.traceparent(),
+                event_id=str(uuid.uuid5(EVENT_IDS, f"{cause.id}:{i}")),
+            )
+            for i, (type_, data) in enumerate(outputs)
+        ]
+
+    async def _append(
+        self, uow: TriageUnitOfWork, cause: Envelope, outputs: Outputs, now: datetime
+    ) -> list[Envelope]:
+        events = self._events(cause, outputs, now)
+        versions = await uow.recorder.stream_versions([cause.subject])
+        await uow.recorder.append_streams(
+            [(cause.subject, versions[cause.subject], events)], topic_prefix=self.topic_prefix
+        )
+        return events
+
+
+def _notified(principals: Sequence[str], digest: str) -> Outputs:
+    """One `incident.notified.v1` per principal asked at level 1 by triage."""
+    return [
+        (
+            "incident.notified.v1",
+            Notified(principal=p, channel="triage", level=1, report_digest=digest),
+        )
+        for p in principals
+    ]
+
+
+def _state(decision: TriageDecision, digest: str) -> dict[str, Any]:
+    """`decisions.state`: the decision and the digest of the report version it shows."""
+    return {"decision": decision.to_json(), "report_digest": digest}

@@ -1,0 +1,233 @@
+"""Triage's use cases on the in-memory unit of work (no broker, no database).
+
+The seed case decided from the directory kept from its events; a report delivered twice
+decided once; an amendment accusing the handler moving the report to group HR; a
+confirmation by the chief ethics officer deciding again; a recusal rerouting; a
+failing unit of work leaving nothing behind.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import services
+from services.domain.directory import DirectoryFile
+from services.domain.envelope import Envelope
+from services.domain.events import (
+    SUBMITTED,
+    EventData,
+    PeopleConfirmed,
+    PersonMatch,
+    Recused,
+    ReportAmended,
+    ReportSubmitted,
+    make_event,
+)
+from services.domain.incident import report_digest
+from services.domain.policy import Policy
+from services.infra.config import load_yaml_model
+from services.infra.crypto import Pseudonyms
+from services.infra.recorder_memory import InMemoryStore
+from services.triage.memory import InMemoryTriageUnitOfWork, TriageStore
+from services.triage.usecases import (
+    EVENT_IDS,
+    Cause,
+    DecideAgain,
+    DecideReports,
+    KeepDirectory,
+    PolicyConflict,
+    RecordPolicy,
+    Reexclude,
+    Reroute,
+    TriageUnitOfWork,
+    TriageUseCases,
+)
+
+DATA = Path(services.__file__).parent / "data"
+POLICY = load_yaml_model(DATA / "policy.yaml", Policy)
+PEOPLE = load_yaml_model(DATA / "directory.yaml", DirectoryFile).people
+T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
+PSEUDONYMS = Pseudonyms(b"k" * 32)
+
+
+class Triage:
+    """The use cases with a store, the way the service runs them."""
+
+    def __init__(self) -> None:
+        self.store = InMemoryStore()
+        self.tables = TriageStore()
+        self.usecases = TriageUseCases(POLICY, PSEUDONYMS, topic_prefix="t.")
+        self.offset = 0
+
+    def uow(self) -> TriageUnitOfWork:
+        return InMemoryTriageUnitOfWork(self.store, self.tables)
+
+    def cause(self, envelope: Envelope, topic: str = "incident.reports") -> Cause:
+        self.offset += 1
+        return Cause(envelope, (envelope.id, topic, 0, self.offset))
+
+    async def seeded(self) -> Triage:
+        events = [
+            make_event(
+                "directory.person.upserted.v1",
+                subject=p.id,
+                data={"person_id": p.id, "unit": p.unit, "manager_id": p.manager, "roles": p.roles},
+                source="/services/intake",
+                time=T0,
+                actor="system:directory-seed",
+            )
+            for p in PEOPLE
+        ]
+        causes = [self.cause(e, "directory.changes") for e in events]
+        assert await self.usecases.keep_directory(KeepDirectory(causes), self.uow()) == len(PEOPLE)
+        return self
+
+    def emitted(self, incident: str) -> list[Envelope]:
+        return [r.stored().envelope for r in self.store.events if r.stream_id == incident]
+
+
+def submitted(incident: str, accused: list[str], **fields: Any) -> tuple[Envelope, ReportSubmitted]:
+    content = {
+        "category": "sexual_misconduct",
+        "summary": "Assault on a work trip",
+        "description": "My store manager assaulted me in the hotel.",
+        "unit": "city-retail",
+        "accused": accused,
+        "named": [],
+    }
+    report = ReportSubmitted.model_validate(
+        {**content, "report_digest": report_digest(content), **fields}
+    )
+    return later(incident, SUBMITTED, report), report
+
+
+def later(incident: str, type_: str, data: EventData) -> Envelope:
+    return make_event(
+        type_, subject=incident, data=data, source="/services/intake", time=T0, actor="p-liu"
+    )
+
+
+async def decided(triage: Triage, accused: list[str], **fields: Any) -> str:
+    incident = str(uuid.uuid4())
+    envelope, report = submitted(incident, accused, **fields)
+    await triage.usecases.decide(DecideReports([(triage.cause(envelope), report)]), triage.uow())
+    return incident
+
+
+def data(events: list[Envelope], type_: str) -> list[dict[str, Any]]:
+    return [e.data for e in events if e.type == type_]
+
+
+async def test_the_seed_case_goes_to_the_units_hr_handler_named_reporter_excluded() -> None:
+    triage = await Triage().seeded()
+    incident = str(uuid.uuid4())
+    envelope, report = submitted(incident, ["p-wang"], reporter=PSEUDONYMS.of(incident, "p-chen"))
+    events = await triage.usecases.decide(
+        DecideReports([(triage.cause(envelope), report)]), triage.uow()
+    )
+    assert [e.type for e in events] == [
+        "incident.triaged.v1",
+        "incident.assigned.v1",
+        "incident.notified.v1",
+    ]
+    assert [e.id for e in triage.emitted(incident)] == [e.id for e in events]
+    triaged = events[0].data
+    excluded = {x["principal"]: x["rule"] for x in triaged["excluded"]}
+    assert excluded["p-wang"] == "accused"
+    assert excluded["p-li"] == excluded["p-zhang"] == "accused_management_chain"
+    # the reporter (the unit's handler), matched by her pseudonym: not asked, not named
+    assert triaged["chain"][0]["recipients"] == ["p-ma"]
+    assert "p-chen" not in excluded
+    assert events[0].causationid == envelope.id
+    assert events[0].id == str(uuid.uuid5(EVENT_IDS, f"{envelope.id}:0"))
+    assert [r.topic for r in triage.store.outbox] == [
+        "t.incident.triage",
+        "t.incident.triage",
+        "t.incident.activity",
+    ]
+    row = triage.tables.decisions[incident]
+    assert row.directory_seq == len(PEOPLE) and row.state is not None
+
+
+async def test_a_report_delivered_twice_is_decided_once() -> None:
+    triage = await Triage().seeded()
+    incident = str(uuid.uuid4())
+    envelope, report = submitted(incident, ["p-wang"])
+    cause = triage.cause(envelope)
+    first = await triage.usecases.decide(
+        DecideReports([(cause, report), (cause, report)]), triage.uow()
+    )
+    again = await triage.usecases.decide(DecideReports([(cause, report)]), triage.uow())
+    assert len(first) == 3 and again == []
+    assert len(triage.emitted(incident)) == 3 and len(triage.store.outbox) == 3
+    assert list(triage.tables.decisions) == [incident]
+
+
+async def test_an_amendment_accusing_the_handler_moves_the_report_to_group_hr() -> None:
+    triage = await Triage().seeded()
+    incident = await decided(triage, ["p-wang"])
+    amended = ReportAmended(accused_added=["p-chen"], report_digest="sha256:" + "1" * 64)
+    cause = triage.cause(later(incident, "incident.report.amended.v1", amended))
+    events = await triage.usecases.reexclude(Reexclude(cause, amended), triage.uow())
+    assert [e.type for e in events] == ["incident.reassigned.v1", "incident.notified.v1"]
+    assert events[0].data["removed"] == [{"principal": "p-chen", "rule": "accused"}]
+    assert events[0].data["added"] == ["p-ma"]
+    assert data(events, "incident.notified.v1")[0]["principal"] == "p-ma"
+    row = triage.tables.decisions[incident]
+    assert row.amendments == [{"accused": ["p-chen"], "named": []}]
+    assert row.state is not None and row.state["report_digest"] == amended.report_digest
+    # delivered again: nothing new
+    assert await triage.usecases.reexclude(Reexclude(cause, amended), triage.uow()) == []
+    assert len(triage.emitted(incident)) == 5
+
+
+async def test_a_confirmation_by_the_chief_ethics_officer_decides_again() -> None:
+    triage = await Triage().seeded()
+    nobody = PersonMatch(field="accused", text="enc:v1:x", how="none")
+    incident = await decided(triage, ["enc:v1:x"], people_matches=[nobody.model_dump()])
+    first = data(triage.emitted(incident), "incident.triaged.v1")[0]
+    assert first["chain"][0]["recipients"] == ["p-sun"]  # only the independent
+    by_handler = PeopleConfirmed(principal="p-chen", accused=["p-wang"])
+    cause = triage.cause(later(incident, "incident.people.confirmed.v1", by_handler))
+    assert await triage.usecases.decide_again(DecideAgain(cause, by_handler), triage.uow()) == []
+    by_her = PeopleConfirmed(principal="p-sun", accused=["p-wang"])
+    cause = triage.cause(later(incident, "incident.people.confirmed.v1", by_her))
+    events = await triage.usecases.decide_again(DecideAgain(cause, by_her), triage.uow())
+    triaged = data(events, "incident.triaged.v1")[0]
+    assert triaged["revision"] == 2
+    assert triaged["chain"][0]["recipients"] == ["p-chen"]
+
+
+async def test_a_recusal_reroutes_to_the_next_holder() -> None:
+    triage = await Triage().seeded()
+    incident = await decided(triage, ["p-wang"])
+    recused = Recused(principal="p-chen")
+    cause = triage.cause(later(incident, "incident.recused.v1", recused), "incident.activity")
+    events = await triage.usecases.reroute(Reroute(cause, recused), triage.uow())
+    assert [e.type for e in events] == ["incident.reassigned.v1", "incident.notified.v1"]
+    assert events[0].data["added"] == ["p-ma"]
+    assert data(events, "incident.notified.v1")[0]["principal"] == "p-ma"
+    assert await triage.usecases.reroute(Reroute(cause, recused), triage.uow()) == []
+
+
+async def test_an_input_before_its_decision_fails_and_leaves_nothing() -> None:
+    triage = await Triage().seeded()
+    recused = Recused(principal="p-chen")
+    cause = triage.cause(later("nowhere", "incident.recused.v1", recused), "incident.activity")
+    with pytest.raises(LookupError):
+        await triage.usecases.reroute(Reroute(cause, recused), triage.uow())
+    assert not [k for k in triage.store.tracking if k[0] == "triage-activity"]
+
+
+async def test_a_changed_policy_under_an_old_version_is_refused() -> None:
+    triage = Triage()
+    await triage.usecases.record_policy(RecordPolicy(POLICY), triage.uow())
+    changed = POLICY.model_copy(update={"reporter_acknowledgement_within": 86_400})
+    other = TriageUseCases(changed, PSEUDONYMS)
+    with pytest.raises(PolicyConflict):
+        await other.record_policy(RecordPolicy(changed), triage.uow())
