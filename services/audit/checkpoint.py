@@ -38,6 +38,7 @@ import binascii
 import hashlib
 import re
 from dataclasses import dataclass
+from typing import Self
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -47,6 +48,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from services.audit.merkle import HASH_SIZE
+from services.infra.signing import private_key_pem
 
 __all__ = [
     "ED25519_SIGNATURE_TYPE",
@@ -54,13 +56,14 @@ __all__ = [
     "MAX_TREE_SIZE",
     "Checkpoint",
     "CheckpointError",
+    "Ed25519Key",
+    "Ed25519Public",
     "KeyNames",
     "NoteError",
     "NoteSigner",
     "NoteVerifier",
     "b64decode_strict",
     "ed25519_from_pem",
-    "ed25519_to_pem",
     "is_valid_key_name",
     "note_key_hash",
     "parse_verifier_key",
@@ -290,21 +293,17 @@ def ed25519_from_pem(data: bytes) -> Ed25519PrivateKey:
     return key
 
 
-def ed25519_to_pem(key: Ed25519PrivateKey) -> bytes:
-    """The private key as unencrypted PKCS#8 PEM (keep it secret)."""
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
 class KeyNames:
     """What a signer and a verifier both tell about their key (name, hashes, strings)."""
 
     _name: str
     _public_key: bytes
     _key_hash: bytes
+
+    @staticmethod
+    def key_hash_of(name: str, public_key: bytes) -> bytes:
+        """The 4-byte key ID of this kind of key (checks the name)."""
+        raise NotImplementedError
 
     @property
     def name(self) -> str:
@@ -332,43 +331,54 @@ class KeyNames:
         return _verifier_key_string(self._name, self._public_key)
 
 
-class NoteSigner(KeyNames):
-    """Signs notes with one Ed25519 key under one key name (our log's origin).
+class Ed25519Key(KeyNames):
+    """One Ed25519 private key under one key name: the key plumbing a note signer and a
+    witness's cosigner share. The key ID is the subclass's (`key_hash_of`).
 
     The private key never appears in ``repr``; export it explicitly with `private_pem`.
     """
 
-    __slots__ = ("_key", "_key_hash", "_name", "_public_key")
+    _key: Ed25519PrivateKey
 
     def __init__(self, private_key: Ed25519PrivateKey, name: str) -> None:
         if not isinstance(private_key, Ed25519PrivateKey):
             raise NoteError(f"expected an Ed25519 private key, not {type(private_key).__name__}")
-        _check_key_name(name)
         self._key = private_key
         self._name = name
         self._public_key = _raw_public_key(private_key.public_key())
-        self._key_hash = note_key_hash(name, self._public_key)
+        self._key_hash = self.key_hash_of(name, self._public_key)
 
     @classmethod
-    def from_seed(cls, seed: bytes, name: str) -> NoteSigner:
-        """Build a signer from a 32-byte RFC 8032 private key seed."""
+    def from_seed(cls, seed: bytes, name: str) -> Self:
+        """Build a key from a 32-byte RFC 8032 private key seed."""
         if len(seed) != _SEED_SIZE:
             raise NoteError(f"Ed25519 seed must be {_SEED_SIZE} bytes, not {len(seed)}")
         return cls(Ed25519PrivateKey.from_private_bytes(bytes(seed)), name)
 
     @classmethod
-    def generate(cls, name: str) -> NoteSigner:
-        """Build a signer around a freshly generated key."""
+    def generate(cls, name: str) -> Self:
+        """Build a key around a freshly generated one."""
         return cls(Ed25519PrivateKey.generate(), name)
 
     @classmethod
-    def from_pem(cls, data: bytes, name: str) -> NoteSigner:
-        """Build a signer from an unencrypted PKCS#8 PEM Ed25519 private key."""
+    def from_pem(cls, data: bytes, name: str) -> Self:
+        """Build a key from an unencrypted PKCS#8 PEM Ed25519 private key."""
         return cls(ed25519_from_pem(data), name)
 
     def private_pem(self) -> bytes:
         """Return the private key as unencrypted PKCS#8 PEM (keep it secret)."""
-        return ed25519_to_pem(self._key)
+        return private_key_pem(self._key)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self._name!r}, key_hash={self._key_hash.hex()})"
+
+
+class NoteSigner(Ed25519Key):
+    """Signs notes with one Ed25519 key under one key name (our log's origin)."""
+
+    __slots__ = ("_key", "_key_hash", "_name", "_public_key")
+
+    key_hash_of = staticmethod(note_key_hash)
 
     def verifier(self) -> NoteVerifier:
         """Return the `NoteVerifier` for this signer's public key."""
@@ -383,9 +393,6 @@ class NoteSigner(KeyNames):
     def sign(self, text: str) -> str:
         """Return the complete signed note: ``text``, a blank line, our signature line."""
         return text + "\n" + self.signature_line(text)
-
-    def __repr__(self) -> str:
-        return f"NoteSigner(name={self._name!r}, key_hash={self._key_hash.hex()})"
 
 
 def _note_text_bytes(text: str) -> bytes:
@@ -405,23 +412,31 @@ def _note_text_bytes(text: str) -> bytes:
 # ---------------------------------------------------------------------- verification
 
 
-class NoteVerifier(KeyNames):
-    """Verifies notes against one trusted Ed25519 key (name and public key)."""
+class Ed25519Public(KeyNames):
+    """One trusted Ed25519 public key under one key name: what a note verifier and a
+    witness's cosignature verifier share. The key ID is the subclass's (`key_hash_of`)."""
 
-    __slots__ = ("_key", "_key_hash", "_name", "_public_key")
+    _key: Ed25519PublicKey
 
     def __init__(self, name: str, public_key: bytes) -> None:
-        _check_key_name(name)
         if not isinstance(public_key, bytes | bytearray | memoryview):
             raise NoteError(f"public key must be bytes, not {type(public_key).__name__}")
         raw = bytes(public_key)
-        self._key_hash = note_key_hash(name, raw)
+        self._key_hash = self.key_hash_of(name, raw)
         try:
             self._key = Ed25519PublicKey.from_public_bytes(raw)
         except ValueError as exc:
             raise NoteError(f"invalid Ed25519 public key: {exc}") from exc
         self._name = name
         self._public_key = raw
+
+
+class NoteVerifier(Ed25519Public):
+    """Verifies notes against one trusted Ed25519 key (name and public key)."""
+
+    __slots__ = ("_key", "_key_hash", "_name", "_public_key")
+
+    key_hash_of = staticmethod(note_key_hash)
 
     @classmethod
     def from_verifier_key(cls, vkey: str) -> NoteVerifier:

@@ -27,18 +27,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import (
-    Ed25519PrivateKey,
-    Ed25519PublicKey,
-)
 
 from services.audit.checkpoint import (
+    Ed25519Key,
+    Ed25519Public,
     KeyNames,
     NoteError,
     b64decode_strict,
-    ed25519_from_pem,
-    ed25519_to_pem,
     is_valid_key_name,
     split_note,
 )
@@ -100,31 +95,12 @@ class _CosignerKey(KeyNames):
         return f"{self._name}+{self._key_hash.hex()}+{encoded}"
 
 
-class CosignatureSigner(_CosignerKey):
+class CosignatureSigner(_CosignerKey, Ed25519Key):
     """A witness's Ed25519 key: cosigns checkpoint texts with a timestamp."""
 
     __slots__ = ("_key", "_key_hash", "_name", "_public_key")
 
-    def __init__(self, private_key: Ed25519PrivateKey, name: str) -> None:
-        self._key = private_key
-        self._public_key = private_key.public_key().public_bytes(
-            serialization.Encoding.Raw, serialization.PublicFormat.Raw
-        )
-        self._key_hash = cosignature_key_hash(name, self._public_key)
-        self._name = name
-
-    @classmethod
-    def generate(cls, name: str) -> CosignatureSigner:
-        return cls(Ed25519PrivateKey.generate(), name)
-
-    @classmethod
-    def from_pem(cls, data: bytes, name: str) -> CosignatureSigner:
-        """From an unencrypted PKCS#8 PEM Ed25519 private key."""
-        return cls(ed25519_from_pem(data), name)
-
-    def private_pem(self) -> bytes:
-        """The private key as unencrypted PKCS#8 PEM (keep it secret)."""
-        return ed25519_to_pem(self._key)
+    key_hash_of = staticmethod(cosignature_key_hash)
 
     def verifier(self) -> CosignatureVerifier:
         return CosignatureVerifier(self._name, self._public_key)
@@ -135,24 +111,13 @@ class CosignatureSigner(_CosignerKey):
         raw = self._key_hash + timestamp.to_bytes(_TIMESTAMP_SIZE, "big") + signature
         return f"\u2014 {self._name} {base64.b64encode(raw).decode()}\n"
 
-    def __repr__(self) -> str:
-        return f"CosignatureSigner(name={self._name!r}, key_hash={self._key_hash.hex()})"
 
-
-class CosignatureVerifier(_CosignerKey):
+class CosignatureVerifier(_CosignerKey, Ed25519Public):
     """Checks one witness's cosignatures on signed notes."""
 
     __slots__ = ("_key", "_key_hash", "_name", "_public_key")
 
-    def __init__(self, name: str, public_key: bytes) -> None:
-        raw = bytes(public_key)
-        self._key_hash = cosignature_key_hash(name, raw)
-        try:
-            self._key = Ed25519PublicKey.from_public_bytes(raw)
-        except ValueError as exc:
-            raise NoteError(f"invalid Ed25519 public key: {exc}") from exc
-        self._name = name
-        self._public_key = raw
+    key_hash_of = staticmethod(cosignature_key_hash)
 
     @classmethod
     def from_verifier_key(cls, vkey: str) -> CosignatureVerifier:

@@ -18,7 +18,7 @@ import hashlib
 import json
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -60,13 +60,17 @@ def consumed(
     for record, why in zip(records, reasons, strict=True):
         with record_span(record):
             pass
-        traceparent = header(record, "traceparent")
-        out.append(
-            Consumed(
-                record.topic, record.partition, record.offset, record.value or b"", traceparent, why
-            )
-        )
+        out.append(as_consumed(record, why))
     return out
+
+
+def as_consumed(record: Consumed | ConsumerRecord, refused: str | None = None) -> Consumed:
+    """A Kafka record as `Consumed` (a `Consumed` as it is), refused for `refused` if set."""
+    if isinstance(record, Consumed):
+        return record if refused is None else replace(record, refused=refused)
+    traceparent = header(record, "traceparent")
+    value = record.value or b""
+    return Consumed(record.topic, record.partition, record.offset, value, traceparent, refused)
 
 
 @dataclass(frozen=True)
@@ -121,12 +125,13 @@ class StoredRow:
     leaf_hash: bytes
 
 
-def classify(record: Consumed) -> Candidate:
+def classify(record: Consumed | ConsumerRecord, refused: str | None = None) -> Candidate:
     """Decide what a record is: a valid event (keyed by topic and id) or rejected input.
 
-    A record `refused` as not authentic is rejected input too, kept as evidence of the
-    attempt.
+    A record `refused` as not authentic (services/infra/signing.py) is rejected input
+    too, kept as evidence of the attempt.
     """
+    record = as_consumed(record, refused)
     raw = record.value
     try:
         if record.refused is not None:
@@ -170,6 +175,27 @@ def rejected(record: Consumed, reason: str, kind: str = "raw") -> Candidate:
         event_type=None,
         trace_id=trace_id_of(record.traceparent),
     )
+
+
+def refuse_replays(
+    candidates: list[Candidate],
+    records: Sequence[Consumed | ConsumerRecord],
+    stored: dict[str, bytes],
+) -> list[Candidate]:
+    """The candidates with each replay (an event id recorded before, or earlier in the
+    batch, with other content) turned into rejected input."""
+    events = {key: decode_leaf(leaf).get("event") for key, leaf in stored.items()}
+    out = []
+    for candidate, record in zip(candidates, records, strict=True):
+        if candidate.event is not None:
+            first = events.setdefault(candidate.record_key, candidate.event)
+            if first != candidate.event:
+                candidate = rejected(as_consumed(record), f"{NOT_AUTHENTIC}replayed", "replayed")
+        out.append(candidate)
+    return out
+
+
+_replays = refuse_replays  # its former name (tests/unit/test_event_signing.py)
 
 
 def leaf_bytes(index: int, recorded_at: datetime, candidate: Candidate) -> bytes:

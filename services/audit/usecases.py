@@ -32,15 +32,13 @@ from typing import Any, Protocol
 from services.audit.conflicts import as_person, excluded_by
 from services.audit.heads import Head
 from services.audit.ledger import (
-    NOT_AUTHENTIC,
-    Candidate,
     Consumed,
     LedgerRow,
     StoredRow,
     classify,
     decode_leaf,
     leaf_bytes,
-    rejected,
+    refuse_replays,
 )
 from services.audit.merkle import MerkleFrontier, leaf_hash
 from services.audit.ui_index import Filters, Page
@@ -293,22 +291,6 @@ async def append_to(ledger: Ledger, records: Sequence[Consumed]) -> int:
     if rows:
         await ledger.write(rows, nodes)
     return len(rows)
-
-
-def refuse_replays(
-    candidates: list[Candidate], records: Sequence[Consumed], stored: dict[str, bytes]
-) -> list[Candidate]:
-    """The candidates with each replay (an event id recorded before, or earlier in the
-    batch, with other content) turned into rejected input."""
-    events = {key: decode_leaf(leaf).get("event") for key, leaf in stored.items()}
-    out = []
-    for candidate, record in zip(candidates, records, strict=True):
-        if candidate.event is not None:
-            first = events.setdefault(candidate.record_key, candidate.event)
-            if first != candidate.event:
-                candidate = rejected(record, f"{NOT_AUTHENTIC}replayed", "replayed")
-        out.append(candidate)
-    return out
 
 
 # ------------------------------------------------------------------------- who asks
