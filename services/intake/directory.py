@@ -49,7 +49,9 @@ async def roles_of(conn: asyncpg.Connection, principal: str) -> frozenset[str]:
     return frozenset(roles or ())
 
 
-def person_event(person: Person, source: str, actor: str, time: datetime) -> Envelope:
+def person_event(
+    person: Person, source: str, actor: str, time: datetime, traceparent: str | None = None
+) -> Envelope:
     """The `directory.person.upserted.v1` event of a person's whole new record."""
     return make_event(
         "directory.person.upserted.v1",
@@ -66,6 +68,7 @@ def person_event(person: Person, source: str, actor: str, time: datetime) -> Env
         source=source,
         time=time,
         actor=actor,
+        traceparent=traceparent,
     )
 
 

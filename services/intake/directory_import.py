@@ -9,11 +9,18 @@ the same `directory.person.upserted.v1` event and rows as
 `services.intake.directory.upsert_person` writes, in the input's order, without its
 round trips per person. Each chunk takes the directory's write lock, the one the
 admin API's writes take, so an import and an API change never interleave a chunk.
+
+An import is one trace, not sampled: its events carry a `traceparent` whose flags say
+"not sampled", so the relay's publish and each consumer's handling of them record no
+span (a span per person per service, encoded and written, was a large part of a bulk
+import's CPU; one trace per person of an import is of no use to anyone reading traces).
+A change through SCIM or the admin API is still traced as its request.
 """
 
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -64,6 +71,7 @@ async def import_people(
     import first (ImportInvalid) on a duplicate, unknown manager or cycle.
     `progress(n)` is called after each committed chunk with its number of people."""
     result = ImportResult()
+    trace = untraced()
     people = [_roles_sorted(p) for p in people]
     if check:
         async with pool.acquire() as conn:
@@ -74,10 +82,16 @@ async def import_people(
         chunk = people[start : start + CHUNK]
         async with pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", WRITE_LOCK)
-            await _store_chunk(conn, chunk, result, source, actor, topic_prefix, only_new)
+            await _store_chunk(conn, chunk, result, (source, actor, trace), topic_prefix, only_new)
         if progress is not None:
             progress(len(chunk))
     return result
+
+
+def untraced() -> str:
+    """A W3C traceparent of a new trace that is not sampled (flags 00): whoever continues
+    it (the relay, the consumers: `ParentBased` samplers) records nothing."""
+    return f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-00"
 
 
 def _roles_sorted(person: Person) -> Person:
@@ -91,8 +105,7 @@ async def _store_chunk(
     conn: asyncpg.Connection,
     chunk: Sequence[Person],
     result: ImportResult,
-    source: str,
-    actor: str,
+    origin: tuple[str, str, str],
     topic_prefix: str,
     only_new: bool,
 ) -> None:
@@ -113,11 +126,12 @@ async def _store_chunk(
             result.changed += 1
     if not todo:
         return
+    source, actor, trace = origin
     now = datetime.now(UTC)
     streams = [f"directory:{p.id}" for p in todo]
     versions = await eventstore.stream_versions(conn, streams)
     appends = [
-        (stream, versions[stream], [person_event(person, source, actor, now)])
+        (stream, versions[stream], [person_event(person, source, actor, now, trace)])
         for stream, person in zip(streams, todo, strict=True)
     ]
     await eventstore.append_streams(conn, appends, topic_prefix=topic_prefix, savepoint=False)

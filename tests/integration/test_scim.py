@@ -315,6 +315,10 @@ async def test_import_of_thousands_one_event_each_in_order(
     assert [r["version"] for r in rows[-5:]] == [2] * 5
     first = Envelope.model_validate_json(bytes(rows[0]["body"]))
     assert first.actor == "system:hris" and first.type == "directory.person.upserted.v1"
+    # one trace per import, not sampled (flags 00): nobody records a span per person
+    last = Envelope.model_validate_json(bytes(rows[len(people) - 14]["body"]))
+    assert first.traceparent is not None and first.traceparent.endswith("-00")
+    assert last.traceparent is not None and last.traceparent[:35] == first.traceparent[:35]
     assert '"signature"' in bytes(rows[0]["body"]).decode()
     assert found > 0
 
