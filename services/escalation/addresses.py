@@ -22,7 +22,8 @@ from datetime import datetime
 
 from aiokafka import ConsumerRecord
 
-from services.domain.events import InvalidEvent, PersonUpserted, data_of, parse_envelope
+from services.domain.events import PersonUpserted
+from services.escalation.inputs import parsed_as
 from services.infra.runtime import Runtime
 
 UPSERTED = "directory.person.upserted.v1"
@@ -34,13 +35,10 @@ def latest_addresses(
     """person id -> (e-mail or None, event time): the latest upsert per person of a batch."""
     latest: dict[str, tuple[str | None, datetime]] = {}
     for record in records:
-        try:
-            envelope = parse_envelope(record.value or b"")
-            if envelope.type != UPSERTED:
-                continue
-            data = data_of(envelope)
-        except InvalidEvent:
+        parsed = parsed_as(record, UPSERTED)
+        if parsed is None:
             continue
+        envelope, data = parsed
         if not isinstance(data, PersonUpserted):  # pragma: no cover - the type says so
             continue
         known = latest.get(data.person_id)

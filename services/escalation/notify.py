@@ -285,11 +285,123 @@ def _rfc3339(moment: float) -> str:
     return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+# -- retrying adapters ------------------------------------------------------------------
+
+
+class _Retrying:
+    """What the webhook and SMTP adapters share: `deliver` that never raises, logs that
+    name the notice, and the wait between attempts."""
+
+    adapter: NoticeAdapter
+    what: str
+    """How logs name a notice of this adapter ("webhook notice")."""
+
+    def __init__(
+        self,
+        timeout: float,
+        retries: int,
+        backoff: float,
+        max_delay: float,
+        sleep: Sleep,
+        rand: Callable[[], float],
+    ) -> None:
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+        self.max_delay = max_delay
+        self._sleep = sleep
+        self._rand = rand
+
+    async def deliver(
+        self, incident_id: str, notice: Notified, *, delivery_id: str | None = None
+    ) -> bool:
+        try:
+            delivered = await self._deliver(incident_id, notice, delivery_id)
+        except Exception as exc:  # a failure is a False, never an exception
+            self._log(logging.ERROR, incident_id, notice, " failed: %s", type(exc).__name__)
+            note(self.adapter, 0, "error", type(exc).__name__)
+            delivered = False
+        DELIVERIES.labels(self.adapter, "delivered" if delivered else "failed").inc()
+        return delivered
+
+    async def _deliver(self, incident_id: str, notice: Notified, delivery_id: str | None) -> bool:
+        raise NotImplementedError
+
+    def _log(
+        self, level: int, incident_id: str, notice: Notified, rest: str, *args: object
+    ) -> None:
+        """One log line about a notice: `<what> of incident <id> to <principal> (level <n>)`
+        followed by `rest` (a format, with `args`)."""
+        log.log(
+            level,
+            f"{self.what} of incident %s to %s (level %d){rest}",
+            incident_id,
+            notice.principal,
+            notice.level,
+            *args,
+        )
+
+    def _delivered(self, incident_id: str, notice: Notified, where: str, attempt: int) -> bool:
+        verb = "delivered to" if self.adapter == "webhook" else "handed to"
+        self._log(logging.INFO, incident_id, notice, f" {verb} %s (attempt %d)", where, attempt + 1)
+        note(self.adapter, attempt + 1)
+        return True
+
+    def _refused(
+        self, incident_id: str, notice: Notified, where: str, attempt: int, outcome: str
+    ) -> bool:
+        self._log(
+            logging.WARNING, incident_id, notice, " refused by %s: %s; not retried", where, outcome
+        )
+        note(self.adapter, attempt + 1, "refused", outcome[:80])
+        return False
+
+    async def _wait(
+        self,
+        incident_id: str,
+        notice: Notified,
+        where: str,
+        attempt: int,
+        outcome: str,
+        delay: float,
+    ) -> None:
+        """Log the failed attempt and wait `delay` seconds before the next one."""
+        self._log(
+            logging.INFO,
+            incident_id,
+            notice,
+            ": %s from %s; retry %d of %d in %.2f s",
+            outcome,
+            where,
+            attempt + 1,
+            self.retries,
+            delay,
+        )
+        ATTEMPTS_RETRIED.labels(self.adapter).inc()
+        await self._sleep(delay)
+
+    def _gave_up(self, incident_id: str, notice: Notified, where: str, outcome: str) -> bool:
+        self._log(
+            logging.WARNING,
+            incident_id,
+            notice,
+            " failed after %d attempts (last: %s from %s)",
+            self.retries + 1,
+            outcome,
+            where,
+        )
+        note(self.adapter, self.retries + 1, _given_up(outcome), outcome[:80])
+        return False
+
+
 # -- webhook ---------------------------------------------------------------------------
 
 
-class WebhookNotifier:
+class WebhookNotifier(_Retrying):
     """Signed JSON POST per notice, retried with backoff; see the module docstring."""
+
+    adapter = "webhook"
+    what = "webhook notice"
 
     def __init__(
         self,
@@ -309,16 +421,11 @@ class WebhookNotifier:
             raise ValueError("a webhook needs a non-empty signing secret")
         if retries < 0 or timeout <= 0 or backoff < 0:
             raise ValueError("retries >= 0, timeout > 0 and backoff >= 0")
+        super().__init__(timeout, retries, backoff, max_delay, sleep, rand)
         self.url = url
         self._secret = _key(secret)
-        self.timeout = timeout
-        self.retries = retries
-        self.backoff = backoff
-        self.max_delay = max_delay
         self._transport = transport
-        self._sleep = sleep
         self._clock = clock
-        self._rand = rand
         self._client: httpx.AsyncClient | None = None
 
     def __repr__(self) -> str:
@@ -354,24 +461,6 @@ class WebhookNotifier:
         if client is not None:
             await client.aclose()
 
-    async def deliver(
-        self, incident_id: str, notice: Notified, *, delivery_id: str | None = None
-    ) -> bool:
-        try:
-            delivered = await self._deliver(incident_id, notice, delivery_id)
-        except Exception as exc:  # a failure is a False, never an exception
-            log.error(
-                "webhook notice of incident %s to %s (level %d) failed: %s",
-                incident_id,
-                notice.principal,
-                notice.level,
-                type(exc).__name__,
-            )
-            note("webhook", 0, "error", type(exc).__name__)
-            delivered = False
-        DELIVERIES.labels("webhook", "delivered" if delivered else "failed").inc()
-        return delivered
-
     async def _attempt(self, body: bytes, headers: dict[str, str]) -> tuple[int, str | None]:
         """One POST: its status and Retry-After. The answer's body is never read."""
         async with (
@@ -399,42 +488,21 @@ class WebhookNotifier:
                 outcome = type(exc).__name__
             else:
                 if 200 <= status <= 299:
-                    log.info(
-                        "webhook notice of incident %s to %s (level %d) delivered to %s"
-                        " (attempt %d)",
-                        incident_id,
-                        notice.principal,
-                        notice.level,
-                        where,
-                        attempt + 1,
-                    )
-                    note("webhook", attempt + 1)
-                    return True
+                    return self._delivered(incident_id, notice, where, attempt)
                 outcome = f"HTTP {status}"
                 if not retryable_status(status):
-                    log.warning(
-                        "webhook notice of incident %s to %s (level %d) refused by %s: %s;"
-                        " not retried",
-                        incident_id,
-                        notice.principal,
-                        notice.level,
-                        where,
-                        outcome,
-                    )
-                    note("webhook", attempt + 1, "refused", outcome)
-                    return False
+                    return self._refused(incident_id, notice, where, attempt, outcome)
                 wait = retry_after_seconds(retry_after, self._clock())
             if attempt == self.retries:
                 break
             delay = backoff_delay(attempt, self.backoff, self.max_delay, self._rand)
             if wait is not None:
                 if wait > self.max_delay:
-                    log.warning(
-                        "webhook notice of incident %s to %s (level %d): %s asks to wait"
-                        " %.0f s, longer than %.0f s; given up",
+                    self._log(
+                        logging.WARNING,
                         incident_id,
-                        notice.principal,
-                        notice.level,
+                        notice,
+                        ": %s asks to wait %.0f s, longer than %.0f s; given up",
                         where,
                         wait,
                         self.max_delay,
@@ -442,32 +510,8 @@ class WebhookNotifier:
                     note("webhook", attempt + 1, "gave_up", outcome)
                     return False
                 delay = max(delay, wait)
-            log.info(
-                "webhook notice of incident %s to %s (level %d): %s from %s; retry %d of %d"
-                " in %.2f s",
-                incident_id,
-                notice.principal,
-                notice.level,
-                outcome,
-                where,
-                attempt + 1,
-                self.retries,
-                delay,
-            )
-            ATTEMPTS_RETRIED.labels("webhook").inc()
-            await self._sleep(delay)
-        log.warning(
-            "webhook notice of incident %s to %s (level %d) failed after %d attempts (last:"
-            " %s from %s)",
-            incident_id,
-            notice.principal,
-            notice.level,
-            self.retries + 1,
-            outcome,
-            where,
-        )
-        note("webhook", self.retries + 1, _given_up(outcome), outcome)
-        return False
+            await self._wait(incident_id, notice, where, attempt, outcome, delay)
+        return self._gave_up(incident_id, notice, where, outcome)
 
 
 def _given_up(outcome: str) -> NoticeFailure:
@@ -536,8 +580,11 @@ def _smtp_outcome(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-class SmtpNotifier:
+class SmtpNotifier(_Retrying):
     """A plain-text mail per notice, with a link to the console; see the module docstring."""
+
+    adapter = "smtp"
+    what = "mail notice"
 
     def __init__(
         self,
@@ -564,6 +611,7 @@ class SmtpNotifier:
             raise ValueError("the SMTP sender must be a bare address (local@domain)")
         if (username is None) != (password is None):
             raise ValueError("an SMTP username and password go together")
+        super().__init__(timeout, retries, backoff, max_delay, sleep, rand)
         self.host = host
         self.port = port
         self.sender = sender
@@ -572,13 +620,7 @@ class SmtpNotifier:
         self._password = password
         self.recipients_by_principal = recipients_by_principal
         self.console_url = console_url.rstrip("/")
-        self.timeout = timeout
-        self.retries = retries
-        self.backoff = backoff
-        self.max_delay = max_delay
         self._tls = tls_context
-        self._sleep = sleep
-        self._rand = rand
 
     def __repr__(self) -> str:
         return f"SmtpNotifier({self.host}:{self.port}, starttls={self.starttls})"
@@ -618,35 +660,12 @@ class SmtpNotifier:
                 smtp.login(self.username, self._password or "")
             smtp.send_message(mail, from_addr=self.sender, to_addrs=[address])
 
-    async def deliver(
-        self, incident_id: str, notice: Notified, *, delivery_id: str | None = None
-    ) -> bool:
-        try:
-            delivered = await self._deliver(incident_id, notice, delivery_id)
-        except Exception as exc:  # a failure is a False, never an exception
-            log.error(
-                "mail notice of incident %s to %s (level %d) failed: %s",
-                incident_id,
-                notice.principal,
-                notice.level,
-                type(exc).__name__,
-            )
-            note("smtp", 0, "error", type(exc).__name__)
-            delivered = False
-        DELIVERIES.labels("smtp", "delivered" if delivered else "failed").inc()
-        return delivered
-
     async def _deliver(self, incident_id: str, notice: Notified, _: str | None) -> bool:
         found = self.recipients_by_principal(notice.principal)
         address = await found if inspect.isawaitable(found) else found
         if address is None or not valid_address(address):
-            log.warning(
-                "mail notice of incident %s to %s (level %d) not sent: %s",
-                incident_id,
-                notice.principal,
-                notice.level,
-                "no e-mail address known" if not address else "unusable e-mail address",
-            )
+            known = "no e-mail address known" if not address else "unusable e-mail address"
+            self._log(logging.WARNING, incident_id, notice, " not sent: %s", known)
             note("smtp", 0, "no_address")
             return False
         mail = self.message(incident_id, notice, address)
@@ -657,56 +676,14 @@ class SmtpNotifier:
             except (smtplib.SMTPException, OSError) as exc:
                 outcome = _smtp_outcome(exc)
                 if not smtp_transient(exc):
-                    log.warning(
-                        "mail notice of incident %s to %s (level %d) refused by %s: %s;"
-                        " not retried",
-                        incident_id,
-                        notice.principal,
-                        notice.level,
-                        self.host,
-                        outcome,
-                    )
-                    note("smtp", attempt + 1, "refused", outcome[:80])
-                    return False
+                    return self._refused(incident_id, notice, self.host, attempt, outcome)
             else:
-                log.info(
-                    "mail notice of incident %s to %s (level %d) handed to %s (attempt %d)",
-                    incident_id,
-                    notice.principal,
-                    notice.level,
-                    self.host,
-                    attempt + 1,
-                )
-                note("smtp", attempt + 1)
-                return True
+                return self._delivered(incident_id, notice, self.host, attempt)
             if attempt == self.retries:
                 break
             delay = backoff_delay(attempt, self.backoff, self.max_delay, self._rand)
-            log.info(
-                "mail notice of incident %s to %s (level %d): %s from %s; retry %d of %d in %.2f s",
-                incident_id,
-                notice.principal,
-                notice.level,
-                outcome,
-                self.host,
-                attempt + 1,
-                self.retries,
-                delay,
-            )
-            ATTEMPTS_RETRIED.labels("smtp").inc()
-            await self._sleep(delay)
-        log.warning(
-            "mail notice of incident %s to %s (level %d) failed after %d attempts (last: %s"
-            " from %s)",
-            incident_id,
-            notice.principal,
-            notice.level,
-            self.retries + 1,
-            outcome,
-            self.host,
-        )
-        note("smtp", self.retries + 1, _given_up(outcome), outcome[:80])
-        return False
+            await self._wait(incident_id, notice, self.host, attempt, outcome, delay)
+        return self._gave_up(incident_id, notice, self.host, outcome)
 
 
 # -- several at once --------------------------------------------------------------------

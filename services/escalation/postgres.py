@@ -1,0 +1,212 @@
+"""Escalation's unit of work on PostgreSQL: the repositories of `usecases` over `.conn`.
+
+`escalation_state` (one row per incident: the state as JSON, its wake-up, trace and
+correlation), `early_events` (inputs that came before the incident's decision),
+`unrouted_acknowledgements` (acknowledgements kept until their principal is routed)
+and `deliveries` (the notice queue). What only PostgreSQL needs stays here: an
+advisory lock per incident, taken in the order given, so starting an escalation and
+holding an early input for it never race (`lock`); the state row `FOR UPDATE`; due
+rows taken `FOR UPDATE SKIP LOCKED`, so each deadline fires once with several
+workers; and the wake-up trigger (migration 0001) that NOTIFYs the scheduler.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Self
+
+import asyncpg
+
+from services.domain import escalation as esc
+from services.domain.envelope import Envelope
+from services.domain.events import parse_envelope
+from services.escalation.usecases import Deliveries, Due, EscalationStates, Started
+from services.infra.recorder import PostgresUnitOfWork
+
+DELIVERY_CONSUMER = "escalation-delivery"
+"""Tracking name of notices delivered before the queue existed (never queued again)."""
+
+
+class PostgresStates:
+    """`EscalationStates` on a connection inside the unit of work's transaction."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+
+    async def lock(self, incidents: Sequence[str]) -> None:
+        # Without it the two raced when escalation came back to a backlog on both topics
+        # (the short chaos run caught it): the decision's transaction inserted the state
+        # and found no early input to replay, while an acknowledgement's transaction,
+        # which had found no state yet, held itself in early_events after that, where
+        # nothing would ever replay it. `FOR UPDATE` cannot lock a row not there.
+        await self.conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended('escalation:' || i, 0))"
+            " FROM unnest($1::text[]) WITH ORDINALITY AS r (i, n) ORDER BY n",
+            list(incidents),
+        )
+
+    async def get(self, incident_id: str) -> esc.EscalationState | None:
+        row = await self.conn.fetchrow(
+            "SELECT state FROM escalation_state WHERE incident_id = $1 FOR UPDATE", incident_id
+        )
+        return None if row is None else _state(row["state"])
+
+    async def started(self, incidents: Sequence[str]) -> set[str]:
+        rows = await self.conn.fetch(
+            "SELECT incident_id FROM escalation_state WHERE incident_id = ANY($1::text[])",
+            list(incidents),
+        )
+        return {r["incident_id"] for r in rows}
+
+    async def insert(self, started: Sequence[Started]) -> None:
+        await self.conn.execute(
+            "INSERT INTO escalation_state (incident_id, state, wakeup, traceparent, correlationid)"
+            " SELECT i, s::jsonb, w, t, c FROM unnest($1::text[], $2::text[],"
+            " $3::timestamptz[], $4::text[], $5::text[]) AS r (i, s, w, t, c)",
+            [s.state.incident_id for s in started],
+            [json.dumps(s.state.to_json()) for s in started],
+            [esc.next_wakeup(s.state) for s in started],
+            [s.traceparent for s in started],
+            [s.correlationid for s in started],
+        )
+
+    async def save(self, state: esc.EscalationState) -> None:
+        await self.conn.execute(
+            "UPDATE escalation_state SET state = $2::jsonb, wakeup = $3,"
+            " updated_at = clock_timestamp() WHERE incident_id = $1",
+            state.incident_id,
+            json.dumps(state.to_json()),
+            esc.next_wakeup(state),
+        )
+
+    async def postpone(self, incident_id: str, wakeup: datetime | None) -> None:
+        await self.conn.execute(
+            "UPDATE escalation_state SET wakeup = $2 WHERE incident_id = $1", incident_id, wakeup
+        )
+
+    async def correlation(self, incident_id: str) -> str | None:
+        found: str | None = await self.conn.fetchval(
+            "SELECT correlationid FROM escalation_state WHERE incident_id = $1", incident_id
+        )
+        return found
+
+    async def due(self, now: datetime, limit: int) -> list[Due]:
+        rows = await self.conn.fetch(
+            "SELECT state, traceparent FROM escalation_state"
+            " WHERE wakeup <= $1 ORDER BY wakeup LIMIT $2 FOR UPDATE SKIP LOCKED",
+            now,
+            limit,
+        )
+        return [Due(_state(r["state"]), r["traceparent"]) for r in rows]
+
+    async def hold(self, incident_id: str, envelope: Envelope) -> None:
+        await self.conn.execute(
+            "INSERT INTO early_events (incident_id, body) VALUES ($1, $2)",
+            incident_id,
+            envelope.to_bytes(),
+        )
+
+    async def take_held(self, incidents: Sequence[str]) -> list[Envelope]:
+        rows = await self.conn.fetch(
+            "WITH gone AS (DELETE FROM early_events WHERE incident_id = ANY($1::text[])"
+            " RETURNING incident_id, seq, body) SELECT body FROM gone ORDER BY incident_id, seq",
+            list(incidents),
+        )
+        return [parse_envelope(bytes(r["body"])) for r in rows]
+
+    async def wait(self, incident_id: str, envelope: Envelope) -> None:
+        await self.conn.execute(
+            "INSERT INTO unrouted_acknowledgements (incident_id, event_id, body)"
+            " VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            incident_id,
+            envelope.id,
+            envelope.to_bytes(),
+        )
+
+    async def waiting(self, incident_id: str) -> list[Envelope]:
+        rows = await self.conn.fetch(
+            "SELECT body FROM unrouted_acknowledgements WHERE incident_id = $1 ORDER BY seq",
+            incident_id,
+        )
+        return [parse_envelope(bytes(r["body"])) for r in rows]
+
+    async def drop_waiting(self, incident_id: str, event_ids: Sequence[str]) -> None:
+        await self.conn.execute(
+            "DELETE FROM unrouted_acknowledgements WHERE incident_id = $1"
+            " AND event_id = ANY($2::text[])",
+            incident_id,
+            list(event_ids),
+        )
+
+
+class PostgresDeliveries:
+    """`Deliveries` on a connection inside the unit of work's transaction."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+
+    async def enqueue(self, notices: Sequence[tuple[Envelope, str | None]]) -> None:
+        if not notices:
+            return
+        await self.conn.execute(
+            "INSERT INTO deliveries (event_id, incident_id, body, traceparent)"
+            " SELECT e, i, b, t FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[])"
+            " AS r (e, i, b, t) WHERE NOT EXISTS (SELECT 1 FROM tracking"
+            " WHERE consumer = $5 AND event_key = r.e)"
+            " ON CONFLICT (event_id) DO NOTHING",
+            [e.id for e, _ in notices],
+            [e.subject for e, _ in notices],
+            [e.to_bytes() for e, _ in notices],
+            [t for _, t in notices],
+            DELIVERY_CONSUMER,
+        )
+
+    async def mark_delivered(self, notice_ids: Sequence[str]) -> set[str]:
+        rows = await self.conn.fetch(
+            "UPDATE deliveries SET state = 'delivered', done_at = clock_timestamp()"
+            " WHERE event_id = ANY($1::text[]) AND state = 'pending' RETURNING event_id",
+            list(notice_ids),
+        )
+        return {r["event_id"] for r in rows}
+
+    async def mark_failed(self, notice_id: str) -> bool:
+        return bool(
+            await self.conn.fetchval(
+                "UPDATE deliveries SET state = 'failed', done_at = clock_timestamp()"
+                " WHERE event_id = $1 AND state = 'pending' RETURNING 1",
+                notice_id,
+            )
+        )
+
+
+class PostgresEscalationUnitOfWork(PostgresUnitOfWork):
+    """`EscalationUnitOfWork` on a pool: a connection and a transaction per `async with`."""
+
+    @property
+    def states(self) -> EscalationStates:
+        return PostgresStates(self.conn)
+
+    @property
+    def deliveries(self) -> Deliveries:
+        return PostgresDeliveries(self.conn)
+
+
+class JoinedUnitOfWork(PostgresEscalationUnitOfWork):
+    """`EscalationUnitOfWork` inside a transaction someone else opened and ends (a
+    `GroupCommit` writer's): entering and leaving it commit nothing."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.savepoint = True
+        self._conn = conn
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+def _state(value: str) -> esc.EscalationState:
+    return esc.EscalationState.from_json(json.loads(value))

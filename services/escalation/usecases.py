@@ -1,0 +1,580 @@
+"""Escalation's use cases: start, step, clear, record a delivery (issue 23).
+
+Each use case takes a command and an `EscalationUnitOfWork` (plus `Env`: the service's
+source, clock, topic prefix and the hooks its adapter observes through) and runs in
+one unit of work: tracking rows, the incident's state and wake-up, held inputs and the
+events its effects publish commit together, or nothing does. No asyncpg, HTTP or Kafka
+here: `services.escalation.postgres` is the PostgreSQL unit of work (the locks taken
+in order and the skip-locked due rows live there), `services.escalation.memory` the
+in-memory one; `services.escalation.handlers` holds the thin adapters (Kafka batches,
+the scheduler loop, the delivery worker).
+
+- `start` (a batch of `incident.triage` inputs, in order): decisions start their
+  incident's escalation together, and the inputs held for those incidents are then
+  replayed; a later revision, or a reassignment, steps the started state.
+- `step` (deadlines due): every state whose wake-up has passed is ticked.
+- `clear` (an acknowledgement; also a recusal or a message to the reporter): steps one
+  incident, or holds the input until its decision starts the escalation. An
+  acknowledgement by an excluded principal changes nothing and is recorded as
+  `incident.acknowledgement.ignored.v1`. One by a principal escalation does not route
+  (yet) is recorded the same way and also kept: a reassignment can reach escalation
+  after the acknowledgement of the person it added (other topic, no order between
+  them), so when a later step routes her, her acknowledgement is applied then.
+- `record_delivery` (a delivery worker's outcomes): `incident.notice.delivered.v1` or
+  `.failed.v1`, once per notice; a failure feeds `delivery_failed` to the state.
+- `queue_notices` (notices seen on `incident.activity`): queued once for delivery.
+
+Every input is tracked by its event id (`Recorder.track_each`), so one seen again is
+skipped.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+from services.domain import escalation as esc
+from services.domain.envelope import Envelope
+from services.domain.events import (
+    Acknowledged,
+    AcknowledgementIgnored,
+    NoticeDelivered,
+    NoticeFailed,
+    Notified,
+    Reassigned,
+    Recused,
+    ReporterMessage,
+    Triaged,
+    data_of,
+    make_event,
+)
+from services.escalation.notify import Outcome
+from services.infra.logging import bind_incident
+from services.infra.recorder import TrackedInput, UnitOfWork
+from services.infra.telemetry import current_traceparent, span_after
+
+CONSUMER = "escalation"
+"""The tracking name of escalation's inputs."""
+DELIVERED = "incident.notice.delivered.v1"
+FAILED = "incident.notice.failed.v1"
+EVENT_IDS = uuid.UUID("6d1f6f3c-54a7-4f55-9c43-2b1f0ad0c0e1")
+
+Transition = Callable[[esc.EscalationState, datetime], esc.Step]
+
+
+# -- ports -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Started:
+    """A new escalation: its state, the trace and correlation its deadlines continue."""
+
+    state: esc.EscalationState
+    traceparent: str | None
+    correlationid: str
+
+
+@dataclass(frozen=True)
+class Due:
+    """A state whose wake-up has passed, taken for this unit of work."""
+
+    state: esc.EscalationState
+    traceparent: str | None
+
+
+class EscalationStates(Protocol):
+    """One state per incident, its wake-up, and the inputs held for it."""
+
+    async def lock(self, incidents: Sequence[str]) -> None:
+        """Serialise, per incident, starting its escalation and holding an input for
+        it, to the end of the unit of work; several incidents are locked in order."""
+
+    async def get(self, incident_id: str) -> esc.EscalationState | None:
+        """The incident's state (held to the end of the unit of work), or None."""
+
+    async def started(self, incidents: Sequence[str]) -> set[str]:
+        """Those of `incidents` that have a state."""
+
+    async def insert(self, started: Sequence[Started]) -> None:
+        """Store new states (none of them has one yet)."""
+
+    async def save(self, state: esc.EscalationState) -> None:
+        """Store a state that exists, with its next wake-up (`esc.next_wakeup`)."""
+
+    async def postpone(self, incident_id: str, wakeup: datetime | None) -> None:
+        """Set a state's wake-up alone (one woken for nothing)."""
+
+    async def correlation(self, incident_id: str) -> str | None:
+        """The correlation id kept when the escalation started."""
+
+    async def due(self, now: datetime, limit: int) -> list[Due]:
+        """Up to `limit` states whose wake-up is at or before `now`, earliest first,
+        none another unit of work holds."""
+
+    async def hold(self, incident_id: str, envelope: Envelope) -> None:
+        """Keep an input that came before the incident's decision."""
+
+    async def take_held(self, incidents: Sequence[str]) -> list[Envelope]:
+        """Remove and return the inputs held for `incidents`, by incident, in order."""
+
+    async def wait(self, incident_id: str, envelope: Envelope) -> None:
+        """Keep an acknowledgement by a principal not routed yet."""
+
+    async def waiting(self, incident_id: str) -> list[Envelope]:
+        """The acknowledgements kept for the incident, in order."""
+
+    async def drop_waiting(self, incident_id: str, event_ids: Sequence[str]) -> None:
+        """Forget kept acknowledgements (applied, or excluded for good)."""
+
+
+class Deliveries(Protocol):
+    """The durable queue of notices to deliver, and their outcomes."""
+
+    async def enqueue(self, notices: Sequence[tuple[Envelope, str | None]]) -> None:
+        """Queue notices (each with its traceparent), each once."""
+
+    async def mark_delivered(self, notice_ids: Sequence[str]) -> set[str]:
+        """Pending notices now delivered: the ids that were still pending."""
+
+    async def mark_failed(self, notice_id: str) -> bool:
+        """A pending notice now failed: False if it was not pending."""
+
+
+class EscalationUnitOfWork(UnitOfWork, Protocol):
+    """The recorder with escalation's repositories, in one transaction."""
+
+    @property
+    def states(self) -> EscalationStates: ...
+
+    @property
+    def deliveries(self) -> Deliveries: ...
+
+
+def _nothing(*_: object) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Env:
+    """What the use cases need of the service: who they are and what they report."""
+
+    source: str
+    clock: Callable[[], datetime]
+    topic_prefix: str = ""
+    observe: Callable[[str, Sequence[esc.Effect]], None] = _nothing
+    """Called with each step's effects (metrics, logs of stalls and ignored acks)."""
+    late: Callable[[float], None] = _nothing
+    """Called with how late (seconds) a deadline fired."""
+    woken: Callable[[], None] = _nothing
+    """Called when a wake-up may have moved (the scheduler looks again)."""
+
+
+# -- commands ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Input:
+    """One consumed event and where it came from (for tracking); `context` is entered
+    while it is processed (the adapter's span continuing the record's trace)."""
+
+    envelope: Envelope
+    topic: str
+    partition: int
+    offset: int
+    context: Callable[[], AbstractContextManager[object]] = field(default=nullcontext)
+
+    @property
+    def tracked(self) -> TrackedInput:
+        return (self.envelope.id, self.topic, self.partition, self.offset)
+
+
+@dataclass(frozen=True)
+class Start:
+    """A batch of `incident.triage` inputs (decisions, reassignments), in order."""
+
+    inputs: Sequence[Input]
+
+
+@dataclass(frozen=True)
+class Step:
+    """Fire the deadlines due now, `limit` states per unit of work."""
+
+    limit: int = 200
+
+
+@dataclass(frozen=True)
+class Clear:
+    """An acknowledgement, a recusal, or a handler's message to the reporter."""
+
+    input: Input
+
+
+@dataclass(frozen=True)
+class QueueNotices:
+    """Notices seen on `incident.activity`, each with the traceparent its delivery continues."""
+
+    notices: Sequence[tuple[Input, str | None]]
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A delivery worker's outcome of one notice (`outcome` None: no adapter noted one)."""
+
+    notice: Envelope
+    delivered: bool
+    outcome: Outcome | None = None
+    traceparent: str | None = None
+
+
+@dataclass(frozen=True)
+class RecordDelivery:
+    """Outcomes to record: the delivered ones together, then each failed one."""
+
+    deliveries: Sequence[Delivery]
+
+
+# -- use cases --------------------------------------------------------------------------
+
+
+async def start(command: Start, uow: EscalationUnitOfWork, env: Env) -> None:
+    """The batch's decisions and reassignments, in order, in one unit of work.
+
+    Consecutive decisions start their escalations together; anything else on the topic
+    first lets the decisions before it go, is tracked, and a reassignment steps its
+    incident. A failure rolls the whole batch back.
+    """
+    async with uow:
+        decisions: list[tuple[Input, Triaged]] = []
+        for item in command.inputs:
+            data = data_of(item.envelope)
+            if isinstance(data, Triaged):
+                decisions.append((item, data))
+                continue
+            await _start_all(uow, env, decisions)  # what came before goes first
+            decisions = []
+            with item.context():
+                if await _track(uow, item) and isinstance(data, Reassigned):
+                    await _step_or_hold(uow, env, item.envelope)
+        await _start_all(uow, env, decisions)
+
+
+async def step(command: Step, uow: EscalationUnitOfWork, env: Env) -> int:
+    """Tick every state that is due now; returns how many incidents moved."""
+    moved = 0
+    while True:
+        async with uow:
+            now = env.clock()
+            due = await uow.states.due(now, command.limit)
+            for item in due:
+                incident = item.state.incident_id
+                # the report's trace goes on: its events carry this span's context
+                with span_after("escalation: deadline", item.traceparent), bind_incident(incident):
+                    await _fire(uow, env, item.state, now)
+                moved += 1
+        if len(due) < command.limit:
+            return moved
+
+
+async def clear(command: Clear, uow: EscalationUnitOfWork, env: Env) -> None:
+    """Step the incident with one acknowledgement (or recusal, or message to the
+    reporter), once; held until the incident's decision if it came first."""
+    async with uow:
+        with command.input.context():
+            if await _track(uow, command.input):
+                await _step_or_hold(uow, env, command.input.envelope)
+
+
+async def queue_notices(command: QueueNotices, uow: EscalationUnitOfWork, env: Env) -> None:
+    """Queue each notice seen for the first time for the delivery worker."""
+    async with uow:
+        fresh = await uow.recorder.track_each(CONSUMER, [i.tracked for i, _ in command.notices])
+        queued = [(i.envelope, t) for (i, t), new in zip(command.notices, fresh, strict=True)]
+        await uow.deliveries.enqueue([q for q, new in zip(queued, fresh, strict=True) if new])
+
+
+async def record_delivery(command: RecordDelivery, uow: EscalationUnitOfWork, env: Env) -> None:
+    """Record outcomes, once per notice: delivered ones publish
+    `incident.notice.delivered.v1`; a failed one `incident.notice.failed.v1`, then
+    steps its incident with `delivery_failed` (held if its decision has not come)."""
+    async with uow:
+        delivered = [d for d in command.deliveries if d.delivered]
+        if delivered:
+            done = await uow.deliveries.mark_delivered([d.notice.id for d in delivered])
+            once = {d.notice.id: d for d in reversed(delivered)}  # the first of each notice
+            fresh = [outcome_event(env, d) for i, d in reversed(once.items()) if i in done]
+            await _append_outcomes(uow, env, fresh)
+        for failed in (d for d in command.deliveries if not d.delivered):
+            if not await uow.deliveries.mark_failed(failed.notice.id):
+                continue
+            incident = failed.notice.subject
+            # the locks a step takes, in its order, before any append
+            await uow.states.lock([incident])
+            await uow.states.get(incident)
+            await _append_outcomes(uow, env, [outcome_event(env, failed)])
+            await _step_or_hold(uow, env, failed.notice)
+
+
+# -- internals ----------------------------------------------------------------------------
+
+
+async def _track(uow: EscalationUnitOfWork, item: Input) -> bool:
+    (new,) = await uow.recorder.track_each(CONSUMER, [item.tracked])
+    return new
+
+
+async def _start_all(
+    uow: EscalationUnitOfWork, env: Env, decisions: Sequence[tuple[Input, Triaged]]
+) -> None:
+    """Start the escalation of each decided incident that has none yet.
+
+    Incidents are locked in order; new states and their events go in together; inputs
+    held for these incidents are then replayed in order. Decisions of incidents already
+    started (a new revision, or a decision seen again under another id) then step
+    their state, one by one, in order.
+    """
+    if not decisions:
+        return
+    first = await uow.recorder.track_each(CONSUMER, [i.tracked for i, _ in decisions])
+    todo = [item for item, new in zip(decisions, first, strict=True) if new]
+    if not todo:
+        return
+    incidents = sorted({i.envelope.subject for i, _ in todo})
+    await uow.states.lock(incidents)
+    started = await uow.states.started(incidents)
+    versions = await uow.recorder.stream_versions(incidents)
+    now = env.clock()
+    new: list[Started] = []
+    appends: list[tuple[str, int, Sequence[Envelope]]] = []
+    revisions: list[Input] = []
+    for item, triaged in todo:
+        envelope = item.envelope
+        if envelope.subject in started:
+            revisions.append(item)
+            continue
+        started.add(envelope.subject)
+        with item.context():  # the state and its events continue the report's trace
+            state, effects = esc.start(
+                triaged, envelope.subject, now, triaged.report_digest or "sha256:unknown"
+            )
+            correlation = envelope.correlationid or envelope.id
+            new.append(Started(state, current_traceparent(), correlation))
+            if effects:
+                events = _effect_events(env, state, effects, envelope, now)
+                appends.append((state.incident_id, versions[state.incident_id], events))
+                versions[state.incident_id] += len(events)
+                env.observe(state.incident_id, effects)
+    if new:
+        await uow.states.insert(new)
+        await uow.recorder.append_streams(appends, topic_prefix=env.topic_prefix)
+        for held in await uow.states.take_held([s.state.incident_id for s in new]):
+            await _step_or_hold(uow, env, held)
+    for item in revisions:  # their states exist now: nothing is held
+        with item.context():
+            await _step_or_hold(uow, env, item.envelope)
+    env.woken()
+
+
+async def _step_or_hold(uow: EscalationUnitOfWork, env: Env, envelope: Envelope) -> None:
+    incident = envelope.subject
+    await uow.states.lock([incident])
+    before = await uow.states.get(incident)
+    if before is None:  # the triage decision has not arrived yet: keep this for it
+        await uow.states.hold(incident, envelope)
+        return
+    now = env.clock()
+    after, effects = transition_for(envelope)(before, now)
+    await _save(uow, env, before, after, effects, envelope, now)
+    if _unrouted(envelope, effects):
+        await uow.states.wait(incident, envelope)
+
+
+async def _fire(
+    uow: EscalationUnitOfWork, env: Env, before: esc.EscalationState, now: datetime
+) -> None:
+    after, effects = esc.tick(before, now)
+    if before.due_at is not None and before.due_at <= now and after.due_at != before.due_at:
+        env.late((now - before.due_at).total_seconds())
+    await _save(uow, env, before, after, effects, None, now)
+    if after == before:  # woken for nothing: never spin on this state
+        wakeup = esc.next_wakeup(after)
+        await uow.states.postpone(
+            before.incident_id, wakeup if wakeup is not None and wakeup > now else None
+        )
+
+
+async def _save(
+    uow: EscalationUnitOfWork,
+    env: Env,
+    before: esc.EscalationState,
+    after: esc.EscalationState,
+    effects: Sequence[esc.Effect],
+    cause: Envelope | None,
+    now: datetime,
+) -> None:
+    """Store a step of an incident's escalation (its state exists: `_start_all` made it),
+    then settle the kept acknowledgements of principals the step routed or excluded."""
+    if after == before and not effects:
+        return
+    await uow.states.save(after)
+    if effects:
+        await _append(uow, env, after, effects, cause, now)
+        env.observe(after.incident_id, effects)
+    env.woken()
+    if not (after.routed <= before.routed and after.excluded <= before.excluded):
+        await _apply_waiting(uow, env, after)
+
+
+async def _apply_waiting(uow: EscalationUnitOfWork, env: Env, state: esc.EscalationState) -> None:
+    """Acknowledgements once ignored as `not_routed` whose principal is routed now:
+    applied in order (the first clears); those of excluded principals are dropped."""
+    done: list[str] = []
+    for kept in await uow.states.waiting(state.incident_id):
+        principal = _principal(kept)
+        if principal in state.excluded:
+            done.append(kept.id)
+        elif principal in state.routed:
+            done.append(kept.id)
+            now = env.clock()
+            after, effects = esc.acknowledge(state, principal, now)
+            await _save(uow, env, state, after, effects, kept, now)
+            state = after
+    if done:
+        await uow.states.drop_waiting(state.incident_id, done)
+
+
+def _unrouted(envelope: Envelope, effects: Sequence[esc.Effect]) -> bool:
+    """An acknowledgement ignored because its principal was not routed (not excluded)."""
+    return any(
+        isinstance(e, AcknowledgementIgnored) and e.reason == "not_routed" for e in effects
+    ) and isinstance(data_of(envelope), Acknowledged)
+
+
+def _principal(envelope: Envelope) -> str:
+    data = data_of(envelope)
+    return data.principal if isinstance(data, Acknowledged) else ""
+
+
+async def _append(
+    uow: EscalationUnitOfWork,
+    env: Env,
+    state: esc.EscalationState,
+    effects: Sequence[esc.Effect],
+    cause: Envelope | None,
+    now: datetime,
+) -> None:
+    incident = state.incident_id
+    version = (await uow.recorder.stream_versions([incident]))[incident]
+    events = _effect_events(env, state, effects, cause, now)
+    if any(e.correlationid is None for e in events):
+        # a deadline fired (no cause): the correlation kept when the escalation started
+        correlation = await uow.states.correlation(incident) or await uow.recorder.correlation_of(
+            incident
+        )
+        events = [
+            e if e.correlationid else e.model_copy(update={"correlationid": correlation})
+            for e in events
+        ]
+    await uow.recorder.append_streams([(incident, version, events)], topic_prefix=env.topic_prefix)
+
+
+def _effect_events(
+    env: Env,
+    state: esc.EscalationState,
+    effects: Sequence[esc.Effect],
+    cause: Envelope | None,
+    now: datetime,
+) -> list[Envelope]:
+    """The events a step's effects publish, in the active span's trace."""
+    return [
+        make_event(
+            esc.effect_type(effect),
+            subject=state.incident_id,
+            data=effect,
+            source=env.source,
+            time=now,
+            actor="system:escalation",
+            causationid=cause.id if cause else None,
+            correlationid=cause.correlationid if cause else None,
+            traceparent=current_traceparent(),
+            # the same state version and effect always get the same id, so even a
+            # step replayed by mistake could not publish a fact twice
+            event_id=str(uuid.uuid5(EVENT_IDS, f"{state.incident_id}:{state.version}:{i}")),
+        )
+        for i, effect in enumerate(effects)
+    ]
+
+
+async def _append_outcomes(uow: EscalationUnitOfWork, env: Env, events: Sequence[Envelope]) -> None:
+    """Append outcome events, each as the one event of its notice's own stream
+    (`notice:<notice id>`; the subject stays the incident). So recording a delivery
+    takes no incident lock: a batch of them never waits on (nor deadlocks with) a
+    step holding the outbox counter and the incident locks, and the queue's
+    pending -> done update already makes it once per notice."""
+    if events:
+        await uow.recorder.append_streams(
+            [(f"notice:{e.causationid}", 0, [e]) for e in events], topic_prefix=env.topic_prefix
+        )
+
+
+def outcome_event(env: Env, delivery: Delivery) -> Envelope:
+    """`incident.notice.delivered.v1` or `.failed.v1` of a notice; one id per notice
+    and outcome, so a notice delivered again after a crash can never record twice."""
+    notice_event, outcome = delivery.notice, delivery.outcome
+    notice = Notified.model_validate(notice_event.data)
+    common = {
+        "notice_id": notice_event.id,
+        "principal": notice.principal,
+        "level": notice.level,
+        "channel": notice.channel,
+        "attempts": outcome.attempts if outcome is not None else 0,
+    }
+    data: NoticeDelivered | NoticeFailed
+    if not delivery.delivered:
+        data = NoticeFailed.model_validate(
+            {
+                **common,
+                "adapter": outcome.adapter if outcome is not None else None,
+                "reason": outcome.reason if outcome and outcome.reason else "gave_up",
+                "detail": outcome.detail if outcome is not None else None,
+            }
+        )
+    else:
+        data = NoticeDelivered.model_validate(
+            {**common, "adapter": outcome.adapter if outcome is not None else "log"}
+        )
+    kind = DELIVERED if delivery.delivered else FAILED
+    return make_event(
+        kind,
+        subject=notice_event.subject,
+        data=data,
+        source=env.source,
+        time=env.clock(),
+        actor="system:escalation",
+        causationid=notice_event.id,
+        correlationid=notice_event.correlationid,
+        traceparent=delivery.traceparent,
+        event_id=str(uuid.uuid5(EVENT_IDS, f"{notice_event.id}:{kind}")),
+    )
+
+
+def transition_for(envelope: Envelope) -> Transition:
+    """The domain transition an input applies to its incident's state."""
+    data = data_of(envelope)
+    if isinstance(data, Triaged):  # a decision of an incident already started
+        return lambda s, now: esc.redecide(s, data, now)
+    if isinstance(data, Acknowledged):
+        return lambda s, now: esc.acknowledge(s, data.principal, now)
+    if isinstance(data, Recused):
+        return lambda s, now: esc.recuse(s, data.principal, now)
+    if isinstance(data, Reassigned):
+        removed = [x.principal for x in data.removed]
+        return lambda s, now: esc.reassign(s, removed, data.added, now)
+    if isinstance(data, ReporterMessage) and data.direction == "to_reporter":
+        return lambda s, now: esc.clock_satisfied(s, esc.FEEDBACK, now)
+    if isinstance(data, Notified):  # held only when its delivery failed before the decision
+        return lambda s, now: esc.delivery_failed(s, data.principal, data.level, now, data.channel)
+    return lambda s, now: (s, ())
