@@ -53,6 +53,8 @@ AsOf = Annotated[
 router = APIRouter(prefix="/v1")
 MAX_INDEX = 2**63 - 1
 """The largest ledger index or tree size a route accepts (PostgreSQL's bigint)."""
+TreeSize = Annotated[int, Query(ge=1, le=MAX_INDEX)]
+"""A tree size a proof route accepts."""
 UNAUTHORIZED = (401, "No bearer token, or one that is not valid.")
 FORBIDDEN = (403, "The caller does not hold the auditor role.")
 INVALID = (422, "The request is not valid (a parameter, a range or a tree size).")
@@ -298,7 +300,7 @@ def served_entry(row: StoredRow) -> dict[str, Any]:
 async def inclusion(
     request: Request,
     index: Annotated[int, Query(ge=0, le=MAX_INDEX)],
-    tree_size: Annotated[int, Query(ge=1, le=MAX_INDEX)],
+    tree_size: TreeSize,
 ) -> dict[str, Any]:
     """Proof that entry `index` is in the tree of `tree_size` entries (public: hashes only)."""
     query = InclusionQuery(index, tree_size)
@@ -318,8 +320,8 @@ async def inclusion(
 )
 async def consistency(
     request: Request,
-    first: Annotated[int, Query(ge=1, le=MAX_INDEX)],
-    second: Annotated[int, Query(ge=1, le=MAX_INDEX)],
+    first: TreeSize,
+    second: TreeSize,
 ) -> dict[str, Any]:
     """Proof that the tree of `first` entries is a prefix of the tree of `second`."""
     query = ConsistencyQuery(first, second)

@@ -37,6 +37,7 @@ __all__ = [
     "MerkleFrontier",
     "NodeGetter",
     "ProofError",
+    "consistency_failure",
     "consistency_proof",
     "inclusion_proof",
     "leaf_hash",
@@ -530,3 +531,15 @@ def verify_consistency(
     calculated = root_from_consistency_proof(size1, size2, proof, root1)
     if calculated != root2:
         raise ProofError("consistency proof does not lead to the second root")
+
+
+def consistency_failure(
+    size1: int, size2: int, proof: Sequence[bytes], root1: bytes, root2: bytes
+) -> str | None:
+    """Why `verify_consistency` refuses the proof, or None when it shows that the tree of
+    ``size2``/``root2`` extends the tree of ``size1``/``root1``."""
+    try:
+        verify_consistency(size1, size2, proof, root1, root2)
+    except ProofError as exc:
+        return str(exc)
+    return None

@@ -118,15 +118,14 @@ def check_still_contained(audit_url: str, log: NoteVerifier, then: Checkpoint) -
                 params={"first": then.tree_size, "second": now.tree_size},
             ).raise_for_status()
             proof = [bytes.fromhex(h) for h in answer.json()["proof"]]
-    try:
-        merkle.verify_consistency(
-            then.tree_size, now.tree_size, proof, then.root_hash, now.root_hash
-        )
-    except merkle.ProofError as exc:
+    why = merkle.consistency_failure(
+        then.tree_size, now.tree_size, proof, then.root_hash, now.root_hash
+    )
+    if why is not None:
         raise ProofFailed(
             f"the current head of size {now.tree_size} does not extend the checkpoint of"
-            f" size {then.tree_size}: the log was rewritten ({exc})"
-        ) from None
+            f" size {then.tree_size}: the log was rewritten ({why})"
+        )
     return f"the current head of size {now.tree_size} extends it (consistency proof)"
 
 

@@ -863,18 +863,17 @@ class _Walk:
             proof = merkle.consistency_proof(
                 first.tree_size, second.tree_size, lambda level, i: self.kept[(level, i)]
             )
-            try:
-                merkle.verify_consistency(
-                    first.tree_size, second.tree_size, proof, first.root_hash, second.root_hash
-                )
-            except merkle.ProofError as exc:
+            why = merkle.consistency_failure(
+                first.tree_size, second.tree_size, proof, first.root_hash, second.root_hash
+            )
+            if why is not None:
                 raise _Bad(
                     f"the signed head of size {head.tree_size} from {head.where} is not"
                     f" consistent with the source's latest head of size {current.tree_size}:"
-                    f" the consistency proof built from the entries does not verify ({exc})",
+                    f" the consistency proof built from the entries does not verify ({why})",
                     head=head.tree_size,
                     heads=(head, current),
-                ) from None
+                )
             self.proofs_checked += 1
 
     async def run(self, source: LedgerSource, progress: Progress | None) -> None:
@@ -1078,14 +1077,13 @@ class _Walk:
             if proof is None:
                 self.offers_proofs = False
                 continue
-            try:
-                merkle.verify_consistency(first, second, proof, before.root_hash, head.root_hash)
-            except merkle.ProofError as exc:
+            why = merkle.consistency_failure(first, second, proof, before.root_hash, head.root_hash)
+            if why is not None:
                 raise _Bad(
                     f"the served consistency proof between signed heads {first} and {second}"
-                    f" does not verify ({exc}): the stored tree differs from the entries",
+                    f" does not verify ({why}): the stored tree differs from the entries",
                     head=second,
-                ) from None
+                )
             self.proofs_checked += 1
         self.matched.clear()
 
