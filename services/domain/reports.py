@@ -279,6 +279,14 @@ class UnknownCategory(ValueError):
         self.known = known
 
 
+def check_category(report: ReportInput, policy: Policy) -> None:
+    """UnknownCategory unless the policy knows the report's category. Intake's report use
+    case checks it once, before anything is hashed or written (`submit_report` trusts
+    it); triage checks it again only against a policy swapped underneath."""
+    if report.category not in policy.categories:
+        raise UnknownCategory(report.category, sorted(policy.categories))
+
+
 class Protector(Protocol):
     """The incident's keys, as the submitted event needs them (infra's `IncidentKey`)."""
 
@@ -485,7 +493,8 @@ def submit_report(
 ) -> Envelope:
     """The `incident.report.submitted.v1` event that opens an incident, content sealed.
 
-    `protect` holds the incident's keys: free text is sealed, the reporter travels as
+    The category is the caller's to check first (`check_category`). `protect` holds
+    the incident's keys: free text is sealed, the reporter travels as
     a pseudonym (and sealed in `reporter_identity`), and the digest is salted.
     `people` are the accused and named as `resolve_people` resolved them (without it,
     they are resolved here against `known_people`, the directory's person ids among
@@ -496,8 +505,6 @@ def submit_report(
     if reporter is not None and actor == reporter:
         actor = NAMED_ACTOR
     event_id = event_id or new_event_id()
-    if report.category not in policy.categories:
-        raise UnknownCategory(report.category, sorted(policy.categories))
     if people is None:
         people = resolve_people(report, known_ids=known_people, reporter=reporter)
     content = report.model_dump(mode="json", exclude={"channel", "reporter"})

@@ -29,13 +29,15 @@ from services.domain.reports import (
 from services.infra.auth import is_system_id
 from services.infra.http import PROBLEM, Problem
 from services.infra.systems import Systems
-from services.infra.telemetry import span_after
+from services.infra.telemetry import current_traceparent, span_after
 from services.intake.principals import OptionalCallerId
-from services.intake.service import (
+from services.intake.service import IntakeService
+from services.intake.usecases import (
     ANONYMOUS_ACTOR,
     IdempotencyConflict,
-    IntakeService,
+    TakeReport,
     UnknownReporter,
+    refusal_reason,
 )
 
 router = APIRouter(prefix="/v1", tags=["reports"])
@@ -154,6 +156,45 @@ def _service(request: Request) -> IntakeService:
     return service
 
 
+EVENT_STATUS = {
+    "oversized": (413, "Too large"),
+    "out_of_scope": (403, "Forbidden"),
+    "wrong_type": (422, "Wrong event type"),
+    "malformed": (415, "Unsupported event encoding"),
+    "unauthenticated": (403, "Forbidden"),
+}
+"""The status of an inbound event's refusal, by its kind (else 422 `Invalid event`)."""
+REFUSED = (InboundRefused, UnknownCategory, UnknownReporter, PeopleRefused, IdempotencyConflict)
+"""The report use cases' refusals (`services.intake.usecases`)."""
+
+
+def report_problem(exc: Exception, *, event: bool = False) -> Problem:
+    """The one mapping of a refused report to HTTP, for every route that takes one;
+    `event` for `POST /v1/events` (which words an inbound event's refusals)."""
+    if isinstance(exc, InboundRefused):
+        status, title = EVENT_STATUS.get(exc.kind, (422, "Invalid event"))
+        return Problem(status, title, refusal_reason(exc))
+    if isinstance(exc, UnknownCategory):
+        return Problem(422, "Unknown category", str(exc), valid_categories=exc.known)
+    if event and isinstance(exc, UnknownReporter | PeopleRefused):
+        return Problem(422, "Invalid report", refusal_reason(exc))
+    if isinstance(exc, UnknownReporter):
+        return Problem(422, "Unknown reporter", str(exc))
+    if isinstance(exc, PeopleRefused):
+        return Problem(
+            422, "Invalid person", str(exc), errors=[{"field": exc.where, "message": exc.reason}]
+        )
+    if isinstance(exc, IdempotencyConflict):
+        if event:
+            return Problem(409, "Event id reused", refusal_reason(exc))
+        return Problem(
+            409,
+            "Idempotency-Key reused",
+            "This Idempotency-Key was used with another request body; use a new key.",
+        )
+    raise TypeError(exc)
+
+
 def _within_scope(request: Request, caller: str | None, reporter: str | None) -> None:
     """A system reports only as the systems file registers it (docs/inbound.md): on
     HTTP, and naming a person only with the `report_for_person` scope; else 403."""
@@ -211,30 +252,18 @@ async def _take(
     try:
         with span_after("intake: take report", parent, trace.SpanKind.SERVER, route=route):
             submission = await _service(request).take_report(
-                body.report(),
-                reporter=reporter,
-                actor=caller or ANONYMOUS_ACTOR,
-                channel="api" if is_system else "web",
-                idempotency=key,
-                check_reporter=is_system,
+                TakeReport(
+                    body.report(),
+                    reporter=reporter,
+                    actor=caller or ANONYMOUS_ACTOR,
+                    channel="api" if is_system else "web",
+                    idempotency=key,
+                    check_reporter=is_system,
+                    traceparent=current_traceparent(),  # a new root for anonymous reports
+                )
             )
-    except UnknownCategory as exc:
-        raise Problem(422, "Unknown category", str(exc), valid_categories=exc.known) from exc
-    except UnknownReporter as exc:
-        raise Problem(422, "Unknown reporter", str(exc)) from exc
-    except PeopleRefused as exc:
-        raise Problem(
-            422,
-            "Invalid person",
-            str(exc),
-            errors=[{"field": exc.where, "message": exc.reason}],
-        ) from exc
-    except IdempotencyConflict as exc:
-        raise Problem(
-            409,
-            "Idempotency-Key reused",
-            "This Idempotency-Key was used with another request body; use a new key.",
-        ) from exc
+    except REFUSED as exc:
+        raise report_problem(exc) from exc
     headers = dict(NO_STORE)
     if submission.replayed:
         headers["Idempotent-Replayed"] = "true"

@@ -16,13 +16,11 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from services.domain.inbound import InboundRefused, decode
-from services.domain.reports import PeopleRefused, UnknownCategory
 from services.infra.http import Problem
 from services.infra.systems import Systems
-from services.intake.api import NO_STORE, problem
-from services.intake.inbound import refusal_reason
+from services.intake.api import NO_STORE, REFUSED, problem, report_problem
 from services.intake.principals import OptionalCallerId
-from services.intake.service import IdempotencyConflict, IntakeService, UnknownReporter
+from services.intake.service import IntakeService
 
 router = APIRouter(prefix="/v1", tags=["inbound"])
 
@@ -41,15 +39,6 @@ class EventAnswer(BaseModel):
         description="Anonymous reports only: the one-time secret that goes with the receipt"
         " (null when this answer repeats an earlier one)."
     )
-
-
-_STATUS = {
-    "oversized": (413, "Too large"),
-    "out_of_scope": (403, "Forbidden"),
-    "wrong_type": (422, "Wrong event type"),
-    "malformed": (415, "Unsupported event encoding"),
-    "unauthenticated": (403, "Forbidden"),
-}
 
 
 @router.post(
@@ -113,15 +102,8 @@ async def post_event(request: Request, caller: OptionalCallerId) -> JSONResponse
         submission = await service.take_inbound(
             inbound.event, system, channel="api", issue_receipt=True
         )
-    except InboundRefused as exc:
-        status, title = _STATUS.get(exc.kind, (422, "Invalid event"))
-        raise Problem(status, title, refusal_reason(exc)) from exc
-    except UnknownCategory as exc:
-        raise Problem(422, "Unknown category", str(exc), valid_categories=exc.known) from exc
-    except (UnknownReporter, PeopleRefused) as exc:
-        raise Problem(422, "Invalid report", refusal_reason(exc)) from exc
-    except IdempotencyConflict as exc:
-        raise Problem(409, "Event id reused", refusal_reason(exc)) from exc
+    except REFUSED as exc:
+        raise report_problem(exc, event=True) from exc
     body = {**submission.body, "event_id": inbound.id}
     body.pop("note", None)
     headers = dict(NO_STORE)

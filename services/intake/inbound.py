@@ -28,39 +28,16 @@ from datetime import UTC, datetime
 import asyncpg
 from aiokafka import ConsumerRecord
 
-from services.domain.events import (
-    InboundAccepted,
-    InboundRejected,
-    InvalidEvent,
-    Topic,
-    make_event,
-)
+from services.domain.events import InboundAccepted, InboundRejected, Topic, make_event
 from services.domain.inbound import InboundEvent, InboundRefused, decode, result_id_for
-from services.domain.reports import PeopleRefused, UnknownCategory
 from services.infra import eventstore, metrics
 from services.infra.runtime import Runtime
 from services.infra.systems import System, Systems
-from services.intake.service import IdempotencyConflict, IntakeService, UnknownReporter
+from services.intake.service import IntakeService
+from services.intake.usecases import REFUSALS, refusal_reason
 
 CONSUMER = "intake-inbound"
 log = logging.getLogger(__name__)
-
-
-def refusal_reason(exc: Exception) -> str:
-    """The reason of a refused inbound report: where and what, never the input."""
-    if isinstance(exc, InvalidEvent):
-        return exc.reason
-    if isinstance(exc, UnknownCategory | UnknownReporter):
-        return f"invalid report: {exc}"
-    if isinstance(exc, PeopleRefused):
-        return f"invalid report: {exc.where}: {exc.reason}"
-    if isinstance(exc, IdempotencyConflict):
-        return "this event id was sent before with other data: use a new id"
-    raise TypeError(exc)
-
-
-REFUSALS = (InvalidEvent, UnknownCategory, UnknownReporter, PeopleRefused, IdempotencyConflict)
-"""What taking an inbound report may refuse with (`refusal_reason` words each)."""
 
 
 class InboundConsumer:

@@ -21,16 +21,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import hmac
 import json
 import logging
 import secrets
-import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final
+from typing import Any, Final, Self
 
 import asyncpg
 from argon2 import PasswordHasher
@@ -38,7 +38,6 @@ from argon2.exceptions import InvalidHashError, VerificationError
 
 from services.domain.envelope import Envelope
 from services.domain.events import ReporterMessage, make_event
-from services.domain.inbound import authorize, incident_id_for, report_of
 from services.domain.incident import fold
 from services.domain.names import MAX_NAME_LENGTH, normalise
 from services.domain.policy import Policy
@@ -47,40 +46,42 @@ from services.domain.receipts import (
     FailureBudget,
     ReporterView,
     idempotency_key_digest,
-    new_receipt,
     new_secret,
     normalize_receipt,
     normalize_secret,
     reporter_view,
-    request_digest,
     retry_after_seconds,
     sha256_hex,
 )
-from services.domain.reports import (
-    People,
-    ReportInput,
-    UnknownCategory,
-    one_line,
-    resolve_people,
-    submit_report,
-    to_look_up,
-)
+from services.domain.reports import NameRow, Protector, one_line
 from services.infra import eventstore
 from services.infra.groupcommit import GroupCommit
 from services.infra.keystore import KeyStore
+from services.infra.recorder import PostgresRecorder, Recorder
 from services.infra.runtime import Runtime
 from services.infra.systems import System
 from services.infra.telemetry import current_traceparent
 from services.intake.directory import lookup_people, people_shown, search_people
 from services.intake.progress import kept_events
+from services.intake.usecases import ANONYMOUS_ACTOR as ANONYMOUS_ACTOR  # routes import it here
+from services.intake.usecases import (
+    Answered,
+    IdempotencyConflict,
+    IdempotencyKey,
+    Intake,
+    NewIncident,
+    NewReport,
+    ReportRows,
+    Submission,
+    TakeInbound,
+    TakeReport,
+    take_inbound,
+    take_report,
+    write_reports,
+)
 
 log = logging.getLogger(__name__)
 
-ANONYMOUS_ACTOR: Final = "reporter:anonymous"
-REPLAY_NOTE: Final = (
-    "This answer repeats an earlier one for the same Idempotency-Key. The secret was"
-    " shown once, in that first answer, and is not stored: it cannot be shown again."
-)
 RECEIPT_ATTEMPTS: Final = 5
 """Attempts per receipt and window; the next one answers 429 until the window ends."""
 RECEIPT_WINDOW: Final = 15 * 60.0
@@ -101,74 +102,10 @@ SEARCH_RATE: Final = 1.0
 """Searches per client: a burst of SEARCH_BURST, then SEARCH_RATE a second."""
 
 
-@dataclass(frozen=True)
-class NewIncident:
-    """What opening one incident needs (see `IntakeService.open_incidents`)."""
-
-    incident_id: str
-    report: ReportInput
-    reporter: str | None
-    channel: str
-    actor: str
-    traceparent: str | None
-    causationid: str | None = None
-    people: People = field(default_factory=People)
-    """The accused and named, resolved (`IntakeService.resolve_people`)."""
-
-
-@dataclass(frozen=True)
-class NewReport:
-    """A report waiting for its shared transaction: its incident, the receipt and the
-    argon2id hash of its secret if anonymous, its Idempotency-Key if it came with one."""
-
-    incident: NewIncident
-    receipt: str | None
-    secret_hash: str | None
-    idempotency: IdempotencyKey | None = None
-    stored: dict[str, Any] | None = None
-    """The answer stored with the Idempotency-Key (repeated to a later request)."""
-
-
-@dataclass(frozen=True)
-class Accepted:
-    """A report that is now durably an incident."""
-
-    incident_id: str
-    event_id: str
-
-
 IDEMPOTENCY_TTL: Final = timedelta(hours=24)
 """How long an Idempotency-Key's answer is kept (and replayed); then it is forgotten."""
 IDEMPOTENCY_CONTEXT: Final = "idempotency"
 MY_REPORTS_CONTEXT: Final = "my-reports"
-
-
-@dataclass(frozen=True)
-class IdempotencyKey:
-    """An Idempotency-Key in its scope (a keyed pseudonym of the caller, or "anonymous").
-
-    `key_digest` is the SHA-256 of the header value: the value itself is never stored.
-    Make one with `IntakeService.idempotency_key`.
-    """
-
-    scope: str
-    key_digest: str
-    request_hash: str
-
-    @property
-    def lock_id(self) -> int:
-        """A 64-bit advisory lock id for this (scope, key)."""
-        raw = hashlib.sha256(f"idempotency\0{self.scope}\0{self.key_digest}".encode()).digest()
-        return int.from_bytes(raw[:8], "big", signed=True)
-
-
-@dataclass(frozen=True)
-class Submission:
-    """The answer to a report: HTTP status and JSON body; `replayed` for a repeated key."""
-
-    status: int
-    body: dict[str, Any]
-    replayed: bool
 
 
 @dataclass(frozen=True)
@@ -178,14 +115,6 @@ class MessageSent:
     incident_id: str
     message_id: str
     sent_at: datetime
-
-
-class IdempotencyConflict(Exception):
-    """The Idempotency-Key was used before with another request body."""
-
-
-class UnknownReporter(ValueError):
-    """A system named a reporter the directory does not know."""
 
 
 class ReceiptNotFound(Exception):
@@ -273,290 +202,47 @@ class IntakeService:
         self.writer: GroupCommit[NewReport, Submission | IdempotencyConflict | None] = GroupCommit(
             lambda: self.runtime.db, self._write_reports, name="intake reports", writers=1
         )
+        self.reads = PostgresReportReads(self)
         runtime.background("receipt-attempts-pruner", self._prune_attempts)
 
     # -- reports -----------------------------------------------------------------
 
-    async def take_report(
-        self,
-        report: ReportInput,
-        *,
-        reporter: str | None,
-        actor: str,
-        channel: str,
-        idempotency: IdempotencyKey | None,
-        check_reporter: bool = False,
-        incident_id: str | None = None,
-        issue_receipt: bool = True,
-        causationid: str | None = None,
-    ) -> Submission:
-        """Open an incident for a report, as `POST /v1/reports` does.
-
-        `incident_id` (an inbound event's derived id) replaces a random one; without
-        `issue_receipt` an anonymous report gets no receipt and secret (an inbound report on
-        Kafka: the answer travels on a topic); `causationid` is the event it came from.
-
-        An anonymous report (no reporter) gets a receipt and a one-time secret; only
-        the secret's argon2id hash is stored. With an Idempotency-Key, the answer is
-        stored in the same transaction as the event; a request with the same key and
-        body gets it again (the secret replaced by null and a note), another body
-        raises IdempotencyConflict. Raises UnknownCategory, PeopleRefused (see
-        `resolve_people`), and UnknownReporter when `check_reporter` and the directory
-        does not know the reporter.
-        """
-        if idempotency is not None:
-            async with self.runtime.db.acquire() as conn:
-                earlier = await self._earlier_answer(conn, idempotency)
-            if earlier is not None:
-                return earlier
-        if check_reporter and reporter is not None:
-            async with self.runtime.db.acquire() as conn:
-                known = await conn.fetchval("SELECT 1 FROM people WHERE person_id = $1", reporter)
-            if not known:
-                raise UnknownReporter(f"the directory has no person {reporter!r}")
-        if report.category not in self.policy.categories:
-            raise UnknownCategory(report.category, sorted(self.policy.categories))
-        people = await self.resolve_people(report, reporter)
-        anonymous = reporter is None and issue_receipt
-        incident_id = incident_id or str(uuid.uuid4())
-        # the caller's span: a new root for anonymous reports (see api._take)
-        traceparent = current_traceparent()
-        receipt = secret = secret_hash = None
-        if anonymous:
-            receipt, secret = new_receipt(), new_secret()
-            secret_hash = await self._hash(secret)
-        answer = {"incident_id": incident_id, "receipt": receipt, "secret": None}
-        stored = {**answer, "note": REPLAY_NOTE} if anonymous else answer
-        new = NewReport(
-            NewIncident(
-                incident_id, report, reporter, channel, actor, traceparent, causationid, people
-            ),
-            receipt,
-            secret_hash,
-            idempotency,
-            stored,
+    @functools.cached_property
+    def intake(self) -> Intake:
+        """What the report use cases need besides their ports (`usecases.Intake`)."""
+        return Intake(
+            policy=self.policy,
+            source=self.runtime.source,
+            topic_prefix=self.runtime.settings.kafka_topic_prefix,
+            hash_secret=self._hash,
+            key_for=self.idempotency_key,
         )
-        # Shares a transaction with the reports arriving meanwhile (see the module doc).
-        outcome = await self.writer.submit(new)
-        if isinstance(outcome, IdempotencyConflict):
-            raise outcome
-        if outcome is not None:  # a request with this key was answered first
-            return outcome
-        return Submission(202, {**answer, "secret": secret}, replayed=False)
+
+    async def take_report(self, command: TakeReport) -> Submission:
+        """`usecases.take_report` on PostgreSQL: every door's report (see its doc)."""
+        return await take_report(command, self.reads, self.writer, self.intake)
 
     async def take_inbound(
         self, event: dict[str, Any], system: System, *, channel: str, issue_receipt: bool
     ) -> Submission:
-        """An inbound event of an authenticated registered system (docs/inbound.md),
-        taken exactly as `take_report` takes `POST /v1/reports`' body: the same
-        validation model, use case and refusals, then triage decides.
-
-        The actor is the system (`system:<id>`); a `reporter` it names only within its
-        scope. The incident id derives from the system and the event id, and the event
-        id is the Idempotency-Key: a resend answers the first answer (one incident), the
-        same id with other data raises IdempotencyConflict. Raises InboundRefused too.
-        """
-        envelope, request = report_of(event)
-        reporter = request.reporter
-        authorize(system.id, system.scopes, reporter)
-        key = self.idempotency_key(
-            system.principal, f"ce:{envelope.id}", request_digest("inbound", envelope.data)
-        )
-        incident_id = incident_id_for(system.id, envelope.id)
-        async with self.runtime.db.acquire() as conn:
-            earlier = await self._earlier_answer(conn, key)  # or IdempotencyConflict
-            if earlier is None and await eventstore.stream_version(conn, incident_id):
-                # a resend after its stored answer expired (IDEMPOTENCY_TTL): the same
-                # incident, which exists; the receipt was given the first time only
-                earlier = Submission(
-                    202, {"incident_id": incident_id, "receipt": None, "secret": None}, True
-                )
-        if earlier is not None:
-            return earlier
-        return await self.take_report(
-            request.report(),
-            reporter=reporter,
-            actor=system.principal,
+        """`usecases.take_inbound` for an authenticated registered system (docs/inbound.md)."""
+        command = TakeInbound(
+            event,
+            system_id=system.id,
+            principal=system.principal,
+            scopes=system.scopes,
             channel=channel,
-            idempotency=key,
-            check_reporter=True,
-            incident_id=incident_id,
             issue_receipt=issue_receipt,
-            causationid=envelope.id,
+            traceparent=current_traceparent(),
         )
-
-    async def resolve_people(self, report: ReportInput, reporter: str | None) -> People:
-        """The report's accused and named resolved against the directory: one indexed
-        statement for all its entries (none without entries). Raises PeopleRefused."""
-        ids, norms = to_look_up(report)
-        if not ids and not norms:
-            return People()
-        async with self.runtime.db.acquire() as conn:
-            known, names = await lookup_people(conn, ids, norms)
-        return resolve_people(report, known_ids=known, names=names, reporter=reporter)
+        return await take_inbound(command, self.reads, self.writer, self.intake)
 
     async def _write_reports(
         self, conn: asyncpg.Connection, reports: Sequence[NewReport]
     ) -> list[Submission | IdempotencyConflict | None]:
-        """Inside the caller's transaction: open the incidents, store the receipts and the
-        Idempotency-Key answers. Per report: None when it was written, else the answer
-        of an earlier request with its key (or IdempotencyConflict), and nothing written.
-
-        The keys' advisory locks are taken first, in one order, so two batches never
-        wait on each other's keys; a key repeated within the batch answers as its first.
-        """
-        answered = await self._idempotency_answers(conn, [r.idempotency for r in reports])
-        outcomes: list[Submission | IdempotencyConflict | None] = []
-        written: list[NewReport] = []
-        for report in reports:
-            key = report.idempotency
-            if key is not None:
-                earlier = answered.get((key.scope, key.key_digest))
-                if earlier is not None:
-                    request_hash, submission = earlier
-                    same = request_hash == key.request_hash
-                    outcomes.append(submission if same else IdempotencyConflict())
-                    continue
-                stored = Submission(202, report.stored or {}, replayed=True)
-                answered[(key.scope, key.key_digest)] = (key.request_hash, stored)
-            outcomes.append(None)
-            written.append(report)
-        if not written:
-            return outcomes
-        await self.open_incidents(conn, [r.incident for r in written])
-        anonymous = [r for r in written if r.receipt is not None]
-        if anonymous:
-            await conn.execute(
-                "INSERT INTO receipts (receipt, incident_id, secret_hash)"
-                " SELECT * FROM unnest($1::text[], $2::text[], $3::text[])",
-                [r.receipt for r in anonymous],
-                [r.incident.incident_id for r in anonymous],
-                [r.secret_hash for r in anonymous],
-            )
-        named = [r.incident for r in written if r.incident.reporter is not None]
-        if named:  # her reports, for her follow-up (docs/reporters.md)
-            await conn.execute(
-                "INSERT INTO reporter_reports (owner, incident_id)"
-                " SELECT * FROM unnest($1::text[], $2::text[])",
-                [self.reporter_tag(i.reporter or "") for i in named],
-                [i.incident_id for i in named],
-            )
-        keyed = [(r.idempotency, r.stored) for r in written if r.idempotency is not None]
-        if keyed:
-            await conn.execute(
-                "INSERT INTO idempotency (scope, key, request_hash, status, response)"
-                " SELECT s, k, h, 202, r::jsonb"
-                " FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS x (s, k, h, r)",
-                [key.scope for key, _ in keyed],
-                [key.key_digest for key, _ in keyed],
-                [key.request_hash for key, _ in keyed],
-                [json.dumps(stored) for _, stored in keyed],
-            )
-        return outcomes
-
-    async def _idempotency_answers(
-        self, conn: asyncpg.Connection, keys: Sequence[IdempotencyKey | None]
-    ) -> dict[tuple[str, str], tuple[str, Submission]]:
-        """Lock the keys (sorted, one statement) and read their stored answers:
-        (scope, key digest) -> (request hash, the answer replayed). Expired ones go."""
-        present = [k for k in keys if k is not None]
-        if not present:
-            return {}
-        await conn.execute(
-            "SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k",
-            sorted({k.lock_id for k in present}),
-        )
-        return await self._stored_answers(conn, present)
-
-    async def _stored_answers(
-        self, conn: asyncpg.Connection, keys: Sequence[IdempotencyKey]
-    ) -> dict[tuple[str, str], tuple[str, Submission]]:
-        """The answers stored with these keys, as `_idempotency_answers` returns them;
-        an expired answer is deleted first (the key may then be used again)."""
-        scopes, digests = [k.scope for k in keys], [k.key_digest for k in keys]
-        await conn.execute(  # an expired answer is forgotten, and the key may be used again
-            "DELETE FROM idempotency i USING unnest($1::text[], $2::text[]) AS x (s, k)"
-            " WHERE i.scope = x.s AND i.key = x.k AND i.created_at < now() - $3::interval",
-            scopes,
-            digests,
-            IDEMPOTENCY_TTL,
-        )
-        rows = await conn.fetch(
-            "SELECT DISTINCT i.scope, i.key, i.request_hash, i.status, i.response"
-            " FROM idempotency i JOIN unnest($1::text[], $2::text[]) AS x (s, k)"
-            " ON i.scope = x.s AND i.key = x.k",
-            scopes,
-            digests,
-        )
-        return {
-            (r["scope"], r["key"]): (
-                r["request_hash"],
-                Submission(r["status"], json.loads(r["response"]), replayed=True),
-            )
-            for r in rows
-        }
-
-    async def open_incident(
-        self,
-        conn: asyncpg.Connection,
-        incident_id: str,
-        report: ReportInput,
-        *,
-        reporter: str | None,
-        channel: str,
-        actor: str,
-        traceparent: str | None,
-        causationid: str | None = None,
-        people: People,
-    ) -> Envelope:
-        """Inside the caller's transaction: the incident's key, its sealed submitted event
-        (stored and queued) and its retention row. Raises UnknownCategory."""
-        (event,) = await self.open_incidents(
-            conn,
-            [
-                NewIncident(
-                    incident_id, report, reporter, channel, actor, traceparent, causationid, people
-                )
-            ],
-        )
-        return event
-
-    async def open_incidents(
-        self, conn: asyncpg.Connection, incidents: Sequence[NewIncident]
-    ) -> list[Envelope]:
-        """`open_incident` for several incidents, with one statement per table."""
-        keys = await self.keys.create_many(conn, [i.incident_id for i in incidents])
-        now = datetime.now(UTC)
-        events = [
-            submit_report(
-                i.report,
-                self.policy,
-                incident_id=i.incident_id,
-                reporter=i.reporter,
-                channel=i.channel,
-                actor=i.actor,
-                source=self.runtime.source,
-                now=now,
-                protect=key,
-                people=i.people,
-                traceparent=i.traceparent,
-                causationid=i.causationid,
-            )
-            for i, key in zip(incidents, keys, strict=True)
-        ]
-        await eventstore.append_streams(  # a refusal ends the caller's transaction
-            conn,
-            [(e.subject, 0, [e]) for e in events],
-            topic_prefix=self.runtime.settings.kafka_topic_prefix,
-            savepoint=False,
-        )
-        await conn.execute(
-            "INSERT INTO retention (incident_id, category)"
-            " SELECT * FROM unnest($1::text[], $2::text[])",
-            [i.incident_id for i in incidents],
-            [i.report.category for i in incidents],
-        )
-        return events
+        """The group commit's write: `usecases.write_reports` in its shared transaction."""
+        async with ReportTransaction(conn, self) as uow:
+            return await write_reports(uow, reports, self.intake, datetime.now(UTC))
 
     def idempotency_key(
         self, principal: str | None, header: str, request_hash: str
@@ -584,17 +270,6 @@ class IntakeService:
         if pseudonyms is None:
             raise RuntimeError("intake runs with a pseudonym key")
         return pseudonyms.of(MY_REPORTS_CONTEXT, person_id)
-
-    async def _earlier_answer(
-        self, conn: asyncpg.Connection, key: IdempotencyKey
-    ) -> Submission | None:
-        found = (await self._stored_answers(conn, [key])).get((key.scope, key.key_digest))
-        if found is None:
-            return None
-        request_hash, submission = found
-        if request_hash != key.request_hash:
-            raise IdempotencyConflict
-        return submission
 
     # -- people search -----------------------------------------------------------
 
@@ -774,6 +449,129 @@ class IntakeService:
                 log.warning("pruning receipt attempts failed: %r", exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=PRUNE_EVERY)
+
+
+class PostgresReportReads:
+    """`usecases.ReportReads` on intake's pool: each a statement of its own."""
+
+    def __init__(self, service: IntakeService) -> None:
+        self.service = service
+
+    async def answers(self, keys: Sequence[IdempotencyKey]) -> Answered:
+        async with self.service.runtime.db.acquire() as conn:
+            return await _stored_answers(conn, keys)
+
+    async def person_exists(self, person_id: str) -> bool:
+        async with self.service.runtime.db.acquire() as conn:
+            found = await conn.fetchval("SELECT 1 FROM people WHERE person_id = $1", person_id)
+        return bool(found)
+
+    async def incident_exists(self, incident_id: str) -> bool:
+        async with self.service.runtime.db.acquire() as conn:
+            return bool(await eventstore.stream_version(conn, incident_id))
+
+    async def directory_people(
+        self, ids: Sequence[str], norms: Sequence[str]
+    ) -> tuple[Collection[str], Iterable[NameRow]]:
+        async with self.service.runtime.db.acquire() as conn:
+            return await lookup_people(conn, ids, norms)
+
+
+class ReportTransaction:
+    """`usecases.ReportUnitOfWork` over the group commit's shared transaction (which
+    `GroupCommit` begins, commits or rolls back): entering and leaving it do nothing,
+    an exception inside ends the whole shared transaction."""
+
+    def __init__(self, conn: asyncpg.Connection, service: IntakeService) -> None:
+        self.conn = conn
+        self.service = service
+
+    @property
+    def recorder(self) -> Recorder:
+        return PostgresRecorder(self.conn, savepoint=False)
+
+    @property
+    def reports(self) -> ReportRows:
+        return self
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None  # the group commit ends the transaction
+
+    async def lock_answers(self, keys: Sequence[IdempotencyKey]) -> Answered:
+        if not keys:
+            return {}
+        await self.conn.execute(
+            "SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k",
+            sorted({k.lock_id for k in keys}),
+        )
+        return await _stored_answers(self.conn, keys)
+
+    async def create_keys(self, incident_ids: Sequence[str]) -> list[Protector]:
+        return list(await self.service.keys.create_many(self.conn, incident_ids))
+
+    async def add_incidents(self, incidents: Sequence[NewIncident]) -> None:
+        await self.conn.execute(
+            "INSERT INTO retention (incident_id, category)"
+            " SELECT * FROM unnest($1::text[], $2::text[])",
+            [i.incident_id for i in incidents],
+            [i.report.category for i in incidents],
+        )
+        named = [i for i in incidents if i.reporter is not None]
+        if named:  # her reports, for her follow-up (docs/reporters.md)
+            await self.conn.execute(
+                "INSERT INTO reporter_reports (owner, incident_id)"
+                " SELECT * FROM unnest($1::text[], $2::text[])",
+                [self.service.reporter_tag(i.reporter or "") for i in named],
+                [i.incident_id for i in named],
+            )
+
+    async def add_receipts(self, rows: Sequence[tuple[str, str, str]]) -> None:
+        await self.conn.execute(
+            "INSERT INTO receipts (receipt, incident_id, secret_hash)"
+            " SELECT * FROM unnest($1::text[], $2::text[], $3::text[])",
+            *(list(column) for column in zip(*rows, strict=True)),
+        )
+
+    async def add_answers(self, rows: Sequence[tuple[IdempotencyKey, dict[str, Any]]]) -> None:
+        await self.conn.execute(
+            "INSERT INTO idempotency (scope, key, request_hash, status, response)"
+            " SELECT s, k, h, 202, r::jsonb"
+            " FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS x (s, k, h, r)",
+            [key.scope for key, _ in rows],
+            [key.key_digest for key, _ in rows],
+            [key.request_hash for key, _ in rows],
+            [json.dumps(stored) for _, stored in rows],
+        )
+
+
+async def _stored_answers(conn: asyncpg.Connection, keys: Sequence[IdempotencyKey]) -> Answered:
+    """The answers stored with these keys; an expired answer is deleted first (the key
+    may then be used again)."""
+    scopes, digests = [k.scope for k in keys], [k.key_digest for k in keys]
+    await conn.execute(
+        "DELETE FROM idempotency i USING unnest($1::text[], $2::text[]) AS x (s, k)"
+        " WHERE i.scope = x.s AND i.key = x.k AND i.created_at < now() - $3::interval",
+        scopes,
+        digests,
+        IDEMPOTENCY_TTL,
+    )
+    rows = await conn.fetch(
+        "SELECT DISTINCT i.scope, i.key, i.request_hash, i.status, i.response"
+        " FROM idempotency i JOIN unnest($1::text[], $2::text[]) AS x (s, k)"
+        " ON i.scope = x.s AND i.key = x.k",
+        scopes,
+        digests,
+    )
+    return {
+        (r["scope"], r["key"]): (
+            r["request_hash"],
+            Submission(r["status"], json.loads(r["response"]), replayed=True),
+        )
+        for r in rows
+    }
 
 
 # One statement, so concurrent attempts on a receipt cannot all pass the check:

@@ -328,7 +328,7 @@ async def test_a_flood_of_malformed_inbound_records_is_dead_lettered_and_intake_
     clock.mark("checked")
     via_poison = Counter(sent[w].kind for w, r in seen.items() if r.startswith("handler failed"))
     clock.report(poisoned=stats.poisoned, retries=stats.retries, via_poison=dict(via_poison))
-    assert clock.total() < 60
+    # no wall-clock bound: the phases' times are printed (issue 23: none in tests)
 
 
 async def relay_caught_up(settings: CommonSettings) -> bool:
