@@ -336,6 +336,15 @@ async def replayed(conn: asyncpg.Connection, digests: Sequence[tuple[str, bytes]
         [d for _, d in digests],
     )
     known = {r["event_id"]: bytes(r["digest"]) for r in rows}
+    # An id neither inserted nor seen: another transaction inserted it and committed while
+    # the INSERT waited for it, after this statement's snapshot. A new statement sees it.
+    missing = [i for i, _ in digests if i not in known]
+    if missing:
+        later = await conn.fetch(
+            "SELECT event_id, digest FROM event_digests WHERE event_id = ANY($1::text[])",
+            missing,
+        )
+        known.update((r["event_id"], bytes(r["digest"])) for r in later)
     return [known.get(i, d) != d for i, d in digests]
 
 

@@ -1,7 +1,7 @@
 """The recorder port's contract: one suite, run on PostgreSQL and in memory.
 
 Each test takes `backend` (parametrised `memory` and `postgres`): `backend.unit()` is a
-new unit of work on one shared store (a fresh database with the event store migrations
+new unit of work on one shared store (a fresh schema with the event store migrations
 for PostgreSQL, an `InMemoryStore` for memory), `backend.outbox()` what its outbox holds.
 The `postgres` half is marked `integration`; `make test-unit` runs the `memory` half.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,7 +30,6 @@ from services.infra.recorder import (
 )
 from services.infra.recorder_memory import InMemoryStore, InMemoryUnitOfWork
 
-SCHEMA = "svc"
 Queued = tuple[int, str, str, str, bytes, list[tuple[str, str]]]
 """(position, event id, topic, key, value, headers) of an outbox row."""
 
@@ -39,6 +39,22 @@ class Backend:
     name: str
     unit: Callable[[], UnitOfWork]
     outbox: Callable[[], Any]  # async () -> list[Queued]
+    blocked: Callable[[], Any]  # async () -> bool: a unit of work waits for another
+
+
+async def until_blocked(backend: Backend) -> None:
+    """Let a racing unit of work of another task reach the point where it waits (the
+    race's outcome is the same either way; reaching it tests the wait)."""
+    for _ in range(500):
+        if await backend.blocked():
+            return
+        await asyncio.sleep(0.01)
+
+
+@pytest.fixture(scope="module")
+def contract_database_url(make_database: Callable[[str], str]) -> str:
+    """One database for the module's PostgreSQL half; each test takes a schema of it."""
+    return make_database("contract_recorder")
 
 
 @pytest.fixture(
@@ -53,13 +69,19 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
                 (r.position, r.event_id, r.topic, r.key, r.value, r.headers) for r in store.outbox
             ]
 
-        yield Backend("memory", lambda: InMemoryUnitOfWork(store), memory_outbox)
+        async def memory_blocked() -> bool:
+            for _ in range(3):  # a racing task runs until it waits for the other unit
+                await asyncio.sleep(0)
+            return True
+
+        yield Backend("memory", lambda: InMemoryUnitOfWork(store), memory_outbox, memory_blocked)
         return
     from services.infra.db import create_pool, migrate_service
 
-    url = request.getfixturevalue("fresh_database_url")
-    await migrate_service(url, SCHEMA, None)
-    pool = await create_pool(url, schema=SCHEMA, max_size=4)
+    url = request.getfixturevalue("contract_database_url")
+    schema = f"svc_{secrets.token_hex(4)}"  # a new schema is cheaper than a new database
+    await migrate_service(url, schema, None)
+    pool = await create_pool(url, schema=schema, max_size=4)
 
     async def postgres_outbox() -> list[Queued]:
         rows = await pool.fetch(
@@ -78,8 +100,17 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
             for r in rows
         ]
 
+    async def postgres_blocked() -> bool:
+        waiting = await pool.fetchval(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        return bool(waiting)
+
     try:
-        yield Backend("postgres", lambda: PostgresUnitOfWork(pool), postgres_outbox)
+        yield Backend(
+            "postgres", lambda: PostgresUnitOfWork(pool), postgres_outbox, postgres_blocked
+        )
     finally:
         await pool.close()
 
@@ -204,7 +235,7 @@ async def test_a_writer_racing_an_open_unit_waits_for_it_then_is_refused(
     async with backend.unit() as uow:
         await uow.recorder.append_streams([("inc-1", 0, [first])])
         racing = asyncio.create_task(second_writer())
-        await asyncio.sleep(0)
+        await until_blocked(backend)
     with pytest.raises(ConcurrencyError):
         await racing
     async with backend.unit() as uow:
@@ -293,6 +324,27 @@ async def test_replayed_flags_an_id_that_came_before_with_other_content(
     assert first == [False, False, True, False]
     assert later == [False, True]
     assert empty == []
+
+
+async def test_a_consumer_racing_an_open_unit_on_the_same_input_sees_it_once_committed(
+    backend: Backend,
+) -> None:
+    """Two units of two tasks take the same input and the same event id with another
+    digest: the second waits for the first to commit, then skips the input and flags the
+    replay (PostgreSQL's `replayed` missed it here before a second look was added)."""
+    event_id = submitted("x").id
+
+    async def second_consumer() -> tuple[list[bool], list[bool]]:
+        async with backend.unit() as uow:
+            replay = await uow.recorder.replayed([(event_id, b"other")])
+            return await uow.recorder.track_each("c", [("k1", "t", 0, 1)]), replay
+
+    async with backend.unit() as uow:
+        assert await uow.recorder.track_each("c", [("k1", "t", 0, 1)]) == [True]
+        assert await uow.recorder.replayed([(event_id, b"first")]) == [False]
+        racing = asyncio.create_task(second_consumer())
+        await until_blocked(backend)
+    assert await racing == ([False], [True])
 
 
 async def test_correlation_of_is_the_first_events_correlation_or_its_own_id(
