@@ -466,3 +466,24 @@ def _sealed_values(rows: list[asyncpg.Record]) -> list[tuple[str, str]]:
                 elif isinstance(item, dict):  # people_matches[*].text
                     found.extend((f"{field}.{k}", v) for k, v in item.items() if is_sealed(v))
     return found
+
+
+async def test_a_report_intake_accepts_is_decided_whatever_its_unit_says(stack: Stack) -> None:
+    # A NUL in `unit` was accepted (202) and then dead-lettered by triage, whose JSONB
+    # refuses it: the report was never routed. Intake refuses it now; the odd but
+    # acceptable (a right-to-left override, a combining mark, CJK, a zero-width space)
+    # is decided.
+    report = {"category": "harassment", "summary": "s", "description": "d"}
+    refused = await stack.intake.post("/v1/reports", json={**report, "unit": "city\x00retail"})
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["errors"][0]["field"] == "unit"
+    nasty = "city\u202eretail\u0301 \u4e2d\u200bx"
+    answer = await stack.intake.post("/v1/reports", json={**report, "unit": nasty})
+    assert answer.status_code == 202, answer.text
+    incident = answer.json()["incident_id"]
+    triaged = await eventually(lambda: _triaged(stack, incident), timeout=20)
+    assert triaged["chain"]  # decided: resolved across the organisation (no such unit)
+    [decided] = await stack.sql(
+        "SELECT report->>'unit' AS unit FROM triage.decisions WHERE incident_id = $1", incident
+    )
+    assert decided["unit"] == nasty
