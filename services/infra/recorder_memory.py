@@ -19,8 +19,8 @@ events or outbox rows holds the store's counters until it ends (PostgreSQL locks
 counter rows), and one that tracks an input or remembers a digest holds that key; a
 second unit that needs what another open unit holds waits for it to end, then checks
 again (so a stream moved by the other one is a `ConcurrencyError`). Waiting for a unit
-of the same asyncio task could never end (PostgreSQL would hang as well): that raises
-`RuntimeError` instead.
+of the same asyncio task, or for one that waits for this one, could never end
+(PostgreSQL would hang, or report a deadlock): that raises `RuntimeError` instead.
 """
 
 from __future__ import annotations
@@ -110,6 +110,7 @@ class InMemoryUnitOfWork:
         self._open = False
         self._task: asyncio.Task[object] | None = None
         self._ended = asyncio.Event()
+        self._waiting: InMemoryUnitOfWork | None = None
         self._events: list[_Row] = []
         self._outbox: list[OutboxRecord] = []
         self._tracking: dict[tuple[str, str], tuple[str, int, int]] = {}
@@ -166,13 +167,25 @@ class InMemoryUnitOfWork:
     async def _hold(self, resource: Hashable) -> None:
         """Hold a resource until this unit ends, waiting for another unit holding it."""
         while (owner := self.store.locks.get(resource, self)) is not self:
-            if owner._task is asyncio.current_task():
+            if owner._task is asyncio.current_task() or owner._waits_for(self):
                 raise RuntimeError(
-                    f"{resource} is held by another open unit of work of this task: waiting"
-                    " for it would never end (PostgreSQL would hang here)"
+                    f"{resource} is held by an open unit of work of this task, or one"
+                    " waiting for this one: waiting would never end (PostgreSQL would hang"
+                    " or report a deadlock)"
                 )
-            await owner._ended.wait()
+            self._waiting = owner
+            try:
+                await owner._ended.wait()
+            finally:
+                self._waiting = None
         self.store.locks[resource] = self
+
+    def _waits_for(self, unit: InMemoryUnitOfWork) -> bool:
+        """Whether this unit waits for `unit` to end, directly or through others."""
+        waiting = self._waiting
+        while waiting is not None and waiting is not unit:
+            waiting = waiting._waiting
+        return waiting is unit
 
 
 class InMemoryRecorder:

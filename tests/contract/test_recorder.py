@@ -461,3 +461,29 @@ async def test_memory_a_unit_waiting_for_one_of_its_own_task_fails_instead_of_ha
                 await second.recorder.append_streams([("inc-2", 0, [submitted("inc-2")])])
     assert [e.stream_id for e in store.events] == ["inc-1"]
     assert store.locks == {}
+
+
+async def test_memory_two_units_waiting_for_each_other_fail_instead_of_hanging() -> None:
+    """A holds an input and wants the counters; B holds the counters and waits for the
+    input: A is refused (PostgreSQL would report a deadlock), rolls back, and B goes on."""
+    store = InMemoryStore()
+    b_holds_counters = asyncio.Event()
+
+    async def unit_a() -> None:
+        async with InMemoryUnitOfWork(store) as a:
+            assert await a.recorder.track_each("c", [("k1", "t", 0, 1)]) == [True]
+            await b_holds_counters.wait()  # B set it, then went on to wait for k1
+            await a.recorder.append_streams([("inc-a", 0, [submitted("inc-a")])])
+
+    async def unit_b() -> list[bool]:
+        async with InMemoryUnitOfWork(store) as b:
+            await b.recorder.append_streams([("inc-b", 0, [submitted("inc-b")])])
+            b_holds_counters.set()
+            return await b.recorder.track_each("c", [("k1", "t", 0, 1)])
+
+    first, second = asyncio.create_task(unit_a()), asyncio.create_task(unit_b())
+    with pytest.raises(RuntimeError, match="never end"):
+        await first
+    assert await second == [True]
+    assert [e.stream_id for e in store.events] == ["inc-b"]
+    assert store.locks == {}
