@@ -187,6 +187,39 @@ async def test_acknowledging_on_the_page_needs_the_csrf_token(env: Env) -> None:
     assert (await types_of(env, incident)).count("incident.acknowledged.v1") == 1
 
 
+async def test_a_signed_in_reporter_reports_under_her_own_name(env: Env) -> None:
+    # issue 23: the console passed a Principal where the route expects a principal id,
+    # and a named report from the console answered 500
+    client = await browser(env, "dev-liu-token")
+    form = await client.get("/ui/report")
+    assert form.status_code == 200
+    sent = await client.post(
+        "/ui/report",
+        data={
+            "csrf": csrf_of(form),
+            "key": str(uuid.uuid4()),
+            "category": "harassment",
+            "summary": "Remarks at the counter",
+            "description": "It happened again on Monday.",
+            "unit": "city-retail",
+        },
+        headers=SAME_ORIGIN,
+    )
+    assert sent.status_code == 200, sent.text
+    assert 'id="receipt"' not in sent.text and 'id="secret"' not in sent.text
+    incident = re.search(r'id="incident">([^<]+)<', sent.text)
+    assert incident is not None, sent.text
+    [submitted] = await stream(env.settings, incident.group(1))
+    assert submitted.actor == "reporter:named"
+    assert submitted.data["reporter"].startswith("pn:")  # a pseudonym, never her id
+    refused = await client.post(
+        "/ui/report",
+        data={"csrf": csrf_of(form), "category": "gossip", "summary": "s", "description": "d"},
+        headers=SAME_ORIGIN,
+    )
+    assert refused.status_code == 422 and "gossip" in refused.text
+
+
 async def test_status_comments_and_messages_reach_the_reporter(env: Env) -> None:
     client = await browser(env)
     form = await client.get("/ui/report")
