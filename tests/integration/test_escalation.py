@@ -523,3 +523,59 @@ async def test_an_incident_whose_whole_chain_is_excluded_raises_a_stall_that_rep
     assert len(logged) >= 3 and all(r.levelno == logging.ERROR for r in logged)
     # someone acts: p-sun is asked at the independent level and the alert stops
     assert state["stalled"] is False and state["independent"] == ["p-sun"]
+
+
+async def test_an_acknowledgement_before_the_reassignment_that_routes_her_clears_the_chain(
+    common: dict[str, Any], settings: CommonSettings
+) -> None:
+    """Triage's reassignment (incident.triage) and the acknowledgement of the person it
+    added (incident.activity, accepted by intake, which routed her) have no order
+    between them. Escalation records the acknowledgement as ignored (not routed yet),
+    keeps it, and applies it when the reassignment routes her: the chain clears. A
+    kept acknowledgement of a principal removed later never counts."""
+    alone = EscalationSettings(
+        **{**common, "kafka_topic_prefix": f"{settings.kafka_topic_prefix}r."}
+    )
+    app = create_escalation(alone)
+    now = datetime.now(UTC)
+    routed, removed = str(uuid.uuid4()), str(uuid.uuid4())
+
+    def event(incident: str, kind: str, data: Any) -> Any:
+        return make_event(kind, subject=incident, data=data, source="/tests", time=now)
+
+    async with serving(app, "http://escalation"):
+        escalation = app.state.escalation
+        for n, incident in enumerate((routed, removed)):
+            await escalation.on_triage(
+                [event_record("incident.triage", decision(incident, now), n)]
+            )
+            ack = Acknowledged(principal="p-ma", level=1)
+            record = event_record(
+                "incident.activity", event(incident, "incident.acknowledged.v1", ack), n
+            )
+            await escalation.on_activity([record])
+        added = Reassigned(added=["p-ma"])
+        gone = Reassigned(removed=[Exclusion(principal="p-ma", rule="recused")])
+        await escalation.on_triage(
+            [
+                event_record("incident.triage", event(routed, "incident.reassigned.v1", added), 2),
+                event_record("incident.triage", event(removed, "incident.reassigned.v1", gone), 3),
+            ]
+        )
+        async with escalation.runtime.db.acquire() as conn:
+            types = {
+                incident: [
+                    r["type"]
+                    for r in await conn.fetch(
+                        "SELECT type FROM events WHERE stream_id = $1 ORDER BY version", incident
+                    )
+                ]
+                for incident in (routed, removed)
+            }
+            kept = await conn.fetchval("SELECT count(*) FROM unrouted_acknowledgements")
+    assert types[routed] == [
+        "incident.acknowledgement.ignored.v1",
+        "incident.escalation.cleared.v1",
+    ]
+    assert types[removed] == ["incident.acknowledgement.ignored.v1"]
+    assert kept == 0
