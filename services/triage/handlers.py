@@ -35,6 +35,7 @@ from services.domain.policy import Policy
 from services.domain.triage import TriageDecision
 from services.infra.crypto import Pseudonyms
 from services.infra.kafka import record_span
+from services.infra.recorder import TrackedInput
 from services.infra.runtime import Runtime
 from services.infra.telemetry import current_traceparent
 from services.triage.postgres import PostgresTriageUnitOfWork
@@ -55,11 +56,17 @@ from services.triage.usecases import (
 __all__ = ["PolicyConflict", "Triage"]
 
 
+def _tracked(record: ConsumerRecord, envelope: Envelope) -> TrackedInput:
+    return (envelope.id, record.topic, record.partition, record.offset)
+
+
 def _cause(record: ConsumerRecord, envelope: Envelope) -> Cause:
+    """The input, its work in a span continuing the record's trace."""
+
     def scope() -> AbstractContextManager[object]:
         return record_span(record)
 
-    return Cause(envelope, (envelope.id, record.topic, record.partition, record.offset), scope)
+    return Cause(envelope, _tracked(record, envelope), scope)
 
 
 class Triage:
@@ -124,7 +131,8 @@ class Triage:
             except InvalidEvent as exc:
                 await self.runtime.dead_letter_poison(record, exc)
                 continue
-            valid.append(_cause(record, envelope))
+            # no span per event: nothing here is traced, and an import brings 254,000
+            valid.append(Cause(envelope, _tracked(record, envelope), body=record.value))
         if valid:
             await self.usecases.keep_directory(KeepDirectory(valid), self.uow())
 

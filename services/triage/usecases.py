@@ -48,6 +48,7 @@ from services.domain.events import (
     Recused,
     ReportAmended,
     ReportSubmitted,
+    data_of,
     make_event,
     parse_envelope,
 )
@@ -56,7 +57,6 @@ from services.domain.org import (
     DirectoryProjection,
     DirectoryView,
     Org,
-    fold_directory,
 )
 from services.domain.policy import Policy
 from services.domain.triage import (
@@ -197,7 +197,8 @@ class Cause:
     tracked: TrackedInput
     scope: Callable[[], AbstractContextManager[object]] = _no_scope
     body: bytes | None = None
-    """The input's bytes as consumed, where the use case keeps them verbatim."""
+    """The input's bytes as consumed (a directory event is kept as it came, signature
+    and all, rather than encoded again); None: the envelope's canonical bytes."""
 
 
 @dataclass(frozen=True)
@@ -248,7 +249,8 @@ def directory_event(envelope: Envelope) -> None:
     """Raise `InvalidEvent` unless this is a directory event with valid data."""
     if envelope.type not in DIRECTORY_EVENT_TYPES:
         raise InvalidEvent(f"not a directory event: {envelope.type}")
-    fold_directory([envelope])  # validates the data
+    # the data as folding will read it (not a fold: that built two snapshots per event)
+    data_of(envelope)
 
 
 def report_input(envelope: Envelope) -> ReportSubmitted | ReportAmended | PeopleConfirmed | None:
@@ -354,7 +356,9 @@ class TriageUseCases:
                 DIRECTORY_CONSUMER, [c.tracked for c in command.events]
             )
             kept = [c for c, new in zip(command.events, fresh, strict=True) if new]
-            await uow.directory_log.append([(c.envelope.id, c.envelope.to_bytes()) for c in kept])
+            await uow.directory_log.append(
+                [(c.envelope.id, c.body or c.envelope.to_bytes()) for c in kept]
+            )
         return len(kept)
 
     async def _refresh_directory(self, uow: TriageUnitOfWork) -> None:

@@ -21,6 +21,7 @@ from services.domain.envelope import Envelope
 from services.domain.events import (
     SUBMITTED,
     EventData,
+    InvalidEvent,
     PeopleConfirmed,
     PersonMatch,
     Recused,
@@ -46,7 +47,9 @@ from services.triage.usecases import (
     Reroute,
     TriageUnitOfWork,
     TriageUseCases,
+    directory_event,
 )
+from tests.helpers import signed
 
 DATA = Path(services.__file__).parent / "data"
 POLICY = load_yaml_model(DATA / "policy.yaml", Policy)
@@ -222,6 +225,41 @@ async def test_an_input_before_its_decision_fails_and_leaves_nothing() -> None:
     with pytest.raises(LookupError):
         await triage.usecases.reroute(Reroute(cause, recused), triage.uow())
     assert not [k for k in triage.store.tracking if k[0] == "triage-activity"]
+
+
+async def test_directory_events_are_kept_as_consumed_once_and_folded_on_the_next_decision() -> None:
+    triage = await Triage().seeded()
+    moved = make_event(
+        "directory.person.upserted.v1",
+        subject="p-chen",
+        data={"person_id": "p-chen", "unit": "group", "manager_id": "p-zhou", "roles": []},
+        source="/services/intake",
+        time=T0,
+    )
+    body = signed(moved)  # as consumed: kept with its signature, not encoded again
+    cause = Cause(moved, (moved.id, "directory.changes", 0, 99), body=body)
+    keep = KeepDirectory([cause, cause])
+    assert await triage.usecases.keep_directory(keep, triage.uow()) == 1
+    assert await triage.usecases.keep_directory(keep, triage.uow()) == 0
+    assert triage.tables.directory_log[-1] == (moved.id, body)
+    incident = await decided(triage, ["p-wang"])
+    triaged = data(triage.emitted(incident), "incident.triaged.v1")[0]
+    assert triaged["chain"][0]["recipients"] == ["p-ma"]  # p-chen is no handler any more
+
+
+def test_a_directory_event_is_checked_before_it_is_kept() -> None:
+    bad = make_event(
+        "directory.role.assigned.v1",
+        subject="p-chen",
+        data={"person_id": "p-chen", "role": "hr_head"},
+        source="/services/intake",
+        time=T0,
+    )
+    directory_event(bad)
+    with pytest.raises(InvalidEvent):
+        directory_event(bad.model_copy(update={"data": {"person_id": "p-chen"}}))
+    with pytest.raises(InvalidEvent):
+        directory_event(later("x", SUBMITTED, submitted("x", [])[1]))
 
 
 async def test_a_changed_policy_under_an_old_version_is_refused() -> None:
