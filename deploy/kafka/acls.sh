@@ -14,7 +14,7 @@ acls() {
 acls --add --allow-principal User:intake --operation Read --operation Describe --topic incident.inbound
 acls --add --allow-principal User:intake --operation Write --operation Describe --topic incident.reports
 acls --add --allow-principal User:intake --operation Read --operation Describe --topic incident.triage
-acls --add --allow-principal User:intake --operation Write --operation Describe --topic incident.activity
+acls --add --allow-principal User:intake --operation Write --operation Read --operation Describe --topic incident.activity
 acls --add --allow-principal User:intake --operation Read --operation Describe --topic incident.escalations
 acls --add --allow-principal User:intake --operation Write --operation Describe --topic directory.changes
 acls --add --allow-principal User:intake --operation Write --operation Describe --topic incident.deadletter

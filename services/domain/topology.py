@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from services.domain.events import CATALOG, SERVICES, Topic
 
 READS: dict[str, tuple[Topic, ...]] = {
-    "intake": (Topic.INBOUND, Topic.TRIAGE, Topic.ESCALATIONS),
+    "intake": (Topic.INBOUND, Topic.TRIAGE, Topic.ESCALATIONS, Topic.ACTIVITY),
     "triage": (Topic.DIRECTORY, Topic.REPORTS, Topic.ACTIVITY),
     "escalation": (Topic.TRIAGE, Topic.ACTIVITY, Topic.REPORTS, Topic.DIRECTORY),
     "audit": tuple(t for t in Topic if t is not Topic.INBOUND),

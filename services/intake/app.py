@@ -70,7 +70,7 @@ def create_app(settings: IntakeSettings | None = None) -> FastAPI:
     )
     runtime.consume(
         f"{settings.kafka_topic_prefix}intake-routing",
-        [settings.topic(Topic.TRIAGE), settings.topic(Topic.ESCALATIONS)],
+        [settings.topic(t) for t in (Topic.TRIAGE, Topic.ESCALATIONS, Topic.ACTIVITY)],
         routing_handler(runtime),
     )
     directory = load_yaml_model(settings.directory_file, DirectoryFile)

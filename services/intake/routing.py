@@ -1,4 +1,5 @@
-"""Who each incident is routed to, learned from `incident.triage` and `incident.escalations`.
+"""Who each incident is routed to, learned from `incident.triage`, `incident.escalations`
+and the breach notices of `incident.activity`.
 
 The `intake-routing` consumer keeps the `routing` table (migration 0003):
 
@@ -8,6 +9,12 @@ The `intake-routing` consumer keeps the `routing` table (migration 0003):
   excluded (with their rule); the `added` ones are routed, at the level of those they
   replace (else the incident's current level, else 1);
 - `incident.escalated.v1`: the `recipients` are routed at `level`;
+- `incident.notified.v1` of the `breach` channel (on `incident.activity`): a legal
+  clock's breach tells the current level, the next level and the independent roles
+  (services/domain/escalation.py, `clock_recipients`); each recipient is routed at the
+  notice's `level` like an escalation's, so the people told of a breach can open what
+  they were told of. An exclusion still wins (`Routing`, `actions.decide`); other
+  notices (asks, reminders) go to people already routed and change nothing here;
 - `incident.triaged.v1` of a later `revision` (after the people were confirmed): its
   exclusions are added and its new level 1 is routed (nobody routed before is unrouted,
   nobody excluded is ever let back in);
@@ -56,11 +63,13 @@ from services.domain.access import (
 )
 from services.domain.directory import Person
 from services.domain.envelope import Envelope
+from services.domain.escalation import BREACH_CHANNEL
 from services.domain.events import (
     Assigned,
     Escalated,
     Exclusion,
     InvalidEvent,
+    Notified,
     Reassigned,
     ReassignmentOrdered,
     Recused,
@@ -139,6 +148,8 @@ async def apply_event(conn: asyncpg.Connection, envelope: Envelope) -> None:
             await _many(
                 conn, _ROUTE, [(incident, p, data.level, at, envelope.id) for p in data.recipients]
             )
+        case Notified(channel=channel) if channel == BREACH_CHANNEL:
+            await _many(conn, _ROUTE, [(incident, data.principal, data.level, at, envelope.id)])
         case _:
             return
 
