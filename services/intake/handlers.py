@@ -25,11 +25,12 @@ The conflict routes (issue 18, docs/conflicts.md): `POST .../recuse`, `.../reass
 
 from __future__ import annotations
 
+import functools
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, ParamSpec, TypeVar
 
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse
@@ -47,7 +48,7 @@ from services.domain.events import (
     StatusChanged,
     Viewed,
 )
-from services.domain.incident import fold
+from services.domain.incident import REPORT_FIELDS, fold
 from services.domain.policy import Policy
 from services.domain.status import in_time_order, progress_of
 from services.infra.auth import Principal
@@ -60,6 +61,8 @@ from services.intake.principals import RequiredPrincipal
 from services.intake.progress import handler_status, kept_events, progress
 
 router = APIRouter(prefix="/v1", tags=["handlers"])
+P = ParamSpec("P")
+R = TypeVar("R")
 
 MAX_LISTED = 200
 
@@ -249,24 +252,21 @@ def problem(error: ActionError) -> Problem:
     return Problem(error.status, error.title, error.detail, **error.extra)
 
 
-async def act(
-    runtime: Runtime,
-    keys: KeyStore,
-    principal: Principal,
-    incident_id: str,
-    action: Action,
-    build: Build[T],
-    *,
-    policy: Policy,
-    people: Sequence[str] = (),
-) -> T:
-    """`actions.act`, its errors answered as problem+json (`Problem`)."""
-    try:
-        return await actions.act(
-            runtime, keys, principal, incident_id, action, build, policy=policy, people=people
-        )
-    except ActionError as error:
-        raise problem(error) from None
+def _answered(use_case: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """`use_case` with its `ActionError`s answered as problem+json (`problem`)."""
+
+    @functools.wraps(use_case)
+    async def answered(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await use_case(*args, **kwargs)
+        except ActionError as error:
+            raise problem(error) from None
+
+    return answered
+
+
+act = _answered(actions.act)
+"""`actions.act`, its errors answered as problem+json (`Problem`)."""
 
 
 async def _act(
@@ -291,6 +291,24 @@ async def _act(
 
 
 # The view -------------------------------------------------------------------------
+
+
+def _recording(
+    path: str, summary: str, recorded: str, *problems: tuple[int, str]
+) -> Callable[[Callable[..., Awaitable[dict[str, Any]]]], Callable[..., Awaitable[dict[str, Any]]]]:
+    """A route recording one action: 202 with `Recorded`, the answers every one of them
+    has (401, 403, 404, 413, 500, 503) and its own `problems` (a 409, a 422)."""
+    answers = sorted((UNAUTHORIZED, FORBIDDEN, NOT_FOUND, TOO_LARGE, FAILED, BUSY, *problems))
+    return router.post(
+        path,
+        status_code=202,
+        summary=summary,
+        response_model=Recorded,
+        responses={
+            202: {"description": recorded},
+            **problem_responses(*answers),
+        },
+    )
 
 
 def _time(moment: datetime | None) -> str | None:
@@ -332,18 +350,7 @@ def report_view(context: Context) -> dict[str, Any]:
     state = context.state
     return {
         "incident_id": context.incident_id,
-        **{
-            name: report.get(name)
-            for name in (
-                "category",
-                "summary",
-                "description",
-                "occurred_at",
-                "location",
-                "unit",
-                "channel",
-            )
-        },
+        **{name: report.get(name) for name in (*REPORT_FIELDS, "channel")},
         "accused": accused,
         "named": named,
         "addenda": addenda,
@@ -516,33 +523,21 @@ def _recorded(context: Context, event: Envelope, status: str | None = None) -> d
     }
 
 
-@router.post(
+@_recording(
     "/incidents/{incident_id}/status",
-    status_code=202,
-    summary="Change an incident's status (investigating, resolved, closed with outcome)",
-    response_model=Recorded,
-    responses={
-        202: {"description": "Changed: `incident.status.changed.v1` is recorded."},
-        **problem_responses(
-            UNAUTHORIZED,
-            FORBIDDEN,
-            NOT_FOUND,
-            (
-                409,
-                "Not possible now: not acknowledged yet, already in that status, or a "
-                "transition the workflow forbids (closed is final).",
-            ),
-            TOO_LARGE,
-            (
-                422,
-                "Not valid: `status` is not investigating, resolved or closed, `closed`"
-                " comes without an `outcome` (1 to 2,000 characters), or another field is"
-                " unknown or too long; `errors` lists the fields.",
-            ),
-            FAILED,
-            BUSY,
-        ),
-    },
+    "Change an incident's status (investigating, resolved, closed with outcome)",
+    "Changed: `incident.status.changed.v1` is recorded.",
+    (
+        409,
+        "Not possible now: not acknowledged yet, already in that status, or a "
+        "transition the workflow forbids (closed is final).",
+    ),
+    (
+        422,
+        "Not valid: `status` is not investigating, resolved or closed, `closed`"
+        " comes without an `outcome` (1 to 2,000 characters), or another field is"
+        " unknown or too long; `errors` lists the fields.",
+    ),
 )
 async def change_status(
     incident_id: IncidentId,
@@ -571,15 +566,11 @@ async def change_status(
     return await _act(request, caller, incident_id, "status", change)
 
 
-@router.post(
+@_recording(
     "/incidents/{incident_id}/comments",
-    status_code=202,
-    summary="Comment on an incident (handlers only)",
-    response_model=Recorded,
-    responses={
-        202: {"description": "Recorded: `incident.commented.v1`."},
-        **problem_responses(UNAUTHORIZED, FORBIDDEN, NOT_FOUND, TOO_LARGE, INVALID, FAILED, BUSY),
-    },
+    "Comment on an incident (handlers only)",
+    "Recorded: `incident.commented.v1`.",
+    INVALID,
 )
 async def comment(
     incident_id: IncidentId, body: TextBody, request: Request, caller: RequiredPrincipal
@@ -595,24 +586,12 @@ async def comment(
     )
 
 
-@router.post(
+@_recording(
     "/incidents/{incident_id}/messages",
-    status_code=202,
-    summary="Write to the reporter (also an anonymous one)",
-    response_model=Recorded,
-    responses={
-        202: {"description": "Recorded: `incident.reporter.message.v1` to the reporter."},
-        **problem_responses(
-            UNAUTHORIZED,
-            FORBIDDEN,
-            NOT_FOUND,
-            (409, "The incident is closed: the reporter reads its outcome instead."),
-            TOO_LARGE,
-            INVALID,
-            FAILED,
-            BUSY,
-        ),
-    },
+    "Write to the reporter (also an anonymous one)",
+    "Recorded: `incident.reporter.message.v1` to the reporter.",
+    (409, "The incident is closed: the reporter reads its outcome instead."),
+    INVALID,
 )
 async def message_reporter(
     incident_id: IncidentId, body: TextBody, request: Request, caller: RequiredPrincipal
@@ -690,17 +669,12 @@ def _done(incident_id: uuid.UUID, done: actions.Done) -> dict[str, Any]:
     }
 
 
-@router.post(
+@_recording(
     "/incidents/{incident_id}/recuse",
-    status_code=202,
-    summary="Declare a conflict of interest on an incident routed to the caller",
-    response_model=Recorded,
-    responses={
-        202: {"description": "Recorded: `incident.recused.v1`; the caller is excluded now."},
-        **problem_responses(
-            UNAUTHORIZED, FORBIDDEN, NOT_FOUND, CLOSED, TOO_LARGE, INVALID, FAILED, BUSY
-        ),
-    },
+    "Declare a conflict of interest on an incident routed to the caller",
+    "Recorded: `incident.recused.v1`; the caller is excluded now.",
+    CLOSED,
+    INVALID,
 )
 async def recuse(
     incident_id: IncidentId, body: RecuseBody, request: Request, caller: RequiredPrincipal
@@ -711,17 +685,12 @@ async def recuse(
     return _done(incident_id, done)
 
 
-@router.post(
+@_recording(
     "/incidents/{incident_id}/reassign",
-    status_code=202,
-    summary="Order a reassignment (policy `conflicts.reassign_roles`)",
-    response_model=Recorded,
-    responses={
-        202: {"description": "Recorded: `incident.reassignment.ordered.v1`."},
-        **problem_responses(
-            UNAUTHORIZED, FORBIDDEN, NOT_FOUND, CLOSED, TOO_LARGE, PEOPLE_REFUSED, FAILED, BUSY
-        ),
-    },
+    "Order a reassignment (policy `conflicts.reassign_roles`)",
+    "Recorded: `incident.reassignment.ordered.v1`.",
+    CLOSED,
+    PEOPLE_REFUSED,
 )
 async def reassign(
     incident_id: IncidentId, body: ReassignBody, request: Request, caller: RequiredPrincipal
@@ -737,24 +706,12 @@ async def reassign(
     return _done(incident_id, done)
 
 
-@router.post(
+@_recording(
     "/incidents/{incident_id}/people",
-    status_code=202,
-    summary="Confirm or correct who a conflict-unresolved report concerns (independent roles)",
-    response_model=Recorded,
-    responses={
-        202: {"description": "Recorded: `incident.people.confirmed.v1`; triage decides again."},
-        **problem_responses(
-            UNAUTHORIZED,
-            FORBIDDEN,
-            NOT_FOUND,
-            (409, "The incident is closed, or its people are not unresolved (nothing to confirm)."),
-            TOO_LARGE,
-            PEOPLE_REFUSED,
-            FAILED,
-            BUSY,
-        ),
-    },
+    "Confirm or correct who a conflict-unresolved report concerns (independent roles)",
+    "Recorded: `incident.people.confirmed.v1`; triage decides again.",
+    (409, "The incident is closed, or its people are not unresolved (nothing to confirm)."),
+    PEOPLE_REFUSED,
 )
 async def confirm_people(
     incident_id: IncidentId, body: PeopleBody, request: Request, caller: RequiredPrincipal

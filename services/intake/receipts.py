@@ -155,6 +155,16 @@ def _too_many(exc: TooManyAttempts) -> JSONResponse:
     return answer
 
 
+async def _opened(service: IntakeService, receipt: str, secret: str | None) -> str | JSONResponse:
+    """The incident the receipt and secret open, or the answer refusing them (404, 429)."""
+    try:
+        return await service.open_receipt(receipt, secret)
+    except ReceiptNotFound:
+        return _not_found()
+    except TooManyAttempts as exc:
+        return _too_many(exc)
+
+
 @router.get(
     "/receipts/{receipt}",
     summary="Follow up an anonymous report",
@@ -172,12 +182,9 @@ async def get_receipt(
     """The reporter's view: status, whether and when it was acknowledged, by when it
     must be, and the messages to and from the reporter (handlers are not named)."""
     service = _service(request)
-    try:
-        incident_id = await service.open_receipt(receipt, secret)
-    except ReceiptNotFound:
-        return _not_found()
-    except TooManyAttempts as exc:
-        return _too_many(exc)
+    incident_id = await _opened(service, receipt, secret)
+    if isinstance(incident_id, JSONResponse):
+        return incident_id
     view = await service.reporter_view(incident_id)
     audit_url = getattr(service.runtime.settings, "audit_url", "")
     proof = await ledger_proof(service.runtime, audit_url, incident_id)
@@ -214,12 +221,9 @@ async def post_receipt_message(
     Not idempotent: a retried request may add the message twice.
     """
     service = _service(request)
-    try:
-        incident_id = await service.open_receipt(receipt, secret)
-    except ReceiptNotFound:
-        return _not_found()
-    except TooManyAttempts as exc:
-        return _too_many(exc)
+    incident_id = await _opened(service, receipt, secret)
+    if isinstance(incident_id, JSONResponse):
+        return incident_id
     try:
         sent = await service.message_from_reporter(incident_id, message.text)
     except ReportClosed:
