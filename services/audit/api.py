@@ -49,6 +49,8 @@ AsOf = Annotated[
     Query(description="RFC 3339 date-time with an offset (`Z` or `±hh:mm`); default now."),
 ]
 """The `as_of` query parameter of the incident routes: now when absent."""
+Authorization = Annotated[str | None, Header()]
+"""The `Authorization` header (a bearer token) of the auditor routes."""
 
 router = APIRouter(prefix="/v1")
 MAX_INDEX = 2**63 - 1
@@ -132,7 +134,7 @@ async def timeline(
     incident_id: str,
     request: Request,
     content: Annotated[bool, Query(description=CONTENT_HELP)] = False,
-    authorization: Annotated[str | None, Header()] = None,
+    authorization: Authorization = None,
 ) -> dict[str, Any]:
     """The incident's events in ledger order, each with its index and recording time.
 
@@ -164,7 +166,7 @@ async def knowledge(
     incident_id: str,
     request: Request,
     as_of: AsOf = None,
-    authorization: Annotated[str | None, Header()] = None,
+    authorization: Authorization = None,
 ) -> dict[str, Any]:
     """Principals who had been shown the report by `as_of`, by ledger time (no backdating).
 
@@ -186,7 +188,7 @@ async def deliveries(
     incident_id: str,
     request: Request,
     as_of: AsOf = None,
-    authorization: Annotated[str | None, Header()] = None,
+    authorization: Authorization = None,
 ) -> dict[str, Any]:
     """Every `incident.notified.v1` recorded by `as_of` (ledger time) with its outcome
     (`incident.notice.delivered.v1` / `.failed.v1`) and the recipient's first view after
@@ -212,7 +214,7 @@ async def state(
     request: Request,
     as_of: AsOf = None,
     content: Annotated[bool, Query(description=CONTENT_HELP)] = False,
-    authorization: Annotated[str | None, Header()] = None,
+    authorization: Authorization = None,
 ) -> dict[str, Any]:
     """Rebuilt by replaying the ledger through the domain fold the services use.
 
@@ -245,7 +247,7 @@ async def entries(
     request: Request,
     start: Annotated[int, Query(ge=0, le=MAX_INDEX - MAX_ENTRIES)] = 0,
     end: Annotated[int | None, Query(ge=0, le=MAX_INDEX)] = None,
-    authorization: Annotated[str | None, Header()] = None,
+    authorization: Authorization = None,
 ) -> dict[str, Any]:
     """At most 1,000 entries, each with its stored leaf bytes, to recompute the tree.
 
