@@ -1,7 +1,14 @@
 """Audit: the verifiable ledger of everything that happened.
 
-- `ledger.py`: canonical leaves and exactly-once appends of consumed records.
-- `merkle.py`: RFC 9162 Merkle tree hashing, proofs and their verification (pure).
-- `api.py`: auditor HTTP API (timeline; proofs, heads and knowledge follow).
+- `usecases.py`: the application layer: appending consumed records, and every auditor
+  query (incident reads, knowledge, raw entries, proofs, heads, the console list), each
+  on a command and an `AuditUnitOfWork`; `postgres.py` and `memory.py` implement it.
+- `ledger.py`: canonical leaves, classification of records, the `PostgresLedger` store.
+- `conflicts.py`: who an incident excludes (the reader included), for every read.
+- `merkle.py` / `tree.py`: RFC 9162 hashing and proofs (pure) / the tree in PostgreSQL.
+- `checkpoint.py`, `cosignature.py`, `heads.py`, `identity.py`: signed heads, witness
+  cosignatures, the signer loop, one key for one log.
+- `api.py`, `receipt_proofs.py`, `ui*.py`: thin HTTP and console adapters.
+- `verify.py`, `trust.py`, `receipt_check.py`, `cli.py`: `incidents audit`, the verifier.
 - `app.py`: `create_app(settings)`, wiring the runtime, the ingest consumer and routes.
 """
