@@ -69,7 +69,6 @@ import random
 import secrets
 import statistics
 import subprocess
-import sys
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -89,22 +88,15 @@ from services.domain.escalation import CLOCK_CHANNELS
 from services.infra.localstack import (
     EmbeddedPostgres,
     LocalStackError,
-    Tansu,
-    die_with_parent,
-    free_port,
-    kill_process,
-    log_tail,
     postgres_answers,
     run_sync,
-    stop_process,
 )
 from services.infra.settings import with_database
+from tooling.launcher import SERVICES, LaunchError, PrivateStack
 
-SERVICES: tuple[str, ...] = ("intake", "triage", "escalation", "audit")
 LOCAL_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 AUDITOR = "auditor"  # dev-auditor-token, from the development tokens file
 _PACKAGE = Path(__file__).resolve().parent
-_IMPORT_ROOT = _PACKAGE.parent
 _DATA = _PACKAGE / "data"
 
 SUBMITTED = "incident.report.submitted.v1"
@@ -405,82 +397,28 @@ class ChaosError(RuntimeError):
 # --------------------------------------------------------------------------- the stack
 
 
-class ChaosStack:
-    """A broker and the four services as child processes, restartable at will.
+class ChaosStack(PrivateStack):
+    """A broker and the four services as child processes, restartable at will, with
+    none of the caller's `INCIDENTS_*` settings: the policy of seconds, the demo
+    directory and tokens.
 
     Processes are started from the calling thread (the kernel ties `die_with_parent`
-    to it), so call `start` from the thread that runs the chaos loop.
+    to it), so call `start_service` from the thread that runs the chaos loop.
     """
 
     def __init__(self, run_dir: Path, database_url: str, policy_file: Path) -> None:
-        self.run_dir = run_dir
-        self.broker = Tansu.start(free_port(), run_dir / "broker.log")
-        self.ports = {name: free_port() for name in SERVICES}
-        inherited = {k: v for k, v in os.environ.items() if not k.startswith("INCIDENTS_")}
-        path = inherited.get("PYTHONPATH", "")
-        self.env = {
-            **inherited,
-            "PYTHONPATH": os.pathsep.join(p for p in (str(_IMPORT_ROOT), path) if p),
-            "PYTHONUNBUFFERED": "1",
-            "INCIDENTS_ENVIRONMENT": "test",
-            "INCIDENTS_KAFKA_BOOTSTRAP": self.broker.bootstrap,
-            "INCIDENTS_DATABASE_URL": database_url,
-            "INCIDENTS_BROKER_CHECK_INTERVAL": "0.5",
-            "INCIDENTS_SIGNING_KEY_FILE": str(run_dir / "signing-key.pem"),
-            "INCIDENTS_CHECKPOINT_INTERVAL": "1",
-            "INCIDENTS_POLICY_FILE": str(policy_file),
-            "INCIDENTS_DIRECTORY_FILE": str(_DATA / "directory.yaml"),
-            "INCIDENTS_TOKENS_FILE": str(_DATA / "tokens.yaml"),
-            **{f"INCIDENTS_{n.upper()}_PORT": str(p) for n, p in self.ports.items()},
-        }
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-
-    def url(self, name: str) -> str:
-        return f"http://127.0.0.1:{self.ports[name]}"
-
-    def start(self, name: str) -> None:
-        with (self.run_dir / f"{name}.log").open("ab") as log:
-            self.procs[name] = subprocess.Popen(  # noqa: S603 - our interpreter and module
-                [sys.executable, "-m", f"services.{name}"],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=self.env,
-                start_new_session=True,
-                preexec_fn=die_with_parent,
-            )
-
-    def kill(self, name: str) -> None:
-        """SIGKILL the service's process group."""
-        kill_process(self.procs[name])
-
-    def restart_broker(self) -> None:
-        """SIGKILL the broker and start an empty one on the same port."""
-        self.broker.restart()
-
-    def tail(self, name: str) -> str:
-        return log_tail(self.run_dir / f"{name}.log", 30)
-
-    async def wait_ready(
-        self, name: str, http: httpx.AsyncClient, within: float = READY_WITHIN
-    ) -> float:
-        loop = asyncio.get_running_loop()
-        began = loop.time()
-        while loop.time() - began < within:
-            proc = self.procs[name]
-            if proc.poll() is not None:
-                raise ChaosError(f"{name} exited with {proc.returncode}:\n{self.tail(name)}")
-            with contextlib.suppress(httpx.HTTPError):
-                answer = await http.get(self.url(name) + "/readyz", timeout=10)
-                if answer.status_code == 200:
-                    return loop.time() - began
-            await asyncio.sleep(0.1)
-        raise ChaosError(f"{name} not ready within {within:.0f}s:\n{self.tail(name)}")
-
-    def stop(self) -> None:
-        for name in reversed(list(self.procs)):
-            stop_process(self.procs[name])
-        self.broker.stop()
+        super().__init__(
+            run_dir,
+            database_url,
+            inherit_incidents=False,
+            env={
+                "INCIDENTS_BROKER_CHECK_INTERVAL": "0.5",
+                "INCIDENTS_CHECKPOINT_INTERVAL": "1",
+                "INCIDENTS_POLICY_FILE": str(policy_file),
+                "INCIDENTS_DIRECTORY_FILE": str(_DATA / "directory.yaml"),
+                "INCIDENTS_TOKENS_FILE": str(_DATA / "tokens.yaml"),
+            },
+        )
 
 
 # --------------------------------------------------------------------------- records
@@ -833,8 +771,8 @@ class Chaos:
         self.stack.kill(name)
         self.record.faults.append(fault)
         await asyncio.sleep(pause)
-        self.stack.start(name)
-        await self.stack.wait_ready(name, self.client)
+        self.stack.start_service(name)
+        await self.stack.launcher.wait_ready_async(name, self.client, READY_WITHIN)
         fault.ready_at = _now()
         fault.down = (fault.ready_at - fault.started_at).total_seconds()
 
@@ -1526,7 +1464,7 @@ def run_chaos(config: ChaosConfig, console: Console | None = None) -> int:
         try:
             stack = ChaosStack(run_dir, database.url, policy_file)
             for name in SERVICES:
-                stack.start(name)
+                stack.start_service(name)
         except (LocalStackError, OSError) as exc:
             console.print(f"[red]error:[/] the stack did not start: {exc}")
             return 2
@@ -1535,13 +1473,13 @@ def run_chaos(config: ChaosConfig, console: Console | None = None) -> int:
         async def main() -> Any:
             async with httpx.AsyncClient() as http:
                 for name in SERVICES:
-                    await stack.wait_ready(name, http)
+                    await stack.launcher.wait_ready_async(name, http, READY_WITHIN)
             console.print(f"stack ready: {', '.join(f'{n} {stack.url(n)}' for n in SERVICES)}")
             return await chaos.run()
 
         try:
             leaves, report, error = run_sync(main)
-        except ChaosError as exc:
+        except (ChaosError, LaunchError) as exc:
             console.print(f"[red]error:[/] {exc}")
             return 2
         checks, facts = evaluate(chaos.record, leaves, chaos.snapshot_at, report, error)

@@ -19,7 +19,6 @@ import asyncio
 import functools
 import json
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -411,20 +410,11 @@ class Phoenix:
         """Start the server and wait until its UI answers; RuntimeError if it does not."""
         import httpx
 
-        from services.infra.localstack import die_with_parent, kill_process, log_tail
+        from services.infra.localstack import kill_process, log_tail, spawn
 
         self.working_dir.mkdir(parents=True, exist_ok=True)
         command, env = self.command()
-        with log_path.open("ab") as log:
-            self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,
-                preexec_fn=die_with_parent,
-            )
+        self.process = spawn(command, log_path, env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and self.process.poll() is None:
             try:

@@ -205,6 +205,23 @@ def die_with_parent() -> None:  # pragma: no cover - runs in the child before ex
         _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
 
 
+def spawn(
+    command: list[str], log_path: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start `command` in its own process group (session), dying with this thread
+    (`die_with_parent`), stdin empty, stdout and stderr appended to `log_path`."""
+    with log_path.open("ab") as log:
+        return subprocess.Popen(  # noqa: S603 - our own binaries, interpreter and modules
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
+        )
+
+
 def log_tail(path: Path, lines: int = 30) -> str:
     """The last lines of a log file ('' if it does not exist)."""
     try:
@@ -303,15 +320,7 @@ class Tansu:
             "memory://tansu/",
         ]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(  # noqa: S603 - fixed binary and arguments
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=die_with_parent,
-            )
+        self.process = spawn(command, self.log_path)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -20,18 +20,14 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 from urllib.parse import urlsplit
 
-import httpx
 from rich.console import Console
 from rich.table import Table
 
@@ -42,14 +38,12 @@ from services.infra.localstack import (
     EmbeddedPostgres,
     LocalStackError,
     Tansu,
-    die_with_parent,
     kafka_answers,
     log_tail,
     port_in_use,
     postgres_answers,
     run_sync,
     split_host_port,
-    stop_process,
 )
 from services.infra.preflight import CONFIG_EXIT, SETTINGS, check_service
 from services.infra.settings import (
@@ -59,11 +53,17 @@ from services.infra.settings import (
     with_database,
 )
 from services.traces import Phoenix
+from tooling.launcher import (
+    IMPORT_ROOT,
+    READY_TIMEOUT,
+    SERVICES,
+    Launcher,
+    LaunchError,
+    with_import_root,
+)
+from tooling.launcher import service_command as default_command
 
-SERVICES: tuple[str, ...] = ("intake", "triage", "escalation", "audit")
-READY_TIMEOUT = 60.0
-_PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # the `services` package
-_IMPORT_ROOT = _PACKAGE_ROOT.parent  # the folder that makes `services` importable
+_PACKAGE_ROOT = IMPORT_ROOT / "services"
 
 
 class StackError(RuntimeError):
@@ -74,11 +74,6 @@ def state_dir() -> Path:
     """Where the lock lives: `$INCIDENTS_STATE_DIR`, else `~/.incidents`."""
     configured = os.environ.get("INCIDENTS_STATE_DIR")
     return Path(configured) if configured else Path.home() / ".incidents"
-
-
-def default_command(name: str) -> list[str]:
-    """The command line of a service: `python -m services.<name>`."""
-    return [sys.executable, "-m", f"services.{name}"]
 
 
 def redact_url(url: str) -> str:
@@ -92,16 +87,6 @@ def redact_url(url: str) -> str:
     if parts.port:
         netloc = f"{netloc}:{parts.port}"
     return parts._replace(netloc=netloc).geturl()
-
-
-@dataclass
-class _Child:
-    name: str
-    port: int
-    log_path: Path
-    process: subprocess.Popen[bytes]
-    started_at: float = field(default_factory=time.monotonic)
-    ready: bool = False
 
 
 @contextlib.contextmanager
@@ -173,7 +158,7 @@ class _Stack:
         self.stop = stop
         self.broker: Tansu | None = None
         self.postgres: EmbeddedPostgres | None = None
-        self.children: list[_Child] = []
+        self.services: Launcher | None = None
         self.bootstrap = ""
         self.database_url = ""
         self.phoenix: Phoenix | None = None
@@ -276,83 +261,49 @@ class _Stack:
 
     def start_services(
         self,
-        names: Sequence[str],
+        host: str,
         ports: Mapping[str, int],
         command: Callable[[str], list[str]],
     ) -> None:
         env = dict(os.environ)
         env["INCIDENTS_KAFKA_BOOTSTRAP"] = self.bootstrap
         env["INCIDENTS_DATABASE_URL"] = self.database_url
-        env["PYTHONUNBUFFERED"] = "1"
         if self.phoenix is not None:
             env.update(self.phoenix.service_env())
-        path = env.get("PYTHONPATH", "")
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_IMPORT_ROOT), path) if p)
         key_files: dict[str, Path] = {}
         if not env.get("INCIDENTS_EVENT_KEYS_FILE"):  # real event keys, kept in the state folder
             key_files, keys_file = signing.ensure_key_files(state_dir() / "event-keys")
             env["INCIDENTS_EVENT_KEYS_FILE"] = str(keys_file)
-        for name in names:
-            log_path = self.run / f"{name}.log"
-            child_env = {**env, f"INCIDENTS_{name.upper()}_PORT": str(ports[name])}
-            if name in key_files:
-                child_env["INCIDENTS_EVENT_SIGNING_KEY"] = str(key_files[name])
-            with log_path.open("ab") as log:
-                process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-                    command(name),
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env=child_env,
-                    start_new_session=True,
-                    preexec_fn=die_with_parent,
-                )
-            self.children.append(_Child(name, ports[name], log_path, process))
+        self.services = Launcher(self.run, with_import_root(env), ports, host=host, command=command)
+        for name in ports:
+            key = {"INCIDENTS_EVENT_SIGNING_KEY": str(key_files[name])} if name in key_files else {}
+            self.services.start(name, **key)
 
-    def wait_ready(self, host: str, timeout: float) -> bool:
-        """True when every child answers /readyz; False if asked to stop meanwhile."""
-        with httpx.Client(timeout=1.0) as http, self.console.status("") as status:
-            while True:
-                pending = [c for c in self.children if not c.ready]
-                if not pending:
-                    return True
-                status.update(
+    def wait_ready(self, timeout: float) -> bool:
+        """True when every service answers /readyz; False if asked to stop meanwhile."""
+        assert self.services is not None
+        services = self.services
+        with self.console.status("") as status:
+            return services.wait_ready(
+                timeout=timeout,
+                stop=self.stop,
+                on_pending=lambda pending: status.update(
                     "Waiting for "
-                    + ", ".join(f"{c.name} (:{c.port})" for c in pending)
+                    + ", ".join(f"{n} (:{services.ports[n]})" for n in pending)
                     + " to answer /readyz ..."
-                )
-                for child in pending:
-                    if self.stop.is_set():
-                        return False
-                    code = child.process.poll()
-                    if code is not None:
-                        raise StackError(self._died(child, code, "before it was ready"))
-                    try:
-                        answer = http.get(f"http://{host}:{child.port}/readyz")
-                    except httpx.HTTPError:
-                        answer = None
-                    if answer is not None and answer.status_code == 200:
-                        child.ready = True
-                        elapsed = time.monotonic() - child.started_at
-                        self.console.print(f"  [green]ready[/] {child.name} in {elapsed:.1f}s")
-                    elif time.monotonic() - child.started_at > timeout:
-                        raise StackError(
-                            f"{child.name} did not answer /readyz with 200 within {timeout:.0f}s"
-                            f" (last answer: {answer.status_code if answer else 'none'}); "
-                            f"log {child.log_path}:\n{log_tail(child.log_path)}"
-                        )
-                if self.stop.wait(0.2):
-                    return False
+                ),
+                on_ready=lambda name, seconds: self.console.print(
+                    f"  [green]ready[/] {name} in {seconds:.1f}s"
+                ),
+            )
 
     # -- watch and stop ------------------------------------------------------------
 
     def watch(self) -> None:
         """Block until asked to stop; raise StackError when a process dies."""
         while not self.stop.wait(0.5):
-            for child in self.children:
-                code = child.process.poll()
-                if code is not None:
-                    raise StackError(self._died(child, code, "unexpectedly"))
+            if self.services is not None:
+                self.services.check_alive()
             if self.broker is not None and not self.broker.running:
                 raise StackError(
                     f"the Tansu broker died unexpectedly; log {self.broker.log_path}:\n"
@@ -361,20 +312,15 @@ class _Stack:
             if self.phoenix is not None and not self.phoenix.running:
                 raise StackError(f"Arize Phoenix died unexpectedly; log {self.run / 'phoenix.log'}")
 
-    def _died(self, child: _Child, code: int, when: str) -> str:
-        return (
-            f"{child.name} exited {when} with code {code}; log {child.log_path}:\n"
-            f"{log_tail(child.log_path)}"
-        )
-
     def shutdown(self) -> None:
-        for child in reversed(self.children):
-            if child.process.poll() is None:
-                with self.console.status(f"Stopping {child.name} ..."):
-                    code = stop_process(child.process, STOP_TIMEOUT)
+        if self.services is not None:
+
+            def stopped(name: str, code: int | None) -> None:
                 how = f"signal {-code}" if code is not None and code < 0 else f"exit {code}"
-                self.console.print(f"  stopped {child.name} ({how})")
-        self.children.clear()
+                self.console.print(f"  stopped {name} ({how})")
+
+            with self.console.status("Stopping the services ..."):
+                self.services.stop_all(STOP_TIMEOUT, report=stopped)
         if self.phoenix is not None:
             with self.console.status("Stopping Arize Phoenix ..."):
                 self.phoenix.stop()
@@ -397,8 +343,9 @@ class _Stack:
         table = Table(title="incidents is up", show_header=True)
         table.add_column("what")
         table.add_column("where")
-        for child in self.children:
-            table.add_row(child.name, f"http://{host}:{child.port}")
+        if self.services is not None:
+            for name in self.services.procs:
+                table.add_row(name, self.services.url(name))
         broker_note = " (Tansu, started here)" if self.broker else ""
         table.add_row("Kafka bootstrap", self.bootstrap + broker_note)
         db_note = " (embedded, started here)" if self.postgres else ""
@@ -467,7 +414,7 @@ def run_stack(
                 if traces:
                     stack.start_phoenix()
                 return _run(stack, settings, host, service_ports, service_command, ready_timeout)
-            except StackError as exc:
+            except (StackError, LaunchError) as exc:
                 console.print(f"[red]error:[/] {exc}")
                 return 1
             finally:
@@ -518,8 +465,8 @@ def _run(
         return 0
     if service_command is None and "audit" in ports and not os.environ.get("INCIDENTS_WITNESSES"):
         ports = {"witness": stack.local_witness(host), **ports}
-    stack.start_services(list(ports), ports, service_command or default_command)
-    if not stack.wait_ready(host, ready_timeout):
+    stack.start_services(host, ports, service_command or default_command)
+    if not stack.wait_ready(ready_timeout):
         stack.console.print("Stopping (signal received) ...")
         return 0
     stack.print_urls(host)

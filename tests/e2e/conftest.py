@@ -1,17 +1,14 @@
 """The whole stack as separate processes: its own broker, database and ports.
 
 `stack` starts Tansu, the four services (`python -m services.<name>`) on free ports
-and a fresh database, and lets a test kill (SIGKILL) and restart any of them, or the
-broker. Logs go to the test's temp folder and are printed when a service fails.
-A test module that needs other settings for every service (a policy of seconds, say)
-overrides the `stack_env` fixture.
+and a fresh database (`tooling.launcher.PrivateStack`, as bench and chaos do), and lets
+a test kill (SIGKILL) and restart any of them, or the broker. Logs go to the test's
+temp folder and are printed when a service fails. A test module that needs other
+settings for every service (a policy of seconds, say) overrides the `stack_env` fixture.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -19,82 +16,32 @@ from pathlib import Path
 import httpx
 import pytest
 
-from services.infra.localstack import (
-    Tansu,
-    die_with_parent,
-    free_port,
-    kill_process,
-    log_tail,
-    stop_process,
-)
+from services.infra.localstack import Tansu
+from tooling.launcher import SERVICES, PrivateStack
 
-SERVICES = ("intake", "triage", "escalation", "audit")
 ROOT = Path(__file__).resolve().parents[2]
 AUDITOR = {"authorization": "Bearer dev-auditor-token"}
 
 
-class Stack:
+class Stack(PrivateStack):
     """Four service processes and a broker, under a test's control."""
 
+    broker: Tansu
+
     def __init__(self, logs: Path, database_url: str, env: Mapping[str, str] | None = None) -> None:
-        self.logs = logs
-        self.broker = Tansu.start(free_port(), logs / "broker.log")
-        self.ports = {name: free_port() for name in SERVICES}
-        self.env = {
-            **os.environ,
-            "PYTHONPATH": str(ROOT),
-            "INCIDENTS_ENVIRONMENT": "test",
-            "INCIDENTS_KAFKA_BOOTSTRAP": self.broker.bootstrap,
-            "INCIDENTS_DATABASE_URL": database_url,
-            "INCIDENTS_BROKER_CHECK_INTERVAL": "0.5",
-            "INCIDENTS_SIGNING_KEY_FILE": str(logs / "signing-key.pem"),
-            "INCIDENTS_TRACES_DIR": str(logs / "traces"),
-            "INCIDENTS_CHECKPOINT_INTERVAL": "1",
-            **{f"INCIDENTS_{n.upper()}_PORT": str(p) for n, p in self.ports.items()},
-            **(env or {}),
-        }
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.ready_seconds: dict[str, float] = {}
-
-    def url(self, name: str) -> str:
-        return f"http://127.0.0.1:{self.ports[name]}"
-
-    def start(self, name: str, **env: str) -> None:
-        log = (self.logs / f"{name}.log").open("ab")
-        self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", f"services.{name}"],
-            env={**self.env, **env},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=die_with_parent,
+        super().__init__(
+            logs,
+            database_url,
+            env={
+                "INCIDENTS_BROKER_CHECK_INTERVAL": "0.5",
+                "INCIDENTS_TRACES_DIR": str(logs / "traces"),
+                "INCIDENTS_CHECKPOINT_INTERVAL": "1",
+                **(env or {}),
+            },
         )
 
-    def wait_ready(self, name: str, timeout: float = 60.0) -> float:
-        began = time.monotonic()
-        while time.monotonic() - began < timeout:
-            proc = self.procs[name]
-            if proc.poll() is not None:
-                raise AssertionError(f"{name} exited {proc.returncode}:\n{self.tail(name)}")
-            try:
-                if httpx.get(self.url(name) + "/readyz", timeout=2).status_code == 200:
-                    self.ready_seconds[name] = time.monotonic() - began
-                    return self.ready_seconds[name]
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"{name} not ready in {timeout}s:\n{self.tail(name)}")
-
-    def kill(self, name: str) -> None:
-        kill_process(self.procs[name])
-
-    def tail(self, name: str) -> str:
-        return log_tail(self.logs / f"{name}.log", 40)
-
-    def stop(self) -> None:
-        for name in reversed(list(self.procs)):
-            stop_process(self.procs[name])
-        self.broker.stop()
+    def start(self, name: str, **env: str) -> None:
+        self.start_service(name, **env)
 
 
 @pytest.fixture(scope="module")
