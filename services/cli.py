@@ -1,4 +1,9 @@
-"""The `incidents` command: run the stack, talk to it, audit it."""
+"""The `incidents` command: run the stack, talk to it, audit it.
+
+The development commands (`up`, `demo`, `chaos`, `bench`, `traces`) run code of the
+`tooling` package, which is not deployed: each imports it inside its body, so the
+product never imports it.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,6 @@ import typer
 from services.audit.cli import audit_app
 from services.audit.receipt_check import receipt_app
 from services.intake.directory_cli import directory_app
-from services.traces import traces_app
 from services.witness.cli import witness
 
 app = typer.Typer(
@@ -25,6 +29,12 @@ def _root() -> None:
     """Event-sourced incident workflow: intake, triage, escalation, audit."""
 
 
+traces_app = typer.Typer(
+    name="traces",
+    help="Look at the traces the services keep locally.",
+    no_args_is_help=True,
+    add_completion=False,
+)
 app.add_typer(audit_app, name="audit")
 app.add_typer(traces_app, name="traces")
 app.command()(witness)
@@ -46,15 +56,44 @@ def up(
 ) -> None:
     """Start the whole stack here: broker, PostgreSQL if needed, and the four services."""
     if traces:
-        from services.traces import phoenix_missing
+        from tooling.traces import phoenix_missing
 
         missing = phoenix_missing()
         if missing:
             typer.echo(missing, err=True)
             raise typer.Exit(2)
-    from services.infra.stack import run_stack
+    from tooling.stack import run_stack
 
     raise typer.Exit(run_stack(run_dir=run_dir, traces=traces))
+
+
+@traces_app.command("show")
+def traces_show(
+    incident_id: str = typer.Argument(..., help="The incident's id."),
+    directory: Path = typer.Option(
+        None,
+        "--dir",
+        help="Folder of the span files (default: $INCIDENTS_TRACES_DIR or ~/.incidents/traces).",
+    ),
+    audit: str = typer.Option(
+        None,
+        "--audit",
+        help="Base URL of the audit service (e.g. http://127.0.0.1:8004): the incident's"
+        " trace ids come from its timeline. Without it, only spans that name the incident"
+        " are found.",
+    ),
+    token: str = typer.Option(
+        None, "--token", envvar="INCIDENTS_TOKEN", help="Auditor bearer token for --audit."
+    ),
+    all_spans: bool = typer.Option(
+        False, "--all", help="Show database statements and ASGI send/receive spans too."
+    ),
+) -> None:
+    """Draw an incident's traces as waterfalls, from the spans kept on this machine."""
+    from tooling.traces import show
+
+    code = show(incident_id, directory, audit=audit, token=token, all_spans=all_spans)
+    raise typer.Exit(code)
 
 
 @app.command()
@@ -81,7 +120,7 @@ def demo(
     Start the stack with the demo policy first (hours become seconds):
     INCIDENTS_POLICY_FILE=services/data/policy-demo.yaml incidents up
     """
-    from services.demo import run_demo
+    from tooling.demo import run_demo
 
     raise typer.Exit(run_demo(intake_url=intake, audit_url=audit, speed=speed, max_wait=max_wait))
 
@@ -185,7 +224,7 @@ def chaos(
     (consumer, event id) and the ledger by (topic, event id): nothing is lost, nothing
     is recorded twice. No service is killed until every relay has rewound.
     """
-    from services.chaos import ChaosConfig, run_chaos
+    from tooling.chaos import ChaosConfig, run_chaos
 
     config = ChaosConfig(
         reports=reports,

@@ -62,7 +62,7 @@ class StateError(Exception):
 
 def default_state_file() -> Path:
     """``$INCIDENTS_STATE_DIR/verified-heads.json`` (default ``~/.incidents``)."""
-    from services.infra.stack import state_dir  # the local stack's state folder
+    from services.infra.config import state_dir
 
     return state_dir() / STATE_FILE_NAME
 

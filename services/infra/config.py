@@ -6,6 +6,7 @@ offending line when validation fails, so start-up stops with a message a person 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -13,6 +14,13 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 M = TypeVar("M", bound=BaseModel)
+
+
+def state_dir() -> Path:
+    """This machine's state folder (`incidents up`'s lock and keys, the verifier's trusted
+    heads): `$INCIDENTS_STATE_DIR`, else `~/.incidents`."""
+    configured = os.environ.get("INCIDENTS_STATE_DIR")
+    return Path(configured) if configured else Path.home() / ".incidents"
 
 
 class ConfigError(ValueError):

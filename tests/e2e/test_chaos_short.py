@@ -17,14 +17,14 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from services.chaos import (
+from services.domain.envelope import utc_rfc3339
+from tooling.chaos import (
     Accepted,
     ChaosConfig,
     RunRecord,
     evaluate,
     run_chaos,
 )
-from services.domain.envelope import utc_rfc3339
 
 T0 = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
 INCIDENT = "inc-1"

@@ -20,9 +20,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from services.traces import Span, load_spans
 from tests.e2e.conftest import Stack, timeline, wait_for_timeline
 from tests.helpers import SEED_CASE, critical_policy
+from tooling.traces import Span, load_spans
 
 pytestmark = pytest.mark.e2e
 

@@ -37,7 +37,7 @@ from services.infra.localstack import (
     port_in_use,
     postgres_answers,
 )
-from services.infra.stack import run_stack
+from tooling.stack import run_stack
 
 pytestmark = pytest.mark.integration
 
@@ -200,7 +200,7 @@ DRIVER = textwrap.dedent(
     """
     import json, sys
     sys.path.insert(0, sys.argv[1])
-    from services.infra.stack import run_stack
+    from tooling.stack import run_stack
 
     run_dir, fake, ports = sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
     sys.exit(run_stack(run_dir, service_command=lambda n: [sys.executable, fake, n],

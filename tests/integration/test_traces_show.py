@@ -27,8 +27,8 @@ from services.infra.logging import configure_logging, json_lines, unconfigure_lo
 from services.infra.settings import AuditSettings, CommonSettings, IntakeSettings
 from services.infra.telemetry import LocalSpanExporter
 from services.intake.app import create_app as create_intake
-from services.traces import Span, find_traces, render_text, tree_rows
 from tests.helpers import eventually
+from tooling.traces import Span, find_traces, render_text, tree_rows
 
 pytestmark = pytest.mark.integration
 

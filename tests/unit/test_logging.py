@@ -34,7 +34,7 @@ from services.infra.telemetry import (
     scrubbed,
     scrubbed_attributes,
 )
-from services.traces import Span, load_spans, render_text, trace_ids_naming, tree_rows
+from tooling.traces import Span, load_spans, render_text, trace_ids_naming, tree_rows
 
 TOKEN = "dev-chen-token-3f9a"  # a made-up bearer token
 JWT = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJwLWNoZW4ifQ.c2lnbmF0dXJl"

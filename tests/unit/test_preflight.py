@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from services.infra import stack, webapp
+from services.infra import webapp
 from services.infra.preflight import CONFIG_EXIT, check_service
 from services.infra.settings import IntakeSettings
-from services.infra.stack import run_stack
+from tooling import stack
+from tooling.stack import run_stack
 
 UNREACHABLE = "postgresql://nobody@127.0.0.1:1/nowhere"  # refused at once if ever tried
 

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-import services.infra.stack as stack
+import tooling.stack as stack
 from services.cli import app
-from services.traces import PHOENIX_EXTRA, Phoenix, phoenix_missing
+from tooling.traces import PHOENIX_EXTRA, Phoenix, phoenix_missing
 
 _real_find_spec = importlib.util.find_spec
 

@@ -40,7 +40,9 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-DATA = Path(__file__).resolve().parent / "data"
+import services
+
+DATA = Path(services.__file__).resolve().parent / "data"
 DEMO_POLICY = DATA / "policy-demo.yaml"
 TOKENS_FILE = DATA / "tokens.yaml"
 DIRECTORY_FILE = DATA / "directory.yaml"

@@ -9,8 +9,9 @@ loads the spans of those traces from every span file of the folder and draws one
 waterfall per trace: one row per span, indented by depth, with its service, a bar on a
 common time axis and its duration. Nothing beyond the project itself is needed.
 
-Exit codes: 0 drawn, 1 nothing found, 2 the command could not do its job (audit
-unreachable, token refused).
+`show` is the body of the command (services/cli.py declares its options). Exit codes:
+0 drawn, 1 nothing found, 2 the command could not do its job (audit unreachable, token
+refused).
 """
 
 from __future__ import annotations
@@ -28,17 +29,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import typer
 from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
-
-traces_app = typer.Typer(
-    name="traces",
-    help="Look at the traces the services keep locally.",
-    no_args_is_help=True,
-    add_completion=False,
-)
 
 _EXIT_NOTHING = 1
 _EXIT_ERROR = 2
@@ -403,7 +396,7 @@ class Phoenix:
                 if p
             ),
         }
-        launch = "from services.traces import run_phoenix; run_phoenix()"
+        launch = "from tooling.traces import run_phoenix; run_phoenix()"
         return [sys.executable, "-c", launch, "serve"], env
 
     def start(self, log_path: Path, timeout: float = 90.0) -> None:
@@ -464,28 +457,14 @@ def run_phoenix() -> None:  # pragma: no cover - the body of Phoenix's own proce
     main()
 
 
-@traces_app.command("show")
 def show(
-    incident_id: str = typer.Argument(..., help="The incident's id."),
-    directory: Path = typer.Option(
-        None,
-        "--dir",
-        help="Folder of the span files (default: $INCIDENTS_TRACES_DIR or ~/.incidents/traces).",
-    ),
-    audit: str = typer.Option(
-        None,
-        "--audit",
-        help="Base URL of the audit service (e.g. http://127.0.0.1:8004): the incident's"
-        " trace ids come from its timeline. Without it, only spans that name the incident"
-        " are found.",
-    ),
-    token: str = typer.Option(
-        None, "--token", envvar="INCIDENTS_TOKEN", help="Auditor bearer token for --audit."
-    ),
-    all_spans: bool = typer.Option(
-        False, "--all", help="Show database statements and ASGI send/receive spans too."
-    ),
-) -> None:
+    incident_id: str,
+    directory: Path | None = None,
+    *,
+    audit: str | None = None,
+    token: str | None = None,
+    all_spans: bool = False,
+) -> int:
     """Draw an incident's traces as waterfalls, from the spans kept on this machine."""
     out = Console(highlight=False)
     err = Console(stderr=True, highlight=False)
@@ -494,7 +473,7 @@ def show(
         trace_ids, spans = asyncio.run(find_traces(incident_id, folder, audit=audit, token=token))
     except TracesError as exc:
         err.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
-        raise typer.Exit(_EXIT_ERROR) from None
+        return _EXIT_ERROR
     if not trace_ids:
         hint = (
             "the audit timeline has no trace ids for it"
@@ -502,7 +481,7 @@ def show(
             else "pass --audit URL --token T to take its trace ids from the audit timeline"
         )
         err.print(f"no trace found for incident {incident_id} in {folder}: {hint}", soft_wrap=True)
-        raise typer.Exit(_EXIT_NOTHING)
+        return _EXIT_NOTHING
     if not spans:
         err.print(
             f"{len(trace_ids)} trace(s) for incident {incident_id}, but no spans of them in"
@@ -510,5 +489,6 @@ def show(
             " INCIDENTS_TRACES_DIR?)",
             soft_wrap=True,
         )
-        raise typer.Exit(_EXIT_NOTHING)
+        return _EXIT_NOTHING
     out.print(render(incident_id, spans, trace_ids, width=out.width, detail=all_spans))
+    return 0

@@ -32,6 +32,7 @@ from rich.console import Console
 from rich.table import Table
 
 from services.infra import signing
+from services.infra.config import state_dir
 from services.infra.db import migrate_service
 from services.infra.localstack import (
     STOP_TIMEOUT,
@@ -52,7 +53,6 @@ from services.infra.settings import (
     database_name,
     with_database,
 )
-from services.traces import Phoenix
 from tooling.launcher import (
     IMPORT_ROOT,
     READY_TIMEOUT,
@@ -62,18 +62,13 @@ from tooling.launcher import (
     with_import_root,
 )
 from tooling.launcher import service_command as default_command
+from tooling.traces import Phoenix
 
 _PACKAGE_ROOT = IMPORT_ROOT / "services"
 
 
 class StackError(RuntimeError):
     """The stack cannot start; the message says why, for the operator."""
-
-
-def state_dir() -> Path:
-    """Where the lock lives: `$INCIDENTS_STATE_DIR`, else `~/.incidents`."""
-    configured = os.environ.get("INCIDENTS_STATE_DIR")
-    return Path(configured) if configured else Path.home() / ".incidents"
 
 
 def redact_url(url: str) -> str:

@@ -84,6 +84,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+import services
 from services.domain.escalation import CLOCK_CHANNELS
 from services.infra.localstack import (
     EmbeddedPostgres,
@@ -96,8 +97,7 @@ from tooling.launcher import SERVICES, LaunchError, PrivateStack
 
 LOCAL_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 AUDITOR = "auditor"  # dev-auditor-token, from the development tokens file
-_PACKAGE = Path(__file__).resolve().parent
-_DATA = _PACKAGE / "data"
+_DATA = Path(services.__file__).resolve().parent / "data"
 
 SUBMITTED = "incident.report.submitted.v1"
 TRIAGED = "incident.triaged.v1"
@@ -1404,7 +1404,7 @@ def _database(config: ChaosConfig, run_dir: Path, console: Console) -> _Database
 
 
 def _redact(url: str) -> str:
-    from services.infra.stack import redact_url
+    from tooling.stack import redact_url
 
     return redact_url(url)
 
