@@ -365,6 +365,32 @@ class IntakeSettings(ContentKeySettings, PseudonymSettings):
         ge=1024,
         description="Most bytes of evidence files one incident may hold (413 above).",
     )
+    attachment_store: Literal["postgres", "s3"] = Field(
+        "postgres",
+        description="Where evidence files' sealed chunks live: `postgres` (the intake"
+        " database) or `s3` (an S3-compatible object store; docs/attachments.md).",
+    )
+    attachment_s3_endpoint: str | None = Field(
+        None,
+        description="The S3-compatible store's URL (e.g. https://s3.eu-central-1.amazonaws.com"
+        " or a MinIO/Ceph address). Unset: AWS's endpoint for the region.",
+    )
+    attachment_s3_region: str = Field("us-east-1", description="The S3 store's region.")
+    attachment_s3_bucket: str | None = Field(
+        None, description="The bucket of the sealed chunks (required with the `s3` store)."
+    )
+    attachment_s3_prefix: str = Field(
+        "attachments/", description="Key prefix of the chunks' objects in the bucket."
+    )
+    attachment_s3_access_key_id: str | None = Field(
+        None,
+        description="S3 access key id. Unset: the AWS default chain (AWS_* variables, a"
+        " role of the pod or instance).",
+    )
+    attachment_s3_secret_access_key_file: Path | None = Field(
+        None,
+        description="File holding the S3 secret access key (a secret; never in the repository).",
+    )
     systems_file: Path = Field(
         _DATA / "systems.yaml",
         description="Registered systems that may report incidents (YAML: id, scopes, Ed25519"
@@ -390,6 +416,15 @@ class IntakeSettings(ContentKeySettings, PseudonymSettings):
             and self.systems_file.resolve() == (_DATA / "systems.yaml").resolve()
         ):
             raise ValueError("production refuses the demo systems file (INCIDENTS_SYSTEMS_FILE)")
+        if self.attachment_store == "s3" and not self.attachment_s3_bucket:
+            raise ValueError("the s3 attachment store needs INCIDENTS_ATTACHMENT_S3_BUCKET")
+        if (self.attachment_s3_access_key_id is None) != (
+            self.attachment_s3_secret_access_key_file is None
+        ):
+            raise ValueError(
+                "INCIDENTS_ATTACHMENT_S3_ACCESS_KEY_ID and"
+                " INCIDENTS_ATTACHMENT_S3_SECRET_ACCESS_KEY_FILE go together"
+            )
         return self
 
 

@@ -1,19 +1,28 @@
 """Evidence files, stored and read back: the use cases behind the attachment routes.
 
 `store` takes a file as a stream of bytes after the caller's access was decided (a
-handler through `actions.act`, a reporter through her receipt): it sniffs the type from
-the first bytes (`services.domain.attachments.sniff`), seals the content in chunks of
-`CHUNK_BYTES` with the incident's data key (AES-256-GCM; the incident, the file, the
-chunk's index and whether it is the last are the associated data, so chunks cannot be
-reordered, swapped between files or dropped from the end), and writes the chunks, the
-file's row and `incident.attachment.added.v1` in one transaction. Anything that stops
-the upload (over a limit, a forbidden type, the client gone, the incident closed
-meanwhile) rolls it back: nothing is half-stored.
+handler through `actions.act`, a reporter through her receipt) and works in two steps:
 
-The chunks go to a `ChunkStore`; `PostgresChunks` (the `attachment_chunks` table, in the
-upload's transaction) is the one implemented. An S3-compatible store would implement the
-same three methods, writing objects under `<incident>/<file>/<index>` and deleting them
-when the transaction does not commit (docs/attachments.md).
+1. `receive`, with no database connection: it sniffs the type from the first bytes
+   (`services.domain.attachments.sniff`), seals the content in chunks of `CHUNK_BYTES`
+   with the incident's data key (AES-256-GCM; the incident, the file, the chunk's index
+   and whether it is the last are the associated data, so chunks cannot be reordered,
+   swapped between files or dropped from the end) and spools the sealed chunks (in
+   memory up to `SPOOL_MEMORY_BYTES`, then a temporary file: only ciphertext ever
+   touches the disk), at most the file limit. A client that sends slowly holds no
+   pooled connection: the pool serves everyone else meanwhile.
+2. One short transaction once all of it arrived: the incident's limit, the chunks, the
+   file's row and `incident.attachment.added.v1`.
+
+Anything that stops the upload (over a limit, a forbidden type, the client gone, the
+incident closed meanwhile) stores nothing: the spool is dropped, the transaction rolls
+back, and chunks written outside it are discarded.
+
+The chunks go to a `ChunkStore` (`chunks_for` picks it from the settings):
+`PostgresChunks` (the `attachment_chunks` table, in the upload's transaction, the
+default) or `S3Chunks` (`services.intake.attachments_s3`: objects
+`<prefix><file>/<index>` in an S3-compatible bucket, written just before the
+transaction commits and deleted when it does not).
 
 `read` yields a file's plaintext chunk by chunk; the routes call it only after
 `incident.attachment.downloaded.v1` committed. Once the incident's key is destroyed
@@ -25,9 +34,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from tempfile import SpooledTemporaryFile
 from typing import Protocol
 
 import asyncpg
@@ -51,6 +61,8 @@ from services.intake.actions import ActionError, Busy, NotNow, Rejected
 
 CHUNK_BYTES = 1024 * 1024
 """Plaintext bytes per sealed chunk (the last one may be shorter)."""
+SPOOL_MEMORY_BYTES = 4 * CHUNK_BYTES
+"""Sealed bytes an upload keeps in memory before its spool moves to a temporary file."""
 ATTEMPTS = 10
 MESSAGE = "incident.reporter.message.v1"
 
@@ -110,13 +122,17 @@ class ChunkStore(Protocol):
 
     async def put(
         self, conn: asyncpg.Connection, attachment_id: str, index: int, sealed: bytes
-    ) -> None: ...
+    ) -> None:
+        """Write a chunk, in the upload's transaction (`conn`) or beside it."""
 
-    async def get(
-        self, conn: asyncpg.Connection, attachment_id: str, index: int
-    ) -> bytes | None: ...
+    async def discard(self, attachment_id: str, count: int) -> None:
+        """The upload's transaction did not commit: remove what `put` wrote beside it."""
 
-    async def delete_incident(self, conn: asyncpg.Connection, incident_id: str) -> int: ...
+    async def get(self, db: asyncpg.Pool, attachment_id: str, index: int) -> bytes | None:
+        """A sealed chunk, or None when it is gone."""
+
+    async def delete_incident(self, conn: asyncpg.Connection, incident_id: str) -> int:
+        """Delete an incident's files (rows and chunks); how many files."""
 
 
 class PostgresChunks:
@@ -132,16 +148,19 @@ class PostgresChunks:
             sealed,
         )
 
-    async def get(self, conn: asyncpg.Connection, attachment_id: str, index: int) -> bytes | None:
-        body = await conn.fetchval(
-            "SELECT body FROM attachment_chunks WHERE attachment_id = $1 AND idx = $2",
-            attachment_id,
-            index,
-        )
+    async def discard(self, attachment_id: str, count: int) -> None:
+        """Nothing to do: the rolled-back transaction took the chunks with it."""
+
+    async def get(self, db: asyncpg.Pool, attachment_id: str, index: int) -> bytes | None:
+        async with db.acquire() as conn:
+            body = await conn.fetchval(
+                "SELECT body FROM attachment_chunks WHERE attachment_id = $1 AND idx = $2",
+                attachment_id,
+                index,
+            )
         return None if body is None else bytes(body)
 
     async def delete_incident(self, conn: asyncpg.Connection, incident_id: str) -> int:
-        """Delete an incident's files (rows and chunks); how many files."""
         deleted = await conn.fetch(
             "DELETE FROM attachments WHERE incident_id = $1 RETURNING 1", incident_id
         )
@@ -149,6 +168,44 @@ class PostgresChunks:
 
 
 CHUNKS = PostgresChunks()
+_S3_STORES: dict[object, ChunkStore] = {}
+
+
+def chunks_for(settings: object) -> ChunkStore:
+    """The chunk store the settings name (`INCIDENTS_ATTACHMENT_STORE`), one per place."""
+    if getattr(settings, "attachment_store", "postgres") != "s3":
+        return CHUNKS
+    from services.intake.attachments_s3 import S3Chunks, S3Place  # the optional client
+
+    place = S3Place.of(settings)
+    if place not in _S3_STORES:
+        _S3_STORES[place] = S3Chunks(place)
+    return _S3_STORES[place]
+
+
+@dataclass
+class Received:
+    """A file's sealed chunks, spooled until they are stored (`receive`)."""
+
+    attachment_id: str
+    size: int
+    media_type: str
+    digest: str
+    spool: SpooledTemporaryFile[bytes]
+    lengths: list[int]
+
+    @property
+    def count(self) -> int:
+        return len(self.lengths)
+
+    def chunks(self) -> Iterator[tuple[int, bytes]]:
+        """(index, sealed chunk), in order."""
+        self.spool.seek(0)
+        for index, length in enumerate(self.lengths):
+            yield index, self.spool.read(length)
+
+    def close(self) -> None:
+        self.spool.close()
 
 
 async def store(
@@ -157,97 +214,121 @@ async def store(
     upload: Upload,
     body: AsyncIterator[bytes],
     limits: Limits,
-    chunks: ChunkStore = CHUNKS,
+    chunks: ChunkStore | None = None,
 ) -> AttachmentAdded:
-    """Seal and store a file, and record `incident.attachment.added.v1`; its data.
+    """Receive and seal a file, then store it and record `incident.attachment.added.v1`
+    in one short transaction; its data.
 
     Raises TooLarge (the file or the incident over its limit), Unsupported (a type not
     allowed), Empty, NotNow (the incident closed), Rejected (`message_id` is not a
     message of the incident), Busy; and whatever the body's iterator raises (a client
     that went away). In every case nothing is stored.
     """
-    attachment_id = str(uuid.uuid4())
-    async with runtime.db.acquire() as conn, conn.transaction():
-        size, count, media_type, digest = await _write_chunks(
-            conn, key, attachment_id, body, limits.file, chunks
-        )
-        # one upload at a time per incident from here, so two cannot both pass the limit
-        await conn.execute(
-            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
-            f"attachments:{upload.incident_id}",
-        )
-        held = await conn.fetchval(
-            "SELECT coalesce(sum(size), 0) FROM attachments WHERE incident_id = $1",
-            upload.incident_id,
-        )
-        if held + size > limits.incident:
-            raise TooLarge(
-                f"This incident's files would exceed {limits.incident} bytes ({held} held already)."
+    chunks = chunks_for(runtime.settings) if chunks is None else chunks
+    received = await receive(key, str(uuid.uuid4()), body, limits.file)
+    try:
+        return await _commit(runtime, key, upload, received, limits, chunks)
+    finally:
+        received.close()
+
+
+async def _commit(
+    runtime: Runtime,
+    key: IncidentKey,
+    upload: Upload,
+    received: Received,
+    limits: Limits,
+    chunks: ChunkStore,
+) -> AttachmentAdded:
+    attachment_id, size = received.attachment_id, received.size
+    try:
+        async with runtime.db.acquire() as conn, conn.transaction():
+            # one upload at a time per incident from here, so two cannot both pass the limit
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+                f"attachments:{upload.incident_id}",
             )
-        await conn.execute(
-            "INSERT INTO attachments (attachment_id, incident_id, size, chunks)"
-            " VALUES ($1, $2, $3, $4)",
-            attachment_id,
-            upload.incident_id,
-            size,
-            count,
-        )
-        data = AttachmentAdded(
-            attachment_id=attachment_id,
-            digest=digest,
-            size=size,
-            media_type=media_type,
-            name=key.seal("name", safe_name(upload.name, media_type)),
-            author=upload.author,
-            audience=upload.audience,
-            message_id=upload.message_id,
-        )
-        await _record(runtime, conn, upload, data)
+            held = await conn.fetchval(
+                "SELECT coalesce(sum(size), 0) FROM attachments WHERE incident_id = $1",
+                upload.incident_id,
+            )
+            if held + size > limits.incident:
+                raise TooLarge(
+                    f"This incident's files would exceed {limits.incident} bytes"
+                    f" ({held} held already)."
+                )
+            await conn.execute(
+                "INSERT INTO attachments (attachment_id, incident_id, size, chunks)"
+                " VALUES ($1, $2, $3, $4)",
+                attachment_id,
+                upload.incident_id,
+                size,
+                received.count,
+            )
+            for index, sealed in received.chunks():
+                await chunks.put(conn, attachment_id, index, sealed)
+            data = AttachmentAdded(
+                attachment_id=attachment_id,
+                digest=received.digest,
+                size=size,
+                media_type=received.media_type,
+                name=key.seal("name", safe_name(upload.name, received.media_type)),
+                author=upload.author,
+                audience=upload.audience,
+                message_id=upload.message_id,
+            )
+            await _record(runtime, conn, upload, data)
+    except BaseException:
+        await chunks.discard(attachment_id, received.count)
+        raise
     return data
 
 
-async def _write_chunks(
-    conn: asyncpg.Connection,
-    key: IncidentKey,
-    attachment_id: str,
-    body: AsyncIterator[bytes],
-    max_bytes: int,
-    chunks: ChunkStore,
-) -> tuple[int, int, str, str]:
-    """Seal and put the body's chunks; (size, chunks, media type, salted digest).
+async def receive(
+    key: IncidentKey, attachment_id: str, body: AsyncIterator[bytes], max_bytes: int
+) -> Received:
+    """Seal the body's chunks into a spool (no database); raises TooLarge, Unsupported,
+    Empty, or what the body raises (the spool is dropped then).
 
     One chunk is held back until more bytes arrive or the body ends, so the last chunk
     is sealed as the last.
     """
     mac = hmac.new(key.salt, digestmod=hashlib.sha256)
-    buffer = bytearray()
-    size = index = 0
-    media_type: str | None = None
-    async for piece in body:
-        size += len(piece)
-        if size > max_bytes:
-            raise TooLarge(f"A file is at most {max_bytes} bytes.")
-        mac.update(piece)
-        buffer += piece
-        if media_type is None and len(buffer) >= SNIFF_BYTES:
-            media_type = _type_of(bytes(buffer[:SNIFF_BYTES]))
-        while media_type is not None and len(buffer) > CHUNK_BYTES:
-            await chunks.put(
-                conn,
-                attachment_id,
-                index,
-                key.seal_chunk(attachment_id, index, False, bytes(buffer[:CHUNK_BYTES])),
-            )
-            del buffer[:CHUNK_BYTES]
-            index += 1
-    if size == 0:
-        raise Empty()
-    if media_type is None:
-        media_type = _type_of(bytes(buffer[:SNIFF_BYTES]))
-    await chunks.put(
-        conn, attachment_id, index, key.seal_chunk(attachment_id, index, True, bytes(buffer))
+    spool: SpooledTemporaryFile[bytes] = SpooledTemporaryFile(  # noqa: SIM115 (closed by the caller)
+        max_size=SPOOL_MEMORY_BYTES
     )
-    return size, index + 1, media_type, "sha256:" + mac.hexdigest()
+    lengths: list[int] = []
+    buffer = bytearray()
+    size = 0
+    media_type: str | None = None
+
+    def spool_chunk(plain: bytes, last: bool) -> None:
+        sealed = key.seal_chunk(attachment_id, len(lengths), last, plain)
+        spool.write(sealed)
+        lengths.append(len(sealed))
+
+    try:
+        async for piece in body:
+            size += len(piece)
+            if size > max_bytes:
+                raise TooLarge(f"A file is at most {max_bytes} bytes.")
+            mac.update(piece)
+            buffer += piece
+            if media_type is None and len(buffer) >= SNIFF_BYTES:
+                media_type = _type_of(bytes(buffer[:SNIFF_BYTES]))
+            while media_type is not None and len(buffer) > CHUNK_BYTES:
+                spool_chunk(bytes(buffer[:CHUNK_BYTES]), False)
+                del buffer[:CHUNK_BYTES]
+        if size == 0:
+            raise Empty()
+        if media_type is None:
+            media_type = _type_of(bytes(buffer[:SNIFF_BYTES]))
+        spool_chunk(bytes(buffer), True)
+    except BaseException:
+        spool.close()
+        raise
+    digest = "sha256:" + mac.hexdigest()
+    return Received(attachment_id, size, media_type, digest, spool, lengths)
 
 
 def _type_of(head: bytes) -> str:
@@ -319,13 +400,14 @@ async def read(
     runtime: Runtime,
     key: IncidentKey,
     attachment_id: str,
-    chunks: ChunkStore = CHUNKS,
+    chunks: ChunkStore | None = None,
 ) -> AsyncIterator[bytes]:
     """A file's plaintext, chunk by chunk (call only after the download was recorded).
 
     Raises NoSuchAttachment when its row is gone (erased), CryptoError when a chunk does
     not open in its place (tampered, or moved).
     """
+    chunks = chunks_for(runtime.settings) if chunks is None else chunks
     async with runtime.db.acquire() as conn:
         count = await conn.fetchval(
             "SELECT chunks FROM attachments WHERE attachment_id = $1 AND incident_id = $2",
@@ -335,8 +417,7 @@ async def read(
     if count is None:
         raise NoSuchAttachment()
     for index in range(count):
-        async with runtime.db.acquire() as conn:
-            sealed = await chunks.get(conn, attachment_id, index)
+        sealed = await chunks.get(runtime.db, attachment_id, index)
         if sealed is None:
             raise NoSuchAttachment()
         yield key.open_chunk(attachment_id, index, index == count - 1, sealed)

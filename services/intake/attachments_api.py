@@ -102,7 +102,7 @@ UPLOAD_ANSWERS = problem_responses(
     (422, "The file is empty, or a parameter is not valid."),
     (503, "The incident kept changing; retry."),
 )
-DOWNLOAD_ANSWERS = {
+DOWNLOAD_ANSWERS: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "The file (always `Content-Disposition: attachment`).",
         "content": {"application/octet-stream": {"schema": {"type": "string"}}},
@@ -117,6 +117,28 @@ DOWNLOAD_ANSWERS = {
 }
 
 
+def reporter_upload_answers(*own: tuple[int, str]) -> dict[int | str, dict[str, Any]]:
+    """A reporter's upload route's answers: those of her way in (`own`), and the rest."""
+    common = [
+        (409, "The report is closed or erased: nothing can be added."),
+        (413, "The file is over INCIDENTS_ATTACHMENT_MAX_BYTES, or the report's files over"),
+        (415, "The content is not of an accepted type."),
+        (422, "The file is empty, or a header or parameter is not valid."),
+        (503, "The report kept changing; retry."),
+    ]
+    return {
+        201: {"description": "Stored: `incident.attachment.added.v1`."},
+        **problem_responses(*sorted([*own, *common])),
+    }
+
+
+DOWNLOAD_ROUTE: dict[str, Any] = {
+    "response_class": StreamingResponse,
+    "responses": DOWNLOAD_ANSWERS,
+}
+"""What every download route answers (a streamed file, or a problem)."""
+
+
 def limits_of(request: Request) -> Limits:
     settings = request.app.state.runtime.settings
     return Limits(settings.attachment_max_bytes, settings.attachment_incident_max_bytes)
@@ -124,6 +146,10 @@ def limits_of(request: Request) -> Limits:
 
 def filename(header: str | None) -> str | None:
     return None if header is None else unquote(header, errors="replace")
+
+
+def _message(message_id: uuid.UUID | None) -> str | None:
+    return None if message_id is None else str(message_id)
 
 
 def check_length(request: Request, limit: int) -> None:
@@ -282,7 +308,7 @@ async def attach(
         request.stream(),
         filename(name),
         audience,
-        None if message_id is None else str(message_id),
+        _message(message_id),
     )
     return _answer(str(incident_id), data)
 
@@ -290,8 +316,7 @@ async def attach(
 @router.get(
     "/incidents/{incident_id}/attachments/{attachment_id}",
     summary="Download a file of an incident (recorded before any byte is sent)",
-    response_class=StreamingResponse,
-    responses=DOWNLOAD_ANSWERS,
+    **DOWNLOAD_ROUTE,
 )
 async def download(
     incident_id: handlers.IncidentId,
@@ -350,6 +375,20 @@ async def reporter_upload(
         raise handlers.problem(error) from None
 
 
+async def _reporter_attach(
+    request: Request,
+    incident_id: str,
+    name: str | None,
+    message_id: uuid.UUID | None,
+    actor: str = ANONYMOUS_ACTOR,
+) -> JSONResponse:
+    """The reporter's upload route, once her way in was checked: the body is the file."""
+    data = await reporter_upload(
+        request, incident_id, request.stream(), filename(name), _message(message_id), actor
+    )
+    return _answer(incident_id, data)
+
+
 async def reporter_download(
     runtime: Runtime,
     keys: KeyStore,
@@ -396,18 +435,10 @@ async def reporter_download(
     "/receipts/{receipt}/attachments",
     status_code=201,
     summary="Attach a file to an anonymous report (raw body, streamed)",
-    responses={
-        201: {"description": "Stored: `incident.attachment.added.v1`."},
-        **problem_responses(
-            (404, "No report matches this receipt and secret."),
-            (409, "The report is closed or erased: nothing can be added."),
-            (413, "The file is over INCIDENTS_ATTACHMENT_MAX_BYTES, or the report's files over"),
-            (415, "The content is not of an accepted type."),
-            (422, "The file is empty, or a header or parameter is not valid."),
-            (429, "Too many attempts on this receipt."),
-            (503, "The report kept changing; retry."),
-        ),
-    },
+    responses=reporter_upload_answers(
+        (404, "No report matches this receipt and secret."),
+        (429, "Too many attempts on this receipt."),
+    ),
     openapi_extra=UPLOAD_BODY,
 )
 async def reporter_attach(
@@ -420,14 +451,7 @@ async def reporter_attach(
     """The body is the file; the handlers see it with the report."""
     check_length(request, limits_of(request).file)
     incident_id = await _receipt_incident(request, receipt, secret)
-    data = await reporter_upload(
-        request,
-        incident_id,
-        request.stream(),
-        filename(name),
-        None if message_id is None else str(message_id),
-    )
-    return _answer(incident_id, data)
+    return await _reporter_attach(request, incident_id, name, message_id)
 
 
 @router.get(
@@ -460,18 +484,10 @@ async def _hers(request: Request, caller: Principal, incident_id: str) -> None:
     "/my/reports/{incident_id}/attachments",
     status_code=201,
     summary="Attach a file to one of my reports (named reporter; raw body, streamed)",
-    responses={
-        201: {"description": "Stored: `incident.attachment.added.v1`."},
-        **problem_responses(
-            (401, "No bearer token, or one that is not valid."),
-            (404, "No report of the caller has this id: the same answer either way."),
-            (409, "The report is closed or erased: nothing can be added."),
-            (413, "The file is over INCIDENTS_ATTACHMENT_MAX_BYTES, or the report's files over"),
-            (415, "The content is not of an accepted type."),
-            (422, "The file is empty, or a header or parameter is not valid."),
-            (503, "The report kept changing; retry."),
-        ),
-    },
+    responses=reporter_upload_answers(
+        (401, "No bearer token, or one that is not valid."),
+        (404, "No report of the caller has this id: the same answer either way."),
+    ),
     openapi_extra=UPLOAD_BODY,
 )
 async def my_attach(
@@ -484,22 +500,13 @@ async def my_attach(
     """The body is the file; the handlers see it with the report (actor `reporter:named`)."""
     check_length(request, limits_of(request).file)
     await _hers(request, caller, str(incident_id))
-    data = await reporter_upload(
-        request,
-        str(incident_id),
-        request.stream(),
-        filename(name),
-        None if message_id is None else str(message_id),
-        actor=NAMED_ACTOR,
-    )
-    return _answer(str(incident_id), data)
+    return await _reporter_attach(request, str(incident_id), name, message_id, NAMED_ACTOR)
 
 
 @router.get(
     "/my/reports/{incident_id}/attachments/{attachment_id}",
     summary="Download a file of one of my reports (hers, or one the handlers sent her)",
-    response_class=StreamingResponse,
-    responses=DOWNLOAD_ANSWERS,
+    **DOWNLOAD_ROUTE,
 )
 async def my_get(
     incident_id: handlers.IncidentId,
