@@ -55,7 +55,7 @@ from services.infra.keystore import KeyStore
 from services.infra.runtime import Runtime
 from services.infra.telemetry import current_traceparent
 from services.intake.actions import ATTEMPTS, record_refusal
-from services.intake.attachments import CHUNKS
+from services.intake.attachments import chunks_for
 from services.intake.handlers import (
     BUSY,
     FAILED,
@@ -473,7 +473,7 @@ class Eraser:
                         )
                         return False
                     await self.keys.destroy(conn, incident_id)
-                    await CHUNKS.delete_incident(conn, incident_id)  # unreadable anyway
+                    await chunks_for(self.runtime.settings).delete_incident(conn, incident_id)
                     event = make_event(
                         ERASED,
                         subject=incident_id,
