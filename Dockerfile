@@ -24,6 +24,8 @@ ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 COPY pyproject.toml constraints.txt README.md ./
 COPY services ./services
+# Not tooling/ (incidents up, bench, chaos, demo, traces): development only, and nothing
+# the services or the entry point import (tests/unit/test_tooling_layout.py).
 # The install CI runs (Makefile, `venv` target) with the same constraints file, without
 # the editable flag and the dev extra: tests/unit/test_deploy.py checks they agree.
 RUN python -m pip install --quiet --upgrade pip

@@ -3,7 +3,7 @@
 #   make run      start the whole stack here (incidents up); Ctrl-C stops it
 #   make test     the whole test suite (unit, integration, e2e) in TEST_WORKERS processes;
 #                 PYTEST_ARGS passes through
-#   make lint     ruff (lint + format check) and mypy --strict on the whole services package
+#   make lint     ruff (lint + format check) and mypy --strict on the services and tooling packages
 #   make docs     build the docs site (docs/, mkdocs.yml) with --strict: a broken link fails
 #
 # Every target installs first: a venv in .venv from `python3` (3.11 or newer; set
@@ -28,7 +28,7 @@ PYTEST_ARGS ?=
 # a race against a deadline) make their own load and judge timing-sensitive outcomes:
 # they run alone afterwards.
 TEST_WORKERS ?= 3
-SRC := services tests
+SRC := services tooling tests
 # Python >= 3.11, or a message saying what was found.
 PY_CHECK := import sys; v = sys.version_info; sys.exit(0 if v >= (3, 11) else f"error: Python >= 3.11 is required, {sys.executable} is {v.major}.{v.minor}")
 
@@ -38,7 +38,7 @@ help:
 	@echo "make run          start the stack (broker, PostgreSQL if needed, four services)"
 	@echo "make test         run every test (PYTEST_ARGS=... passes options to pytest)"
 	@echo "make test-unit    the unit tests only: no broker, no database, about a minute"
-	@echo "make lint         ruff check, ruff format --check, mypy --strict services"
+	@echo "make lint         ruff check, ruff format --check, mypy --strict services tooling"
 	@echo "make docs         build the docs site into .run/site (mkdocs --strict: broken links fail)"
 	@echo "make format       ruff check --fix, then ruff format"
 	@echo "make schemas      write the event JSON Schemas and asyncapi.yaml to schemas/"
@@ -74,7 +74,7 @@ test-unit: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check $(SRC)
 	$(BIN)/ruff format --check $(SRC)
-	$(BIN)/mypy --strict services
+	$(BIN)/mypy --strict services tooling
 
 # The docs site (mkdocs.yml, docs/) into .run/site. --strict turns every warning into an
 # error, a link to a page or anchor that does not exist included: this is the link check.
@@ -118,4 +118,4 @@ constraints: | $(BIN)/python
 
 clean:
 	rm -rf .pytest_cache .ruff_cache .mypy_cache .hypothesis .run triage-data escalation-data
-	find services tests -type d -name __pycache__ -prune -exec rm -rf {} +
+	find $(SRC) -type d -name __pycache__ -prune -exec rm -rf {} +
