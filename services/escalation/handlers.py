@@ -134,7 +134,8 @@ class Escalation:
             for record in records
             if (envelope := await self._parse(record)) is not None
         ]
-        await usecases.start(usecases.Start(inputs), self.unit_of_work(), self.env)
+        if inputs:
+            await usecases.start(usecases.Start(inputs), self.unit_of_work(), self.env)
 
     async def on_activity(self, records: Sequence[ConsumerRecord]) -> None:
         """Acknowledgements and recusals step the incident's state, one transaction each
