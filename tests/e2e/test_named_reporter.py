@@ -23,6 +23,7 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import Stack, timeline
+from tests.integration.test_console_intake import NAVIGATE, csrf_of
 
 pytestmark = pytest.mark.e2e
 
@@ -38,12 +39,6 @@ REPORT = {
 }
 MESSAGE = "We have opened a case. Can you tell us who else was there?"
 OUTCOME = "A written warning was issued and the manager was moved to another store."
-NAVIGATE = {  # the person's own navigation: only then is a console view recorded
-    "sec-fetch-site": "same-origin",
-    "sec-fetch-mode": "navigate",
-    "sec-fetch-dest": "document",
-    "sec-fetch-user": "?1",
-}
 VIEWED = "incident.viewed.v1"
 
 
@@ -57,6 +52,7 @@ class Browser:
         self.cookies: dict[str, str] = {}
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        # the person's own navigation (NAVIGATE): only then is a console view recorded
         headers = {**NAVIGATE, **kwargs.pop("headers", {})}
         if self.cookies:
             headers["cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
@@ -75,12 +71,6 @@ class Browser:
 
     def close(self) -> None:
         self.client.close()
-
-
-def csrf_of(page: httpx.Response) -> str:
-    found = re.search(r'name="csrf" value="([^"]+)"', page.text)
-    assert found is not None, page.text[:500]
-    return found.group(1)
 
 
 @pytest.fixture(scope="module")
