@@ -73,6 +73,7 @@ from services.infra import eventstore
 from services.infra.auth import Principal
 from services.infra.crypto import CryptoError, IncidentKey
 from services.infra.keystore import KeyStore
+from services.infra.recorder import PostgresUnitOfWork
 from services.infra.runtime import Runtime
 from services.infra.telemetry import current_traceparent
 from services.intake.routing import Facts, access_of, apply_event, caller_routing, exclude
@@ -208,9 +209,11 @@ async def act(
     """
     for _attempt in range(ATTEMPTS):
         try:
-            async with runtime.db.acquire() as conn, conn.transaction():
+            # a refused append ends the transaction anyway (and the attempt is retried):
+            # no savepoint around it
+            async with PostgresUnitOfWork(runtime.db, savepoint=False) as uow:
                 result = await _attempt_once(
-                    runtime, keys, policy, conn, incident_id, principal, action, build, people
+                    runtime, keys, policy, uow, incident_id, principal, action, build, people
                 )
         except eventstore.ConcurrencyError:
             continue
@@ -225,13 +228,16 @@ async def _attempt_once(
     runtime: Runtime,
     keys: KeyStore,
     policy: Policy,
-    conn: asyncpg.Connection,
+    uow: PostgresUnitOfWork,
     incident_id: str,
     principal: Principal,
     action: Action,
     build: Build[T],
     people: Sequence[str],
 ) -> T | Refused:
+    """One attempt in one unit of work: the events through its recorder, the routing
+    and refusal rows on its connection."""
+    conn = uow.conn
     grants = roles_of(policy)
     # 1. the caller's row only: the refusal of the excluded, the unrelated and the
     # unknown id does exactly this, and records, whatever the incident
@@ -246,7 +252,7 @@ async def _attempt_once(
         await record_refusal(runtime, conn, incident_id, principal, action, verdict.detail)
         return verdict
     # 2. the caller may know of it: the stream, and the conflicts it carries itself
-    stored = await eventstore.load(conn, incident_id)
+    stored = await uow.recorder.load(incident_id)
     events = [s.envelope for s in stored]
     version = stored[-1].version if stored else 0
     state = fold(incident_id, events)
@@ -286,8 +292,8 @@ async def _attempt_once(
         runtime, incident_id, principal, events, state, verdict, key, routing, facts, policy
     )
     new, result = build(context)
-    await eventstore.append(
-        conn, incident_id, version, new, topic_prefix=runtime.settings.kafka_topic_prefix
+    await uow.recorder.append_streams(
+        [(incident_id, version, new)], topic_prefix=runtime.settings.kafka_topic_prefix
     )
     for event in new:
         if event.type in ROUTING_TYPES:

@@ -39,16 +39,9 @@ async def reports(request: Request) -> Response:
 async def report(incident_id: str, request: Request, done: str | None = None) -> Response:
     """One of her reports, after her view is recorded."""
     principal = await ui.handler(request)
-    try:
-        shown = await my_reports.show_report(_service(request), principal.id, incident_id[:100])
-    except Problem as exc:
-        raise ConsoleError(exc.status, exc.title, exc.detail) from None
-    return render(
-        request,
-        "intake_my_report.html",
-        principal=principal.id,
-        view=shown,
-        note=DONE.get(done or ""),
+    view = my_reports.show_report(_service(request), principal.id, incident_id[:100])
+    return await ui.view_page(
+        request, principal, "intake_my_report.html", view, note=DONE.get(done or "")
     )
 
 

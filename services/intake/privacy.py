@@ -320,17 +320,22 @@ async def _hold(
     }
 
 
+HoldRoute = Callable[..., Awaitable[dict[str, Any]]]
 HOLD_ANSWERS = problem_responses(
     UNAUTHORIZED, FORBIDDEN, NOT_FOUND, HOLD_CONFLICT, INVALID, FAILED, BUSY
 )
 
 
-@router.post(
+def _hold_route(path: str, summary: str) -> Callable[[HoldRoute], HoldRoute]:
+    """A legal-hold route: 202 with `Hold`, the answers of HOLD_ANSWERS."""
+    return router.post(
+        path, status_code=202, summary=summary, response_model=Hold, responses=HOLD_ANSWERS
+    )
+
+
+@_hold_route(
     "/incidents/{incident_id}/legal-hold",
-    status_code=202,
-    summary="Place a legal hold: the incident is not erased while it holds (auditors)",
-    response_model=Hold,
-    responses=HOLD_ANSWERS,
+    "Place a legal hold: the incident is not erased while it holds (auditors)",
 )
 async def place_hold(
     incident_id: IncidentId, body: ReasonBody, request: Request, caller: RequiredPrincipal
@@ -339,12 +344,9 @@ async def place_hold(
     return await _hold(request, caller, incident_id, body, place=True)
 
 
-@router.post(
+@_hold_route(
     "/incidents/{incident_id}/legal-hold/release",
-    status_code=202,
-    summary="Release the legal hold: erasure proceeds once retention has passed (auditors)",
-    response_model=Hold,
-    responses=HOLD_ANSWERS,
+    "Release the legal hold: erasure proceeds once retention has passed (auditors)",
 )
 async def release_hold(
     incident_id: IncidentId, body: ReasonBody, request: Request, caller: RequiredPrincipal

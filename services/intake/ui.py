@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Awaitable
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -144,19 +145,28 @@ async def open_incident(incident_id: str, request: Request) -> Response:
     return await _shown(incident_id, request, principal, None)
 
 
+async def view_page(
+    request: Request,
+    principal: Principal,
+    template: str,
+    view: Awaitable[dict[str, Any]],
+    **values: Any,
+) -> Response:
+    """A page showing one view (a handler's incident, a reporter's report): a refusal
+    of the API's (`Problem`) becomes the console's error page with the same status."""
+    try:
+        shown = await view
+    except Problem as exc:
+        raise _page_error(exc) from None
+    return render(request, template, principal=principal.id, view=shown, **values)
+
+
 async def _shown(
     incident_id: str, request: Request, principal: Principal, done: str | None
 ) -> Response:
-    try:
-        view = await handlers.view_incident(_incident_id(incident_id), request, principal)
-    except Problem as exc:
-        raise _page_error(exc) from None
-    return render(
-        request,
-        "intake_incident.html",
-        principal=principal.id,
-        view=view,
-        done=DONE.get(done or ""),
+    view = handlers.view_incident(_incident_id(incident_id), request, principal)
+    return await view_page(
+        request, principal, "intake_incident.html", view, done=DONE.get(done or "")
     )
 
 

@@ -312,7 +312,7 @@ async def test_no_content_is_returned_when_the_view_cannot_be_recorded(
     # as a real server answers: the error handler's 500, not an exception in the client
     transport = httpx.ASGITransport(app=env.app, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://intake") as client:
-        monkeypatch.setattr(eventstore, "append", broken)
+        monkeypatch.setattr(eventstore, "append_streams", broken)
         answer = await client.get(f"/v1/incidents/{incident}", headers=auth("p-chen"))
         monkeypatch.undo()
     assert answer.status_code == 500
