@@ -191,9 +191,25 @@ class MerkleFrontier:
         return completed
 
     def extend(self, hashes: Iterable[bytes]) -> None:
-        """Append every leaf hash of ``hashes`` in order."""
-        for h in hashes:
-            self.append(h)
+        """Append every leaf hash of ``hashes`` in order (as `append` does, without
+        listing the completed subtrees: the verifier's hot path)."""
+        nodes = self._nodes
+        pop, push = nodes.pop, nodes.append
+        sha256 = hashlib.sha256
+        size = self._size
+        try:
+            for h in hashes:
+                if len(h) != HASH_SIZE:
+                    _check_hash(h, "leaf hash")
+                node, count = h, size
+                # Each trailing 1 bit of the old size is a subtree the new leaf completes.
+                while count & 1:
+                    node = sha256(NODE_PREFIX + pop() + node).digest()
+                    count >>= 1
+                push(node)
+                size += 1
+        finally:
+            self._size = size
 
     def root(self) -> bytes:
         """The Merkle tree hash (MTH) of the leaves appended so far."""

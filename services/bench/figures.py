@@ -1047,10 +1047,26 @@ def sha256_rate(seconds: float = 1.0) -> float:
             return count / elapsed
 
 
+def leaf_hash_rate(leaves: Sequence[bytes], seconds: float = 1.0) -> float:
+    """Leaves per second hashed as RFC 9162 leaf hashes (``SHA-256(0x00 || leaf)``, one
+    hashlib call per leaf): the floor of any verifier of these leaves."""
+    sha256 = hashlib.sha256
+    count = 0
+    began = time.perf_counter()
+    while True:
+        for leaf in leaves:
+            sha256(b"\0" + leaf).digest()
+        count += len(leaves)
+        elapsed = time.perf_counter() - began
+        if elapsed >= seconds:
+            return count / elapsed
+
+
 async def verify_figure(
     leaves: int = 20_000, *, head_every: int = 1000, sha_seconds: float = 1.0
 ) -> Figure:
-    """Leaves/s of `verify_ledger` over an in-memory source, signed heads every `head_every`."""
+    """Leaves/s of `verify_ledger` over an in-memory source, signed heads every `head_every`,
+    beside the SHA-256 of the same leaves, measured right after it."""
     data = LedgerData(leaves)
     raw = [entry.leaf for entry in data.entries()]
     sizes = sorted({*range(head_every, leaves + 1, head_every), leaves})
@@ -1059,30 +1075,32 @@ async def verify_figure(
     if not report.ok:
         raise RuntimeError(f"verify failed on generated leaves: {report.reason}")
     rate = report.entries_checked / report.elapsed
-    sha = await asyncio.to_thread(sha256_rate, sha_seconds)
-    floor = 0.3 * sha / 2
+    sha = await asyncio.to_thread(leaf_hash_rate, raw, sha_seconds)
+    floor = 0.3 * sha
     return Figure(
         key="verify",
         name="verify leaves/s (in-memory source)",
         value=rate,
         unit="leaves/s",
-        baseline_name="hashlib sha256/s, 64-byte inputs",
+        baseline_name="hashlib SHA-256 of the same leaves (RFC 9162 leaf hash)",
         baseline=sha,
-        baseline_unit="hashes/s",
-        target=f"≥ 30 % of sha256/2 (≥ {floor:,.0f}/s)",
+        baseline_unit="leaves/s",
+        target=f"≥ 30 % of the leaves' sha256 (≥ {floor:,.0f}/s)",
         met=rate >= floor,
         limit=(
-            "Python, per leaf (cProfile, 20k leaves): proving the leaf canonical (orjson"
-            " reads it and writes it back, ~10 %, and two scans for floats, which orjson"
-            " writes unlike the standard library, ~18 %), the per-entry checks ~30 %,"
-            " base64 ~9 %, the two SHA-256 hashes and the Merkle frontier ~15 %. The"
-            " target would need the per-leaf work out of Python."
+            "C per leaf, by library (process time, 1,000 bench leaves of ~650 bytes): msgspec"
+            " reads the leaf 1.7 µs and writes it back 0.9 µs (the canonical-JSON proof),"
+            " SHA-256 0.8 µs, pybase64 0.5 µs, the Merkle frontier 0.6 µs; Python around them"
+            " ~2 µs. The SHA-256 of a leaf runs on the CPU's SHA extensions (~1 GB/s), so"
+            " reading the JSON alone costs twice the floor: 30 % would need the proof out of"
+            " Python object trees (a native canonical-JSON checker)."
         ),
         details={
             "leaves": report.entries_checked,
             "heads": report.heads_checked,
             "consistency_proofs": report.proofs_checked,
             "seconds": report.elapsed,
+            "sha256_64_byte_per_s": await asyncio.to_thread(sha256_rate, sha_seconds / 2),
         },
     )
 
@@ -1442,6 +1460,7 @@ __all__ = [
     "escalation_figure",
     "intake_figures",
     "kafka_round_trip",
+    "leaf_hash_rate",
     "ledger_append_figure",
     "ledger_query_figures",
     "open_loop",
