@@ -86,9 +86,9 @@ class MemoryDirectoryLog:
                 known.add(event_id)
                 self.staged.directory_log.append((event_id, body))
 
-    async def after(self, seq: int) -> list[tuple[int, bytes]]:
+    async def after(self, seq: int) -> list[tuple[int, str, bytes]]:
         log = self.store.directory_log + self.staged.directory_log
-        return [(n, body) for n, (_, body) in enumerate(log, start=1) if n > seq]
+        return [(n, i, body) for n, (i, body) in enumerate(log, start=1) if n > seq]
 
 
 class MemoryPolicies:

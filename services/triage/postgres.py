@@ -84,11 +84,12 @@ class PostgresDirectoryLog:
             [body for _, body in events],
         )
 
-    async def after(self, seq: int) -> list[tuple[int, bytes]]:
+    async def after(self, seq: int) -> list[tuple[int, str, bytes]]:
         rows = await self.conn.fetch(
-            "SELECT seq, body FROM directory_log WHERE seq > $1 ORDER BY seq", seq
+            "SELECT seq, event_id::text, body FROM directory_log WHERE seq > $1 ORDER BY seq",
+            seq,
         )
-        return [(int(row["seq"]), bytes(row["body"])) for row in rows]
+        return [(int(row["seq"]), row["event_id"], bytes(row["body"])) for row in rows]
 
 
 class PostgresPolicies:

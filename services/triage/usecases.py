@@ -30,7 +30,7 @@ from __future__ import annotations
 import gc
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -151,8 +151,8 @@ class DirectoryLog(Protocol):
         """Keep (event id, body) pairs after the others; an id kept before is skipped."""
         ...
 
-    async def after(self, seq: int) -> list[tuple[int, bytes]]:
-        """(seq, body) of the events kept after `seq`, in order."""
+    async def after(self, seq: int) -> list[tuple[int, str, bytes]]:
+        """(seq, event id, body) of the events kept after `seq`, in order."""
         ...
 
 
@@ -319,6 +319,8 @@ class TriageUseCases:
         """The trace context triage's events carry (the adapter's current span)."""
         self.policies: dict[str, Policy] = {policy.version: policy}
         self.directory = DirectoryProjection()
+        self._unfrozen = 0
+        """Directory events folded since the heap was last frozen."""
 
     @property
     def org(self) -> DirectoryView:
@@ -348,7 +350,9 @@ class TriageUseCases:
     async def keep_directory(self, command: KeepDirectory, uow: TriageUnitOfWork) -> int:
         """Keep a batch of directory events in `directory_log`, in order: one unit of
         work for the batch (a directory import brings hundreds of thousands:
-        docs/directory-sync.md). Returns how many were new."""
+        docs/directory-sync.md). Then fold them at once, from the envelopes in hand (not
+        parsed again from the log), so the next decision does not fold a whole import.
+        Returns how many were new."""
         if not command.events:
             return 0
         async with uow:
@@ -359,18 +363,29 @@ class TriageUseCases:
             await uow.directory_log.append(
                 [(c.envelope.id, c.body or c.envelope.to_bytes()) for c in kept]
             )
+        if kept:
+            async with uow:  # once they are committed: a fold never runs ahead of the log
+                await self._refresh_directory(uow, {c.envelope.id: c.envelope for c in kept})
         return len(kept)
 
-    async def _refresh_directory(self, uow: TriageUnitOfWork) -> None:
-        """Catch up with directory events any triage worker recorded."""
+    async def _refresh_directory(
+        self, uow: TriageUnitOfWork, known: Mapping[str, Envelope] | None = None
+    ) -> None:
+        """Catch up with directory events any triage worker recorded (`known`: envelopes
+        already parsed, by id)."""
         rows = await uow.directory_log.after(self.directory.seq)
-        for seq, body in rows:  # each event changes one person, in place
-            self.directory.apply(parse_envelope(body), seq)
-        if len(rows) >= FREEZE_AFTER:
+        for seq, event_id, body in rows:  # each event changes one person, in place
+            if seq <= self.directory.seq:
+                continue  # folded by another catch-up while this one read the log
+            envelope = known.get(event_id) if known else None
+            self.directory.apply(envelope or parse_envelope(body), seq)
+        self._unfrozen += len(rows)
+        if self._unfrozen >= FREEZE_AFTER:
             # A large directory is long-lived: without this, each full collection walks
             # every person again (0.3 to 3.5 s at 254,000 people on a loaded machine),
             # a pause in the middle of some report's decision (docs/scale.md).
             gc.freeze()
+            self._unfrozen = 0
 
     # -- reports ------------------------------------------------------------------------
 

@@ -242,6 +242,8 @@ async def test_directory_events_are_kept_as_consumed_once_and_folded_on_the_next
     assert await triage.usecases.keep_directory(keep, triage.uow()) == 1
     assert await triage.usecases.keep_directory(keep, triage.uow()) == 0
     assert triage.tables.directory_log[-1] == (moved.id, body)
+    assert triage.usecases.directory.seq == len(PEOPLE) + 1  # folded as it was kept
+    assert triage.usecases.org.roles_of("p-chen") == frozenset()
     incident = await decided(triage, ["p-wang"])
     triaged = data(triage.emitted(incident), "incident.triaged.v1")[0]
     assert triaged["chain"][0]["recipients"] == ["p-ma"]  # p-chen is no handler any more
