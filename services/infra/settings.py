@@ -6,6 +6,7 @@ defaults are refused when `INCIDENTS_ENVIRONMENT` is not `development`.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -418,6 +419,10 @@ class IntakeSettings(ContentKeySettings, PseudonymSettings):
             raise ValueError("production refuses the demo systems file (INCIDENTS_SYSTEMS_FILE)")
         if self.attachment_store == "s3" and not self.attachment_s3_bucket:
             raise ValueError("the s3 attachment store needs INCIDENTS_ATTACHMENT_S3_BUCKET")
+        if self.attachment_store == "s3" and importlib.util.find_spec("aiobotocore") is None:
+            raise ValueError(
+                'the s3 attachment store needs its client: pip install "incidents[s3]"'
+            )
         if (self.attachment_s3_access_key_id is None) != (
             self.attachment_s3_secret_access_key_file is None
         ):
