@@ -2,14 +2,15 @@
 
 A report enters by four doors (`POST /v1/reports`, the console's form, `POST /v1/events`
 and `incident.inbound`), and each validates it with one model, `ReportRequest` (the
-JSON of the body, or of the event's `data`). Whatever that model accepts, with any
-unicode (NUL and other controls, lone surrogates sent as JSON escapes, bidirectional
-overrides, combining marks, emoji) and any length within its limits, on any channel,
-is turned into the submitted event intake publishes; triage parses that event as it
-parses a Kafka record and decides it against a random organisation. The decision must
-come, never an exception, and what triage stores of it as JSONB must be storable
-(PostgreSQL's JSONB refuses `\\u0000`, and UTF-8 refuses a lone surrogate): before
-this held, a NUL in `unit` was accepted with 202 and then dead-lettered by triage.
+JSON of the body, or of the event's `data` through `report_of`; both are drawn).
+Whatever that model accepts, with any unicode (NUL and other controls, lone surrogates
+sent as JSON escapes, bidirectional overrides, combining marks, emoji) and any length
+within its limits, on any channel, is turned into the submitted event intake
+publishes; triage parses that event as it parses a Kafka record and decides it against
+a random organisation. The decision must come, never an exception, and what triage
+stores of it as JSONB must be storable (PostgreSQL's JSONB refuses `\\u0000`, and
+UTF-8 refuses a lone surrogate): before this held, a NUL in `unit` was accepted with
+202 and then dead-lettered by triage.
 """
 
 from __future__ import annotations
@@ -25,9 +26,16 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from services.domain.events import ReportSubmitted, parse_envelope
+from services.domain.inbound import INBOUND_TYPE, InboundRefused, report_of
 from services.domain.org import OrgSnapshot
 from services.domain.policy import Policy
-from services.domain.reports import ReportRequest, UnknownCategory, resolve_people, submit_report
+from services.domain.reports import (
+    ReportRequest,
+    UnknownCategory,
+    check_category,
+    resolve_people,
+    submit_report,
+)
 from services.domain.triage import decide
 from services.infra.crypto import IncidentKey, Pseudonyms
 from tests.unit.test_triage import POLICY, SEED, org_charts, policies
@@ -114,14 +122,27 @@ def bodies(draw: st.DrawFn, chart: OrgSnapshot, policy: Policy) -> dict[str, Any
     return body
 
 
-def accepted(body: dict[str, Any]) -> ReportRequest | None:
+def accepted(body: dict[str, Any], door: str = "http") -> ReportRequest | None:
     """The report as intake's validation takes it from the wire (JSON with escapes,
-    which is how a lone surrogate reaches a server), or None when refused (422)."""
-    wire = json.dumps(body, ensure_ascii=True)
+    which is how a lone surrogate reaches a server), or None when refused (422, or a
+    dead letter with its reason): a request body, or an inbound event's `data`."""
+    wire = json.loads(json.dumps(body, ensure_ascii=True))
     try:
-        return ReportRequest.model_validate(json.loads(wire))
-    except ValidationError:
+        if door == "inbound":
+            event = {**INBOUND_EVENT, "data": wire}
+            return report_of(json.loads(json.dumps(event, ensure_ascii=True)))[1]
+        return ReportRequest.model_validate(wire)
+    except (ValidationError, InboundRefused):
         return None
+
+
+INBOUND_EVENT = {
+    "specversion": "1.0",
+    "id": "0b6f3c52-5a1e-4d0e-9c43-7e2b1f0a9d11",
+    "source": "urn:hris",
+    "type": INBOUND_TYPE,
+    "time": "2026-12-07T09:00:00Z",
+}
 
 
 def storable(value: object) -> None:
@@ -141,14 +162,15 @@ def test_every_report_intake_accepts_is_decided_by_triage(data: st.DataObject) -
     chart = data.draw(org_charts() | st.just(SEED), label="org")
     policy = data.draw(st.just(POLICY) | policies(), label="policy")
     body = data.draw(bodies(chart, policy), label="body")
-    request = accepted(body)
+    request = accepted(body, data.draw(st.sampled_from(["http", "inbound"]), label="door"))
     if request is None:
         return
     reporter = data.draw(st.sampled_from([None, *sorted(chart.people)[:3], "p-outsider"]))
     incident_id = data.draw(st.uuids()).hex
     key = IncidentKey(incident_id, secrets.token_bytes(32), secrets.token_bytes(16), PSEUDONYMS)
     report = request.report()
-    try:
+    try:  # as the use case does: the category, then the people (usecases.take_report)
+        check_category(report, policy)
         people = resolve_people(report, known_ids=set(chart.people), reporter=reporter)
         event = submit_report(
             report,
