@@ -69,7 +69,7 @@ class InMemoryLedger:
         return [*self.unit.memory.rows, *self.unit.staged]
 
     async def lock_tail(self) -> tuple[int, datetime]:
-        await self.unit._hold(_TAIL)
+        await self.unit.hold(_TAIL)
         rows = self._rows
         now = datetime.now(UTC)
         return len(rows) - 1, max(now, rows[-1].recorded_at) if rows else now
@@ -168,7 +168,7 @@ class InMemoryLedger:
         return sorted(self.unit.memory.heads, key=lambda h: h.tree_size)
 
     async def lock_stream(self, stream: str) -> None:
-        await self.unit._hold(("stream", stream))
+        await self.unit.hold(("stream", stream))
 
 
 @dataclass
@@ -229,8 +229,7 @@ class InMemoryAuditUnitOfWork(InMemoryUnitOfWork):
 
     @property
     def ledger(self) -> InMemoryLedger:
-        if not self._open:
-            raise RuntimeError("the unit of work is not open (use `async with uow:`)")
+        self.require_open()
         return InMemoryLedger(self)
 
     @property
@@ -243,8 +242,9 @@ class InMemoryAuditUnitOfWork(InMemoryUnitOfWork):
 
     def commit(self) -> None:
         self.memory.rows.extend(self.staged)
+        self.staged = []
         super().commit()
 
-    def _clear(self) -> None:
-        super()._clear()
+    def rollback(self) -> None:
         self.staged = []
+        super().rollback()

@@ -102,7 +102,9 @@ class InMemoryUnitOfWork:
     """One transaction on an `InMemoryStore`: `async with uow:` commits or rolls back.
 
     A service's own in-memory unit of work extends this (its repositories beside
-    `recorder`), applying their changes in `commit` and dropping them in `rollback`.
+    `recorder`), applying their changes in `commit` and dropping them in `rollback`
+    (both called on a clean exit, `rollback` alone on an exception), and locking with
+    `hold` / `held_elsewhere`, checking `require_open`: the public names below.
     """
 
     def __init__(self, store: InMemoryStore) -> None:
@@ -118,9 +120,30 @@ class InMemoryUnitOfWork:
 
     @property
     def recorder(self) -> Recorder:
+        self.require_open()
+        return InMemoryRecorder(self)
+
+    # What a service's own in-memory repositories build on (they take no private name):
+
+    @property
+    def is_open(self) -> bool:
+        """Whether the unit is inside its `async with` block."""
+        return self._open
+
+    def require_open(self) -> None:
+        """Raise `RuntimeError` outside the `async with` block (as `recorder` does)."""
         if not self._open:
             raise RuntimeError("the unit of work is not open (use `async with uow:`)")
-        return InMemoryRecorder(self)
+
+    async def hold(self, resource: Hashable) -> None:
+        """Hold `resource` (any hashable key a repository chooses: a row, an advisory
+        lock) until this unit ends, waiting for another unit that holds it; a wait that
+        could never end raises `RuntimeError` (see the module docstring)."""
+        await self._hold(resource)
+
+    def held_elsewhere(self, resource: Hashable) -> bool:
+        """Whether another open unit holds `resource` (what `SKIP LOCKED` skips)."""
+        return self.store.locks.get(resource, self) is not self
 
     async def __aenter__(self) -> Self:
         if self._open:
