@@ -10,19 +10,19 @@ unreachable, token refused, bad input).
 from __future__ import annotations
 
 import asyncio
-import binascii
 import contextlib
 import gc
 import json
 import os
 import shlex
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
 import orjson
+import pybase64
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -466,48 +466,64 @@ async def incidents_as_of(source: LedgerSource, moment: datetime) -> dict[str, A
 async def _fold_leaves(source: LedgerSource, moment: datetime) -> dict[str, Any]:
     from services.domain.envelope import utc_rfc3339
     from services.domain.events import InvalidEvent, parse_envelope
-    from services.domain.incident import IncidentState, apply, apply_data
+    from services.domain.incident import IncidentState, apply, data_changes, state_of
 
-    states: dict[str, Any] = {}
-    async for body in _leaves_until(source, utc_rfc3339(moment)):
-        event = body.get("event")
-        if not isinstance(event, dict):
-            continue  # rejected input, recorded raw
-        kind = event.get("type")
-        if (
-            not isinstance(kind, str)
-            or not kind.startswith("incident.")
-            or kind == "incident.input.rejected.v1"
-        ):
-            continue
-        subject = event.get("subject")
-        state = states.get(subject) if isinstance(subject, str) else None
-        if isinstance(state, str):
-            continue  # this incident already failed to fold
-        try:
-            if not isinstance(subject, str) or not subject:
-                raise TypeError("no subject")
-            time = datetime.fromisoformat(event["time"])
-            if time.tzinfo is not UTC:
-                time = _aware(time)
-            states[subject] = apply_data(
-                state or IncidentState(incident_id=subject), kind, time, event["data"]
-            )
-            continue
-        except (KeyError, TypeError, ValueError):
-            pass  # not the JSON a valid event has: the validating path decides
-        try:
-            envelope = parse_envelope(event)
-        except InvalidEvent:
-            continue  # recorded as an event, but not one the fold can read
-        try:
-            states[envelope.subject] = apply(
-                states.get(envelope.subject) or IncidentState(incident_id=envelope.subject),
-                envelope,
-            )
-        except ValueError as exc:
-            states[envelope.subject] = f"cannot replay: {exc}"
-    return states
+    # Each incident's state is kept as its fields in a plain dict, updated in place by
+    # `data_changes` (what `apply_data` does, without a new state per event), or as the
+    # message saying why it does not fold; the states are built once at the end.
+    fresh = IncidentState(incident_id="").__dict__
+    states: dict[str, dict[str, Any] | str] = {}
+    fromisoformat = datetime.fromisoformat
+    cutoff = utc_rfc3339(moment)
+    async for page in source.entries(0):
+        bodies, ended = _bodies_until(page, cutoff)
+        for body in bodies:
+            event = body.get("event")
+            if type(event) is not dict:
+                continue  # rejected input, recorded raw
+            kind = event.get("type")
+            if (
+                type(kind) is not str
+                or not kind.startswith("incident.")
+                or kind == "incident.input.rejected.v1"
+            ):
+                continue
+            subject = event.get("subject")
+            fields = states.get(subject) if type(subject) is str else None
+            if type(fields) is str:
+                continue  # this incident already failed to fold
+            try:
+                if type(subject) is not str or not subject:
+                    raise TypeError("no subject")
+                time = fromisoformat(event["time"])
+                if time.tzinfo is not UTC:
+                    time = _aware(time)
+                if fields is None:
+                    changes = data_changes(fresh, kind, time, event["data"])
+                    states[subject] = fields = {**fresh, "incident_id": subject}
+                else:
+                    changes = data_changes(fields, kind, time, event["data"])  # type: ignore[arg-type]
+                fields.update(changes)  # type: ignore[union-attr]
+                continue
+            except (KeyError, TypeError, ValueError):
+                pass  # not the JSON a valid event has: the validating path decides
+            try:
+                envelope = parse_envelope(event)
+            except InvalidEvent:
+                continue  # recorded as an event, but not one the fold can read
+            known = states.get(envelope.subject)
+            try:
+                state = apply(
+                    (state_of(known) if isinstance(known, dict) else known)  # type: ignore[arg-type]
+                    or IncidentState(incident_id=envelope.subject),
+                    envelope,
+                )
+                states[envelope.subject] = dict(state.__dict__)
+            except ValueError as exc:
+                states[envelope.subject] = f"cannot replay: {exc}"
+        if ended:
+            break
+    return {k: state_of(v) if isinstance(v, dict) else v for k, v in states.items()}
 
 
 @contextlib.contextmanager
@@ -535,34 +551,38 @@ def _aware(time: datetime) -> datetime:
     return time.astimezone(UTC)
 
 
-async def _leaves_until(source: LedgerSource, cutoff: str) -> AsyncIterator[dict[str, Any]]:
-    """The decoded leaves recorded at or before ``cutoff``; ledger time never goes back.
+def _bodies_until(page: list[dict[str, Any]], cutoff: str) -> tuple[list[dict[str, Any]], bool]:
+    """A page's decoded leaves recorded at or before ``cutoff``, and whether a leaf after
+    it was met (ledger time never goes back: the replay ends there).
 
     Entries the audit service withholds from this reader (incidents that exclude them)
     are skipped: replay shows nothing of them, as the timeline does.
     """
     from services.audit.verify import SourceError
 
-    async for page in source.entries(0):
-        for entry in page:
-            if entry.get("withheld"):  # an incident that excludes the reader: no leaf
-                if entry["recorded_at"] > cutoff:
-                    return
-                continue
-            if "unreadable" in entry or "error" in entry:  # a damaged leaf: nothing to fold
-                why = entry.get("unreadable") or entry.get("error")
-                raise SourceError(
-                    f"entry {entry['index']} cannot be read ({why}): `incidents audit verify`"
-                    " names every damaged entry"
-                )
-            leaf = binascii.a2b_base64(entry["leaf"])
-            try:
-                body: dict[str, Any] = orjson.loads(leaf)
-            except orjson.JSONDecodeError:  # NaN, a lone surrogate: the standard library's
-                body = json.loads(leaf)
-            if body["recorded_at"] > cutoff:
-                return
-            yield body
+    bodies: list[dict[str, Any]] = []
+    keep = bodies.append
+    b64decode, loads = pybase64.b64decode, orjson.loads
+    for entry in page:
+        if entry.get("withheld"):  # an incident that excludes the reader: no leaf
+            if entry["recorded_at"] > cutoff:
+                return bodies, True
+            continue
+        if "unreadable" in entry or "error" in entry:  # a damaged leaf: nothing to fold
+            why = entry.get("unreadable") or entry.get("error")
+            raise SourceError(
+                f"entry {entry['index']} cannot be read ({why}): `incidents audit verify`"
+                " names every damaged entry"
+            )
+        leaf = b64decode(entry["leaf"])  # as binascii.a2b_base64: non-alphabet skipped
+        try:
+            body: dict[str, Any] = loads(leaf)
+        except orjson.JSONDecodeError:  # NaN, a lone surrogate: the standard library's
+            body = json.loads(leaf)
+        if body["recorded_at"] > cutoff:
+            return bodies, True
+        keep(body)
+    return bodies, False
 
 
 def _shown(value: Any) -> str:

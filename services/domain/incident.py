@@ -104,11 +104,21 @@ def apply_data(
     as they were recorded, calls this directly and skips the per-event validation. It
     reads the JSON as the catalog's models would (their defaults for absent fields).
     """
+    return _evolve(state, data_changes(state.__dict__, event_type, time, data))
+
+
+def data_changes(
+    fields: Mapping[str, Any], event_type: str, time: datetime, data: Mapping[str, Any]
+) -> dict[str, Any]:
+    """What one event changes in a state whose fields are ``fields`` (an
+    `IncidentState`'s ``__dict__``): `apply_data` without building the new state, so a
+    replay can keep each incident's fields in a plain dict, update it in place and build
+    its `IncidentState` once at the end (`state_of`). Raises before changing anything."""
     if event_type not in CATALOG:
         raise InvalidEvent(f"unknown event type {event_type!r}")
     changes: dict[str, Any] = {
-        "version": state.version + 1,
-        "history": (*state.history, event_type),
+        "version": fields["version"] + 1,
+        "history": (*fields["history"], event_type),
     }
     match _KIND.get(event_type):
         case "submitted":
@@ -122,7 +132,7 @@ def apply_data(
             )
         case "amended":
             changes.update(
-                accused=(*state.accused, *data.get("accused_added", ())),
+                accused=(*fields["accused"], *data.get("accused_added", ())),
                 report_digest=data["report_digest"],
             )
         case "triaged":
@@ -134,31 +144,38 @@ def apply_data(
             )
         case "assigned":  # triage asked this level (1): the level is 1, never 0
             changes.update(
-                routed=state.routed | set(data["principals"]),
-                escalation_level=max(state.escalation_level, int(data["level"])),
+                routed=fields["routed"] | set(data["principals"]),
+                escalation_level=max(fields["escalation_level"], int(data["level"])),
             )
         case "reassigned":
             gone = {x["principal"] for x in data.get("removed", ())}
             changes.update(
-                routed=(state.routed - gone) | set(data.get("added", ())),
-                excluded=state.excluded | gone,
+                routed=(fields["routed"] - gone) | set(data.get("added", ())),
+                excluded=fields["excluded"] | gone,
             )
         case "escalated":
             changes.update(
-                routed=state.routed | set(data["recipients"]),
-                escalation_level=max(state.escalation_level, int(data["level"])),
+                routed=fields["routed"] | set(data["recipients"]),
+                escalation_level=max(fields["escalation_level"], int(data["level"])),
             )
-        case "acknowledged" if state.acknowledged_at is None:
+        case "acknowledged" if fields["acknowledged_at"] is None:
+            status = fields["status"]
             changes.update(
-                status=(
-                    "acknowledged" if state.status in {"submitted", "triaged"} else state.status
-                ),
+                status="acknowledged" if status in {"submitted", "triaged"} else status,
                 acknowledged_at=time,
                 acknowledged_by=data["principal"],
             )
         case "status":
-            changes.update(status=data["status"], outcome=data.get("outcome") or state.outcome)
-    return _evolve(state, changes)
+            changes.update(status=data["status"], outcome=data.get("outcome") or fields["outcome"])
+    return changes
+
+
+def state_of(fields: Mapping[str, Any]) -> IncidentState:
+    """The `IncidentState` whose fields are ``fields`` (all of them, as `data_changes`
+    keeps them)."""
+    new = object.__new__(IncidentState)
+    new.__dict__.update(fields)
+    return new
 
 
 def _evolve(state: IncidentState, changes: dict[str, Any]) -> IncidentState:
