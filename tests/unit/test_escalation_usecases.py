@@ -259,3 +259,39 @@ async def test_a_failing_batch_leaves_nothing_behind(world: World) -> None:
         await world.start(first, bad)
     assert world.store.tables.states == {} and world.store.events == []
     assert world.store.tracking == {}
+
+
+async def test_two_units_open_at_once_keep_each_others_changes(world: World) -> None:
+    """The in-memory unit of work isolates as PostgreSQL does: a unit that ends after
+    another one, on another incident, never puts back what the first one changed."""
+    first = world.incident
+    await world.start(world.decision())
+    world.incident = second = str(uuid.uuid4())
+    await world.start(world.decision())
+    later = T0 + timedelta(hours=1)
+    one, other = world.uow(), world.uow()
+    async with one:
+        async with other:
+            await other.states.lock([second])
+            await other.states.postpone(second, later)
+        await one.states.lock([first])
+        assert await one.states.get(second) is not None
+        await one.states.postpone(first, later)
+    states = world.store.tables.states
+    assert (states[first].wakeup, states[second].wakeup) == (later, later)
+
+
+async def test_a_due_deadline_another_unit_holds_is_skipped_then_fired_once(
+    world: World,
+) -> None:
+    """As `FOR UPDATE SKIP LOCKED`: a state held by an open unit (an acknowledgement
+    being applied) is not fired under it; it fires once when that unit is done."""
+    await world.start(world.decision())
+    world.now = T0 + timedelta(seconds=601)
+    holder = world.uow()
+    async with holder:
+        await holder.states.lock([world.incident])
+        assert await world.step() == 0
+    assert await world.step() == 1
+    assert await world.step() == 0
+    assert world.types().count("incident.escalated.v1") == 1
