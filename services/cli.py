@@ -284,7 +284,7 @@ def bench(
     <out>/<UTC time>.json and a markdown summary. Exit 0 when every figure ran (a missed
     target is reported, not an error), 1 if one failed, 2 on bad options.
     """
-    from services.bench.runner import run_bench
+    from tooling.bench.runner import run_bench
 
     groups = [g.strip() for g in only.split(",") if g.strip()]
     raise typer.Exit(

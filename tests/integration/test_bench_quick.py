@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from services.bench import figures as fig
-from services.bench.attachments import attachment_figures
-from services.bench.ledgerdata import LedgerData, check
-from services.bench.report import Figure, write
-from services.bench.stack import BenchStack
+from tooling.bench import figures as fig
+from tooling.bench.attachments import attachment_figures
+from tooling.bench.ledgerdata import LedgerData, check
+from tooling.bench.report import Figure, write
+from tooling.bench.stack import BenchStack
 
 pytestmark = pytest.mark.integration
 

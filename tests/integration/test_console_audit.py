@@ -22,11 +22,11 @@ from services.audit.app import create_app
 from services.audit.ledger import append_records
 from services.audit.ui_index import catch_up
 from services.audit.verify import verify_bundle
-from services.bench.console import BIG, big_incident, console_figures
-from services.bench.figures import fill_ledger
 from services.infra.settings import AuditSettings, CommonSettings
 from tests.helpers import serving
 from tests.integration.test_bench_quick import assert_complete
+from tooling.bench.console import BIG, big_incident, console_figures
+from tooling.bench.figures import fill_ledger
 
 pytestmark = pytest.mark.integration
 

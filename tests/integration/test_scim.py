@@ -15,7 +15,6 @@ import uvicorn
 from scim2_client.client import BaseSyncSCIMClient
 from scim2_models import ScimFilter
 
-from services.bench.orgchart import generate
 from services.domain.directory import Person
 from services.domain.directory_sync import ENTERPRISE_SCHEMA, USER_SCHEMA, ImportInvalid
 from services.domain.envelope import Envelope
@@ -26,6 +25,7 @@ from services.intake.directory_import import import_people
 from services.intake.scim_filter import SqlFilter, user_filter_sql
 from tests.helpers import serving
 from tests.integration.test_directory_api import stored
+from tooling.bench.orgchart import generate
 
 pytestmark = pytest.mark.integration
 HRIS = {"authorization": "Bearer dev-hris-token"}

@@ -1,10 +1,10 @@
-"""The CPU accounting of the directory import figure (services/bench/dirsync.py)."""
+"""The CPU accounting of the directory import figure (tooling/bench/dirsync.py)."""
 
 from __future__ import annotations
 
 import os
 
-from services.bench.dirsync import _cpu_per_person, _cpu_seconds
+from tooling.bench.dirsync import _cpu_per_person, _cpu_seconds
 
 
 def test_cpu_seconds_of_a_process_and_of_one_gone() -> None:

@@ -18,7 +18,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import services
-from services.bench.orgchart import generate, seed_case
 from services.domain.directory import DirectoryFile
 from services.domain.envelope import Envelope
 from services.domain.events import ReportSubmitted, make_event
@@ -30,6 +29,7 @@ from services.infra.crypto import Pseudonyms
 from services.triage.handlers import Triage
 from tests.unit.test_triage_conflicts import ROLES as CHART_ROLES
 from tests.unit.test_triage_conflicts import charts
+from tooling.bench.orgchart import generate, seed_case
 
 DATA = Path(services.__file__).parent / "data"
 POLICY = load_yaml_model(DATA / "policy.yaml", Policy)

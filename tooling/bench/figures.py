@@ -37,8 +37,6 @@ from services.audit.checkpoint import NoteSigner
 from services.audit.cli import incidents_as_of
 from services.audit.ledger import LEDGER_COLUMNS, append_records, incident_entries
 from services.audit.verify import MemorySource, verify_ledger
-from services.bench.ledgerdata import BATCH, LedgerData
-from services.bench.report import Figure, Latency, percentile
 from services.domain import escalation as esc
 from services.domain.envelope import canonical_json, signing_input, utc_rfc3339
 from services.domain.events import CATALOG, make_event
@@ -47,6 +45,8 @@ from services.infra import signing
 from services.infra.db import INFRA_MIGRATIONS, connect, create_pool, migrate, migrate_service
 from services.infra.kafka import ensure_topics, make_producer
 from services.infra.settings import CommonSettings
+from tooling.bench.ledgerdata import BATCH, LedgerData
+from tooling.bench.report import Figure, Latency, percentile
 
 REPORT = {
     "category": "harassment",

@@ -26,15 +26,15 @@ from typing import Any
 
 from rich.console import Console
 
-from services.bench import figures as fig
-from services.bench.attachments import attachment_figures
-from services.bench.console import console_figures
-from services.bench.dirsync import sync_figures
-from services.bench.orgscale import org_figures
-from services.bench.refusals import refusal_figure
-from services.bench.report import Figure, machine, print_table, write
-from services.bench.stack import BenchStack, Databases
 from services.infra.settings import CommonSettings
+from tooling.bench import figures as fig
+from tooling.bench.attachments import attachment_figures
+from tooling.bench.console import console_figures
+from tooling.bench.dirsync import sync_figures
+from tooling.bench.orgscale import org_figures
+from tooling.bench.refusals import refusal_figure
+from tooling.bench.report import Figure, machine, print_table, write
+from tooling.bench.stack import BenchStack, Databases
 
 
 @dataclass(frozen=True)
@@ -234,7 +234,7 @@ def run_bench(
     """Run the bench; 0 when every figure ran (targets met or not), 1 if one failed.
 
     `org`: the size of the generated organisation of the `org` group, which runs when
-    it is given or named in `only` (services/bench/orgscale.py)."""
+    it is given or named in `only` (tooling/bench/orgscale.py)."""
     if console is None:
         console = Console()
         if not console.is_terminal:  # piped or logged: room for the table's columns

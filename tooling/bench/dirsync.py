@@ -1,9 +1,9 @@
 """`incidents bench --org N`, directory sync figures (issue 21): import, restart, PATCH.
 
 On a private stack (intake, triage and audit as processes, their own Tansu, a fresh
-database: `services.bench.stack`):
+database: `tooling.bench.stack`):
 
-- import: N generated people (`services.bench.orgchart`) through the import path of
+- import: N generated people (`tooling.bench.orgchart`) through the import path of
   `incidents directory import` (`services.intake.directory_import`, run here against
   the stack's intake schema, signing as intake), timed until the events are recorded,
   then until triage's directory log and audit's ledger hold one event per person.
@@ -35,15 +35,15 @@ from typing import Any
 import asyncpg
 import httpx
 
-from services.bench.orgchart import generate
-from services.bench.report import Figure, Latency
-from services.bench.stack import BenchStack
 from services.domain.directory import Person
 from services.domain.directory_sync import ENTERPRISE_SCHEMA
 from services.infra.db import create_pool, migrate_service
 from services.infra.localstack import stop_process
 from services.intake.app import MIGRATIONS
 from services.intake.directory_import import import_people
+from tooling.bench.orgchart import generate
+from tooling.bench.report import Figure, Latency
+from tooling.bench.stack import BenchStack
 
 SYNCED = ("intake", "triage", "audit")
 IMPORT_TARGET = 5000.0

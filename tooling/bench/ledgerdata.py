@@ -135,7 +135,7 @@ def _templates(start: datetime) -> list[_Template]:
     out = []
     for kind, data, actor in _life(start):
         event = make_event(
-            kind, subject="inc", data=data, source="/services/bench", time=start, actor=actor
+            kind, subject="inc", data=data, source="/tooling/bench", time=start, actor=actor
         ).to_dict()
         event.update(_SENTINELS)
         text = canonical_json(event).decode()

@@ -20,9 +20,9 @@ import time
 import asyncpg
 import httpx
 
-from services.bench.figures import REPORT, Target
-from services.bench.refusals import _route
-from services.bench.report import Figure
+from tooling.bench.figures import REPORT, Target
+from tooling.bench.refusals import _route
+from tooling.bench.report import Figure
 
 HANDLER = "dev-chen-token"
 MB = 1_000_000

@@ -2,7 +2,7 @@
 
 Issue 21: triage's decision, intake's access check and audit's knowledge query must
 not grow with the organisation. Each figure runs the services' own code on a
-generated organisation (`services.bench.orgchart`: units with a president, an HR
+generated organisation (`tooling.bench.orgchart`: units with a president, an HR
 head and HR case handlers, six management levels) of N people and, in the same run,
 on the seed directory (13 people: the issue's "12"), for the seed case: a report
 naming a team lead deep in the first unit, by one of his employees (named), so his
@@ -49,8 +49,6 @@ import asyncpg
 import services
 from services.audit.conflicts import excluded
 from services.audit.ledger import LEDGER_COLUMNS, incident_entries, roles_in_ledger
-from services.bench.orgchart import SeedCase, generate, seed_case
-from services.bench.report import Figure, Latency
 from services.domain.access import conflicted
 from services.domain.directory import DirectoryFile, Person
 from services.domain.envelope import Envelope, canonical_json, utc_rfc3339
@@ -64,6 +62,8 @@ from services.infra.crypto import Pseudonyms
 from services.infra.db import connect, migrate_service
 from services.intake.routing import facts_of
 from services.triage.handlers import Triage
+from tooling.bench.orgchart import SeedCase, generate, seed_case
+from tooling.bench.report import Figure, Latency
 
 DATA = Path(services.__file__).parent / "data"
 SERVICES = Path(services.__file__).parent
@@ -452,7 +452,7 @@ def _rss_in_child(n: int) -> dict[str, float]:
             for envelope in directory_events(generate(n)):
                 out.write(envelope.to_bytes() + b"\n")
         done = subprocess.run(  # noqa: S603 - our own interpreter and module
-            [sys.executable, "-m", "services.bench.orgscale", str(bodies)],
+            [sys.executable, "-m", "tooling.bench.orgscale", str(bodies)],
             check=True,
             capture_output=True,
             text=True,
@@ -491,5 +491,5 @@ async def org_figures(create_db: Callable[[str], str], n: int, samples: int) -> 
     return figures
 
 
-if __name__ == "__main__":  # the memory figure's child: `python -m services.bench.orgscale N`
+if __name__ == "__main__":  # the memory figure's child: `python -m tooling.bench.orgscale N`
     print(json.dumps(projection_rss(Path(sys.argv[1]))))

@@ -34,11 +34,11 @@ from services.audit.ledger import append_records, incident_entries
 from services.audit.ui import as_of_view, timeline_rows
 from services.audit.ui_evidence import Evidence, evidence_of
 from services.audit.ui_index import BATCH, STATUSES, Filters, facets, index_once, list_page
-from services.bench.figures import fill_ledger
-from services.bench.report import Figure, Latency
 from services.console.web import Console, templates
 from services.domain.events import make_event
 from services.infra.db import connect
+from tooling.bench.figures import fill_ledger
+from tooling.bench.report import Figure, Latency
 
 BIG = "bench-console-big-0001"
 PER_INCIDENT = 8
@@ -51,7 +51,7 @@ def _record(index: int, kind: str, data: dict[str, Any], actor: str) -> Consumer
         kind,
         subject=BIG,
         data=data,
-        source="/services/bench",
+        source="/tooling/bench",
         time=datetime.now(UTC),
         actor=actor,
         traceparent=f"00-{index + 1:032x}-{index + 1:016x}-01",

@@ -19,8 +19,8 @@ import uuid
 import asyncpg
 import httpx
 
-from services.bench.figures import REPORT, Target
-from services.bench.report import Figure, Latency, percentile
+from tooling.bench.figures import REPORT, Target
+from tooling.bench.report import Figure, Latency, percentile
 
 HANDLER = "dev-chen-token"
 EXCLUDED = "dev-wang-token"
