@@ -28,7 +28,7 @@ from aiokafka import ConsumerRecord
 from services.audit import tree
 from services.audit.heads import Head, all_heads, latest_head
 from services.audit.merkle import MerkleFrontier
-from services.domain.envelope import canonical_json, utc_rfc3339
+from services.domain.envelope import Envelope, canonical_json, utc_rfc3339
 from services.domain.events import InvalidEvent, b64, parse_envelope, parse_event
 from services.domain.knowledge import LedgerEvent
 from services.infra.kafka import header, record_span
@@ -139,19 +139,7 @@ def classify(record: Consumed | ConsumerRecord, refused: str | None = None) -> C
         envelope, _data = parse_event(raw)
     except InvalidEvent as exc:
         return rejected(record, exc.reason[:1000])
-    return Candidate(
-        record_key=f"{record.topic}:{envelope.id}",
-        topic=record.topic,
-        partition=record.partition,
-        offset=record.offset,
-        event=json.loads(raw),
-        raw=raw,
-        reason=None,
-        event_id=envelope.id,
-        incident_id=envelope.subject,
-        event_type=envelope.type,
-        trace_id=trace_id_of(envelope.traceparent or record.traceparent),
-    )
+    return _candidate(record, f"{record.topic}:{envelope.id}", envelope)
 
 
 NOT_AUTHENTIC = "not authentic: "
@@ -160,20 +148,28 @@ NOT_AUTHENTIC = "not authentic: "
 
 def rejected(record: Consumed, reason: str, kind: str = "raw") -> Candidate:
     """The record as rejected input (`kind` "replayed" for a replay), with the reason."""
-    raw = record.value
-    digest = hashlib.sha256(raw).hexdigest()
+    digest = hashlib.sha256(record.value).hexdigest()
+    key = f"{kind}:{record.topic}:{record.partition}:{record.offset}:{digest}"
+    return _candidate(record, key, reason=reason)
+
+
+def _candidate(
+    record: Consumed, key: str, envelope: Envelope | None = None, *, reason: str | None = None
+) -> Candidate:
+    """The record keyed `key`: a valid event (its parsed `envelope`), else rejected input
+    for `reason`."""
     return Candidate(
-        record_key=f"{kind}:{record.topic}:{record.partition}:{record.offset}:{digest}",
+        record_key=key,
         topic=record.topic,
         partition=record.partition,
         offset=record.offset,
-        event=None,
-        raw=raw,
+        event=json.loads(record.value) if envelope else None,
+        raw=record.value,
         reason=reason,
-        event_id=None,
-        incident_id=None,
-        event_type=None,
-        trace_id=trace_id_of(record.traceparent),
+        event_id=envelope.id if envelope else None,
+        incident_id=envelope.subject if envelope else None,
+        event_type=envelope.type if envelope else None,
+        trace_id=trace_id_of((envelope.traceparent if envelope else None) or record.traceparent),
     )
 
 
