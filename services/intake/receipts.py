@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from services.domain.envelope import utc_rfc3339
 from services.infra.http import problem_response
-from services.intake.api import problem
+from services.intake.api import NO_STORE, problem
 from services.intake.attachments import reporter_files
 from services.intake.ledger_proof import ledger_proof
 from services.intake.service import (
@@ -32,7 +32,6 @@ from services.intake.service import (
 )
 
 router = APIRouter(prefix="/v1", tags=["reporters"])
-NO_STORE = {"Cache-Control": "no-store"}
 
 
 class MessageOut(BaseModel):
