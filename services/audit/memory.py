@@ -218,27 +218,16 @@ class InMemoryAuditUnitOfWork(InMemoryUnitOfWork):
         keys: InMemoryKeys | None = None,
     ) -> None:
         super().__init__(store if store is not None else InMemoryStore())
-        self._config = config
+        self.config = config
         self.memory = memory if memory is not None else AuditMemory()
-        self._keys = keys if keys is not None else InMemoryKeys()
+        self.keys = keys if keys is not None else InMemoryKeys()
+        self.index = InMemoryConsoleIndex()
         self.staged: list[LedgerRow] = []
-
-    @property
-    def config(self) -> AuditConfig:
-        return self._config
 
     @property
     def ledger(self) -> InMemoryLedger:
         self.require_open()
         return InMemoryLedger(self)
-
-    @property
-    def keys(self) -> InMemoryKeys:
-        return self._keys
-
-    @property
-    def index(self) -> InMemoryConsoleIndex:
-        return InMemoryConsoleIndex()
 
     def commit(self) -> None:
         self.memory.rows.extend(self.staged)

@@ -51,13 +51,9 @@ class PostgresAuditUnitOfWork(PostgresUnitOfWork):
         isolation: Isolation = "read_committed",
     ) -> None:
         super().__init__(pool)
-        self._config = config
+        self.config = config
         self._keys = keys
         self.isolation = isolation
-
-    @property
-    def config(self) -> AuditConfig:
-        return self._config
 
     @property
     def ledger(self) -> PostgresLedger:

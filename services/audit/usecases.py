@@ -218,8 +218,7 @@ class ConsoleIndex(Protocol):
 class AuditUnitOfWork(UnitOfWork, Protocol):
     """One transaction over the recorder, the ledger, the keys and the console index."""
 
-    @property
-    def config(self) -> AuditConfig: ...
+    config: AuditConfig
 
     @property
     def ledger(self) -> Ledger: ...
