@@ -606,8 +606,8 @@ class InclusionQuery:
 
 @dataclass(frozen=True)
 class InclusionProof:
-    index: int
-    tree_size: int
+    """The entry's leaf hash and the audit path to the root of the queried tree."""
+
     leaf_hash: bytes
     proof: list[bytes]
 
@@ -621,7 +621,7 @@ async def inclusion(query: InclusionQuery, uow: AuditUnitOfWork) -> InclusionPro
         await _within(uow, query.tree_size)
         proof = await uow.ledger.inclusion_proof(query.index, query.tree_size)
         hashed = await uow.ledger.leaf_hash(query.index)
-    return InclusionProof(query.index, query.tree_size, hashed, proof)
+    return InclusionProof(hashed, proof)
 
 
 @dataclass(frozen=True)
