@@ -28,6 +28,7 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import KW_ONLY, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
@@ -376,23 +377,16 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+@dataclass(eq=False)
 class Eraser:
     """Destroys the keys of incidents whose retention has passed (crypto-shredding)."""
 
-    def __init__(
-        self,
-        runtime: Runtime,
-        keys: KeyStore,
-        policy: Policy,
-        *,
-        interval: float,
-        clock: Clock = _utcnow,
-    ) -> None:
-        self.runtime = runtime
-        self.keys = keys
-        self.policy = policy
-        self.interval = interval
-        self.clock = clock
+    runtime: Runtime
+    keys: KeyStore
+    policy: Policy
+    _: KW_ONLY
+    interval: float
+    clock: Clock = _utcnow
 
     def due_at(self, category: str | None, closed_at: datetime) -> datetime:
         return closed_at + timedelta(seconds=self.policy.retention_of(category))
