@@ -174,16 +174,31 @@ class Context:
         return self.key.seal(field_name, value)
 
     def event(self, type_: str, data: EventData) -> Envelope:
-        return make_event(
-            type_,
-            subject=self.incident_id,
-            data=data,
-            source=self.runtime.source,
-            time=datetime.now(UTC),
-            actor=self.principal.id,
-            correlationid=self.events[0].correlationid or self.events[0].id,
-            traceparent=current_traceparent(),
+        return incident_event(
+            self.runtime, self.incident_id, self.events, type_, data, self.principal.id
         )
+
+
+def incident_event(
+    runtime: Runtime,
+    incident_id: str,
+    events: Sequence[Envelope],
+    type_: str,
+    data: EventData,
+    actor: str,
+) -> Envelope:
+    """A new event of an incident whose stream is `events`: by `actor`, now, in the
+    incident's correlation and the current trace."""
+    return make_event(
+        type_,
+        subject=incident_id,
+        data=data,
+        source=runtime.source,
+        time=datetime.now(UTC),
+        actor=actor,
+        correlationid=events[0].correlationid or events[0].id,
+        traceparent=current_traceparent(),
+    )
 
 
 T = TypeVar("T")

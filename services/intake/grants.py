@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from services.domain.events import EventData, RoleAssigned, RoleProposed, make_event
+from services.domain.events import RoleAssigned, RoleProposed, make_event
 from services.infra import eventstore
 from services.infra.http import Problem
 from services.infra.runtime import Runtime
@@ -38,14 +38,13 @@ async def _append(
     runtime: Runtime,
     conn: asyncpg.Connection,
     person_id: str,
-    type_: str,
-    data: EventData,
+    data: RoleProposed | RoleAssigned,
     actor: str,
 ) -> None:
     stream = f"directory:{person_id}"
     await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", stream)
     event = make_event(
-        type_,
+        data.TYPE,
         subject=person_id,
         data=data,
         source=runtime.source,
@@ -74,7 +73,7 @@ async def propose(
         return str(pending)
     grant_id = f"g-{secrets.token_hex(8)}"
     data = RoleProposed(grant_id=grant_id, person_id=person_id, role=role, proposed_by=proposer)
-    await _append(runtime, conn, person_id, "directory.role.proposed.v1", data, proposer)
+    await _append(runtime, conn, person_id, data, proposer)
     await conn.execute(
         "INSERT INTO role_grants (grant_id, person_id, role, proposed_by) VALUES ($1, $2, $3, $4)",
         grant_id,
@@ -111,7 +110,7 @@ async def approve(
         proposed_by=grant["proposed_by"],
         grant_id=grant_id,
     )
-    await _append(runtime, conn, person.id, "directory.role.assigned.v1", data, approver)
+    await _append(runtime, conn, person.id, data, approver)
     await conn.execute(
         "UPDATE people SET roles = $2, updated_at = clock_timestamp() WHERE person_id = $1",
         person.id,

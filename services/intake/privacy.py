@@ -54,8 +54,7 @@ from services.infra.crypto import IncidentKey
 from services.infra.http import Problem, problem_responses
 from services.infra.keystore import KeyStore
 from services.infra.runtime import Runtime
-from services.infra.telemetry import current_traceparent
-from services.intake.actions import ATTEMPTS, record_refusal
+from services.intake.actions import ATTEMPTS, incident_event, record_refusal
 from services.intake.attachments import chunks_for
 from services.intake.handlers import (
     BUSY,
@@ -181,16 +180,7 @@ async def _privileged(
                     await record_refusal(runtime, conn, incident_id, caller, action, reason)
                 else:
                     data, result = build(events, state, await keys.get(conn, incident_id))
-                    event = make_event(
-                        type_,
-                        subject=incident_id,
-                        data=data,
-                        source=runtime.source,
-                        time=datetime.now(UTC),
-                        actor=caller.id,
-                        correlationid=events[0].correlationid or events[0].id,
-                        traceparent=current_traceparent(),
-                    )
+                    event = incident_event(runtime, incident_id, events, type_, data, caller.id)
                     await eventstore.append(
                         conn,
                         incident_id,
