@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Awaitable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, Query, Request
 
 from services.audit import usecases
 from services.audit.checkpoint import NoteSigner
@@ -57,12 +58,15 @@ MAX_INDEX = 2**63 - 1
 """The largest ledger index or tree size a route accepts (PostgreSQL's bigint)."""
 TreeSize = Annotated[int, Query(ge=1, le=MAX_INDEX)]
 """A tree size a proof route accepts."""
+Index = Annotated[int, Query(ge=0, le=MAX_INDEX)]
+"""A ledger index a proof route accepts."""
 UNAUTHORIZED = (401, "No bearer token, or one that is not valid.")
 FORBIDDEN = (403, "The caller does not hold the auditor role.")
 INVALID = (422, "The request is not valid (a parameter, a range or a tree size).")
 NO_INCIDENT = (404, "The ledger holds no event of this incident.")
 NO_HEAD = (404, "No tree head has been signed yet.")
 INCIDENT_ANSWERS = problem_responses(UNAUTHORIZED, FORBIDDEN, NO_INCIDENT, INVALID)
+PROOF_ANSWERS = problem_responses(INVALID)
 WITHHELD_KEPT = ("index", "leaf_hash", "recorded_at")
 """What a withheld entry keeps: the tree still verifies, ledger time still reads in order."""
 T = TypeVar("T")
@@ -157,26 +161,58 @@ async def timeline(
     }
 
 
+@dataclass(frozen=True)
+class IncidentAsOf:
+    """What the as-of incident routes take: the incident, the caller's request and bearer
+    token, and the instant asked (`as_of`, now when absent)."""
+
+    incident_id: str
+    request: Request
+    authorization: str | None
+    moment: datetime
+
+    async def entries(self, route: str, content: bool = False) -> list[LedgerEvent]:
+        """The incident's entries for an auditor (`incident_read`)."""
+        return await incident_read(
+            self.request, self.authorization, self.incident_id, route, content
+        )
+
+    def answer(self, **parts: Any) -> dict[str, Any]:
+        """The answer: the incident, the instant, on the ledger's clock, and `parts`."""
+        moment = utc_rfc3339(self.moment)
+        return {"incident_id": self.incident_id, "as_of": moment, "time_basis": "ledger", **parts}
+
+
+async def incident_as_of(
+    incident_id: str,
+    request: Request,
+    as_of: AsOf = None,
+    authorization: Authorization = None,
+) -> IncidentAsOf:
+    # `Instant` already refused a time without an offset (422)
+    moment = datetime.now(UTC) if as_of is None else as_of
+    return IncidentAsOf(incident_id, request, authorization, moment)
+
+
+Incident = Annotated[IncidentAsOf, Depends(incident_as_of)]
+"""The parameters of an as-of incident route (path, `as_of`, `Authorization`)."""
+
+
 @router.get(
     "/incidents/{incident_id}/knowledge",
     summary="Who knew, as of an instant",
     responses=INCIDENT_ANSWERS,
 )
-async def knowledge(
-    incident_id: str,
-    request: Request,
-    as_of: AsOf = None,
-    authorization: Authorization = None,
-) -> dict[str, Any]:
+async def knowledge(incident: Incident) -> dict[str, Any]:
     """Principals who had been shown the report by `as_of`, by ledger time (no backdating).
 
     For the auditor and identity custodian roles. The reporter appears as `reporter`,
     or by person id to an identity custodian: that answer is itself recorded first, as
     `incident.identity.disclosed.v1`, so the custodian appears in later answers.
     """
-    principal = await caller(request, authorization)
-    query = KnowledgeQuery(principal, incident_id, _instant(as_of))
-    return (await answer(usecases.knowledge(query, unit_of_work(request)))).to_json()
+    principal = await caller(incident.request, incident.authorization)
+    query = KnowledgeQuery(principal, incident.incident_id, incident.moment)
+    return (await answer(usecases.knowledge(query, unit_of_work(incident.request)))).to_json()
 
 
 @router.get(
@@ -184,24 +220,14 @@ async def knowledge(
     summary="Each notice and what became of it, per person",
     responses=INCIDENT_ANSWERS,
 )
-async def deliveries(
-    incident_id: str,
-    request: Request,
-    as_of: AsOf = None,
-    authorization: Authorization = None,
-) -> dict[str, Any]:
+async def deliveries(incident: Incident) -> dict[str, Any]:
     """Every `incident.notified.v1` recorded by `as_of` (ledger time) with its outcome
     (`incident.notice.delivered.v1` / `.failed.v1`) and the recipient's first view after
     it: queued, delivered or failed, when, by which adapter, after how many attempts and,
     for a failure, its reason class. For auditors, refused as the timeline is."""
-    entries = await incident_read(request, authorization, incident_id, "deliveries")
-    moment = _instant(as_of)
-    return {
-        "incident_id": incident_id,
-        "as_of": utc_rfc3339(moment),
-        "time_basis": "ledger",
-        "notices": [n.to_json() for n in deliveries_as_of(incident_id, entries, moment)],
-    }
+    entries = await incident.entries("deliveries")
+    found = deliveries_as_of(incident.incident_id, entries, incident.moment)
+    return incident.answer(notices=[n.to_json() for n in found])
 
 
 @router.get(
@@ -210,32 +236,21 @@ async def deliveries(
     responses=INCIDENT_ANSWERS,
 )
 async def state(
-    incident_id: str,
-    request: Request,
-    as_of: AsOf = None,
+    incident: Incident,
     content: Annotated[bool, Query(description=CONTENT_HELP)] = False,
-    authorization: Authorization = None,
 ) -> dict[str, Any]:
     """Rebuilt by replaying the ledger through the domain fold the services use.
 
     The state's content (the outcome) stays sealed unless `content=true`, which records
     the auditor's `incident.viewed.v1` first, as for the timeline.
     """
-    entries = await incident_read(request, authorization, incident_id, "state", content)
-    moment = _instant(as_of)
-    return {
-        "incident_id": incident_id,
-        "as_of": utc_rfc3339(moment),
-        "time_basis": "ledger",
-        "state": state_as_of(incident_id, entries, moment).to_json(),
+    entries = await incident.entries("state", content)
+    incident_id, moment = incident.incident_id, incident.moment
+    return incident.answer(
+        state=state_as_of(incident_id, entries, moment).to_json(),
         # the status and level in the words every view uses (services/domain/status.py)
-        "progress": progress_as_of(incident_id, entries, moment).to_json(),
-    }
-
-
-def _instant(as_of: datetime | None) -> datetime:
-    # `Instant` already refused a time without an offset (422)
-    return datetime.now(UTC) if as_of is None else as_of
+        progress=progress_as_of(incident_id, entries, moment).to_json(),
+    )
 
 
 @router.get(
@@ -294,16 +309,8 @@ def served_entry(row: StoredRow) -> dict[str, Any]:
     return entry
 
 
-@router.get(
-    "/ledger/proofs/inclusion",
-    summary="RFC 9162 inclusion proof",
-    responses=problem_responses(INVALID),
-)
-async def inclusion(
-    request: Request,
-    index: Annotated[int, Query(ge=0, le=MAX_INDEX)],
-    tree_size: TreeSize,
-) -> dict[str, Any]:
+@router.get("/ledger/proofs/inclusion", summary="RFC 9162 inclusion proof", responses=PROOF_ANSWERS)
+async def inclusion(request: Request, index: Index, tree_size: TreeSize) -> dict[str, Any]:
     """Proof that entry `index` is in the tree of `tree_size` entries (public: hashes only)."""
     query = InclusionQuery(index, tree_size)
     proof = await answer(usecases.inclusion(query, unit_of_work(request, snapshot=True)))
@@ -316,15 +323,9 @@ async def inclusion(
 
 
 @router.get(
-    "/ledger/proofs/consistency",
-    summary="RFC 9162 consistency proof",
-    responses=problem_responses(INVALID),
+    "/ledger/proofs/consistency", summary="RFC 9162 consistency proof", responses=PROOF_ANSWERS
 )
-async def consistency(
-    request: Request,
-    first: TreeSize,
-    second: TreeSize,
-) -> dict[str, Any]:
+async def consistency(request: Request, first: TreeSize, second: TreeSize) -> dict[str, Any]:
     """Proof that the tree of `first` entries is a prefix of the tree of `second`."""
     query = ConsistencyQuery(first, second)
     proof = await answer(usecases.consistency(query, unit_of_work(request, snapshot=True)))
