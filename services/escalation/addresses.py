@@ -26,8 +26,6 @@ from services.domain.events import PersonUpserted
 from services.escalation.inputs import parsed_as
 from services.infra.runtime import Runtime
 
-UPSERTED = "directory.person.upserted.v1"
-
 
 def latest_addresses(
     records: Sequence[ConsumerRecord],
@@ -35,12 +33,10 @@ def latest_addresses(
     """person id -> (e-mail or None, event time): the latest upsert per person of a batch."""
     latest: dict[str, tuple[str | None, datetime]] = {}
     for record in records:
-        parsed = parsed_as(record, UPSERTED)
+        parsed = parsed_as(record, PersonUpserted)
         if parsed is None:
             continue
         envelope, data = parsed
-        if not isinstance(data, PersonUpserted):  # pragma: no cover - the type says so
-            continue
         known = latest.get(data.person_id)
         if known is None or envelope.time >= known[1]:
             latest[data.person_id] = (data.email or None, envelope.time)

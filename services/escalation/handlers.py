@@ -93,7 +93,6 @@ DELIVERY_POLL_SECONDS = 0.5
 """How often the delivery worker looks for due notices without being woken."""
 DELIVERY_MAX_ATTEMPTS = 5
 """Leases of one notice (workers that died on it) before it counts as failed."""
-REPORTER_MESSAGE = "incident.reporter.message.v1"
 
 
 class Escalation:
@@ -170,11 +169,11 @@ class Escalation:
         dead-letters what it cannot read on this topic.
         """
         for record in records:
-            parsed = parsed_as(record, REPORTER_MESSAGE)
+            parsed = parsed_as(record, ReporterMessage)
             if parsed is None:
                 continue
             envelope, message = parsed
-            if not isinstance(message, ReporterMessage) or message.direction != "to_reporter":
+            if message.direction != "to_reporter":
                 continue
             held = _without_text(envelope)  # held until triage if early
             command = usecases.Clear(input_of(record, held))
@@ -307,7 +306,7 @@ class Escalation:
         recipient of a level failed, the next level is asked at once.
         """
         envelope = parse_envelope(bytes(row["body"]))
-        notice = Notified.model_validate(envelope.data)  # validated when it was queued
+        notice = Notified.read(envelope)  # validated when it was queued
         with (
             span_after("escalation: deliver notice", row["traceparent"]),
             bind_incident(envelope.subject),

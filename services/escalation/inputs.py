@@ -8,12 +8,16 @@ another service dead-letters what it cannot read).
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from aiokafka import ConsumerRecord
 
 from services.domain.envelope import Envelope
-from services.domain.events import EventData, InvalidEvent, data_of, parse_envelope
+from services.domain.events import Event, InvalidEvent, parse_envelope
 from services.escalation.usecases import Input
 from services.infra.kafka import record_span
+
+E = TypeVar("E", bound=Event)
 
 
 def input_of(record: ConsumerRecord, envelope: Envelope) -> Input:
@@ -23,12 +27,11 @@ def input_of(record: ConsumerRecord, envelope: Envelope) -> Input:
     )
 
 
-def parsed_as(record: ConsumerRecord, kind: str) -> tuple[Envelope, EventData] | None:
-    """The record's envelope and data if it is a valid event of type `kind`, else None."""
+def parsed_as(record: ConsumerRecord, kind: type[E]) -> tuple[Envelope, E] | None:
+    """The record's envelope and data if it is a valid event read as `kind` (its type or
+    an older version upcast), else None."""
     try:
         envelope = parse_envelope(record.value or b"")
-        if envelope.type != kind:
-            return None
-        return envelope, data_of(envelope)
+        return envelope, kind.read(envelope)
     except InvalidEvent:
         return None

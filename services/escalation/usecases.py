@@ -59,8 +59,6 @@ from services.infra.telemetry import current_traceparent, span_after
 
 CONSUMER = "escalation"
 """The tracking name of escalation's inputs."""
-DELIVERED = "incident.notice.delivered.v1"
-FAILED = "incident.notice.failed.v1"
 EVENT_IDS = uuid.UUID("6d1f6f3c-54a7-4f55-9c43-2b1f0ad0c0e1")
 
 Transition = Callable[[esc.EscalationState, datetime], esc.Step]
@@ -524,7 +522,7 @@ def outcome_event(env: Env, delivery: Delivery) -> Envelope:
     """`incident.notice.delivered.v1` or `.failed.v1` of a notice; one id per notice
     and outcome, so a notice delivered again after a crash can never record twice."""
     notice_event, outcome = delivery.notice, delivery.outcome
-    notice = Notified.model_validate(notice_event.data)
+    notice = Notified.read(notice_event)
     common = {
         "notice_id": notice_event.id,
         "principal": notice.principal,
@@ -546,7 +544,7 @@ def outcome_event(env: Env, delivery: Delivery) -> Envelope:
         data = NoticeDelivered.model_validate(
             {**common, "adapter": outcome.adapter if outcome is not None else "log"}
         )
-    kind = DELIVERED if delivery.delivered else FAILED
+    kind = data.TYPE
     return make_event(
         kind,
         subject=notice_event.subject,

@@ -38,9 +38,8 @@ from typing import Any, Protocol, TypeVar
 
 from services.domain.envelope import Envelope
 from services.domain.events import (
-    SUBMITTED,
     Assigned,
-    EventData,
+    Event,
     InvalidEvent,
     Notified,
     PeopleConfirmed,
@@ -73,19 +72,18 @@ from services.domain.triage import (
     reporter_candidates,
     widened_candidates,
 )
+from services.domain.upcasting import UPCASTERS
 from services.infra.crypto import Pseudonyms
 from services.infra.recorder import TrackedInput, UnitOfWork
 
 log = logging.getLogger(__name__)
 
-AMENDED = "incident.report.amended.v1"
-CONFIRMED = "incident.people.confirmed.v1"
-RECUSED = "incident.recused.v1"
-ORDERED = "incident.reassignment.ordered.v1"
-ACTIVITY: dict[str, type[Recused] | type[ReassignmentOrdered]] = {
-    RECUSED: Recused,
-    ORDERED: ReassignmentOrdered,
-}
+ReportInput = ReportSubmitted | ReportAmended | PeopleConfirmed
+ActivityInput = Recused | ReassignmentOrdered
+_In = TypeVar("_In", bound=Event)
+REPORT_INPUTS: tuple[type[ReportInput], ...] = (ReportSubmitted, ReportAmended, PeopleConfirmed)
+"""The report-topic types triage acts on; every other one is ignored."""
+ACTIVITY_INPUTS: tuple[type[ActivityInput], ...] = (Recused, ReassignmentOrdered)
 """The activity types triage acts on; every other one is ignored."""
 DIRECTORY_CONSUMER = "triage-directory"
 REPORTS_CONSUMER = "triage-reports"
@@ -94,7 +92,7 @@ FREEZE_AFTER = 10_000
 """Directory events folded at once after which the heap is frozen (`gc.freeze`)."""
 EVENT_IDS = uuid.UUID("0b7a4f0e-2c55-4e0a-9a53-7d1c3e2f6a18")
 """Namespace of the ids of triage's events: uuid5 of the cause's id and the index."""
-Outputs = list[tuple[str, EventData]]
+Outputs = list[Event]
 
 
 class PolicyConflict(RuntimeError):
@@ -253,23 +251,25 @@ def directory_event(envelope: Envelope) -> None:
     data_of(envelope)
 
 
-def report_input(envelope: Envelope) -> ReportSubmitted | ReportAmended | PeopleConfirmed | None:
+def report_input(envelope: Envelope) -> ReportInput | None:
     """The data of a report-topic event triage acts on; None for the others (reporter
-    messages are not triage's business). Raises `ValueError` for invalid data."""
-    if envelope.type == SUBMITTED:
-        return ReportSubmitted.model_validate(envelope.data)
-    if envelope.type == AMENDED:
-        return ReportAmended.model_validate(envelope.data)
-    if envelope.type == CONFIRMED:
-        return PeopleConfirmed.model_validate(envelope.data)
-    return None
+    messages are not triage's business). Raises `InvalidEvent` for invalid data."""
+    return _read_one_of(REPORT_INPUTS, envelope)
 
 
-def activity_input(envelope: Envelope) -> Recused | ReassignmentOrdered | None:
+def activity_input(envelope: Envelope) -> ActivityInput | None:
     """The data of a recusal or an ordered reassignment; None for every other activity
-    type (its data is not read). Raises `ValueError` for invalid data."""
-    model = ACTIVITY.get(envelope.type)
-    return None if model is None else model.model_validate(envelope.data)
+    type (its data is not read). Raises `InvalidEvent` for invalid data."""
+    return _read_one_of(ACTIVITY_INPUTS, envelope)
+
+
+def _read_one_of(models: Sequence[type[_In]], envelope: Envelope) -> _In | None:
+    """The envelope's data as the one of `models` its type is read as (upcast), or None."""
+    read_as = UPCASTERS.current(envelope.type)
+    for model in models:
+        if read_as == model.TYPE:
+            return model.read(envelope)
+    return None
 
 
 def later_command(
@@ -493,7 +493,7 @@ class TriageUseCases:
         reassigned = result.to_reassigned()
         if reassigned is None:
             return []
-        outputs: Outputs = [("incident.reassigned.v1", reassigned)]
+        outputs: Outputs = [reassigned]
         outputs.extend(_notified(reassigned.added, amended.report_digest))
         return await self._append(uow, command.cause.envelope, outputs, datetime.now(UTC))
 
@@ -556,12 +556,9 @@ class TriageUseCases:
             )
             return []
         await uow.decisions.keep_state(envelope.subject, _state(result.decision, kept.digest))
-        outputs: Outputs = [("incident.reassigned.v1", result.reassigned)]
+        outputs: Outputs = [result.reassigned]
         outputs.extend(
-            (
-                "incident.notified.v1",
-                Notified(principal=p, channel="triage", level=level, report_digest=kept.digest),
-            )
+            Notified(principal=p, channel="triage", level=level, report_digest=kept.digest)
             for p, level in result.levels.items()
         )
         return await self._append(uow, envelope, outputs, datetime.now(UTC))
@@ -632,12 +629,8 @@ class TriageUseCases:
         )
         recipients = list(decision.first_recipients)
         if not recipients:  # escalation records nobody_eligible and asks the next level
-            return [("incident.triaged.v1", triaged)]
-        return [
-            ("incident.triaged.v1", triaged),
-            ("incident.assigned.v1", Assigned(level=1, principals=recipients)),
-            *_notified(recipients, digest),
-        ]
+            return [triaged]
+        return [triaged, Assigned(level=1, principals=recipients), *_notified(recipients, digest)]
 
     def _events(self, cause: Envelope, outputs: Outputs, now: datetime) -> list[Envelope]:
         """Triage's events caused by `cause`, in the current trace, each with an id
@@ -645,7 +638,7 @@ class TriageUseCases:
         same ids, which the event store refuses twice)."""
         return [
             make_event(
-                type_,
+                data.TYPE,
                 subject=cause.subject,
                 data=data,
                 source=self.source,
@@ -656,7 +649,7 @@ class TriageUseCases:
                 traceparent=self.traceparent(),
                 event_id=str(uuid.uuid5(EVENT_IDS, f"{cause.id}:{i}")),
             )
-            for i, (type_, data) in enumerate(outputs)
+            for i, data in enumerate(outputs)
         ]
 
     async def _append(
@@ -673,11 +666,7 @@ class TriageUseCases:
 def _notified(principals: Sequence[str], digest: str) -> Outputs:
     """One `incident.notified.v1` per principal asked at level 1 by triage."""
     return [
-        (
-            "incident.notified.v1",
-            Notified(principal=p, channel="triage", level=1, report_digest=digest),
-        )
-        for p in principals
+        Notified(principal=p, channel="triage", level=1, report_digest=digest) for p in principals
     ]
 
 
