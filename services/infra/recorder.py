@@ -177,12 +177,7 @@ class PostgresUnitOfWork:
         self._conn, self._transaction = conn, transaction
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
         conn, transaction = self._conn, self._transaction
         self._conn = self._transaction = None
         assert conn is not None and transaction is not None

@@ -29,7 +29,6 @@ import asyncio
 import uuid
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Self
 
 from services.domain.events import parse_envelope
@@ -151,12 +150,7 @@ class InMemoryUnitOfWork:
         self._open, self._task, self._ended = True, asyncio.current_task(), asyncio.Event()
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
         try:
             if exc_type is None:
                 self.commit()
