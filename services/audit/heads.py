@@ -188,7 +188,7 @@ class HeadSigner:
             if not inserted.endswith(" 1"):
                 return None  # another audit instance signed this size
             event = make_event(
-                "audit.checkpoint.signed.v1",
+                CheckpointSigned.TYPE,
                 subject=self.signer.name,
                 data=CheckpointSigned(
                     tree_size=size,
@@ -386,7 +386,7 @@ class WitnessSubmitter:
             now_head = await head_at(conn, head.tree_size)
             note = now_head.cosigned_checkpoint if now_head else head.checkpoint + line
             event = make_event(
-                "audit.checkpoint.cosigned.v1",
+                CheckpointCosigned.TYPE,
                 subject=head.checkpoint.split("\n", 1)[0],
                 data=CheckpointCosigned(
                     tree_size=head.tree_size,

@@ -29,7 +29,16 @@ from services.audit import tree
 from services.audit.heads import Head, all_heads, latest_head
 from services.audit.merkle import MerkleFrontier
 from services.domain.envelope import Envelope, canonical_json, utc_rfc3339
-from services.domain.events import InvalidEvent, b64, parse_envelope, parse_event
+from services.domain.events import (
+    InvalidEvent,
+    PersonUpserted,
+    ReportSubmitted,
+    RoleAssigned,
+    RoleRevoked,
+    b64,
+    parse_envelope,
+    parse_event,
+)
 from services.domain.knowledge import LedgerEvent
 from services.infra.kafka import header, record_span
 from services.infra.telemetry import trace_id_of
@@ -251,11 +260,7 @@ async def incident_entries(conn: asyncpg.Connection, incident_id: str) -> list[L
     ]
 
 
-PERSON_EVENTS = [
-    "directory.person.upserted.v1",
-    "directory.role.assigned.v1",
-    "directory.role.revoked.v1",
-]
+PERSON_EVENTS = [PersonUpserted.TYPE, RoleAssigned.TYPE, RoleRevoked.TYPE]
 
 
 async def person_data(conn: asyncpg.Connection, person_id: str) -> dict[str, Any] | None:
@@ -268,7 +273,7 @@ async def person_data(conn: asyncpg.Connection, person_id: str) -> dict[str, Any
         " WHERE incident_id = $1 AND valid AND event_type = $3), 0) ORDER BY idx",
         person_id,
         PERSON_EVENTS,
-        PERSON_EVENTS[0],
+        PersonUpserted.TYPE,
     )
     return fold_person(person_id, [(r["event_type"], bytes(r["leaf"])) for r in rows])
 
@@ -280,9 +285,9 @@ def fold_person(person_id: str, entries: Sequence[tuple[str, bytes]]) -> dict[st
     person: dict[str, Any] = {"person_id": person_id, "roles": []}
     for event_type, leaf in entries:
         data = decode_leaf(leaf)["event"]["data"]
-        if event_type == PERSON_EVENTS[0]:
+        if event_type == PersonUpserted.TYPE:
             person = dict(data)
-        elif event_type == PERSON_EVENTS[1]:
+        elif event_type == RoleAssigned.TYPE:
             person["roles"] = sorted({*(person.get("roles") or ()), data["role"]})
         else:
             person["roles"] = [r for r in person.get("roles") or () if r != data["role"]]
@@ -423,8 +428,9 @@ class PostgresLedger:
     async def first_report(self, incident_id: str) -> str | None:
         first = await self.conn.fetchval(
             "SELECT event_id FROM ledger WHERE incident_id = $1 AND valid"
-            " AND event_type = 'incident.report.submitted.v1' ORDER BY idx LIMIT 1",
+            " AND event_type = $2 ORDER BY idx LIMIT 1",
             incident_id,
+            ReportSubmitted.TYPE,
         )
         return None if first is None else str(first)
 

@@ -27,7 +27,7 @@ from services.audit.merkle import MemoryTree, MerkleFrontier
 from services.audit.ui_index import Filters, Page
 from services.audit.usecases import AuditConfig
 from services.domain.envelope import Envelope
-from services.domain.events import InvalidEvent, parse_envelope
+from services.domain.events import InvalidEvent, PersonUpserted, ReportSubmitted, parse_envelope
 from services.domain.knowledge import LedgerEvent
 from services.infra.crypto import IncidentKey
 from services.infra.recorder_memory import InMemoryStore, InMemoryUnitOfWork
@@ -105,7 +105,7 @@ class InMemoryLedger:
             for r in self._rows
             if r.incident_id == person_id and r.valid and r.event_type in PERSON_EVENTS
         ]
-        upserts = [r.idx for r in mine if r.event_type == PERSON_EVENTS[0]]
+        upserts = [r.idx for r in mine if r.event_type == PersonUpserted.TYPE]
         since = max(upserts, default=0)
         return fold_person(
             person_id, [(r.event_type or "", r.leaf) for r in mine if r.idx >= since]
@@ -137,7 +137,7 @@ class InMemoryLedger:
             if (
                 row.incident_id == incident_id
                 and row.valid
-                and row.event_type == "incident.report.submitted.v1"
+                and row.event_type == ReportSubmitted.TYPE
             ):
                 return row.event_id
         return None

@@ -24,7 +24,14 @@ from typing import Any
 import asyncpg
 
 from services.audit.ledger import decode_leaf
-from services.domain.events import DeadlineBreached, InvalidEvent, Triaged, data_of, parse_envelope
+from services.domain.events import (
+    DeadlineBreached,
+    InputRejected,
+    InvalidEvent,
+    Triaged,
+    data_of,
+    parse_envelope,
+)
 from services.domain.incident import IncidentState, apply
 from services.domain.status import STATUSES as STATUSES  # the filter's words
 from services.domain.status import Progress, advance, from_store, to_store
@@ -39,7 +46,7 @@ POLL = 0.5
 """Seconds between looks at the ledger when the index has caught up."""
 PAGE = 50
 """Incidents per list page."""
-SKIPPED_TYPES = ("incident.input.rejected.v1",)
+SKIPPED_TYPES = (InputRejected.TYPE,)
 
 
 def state_to_row(state: IncidentState) -> dict[str, Any]:

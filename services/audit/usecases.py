@@ -71,12 +71,6 @@ NOT_FOUND_DETAIL = "No events of this incident are in the ledger."
 LEDGER_SUBJECT = "ledger"
 """Subject of a read that is about a range of the ledger, not one incident."""
 OwnEvent = AccessDenied | IdentityDisclosed | Viewed | ReadRecorded
-OWN_TYPES: dict[type, str] = {
-    ReadRecorded: "audit.read.recorded.v1",
-    AccessDenied: "incident.access.denied.v1",
-    IdentityDisclosed: "incident.identity.disclosed.v1",
-    Viewed: "incident.viewed.v1",
-}
 
 
 # ------------------------------------------------------------------------- errors
@@ -380,7 +374,7 @@ async def record_own(
     rest. The stream is locked first, so two requests at once both append.
     """
     event = make_event(
-        OWN_TYPES[type(data)],
+        data.TYPE,
         subject=subject,
         data=data,
         source=uow.config.source,
