@@ -48,7 +48,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from services.audit.merkle import HASH_SIZE
-from services.infra.signing import private_key_pem
+from services.infra.signing import private_key_from_pem, private_key_pem
 
 __all__ = [
     "ED25519_SIGNATURE_TYPE",
@@ -285,12 +285,9 @@ class Checkpoint:
 def ed25519_from_pem(data: bytes) -> Ed25519PrivateKey:
     """An unencrypted PKCS#8 PEM Ed25519 private key; `NoteError` for anything else."""
     try:
-        key = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError) as exc:
-        raise NoteError(f"cannot load PEM private key: {exc}") from exc
-    if not isinstance(key, Ed25519PrivateKey):
-        raise NoteError(f"PEM key is {type(key).__name__}, not an Ed25519 private key")
-    return key
+        return private_key_from_pem(data)
+    except ValueError as exc:
+        raise NoteError(f"cannot load the private key: {exc}") from exc
 
 
 class KeyNames:

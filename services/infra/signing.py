@@ -281,16 +281,24 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
         raise SigningError(f"event signing key {path}: {exc.strerror}") from exc
     if b"-----BEGIN" in data:
         try:
-            key = serialization.load_pem_private_key(data, password=None)
-        except (ValueError, TypeError) as exc:
-            raise SigningError(f"event signing key {path}: not a PEM private key") from exc
-        if not isinstance(key, Ed25519PrivateKey):
-            raise SigningError(f"event signing key {path}: not an Ed25519 key")
-        return key
+            return private_key_from_pem(data)
+        except ValueError as exc:
+            raise SigningError(f"event signing key {path}: {exc}") from exc
     try:
         return Ed25519PrivateKey.from_private_bytes(base64.b64decode(data.strip(), validate=True))
     except (binascii.Error, ValueError) as exc:
         raise SigningError(f"event signing key {path}: not an Ed25519 private key") from exc
+
+
+def private_key_from_pem(data: bytes) -> Ed25519PrivateKey:
+    """An unencrypted PEM (PKCS#8) Ed25519 private key; ValueError saying why not."""
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"not a PEM private key ({exc})") from exc
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ValueError(f"a PEM {type(key).__name__}, not an Ed25519 private key")
+    return key
 
 
 def private_key_pem(key: Ed25519PrivateKey) -> bytes:
