@@ -317,33 +317,40 @@ HOLD_ANSWERS = problem_responses(
 )
 
 
-def _hold_route(path: str, summary: str) -> Callable[[HoldRoute], HoldRoute]:
-    """A legal-hold route: 202 with `Hold`, the answers of HOLD_ANSWERS."""
+def _hold_route(name: str, path: str, summary: str, description: str, *, place: bool) -> HoldRoute:
+    """The route placing (`place`) or releasing a legal hold: 202 with `Hold`, the
+    answers of HOLD_ANSWERS."""
+
+    async def route(
+        incident_id: IncidentId, body: ReasonBody, request: Request, caller: RequiredPrincipal
+    ) -> dict[str, Any]:
+        return await _hold(request, caller, incident_id, body, place=place)
+
     return router.post(
-        path, status_code=202, summary=summary, response_model=Hold, responses=HOLD_ANSWERS
-    )
+        path,
+        name=name,
+        status_code=202,
+        summary=summary,
+        description=description,
+        response_model=Hold,
+        responses=HOLD_ANSWERS,
+    )(route)
 
 
-@_hold_route(
+place_hold = _hold_route(
+    "place_hold",
     "/incidents/{incident_id}/legal-hold",
     "Place a legal hold: the incident is not erased while it holds (auditors)",
+    "Record `incident.legal_hold.placed.v1`; erasure is suspended until it is released.",
+    place=True,
 )
-async def place_hold(
-    incident_id: IncidentId, body: ReasonBody, request: Request, caller: RequiredPrincipal
-) -> dict[str, Any]:
-    """Record `incident.legal_hold.placed.v1`; erasure is suspended until it is released."""
-    return await _hold(request, caller, incident_id, body, place=True)
-
-
-@_hold_route(
+release_hold = _hold_route(
+    "release_hold",
     "/incidents/{incident_id}/legal-hold/release",
     "Release the legal hold: erasure proceeds once retention has passed (auditors)",
+    "Record `incident.legal_hold.released.v1`.",
+    place=False,
 )
-async def release_hold(
-    incident_id: IncidentId, body: ReasonBody, request: Request, caller: RequiredPrincipal
-) -> dict[str, Any]:
-    """Record `incident.legal_hold.released.v1`."""
-    return await _hold(request, caller, incident_id, body, place=False)
 
 
 # Erasure --------------------------------------------------------------------------
