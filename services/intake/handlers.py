@@ -297,8 +297,11 @@ def _recording(
     path: str, summary: str, recorded: str, *problems: tuple[int, str]
 ) -> Callable[[Callable[..., Awaitable[dict[str, Any]]]], Callable[..., Awaitable[dict[str, Any]]]]:
     """A route recording one action: 202 with `Recorded`, the answers every one of them
-    has (401, 403, 404, 413, 500, 503) and its own `problems` (a 409, a 422)."""
-    answers = sorted((UNAUTHORIZED, FORBIDDEN, NOT_FOUND, TOO_LARGE, FAILED, BUSY, *problems))
+    has (401, 403, 404, 413, 422, 500, 503) and its own `problems` (a 409; a 422 worded
+    for it replaces INVALID)."""
+    answers = dict(
+        (UNAUTHORIZED, FORBIDDEN, NOT_FOUND, TOO_LARGE, INVALID, FAILED, BUSY, *problems)
+    )
     return router.post(
         path,
         status_code=202,
@@ -306,7 +309,7 @@ def _recording(
         response_model=Recorded,
         responses={
             202: {"description": recorded},
-            **problem_responses(*answers),
+            **problem_responses(*sorted(answers.items())),
         },
     )
 
@@ -570,7 +573,6 @@ async def change_status(
     "/incidents/{incident_id}/comments",
     "Comment on an incident (handlers only)",
     "Recorded: `incident.commented.v1`.",
-    INVALID,
 )
 async def comment(
     incident_id: IncidentId, body: TextBody, request: Request, caller: RequiredPrincipal
@@ -591,7 +593,6 @@ async def comment(
     "Write to the reporter (also an anonymous one)",
     "Recorded: `incident.reporter.message.v1` to the reporter.",
     (409, "The incident is closed: the reporter reads its outcome instead."),
-    INVALID,
 )
 async def message_reporter(
     incident_id: IncidentId, body: TextBody, request: Request, caller: RequiredPrincipal
@@ -674,7 +675,6 @@ def _done(incident_id: uuid.UUID, done: actions.Done) -> dict[str, Any]:
     "Declare a conflict of interest on an incident routed to the caller",
     "Recorded: `incident.recused.v1`; the caller is excluded now.",
     CLOSED,
-    INVALID,
 )
 async def recuse(
     incident_id: IncidentId, body: RecuseBody, request: Request, caller: RequiredPrincipal
