@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
+import msgspec
 import orjson
 import pybase64
 import typer
@@ -465,65 +466,169 @@ async def incidents_as_of(source: LedgerSource, moment: datetime) -> dict[str, A
 
 async def _fold_leaves(source: LedgerSource, moment: datetime) -> dict[str, Any]:
     from services.domain.envelope import utc_rfc3339
-    from services.domain.events import InvalidEvent, parse_envelope
-    from services.domain.incident import IncidentState, apply, data_changes, state_of
+    from services.domain.incident import IncidentState, state_of
 
     # Each incident's state is kept as its fields in a plain dict, updated in place by
     # `data_changes` (what `apply_data` does, without a new state per event), or as the
     # message saying why it does not fold; the states are built once at the end.
-    fresh = IncidentState(incident_id="").__dict__
-    states: dict[str, dict[str, Any] | str] = {}
-    fromisoformat = datetime.fromisoformat
-    cutoff = utc_rfc3339(moment)
+    fold = _Fold(IncidentState(incident_id="").__dict__, utc_rfc3339(moment))
     async for page in source.entries(0):
-        bodies, ended = _bodies_until(page, cutoff)
-        for body in bodies:
-            event = body.get("event")
-            if type(event) is not dict:
-                continue  # rejected input, recorded raw
-            kind = event.get("type")
+        if fold.page(page):
+            break
+    return {k: state_of(v) if isinstance(v, dict) else v for k, v in fold.states.items()}
+
+
+class _EventHead(msgspec.Struct, gc=False):
+    """What the replay reads of a recorded event; its other fields are skipped unread."""
+
+    type: Any = None
+    subject: Any = None
+    time: Any = None
+    data: Any = msgspec.UNSET
+
+
+class _LeafHead(msgspec.Struct, gc=False):
+    """What the replay reads of a leaf (an ``event`` that is no JSON object, or a leaf
+    that msgspec does not read, takes the slow path, `_Fold.body`)."""
+
+    recorded_at: str
+    event: _EventHead | None = None
+
+
+_LEAF_HEAD = msgspec.json.Decoder(_LeafHead).decode
+_REJECTED = "incident.input.rejected.v1"
+
+
+class _Fold:
+    """The replay's fold over pages of entries (`page`)."""
+
+    def __init__(self, fresh: dict[str, Any], cutoff: str) -> None:
+        self.fresh = fresh  # the fields of a new incident's state
+        self.cutoff = cutoff  # ledger time, RFC 3339 UTC: entries after it are not folded
+        self.states: dict[str, dict[str, Any] | str] = {}
+
+    def page(self, page: list[dict[str, Any]]) -> bool:
+        """Fold a page's entries recorded by the cutoff; whether one after it was met
+        (ledger time never goes back: the replay ends there).
+
+        The fast path reads only what the fold needs of each leaf (`_LeafHead`) and
+        folds an incident's event by its JSON (`data_changes`) when the event has a
+        subject, a UTC time and data that fold; anything else (an entry without a leaf,
+        a leaf msgspec does not read, an event the JSON fold refuses) goes to `entry`,
+        which reads the whole leaf and decides as the replay always did."""
+        from services.domain.incident import data_changes
+
+        cutoff, fresh, states = self.cutoff, self.fresh, self.states
+        fromisoformat, b64decode, head_of = datetime.fromisoformat, pybase64.b64decode, _LEAF_HEAD
+        for entry in page:
+            text = entry.get("leaf")
             if (
-                type(kind) is not str
-                or not kind.startswith("incident.")
-                or kind == "incident.input.rejected.v1"
+                type(text) is not str
+                or "withheld" in entry
+                or "unreadable" in entry
+                or "error" in entry
             ):
+                if self.entry(entry):
+                    return True
                 continue
-            subject = event.get("subject")
+            leaf = b64decode(text)  # as binascii.a2b_base64: non-alphabet skipped
+            try:
+                head = head_of(leaf)
+            except msgspec.MsgspecError:
+                if self.body(_leaf_json(leaf)):
+                    return True
+                continue
+            if head.recorded_at > cutoff:
+                return True
+            event = head.event
+            if event is None:
+                continue  # rejected input, recorded raw
+            kind = event.type
+            if type(kind) is not str or not kind.startswith("incident.") or kind == _REJECTED:
+                continue
+            subject = event.subject
             fields = states.get(subject) if type(subject) is str else None
-            if type(fields) is str:
+            if isinstance(fields, str):
                 continue  # this incident already failed to fold
             try:
-                if type(subject) is not str or not subject:
-                    raise TypeError("no subject")
-                time = fromisoformat(event["time"])
+                if type(subject) is not str or not subject or event.data is msgspec.UNSET:
+                    raise TypeError("no subject or no data")
+                time = fromisoformat(event.time)
                 if time.tzinfo is not UTC:
-                    time = _aware(time)
+                    raise ValueError("not in UTC")
                 if fields is None:
-                    changes = data_changes(fresh, kind, time, event["data"])
+                    changes = data_changes(fresh, kind, time, event.data)
                     states[subject] = fields = {**fresh, "incident_id": subject}
                 else:
-                    changes = data_changes(fields, kind, time, event["data"])  # type: ignore[arg-type]
-                fields.update(changes)  # type: ignore[union-attr]
-                continue
+                    changes = data_changes(fields, kind, time, event.data)
+                fields.update(changes)
             except (KeyError, TypeError, ValueError):
-                pass  # not the JSON a valid event has: the validating path decides
-            try:
-                envelope = parse_envelope(event)
-            except InvalidEvent:
-                continue  # recorded as an event, but not one the fold can read
-            known = states.get(envelope.subject)
-            try:
-                state = apply(
-                    (state_of(known) if isinstance(known, dict) else known)  # type: ignore[arg-type]
-                    or IncidentState(incident_id=envelope.subject),
-                    envelope,
-                )
-                states[envelope.subject] = dict(state.__dict__)
-            except ValueError as exc:
-                states[envelope.subject] = f"cannot replay: {exc}"
-        if ended:
-            break
-    return {k: state_of(v) if isinstance(v, dict) else v for k, v in states.items()}
+                self.body(_leaf_json(leaf))  # the whole leaf decides
+        return False
+
+    def entry(self, entry: dict[str, Any]) -> bool:
+        """An entry without a plain leaf. One the audit service withholds from this reader
+        (an incident that excludes them) is skipped: replay shows nothing of it, as the
+        timeline does; an unreadable one ends the replay."""
+        from services.audit.verify import SourceError
+
+        if entry.get("withheld"):  # an incident that excludes the reader: no leaf
+            return bool(entry["recorded_at"] > self.cutoff)
+        if "unreadable" in entry or "error" in entry:  # a damaged leaf: nothing to fold
+            why = entry.get("unreadable") or entry.get("error")
+            raise SourceError(
+                f"entry {entry['index']} cannot be read ({why}): `incidents audit verify`"
+                " names every damaged entry"
+            )
+        return self.body(_leaf_json(pybase64.b64decode(entry["leaf"])))
+
+    def body(self, body: dict[str, Any]) -> bool:
+        """One whole decoded leaf, folded by its JSON or else by the validating path;
+        whether it was recorded after the cutoff."""
+        from services.domain.events import InvalidEvent, parse_envelope
+        from services.domain.incident import IncidentState, apply, data_changes, state_of
+
+        if body["recorded_at"] > self.cutoff:
+            return True
+        states = self.states
+        event = body.get("event")
+        if type(event) is not dict:
+            return False  # rejected input, recorded raw
+        kind = event.get("type")
+        if type(kind) is not str or not kind.startswith("incident.") or kind == _REJECTED:
+            return False
+        subject = event.get("subject")
+        fields = states.get(subject) if type(subject) is str else None
+        if isinstance(fields, str):
+            return False  # this incident already failed to fold
+        try:
+            if type(subject) is not str or not subject:
+                raise TypeError("no subject")
+            time = datetime.fromisoformat(event["time"])
+            if time.tzinfo is not UTC:
+                time = _aware(time)
+            changes = data_changes(fields or self.fresh, kind, time, event["data"])
+            if fields is None:
+                states[subject] = fields = {**self.fresh, "incident_id": subject}
+            fields.update(changes)
+            return False
+        except (KeyError, TypeError, ValueError):
+            pass  # not the JSON a valid event has: the validating path decides
+        try:
+            envelope = parse_envelope(event)
+        except InvalidEvent:
+            return False  # recorded as an event, but not one the fold can read
+        known = states.get(envelope.subject)
+        try:
+            state = apply(
+                (state_of(known) if isinstance(known, dict) else known)  # type: ignore[arg-type]
+                or IncidentState(incident_id=envelope.subject),
+                envelope,
+            )
+            states[envelope.subject] = dict(state.__dict__)
+        except ValueError as exc:
+            states[envelope.subject] = f"cannot replay: {exc}"
+        return False
 
 
 @contextlib.contextmanager
@@ -551,38 +656,12 @@ def _aware(time: datetime) -> datetime:
     return time.astimezone(UTC)
 
 
-def _bodies_until(page: list[dict[str, Any]], cutoff: str) -> tuple[list[dict[str, Any]], bool]:
-    """A page's decoded leaves recorded at or before ``cutoff``, and whether a leaf after
-    it was met (ledger time never goes back: the replay ends there).
-
-    Entries the audit service withholds from this reader (incidents that exclude them)
-    are skipped: replay shows nothing of them, as the timeline does.
-    """
-    from services.audit.verify import SourceError
-
-    bodies: list[dict[str, Any]] = []
-    keep = bodies.append
-    b64decode, loads = pybase64.b64decode, orjson.loads
-    for entry in page:
-        if entry.get("withheld"):  # an incident that excludes the reader: no leaf
-            if entry["recorded_at"] > cutoff:
-                return bodies, True
-            continue
-        if "unreadable" in entry or "error" in entry:  # a damaged leaf: nothing to fold
-            why = entry.get("unreadable") or entry.get("error")
-            raise SourceError(
-                f"entry {entry['index']} cannot be read ({why}): `incidents audit verify`"
-                " names every damaged entry"
-            )
-        leaf = b64decode(entry["leaf"])  # as binascii.a2b_base64: non-alphabet skipped
-        try:
-            body: dict[str, Any] = loads(leaf)
-        except orjson.JSONDecodeError:  # NaN, a lone surrogate: the standard library's
-            body = json.loads(leaf)
-        if body["recorded_at"] > cutoff:
-            return bodies, True
-        keep(body)
-    return bodies, False
+def _leaf_json(leaf: bytes) -> Any:
+    """A whole leaf's JSON, as the replay always read it."""
+    try:
+        return orjson.loads(leaf)
+    except orjson.JSONDecodeError:  # NaN, a lone surrogate: the standard library's
+        return json.loads(leaf)
 
 
 def _shown(value: Any) -> str:

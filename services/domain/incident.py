@@ -7,7 +7,7 @@ at T" with it, so both read history through the same code.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -114,60 +114,85 @@ def data_changes(
     `IncidentState`'s ``__dict__``): `apply_data` without building the new state, so a
     replay can keep each incident's fields in a plain dict, update it in place and build
     its `IncidentState` once at the end (`state_of`). Raises before changing anything."""
-    if event_type not in CATALOG:
-        raise InvalidEvent(f"unknown event type {event_type!r}")
-    changes: dict[str, Any] = {
-        "version": fields["version"] + 1,
-        "history": (*fields["history"], event_type),
-    }
-    match _KIND.get(event_type):
-        case "submitted":
-            changes.update(
-                status="submitted",
-                category=data["category"],
-                submitted_at=time,
-                anonymous=data.get("reporter") is None,
-                accused=tuple(data.get("accused", ())),
-                report_digest=data["report_digest"],
-            )
-        case "amended":
-            changes.update(
-                accused=(*fields["accused"], *data.get("accused_added", ())),
-                report_digest=data["report_digest"],
-            )
-        case "triaged":
-            changes.update(
-                status="triaged",
-                severity=data["severity"],
-                policy_version=data["policy_version"],
-                excluded=frozenset(x["principal"] for x in data.get("excluded", ())),
-            )
-        case "assigned":  # triage asked this level (1): the level is 1, never 0
-            changes.update(
-                routed=fields["routed"] | set(data["principals"]),
-                escalation_level=max(fields["escalation_level"], int(data["level"])),
-            )
-        case "reassigned":
-            gone = {x["principal"] for x in data.get("removed", ())}
-            changes.update(
-                routed=(fields["routed"] - gone) | set(data.get("added", ())),
-                excluded=fields["excluded"] | gone,
-            )
-        case "escalated":
-            changes.update(
-                routed=fields["routed"] | set(data["recipients"]),
-                escalation_level=max(fields["escalation_level"], int(data["level"])),
-            )
-        case "acknowledged" if fields["acknowledged_at"] is None:
-            status = fields["status"]
-            changes.update(
-                status="acknowledged" if status in {"submitted", "triaged"} else status,
-                acknowledged_at=time,
-                acknowledged_by=data["principal"],
-            )
-        case "status":
-            changes.update(status=data["status"], outcome=data.get("outcome") or fields["outcome"])
+    try:
+        fold = _FOLD[event_type]
+    except KeyError:
+        raise InvalidEvent(f"unknown event type {event_type!r}") from None
+    changes = fold(fields, time, data)
+    changes["version"] = fields["version"] + 1
+    changes["history"] = (*fields["history"], event_type)
     return changes
+
+
+_Map = Mapping[str, Any]
+_Changes = Callable[[_Map, datetime, _Map], dict[str, Any]]
+
+
+def _submitted(fields: _Map, time: datetime, data: _Map) -> dict[str, Any]:
+    return {
+        "status": "submitted",
+        "category": data["category"],
+        "submitted_at": time,
+        "anonymous": data.get("reporter") is None,
+        "accused": tuple(data.get("accused", ())),
+        "report_digest": data["report_digest"],
+    }
+
+
+def _amended(fields: _Map, time: datetime, data: _Map) -> dict[str, Any]:
+    return {
+        "accused": (*fields["accused"], *data.get("accused_added", ())),
+        "report_digest": data["report_digest"],
+    }
+
+
+def _triaged(fields: _Map, time: datetime, data: _Map) -> dict[str, Any]:
+    return {
+        "status": "triaged",
+        "severity": data["severity"],
+        "policy_version": data["policy_version"],
+        "excluded": frozenset(x["principal"] for x in data.get("excluded", ())),
+    }
+
+
+def _routed(key: str) -> _Changes:
+    """The fold of an event that routes the incident to the principals under ``key`` of
+    its data at its level (assigned: the level triage asked, 1, never 0; escalated)."""
+
+    def changes(fields: _Map, time: datetime, data: _Map) -> dict[str, Any]:
+        return {
+            "routed": fields["routed"] | set(data[key]),
+            "escalation_level": max(fields["escalation_level"], int(data["level"])),
+        }
+
+    return changes
+
+
+def _reassigned(fields: _Map, time: datetime, data: _Map) -> dict[str, Any]:
+    gone = {x["principal"] for x in data.get("removed", ())}
+    return {
+        "routed": (fields["routed"] - gone) | set(data.get("added", ())),
+        "excluded": fields["excluded"] | gone,
+    }
+
+
+def _acknowledged(fields: _Map, time: datetime, data: _Map) -> dict[str, Any]:
+    if fields["acknowledged_at"] is not None:
+        return {}  # the first acknowledgement stands
+    status = fields["status"]
+    return {
+        "status": "acknowledged" if status in {"submitted", "triaged"} else status,
+        "acknowledged_at": time,
+        "acknowledged_by": data["principal"],
+    }
+
+
+def _status(fields: _Map, time: datetime, data: _Map) -> dict[str, Any]:
+    return {"status": data["status"], "outcome": data.get("outcome") or fields["outcome"]}
+
+
+def _unchanged(fields: _Map, time: datetime, data: _Map) -> dict[str, Any]:
+    return {}
 
 
 def state_of(fields: Mapping[str, Any]) -> IncidentState:
@@ -187,22 +212,21 @@ def _evolve(state: IncidentState, changes: dict[str, Any]) -> IncidentState:
     return new
 
 
-_KIND_OF_DATA: dict[type[EventData], str] = {
-    ReportSubmitted: "submitted",
-    ReportAmended: "amended",
-    Triaged: "triaged",
-    Assigned: "assigned",
-    Reassigned: "reassigned",
-    Escalated: "escalated",
-    Acknowledged: "acknowledged",
-    StatusChanged: "status",
+_CHANGES_OF_DATA: dict[type[EventData], _Changes] = {
+    ReportSubmitted: _submitted,
+    ReportAmended: _amended,
+    Triaged: _triaged,
+    Assigned: _routed("principals"),
+    Reassigned: _reassigned,
+    Escalated: _routed("recipients"),
+    Acknowledged: _acknowledged,
+    StatusChanged: _status,
 }
-_KIND: dict[str, str] = {
-    name: _KIND_OF_DATA[entry.data]
-    for name, entry in CATALOG.items()
-    if entry.data in _KIND_OF_DATA
+_FOLD: dict[str, _Changes] = {
+    name: _CHANGES_OF_DATA.get(entry.data, _unchanged) for name, entry in CATALOG.items()
 }
-"""What the fold does with each event type, by the catalog's model for it."""
+"""What the fold does with each event type of the catalog, by the catalog's model for it
+(an event of another model changes only the version and the history)."""
 
 
 def fold(incident_id: str, events: Iterable[Envelope]) -> IncidentState:
