@@ -106,6 +106,18 @@ def _has_control(text: str) -> bool:
     return any(ord(ch) < 0x20 and ch != "\n" for ch in text)
 
 
+def _text_fault(text: object) -> str | None:
+    """Why ``text`` is not note text (a string ending in a newline, without control
+    characters other than newline), or None if it is."""
+    if not isinstance(text, str):
+        return f"must be a string, not {type(text).__name__}"
+    if not text.endswith("\n"):
+        return "must end with a newline"
+    if _has_control(text):
+        return "must not contain control characters other than newline"
+    return None
+
+
 def _is_utf8(text: str) -> bool:
     """Whether ``text`` encodes to UTF-8 (false for lone surrogates)."""
     try:
@@ -245,12 +257,9 @@ class Checkpoint:
         not plain ASCII decimal, has leading zeroes or exceeds 2**64 - 1; a root hash
         that is not canonical base64 of exactly 32 bytes.
         """
-        if not isinstance(text, str):
-            raise CheckpointError(f"checkpoint text must be a string, not {type(text).__name__}")
-        if not text.endswith("\n"):
-            raise CheckpointError("checkpoint text must end with a newline")
-        if _has_control(text):
-            raise CheckpointError("checkpoint text must not contain control characters")
+        fault = _text_fault(text)
+        if fault is not None:
+            raise CheckpointError(f"checkpoint text {fault}")
         lines = text[:-1].split("\n")
         if len(lines) < 3:
             raise CheckpointError(
@@ -394,12 +403,9 @@ class NoteSigner(Ed25519Key):
 
 def _note_text_bytes(text: str) -> bytes:
     """Validate note text for signing and return its UTF-8 bytes."""
-    if not isinstance(text, str):
-        raise NoteError(f"note text must be a string, not {type(text).__name__}")
-    if not text.endswith("\n"):
-        raise NoteError("note text must end with a newline")
-    if _has_control(text):
-        raise NoteError("note text must not contain control characters other than newline")
+    fault = _text_fault(text)
+    if fault is not None:
+        raise NoteError(f"note text {fault}")
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError as exc:
