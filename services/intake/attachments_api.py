@@ -132,6 +132,8 @@ def reporter_upload_answers(*own: tuple[int, str]) -> dict[int | str, dict[str, 
     }
 
 
+UPLOAD_ROUTE: dict[str, Any] = {"status_code": 201, "openapi_extra": UPLOAD_BODY}
+"""What every upload route takes and answers first (the raw file as the body; 201)."""
 DOWNLOAD_ROUTE: dict[str, Any] = {
     "response_class": StreamingResponse,
     "responses": DOWNLOAD_ANSWERS,
@@ -282,10 +284,9 @@ def _opened_name(key: IncidentKey, found: Attachment) -> str:
 
 @router.post(
     "/incidents/{incident_id}/attachments",
-    status_code=201,
     summary="Attach a file to an incident routed to the caller (raw body, streamed)",
     responses={201: {"description": "Stored: `incident.attachment.added.v1`."}, **UPLOAD_ANSWERS},
-    openapi_extra=UPLOAD_BODY,
+    **UPLOAD_ROUTE,
 )
 async def attach(
     incident_id: handlers.IncidentId,
@@ -340,6 +341,13 @@ async def download(
 def _service(request: Request) -> IntakeService:
     service: IntakeService = request.app.state.intake
     return service
+
+
+RECEIPT_REFUSALS = (
+    (404, "No report matches this receipt and secret."),
+    (429, "Too many attempts on this receipt."),
+)
+"""The answers of `_receipt_incident` refusing a receipt and its secret."""
 
 
 async def _receipt_incident(request: Request, receipt: str, secret: str | None) -> str:
@@ -433,13 +441,9 @@ async def reporter_download(
 
 @router.post(
     "/receipts/{receipt}/attachments",
-    status_code=201,
     summary="Attach a file to an anonymous report (raw body, streamed)",
-    responses=reporter_upload_answers(
-        (404, "No report matches this receipt and secret."),
-        (429, "Too many attempts on this receipt."),
-    ),
-    openapi_extra=UPLOAD_BODY,
+    responses=reporter_upload_answers(*RECEIPT_REFUSALS),
+    **UPLOAD_ROUTE,
 )
 async def reporter_attach(
     receipt: ReceiptPath,
@@ -482,13 +486,12 @@ async def _hers(request: Request, caller: Principal, incident_id: str) -> None:
 
 @router.post(
     "/my/reports/{incident_id}/attachments",
-    status_code=201,
     summary="Attach a file to one of my reports (named reporter; raw body, streamed)",
     responses=reporter_upload_answers(
         (401, "No bearer token, or one that is not valid."),
         (404, "No report of the caller has this id: the same answer either way."),
     ),
-    openapi_extra=UPLOAD_BODY,
+    **UPLOAD_ROUTE,
 )
 async def my_attach(
     incident_id: handlers.IncidentId,
