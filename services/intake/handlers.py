@@ -50,7 +50,6 @@ from services.domain.events import (
 )
 from services.domain.incident import REPORT_FIELDS, fold
 from services.domain.policy import Policy
-from services.domain.status import in_time_order, progress_of
 from services.infra.auth import Principal
 from services.infra.http import Problem, problem_responses
 from services.infra.keystore import KeyStore
@@ -58,7 +57,7 @@ from services.infra.runtime import Runtime
 from services.intake import actions
 from services.intake.actions import ActionError, Build, Context, NotNow, T
 from services.intake.principals import RequiredPrincipal
-from services.intake.progress import handler_status, kept_events, progress
+from services.intake.progress import handler_status, progress, standings
 
 router = APIRouter(prefix="/v1", tags=["handlers"])
 P = ParamSpec("P")
@@ -390,25 +389,13 @@ async def my_incidents(request: Request, caller: RequiredPrincipal) -> dict[str,
             caller.id,
             MAX_LISTED,
         )
-        ids = [r["incident_id"] for r in rows]
-        stored = await conn.fetch(
-            "SELECT stream_id, body FROM events WHERE stream_id = ANY($1::text[])"
-            " ORDER BY stream_id, version",
-            ids,
-        )
-        kept = await kept_events(conn, ids)
-    by_stream: dict[str, list[Envelope]] = {}
-    for row in stored:
-        by_stream.setdefault(row["stream_id"], []).append(
-            Envelope.model_validate_json(bytes(row["body"]))
-        )
+        found = await standings(conn, [r["incident_id"] for r in rows])
     listed = []
     for row in rows:
-        state = fold(row["incident_id"], by_stream.get(row["incident_id"], []))
+        own, shown = found[row["incident_id"]]
+        state = fold(row["incident_id"], own)
         if state.category is None:
             continue  # routed, but intake has no report (yet): nothing to show
-        own = by_stream.get(row["incident_id"], [])
-        shown = progress_of(in_time_order(own, kept.get(row["incident_id"], [])))
         listed.append(
             {
                 "incident_id": row["incident_id"],

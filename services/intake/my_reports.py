@@ -31,13 +31,12 @@ from services.domain.envelope import Envelope, utc_rfc3339
 from services.domain.events import Viewed, make_event
 from services.domain.incident import fold
 from services.domain.reports import NAMED_ACTOR
-from services.domain.status import in_time_order, progress_of
 from services.infra import eventstore
 from services.infra.http import Problem, problem_responses
 from services.intake.attachments import reporter_files
 from services.intake.ledger_proof import ledger_proof
 from services.intake.principals import RequiredPrincipal
-from services.intake.progress import kept_events
+from services.intake.progress import standings
 from services.intake.receipts import MessageAccepted, MessageIn, ReporterViewOut
 from services.intake.service import (
     Busy,
@@ -110,23 +109,13 @@ async def list_reports(service: IntakeService, person_id: str) -> list[dict[str,
                 service.reporter_tag(person_id),
             )
         ]
-        rows = await conn.fetch(
-            "SELECT stream_id, body FROM events WHERE stream_id = ANY($1::text[])"
-            " ORDER BY stream_id, version",
-            ids,
-        )
-        kept = await kept_events(conn, ids)
-    own: dict[str, list[Envelope]] = {}
-    for row in rows:
-        own.setdefault(row["stream_id"], []).append(
-            Envelope.model_validate_json(bytes(row["body"]))
-        )
+        found = await standings(conn, ids)
     listed = []
     for incident_id in ids:
-        state = fold(incident_id, own.get(incident_id, []))
+        own, progress = found[incident_id]
+        state = fold(incident_id, own)
         if state.submitted_at is None:
             continue
-        progress = progress_of(in_time_order(own.get(incident_id, []), kept.get(incident_id, [])))
         listed.append(
             {
                 "incident_id": incident_id,

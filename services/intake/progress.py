@@ -32,6 +32,26 @@ async def kept_events(
     return found
 
 
+async def standings(
+    conn: asyncpg.Connection, incident_ids: Sequence[str]
+) -> dict[str, tuple[list[Envelope], Progress]]:
+    """Each incident's own events (in stream order) and its progress (from those and the
+    kept ones): two queries for the whole list (the lists of handlers and reporters)."""
+    rows = await conn.fetch(
+        "SELECT stream_id, body FROM events WHERE stream_id = ANY($1::text[])"
+        " ORDER BY stream_id, version",
+        list(incident_ids),
+    )
+    kept = await kept_events(conn, incident_ids)
+    own: dict[str, list[Envelope]] = {incident_id: [] for incident_id in incident_ids}
+    for row in rows:
+        own[row["stream_id"]].append(Envelope.model_validate_json(bytes(row["body"])))
+    return {
+        incident_id: (events, progress_of(in_time_order(events, kept.get(incident_id, []))))
+        for incident_id, events in own.items()
+    }
+
+
 async def progress(conn: asyncpg.Connection, incident_id: str, own: Sequence[Envelope]) -> Progress:
     """The incident's progress from its own events (`own`, opened if the outcome is to be
     read) and the kept ones."""
