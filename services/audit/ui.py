@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, Response
 
 from services.audit.api import MAX_INDEX, incident_read, require_auditor, unit_of_work
@@ -184,44 +185,57 @@ def timeline_rows(entries: list[LedgerEvent], moment: datetime) -> list[dict[str
     ]
 
 
-@router.get("/incidents/{incident_id}")
-async def incident(
+@dataclass(frozen=True)
+class IncidentAsOf:
+    """What an incident page shows: the auditor, the incident's entries (the read
+    recorded) and the instant asked."""
+
+    principal: str
+    incident_id: str
+    entries: list[LedgerEvent]
+    moment: datetime
+
+    def view(self) -> dict[str, Any]:
+        """The part the as-of control redraws (`as_of_view`)."""
+        return as_of_view(self.incident_id, self.entries, self.moment)
+
+
+async def incident_as_of_page(
     incident_id: str,
     request: Request,
     as_of: str | None = None,
     t: Annotated[int | None, Query(ge=0, le=MAX_T)] = None,
-) -> Response:
-    """Timeline (ledger order), who-knew chart and state as of an instant, verified badge."""
+) -> IncidentAsOf:
     principal, authorization = await auditor(request)
     entries = await entries_of(request, authorization, incident_id)
-    moment = instant(as_of, t, axis_span(entries)[0])
+    return IncidentAsOf(principal, incident_id, entries, instant(as_of, t, axis_span(entries)[0]))
+
+
+IncidentPage = Annotated[IncidentAsOf, Depends(incident_as_of_page)]
+"""An incident page's parameters (the incident, `as_of` or `t`), read for an auditor."""
+
+
+@router.get("/incidents/{incident_id}")
+async def incident(request: Request, page: IncidentPage) -> Response:
+    """Timeline (ledger order), who-knew chart and state as of an instant, verified badge."""
     desk: EvidenceDesk = request.app.state.evidence
-    evidence = await desk.badge(incident_id)
+    evidence = await desk.badge(page.incident_id)
     trace_url: str | None = getattr(request.app.state, "trace_url", None)
     return render(
         request,
         "audit_incident.html",
-        principal=principal,
-        timeline=timeline_rows(entries, moment),
+        principal=page.principal,
+        timeline=timeline_rows(page.entries, page.moment),
         evidence=evidence,
         trace_url=trace_url,
-        **as_of_view(incident_id, entries, moment),
+        **page.view(),
     )
 
 
 @router.get("/incidents/{incident_id}/as-of")
-async def incident_as_of(
-    incident_id: str,
-    request: Request,
-    as_of: str | None = None,
-    t: Annotated[int | None, Query(ge=0, le=MAX_T)] = None,
-) -> Response:
+async def incident_as_of(request: Request, page: IncidentPage) -> Response:
     """The as-of part of the incident page alone, for the script that redraws it."""
-    _, authorization = await auditor(request)
-    entries = await entries_of(request, authorization, incident_id)
-    moment = instant(as_of, t, axis_span(entries)[0])
-    view = as_of_view(incident_id, entries, moment)
-    body = fragment("audit_asof.html", **language(request), **view)
+    body = fragment("audit_asof.html", **language(request), **page.view())
     return secured(HTMLResponse(body), request)
 
 
