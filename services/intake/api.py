@@ -13,7 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse
 from opentelemetry import trace
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from services.domain.inbound import InboundRefused, authorize
 from services.domain.receipts import request_digest
@@ -27,7 +27,7 @@ from services.domain.reports import (
     reporter_of,
 )
 from services.infra.auth import is_system_id
-from services.infra.http import PROBLEM, Problem
+from services.infra.http import PROBLEM, Problem, ProblemDoc
 from services.infra.systems import Systems
 from services.infra.telemetry import current_traceparent, span_after
 from services.intake.principals import OptionalCallerId
@@ -44,15 +44,9 @@ router = APIRouter(prefix="/v1", tags=["reports"])
 NO_STORE = {"Cache-Control": "no-store"}
 
 
-class ProblemBody(BaseModel):
+class ProblemBody(ProblemDoc):
     """An RFC 9457 problem: every error of this API has this shape."""
 
-    model_config = ConfigDict(extra="allow", title="Problem")
-
-    type: str = Field("about:blank", description="Always about:blank (the status says it).")
-    title: str = Field(description="Short summary of the problem.")
-    status: int = Field(description="The HTTP status code.")
-    detail: str | None = Field(None, description="What went wrong, for a person to read.")
     errors: list[dict[str, str]] | None = Field(
         None, description="422 on invalid input: one `{field, message}` per problem."
     )
