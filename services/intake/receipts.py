@@ -135,6 +135,8 @@ TOO_MANY = problem(
     **{"Retry-After": "Seconds until an attempt is considered again."},
 )
 INVALID = problem("A missing or overlong receipt, secret header or field, or an unknown field.")
+RECEIPT_ANSWERS: dict[int | str, dict[str, Any]] = {404: NOT_FOUND, 422: INVALID, 429: TOO_MANY}
+"""What every receipt route answers when the receipt, its secret or a field is refused."""
 
 
 def _service(request: Request) -> IntakeService:
@@ -168,12 +170,7 @@ async def _opened(service: IntakeService, receipt: str, secret: str | None) -> s
     "/receipts/{receipt}",
     summary="Follow up an anonymous report",
     response_model=ReporterViewOut,
-    responses={
-        200: {"description": "The reporter's view of the report."},
-        404: NOT_FOUND,
-        422: INVALID,
-        429: TOO_MANY,
-    },
+    responses={200: {"description": "The reporter's view of the report."}, **RECEIPT_ANSWERS},
 )
 async def get_receipt(
     receipt: ReceiptPath, secret: SecretHeader, request: Request
@@ -201,11 +198,9 @@ async def get_receipt(
     response_model=MessageAccepted,
     responses={
         202: {"description": "The message is durably part of the incident."},
-        404: NOT_FOUND,
+        **RECEIPT_ANSWERS,
         409: problem("The report is closed: the handlers no longer read messages on it."),
         413: problem("The body is over the size limit (INCIDENTS_MAX_BODY_BYTES)."),
-        422: INVALID,
-        429: TOO_MANY,
         503: problem(
             "The incident kept changing while the message was added; retry.",
             **{"Retry-After": "Seconds to wait before retrying."},
