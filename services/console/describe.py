@@ -9,7 +9,7 @@ but their type.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from services.domain.events import (
@@ -36,60 +36,41 @@ from services.domain.events import (
 Fields = tuple[tuple[str, str], ...]
 """(data key, label) pairs shown for a type, in order."""
 
+LABELS: Mapping[str, str] = {
+    "principal": "who",
+    "principals": "to",
+    "recipients": "to",
+    "report_digest": "digest",
+    "policy_version": "policy",
+    "adapter": "by",
+    "due_at": "due",
+}
+"""A data key's label wherever it is not the key itself."""
+
+KEYS: Mapping[str, tuple[str, ...]] = {
+    ReportSubmitted.TYPE: ("category", "channel", "report_digest"),
+    ReportAmended.TYPE: ("report_digest",),
+    Triaged.TYPE: ("severity", "policy_version", "report_digest"),
+    Assigned.TYPE: ("level", "principals"),
+    Reassigned.TYPE: ("added",),
+    Notified.TYPE: ("principal", "level", "channel", "report_digest"),
+    Viewed.TYPE: ("principal", "report_digest"),
+    Acknowledged.TYPE: ("principal", "level"),
+    Commented.TYPE: ("principal",),
+    StatusChanged.TYPE: ("principal", "status"),
+    AccessDenied.TYPE: ("principal", "action", "reason"),
+    Escalated.TYPE: ("level", "recipients", "reason", "deadline"),
+    ReminderDue.TYPE: ("clock", "due_at"),
+    DeadlineBreached.TYPE: ("clock", "due_at"),
+    NoticeDelivered.TYPE: ("principal", "level", "channel", "adapter", "attempts"),
+    NoticeFailed.TYPE: ("principal", "level", "channel", "reason", "detail", "attempts"),
+    ReporterMessage.TYPE: ("direction",),
+}
+"""The data keys shown for a type, in order."""
+
 SHOWN: Mapping[str, Fields] = {
-    ReportSubmitted.TYPE: (
-        ("category", "category"),
-        ("channel", "channel"),
-        ("report_digest", "digest"),
-    ),
-    ReportAmended.TYPE: (("report_digest", "digest"),),
-    Triaged.TYPE: (
-        ("severity", "severity"),
-        ("policy_version", "policy"),
-        ("report_digest", "digest"),
-    ),
-    Assigned.TYPE: (("level", "level"), ("principals", "to")),
-    Reassigned.TYPE: (("added", "added"),),
-    Notified.TYPE: (
-        ("principal", "who"),
-        ("level", "level"),
-        ("channel", "channel"),
-        ("report_digest", "digest"),
-    ),
-    Viewed.TYPE: (("principal", "who"), ("report_digest", "digest")),
-    Acknowledged.TYPE: (("principal", "who"), ("level", "level")),
-    Commented.TYPE: (("principal", "who"),),
-    StatusChanged.TYPE: (("principal", "who"), ("status", "status")),
-    AccessDenied.TYPE: (
-        ("principal", "who"),
-        ("action", "action"),
-        ("reason", "reason"),
-    ),
-    Escalated.TYPE: (
-        ("level", "level"),
-        ("recipients", "to"),
-        ("reason", "reason"),
-        ("deadline", "deadline"),
-    ),
-    EscalationCleared.TYPE: (("level", "level"), ("principal", "by")),
-    ReminderDue.TYPE: (("clock", "clock"), ("due_at", "due")),
-    DeadlineBreached.TYPE: (("clock", "clock"), ("due_at", "due")),
-    NoticeDelivered.TYPE: (
-        ("principal", "who"),
-        ("level", "level"),
-        ("channel", "channel"),
-        ("adapter", "by"),
-        ("attempts", "attempts"),
-    ),
-    NoticeFailed.TYPE: (
-        ("principal", "who"),
-        ("level", "level"),
-        ("channel", "channel"),
-        ("reason", "reason"),
-        ("detail", "detail"),
-        ("attempts", "attempts"),
-    ),
-    ReporterMessage.TYPE: (("direction", "direction"),),
+    **{t: tuple((key, LABELS.get(key, key)) for key in keys) for t, keys in KEYS.items()},
+    EscalationCleared.TYPE: (("level", "level"), ("principal", "by")),  # cleared by, not who
 }
 
 NOTES: Mapping[str, str] = {
@@ -100,28 +81,16 @@ NOTES: Mapping[str, str] = {
 }
 
 
-def _excluded(data: Mapping[str, Any]) -> str | None:
-    excluded = data.get("excluded")
-    if not isinstance(excluded, list) or not excluded:
+EXTRA: Mapping[str, str] = {Triaged.TYPE: "excluded", Reassigned.TYPE: "removed"}
+"""The key of the people a type lists with the rule that applies to each."""
+
+
+def _people_rules(people: Any) -> str | None:
+    if not isinstance(people, list) or not people:
         return None
     return ", ".join(
-        f"{x.get('principal')} ({x.get('rule')})" for x in excluded if isinstance(x, dict)
+        f"{x.get('principal')} ({x.get('rule')})" for x in people if isinstance(x, dict)
     )
-
-
-def _removed(data: Mapping[str, Any]) -> str | None:
-    removed = data.get("removed")
-    if not isinstance(removed, list) or not removed:
-        return None
-    return ", ".join(
-        f"{x.get('principal')} ({x.get('rule')})" for x in removed if isinstance(x, dict)
-    )
-
-
-EXTRA: Mapping[str, tuple[str, Callable[[Mapping[str, Any]], str | None]]] = {
-    Triaged.TYPE: ("excluded", _excluded),
-    Reassigned.TYPE: ("removed", _removed),
-}
 
 
 def _text(value: Any) -> str:
@@ -141,10 +110,10 @@ def describe(event_type: str, data: Mapping[str, Any] | None) -> list[tuple[str,
         if data.get(key) not in (None, "")
     ]
     if event_type in EXTRA:
-        label, extra = EXTRA[event_type]
-        value = extra(data)
+        key = EXTRA[event_type]
+        value = _people_rules(data.get(key))
         if value:
-            shown.append((label, value))
+            shown.append((key, value))
     if event_type == StatusChanged.TYPE and data.get("outcome"):
         shown.append(("outcome", "recorded, not shown"))
     if event_type in NOTES:
