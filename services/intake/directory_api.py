@@ -168,13 +168,7 @@ async def put_person(
     if person_id.startswith("system:"):
         raise Problem(422, "Invalid person id", "`system:` ids are reserved for systems.")
     person = Person(
-        id=person_id,
-        name=body.name,
-        alternative_names=body.alternative_names,
-        email=body.email,
-        unit=body.unit,
-        manager=body.manager_id,
-        roles=body.roles,
+        id=person_id, manager=body.manager_id, **body.model_dump(exclude={"manager_id"})
     )
     async with _runtime(request).db.acquire() as conn, conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", _WRITE_LOCK)
