@@ -19,7 +19,7 @@ default chain (AWS_* variables, the pod's or instance's role). The client is aio
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,14 +47,8 @@ class S3Place:
 
     @classmethod
     def of(cls, settings: Any) -> S3Place:
-        return cls(
-            endpoint=settings.attachment_s3_endpoint,
-            region=settings.attachment_s3_region,
-            bucket=settings.attachment_s3_bucket,
-            prefix=settings.attachment_s3_prefix,
-            access_key_id=settings.attachment_s3_access_key_id,
-            secret_access_key_file=settings.attachment_s3_secret_access_key_file,
-        )
+        """The place the settings name: each field is the setting `attachment_s3_<field>`."""
+        return cls(**{f.name: getattr(settings, f"attachment_s3_{f.name}") for f in fields(cls)})
 
     def secret_access_key(self) -> str | None:
         """The secret key read from its file; None: the default chain."""
