@@ -96,33 +96,29 @@ ROUTING_TYPES = frozenset({RECUSED, ORDERED})
 
 
 class ActionError(Exception):
-    """A use case's answer other than success; `services.intake.handlers` maps it to HTTP."""
+    """A use case's answer other than success; `services.intake.handlers` maps it to HTTP.
+    A subclass that always says the same declares it as its `detail`."""
 
     status = 500
     title = "Internal error"
+    detail = "Internal error."
 
-    def __init__(self, detail: str, **extra: Any) -> None:
-        super().__init__(detail)
-        self.detail = detail
+    def __init__(self, detail: str | None = None, **extra: Any) -> None:
+        self.detail = self.detail if detail is None else detail
+        super().__init__(self.detail)
         self.extra = extra
 
 
 class NotFound(ActionError):
     """No such incident, or the caller may not know of it (the two look the same)."""
 
-    status, title = 404, "Not found"
-
-    def __init__(self) -> None:
-        super().__init__("No such incident.")
+    status, title, detail = 404, "Not found", "No such incident."
 
 
 class Forbidden(ActionError):
     """The caller knows of the incident (routed, or a reader) but may not do this."""
 
-    status, title = 403, "Forbidden"
-
-    def __init__(self) -> None:
-        super().__init__("You may not do this on this incident.")
+    status, title, detail = 403, "Forbidden", "You may not do this on this incident."
 
 
 class NotNow(ActionError):
@@ -142,10 +138,7 @@ class Rejected(ActionError):
 
 
 class Busy(ActionError):
-    status, title = 503, "Busy"
-
-    def __init__(self) -> None:
-        super().__init__("The incident kept changing; retry.")
+    status, title, detail = 503, "Busy", "The incident kept changing; retry."
 
 
 # The one way an action runs -------------------------------------------------------

@@ -73,26 +73,20 @@ class TooLarge(ActionError):
 
 class Unsupported(ActionError):
     status, title = 415, "Unsupported file type"
-
-    def __init__(self) -> None:
-        super().__init__(
-            "This type of file is not accepted (found from its content, not its name):"
-            " PDF, PNG, JPEG, GIF, WebP, plain text, MP3, M4A, WAV, MP4, DOCX or XLSX."
-        )
+    detail = (
+        "This type of file is not accepted (found from its content, not its name):"
+        " PDF, PNG, JPEG, GIF, WebP, plain text, MP3, M4A, WAV, MP4, DOCX or XLSX."
+    )
 
 
 class Empty(Rejected):
-    def __init__(self) -> None:
-        super().__init__("The file is empty.")
+    detail = "The file is empty."
 
 
 class NoSuchAttachment(ActionError):
     """An unknown file, or one the caller may not have: the two look the same."""
 
-    status, title = 404, "Not found"
-
-    def __init__(self) -> None:
-        super().__init__("No such attachment.")
+    status, title, detail = 404, "Not found", "No such attachment."
 
 
 @dataclass(frozen=True)
