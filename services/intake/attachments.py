@@ -38,7 +38,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from tempfile import SpooledTemporaryFile
-from typing import Protocol
+from typing import Any, Protocol
 
 import asyncpg
 
@@ -95,6 +95,10 @@ class Limits:
 
     file: int
     incident: int
+
+    @classmethod
+    def of(cls, settings: Any) -> Limits:
+        return cls(settings.attachment_max_bytes, settings.attachment_incident_max_bytes)
 
 
 @dataclass(frozen=True)

@@ -142,8 +142,7 @@ DOWNLOAD_ROUTE: dict[str, Any] = {
 
 
 def limits_of(request: Request) -> Limits:
-    settings = request.app.state.runtime.settings
-    return Limits(settings.attachment_max_bytes, settings.attachment_incident_max_bytes)
+    return Limits.of(request.app.state.runtime.settings)
 
 
 def filename(header: str | None) -> str | None:
