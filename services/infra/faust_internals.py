@@ -59,6 +59,12 @@ PRIVATE_ACCESSES: tuple[PrivateAccess, ...] = (
         "overridden: to set the fetch wait of the consumer it creates",
     ),
     PrivateAccess(
+        "faust.transport.drivers.aiokafka.AIOKafkaConsumerThread",
+        "_fetch_records",
+        "method",
+        "overridden: where the consumer thread takes fetched records (the fetch pace)",
+    ),
+    PrivateAccess(
         "aiokafka.consumer.consumer.AIOKafkaConsumer",
         "_fetch_max_wait_ms",
         "attribute",
@@ -80,7 +86,7 @@ PRIVATE_ACCESSES: tuple[PrivateAccess, ...] = (
         "aiokafka.consumer.fetcher.Fetcher",
         "_fetch_max_wait_ms",
         "attribute",
-        "the fetch wait the fetcher actually uses",
+        "the fetch wait the fetcher actually uses, read for each fetch it sends",
     ),
     PrivateAccess(
         "faust.transport.drivers.aiokafka.AIOKafkaConsumerThread",
@@ -162,15 +168,56 @@ check_versions()
 
 FETCH_MAX_WAIT_ATTR = "incidents_fetch_max_wait_ms"
 """Attribute of the faust app that carries `kafka_fetch_max_wait_ms` to its consumer."""
+FETCH_PACE_ATTR = "incidents_fetch_pace"
+"""Attribute of the faust app holding a factory of the consumer's fetch pace: called
+with the function that sets the wait, it returns an object with `started`, `start()`,
+`records()` and `stop()` (`services.infra.kafka.FetchPace`)."""
+
+
+def set_consumer_fetch_wait(consumer: Any, wait_ms: int) -> None:
+    """The next fetches of an aiokafka consumer wait `wait_ms` (its fetcher reads the
+    wait for each fetch it sends; a consumer not started yet passes it on at start)."""
+    consumer._fetch_max_wait_ms = wait_ms
+    fetcher = consumer._fetcher
+    if fetcher is not None:
+        fetcher._fetch_max_wait_ms = wait_ms
 
 
 class _QuickFetchThread(faust_aiokafka.AIOKafkaConsumerThread):
-    """faust's consumer thread with a configurable fetch wait (faust hard-codes 1500 ms)."""
+    """faust's consumer thread with a configurable fetch wait (faust hard-codes 1500 ms),
+    paced by the app's fetch pace: short while records come, long when idle."""
+
+    _pace: Any = None
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
         consumer._fetch_max_wait_ms = getattr(self.app, FETCH_MAX_WAIT_ATTR, 20)
+        factory = getattr(self.app, FETCH_PACE_ATTR, None)
+        if self._pace is not None:  # the pace of a consumer made before this one
+            self._pace.stop()
+        self._pace = None
+        if factory is not None:
+            self._pace = factory(lambda wait_ms: set_consumer_fetch_wait(consumer, wait_ms))
         return consumer
+
+    async def _fetch_records(
+        self,
+        consumer: Any,
+        active_partitions: Any,
+        timeout: float | None = None,  # noqa: ASYNC109 - faust's signature
+        max_records: int | None = None,
+    ) -> Any:
+        # In the consumer thread, on its loop, where the fetcher runs: the wait is set
+        # before the fetcher sends its next fetch (it waits until these are taken).
+        pace = self._pace
+        if pace is not None and not pace.started:
+            pace.start()
+        records = await super()._fetch_records(
+            consumer, active_partitions, timeout=timeout, max_records=max_records
+        )
+        if pace is not None and records:
+            pace.records()
+        return records
 
 
 class _QuickConsumer(faust_aiokafka.Consumer):

@@ -1,7 +1,8 @@
 """faust plumbing for the stream processors (triage, escalation).
 
 One faust configuration tuned for the local broker (BROKER.md): short session
-timeouts so a worker is ready in seconds, a 20 ms fetch wait instead of faust's
+timeouts so a worker is ready in seconds, fetch waits paced like every consumer's
+(`kafka.FetchPace`: 20 ms while records flow, long when idle) instead of faust's
 hard-coded 1.5 s, `acks=all`, idempotence as configured. Agents hand batches of
 records to the same `RecordProcessor` as plain consumers, so retries, dead-lettering and
 tracking behave identically everywhere. The faust app runs inside the service's
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import tempfile
 from collections.abc import Sequence
@@ -28,7 +30,13 @@ from faust.types import TP
 
 from services.infra import faust_internals as internals
 from services.infra import metrics
-from services.infra.kafka import BatchHandler, ConsumerStats, RecordProcessor, security_options
+from services.infra.kafka import (
+    BatchHandler,
+    ConsumerStats,
+    FetchPace,
+    RecordProcessor,
+    security_options,
+)
 from services.infra.runtime import Runtime
 from services.infra.settings import CommonSettings
 
@@ -64,6 +72,7 @@ def make_faust_app(settings: CommonSettings, name: str) -> faust.App:
     )
     # read by the consumer faust builds (`faust_internals.QuickTransport`)
     setattr(app, internals.FETCH_MAX_WAIT_ATTR, settings.kafka_fetch_max_wait_ms)
+    setattr(app, internals.FETCH_PACE_ATTR, functools.partial(FetchPace.of, settings))
     return app
 
 

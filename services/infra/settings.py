@@ -61,7 +61,20 @@ class CommonSettings(BaseSettings):
         6000, ge=1000, description="Consumer group session timeout (rebalances wait half)."
     )
     kafka_fetch_max_wait_ms: int = Field(
-        20, ge=1, description="How long a fetch waits for data: the consumer's latency floor."
+        20,
+        ge=1,
+        description="How long a fetch waits for data while records flow: the consumer's"
+        " latency floor.",
+    )
+    kafka_fetch_idle_wait_ms: int = Field(
+        500,
+        ge=1,
+        description="The longest fetch wait, that of a consumer long idle: the wait doubles"
+        " from the short one after each ten empty waits, up to this (reached after ~6 s of"
+        " quiet at 20/500). The local broker answers a record up to half the wait late, so"
+        " a record after a quiet spell of t seconds waits up to ~t/20, at most half of"
+        " this, per hop; shorter costs idle CPU (100: 12-17 ms/s per service instead of"
+        " 7-10). Apache Kafka answers a fetch as soon as a record comes: 5000 there.",
     )
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_SSL"] = Field(
         "PLAINTEXT",
@@ -96,7 +109,10 @@ class CommonSettings(BaseSettings):
     )
     outbox_batch: int = Field(500, ge=1, description="Most events the relay publishes at once.")
     outbox_poll_interval: float = Field(
-        0.5, gt=0, description="Seconds between relay polls when no NOTIFY wakes it."
+        5.0,
+        gt=0,
+        description="Seconds between relay polls when no NOTIFY wakes it (a fallback: every"
+        " commit that adds to the outbox notifies the relay).",
     )
     outbox_replay_window: float = Field(
         7 * 86400.0,
