@@ -45,6 +45,7 @@ from services.infra import signing
 from services.infra.db import INFRA_MIGRATIONS, connect, create_pool, migrate, migrate_service
 from services.infra.kafka import ensure_topics, make_producer
 from services.infra.settings import CommonSettings
+from tooling.bench import hops
 from tooling.bench.ledgerdata import BATCH, LedgerData
 from tooling.bench.report import Figure, Latency, percentile
 
@@ -681,6 +682,16 @@ async def kafka_round_trip(bootstrap: str, samples: int, prefix: str = "") -> li
     return out
 
 
+def e2e_target(rate: float) -> tuple[str, float, bool]:
+    """Issue #24's target at `rate` reports/s: its text, its bound (ms), and whether it
+    bounds the p50 (else the p99)."""
+    if rate <= 25:
+        return "p50 ≤ 15 ms", 15.0, True
+    if rate <= 100:
+        return "p99 ≤ 50 ms", 50.0, False
+    return "p99 ≤ 100 ms", 100.0, False
+
+
 async def e2e_figure(
     target: Target,
     *,
@@ -698,7 +709,8 @@ async def e2e_figure(
     reads its 202 comes later, by as much as the client lags; it is in the details).
     Reports not complete `drain` seconds
     after the last one was sent count as infinitely late; requests still unanswered
-    then are cancelled and count as refused.
+    then are cancelled and count as refused. With the stack's database, the details
+    carry where the milliseconds go, hop by hop (`tooling.bench.hops`).
     """
     settled = await settle(target)
     rtt = await kafka_round_trip(target.bootstrap, rtt_samples, target.topic_prefix)
@@ -758,6 +770,24 @@ async def e2e_figure(
         latencies.append(max(times.values()) - at if done else math.inf)
     lat, base = Latency.of_seconds(latencies), Latency.of_seconds(rtt)
     missing = sum(1 for v in latencies if math.isinf(v))
+    hop_details: dict[str, Any] = {}
+    if target.database_url is not None and accepted:
+        try:
+            paths = await hops.collect(
+                target.database_url,
+                target.bootstrap,
+                accepted,
+                schema_suffix=target.schema_suffix,
+            )
+            result = hops.breakdown(paths)
+            hop_details = {
+                "hops": result.to_json(),
+                "hops_table": hops.lines(result, base.p50, base.p99),
+            }
+        except Exception as exc:  # the breakdown is a detail: the figure stands without it
+            hop_details = {"hops_error": f"{type(exc).__name__}: {exc}"[:300]}
+    goal, bound, on_p50 = e2e_target(rate)
+    judged = lat.p50 if on_p50 else lat.p99
     by_stage = {kind: Latency.of_seconds(v) for kind, v in stages.items()}
     stage_text = ", ".join(
         f"{label} {by_stage[kind].shown()}"
@@ -768,27 +798,29 @@ async def e2e_figure(
         )
     )
     return Figure(
-        key="e2e",
+        key=f"e2e.{rate:g}",
         name=f"end to end 202 → ledger + triage + notification ({rate:g}/s for {seconds:g} s)",
-        value=lat.p99,
+        value=judged,
         unit="ms",
         shown=lat.shown()
         + (f", {missing} incomplete" if missing else "")
         + (f", {sent.failed} without a 202" if sent.failed else ""),
         baseline_name="raw aiokafka produce → consume",
-        baseline=base.p99,
+        baseline=base.p50 if on_p50 else base.p99,
         baseline_shown=base.shown(),
-        target="p99 ≤ 100 ms",
-        met=lat.p99 <= 100 and missing == 0 and sent.failed == 0,
+        target=goal,
+        met=judged <= bound and missing == 0 and sent.failed == 0,
         limit=(
             "CPU, not the hops: the client, the four services, Tansu and PostgreSQL"
             " share 2 cores, and at 200 reports/s they need about as much CPU as the"
             " machine has (the row of intake with the stack behind it gives the CPU per"
             " report of each service and the rate the stack carries), so every stage"
-            " queues; the tail is the bursts in which it falls behind. Idle, a hop costs a"
-            f" fetch wait of {CommonSettings().kafka_fetch_max_wait_ms} ms at most (intake"
-            " relay → triage → relay → escalation and audit) and a PostgreSQL commit per"
-            " consumer batch. Under load (py-spy of each service) the largest share is"
+            " queues; the tail is the bursts in which it falls behind. While records flow a"
+            " hop costs up to half a fetch wait of"
+            f" {CommonSettings().kafka_fetch_max_wait_ms} ms (Tansu looks for new records"
+            " at about half the wait; intake relay → triage → relay → escalation and audit)"
+            " and a PostgreSQL commit per consumer batch; the details give each hop. Under"
+            " load (py-spy of each service) the largest share is"
             " sending statements to PostgreSQL (asyncpg's execute path, 20-26 % of intake"
             " and escalation), then spans (15-25 %; with OTEL_SDK_DISABLED=true a run gave"
             " p50 342 / p99 2,917 ms, so they are not what makes the tail), audit's console"
@@ -812,7 +844,43 @@ async def e2e_figure(
             "baseline": base,
             "stages": by_stage,
             "client_202_after_acceptance": Latency.of_seconds(answered),
+            **hop_details,
         },
+    )
+
+
+async def idle_cpu_figure(target: Target, *, quiet: float = 8.0, seconds: float = 10.0) -> Figure:
+    """CPU each service takes a second while nothing happens (issue #24: ≤ 10 ms/s).
+
+    Measured once the ledger has been still for a second and `quiet` seconds more have
+    passed (the consumers' fetch waits reach their longest ~6 s after the last record:
+    `kafka.FetchPace`), over `seconds`, from /proc of each service process.
+    """
+    name = f"idle CPU per service (over {seconds:g} s, {quiet:g} s after the last record)"
+    if not target.pids:
+        return Figure(key="e2e.idle", name=name, shown="skipped", limit="Needs the stack here.")
+    await settle(target)
+    await asyncio.sleep(quiet)
+    meter = CpuMeter(target.pids)
+    meter.begin()
+    await asyncio.sleep(seconds)
+    per_second = {
+        service: ms / seconds for service, ms in meter.per(1).items() if service != "client"
+    }
+    worst = max(per_second.values(), default=math.nan)
+    return Figure(
+        key="e2e.idle",
+        name=name,
+        value=worst,
+        unit="ms/s",
+        shown=", ".join(f"{service} {ms:.1f}" for service, ms in per_second.items()) + " ms/s",
+        target="≤ 10 ms/s each",
+        met=bool(per_second) and worst <= 10,
+        limit="What still wakes an idle service: a fetch per consumer every 500 ms (the"
+        " longest wait), the group heartbeats (every session timeout / 3), the broker check"
+        " (every 2 s over one admin client), the relay's fallback poll (every 5 s),"
+        " metadata refreshes and faust's timers.",
+        details={"ms_per_s": per_second, "quiet_s": quiet, "seconds": seconds},
     )
 
 
@@ -1457,7 +1525,9 @@ __all__ = [
     "anonymous_figure",
     "closed_loop",
     "e2e_figure",
+    "e2e_target",
     "escalation_figure",
+    "idle_cpu_figure",
     "intake_figures",
     "kafka_round_trip",
     "leaf_hash_rate",

@@ -50,7 +50,7 @@ class Sizes:
     intake_seconds: float
     intake_open_seconds: float
     anonymous_seconds: float
-    e2e_rate: float
+    e2e_rates: tuple[float, ...]
     e2e_seconds: float
     e2e_drain: float
     rtt_samples: int
@@ -69,7 +69,7 @@ FULL = Sizes(
     intake_seconds=20,
     intake_open_seconds=15,
     anonymous_seconds=10,
-    e2e_rate=200,
+    e2e_rates=(25, 100, 200),
     e2e_seconds=60,
     e2e_drain=60,
     rtt_samples=1000,
@@ -87,7 +87,7 @@ QUICK = Sizes(
     intake_seconds=3,
     intake_open_seconds=2.5,
     anonymous_seconds=3,
-    e2e_rate=50,
+    e2e_rates=(25, 100, 200),
     e2e_seconds=10,
     e2e_drain=10,
     rtt_samples=200,
@@ -121,6 +121,10 @@ ORDER = (
     "refusals",
     "attachments.upload",
     "attachments.download",
+    "e2e.idle",
+    "e2e.25",
+    "e2e.100",
+    "e2e.200",
     "e2e",
     "escalation",
     "append",
@@ -209,6 +213,8 @@ class _Bench:
             self.console.print(
                 f"  {figure.name}: {figure.value_text()}  (baseline {figure.baseline_text()})"
             )
+            for line in figure.details.get("hops_table", ()):  # end to end, hop by hop
+                self.console.print(f"    {line}", markup=False, highlight=False)
 
     def fail(self, group: str, title: str, exc: BaseException) -> None:
         with (self.logs / "errors.log").open("a", encoding="utf-8") as log:
@@ -504,18 +510,21 @@ def _stack_figures(
                     ),
                 )
         # Last: at full size the stack cannot keep up with 200/s, and the backlog it
-        # leaves would load the cores under any figure measured after it.
-        bench.run(
-            "e2e",
-            "end to end",
-            lambda: fig.e2e_figure(
-                target,
-                rate=sizes.e2e_rate,
-                seconds=sizes.e2e_seconds,
-                drain=sizes.e2e_drain,
-                rtt_samples=sizes.rtt_samples,
-            ),
-        )
+        # leaves would load the cores under any figure measured after it. The idle CPU
+        # first, then the rates from the lowest (each starts from a still ledger).
+        bench.run("e2e", "idle CPU", lambda: fig.idle_cpu_figure(target))
+        for rate in sizes.e2e_rates:
+            bench.run(
+                "e2e",
+                f"end to end at {rate:g}/s",
+                lambda rate=rate: fig.e2e_figure(  # type: ignore[misc]
+                    target,
+                    rate=rate,
+                    seconds=sizes.e2e_seconds,
+                    drain=sizes.e2e_drain,
+                    rtt_samples=sizes.rtt_samples,
+                ),
+            )
     finally:
         if stack is not None:
             with bench.console.status("stopping the stack ..."):
