@@ -791,12 +791,72 @@ def _canonical_body(leaf: bytes) -> dict[str, Any] | None:
     return body
 
 
-def _served_differs(entry: Entry, body: dict[str, Any]) -> bool:
+class _Event(msgspec.Struct, gc=False):
+    """A recorded CloudEvent as `_canonical_leaf` reads it: every attribute the services
+    write (an event with any other is not read this way: see `_canonical_leaf`)."""
+
+    actor: Any = msgspec.UNSET
+    causationid: Any = msgspec.UNSET
+    correlationid: Any = msgspec.UNSET
+    data: Any = msgspec.UNSET
+    datacontenttype: Any = msgspec.UNSET
+    id: Any = msgspec.UNSET
+    signature: Any = msgspec.UNSET
+    signingkey: Any = msgspec.UNSET
+    source: Any = msgspec.UNSET
+    specversion: Any = msgspec.UNSET
+    subject: Any = msgspec.UNSET
+    time: Any = msgspec.UNSET
+    traceparent: Any = msgspec.UNSET
+    type: Any = msgspec.UNSET
+
+
+class _Leaf(msgspec.Struct, gc=False):
+    """A version-1 leaf as `_canonical_leaf` reads it (see services/audit/ledger.py)."""
+
+    event: _Event | msgspec.UnsetType = msgspec.UNSET
+    index: Any = msgspec.UNSET
+    offset: Any = msgspec.UNSET
+    partition: Any = msgspec.UNSET
+    raw: Any = msgspec.UNSET
+    reason: Any = msgspec.UNSET
+    recorded_at: Any = msgspec.UNSET
+    topic: Any = msgspec.UNSET
+    v: Any = msgspec.UNSET
+
+
+_DECODE_LEAF = msgspec.json.Decoder(_Leaf, float_hook=_no_float).decode
+_ENCODE_INTO = msgspec.json.Encoder(order="sorted").encode_into
+
+
+def _canonical_leaf(leaf: bytes, buffer: bytearray) -> _Leaf | None:
+    """The leaf read into a `_Leaf` if that proves it canonical; else None.
+
+    As `_canonical_body`, with structs for the leaf and its event: msgspec writes a
+    struct as the object of its fields that are set, with sorted keys (`order="sorted"`),
+    so a leaf that it writes back identically is canonical JSON. A key a struct does not
+    know is dropped and a repeated key is written once, so such a leaf is never written
+    back identically. Cheaper than dicts (no key objects, the fields of a struct are
+    already in order), written into ``buffer``, reused from leaf to leaf."""
+    try:
+        body = _DECODE_LEAF(leaf)
+        _ENCODE_INTO(body, buffer)
+    except _NOT_PROVEN:
+        return None
+    return body if buffer == leaf else None
+
+
+def _served_differs(entry: Entry, body: _Leaf) -> bool:
     """Whether a field served next to the leaf says something the leaf does not."""
     for name in _SERVED_FIELDS:
-        if name in entry and entry[name] != body.get(name):
-            return True
-    return "event" in entry and entry["event"] != body.get("event")
+        if name in entry:
+            value = getattr(body, name)
+            if entry[name] != (None if value is msgspec.UNSET else value):
+                return True
+    if "event" not in entry:
+        return False
+    event = None if body.event is msgspec.UNSET else msgspec.to_builtins(body.event)
+    return bool(entry["event"] != event)
 
 
 def _check_order(recorded_at: str, previous: str, position: int, before: int) -> None:
@@ -936,25 +996,26 @@ class _Walk:
         """Every entry of a page, in order: each one that passes every check of `check`
         and `entry` is taken here in one loop, its leaf hash queued for the tree; any
         other entry (a failed check, a withheld or unreadable one, a leaf not proven
-        canonical the fast way) goes through `entry`, which checks it again from the start
-        and names what is wrong. The tree catches up (`grow`) before a head is reached,
-        before `entry` and `recorded_head` run, and at the end, so each of them sees the
-        tree exactly as a walk entry by entry would."""
+        canonical the fast way by `_canonical_leaf`, a recorded signed head) goes through
+        `entry`, which checks it again from the start and names what is wrong. The tree
+        catches up (`grow`) before a head is reached, before `entry` runs, and at the end,
+        so each of them sees the tree exactly as a walk entry by entry would."""
         pending: list[bytes] = []
         position = self.frontier.size
         previous = self.previous_time
-        sha256, decode, encode, fullmatch = (
+        sha256, b64decode, read, fullmatch = (
             hashlib.sha256,
-            _DECODE,
-            _ENCODE,
+            pybase64.b64decode,
+            _canonical_leaf,
             _RECORDED_AT.fullmatch,
         )
+        buffer = bytearray()
         for entry in page:
             if position == self.next_size:
                 self.grow(pending)
                 self.reach()
             text = entry.get("leaf")
-            body: Any = None
+            body: _Leaf | None = None
             if (
                 type(text) is str
                 and entry.get("index") == position
@@ -962,42 +1023,38 @@ class _Walk:
                 and "unreadable" not in entry
             ):
                 try:  # pybase64 (SIMD) reads a subset of what the strict decoder reads
-                    leaf = pybase64.b64decode(text, validate=True)
+                    leaf = b64decode(text, validate=True)
+                except ValueError:  # binascii.Error, or a text that is not ASCII
+                    leaf = None
+                if leaf is not None:
                     hashed = sha256(b"\0" + leaf).digest()
-                    body = decode(leaf)
-                    if type(body) is not dict or encode(body) != leaf:
-                        body = None
-                except (binascii.Error, *_NOT_PROVEN):
-                    body = None
+                    body = read(leaf, buffer)
             if body is not None:
                 served_hash = entry.get("leaf_hash")
-                claim = body.get("index")
-                recorded_at = body.get("recorded_at")
+                claim = body.index
+                recorded_at = body.recorded_at
+                event = body.event
                 if (
                     (served_hash is not None and served_hash != hashed.hex())
-                    or body.get("v") != LEAF_VERSION
+                    or body.v != LEAF_VERSION
                     or claim != position
                     or type(claim) is not int
                     or type(recorded_at) is not str
                     or not fullmatch(recorded_at)
                     or recorded_at < previous
+                    or (event is not msgspec.UNSET and event.type == CHECKPOINT_EVENT)
                     or (
                         (len(entry) > 3 or "leaf_hash" not in entry)
                         and _served_differs(entry, body)
                     )
                 ):
                     body = None
-            if body is None:
+            if body is None:  # a failed check, or a recorded head: `entry` decides
                 self.grow(pending)
                 self.previous_time = previous
                 self.entry(entry)
                 position, previous = self.frontier.size, self.previous_time
                 continue
-            event = body.get("event")
-            if type(event) is dict and event.get("type") == CHECKPOINT_EVENT:
-                self.grow(pending)
-                self.previous_time = previous
-                self.recorded_head(event, position)
             pending.append(hashed)
             previous = recorded_at
             position += 1
