@@ -65,6 +65,7 @@ from services.domain.events import (
     PeopleConfirmed,
     ReassignmentOrdered,
     Recused,
+    StatusChanged,
     make_event,
 )
 from services.domain.incident import IncidentState, fold
@@ -81,14 +82,9 @@ from services.intake.routing import Facts, access_of, apply_event, caller_routin
 ATTEMPTS = 10
 """Appends retried on a stream version conflict before answering 503."""
 
-STATUS = "incident.status.changed.v1"
-RECUSED = "incident.recused.v1"
-ORDERED = "incident.reassignment.ordered.v1"
-CONFIRMED = "incident.people.confirmed.v1"
-DENIED = "incident.access.denied.v1"
 REPORTER = "reporter"
 """Triage's rule for the reporter (never written in clear where it would name her)."""
-ROUTING_TYPES = frozenset({RECUSED, ORDERED})
+ROUTING_TYPES = frozenset({Recused.TYPE, ReassignmentOrdered.TYPE})
 """Intake's own events the routing projection learns in the transaction that records them."""
 
 
@@ -306,7 +302,7 @@ async def _attempt_once(
     for event in new:
         if event.type in ROUTING_TYPES:
             await apply_event(conn, event)
-        if event.type == STATUS and event.data.get("status") == "closed":
+        if event.type == StatusChanged.TYPE and event.data.get("status") == "closed":
             await start_retention(conn, incident_id, state.category, event.time)
     return result
 
@@ -343,7 +339,7 @@ async def record_refusal(
     the incident's correlation id, when there is an incident."""
     correlation = await eventstore.correlation_of(conn, incident_id)
     event = make_event(
-        DENIED,
+        AccessDenied.TYPE,
         subject=incident_id,
         data=AccessDenied(principal=principal.id, action=action, reason=reason, rule=sealed_rule),
         source=runtime.source,
@@ -382,7 +378,7 @@ def recuse(reason: str | None) -> Build[Done]:
     def build(context: Context) -> tuple[list[Envelope], Done]:
         _open(context)
         sealed = None if reason is None else context.seal("reason", reason)
-        event = context.event(RECUSED, Recused(principal=context.principal.id, reason=sealed))
+        event = context.event(Recused.TYPE, Recused(principal=context.principal.id, reason=sealed))
         return [event], Done(event, context.state.status)
 
     return build
@@ -427,7 +423,7 @@ def reassign(to: Sequence[str], remove: Sequence[str], reason: str) -> Build[Don
         ]
         _refuse(errors)
         event = context.event(
-            ORDERED,
+            ReassignmentOrdered.TYPE,
             ReassignmentOrdered(
                 principal=context.principal.id,
                 to=list(to),
@@ -475,7 +471,7 @@ def confirm_people(
         ]
         _refuse(errors)
         event = context.event(
-            CONFIRMED,
+            PeopleConfirmed.TYPE,
             PeopleConfirmed(
                 principal=context.principal.id,
                 accused=list(dict.fromkeys(accused)),

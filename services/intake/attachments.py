@@ -43,7 +43,6 @@ from typing import Any, Protocol
 import asyncpg
 
 from services.domain.attachments import (
-    ADDED,
     SNIFF_BYTES,
     Attachment,
     attachments_of,
@@ -51,7 +50,12 @@ from services.domain.attachments import (
     sniff,
     visible_to_reporter,
 )
-from services.domain.events import AttachmentAdded, AttachmentAudience, make_event
+from services.domain.events import (
+    AttachmentAdded,
+    AttachmentAudience,
+    ReporterMessage,
+    make_event,
+)
 from services.domain.incident import fold
 from services.infra import eventstore
 from services.infra.crypto import IncidentKey
@@ -64,7 +68,6 @@ CHUNK_BYTES = 1024 * 1024
 SPOOL_MEMORY_BYTES = 4 * CHUNK_BYTES
 """Sealed bytes an upload keeps in memory before its spool moves to a temporary file."""
 ATTEMPTS = 10
-MESSAGE = "incident.reporter.message.v1"
 
 
 class TooLarge(ActionError):
@@ -349,14 +352,14 @@ async def _record(
         if fold(upload.incident_id, events).status == "closed":
             raise NotNow("The incident is closed: nothing can be added.", current_status="closed")
         if upload.message_id is not None and not any(
-            e.id == upload.message_id and e.type == MESSAGE for e in events
+            e.id == upload.message_id and e.type == ReporterMessage.TYPE for e in events
         ):
             raise Rejected(
                 "message_id: not a message of this incident",
                 errors=[{"field": "message_id", "message": "not a message of this incident"}],
             )
         event = make_event(
-            ADDED,
+            AttachmentAdded.TYPE,
             subject=upload.incident_id,
             data=data,
             source=runtime.source,

@@ -32,7 +32,6 @@ from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from services.domain.attachments import (
-    DOWNLOADED,
     Attachment,
     attachments_of,
     find,
@@ -230,7 +229,8 @@ async def handler_download(
         if context.key is None:
             raise Erased("This incident's content was erased: its files cannot be read.")
         event = context.event(
-            DOWNLOADED, AttachmentDownloaded(principal=caller.id, attachment_id=attachment_id)
+            AttachmentDownloaded.TYPE,
+            AttachmentDownloaded(principal=caller.id, attachment_id=attachment_id),
         )
         return [event], (context.key, found)
 
@@ -415,7 +415,7 @@ async def reporter_download(
             if key is None:
                 raise handlers.problem(Erased("This report was erased: its files are gone."))
             event = make_event(
-                DOWNLOADED,
+                AttachmentDownloaded.TYPE,
                 subject=incident_id,
                 data=AttachmentDownloaded(principal=REPORTER, attachment_id=attachment_id),
                 source=runtime.source,

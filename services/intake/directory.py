@@ -54,7 +54,7 @@ def person_event(
 ) -> Envelope:
     """The `directory.person.upserted.v1` event of a person's whole new record."""
     return make_event(
-        "directory.person.upserted.v1",
+        PersonUpserted.TYPE,
         subject=person.id,
         data=PersonUpserted(
             person_id=person.id,

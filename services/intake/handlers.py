@@ -44,7 +44,9 @@ from services.domain.events import (
     Commented,
     EventData,
     PrincipalId,
+    ReportAmended,
     ReporterMessage,
+    ReportSubmitted,
     StatusChanged,
     Viewed,
 )
@@ -65,12 +67,6 @@ R = TypeVar("R")
 
 MAX_LISTED = 200
 
-SUBMITTED = "incident.report.submitted.v1"
-AMENDED = "incident.report.amended.v1"
-ACKNOWLEDGED = "incident.acknowledged.v1"
-COMMENTED = "incident.commented.v1"
-MESSAGE = "incident.reporter.message.v1"
-STATUS = "incident.status.changed.v1"
 
 IncidentId = Annotated[uuid.UUID, Path(description="The incident id (a UUID).")]
 
@@ -327,20 +323,20 @@ def report_view(context: Context) -> dict[str, Any]:
     messages: list[dict[str, Any]] = []
     for event in context.events:
         data = event.data
-        if event.type == SUBMITTED:
+        if event.type == ReportSubmitted.TYPE:
             report = data
             accused = list(data.get("accused") or [])
             named = list(data.get("named") or [])
-        elif event.type == AMENDED:
+        elif event.type == ReportAmended.TYPE:
             accused += data.get("accused_added") or []
             named += data.get("named_added") or []
             if data.get("addendum"):
                 addenda.append(data["addendum"])
-        elif event.type == COMMENTED:
+        elif event.type == Commented.TYPE:
             comments.append(
                 {"principal": data["principal"], "text": data["text"], "at": _time(event.time)}
             )
-        elif event.type == MESSAGE:
+        elif event.type == ReporterMessage.TYPE:
             messages.append(
                 {
                     "direction": data["direction"],
@@ -441,7 +437,7 @@ async def incident_view(
     def viewed(context: Context) -> tuple[list[Envelope], Context]:
         digest = context.state.report_digest or ""
         event = context.event(
-            "incident.viewed.v1", Viewed(principal=context.principal.id, report_digest=digest)
+            Viewed.TYPE, Viewed(principal=context.principal.id, report_digest=digest)
         )
         return [event], context
 
@@ -483,10 +479,10 @@ async def acknowledge(
 
     def ack(context: Context) -> tuple[list[Envelope], tuple[bool, dict[str, Any]]]:
         for event in context.events:
-            if event.type == ACKNOWLEDGED and event.data.get("principal") == caller.id:
+            if event.type == Acknowledged.TYPE and event.data.get("principal") == caller.id:
                 return [], (False, _ack_body(context, event, new=False))
         event = context.event(
-            ACKNOWLEDGED, Acknowledged(principal=caller.id, level=context.allowed.level or 0)
+            Acknowledged.TYPE, Acknowledged(principal=caller.id, level=context.allowed.level or 0)
         )
         return [event], (True, _ack_body(context, event, new=True))
 
@@ -549,7 +545,8 @@ async def change_status(
             raise NotNow(refusal, current_status=state.status)
         outcome = None if body.outcome is None else context.seal("outcome", body.outcome)
         event = context.event(
-            STATUS, StatusChanged(principal=caller.id, status=body.status, outcome=outcome)
+            StatusChanged.TYPE,
+            StatusChanged(principal=caller.id, status=body.status, outcome=outcome),
         )
         return [event], _recorded(context, event, body.status)
 
@@ -570,7 +567,7 @@ async def comment(
         caller,
         incident_id,
         "comment",
-        COMMENTED,
+        Commented.TYPE,
         lambda context: Commented(principal=caller.id, text=context.seal("text", body.text)),
     )
 
@@ -594,7 +591,9 @@ async def message_reporter(
             direction="to_reporter", author=caller.id, text=context.seal("text", body.text)
         )
 
-    return await _simple(request, caller, incident_id, "message_reporter", MESSAGE, message)
+    return await _simple(
+        request, caller, incident_id, "message_reporter", ReporterMessage.TYPE, message
+    )
 
 
 async def _simple(

@@ -85,7 +85,7 @@ class InboundConsumer:
         incident = data.incident_id if isinstance(data, InboundAccepted) else None
         correlation = await eventstore.correlation_of(conn, incident) if incident else None
         event = make_event(
-            "incident.inbound.accepted.v1" if accepted else "incident.inbound.rejected.v1",
+            InboundAccepted.TYPE if accepted else InboundRejected.TYPE,
             subject=incident or "inbound",
             data=data,
             source=self.runtime.source,

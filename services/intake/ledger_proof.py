@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 
 from services.domain.envelope import canonical_json
-from services.domain.events import SUBMITTED
+from services.domain.events import ReportSubmitted
 from services.infra.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ async def ledger_proof(runtime: Runtime, audit_url: str, incident_id: str) -> di
             "SELECT event_id, body FROM events WHERE stream_id = $1 AND type = $2"
             " ORDER BY version LIMIT 1",
             incident_id,
-            SUBMITTED,
+            ReportSubmitted.TYPE,
         )
     if row is None:
         return None

@@ -161,7 +161,7 @@ async def show_report(service: IntakeService, person_id: str, incident_id: str) 
     digest = fold(incident_id, events).report_digest or ""
     first = events[0]
     viewed = make_event(
-        "incident.viewed.v1",
+        Viewed.TYPE,
         subject=incident_id,
         data=Viewed(principal=REPORTER, report_digest=digest),
         source=service.runtime.source,

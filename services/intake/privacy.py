@@ -43,6 +43,7 @@ from services.domain.events import (
     IdentityDisclosed,
     LegalHoldPlaced,
     LegalHoldReleased,
+    ReportSubmitted,
     is_sealed,
     make_event,
 )
@@ -61,7 +62,6 @@ from services.intake.handlers import (
     FAILED,
     INVALID,
     NOT_FOUND,
-    SUBMITTED,
     UNAUTHORIZED,
     IncidentId,
     policy_of,
@@ -74,10 +74,6 @@ log = logging.getLogger(__name__)
 
 IDENTITY_CUSTODIAN: Final = "identity_custodian"
 AUDITOR: Final = "auditor"
-DISCLOSED: Final = "incident.identity.disclosed.v1"
-HOLD_PLACED: Final = "incident.legal_hold.placed.v1"
-HOLD_RELEASED: Final = "incident.legal_hold.released.v1"
-ERASED: Final = "incident.erased.v1"
 ERASER_ACTOR: Final = "system:intake"
 
 FORBIDDEN = (403, "The caller lacks the role (`incident.access.denied.v1` is recorded).")
@@ -224,7 +220,7 @@ async def disclose_identity(
     ) -> tuple[EventData, str | None]:
         if key is None:
             raise Problem(410, "Erased", "The incident was erased: its reporter is unknown now.")
-        submitted = next(e for e in events if e.type == SUBMITTED)
+        submitted = next(e for e in events if e.type == ReportSubmitted.TYPE)
         sealed = submitted.data.get("reporter_identity")
         reporter = key.open("reporter_identity", sealed) if sealed else None
         return IdentityDisclosed(principal=caller.id, reason=key.seal("reason", body.reason)), (
@@ -237,7 +233,7 @@ async def disclose_identity(
         incident_id,
         role=IDENTITY_CUSTODIAN,
         action="disclose_identity",
-        type_=DISCLOSED,
+        type_=IdentityDisclosed.TYPE,
         build=disclosed,
     )
     return {
@@ -254,8 +250,8 @@ async def disclose_identity(
 
 def held(events: list[Envelope]) -> bool:
     """Whether the latest legal-hold event of the stream placed a hold."""
-    last = [e.type for e in events if e.type in (HOLD_PLACED, HOLD_RELEASED)]
-    return bool(last) and last[-1] == HOLD_PLACED
+    last = [e.type for e in events if e.type in (LegalHoldPlaced.TYPE, LegalHoldReleased.TYPE)]
+    return bool(last) and last[-1] == LegalHoldPlaced.TYPE
 
 
 async def _set_held(
@@ -266,7 +262,7 @@ async def _set_held(
         " ON CONFLICT (incident_id) DO UPDATE SET held = EXCLUDED.held",
         incident_id,
         state.category or "",
-        event.type == HOLD_PLACED,
+        event.type == LegalHoldPlaced.TYPE,
     )
 
 
@@ -298,7 +294,7 @@ async def _hold(
         incident,
         role=AUDITOR,
         action="place_legal_hold" if place else "release_legal_hold",
-        type_=HOLD_PLACED if place else HOLD_RELEASED,
+        type_=LegalHoldPlaced.TYPE if place else LegalHoldReleased.TYPE,
         build=build,
         after=_set_held,
     )
@@ -364,7 +360,7 @@ def sealed_from_the_start(events: list[Envelope]) -> bool:
     destruction cannot reach it, so the eraser refuses it (and logs that).
     """
     first = events[0]
-    return first.type != "incident.report.submitted.v1" or is_sealed(first.data.get("summary"))
+    return first.type != ReportSubmitted.TYPE or is_sealed(first.data.get("summary"))
 
 
 Clock = Callable[[], datetime]
@@ -468,7 +464,7 @@ class Eraser:
                     await self.keys.destroy(conn, incident_id)
                     await chunks_for(self.runtime.settings).delete_incident(conn, incident_id)
                     event = make_event(
-                        ERASED,
+                        Erased.TYPE,
                         subject=incident_id,
                         data=Erased(
                             reason="retention_expired",

@@ -387,7 +387,7 @@ class IntakeService:
         first = events[0].id
         sealed = key.seal("text", text)
         event = make_event(
-            "incident.reporter.message.v1",
+            ReporterMessage.TYPE,
             subject=incident_id,
             data=ReporterMessage(direction="from_reporter", author="reporter", text=sealed),
             source=self.runtime.source,
