@@ -51,7 +51,7 @@ def up(
         False,
         "--traces",
         help="Also run Arize Phoenix on 127.0.0.1 (UI and OTLP at :6006, or $PHOENIX_PORT)"
-        " and send every service's spans to it. Needs the [traces] extra.",
+        " and send every service's spans to it. Needs the 'traces' extra.",
     ),
 ) -> None:
     """Start the whole stack here: broker, PostgreSQL if needed, and the four services."""
@@ -266,7 +266,7 @@ def bench(
         "",
         "--only",
         help="Comma-separated figure groups: verify, append, ledger, console, e2e,"
-        " escalation, intake, refusals, org.",
+        " escalation, intake, refusals, signing, org, attachments.",
     ),
     org: int | None = typer.Option(
         None,
@@ -277,7 +277,7 @@ def bench(
         " org; --only org alone defaults to 254,000, or 20,000 with --quick).",
     ),
 ) -> None:
-    """Measure the figures of issue #9, each beside a raw baseline of the same run.
+    """Measure the figures of docs/benchmarks.md, each beside a raw baseline of the same run.
 
     Starts its own stack (Tansu on a free port, a fresh database, the four services)
     unless --url-intake and --url-audit name running ones. Prints a table and writes
