@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import unicodedata
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
@@ -139,17 +139,7 @@ class Attachment:
     at: datetime
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "attachment_id": self.attachment_id,
-            "digest": self.digest,
-            "size": self.size,
-            "media_type": self.media_type,
-            "name": self.name,
-            "author": self.author,
-            "audience": self.audience,
-            "message_id": self.message_id,
-            "at": self.at.isoformat().replace("+00:00", "Z"),
-        }
+        return {**asdict(self), "at": self.at.isoformat().replace("+00:00", "Z")}
 
 
 def attachments_of(events: Iterable[Envelope]) -> list[Attachment]:

@@ -36,6 +36,11 @@ def utc_rfc3339(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def utc_rfc3339_or_none(moment: datetime | None) -> str | None:
+    """`utc_rfc3339`, None for None (a time not known yet)."""
+    return None if moment is None else utc_rfc3339(moment)
+
+
 def canonical_json(value: Any) -> bytes:
     """Deterministic JSON bytes: sorted keys, no whitespace, UTF-8.
 

@@ -142,7 +142,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal
 
-from services.domain.envelope import utc_rfc3339
+from services.domain.envelope import utc_rfc3339, utc_rfc3339_or_none
 from services.domain.events import (
     AcknowledgementIgnored,
     DeadlineBreached,
@@ -326,8 +326,8 @@ class EscalationState:
             "report_digest": self.report_digest,
             "repeat_last_every": self.repeat_last_every,
             "current_level": self.current_level,
-            "asked_at": _time_out(self.asked_at),
-            "due_at": _time_out(self.due_at),
+            "asked_at": utc_rfc3339_or_none(self.asked_at),
+            "due_at": utc_rfc3339_or_none(self.due_at),
             "acknowledged": (
                 None
                 if ack is None
@@ -342,7 +342,7 @@ class EscalationState:
                     "remind_at": utc_rfc3339(c.remind_at),
                     "reminded": c.reminded,
                     "breached": c.breached,
-                    "satisfied_at": _time_out(c.satisfied_at),
+                    "satisfied_at": utc_rfc3339_or_none(c.satisfied_at),
                 }
                 for c in self.clocks
             ],
@@ -858,10 +858,6 @@ def _time(text: Any) -> datetime:
 
 def _time_in(text: Any) -> datetime | None:
     return None if text is None else _time(text)
-
-
-def _time_out(moment: datetime | None) -> str | None:
-    return None if moment is None else utc_rfc3339(moment)
 
 
 def _int_or_none(value: Any) -> int | None:

@@ -52,11 +52,11 @@ Pure: no I/O. Events whose `data` does not match the catalog raise `InvalidEvent
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal
 
-from services.domain.envelope import Envelope, utc_rfc3339
+from services.domain.envelope import Envelope, utc_rfc3339, utc_rfc3339_or_none
 from services.domain.events import (
     UNREADABLE,
     Acknowledged,
@@ -128,10 +128,6 @@ class LedgerEvent:
         _require_aware("recorded_at", self.recorded_at)
 
 
-def _when(moment: datetime | None) -> str | None:
-    return None if moment is None else utc_rfc3339(moment)
-
-
 @dataclass(frozen=True)
 class NoticeDelivery:
     """One notice (`incident.notified.v1`) and what became of it, by ledger time."""
@@ -158,19 +154,12 @@ class NoticeDelivery:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "notice_id": self.notice_id,
-            "principal": self.principal,
-            "level": self.level,
-            "channel": self.channel,
+            **asdict(self),
             "status": self.status,
             "queued_at": utc_rfc3339(self.queued_at),
-            "delivered_at": _when(self.delivered_at),
-            "failed_at": _when(self.failed_at),
-            "opened_at": _when(self.opened_at),
-            "adapter": self.adapter,
-            "attempts": self.attempts,
-            "reason": self.reason,
-            "detail": self.detail,
+            "delivered_at": utc_rfc3339_or_none(self.delivered_at),
+            "failed_at": utc_rfc3339_or_none(self.failed_at),
+            "opened_at": utc_rfc3339_or_none(self.opened_at),
         }
 
 
@@ -187,9 +176,9 @@ class Delivery:
     def to_json(self) -> dict[str, Any]:
         return {
             "queued_at": utc_rfc3339(self.queued_at),
-            "delivered_at": _when(self.delivered_at),
-            "failed_at": _when(self.failed_at),
-            "opened_at": _when(self.opened_at),
+            "delivered_at": utc_rfc3339_or_none(self.delivered_at),
+            "failed_at": utc_rfc3339_or_none(self.failed_at),
+            "opened_at": utc_rfc3339_or_none(self.opened_at),
             "adapter": self.adapter,
         }
 
@@ -219,8 +208,8 @@ class PrincipalKnowledge:
             "first_known_at": utc_rfc3339(self.first_known_at),
             "via": list(self.via),
             "report_digests": list(self.report_digests),
-            "acknowledged_at": _when(self.acknowledged_at),
-            "knew_at": _when(self.knew_at),
+            "acknowledged_at": utc_rfc3339_or_none(self.acknowledged_at),
+            "knew_at": utc_rfc3339_or_none(self.knew_at),
             "delivery": None if self.delivery is None else self.delivery.to_json(),
         }
 

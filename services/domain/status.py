@@ -41,7 +41,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Final
 
-from services.domain.envelope import Envelope, utc_rfc3339
+from services.domain.envelope import Envelope, utc_rfc3339_or_none
 from services.domain.events import (
     Acknowledged,
     Assigned,
@@ -57,28 +57,23 @@ from services.domain.events import (
     Triaged,
 )
 
-SUBMITTED: Final = ReportSubmitted.TYPE
-TRIAGED: Final = Triaged.TYPE
-ASSIGNED: Final = Assigned.TYPE
-REASSIGNED: Final = Reassigned.TYPE
-ESCALATED: Final = Escalated.TYPE
-CLEARED: Final = EscalationCleared.TYPE
-STALLED: Final = EscalationStalled.TYPE
-ACKNOWLEDGED: Final = Acknowledged.TYPE
-STATUS_CHANGED: Final = StatusChanged.TYPE
-MESSAGE: Final = ReporterMessage.TYPE
-BREACHED: Final = DeadlineBreached.TYPE
-ERASED: Final = Erased.TYPE
-
-PROGRESS_TYPES: Final = frozenset(
-    {SUBMITTED, TRIAGED, ASSIGNED, REASSIGNED, ESCALATED, CLEARED, STALLED, ACKNOWLEDGED}
-    | {STATUS_CHANGED, MESSAGE, BREACHED, ERASED}
+FROM_TRIAGE_AND_ESCALATION: Final = frozenset(
+    event.TYPE
+    for event in (
+        Triaged,
+        Assigned,
+        Reassigned,
+        Escalated,
+        EscalationCleared,
+        EscalationStalled,
+        DeadlineBreached,
+    )
+)
+"""The types `advance` reads that triage and escalation publish (intake keeps copies)."""
+PROGRESS_TYPES: Final = FROM_TRIAGE_AND_ESCALATION | frozenset(
+    event.TYPE for event in (ReportSubmitted, Acknowledged, StatusChanged, ReporterMessage, Erased)
 )
 """The event types `advance` reads; every other type leaves the progress as it is."""
-FROM_TRIAGE_AND_ESCALATION: Final = frozenset(
-    {TRIAGED, ASSIGNED, REASSIGNED, ESCALATED, CLEARED, STALLED, BREACHED}
-)
-"""The types of these that triage and escalation publish (intake keeps copies of them)."""
 
 STATUSES: Final = (
     "submitted",
@@ -179,9 +174,6 @@ class Progress:
     def to_json(self) -> dict[str, Any]:
         """What every view shows of it (times RFC 3339 UTC)."""
 
-        def when(moment: datetime | None) -> str | None:
-            return None if moment is None else utc_rfc3339(moment)
-
         return {
             "status": self.status,
             "label": self.label,
@@ -189,21 +181,18 @@ class Progress:
             "independent_level": self.independent,
             "stalled": self.stalled,
             "outcome": self.outcome,
-            "acknowledged_at": when(self.acknowledged_at),
-            "closed_at": when(self.closed_at),
+            "acknowledged_at": utc_rfc3339_or_none(self.acknowledged_at),
+            "closed_at": utc_rfc3339_or_none(self.closed_at),
         }
 
     def reporter_clocks(self) -> list[dict[str, Any]]:
         """The legal clocks that concern the reporter: due, met when, breached."""
 
-        def when(moment: datetime | None) -> str | None:
-            return None if moment is None else utc_rfc3339(moment)
-
         return [
             {
                 "clock": name,
-                "due_at": when(due),
-                "met_at": when(met),
+                "due_at": utc_rfc3339_or_none(due),
+                "met_at": utc_rfc3339_or_none(met),
                 "breached": name in self.breached and met is None,
             }
             for name, due, met in (
