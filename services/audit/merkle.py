@@ -191,25 +191,37 @@ class MerkleFrontier:
         return completed
 
     def extend(self, hashes: Iterable[bytes]) -> None:
-        """Append every leaf hash of ``hashes`` in order (as `append` does, without
-        listing the completed subtrees: the verifier's hot path)."""
+        """Append every leaf hash of ``hashes`` in order, as `append` does, without
+        listing the completed subtrees (the verifier's hot path). The leaves are taken in
+        runs that each fill a whole subtree where they land, hashed a level at a time."""
+        hashes = hashes if isinstance(hashes, list) else list(hashes)
+        if set(map(len, hashes)) - {HASH_SIZE}:  # append up to the bad one, then refuse it
+            bad = next(i for i, h in enumerate(hashes) if len(h) != HASH_SIZE)
+            self.extend(hashes[:bad])
+            _check_hash(hashes[bad], "leaf hash")
         nodes = self._nodes
         pop, push = nodes.pop, nodes.append
         sha256 = hashlib.sha256
-        size = self._size
-        try:
-            for h in hashes:
-                if len(h) != HASH_SIZE:
-                    _check_hash(h, "leaf hash")
-                node, count = h, size
-                # Each trailing 1 bit of the old size is a subtree the new leaf completes.
-                while count & 1:
-                    node = sha256(NODE_PREFIX + pop() + node).digest()
-                    count >>= 1
-                push(node)
-                size += 1
-        finally:
-            self._size = size
+        size, at, end = self._size, 0, len(hashes)
+        while at < end:
+            span = 1 << ((end - at).bit_length() - 1)  # the most leaves left, a power of 2
+            if size:
+                span = min(span, size & -size)  # a subtree of `span` leaves starts at `size`
+            level = hashes[at : at + span]
+            while len(level) > 1:
+                pairs = iter(level)
+                level = [
+                    sha256(NODE_PREFIX + a + b).digest() for a, b in zip(pairs, pairs, strict=True)
+                ]
+            node, count = level[0], size // span
+            # Each trailing 1 bit of the old size (in subtrees of `span`) is one it completes.
+            while count & 1:
+                node = sha256(NODE_PREFIX + pop() + node).digest()
+                count >>= 1
+            push(node)
+            size += span
+            at += span
+        self._size = size
 
     def root(self) -> bytes:
         """The Merkle tree hash (MTH) of the leaves appended so far."""

@@ -375,6 +375,32 @@ def test_a_persisted_frontier_resumes_exactly_where_it_left_off(saved: int, more
     assert restored.root() == root_from_leaf_hashes(hashes)
 
 
+@NO_DEADLINE
+@given(st.lists(st.integers(0, 70), max_size=12), st.integers(0, 69))
+def test_extend_in_any_runs_gives_the_frontier_of_appends_one_by_one(
+    runs: list[int], bad: int
+) -> None:
+    """`extend` hashes whole subtrees a level at a time; wherever the runs start and end,
+    the frontier is the one `append` builds. A hash of the wrong size is refused after
+    the ones before it were appended, as `append` would."""
+    hashes = [leaf_hash(b"%d" % i) for i in range(sum(runs))]
+    one_by_one, in_runs = MerkleFrontier(), MerkleFrontier()
+    for h in hashes:
+        one_by_one.append(h)
+    at = 0
+    for run in runs:
+        in_runs.extend(hashes[at : at + run])
+        at += run
+        assert in_runs.nodes == MerkleFrontier.from_leaf_hashes(hashes[:at]).nodes
+    assert in_runs == one_by_one
+    assert in_runs.root() == root_from_leaf_hashes(hashes)
+    broken = [*hashes[:bad], b"short", *hashes[bad:]]
+    frontier = MerkleFrontier()
+    with pytest.raises(ValueError):
+        frontier.extend(iter(broken))
+    assert frontier == MerkleFrontier.from_leaf_hashes(hashes[:bad])
+
+
 # ------------------------------------------------------------------ edge cases
 
 
