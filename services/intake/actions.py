@@ -61,7 +61,7 @@ from services.domain.access import (
 from services.domain.envelope import Envelope
 from services.domain.events import (
     AccessDenied,
-    EventData,
+    Event,
     PeopleConfirmed,
     ReassignmentOrdered,
     Recused,
@@ -162,31 +162,44 @@ class Context:
             raise Erased("This incident's content was erased: nothing can be added.")
         return self.key.seal(field_name, value)
 
-    def event(self, type_: str, data: EventData) -> Envelope:
-        return incident_event(
-            self.runtime, self.incident_id, self.events, type_, data, self.principal.id
-        )
+    def event(self, data: Event) -> Envelope:
+        """The event `data` of this incident, by the caller (see `incident_event`)."""
+        return incident_event(self.runtime, self.incident_id, self.events, data, self.principal.id)
 
 
 def incident_event(
     runtime: Runtime,
     incident_id: str,
     events: Sequence[Envelope],
-    type_: str,
-    data: EventData,
+    data: Event,
     actor: str,
 ) -> Envelope:
     """A new event of an incident whose stream is `events`: by `actor`, now, in the
     incident's correlation and the current trace."""
+    correlation = events[0].correlationid or events[0].id
+    return new_event(
+        runtime,
+        incident_id,
+        data,
+        actor,
+        correlationid=correlation,
+        traceparent=current_traceparent(),
+    )
+
+
+def new_event(
+    runtime: Runtime, subject: str, data: Event, actor: str, **envelope: str | None
+) -> Envelope:
+    """The event `data` (of its class's type) about `subject`, by `actor`, now, from this
+    service; `envelope`: its other attributes (`correlationid`, `traceparent`)."""
     return make_event(
-        type_,
-        subject=incident_id,
+        data.TYPE,
+        subject=subject,
         data=data,
         source=runtime.source,
         time=datetime.now(UTC),
         actor=actor,
-        correlationid=events[0].correlationid or events[0].id,
-        traceparent=current_traceparent(),
+        **envelope,
     )
 
 
@@ -338,13 +351,12 @@ async def record_refusal(
     transaction): the same statements for a real incident and an unknown id. It carries
     the incident's correlation id, when there is an incident."""
     correlation = await eventstore.correlation_of(conn, incident_id)
-    event = make_event(
-        AccessDenied.TYPE,
-        subject=incident_id,
-        data=AccessDenied(principal=principal.id, action=action, reason=reason, rule=sealed_rule),
-        source=runtime.source,
-        time=datetime.now(UTC),
-        actor=principal.id,
+    data = AccessDenied(principal=principal.id, action=action, reason=reason, rule=sealed_rule)
+    event = new_event(
+        runtime,
+        incident_id,
+        data,
+        principal.id,
         correlationid=correlation,
         traceparent=current_traceparent(),
     )
@@ -378,7 +390,7 @@ def recuse(reason: str | None) -> Build[Done]:
     def build(context: Context) -> tuple[list[Envelope], Done]:
         _open(context)
         sealed = None if reason is None else context.seal("reason", reason)
-        event = context.event(Recused.TYPE, Recused(principal=context.principal.id, reason=sealed))
+        event = context.event(Recused(principal=context.principal.id, reason=sealed))
         return [event], Done(event, context.state.status)
 
     return build
@@ -423,7 +435,6 @@ def reassign(to: Sequence[str], remove: Sequence[str], reason: str) -> Build[Don
         ]
         _refuse(errors)
         event = context.event(
-            ReassignmentOrdered.TYPE,
             ReassignmentOrdered(
                 principal=context.principal.id,
                 to=list(to),
@@ -471,7 +482,6 @@ def confirm_people(
         ]
         _refuse(errors)
         event = context.event(
-            PeopleConfirmed.TYPE,
             PeopleConfirmed(
                 principal=context.principal.id,
                 accused=list(dict.fromkeys(accused)),

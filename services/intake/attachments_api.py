@@ -229,8 +229,7 @@ async def handler_download(
         if context.key is None:
             raise Erased("This incident's content was erased: its files cannot be read.")
         event = context.event(
-            AttachmentDownloaded.TYPE,
-            AttachmentDownloaded(principal=caller.id, attachment_id=attachment_id),
+            AttachmentDownloaded(principal=caller.id, attachment_id=attachment_id)
         )
         return [event], (context.key, found)
 

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterable
-from datetime import UTC, datetime
 
 import asyncpg
 
-from services.domain.events import RoleAssigned, RoleProposed, make_event
+from services.domain.events import RoleAssigned, RoleProposed
 from services.infra import eventstore
 from services.infra.http import Problem
 from services.infra.runtime import Runtime
+from services.intake.actions import new_event
 from services.intake.directory import get_person
 
 PRIVILEGED = frozenset({"auditor", "identity_custodian", "admin"})
@@ -43,14 +43,7 @@ async def _append(
 ) -> None:
     stream = f"directory:{person_id}"
     await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", stream)
-    event = make_event(
-        data.TYPE,
-        subject=person_id,
-        data=data,
-        source=runtime.source,
-        time=datetime.now(UTC),
-        actor=actor,
-    )
+    event = new_event(runtime, person_id, data, actor)
     version = await eventstore.stream_version(conn, stream)
     await eventstore.append(
         conn, stream, version, [event], topic_prefix=runtime.settings.kafka_topic_prefix

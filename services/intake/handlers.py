@@ -42,7 +42,7 @@ from services.domain.envelope import Envelope, utc_rfc3339
 from services.domain.events import (
     Acknowledged,
     Commented,
-    EventData,
+    Event,
     PrincipalId,
     ReportAmended,
     ReporterMessage,
@@ -436,9 +436,7 @@ async def incident_view(
 
     def viewed(context: Context) -> tuple[list[Envelope], Context]:
         digest = context.state.report_digest or ""
-        event = context.event(
-            Viewed.TYPE, Viewed(principal=context.principal.id, report_digest=digest)
-        )
+        event = context.event(Viewed(principal=context.principal.id, report_digest=digest))
         return [event], context
 
     context = await act(runtime, keys, caller, incident_id, "view", viewed, policy=policy)
@@ -481,9 +479,7 @@ async def acknowledge(
         for event in context.events:
             if event.type == Acknowledged.TYPE and event.data.get("principal") == caller.id:
                 return [], (False, _ack_body(context, event, new=False))
-        event = context.event(
-            Acknowledged.TYPE, Acknowledged(principal=caller.id, level=context.allowed.level or 0)
-        )
+        event = context.event(Acknowledged(principal=caller.id, level=context.allowed.level or 0))
         return [event], (True, _ack_body(context, event, new=True))
 
     new, body = await _act(request, caller, incident_id, "acknowledge", ack)
@@ -545,8 +541,7 @@ async def change_status(
             raise NotNow(refusal, current_status=state.status)
         outcome = None if body.outcome is None else context.seal("outcome", body.outcome)
         event = context.event(
-            StatusChanged.TYPE,
-            StatusChanged(principal=caller.id, status=body.status, outcome=outcome),
+            StatusChanged(principal=caller.id, status=body.status, outcome=outcome)
         )
         return [event], _recorded(context, event, body.status)
 
@@ -567,7 +562,6 @@ async def comment(
         caller,
         incident_id,
         "comment",
-        Commented.TYPE,
         lambda context: Commented(principal=caller.id, text=context.seal("text", body.text)),
     )
 
@@ -591,9 +585,7 @@ async def message_reporter(
             direction="to_reporter", author=caller.id, text=context.seal("text", body.text)
         )
 
-    return await _simple(
-        request, caller, incident_id, "message_reporter", ReporterMessage.TYPE, message
-    )
+    return await _simple(request, caller, incident_id, "message_reporter", message)
 
 
 async def _simple(
@@ -601,11 +593,10 @@ async def _simple(
     caller: Principal,
     incident: uuid.UUID,
     action: Action,
-    type_: str,
-    data: Callable[[Context], EventData],
+    data: Callable[[Context], Event],
 ) -> dict[str, Any]:
     def record(context: Context) -> tuple[list[Envelope], dict[str, Any]]:
-        event = context.event(type_, data(context))
+        event = context.event(data(context))
         return [event], _recorded(context, event)
 
     return await _act(request, caller, incident, action, record)

@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from services.domain.envelope import Envelope, utc_rfc3339
 from services.domain.events import (
     Erased,
-    EventData,
+    Event,
     IdentityDisclosed,
     LegalHoldPlaced,
     LegalHoldReleased,
@@ -110,7 +110,7 @@ class Hold(BaseModel):
 # One privileged action: role, not routing, decides; exclusions still conceal ----------
 
 
-Build = Callable[[list[Envelope], IncidentState, IncidentKey | None], tuple[EventData, Any]]
+Build = Callable[[list[Envelope], IncidentState, IncidentKey | None], tuple[Event, Any]]
 
 
 async def _excluded(
@@ -137,7 +137,6 @@ async def _privileged(
     *,
     role: str,
     action: str,
-    type_: str,
     build: Build,
     after: Callable[[asyncpg.Connection, str, IncidentState, Envelope], Awaitable[None]]
     | None = None,
@@ -176,7 +175,7 @@ async def _privileged(
                     await record_refusal(runtime, conn, incident_id, caller, action, reason)
                 else:
                     data, result = build(events, state, await keys.get(conn, incident_id))
-                    event = incident_event(runtime, incident_id, events, type_, data, caller.id)
+                    event = incident_event(runtime, incident_id, events, data, caller.id)
                     await eventstore.append(
                         conn,
                         incident_id,
@@ -217,7 +216,7 @@ async def disclose_identity(
 
     def disclosed(
         events: list[Envelope], _state: IncidentState, key: IncidentKey | None
-    ) -> tuple[EventData, str | None]:
+    ) -> tuple[Event, str | None]:
         if key is None:
             raise Problem(410, "Erased", "The incident was erased: its reporter is unknown now.")
         submitted = next(e for e in events if e.type == ReportSubmitted.TYPE)
@@ -233,7 +232,6 @@ async def disclose_identity(
         incident_id,
         role=IDENTITY_CUSTODIAN,
         action="disclose_identity",
-        type_=IdentityDisclosed.TYPE,
         build=disclosed,
     )
     return {
@@ -271,7 +269,7 @@ async def _hold(
 ) -> dict[str, Any]:
     def build(
         events: list[Envelope], _state: IncidentState, key: IncidentKey | None
-    ) -> tuple[EventData, None]:
+    ) -> tuple[Event, None]:
         if key is None:
             raise Problem(409, "Erased", "The incident was already erased.")
         if held(events) == place:
@@ -281,7 +279,7 @@ async def _hold(
                 "A legal hold is already placed." if place else "No legal hold is placed.",
             )
         reason = key.seal("reason", body.reason)
-        data: EventData = (
+        data: Event = (
             LegalHoldPlaced(principal=caller.id, reason=reason)
             if place
             else LegalHoldReleased(principal=caller.id, reason=reason)
@@ -294,7 +292,6 @@ async def _hold(
         incident,
         role=AUDITOR,
         action="place_legal_hold" if place else "release_legal_hold",
-        type_=LegalHoldPlaced.TYPE if place else LegalHoldReleased.TYPE,
         build=build,
         after=_set_held,
     )
