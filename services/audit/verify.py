@@ -814,13 +814,13 @@ class _Event(msgspec.Struct, gc=False):
 class _Leaf(msgspec.Struct, gc=False):
     """A version-1 leaf as `_canonical_leaf` reads it (see services/audit/ledger.py)."""
 
+    index: int  # a leaf without them, or with another type, is never read this way
+    recorded_at: str
     event: _Event | msgspec.UnsetType = msgspec.UNSET
-    index: Any = msgspec.UNSET
     offset: Any = msgspec.UNSET
     partition: Any = msgspec.UNSET
     raw: Any = msgspec.UNSET
     reason: Any = msgspec.UNSET
-    recorded_at: Any = msgspec.UNSET
     topic: Any = msgspec.UNSET
     v: Any = msgspec.UNSET
 
@@ -1001,19 +1001,21 @@ class _Walk:
         catches up (`grow`) before a head is reached, before `entry` runs, and at the end,
         so each of them sees the tree exactly as a walk entry by entry would."""
         pending: list[bytes] = []
-        position = self.frontier.size
+        position, next_size = self.frontier.size, self.next_size
         previous = self.previous_time
-        sha256, b64decode, read, fullmatch = (
+        sha256, b64decode, read, fullmatch, unset = (
             hashlib.sha256,
             pybase64.b64decode,
             _canonical_leaf,
             _RECORDED_AT.fullmatch,
+            msgspec.UNSET,
         )
         buffer = bytearray()
         for entry in page:
-            if position == self.next_size:
+            if position == next_size:
                 self.grow(pending)
                 self.reach()
+                next_size = self.next_size
             text = entry.get("leaf")
             body: _Leaf | None = None
             if (
@@ -1031,18 +1033,15 @@ class _Walk:
                     body = read(leaf, buffer)
             if body is not None:
                 served_hash = entry.get("leaf_hash")
-                claim = body.index
                 recorded_at = body.recorded_at
                 event = body.event
                 if (
                     (served_hash is not None and served_hash != hashed.hex())
                     or body.v != LEAF_VERSION
-                    or claim != position
-                    or type(claim) is not int
-                    or type(recorded_at) is not str
+                    or body.index != position
                     or not fullmatch(recorded_at)
                     or recorded_at < previous
-                    or (event is not msgspec.UNSET and event.type == CHECKPOINT_EVENT)
+                    or (event is not unset and event.type == CHECKPOINT_EVENT)
                     or (
                         (len(entry) > 3 or "leaf_hash" not in entry)
                         and _served_differs(entry, body)
@@ -1053,7 +1052,8 @@ class _Walk:
                 self.grow(pending)
                 self.previous_time = previous
                 self.entry(entry)
-                position, previous = self.frontier.size, self.previous_time
+                position, next_size = self.frontier.size, self.next_size
+                previous = self.previous_time
                 continue
             pending.append(hashed)
             previous = recorded_at
