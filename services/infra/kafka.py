@@ -16,7 +16,7 @@ import logging
 import re
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 import asyncpg
@@ -346,6 +346,7 @@ class ConsumerStats:
     connected: bool = False
 
 
+@dataclass(eq=False)
 class RecordProcessor:
     """Runs a handler over records with the one retry and poison policy.
 
@@ -358,22 +359,13 @@ class RecordProcessor:
     agents alike.
     """
 
-    def __init__(
-        self,
-        name: str,
-        handler: BatchHandler,
-        on_poison: Callable[[ConsumerRecord, BaseException], Awaitable[None]],
-        *,
-        poison_after: int = 3,
-        stats: ConsumerStats | None = None,
-        gate: Gate | None = None,
-    ) -> None:
-        self.name = name
-        self.handler = handler
-        self.on_poison = on_poison
-        self.poison_after = poison_after
-        self.stats = stats or ConsumerStats()
-        self.gate = gate
+    name: str
+    handler: BatchHandler
+    on_poison: Callable[[ConsumerRecord, BaseException], Awaitable[None]]
+    _: KW_ONLY
+    poison_after: int = 3
+    stats: ConsumerStats = field(default_factory=ConsumerStats)
+    gate: Gate | None = None
 
     async def process(self, records: Sequence[ConsumerRecord], stop: asyncio.Event) -> None:
         """Handle a batch; returns once every record was handled or dead-lettered."""

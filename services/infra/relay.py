@@ -17,7 +17,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 import asyncpg
@@ -56,28 +56,25 @@ class RelayStats:
     last_publish_at: float = 0.0
 
 
+@dataclass(eq=False)
 class OutboxRelay:
     """Publishes one schema's outbox."""
 
-    def __init__(
-        self,
-        settings: CommonSettings,
-        *,
-        database_url: str,
-        schema: str,
-        producer: AIOKafkaProducer,
-        role: str | None = None,
-    ) -> None:
-        self.settings = settings
-        self.database_url = database_url
-        self.schema = schema
-        self.producer = producer
-        self.role = role
-        self.stats = RelayStats()
-        self._wake = asyncio.Event()
-        self._rewind = asyncio.Event()
-        self._lock_key = int.from_bytes(
-            hashlib.sha256(f"relay:{schema}".encode()).digest()[:8], "big", signed=True
+    settings: CommonSettings
+    _: KW_ONLY
+    database_url: str
+    schema: str
+    producer: AIOKafkaProducer
+    role: str | None = None
+    stats: RelayStats = field(default_factory=RelayStats, init=False)
+    _wake: asyncio.Event = field(default_factory=asyncio.Event, init=False, repr=False)
+    _rewind: asyncio.Event = field(default_factory=asyncio.Event, init=False, repr=False)
+
+    @property
+    def _lock_key(self) -> int:
+        """The advisory lock only one relay of the schema holds."""
+        return int.from_bytes(
+            hashlib.sha256(f"relay:{self.schema}".encode()).digest()[:8], "big", signed=True
         )
 
     def wake(self) -> None:
