@@ -1,6 +1,6 @@
 """A local Kafka-protocol broker and PostgreSQL server, run as child processes.
 
-Used by `incidents up` (services/infra/stack.py) and by the test fixtures
+Used by `incidents up` (tooling/stack.py) and by the test fixtures
 (tests/conftest.py). Everything here is synchronous and subprocess based, so callers
 need no event loop (and may call from inside one: see `run_sync`).
 
