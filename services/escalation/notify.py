@@ -76,7 +76,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid, parsedate_to_datetime
-from typing import Protocol
+from typing import ClassVar, Protocol
 from urllib.parse import quote, urlsplit
 
 import httpx
@@ -288,29 +288,21 @@ def _rfc3339(moment: float) -> str:
 # -- retrying adapters ------------------------------------------------------------------
 
 
+@dataclass(eq=False, repr=False)
 class _Retrying:
     """What the webhook and SMTP adapters share: `deliver` that never raises, logs that
     name the notice, and the wait between attempts."""
 
-    adapter: NoticeAdapter
-    what: str
+    adapter: ClassVar[NoticeAdapter]
+    what: ClassVar[str]
     """How logs name a notice of this adapter ("webhook notice")."""
 
-    def __init__(
-        self,
-        timeout: float,
-        retries: int,
-        backoff: float,
-        max_delay: float,
-        sleep: Sleep,
-        rand: Callable[[], float],
-    ) -> None:
-        self.timeout = timeout
-        self.retries = retries
-        self.backoff = backoff
-        self.max_delay = max_delay
-        self._sleep = sleep
-        self._rand = rand
+    timeout: float
+    retries: int
+    backoff: float
+    max_delay: float
+    _sleep: Sleep
+    _rand: Callable[[], float]
 
     async def deliver(
         self, incident_id: str, notice: Notified, *, delivery_id: str | None = None

@@ -20,7 +20,7 @@ import asyncio
 import contextvars
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Generic, TypeVar
 
 import asyncpg
@@ -45,26 +45,22 @@ class _Queued(Generic[T, R]):
     link: trace.Link | None = field(default=None)
 
 
+@dataclass(eq=False, repr=False)
 class GroupCommit(Generic[T, R]):
-    """Runs `write` for queued items in shared transactions (see the module doc)."""
+    """Runs `write` for queued items in shared transactions (see the module doc):
+    `GroupCommit(pool, write, name=..., max_batch=..., writers=...)`."""
 
-    def __init__(
-        self,
-        pool: Callable[[], asyncpg.Pool],
-        write: Write[T, R],
-        *,
-        name: str,
-        max_batch: int = 64,
-        writers: int = 2,
-    ) -> None:
-        self._pool = pool
-        self._write = write
-        self.name = name
-        self.max_batch = max_batch
-        self.writers = writers
-        self._queue: list[_Queued[T, R]] = []
-        self._active = 0  # writers that will still look at the queue before they end
-        self._tasks: set[asyncio.Task[None]] = set()  # held, so none is collected
+    _pool: Callable[[], asyncpg.Pool]
+    _write: Write[T, R]
+    _: KW_ONLY
+    name: str
+    max_batch: int = 64
+    writers: int = 2
+    _queue: list[_Queued[T, R]] = field(default_factory=list, init=False)
+    _active: int = field(default=0, init=False)
+    """Writers that will still look at the queue before they end."""
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set, init=False)
+    """Held, so none is collected."""
 
     async def submit(self, item: T) -> R:
         """Write `item` in the next shared transaction; its result once committed.

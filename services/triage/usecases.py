@@ -32,7 +32,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
@@ -298,29 +298,26 @@ class _Kept:
     digest: str
 
 
+@dataclass(eq=False, repr=False)
 class TriageUseCases:
     """Triage's use cases and the state they share: the policies and the directory,
     folded incrementally from `directory_log` (docs/scale.md)."""
 
-    def __init__(
-        self,
-        policy: Policy,
-        pseudonyms: Pseudonyms,
-        *,
-        source: str = "/services/triage",
-        topic_prefix: str = "",
-        traceparent: Callable[[], str | None] = lambda: None,
-    ) -> None:
-        self.policy = policy
-        self.pseudonyms = pseudonyms
-        self.source = source
-        self.topic_prefix = topic_prefix
-        self.traceparent = traceparent
-        """The trace context triage's events carry (the adapter's current span)."""
-        self.policies: dict[str, Policy] = {policy.version: policy}
-        self.directory = DirectoryProjection()
-        self._unfrozen = 0
-        """Directory events folded since the heap was last frozen."""
+    policy: Policy
+    pseudonyms: Pseudonyms
+    _: KW_ONLY
+    source: str = "/services/triage"
+    topic_prefix: str = ""
+    traceparent: Callable[[], str | None] = lambda: None
+    """The trace context triage's events carry (the adapter's current span)."""
+    policies: dict[str, Policy] = field(init=False)
+    """Every policy version recorded, by version (an incident keeps its version)."""
+    directory: DirectoryProjection = field(init=False, default_factory=DirectoryProjection)
+    _unfrozen: int = field(init=False, default=0)
+    """Directory events folded since the heap was last frozen."""
+
+    def __post_init__(self) -> None:
+        self.policies = {self.policy.version: self.policy}
 
     @property
     def org(self) -> DirectoryView:
