@@ -234,88 +234,80 @@ def event_schemas() -> dict[str, dict[str, Any]]:
 
 
 def _inbound_message() -> dict[str, Any]:
-    return {
-        "name": INBOUND_TYPE,
-        "title": INBOUND_TYPE,
-        "summary": "A report from a registered system (docs/inbound.md).",
-        "contentType": CLOUDEVENTS_CONTENT_TYPE,
-        "headers": {
-            "type": "object",
-            "required": ["content-type"],
-            "properties": {
-                "content-type": {
-                    "type": "string",
-                    "enum": [CLOUDEVENTS_CONTENT_TYPE, JSON_CONTENT_TYPE],
-                    "description": f"Structured mode: `{CLOUDEVENTS_CONTENT_TYPE}`, the value"
-                    f" is the whole event. Binary mode: `{JSON_CONTENT_TYPE}`, the value is"
-                    " `data` and every other attribute is a `ce_<name>` header.",
-                },
-            },
-            "patternProperties": {
-                "^ce_[a-z0-9]{1,20}$": {
-                    "type": "string",
-                    "description": "Binary mode: one attribute (ce_specversion, ce_id,"
-                    " ce_source, ce_type, ce_time, ce_signingkey, ce_signature...).",
-                }
-            },
+    message = _kafka_message(
+        INBOUND_TYPE,
+        {
+            "enum": [CLOUDEVENTS_CONTENT_TYPE, JSON_CONTENT_TYPE],
+            "description": f"Structured mode: `{CLOUDEVENTS_CONTENT_TYPE}`, the value"
+            f" is the whole event. Binary mode: `{JSON_CONTENT_TYPE}`, the value is"
+            " `data` and every other attribute is a `ce_<name>` header.",
         },
-        "payload": {"$ref": f"./{schema_file(INBOUND_TYPE)}"},
-        "bindings": {
-            "kafka": {
-                "key": {
-                    "type": "string",
-                    "description": "The sender's choice (e.g. its case id); intake ignores it.",
-                },
-                "bindingVersion": KAFKA_BINDING_VERSION,
-            }
-        },
+        key="The sender's choice (e.g. its case id); intake ignores it.",
+    )
+    message["headers"]["patternProperties"] = {
+        "^ce_[a-z0-9]{1,20}$": {
+            "type": "string",
+            "description": "Binary mode: one attribute (ce_specversion, ce_id,"
+            " ce_source, ce_type, ce_time, ce_signingkey, ce_signature...).",
+        }
     }
+    message["summary"] = "A report from a registered system (docs/inbound.md)."
+    return message
 
 
 def _message(entry: EventType) -> dict[str, Any]:
-    doc = (entry.data.__doc__ or "").strip()
+    message = _kafka_message(
+        entry.name,
+        {
+            "const": CLOUDEVENTS_CONTENT_TYPE,
+            "description": "Structured mode: the record value is the whole event.",
+        },
+        key=(
+            "The sender's event id (`data.event_id`), not the incident id."
+            if entry.topic is Topic.INBOUND_RESULTS
+            else "The incident id (the event's `subject`), so that each "
+            "incident's events stay in order on one partition."
+        ),
+        correlated=True,
+        traceparent={
+            "type": "string",
+            "pattern": _TRACEPARENT.pattern,
+            "description": "W3C trace context of the producer.",
+        },
+    )
+    if doc := (entry.data.__doc__ or "").strip():
+        message["summary"] = doc
+    return message
+
+
+def _kafka_message(
+    name: str, content_type: dict[str, Any], key: str, *, correlated: bool = False, **headers: Any
+) -> dict[str, Any]:
+    """The AsyncAPI message of event type `name`: its `content-type` header (and other
+    `headers`), its payload's schema file, its correlation id if `correlated` (the
+    services' events), its Kafka key."""
     message: dict[str, Any] = {
-        "name": entry.name,
-        "title": entry.name,
+        "name": name,
+        "title": name,
         "contentType": CLOUDEVENTS_CONTENT_TYPE,
         "headers": {
             "type": "object",
             "required": ["content-type"],
-            "properties": {
-                "content-type": {
-                    "type": "string",
-                    "const": CLOUDEVENTS_CONTENT_TYPE,
-                    "description": "Structured mode: the record value is the whole event.",
-                },
-                "traceparent": {
-                    "type": "string",
-                    "pattern": _TRACEPARENT.pattern,
-                    "description": "W3C trace context of the producer.",
-                },
-            },
+            "properties": {"content-type": {"type": "string", **content_type}, **headers},
         },
-        "payload": {"$ref": f"./{schema_file(entry.name)}"},
-        "correlationId": {
+        "payload": {"$ref": f"./{schema_file(name)}"},
+    }
+    if correlated:
+        message["correlationId"] = {
             "description": "The incident's first event id.",
             "location": "$message.payload#/correlationid",
-        },
-        "bindings": {
-            "kafka": {
-                "key": {
-                    "type": "string",
-                    "description": (
-                        "The sender's event id (`data.event_id`), not the incident id."
-                        if entry.topic is Topic.INBOUND_RESULTS
-                        else "The incident id (the event's `subject`), so that each "
-                        "incident's events stay in order on one partition."
-                    ),
-                },
-                "bindingVersion": KAFKA_BINDING_VERSION,
-            }
-        },
+        }
+    message["bindings"] = {
+        "kafka": {
+            "key": {"type": "string", "description": key},
+            "bindingVersion": KAFKA_BINDING_VERSION,
+        }
     }
-    if doc:
-        message["summary"] = doc
     return message
 
 
