@@ -77,10 +77,6 @@ CONFLICT = "conflict"
 DEFAULT_REASSIGN_ROLES: tuple[str, ...] = ("chief_ethics_officer",)
 """Who may order a reassignment when the policy does not say (`conflicts.reassign_roles`)."""
 
-SUBMITTED = ReportSubmitted.TYPE
-AMENDED = ReportAmended.TYPE
-CONFIRMED = PeopleConfirmed.TYPE
-
 
 @dataclass(frozen=True)
 class Roles:
@@ -166,17 +162,17 @@ def implicated(events: Sequence[Envelope]) -> Implicated:
     named: list[str] = []
     matches: list[PersonMatch] = []
     for envelope in events:
-        if envelope.type == SUBMITTED:
+        if envelope.type == ReportSubmitted.TYPE:
             submitted = ReportSubmitted.read(envelope)
             accused += submitted.accused
             named += submitted.named
             matches += submitted.people_matches
-        elif envelope.type == AMENDED:
+        elif envelope.type == ReportAmended.TYPE:
             amended = ReportAmended.read(envelope)
             accused += amended.accused_added
             named += amended.named_added
             matches += amended.people_matches
-        elif envelope.type == CONFIRMED:
+        elif envelope.type == PeopleConfirmed.TYPE:
             confirmed = PeopleConfirmed.read(envelope)
             accused += confirmed.accused
             named += confirmed.named
@@ -196,13 +192,13 @@ def conflict_unresolved(events: Sequence[Envelope], known: Callable[[str], bool]
     """
     pending = False
     for envelope in events:
-        if envelope.type == CONFIRMED:
+        if envelope.type == PeopleConfirmed.TYPE:
             pending = False
             continue
-        if envelope.type == SUBMITTED:
+        if envelope.type == ReportSubmitted.TYPE:
             submitted = ReportSubmitted.read(envelope)
             entries, matches = [*submitted.accused, *submitted.named], submitted.people_matches
-        elif envelope.type == AMENDED:
+        elif envelope.type == ReportAmended.TYPE:
             amended = ReportAmended.read(envelope)
             entries = [*amended.accused_added, *amended.named_added]
             matches = amended.people_matches

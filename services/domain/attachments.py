@@ -22,10 +22,8 @@ from datetime import datetime
 from typing import Any
 
 from services.domain.envelope import Envelope
-from services.domain.events import AttachmentAdded, AttachmentDownloaded
+from services.domain.events import AttachmentAdded
 
-ADDED = AttachmentAdded.TYPE
-DOWNLOADED = AttachmentDownloaded.TYPE
 SNIFF_BYTES = 64 * 1024
 """How much of a file's start `sniff` needs (it is given at least this, or the whole file)."""
 MAX_NAME = 200
@@ -158,7 +156,7 @@ def attachments_of(events: Iterable[Envelope]) -> list[Attachment]:
             at=e.time,
         )
         for e in events
-        if e.type == ADDED
+        if e.type == AttachmentAdded.TYPE
     ]
 
 

@@ -165,9 +165,6 @@ REMINDER_CHANNEL: Final = "reminder"
 BREACH_CHANNEL: Final = "breach"
 CLOCK_CHANNELS: Final = frozenset({REMINDER_CHANNEL, BREACH_CHANNEL})
 """Channels of notices about a legal clock: they tell, they do not ask."""
-DEADLINE_BREACHED: Final = DeadlineBreached.TYPE
-ESCALATION_STALLED: Final = EscalationStalled.TYPE
-ACKNOWLEDGEMENT_IGNORED: Final = AcknowledgementIgnored.TYPE
 LEVEL_1_ACKNOWLEDGE: Final = "level_1_acknowledge"
 INDEPENDENT_ROLE: Final = "independent"
 """The role name of the independent level (one past the chain's last level)."""

@@ -950,7 +950,6 @@ is named `<list>.<field>` (`people_matches.text`), as its associated data is."""
 CUSTODIAN_FIELDS: frozenset[str] = READER_FIELDS | {"reporter_identity", "rule"}
 """The same, who reported, and the rule of a refusal (which may name the reporter): only
 on an identity custodian's recorded path."""
-DISCLOSED_TYPE = IdentityDisclosed.TYPE
 
 
 def openable(event_type: str, fields: frozenset[str]) -> frozenset[str]:
@@ -959,7 +958,7 @@ def openable(event_type: str, fields: frozenset[str]) -> frozenset[str]:
     A custodian's reason for asking who reported stays sealed for everyone: it may say
     more about the reporter than the answer.
     """
-    return fields - {"reason"} if event_type == DISCLOSED_TYPE else fields
+    return fields - {"reason"} if event_type == IdentityDisclosed.TYPE else fields
 
 
 def open_data(

@@ -23,7 +23,7 @@ from typing import Any, Final
 from pydantic import ValidationError
 
 from services.domain.envelope import CLOUDEVENTS_CONTENT_TYPE, JSON_CONTENT_TYPE, Envelope
-from services.domain.events import SUBMITTED, InvalidEvent, explain
+from services.domain.events import InvalidEvent, ReportSubmitted, explain
 from services.domain.parsing import json_error
 from services.domain.reports import ReportRequest
 
@@ -171,10 +171,10 @@ def report_of(event: Mapping[str, Any]) -> tuple[Envelope, ReportRequest]:
     for name in _REQUIRED:
         if not isinstance(event.get(name), str) or not event[name]:
             raise InboundRefused("invalid", f"not a valid CloudEvent: {name} is required")
-    if event["type"] == SUBMITTED:
+    if event["type"] == ReportSubmitted.TYPE:
         raise InboundRefused(
             "wrong_type",
-            f"{SUBMITTED} is no longer accepted on incident.inbound (it carried fields a"
+            f"{ReportSubmitted.TYPE} is no longer accepted on incident.inbound (it carried fields a"
             f" sender cannot know): send {INBOUND_TYPE} (docs/inbound.md)",
         )
     if event["type"] != INBOUND_TYPE:

@@ -83,18 +83,13 @@ Mark = Via | Literal["delivered", "failed", "opened"]
 REPORTER = "reporter"
 """The principal the reporter appears as, unless the caller may see who it is."""
 
-SUBMITTED = ReportSubmitted.TYPE
-AMENDED = ReportAmended.TYPE
-NOTIFIED = Notified.TYPE
-VIEWED = Viewed.TYPE
-ESCALATED = Escalated.TYPE
-ACKNOWLEDGED = Acknowledged.TYPE
-DISCLOSED = IdentityDisclosed.TYPE
-KNOWING_TYPES = frozenset({NOTIFIED, VIEWED, ESCALATED, ACKNOWLEDGED, DISCLOSED})
+KNOWING_TYPES = frozenset(
+    event.TYPE for event in (Notified, Viewed, Escalated, Acknowledged, IdentityDisclosed)
+)
 """The SPEC's knowing events; submission and amendment make the reporter know too."""
-NOTICE_DELIVERED = NoticeDelivered.TYPE
-NOTICE_FAILED = NoticeFailed.TYPE
-OUTCOME_TYPES = frozenset({NOTICE_DELIVERED, NOTICE_FAILED})
+_TOLD_TYPES = KNOWING_TYPES | {ReportSubmitted.TYPE, ReportAmended.TYPE}
+"""The types by which someone learns of the report."""
+OUTCOME_TYPES = frozenset({NoticeDelivered.TYPE, NoticeFailed.TYPE})
 TELLING_ADAPTERS = frozenset({"webhook", "smtp"})
 """Adapters whose confirmation means a person was reached (the log adapter's does not)."""
 PROOF_VIA: frozenset[Via] = frozenset(
@@ -327,7 +322,7 @@ class _Reader:
             if isinstance(outcome, NoticeDelivered | NoticeFailed):
                 self.outcomes.append((at, outcome))
             return
-        if envelope.type not in KNOWING_TYPES and envelope.type not in (SUBMITTED, AMENDED):
+        if envelope.type not in _TOLD_TYPES:
             return  # access.denied and everything else: nobody learns anything
         data = data_of(envelope)
         if isinstance(data, Notified):

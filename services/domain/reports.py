@@ -37,7 +37,7 @@ from pydantic import (
 )
 
 from services.domain.envelope import Envelope, canonical_json, new_event_id
-from services.domain.events import SUBMITTED, PersonMatch, ReportSubmitted, make_event
+from services.domain.events import PersonMatch, ReportSubmitted, make_event
 from services.domain.incident import REPORT_FIELDS
 from services.domain.names import MAX_NAME_LENGTH, NameMatch, is_valid_name, normalise, resolve
 from services.domain.parsing import parse_rfc3339
@@ -523,7 +523,7 @@ def submit_report(
         }
     )
     return make_event(
-        SUBMITTED,
+        ReportSubmitted.TYPE,
         subject=incident_id,
         data=data,
         source=source,
