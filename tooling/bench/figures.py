@@ -1130,6 +1130,15 @@ def leaf_hash_rate(leaves: Sequence[bytes], seconds: float = 1.0) -> float:
             return count / elapsed
 
 
+def _leaf_hash_cpu(leaves: Sequence[bytes]) -> float:
+    """CPU seconds (of this thread) per leaf of `leaf_hash_rate`'s work, one pass."""
+    sha256 = hashlib.sha256
+    began = time.thread_time()
+    for leaf in leaves:
+        sha256(b"\0" + leaf).digest()
+    return (time.thread_time() - began) / len(leaves)
+
+
 async def verify_figure(
     leaves: int = 20_000, *, head_every: int = 1000, sha_seconds: float = 1.0
 ) -> Figure:
@@ -1139,11 +1148,14 @@ async def verify_figure(
     raw = [entry.leaf for entry in data.entries()]
     sizes = sorted({*range(head_every, leaves + 1, head_every), leaves})
     source = MemorySource.build(NoteSigner.generate("bench.example/ledger"), raw, sizes)
+    cpu = time.process_time()
     report = await verify_ledger(source)
+    cpu = time.process_time() - cpu
     if not report.ok:
         raise RuntimeError(f"verify failed on generated leaves: {report.reason}")
     rate = report.entries_checked / report.elapsed
     sha = await asyncio.to_thread(leaf_hash_rate, raw, sha_seconds)
+    sha_cpu = await asyncio.to_thread(_leaf_hash_cpu, raw)
     floor = 0.3 * sha
     return Figure(
         key="verify",
@@ -1171,6 +1183,10 @@ async def verify_figure(
             "consistency_proofs": report.proofs_checked,
             "seconds": report.elapsed,
             "sha256_64_byte_per_s": await asyncio.to_thread(sha256_rate, sha_seconds / 2),
+            # CPU time per leaf, which other work on the machine changes far less
+            "cpu_us_per_leaf": cpu / report.entries_checked * 1e6,
+            "sha256_cpu_us_per_leaf": sha_cpu * 1e6,
+            "cpu_ratio": sha_cpu / (cpu / report.entries_checked),
         },
     )
 
@@ -1479,9 +1495,9 @@ class _TableSource:
 
 
 async def _replay(conn: asyncpg.Connection, n: int, label: str) -> Figure:
-    began = time.perf_counter()
+    began, cpu = time.perf_counter(), time.process_time()
     states = await incidents_as_of(_TableSource(conn), datetime.now(UTC))
-    elapsed = time.perf_counter() - began
+    elapsed, cpu = time.perf_counter() - began, time.process_time() - cpu
     broken = [s for s in states.values() if isinstance(s, str)]
     if broken:
         raise RuntimeError(f"replay could not fold {len(broken)} incidents: {broken[0]}")
@@ -1516,7 +1532,12 @@ async def _replay(conn: asyncpg.Connection, n: int, label: str) -> Figure:
             " recorded only valid ones), and the cyclic garbage collector is paused during"
             " the fold. Reading over HTTP adds the JSON of each page on top."
         ),
-        details={"events": n, "incidents": len(states), "seconds": elapsed},
+        details={
+            "events": n,
+            "incidents": len(states),
+            "seconds": elapsed,
+            "client_cpu_us_per_event": cpu / n * 1e6,  # the fold, asyncpg, the stand-in
+        },
     )
 
 
