@@ -163,8 +163,15 @@ class Context:
         return self.key.seal(field_name, value)
 
     def event(self, data: Event) -> Envelope:
-        """The event `data` of this incident, by the caller (see `incident_event`)."""
-        return incident_event(self.runtime, self.incident_id, self.events, data, self.principal.id)
+        """The event `data` of this incident, by the caller, in the current trace."""
+        return incident_event(
+            self.runtime,
+            self.incident_id,
+            self.events,
+            data,
+            self.principal.id,
+            traceparent=current_traceparent(),
+        )
 
 
 def incident_event(
@@ -173,17 +180,14 @@ def incident_event(
     events: Sequence[Envelope],
     data: Event,
     actor: str,
+    *,
+    traceparent: str | None,
 ) -> Envelope:
     """A new event of an incident whose stream is `events`: by `actor`, now, in the
-    incident's correlation and the current trace."""
+    incident's correlation."""
     correlation = events[0].correlationid or events[0].id
     return new_event(
-        runtime,
-        incident_id,
-        data,
-        actor,
-        correlationid=correlation,
-        traceparent=current_traceparent(),
+        runtime, incident_id, data, actor, correlationid=correlation, traceparent=traceparent
     )
 
 

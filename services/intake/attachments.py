@@ -36,7 +36,6 @@ import hmac
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from tempfile import SpooledTemporaryFile
 from typing import Any, Protocol
 
@@ -54,14 +53,13 @@ from services.domain.events import (
     AttachmentAdded,
     AttachmentAudience,
     ReporterMessage,
-    make_event,
 )
 from services.domain.incident import fold
 from services.infra import eventstore
 from services.infra.crypto import IncidentKey
 from services.infra.keystore import KeyStore
 from services.infra.runtime import Runtime
-from services.intake.actions import ActionError, Busy, NotNow, Rejected
+from services.intake.actions import ActionError, Busy, NotNow, Rejected, incident_event
 
 CHUNK_BYTES = 1024 * 1024
 """Plaintext bytes per sealed chunk (the last one may be shorter)."""
@@ -358,15 +356,8 @@ async def _record(
                 "message_id: not a message of this incident",
                 errors=[{"field": "message_id", "message": "not a message of this incident"}],
             )
-        event = make_event(
-            AttachmentAdded.TYPE,
-            subject=upload.incident_id,
-            data=data,
-            source=runtime.source,
-            time=datetime.now(UTC),
-            actor=upload.actor,
-            correlationid=events[0].correlationid or events[0].id,
-            traceparent=upload.traceparent,
+        event = incident_event(
+            runtime, upload.incident_id, events, data, upload.actor, traceparent=upload.traceparent
         )
         try:
             await eventstore.append(

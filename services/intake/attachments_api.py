@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from typing import Annotated, Any
 from urllib.parse import quote, unquote
 
@@ -37,7 +36,7 @@ from services.domain.attachments import (
     find,
     visible_to_reporter,
 )
-from services.domain.events import AttachmentAudience, AttachmentDownloaded, make_event
+from services.domain.events import AttachmentAudience, AttachmentDownloaded
 from services.domain.policy import Policy
 from services.domain.reports import NAMED_ACTOR
 from services.infra import eventstore
@@ -48,7 +47,7 @@ from services.infra.keystore import KeyStore
 from services.infra.runtime import Runtime
 from services.infra.telemetry import current_traceparent
 from services.intake import actions, handlers, my_reports
-from services.intake.actions import ActionError, Context, Erased, NotNow
+from services.intake.actions import ActionError, Context, Erased, NotNow, incident_event
 from services.intake.attachments import (
     Limits,
     NoSuchAttachment,
@@ -413,15 +412,9 @@ async def reporter_download(
             key = await keys.get(conn, incident_id)
             if key is None:
                 raise handlers.problem(Erased("This report was erased: its files are gone."))
-            event = make_event(
-                AttachmentDownloaded.TYPE,
-                subject=incident_id,
-                data=AttachmentDownloaded(principal=REPORTER, attachment_id=attachment_id),
-                source=runtime.source,
-                time=datetime.now(UTC),
-                actor=actor,
-                correlationid=events[0].correlationid or events[0].id,
-                traceparent=fresh_traceparent(),
+            data = AttachmentDownloaded(principal=REPORTER, attachment_id=attachment_id)
+            event = incident_event(
+                runtime, incident_id, events, data, actor, traceparent=fresh_traceparent()
             )
             try:
                 await eventstore.append(

@@ -21,18 +21,19 @@ nothing, like a handler's list.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request
 from pydantic import BaseModel, Field
 
 from services.domain.envelope import Envelope, utc_rfc3339
-from services.domain.events import Viewed, make_event
+from services.domain.events import Viewed
 from services.domain.incident import fold
 from services.domain.reports import NAMED_ACTOR
 from services.infra import eventstore
 from services.infra.http import Problem, problem_responses
+from services.intake.actions import incident_event
 from services.intake.attachments import reporter_files
 from services.intake.ledger_proof import ledger_proof
 from services.intake.principals import RequiredPrincipal
@@ -160,15 +161,9 @@ async def show_report(service: IntakeService, person_id: str, incident_id: str) 
     events = await _hers(service, person_id, incident_id)
     digest = fold(incident_id, events).report_digest or ""
     first = events[0]
-    viewed = make_event(
-        Viewed.TYPE,
-        subject=incident_id,
-        data=Viewed(principal=REPORTER, report_digest=digest),
-        source=service.runtime.source,
-        time=datetime.now(UTC),
-        actor=NAMED_ACTOR,
-        correlationid=first.correlationid or first.id,
-        traceparent=fresh_traceparent(),
+    data = Viewed(principal=REPORTER, report_digest=digest)
+    viewed = incident_event(
+        service.runtime, incident_id, events, data, NAMED_ACTOR, traceparent=fresh_traceparent()
     )
     await service.append_event(incident_id, viewed)
     # only now, after the view committed, is anything opened

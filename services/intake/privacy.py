@@ -55,6 +55,7 @@ from services.infra.crypto import IncidentKey
 from services.infra.http import Problem, problem_responses
 from services.infra.keystore import KeyStore
 from services.infra.runtime import Runtime
+from services.infra.telemetry import current_traceparent
 from services.intake.actions import ATTEMPTS, incident_event, record_refusal
 from services.intake.attachments import chunks_for
 from services.intake.handlers import (
@@ -175,7 +176,14 @@ async def _privileged(
                     await record_refusal(runtime, conn, incident_id, caller, action, reason)
                 else:
                     data, result = build(events, state, await keys.get(conn, incident_id))
-                    event = incident_event(runtime, incident_id, events, data, caller.id)
+                    event = incident_event(
+                        runtime,
+                        incident_id,
+                        events,
+                        data,
+                        caller.id,
+                        traceparent=current_traceparent(),
+                    )
                     await eventstore.append(
                         conn,
                         incident_id,

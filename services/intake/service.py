@@ -37,7 +37,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from services.domain.envelope import Envelope
-from services.domain.events import ReporterMessage, make_event
+from services.domain.events import ReporterMessage
 from services.domain.incident import fold
 from services.domain.names import MAX_NAME_LENGTH, normalise
 from services.domain.policy import Policy
@@ -61,6 +61,7 @@ from services.infra.recorder import PostgresRecorder, Recorder
 from services.infra.runtime import Runtime
 from services.infra.systems import System
 from services.infra.telemetry import current_traceparent
+from services.intake.actions import incident_event
 from services.intake.directory import lookup_people, people_shown, search_people
 from services.intake.progress import kept_events
 from services.intake.usecases import ANONYMOUS_ACTOR as ANONYMOUS_ACTOR  # routes import it here
@@ -384,17 +385,10 @@ class IntakeService:
             raise ReceiptNotFound
         if fold(incident_id, events).status == "closed":
             raise ReportClosed
-        first = events[0].id
         sealed = key.seal("text", text)
-        event = make_event(
-            ReporterMessage.TYPE,
-            subject=incident_id,
-            data=ReporterMessage(direction="from_reporter", author="reporter", text=sealed),
-            source=self.runtime.source,
-            time=datetime.now(UTC),
-            actor=actor,
-            correlationid=events[0].correlationid or first,
-            traceparent=fresh_traceparent(),
+        data = ReporterMessage(direction="from_reporter", author="reporter", text=sealed)
+        event = incident_event(
+            self.runtime, incident_id, events, data, actor, traceparent=fresh_traceparent()
         )
         await self.append_event(incident_id, event)
         return MessageSent(incident_id=incident_id, message_id=event.id, sent_at=event.time)
