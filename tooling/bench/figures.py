@@ -1165,8 +1165,10 @@ async def verify_figure(
         baseline_name="hashlib SHA-256 of the same leaves (RFC 9162 leaf hash)",
         baseline=sha,
         baseline_unit="leaves/s",
-        target=f"≥ 30 % of the leaves' sha256 (≥ {floor:,.0f}/s)",
-        met=rate >= floor,
+        target=f"≥ 30 % of the leaves' sha256 (≥ {floor:,.0f}/s), in CPU time too",
+        # both clocks: on a shared machine the floor's wall-clock rate falls with other
+        # work (it runs after verify, in a thread), and a low floor is no faster verifier
+        met=rate >= floor and sha_cpu / (cpu / report.entries_checked) >= 0.3,
         limit=(
             "Per leaf (process time, best of 9, 20k bench leaves of ~630 bytes): the"
             " canonical-JSON proof 1.9 µs (msgspec reads the leaf into structs and writes it"
