@@ -22,8 +22,8 @@ import asyncpg
 from services.domain import escalation as esc
 from services.domain.envelope import Envelope
 from services.domain.events import parse_envelope
-from services.escalation.usecases import Deliveries, Due, EscalationStates, Started
-from services.infra.recorder import PostgresUnitOfWork
+from services.escalation.usecases import Due, Started
+from services.infra.recorder import OnConnection, PostgresUnitOfWork
 
 DELIVERY_CONSUMER = "escalation-delivery"
 """Tracking name of notices delivered before the queue existed (never queued again)."""
@@ -184,13 +184,8 @@ class PostgresDeliveries:
 class PostgresEscalationUnitOfWork(PostgresUnitOfWork):
     """`EscalationUnitOfWork` on a pool: a connection and a transaction per `async with`."""
 
-    @property
-    def states(self) -> EscalationStates:
-        return PostgresStates(self.conn)
-
-    @property
-    def deliveries(self) -> Deliveries:
-        return PostgresDeliveries(self.conn)
+    states = OnConnection(PostgresStates)
+    deliveries = OnConnection(PostgresDeliveries)
 
 
 class JoinedUnitOfWork(PostgresEscalationUnitOfWork):

@@ -15,9 +15,9 @@ Two implementations pass the same contract suite (`tests/contract/test_recorder.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import Protocol, Self
+from typing import Generic, Protocol, Self, TypeVar
 
 import asyncpg
 from asyncpg.transaction import Transaction
@@ -188,3 +188,18 @@ class PostgresUnitOfWork:
                 await transaction.rollback()
         finally:
             await self.pool.release(conn)
+
+
+R = TypeVar("R")
+
+
+class OnConnection(Generic[R]):
+    """A repository of a `PostgresUnitOfWork` subclass, made on the unit's connection
+    each time it is read: `decisions = OnConnection(PostgresDecisions)` in the class
+    body gives `uow.decisions` (inside `async with` only, as `conn`)."""
+
+    def __init__(self, make: Callable[[asyncpg.Connection], R]) -> None:
+        self.make = make
+
+    def __get__(self, uow: PostgresUnitOfWork, owner: type[PostgresUnitOfWork]) -> R:
+        return self.make(uow.conn)

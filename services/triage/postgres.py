@@ -14,7 +14,7 @@ from typing import Any
 
 import asyncpg
 
-from services.infra.recorder import PostgresUnitOfWork
+from services.infra.recorder import OnConnection, PostgresUnitOfWork
 from services.triage.usecases import NewDecision, StoredDecision
 
 
@@ -115,14 +115,6 @@ class PostgresPolicies:
 class PostgresTriageUnitOfWork(PostgresUnitOfWork):
     """`TriageUnitOfWork` on a pool: one connection and transaction per `async with`."""
 
-    @property
-    def decisions(self) -> PostgresDecisions:
-        return PostgresDecisions(self.conn)
-
-    @property
-    def directory_log(self) -> PostgresDirectoryLog:
-        return PostgresDirectoryLog(self.conn)
-
-    @property
-    def policies(self) -> PostgresPolicies:
-        return PostgresPolicies(self.conn)
+    decisions = OnConnection(PostgresDecisions)
+    directory_log = OnConnection(PostgresDirectoryLog)
+    policies = OnConnection(PostgresPolicies)
