@@ -236,7 +236,7 @@ def conflicted(
         category=category,
         candidates=candidates,
         matches=found.matches,
-    )
+    ).people(org)
     return {x.principal: x.rule for x in people}
 
 

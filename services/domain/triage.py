@@ -259,8 +259,9 @@ def _ranked(rules: Iterable[str]) -> tuple[str, ...]:
     return tuple(sorted(dict.fromkeys(rules), key=_ORDER.__getitem__))
 
 
-class _Conflicts:
-    """Exclusions in the making: principal -> rules, in the order they were found."""
+class Conflicts:
+    """Exclusions in the making: principal -> rules, in the order they were found;
+    `people` lists them."""
 
     def __init__(self) -> None:
         self.rules: dict[str, list[str]] = {}
@@ -274,7 +275,9 @@ class _Conflicts:
         if rule not in rules:
             rules.append(rule)
 
-    def people(self, org: Org, chain_roles: frozenset[str]) -> tuple[ExcludedPerson, ...]:
+    def people(
+        self, org: Org, chain_roles: frozenset[str] = frozenset()
+    ) -> tuple[ExcludedPerson, ...]:
         found: list[ExcludedPerson] = []
         for principal, rules in self.rules.items():
             ranked = _ranked(rules)
@@ -292,7 +295,7 @@ def _entries(n: int, what: str) -> str:
     return f"{n} {what} entr{'y is' if n == 1 else 'ies are'}"
 
 
-def _conflicts(
+def conflicts_of(
     *,
     accused: Sequence[str],
     named: Sequence[str],
@@ -304,18 +307,22 @@ def _conflicts(
     matches: Sequence[PersonMatch] = (),
     earlier_lines: Sequence[str] = (),
     candidate_roles: Sequence[str] = (),
-) -> _Conflicts:
-    """Who the rules exclude, with the notes and loops found on the way.
+) -> Conflicts:
+    """Who the policy's conflict rules exclude, with the notes and loops found on the
+    way (`.people(org)`: the exclusions `decide` makes from the same inputs, for a service
+    that must refuse the conflicted before triage's decision reaches it: intake, audit).
 
-    `candidate_roles`: every holder of these roles is a candidate too (before
-    `candidates`, in `_candidates` order), without listing them all when the people
-    below the accused are fewer. `earlier_lines`: people whose lines an earlier
-    revision treated as the accused's (its accused and ambiguous candidates):
-    exclusions only grow, so the people who answer to them stay excluded when a
-    revision brings new candidates."""
+    `category` turns on the category's rules; `accused_reports` is only checked for
+    `candidates` (e.g. the principal asking), because it walks up from them; `matches`
+    adds the candidates of ambiguous names. `candidate_roles`: every holder of these
+    roles is a candidate too (before `candidates`, in `_candidates` order), without
+    listing them all when the people below the accused are fewer. `earlier_lines`:
+    people whose lines an earlier revision treated as the accused's (its accused and
+    ambiguous candidates): exclusions only grow, so the people who answer to them stay
+    excluded when a revision brings new candidates."""
     rules = set(policy.conflicts.rules_for(category))
     independent = frozenset(policy.conflicts.independent_roles)
-    out = _Conflicts()
+    out = Conflicts()
     known_accused = [a for a in _unique(accused) if org.knows(a)]
     # Any of the candidates of an ambiguous accused name may be the accused: the people
     # above and below each of them are treated as if he were.
@@ -439,38 +446,6 @@ def _unresolved_matches(matches: Sequence[PersonMatch]) -> int:
     return sum(1 for m in matches if m.how in UNRESOLVED_HOW)
 
 
-def conflicts_of(
-    *,
-    accused: Sequence[str],
-    named: Sequence[str],
-    reporter: str | None,
-    org: Org,
-    policy: Policy,
-    category: str | None = None,
-    candidates: Iterable[str] = (),
-    matches: Sequence[PersonMatch] = (),
-) -> tuple[ExcludedPerson, ...]:
-    """Who the policy's conflict rules exclude, without resolving any chain.
-
-    The exclusions `decide` makes from the same inputs: for a service that must refuse
-    the conflicted before triage's decision reaches it (intake, audit). `category`
-    turns on the category's rules; `accused_reports` is only checked for `candidates`
-    (e.g. the principal asking), because it walks up from them; `matches` adds the
-    candidates of ambiguous names.
-    """
-    found = _conflicts(
-        accused=accused,
-        named=named,
-        reporter=reporter,
-        org=org,
-        policy=policy,
-        category=category,
-        candidates=candidates,
-        matches=matches,
-    )
-    return found.people(org, frozenset())
-
-
 def _resolve(
     number: int, level: Level, org: Org, unit: str | None, excluded: frozenset[str]
 ) -> tuple[ResolvedLevel, str | None]:
@@ -584,7 +559,7 @@ def decide(
     )
     levels = _unresolved_chain(policy, severity) if conflict_unresolved else list(rules.chain)
     chain_roles = frozenset(level.role for level in levels)
-    conflicts = _conflicts(
+    conflicts = conflicts_of(
         accused=report.accused,
         named=report.named,
         reporter=reporter_person or None,
@@ -788,7 +763,7 @@ def reexclude(
             f"the incident keeps policy {decision.policy_version!r}; got {policy.version!r}"
         )
     chain_roles = frozenset(level.role for level in decision.chain)
-    conflicts = _conflicts(
+    conflicts = conflicts_of(
         accused=[*decision.accused, *accused],
         named=named,
         reporter=None,
@@ -911,7 +886,7 @@ def _reroute(
     """
     chain_roles = frozenset(level.role for level in decision.chain)
     independent = policy.conflicts.independent_roles
-    fresh = _conflicts(
+    fresh = conflicts_of(
         accused=decision.accused,
         named=(),
         reporter=None,

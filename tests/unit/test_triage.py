@@ -734,7 +734,7 @@ def test_conflicts_of_checks_the_accuseds_reports_among_the_candidates_given() -
         policy=POLICY,
         category="harassment",
         candidates=["p-ma", "p-chen"],
-    )
+    ).people(SEED)
     assert {x.principal: x.rule for x in people} == {
         "p-zhou": "accused",
         "p-zhang": "accused_management_chain",
@@ -743,7 +743,7 @@ def test_conflicts_of_checks_the_accuseds_reports_among_the_candidates_given() -
     fraud = conflicts_of(
         accused=["p-zhou"], named=[], reporter=None, org=SEED, policy=POLICY,
         category="fraud", candidates=["p-ma"],
-    )  # fmt: skip
+    ).people(SEED)  # fmt: skip
     assert "p-ma" not in {x.principal for x in fraud}
 
 
