@@ -15,7 +15,7 @@ import gc
 import json
 import os
 import shlex
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -472,10 +472,36 @@ async def _fold_leaves(source: LedgerSource, moment: datetime) -> dict[str, Any]
     # `data_changes` (what `apply_data` does, without a new state per event), or as the
     # message saying why it does not fold; the states are built once at the end.
     fold = _Fold(IncidentState(incident_id="").__dict__, utc_rfc3339(moment))
-    async for page in source.entries(0):
-        if fold.page(page):
-            break
+    async with contextlib.aclosing(_read_ahead(source.entries(0))) as pages:
+        async for page in pages:
+            if fold.page(page):
+                break
     return {k: state_of(v) if isinstance(v, dict) else v for k, v in fold.states.items()}
+
+
+async def _read_ahead(pages: AsyncIterator[T]) -> AsyncGenerator[T, None]:
+    """The pages of ``pages``, each next one asked for before this one is handed on, so
+    that the source (the audit service, PostgreSQL) prepares it while this one is
+    folded. Closed early, it waits for the page it asked for (unused) and closes
+    ``pages``."""
+    ahead = asyncio.ensure_future(anext(pages))
+    try:
+        while True:
+            try:
+                page = await ahead
+            except StopAsyncIteration:
+                return
+            ahead = asyncio.ensure_future(anext(pages))
+            await asyncio.sleep(0)  # the request goes out before the fold
+            yield page
+    finally:
+        try:
+            with contextlib.suppress(Exception):  # a page nobody will fold
+                await ahead
+        finally:
+            close = getattr(pages, "aclose", None)
+            if close is not None:
+                await close()
 
 
 class _EventHead(msgspec.Struct, gc=False):

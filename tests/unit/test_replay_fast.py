@@ -16,16 +16,17 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.audit.checkpoint import NoteSigner
-from services.audit.cli import _aware, incidents_as_of
+from services.audit.cli import _aware, _Fold, incidents_as_of
 from services.audit.verify import MemorySource
 from services.domain.envelope import utc_rfc3339
 from services.domain.events import InvalidEvent, parse_envelope
 from services.domain.incident import IncidentState, apply, apply_data
-from tests.unit.test_replay_json import T0, ack, life
+from tests.unit.test_replay_json import T0, ack, leaf_log, life
 from tests.unit.test_verify import _leaf
 
 SUBJECTS = ("inc-1", "inc-2", "inc-3")
@@ -144,3 +145,61 @@ def outcome(call: Callable[[], Any]) -> Any:
         return call()
     except Exception as exc:
         return type(exc)
+
+
+class Watched(MemorySource):
+    """A source that says when each page was asked for and whether it was closed."""
+
+    said: list[str]
+
+    async def entries(self, start: int = 0, end: int | None = None) -> Any:
+        self.said.append("opened")
+        try:
+            async for page in super().entries(start, end):
+                self.said.append(f"served {page[0]['index']}")
+                yield page
+                self.said.append(f"asked after {page[0]['index']}")
+        finally:
+            self.said.append("closed")
+
+
+def watched(events: int, page_size: int) -> Watched:
+    log = leaf_log([ack(f"inc-{i % 3}") for i in range(events)])
+    source = Watched(log.key, log.head_docs, log.rows, tree=log.tree, page_size=page_size)
+    source.said = []
+    return source
+
+
+async def test_the_next_page_is_asked_for_before_this_one_is_folded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    source = watched(10, 4)
+    page = _Fold.page
+
+    def folded(self: _Fold, entries: list[dict[str, Any]]) -> bool:
+        source.said.append(f"fold {entries[0]['index']}")
+        return page(self, entries)
+
+    monkeypatch.setattr(_Fold, "page", folded)
+    states = await incidents_as_of(source, T0 + timedelta(hours=1))
+    assert {k: v.version for k, v in states.items()} == {"inc-0": 4, "inc-1": 3, "inc-2": 3}
+    assert source.said == [
+        "opened",
+        "served 0",
+        "asked after 0",
+        "served 4",
+        "fold 0",
+        "asked after 4",
+        "served 8",
+        "fold 4",
+        "asked after 8",
+        "closed",
+        "fold 8",
+    ]
+
+
+async def test_a_replay_cut_off_early_closes_its_source_after_the_page_it_asked_for() -> None:
+    source = watched(10, 4)
+    states = await incidents_as_of(source, T0 + timedelta(seconds=1))  # entries 0 and 1
+    assert {k: v.version for k, v in states.items()} == {"inc-0": 1, "inc-1": 1}
+    assert source.said == ["opened", "served 0", "asked after 0", "served 4", "closed"]
