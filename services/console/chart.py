@@ -107,7 +107,7 @@ def time_lines(entries: Sequence[LedgerEvent], as_of: datetime) -> list[TimeLine
         if entry.recorded_at > as_of:
             continue
         kind = entry.envelope.type
-        if kind not in (TRIAGED, ESCALATED, BREACHED):
+        if kind not in _LINE_TYPES:
             continue
         data = data_of(entry.envelope)
         if isinstance(data, Triaged):
@@ -123,9 +123,8 @@ def time_lines(entries: Sequence[LedgerEvent], as_of: datetime) -> list[TimeLine
     return sorted(found.values(), key=lambda line: (line.at, line.kind, line.label))
 
 
-TRIAGED = Triaged.TYPE
-ESCALATED = Escalated.TYPE
-BREACHED = DeadlineBreached.TYPE
+_LINE_TYPES = frozenset({Triaged.TYPE, Escalated.TYPE, DeadlineBreached.TYPE})
+"""The types `time_lines` reads (deadlines set, missed, breached)."""
 
 
 def _words(name: str) -> str:
