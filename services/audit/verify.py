@@ -791,9 +791,9 @@ def _canonical_body(leaf: bytes) -> dict[str, Any] | None:
     return body
 
 
-class _Event(msgspec.Struct, gc=False):
+class _Event(msgspec.Struct, gc=False, forbid_unknown_fields=True):
     """A recorded CloudEvent as `_canonical_leaf` reads it: every attribute the services
-    write (an event with any other is not read this way: see `_canonical_leaf`)."""
+    write (an event with any other is not read this way)."""
 
     actor: Any = msgspec.UNSET
     causationid: Any = msgspec.UNSET
@@ -834,10 +834,11 @@ def _canonical_leaf(leaf: bytes, buffer: bytearray) -> _Leaf | None:
 
     As `_canonical_body`, with structs for the leaf and its event: msgspec writes a
     struct as the object of its fields that are set, with sorted keys (`order="sorted"`),
-    so a leaf that it writes back identically is canonical JSON. A key a struct does not
-    know is dropped and a repeated key is written once, so such a leaf is never written
-    back identically. Cheaper than dicts (no key objects, the fields of a struct are
-    already in order), written into ``buffer``, reused from leaf to leaf."""
+    so a leaf that it writes back identically is canonical JSON. A key the leaf's struct
+    does not know is dropped, one the event's refused, and a repeated key is written
+    once, so such a leaf is never proven this way. Cheaper than dicts (no key objects,
+    the fields of a struct are already in order), written into ``buffer``, reused from
+    leaf to leaf."""
     try:
         body = _DECODE_LEAF(leaf)
         _ENCODE_INTO(body, buffer)
@@ -855,8 +856,12 @@ def _served_differs(entry: Entry, body: _Leaf) -> bool:
                 return True
     if "event" not in entry:
         return False
-    event = None if body.event is msgspec.UNSET else msgspec.to_builtins(body.event)
-    return bool(entry["event"] != event)
+    if body.event is msgspec.UNSET:
+        return entry["event"] is not None
+    try:  # the served event as the leaf's is read (an attribute it lacks is refused)
+        return msgspec.convert(entry["event"], _Event) != body.event
+    except msgspec.ValidationError:
+        return True
 
 
 def _check_order(recorded_at: str, previous: str, position: int, before: int) -> None:

@@ -189,6 +189,9 @@ FORGERIES: dict[str, Callable[[list[dict[str, Any]], int], object]] = {
     ),
     "served-topic": lambda rows, k: rows[k].update(topic="elsewhere"),
     "served-event": lambda rows, k: rows[k].update(event={"type": "x"}),
+    "served-event-extra": lambda rows, k: rows[k].update(
+        event={**_body(rows[k])["event"], "zzext": "1"}
+    ),
     "served-event-only": lambda rows, k: [rows[k].pop("leaf_hash"), rows[k].update(event=None)],
     "extension": lambda rows, k: _rewrite(rows[k], lambda b: b["event"].update(zzext="1")),
     "null-event": lambda rows, k: _rewrite(rows[k], lambda b: b.update(event=None)),
