@@ -88,7 +88,8 @@ _INTAKE_OR_AUDIT = frozenset({"intake", "audit"})  # both record views, refusals
 
 
 class Event(EventData):
-    """Base of an event's `data`: the class names its type and topic, once.
+    """Base of an event's `data`: the class names its type and topic, once, in its
+    class line (`class Viewed(Event, type=..., topic=...)`).
 
     `TYPE` is the versioned type string (`incident.report.submitted.v1`), `TOPIC` the
     topic it is published on, `PRODUCERS` the services whose keys may sign it (empty:
@@ -99,6 +100,25 @@ class Event(EventData):
     TYPE: ClassVar[str]
     TOPIC: ClassVar[Topic]
     PRODUCERS: ClassVar[frozenset[str]] = frozenset()
+
+    def __init_subclass__(
+        cls,
+        *,
+        type: str | None = None,
+        topic: Topic | None = None,
+        producers: frozenset[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """`class Viewed(Event, type="incident.viewed.v1", topic=Topic.ACTIVITY)` sets
+        `TYPE` and `TOPIC` (and `PRODUCERS`, given `producers=`); what a subclass does not
+        give it inherits."""
+        super().__init_subclass__(**kwargs)
+        if type is not None:
+            cls.TYPE = type
+        if topic is not None:
+            cls.TOPIC = Topic(topic)  # a ValueError at import for a topic that is not one
+        if producers is not None:
+            cls.PRODUCERS = producers
 
     @classmethod
     def read(cls, envelope: Envelope, upcasters: Upcasters = UPCASTERS) -> Self:
@@ -152,11 +172,8 @@ class PersonMatch(EventData):
     )
 
 
-class ReportSubmitted(Event):
+class ReportSubmitted(Event, type="incident.report.submitted.v1", topic=Topic.REPORTS):
     """A report entered the system (from a person, a system, or anonymously)."""
-
-    TYPE: ClassVar[str] = "incident.report.submitted.v1"
-    TOPIC: ClassVar[Topic] = Topic.REPORTS
 
     category: str = Field(description="Report category, one of the policy's categories.")
     summary: str = Field(description="One-line summary." + _SEALED)
@@ -198,11 +215,8 @@ class ReportSubmitted(Event):
     )
 
 
-class ReportAmended(Event):
+class ReportAmended(Event, type="incident.report.amended.v1", topic=Topic.REPORTS):
     """The report gained information after submission."""
-
-    TYPE: ClassVar[str] = "incident.report.amended.v1"
-    TOPIC: ClassVar[Topic] = Topic.REPORTS
 
     accused_added: list[str] = Field(
         default_factory=list, description="Person ids (clear) or free-text names (sealed)."
@@ -218,7 +232,7 @@ class ReportAmended(Event):
     )
 
 
-class PeopleConfirmed(Event):
+class PeopleConfirmed(Event, type="incident.people.confirmed.v1", topic=Topic.REPORTS):
     """A holder of an independent role confirmed or corrected who a report concerns.
 
     Published by intake, recorded before the ordinary chain may see anything of a
@@ -228,9 +242,6 @@ class PeopleConfirmed(Event):
     decides again (`incident.triaged.v1` with a higher `revision`) with these people.
     """
 
-    TYPE: ClassVar[str] = "incident.people.confirmed.v1"
-    TOPIC: ClassVar[Topic] = Topic.REPORTS
-
     principal: PrincipalId = Field(description="Who confirmed (an independent role holder).")
     accused: list[PrincipalId] = Field(default_factory=list)
     named: list[PrincipalId] = Field(default_factory=list)
@@ -238,21 +249,18 @@ class PeopleConfirmed(Event):
     note: str | None = Field(None, description="Why, in the holder's words." + _SEALED)
 
 
-class Recused(Event):
+class Recused(Event, type="incident.recused.v1", topic=Topic.ACTIVITY):
     """A handler declared a conflict of interest on an incident routed to her.
 
     Published by intake. She is excluded from then on (rule `recused`); triage asks the
     next eligible person at once (`incident.reassigned.v1`).
     """
 
-    TYPE: ClassVar[str] = "incident.recused.v1"
-    TOPIC: ClassVar[Topic] = Topic.ACTIVITY
-
     principal: PrincipalId
     reason: str | None = Field(None, description="Why, in her words." + _SEALED)
 
 
-class ReassignmentOrdered(Event):
+class ReassignmentOrdered(Event, type="incident.reassignment.ordered.v1", topic=Topic.ACTIVITY):
     """A principal with a reassigning role (policy `conflicts.reassign_roles`) moved the
     incident from some people to others, with a reason.
 
@@ -262,9 +270,6 @@ class ReassignmentOrdered(Event):
     for the people removed).
     """
 
-    TYPE: ClassVar[str] = "incident.reassignment.ordered.v1"
-    TOPIC: ClassVar[Topic] = Topic.ACTIVITY
-
     principal: PrincipalId = Field(description="Who ordered the reassignment.")
     to: list[PrincipalId] = Field(min_length=1, description="Who holds the incident now.")
     remove: list[PrincipalId] = Field(
@@ -273,11 +278,8 @@ class ReassignmentOrdered(Event):
     reason: str = Field(description="Why." + _SEALED)
 
 
-class ReporterMessage(Event):
+class ReporterMessage(Event, type="incident.reporter.message.v1", topic=Topic.REPORTS):
     """A message between the reporter and the handlers."""
-
-    TYPE: ClassVar[str] = "incident.reporter.message.v1"
-    TOPIC: ClassVar[Topic] = Topic.REPORTS
 
     direction: Literal["from_reporter", "to_reporter"]
     author: str = Field(description="`reporter`, or the handler's principal id.")
@@ -287,13 +289,10 @@ class ReporterMessage(Event):
 AttachmentAudience = Literal["handlers", "reporter"]
 
 
-class AttachmentAdded(Event):
+class AttachmentAdded(Event, type="incident.attachment.added.v1", topic=Topic.REPORTS):
     """A file was attached to the report (docs/attachments.md): listed by its digest,
     size and type; the content is kept sealed in chunks outside the event, the name
     sealed here. Never the content or the name in clear."""
-
-    TYPE: ClassVar[str] = "incident.attachment.added.v1"
-    TOPIC: ClassVar[Topic] = Topic.REPORTS
 
     attachment_id: str = Field(description="The file's id (a UUID).")
     digest: Digest = Field(
@@ -314,11 +313,8 @@ class AttachmentAdded(Event):
     )
 
 
-class AttachmentDownloaded(Event):
+class AttachmentDownloaded(Event, type="incident.attachment.downloaded.v1", topic=Topic.ACTIVITY):
     """Someone was sent a file's content (recorded before the first byte)."""
-
-    TYPE: ClassVar[str] = "incident.attachment.downloaded.v1"
-    TOPIC: ClassVar[Topic] = Topic.ACTIVITY
 
     principal: str = Field(description="`reporter`, or the principal's id.")
     attachment_id: str
@@ -336,11 +332,8 @@ class Exclusion(EventData):
     rule: str = Field(description="The conflict rule that excluded this principal.")
 
 
-class Triaged(Event):
+class Triaged(Event, type="incident.triaged.v1", topic=Topic.TRIAGE):
     """Triage's decision: severity, who is asked in which order, who is excluded."""
-
-    TYPE: ClassVar[str] = "incident.triaged.v1"
-    TOPIC: ClassVar[Topic] = Topic.TRIAGE
 
     category: str
     severity: str
@@ -374,74 +367,54 @@ class Triaged(Event):
     )
 
 
-class Assigned(Event):
-    TYPE: ClassVar[str] = "incident.assigned.v1"
-    TOPIC: ClassVar[Topic] = Topic.TRIAGE
-
+class Assigned(Event, type="incident.assigned.v1", topic=Topic.TRIAGE):
     level: int = Field(ge=1)
     principals: list[PrincipalId]
 
 
-class Reassigned(Event):
-    TYPE: ClassVar[str] = "incident.reassigned.v1"
-    TOPIC: ClassVar[Topic] = Topic.TRIAGE
-
+class Reassigned(Event, type="incident.reassigned.v1", topic=Topic.TRIAGE):
     removed: list[Exclusion] = Field(default_factory=list)
     added: list[PrincipalId] = Field(default_factory=list)
 
 
-class Notified(Event):
-    TYPE: ClassVar[str] = "incident.notified.v1"
-    TOPIC: ClassVar[Topic] = Topic.ACTIVITY
-    PRODUCERS: ClassVar[frozenset[str]] = frozenset({"triage", "escalation"})
-
+class Notified(
+    Event,
+    type="incident.notified.v1",
+    topic=Topic.ACTIVITY,
+    producers=frozenset({"triage", "escalation"}),
+):
     principal: PrincipalId
     channel: str
     level: int = Field(ge=0)
     report_digest: Digest
 
 
-class Viewed(Event):
-    TYPE: ClassVar[str] = "incident.viewed.v1"
-    TOPIC: ClassVar[Topic] = Topic.ACTIVITY
-    PRODUCERS: ClassVar[frozenset[str]] = _INTAKE_OR_AUDIT
-
+class Viewed(Event, type="incident.viewed.v1", topic=Topic.ACTIVITY, producers=_INTAKE_OR_AUDIT):
     principal: PrincipalId
     report_digest: Digest
 
 
-class Acknowledged(Event):
-    TYPE: ClassVar[str] = "incident.acknowledged.v1"
-    TOPIC: ClassVar[Topic] = Topic.ACTIVITY
-
+class Acknowledged(Event, type="incident.acknowledged.v1", topic=Topic.ACTIVITY):
     principal: PrincipalId
     level: int = Field(ge=0)
 
 
-class Commented(Event):
-    TYPE: ClassVar[str] = "incident.commented.v1"
-    TOPIC: ClassVar[Topic] = Topic.ACTIVITY
-
+class Commented(Event, type="incident.commented.v1", topic=Topic.ACTIVITY):
     principal: PrincipalId
     text: str = Field(description="The comment." + _SEALED)
 
 
-class StatusChanged(Event):
-    TYPE: ClassVar[str] = "incident.status.changed.v1"
-    TOPIC: ClassVar[Topic] = Topic.ACTIVITY
-
+class StatusChanged(Event, type="incident.status.changed.v1", topic=Topic.ACTIVITY):
     principal: PrincipalId
     status: Literal["investigating", "resolved", "closed"]
     outcome: str | None = Field(None, description="The outcome (when closed)." + _SEALED)
 
 
-class AccessDenied(Event):
+class AccessDenied(
+    Event, type="incident.access.denied.v1", topic=Topic.ACTIVITY, producers=_INTAKE_OR_AUDIT
+):
     """A refused action. `reason` is one word for every conflict rule (`excluded`), so
     the record never singles out the reporter; the rule itself is `rule`, sealed."""
-
-    TYPE: ClassVar[str] = "incident.access.denied.v1"
-    TOPIC: ClassVar[Topic] = Topic.ACTIVITY
-    PRODUCERS: ClassVar[frozenset[str]] = _INTAKE_OR_AUDIT
 
     principal: PrincipalId
     action: str
@@ -453,45 +426,34 @@ class AccessDenied(Event):
     )
 
 
-class IdentityDisclosed(Event):
+class IdentityDisclosed(
+    Event, type="incident.identity.disclosed.v1", topic=Topic.ACTIVITY, producers=_INTAKE_OR_AUDIT
+):
     """An identity custodian was shown who reported (recorded before the answer)."""
-
-    TYPE: ClassVar[str] = "incident.identity.disclosed.v1"
-    TOPIC: ClassVar[Topic] = Topic.ACTIVITY
-    PRODUCERS: ClassVar[frozenset[str]] = _INTAKE_OR_AUDIT
 
     principal: PrincipalId = Field(description="The identity custodian shown the reporter.")
     reason: str = Field(description="Why the custodian asked (their words, sealed)." + _SEALED)
 
 
-class LegalHoldPlaced(Event):
+class LegalHoldPlaced(Event, type="incident.legal_hold.placed.v1", topic=Topic.ACTIVITY):
     """An auditor suspended the incident's erasure (a legal hold)."""
-
-    TYPE: ClassVar[str] = "incident.legal_hold.placed.v1"
-    TOPIC: ClassVar[Topic] = Topic.ACTIVITY
 
     principal: PrincipalId
     reason: str = Field(description="Why (the matter or case reference)." + _SEALED)
 
 
-class LegalHoldReleased(Event):
+class LegalHoldReleased(Event, type="incident.legal_hold.released.v1", topic=Topic.ACTIVITY):
     """An auditor lifted a legal hold: erasure may proceed when retention has passed."""
-
-    TYPE: ClassVar[str] = "incident.legal_hold.released.v1"
-    TOPIC: ClassVar[Topic] = Topic.ACTIVITY
 
     principal: PrincipalId
     reason: str = Field(description="Why." + _SEALED)
 
 
-class Erased(Event):
+class Erased(Event, type="incident.erased.v1", topic=Topic.ACTIVITY):
     """The incident's data key and salt were destroyed: its sealed content is gone for good.
 
     Everything else stays: the events, their hashes and signatures, who knew and when.
     """
-
-    TYPE: ClassVar[str] = "incident.erased.v1"
-    TOPIC: ClassVar[Topic] = Topic.ACTIVITY
 
     reason: Literal["retention_expired"]
     category: str | None = Field(description="The category whose retention applied.")
@@ -499,25 +461,19 @@ class Erased(Event):
     retain_until: datetime = Field(description="closed_at plus the category's retention.")
 
 
-class Escalated(Event):
-    TYPE: ClassVar[str] = "incident.escalated.v1"
-    TOPIC: ClassVar[Topic] = Topic.ESCALATIONS
-
+class Escalated(Event, type="incident.escalated.v1", topic=Topic.ESCALATIONS):
     level: int = Field(ge=1)
     recipients: list[PrincipalId]
     reason: Literal["not_acknowledged", "nobody_eligible", "delivery_failed"]
     deadline: datetime
 
 
-class EscalationStalled(Event):
+class EscalationStalled(Event, type="incident.escalation.stalled.v1", topic=Topic.ESCALATIONS):
     """Nobody is left to ask: every level, and the independent roles, are empty or excluded.
 
     An alert for operations; repeated every `repeat_every` seconds until someone acts
     (a reassignment, a recusal's replacement, a directory change).
     """
-
-    TYPE: ClassVar[str] = "incident.escalation.stalled.v1"
-    TOPIC: ClassVar[Topic] = Topic.ESCALATIONS
 
     level: int = Field(ge=0, description="The level the chain stopped at.")
     reason: Literal["nobody_eligible"] = "nobody_eligible"
@@ -527,39 +483,29 @@ class EscalationStalled(Event):
     repeat_every: int | None = Field(None, ge=1, description="Seconds until the alert repeats.")
 
 
-class AcknowledgementIgnored(Event):
+class AcknowledgementIgnored(
+    Event, type="incident.acknowledgement.ignored.v1", topic=Topic.ESCALATIONS
+):
     """Escalation ignored an acknowledgement: the principal was excluded (a conflict, a
     recusal, a reassignment) or not routed at the moment it was applied."""
-
-    TYPE: ClassVar[str] = "incident.acknowledgement.ignored.v1"
-    TOPIC: ClassVar[Topic] = Topic.ESCALATIONS
 
     principal: PrincipalId
     level: int = Field(ge=0)
     reason: Literal["excluded", "not_routed"]
 
 
-class EscalationCleared(Event):
-    TYPE: ClassVar[str] = "incident.escalation.cleared.v1"
-    TOPIC: ClassVar[Topic] = Topic.ESCALATIONS
-
+class EscalationCleared(Event, type="incident.escalation.cleared.v1", topic=Topic.ESCALATIONS):
     level: int = Field(ge=0)
     principal: PrincipalId
 
 
-class ReminderDue(Event):
-    TYPE: ClassVar[str] = "incident.reminder.due.v1"
-    TOPIC: ClassVar[Topic] = Topic.ESCALATIONS
-
+class ReminderDue(Event, type="incident.reminder.due.v1", topic=Topic.ESCALATIONS):
     clock: str = Field(description="Which legal clock: reporter_acknowledgement, feedback...")
     due_at: datetime
 
 
-class DeadlineBreached(Event):
+class DeadlineBreached(Event, type="incident.deadline.breached.v1", topic=Topic.ESCALATIONS):
     """A legal clock reached its deadline unsatisfied."""
-
-    TYPE: ClassVar[str] = "incident.deadline.breached.v1"
-    TOPIC: ClassVar[Topic] = Topic.ESCALATIONS
 
     clock: str = Field(description="Which legal clock: reporter_acknowledgement, feedback...")
     due_at: datetime
@@ -569,13 +515,10 @@ NoticeAdapter = Literal["log", "webhook", "smtp"]
 NoticeFailure = Literal["refused", "unreachable", "no_address", "gave_up", "error"]
 
 
-class NoticeDelivered(Event):
+class NoticeDelivered(Event, type="incident.notice.delivered.v1", topic=Topic.ESCALATIONS):
     """The adapter confirmed a queued notice (`incident.notified.v1`): a webhook answered
     2xx, an SMTP server accepted the mail, or the log adapter wrote its line (which tells
     nobody: docs/notifications.md)."""
-
-    TYPE: ClassVar[str] = "incident.notice.delivered.v1"
-    TOPIC: ClassVar[Topic] = Topic.ESCALATIONS
 
     notice_id: str = Field(description="The event id of the notice's incident.notified.v1.")
     principal: PrincipalId
@@ -585,13 +528,10 @@ class NoticeDelivered(Event):
     attempts: int = Field(ge=0, description="The adapter's attempts, retries included.")
 
 
-class NoticeFailed(Event):
+class NoticeFailed(Event, type="incident.notice.failed.v1", topic=Topic.ESCALATIONS):
     """The adapter gave up on a queued notice, after its own retries. `reason` is a class,
     `detail` the HTTP status or SMTP reply code class or error type: never an address, a
     URL, a server's text or a secret."""
-
-    TYPE: ClassVar[str] = "incident.notice.failed.v1"
-    TOPIC: ClassVar[Topic] = Topic.ESCALATIONS
 
     notice_id: str = Field(description="The event id of the notice's incident.notified.v1.")
     principal: PrincipalId
@@ -605,10 +545,7 @@ class NoticeFailed(Event):
     detail: str | None = Field(None, max_length=80, description="e.g. HTTP 400, ConnectTimeout.")
 
 
-class PersonUpserted(Event):
-    TYPE: ClassVar[str] = "directory.person.upserted.v1"
-    TOPIC: ClassVar[Topic] = Topic.DIRECTORY
-
+class PersonUpserted(Event, type="directory.person.upserted.v1", topic=Topic.DIRECTORY):
     person_id: PrincipalId
     name: str | None = None
     alternative_names: list[str] = Field(
@@ -620,10 +557,7 @@ class PersonUpserted(Event):
     roles: list[str] = Field(default_factory=list)
 
 
-class RoleAssigned(Event):
-    TYPE: ClassVar[str] = "directory.role.assigned.v1"
-    TOPIC: ClassVar[Topic] = Topic.DIRECTORY
-
+class RoleAssigned(Event, type="directory.role.assigned.v1", topic=Topic.DIRECTORY):
     person_id: PrincipalId
     role: str
     proposed_by: PrincipalId | None = Field(
@@ -632,11 +566,8 @@ class RoleAssigned(Event):
     grant_id: str | None = Field(None, description="The approved proposal, if any.")
 
 
-class RoleProposed(Event):
+class RoleProposed(Event, type="directory.role.proposed.v1", topic=Topic.DIRECTORY):
     """An admin proposed a privileged role: assigned only once a second admin approves."""
-
-    TYPE: ClassVar[str] = "directory.role.proposed.v1"
-    TOPIC: ClassVar[Topic] = Topic.DIRECTORY
 
     grant_id: str
     person_id: PrincipalId
@@ -644,20 +575,15 @@ class RoleProposed(Event):
     proposed_by: PrincipalId
 
 
-class RoleRevoked(Event):
-    TYPE: ClassVar[str] = "directory.role.revoked.v1"
-    TOPIC: ClassVar[Topic] = Topic.DIRECTORY
-
+class RoleRevoked(Event, type="directory.role.revoked.v1", topic=Topic.DIRECTORY):
     person_id: PrincipalId
     role: str
 
 
-class ReadRecorded(Event):
+class ReadRecorded(
+    Event, type="audit.read.recorded.v1", topic=Topic.ACTIVITY, producers=frozenset({"audit"})
+):
     """An auditor read through audit's API (recorded once per request, before the answer)."""
-
-    TYPE: ClassVar[str] = "audit.read.recorded.v1"
-    TOPIC: ClassVar[Topic] = Topic.ACTIVITY
-    PRODUCERS: ClassVar[frozenset[str]] = frozenset({"audit"})
 
     principal: PrincipalId
     route: str = Field(description="entries, timeline, knowledge, state or console.")
@@ -670,11 +596,8 @@ class ReadRecorded(Event):
     )
 
 
-class InputRejected(Event):
+class InputRejected(Event, type="incident.input.rejected.v1", topic=Topic.DEADLETTER):
     """Input that could not be accepted: the original bytes and why (dead-letter record)."""
-
-    TYPE: ClassVar[str] = "incident.input.rejected.v1"
-    TOPIC: ClassVar[Topic] = Topic.DEADLETTER
 
     reason: str
     source_topic: str | None = None
@@ -683,34 +606,25 @@ class InputRejected(Event):
     original_b64: str = Field(description="The original record value, base64.")
 
 
-class InboundAccepted(Event):
+class InboundAccepted(Event, type="incident.inbound.accepted.v1", topic=Topic.INBOUND_RESULTS):
     """Intake took an inbound report (docs/inbound.md): the sender's event opened
     `incident_id`. Keyed by the sender's event id on incident.inbound.results; the same
     answer again for a resend."""
-
-    TYPE: ClassVar[str] = "incident.inbound.accepted.v1"
-    TOPIC: ClassVar[Topic] = Topic.INBOUND_RESULTS
 
     event_id: str = Field(description="The sender's event id (the record key).")
     system: str = Field(description="The registered system that sent it.")
     incident_id: str = Field(description="UUIDv5 of `<system>/<event id>` (docs/inbound.md).")
 
 
-class InboundRejected(Event):
+class InboundRejected(Event, type="incident.inbound.rejected.v1", topic=Topic.INBOUND_RESULTS):
     """Intake refused an inbound event (also dead-lettered): why, never the input."""
-
-    TYPE: ClassVar[str] = "incident.inbound.rejected.v1"
-    TOPIC: ClassVar[Topic] = Topic.INBOUND_RESULTS
 
     event_id: str | None = Field(description="The sender's event id, when readable.")
     system: str | None = Field(description="The authenticated system, if it was one.")
     reason: str = Field(description="Where and what kind of error, e.g. `out of scope`.")
 
 
-class CheckpointSigned(Event):
-    TYPE: ClassVar[str] = "audit.checkpoint.signed.v1"
-    TOPIC: ClassVar[Topic] = Topic.CHECKPOINTS
-
+class CheckpointSigned(Event, type="audit.checkpoint.signed.v1", topic=Topic.CHECKPOINTS):
     tree_size: int = Field(ge=0)
     root_hash: str
     timestamp: datetime
@@ -718,11 +632,8 @@ class CheckpointSigned(Event):
     checkpoint: str
 
 
-class CheckpointCosigned(Event):
+class CheckpointCosigned(Event, type="audit.checkpoint.cosigned.v1", topic=Topic.CHECKPOINTS):
     """A witness cosigned a signed head (c2sp.org/tlog-cosignature; docs/witness.md)."""
-
-    TYPE: ClassVar[str] = "audit.checkpoint.cosigned.v1"
-    TOPIC: ClassVar[Topic] = Topic.CHECKPOINTS
 
     tree_size: int = Field(ge=0)
     root_hash: str
