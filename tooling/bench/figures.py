@@ -1174,9 +1174,9 @@ async def verify_figure(
             " canonical-JSON proof 1.9 µs (msgspec reads the leaf into structs and writes it"
             " back into a reused buffer), SHA-256 0.8 µs, pybase64 0.5 µs, the Merkle frontier"
             " 0.5 µs, the recorded_at pattern 0.3 µs, the loop ~1.1 µs: ~5.1 µs against the"
-            " floor's ~1 µs. The SHA-256 runs on the CPU's SHA extensions (~1 GB/s); reading"
+            " floor's ~0.8 µs. The SHA-256 runs on the CPU's SHA extensions (~1 GB/s); reading"
             " the JSON into Python objects and writing it back alone costs twice the floor, so"
-            " 30 % (~3.3 µs a leaf) would need the proof out of Python object trees (a native"
+            " 30 % (~2.6 µs a leaf) would need the proof out of Python object trees (a native"
             " canonical-JSON checker)."
         ),
         details={
