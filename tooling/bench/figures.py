@@ -1532,7 +1532,8 @@ async def _replay(conn: asyncpg.Connection, n: int, label: str) -> Figure:
             " the loop ~1.4), asyncpg's fetch ~1 µs, the pages of base64 text this stand-in"
             " for the audit API makes ~0.3 µs; events are not validated again (the ledger"
             " recorded only valid ones), and the cyclic garbage collector is paused during"
-            " the fold. Reading over HTTP adds the JSON of each page on top."
+            " the fold. The next page is asked for before one is folded, so PostgreSQL's own"
+            " time overlaps the fold. Reading over HTTP adds the JSON of each page on top."
         ),
         details={
             "events": n,
