@@ -177,6 +177,7 @@ SWEPT = (
     "services/console",
     "services/triage",
     "services/escalation",
+    "services/intake",
     "services/witness",
     "services/cli.py",
 )
