@@ -24,7 +24,13 @@ from aiokafka import AIOKafkaConsumer
 from argon2 import PasswordHasher
 from fastapi import FastAPI
 
-from services.domain.events import CUSTODIAN_FIELDS, SUBMITTED, data_of, is_sealed, parse_event
+from services.domain.events import (
+    CUSTODIAN_FIELDS,
+    ReportSubmitted,
+    data_of,
+    is_sealed,
+    parse_event,
+)
 from services.infra.settings import IntakeSettings
 from services.intake.app import create_app
 from tests.helpers import serving
@@ -172,7 +178,7 @@ async def test_an_anonymous_report_gets_a_receipt_and_a_secret_and_no_reporter(
     assert CODE.match(receipt) and len(receipt) == 23  # 4 groups of 5: 100 bits
     assert CODE.match(secret) and len(secret) == 35  # 6 groups of 5: 150 bits
     envelope, data = await submitted_event(intake, body["incident_id"])
-    assert envelope.type == SUBMITTED
+    assert envelope.type == ReportSubmitted.TYPE
     assert data.reporter is None and data.channel == "web"
     assert envelope.actor == "reporter:anonymous"
     # the receipt is intake's secret too: it travels in no event
@@ -426,7 +432,9 @@ async def test_concurrent_requests_with_one_key_make_one_incident(
     incident = answers[0].json()["incident_id"]
     # the summary is sealed: open every stored report to count those with this body
     async with intake.app.state.runtime.db.acquire() as conn:
-        rows = await conn.fetch("SELECT stream_id, body FROM events WHERE type = $1", SUBMITTED)
+        rows = await conn.fetch(
+            "SELECT stream_id, body FROM events WHERE type = $1", ReportSubmitted.TYPE
+        )
         same = 0
         for row in rows:
             [opened] = await intake.app.state.keys.open_events(

@@ -26,7 +26,6 @@ from services.domain.envelope import (
     utc_rfc3339,
 )
 from services.domain.events import (
-    SUBMITTED,
     InvalidEvent,
     ReportSubmitted,
     Viewed,
@@ -197,7 +196,7 @@ def test_canonical_json_is_compact_sorted_utf8() -> None:
 
 def our_submitted_event() -> Envelope:
     return make_event(
-        SUBMITTED,
+        ReportSubmitted.TYPE,
         subject="inc-0001",
         data=ReportSubmitted(
             category="harassment",
@@ -224,7 +223,7 @@ def test_our_bytes_parse_with_the_sdk_kafka_structured_binding() -> None:
     )
     theirs = kafka.from_structured(message, JSONFormat(), CloudEvent)
     assert theirs.get_id() == ours.id
-    assert theirs.get_type() == SUBMITTED
+    assert theirs.get_type() == ReportSubmitted.TYPE
     assert theirs.get_source() == "/services/intake"
     assert theirs.get_subject() == "inc-0001"
     assert theirs.get_time() == ours.time

@@ -15,10 +15,10 @@ from services.domain import events
 from services.domain.events import (
     CATALOG,
     EVENT_CLASSES,
-    SUBMITTED,
     Acknowledged,
     Event,
     InvalidEvent,
+    ReportSubmitted,
     Topic,
     Triaged,
     Viewed,
@@ -146,7 +146,7 @@ def test_an_event_with_a_bad_envelope_is_refused_with_the_attribute_named() -> N
 
 
 def test_a_submitted_report_needs_its_digest_and_content() -> None:
-    reason = reason_for(valid_dict(type=SUBMITTED, data={"category": "fraud"}))
+    reason = reason_for(valid_dict(type=ReportSubmitted.TYPE, data={"category": "fraud"}))
     assert "summary" in reason and "report_digest" in reason
 
 

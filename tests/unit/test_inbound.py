@@ -17,7 +17,7 @@ from cloudevents.core.v1.event import CloudEvent
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from jsonschema import Draft202012Validator
 
-from services.domain.events import SUBMITTED
+from services.domain.events import ReportSubmitted
 from services.domain.inbound import (
     INBOUND_TYPE,
     MAX_INBOUND_BYTES,
@@ -166,7 +166,7 @@ def test_the_report_is_the_body_of_post_reports_and_the_old_type_is_refused_clea
     envelope, report = report_of(event)  # no subject: optional
     assert (envelope.id, report.reporter) == (event["id"], "p-chen")
     with pytest.raises(InboundRefused, match=r"no longer accepted.*send incident\.report\.inbound"):
-        report_of({**event, "type": SUBMITTED})
+        report_of({**event, "type": ReportSubmitted.TYPE})
     with pytest.raises(InboundRefused, match="invalid report: report_digest"):
         report_of({**event, "data": {**event["data"], "report_digest": "sha256:00"}})
 
@@ -208,7 +208,7 @@ def test_the_published_inbound_schema_accepts_what_intake_takes_and_no_more() ->
     for bad in (
         digest,
         {k: v for k, v in event.items() if k != "signature"},
-        {**event, "type": SUBMITTED},
+        {**event, "type": ReportSubmitted.TYPE},
         {**event, "id": "case-12"},
         {**event, "data": {**event["data"], "category": ""}},
     ):

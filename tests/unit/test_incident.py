@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from services.domain.envelope import Envelope
-from services.domain.events import SUBMITTED, InvalidEvent, make_event
+from services.domain.events import InvalidEvent, ReportSubmitted, make_event
 from services.domain.incident import REPORT_FIELDS, IncidentState, apply, fold, report_digest
 
 INCIDENT = "inc-0001"
@@ -39,7 +39,7 @@ def event(type_: str, minutes: int, subject: str = INCIDENT, **data: Any) -> Env
 
 def submitted(minutes: int = 0, reporter: str | None = None) -> Envelope:
     return event(
-        SUBMITTED,
+        ReportSubmitted.TYPE,
         minutes,
         **REPORT,
         reporter=reporter,

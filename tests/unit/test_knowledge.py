@@ -26,7 +26,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.domain.envelope import Envelope
-from services.domain.events import SUBMITTED, make_event
+from services.domain.events import ReportSubmitted, make_event
 from services.domain.incident import IncidentState, fold, report_digest
 from services.domain.knowledge import (
     REPORTER,
@@ -76,7 +76,9 @@ def ev(
 def submitted(
     when: datetime, *, reporter: str | None = None, actor: str = "reporter:anonymous"
 ) -> Envelope:
-    return ev(SUBMITTED, when, actor=actor, **REPORT, reporter=reporter, report_digest=D1)
+    return ev(
+        ReportSubmitted.TYPE, when, actor=actor, **REPORT, reporter=reporter, report_digest=D1
+    )
 
 
 def triaged(when: datetime) -> Envelope:

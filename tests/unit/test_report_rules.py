@@ -10,7 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from services.domain.envelope import canonical_json
-from services.domain.events import SUBMITTED, ReportSubmitted, data_of, is_sealed
+from services.domain.events import ReportSubmitted, data_of, is_sealed
 from services.domain.incident import REPORT_FIELDS, report_digest
 from services.domain.policy import Policy
 from services.domain.reports import (
@@ -69,7 +69,7 @@ def submit(body: ReportInput, reporter: str | None = None) -> Any:
 def test_a_report_becomes_the_submitted_event_that_opens_the_incident() -> None:
     event = submit(report(), reporter="p-liu")
     data = data_of(event)
-    assert event.type == SUBMITTED
+    assert event.type == ReportSubmitted.TYPE
     assert event.subject == "inc-0001"
     assert event.id == event.correlationid == INCIDENT_EVENT_ID
     assert event.time == NOW

@@ -18,7 +18,7 @@ from jsonschema import Draft202012Validator
 from typer.testing import CliRunner
 
 from services.cli import app
-from services.domain.events import CATALOG, SUBMITTED, Topic, make_event
+from services.domain.events import CATALOG, ReportSubmitted, Topic, make_event
 from services.domain.inbound import INBOUND_TYPE
 from services.domain.schemas import (
     ASYNCAPI_FILE,
@@ -286,21 +286,21 @@ def test_nested_models_resolve_through_root_definitions() -> None:
 
 
 def test_an_event_without_a_subject_is_invalid() -> None:
-    event = event_dict(SUBMITTED)
+    event = event_dict(ReportSubmitted.TYPE)
     del event["subject"]
-    assert errors_of(SUBMITTED, event) == ["'subject' is a required property"]
+    assert errors_of(ReportSubmitted.TYPE, event) == ["'subject' is a required property"]
 
 
 def test_an_event_of_another_type_does_not_pass_the_schema() -> None:
-    event = event_dict(SUBMITTED)
+    event = event_dict(ReportSubmitted.TYPE)
     event["type"] = "incident.viewed.v1"
-    assert any("incident.report.submitted.v1" in m for m in errors_of(SUBMITTED, event))
+    assert any("incident.report.submitted.v1" in m for m in errors_of(ReportSubmitted.TYPE, event))
 
 
 def test_an_event_id_that_is_not_a_uuid_is_invalid() -> None:
-    event = event_dict(SUBMITTED)
+    event = event_dict(ReportSubmitted.TYPE)
     event["id"] = "not-a-uuid"
-    assert any("uuid" in message for message in errors_of(SUBMITTED, event))
+    assert any("uuid" in message for message in errors_of(ReportSubmitted.TYPE, event))
 
 
 def test_unknown_data_fields_are_invalid_as_in_the_catalog() -> None:
@@ -310,9 +310,9 @@ def test_unknown_data_fields_are_invalid_as_in_the_catalog() -> None:
 
 
 def test_extensions_of_other_systems_follow_the_cloudevents_naming_rule() -> None:
-    event = event_dict(SUBMITTED)
-    assert errors_of(SUBMITTED, {**event, "tenant": "acme"}) == []
-    assert errors_of(SUBMITTED, {**event, "Tenant-Id": "acme"})
+    event = event_dict(ReportSubmitted.TYPE)
+    assert errors_of(ReportSubmitted.TYPE, {**event, "tenant": "acme"}) == []
+    assert errors_of(ReportSubmitted.TYPE, {**event, "Tenant-Id": "acme"})
 
 
 def test_the_asyncapi_document_has_every_topic_as_a_channel() -> None:

@@ -19,7 +19,6 @@ import services
 from services.domain.directory import DirectoryFile
 from services.domain.envelope import Envelope
 from services.domain.events import (
-    SUBMITTED,
     EventData,
     InvalidEvent,
     PeopleConfirmed,
@@ -106,7 +105,7 @@ def submitted(incident: str, accused: list[str], **fields: Any) -> tuple[Envelop
     report = ReportSubmitted.model_validate(
         {**content, "report_digest": report_digest(content), **fields}
     )
-    return later(incident, SUBMITTED, report), report
+    return later(incident, ReportSubmitted.TYPE, report), report
 
 
 def later(incident: str, type_: str, data: EventData) -> Envelope:
@@ -261,7 +260,7 @@ def test_a_directory_event_is_checked_before_it_is_kept() -> None:
     with pytest.raises(InvalidEvent):
         directory_event(bad.model_copy(update={"data": {"person_id": "p-chen"}}))
     with pytest.raises(InvalidEvent):
-        directory_event(later("x", SUBMITTED, submitted("x", [])[1]))
+        directory_event(later("x", ReportSubmitted.TYPE, submitted("x", [])[1]))
 
 
 async def test_a_changed_policy_under_an_old_version_is_refused() -> None:
