@@ -239,9 +239,11 @@ class FetchPace:
     and Rust: with a constant 20 ms an idle consumer took ~30 ms of CPU a second and
     Tansu ~38 for it. So the wait is `short_ms` while records flow; after
     `STEP_WAITS` empty waits it doubles, and again after as many of the new wait, up to
-    `long_ms`. A record after a quiet spell of t seconds thus waits at most about
-    t / (2 * STEP_WAITS) for its fetch (t/20: 50 ms after a second of quiet), never more
-    than `long_ms` / 2, and from its batch on the waits are short again. `apply` sets
+    `long_ms` (at 20/500: 20 ms for 0.5 s, 40 for 1 s, 80 for 2, 160 for 4, 320 for 8,
+    then 500 from 15.5 s on). A record after a quiet spell of t seconds thus waits at
+    most about short_ms / 2 + t / (2 * STEP_WAITS) for its fetch (20 ms after a second of
+    quiet), never more than `long_ms` / 2, and from its batch on the waits are short
+    again. `apply` sets
     the consumer's wait (its next fetch waits so long); it is called only on a change,
     and once at `long_ms` nothing wakes.
 
@@ -249,7 +251,7 @@ class FetchPace:
     on the event loop the pace was started on (faust's consumer thread has its own).
     """
 
-    STEP_WAITS = 10
+    STEP_WAITS = 25
 
     def __init__(self, short_ms: int, long_ms: int, apply: Callable[[int], None]) -> None:
         self.short_ms = short_ms

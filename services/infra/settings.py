@@ -70,10 +70,10 @@ class CommonSettings(BaseSettings):
         500,
         ge=1,
         description="The longest fetch wait, that of a consumer long idle: the wait doubles"
-        " from the short one after each ten empty waits, up to this (reached after ~6 s of"
+        " from the short one after each 25 empty waits, up to this (reached after 15.5 s of"
         " quiet at 20/500). The local broker answers a record up to half the wait late, so"
-        " a record after a quiet spell of t seconds waits up to ~t/20, at most half of"
-        " this, per hop; shorter costs idle CPU (100: 12-17 ms/s per service instead of"
+        " a record after a quiet spell of t seconds waits up to ~10 ms + t/50, at most half"
+        " of this, per hop; shorter costs idle CPU (100: 12-17 ms/s per service instead of"
         " 7-10). Apache Kafka answers a fetch as soon as a record comes: 5000 there.",
     )
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_SSL"] = Field(

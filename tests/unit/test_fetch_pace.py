@@ -77,16 +77,30 @@ def test_waits_are_short_while_records_keep_coming() -> None:
     assert loop.pending() == 1  # one check pending, not one per batch
 
 
-def test_the_wait_doubles_after_ten_empty_waits_of_each_length_up_to_the_long_one() -> None:
+N = FetchPace.STEP_WAITS
+
+
+def _level_ends(short: int = 20, long: int = 500) -> list[tuple[float, int]]:
+    """(instant after the last record, wait from then on) for each step up."""
+    out, at, wait = [], 0.0, short
+    while wait < long:
+        at += N * wait / 1000
+        wait = min(wait * 2, long)
+        out.append((at, wait))
+    return out
+
+
+def test_the_wait_doubles_after_as_many_empty_waits_of_each_length_up_to_the_long_one() -> None:
     pace, loop, applied = _pace()
-    loop.advance(0.199)
+    loop.advance(N * 0.020 - 0.001)
     assert pace.wait_ms == 20
-    loop.advance(0.002)  # ten waits of 20 ms without a record
+    loop.advance(0.002)  # N waits of 20 ms without a record
     assert applied == [40]
-    loop.advance(0.4)  # ten of 40 ms
+    loop.advance(N * 0.040)  # N of 40 ms
     assert applied == [40, 80]
-    loop.advance(0.8 + 1.6 + 3.2)
+    loop.advance(N * (0.080 + 0.160 + 0.320))
     assert applied == [40, 80, 160, 320, 500]
+    assert loop.now - 100 == pytest.approx(_level_ends()[-1][0], abs=0.01)
     assert loop.pending() == 0  # at the long wait nothing wakes any more
     loop.advance(3600)
     assert applied == [40, 80, 160, 320, 500]
@@ -99,7 +113,7 @@ def test_a_record_after_a_quiet_spell_brings_the_short_wait_back_at_once() -> No
     pace.records()
     assert applied[-1] == 20
     assert pace.wait_ms == 20
-    loop.advance(0.19)
+    loop.advance(N * 0.020 - 0.01)
     assert pace.wait_ms == 20
     loop.advance(0.02)
     assert pace.wait_ms == 40
@@ -107,28 +121,30 @@ def test_a_record_after_a_quiet_spell_brings_the_short_wait_back_at_once() -> No
 
 def test_records_during_a_longer_wait_reschedule_the_check_for_the_short_one() -> None:
     pace, loop, _ = _pace()
-    loop.advance(1.5)  # at 160 ms since 1.4 s, its check due 1.6 s after that
+    at_160 = _level_ends()[2][0]  # 160 ms from then until N * 160 ms later
+    loop.advance(at_160 + 0.1)
     assert pace.wait_ms == 160
     pace.records()
     assert loop.pending() == 1  # the longer wait's check was dropped
-    loop.advance(0.21)
-    assert pace.wait_ms == 40  # stepped up 0.2 s after the record, not 1.6 s
+    loop.advance(N * 0.020 + 0.01)
+    assert pace.wait_ms == 40  # stepped up N short waits after the record
 
 
-def test_the_wait_after_a_quiet_spell_is_about_a_tenth_of_it() -> None:
-    """So a record after t seconds of quiet waits at most ~t/20 for its fetch (Tansu
-    answers at about half the wait), and never more than half the long wait."""
-    for quiet, most in ((0.5, 40), (1.0, 80), (2.9, 160), (7.0, 500), (600.0, 500)):
+def test_the_wait_after_a_quiet_spell_grows_with_it_and_stops_at_the_long_one() -> None:
+    """So a record after t seconds of quiet waits at most ~short/2 + t/(2 N) for its
+    fetch (Tansu answers at about half the wait), never more than half the long wait."""
+    for quiet in (0.1, 0.5, 1.0, 2.9, 7.0, 15.0, 16.0, 600.0):
         pace, loop, _ = _pace()
         pace.records()
         loop.advance(quiet)
-        assert pace.wait_ms <= most, quiet
-        assert pace.wait_ms <= max(20, quiet * 1000 / 10), quiet
+        assert pace.wait_ms <= 20 + quiet * 1000 / N, quiet
+        assert pace.wait_ms <= 500
+        assert pace.wait_ms == max([20] + [w for at, w in _level_ends() if at <= quiet]), quiet
 
 
 def test_stop_drops_the_pending_check_and_start_begins_short_again() -> None:
     pace, loop, applied = _pace()
-    loop.advance(10)
+    loop.advance(60)
     assert pace.wait_ms == 500
     pace.stop()
     assert loop.pending() == 0

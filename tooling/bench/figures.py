@@ -849,11 +849,11 @@ async def e2e_figure(
     )
 
 
-async def idle_cpu_figure(target: Target, *, quiet: float = 8.0, seconds: float = 10.0) -> Figure:
+async def idle_cpu_figure(target: Target, *, quiet: float = 16.0, seconds: float = 10.0) -> Figure:
     """CPU each service takes a second while nothing happens (issue #24: ≤ 10 ms/s).
 
     Measured once the ledger has been still for a second and `quiet` seconds more have
-    passed (the consumers' fetch waits reach their longest ~6 s after the last record:
+    passed (the consumers' fetch waits reach their longest 15.5 s after the last record:
     `kafka.FetchPace`), over `seconds`, from /proc of each service process.
     """
     name = f"idle CPU per service (over {seconds:g} s, {quiet:g} s after the last record)"
