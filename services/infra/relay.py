@@ -3,7 +3,8 @@
 One relay per service schema is active at a time (a PostgreSQL advisory lock held on
 a dedicated connection); others wait. It wakes on NOTIFY from the outbox trigger or
 every `outbox_poll_interval`. A batch is sent, every ack awaited, and only then is the
-cursor moved, so a crash re-sends (at least once) but never skips. Consumers dedupe
+cursor moved (by the statement that reads the next batch, or alone within
+`SAVE_WITHIN`), so a crash re-sends (at least once) but never skips. Consumers dedupe
 by event id. When the broker lost its data the cursor is rewound by the replay
 window, so everything the broker forgot is published again, still in order.
 """
@@ -36,6 +37,7 @@ _NEXT = (
     "SELECT position, topic, key, value, headers FROM outbox"
     " WHERE position > $1 ORDER BY position LIMIT $2"
 )
+_MOVE = "UPDATE relay_state SET published = $1, updated_at = clock_timestamp() WHERE name = 'kafka'"
 # The cursor's UPDATE runs to completion whether or not the SELECT reads anything.
 _MOVE_AND_NEXT = (
     "WITH moved AS (UPDATE relay_state SET published = $1, updated_at = clock_timestamp()"
@@ -43,6 +45,11 @@ _MOVE_AND_NEXT = (
     " SELECT position, topic, key, value, headers FROM outbox"
     " WHERE position > $1 ORDER BY position LIMIT $2"
 )
+
+
+SAVE_WITHIN = 0.05
+"""Seconds a published cursor waits for the next read to carry its move (then it is
+saved alone): under a steady flow each batch costs one statement, not two."""
 
 
 @dataclass
@@ -117,32 +124,50 @@ class OutboxRelay:
                 await conn.fetchval("SELECT published FROM relay_state WHERE name='kafka'")
             )
             rows: list[asyncpg.Record] | None = None  # fetched with the last cursor move
-            while not stop.is_set():
-                if self._rewind.is_set():
-                    self._rewind.clear()
-                    cursor = await self._rewound(conn, cursor)
+            unsaved = False  # published up to `cursor`, relay_state not moved there yet
+            try:
+                while not stop.is_set():
+                    if self._rewind.is_set():
+                        self._rewind.clear()
+                        cursor = await self._rewound(conn, cursor)
+                        rows, unsaved = None, False
+                    if rows is None:
+                        self._wake.clear()
+                        query = _MOVE_AND_NEXT if unsaved else _NEXT
+                        rows = await conn.fetch(query, cursor, self.settings.outbox_batch)
+                        unsaved = False
+                    if rows:
+                        await self._publish(rows)
+                        cursor, sent = int(rows[-1]["position"]), len(rows)
+                        self.stats.cursor = cursor
+                        self.stats.published += sent
+                        metrics.PUBLISHED.labels(self.schema).inc(sent)
+                        self.stats.last_publish_at = time.time()
+                        # Every ack is in: the cursor moves with the next read, one round
+                        # trip. The wake flag was cleared before this batch was read, so
+                        # it is set if a row committed since.
+                        if len(rows) < self.settings.outbox_batch and not self._wake.is_set():
+                            # Nothing more yet: a row that commits within SAVE_WITHIN
+                            # carries the move with its read; else the move is saved alone.
+                            rows, unsaved = None, True
+                            with contextlib.suppress(asyncio.TimeoutError):
+                                await asyncio.wait_for(
+                                    _first(self._wake.wait(), stop.wait()), SAVE_WITHIN
+                                )
+                            continue
+                        self._wake.clear()
+                        rows = await conn.fetch(_MOVE_AND_NEXT, cursor, self.settings.outbox_batch)
+                        continue
                     rows = None
-                if rows is None:
-                    self._wake.clear()
-                    rows = await conn.fetch(_NEXT, cursor, self.settings.outbox_batch)
-                if rows:
-                    await self._publish(rows)
-                    cursor, sent = int(rows[-1]["position"]), len(rows)
-                    # Every ack is in: move the cursor and read the next batch in one
-                    # round trip. The wake flag is cleared first, so a NOTIFY for a row
-                    # this read misses still wakes the wait below.
-                    self._wake.clear()
-                    rows = await conn.fetch(_MOVE_AND_NEXT, cursor, self.settings.outbox_batch)
-                    self.stats.cursor = cursor
-                    self.stats.published += sent
-                    metrics.PUBLISHED.labels(self.schema).inc(sent)
-                    self.stats.last_publish_at = time.time()
-                    continue
-                rows = None
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(
-                        _first(self._wake.wait(), stop.wait()), self.settings.outbox_poll_interval
-                    )
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(
+                            _first(self._wake.wait(), stop.wait()),
+                            self.settings.outbox_poll_interval,
+                        )
+            finally:
+                if unsaved:  # stopping: keep what was published (else it is sent again)
+                    with contextlib.suppress(Exception):
+                        await conn.execute(_MOVE, cursor)
         finally:
             self.stats.leader = False
             with contextlib.suppress(Exception):
