@@ -320,13 +320,18 @@ class FetchPace:
             self._apply(wait_ms)
 
 
-def set_fetch_wait(consumer: AIOKafkaConsumer, wait_ms: int) -> None:
-    """Make a (running) aiokafka consumer's next fetches wait `wait_ms` (`FetchPace`)."""
-    # aiokafka has no public setter: done where every private access is (imported here,
-    # not at the top, so that services without faust agents do not load faust at start)
+def fetch_wait_setter() -> Callable[[AIOKafkaConsumer, int], None]:
+    """The function that makes a running aiokafka consumer's next fetches wait so many
+    milliseconds (`FetchPace`).
+
+    aiokafka has no public setter, so it lives where every private access is
+    (`faust_internals`), whose import loads faust (~150 ms, 11 MB): a consumer loop
+    asks for it as it starts, so that a service without agents loads faust then, not
+    at import and not on the event loop at its first change of pace, mid-flow.
+    """
     from services.infra.faust_internals import set_consumer_fetch_wait
 
-    set_consumer_fetch_wait(consumer, wait_ms)
+    return set_consumer_fetch_wait
 
 
 BatchHandler = Callable[[Sequence[ConsumerRecord]], Awaitable[None]]
@@ -487,11 +492,12 @@ class ConsumerLoop:
         self._reread: set[TopicPartition] | None = None
         """Partitions read from 0 since the last reset (None: no reset to recover from)."""
         self._current: AIOKafkaConsumer | None = None
+        self._set_wait: Callable[[AIOKafkaConsumer, int], None] | None = None
         self.pace = FetchPace.of(settings, self._apply_wait)
 
     def _apply_wait(self, wait_ms: int) -> None:
-        if self._current is not None:
-            set_fetch_wait(self._current, wait_ms)
+        if self._current is not None and self._set_wait is not None:
+            self._set_wait(self._current, wait_ms)
 
     def rebuild(self, *, from_start: bool = False) -> None:
         """Ask the loop to drop its consumer and join again.
@@ -549,6 +555,8 @@ class ConsumerLoop:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set. Never raises for broker or handler failures."""
+        if self._set_wait is None:
+            self._set_wait = fetch_wait_setter()
         backoff = 0.2
         while not stop.is_set():
             consumer = self._consumer()

@@ -261,3 +261,27 @@ def test_the_consumer_thread_starts_the_pace_and_tells_it_of_records(
     assert pace.calls == (["start", "records"] if fetched else ["start"])
     asyncio.run(thread._fetch_records(object(), set()))
     assert pace.calls.count("start") == 1
+
+
+def test_a_consumer_loop_paces_the_consumer_it_runs_now() -> None:
+    from services.infra.kafka import ConsumerLoop, fetch_wait_setter
+
+    async def nothing(*_: Any) -> None:
+        return None
+
+    loop = ConsumerLoop(
+        CommonSettings(), group="g", topics=["t"], handler=nothing, on_poison=nothing
+    )
+    assert (loop.pace.short_ms, loop.pace.long_ms) == (20, 500)
+
+    class Consumer:
+        _fetch_max_wait_ms = 20
+        _fetcher: Any = None
+
+    consumer = Consumer()
+    loop._set_wait = fetch_wait_setter()
+    loop._apply_wait(300)  # no consumer running: nothing to set
+    assert consumer._fetch_max_wait_ms == 20
+    loop._current = consumer  # type: ignore[assignment]
+    loop._apply_wait(300)
+    assert consumer._fetch_max_wait_ms == 300
