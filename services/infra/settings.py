@@ -31,6 +31,20 @@ OIDC_ALLOWED_ALGORITHMS = frozenset(
 """Asymmetric JWS algorithms only: `none` and HMAC (HS*) are never accepted."""
 
 
+def _blank_is_none(value: Any) -> Any:
+    """A blank string setting (an empty environment variable) is unset."""
+    return None if isinstance(value, str) and not value.strip() else value
+
+
+def _refuse_development_key(settings: CommonSettings, name: str, development: str) -> None:
+    """Production refuses a key setting ``name`` (with its ``name``_file) that leaves the
+    public development key in use."""
+    value, path = getattr(settings, name), getattr(settings, f"{name}_file")
+    if settings.environment == "production" and _development_key(value, path, development):
+        env = f"INCIDENTS_{name.upper()}"
+        raise ValueError(f"production needs {env}_FILE or {env} (not the development key)")
+
+
 class CommonSettings(BaseSettings):
     """Settings every service reads."""
 
@@ -203,10 +217,9 @@ class CommonSettings(BaseSettings):
             )
         return value
 
-    @field_validator("oidc_jwks_url", "oidc_issuer", "oidc_audience", mode="before")
-    @classmethod
-    def _empty_is_unset(cls, value: Any) -> Any:
-        return None if isinstance(value, str) and not value.strip() else value
+    _empty_is_unset = field_validator(
+        "oidc_jwks_url", "oidc_issuer", "oidc_audience", mode="before"
+    )(_blank_is_none)
 
     @field_validator("oidc_jwks_url")
     @classmethod
@@ -301,20 +314,13 @@ class PseudonymSettings(CommonSettings):
         None, description="File holding the pseudonym key (base64); wins over pseudonym_key."
     )
 
-    @field_validator("pseudonym_key", "pseudonym_key_file", mode="before")
-    @classmethod
-    def _blank_pseudonym_is_unset(cls, value: Any) -> Any:
-        return None if isinstance(value, str) and not value.strip() else value
+    _blank_pseudonym_is_unset = field_validator(
+        "pseudonym_key", "pseudonym_key_file", mode="before"
+    )(_blank_is_none)
 
     @model_validator(mode="after")
     def _real_pseudonym_key(self) -> PseudonymSettings:
-        if self.environment == "production" and _development_key(
-            self.pseudonym_key, self.pseudonym_key_file, DEVELOPMENT_PSEUDONYM_KEY
-        ):
-            raise ValueError(
-                "production needs INCIDENTS_PSEUDONYM_KEY_FILE or INCIDENTS_PSEUDONYM_KEY"
-                " (not the development key)"
-            )
+        _refuse_development_key(self, "pseudonym_key", DEVELOPMENT_PSEUDONYM_KEY)
         return self
 
 
@@ -346,20 +352,13 @@ class ContentKeySettings(CommonSettings):
             return tuple(Path(p.strip()) for p in value.split(",") if p.strip())
         return value
 
-    @field_validator("master_key", "master_key_file", mode="before")
-    @classmethod
-    def _blank_key_is_unset(cls, value: Any) -> Any:
-        return None if isinstance(value, str) and not value.strip() else value
+    _blank_key_is_unset = field_validator("master_key", "master_key_file", mode="before")(
+        _blank_is_none
+    )
 
     @model_validator(mode="after")
     def _real_master_key(self) -> ContentKeySettings:
-        if self.environment == "production" and _development_key(
-            self.master_key, self.master_key_file, DEVELOPMENT_MASTER_KEY
-        ):
-            raise ValueError(
-                "production needs INCIDENTS_MASTER_KEY_FILE or INCIDENTS_MASTER_KEY"
-                " (not the development key)"
-            )
+        _refuse_development_key(self, "master_key", DEVELOPMENT_MASTER_KEY)
         return self
 
 
@@ -522,7 +521,7 @@ class EscalationSettings(CommonSettings):
         " <console_url>/incidents/<id> (https in production with `smtp`).",
     )
 
-    @field_validator(
+    _blank_is_unset = field_validator(
         "notify_webhook_url",
         "notify_webhook_secret",
         "notify_smtp_host",
@@ -530,10 +529,7 @@ class EscalationSettings(CommonSettings):
         "notify_smtp_username",
         "notify_smtp_password",
         mode="before",
-    )
-    @classmethod
-    def _blank_is_unset(cls, value: Any) -> Any:
-        return None if isinstance(value, str) and not value.strip() else value
+    )(_blank_is_none)
 
     @field_validator("notify_webhook_url", "console_url")
     @classmethod
