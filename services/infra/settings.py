@@ -36,6 +36,15 @@ def _blank_is_none(value: Any) -> Any:
     return None if isinstance(value, str) and not value.strip() else value
 
 
+def _http_url_or_none(value: str | None) -> str | None:
+    """An http(s) URL with a host, or unset."""
+    if value is not None:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("must be an http(s) URL")
+    return value
+
+
 def _refuse_development_key(settings: CommonSettings, name: str, development: str) -> None:
     """Production refuses a key setting ``name`` (with its ``name``_file) that leaves the
     public development key in use."""
@@ -221,14 +230,7 @@ class CommonSettings(BaseSettings):
         "oidc_jwks_url", "oidc_issuer", "oidc_audience", mode="before"
     )(_blank_is_none)
 
-    @field_validator("oidc_jwks_url")
-    @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
-        if value is not None:
-            parts = urlsplit(value)
-            if parts.scheme not in ("http", "https") or not parts.netloc:
-                raise ValueError("must be an http(s) URL")
-        return value
+    _http_url = field_validator("oidc_jwks_url")(_http_url_or_none)
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> CommonSettings:
@@ -531,14 +533,7 @@ class EscalationSettings(CommonSettings):
         mode="before",
     )(_blank_is_none)
 
-    @field_validator("notify_webhook_url", "console_url")
-    @classmethod
-    def _http_or_https(cls, value: str | None) -> str | None:
-        if value is not None:
-            parts = urlsplit(value)
-            if parts.scheme not in ("http", "https") or not parts.netloc:
-                raise ValueError("must be an http(s) URL")
-        return value
+    _http_or_https = field_validator("notify_webhook_url", "console_url")(_http_url_or_none)
 
     @model_validator(mode="after")
     def _notify_complete(self) -> EscalationSettings:
