@@ -241,7 +241,7 @@ def chaos(
 @app.command()
 def bench(
     quick: bool = typer.Option(
-        False, "--quick", help="Small sizes, under 2 minutes (for development)."
+        False, "--quick", help="Small sizes, a few minutes (for development)."
     ),
     url_intake: str | None = typer.Option(
         None, "--url-intake", help="Measure running services: intake's URL (with --url-audit)."
