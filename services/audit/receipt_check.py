@@ -33,7 +33,7 @@ from services.audit.checkpoint import (
     verify_checkpoint,
 )
 from services.audit.cosignature import CosignatureVerifier, cosigned_by
-from services.domain.events import SUBMITTED
+from services.domain.events import ReportSubmitted
 
 PROOF_FORMAT = "incidents.receipt.proof/v1"
 _EXIT_FAILED = 1
@@ -84,7 +84,7 @@ def check_proof(
     if size != checkpoint.tree_size or body.get("index") != index:
         raise ProofFailed("the proof's sizes or index do not match its checkpoint and leaf")
     if (event.get("type"), event.get("subject"), event.get("id")) != (
-        SUBMITTED,
+        ReportSubmitted.TYPE,
         proof.get("incident_id"),
         proof.get("event_id"),
     ):
