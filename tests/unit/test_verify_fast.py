@@ -193,6 +193,15 @@ FORGERIES: dict[str, Callable[[list[dict[str, Any]], int], object]] = {
         event={**_body(rows[k])["event"], "zzext": "1"}
     ),
     "served-event-only": lambda rows, k: [rows[k].pop("leaf_hash"), rows[k].update(event=None)],
+    "served-event-less": lambda rows, k: rows[k].update(
+        event={n: v for n, v in _body(rows[k])["event"].items() if n != "source"}
+    ),
+    "served-event-null": lambda rows, k: rows[k].update(
+        event={**_body(rows[k])["event"], "causationid": None}
+    ),
+    "served-event-true": lambda rows, k: rows[k].update(
+        event={**_body(rows[k])["event"], "specversion": True}
+    ),
     "extension": lambda rows, k: _rewrite(rows[k], lambda b: b["event"].update(zzext="1")),
     "null-event": lambda rows, k: _rewrite(rows[k], lambda b: b.update(event=None)),
 }
