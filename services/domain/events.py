@@ -726,8 +726,6 @@ EVENT_CLASSES: tuple[type[Event], ...] = (
 """Every event class, in the order the catalog, the schemas and the docs list them."""
 CATALOG: dict[str, EventType] = {c.TYPE: EventType.of(c) for c in EVENT_CLASSES}
 """Type -> its entry, built from the classes (the one place each type is named)."""
-SUBMITTED = ReportSubmitted.TYPE
-"""Kept for the modules that still import it: write `ReportSubmitted.TYPE`."""
 
 
 class InvalidEvent(ValueError):
