@@ -859,9 +859,22 @@ def _served_differs(entry: Entry, body: _Leaf) -> bool:
     if body.event is msgspec.UNSET:
         return entry["event"] is not None
     try:  # the served event as the leaf's is read (an attribute it lacks is refused)
-        return msgspec.convert(entry["event"], _Event) != body.event
+        served = msgspec.convert(entry["event"], _Event)
     except msgspec.ValidationError:
         return True
+    return served != body.event or not _same_json(served, body.event)
+
+
+def _same_json(served: Any, recorded: Any) -> bool:
+    """Whether two equal values are also the same JSON: Python's == takes true for 1 and
+    1.0 for 1, a served event must say what its leaf says, type for type."""
+    try:
+        return _ENCODE_SORTED(served) == _ENCODE_SORTED(recorded)
+    except (TypeError, ValueError, OverflowError):  # not JSON at all: it differs
+        return False
+
+
+_ENCODE_SORTED = msgspec.json.Encoder(order="sorted").encode
 
 
 def _check_order(recorded_at: str, previous: str, position: int, before: int) -> None:
@@ -1143,7 +1156,9 @@ class _Walk:
                     f" says {body.get(name)!r}",
                     index=position,
                 )
-        if "event" in entry and entry["event"] != body.get("event"):
+        if "event" in entry and (
+            entry["event"] != body.get("event") or not _same_json(entry["event"], body.get("event"))
+        ):
             raise _Bad(
                 f"entry {position} is served with an event its leaf does not hold",
                 index=position,

@@ -114,6 +114,11 @@ def _base() -> MemorySource:
     return _log()
 
 
+def _with_data(event: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    """The event with some of its data's fields changed (a copy)."""
+    return {**event, "data": {**event["data"], **changes}}
+
+
 def _body(row: dict[str, Any]) -> dict[str, Any]:
     body: dict[str, Any] = json.loads(base64.b64decode(row["leaf"]))
     return body
@@ -202,6 +207,12 @@ FORGERIES: dict[str, Callable[[list[dict[str, Any]], int], object]] = {
     "served-event-true": lambda rows, k: rows[k].update(
         event={**_body(rows[k])["event"], "specversion": True}
     ),
+    "served-level-true": lambda rows, k: rows[k].update(
+        event=_with_data(_body(rows[k])["event"], level=True)
+    ),
+    "served-level-float": lambda rows, k: rows[k].update(
+        event=_with_data(_body(rows[k])["event"], level=1.0)
+    ),
     "extension": lambda rows, k: _rewrite(rows[k], lambda b: b["event"].update(zzext="1")),
     "null-event": lambda rows, k: _rewrite(rows[k], lambda b: b.update(event=None)),
 }
@@ -277,3 +288,19 @@ def test_a_forged_log_gets_the_same_report_both_ways(
     fast, slow = asyncio.run(_both_ways(log, monkeypatch))
     assert fast == slow
     seen.add((fast["ok"], fast["reason"] and fast["reason"].split(" ")[0]))
+
+
+@pytest.mark.parametrize(
+    "name", sorted(n for n in FORGERIES if n.startswith("served-") and n != "served-right")
+)
+async def test_an_entry_served_unlike_its_leaf_is_reported_both_ways(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Type for type: a served `true` or `1.0` where the leaf holds `1` is a difference
+    (Python's == alone would take them as equal)."""
+    base = _base()
+    log = MemorySource(base.key, base.head_docs, copy.deepcopy(base.rows), tree=base.tree)
+    FORGERIES[name](log.rows, 3)
+    fast, slow = await _both_ways(log, monkeypatch)
+    assert fast == slow
+    assert not fast["ok"], name
