@@ -852,7 +852,8 @@ def _served_differs(entry: Entry, body: _Leaf) -> bool:
     for name in _SERVED_FIELDS:
         if name in entry:
             value = getattr(body, name)
-            if entry[name] != (None if value is msgspec.UNSET else value):
+            value = None if value is msgspec.UNSET else value
+            if entry[name] != value or type(entry[name]) is not type(value):
                 return True
     if "event" not in entry:
         return False
@@ -1150,7 +1151,9 @@ class _Walk:
             )
         _check_order(body["recorded_at"], self.previous_time, position, position - 1)
         for name in _SERVED_FIELDS:
-            if name in entry and entry[name] != body.get(name):
+            if name in entry and (
+                entry[name] != body.get(name) or type(entry[name]) is not type(body.get(name))
+            ):
                 raise _Bad(
                     f"entry {position} is served with {name}={entry[name]!r} but its leaf"
                     f" says {body.get(name)!r}",

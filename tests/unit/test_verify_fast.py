@@ -207,6 +207,9 @@ FORGERIES: dict[str, Callable[[list[dict[str, Any]], int], object]] = {
     "served-event-true": lambda rows, k: rows[k].update(
         event={**_body(rows[k])["event"], "specversion": True}
     ),
+    "served-partition-float": lambda rows, k: rows[k].update(
+        partition=float(_body(rows[k])["partition"])
+    ),
     "served-level-true": lambda rows, k: rows[k].update(
         event=_with_data(_body(rows[k])["event"], level=True)
     ),
