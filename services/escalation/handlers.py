@@ -90,7 +90,13 @@ PENDING_EVERY = 5.0
 DELIVERY_CONCURRENCY = 16
 """Notices one worker delivers at once."""
 DELIVERY_POLL_SECONDS = 0.5
-"""How often the delivery worker looks for due notices without being woken."""
+"""Shortest pause between two looks for due notices when a due one was left (locked by
+another worker, or every slot taken)."""
+IDLE_FALLBACK_SECONDS = 5.0
+"""Longest sleep of the scheduler and the delivery worker: each sleeps until its next due
+row, woken early by a new one (an in-process event, the scheduler also by NOTIFY); this
+bound only catches a wake-up lost (a listener connection that dropped, another
+instance's notice) and refreshes the gauges while idle."""
 DELIVERY_MAX_ATTEMPTS = 5
 """Leases of one notice (workers that died on it) before it counts as failed."""
 
@@ -225,7 +231,7 @@ class Escalation:
                     PENDING.set(counts["pending"])
                     STALLED_NOW.set(counts["stalled"])
                     counted = time.monotonic()
-                delay = 1.0
+                delay = IDLE_FALLBACK_SECONDS
                 if nearest is not None:
                     delay = max(0.0, min(delay, (nearest - self.now()).total_seconds()))
                 if held and delay == 0.0:
@@ -261,23 +267,30 @@ class Escalation:
         try:
             while not stop.is_set():
                 self._deliveries_due.clear()
+                delay = DELIVERY_POLL_SECONDS
                 try:
                     free = DELIVERY_CONCURRENCY - len(inflight)
                     for row in await self._claim(free) if free > 0 else ():
                         task = asyncio.create_task(self._deliver(row))
                         inflight.add(task)
                         task.add_done_callback(inflight.discard)
+                    # At most every short pause (under load), the gauges, and how long
+                    # to sleep: until the next pending notice comes due (a lease that
+                    # runs out), at most the fallback; a new notice wakes it earlier.
                     if time.monotonic() - measured >= DELIVERY_POLL_SECONDS:
-                        await self._refresh_queue_metrics()
+                        next_due = await self._refresh_queue_metrics()
                         measured = time.monotonic()
+                        delay = _seconds_until(
+                            next_due, DELIVERY_POLL_SECONDS, IDLE_FALLBACK_SECONDS
+                        )
                 except TRANSIENT_ERRORS as exc:
                     log.warning("notice delivery: %r; retrying", exc)
                 # A finished delivery only matters when every slot is taken; otherwise
-                # the queue is empty until a new notice (or the poll) says otherwise.
+                # the queue is empty until a new notice (or the timer) says otherwise.
                 full = len(inflight) >= DELIVERY_CONCURRENCY
                 waits = [self._deliveries_due.wait(), stop.wait(), *(inflight if full else ())]
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(_first_of(waits), DELIVERY_POLL_SECONDS)
+                    await asyncio.wait_for(_first_of(waits), delay)
         finally:
             for task in inflight:  # their leases run out; a later worker delivers them
                 task.cancel()
@@ -331,15 +344,18 @@ class Escalation:
             except TRANSIENT_ERRORS as exc:  # the lease runs out and it is delivered again
                 log.warning("notice %s: outcome not recorded: %r", envelope.id, exc)
 
-    async def _refresh_queue_metrics(self) -> None:
+    async def _refresh_queue_metrics(self) -> datetime | None:
+        """Set the queue's gauges; when the next pending notice comes due (None: none)."""
         async with self.runtime.db.acquire() as conn:
             row = await conn.fetchrow(
-                "SELECT count(*) AS n, min(created_at) AS oldest FROM deliveries"
-                " WHERE state = 'pending'"
+                "SELECT count(*) AS n, min(created_at) AS oldest, min(next_at) AS next_due"
+                " FROM deliveries WHERE state = 'pending'"
             )
         QUEUED.set(row["n"])
         oldest = row["oldest"]
         QUEUED_AGE.set(max(0.0, (datetime.now(UTC) - oldest).total_seconds()) if oldest else 0)
+        next_due: datetime | None = row["next_due"]
+        return next_due
 
     async def _record_delivered(
         self, conn: asyncpg.Connection, deliveries: Sequence[usecases.Delivery]
@@ -389,6 +405,14 @@ def _observe(incident_id: str, effects: Sequence[esc.Effect]) -> None:
 def _without_text(envelope: Envelope) -> Envelope:
     """A reporter message with its text blanked: the clock needs only that it was sent."""
     return envelope.model_copy(update={"data": {**envelope.data, "text": ""}})
+
+
+def _seconds_until(when: datetime | None, shortest: float, longest: float) -> float:
+    """Seconds from now (wall time, as the database's timestamps) until `when`, within
+    [`shortest`, `longest`]; `longest` when there is no `when`."""
+    if when is None:
+        return longest
+    return min(longest, max(shortest, (when - datetime.now(UTC)).total_seconds()))
 
 
 async def _either(event: asyncio.Event, stop: asyncio.Event) -> None:
