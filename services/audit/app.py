@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,7 +12,13 @@ from fastapi import FastAPI
 
 from services.audit import ui
 from services.audit.api import router
-from services.audit.heads import HeadSigner, WitnessSubmitter, load_signer, load_witnesses
+from services.audit.heads import (
+    IDLE_LOOK_SECONDS,
+    HeadSigner,
+    WitnessSubmitter,
+    load_signer,
+    load_witnesses,
+)
 from services.audit.identity import bind_to_database
 from services.audit.ledger import consumed
 from services.audit.postgres import Isolation, PostgresAuditUnitOfWork
@@ -67,7 +74,9 @@ def create_app(settings: AuditSettings | None = None) -> FastAPI:
         # attempt is evidence (docs/event-signing.md).
         refused = runtime.authenticity(records)
         batch = AppendBatch(tuple(consumed(records, refused)))
-        await append_batch(batch, unit_of_work())
+        if await append_batch(batch, unit_of_work()):
+            for grew in ledger_grew:  # the head signer and the console index look now
+                grew.set()
         for record, reason in zip(records, refused, strict=True):
             if reason is not None:
                 metrics.REJECTED_EVENTS.labels("audit", reason).inc()
@@ -90,11 +99,13 @@ def create_app(settings: AuditSettings | None = None) -> FastAPI:
         )
     )
     heads = HeadSigner(runtime, settings, signer)
+    index_grew = asyncio.Event()
+    ledger_grew = (heads.grew, index_grew)
     runtime.background("head-signer", heads.run)
     witnesses = WitnessSubmitter(runtime, settings, load_witnesses(settings))
     if witnesses.witnesses:  # separate from signing: a witness that is down delays nothing
         runtime.background("witness-submitter", witnesses.run)
-    runtime.background("console-index", indexer(runtime))
+    runtime.background("console-index", indexer(runtime, index_grew, IDLE_LOOK_SECONDS))
     app = build_app(runtime, title="Incidents audit")
     app.state.signer = signer
     app.state.heads = heads

@@ -33,7 +33,7 @@ from services.domain.envelope import utc_rfc3339
 from services.domain.events import CheckpointCosigned, CheckpointSigned, Topic, make_event
 from services.infra import eventstore
 from services.infra.kafka import TRANSIENT_ERRORS
-from services.infra.runtime import Runtime
+from services.infra.runtime import Runtime, follow
 from services.infra.settings import AuditSettings
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,9 @@ SIGNED_SIZE = Gauge("incidents_ledger_signed_tree_size", "Tree size of the lates
 SINCE_HEAD = Gauge(
     "incidents_ledger_seconds_since_signed_head", "Seconds since the latest head was signed."
 )
+IDLE_LOOK_SECONDS = 5.0
+"""Longest pause between two looks of an idle head signer or console index (entries
+that another audit instance appended, the gauges); this process's appends wake them."""
 
 
 def load_signer(settings: AuditSettings) -> NoteSigner:
@@ -152,6 +155,10 @@ class HeadSigner:
         self.signer = signer
         self.checkpoints_topic = settings.topic(Topic.CHECKPOINTS)
         self.last_signed_at = 0.0
+        self.grew = asyncio.Event()
+        """Set by this process's ledger appends: `run` looks for a due head then."""
+        self.unsigned = False
+        """The last look found entries not yet under a head (not due yet)."""
 
     async def sign_if_due(self, *, force: bool = False) -> Head | None:
         """Sign the current tree if enough is new (or `force` and anything is new)."""
@@ -159,6 +166,7 @@ class HeadSigner:
             size = int(await conn.fetchval("SELECT last + 1 FROM counters WHERE name = 'ledger'"))
             previous = await latest_head(conn)
             since = previous.tree_size if previous else 0
+            self.unsigned = False
             if size <= since:
                 return None
             fresh = await conn.fetchval(
@@ -171,6 +179,7 @@ class HeadSigner:
                 fresh > 0 and (force or elapsed >= self.settings.checkpoint_interval)
             )
             if not due:
+                self.unsigned = fresh > 0
                 return None
             root = await tree.root_at(conn, size)
             now = datetime.now(UTC)
@@ -219,24 +228,42 @@ class HeadSigner:
 
     async def _measure(self) -> None:
         async with self.runtime.db.acquire() as conn:
-            size = await conn.fetchval("SELECT last + 1 FROM counters WHERE name = 'ledger'")
-            head = await latest_head(conn)
-        LEDGER_ENTRIES.set(size)
-        if head is not None:
-            SINCE_HEAD.set((datetime.now(UTC) - head.signed_at).total_seconds())
-            SIGNED_SIZE.set(head.tree_size)
+            row = await conn.fetchrow(
+                "SELECT (SELECT last + 1 FROM counters WHERE name = 'ledger') AS size,"
+                " h.tree_size, h.signed_at FROM (SELECT 1) one LEFT JOIN LATERAL"
+                " (SELECT tree_size, signed_at FROM ledger_heads ORDER BY tree_size DESC"
+                " LIMIT 1) h ON true"
+            )
+        LEDGER_ENTRIES.set(row["size"])
+        if row["tree_size"] is not None:
+            SINCE_HEAD.set((datetime.now(UTC) - row["signed_at"]).total_seconds())
+            SIGNED_SIZE.set(row["tree_size"])
+
+    async def _step(self) -> bool:
+        """One look: sign a due head, set the gauges; True while entries wait unsigned."""
+        try:
+            await self.sign_if_due()
+            await self._measure()
+        except TRANSIENT_ERRORS as exc:
+            log.warning("signing a tree head failed (will retry): %r", exc)
+            return True
+        return self.unsigned
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Check for due heads until `stop`; never dies on a transient failure."""
-        tick = min(1.0, self.settings.checkpoint_interval)
-        while not stop.is_set():
-            try:
-                await self.sign_if_due()
-                await self._measure()
-            except TRANSIENT_ERRORS as exc:
-                log.warning("signing a tree head failed (will retry): %r", exc)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(stop.wait(), tick)
+        """Sign due heads until `stop`; never dies on a transient failure.
+
+        Looks every `min(1, checkpoint_interval)` seconds while entries wait unsigned (so
+        a head covers them within the interval and a look), otherwise when this
+        process appends to the ledger (`grew`) or every `IDLE_LOOK_SECONDS` (another
+        instance's entries; the gauges): an idle ledger costs no statement a second.
+        """
+        await follow(
+            stop,
+            self.grew,
+            self._step,
+            spacing=min(1.0, self.settings.checkpoint_interval),
+            fallback=IDLE_LOOK_SECONDS,
+        )
 
 
 # ----------------------------------------------------------------------- witnesses

@@ -6,7 +6,8 @@ background task folds each new ledger entry into `console_incidents` with the do
 own `apply` and the one status's `advance` (services/domain/status.py: status and level
 in the words every view uses), in ledger order, and moves its cursor (counter
 `console_index`) in the same transaction. It is derived data: it lags the ledger by up
-to `POLL` seconds, can be rebuilt from the ledger (reset the counter, empty the table;
+to `POLL` seconds (woken by this process's appends; another audit instance's within
+`heads.IDLE_LOOK_SECONDS`), can be rebuilt from the ledger (reset the counter, empty the table;
 rows folded before the one status show the old status until then), and the incident
 page never reads it (that page folds the incident's own entries, as the audit API does).
 """
@@ -14,7 +15,6 @@ page never reads it (that page folds the incident's own entries, as the audit AP
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from dataclasses import dataclass, fields
@@ -36,7 +36,7 @@ from services.domain.incident import IncidentState, apply
 from services.domain.status import STATUSES as STATUSES  # the filter's words
 from services.domain.status import Progress, advance, from_store, to_store
 from services.domain.triage import LEVEL_1_ACKNOWLEDGE
-from services.infra.runtime import Runtime
+from services.infra.runtime import Runtime, follow
 
 log = logging.getLogger(__name__)
 
@@ -199,17 +199,20 @@ async def catch_up(runtime: Runtime, batch: int = BATCH) -> int:
             return total
 
 
-def indexer(runtime: Runtime) -> Any:
-    """The background task that keeps the index within `POLL` seconds of the ledger."""
+def indexer(runtime: Runtime, grew: asyncio.Event, idle: float) -> Any:
+    """The background task that keeps the index within `POLL` seconds of this process's
+    ledger appends (`grew` is set by each) and within `idle` seconds of another's."""
+
+    async def step() -> bool:
+        try:
+            await catch_up(runtime)
+        except (OSError, asyncpg.PostgresError) as exc:  # the next round tries again
+            log.warning("console index: %r", exc)
+            return True
+        return False
 
     async def run(stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                await catch_up(runtime)
-            except (OSError, asyncpg.PostgresError) as exc:  # the next round tries again
-                log.warning("console index: %r", exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=POLL)
+        await follow(stop, grew, step, spacing=POLL, fallback=idle)
 
     return run
 

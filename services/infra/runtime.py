@@ -360,3 +360,41 @@ def _rebuilder(loop: ConsumerLoop) -> Callable[[], Awaitable[None]]:
         loop.rebuild(from_start=True)
 
     return rebuild
+
+
+async def follow(
+    stop: asyncio.Event,
+    grew: asyncio.Event,
+    step: Callable[[], Awaitable[bool]],
+    *,
+    spacing: float,
+    fallback: float,
+) -> None:
+    """Run `step` until `stop`, woken by `grew` instead of polling.
+
+    `step` returns True when it left work for later (something not yet due, a failure
+    to retry): it runs again `spacing` seconds after it last began. Otherwise it waits
+    for `grew` (set by whoever produces its work, e.g. the ledger's append in this
+    process) or `fallback` seconds (work another process produced, gauges), and still
+    runs at most once per `spacing` under a steady flow. An idle service then wakes
+    once per `fallback`, not once per `spacing`.
+    """
+    loop = asyncio.get_running_loop()
+    while not stop.is_set():
+        began = loop.time()
+        grew.clear()
+        if not await step():
+            await _first_set((grew, stop), fallback)
+        rest = began + spacing - loop.time()
+        if rest > 0 and not stop.is_set():
+            await _first_set((stop,), rest)
+
+
+async def _first_set(events: Sequence[asyncio.Event], seconds: float) -> None:
+    """Return when one of `events` is set or after `seconds`."""
+    waits = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
