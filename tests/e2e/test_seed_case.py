@@ -39,6 +39,7 @@ LEVEL = 2
 """Seconds each level of the test policy has to acknowledge, but the ethics officer's."""
 ETHICS = 5
 """Seconds of level 3, the one that acts: its acknowledgement never races level 4."""
+RETAINED = 2  # seconds an incident of category `other` is kept once closed (erasure test)
 POLICY = f"""
 version: "e2e-seed-seconds"
 categories: {{sexual_misconduct: critical, harassment: high, other: normal}}
@@ -63,6 +64,7 @@ reporter_acknowledgement_within: 5m
 conflicts:
   exclude: [accused, accused_management_chain, named_in_report, reporter]
   independent_roles: [chief_ethics_officer, board_audit_committee]
+retention: {{categories: {{other: {RETAINED}s}}}}
 """
 TOKENS = {
     "p-chen": "dev-chen-token",
@@ -103,7 +105,11 @@ def stack_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         shipped.rstrip("\n") + '\n  - {token: dev-zhang-token, principal: "p-zhang"}\n',
         encoding="utf-8",
     )
-    return {"INCIDENTS_POLICY_FILE": str(policy), "INCIDENTS_TOKENS_FILE": str(tokens)}
+    return {
+        "INCIDENTS_POLICY_FILE": str(policy),
+        "INCIDENTS_TOKENS_FILE": str(tokens),
+        "INCIDENTS_ERASURE_INTERVAL": "1",
+    }
 
 
 @dataclass(frozen=True)
@@ -504,7 +510,7 @@ def test_the_reporters_pdf_reaches_the_handler_recorded_and_never_the_accused(
 ) -> None:
     """Through the whole stack: the anonymous reporter attaches a 5 MB PDF by her receipt;
     p-chen, routed at level 1, downloads it (recorded in the ledger); the accused gets the
-    404 of an unknown file, recorded too. (Erasure is tested in test_attachments.)"""
+    404 of an unknown file, recorded too. (Erasure: the next test.)"""
     content = b"%PDF-1.7\n" + os.urandom(5 * 1024 * 1024 - 9)
     answer = httpx.post(
         f"{stack.url('intake')}/v1/receipts/{seed.receipt}/attachments",
@@ -573,3 +579,45 @@ async def test_every_record_on_every_topic_verifies_and_matches_its_published_sc
             )
         errors = [e.message for e in validators[event["type"]].iter_errors(event)]
         assert not errors, (event["type"], errors[:3])
+
+
+def test_a_file_is_unreadable_once_its_closed_incident_is_erased(stack: Stack) -> None:
+    """Through the whole stack: a report of category `other` (kept 2 s once closed by this
+    module's policy; the erasure job runs every second) with a PDF attached by receipt;
+    p-chen reads the file, acknowledges and closes; once the job erased the incident
+    (`incident.erased.v1`: its key destroyed), the file is refused and nothing of it is
+    served, to the handler or by the receipt."""
+    intake = stack.url("intake")
+    report = {**SEED_REPORT, "category": "other", "accused": [], "summary": "Expense fraud"}
+    answer = httpx.post(intake + "/v1/reports", json=report, timeout=10)
+    assert answer.status_code == 202, answer.text
+    incident, receipt, secret = (answer.json()[k] for k in ("incident_id", "receipt", "secret"))
+    content = b"%PDF-1.7\n" + os.urandom(256 * 1024)
+    added = httpx.post(
+        f"{intake}/v1/receipts/{receipt}/attachments",
+        content=content,
+        headers={"x-receipt-secret": secret, "x-filename": "ledger-extract.pdf"},
+        timeout=30,
+    )
+    assert added.status_code == 201, added.text
+    file_id = added.json()["attachment_id"]
+    path = f"{intake}/v1/incidents/{incident}/attachments/{file_id}"
+    acknowledge(stack, incident, "p-chen")
+    assert httpx.get(path, headers=as_("p-chen"), timeout=30).content == content
+    closed = httpx.post(
+        f"{intake}/v1/incidents/{incident}/status",
+        json={"status": "closed", "outcome": "Unfounded."},
+        headers=as_("p-chen"),
+        timeout=10,
+    )
+    assert closed.status_code == 202, closed.text
+    wait_event(stack, incident, "incident.erased.v1", timeout=RETAINED + 30)
+    after = httpx.get(path, headers=as_("p-chen"), timeout=10)
+    assert after.status_code in {404, 409, 410}, after.status_code
+    assert content[:64] not in after.content and content[-64:] not in after.content
+    hers = httpx.get(
+        f"{intake}/v1/receipts/{receipt}/attachments/{file_id}",
+        headers={"x-receipt-secret": secret},
+        timeout=10,
+    )
+    assert hers.status_code >= 400 and content[:64] not in hers.content, hers.status_code
