@@ -91,6 +91,7 @@ from services.audit.checkpoint import (
     verify_checkpoint,
 )
 from services.domain.envelope import canonical_json, utc_rfc3339
+from services.domain.events import CheckpointSigned
 
 __all__ = [
     "BUNDLE_FORMAT",
@@ -121,7 +122,7 @@ PAGE_SIZE = 1000
 """Entries per request: the most the audit API serves at once."""
 
 LEAF_VERSION = 1
-CHECKPOINT_EVENT = "audit.checkpoint.signed.v1"
+CHECKPOINT_EVENT = CheckpointSigned.TYPE
 _RECORDED_AT = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z", re.ASCII)
 _SERVED_FIELDS = ("recorded_at", "topic", "partition", "offset")
 _GAP = 64  # an export fetches indexes this close together in one request
