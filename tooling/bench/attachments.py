@@ -2,7 +2,7 @@
 intake's routes, beside a raw write and read of the same bytes to PostgreSQL.
 
 An anonymous report is routed to a handler (routing rows written as triage's decision
-would write them: the bench's intake runs alone), who uploads a file of `size` bytes
+would write them, where no triage's decision came first), who uploads a file of `size` bytes
 (a PDF header and random bytes: nothing for compression to gain) and downloads it again,
 `rounds` times; the figures are the medians in MB/s (10^6 bytes). The baselines, in the
 same run against the same PostgreSQL: plain asyncpg writing the same bytes as one

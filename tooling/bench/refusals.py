@@ -93,13 +93,17 @@ def _auth(token: str) -> dict[str, str]:
 
 
 async def _route(target: Target, incident: str) -> None:
-    """p-chen routed at level 1, p-wang excluded as the accused: triage's decision."""
+    """p-chen routed at level 1, p-wang excluded as the accused: triage's decision.
+
+    Where a triage runs behind this intake (the attachment figures on a whole stack), its
+    decision may reach intake's routing table first: its rows then stand as they are."""
     conn = await asyncpg.connect(target.database_url)
     try:
         await conn.executemany(
             f"INSERT INTO intake{target.schema_suffix}.routing"  # noqa: S608 - our own schema name
             " (incident_id, principal, level, routed, routed_at, excluded_rule, excluded_at,"
-            " source_event) VALUES ($1, $2, $3, $4, now(), $5, now(), $6)",
+            " source_event) VALUES ($1, $2, $3, $4, now(), $5, now(), $6)"
+            " ON CONFLICT (incident_id, principal) DO NOTHING",
             [
                 (incident, "p-chen", 1, True, None, uuid.uuid4()),
                 (incident, "p-wang", None, False, "accused", uuid.uuid4()),
