@@ -446,6 +446,42 @@ def _check_proof_hashes(proof: Sequence[bytes]) -> None:
             raise ProofError(f"proof hash {i} is {len(h)} bytes, want {HASH_SIZE}")
 
 
+def _climb(
+    kind: str,
+    fn: int,
+    sn: int,
+    node: bytes,
+    path: Sequence[bytes],
+    *,
+    first: bytes | None = None,
+) -> tuple[bytes, bytes | None]:
+    """The walk up the tree that inclusion and consistency proofs share (RFC 9162
+    2.1.3.2 step 4 and 2.1.4.2 step 6, each with its check that ``sn`` ends at 0).
+
+    ``fn`` and ``sn`` are the indexes of the node and of the tree's last node; ``node``
+    grows into the root the path implies. ``first`` (consistency proofs only) grows
+    into the first tree's root, from the path's left siblings alone. Returns both.
+    Raises `ProofError` ("<kind> proof is too long" or "... too short").
+    """
+    for c in path:
+        if sn == 0:
+            raise ProofError(f"{kind} proof is too long")
+        if fn & 1 or fn == sn:
+            node = node_hash(c, node)
+            if first is not None:
+                first = node_hash(c, first)
+            while fn and not fn & 1:
+                fn >>= 1
+                sn >>= 1
+        else:
+            node = node_hash(node, c)
+        fn >>= 1
+        sn >>= 1
+    if sn != 0:
+        raise ProofError(f"{kind} proof is too short")
+    return node, first
+
+
 def root_from_inclusion_proof(
     leaf_hash: bytes, index: int, size: int, proof: Sequence[bytes]
 ) -> bytes:
@@ -459,23 +495,8 @@ def root_from_inclusion_proof(
     if len(leaf_hash) != HASH_SIZE:
         raise ProofError(f"leaf hash is {len(leaf_hash)} bytes, want {HASH_SIZE}")
     _check_proof_hashes(proof)
-    fn, sn = index, size - 1
-    r = leaf_hash
-    for p in proof:
-        if sn == 0:
-            raise ProofError("inclusion proof is too long")
-        if fn & 1 or fn == sn:
-            r = node_hash(p, r)
-            while fn and not fn & 1:
-                fn >>= 1
-                sn >>= 1
-        else:
-            r = node_hash(r, p)
-        fn >>= 1
-        sn >>= 1
-    if sn != 0:
-        raise ProofError("inclusion proof is too short")
-    return r
+    root, _ = _climb("inclusion", index, size - 1, leaf_hash, proof)
+    return root
 
 
 def verify_inclusion(
@@ -525,24 +546,8 @@ def root_from_consistency_proof(
     while fn & 1:
         fn >>= 1
         sn >>= 1
-    # Steps 5-6.
-    fr = sr = path[0]
-    for c in path[1:]:
-        if sn == 0:
-            raise ProofError("consistency proof is too long")
-        if fn & 1 or fn == sn:
-            fr = node_hash(c, fr)
-            sr = node_hash(c, sr)
-            while fn and not fn & 1:
-                fn >>= 1
-                sn >>= 1
-        else:
-            sr = node_hash(sr, c)
-        fn >>= 1
-        sn >>= 1
-    # Step 7 (first half).
-    if sn != 0:
-        raise ProofError("consistency proof is too short")
+    # Steps 5-6, and the first half of step 7 (``sn == 0``).
+    sr, fr = _climb("consistency", fn, sn, path[0], path[1:], first=path[0])
     if fr != root1:
         raise ProofError("consistency proof does not lead to the first root")
     return sr

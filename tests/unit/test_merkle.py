@@ -360,6 +360,30 @@ def test_a_consistency_proof_binds_both_roots(sizes: tuple[int, int], bit: int) 
         verify_consistency(size1, size2, proof, root1, other2)
 
 
+@pytest.mark.parametrize(("index", "size"), [(2, 7), (6, 7), (0, 5)])
+def test_an_inclusion_proof_of_the_wrong_length_is_named_too_long_or_too_short(
+    index: int, size: int
+) -> None:
+    proof = TREE.inclusion_proof(index, size)
+    root = TREE.root(size)
+    with pytest.raises(ProofError, match=r"^inclusion proof is too long$"):
+        verify_inclusion(LEAF_HASHES[index], index, size, [*proof, root], root)
+    with pytest.raises(ProofError, match=r"^inclusion proof is too short$"):
+        verify_inclusion(LEAF_HASHES[index], index, size, proof[:-1], root)
+
+
+@pytest.mark.parametrize(("size1", "size2"), [(3, 7), (1, 8), (5, 8)])
+def test_a_consistency_proof_of_the_wrong_length_is_named_too_long_or_too_short(
+    size1: int, size2: int
+) -> None:
+    proof = TREE.consistency_proof(size1, size2)
+    root1, root2 = TREE.root(size1), TREE.root(size2)
+    with pytest.raises(ProofError, match=r"^consistency proof is too long$"):
+        verify_consistency(size1, size2, [*proof, root2], root1, root2)
+    with pytest.raises(ProofError, match=r"^consistency proof is too short$"):
+        verify_consistency(size1, size2, proof[:-1], root1, root2)
+
+
 @NO_DEADLINE
 @given(st.integers(0, 300), st.integers(0, 40))
 def test_a_persisted_frontier_resumes_exactly_where_it_left_off(saved: int, more: int) -> None:
