@@ -27,10 +27,9 @@ acknowledgements are counted by reason and logged.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 import asyncpg
@@ -60,6 +59,7 @@ from services.infra.kafka import TRANSIENT_ERRORS, record_span
 from services.infra.logging import bind_incident
 from services.infra.runtime import Runtime
 from services.infra.telemetry import current_traceparent, span_after
+from services.infra.waits import first_of
 
 log = logging.getLogger(__name__)
 LATENESS = Histogram(
@@ -236,8 +236,7 @@ class Escalation:
                     delay = max(0.0, min(delay, (nearest - self.now()).total_seconds()))
                 if held and delay == 0.0:
                     delay = 0.05  # do not spin while the due row's lock is held
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(_either(self._wake, stop), delay)
+                await first_of([self._wake.wait(), stop.wait()], delay)
             except TRANSIENT_ERRORS as exc:
                 log.warning("escalation scheduler: %r; retrying", exc)
                 listener = None
@@ -289,8 +288,7 @@ class Escalation:
                 # the queue is empty until a new notice (or the timer) says otherwise.
                 full = len(inflight) >= DELIVERY_CONCURRENCY
                 waits = [self._deliveries_due.wait(), stop.wait(), *(inflight if full else ())]
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(_first_of(waits), delay)
+                await first_of(waits, delay)
         finally:
             for task in inflight:  # their leases run out; a later worker delivers them
                 task.cancel()
@@ -413,21 +411,6 @@ def _seconds_until(when: datetime | None, shortest: float, longest: float) -> fl
     if when is None:
         return longest
     return min(longest, max(shortest, (when - datetime.now(UTC)).total_seconds()))
-
-
-async def _either(event: asyncio.Event, stop: asyncio.Event) -> None:
-    await _first_of([event.wait(), stop.wait()])
-
-
-async def _first_of(waits: Sequence[Awaitable[object]]) -> None:
-    """Return when the first of `waits` is done; cancel the rest (tasks given are kept)."""
-    futures = [asyncio.ensure_future(w) for w in waits]
-    try:
-        await asyncio.wait(futures, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for future, wait in zip(futures, waits, strict=True):
-            if future is not wait:
-                future.cancel()
 
 
 def system_clock() -> datetime:

@@ -17,9 +17,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Awaitable
 from dataclasses import KW_ONLY, dataclass, field
-from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
@@ -30,6 +28,7 @@ from services.infra.db import connect
 from services.infra.kafka import TRANSIENT_ERRORS
 from services.infra.settings import CommonSettings
 from services.infra.telemetry import current_traceparent, span_after
+from services.infra.waits import first_of
 
 log = logging.getLogger(__name__)
 
@@ -150,20 +149,15 @@ class OutboxRelay:
                             # Nothing more yet: a row that commits within SAVE_WITHIN
                             # carries the move with its read; else the move is saved alone.
                             rows, unsaved = None, True
-                            with contextlib.suppress(asyncio.TimeoutError):
-                                await asyncio.wait_for(
-                                    _first(self._wake.wait(), stop.wait()), SAVE_WITHIN
-                                )
+                            await first_of([self._wake.wait(), stop.wait()], SAVE_WITHIN)
                             continue
                         self._wake.clear()
                         rows = await conn.fetch(_MOVE_AND_NEXT, cursor, self.settings.outbox_batch)
                         continue
                     rows = None
-                    with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(
-                            _first(self._wake.wait(), stop.wait()),
-                            self.settings.outbox_poll_interval,
-                        )
+                    await first_of(
+                        [self._wake.wait(), stop.wait()], self.settings.outbox_poll_interval
+                    )
             finally:
                 if unsaved:  # stopping: keep what was published (else it is sent again)
                     with contextlib.suppress(Exception):
@@ -216,12 +210,3 @@ class OutboxRelay:
                     )
                 )
         await asyncio.gather(*futures)
-
-
-async def _first(*aws: Awaitable[Any]) -> None:
-    tasks = [asyncio.ensure_future(a) for a in aws]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()

@@ -34,6 +34,7 @@ from services.infra.kafka import (
 )
 from services.infra.relay import OutboxRelay
 from services.infra.settings import CommonSettings
+from services.infra.waits import first_of
 
 log = logging.getLogger(__name__)
 
@@ -384,17 +385,7 @@ async def follow(
         began = loop.time()
         grew.clear()
         if not await step():
-            await _first_set((grew, stop), fallback)
+            await first_of([grew.wait(), stop.wait()], fallback)
         rest = began + spacing - loop.time()
         if rest > 0 and not stop.is_set():
-            await _first_set((stop,), rest)
-
-
-async def _first_set(events: Sequence[asyncio.Event], seconds: float) -> None:
-    """Return when one of `events` is set or after `seconds`."""
-    waits = [asyncio.ensure_future(event.wait()) for event in events]
-    try:
-        await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for wait in waits:
-            wait.cancel()
+            await first_of([stop.wait()], rest)
