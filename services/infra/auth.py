@@ -21,9 +21,10 @@ import asyncio
 import hashlib
 import logging
 import re
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import jwt
 from jwt import PyJWK, PyJWKClient
@@ -33,6 +34,7 @@ from services.infra.config import load_yaml_model
 from services.infra.settings import OIDC_ALLOWED_ALGORITHMS, CommonSettings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class TokenEntry(BaseModel):
@@ -181,35 +183,41 @@ class OidcAuthenticator:
 
     def principal_id(self, authorization: str | None) -> str | None:
         """The verified `sub`, or None. May block on a JWKS fetch (up to the timeout)."""
+        return _result_now(self._checked(authorization, self._key_here))
+
+    async def principal_id_async(self, authorization: str | None) -> str | None:
+        """The verified `sub`, or None; a JWKS fetch runs in a thread, one at a time."""
+        return await self._checked(authorization, self._key_in_thread)
+
+    async def _checked(
+        self, authorization: str | None, key_of: Callable[[str], Awaitable[PyJWK]]
+    ) -> str | None:
+        """The one check of both paths, which differ only in how a key is fetched (`key_of`)."""
         token = bearer_token(authorization)
         if token is None:
             return None
         kid: str | None = None
         try:
             kid = self._kid(token)
-            return self._verify(token, self._signing_key(kid))
+            return self._verify(token, await key_of(kid))
         except TokenRefused as exc:
             self._refused(exc, kid)
             return None
 
-    async def principal_id_async(self, authorization: str | None) -> str | None:
-        """The verified `sub`, or None; a JWKS fetch runs in a thread, one at a time."""
-        token = bearer_token(authorization)
-        if token is None:
-            return None
-        kid: str | None = None
-        try:
-            kid = self._kid(token)
-            key = self._cached_key(kid)
-            if key is None:
-                async with self._fetching:  # concurrent requests share one fetch
-                    key = self._cached_key(kid)
-                    if key is None:
-                        key = await asyncio.to_thread(self._signing_key, kid)
-            return self._verify(token, key)
-        except TokenRefused as exc:
-            self._refused(exc, kid)
-            return None
+    async def _key_here(self, kid: str) -> PyJWK:
+        """The key, fetched in this thread if need be (never waits on the event loop)."""
+        return self._signing_key(kid)
+
+    async def _key_in_thread(self, kid: str) -> PyJWK:
+        """The key from the cached set, or fetched in a thread: concurrent requests share
+        one fetch."""
+        key = self._cached_key(kid)
+        if key is None:
+            async with self._fetching:
+                key = self._cached_key(kid)
+                if key is None:
+                    key = await asyncio.to_thread(self._signing_key, kid)
+        return key
 
     def _kid(self, token: str) -> str:
         """The `kid` of a token whose header names an accepted algorithm (unverified)."""
@@ -306,6 +314,17 @@ def _reason(exc: jwt.PyJWTError) -> str:
         if isinstance(exc, kind):
             return reason
     return f"invalid token ({type(exc).__name__})"
+
+
+def _result_now(coroutine: Coroutine[Any, Any, T]) -> T:
+    """The result of a coroutine that never waits, run to its end here (no event loop)."""
+    try:
+        coroutine.send(None)
+    except StopIteration as done:
+        result: T = done.value
+        return result
+    coroutine.close()
+    raise RuntimeError("a coroutine run synchronously waited")
 
 
 def _printable(value: object) -> str:

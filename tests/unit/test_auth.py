@@ -7,6 +7,7 @@ serves a JWKS over HTTP).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -33,6 +34,7 @@ from services.infra.auth import (
     OidcAuthenticator,
     Principal,
     TokenAuthenticator,
+    _result_now,
     make_authenticator,
 )
 from services.infra.config import ConfigError
@@ -232,6 +234,25 @@ async def test_the_audience_may_be_one_of_several(
 ) -> None:
     token = sign(rsa_key, claims(aud=["account", AUDIENCE]))
     assert await both(oidc, token) == "p-chen"
+
+
+def test_the_sync_path_runs_without_an_event_loop(
+    oidc: OidcAuthenticator, jwks: FakeJwks, rsa_key: SigningKey
+) -> None:
+    """`principal_id` fetches the keys itself, in this thread, with no loop running."""
+    assert oidc.principal_id(f"Bearer {sign(rsa_key, claims())}") == "p-chen"
+    assert jwks.fetches == 1
+    jwks.down = True
+    assert oidc.principal_id(f"Bearer {sign(rsa_key, claims(sub='p-liu'))}") == "p-liu"
+    assert oidc.principal_id("Bearer not-a-jwt") is None
+
+
+def test_a_coroutine_that_waits_is_refused_on_the_sync_path() -> None:
+    async def waits() -> None:
+        await asyncio.sleep(0)
+
+    with pytest.raises(RuntimeError, match="waited"):
+        _result_now(waits())
 
 
 async def test_the_keys_are_fetched_once_and_cached(
