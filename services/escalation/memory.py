@@ -69,8 +69,9 @@ class _Staged:
 
     states: dict[str, Row] = field(default_factory=dict)
     early: list[tuple[str, Envelope]] = field(default_factory=list)
-    taken: set[str] = field(default_factory=set)
-    """Incidents whose held inputs this unit took (committed ones included)."""
+    taken: set[tuple[str, str]] = field(default_factory=set)
+    """(incident, event id) of the committed held inputs this unit took: as PostgreSQL's
+    DELETE, only those it saw; what another unit holds after that stays held."""
     waiting: list[tuple[str, Envelope]] = field(default_factory=list)
     dropped: set[tuple[str, str]] = field(default_factory=set)
     """(incident, event id) of kept acknowledgements this unit dropped."""
@@ -105,7 +106,8 @@ class InMemoryEscalationUnitOfWork(InMemoryUnitOfWork):
     def commit(self) -> None:
         tables, staged = self.tables_store.tables, self.staged
         tables.states.update(staged.states)
-        tables.early = [e for e in tables.early if e[0] not in staged.taken] + staged.early
+        tables.early = [e for e in tables.early if (e[0], e[1].id) not in staged.taken]
+        tables.early += staged.early
         tables.waiting = [
             w for w in tables.waiting if (w[0], w[1].id) not in staged.dropped
         ] + staged.waiting
@@ -191,7 +193,7 @@ class MemoryStates:
         return taken
 
     def _early(self) -> list[tuple[str, Envelope]]:
-        kept = [e for e in self.tables.early if e[0] not in self.staged.taken]
+        kept = [e for e in self.tables.early if (e[0], e[1].id) not in self.staged.taken]
         return kept + self.staged.early
 
     async def hold(self, incident_id: str, envelope: Envelope) -> None:
@@ -200,7 +202,7 @@ class MemoryStates:
     async def take_held(self, incidents: Sequence[str]) -> list[Envelope]:
         wanted = set(incidents)
         taken = [(i, e) for i, e in self._early() if i in wanted]
-        self.staged.taken |= wanted
+        self.staged.taken |= {(i, e.id) for i, e in taken}
         self.staged.early = [(i, e) for i, e in self.staged.early if i not in wanted]
         return [e for _, e in sorted(taken, key=lambda item: item[0])]  # stable: seq order
 

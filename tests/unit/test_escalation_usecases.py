@@ -281,6 +281,23 @@ async def test_two_units_open_at_once_keep_each_others_changes(world: World) -> 
     assert (states[first].wakeup, states[second].wakeup) == (later, later)
 
 
+async def test_an_input_held_after_another_unit_took_the_held_ones_stays_held(
+    world: World,
+) -> None:
+    """As PostgreSQL's `DELETE ... RETURNING`: a unit takes the held inputs it sees; one
+    another unit holds for the same incident after that is still held when both end."""
+    first, second = world.ack("p-chen"), world.ack("p-zhou")
+    async with world.uow() as unit:
+        await unit.states.hold(world.incident, first)
+    taker, holder = world.uow(), world.uow()
+    async with taker:
+        assert await taker.states.take_held([world.incident]) == [first]
+        async with holder:
+            await holder.states.hold(world.incident, second)
+    async with world.uow() as unit:
+        assert await unit.states.take_held([world.incident]) == [second]
+
+
 async def test_a_due_deadline_another_unit_holds_is_skipped_then_fired_once(
     world: World,
 ) -> None:
