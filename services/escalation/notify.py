@@ -76,7 +76,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid, parsedate_to_datetime
-from typing import ClassVar, Protocol
+from typing import ClassVar, Final, Protocol
 from urllib.parse import quote, urlsplit
 
 import httpx
@@ -254,6 +254,28 @@ def backoff_delay(
     return full / 2 + rand() * full / 2
 
 
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How an adapter tries a notice: each attempt limited to `timeout` seconds, up to
+    `retries` more after the first, `backoff_delay(attempt, backoff, max_delay, rand)`
+    apart (waited with `sleep`)."""
+
+    timeout: float
+    retries: int = 3
+    backoff: float = 0.5
+    max_delay: float = 30.0
+    sleep: Sleep = asyncio.sleep
+    rand: Callable[[], float] = _random.random
+
+    def delay(self, attempt: int) -> float:
+        """The wait before retry number `attempt + 1`."""
+        return backoff_delay(attempt, self.backoff, self.max_delay, self.rand)
+
+
+WEBHOOK_RETRY: Final = RetryPolicy(timeout=5.0)
+SMTP_RETRY: Final = RetryPolicy(timeout=10.0)
+
+
 def retry_after_seconds(value: str | None, now: float) -> float | None:
     """The wait a `Retry-After` header asks for (delta seconds or an HTTP date), or None."""
     if value is None:
@@ -297,12 +319,7 @@ class _Retrying:
     what: ClassVar[str]
     """How logs name a notice of this adapter ("webhook notice")."""
 
-    timeout: float
-    retries: int
-    backoff: float
-    max_delay: float
-    _sleep: Sleep
-    _rand: Callable[[], float]
+    retry: RetryPolicy
 
     async def deliver(
         self, incident_id: str, notice: Notified, *, delivery_id: str | None = None
@@ -366,11 +383,11 @@ class _Retrying:
             outcome,
             where,
             attempt + 1,
-            self.retries,
+            self.retry.retries,
             delay,
         )
         ATTEMPTS_RETRIED.labels(self.adapter).inc()
-        await self._sleep(delay)
+        await self.retry.sleep(delay)
 
     def _gave_up(self, incident_id: str, notice: Notified, where: str, outcome: str) -> bool:
         self._log(
@@ -378,11 +395,11 @@ class _Retrying:
             incident_id,
             notice,
             " failed after %d attempts (last: %s from %s)",
-            self.retries + 1,
+            self.retry.retries + 1,
             outcome,
             where,
         )
-        note(self.adapter, self.retries + 1, _given_up(outcome), outcome[:80])
+        note(self.adapter, self.retry.retries + 1, _given_up(outcome), outcome[:80])
         return False
 
 
@@ -399,21 +416,16 @@ class WebhookNotifier(_Retrying):
         self,
         url: str,
         secret: str | bytes,
-        timeout: float = 5.0,
-        retries: int = 3,
-        backoff: float = 0.5,
+        retry: RetryPolicy = WEBHOOK_RETRY,
         *,
-        max_delay: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
-        sleep: Sleep = asyncio.sleep,
         clock: Callable[[], float] = time.time,
-        rand: Callable[[], float] = _random.random,
     ) -> None:
         if not secret:
             raise ValueError("a webhook needs a non-empty signing secret")
-        if retries < 0 or timeout <= 0 or backoff < 0:
+        if retry.retries < 0 or retry.timeout <= 0 or retry.backoff < 0:
             raise ValueError("retries >= 0, timeout > 0 and backoff >= 0")
-        super().__init__(timeout, retries, backoff, max_delay, sleep, rand)
+        super().__init__(retry)
         self.url = url
         self._secret = _key(secret)
         self._transport = transport
@@ -421,7 +433,7 @@ class WebhookNotifier(_Retrying):
         self._client: httpx.AsyncClient | None = None
 
     def __repr__(self) -> str:
-        return f"WebhookNotifier({_where(self.url)}, retries={self.retries})"
+        return f"WebhookNotifier({_where(self.url)}, retries={self.retry.retries})"
 
     def body(self, incident_id: str, notice: Notified, sent_at: float) -> bytes:
         """The JSON body: who is asked, at which level, about which report digest."""
@@ -441,7 +453,7 @@ class WebhookNotifier(_Retrying):
         if self._client is None or self._client.is_closed:
             self._client = httpx.AsyncClient(
                 transport=self._transport,
-                timeout=httpx.Timeout(self.timeout),
+                timeout=httpx.Timeout(self.retry.timeout),
                 follow_redirects=False,
                 headers={"user-agent": "incidents-escalation/1"},
             )
@@ -456,7 +468,7 @@ class WebhookNotifier(_Retrying):
     async def _attempt(self, body: bytes, headers: dict[str, str]) -> tuple[int, str | None]:
         """One POST: its status and Retry-After. The answer's body is never read."""
         async with (
-            asyncio.timeout(self.timeout),
+            asyncio.timeout(self.retry.timeout),
             self._http().stream("POST", self.url, content=body, headers=headers) as response,
         ):
             return response.status_code, response.headers.get("retry-after")
@@ -465,7 +477,7 @@ class WebhookNotifier(_Retrying):
         delivery = delivery_id or uuid.uuid4().hex
         where = _where(self.url)
         outcome = "not tried"
-        for attempt in range(self.retries + 1):
+        for attempt in range(self.retry.retries + 1):
             sent_at = self._clock()
             body = self.body(incident_id, notice, sent_at)
             headers = {
@@ -485,11 +497,11 @@ class WebhookNotifier(_Retrying):
                 if not retryable_status(status):
                     return self._refused(incident_id, notice, where, attempt, outcome)
                 wait = retry_after_seconds(retry_after, self._clock())
-            if attempt == self.retries:
+            if attempt == self.retry.retries:
                 break
-            delay = backoff_delay(attempt, self.backoff, self.max_delay, self._rand)
+            delay = self.retry.delay(attempt)
             if wait is not None:
-                if wait > self.max_delay:
+                if wait > self.retry.max_delay:
                     self._log(
                         logging.WARNING,
                         incident_id,
@@ -497,7 +509,7 @@ class WebhookNotifier(_Retrying):
                         ": %s asks to wait %.0f s, longer than %.0f s; given up",
                         where,
                         wait,
-                        self.max_delay,
+                        self.retry.max_delay,
                     )
                     note("webhook", attempt + 1, "gave_up", outcome)
                     return False
@@ -589,13 +601,8 @@ class SmtpNotifier(_Retrying):
         recipients_by_principal: AddressLookup | None = None,
         *,
         console_url: str,
-        timeout: float = 10.0,
-        retries: int = 3,
-        backoff: float = 0.5,
-        max_delay: float = 30.0,
+        retry: RetryPolicy = SMTP_RETRY,
         tls_context: ssl.SSLContext | None = None,
-        sleep: Sleep = asyncio.sleep,
-        rand: Callable[[], float] = _random.random,
     ) -> None:
         if recipients_by_principal is None:
             raise ValueError("the SMTP adapter needs a lookup of e-mail addresses")
@@ -603,7 +610,7 @@ class SmtpNotifier(_Retrying):
             raise ValueError("the SMTP sender must be a bare address (local@domain)")
         if (username is None) != (password is None):
             raise ValueError("an SMTP username and password go together")
-        super().__init__(timeout, retries, backoff, max_delay, sleep, rand)
+        super().__init__(retry)
         self.host = host
         self.port = port
         self.sender = sender
@@ -643,7 +650,7 @@ class SmtpNotifier(_Retrying):
 
     def _send(self, mail: EmailMessage, address: str) -> None:
         """One SMTP session, blocking (run in a thread)."""
-        with smtplib.SMTP(self.host, self.port, timeout=self.timeout) as smtp:
+        with smtplib.SMTP(self.host, self.port, timeout=self.retry.timeout) as smtp:
             smtp.ehlo()
             if self.starttls:
                 smtp.starttls(context=self._tls or ssl.create_default_context())
@@ -662,7 +669,7 @@ class SmtpNotifier(_Retrying):
             return False
         mail = self.message(incident_id, notice, address)
         outcome = "not tried"
-        for attempt in range(self.retries + 1):
+        for attempt in range(self.retry.retries + 1):
             try:
                 await asyncio.to_thread(self._send, mail, address)
             except (smtplib.SMTPException, OSError) as exc:
@@ -671,9 +678,9 @@ class SmtpNotifier(_Retrying):
                     return self._refused(incident_id, notice, self.host, attempt, outcome)
             else:
                 return self._delivered(incident_id, notice, self.host, attempt)
-            if attempt == self.retries:
+            if attempt == self.retry.retries:
                 break
-            delay = backoff_delay(attempt, self.backoff, self.max_delay, self._rand)
+            delay = self.retry.delay(attempt)
             await self._wait(incident_id, notice, self.host, attempt, outcome, delay)
         return self._gave_up(incident_id, notice, self.host, outcome)
 
@@ -730,6 +737,11 @@ def build_notifier(
     recipients_by_principal: AddressLookup | None = None,
 ) -> Adapter:
     """The adapter `settings.notify_adapter` names, configured from the settings."""
+    retry = RetryPolicy(
+        timeout=settings.notify_timeout_seconds,
+        retries=settings.notify_retries,
+        backoff=settings.notify_backoff_seconds,
+    )
     if settings.notify_adapter == "webhook":
         secret = settings.notify_webhook_secret
         if settings.notify_webhook_url is None or secret is None:
@@ -737,9 +749,7 @@ def build_notifier(
         return WebhookNotifier(
             settings.notify_webhook_url,
             secret.get_secret_value(),
-            timeout=settings.notify_timeout_seconds,
-            retries=settings.notify_retries,
-            backoff=settings.notify_backoff_seconds,
+            retry,
         )
     if settings.notify_adapter == "smtp":
         if settings.notify_smtp_host is None or settings.notify_smtp_sender is None:
@@ -754,8 +764,6 @@ def build_notifier(
             password=password.get_secret_value() if password is not None else None,
             recipients_by_principal=recipients_by_principal,
             console_url=settings.console_url,
-            timeout=settings.notify_timeout_seconds,
-            retries=settings.notify_retries,
-            backoff=settings.notify_backoff_seconds,
+            retry=retry,
         )
     return LogNotifier()

@@ -39,6 +39,7 @@ from services.escalation.app import create_app as create_escalation
 from services.escalation.notify import (
     DELIVERY_HEADER,
     SIGNATURE_HEADER,
+    RetryPolicy,
     SmtpNotifier,
     WebhookNotifier,
     verify_signature,
@@ -143,9 +144,10 @@ async def receiver() -> AsyncIterator[Receiver]:
         await runner.cleanup()
 
 
-def hook(receiver: Receiver, path: str, **kw: Any) -> WebhookNotifier:
-    options: dict[str, Any] = {"timeout": 2.0, "retries": 3, "backoff": 0.02, **kw}
-    return WebhookNotifier(receiver.base + path, SECRET, **options)
+def hook(receiver: Receiver, path: str, **retry: Any) -> WebhookNotifier:
+    """A webhook to `path`; `retry`: fields of its `RetryPolicy` other than these."""
+    policy: dict[str, Any] = {"timeout": 2.0, "retries": 3, "backoff": 0.02, **retry}
+    return WebhookNotifier(receiver.base + path, SECRET, RetryPolicy(**policy))
 
 
 async def test_a_receiver_gets_the_signed_notice(receiver: Receiver) -> None:
@@ -204,7 +206,7 @@ async def test_a_receiver_too_slow_for_the_timeout_means_false(receiver: Receive
 
 async def test_nobody_listening_means_false_after_the_retries() -> None:
     notifier = WebhookNotifier(
-        f"http://127.0.0.1:{free_port()}/hook", SECRET, timeout=1, retries=2, backoff=0.01
+        f"http://127.0.0.1:{free_port()}/hook", SECRET, RetryPolicy(1, retries=2, backoff=0.01)
     )
     try:
         assert await notifier.deliver(INCIDENT, NOTICE) is False
@@ -264,9 +266,7 @@ def mailer(port: int, **kw: Any) -> SmtpNotifier:
         "starttls": False,
         "recipients_by_principal": EMAILS.get,
         "console_url": "https://console.example",
-        "timeout": 2.0,
-        "retries": 3,
-        "backoff": 0.02,
+        "retry": RetryPolicy(timeout=2.0, retries=3, backoff=0.02),
         **kw,
     }
     return SmtpNotifier("127.0.0.1", port, "incidents@example.com", **options)
@@ -306,7 +306,8 @@ async def test_a_busy_smtp_server_is_retried_and_a_refused_recipient_is_not() ->
 
 
 async def test_no_smtp_server_means_false_after_the_retries() -> None:
-    assert await mailer(free_port(), retries=1).deliver(INCIDENT, NOTICE) is False
+    once_more = RetryPolicy(timeout=2.0, retries=1, backoff=0.02)
+    assert await mailer(free_port(), retry=once_more).deliver(INCIDENT, NOTICE) is False
 
 
 def self_signed(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:

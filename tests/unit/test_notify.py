@@ -17,6 +17,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -31,6 +32,7 @@ from services.escalation.notify import (
     FanoutNotifier,
     LogNotifier,
     Outcome,
+    RetryPolicy,
     SmtpNotifier,
     WebhookNotifier,
     backoff_delay,
@@ -175,22 +177,28 @@ class Recorder:
 
 
 def webhook(
-    handler: Callable[[httpx.Request], httpx.Response], sleeps: list[float], **kw: object
+    handler: Callable[[httpx.Request], httpx.Response], sleeps: list[float], **retry: Any
 ) -> WebhookNotifier:
+    """A webhook to `handler`; `retry`: fields of its `RetryPolicy` other than these."""
+
     async def sleep(delay: float) -> None:
         sleeps.append(delay)
 
-    options: dict[str, object] = {
+    policy: dict[str, Any] = {
         "timeout": 1.0,
         "retries": 3,
         "backoff": 0.5,
-        "transport": httpx.MockTransport(handler),
         "sleep": sleep,
-        "clock": lambda: NOW,
         "rand": lambda: 1.0,
-        **kw,
+        **retry,
     }
-    return WebhookNotifier(URL, SECRET, **options)  # type: ignore[arg-type]
+    return WebhookNotifier(
+        URL,
+        SECRET,
+        RetryPolicy(**policy),
+        transport=httpx.MockTransport(handler),
+        clock=lambda: NOW,
+    )
 
 
 async def test_a_webhook_posts_the_signed_notice_and_nothing_else() -> None:
@@ -298,7 +306,7 @@ async def test_an_attempt_is_bounded_by_the_timeout_as_a_whole() -> None:
 async def test_an_unexpected_error_is_a_false_never_an_exception() -> None:
     got = Recorder(RuntimeError("boom"))
     assert await webhook(got, []).deliver(INCIDENT, NOTICE) is False
-    bad = WebhookNotifier("not a url", SECRET, retries=0)
+    bad = WebhookNotifier("not a url", SECRET, RetryPolicy(5.0, retries=0))
     assert await bad.deliver(INCIDENT, NOTICE) is False
 
 
@@ -327,9 +335,13 @@ async def test_logs_hold_no_secret_no_url_path_and_no_body(
     assert repr(webhook(Recorder(200), [])).count("PATHTOKEN") == 0
 
 
-def test_a_webhook_needs_a_secret() -> None:
+def test_a_webhook_needs_a_secret_and_a_sensible_retry_policy() -> None:
     with pytest.raises(ValueError, match="secret"):
         WebhookNotifier(URL, "")
+    for policy in (RetryPolicy(1.0, retries=-1), RetryPolicy(0.0), RetryPolicy(1.0, backoff=-0.1)):
+        with pytest.raises(ValueError, match=r"^retries >= 0, timeout > 0 and backoff >= 0$"):
+            WebhookNotifier(URL, SECRET, policy)
+    assert WebhookNotifier(URL, SECRET).retry == RetryPolicy(timeout=5.0, retries=3, backoff=0.5)
 
 
 # -- SMTP ------------------------------------------------------------------------------
@@ -343,9 +355,7 @@ def smtp(lookup: AddressLookup, **kw: object) -> SmtpNotifier:
         "starttls": False,
         "recipients_by_principal": lookup,
         "console_url": "https://console.example/",
-        "timeout": 0.5,
-        "retries": 1,
-        "sleep": sleep,
+        "retry": RetryPolicy(timeout=0.5, retries=1, sleep=sleep),
         **kw,
     }
     return SmtpNotifier("127.0.0.1", 1, "incidents@example.com", **options)  # type: ignore[arg-type]
@@ -533,7 +543,7 @@ def test_webhook_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) 
     assert SECRET not in repr(settings) and SECRET not in str(settings.model_dump())
     notifier = build_notifier(settings)
     assert isinstance(notifier, WebhookNotifier)
-    assert (notifier.retries, notifier.timeout, notifier.backoff) == (5, 2.5, 0.5)
+    assert notifier.retry == RetryPolicy(timeout=2.5, retries=5, backoff=0.5)
     assert SECRET not in repr(notifier)
 
 
@@ -554,6 +564,7 @@ def test_the_smtp_adapter_needs_a_host_and_a_sender_and_takes_the_service_s_look
     assert isinstance(notifier, SmtpNotifier)
     assert (notifier.host, notifier.port, notifier.starttls) == ("mail.example", 587, True)
     assert notifier.recipients_by_principal is lookup
+    assert notifier.retry == RetryPolicy(timeout=5.0, retries=3, backoff=0.5, max_delay=30.0)
 
 
 def production(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
