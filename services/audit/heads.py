@@ -146,6 +146,14 @@ async def head_at(conn: asyncpg.Connection, tree_size: int) -> Head | None:
     return (await _with_cosignatures(conn, [row]))[0] if row else None
 
 
+def _gauges(size: int, head: Head | None) -> None:
+    """The ledger's size and its latest signed head, as the metrics show them."""
+    LEDGER_ENTRIES.set(size)
+    if head is not None:
+        SINCE_HEAD.set((datetime.now(UTC) - head.signed_at).total_seconds())
+        SIGNED_SIZE.set(head.tree_size)
+
+
 class HeadSigner:
     """Signs new tree heads when due."""
 
@@ -165,6 +173,7 @@ class HeadSigner:
         async with self.runtime.db.acquire() as conn, conn.transaction(isolation="repeatable_read"):
             size = int(await conn.fetchval("SELECT last + 1 FROM counters WHERE name = 'ledger'"))
             previous = await latest_head(conn)
+            _gauges(size, previous)
             since = previous.tree_size if previous else 0
             self.unsigned = False
             if size <= since:
@@ -223,27 +232,15 @@ class HeadSigner:
                 ],
             )
         self.last_signed_at = asyncio.get_running_loop().time()
+        _gauges(size, head)
         log.info("signed tree head %d %s", size, root.hex())
         return head
 
-    async def _measure(self) -> None:
-        async with self.runtime.db.acquire() as conn:
-            row = await conn.fetchrow(
-                "SELECT (SELECT last + 1 FROM counters WHERE name = 'ledger') AS size,"
-                " h.tree_size, h.signed_at FROM (SELECT 1) one LEFT JOIN LATERAL"
-                " (SELECT tree_size, signed_at FROM ledger_heads ORDER BY tree_size DESC"
-                " LIMIT 1) h ON true"
-            )
-        LEDGER_ENTRIES.set(row["size"])
-        if row["tree_size"] is not None:
-            SINCE_HEAD.set((datetime.now(UTC) - row["signed_at"]).total_seconds())
-            SIGNED_SIZE.set(row["tree_size"])
-
     async def _step(self) -> bool:
-        """One look: sign a due head, set the gauges; True while entries wait unsigned."""
+        """One look: sign a due head (setting the gauges from what it read); True while
+        entries wait unsigned."""
         try:
             await self.sign_if_due()
-            await self._measure()
         except TRANSIENT_ERRORS as exc:
             log.warning("signing a tree head failed (will retry): %r", exc)
             return True

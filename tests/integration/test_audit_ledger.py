@@ -176,6 +176,12 @@ async def test_signed_heads_cover_the_ledger_verify_with_the_public_key_and_stop
     sizes = await eventually(settled)
     await asyncio.sleep(2.0)  # several signing rounds (checkpoint_interval=0.2)
     assert await heads() == sizes
+    # the gauges come from the signer's own reads: the latest head's size, the entries
+    # (the last head's own event included)
+    metrics = (await client.get("/metrics")).text
+    entries_now = len(await ledger_rows(settings))
+    assert f"incidents_ledger_signed_tree_size {float(sizes[-1])}" in metrics, metrics
+    assert f"incidents_ledger_entries {float(entries_now)}" in metrics, metrics
 
 
 async def _head_at_least(client: httpx.AsyncClient, size: int) -> dict[str, Any] | None:
