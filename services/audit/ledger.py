@@ -31,6 +31,7 @@ from services.audit.merkle import MerkleFrontier
 from services.domain.envelope import Envelope, canonical_json, utc_rfc3339
 from services.domain.events import (
     InvalidEvent,
+    PeopleImported,
     PersonUpserted,
     ReportSubmitted,
     RoleAssigned,
@@ -261,16 +262,25 @@ async def incident_entries(conn: asyncpg.Connection, incident_id: str) -> list[L
 
 
 PERSON_EVENTS = [PersonUpserted.TYPE, RoleAssigned.TYPE, RoleRevoked.TYPE]
+"""The directory events about one person, whose entries name them in `incident_id` (the
+event's subject). A `directory.people.imported.v1` (a bulk import's chunk) names the
+people it carries in `ledger_people` instead (`chunk_people`)."""
 
 
 async def person_data(conn: asyncpg.Connection, person_id: str) -> dict[str, Any] | None:
-    """A person as the ledger has them, or None: the latest `directory.person.upserted.v1`
+    """A person as the ledger has them, or None: their latest whole record (a
+    `directory.person.upserted.v1`, or their place in a `directory.people.imported.v1`)
     with the `directory.role.assigned.v1`/`revoked.v1` recorded after it applied (as
     `services.domain.org` folds them), so an approved grant counts here too."""
     rows = await conn.fetch(
-        "SELECT event_type, leaf FROM ledger WHERE incident_id = $1 AND valid"
-        " AND event_type = ANY($2::text[]) AND idx >= COALESCE((SELECT max(idx) FROM ledger"
-        " WHERE incident_id = $1 AND valid AND event_type = $3), 0) ORDER BY idx",
+        "WITH chunk AS (SELECT max(idx) AS idx FROM ledger_people WHERE person_id = $1),"
+        " since AS (SELECT GREATEST((SELECT max(idx) FROM ledger WHERE incident_id = $1"
+        "  AND valid AND event_type = $3), (SELECT idx FROM chunk)) AS idx)"
+        " SELECT idx, event_type, leaf FROM ledger WHERE incident_id = $1 AND valid"
+        " AND event_type = ANY($2::text[]) AND idx >= COALESCE((SELECT idx FROM since), 0)"
+        " UNION ALL SELECT idx, event_type, leaf FROM ledger"
+        " WHERE idx = (SELECT idx FROM chunk) AND idx >= (SELECT idx FROM since)"
+        " ORDER BY idx",
         person_id,
         PERSON_EVENTS,
         PersonUpserted.TYPE,
@@ -278,15 +288,38 @@ async def person_data(conn: asyncpg.Connection, person_id: str) -> dict[str, Any
     return fold_person(person_id, [(r["event_type"], bytes(r["leaf"])) for r in rows])
 
 
+def chunk_people(rows: Sequence[LedgerRow]) -> list[tuple[str, int]]:
+    """(person id, index) of every person a valid `directory.people.imported.v1` among
+    `rows` carries (each once per entry): the `ledger_people` rows of an append."""
+    found: list[tuple[str, int]] = []
+    for row in rows:
+        if row.valid and row.event_type == PeopleImported.TYPE:
+            people = decode_leaf(row.leaf)["event"]["data"]["people"]
+            found.extend((p, row.idx) for p in dict.fromkeys(p["person_id"] for p in people))
+    return found
+
+
+def _record_of(person_id: str, event_type: str, data: dict[str, Any]) -> dict[str, Any] | None:
+    """The person's whole record in an upsert's or a chunk's data (a chunk that lists
+    them twice: the last), None if it has none."""
+    if event_type == PersonUpserted.TYPE:
+        return dict(data)
+    for record in reversed(data.get("people") or ()):
+        if record.get("person_id") == person_id:
+            return dict(record)
+    return None
+
+
 def fold_person(person_id: str, entries: Sequence[tuple[str, bytes]]) -> dict[str, Any] | None:
-    """The person from their directory entries (type, leaf) from the latest upsert on."""
+    """The person from their directory entries (type, leaf) from the latest whole
+    record on (an upsert, or an import's chunk that carries them)."""
     if not entries:
         return None
     person: dict[str, Any] = {"person_id": person_id, "roles": []}
     for event_type, leaf in entries:
         data = decode_leaf(leaf)["event"]["data"]
-        if event_type == PersonUpserted.TYPE:
-            person = dict(data)
+        if event_type in (PersonUpserted.TYPE, PeopleImported.TYPE):
+            person = _record_of(person_id, event_type, data) or person
         elif event_type == RoleAssigned.TYPE:
             person["roles"] = sorted({*(person.get("roles") or ()), data["role"]})
         else:
@@ -365,6 +398,11 @@ class PostgresLedger:
         self, rows: Sequence[LedgerRow], nodes: Sequence[tuple[int, int, bytes]]
     ) -> None:
         await self.conn.copy_records_to_table("ledger", records=rows, columns=LEDGER_COLUMNS)
+        people = chunk_people(rows)
+        if people:
+            await self.conn.copy_records_to_table(
+                "ledger_people", records=people, columns=["person_id", "idx"]
+            )
         await tree.store_nodes(self.conn, list(nodes))
         await self.conn.execute("UPDATE counters SET last = $1 WHERE name = 'ledger'", rows[-1].idx)
 

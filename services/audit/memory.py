@@ -20,6 +20,7 @@ from services.audit.ledger import (
     PERSON_EVENTS,
     LedgerRow,
     StoredRow,
+    chunk_people,
     decode_leaf,
     fold_person,
 )
@@ -27,7 +28,13 @@ from services.audit.merkle import MemoryTree, MerkleFrontier
 from services.audit.ui_index import Filters, Page
 from services.audit.usecases import AuditConfig
 from services.domain.envelope import Envelope
-from services.domain.events import InvalidEvent, PersonUpserted, ReportSubmitted, parse_envelope
+from services.domain.events import (
+    InvalidEvent,
+    PeopleImported,
+    PersonUpserted,
+    ReportSubmitted,
+    parse_envelope,
+)
 from services.domain.knowledge import LedgerEvent
 from services.infra.crypto import IncidentKey
 from services.infra.recorder_memory import InMemoryStore, InMemoryUnitOfWork
@@ -100,13 +107,16 @@ class InMemoryLedger:
         ]
 
     async def person_data(self, person_id: str) -> dict[str, Any] | None:
+        rows = self._rows
+        chunks = {idx for found, idx in chunk_people(rows) if found == person_id}
         mine = [
             r
-            for r in self._rows
-            if r.incident_id == person_id and r.valid and r.event_type in PERSON_EVENTS
+            for r in rows
+            if (r.incident_id == person_id and r.valid and r.event_type in PERSON_EVENTS)
+            or r.idx in chunks
         ]
-        upserts = [r.idx for r in mine if r.event_type == PersonUpserted.TYPE]
-        since = max(upserts, default=0)
+        wholes = [r.idx for r in mine if r.event_type in (PersonUpserted.TYPE, PeopleImported.TYPE)]
+        since = max(wholes, default=0)
         return fold_person(
             person_id, [(r.event_type or "", r.leaf) for r in mine if r.idx >= since]
         )

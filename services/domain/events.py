@@ -545,7 +545,9 @@ class NoticeFailed(Event, type="incident.notice.failed.v1", topic=Topic.ESCALATI
     detail: str | None = Field(None, max_length=80, description="e.g. HTTP 400, ConnectTimeout.")
 
 
-class PersonUpserted(Event, type="directory.person.upserted.v1", topic=Topic.DIRECTORY):
+class PersonRecord(EventData):
+    """One person's whole record, as `directory.person.upserted.v1` carries it."""
+
     person_id: PrincipalId
     name: str | None = None
     alternative_names: list[str] = Field(
@@ -555,6 +557,29 @@ class PersonUpserted(Event, type="directory.person.upserted.v1", topic=Topic.DIR
     unit: str | None = None
     manager_id: PrincipalId | None = None
     roles: list[str] = Field(default_factory=list)
+
+
+class PersonUpserted(
+    PersonRecord, Event, type="directory.person.upserted.v1", topic=Topic.DIRECTORY
+):
+    pass
+
+
+MAX_PEOPLE_PER_EVENT = 500
+"""People in one `directory.people.imported.v1` at most (docs/directory-sync.md)."""
+
+
+class PeopleImported(Event, type="directory.people.imported.v1", topic=Topic.DIRECTORY):
+    """A bulk import added or changed these people: the same as one
+    `directory.person.upserted.v1` per person, in this order (one event per chunk of an
+    import instead of one per person; a change through SCIM or the admin API is still a
+    `directory.person.upserted.v1`)."""
+
+    people: list[PersonRecord] = Field(
+        min_length=1,
+        max_length=MAX_PEOPLE_PER_EVENT,
+        description="Each person's whole new record, in the order they apply.",
+    )
 
 
 class RoleAssigned(Event, type="directory.role.assigned.v1", topic=Topic.DIRECTORY):
@@ -713,6 +738,7 @@ EVENT_CLASSES: tuple[type[Event], ...] = (
     NoticeDelivered,
     NoticeFailed,
     PersonUpserted,
+    PeopleImported,
     RoleAssigned,
     RoleRevoked,
     RoleProposed,

@@ -6,6 +6,8 @@ directory as it stood at any moment and explain a decision with it:
 
 - `directory.person.upserted.v1` replaces everything known about one person (unit,
   manager, roles);
+- `directory.people.imported.v1` (one chunk of a bulk import) is the same as one
+  `directory.person.upserted.v1` per person it carries, in its order;
 - `directory.role.assigned.v1` / `directory.role.revoked.v1` add or remove one role;
 - `directory.role.proposed.v1` changes nothing: a privileged role proposed by one admin
   counts only once another admin approves it (then `directory.role.assigned.v1`).
@@ -39,6 +41,8 @@ from typing import Protocol
 from services.domain.directory import DirectoryFile, Person
 from services.domain.envelope import Envelope
 from services.domain.events import (
+    PeopleImported,
+    PersonRecord,
     PersonUpserted,
     RoleAssigned,
     RoleProposed,
@@ -49,6 +53,7 @@ from services.domain.events import (
 DIRECTORY_EVENT_TYPES = frozenset(
     {
         PersonUpserted.TYPE,
+        PeopleImported.TYPE,
         RoleAssigned.TYPE,
         RoleRevoked.TYPE,
         RoleProposed.TYPE,
@@ -251,9 +256,19 @@ class Org(Protocol):
 # -- folding directory events ---------------------------------------------------------
 
 
-def _changed(envelope: Envelope, held: Callable[[str], OrgPerson | None]) -> OrgPerson | None:
-    """The person one directory event changes, as they are after it; None if it changes
-    nobody. `held` gives a person as they were before the event."""
+def _org_person(record: PersonRecord) -> OrgPerson:
+    return OrgPerson(
+        id=record.person_id,
+        unit=record.unit,
+        manager=record.manager_id,
+        roles=frozenset(record.roles),
+    )
+
+
+def _changes(envelope: Envelope, held: Callable[[str], OrgPerson | None]) -> list[OrgPerson]:
+    """The people one directory event changes, as they are after it, in the order they
+    apply (empty if it changes nobody). `held` gives a person as they were before the
+    event."""
     if envelope.type not in DIRECTORY_EVENT_TYPES:
         raise NotADirectoryEvent(
             f"{envelope.type} is not a directory event ({', '.join(sorted(DIRECTORY_EVENT_TYPES))})"
@@ -261,30 +276,27 @@ def _changed(envelope: Envelope, held: Callable[[str], OrgPerson | None]) -> Org
     data = data_of(envelope)
     match data:
         case PersonUpserted():
-            return OrgPerson(
-                id=data.person_id,
-                unit=data.unit,
-                manager=data.manager_id,
-                roles=frozenset(data.roles),
-            )
+            return [_org_person(data)]
+        case PeopleImported():
+            # one upsert per person, in order: a person listed twice ends as listed last
+            return list({p.person_id: _org_person(p) for p in data.people}.values())
         case RoleAssigned():
             # A role for someone not upserted yet still counts: they hold it.
             known = held(data.person_id) or OrgPerson(id=data.person_id)
-            return OrgPerson(known.id, known.unit, known.manager, known.roles | {data.role})
+            return [OrgPerson(known.id, known.unit, known.manager, known.roles | {data.role})]
         case RoleRevoked():
             was = held(data.person_id)
             if was is not None and data.role in was.roles:
-                return OrgPerson(was.id, was.unit, was.manager, was.roles - {data.role})
-            return None
+                return [OrgPerson(was.id, was.unit, was.manager, was.roles - {data.role})]
+            return []
         case RoleProposed():
-            return None  # pending until approved: a proposal grants nothing
+            return []  # pending until approved: a proposal grants nothing
         case _:  # pragma: no cover - DIRECTORY_EVENT_TYPES and the catalog agree
             raise NotADirectoryEvent(envelope.type)
 
 
 def _apply(people: dict[str, OrgPerson], envelope: Envelope) -> None:
-    person = _changed(envelope, people.get)
-    if person is not None:
+    for person in _changes(envelope, people.get):
         people[person.id] = person
 
 
@@ -339,9 +351,10 @@ def _moment(micros: int) -> datetime:
 class DirectoryProjection:
     """The directory folded event by event, in place, with every person's history.
 
-    `apply(envelope, seq)` costs what one person's change costs, whatever the size of
-    the organisation: the current people by id, the holders of each role (by role and
-    by role and unit) are updated for that one person, and the version they replace is
+    `apply(envelope, seq)` costs what the changes of the people it carries cost (one,
+    or an import's chunk), whatever the size of the organisation: the current people by
+    id, the holders of each role (by role and by role and unit) are updated for each of
+    them, and the version they replace is
     kept, valid from the sequence number it was applied at until the next one. So the
     directory as it was at any earlier sequence number is a lookup (a bisection in one
     person's versions), never a fold of the log again: `at(seq)`. Sequence numbers only
@@ -376,15 +389,16 @@ class DirectoryProjection:
     def __len__(self) -> int:
         return len(self._current)
 
-    def apply(self, envelope: Envelope, seq: int) -> None:
-        """Fold one directory event recorded at `seq` (greater than every earlier one).
+    def apply(self, envelope: Envelope, seq: int) -> int:
+        """Fold one directory event recorded at `seq` (greater than every earlier one);
+        returns how many people it changed.
 
         Raises `NotADirectoryEvent` or `InvalidEvent` (then nothing changed).
         """
         if seq <= self.seq:
             raise ValueError(f"directory seq {seq} is not after {self.seq}")
-        person = _changed(envelope, self._current.get)
-        if person is not None:
+        changed = _changes(envelope, self._current.get)
+        for person in changed:
             self._put(
                 OrgPerson(
                     person.id,
@@ -401,6 +415,7 @@ class DirectoryProjection:
         self._as_of.append(latest)
         self._counts.append(len(self._current))
         self.seq = seq
+        return len(changed)
 
     def _put(self, person: OrgPerson, seq: int) -> None:
         old = self._current.get(person.id)

@@ -4,8 +4,9 @@ The SMTP adapter needs each principal's e-mail address. It came from the directo
 file, read once at start, so an address changed through the directory API (or SCIM)
 was not seen until a restart. Now escalation follows `directory.changes` like triage
 and keeps one small projection: `people_addresses` (person id, e-mail, event time),
-written from each `directory.person.upserted.v1` (the seed file reaches it that way
-too, as intake seeds the directory as events). A batch is one statement; a record
+written from each `directory.person.upserted.v1` and each person of a
+`directory.people.imported.v1` (a bulk import's chunk; the seed file reaches it that
+way too, as intake seeds the directory as events). A batch is one statement; a record
 delivered again, or an older event arriving late, never overwrites a newer address
 (the event time decides). The adapter looks an address up when it sends, one indexed
 read, so memory does not grow with the organisation.
@@ -22,24 +23,45 @@ from datetime import datetime
 
 from aiokafka import ConsumerRecord
 
-from services.domain.events import PersonUpserted
-from services.escalation.inputs import parsed_as
+from services.domain.envelope import Envelope
+from services.domain.events import (
+    InvalidEvent,
+    PeopleImported,
+    PersonRecord,
+    PersonUpserted,
+    parse_envelope,
+)
 from services.infra.runtime import Runtime
+
+
+def people_of(envelope: Envelope) -> Sequence[PersonRecord]:
+    """The people whose whole record a directory event gives, in order: one for an
+    upsert, a chunk's for an import; none for any other event (or invalid data)."""
+    try:
+        return [PersonUpserted.read(envelope)]
+    except InvalidEvent:
+        pass
+    try:
+        return PeopleImported.read(envelope).people
+    except InvalidEvent:
+        return []
 
 
 def latest_addresses(
     records: Sequence[ConsumerRecord],
 ) -> dict[str, tuple[str | None, datetime]]:
-    """person id -> (e-mail or None, event time): the latest upsert per person of a batch."""
+    """person id -> (e-mail or None, event time): the latest record per person of a
+    batch (of one event, the last it lists)."""
     latest: dict[str, tuple[str | None, datetime]] = {}
     for record in records:
-        parsed = parsed_as(record, PersonUpserted)
-        if parsed is None:
+        try:
+            envelope = parse_envelope(record.value or b"")
+        except InvalidEvent:
             continue
-        envelope, data = parsed
-        known = latest.get(data.person_id)
-        if known is None or envelope.time >= known[1]:
-            latest[data.person_id] = (data.email or None, envelope.time)
+        for data in people_of(envelope):
+            known = latest.get(data.person_id)
+            if known is None or envelope.time >= known[1]:
+                latest[data.person_id] = (data.email or None, envelope.time)
     return latest
 
 

@@ -89,7 +89,8 @@ DIRECTORY_CONSUMER = "triage-directory"
 REPORTS_CONSUMER = "triage-reports"
 ACTIVITY_CONSUMER = "triage-activity"
 FREEZE_AFTER = 10_000
-"""Directory events folded at once after which the heap is frozen (`gc.freeze`)."""
+"""People changed by the directory events folded at once after which the heap is frozen
+(`gc.freeze`)."""
 EVENT_IDS = uuid.UUID("0b7a4f0e-2c55-4e0a-9a53-7d1c3e2f6a18")
 """Namespace of the ids of triage's events: uuid5 of the cause's id and the index."""
 Outputs = list[Event]
@@ -371,12 +372,11 @@ class TriageUseCases:
         """Catch up with directory events any triage worker recorded (`known`: envelopes
         already parsed, by id)."""
         rows = await uow.directory_log.after(self.directory.seq)
-        for seq, event_id, body in rows:  # each event changes one person, in place
+        for seq, event_id, body in rows:  # each event changes one person (or a chunk's)
             if seq <= self.directory.seq:
                 continue  # folded by another catch-up while this one read the log
             envelope = known.get(event_id) if known else None
-            self.directory.apply(envelope or parse_envelope(body), seq)
-        self._unfrozen += len(rows)
+            self._unfrozen += self.directory.apply(envelope or parse_envelope(body), seq)
         if self._unfrozen >= FREEZE_AFTER:
             # A large directory is long-lived: without this, each full collection walks
             # every person again (0.3 to 3.5 s at 254,000 people on a loaded machine),

@@ -169,6 +169,12 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "manager_id": "p-zhou",
         "roles": ["hr_case_handler"],
     },
+    "directory.people.imported.v1": {
+        "people": [
+            {"person_id": "p-ma", "name": "Ma Lin", "unit": "group", "manager_id": "p-zhou"},
+            {"person_id": "p-zhou", "name": "Zhou Wei", "email": "zhou@example.com"},
+        ]
+    },
     "directory.role.assigned.v1": {"person_id": "p-ma", "role": "hr_head"},
     "directory.role.revoked.v1": {"person_id": "p-ma", "role": "hr_head"},
     "directory.role.proposed.v1": {

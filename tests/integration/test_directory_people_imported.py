@@ -1,0 +1,82 @@
+"""Audit's PostgreSQL ledger knows the same people whether a bulk import came as one
+`directory.people.imported.v1` per chunk or as one `directory.person.upserted.v1` per
+person: `person_data` (the roles audit grants, the manager line of its conflict check)
+reads the chunk through `ledger_people`, and the leaves stay as they were."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import asyncpg
+import pytest
+
+from services.audit.app import MIGRATIONS
+from services.audit.conflicts import person_in_ledger
+from services.audit.ledger import append_records, decode_leaf, person_data
+from services.domain.directory import DirectoryFile
+from services.domain.events import PeopleImported
+from services.infra.db import create_pool, migrate_service
+from tests.integration.test_ledger_tree import record
+from tests.unit.test_people_imported import IDS, histories
+
+pytestmark = pytest.mark.integration
+
+
+async def known_people(url: str, history: list[Any]) -> tuple[dict[str, Any], list[Any]]:
+    await migrate_service(url, "audit", MIGRATIONS)
+    pool = await create_pool(url, schema="audit", role="incidents_audit")
+    try:
+        async with pool.acquire() as conn:
+            async with conn.transaction():  # the import's events in one batch, the rest after
+                await append_records(
+                    conn, [record(n, e.to_bytes()) for n, e in enumerate(history[:3])]
+                )
+            async with conn.transaction():
+                await append_records(
+                    conn, [record(n + 3, e.to_bytes()) for n, e in enumerate(history[3:])]
+                )
+            people = {i: await person_data(conn, i) for i in IDS}
+            chains = {i: await person_in_ledger(conn, DirectoryFile(), i) for i in IDS}
+            indexed = await conn.fetch(
+                "SELECT person_id, idx FROM ledger_people ORDER BY idx, person_id"
+            )
+            leaves = await conn.fetch("SELECT event_type, leaf FROM ledger ORDER BY idx")
+        return {"people": people, "chains": chains}, [indexed, leaves]
+    finally:
+        await pool.close()
+
+
+async def test_audit_knows_the_same_people_from_a_chunk_on_postgresql(
+    make_database: Callable[[str], str],
+) -> None:
+    singles, chunked = histories()
+    known, (indexed, _) = await known_people(make_database("people_singles"), singles)
+    from_chunk, (chunk_index, leaves) = await known_people(make_database("people_chunk"), chunked)
+    assert from_chunk == known
+    assert known["people"]["p-top"]["roles"] == ["auditor", "hr_head"]
+    assert known["chains"]["p-mid"].manager == "p-top"
+    assert known["people"]["p-nobody"] is None
+    assert indexed == []  # single upserts are found by subject, as before
+    assert [(r["person_id"], r["idx"]) for r in chunk_index] == [
+        ("p-low", 2),
+        ("p-mid", 2),
+        ("p-top", 2),
+    ]
+    # the chunk's entry is an ordinary leaf: the event as received
+    chunk = [
+        decode_leaf(bytes(r["leaf"])) for r in leaves if r["event_type"] == PeopleImported.TYPE
+    ]
+    assert len(chunk) == 1 and chunk[0]["event"]["id"] == chunked[2].id
+
+
+async def test_the_people_index_is_append_only(make_database: Callable[[str], str]) -> None:
+    url = make_database("people_append_only")
+    await known_people(url, histories()[1])
+    conn = await asyncpg.connect(url)
+    try:
+        for statement in ("DELETE FROM audit.ledger_people", "TRUNCATE audit.ledger_people"):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
+                await conn.execute(statement)
+    finally:
+        await conn.close()
