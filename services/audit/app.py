@@ -27,14 +27,10 @@ from services.audit.ui_evidence import EvidenceDesk
 from services.audit.ui_index import indexer
 from services.audit.usecases import AppendBatch, AuditConfig, append_batch
 from services.console import web
-from services.domain.directory import DirectoryFile
 from services.domain.events import Topic
-from services.domain.policy import Policy
 from services.infra import metrics
-from services.infra.auth import make_authenticator
-from services.infra.config import load_yaml_model
+from services.infra.bootstrap import content_base
 from services.infra.kafka import all_topics
-from services.infra.keystore import key_store
 from services.infra.runtime import Runtime
 from services.infra.settings import AuditSettings
 from services.infra.webapp import build_app
@@ -46,21 +42,13 @@ log = logging.getLogger(__name__)
 def create_app(settings: AuditSettings | None = None) -> FastAPI:
     """The audit app; configuration errors surface here, before anything starts."""
     settings = settings or AuditSettings()
-    directory = load_yaml_model(settings.directory_file, DirectoryFile)
-    auth = make_authenticator(settings)
     runtime = Runtime(settings, "audit", MIGRATIONS, db_role=settings.audit_db_role or None)
     # Audit opens content for auditors: it reads the key store, never writes it.
-    keys = key_store(
-        settings.master_key,
-        settings.master_key_file,
-        settings.schema_name(settings.keys_schema),
-        previous_files=settings.previous_master_key_files,
-    )
-    runtime.before_start.append(lambda: keys.migrate(settings.database_url))
-
+    base = content_base(settings, runtime)
+    keys = base.keys
     config = AuditConfig(
-        policy=load_yaml_model(settings.policy_file, Policy),
-        directory=directory,
+        policy=base.policy,
+        directory=base.directory,
         source=runtime.source,
         topic_prefix=settings.kafka_topic_prefix,
     )
@@ -110,8 +98,8 @@ def create_app(settings: AuditSettings | None = None) -> FastAPI:
     app.state.signer = signer
     app.state.heads = heads
     app.state.witnesses = witnesses
-    app.state.auth = auth
-    app.state.directory = directory
+    app.state.auth = base.auth
+    app.state.directory = base.directory
     app.state.policy = config.policy
     app.state.unit_of_work = unit_of_work
     app.state.keys = keys

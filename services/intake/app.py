@@ -8,13 +8,10 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from services.console import web
-from services.domain.directory import DirectoryFile
 from services.domain.events import Topic
-from services.domain.policy import Policy
-from services.infra.auth import make_authenticator
-from services.infra.config import load_yaml_model
+from services.infra.bootstrap import content_base
 from services.infra.kafka import per_record
-from services.infra.keystore import key_store, pseudonyms_of
+from services.infra.keystore import pseudonyms_of
 from services.infra.runtime import Runtime
 from services.infra.settings import IntakeSettings
 from services.infra.systems import load_systems
@@ -47,19 +44,12 @@ log = logging.getLogger(__name__)
 def create_app(settings: IntakeSettings | None = None) -> FastAPI:
     """The intake app; configuration errors surface here, before anything starts."""
     settings = settings or IntakeSettings()
-    policy = load_yaml_model(settings.policy_file, Policy)
-    auth = make_authenticator(settings)
     runtime = Runtime(settings, "intake", MIGRATIONS)
-    keys = key_store(
-        settings.master_key,
-        settings.master_key_file,
-        settings.schema_name(settings.keys_schema),
-        pseudonyms_of(settings.pseudonym_key, settings.pseudonym_key_file),
-        settings.previous_master_key_files,
-    )
-    runtime.before_start.append(lambda: keys.migrate(settings.database_url))
-    service = IntakeService(runtime, policy, keys)
-    eraser = Eraser(runtime, keys, policy, interval=settings.erasure_interval)
+    pseudonyms = pseudonyms_of(settings.pseudonym_key, settings.pseudonym_key_file)
+    base = content_base(settings, runtime, pseudonyms)
+    keys = base.keys
+    service = IntakeService(runtime, base.policy, keys)
+    eraser = Eraser(runtime, keys, base.policy, interval=settings.erasure_interval)
     runtime.background("erasure", eraser.run)
     systems = load_systems(settings.systems_file)
     inbound = InboundConsumer(runtime, service, systems)
@@ -73,10 +63,9 @@ def create_app(settings: IntakeSettings | None = None) -> FastAPI:
         [settings.topic(t) for t in (Topic.TRIAGE, Topic.ESCALATIONS, Topic.ACTIVITY)],
         routing_handler(runtime),
     )
-    directory = load_yaml_model(settings.directory_file, DirectoryFile)
 
     async def seed_directory() -> None:
-        added = await seed(runtime, directory)
+        added = await seed(runtime, base.directory)
         if added:
             log.info("directory: added %d people from %s", added, settings.directory_file)
 
@@ -99,7 +88,7 @@ def create_app(settings: IntakeSettings | None = None) -> FastAPI:
     app.state.intake = service
     app.state.keys = keys
     app.state.eraser = eraser
-    app.state.auth = auth
+    app.state.auth = base.auth
     app.state.systems = systems
     app.include_router(router)
     app.include_router(receipts.router)
