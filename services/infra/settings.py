@@ -45,13 +45,34 @@ def _http_url_or_none(value: str | None) -> str | None:
     return value
 
 
-def _refuse_development_key(settings: CommonSettings, name: str, development: str) -> None:
-    """Production refuses a key setting ``name`` (with its ``name``_file) that leaves the
-    public development key in use."""
-    value, path = getattr(settings, name), getattr(settings, f"{name}_file")
-    if settings.environment == "production" and _development_key(value, path, development):
-        env = f"INCIDENTS_{name.upper()}"
-        raise ValueError(f"production needs {env}_FILE or {env} (not the development key)")
+def _key(name: str, what: str) -> Any:
+    """The field of key setting ``name``: base64 of a 32-byte key, `what` it is."""
+    return Field(
+        None,
+        description=f"Base64 of the 32-byte {what}. Unset (and no {name}_file): a public"
+        " development key, which production refuses.",
+    )
+
+
+def _key_file(name: str) -> Any:
+    """The field of the file that holds key setting ``name`` instead."""
+    noun = name.replace("_", " ")
+    return Field(None, description=f"File holding the {noun} (base64); wins over {name}.")
+
+
+def _key_rules(name: str, development: str) -> tuple[Any, Any]:
+    """The validators of key setting ``name`` and its ``name``_file: blank is unset, and
+    production refuses them when they leave the public `development` key in use."""
+
+    def refuse_development_key(settings: CommonSettings) -> CommonSettings:
+        value, path = getattr(settings, name), getattr(settings, f"{name}_file")
+        if settings.environment == "production" and _development_key(value, path, development):
+            env = f"INCIDENTS_{name.upper()}"
+            raise ValueError(f"production needs {env}_FILE or {env} (not the development key)")
+        return settings
+
+    blank_is_unset = field_validator(name, f"{name}_file", mode="before")(_blank_is_none)
+    return blank_is_unset, model_validator(mode="after")(refuse_development_key)
 
 
 class CommonSettings(BaseSettings):
@@ -306,38 +327,23 @@ def _development_key(value: SecretStr | None, path: Path | None, development: st
 class PseudonymSettings(CommonSettings):
     """The key of reporter pseudonyms: intake makes them, triage matches them."""
 
-    pseudonym_key: SecretStr | None = Field(
-        None,
-        description="Base64 of the 32-byte HMAC key of reporter pseudonyms (intake and"
-        " triage must share it). Unset (and no pseudonym_key_file): a public development"
-        " key, which production refuses.",
+    pseudonym_key: SecretStr | None = _key(
+        "pseudonym_key", "HMAC key of reporter pseudonyms (intake and triage must share it)"
     )
-    pseudonym_key_file: Path | None = Field(
-        None, description="File holding the pseudonym key (base64); wins over pseudonym_key."
+    pseudonym_key_file: Path | None = _key_file("pseudonym_key")
+
+    _blank_pseudonym_is_unset, _real_pseudonym_key = _key_rules(
+        "pseudonym_key", DEVELOPMENT_PSEUDONYM_KEY
     )
-
-    _blank_pseudonym_is_unset = field_validator(
-        "pseudonym_key", "pseudonym_key_file", mode="before"
-    )(_blank_is_none)
-
-    @model_validator(mode="after")
-    def _real_pseudonym_key(self) -> PseudonymSettings:
-        _refuse_development_key(self, "pseudonym_key", DEVELOPMENT_PSEUDONYM_KEY)
-        return self
 
 
 class ContentKeySettings(CommonSettings):
     """The master key that wraps incidents' data keys (intake and audit only)."""
 
-    master_key: SecretStr | None = Field(
-        None,
-        description="Base64 of the 32-byte master key that wraps every incident's data key."
-        " Unset (and no master_key_file): a public development key, which production"
-        " refuses.",
+    master_key: SecretStr | None = _key(
+        "master_key", "master key that wraps every incident's data key"
     )
-    master_key_file: Path | None = Field(
-        None, description="File holding the master key (base64); wins over master_key."
-    )
+    master_key_file: Path | None = _key_file("master_key")
     keys_schema: str = Field(
         "keys", description="PostgreSQL schema of the key store (suffixed like the others)."
     )
@@ -354,14 +360,7 @@ class ContentKeySettings(CommonSettings):
             return tuple(Path(p.strip()) for p in value.split(",") if p.strip())
         return value
 
-    _blank_key_is_unset = field_validator("master_key", "master_key_file", mode="before")(
-        _blank_is_none
-    )
-
-    @model_validator(mode="after")
-    def _real_master_key(self) -> ContentKeySettings:
-        _refuse_development_key(self, "master_key", DEVELOPMENT_MASTER_KEY)
-        return self
+    _blank_key_is_unset, _real_master_key = _key_rules("master_key", DEVELOPMENT_MASTER_KEY)
 
 
 class IntakeSettings(ContentKeySettings, PseudonymSettings):
