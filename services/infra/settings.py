@@ -45,6 +45,16 @@ def _http_url_or_none(value: str | None) -> str | None:
     return value
 
 
+def _port(service: str, default: int, serves: str = "") -> Any:
+    """The field of `service`'s HTTP port, read from ``INCIDENTS_<SERVICE>_PORT``."""
+    env = f"INCIDENTS_{service.upper()}_PORT"
+    return Field(
+        default,
+        validation_alias=AliasChoices(env),
+        description=f"HTTP port{serves} of {service} ({env}).",
+    )
+
+
 def _key(name: str, what: str) -> Any:
     """The field of key setting ``name``: base64 of a 32-byte key, `what` it is."""
     return Field(
@@ -420,11 +430,7 @@ class IntakeSettings(ContentKeySettings, PseudonymSettings):
         " there (docs/witness.md). Empty: receipts carry no proof.",
     )
 
-    port: int = Field(
-        8001,
-        validation_alias=AliasChoices("INCIDENTS_INTAKE_PORT"),
-        description="HTTP port of intake (INCIDENTS_INTAKE_PORT).",
-    )
+    port: int = _port("intake", 8001)
 
     @model_validator(mode="after")
     def _real_systems(self) -> IntakeSettings:
@@ -452,21 +458,13 @@ class IntakeSettings(ContentKeySettings, PseudonymSettings):
 class TriageSettings(PseudonymSettings):
     """Triage: the faust stream processor that decides routing."""
 
-    port: int = Field(
-        8002,
-        validation_alias=AliasChoices("INCIDENTS_TRIAGE_PORT"),
-        description="HTTP port (health, metrics) of triage (INCIDENTS_TRIAGE_PORT).",
-    )
+    port: int = _port("triage", 8002, " (health, metrics)")
 
 
 class EscalationSettings(CommonSettings):
     """Escalation: the faust stream processor that keeps deadlines."""
 
-    port: int = Field(
-        8003,
-        validation_alias=AliasChoices("INCIDENTS_ESCALATION_PORT"),
-        description="HTTP port (health, metrics) of escalation (INCIDENTS_ESCALATION_PORT).",
-    )
+    port: int = _port("escalation", 8003, " (health, metrics)")
     notify_adapter: Literal["log", "webhook", "smtp"] = Field(
         "log",
         description="How notices reach people: `log` (a log line, the default), `webhook`"
@@ -603,11 +601,7 @@ class AuditSettings(ContentKeySettings):
         " never update or delete. Empty: the login role as is (production logs in as it).",
     )
 
-    port: int = Field(
-        8004,
-        validation_alias=AliasChoices("INCIDENTS_AUDIT_PORT"),
-        description="HTTP port of audit (INCIDENTS_AUDIT_PORT).",
-    )
+    port: int = _port("audit", 8004)
 
     @field_validator("witnesses", mode="before")
     @classmethod
