@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -251,3 +252,48 @@ def import_problems(
             continue
         break  # one cycle is reported once, not by everyone below it
     return problems
+
+
+MAX_CHUNK_DATA_BYTES = 512 * 1024
+"""The people of one `directory.people.imported.v1` take at most this much JSON (unless
+one person alone takes more): with the envelope and signature (under 1 KiB) a record
+stays well under Kafka's usual limit of 1 MiB per message."""
+
+
+def record_bytes(person: Person) -> int:
+    """An upper bound of the person's size in an event's canonical JSON: their fields
+    encoded with every non-ASCII character escaped (`\\uXXXX`, 6 bytes for at most 3 of
+    UTF-8, 12 for 4), plus the field names."""
+    fields = (
+        person.id,
+        person.name,
+        person.alternative_names,
+        person.email,
+        person.unit,
+        person.manager,
+        person.roles,
+    )
+    return len(json.dumps(fields)) + _RECORD_NAMES
+
+
+_RECORD_NAMES = len(
+    '{"person_id":,"name":,"alternative_names":,"email":,"unit":,"manager_id":,"roles":}'
+)
+
+
+def event_chunks(
+    people: Sequence[Person], *, max_people: int, max_bytes: int = MAX_CHUNK_DATA_BYTES
+) -> list[Sequence[Person]]:
+    """`people` cut, in order, into runs of at most `max_people` whose records take at
+    most `max_bytes` (`record_bytes`); a person larger than that alone is a run of one."""
+    chunks: list[Sequence[Person]] = []
+    start, size = 0, 0
+    for i, person in enumerate(people):
+        grown = size + record_bytes(person) + 1
+        if i > start and (i - start >= max_people or grown > max_bytes):
+            chunks.append(people[start:i])
+            start, grown = i, record_bytes(person) + 1
+        size = grown
+    if start < len(people):
+        chunks.append(people[start:])
+    return chunks

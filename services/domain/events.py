@@ -752,6 +752,18 @@ EVENT_CLASSES: tuple[type[Event], ...] = (
 """Every event class, in the order the catalog, the schemas and the docs list them."""
 CATALOG: dict[str, EventType] = {c.TYPE: EventType.of(c) for c in EVENT_CLASSES}
 """Type -> its entry, built from the classes (the one place each type is named)."""
+DIRECTORY_KEY = "directory"
+"""The Kafka record key of every `directory.changes` event (`record_key`)."""
+
+
+def record_key(envelope: Envelope) -> str:
+    """The Kafka record key of an event: its subject, so each incident's events stay in
+    order on one partition; but one key for the whole directory, so its events keep
+    one order for every consumer (a bulk import's chunk names many people: keyed by
+    person, a later change of one of them could be read before the chunk)."""
+    if CATALOG[envelope.type].topic is Topic.DIRECTORY:
+        return DIRECTORY_KEY
+    return envelope.subject
 
 
 class InvalidEvent(ValueError):

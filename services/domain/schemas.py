@@ -21,7 +21,7 @@ from services.domain.envelope import (
     SPECVERSION,
     Envelope,
 )
-from services.domain.events import CATALOG, EventType, Topic
+from services.domain.events import CATALOG, DIRECTORY_KEY, EventType, Topic
 from services.domain.inbound import INBOUND_TYPE, MAX_INBOUND_BYTES, REPORT_SCOPES
 from services.domain.reports import ReportRequest
 
@@ -265,6 +265,9 @@ def _message(entry: EventType) -> dict[str, Any]:
         key=(
             "The sender's event id (`data.event_id`), not the incident id."
             if entry.topic is Topic.INBOUND_RESULTS
+            else f"`{DIRECTORY_KEY}` for every directory event, so that they stay in one"
+            " order on one partition (a bulk import's chunk names many people)."
+            if entry.topic is Topic.DIRECTORY
             else "The incident id (the event's `subject`), so that each "
             "incident's events stay in order on one partition."
         ),

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from services.domain.envelope import CLOUDEVENTS_CONTENT_TYPE, Envelope
-from services.domain.events import CATALOG, parse_envelope
+from services.domain.events import CATALOG, parse_envelope, record_key
 from services.infra import signing
 
 
@@ -207,9 +207,9 @@ def queued(
     rows: Sequence[SignedRow], topic_prefix: str
 ) -> list[tuple[str, str, str, bytes, list[tuple[str, str]]]]:
     """The outbox rows of appended events: each on its catalog topic (prefixed), keyed
-    by its subject (the incident)."""
+    by `record_key` (the incident; one key for the directory)."""
     return [
-        (e.id, topic_prefix + CATALOG[e.type].topic, e.subject, body, record_headers(e))
+        (e.id, topic_prefix + CATALOG[e.type].topic, record_key(e), body, record_headers(e))
         for _, _, e, body in rows
     ]
 

@@ -1,9 +1,11 @@
 """The directory, owned by intake: people, managers and roles, as events and a projection.
 
 Every change is a `directory.person.upserted.v1` event (stream `directory:<id>`),
-stored with the projection row in one transaction and published for triage and
-audit. The YAML file seeds the people the directory does not have yet, so restarts
-are silent and API changes are never undone by the file.
+or, from a bulk import, part of a `directory.people.imported.v1` (one per chunk of
+people, stream `directory-import:<import id>`), stored with the projection rows in one
+transaction and published for triage, escalation and audit. The YAML file seeds the
+people the directory does not have yet, so restarts are silent and API changes are
+never undone by the file.
 
 Each person's names (display name and alternative names) are also kept, in the same
 transaction, as normal forms (`person_names`, for resolving free-text names in reports)
@@ -15,12 +17,13 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 
 from services.domain.directory import DirectoryFile, Person
 from services.domain.envelope import Envelope
-from services.domain.events import PersonUpserted, make_event
+from services.domain.events import PeopleImported, PersonRecord, PersonUpserted, make_event
 from services.domain.names import normalise
 from services.domain.reports import NameRow
 from services.infra import eventstore
@@ -49,22 +52,51 @@ async def roles_of(conn: asyncpg.Connection, principal: str) -> frozenset[str]:
     return frozenset(roles or ())
 
 
+def record_of(person: Person) -> dict[str, Any]:
+    """A person's whole record, as the directory events carry it (and the admin API
+    answers it)."""
+    return {
+        "person_id": person.id,
+        "name": person.name,
+        "alternative_names": list(person.alternative_names),
+        "email": person.email,
+        "unit": person.unit,
+        "manager_id": person.manager,
+        "roles": sorted(person.roles),
+    }
+
+
 def person_event(
     person: Person, source: str, actor: str, time: datetime, traceparent: str | None = None
 ) -> Envelope:
     """The `directory.person.upserted.v1` event of a person's whole new record."""
+    data = PersonUpserted(**record_of(person))
     return make_event(
         PersonUpserted.TYPE,
         subject=person.id,
-        data=PersonUpserted(
-            person_id=person.id,
-            name=person.name,
-            alternative_names=list(person.alternative_names),
-            email=person.email,
-            unit=person.unit,
-            manager_id=person.manager,
-            roles=sorted(person.roles),
-        ),
+        data=data,
+        source=source,
+        time=time,
+        actor=actor,
+        traceparent=traceparent,
+    )
+
+
+def people_event(
+    people: Sequence[Person],
+    subject: str,
+    source: str,
+    actor: str,
+    time: datetime,
+    traceparent: str | None = None,
+) -> Envelope:
+    """The `directory.people.imported.v1` of a bulk import's chunk: each person's whole
+    new record, in order (the same as one `person_event` each)."""
+    data = PeopleImported(people=[PersonRecord(**record_of(p)) for p in people])
+    return make_event(
+        PeopleImported.TYPE,
+        subject=subject,
+        data=data,
         source=source,
         time=time,
         actor=actor,

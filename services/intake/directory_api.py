@@ -21,7 +21,7 @@ from services.domain.reports import Name
 from services.infra.auth import Principal
 from services.infra.http import Problem, problem_responses
 from services.infra.runtime import Runtime
-from services.intake.directory import get_person, upsert_person
+from services.intake.directory import get_person, record_of, upsert_person
 from services.intake.grants import SELF_GRANT, approve, pending, privileged_added, propose
 from services.intake.handlers import INVALID, TOO_LARGE, UNAUTHORIZED
 from services.intake.principals import RequiredPrincipal, require_role
@@ -100,16 +100,7 @@ class PersonOut(BaseModel):
     roles: list[str]
 
 
-def _out(person: Person) -> dict[str, Any]:
-    return {
-        "person_id": person.id,
-        "name": person.name,
-        "alternative_names": list(person.alternative_names),
-        "email": person.email,
-        "unit": person.unit,
-        "manager_id": person.manager,
-        "roles": sorted(person.roles),
-    }
+_out = record_of
 
 
 def _runtime(request: Request) -> Runtime:

@@ -1,14 +1,20 @@
-"""Set-based directory import: many people at once, still one event per real change.
+"""Set-based directory import: many people at once, one event per chunk of changes.
 
 The seed file at intake start and `incidents directory import FILE` both come here.
-People are written in chunks, one transaction each: one statement reads the chunk's
-current rows, one stores its events and one queues them on the outbox
+People are written in chunks of `CHUNK`, one transaction each: one statement reads the
+chunk's current rows; the people added or changed are cut into runs of at most
+`EVENT_PEOPLE` (and `MAX_CHUNK_DATA_BYTES` of records, `event_chunks`), each one
+`directory.people.imported.v1` on the import's stream `directory-import:<id>`; one
+statement stores those events and one queues them on the outbox
 (`eventstore.append_streams`, signed there), one multi-row statement upserts `people`
-and two replace the names (`person_names`, `person_name_words`). Per person that is
-the same `directory.person.upserted.v1` event and rows as
-`services.intake.directory.upsert_person` writes, in the input's order, without its
-round trips per person. Each chunk takes the directory's write lock, the one the
-admin API's writes take, so an import and an API change never interleave a chunk.
+(counting the change in `imports`, for the person's version) and two replace the names
+(`person_names`, `person_name_words`). Folding such an event is folding one
+`directory.person.upserted.v1` per person in it, in order (what
+`services.intake.directory.upsert_person` records for one change), so consumers end
+with the same directory; they do one event's work per few hundred people instead of
+per person (docs/directory-sync.md). Each chunk takes the directory's write lock, the
+one the admin API's writes take, so an import and an API change never interleave a
+chunk.
 
 An import is one trace, not sampled: its events carry a `traceparent` whose flags say
 "not sampled", so the relay's publish and each consumer's handling of them record no
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,15 +35,19 @@ from datetime import UTC, datetime
 import asyncpg
 
 from services.domain.directory import Person
-from services.domain.directory_sync import ImportInvalid, import_problems
+from services.domain.directory_sync import ImportInvalid, event_chunks, import_problems
+from services.domain.events import MAX_PEOPLE_PER_EVENT
 from services.infra import eventstore
-from services.intake.directory import _person, name_keys, person_event
+from services.intake.directory import _person, name_keys, people_event
 
 WRITE_LOCK = "directory:manager-chains"
 """The advisory lock of every directory write (services/intake/directory_api.py)."""
 CHUNK = 2000
 """People per transaction: big enough for few round trips, small enough for steady
 progress and a short hold of the write lock."""
+EVENT_PEOPLE = MAX_PEOPLE_PER_EVENT
+"""People per `directory.people.imported.v1` at most (500: about 100 KB of ordinary
+records; `event_chunks` cuts sooner for large ones)."""
 
 
 @dataclass
@@ -46,6 +57,8 @@ class ImportResult:
     added: int = 0
     changed: int = 0
     unchanged: int = 0
+    events: int = 0
+    """`directory.people.imported.v1` events recorded (the import stream's version)."""
 
 
 async def managers_now(conn: asyncpg.Connection) -> dict[str, str | None]:
@@ -65,13 +78,15 @@ async def import_people(
     check: bool = True,
     progress: Callable[[int], None] | None = None,
 ) -> ImportResult:
-    """Store `people` (whole records), one `directory.person.upserted.v1` per person
-    added or changed, in the order given. `only_new` leaves people already stored as
+    """Store `people` (whole records): the people added or changed, in the order given,
+    in `directory.people.imported.v1` events of up to `EVENT_PEOPLE` people each, on
+    the stream `directory-import:<new id>`. `only_new` leaves people already stored as
     they are (the seed: API changes win over the file). `check` refuses the whole
     import first (ImportInvalid) on a duplicate, unknown manager or cycle.
     `progress(n)` is called after each committed chunk with its number of people."""
     result = ImportResult()
     trace = untraced()
+    stream = f"directory-import:{uuid.uuid4()}"
     people = [_roles_sorted(p) for p in people]
     if check:
         async with pool.acquire() as conn:
@@ -82,7 +97,9 @@ async def import_people(
         chunk = people[start : start + CHUNK]
         async with pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", WRITE_LOCK)
-            await _store_chunk(conn, chunk, result, (source, actor, trace), topic_prefix, only_new)
+            await _store_chunk(
+                conn, chunk, result, (stream, source, actor, trace), topic_prefix, only_new
+            )
         if progress is not None:
             progress(len(chunk))
     return result
@@ -105,7 +122,7 @@ async def _store_chunk(
     conn: asyncpg.Connection,
     chunk: Sequence[Person],
     result: ImportResult,
-    origin: tuple[str, str, str],
+    origin: tuple[str, str, str, str],
     topic_prefix: str,
     only_new: bool,
 ) -> None:
@@ -126,31 +143,37 @@ async def _store_chunk(
             result.changed += 1
     if not todo:
         return
-    source, actor, trace = origin
+    stream, source, actor, trace = origin
     now = datetime.now(UTC)
-    streams = [f"directory:{p.id}" for p in todo]
-    versions = await eventstore.stream_versions(conn, streams)
-    appends = [
-        (stream, versions[stream], [person_event(person, source, actor, now, trace)])
-        for stream, person in zip(streams, todo, strict=True)
+    events = [
+        people_event(run, stream, source, actor, now, trace)
+        for run in event_chunks(todo, max_people=EVENT_PEOPLE)
     ]
-    await eventstore.append_streams(conn, appends, topic_prefix=topic_prefix, savepoint=False)
+    await eventstore.append_streams(
+        conn, [(stream, result.events, events)], topic_prefix=topic_prefix, savepoint=False
+    )
+    result.events += len(events)
     await _upsert_rows(conn, todo)
 
 
 async def _upsert_rows(conn: asyncpg.Connection, people: Sequence[Person]) -> None:
     """`people`, `person_names` and `person_name_words` of these people: multi-row
-    statements (lists travel as JSON arrays: PostgreSQL arrays cannot be ragged)."""
+    statements (lists travel as JSON arrays: PostgreSQL arrays cannot be ragged).
+    `imports` counts the change: a person's version is their own stream's events plus
+    the import events that changed them (the SCIM ETag)."""
     ids = [p.id for p in people]
     await conn.execute(
-        "INSERT INTO people (person_id, name, email, unit, manager_id, roles, alternative_names)"
+        "INSERT INTO people (person_id, name, email, unit, manager_id, roles,"
+        " alternative_names, imports)"
         " SELECT i, n, e, u, m,"
-        "  ARRAY(SELECT jsonb_array_elements_text(r)), ARRAY(SELECT jsonb_array_elements_text(a))"
+        "  ARRAY(SELECT jsonb_array_elements_text(r)), ARRAY(SELECT jsonb_array_elements_text(a)),"
+        "  1"
         " FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],"
         "  $6::jsonb[], $7::jsonb[]) AS x (i, n, e, u, m, r, a)"
         " ON CONFLICT (person_id) DO UPDATE SET name = excluded.name, email = excluded.email,"
         " unit = excluded.unit, manager_id = excluded.manager_id, roles = excluded.roles,"
-        " alternative_names = excluded.alternative_names, updated_at = clock_timestamp()",
+        " alternative_names = excluded.alternative_names, imports = people.imports + 1,"
+        " updated_at = clock_timestamp()",
         ids,
         [p.name for p in people],
         [p.email for p in people],

@@ -161,11 +161,13 @@ class DirectoryStorage(AsyncScimStorage):
             )
             seen = history.get(stream)
             modified = row["updated_at"]
+            # a change from a bulk import is in an event of the import's stream, counted
+            # in `imports` (services/intake/directory_import.py)
             user["meta"] = {
                 "resourceType": "User",
-                "created": (seen["created"] if seen else modified).isoformat(),
+                "created": (seen["created"] if seen else row["created_at"]).isoformat(),
                 "lastModified": modified.isoformat(),
-                "version": _version(seen["version"] if seen else 0),
+                "version": _version((seen["version"] if seen else 0) + row["imports"]),
             }
             users.append(self._model(resource_type, user))
         return users

@@ -71,7 +71,7 @@ async def intake_and_triage(
 
         async def loaded() -> bool:
             async with triage.state.triage.runtime.db.acquire() as conn:
-                return bool(await conn.fetchval("SELECT count(*) >= 12 FROM directory_log"))
+                return bool(await conn.fetchval("SELECT count(*) >= 1 FROM directory_log"))
 
         await eventually(loaded, timeout=20)
         yield intake

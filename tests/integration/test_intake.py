@@ -37,7 +37,7 @@ async def stored_events(settings: CommonSettings) -> list[asyncpg.Record]:
     try:
         return await conn.fetch(
             "SELECT stream_id, type, body FROM intake.events"
-            " WHERE stream_id NOT LIKE 'directory:%' ORDER BY position"
+            " WHERE stream_id NOT LIKE 'directory%' ORDER BY position"
         )
     finally:
         await conn.close()

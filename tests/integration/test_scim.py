@@ -276,11 +276,12 @@ async def test_conformance_scim2_tester(
     assert results and not failed, "\n".join(f"{t}: {r}"[:300] for t, r in failed)
 
 
-async def test_import_of_thousands_one_event_each_in_order(
+async def test_import_of_thousands_one_event_per_chunk_in_order(
     intake: tuple[httpx.AsyncClient, IntakeSettings],
 ) -> None:
-    """The set-based import (the seed's path and `incidents directory import`)."""
-    _, settings = intake
+    """The set-based import (the seed's path and `incidents directory import`): one
+    `directory.people.imported.v1` per 500 people added or changed, in order."""
+    client, settings = intake
     people = generate(3_013)  # the seed's 13 (already there: unchanged) and 3,000 more
     pool = await create_pool(settings.database_url, schema="intake", max_size=2)
     seen: list[int] = []
@@ -293,34 +294,52 @@ async def test_import_of_thousands_one_event_each_in_order(
         assert sum(seen) == len(people) and len(seen) == 2  # chunks of 2,000
         moved = [p.model_copy(update={"unit": "hq"}) for p in people[-5:]]
         again = await import_people(pool, moved, source="/services/intake", actor="system:hris")
-        assert (again.added, again.changed, again.unchanged) == (0, 5, 0)
+        assert (again.added, again.changed, again.unchanged, again.events) == (0, 5, 0, 1)
         async with pool.acquire() as conn:
             rows = await conn.fetch(
-                "SELECT subject, version, body FROM ("
-                " SELECT substr(stream_id, 11) AS subject, version, body, position FROM events"
-                " WHERE stream_id LIKE 'directory:%') e"
-                " WHERE subject = ANY($1::text[]) ORDER BY position",
-                [p.id for p in people[13:]],
+                "SELECT stream_id, version, body FROM events"
+                " WHERE stream_id LIKE 'directory-import:%' ORDER BY position"
             )
             found = await conn.fetchval(
                 "SELECT count(*) FROM person_name_words WHERE person_id = $1", people[-1].id
+            )
+            own = await conn.fetchval(
+                "SELECT count(*) FROM events WHERE stream_id = ANY($1::text[])",
+                [f"directory:{p.id}" for p in people[13:]],
             )
         with pytest.raises(ImportInvalid, match="not in the directory"):
             orphan = Person(id="p-orphan", manager="p-nobody")
             await import_people(pool, [orphan], source="/s", actor="system:x")
     finally:
         await pool.close()
-    subjects = [r["subject"] for r in rows]
-    assert subjects == [p.id for p in people[13:]] + [p.id for p in moved]
-    assert [r["version"] for r in rows[-5:]] == [2] * 5
-    first = Envelope.model_validate_json(bytes(rows[0]["body"]))
-    assert first.actor == "system:hris" and first.type == "directory.person.upserted.v1"
-    # one trace per import, not sampled (flags 00): nobody records a span per person
-    last = Envelope.model_validate_json(bytes(rows[len(people) - 14]["body"]))
+    rows = rows[-(result.events + 1) :]  # (the seed file's import at intake's start before)
+    events = [Envelope.model_validate_json(bytes(r["body"])) for r in rows]
+    carried = [[p["person_id"] for p in e.data["people"]] for e in events]
+    first_import = carried[: result.events]
+    assert own == 0  # nothing on the people's own streams
+    assert len({r["stream_id"] for r in rows}) == 2  # one stream per import
+    assert max(len(c) for c in carried) == 500  # at most 500 a chunk event, none empty
+    assert sum(len(c) for c in first_import) == result.added + result.changed
+    seed = {p.id for p in people[:13]}  # (one changed back is carried too)
+    assert [i for c in first_import for i in c if i not in seed] == [p.id for p in people[13:]]
+    assert carried[-1] == [p.id for p in moved]
+    assert events[-1].data["people"][0]["unit"] == "hq"
+    streams = [r["stream_id"] for r in rows]
+    assert len(set(streams[: result.events])) == 1 and streams[-1] != streams[0]
+    assert [r["version"] for r in rows[: result.events]] == list(range(1, result.events + 1))
+    first = events[0]
+    assert first.actor == "system:hris" and first.type == "directory.people.imported.v1"
+    assert first.subject == streams[0]
+    # one trace per import, not sampled (flags 00): nobody records a span for it
+    last = events[result.events - 1]
     assert first.traceparent is not None and first.traceparent.endswith("-00")
     assert last.traceparent is not None and last.traceparent[:35] == first.traceparent[:35]
     assert '"signature"' in bytes(rows[0]["body"]).decode()
     assert found > 0
+    # a person's version counts the import events that changed them (the SCIM ETag)
+    user = await client.get(f"/scim/v2/Users/{moved[0].id}", headers=HRIS)
+    assert user.status_code == 200 and user.headers["etag"] == 'W/"2"'
+    assert user.json()["meta"]["created"] <= user.json()["meta"]["lastModified"]
 
 
 async def test_user_name_is_case_insensitive_and_filters_use_indexes(

@@ -20,7 +20,8 @@ from aiokafka import ConsumerRecord
 from services.audit.ledger import Consumed, LedgerRow, chunk_people, fold_person
 from services.audit.memory import AuditMemory, InMemoryAuditUnitOfWork
 from services.audit.usecases import AppendBatch, AuditConfig, append_batch
-from services.domain.directory import DirectoryFile
+from services.domain.directory import DirectoryFile, Person
+from services.domain.directory_sync import MAX_CHUNK_DATA_BYTES, event_chunks, record_bytes
 from services.domain.envelope import Envelope
 from services.domain.events import (
     MAX_PEOPLE_PER_EVENT,
@@ -31,12 +32,15 @@ from services.domain.events import (
     RoleRevoked,
     data_of,
     make_event,
+    record_key,
 )
 from services.domain.org import DIRECTORY_EVENT_TYPES, DirectoryProjection, fold_directory
 from services.escalation.addresses import latest_addresses, people_of
 from services.infra.recorder_memory import InMemoryStore
+from services.intake.directory import people_event
 from services.triage.memory import InMemoryTriageUnitOfWork, TriageStore
 from services.triage.usecases import Cause, KeepDirectory, TriageUseCases, directory_event
+from tests.helpers import signed
 from tests.unit.test_audit_usecases import POLICY as AUDIT_POLICY
 from tests.unit.test_triage_usecases import POLICY, PSEUDONYMS
 
@@ -240,3 +244,48 @@ def test_fold_person_reads_the_last_record_of_a_chunk_and_the_roles_after_it() -
     ]
     # each person of a valid chunk once, by the entry's index; nothing for other entries
     assert chunk_people(rows) == [("p-top", 0), ("p-mid", 0), ("p-low", 0)]
+
+
+# -- the import's events ----------------------------------------------------------------------
+
+
+def test_an_import_cuts_its_people_into_events_well_under_a_megabyte() -> None:
+    """500 ordinary people to an event; people at the admin API's limits (200-character
+    names in a 3-byte script, 20 alternative names, 20 roles) fewer, and the signed
+    record stays under Kafka's usual 1 MiB; one person alone over the budget is an event
+    of one (as large as their single upsert would be)."""
+    ordinary = [Person(id=f"p-{i:05d}", name=f"Person {i}", unit="ops") for i in range(1_001)]
+    assert [len(c) for c in event_chunks(ordinary, max_people=500)] == [500, 500, 1]
+    large = Person(
+        id="p-" + "x" * 98,
+        name="名" * 200,
+        alternative_names=["名" * 200] * 20,
+        email="a" * 240 + "@example.com",
+        unit="u" * 100,
+        manager="m" * 100,
+        roles=[f"role_{'r' * 50}_{i}" for i in range(20)],
+    )
+    people = [large.model_copy(update={"id": f"p-{i:098d}"}) for i in range(100)]
+    chunks = event_chunks(people, max_people=500)
+    assert sum(len(c) for c in chunks) == 100 and len(chunks) > 1
+    for chunk in chunks:
+        event = people_event(chunk, "directory-import:x", "/services/intake", "system:x", T0)
+        assert len(signed(event)) < 1024 * 1024
+        assert sum(record_bytes(p) for p in chunk) <= MAX_CHUNK_DATA_BYTES
+    huge = large.model_copy(update={"alternative_names": ["名" * 200] * 500})
+    assert [len(c) for c in event_chunks([large, huge, large], max_people=500)] == [1, 1, 1]
+
+
+def test_every_directory_event_has_one_record_key_so_one_order() -> None:
+    """Keyed by person, a later change of someone an import's chunk carries could be
+    read before the chunk (another partition); one key keeps the directory in order."""
+    _, chunked = histories()
+    assert {record_key(e) for e in chunked} == {"directory"}
+    report = make_event(
+        "incident.acknowledged.v1",
+        subject="inc-1",
+        data={"principal": "p", "level": 1},
+        time=T0,
+        **ORIGIN,
+    )
+    assert record_key(report) == "inc-1"

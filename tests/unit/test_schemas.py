@@ -334,7 +334,9 @@ def test_the_asyncapi_document_has_a_message_per_type_with_its_schema_file() -> 
         assert message["contentType"] == "application/cloudevents+json"
         assert message["payload"] == {"$ref": f"./{name}.json"}
         if name in CATALOG:
-            assert "incident id" in message["bindings"]["kafka"]["key"]["description"]
+            directory = CATALOG[name].topic is Topic.DIRECTORY
+            key = "`directory` for every directory event" if directory else "incident id"
+            assert key in message["bindings"]["kafka"]["key"]["description"]
             assert set(message["headers"]["properties"]) == {"content-type", "traceparent"}
     for name, entry in CATALOG.items():
         assert name in doc["channels"][str(entry.topic)]["messages"]
