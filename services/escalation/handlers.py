@@ -42,10 +42,13 @@ from services.domain.events import (
     Acknowledged,
     AcknowledgementIgnored,
     EscalationStalled,
+    Event,
     InvalidEvent,
     Notified,
+    Reassigned,
     Recused,
     ReporterMessage,
+    Triaged,
     data_of,
     parse_envelope,
 )
@@ -133,11 +136,16 @@ class Escalation:
     async def on_triage(self, records: Sequence[ConsumerRecord]) -> None:
         """The batch's decisions and reassignments, in order, in one transaction
         (`usecases.start`). A record that fails fails the batch, which
-        `RecordProcessor` then retries one by one; an invalid one is dead-lettered."""
+        `RecordProcessor` then retries one by one; an invalid one is dead-lettered.
+
+        Anything else on the topic (an assignment comes with every decision) changes no
+        state here: it is read, so an invalid one is still dead-lettered, but neither
+        tracked nor given a span (a tracking row, a transaction when it came alone)."""
         inputs = [
-            input_of(record, envelope)
+            input_of(record, parsed[0])
             for record in records
-            if (envelope := await self._parse(record)) is not None
+            if (parsed := await self._parse(record)) is not None
+            and isinstance(parsed[1], Triaged | Reassigned)
         ]
         if inputs:
             await usecases.start(usecases.Start(inputs), self.unit_of_work(), self.env)
@@ -152,10 +160,10 @@ class Escalation:
         notices: list[tuple[usecases.Input, str | None]] = []
         for record in records:
             with record_span(record):
-                envelope = await self._parse(record)
-                if envelope is None:
+                parsed = await self._parse(record)
+                if parsed is None:
                     continue
-                data = data_of(envelope)
+                envelope, data = parsed
                 # already in the record's span
                 item = usecases.Input(envelope, record.topic, record.partition, record.offset)
                 if isinstance(data, Notified):
@@ -185,14 +193,14 @@ class Escalation:
             command = usecases.Clear(input_of(record, held))
             await usecases.clear(command, self.unit_of_work(), self.env)
 
-    async def _parse(self, record: ConsumerRecord) -> Envelope | None:
+    async def _parse(self, record: ConsumerRecord) -> tuple[Envelope, Event] | None:
+        """The record's envelope and data (validated once), or None: dead-lettered."""
         try:
             envelope = parse_envelope(record.value or b"")
-            data_of(envelope)
+            return envelope, data_of(envelope)
         except InvalidEvent as exc:
             await self.runtime.dead_letter_poison(record, exc)
             return None
-        return envelope
 
     # -- deadlines ---------------------------------------------------------------
 

@@ -153,10 +153,11 @@ class MemoryStates:
     async def started(self, incidents: Sequence[str]) -> set[str]:
         return {i for i in incidents if i in self.staged.states or i in self.tables.states}
 
-    async def insert(self, started: Sequence[Started]) -> None:
+    async def insert(self, started: Sequence[Started]) -> list[Envelope]:
         for s in started:
             row = Row(s.state, esc.next_wakeup(s.state), s.traceparent, s.correlationid)
             self.staged.states[s.state.incident_id] = row
+        return await self.take_held([s.state.incident_id for s in started])
 
     async def save(self, state: esc.EscalationState) -> None:
         row = self._row(state.incident_id)

@@ -60,17 +60,22 @@ class PostgresStates:
         )
         return {r["incident_id"] for r in rows}
 
-    async def insert(self, started: Sequence[Started]) -> None:
-        await self.conn.execute(
-            "INSERT INTO escalation_state (incident_id, state, wakeup, traceparent, correlationid)"
+    async def insert(self, started: Sequence[Started]) -> list[Envelope]:
+        # One statement: the rows go in, the held inputs come out (`take_held`'s order).
+        rows = await self.conn.fetch(
+            "WITH new AS (INSERT INTO escalation_state"
+            " (incident_id, state, wakeup, traceparent, correlationid)"
             " SELECT i, s::jsonb, w, t, c FROM unnest($1::text[], $2::text[],"
-            " $3::timestamptz[], $4::text[], $5::text[]) AS r (i, s, w, t, c)",
+            " $3::timestamptz[], $4::text[], $5::text[]) AS r (i, s, w, t, c)),"
+            " gone AS (DELETE FROM early_events WHERE incident_id = ANY($1::text[])"
+            " RETURNING incident_id, seq, body) SELECT body FROM gone ORDER BY incident_id, seq",
             [s.state.incident_id for s in started],
             [json.dumps(s.state.to_json()) for s in started],
             [esc.next_wakeup(s.state) for s in started],
             [s.traceparent for s in started],
             [s.correlationid for s in started],
         )
+        return [parse_envelope(bytes(r["body"])) for r in rows]
 
     async def save(self, state: esc.EscalationState) -> None:
         await self.conn.execute(
@@ -190,10 +195,13 @@ class PostgresEscalationUnitOfWork(PostgresUnitOfWork):
 
 class JoinedUnitOfWork(PostgresEscalationUnitOfWork):
     """`EscalationUnitOfWork` inside a transaction someone else opened and ends (a
-    `GroupCommit` writer's): entering and leaving it commit nothing."""
+    `GroupCommit` writer's): entering and leaving it commit nothing.
+
+    Appends take no savepoint (two round trips fewer): a refused append fails the
+    whole shared transaction, which `GroupCommit` then writes item by item."""
 
     def __init__(self, conn: asyncpg.Connection) -> None:
-        self.savepoint = True
+        self.savepoint = False
         self._conn = conn
 
     async def __aenter__(self) -> Self:

@@ -97,8 +97,9 @@ class EscalationStates(Protocol):
     async def started(self, incidents: Sequence[str]) -> set[str]:
         """Those of `incidents` that have a state."""
 
-    async def insert(self, started: Sequence[Started]) -> None:
-        """Store new states (none of them has one yet)."""
+    async def insert(self, started: Sequence[Started]) -> list[Envelope]:
+        """Store new states (none of them has one yet), and remove and return the
+        inputs held for their incidents (`take_held`)."""
 
     async def save(self, state: esc.EscalationState) -> None:
         """Store a state that exists, with its next wake-up (`esc.next_wakeup`)."""
@@ -343,10 +344,9 @@ async def _start_all(
     incidents = sorted({i.envelope.subject for i, _ in todo})
     await uow.states.lock(incidents)
     started = await uow.states.started(incidents)
-    versions = await uow.recorder.stream_versions(incidents)
     now = env.clock()
     new: list[Started] = []
-    appends: list[tuple[str, int, Sequence[Envelope]]] = []
+    produced: list[tuple[str, Sequence[Envelope]]] = []  # one entry per incident at most
     revisions: list[Input] = []
     for item, triaged in todo:
         envelope = item.envelope
@@ -362,14 +362,16 @@ async def _start_all(
             new.append(Started(state, current_traceparent(), correlation))
             if effects:
                 events = _effect_events(env, state, effects, envelope, now)
-                appends.append((state.incident_id, versions[state.incident_id], events))
-                versions[state.incident_id] += len(events)
+                produced.append((state.incident_id, events))
                 env.observe(state.incident_id, effects)
     if new:
-        await uow.states.insert(new)
-        await uow.recorder.append_streams(appends, topic_prefix=env.topic_prefix)
-        for held in await uow.states.take_held([s.state.incident_id for s in new]):
-            await _step_or_hold(uow, env, held)
+        held = await uow.states.insert(new)
+        if produced:  # a start usually has none: triage asked level 1 already
+            versions = await uow.recorder.stream_versions([i for i, _ in produced])
+            appends = [(i, versions[i], events) for i, events in produced]
+            await uow.recorder.append_streams(appends, topic_prefix=env.topic_prefix)
+        for envelope in held:
+            await _step_or_hold(uow, env, envelope)
     for item in revisions:  # their states exist now: nothing is held
         with item.context():
             await _step_or_hold(uow, env, item.envelope)
