@@ -58,7 +58,7 @@ from services.escalation.notify import Notifier, Outcome, recording
 from services.escalation.postgres import JoinedUnitOfWork, PostgresEscalationUnitOfWork
 from services.infra.db import connect
 from services.infra.groupcommit import GroupCommit
-from services.infra.kafka import TRANSIENT_ERRORS, record_span
+from services.infra.kafka import TRANSIENT_ERRORS, header
 from services.infra.logging import bind_incident
 from services.infra.runtime import Runtime
 from services.infra.telemetry import current_traceparent, span_after
@@ -97,9 +97,10 @@ DELIVERY_POLL_SECONDS = 0.5
 another worker, or every slot taken)."""
 IDLE_FALLBACK_SECONDS = 5.0
 """Longest sleep of the scheduler and the delivery worker: each sleeps until its next due
-row, woken early by a new one (an in-process event, the scheduler also by NOTIFY); this
-bound only catches a wake-up lost (a listener connection that dropped, another
-instance's notice) and refreshes the gauges while idle."""
+row, woken early by a new one (the delivery worker by an in-process event, the scheduler
+by a NOTIFY naming a wake-up earlier than its next); this bound only catches a wake-up
+lost (a listener connection that dropped, another instance's notice) and refreshes the
+gauges while idle."""
 DELIVERY_MAX_ATTEMPTS = 5
 """Leases of one notice (workers that died on it) before it counts as failed."""
 
@@ -121,8 +122,9 @@ class Escalation:
             topic_prefix=runtime.settings.kafka_topic_prefix,
             observe=_observe,
             late=LATENESS.observe,
-            woken=self._wake.set,
         )
+        self._planned: datetime | None = None
+        """The wake-up the scheduler sleeps until (None: none, or being looked up)."""
         # Delivered notices record their outcome together (one UPDATE per shared commit).
         self._delivered: GroupCommit[usecases.Delivery, None] = GroupCommit(
             lambda: self.runtime.db, self._record_delivered, name="escalation-deliveries", writers=1
@@ -151,37 +153,42 @@ class Escalation:
             await usecases.start(usecases.Start(inputs), self.unit_of_work(), self.env)
 
     async def on_activity(self, records: Sequence[ConsumerRecord]) -> None:
-        """Acknowledgements and recusals step the incident's state, one transaction each
-        (`usecases.clear`); the batch's notices go to the delivery queue together, in
-        one transaction.
+        """The batch's acknowledgements and recusals step their incidents, in order, in
+        one transaction (`usecases.clear`); its notices go to the delivery queue
+        together, in another. A record that fails fails the batch, which
+        `RecordProcessor` then retries one by one; an invalid one is dead-lettered.
 
         A recusal excludes its principal at once (defence in depth: her acknowledgement
-        is ignored even before triage's reassignment arrives)."""
+        is ignored even before triage's reassignment arrives). A notice's delivery span
+        continues the record's trace itself (no span of its own for queueing it)."""
+        clears: list[usecases.Input] = []
         notices: list[tuple[usecases.Input, str | None]] = []
         for record in records:
-            with record_span(record):
-                parsed = await self._parse(record)
-                if parsed is None:
-                    continue
-                envelope, data = parsed
-                # already in the record's span
+            parsed = await self._parse(record)
+            if parsed is None:
+                continue
+            envelope, data = parsed
+            if isinstance(data, Notified):
                 item = usecases.Input(envelope, record.topic, record.partition, record.offset)
-                if isinstance(data, Notified):
-                    notices.append((item, current_traceparent()))
-                elif isinstance(data, Acknowledged | Recused):
-                    await usecases.clear(usecases.Clear(item), self.unit_of_work(), self.env)
+                notices.append((item, header(record, "traceparent")))
+            elif isinstance(data, Acknowledged | Recused):
+                clears.append(input_of(record, envelope))
+        if clears:
+            await usecases.clear(usecases.Clear(clears), self.unit_of_work(), self.env)
         if notices:
             command = usecases.QueueNotices(notices)
             await usecases.queue_notices(command, self.unit_of_work(), self.env)
             self._deliveries_due.set()
 
     async def on_report(self, records: Sequence[ConsumerRecord]) -> None:
-        """A handler's message to the reporter is the feedback the legal clock waits for.
+        """A handler's message to the reporter is the feedback the legal clock waits for;
+        the batch's messages step their incidents in one transaction (`usecases.clear`).
 
         Nothing else on `incident.reports` is escalation's business; the message text is
         never read, kept or logged. Invalid records are left to triage, which
         dead-letters what it cannot read on this topic.
         """
+        clears: list[usecases.Input] = []
         for record in records:
             parsed = parsed_as(record, ReporterMessage)
             if parsed is None:
@@ -190,8 +197,9 @@ class Escalation:
             if message.direction != "to_reporter":
                 continue
             held = _without_text(envelope)  # held until triage if early
-            command = usecases.Clear(input_of(record, held))
-            await usecases.clear(command, self.unit_of_work(), self.env)
+            clears.append(input_of(record, held))
+        if clears:
+            await usecases.clear(usecases.Clear(clears), self.unit_of_work(), self.env)
 
     async def _parse(self, record: ConsumerRecord) -> tuple[Envelope, Event] | None:
         """The record's envelope and data (validated once), or None: dead-lettered."""
@@ -219,10 +227,11 @@ class Escalation:
                         self.runtime.settings.database_url, schema=self.runtime.schema
                     )
                     await listener.add_listener(
-                        f"{self.runtime.schema}_wakeup", lambda *_: self._wake.set()
+                        f"{self.runtime.schema}_wakeup",
+                        lambda _conn, _pid, _channel, payload: self._notified(payload),
                     )
                 self._wake.clear()
-                # Woken by every saved state: look for due rows only when one is due.
+                # Woken by an earlier wake-up: look for due rows only when one is due.
                 nearest = await self._nearest()
                 held = False
                 if nearest is not None and nearest <= self.now():
@@ -253,11 +262,27 @@ class Escalation:
             await listener.close()
 
     async def _nearest(self) -> datetime | None:
+        """The earliest wake-up, which the scheduler then sleeps until (`_planned`);
+        while it is looked up, every NOTIFY wakes the scheduler (its commit may be
+        after the query's snapshot)."""
+        self._planned = None
         async with self.runtime.db.acquire() as conn:
             nearest: datetime | None = await conn.fetchval(
                 "SELECT min(wakeup) FROM escalation_state WHERE wakeup IS NOT NULL"
             )
+        self._planned = nearest
         return nearest
+
+    def _notified(self, payload: str) -> None:
+        """A NOTIFY of saved states (migration 0008: their earliest wake-up, in Unix
+        seconds; sent after the commit): wake the scheduler only if that is earlier than
+        the wake-up it sleeps until. Any other payload wakes it."""
+        try:
+            when = datetime.fromtimestamp(float(payload), UTC)
+        except (ValueError, OverflowError, OSError):
+            when = None
+        if when is None or self._planned is None or when < self._planned:
+            self._wake.set()
 
     # -- notices -----------------------------------------------------------------
 

@@ -146,6 +146,9 @@ class MemoryStates:
         for incident in incidents:
             await self.unit.hold(("escalation", incident))
 
+    async def lock_states(self, incidents: Sequence[str]) -> None:
+        return None  # no row locks here: `lock` already serialises the units
+
     async def get(self, incident_id: str) -> esc.EscalationState | None:
         row = self._row(incident_id)
         return None if row is None else row.state

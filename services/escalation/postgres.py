@@ -47,6 +47,13 @@ class PostgresStates:
             list(incidents),
         )
 
+    async def lock_states(self, incidents: Sequence[str]) -> None:
+        await self.conn.execute(
+            "SELECT 1 FROM escalation_state WHERE incident_id = ANY($1::text[])"
+            " ORDER BY incident_id FOR UPDATE",
+            list(incidents),
+        )
+
     async def get(self, incident_id: str) -> esc.EscalationState | None:
         row = await self.conn.fetchrow(
             "SELECT state FROM escalation_state WHERE incident_id = $1 FOR UPDATE", incident_id

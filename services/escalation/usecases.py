@@ -91,6 +91,10 @@ class EscalationStates(Protocol):
         """Serialise, per incident, starting its escalation and holding an input for
         it, to the end of the unit of work; several incidents are locked in order."""
 
+    async def lock_states(self, incidents: Sequence[str]) -> None:
+        """Hold the states of `incidents` that exist, in order, to the end of the unit
+        of work (as `get` holds one)."""
+
     async def get(self, incident_id: str) -> esc.EscalationState | None:
         """The incident's state (held to the end of the unit of work), or None."""
 
@@ -168,8 +172,6 @@ class Env:
     """Called with each step's effects (metrics, logs of stalls and ignored acks)."""
     late: Callable[[float], None] = _nothing
     """Called with how late (seconds) a deadline fired."""
-    woken: Callable[[], None] = _nothing
-    """Called when a wake-up may have moved (the scheduler looks again)."""
 
 
 # -- commands ------------------------------------------------------------------------
@@ -207,9 +209,9 @@ class Step:
 
 @dataclass(frozen=True)
 class Clear:
-    """An acknowledgement, a recusal, or a handler's message to the reporter."""
+    """Acknowledgements, recusals, or handlers' messages to the reporter, in order."""
 
-    input: Input
+    inputs: Sequence[Input]
 
 
 @dataclass(frozen=True)
@@ -279,12 +281,26 @@ async def step(command: Step, uow: EscalationUnitOfWork, env: Env) -> int:
 
 
 async def clear(command: Clear, uow: EscalationUnitOfWork, env: Env) -> None:
-    """Step the incident with one acknowledgement (or recusal, or message to the
-    reporter), once; held until the incident's decision if it came first."""
+    """Step each input's incident with it (an acknowledgement, a recusal, a message to
+    the reporter), in order, once each, in one unit of work; an input is held until
+    its incident's decision if it came first. A failure rolls the whole batch back.
+
+    The batch's incidents are locked in order, and with more than one their states
+    too, before any step: a step's append holds the outbox counter to the commit, so
+    waiting for a later incident's state after it could deadlock with the scheduler
+    (which holds due states, then appends)."""
     async with uow:
-        with command.input.context():
-            if await _track(uow, command.input):
-                await _step_or_hold(uow, env, command.input.envelope)
+        fresh = await uow.recorder.track_each(CONSUMER, [i.tracked for i in command.inputs])
+        todo = [item for item, new in zip(command.inputs, fresh, strict=True) if new]
+        incidents = sorted({item.envelope.subject for item in todo})
+        if not incidents:
+            return
+        await uow.states.lock(incidents)
+        if len(incidents) > 1:
+            await uow.states.lock_states(incidents)
+        for item in todo:
+            with item.context():
+                await _step_or_hold(uow, env, item.envelope, locked=True)
 
 
 async def queue_notices(command: QueueNotices, uow: EscalationUnitOfWork, env: Env) -> None:
@@ -375,12 +391,16 @@ async def _start_all(
     for item in revisions:  # their states exist now: nothing is held
         with item.context():
             await _step_or_hold(uow, env, item.envelope)
-    env.woken()
 
 
-async def _step_or_hold(uow: EscalationUnitOfWork, env: Env, envelope: Envelope) -> None:
+async def _step_or_hold(
+    uow: EscalationUnitOfWork, env: Env, envelope: Envelope, *, locked: bool = False
+) -> None:
+    """Step the input's incident with it, or hold the input until its decision;
+    `locked`: the caller has locked the incident already (`states.lock`)."""
     incident = envelope.subject
-    await uow.states.lock([incident])
+    if not locked:
+        await uow.states.lock([incident])
     before = await uow.states.get(incident)
     if before is None:  # the triage decision has not arrived yet: keep this for it
         await uow.states.hold(incident, envelope)
@@ -423,7 +443,6 @@ async def _save(
     if effects:
         await _append(uow, env, after, effects, cause, now)
         env.observe(after.incident_id, effects)
-    env.woken()
     if not (after.routed <= before.routed and after.excluded <= before.excluded):
         await _apply_waiting(uow, env, after)
 

@@ -111,6 +111,16 @@ def acknowledgement(incident: str, now: datetime) -> Any:
     )
 
 
+def with_invalid(topic: str, events: list[tuple[Any, int]], at: int) -> list[Any]:
+    """Records of `events` (each with its offset) on `topic`, and an unreadable one
+    (the next offset) inserted at `at`."""
+    records = [event_record(topic, event, offset) for event, offset in events]
+    invalid = event_record(topic, events[0][0], max(offset for _, offset in events) + 1)
+    invalid.value = b"{not json"
+    records.insert(at, invalid)
+    return records
+
+
 async def escalations(settings: CommonSettings, incident: str) -> list[Any]:
     got = await read_all(settings.kafka_bootstrap, settings.topic("incident.escalations"))
     events = [parse_event(r.value)[0] for r in got]
@@ -423,17 +433,18 @@ async def test_a_batch_of_decisions_starts_each_escalation_once_in_order(
         time=now,
     )
     early_ack = acknowledgement(c, now)
-    batch = [
-        event_record("incident.triage", first_a, 0),
-        event_record("incident.triage", first_a, 0),  # delivered twice
-        event_record("incident.triage", decision(b, now), 1),
-        event_record("incident.triage", reassigned, 2),
-        event_record("incident.triage", decision(a, now), 3),  # a second decision: nothing more
-        event_record("incident.triage", decision(c, now), 4),
-    ]
-    invalid = event_record("incident.triage", first_a, 5)
-    invalid.value = b"{not json"
-    batch.insert(3, invalid)
+    batch = with_invalid(
+        "incident.triage",
+        [
+            (first_a, 0),
+            (first_a, 0),  # delivered twice
+            (decision(b, now), 1),
+            (reassigned, 2),
+            (decision(a, now), 3),  # a second decision: nothing more
+            (decision(c, now), 4),
+        ],
+        at=3,
+    )
     async with serving(app, "http://escalation"):
         escalation = app.state.escalation
         await escalation.on_activity([event_record("incident.activity", early_ack, 0)])
@@ -454,6 +465,46 @@ async def test_a_batch_of_decisions_starts_each_escalation_once_in_order(
     cleared = {r["stream_id"] for r in events if r["type"] == "incident.escalation.cleared.v1"}
     assert cleared == {c}  # the early acknowledgement, replayed when c started
     assert held == 0
+    assert dead == 1
+
+
+async def test_a_batch_of_acknowledgements_clears_each_incident_once_in_one_transaction(
+    common: dict[str, Any], settings: CommonSettings
+) -> None:
+    """One `on_activity` batch: the acknowledgements of two started incidents clear
+    both (their incidents and states locked first, in order), one delivered twice
+    clears once, one of an incident not decided yet is held, and an invalid record is
+    dead-lettered without failing the batch."""
+    prefix = {"kafka_topic_prefix": f"{settings.kafka_topic_prefix}k."}
+    app = create_escalation(EscalationSettings(**{**common, **prefix}))
+    now = datetime.now(UTC)
+    a, b, c = (str(uuid.uuid4()) for _ in range(3))
+    ack_b = acknowledgement(b, now)
+    batch = with_invalid(
+        "incident.activity",
+        [
+            (ack_b, 0),
+            (acknowledgement(a, now), 1),
+            (ack_b, 0),  # delivered twice
+            (acknowledgement(c, now), 2),
+        ],
+        at=2,
+    )
+    async with serving(app, "http://escalation"):
+        escalation = app.state.escalation
+        await escalation.on_triage(
+            [event_record("incident.triage", decision(i, now), n) for n, i in enumerate((a, b))]
+        )
+        await escalation.on_activity(batch)
+        async with escalation.runtime.db.acquire() as conn:
+            events = await conn.fetch("SELECT stream_id, type FROM events ORDER BY position")
+            held = await conn.fetch("SELECT incident_id FROM early_events")
+            dead = await conn.fetchval("SELECT count(*) FROM outbox WHERE topic LIKE '%dead%'")
+    assert [(r["stream_id"], r["type"]) for r in events] == [
+        (b, "incident.escalation.cleared.v1"),
+        (a, "incident.escalation.cleared.v1"),
+    ]
+    assert [r["incident_id"] for r in held] == [c]
     assert dead == 1
 
 

@@ -84,7 +84,7 @@ class World:
         await usecases.start(usecases.Start(inputs), self.uow(), self.env)
 
     async def clear(self, envelope: Envelope) -> None:
-        await usecases.clear(usecases.Clear(self.input(envelope)), self.uow(), self.env)
+        await usecases.clear(usecases.Clear([self.input(envelope)]), self.uow(), self.env)
 
     async def step(self) -> int:
         return await usecases.step(usecases.Step(), self.uow(), self.env)
@@ -158,6 +158,50 @@ async def test_an_input_before_the_decision_is_held_and_replayed(world: World) -
     await world.start(world.decision())
     assert world.types() == ["incident.escalation.cleared.v1"]
     assert world.store.tables.early == []
+
+
+async def test_a_batch_of_inputs_steps_each_incident_once_in_order(world: World) -> None:
+    first = world.incident
+    await world.start(world.decision())
+    world.incident = second = str(uuid.uuid4())
+    await world.start(world.decision())
+    world.incident = early = str(uuid.uuid4())
+    held = world.input(world.ack("p-chen"))  # its decision has not come
+    world.incident = first
+    ack_first = world.input(world.ack("p-chen"))
+    world.incident = second
+    ack_second = world.input(world.ack("p-chen"))
+    batch = [ack_second, ack_first, held, ack_first]  # the last one seen again
+    await usecases.clear(usecases.Clear(batch), world.uow(), world.env)
+    stored = [r.stored().envelope for r in world.store.events]
+    assert [(e.subject, e.type) for e in stored] == [
+        (second, "incident.escalation.cleared.v1"),
+        (first, "incident.escalation.cleared.v1"),
+    ]
+    assert [i for i, _ in world.store.tables.early] == [early]
+    await usecases.clear(usecases.Clear(batch), world.uow(), world.env)  # all seen
+    assert len(world.store.events) == 2
+
+
+async def test_a_batch_that_fails_leaves_nothing_and_each_input_goes_alone(world: World) -> None:
+    first = world.incident
+    await world.start(world.decision())
+    world.incident = second = str(uuid.uuid4())
+    await world.start(world.decision())
+    acks = [world.input(world.ack("p-chen"))]
+    world.incident = first
+    acks.append(world.input(world.ack("p-chen")))
+
+    def fail_on_first(incident: str, _effects: object) -> None:
+        if incident == first:
+            raise RuntimeError("boom")
+
+    failing = usecases.Env(source=world.env.source, clock=world.env.clock, observe=fail_on_first)
+    with pytest.raises(RuntimeError):
+        await usecases.clear(usecases.Clear(acks), world.uow(), failing)
+    assert world.store.events == []  # the second incident's step went back too
+    await usecases.clear(usecases.Clear(acks[:1]), world.uow(), failing)
+    assert [r.stored().envelope.subject for r in world.store.events] == [second]
 
 
 async def test_a_failed_delivery_is_recorded_once_and_asks_the_next_level(world: World) -> None:
