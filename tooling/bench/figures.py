@@ -1143,22 +1143,28 @@ def _leaf_hash_cpu(leaves: Sequence[bytes]) -> float:
 
 
 async def verify_figure(
-    leaves: int = 20_000, *, head_every: int = 1000, sha_seconds: float = 1.0
+    leaves: int = 20_000, *, head_every: int = 1000, sha_seconds: float = 1.0, rounds: int = 3
 ) -> Figure:
     """Leaves/s of `verify_ledger` over an in-memory source, signed heads every `head_every`,
-    beside the SHA-256 of the same leaves, measured right after it."""
+    beside the SHA-256 of the same leaves. The two alternate `rounds` times and the best
+    round of each is kept (wall clock and CPU alike), so both are taken under the same
+    load and a busy moment on a shared machine lowers neither ratio by itself."""
     data = LedgerData(leaves)
     raw = [entry.leaf for entry in data.entries()]
     sizes = sorted({*range(head_every, leaves + 1, head_every), leaves})
     source = MemorySource.build(NoteSigner.generate("bench.example/ledger"), raw, sizes)
-    cpu = time.process_time()
-    report = await verify_ledger(source)
-    cpu = time.process_time() - cpu
-    if not report.ok:
-        raise RuntimeError(f"verify failed on generated leaves: {report.reason}")
-    rate = report.entries_checked / report.elapsed
-    sha = await asyncio.to_thread(leaf_hash_rate, raw, sha_seconds)
-    sha_cpu = await asyncio.to_thread(_leaf_hash_cpu, raw)
+    elapsed, cpu, sha, sha_cpu = math.inf, math.inf, 0.0, math.inf
+    for _ in range(rounds):
+        began = time.process_time()
+        report = await verify_ledger(source)
+        cpu = min(cpu, time.process_time() - began)
+        if not report.ok:
+            raise RuntimeError(f"verify failed on generated leaves: {report.reason}")
+        elapsed = min(elapsed, report.elapsed)
+        sha = max(sha, await asyncio.to_thread(leaf_hash_rate, raw, sha_seconds))
+        sha_cpu = min(sha_cpu, await asyncio.to_thread(_leaf_hash_cpu, raw))
+    rate = report.entries_checked / elapsed
+    cpu_per_leaf = cpu / report.entries_checked
     floor = 0.3 * sha
     return Figure(
         key="verify",
@@ -1169,29 +1175,35 @@ async def verify_figure(
         baseline=sha,
         baseline_unit="leaves/s",
         target=f"≥ 30 % of the leaves' sha256 (≥ {floor:,.0f}/s), in CPU time too",
-        # both clocks: on a shared machine the floor's wall-clock rate falls with other
-        # work (it runs after verify, in a thread), and a low floor is no faster verifier
-        met=rate >= floor and sha_cpu / (cpu / report.entries_checked) >= 0.3,
+        # both clocks: on a shared machine the wall-clock rates swing with other work,
+        # and a low floor is no faster verifier
+        met=rate >= floor and sha_cpu / cpu_per_leaf >= 0.3,
         limit=(
-            "Per leaf (process time, best of 9, 20k bench leaves of ~630 bytes): the"
-            " canonical-JSON proof 1.9 µs (msgspec reads the leaf into structs and writes it"
-            " back into a reused buffer), SHA-256 0.8 µs, pybase64 0.5 µs, the Merkle frontier"
-            " 0.5 µs, the recorded_at pattern 0.3 µs, the loop ~1.1 µs: ~5.1 µs against the"
-            " floor's ~0.8 µs. The SHA-256 runs on the CPU's SHA extensions (~1 GB/s); reading"
-            " the JSON into Python objects and writing it back alone costs twice the floor, so"
-            " 30 % (~2.6 µs a leaf) would need the proof out of Python object trees (a native"
-            " canonical-JSON checker)."
+            "Per leaf (thread CPU, best of several runs, bench leaves of ~630 bytes): msgspec"
+            " reading the leaf into structs 1.15 µs and writing it back 0.55 µs (the"
+            " canonical-JSON proof), SHA-256 0.64 µs (0.73 with the 0x00 prefix joined on),"
+            " pybase64 0.4-0.5 µs, the Merkle frontier 0.5 µs: ~3.4 µs of library calls"
+            " before any Python of the walk, against the floor's ~0.75 µs, so no walk that"
+            " proves the leaves by building and writing back Python objects passes ~22 % in"
+            " CPU time. Measured and not kept (issue 24): the page read by one msgspec call"
+            " (1.18 against 1.15 µs a leaf), every check of a page as one C-level call over"
+            " it (5.60 against 5.31 µs a leaf, best of 25 interleaved runs; 2 % more"
+            " instructions under callgrind), event data read into typed structs (1.86"
+            " against 1.69 µs to read and write back), the proof inlined in the loop (0.6 %"
+            " fewer instructions). 30 % needs a native canonical-JSON checker that builds no"
+            " objects."
         ),
         details={
             "leaves": report.entries_checked,
             "heads": report.heads_checked,
             "consistency_proofs": report.proofs_checked,
-            "seconds": report.elapsed,
+            "rounds": rounds,
+            "seconds": elapsed,
             "sha256_64_byte_per_s": await asyncio.to_thread(sha256_rate, sha_seconds / 2),
             # CPU time per leaf, which other work on the machine changes far less
-            "cpu_us_per_leaf": cpu / report.entries_checked * 1e6,
+            "cpu_us_per_leaf": cpu_per_leaf * 1e6,
             "sha256_cpu_us_per_leaf": sha_cpu * 1e6,
-            "cpu_ratio": sha_cpu / (cpu / report.entries_checked),
+            "cpu_ratio": sha_cpu / cpu_per_leaf,
         },
     )
 
@@ -1499,24 +1511,32 @@ class _TableSource:
         return None
 
 
-async def _replay(conn: asyncpg.Connection, n: int, label: str) -> Figure:
-    began, cpu = time.perf_counter(), time.process_time()
-    states = await incidents_as_of(_TableSource(conn), datetime.now(UTC))
-    elapsed, cpu = time.perf_counter() - began, time.process_time() - cpu
-    broken = [s for s in states.values() if isinstance(s, str)]
-    if broken:
-        raise RuntimeError(f"replay could not fold {len(broken)} incidents: {broken[0]}")
-    began = time.perf_counter()
-    read = 0
-    for at in range(0, n, 1000):
-        read += len(
-            await conn.fetch(
-                "SELECT idx, leaf FROM ledger WHERE idx >= $1 AND idx < $2 ORDER BY idx",
-                at,
-                at + 1000,
+async def _replay(conn: asyncpg.Connection, n: int, label: str, rounds: int = 2) -> Figure:
+    """Full replay beside the raw read of the same leaves, alternating `rounds` times; the
+    best round of each is kept (wall clock and CPU alike)."""
+    elapsed = raw_elapsed = cpu = math.inf
+    read = incidents = 0
+    for _ in range(rounds):
+        began, cpu_began = time.perf_counter(), time.process_time()
+        states = await incidents_as_of(_TableSource(conn), datetime.now(UTC))
+        elapsed = min(elapsed, time.perf_counter() - began)
+        cpu = min(cpu, time.process_time() - cpu_began)
+        broken = [s for s in states.values() if isinstance(s, str)]
+        if broken:
+            raise RuntimeError(f"replay could not fold {len(broken)} incidents: {broken[0]}")
+        incidents = len(states)
+        del states  # the next round folds with only its own states in memory
+        began = time.perf_counter()
+        read = 0
+        for at in range(0, n, 1000):
+            read += len(
+                await conn.fetch(
+                    "SELECT idx, leaf FROM ledger WHERE idx >= $1 AND idx < $2 ORDER BY idx",
+                    at,
+                    at + 1000,
+                )
             )
-        )
-    raw_elapsed = time.perf_counter() - began
+        raw_elapsed = min(raw_elapsed, time.perf_counter() - began)
     rate, raw_rate = n / elapsed, read / raw_elapsed
     return Figure(
         key="replay",
@@ -1529,18 +1549,24 @@ async def _replay(conn: asyncpg.Connection, n: int, label: str) -> Figure:
         target="≥ 200,000/s (issue 24)",
         met=rate >= 200_000,
         limit=(
-            "Process time per event (best of 5, these 100k entries): the fold 4.5 µs"
-            " (base64 0.7, msgspec reading the few fields the fold needs 1.0, the event's"
-            " time 0.2, `incident.data_changes` and the update of the incident's fields 1.2,"
-            " the loop ~1.4), asyncpg's fetch ~1 µs, the pages of base64 text this stand-in"
-            " for the audit API makes ~0.3 µs; events are not validated again (the ledger"
-            " recorded only valid ones), and the cyclic garbage collector is paused during"
-            " the fold. The next page is asked for before one is folded, so PostgreSQL's own"
-            " time overlaps the fold. Reading over HTTP adds the JSON of each page on top."
+            "Process time per event (best of several runs): the fold 3.3 µs over 100k"
+            " entries (pybase64 0.4, msgspec reading the few fields the fold needs 0.96, the"
+            " event's time 0.12, `incident.data_changes` and the update of the incident's"
+            " fields 0.9, the loop ~0.9); asyncpg's fetch ~1 µs, the pages of base64 text"
+            " this stand-in for the audit API makes ~0.35 µs. Events are not validated again"
+            " (the ledger recorded only valid ones), and the cyclic garbage collector is"
+            " paused during the fold. The next page is asked for before one is folded, so"
+            " PostgreSQL's own time overlaps the fold. Measured and not kept (issue 24): the"
+            " page read by one msgspec call (1.60 against 0.96 µs a leaf), a set of the"
+            " foldable types instead of the prefix tests (3 % fewer instructions, 1-2 % of"
+            " CPU: noise), the fold in a second process (pages pickled across cost 1.6 µs an"
+            " entry, the 125,000 states sent back ~15 µs each). Reading over HTTP adds the"
+            " JSON of each page on top."
         ),
         details={
             "events": n,
-            "incidents": len(states),
+            "incidents": incidents,
+            "rounds": rounds,
             "seconds": elapsed,
             "client_cpu_us_per_event": cpu / n * 1e6,  # the fold, asyncpg, the stand-in
         },
