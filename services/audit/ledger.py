@@ -273,29 +273,38 @@ async def person_data(conn: asyncpg.Connection, person_id: str) -> dict[str, Any
     with the `directory.role.assigned.v1`/`revoked.v1` recorded after it applied (as
     `services.domain.org` folds them), so an approved grant counts here too."""
     rows = await conn.fetch(
-        "WITH chunk AS (SELECT max(idx) AS idx FROM ledger_people WHERE person_id = $1),"
+        "WITH chunk AS (SELECT idx, record FROM ledger_people WHERE person_id = $1"
+        "  ORDER BY idx DESC LIMIT 1),"
         " since AS (SELECT GREATEST((SELECT max(idx) FROM ledger WHERE incident_id = $1"
         "  AND valid AND event_type = $3), (SELECT idx FROM chunk)) AS idx)"
         " SELECT idx, event_type, leaf FROM ledger WHERE incident_id = $1 AND valid"
         " AND event_type = ANY($2::text[]) AND idx >= COALESCE((SELECT idx FROM since), 0)"
-        " UNION ALL SELECT idx, event_type, leaf FROM ledger"
-        " WHERE idx = (SELECT idx FROM chunk) AND idx >= (SELECT idx FROM since)"
+        # of a chunk, only the person's record (kept beside the index), in a leaf's shape
+        " UNION ALL SELECT c.idx, $4, convert_to(json_build_object('event',"
+        "  json_build_object('data', json_build_object('people', json_build_array(c.record))))"
+        "  ::text, 'UTF8') FROM chunk c WHERE c.record IS NOT NULL"
+        "  AND c.idx >= (SELECT idx FROM since)"
+        " UNION ALL SELECT l.idx, l.event_type, l.leaf FROM ledger l, chunk c"
+        " WHERE l.idx = c.idx AND c.record IS NULL AND l.idx >= (SELECT idx FROM since)"
         " ORDER BY idx",
         person_id,
         PERSON_EVENTS,
         PersonUpserted.TYPE,
+        PeopleImported.TYPE,
     )
     return fold_person(person_id, [(r["event_type"], bytes(r["leaf"])) for r in rows])
 
 
-def chunk_people(rows: Sequence[LedgerRow]) -> list[tuple[str, int]]:
-    """(person id, index) of every person a valid `directory.people.imported.v1` among
-    `rows` carries (each once per entry): the `ledger_people` rows of an append."""
-    found: list[tuple[str, int]] = []
+def chunk_people(rows: Sequence[LedgerRow]) -> list[tuple[str, int, str]]:
+    """(person id, index, their record as JSON) of every person a valid
+    `directory.people.imported.v1` among `rows` carries (each once per entry, with the
+    last record it lists for them): the `ledger_people` rows of an append."""
+    found: list[tuple[str, int, str]] = []
     for row in rows:
         if row.valid and row.event_type == PeopleImported.TYPE:
             people = decode_leaf(row.leaf)["event"]["data"]["people"]
-            found.extend((p, row.idx) for p in dict.fromkeys(p["person_id"] for p in people))
+            last = {p["person_id"]: p for p in people}
+            found.extend((i, row.idx, json.dumps(p)) for i, p in last.items())
     return found
 
 
@@ -401,7 +410,7 @@ class PostgresLedger:
         people = chunk_people(rows)
         if people:
             await self.conn.copy_records_to_table(
-                "ledger_people", records=people, columns=["person_id", "idx"]
+                "ledger_people", records=people, columns=["person_id", "idx", "record"]
             )
         await tree.store_nodes(self.conn, list(nodes))
         await self.conn.execute("UPDATE counters SET last = $1 WHERE name = 'ledger'", rows[-1].idx)

@@ -108,7 +108,7 @@ class InMemoryLedger:
 
     async def person_data(self, person_id: str) -> dict[str, Any] | None:
         rows = self._rows
-        chunks = {idx for found, idx in chunk_people(rows) if found == person_id}
+        chunks = {idx for found, idx, _ in chunk_people(rows) if found == person_id}
         mine = [
             r
             for r in rows

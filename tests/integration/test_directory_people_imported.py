@@ -70,6 +70,27 @@ async def test_audit_knows_the_same_people_from_a_chunk_on_postgresql(
     assert len(chunk) == 1 and chunk[0]["event"]["id"] == chunked[2].id
 
 
+async def test_a_chunk_entry_without_its_records_is_read_from_its_leaf(
+    make_database: Callable[[str], str],
+) -> None:
+    """`ledger_people.record` (migration 0007) is a copy for lookups: without it, the
+    person is read from the entry's leaf, with the same answer."""
+    singles, chunked = histories()
+    url = make_database("people_no_record")
+    known, _ = await known_people(url, chunked)
+    conn = await asyncpg.connect(url)
+    try:
+        async with conn.transaction():
+            await conn.execute("ALTER TABLE audit.ledger_people DISABLE TRIGGER USER")
+            await conn.execute("UPDATE audit.ledger_people SET record = NULL")
+            await conn.execute("ALTER TABLE audit.ledger_people ENABLE TRIGGER USER")
+        await conn.execute("SET search_path TO audit")
+        assert {i: await person_data(conn, i) for i in IDS} == known["people"]
+    finally:
+        await conn.close()
+    assert known == (await known_people(make_database("people_with_singles"), singles))[0]
+
+
 async def test_the_people_index_is_append_only(make_database: Callable[[str], str]) -> None:
     url = make_database("people_append_only")
     await known_people(url, histories()[1])

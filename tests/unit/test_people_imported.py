@@ -243,7 +243,11 @@ def test_fold_person_reads_the_last_record_of_a_chunk_and_the_roles_after_it() -
         )
     ]
     # each person of a valid chunk once, by the entry's index; nothing for other entries
-    assert chunk_people(rows) == [("p-top", 0), ("p-mid", 0), ("p-low", 0)]
+    found = chunk_people(rows)
+    assert [(i, idx) for i, idx, _ in found] == [("p-top", 0), ("p-mid", 0), ("p-low", 0)]
+    assert json.loads(found[1][2]) == PersonUpserted.model_validate(PEOPLE[3]).model_dump(
+        mode="json"
+    )  # the last record the chunk lists for them
 
 
 # -- the import's events ----------------------------------------------------------------------
