@@ -9,8 +9,9 @@ naming a team lead deep in the first unit, by one of his employees (named), so h
 whole line (five managers up to the CEO) must be excluded.
 
 - triage: `Triage._decision` (the named reporter matched among the candidates, then
-  the pure `decide`) on the `DirectoryProjection` folded from N
-  `directory.person.upserted.v1` events; without the database round trips of the
+  the pure `decide`) on the `DirectoryProjection` folded from the
+  `directory.people.imported.v1` events of N people (500 each, as an import or the
+  seed records them); without the database round trips of the
   service, which do not depend on the organisation. The decision is checked: the
   accused and his line excluded, nobody of them asked.
 - intake: `facts_of` + `conflicted`, the directory part of every access decision
@@ -20,7 +21,8 @@ whole line (five managers up to the CEO) must be excluded.
 - audit: the knowledge query's work: the auditor's roles from the ledger, the
   incident's entries, the conflict check (`services.audit.conflicts.excluded`, chains
   from the directory events in the ledger) and the knowledge fold, on a ledger that
-  holds N directory events (written by COPY, leaves as audit writes them).
+  holds the directory events of N people (written by COPY, leaves and `ledger_people`
+  as audit writes them).
 - memory: the resident size of a process that holds triage's projection of N people
   (folded from the stored event bodies, as triage does from `directory_log`), against
   the same with 13. Intake, escalation and audit keep the directory in PostgreSQL (the
@@ -48,11 +50,23 @@ import asyncpg
 
 import services
 from services.audit.conflicts import excluded
-from services.audit.ledger import LEDGER_COLUMNS, incident_entries, roles_in_ledger
+from services.audit.ledger import (
+    LEDGER_COLUMNS,
+    LedgerRow,
+    chunk_people,
+    incident_entries,
+    roles_in_ledger,
+)
 from services.domain.access import conflicted
 from services.domain.directory import DirectoryFile, Person
+from services.domain.directory_sync import event_chunks
 from services.domain.envelope import Envelope, canonical_json, utc_rfc3339
-from services.domain.events import ReportSubmitted, make_event, parse_envelope
+from services.domain.events import (
+    MAX_PEOPLE_PER_EVENT,
+    ReportSubmitted,
+    make_event,
+    parse_envelope,
+)
 from services.domain.knowledge import knowledge_as_of
 from services.domain.org import DirectoryProjection
 from services.domain.policy import Policy
@@ -60,6 +74,7 @@ from services.domain.triage import TriageDecision
 from services.infra.config import load_yaml_model
 from services.infra.crypto import Pseudonyms
 from services.infra.db import connect, migrate_service
+from services.intake.directory import people_event
 from services.intake.routing import facts_of
 from services.triage.handlers import Triage
 from tooling.bench.orgchart import SeedCase, generate, seed_case
@@ -81,24 +96,18 @@ def policy() -> Policy:
 
 
 def directory_events(people: Sequence[Person]) -> list[Envelope]:
-    """One `directory.person.upserted.v1` per person, as intake records them."""
+    """The people's `directory.people.imported.v1` events, as intake's import (and its
+    seed) records them: one per run of at most 500."""
+    runs = event_chunks(people, max_people=MAX_PEOPLE_PER_EVENT)
     return [
-        make_event(
-            "directory.person.upserted.v1",
-            subject=p.id,
-            data={
-                "person_id": p.id,
-                "name": p.name,
-                "email": p.email,
-                "unit": p.unit,
-                "manager_id": p.manager,
-                "roles": p.roles,
-            },
-            source="/services/intake",
-            time=T0 + timedelta(microseconds=i),
-            actor="system:directory-seed",
+        people_event(
+            run,
+            "directory-import:bench",
+            "/services/intake",
+            "system:directory-seed",
+            T0 + timedelta(microseconds=i),
         )
-        for i, p in enumerate(people)
+        for i, run in enumerate(runs)
     ]
 
 
@@ -380,15 +389,17 @@ async def audit_probe(conn: asyncpg.Connection, people: Sequence[Person]) -> Pro
     incident = str(uuid.uuid4())
     report = submitted(case, incident)
     envelopes = [*directory_events(people), report]
+    rows = _ledger_rows(
+        envelopes, lambda e: "incident.reports" if e.subject == incident else "directory.changes"
+    )
+    await conn.copy_records_to_table("ledger", records=rows, columns=LEDGER_COLUMNS)
     await conn.copy_records_to_table(
-        "ledger",
-        records=_ledger_rows(
-            envelopes,
-            lambda e: "incident.reports" if e.subject == incident else "directory.changes",
-        ),
-        columns=LEDGER_COLUMNS,
+        "ledger_people",
+        records=chunk_people([LedgerRow(*row) for row in rows]),
+        columns=["person_id", "idx", "record"],
     )
     await conn.execute("ANALYZE ledger")
+    await conn.execute("ANALYZE ledger_people")
     rules = policy()
     seed = load_yaml_model(DATA / "directory.yaml", DirectoryFile)
     keys = cast(Any, _Reporter(case.reporter))
