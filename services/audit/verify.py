@@ -827,6 +827,8 @@ class _Leaf(msgspec.Struct, gc=False):
 
 
 _DECODE_LEAF = msgspec.json.Decoder(_Leaf, float_hook=_no_float).decode
+_LEAF_HASHER = hashlib.sha256(b"\0")
+"""SHA-256 fed the leaf prefix 0x00: a copy fed a leaf gives its leaf hash (RFC 9162)."""
 _ENCODE_INTO = msgspec.json.Encoder(order="sorted").encode_into
 
 
@@ -1023,8 +1025,9 @@ class _Walk:
         pending: list[bytes] = []
         position, next_size = self.frontier.size, self.next_size
         previous = self.previous_time
-        sha256, b64decode, read, fullmatch, unset = (
-            hashlib.sha256,
+        matched: str | None = None  # the last recorded_at here that matched the pattern
+        hasher, b64decode, read, fullmatch, unset = (
+            _LEAF_HASHER.copy,
             pybase64.b64decode,
             _canonical_leaf,
             _RECORDED_AT.fullmatch,
@@ -1049,7 +1052,9 @@ class _Walk:
                 except ValueError:  # binascii.Error, or a text that is not ASCII
                     leaf = None
                 if leaf is not None:
-                    hashed = sha256(b"\0" + leaf).digest()
+                    sha256 = hasher()  # SHA-256 fed 0x00 already: the leaf hash
+                    sha256.update(leaf)
+                    hashed = sha256.digest()
                     body = read(leaf, buffer)
             if body is not None:
                 served_hash = entry.get("leaf_hash")
@@ -1059,7 +1064,7 @@ class _Walk:
                     (served_hash is not None and served_hash != hashed.hex())
                     or body.v != LEAF_VERSION
                     or body.index != position
-                    or not fullmatch(recorded_at)
+                    or (recorded_at != matched and not fullmatch(recorded_at))
                     or recorded_at < previous
                     or (event is not unset and event.type == CHECKPOINT_EVENT)
                     or (
@@ -1068,6 +1073,8 @@ class _Walk:
                     )
                 ):
                     body = None
+                else:
+                    matched = recorded_at  # an append gives a batch one recorded_at
             if body is None:  # a failed check, or a recorded head: `entry` decides
                 self.grow(pending)
                 self.previous_time = previous
