@@ -30,24 +30,22 @@ def frontier_coords(size: int) -> list[Coord]:
 
 
 async def fetch_nodes(conn: asyncpg.Connection, coords: Iterable[Coord]) -> dict[Coord, bytes]:
-    """Hashes of the given subtrees (level 0 from the ledger, others from ledger_nodes)."""
+    """Hashes of the given subtrees (level 0 from the ledger, others from ledger_nodes),
+    in one query (an append reads its frontier so, usually a leaf and inner nodes)."""
     wanted = set(coords)
+    if not wanted:
+        return {}
     leaves = [i for level, i in wanted if level == 0]
     inner = [(level, i) for level, i in wanted if level > 0]
-    found: dict[Coord, bytes] = {}
-    if leaves:
-        for row in await conn.fetch(
-            "SELECT idx, leaf_hash FROM ledger WHERE idx = ANY($1::bigint[])", leaves
-        ):
-            found[(0, row["idx"])] = bytes(row["leaf_hash"])
-    if inner:
-        for row in await conn.fetch(
-            "SELECT level, idx, hash FROM ledger_nodes n JOIN unnest($1::smallint[], $2::bigint[])"
-            " AS w(l, i) ON n.level = w.l AND n.idx = w.i",
-            [level for level, _ in inner],
-            [i for _, i in inner],
-        ):
-            found[(row["level"], row["idx"])] = bytes(row["hash"])
+    rows = await conn.fetch(
+        "SELECT 0::smallint AS level, idx, leaf_hash AS hash FROM ledger"
+        " WHERE idx = ANY($1::bigint[]) UNION ALL SELECT level, idx, hash FROM ledger_nodes n"
+        " JOIN unnest($2::smallint[], $3::bigint[]) AS w(l, i) ON n.level = w.l AND n.idx = w.i",
+        leaves,
+        [level for level, _ in inner],
+        [i for _, i in inner],
+    )
+    found = {(r["level"], r["idx"]): bytes(r["hash"]) for r in rows}
     missing = wanted - found.keys()
     if missing:
         raise LookupError(f"ledger tree nodes missing: {sorted(missing)[:5]}")
