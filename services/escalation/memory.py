@@ -142,9 +142,10 @@ class MemoryStates:
         """The incident's row as this unit sees it (a staged copy, to change)."""
         return _own(self.staged.states, self.tables.states, incident_id)
 
-    async def lock(self, incidents: Sequence[str]) -> None:
+    async def lock(self, incidents: Sequence[str]) -> set[str]:
         for incident in incidents:
             await self.unit.hold(("escalation", incident))
+        return {i for i in incidents if i in self.staged.states or i in self.tables.states}
 
     async def lock_states(self, incidents: Sequence[str]) -> None:
         return None  # no row locks here: `lock` already serialises the units
@@ -152,9 +153,6 @@ class MemoryStates:
     async def get(self, incident_id: str) -> esc.EscalationState | None:
         row = self._row(incident_id)
         return None if row is None else row.state
-
-    async def started(self, incidents: Sequence[str]) -> set[str]:
-        return {i for i in incidents if i in self.staged.states or i in self.tables.states}
 
     async def insert(self, started: Sequence[Started]) -> list[Envelope]:
         for s in started:

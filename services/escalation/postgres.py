@@ -35,17 +35,17 @@ class PostgresStates:
     def __init__(self, conn: asyncpg.Connection) -> None:
         self.conn = conn
 
-    async def lock(self, incidents: Sequence[str]) -> None:
+    async def lock(self, incidents: Sequence[str]) -> set[str]:
         # Without it the two raced when escalation came back to a backlog on both topics
         # (the short chaos run caught it): the decision's transaction inserted the state
         # and found no early input to replay, while an acknowledgement's transaction,
         # which had found no state yet, held itself in early_events after that, where
-        # nothing would ever replay it. `FOR UPDATE` cannot lock a row not there.
-        await self.conn.execute(
-            "SELECT pg_advisory_xact_lock(hashtextextended('escalation:' || i, 0))"
-            " FROM unnest($1::text[]) WITH ORDINALITY AS r (i, n) ORDER BY n",
-            list(incidents),
+        # nothing would ever replay it. `FOR UPDATE` cannot lock a row not there. The
+        # function (migration 0009) reads the states after the locks are held.
+        rows = await self.conn.fetch(
+            "SELECT i FROM escalation_lock($1::text[]) AS i", list(incidents)
         )
+        return {r["i"] for r in rows}
 
     async def lock_states(self, incidents: Sequence[str]) -> None:
         await self.conn.execute(
@@ -59,13 +59,6 @@ class PostgresStates:
             "SELECT state FROM escalation_state WHERE incident_id = $1 FOR UPDATE", incident_id
         )
         return None if row is None else _state(row["state"])
-
-    async def started(self, incidents: Sequence[str]) -> set[str]:
-        rows = await self.conn.fetch(
-            "SELECT incident_id FROM escalation_state WHERE incident_id = ANY($1::text[])",
-            list(incidents),
-        )
-        return {r["incident_id"] for r in rows}
 
     async def insert(self, started: Sequence[Started]) -> list[Envelope]:
         # One statement: the rows go in, the held inputs come out (`take_held`'s order).

@@ -87,9 +87,10 @@ class Due:
 class EscalationStates(Protocol):
     """One state per incident, its wake-up, and the inputs held for it."""
 
-    async def lock(self, incidents: Sequence[str]) -> None:
+    async def lock(self, incidents: Sequence[str]) -> set[str]:
         """Serialise, per incident, starting its escalation and holding an input for
-        it, to the end of the unit of work; several incidents are locked in order."""
+        it, to the end of the unit of work; several incidents are locked in order.
+        Returns those of `incidents` that have a state (read once the locks are held)."""
 
     async def lock_states(self, incidents: Sequence[str]) -> None:
         """Hold the states of `incidents` that exist, in order, to the end of the unit
@@ -97,9 +98,6 @@ class EscalationStates(Protocol):
 
     async def get(self, incident_id: str) -> esc.EscalationState | None:
         """The incident's state (held to the end of the unit of work), or None."""
-
-    async def started(self, incidents: Sequence[str]) -> set[str]:
-        """Those of `incidents` that have a state."""
 
     async def insert(self, started: Sequence[Started]) -> list[Envelope]:
         """Store new states (none of them has one yet), and remove and return the
@@ -358,8 +356,7 @@ async def _start_all(
     if not todo:
         return
     incidents = sorted({i.envelope.subject for i, _ in todo})
-    await uow.states.lock(incidents)
-    started = await uow.states.started(incidents)
+    started = await uow.states.lock(incidents)
     now = env.clock()
     new: list[Started] = []
     produced: list[tuple[str, Sequence[Envelope]]] = []  # one entry per incident at most
