@@ -23,7 +23,7 @@ from typing import Any
 
 import asyncpg
 
-from services.audit.ledger import person_data
+from services.audit.ledger import line_data, person_data
 from services.domain.access import conflicted, implicated
 from services.domain.directory import DirectoryFile, Person
 from services.domain.envelope import Envelope
@@ -37,6 +37,9 @@ MAX_CHAIN = 100
 """Managers walked above one accused person at most (the data may loop)."""
 PersonLookup = Callable[[str], Awaitable[Person | None]]
 """A person by id (the ledger's directory, else the seed file), or None."""
+LineLookup = Callable[[Sequence[str]], Awaitable[dict[str, Person | None]]]
+"""The people of the ids given and everyone above them the ledger has, at once (a
+person it lacks is left out: `PersonLookup` asks the seed file for them)."""
 ReporterLookup = Callable[[str, Sequence[Envelope]], Awaitable[str | None]]
 """The reporter's person id of an incident (opened, compared, never shown), or None."""
 
@@ -98,9 +101,12 @@ async def excluded_by(
     known: dict[str, Person | None] | None = None,
     *,
     reader: str | None = None,
+    line: LineLookup | None = None,
 ) -> frozenset[str]:
     """Everyone excluded from the incident, by the ledger's decisions or the report itself
-    (`known`: people already looked up, see `_org`).
+    (`known`: people already looked up, see `_org`; `line`: the implicated people's
+    and the reader's whole lines looked up at once first, so the walk up them asks
+    nothing more of the ledger however deep they go).
 
     `reader`, the principal asking, is also checked against the rules that walk up from
     a candidate (`accused_reports`: an auditor who answers to the accused, directly or
@@ -110,7 +116,13 @@ async def excluded_by(
     state = fold(incident_id, events)
     found = implicated(events)
     candidates = () if reader is None else (reader,)
-    org = await _org(person, (*found.people, *candidates), known)
+    starts = (*found.people, *candidates)
+    if line is not None:
+        known = {} if known is None else known
+        missing = [p for p in starts if p not in known]
+        if missing:
+            known.update(await line(missing))
+    org = await _org(person, starts, known)
     reporter = await reporter_of(incident_id, events)
     rules = conflicted(found, reporter, org, policy, category=state.category, candidates=candidates)
     return state.excluded | frozenset(rules)
@@ -133,9 +145,13 @@ async def excluded(
     async def person(person_id: str) -> Person | None:
         return await person_in_ledger(conn, directory, person_id)
 
+    async def line(person_ids: Sequence[str]) -> dict[str, Person | None]:
+        found = await line_data(conn, person_ids, MAX_CHAIN)
+        return {p: as_person(data, directory, p) for p, data in found.items()}
+
     async def reporter_of(incident: str, events: Sequence[Envelope]) -> str | None:
         return await keys.reporter_of(conn, incident, events)
 
     return await excluded_by(
-        person, reporter_of, policy, incident_id, entries, known, reader=reader
+        person, reporter_of, policy, incident_id, entries, known, reader=reader, line=line
     )

@@ -267,32 +267,109 @@ event's subject). A `directory.people.imported.v1` (a bulk import's chunk) names
 people it carries in `ledger_people` instead (`chunk_people`)."""
 
 
+_PERSON_ROWS = """
+ CROSS JOIN LATERAL (
+  WITH chunk AS (SELECT idx, record FROM ledger_people WHERE person_id = p.person_id
+   ORDER BY idx DESC LIMIT 1),
+  since AS (SELECT GREATEST((SELECT max(idx) FROM ledger WHERE incident_id = p.person_id
+   AND valid AND event_type = $3), (SELECT idx FROM chunk)) AS idx)
+  SELECT idx, event_type, leaf FROM ledger WHERE incident_id = p.person_id AND valid
+  AND event_type = ANY($2::text[]) AND idx >= COALESCE((SELECT idx FROM since), 0)
+  -- of a chunk, only the person's record (kept beside the index), in a leaf's shape
+  UNION ALL SELECT c.idx, $4, convert_to(json_build_object('event',
+   json_build_object('data', json_build_object('people', json_build_array(c.record))))
+   ::text, 'UTF8') FROM chunk c WHERE c.record IS NOT NULL
+   AND c.idx >= (SELECT idx FROM since)
+  UNION ALL SELECT l.idx, l.event_type, l.leaf FROM ledger l, chunk c
+  WHERE l.idx = c.idx AND c.record IS NULL AND l.idx >= (SELECT idx FROM since)
+ ) x
+ORDER BY p.person_id, x.idx
+"""
+"""Each person's entries from their latest whole record on (`person_data`), for the
+people of `p` (one row each): the statements below put it after their own `FROM`."""
+
+_PEOPLE = "".join(
+    (
+        "SELECT p.person_id, x.idx, x.event_type, x.leaf FROM unnest($1::text[]) AS p(person_id)",
+        _PERSON_ROWS,
+    )
+)
+"""The entries of `person_data` of each of `$1`."""
+
+_LINE_UP = """
+WITH RECURSIVE line(person_id, depth) AS (
+ SELECT DISTINCT unnest($1::text[]) COLLATE "C", 0
+ UNION
+ SELECT m.manager COLLATE "C", line.depth + 1 FROM line CROSS JOIN LATERAL (
+  SELECT CASE WHEN u.idx IS NOT NULL AND (k.idx IS NULL OR u.idx > k.idx)
+   THEN substring(convert_from(u.leaf, 'UTF8') FROM '"manager_id":"([^"]*)"')
+   ELSE k.record ->> 'manager_id' END AS manager
+  FROM (SELECT 1) one
+  LEFT JOIN LATERAL (SELECT idx, leaf FROM ledger WHERE incident_id = line.person_id
+   AND valid AND event_type = $3 ORDER BY idx DESC LIMIT 1) u ON true
+  LEFT JOIN LATERAL (SELECT idx, record FROM ledger_people WHERE person_id = line.person_id
+   ORDER BY idx DESC LIMIT 1) k ON true
+ ) m WHERE m.manager IS NOT NULL AND line.depth < $5
+)
+SELECT p.person_id, x.idx, x.event_type, x.leaf FROM (SELECT DISTINCT person_id FROM line) p
+"""
+_LINE = "".join((_LINE_UP, _PERSON_ROWS))
+"""The entries of `person_data` of the people of `$1` and everyone above them, up to
+`$5` managers: the manager of each is read from their latest whole record (an upsert's
+leaf, or the record a chunk's `ledger_people` row keeps; a row without it ends the walk
+there). The walk only chooses whom to fetch: each person is still folded from their
+entries by `fold_person`, and a manager it misses (a leaf it cannot read so, an id
+with an escaped character) is looked up on its own by the caller's walk, never
+taken for nobody; nothing here parses a leaf as jsonb, so no leaf can fail it."""
+
+
 async def person_data(conn: asyncpg.Connection, person_id: str) -> dict[str, Any] | None:
     """A person as the ledger has them, or None: their latest whole record (a
     `directory.person.upserted.v1`, or their place in a `directory.people.imported.v1`)
     with the `directory.role.assigned.v1`/`revoked.v1` recorded after it applied (as
     `services.domain.org` folds them), so an approved grant counts here too."""
+    return (await people_data(conn, [person_id]))[person_id]
+
+
+async def people_data(
+    conn: asyncpg.Connection, person_ids: Sequence[str]
+) -> dict[str, dict[str, Any] | None]:
+    """`person_data` of each of `person_ids`, in one statement."""
     rows = await conn.fetch(
-        "WITH chunk AS (SELECT idx, record FROM ledger_people WHERE person_id = $1"
-        "  ORDER BY idx DESC LIMIT 1),"
-        " since AS (SELECT GREATEST((SELECT max(idx) FROM ledger WHERE incident_id = $1"
-        "  AND valid AND event_type = $3), (SELECT idx FROM chunk)) AS idx)"
-        " SELECT idx, event_type, leaf FROM ledger WHERE incident_id = $1 AND valid"
-        " AND event_type = ANY($2::text[]) AND idx >= COALESCE((SELECT idx FROM since), 0)"
-        # of a chunk, only the person's record (kept beside the index), in a leaf's shape
-        " UNION ALL SELECT c.idx, $4, convert_to(json_build_object('event',"
-        "  json_build_object('data', json_build_object('people', json_build_array(c.record))))"
-        "  ::text, 'UTF8') FROM chunk c WHERE c.record IS NOT NULL"
-        "  AND c.idx >= (SELECT idx FROM since)"
-        " UNION ALL SELECT l.idx, l.event_type, l.leaf FROM ledger l, chunk c"
-        " WHERE l.idx = c.idx AND c.record IS NULL AND l.idx >= (SELECT idx FROM since)"
-        " ORDER BY idx",
-        person_id,
+        _PEOPLE,
+        list(person_ids),
         PERSON_EVENTS,
         PersonUpserted.TYPE,
         PeopleImported.TYPE,
     )
-    return fold_person(person_id, [(r["event_type"], bytes(r["leaf"])) for r in rows])
+    return {person: None for person in person_ids} | _folded(rows)
+
+
+async def line_data(
+    conn: asyncpg.Connection, person_ids: Sequence[str], most: int
+) -> dict[str, dict[str, Any] | None]:
+    """`person_data` of `person_ids` and of their managers, theirs and so on, up to `most`
+    managers above each, in one statement whatever the depth (a conflict check walks
+    the accused's whole line: one statement a manager made a deep organisation slower).
+    A person the ledger does not have ends their line; such a person is not in the
+    answer (ask `person_data`, or the seed file, for them)."""
+    rows = await conn.fetch(
+        _LINE,
+        list(person_ids),
+        PERSON_EVENTS,
+        PersonUpserted.TYPE,
+        PeopleImported.TYPE,
+        most,
+    )
+    return _folded(rows)
+
+
+def _folded(rows: Sequence[asyncpg.Record]) -> dict[str, dict[str, Any] | None]:
+    """Each person's rows (by person, in index order) folded by `fold_person`."""
+    entries: dict[str, list[tuple[str, bytes]]] = {}
+    for r in rows:
+        entries.setdefault(r["person_id"], []).append((r["event_type"], bytes(r["leaf"])))
+    return {person: fold_person(person, found) for person, found in entries.items()}
 
 
 def chunk_people(rows: Sequence[LedgerRow]) -> list[tuple[str, int, str]]:
@@ -423,6 +500,11 @@ class PostgresLedger:
 
     async def person_data(self, person_id: str) -> dict[str, Any] | None:
         return await person_data(self.conn, person_id)
+
+    async def line_data(
+        self, person_ids: Sequence[str], most: int
+    ) -> dict[str, dict[str, Any] | None]:
+        return await line_data(self.conn, person_ids, most)
 
     async def rows(self, start: int, end: int) -> list[StoredRow]:
         return [

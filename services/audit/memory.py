@@ -121,6 +121,22 @@ class InMemoryLedger:
             person_id, [(r.event_type or "", r.leaf) for r in mine if r.idx >= since]
         )
 
+    async def line_data(
+        self, person_ids: Sequence[str], most: int
+    ) -> dict[str, dict[str, Any] | None]:
+        found: dict[str, dict[str, Any] | None] = {}
+        for start in person_ids:
+            current: str | None = start
+            for _ in range(most + 1):
+                if current is None or current in found:
+                    break
+                data = await self.person_data(current)
+                if data is None:
+                    break
+                found[current] = data
+                current = data.get("manager_id")
+        return found
+
     async def rows(self, start: int, end: int) -> list[StoredRow]:
         return [_stored(r) for r in self._rows[start:end]]
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from services.audit.conflicts import as_person, excluded_by
+from services.audit.conflicts import MAX_CHAIN, as_person, excluded_by
 from services.audit.heads import Head
 from services.audit.ledger import (
     Consumed,
@@ -146,6 +146,12 @@ class Ledger(Protocol):
 
     async def person_data(self, person_id: str) -> dict[str, Any] | None:
         """A person as the ledger's directory events have them, or None."""
+
+    async def line_data(
+        self, person_ids: Sequence[str], most: int
+    ) -> dict[str, dict[str, Any] | None]:
+        """`person_data` of the people and of everyone above them (up to `most` managers
+        above each) the ledger has, at once; a person it lacks ends their line."""
 
     async def rows(self, start: int, end: int) -> list[StoredRow]:
         """The stored entries in [start, end)."""
@@ -346,6 +352,10 @@ async def _excluded(
     async def lookup(person_id: str) -> Person | None:
         return await person(person_id, uow)
 
+    async def line(person_ids: Sequence[str]) -> dict[str, Person | None]:
+        found = await uow.ledger.line_data(person_ids, MAX_CHAIN)
+        return {p: as_person(data, uow.config.directory, p) for p, data in found.items()}
+
     return await excluded_by(
         lookup,
         uow.keys.reporter_of,
@@ -354,6 +364,7 @@ async def _excluded(
         entries,
         known,
         reader=reader,
+        line=line,
     )
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from services.audit.app import MIGRATIONS
 from services.audit.conflicts import person_in_ledger
-from services.audit.ledger import append_records, decode_leaf, person_data
+from services.audit.ledger import append_records, decode_leaf, line_data, person_data
 from services.domain.directory import DirectoryFile
 from services.domain.events import PeopleImported
 from services.infra.db import create_pool, migrate_service
@@ -38,11 +38,15 @@ async def known_people(url: str, history: list[Any]) -> tuple[dict[str, Any], li
                 )
             people = {i: await person_data(conn, i) for i in IDS}
             chains = {i: await person_in_ledger(conn, DirectoryFile(), i) for i in IDS}
+            lines = {
+                start: await line_data(conn, list(start), 100)
+                for start in (("p-low",), ("p-mid", "p-nobody"), ("p-top",), IDS)
+            }
             indexed = await conn.fetch(
                 "SELECT person_id, idx FROM ledger_people ORDER BY idx, person_id"
             )
             leaves = await conn.fetch("SELECT event_type, leaf FROM ledger ORDER BY idx")
-        return {"people": people, "chains": chains}, [indexed, leaves]
+        return {"people": people, "chains": chains, "lines": lines}, [indexed, leaves]
     finally:
         await pool.close()
 
@@ -54,6 +58,13 @@ async def test_audit_knows_the_same_people_from_a_chunk_on_postgresql(
     known, (indexed, _) = await known_people(make_database("people_singles"), singles)
     from_chunk, (chunk_index, leaves) = await known_people(make_database("people_chunk"), chunked)
     assert from_chunk == known
+    # whole lines in one statement: each person as person_data has them; p-low's latest
+    # record (the upsert after the import) has no manager, so their line ends there
+    lines = known["lines"]
+    assert lines[("p-low",)] == {"p-low": known["people"]["p-low"]}
+    assert lines[("p-mid", "p-nobody")] == {p: known["people"][p] for p in ("p-mid", "p-top")}
+    assert lines[("p-top",)] == {"p-top": known["people"]["p-top"]}
+    assert lines[IDS] == {p: known["people"][p] for p in ("p-top", "p-mid", "p-low")}
     assert known["people"]["p-top"]["roles"] == ["auditor", "hr_head"]
     assert known["chains"]["p-mid"].manager == "p-top"
     assert known["people"]["p-nobody"] is None

@@ -76,7 +76,11 @@ def _directory(monkeypatch: pytest.MonkeyPatch) -> None:
     async def person(conn: object, directory: object, person_id: str) -> Person | None:
         return PEOPLE.get(person_id)
 
+    async def nobody_in_bulk(conn: object, person_ids: object, most: int) -> dict[str, object]:
+        return {}  # so the walk asks the patched lookup for each person
+
     monkeypatch.setattr(conflicts, "person_in_ledger", person)
+    monkeypatch.setattr(conflicts, "line_data", nobody_in_bulk)
 
 
 @pytest.mark.parametrize("reader", ["p-liu", "p-deep"])

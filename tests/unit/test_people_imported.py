@@ -212,6 +212,27 @@ async def test_audit_knows_the_same_people_from_a_chunk_in_its_ledger() -> None:
     assert known["p-low"] is not None and known["p-low"]["roles"] == []
 
 
+async def test_audit_memory_ledger_gives_whole_lines_as_postgresql_does() -> None:
+    """`line_data` on the in-memory ledger: the people and everyone above them, each as
+    `person_data` has them (the same expectations as the PostgreSQL test)."""
+    for history in histories():
+        config = AuditConfig(AUDIT_POLICY, DirectoryFile())
+        memory, store = AuditMemory(), InMemoryStore()
+        records = tuple(
+            Consumed("directory.changes", 0, n, e.to_bytes()) for n, e in enumerate(history)
+        )
+        unit = InMemoryAuditUnitOfWork(config, store, memory)
+        assert await append_batch(AppendBatch(records), unit)
+        uow = InMemoryAuditUnitOfWork(config, store, memory)
+        async with uow:
+            people = {i: await uow.ledger.person_data(i) for i in IDS}
+            assert await uow.ledger.line_data(["p-low"], 100) == {"p-low": people["p-low"]}
+            assert await uow.ledger.line_data(["p-mid", "p-nobody"], 100) == {
+                p: people[p] for p in ("p-mid", "p-top")
+            }
+            assert await uow.ledger.line_data(["p-mid"], 0) == {"p-mid": people["p-mid"]}
+
+
 def test_fold_person_reads_the_last_record_of_a_chunk_and_the_roles_after_it() -> None:
     _, chunked = histories()
 
