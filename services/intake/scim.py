@@ -161,11 +161,15 @@ class DirectoryStorage(AsyncScimStorage):
             )
             seen = history.get(stream)
             modified = row["updated_at"]
+            # RFC 7643 §3.1: `created` never moves. A person first imported has no event of
+            # their own stream until a later change; a row from before migration 0011 has
+            # the migration's time as created_at, later than their first own event.
+            created = row["created_at"] if seen is None else min(seen["created"], row["created_at"])
             # a change from a bulk import is in an event of the import's stream, counted
             # in `imports` (services/intake/directory_import.py)
             user["meta"] = {
                 "resourceType": "User",
-                "created": (seen["created"] if seen else row["created_at"]).isoformat(),
+                "created": created.isoformat(),
                 "lastModified": modified.isoformat(),
                 "version": _version((seen["version"] if seen else 0) + row["imports"]),
             }

@@ -342,6 +342,38 @@ async def test_import_of_thousands_one_event_per_chunk_in_order(
     assert user.json()["meta"]["created"] <= user.json()["meta"]["lastModified"]
 
 
+async def test_created_of_an_imported_person_stays_after_a_scim_change(
+    intake: tuple[httpx.AsyncClient, IntakeSettings],
+) -> None:
+    """RFC 7643 §3.1: `meta.created` never changes. A person first imported has no event
+    of their own stream (their created is people.created_at); a later SCIM PATCH writes
+    the first one, and created must not move to its time."""
+    client, settings = intake
+    pool = await create_pool(settings.database_url, schema="intake", max_size=1)
+    try:
+        person = Person(id="p-created-1", name="Created One")
+        await import_people(pool, [person], source="/services/intake", actor="system:hris")
+    finally:
+        await pool.close()
+    before = await client.get("/scim/v2/Users/p-created-1", headers=HRIS)
+    assert before.status_code == 200, before.text
+    patch = {
+        "schemas": [PATCH_SCHEMA],
+        "Operations": [{"op": "replace", "path": "displayName", "value": "Created Again"}],
+    }
+    patched = await client.patch(
+        "/scim/v2/Users/p-created-1",
+        headers={**SCIM_JSON, "if-match": before.headers["etag"]},
+        json=patch,
+    )
+    assert patched.status_code == 204, patched.text
+    after = await client.get("/scim/v2/Users/p-created-1", headers=HRIS)
+    assert after.json()["displayName"] == "Created Again"
+    assert after.headers["etag"] != before.headers["etag"]  # the change was recorded
+    assert len(await stored(settings, "p-created-1")) == 1  # an event of their own stream
+    assert after.json()["meta"]["created"] == before.json()["meta"]["created"]
+
+
 async def test_user_name_is_case_insensitive_and_filters_use_indexes(
     intake: tuple[httpx.AsyncClient, IntakeSettings],
 ) -> None:
