@@ -210,8 +210,10 @@ def _first_line(exc: Exception) -> str:
 def import_problems(
     people: Sequence[Person], managers_now: Mapping[str, str | None], *, max_chain: int = 1000
 ) -> list[str]:
-    """Why a directory import cannot be taken: a person twice, an unknown manager, a
-    person managing themselves, a cycle in a manager chain or one too long.
+    """Why a directory import cannot be taken: a person twice, a person whose record is
+    larger than a chunk event's budget (`MAX_CHUNK_DATA_BYTES`: alone they would be an
+    event the broker refuses, and the relay would retry it forever), an unknown manager,
+    a person managing themselves, a cycle in a manager chain or one too long.
     `managers_now` is the stored directory (person id -> manager id); the import's
     people replace their entries."""
     problems: list[str] = []
@@ -221,6 +223,12 @@ def import_problems(
         if person.id in seen:
             problems.append(f"{person.id}: listed twice")
         seen.add(person.id)
+        size = record_bytes(person)
+        if size > MAX_CHUNK_DATA_BYTES:
+            problems.append(
+                f"{person.id}: the record takes {size:,} bytes, more than the"
+                f" {MAX_CHUNK_DATA_BYTES:,} bytes an import event may carry"
+            )
         managers[person.id] = person.manager
     for person in people:
         if person.manager is None:
@@ -255,9 +263,10 @@ def import_problems(
 
 
 MAX_CHUNK_DATA_BYTES = 512 * 1024
-"""The people of one `directory.people.imported.v1` take at most this much JSON (unless
-one person alone takes more): with the envelope and signature (under 1 KiB) a record
-stays well under Kafka's usual limit of 1 MiB per message."""
+"""The people of one `directory.people.imported.v1` take at most this much JSON (an
+import refuses a person who alone takes more, `import_problems`): with the envelope and
+signature (under 1 KiB) a record stays well under Kafka's usual limit of 1 MiB per
+message."""
 
 
 def record_bytes(person: Person) -> int:

@@ -11,11 +11,13 @@ from scim2_server.conditions import Conditions
 from services.domain.directory import Person
 from services.domain.directory_sync import (
     ENTERPRISE_SCHEMA,
+    MAX_CHUNK_DATA_BYTES,
     ImportInvalid,
     import_problems,
     people_from_csv,
     people_from_scim_json,
     person_from_user,
+    record_bytes,
     user_from_person,
 )
 from services.intake.scim import scim_service
@@ -150,3 +152,21 @@ def test_import_files_and_their_checks() -> None:
         people_from_csv("id,name\n,Nameless\n")
     with pytest.raises(ImportInvalid, match="CSV header"):
         people_from_csv("who,name\np-a,A\n")
+
+
+def test_an_import_refuses_a_person_larger_than_a_chunk_event() -> None:
+    """A person whose record is over the chunk budget would be an event of one over
+    Kafka's 1 MiB, which the broker refuses and the relay retries forever: the import's
+    check refuses them, naming them and the size; one just within the budget passes."""
+    names = ["名" * 200] * 500  # 500 names of 200 escaped characters: about 600 KB
+    huge = Person(id="p-huge", name="Huge", alternative_names=names, manager="p-a")
+    size = record_bytes(huge)
+    assert size > MAX_CHUNK_DATA_BYTES
+    people = [Person(id="p-a", name="Ann"), huge]
+    assert import_problems(people, {}) == [
+        f"p-huge: the record takes {size:,} bytes, more than the"
+        f" {MAX_CHUNK_DATA_BYTES:,} bytes an import event may carry"
+    ]
+    fits = huge.model_copy(update={"alternative_names": names[:400]})
+    assert record_bytes(fits) <= MAX_CHUNK_DATA_BYTES
+    assert import_problems([Person(id="p-a", name="Ann"), fits], {}) == []
