@@ -375,7 +375,8 @@ def _folded(rows: Sequence[asyncpg.Record]) -> dict[str, dict[str, Any] | None]:
 def chunk_people(rows: Sequence[LedgerRow]) -> list[tuple[str, int, str]]:
     """(person id, index, their record as JSON) of every person a valid
     `directory.people.imported.v1` among `rows` carries (each once per entry, with the
-    last record it lists for them): the `ledger_people` rows of an append."""
+    last record it lists for them): the in-memory ledger's `ledger_people` (PostgreSQL
+    derives the same rows itself as it stores the entries: audit migration 0008)."""
     found: list[tuple[str, int, str]] = []
     for row in rows:
         if row.valid and row.event_type == PeopleImported.TYPE:
@@ -483,12 +484,8 @@ class PostgresLedger:
     async def write(
         self, rows: Sequence[LedgerRow], nodes: Sequence[tuple[int, int, bytes]]
     ) -> None:
+        # `ledger_people` is filled by the database from these rows (migration 0008)
         await self.conn.copy_records_to_table("ledger", records=rows, columns=LEDGER_COLUMNS)
-        people = chunk_people(rows)
-        if people:
-            await self.conn.copy_records_to_table(
-                "ledger_people", records=people, columns=["person_id", "idx", "record"]
-            )
         await tree.store_nodes(self.conn, list(nodes))
         await self.conn.execute("UPDATE counters SET last = $1 WHERE name = 'ledger'", rows[-1].idx)
 

@@ -18,7 +18,7 @@ from services.domain.directory import DirectoryFile
 from services.domain.events import PeopleImported
 from services.infra.db import create_pool, migrate_service
 from tests.integration.test_ledger_tree import record
-from tests.unit.test_people_imported import IDS, histories
+from tests.unit.test_people_imported import IDS, _event, histories
 
 pytestmark = pytest.mark.integration
 
@@ -112,3 +112,48 @@ async def test_the_people_index_is_append_only(make_database: Callable[[str], st
                 await conn.execute(statement)
     finally:
         await conn.close()
+
+
+async def test_the_service_cannot_forge_a_person_in_the_index(
+    make_database: Callable[[str], str],
+) -> None:
+    """The database derives `ledger_people` from the chunk entries audit appends
+    (migration 0008): audit's own role may not insert a row, so it cannot make a person
+    an auditor or cut their manager line by a row no leaf holds."""
+    url = make_database("people_forged")
+    known, (indexed, _) = await known_people(url, histories()[1])
+    assert [(r["person_id"], r["idx"]) for r in indexed] == [
+        ("p-low", 2),
+        ("p-mid", 2),
+        ("p-top", 2),
+    ]
+    pool = await create_pool(url, schema="audit", role="incidents_audit")
+    try:
+        async with pool.acquire() as conn:
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await conn.execute(
+                    "INSERT INTO ledger_people (person_id, idx, record) VALUES"
+                    """ ('p-mid', 99, '{"person_id": "p-mid", "roles": ["auditor"]}')"""
+                )
+            assert await person_data(conn, "p-mid") == known["people"]["p-mid"]
+    finally:
+        await pool.close()
+
+
+async def test_a_chunk_jsonb_cannot_hold_is_indexed_without_records(
+    make_database: Callable[[str], str],
+) -> None:
+    """A name with a NUL character is valid JSON but no jsonb: the database indexes the
+    chunk's people without their records, and a lookup reads them from the leaf."""
+    people = [
+        {"person_id": "p-top", "name": "Top\u0000"},
+        {"person_id": "p-mid", "name": "Mid", "manager_id": "p-top"},
+    ]
+    chunk = _event(PeopleImported.TYPE, "directory-import:2", {"people": people}, 2)
+    url = make_database("people_nul")
+    known, (indexed, _) = await known_people(url, [chunk])
+    assert [(r["person_id"], r["idx"]) for r in indexed] == [("p-mid", 0), ("p-top", 0)]
+    mid = known["people"]["p-mid"]
+    assert mid is not None and mid["manager_id"] == "p-top"
+    top = known["people"]["p-top"]
+    assert top is not None and top["name"] == "Top\u0000"

@@ -21,8 +21,8 @@ whole line (five managers up to the CEO) must be excluded.
 - audit: the knowledge query's work: the auditor's roles from the ledger, the
   incident's entries, the conflict check (`services.audit.conflicts.excluded`, chains
   from the directory events in the ledger) and the knowledge fold, on a ledger that
-  holds the directory events of N people (written by COPY, leaves and `ledger_people`
-  as audit writes them).
+  holds the directory events of N people (written by COPY; the database derives
+  `ledger_people` from them as when audit appends them).
 - memory: the resident size of a process that holds triage's projection of N people
   (folded from the stored event bodies, as triage does from `directory_log`), against
   the same with 13. Intake, escalation and audit keep the directory in PostgreSQL (the
@@ -52,8 +52,6 @@ import services
 from services.audit.conflicts import excluded
 from services.audit.ledger import (
     LEDGER_COLUMNS,
-    LedgerRow,
-    chunk_people,
     incident_entries,
     roles_in_ledger,
 )
@@ -392,12 +390,8 @@ async def audit_probe(conn: asyncpg.Connection, people: Sequence[Person]) -> Pro
     rows = _ledger_rows(
         envelopes, lambda e: "incident.reports" if e.subject == incident else "directory.changes"
     )
+    # the database fills ledger_people from these rows, as when audit appends them
     await conn.copy_records_to_table("ledger", records=rows, columns=LEDGER_COLUMNS)
-    await conn.copy_records_to_table(
-        "ledger_people",
-        records=chunk_people([LedgerRow(*row) for row in rows]),
-        columns=["person_id", "idx", "record"],
-    )
     await conn.execute("ANALYZE ledger")
     await conn.execute("ANALYZE ledger_people")
     rules = policy()
