@@ -298,9 +298,9 @@ _PEOPLE = "".join(
 
 _LINE_UP = """
 WITH RECURSIVE line(person_id, depth) AS (
- SELECT DISTINCT unnest($1::text[]) COLLATE "C", 0
+ SELECT DISTINCT unnest($1::text[]) COLLATE "default", 0
  UNION
- SELECT m.manager COLLATE "C", line.depth + 1 FROM line CROSS JOIN LATERAL (
+ SELECT m.manager COLLATE "default", line.depth + 1 FROM line CROSS JOIN LATERAL (
   SELECT CASE WHEN u.idx IS NOT NULL AND (k.idx IS NULL OR u.idx > k.idx)
    THEN substring(convert_from(u.leaf, 'UTF8') FROM '"manager_id":"([^"]*)"')
    ELSE k.record ->> 'manager_id' END AS manager
