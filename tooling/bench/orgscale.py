@@ -422,9 +422,10 @@ async def audit_figure(create_db: Callable[[str], str], n: int, samples: int) ->
         "The auditor's roles from the ledger (person_data), the incident's entries, the"
         " conflict check (the accused's chain from the directory events in the ledger)"
         " and the knowledge fold, the three sizes taking turns; HTTP and the recorded"
-        " read are left out. The conflict check reads one person per query up the"
-        " accused's chain: 2 managers in the seed case at 13 people, 5 in the generated"
-        " one (see one_unit: as deep, 1,013 people).",
+        " read are left out. The conflict check reads the accused's whole line in one"
+        " statement (ledger.line_data), each person still read and folded: 2 managers"
+        " in the seed case at 13 people, 5 in the generated one (see one_unit: as deep,"
+        " 1,013 people).",
         one_unit=one_unit,
     )
 
