@@ -271,10 +271,13 @@ _PERSON_ROWS = """
  CROSS JOIN LATERAL (
   WITH chunk AS (SELECT idx, record FROM ledger_people WHERE person_id = p.person_id
    ORDER BY idx DESC LIMIT 1),
-  since AS (SELECT GREATEST((SELECT max(idx) FROM ledger WHERE incident_id = p.person_id
-   AND valid AND event_type = $3), (SELECT idx FROM chunk)) AS idx)
+  since AS (SELECT GREATEST((SELECT idx FROM ledger WHERE incident_id = p.person_id
+   AND (incident_id, idx) >= (p.person_id, 0)
+   AND valid AND event_type = $3 ORDER BY incident_id DESC, idx DESC LIMIT 1),
+   (SELECT idx FROM chunk)) AS idx)
   SELECT idx, event_type, leaf FROM ledger WHERE incident_id = p.person_id AND valid
-  AND event_type = ANY($2::text[]) AND idx >= COALESCE((SELECT idx FROM since), 0)
+  AND event_type = ANY($2::text[])
+  AND (incident_id, idx) >= (p.person_id, COALESCE((SELECT idx FROM since), 0))
   -- of a chunk, only the person's record (kept beside the index), in a leaf's shape
   UNION ALL SELECT c.idx, $4, convert_to(json_build_object('event',
    json_build_object('data', json_build_object('people', json_build_array(c.record))))
@@ -286,7 +289,11 @@ _PERSON_ROWS = """
 ORDER BY p.person_id, x.idx
 """
 """Each person's entries from their latest whole record on (`person_data`), for the
-people of `p` (one row each): the statements below put it after their own `FROM`."""
+people of `p` (one row each): the statements below put it after their own `FROM`.
+The row comparisons `(incident_id, idx) >= (person, n)` say `idx >= n` in the terms of
+the ledger's index by incident, which PostgreSQL then uses for a person taken from the
+outer query (with `incident_id = person` and `idx >= n` alone it scanned the ledger
+once or twice a person where most entries share one subject, as an import's chunks do)."""
 
 _PEOPLE = "".join(
     (
@@ -306,7 +313,8 @@ WITH RECURSIVE line(person_id, depth) AS (
    ELSE k.record ->> 'manager_id' END AS manager
   FROM (SELECT 1) one
   LEFT JOIN LATERAL (SELECT idx, leaf FROM ledger WHERE incident_id = line.person_id
-   AND valid AND event_type = $3 ORDER BY idx DESC LIMIT 1) u ON true
+   AND (incident_id, idx) >= (line.person_id, 0)
+   AND valid AND event_type = $3 ORDER BY incident_id DESC, idx DESC LIMIT 1) u ON true
   LEFT JOIN LATERAL (SELECT idx, record FROM ledger_people WHERE person_id = line.person_id
    ORDER BY idx DESC LIMIT 1) k ON true
  ) m WHERE m.manager IS NOT NULL AND line.depth < $5
