@@ -619,11 +619,17 @@ class Chaos:
         return sorted(self.fault_rng.uniform(0.05, 0.9) for _ in range(self.config.kills))
 
     async def _warm_up(self) -> None:
-        """Wait until triage holds the directory, then see one report through."""
-        people = len(yaml.safe_load((_DATA / "directory.yaml").read_text())["people"])
+        """Wait until triage holds the directory, then see one report through.
+
+        Intake seeds the directory file as events (one `directory.people.imported.v1`
+        per run of up to 500 people): triage holds the directory once its log has as
+        many events as intake's directory streams."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 60
-        while await self.db.fetchval("SELECT count(*) FROM triage.directory_log") < people:
+        while not await self.db.fetchval(
+            "SELECT n > 0 AND (SELECT count(*) FROM triage.directory_log) >= n FROM"
+            " (SELECT count(*) AS n FROM intake.events WHERE stream_id LIKE 'directory%') e"
+        ):
             if loop.time() > deadline:
                 raise ChaosError("triage did not receive the directory within 60 s")
             await asyncio.sleep(0.2)
