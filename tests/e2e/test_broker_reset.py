@@ -32,6 +32,7 @@ import pytest
 import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from services.domain.events import MAX_PEOPLE_PER_EVENT
 from tests.e2e.conftest import SERVICES, Stack, submit, timeline
 
 pytestmark = pytest.mark.e2e
@@ -145,9 +146,9 @@ async def test_agents_read_every_partition_and_offset_again_after_a_broker_resta
     database = stack.env["INCIDENTS_DATABASE_URL"]
     people = len(yaml.safe_load(DIRECTORY.read_text(encoding="utf-8"))["people"])
 
-    async def directory_known() -> bool:  # the seed's people: one import event (500 a chunk)
+    async def directory_known() -> bool:  # the seed's people: one import event a chunk
         [row] = await _fetch(database, "SELECT count(*) AS n FROM triage.directory_log")
-        return int(row["n"]) >= -(-people // 500)
+        return int(row["n"]) >= -(-people // MAX_PEOPLE_PER_EVENT)
 
     await _wait(directory_known, "triage holds the directory", 60)
 
