@@ -36,14 +36,14 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # the project is not necessarily installed in the venv
     sys.path.insert(0, str(ROOT))
 
-from services.infra.localstack import (  # noqa: E402
+from services.infra.settings import with_database  # noqa: E402
+from tooling.localstack import (  # noqa: E402
     EmbeddedPostgres,
     Tansu,
     kafka_answers,
     postgres_answers,
     run_sync,
 )
-from services.infra.settings import with_database  # noqa: E402
 
 LOCAL_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -107,7 +107,7 @@ def pg_server_url() -> Iterator[str]:
             yield with_database(container.get_connection_url(), "postgres")
     else:
         # Under the temp dir so that `nobody` (the server's user when we are root)
-        # can reach it; see services/infra/localstack.py.
+        # can reach it; see tooling/localstack.py.
         holder = Path(tempfile.mkdtemp(prefix="incidents-test-pg-"))
         holder.chmod(0o755)
         embedded = EmbeddedPostgres.start(holder / "pgdata")

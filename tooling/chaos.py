@@ -86,14 +86,14 @@ from rich.table import Table
 
 import services
 from services.domain.escalation import CLOCK_CHANNELS
-from services.infra.localstack import (
+from services.infra.settings import with_database
+from tooling.launcher import SERVICES, LaunchError, PrivateStack
+from tooling.localstack import (
     EmbeddedPostgres,
     LocalStackError,
     postgres_answers,
     run_sync,
 )
-from services.infra.settings import with_database
-from tooling.launcher import SERVICES, LaunchError, PrivateStack
 
 LOCAL_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 AUDITOR = "auditor"  # dev-auditor-token, from the development tokens file

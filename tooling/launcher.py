@@ -29,7 +29,7 @@ from pathlib import Path
 
 import httpx
 
-from services.infra.localstack import (
+from tooling.localstack import (
     STOP_TIMEOUT,
     Tansu,
     free_port,

@@ -34,18 +34,6 @@ from rich.table import Table
 from services.infra import signing
 from services.infra.config import state_dir
 from services.infra.db import migrate_service
-from services.infra.localstack import (
-    STOP_TIMEOUT,
-    EmbeddedPostgres,
-    LocalStackError,
-    Tansu,
-    kafka_answers,
-    log_tail,
-    port_in_use,
-    postgres_answers,
-    run_sync,
-    split_host_port,
-)
 from services.infra.preflight import CONFIG_EXIT, SETTINGS, check_service
 from services.infra.settings import (
     AuditSettings,
@@ -62,6 +50,18 @@ from tooling.launcher import (
     with_import_root,
 )
 from tooling.launcher import service_command as default_command
+from tooling.localstack import (
+    STOP_TIMEOUT,
+    EmbeddedPostgres,
+    LocalStackError,
+    Tansu,
+    kafka_answers,
+    log_tail,
+    port_in_use,
+    postgres_answers,
+    run_sync,
+    split_host_port,
+)
 from tooling.traces import Phoenix
 
 _PACKAGE_ROOT = IMPORT_ROOT / "services"

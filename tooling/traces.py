@@ -403,7 +403,7 @@ class Phoenix:
         """Start the server and wait until its UI answers; RuntimeError if it does not."""
         import httpx
 
-        from services.infra.localstack import kill_process, log_tail, spawn
+        from tooling.localstack import kill_process, log_tail, spawn
 
         self.working_dir.mkdir(parents=True, exist_ok=True)
         command, env = self.command()
@@ -426,7 +426,7 @@ class Phoenix:
         return self.process is not None and self.process.poll() is None
 
     def stop(self) -> None:
-        from services.infra.localstack import stop_process
+        from tooling.localstack import stop_process
 
         if self.process is not None:
             stop_process(self.process)

@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from services.infra.localstack import Tansu
 from tooling.launcher import SERVICES, PrivateStack
+from tooling.localstack import Tansu
 
 ROOT = Path(__file__).resolve().parents[2]
 AUDITOR = {"authorization": "Bearer dev-auditor-token"}

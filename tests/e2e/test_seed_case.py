@@ -30,8 +30,8 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from services.infra.localstack import free_port
 from tests.e2e.conftest import AUDITOR, ROOT, Stack, submit, timeline
+from tooling.localstack import free_port
 
 pytestmark = pytest.mark.e2e
 

@@ -24,7 +24,6 @@ from moto.server import ThreadedMotoServer
 
 from services.infra.crypto import IncidentKey
 from services.infra.db import create_pool
-from services.infra.localstack import free_port
 from services.infra.settings import IntakeSettings
 from services.intake import attachments
 from services.intake.actions import Rejected
@@ -47,6 +46,7 @@ from tests.integration.test_handlers import (
     triaged,
     until_routed,
 )
+from tooling.localstack import free_port
 
 pytestmark = pytest.mark.integration
 __all__ = ["env"]  # the module's intake app (a fixture of test_handlers)

@@ -25,12 +25,12 @@ from fastapi import FastAPI
 from services.domain.envelope import Envelope
 from services.domain.events import CATALOG, EventData, is_sealed, make_event, parse_event
 from services.infra import eventstore
-from services.infra.localstack import run_sync
 from services.infra.settings import IntakeSettings
 from services.intake import actions, handlers
 from services.intake.app import create_app
 from tests.helpers import eventually, serving, signed
 from tests.integration.test_reports import module_settings
+from tooling.localstack import run_sync
 
 pytestmark = pytest.mark.integration
 

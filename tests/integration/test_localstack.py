@@ -29,7 +29,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from rich.console import Console
 
-from services.infra.localstack import (
+from tooling.localstack import (
     EmbeddedPostgres,
     Tansu,
     free_port,

@@ -12,10 +12,10 @@ import pytest
 from services.infra import eventstore
 from services.infra.db import create_pool, migrate_service
 from services.infra.kafka import BrokerWatch, all_topics, make_producer
-from services.infra.localstack import Tansu
 from services.infra.relay import OutboxRelay
 from services.infra.settings import CommonSettings
 from tests.helpers import drain, eventually
+from tooling.localstack import Tansu
 
 pytestmark = pytest.mark.integration
 SCHEMA = "relay"

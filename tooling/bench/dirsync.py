@@ -40,12 +40,12 @@ from services.domain.directory import Person
 from services.domain.directory_sync import ENTERPRISE_SCHEMA
 from services.domain.events import PeopleImported, PersonUpserted
 from services.infra.db import create_pool, migrate_service
-from services.infra.localstack import stop_process
 from services.intake.app import MIGRATIONS
 from services.intake.directory_import import import_people
 from tooling.bench.orgchart import generate
 from tooling.bench.report import Figure, Latency
 from tooling.bench.stack import BenchStack
+from tooling.localstack import stop_process
 
 SYNCED = ("intake", "triage", "audit")
 IMPORT_TARGET = 5000.0

@@ -1,7 +1,7 @@
 """A private stack for benchmarks: its own Tansu, a fresh database, services on free ports.
 
 The stack of the end-to-end tests (`tooling.launcher.PrivateStack`): the broker from
-`services.infra.localstack`, each service as `python -m services.<name>` in its own
+`tooling.localstack`, each service as `python -m services.<name>` in its own
 process group that dies with us, and readiness by `GET /readyz`. The database is a new
 `bench_<stamp>` database on the server of `INCIDENTS_DATABASE_URL` (an embedded
 PostgreSQL is started when nothing answers there), dropped by `close`.
@@ -19,9 +19,9 @@ from pathlib import Path
 import asyncpg
 
 from services.infra.db import quote_ident
-from services.infra.localstack import EmbeddedPostgres, postgres_answers, run_sync
 from services.infra.settings import CommonSettings, with_database
 from tooling.launcher import SERVICES, PrivateStack
+from tooling.localstack import EmbeddedPostgres, postgres_answers, run_sync
 
 
 class Databases:
