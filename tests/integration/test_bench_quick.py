@@ -110,7 +110,7 @@ async def test_figures_that_need_the_services(
     _, target = stack
 
     # the ledger followed over HTTP, as against running services without their database
-    e2e = await fig.e2e_figure(
+    e2e, e2e_cpu = await fig.e2e_figure(
         replace(target, database_url=None), rate=10, seconds=1, drain=30, rtt_samples=10
     )
     escalation = await fig.escalation_figure(
@@ -130,6 +130,11 @@ async def test_figures_that_need_the_services(
     assert_complete(e2e)
     assert e2e.details["accepted"] == 10 and e2e.details["incomplete"] == 0
     assert set(e2e.details["stages"]) == {fig.SUBMITTED, fig.TRIAGED, fig.NOTIFIED}
+    assert_complete(e2e_cpu)
+    assert {"intake", "triage", "escalation", "audit", "client"} <= set(
+        e2e_cpu.details["cpu_ms_per_report"]
+    )
+    assert e2e_cpu.details["reports"] == 10 and e2e_cpu.baseline is not None
     assert_complete(escalation)
     assert escalation.details["fired"] == 5
     assert [f.key for f in intake] == ["intake.rate", "intake.latency", "intake.p99_at_70"]

@@ -81,6 +81,7 @@ class Target:
     auditor_token: str = "dev-auditor-token"  # noqa: S105 - public development token
     reporter_token: str = "dev-liu-token"  # noqa: S105 - public development token
     pids: Mapping[str, int] | None = None  # service -> process id, when they run here
+    broker_pid: int | None = None  # the Tansu this bench started, when it did
 
 
 # ---------------------------------------------------------------- load shapes
@@ -649,8 +650,17 @@ def _instant(text: str) -> float:
     return datetime.fromisoformat(text).timestamp()
 
 
-async def kafka_round_trip(bootstrap: str, samples: int, prefix: str = "") -> list[float]:
-    """Seconds from send to consume of one record, acks=all, the services' fetch wait."""
+@dataclass(frozen=True)
+class RoundTrips:
+    """The raw bus baseline: seconds from send to consume of each record, and the CPU
+    this process spent per record to produce and consume it (ms)."""
+
+    seconds: list[float]
+    cpu_ms: float
+
+
+async def kafka_round_trip(bootstrap: str, samples: int, prefix: str = "") -> RoundTrips:
+    """One record at a time from send to consume, acks=all, the services' fetch wait."""
     settings = CommonSettings(
         kafka_bootstrap=bootstrap, kafka_partitions=1, kafka_topic_prefix=prefix
     )
@@ -669,17 +679,19 @@ async def kafka_round_trip(bootstrap: str, samples: int, prefix: str = "") -> li
     await consumer.start()
     payload = os.urandom(700)
     out: list[float] = []
+    cpu = 0.0
     try:
         for i in range(samples + 10):  # the first ten warm the connections up
-            began = time.perf_counter()
+            began, began_cpu = time.perf_counter(), time.process_time()
             await producer.send_and_wait(topic, payload, key=b"k")
             await consumer.getone()
             if i >= 10:
                 out.append(time.perf_counter() - began)
+                cpu += time.process_time() - began_cpu
     finally:
         await consumer.stop()
         await producer.stop()
-    return out
+    return RoundTrips(out, cpu * 1000 / max(samples, 1))
 
 
 def e2e_target(rate: float) -> tuple[str, float, bool]:
@@ -699,8 +711,9 @@ async def e2e_figure(
     seconds: float = 10.0,
     drain: float = 20.0,
     rtt_samples: int = 200,
-) -> Figure:
-    """202 → submission, triage decision and first notification all in the ledger.
+) -> list[Figure]:
+    """202 → submission, triage decision and first notification all in the ledger, and
+    the CPU the four services spent per report meanwhile (`_cpu_figure`).
 
     Reports go in at a fixed rate (open loop). The end of each is the latest ledger
     time (`recorded_at`, PostgreSQL's clock on this host) of the three entries; the
@@ -713,6 +726,10 @@ async def e2e_figure(
     carry where the milliseconds go, hop by hop (`tooling.bench.hops`).
     """
     settled = await settle(target)
+    processes = {**(target.pids or {})}
+    if target.broker_pid is not None:
+        processes["tansu"] = target.broker_pid
+    meter = CpuMeter(processes if target.pids else None)
     rtt = await kafka_round_trip(target.bootstrap, rtt_samples, target.topic_prefix)
     accepted: dict[str, float] = {}  # incident -> when the client got its 202
     started: dict[str, float] = {}  # incident -> its submitted event's time
@@ -744,6 +761,8 @@ async def e2e_figure(
 
         try:
             finish_by = time.monotonic() + seconds + drain
+            meter.begin()
+            window = time.monotonic()
             sent = await open_loop(send, rate, seconds, patience=drain)
             sending_done.set()
             with contextlib.suppress(TimeoutError):
@@ -753,6 +772,11 @@ async def e2e_figure(
             await following
             await follower.close()
             await poster.close()
+    # The work behind the figure's three entries (deliveries, their ledger entries)
+    # counts too: the window ends once the ledger has grown by nothing for a second.
+    await settle(target)
+    cpu = meter.per(len(accepted)) if accepted else {}
+    window = time.monotonic() - window
     latencies: list[float] = []
     answered: list[float] = []
     stages: dict[str, list[float]] = {kind: [] for kind in wanted}
@@ -768,7 +792,7 @@ async def e2e_figure(
                 stages[kind].append(times[kind] - at)
         done = all(kind in times for kind in wanted)
         latencies.append(max(times.values()) - at if done else math.inf)
-    lat, base = Latency.of_seconds(latencies), Latency.of_seconds(rtt)
+    lat, base = Latency.of_seconds(latencies), Latency.of_seconds(rtt.seconds)
     missing = sum(1 for v in latencies if math.isinf(v))
     hop_details: dict[str, Any] = {}
     if target.database_url is not None and accepted:
@@ -797,7 +821,7 @@ async def e2e_figure(
             (NOTIFIED, "first notification"),
         )
     )
-    return Figure(
+    latency = Figure(
         key=f"e2e.{rate:g}",
         name=f"end to end 202 → ledger + triage + notification ({rate:g}/s for {seconds:g} s)",
         value=judged,
@@ -845,6 +869,65 @@ async def e2e_figure(
             "stages": by_stage,
             "client_202_after_acceptance": Latency.of_seconds(answered),
             **hop_details,
+        },
+    )
+    return [latency, _cpu_figure(rate, seconds, cpu, len(accepted), window, rtt.cpu_ms)]
+
+
+CPU_TARGET_MS = 3.5
+"""Issue 24: CPU per report through the four services."""
+
+
+def _cpu_figure(
+    rate: float,
+    seconds: float,
+    cpu: Mapping[str, float],
+    reports: int,
+    window: float,
+    raw_ms: float,
+) -> Figure:
+    """The CPU (ms) the four services spent per report of an end-to-end run, from the
+    first report sent until the ledger was still again, beside the raw bus's CPU per
+    record (produce and consume, one process) measured in the same run."""
+    name = f"CPU per report through the four services ({rate:g}/s for {seconds:g} s)"
+    services = {k: v for k, v in cpu.items() if k in ("intake", "triage", "escalation", "audit")}
+    if len(services) < 4:
+        return Figure(
+            key=f"e2e.cpu.{rate:g}", name=name, shown="skipped", limit="Needs the stack here."
+        )
+    total = sum(services.values())
+    others = {k: v for k, v in cpu.items() if k not in services}
+    return Figure(
+        key=f"e2e.cpu.{rate:g}",
+        name=name,
+        value=total,
+        unit="ms",
+        shown=f"{total:.1f} ms ("
+        + ", ".join(f"{k} {v:.1f}" for k, v in services.items())
+        + "; besides them "
+        + ", ".join(f"{k} {v:.2f}" for k, v in others.items())
+        + ")",
+        baseline_name="raw aiokafka produce + consume of one record, CPU of that process",
+        baseline=raw_ms,
+        baseline_shown=f"{raw_ms:.2f} ms",
+        target=f"≤ {CPU_TARGET_MS:g} ms",
+        met=total <= CPU_TARGET_MS,
+        limit=(
+            "Counted from /proc of each process over the whole window (the reports sent,"
+            " then until the ledger grew by nothing for a second: the deliveries and"
+            f" their entries are in it), {window:.1f} s for {reports:,} reports. A report"
+            " crosses the bus about ten times (its submission, the decision, the"
+            " notifications and their deliveries, each read by two or three services),"
+            " and at a low rate each crossing is a batch of one: a fetch, a transaction"
+            " and a relay publish each, with their spans, so the figure falls as the rate"
+            " rises (the same stack: see docs/benchmarks.md, CPU by rate). The idle cost"
+            " of the window (each service's idle ms/s times its length) is in the figure."
+        ),
+        details={
+            "cpu_ms_per_report": dict(cpu),
+            "reports": reports,
+            "window_s": window,
+            "raw_cpu_ms_per_record": raw_ms,
         },
     )
 

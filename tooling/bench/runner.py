@@ -125,6 +125,9 @@ ORDER = (
     "e2e.25",
     "e2e.100",
     "e2e.200",
+    "e2e.cpu.25",
+    "e2e.cpu.100",
+    "e2e.cpu.200",
     "e2e",
     "escalation",
     "append",
@@ -464,6 +467,11 @@ def _stack_figures(
             stack_db,
             auditor_token=token,
             pids={name: proc.pid for name, proc in stack.procs.items()},
+            broker_pid=(
+                stack.broker.process.pid
+                if stack.broker is not None and stack.broker.process is not None
+                else None
+            ),
         )
         text = (
             f"private: Tansu on {stack.bootstrap}, the four services on free ports, a fresh"
