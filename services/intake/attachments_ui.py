@@ -27,7 +27,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect
 
 from services.console.i18n import N_
-from services.console.web import ConsoleError, console_of, read_form, redirect
+from services.console.web import MAX_FORM_FIELDS, ConsoleError, console_of, read_form, redirect
 from services.domain.events import AttachmentAudience
 from services.domain.reports import NAMED_ACTOR
 from services.infra.http import Problem
@@ -129,8 +129,15 @@ async def read_upload(
     events = _events(request, FormStream(boundary))
     fields: dict[str, str] = {}
     name: str | None = None
+    count = 0
     async for kind_, field, value in events:
         if kind_ == "field":
+            # The body limit does not apply to these routes and the CSRF token is only
+            # checked once the file begins: without a count, any caller could hold
+            # every field of an endless form in memory (each distinct name is kept).
+            count += 1
+            if count > MAX_FORM_FIELDS:
+                raise ConsoleError(400, "Bad form", "The form could not be read.")
             fields.setdefault(field, value.decode("utf-8", "replace"))
         elif kind_ == "file":
             name = value.decode("utf-8", "replace")
