@@ -43,6 +43,11 @@ PersonId = Annotated[
     ),
 ]
 FORBIDDEN = (403, "The caller does not hold the admin role.")
+_CONTROL = r"\x00-\x1f\x7f"
+"""Control characters, which no text of a record holds (PostgreSQL cannot store a NUL:
+the write failed with a 500)."""
+Email = Annotated[str, Field(max_length=254, pattern=rf"^[^@\s{_CONTROL}]+@[^@\s{_CONTROL}]+$")]
+Unit = Annotated[str, Field(min_length=1, max_length=100, pattern=rf"^[^{_CONTROL}]+$")]
 
 
 async def admin_principal(caller: RequiredPrincipal) -> Principal:
@@ -69,10 +74,8 @@ class PersonBody(BaseModel):
         description="Other names the person is known by (another script, a former name):"
         " free-text names in reports and the people search match them too.",
     )
-    email: str | None = Field(
-        None, max_length=254, pattern=r"^[^@\s]+@[^@\s]+$", description="E-mail address."
-    )
-    unit: str | None = Field(None, min_length=1, max_length=100, description="Business unit.")
+    email: Email | None = Field(None, description="E-mail address.")
+    unit: Unit | None = Field(None, description="Business unit.")
     manager_id: str | None = Field(
         None,
         min_length=1,

@@ -136,6 +136,8 @@ async def list_reports(service: IntakeService, person_id: str) -> list[dict[str,
 async def _hers(service: IntakeService, person_id: str, incident_id: str) -> list[Envelope]:
     """The report's events if it is hers (listed under her tag, and its sealed identity
     names her); else the refusal, the same for every other case."""
+    if "\x00" in incident_id:  # no report's id, and PostgreSQL's text cannot hold it
+        raise _not_found()
     async with service.runtime.db.acquire() as conn:
         listed = await conn.fetchval(
             "SELECT 1 FROM reporter_reports WHERE owner = $1 AND incident_id = $2",

@@ -19,12 +19,12 @@ Group write that would is refused with 403 (two admins grant them through
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import re
-from collections.abc import Callable, Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, cast
 
 import asyncpg
@@ -130,9 +130,15 @@ class DirectoryStorage(AsyncScimStorage):
         self.actor = actor
         self.service = service
 
-    def operation(self) -> AbstractAsyncContextManager[None]:
-        """A savepoint: a failed Bulk operation leaves the others standing."""
-        return cast(AbstractAsyncContextManager[None], self.conn.transaction())
+    @contextlib.asynccontextmanager
+    async def operation(self) -> AsyncIterator[None]:
+        """A savepoint: a failed Bulk operation leaves the others standing. A value
+        PostgreSQL cannot store (a NUL character) is the client's invalid value."""
+        try:
+            async with self.conn.transaction():
+                yield
+        except asyncpg.DataError as exc:
+            raise _unstorable(exc) from exc
 
     # -- reading --------------------------------------------------------------------
 
@@ -435,6 +441,12 @@ def _member_ids(resource: Resource[Any]) -> list[str]:
     return sorted({str(m.value) for m in members if getattr(m, "value", None)})
 
 
+def _unstorable(exc: asyncpg.DataError) -> InvalidValueException:
+    """A value the database refused (a NUL character, which text and jsonb cannot hold)
+    as the SCIM error of an invalid value: a 400, never a 500."""
+    return InvalidValueException(detail=f"A value cannot be stored: {_first_line(exc)}")
+
+
 def _first_line(exc: Exception) -> str:
     text = str(exc)
     if isinstance(exc, ValidationError) and exc.errors():
@@ -494,6 +506,8 @@ async def scim(path: str, request: Request) -> Response:
                 await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", WRITE_LOCK)
             storage = DirectoryStorage(runtime, conn, actor, service)
             answer = await AsyncScimHandler(service, storage).handle(scim_request)
+    except asyncpg.DataError as exc:  # a read outside `operation` (an id, a filter value)
+        answer = service.error_response(_unstorable(exc))
     except SCIMException as exc:
         answer = service.error_response(exc)
     answer.headers.setdefault("Cache-Control", "no-cache")

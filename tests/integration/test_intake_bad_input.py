@@ -1,0 +1,107 @@
+"""Bad input on intake's HTTP routes is a 4xx, never a 500 (docs/api.md, Errors).
+
+A NUL character is valid JSON (`\\u0000`) and valid in a percent-encoded path, but
+PostgreSQL's text and jsonb cannot hold it: wherever a value reached a statement
+unchecked, the request failed with a 500 and a logged traceback. Each route here
+refuses it first, in the words of its own errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.integration import test_reports
+from tests.integration.test_reports import REPORT, Intake
+
+pytestmark = pytest.mark.integration
+intake = test_reports.intake  # a running intake of this module's own
+LIU = {"authorization": "Bearer dev-liu-token"}
+ADMIN = {"authorization": "Bearer dev-admin-token"}
+HRIS = {"authorization": "Bearer dev-hris-token"}
+SCIM_JSON = {**HRIS, "content-type": "application/scim+json"}
+USER = "urn:ietf:params:scim:schemas:core:2.0:User"
+GROUP = "urn:ietf:params:scim:schemas:core:2.0:Group"
+
+
+@pytest.fixture
+async def client(intake: Intake) -> AsyncIterator[httpx.AsyncClient]:
+    """The intake, its unexpected errors answered as they would be (500), not raised."""
+    transport = httpx.ASGITransport(app=intake.app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://intake") as http:
+        yield http
+
+
+async def test_a_nul_in_a_report_id_is_no_report_of_hers(client: httpx.AsyncClient) -> None:
+    mine = await client.post("/v1/reports", json=REPORT, headers=LIU)
+    assert mine.status_code == 202, mine.text
+    unknown = await client.get("/v1/my/reports/no-such-report", headers=LIU)
+    assert unknown.status_code == 404
+    for answer in (
+        await client.get("/v1/my/reports/%00", headers=LIU),
+        await client.get(f"/v1/my/reports/{mine.json()['incident_id']}%00", headers=LIU),
+        await client.post("/v1/my/reports/a%00/messages", json={"text": "hi"}, headers=LIU),
+    ):
+        assert answer.status_code == 404, answer.text
+        assert answer.content == unknown.content  # the same refusal, byte for byte
+
+
+async def test_the_admin_api_refuses_control_characters_in_unit_and_email(
+    client: httpx.AsyncClient,
+) -> None:
+    for field, value in (("unit", "ops\u0000"), ("unit", "ops\u001b"), ("email", "a\u0000@b.c")):
+        answer = await client.put(
+            "/v1/directory/people/p-bad-input", json={field: value}, headers=ADMIN
+        )
+        assert answer.status_code == 422, (field, value, answer.text)
+        assert answer.json()["errors"][0]["field"] == field
+    fine = await client.put(
+        "/v1/directory/people/p-bad-input", json={"unit": "ops", "email": "a@b.c"}, headers=ADMIN
+    )
+    assert fine.status_code == 201, fine.text
+
+
+def _user(name: str, **more: Any) -> dict[str, Any]:
+    return {"schemas": [USER], "userName": name, **more}
+
+
+async def test_scim_answers_an_unstorable_value_as_invalid(client: httpx.AsyncClient) -> None:
+    group = {"schemas": [GROUP], "displayName": "g", "members": [{"value": "a\u0000"}]}
+    writes = (
+        ("/scim/v2/Users", _user("p-nul-1", displayName="a\u0000b")),
+        ("/scim/v2/Users", _user("p-nul-2", externalId="x\u0000")),
+        ("/scim/v2/Groups", group),
+    )
+    for path, body in writes:
+        answer = await client.post(path, json=body, headers=SCIM_JSON)
+        assert answer.status_code == 400, (body, answer.text)
+        assert answer.json()["scimType"] == "invalidValue"
+    for path, params in (
+        ("/scim/v2/Users/%00", {}),
+        ("/scim/v2/Groups/%00", {}),
+        ("/scim/v2/Users", {"filter": 'userName eq "a\\u0000"'}),
+        ("/scim/v2/Users", {"filter": 'displayName co "\\u0000"'}),
+    ):
+        answer = await client.get(path, params=params, headers=HRIS)
+        assert answer.status_code == 400, (path, params, answer.text)
+    # in a Bulk request only that operation fails; the next one is stored
+    bad, fine = _user("p-nul-3", displayName="\u0000"), _user("p-nul-4", displayName="Fine")
+    bulk = await client.post(
+        "/scim/v2/Bulk",
+        headers=SCIM_JSON,
+        json={
+            "schemas": ["urn:ietf:params:scim:api:messages:2.0:BulkRequest"],
+            "Operations": [
+                {"method": "POST", "path": "/Users", "bulkId": "a", "data": bad},
+                {"method": "POST", "path": "/Users", "bulkId": "b", "data": fine},
+            ],
+        },
+    )
+    assert bulk.status_code == 200, bulk.text
+    statuses = [str(op["status"]) for op in bulk.json()["Operations"]]
+    assert statuses == ["400", "201"], bulk.text
+    assert (await client.get("/scim/v2/Users/p-nul-4", headers=HRIS)).status_code == 200
+    assert (await client.get("/scim/v2/Users/p-nul-3", headers=HRIS)).status_code == 404
