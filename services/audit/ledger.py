@@ -14,6 +14,7 @@ check an entry is inside its leaf; the other columns are indexes for queries.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import uuid
@@ -30,6 +31,7 @@ from services.audit.heads import Head, all_heads, latest_head
 from services.audit.merkle import MerkleFrontier
 from services.domain.envelope import Envelope, canonical_json, utc_rfc3339
 from services.domain.events import (
+    InputRejected,
     InvalidEvent,
     PeopleImported,
     PersonUpserted,
@@ -238,6 +240,56 @@ def decode_leaf(leaf: bytes) -> dict[str, Any]:
     """The JSON object inside a leaf."""
     value: dict[str, Any] = json.loads(leaf)
     return value
+
+
+DEAD_LETTER = InputRejected.TYPE
+COPY_DEPTH = 3
+"""Dead letters of dead letters unwrapped at most, looking for the record they carry."""
+
+
+def carried_incident(leaf: bytes) -> str | None:
+    """The incident whose event a leaf carries as a copy, not as the incident's own entry:
+    a rejected record's `raw` bytes (refused as not authentic, a replay, or unreadable
+    to this version), or a consumer's dead letter (`incident.input.rejected.v1`, whose
+    `original_b64` holds the record it could not take). Either holds the event in
+    clear (who is accused, who is excluded), so a raw read of the ledger judges it with
+    that incident. None when the copy is no `incident.*` event with a subject."""
+    if b'"raw":' not in leaf and DEAD_LETTER.encode() not in leaf:
+        return None  # most entries: no copy (a quick test before any parsing)
+    try:
+        body: Any = decode_leaf(leaf)
+    except (ValueError, TypeError):
+        return None
+    if not isinstance(body, dict):
+        return None
+    carried = body.get("raw")
+    if carried is None:
+        carried = _original(body.get("event"))
+    for _ in range(COPY_DEPTH):
+        if not isinstance(carried, str):
+            return None
+        try:
+            event = json.loads(base64.b64decode(carried, validate=True))
+        except (ValueError, TypeError, RecursionError):
+            return None
+        if not isinstance(event, dict):
+            return None
+        if event.get("type") == DEAD_LETTER:
+            carried = _original(event)
+            continue
+        subject, kind = event.get("subject"), event.get("type")
+        about = isinstance(subject, str) and isinstance(kind, str) and kind.startswith("incident.")
+        return subject if about else None
+    return None
+
+
+def _original(event: Any) -> Any:
+    """The `original_b64` of a dead letter (`incident.input.rejected.v1`), else None."""
+    if isinstance(event, dict) and event.get("type") == DEAD_LETTER:
+        data = event.get("data")
+        if isinstance(data, dict):
+            return data.get("original_b64")
+    return None
 
 
 async def incident_entries(conn: asyncpg.Connection, incident_id: str) -> list[LedgerEvent]:

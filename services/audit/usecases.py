@@ -35,6 +35,7 @@ from services.audit.ledger import (
     Consumed,
     LedgerRow,
     StoredRow,
+    carried_incident,
     classify,
     decode_leaf,
     leaf_bytes,
@@ -575,8 +576,10 @@ async def read_entries(query: ReadEntries, uow: AuditUnitOfWork) -> EntriesRead:
         if end - start > MAX_ENTRIES:
             raise Invalid("Range too large", f"At most {MAX_ENTRIES} entries per request.")
         rows = await uow.ledger.rows(start, end)
-        incidents = await _excluded_in_range(uow, principal, start, end)
+        copies = {row.idx: about for row in rows if (about := carried_incident(row.leaf))}
+        incidents = await _excluded_in_range(uow, principal, start, end, set(copies.values()))
         hidden = await uow.ledger.indexes_of(start, end, sorted(incidents)) if incidents else set()
+        hidden |= {idx for idx, about in copies.items() if about in incidents}
         data = ReadRecorded(
             principal=principal, route="entries", start=start, end=end, withheld=sorted(incidents)
         )
@@ -585,16 +588,21 @@ async def read_entries(query: ReadEntries, uow: AuditUnitOfWork) -> EntriesRead:
 
 
 async def _excluded_in_range(
-    uow: AuditUnitOfWork, principal: str, start: int, end: int
+    uow: AuditUnitOfWork, principal: str, start: int, end: int, copied: set[str]
 ) -> frozenset[str]:
     """The incidents with entries in [start, end) that exclude `principal`, each judged
-    on all its entries (not only those in the range), as the timeline judges it."""
-    subjects = await uow.ledger.incidents_between(start, end)
+    on all its entries (not only those in the range), as the timeline judges it; and of
+    the incidents `copied` (whose events entries of the range carry as rejected input or
+    in a dead letter, `carried_incident`), those that exclude `principal` or that no
+    valid entry lets judge yet (a copy is never trusted to say who is excluded: an
+    incident refused in full, during a key rotation say, is withheld from everyone)."""
+    subjects = sorted({*await uow.ledger.incidents_between(start, end), *copied})
     if not subjects:
         return frozenset()
     known: dict[str, Person | None] = {}
-    found = set()
-    for incident, entries in (await uow.ledger.entries_of(subjects)).items():
+    judged = await uow.ledger.entries_of(subjects)
+    found = {incident for incident in copied if not judged.get(incident)}
+    for incident, entries in judged.items():
         if principal in await _excluded(uow, incident, entries, principal, known):
             found.add(incident)
     return frozenset(found)

@@ -3,6 +3,7 @@ batch, a replay refused, who knew, and a reader who answers to the accused refus
 
 from __future__ import annotations
 
+import base64
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -17,9 +18,11 @@ from services.audit.usecases import (
     Forbidden,
     KnowledgeQuery,
     NotFound,
+    ReadEntries,
     ReadIncident,
     append_batch,
     knowledge,
+    read_entries,
     read_incident,
 )
 from services.domain.directory import DirectoryFile, Person
@@ -185,3 +188,57 @@ async def test_a_principal_without_the_auditor_role_is_forbidden() -> None:
     with pytest.raises(Forbidden):
         await read_incident(ReadIncident("p-zhou", INCIDENT), audit.uow())
     assert audit.own_types() == []
+
+
+async def test_rejected_copies_of_an_incident_are_withheld_from_a_reader_it_excludes() -> None:
+    """A copy of an incident's event that the ledger holds as rejected input (refused
+    after a key rotation, say) or inside a consumer's dead letter carries the event in
+    clear (who is accused, who is excluded): a raw range of the ledger withholds it from
+    a reader the incident excludes, as it withholds the incident's own entries."""
+    audit = Audit()
+    submitted = report()
+    decided = event(
+        "incident.triaged.v1",
+        {
+            "category": "harassment",
+            "severity": "high",
+            "policy_version": "t",
+            "chain": [],
+            "excluded": [{"principal": "p-wang", "rule": "accused"}],
+        },
+        "system:triage",
+        30,
+    )
+    dead = make_event(
+        "incident.input.rejected.v1",
+        subject="deadletter",
+        data={
+            "reason": "handler failed: ValueError",
+            "source_topic": "incident.reports",
+            "original_b64": base64.b64encode(submitted.to_bytes()).decode(),
+        },
+        source="/services/triage",
+        time=T0,
+        actor="system:triage",
+    )
+    records = (
+        record(submitted, 0),
+        Consumed("incident.triage", 0, 1, decided.to_bytes(), refused="unknown key"),
+        Consumed("incident.deadletter", 0, 2, dead.to_bytes()),
+    )
+    assert await append_batch(AppendBatch(records), audit.uow()) == 3
+    read = await read_entries(ReadEntries("p-liu"), audit.uow())
+    assert read.withheld == {0, 1, 2}
+    recorded = json.loads(audit.store.outbox[-1].value)["data"]
+    assert recorded["withheld"] == [INCIDENT]
+    everyone = await read_entries(ReadEntries("p-audit"), audit.uow())
+    assert everyone.withheld == frozenset()
+
+    # an incident whose every event was refused: no valid entry says who is excluded,
+    # so its copies are withheld from every auditor (a copy never decides)
+    other = json.loads(submitted.to_bytes())
+    other["subject"] = "a0b1c2d3-0000-4000-8000-000000000001"
+    refused = Consumed("incident.reports", 0, 3, json.dumps(other).encode(), refused="unknown key")
+    assert await append_batch(AppendBatch((refused,)), audit.uow()) == 1
+    everyone = await read_entries(ReadEntries("p-audit"), audit.uow())
+    assert everyone.withheld == {3}
