@@ -69,6 +69,11 @@ MAX_LISTED = 200
 
 
 IncidentId = Annotated[uuid.UUID, Path(description="The incident id (a UUID).")]
+PersonRef = Annotated[
+    PrincipalId, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")
+]
+"""A person id as the directory writes them (services.domain.directory.Person.id): any
+other value names nobody, and one with a NUL failed the directory lookup with a 500."""
 
 
 # OpenAPI: problem+json answers ---------------------------------------------------
@@ -612,10 +617,10 @@ class RecuseBody(_Body):
 
 
 class ReassignBody(_Body):
-    to: list[PrincipalId] = Field(
+    to: list[PersonRef] = Field(
         min_length=1, max_length=20, description="Person ids who hold the incident now."
     )
-    remove: list[PrincipalId] = Field(
+    remove: list[PersonRef] = Field(
         default_factory=list,
         max_length=20,
         description="Person ids who stop holding it (excluded from it from then on).",
@@ -624,10 +629,10 @@ class ReassignBody(_Body):
 
 
 class PeopleBody(_Body):
-    accused: list[PrincipalId] = Field(
+    accused: list[PersonRef] = Field(
         default_factory=list, max_length=50, description="Every accused, as person ids."
     )
-    named: list[PrincipalId] = Field(
+    named: list[PersonRef] = Field(
         default_factory=list, max_length=50, description="Everyone else involved, as ids."
     )
     outsiders: int = Field(

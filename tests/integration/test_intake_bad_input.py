@@ -105,3 +105,21 @@ async def test_scim_answers_an_unstorable_value_as_invalid(client: httpx.AsyncCl
     assert statuses == ["400", "201"], bulk.text
     assert (await client.get("/scim/v2/Users/p-nul-4", headers=HRIS)).status_code == 200
     assert (await client.get("/scim/v2/Users/p-nul-3", headers=HRIS)).status_code == 404
+
+
+async def test_a_reassignment_naming_a_malformed_person_is_invalid(
+    client: httpx.AsyncClient,
+) -> None:
+    incident = (await client.post("/v1/reports", json=REPORT)).json()["incident_id"]
+    sun = {"authorization": "Bearer dev-sun-token"}  # chief_ethics_officer: may reassign
+    url = f"/v1/incidents/{incident}/reassign"
+    for body, field in (
+        ({"to": ["a\u0000"], "reason": "r"}, "to.0"),
+        ({"to": ["p-chen"], "remove": ["a\u0000"], "reason": "r"}, "remove.0"),
+        ({"to": ["p-chen", "two words"], "reason": "r"}, "to.1"),
+    ):
+        answer = await client.post(url, json=body, headers=sun)
+        assert answer.status_code == 422, (body, answer.text)
+        assert [e["field"] for e in answer.json()["errors"]] == [field]
+    unknown = await client.post(url, json={"to": ["p-nobody"], "reason": "r"}, headers=sun)
+    assert unknown.status_code == 422 and unknown.json()["errors"][0]["field"] == "to.0"
