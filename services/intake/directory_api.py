@@ -43,6 +43,7 @@ PersonId = Annotated[
     ),
 ]
 FORBIDDEN = (403, "The caller does not hold the admin role.")
+SELF_ROLE = "Nobody may give themselves a role: another admin grants it."
 _CONTROL = r"\x00-\x1f\x7f"
 """Control characters, which no text of a record holds (PostgreSQL cannot store a NUL:
 the write failed with a 500)."""
@@ -145,7 +146,7 @@ async def _manager_refusal(conn: asyncpg.Connection, person_id: str, manager: st
         },
         **problem_responses(
             UNAUTHORIZED,
-            (403, "The caller is no admin, or grants themselves a privileged role."),
+            (403, "The caller is no admin, or gives themselves a role."),
             TOO_LARGE,
             (
                 422,
@@ -167,9 +168,14 @@ async def put_person(
     async with _runtime(request).db.acquire() as conn, conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", _WRITE_LOCK)
         current = await get_person(conn, person_id)
-        added = privileged_added(current.roles if current else (), person.roles)
+        held = current.roles if current else ()
+        added = privileged_added(held, person.roles)
         if added and person_id == caller.id:
             raise Problem(403, "Self-grant refused", SELF_GRANT)
+        if person_id == caller.id and set(person.roles) - set(held):
+            # Any role decides whose reports one reads: a handler's role routes them, a
+            # reassign role reassigns any incident to oneself. Another admin grants it.
+            raise Problem(403, "Self-grant refused", SELF_ROLE)
         if person.manager is not None:
             refusal = await _manager_refusal(conn, person_id, person.manager)
             if refusal:
