@@ -19,6 +19,7 @@ are untraced (see `app.py`), and nothing about the reporter is stored.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Awaitable
 from typing import Any
@@ -39,7 +40,7 @@ from services.console.web import (
     session_authorization,
     signed_in_as,
 )
-from services.domain.reports import ReportRequest
+from services.domain.reports import PERSON_ID_PATTERN, ReportRequest
 from services.infra.auth import Principal
 from services.infra.http import Problem
 from services.intake import handlers
@@ -310,7 +311,7 @@ async def report(request: Request) -> Response:
         answer = await post_report(parsed, request, caller, fields.get("key") or None)
     except (ValidationError, Problem) as exc:
         error = _invalid(exc).detail if isinstance(exc, ValidationError) else exc.detail
-        picked = {n: await _service(request).people_picked(picks[n]) for n in PEOPLE_FIELDS}
+        picked = await _picked(_service(request), picks)
         return _report_page(
             request, principal, status=422, values=fields, picked=picked, error=error
         )
@@ -323,6 +324,20 @@ async def report(request: Request) -> Response:
     )
 
 
+async def _picked(
+    service: IntakeService, picks: dict[str, list[str]]
+) -> dict[str, list[PersonFound]]:
+    """What the search showed of the people picked, per field. A value no person id can
+    be (a form someone altered, a NUL that PostgreSQL cannot hold) names nobody and is
+    not looked up; the report itself refuses it (422)."""
+    return {
+        name: await service.people_picked(
+            [i for i in picks[name] if re.fullmatch(PERSON_ID_PATTERN, i)]
+        )
+        for name in PEOPLE_FIELDS
+    }
+
+
 async def _search_step(
     request: Request,
     principal: Principal | None,
@@ -332,7 +347,7 @@ async def _search_step(
     """The report form again with the people found for each field's search words."""
     service = _service(request)
     client = search_client(request, principal.id if principal else None)
-    picked = {name: await service.people_picked(picks[name]) for name in PEOPLE_FIELDS}
+    picked = await _picked(service, picks)
     found: dict[str, list[PersonFound]] = {name: [] for name in PEOPLE_FIELDS}
     error = None
     try:
