@@ -103,6 +103,8 @@ lost (a listener connection that dropped, another instance's notice) and refresh
 gauges while idle."""
 DELIVERY_MAX_ATTEMPTS = 5
 """Leases of one notice (workers that died on it) before it counts as failed."""
+EXCLUDED_DETAIL = "not sent: recipient excluded"
+"""The `detail` of a notice not sent because its recipient was excluded since it was queued."""
 
 
 class Escalation:
@@ -356,7 +358,21 @@ class Escalation:
             bind_incident(envelope.subject),
         ):
             outcome: Outcome | None = None
-            if row["attempts"] > DELIVERY_MAX_ATTEMPTS:
+            try:
+                excluded = await self._excluded(envelope.subject, notice.principal)
+            except TRANSIENT_ERRORS as exc:  # the lease runs out and it is taken again
+                log.warning("notice %s: not looked up: %r", envelope.id, exc)
+                return
+            if excluded:
+                log.warning(
+                    "notice %s: not sent: %s is excluded from incident %s since it was queued",
+                    envelope.id,
+                    notice.principal,
+                    envelope.subject,
+                )
+                delivered = False
+                outcome = Outcome(None, False, 0, "gave_up", EXCLUDED_DETAIL)
+            elif row["attempts"] > DELIVERY_MAX_ATTEMPTS:
                 log.error("notice %s: gave up after %d leases", envelope.id, row["attempts"] - 1)
                 delivered = False
             else:
@@ -374,6 +390,20 @@ class Escalation:
                     await usecases.record_delivery(command, self.unit_of_work(), self.env)
             except TRANSIENT_ERRORS as exc:  # the lease runs out and it is delivered again
                 log.warning("notice %s: outcome not recorded: %r", envelope.id, exc)
+
+    async def _excluded(self, incident_id: str, principal: str) -> bool:
+        """Whether the incident's escalation excludes `principal` now (triage's decision,
+        a reassignment's removal, a recusal): a notice queued before that, or waiting
+        while a webhook is retried, or seen after the removal (the notice and the
+        removal come on different topics), is never sent. False before the decision
+        (no state: triage never queues a notice to someone it excluded)."""
+        async with self.runtime.db.acquire() as conn:
+            found = await conn.fetchval(
+                "SELECT (state -> 'excluded') ? $2 FROM escalation_state WHERE incident_id = $1",
+                incident_id,
+                principal,
+            )
+        return bool(found)
 
     async def _refresh_queue_metrics(self) -> datetime | None:
         """Set the queue's gauges; when the next pending notice comes due (None: none)."""

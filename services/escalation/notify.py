@@ -106,9 +106,10 @@ Sleep = Callable[[float], Awaitable[None]]
 
 @dataclass(frozen=True)
 class Outcome:
-    """One adapter's outcome of one notice: what `incident.notice.*.v1` records."""
+    """One adapter's outcome of one notice: what `incident.notice.*.v1` records (no
+    adapter: the delivery worker decided without one, e.g. a recipient excluded)."""
 
-    adapter: NoticeAdapter
+    adapter: NoticeAdapter | None
     delivered: bool
     attempts: int
     reason: NoticeFailure | None = None

@@ -539,6 +539,19 @@ async def test_a_webhook_that_takes_seconds_does_not_hold_up_an_acknowledgement(
     assert uuid.UUID(attempt.headers[DELIVERY_HEADER])  # the notice's event id
 
 
+class Recording:
+    """A notifier that delivers every notice and keeps (incident, principal) of each."""
+
+    def __init__(self) -> None:
+        self.delivered: list[tuple[str, str]] = []
+
+    async def deliver(
+        self, incident_id: str, notice: Notified, *, delivery_id: str | None = None
+    ) -> bool:
+        self.delivered.append((incident_id, notice.principal))
+        return True
+
+
 async def test_a_notice_whose_worker_died_is_delivered_once_its_lease_runs_out(
     settings: CommonSettings,
 ) -> None:
@@ -546,16 +559,8 @@ async def test_a_notice_whose_worker_died_is_delivered_once_its_lease_runs_out(
     delivered now), one whose lease still runs (a live worker has it: untouched), and one
     leased five times already (it counts as failed without another try)."""
     escalation = create_escalation(EscalationSettings(**settings.model_dump()))
-    delivered: list[str] = []
-
-    class Recording:
-        async def deliver(
-            self, incident_id: str, notice: Notified, *, delivery_id: str | None = None
-        ) -> bool:
-            delivered.append(incident_id)
-            return True
-
-    escalation.state.escalation.notifier = Recording()
+    recording = Recording()
+    escalation.state.escalation.notifier = recording
     now = datetime.now(UTC)
     rows = {
         "lapsed": (-1.0, 1),
@@ -597,7 +602,23 @@ async def test_a_notice_whose_worker_died_is_delivered_once_its_lease_runs_out(
         "leased": ("pending", 1),
         "given-up": ("failed", 6),
     }
-    assert delivered == ["lapsed"]
+    assert [incident for incident, _ in recording.delivered] == ["lapsed"]
+
+
+def two_levels() -> Triaged:
+    """A decision asking p-chen at level 1 and p-zhou at level 2, ten minutes each."""
+    return Triaged(
+        category="harassment",
+        severity="critical",
+        policy_version="t",
+        chain=[
+            ChainLevel(
+                level=1, role="hr_case_handler", recipients=["p-chen"], acknowledge_within=600
+            ),
+            ChainLevel(level=2, role="hr_head", recipients=["p-zhou"], acknowledge_within=600),
+        ],
+        report_digest=DIGEST,
+    )
 
 
 async def test_a_failed_delivery_before_the_triage_decision_still_asks_the_next_level(
@@ -618,18 +639,7 @@ async def test_a_failed_delivery_before_the_triage_decision_still_asks_the_next_
     esc.notifier = Failing()
     incident = str(uuid.uuid4())
     now = datetime.now(UTC)
-    decision = Triaged(
-        category="harassment",
-        severity="critical",
-        policy_version="t",
-        chain=[
-            ChainLevel(
-                level=1, role="hr_case_handler", recipients=["p-chen"], acknowledge_within=600
-            ),
-            ChainLevel(level=2, role="hr_head", recipients=["p-zhou"], acknowledge_within=600),
-        ],
-        report_digest=DIGEST,
-    )
+    decision = two_levels()
 
     def event(type_: str, data: Any) -> Any:
         return make_event(type_, subject=incident, data=data, source="/t", time=now)
@@ -674,3 +684,54 @@ async def test_a_failed_delivery_before_the_triage_decision_still_asks_the_next_
     assert {"level": 2, "recipients": ["p-zhou"], "reason": "delivery_failed"}.items() <= moves[
         0
     ].items()
+
+
+async def test_a_notice_queued_for_someone_excluded_since_is_never_sent(
+    settings: CommonSettings,
+) -> None:
+    """Level 1's notice comes on incident.activity, a reassignment that removes its
+    recipient on incident.triage: no order between them, and a notice waits in the queue
+    while a webhook is retried. A notice whose recipient the incident excludes by the
+    time the worker takes it is not sent: recorded failed (`gave_up`, no adapter)."""
+    escalation = create_escalation(EscalationSettings(**settings.model_dump()))
+    recording = Recording()
+    esc = escalation.state.escalation
+    esc.notifier = recording
+    incident = str(uuid.uuid4())
+    now = datetime.now(UTC)
+    decision = two_levels()
+    removal = {"removed": [{"principal": "p-chen", "rule": "accused"}]}
+
+    def event(type_: str, data: Any) -> Any:
+        return make_event(type_, subject=incident, data=data, source="/t", time=now)
+
+    async with serving(escalation, "http://escalation"):
+        await esc.on_triage(
+            [
+                event_record("incident.triage", event("incident.triaged.v1", decision), 0),
+                event_record("incident.triage", event("incident.reassigned.v1", removal), 1),
+            ]
+        )
+        await esc.on_activity(
+            [event_record("incident.activity", event("incident.notified.v1", NOTICE), 0)]
+        )
+
+        async def settled() -> str | None:
+            async with esc.runtime.db.acquire() as conn:
+                state: str | None = await conn.fetchval(
+                    "SELECT state FROM deliveries WHERE incident_id = $1", incident
+                )
+            return state if state != "pending" else None
+
+        assert await eventually(settled, timeout=30) == "failed"
+        async with esc.runtime.db.acquire() as conn:
+            outcomes = [
+                json.loads(bytes(r["value"]))
+                for r in await conn.fetch(
+                    "SELECT value FROM outbox WHERE key = $1 ORDER BY position", incident
+                )
+            ]
+    # level 2 (p-zhou), asked at once, may have been told already
+    assert "p-chen" not in {principal for _, principal in recording.delivered}
+    (failed,) = [e["data"] for e in outcomes if e["type"] == "incident.notice.failed.v1"]
+    assert (failed["principal"], failed["reason"], failed["adapter"]) == ("p-chen", "gave_up", None)
