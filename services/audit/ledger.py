@@ -584,12 +584,16 @@ class PostgresLedger:
             )
         ]
 
-    async def entries_of(self, incident_ids: Sequence[str]) -> dict[str, list[LedgerEvent]]:
+    async def entries_of(
+        self, incident_ids: Sequence[str], families: Sequence[str] | None = None
+    ) -> dict[str, list[LedgerEvent]]:
         by_incident: dict[str, list[LedgerEvent]] = {}
         for row in await self.conn.fetch(
             "SELECT idx, recorded_at, incident_id, leaf FROM ledger WHERE incident_id = ANY($1)"
-            " AND valid AND event_type LIKE 'incident.%' ORDER BY idx",
+            " AND valid AND event_type LIKE 'incident.%'"
+            " AND ($2::text[] IS NULL OR event_type LIKE ANY($2)) ORDER BY idx",
             list(incident_ids),
+            None if families is None else [f + "%" for f in families],
         ):
             try:
                 envelope = parse_envelope(decode_leaf(bytes(row["leaf"]))["event"])

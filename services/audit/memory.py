@@ -144,10 +144,14 @@ class InMemoryLedger:
         found = {r.incident_id for r in self._rows[start:end] if _about_incident(r)}
         return sorted(i for i in found if i is not None)
 
-    async def entries_of(self, incident_ids: Sequence[str]) -> dict[str, list[LedgerEvent]]:
+    async def entries_of(
+        self, incident_ids: Sequence[str], families: Sequence[str] | None = None
+    ) -> dict[str, list[LedgerEvent]]:
         out: dict[str, list[LedgerEvent]] = {}
         for row in self._rows:
             incident = row.incident_id
+            if families is not None and not (row.event_type or "").startswith(tuple(families)):
+                continue
             if incident is not None and incident in incident_ids and _about_incident(row):
                 try:
                     out.setdefault(incident, []).append(_entry(row))

@@ -51,7 +51,12 @@ from services.domain.events import (
     READER_FIELDS,
     AccessDenied,
     IdentityDisclosed,
+    PeopleConfirmed,
     ReadRecorded,
+    Reassigned,
+    ReportAmended,
+    ReportSubmitted,
+    Triaged,
     Viewed,
     make_event,
 )
@@ -72,6 +77,13 @@ NOT_FOUND_DETAIL = "No events of this incident are in the ledger."
 LEDGER_SUBJECT = "ledger"
 """Subject of a read that is about a range of the ledger, not one incident."""
 OwnEvent = AccessDenied | IdentityDisclosed | Viewed | ReadRecorded
+JUDGED_TYPES = tuple(
+    t.TYPE.rsplit(".", 1)[0] + "."
+    for t in (ReportSubmitted, ReportAmended, PeopleConfirmed, Triaged, Reassigned)
+)
+"""The entries a conflict check reads (`_excluded`), as type families (every version:
+an older one is upcast when read): who is accused or named, the category, triage's
+exclusions and removals, and the report the reporter is matched from."""
 
 
 # ------------------------------------------------------------------------- errors
@@ -160,8 +172,11 @@ class Ledger(Protocol):
     async def incidents_between(self, start: int, end: int) -> list[str]:
         """The incidents with valid `incident.*` entries in [start, end)."""
 
-    async def entries_of(self, incident_ids: Sequence[str]) -> dict[str, list[LedgerEvent]]:
-        """Each incident's `incident.*` entries (leaves that no longer parse left out)."""
+    async def entries_of(
+        self, incident_ids: Sequence[str], families: Sequence[str] | None = None
+    ) -> dict[str, list[LedgerEvent]]:
+        """Each incident's `incident.*` entries (leaves that no longer parse left out);
+        only those whose type starts with one of `families` when given."""
 
     async def indexes_of(self, start: int, end: int, incident_ids: Sequence[str]) -> set[int]:
         """The indexes in [start, end) of entries about these incidents."""
@@ -536,12 +551,28 @@ class IncidentList:
 
 
 async def list_incidents(query: ListIncidents, uow: AuditUnitOfWork) -> IncidentList:
-    """A page of the index, without the incidents that exclude or accuse the principal
-    (the incident page checks the rest), with the filter menus and the index's lag."""
+    """A page of the index, without the incidents that exclude the principal, with the
+    filter menus and the index's lag.
+
+    The index hides what its rows say (triage's `excluded`, the accused); each incident
+    of the page is then judged as its page judges it (`_excluded`: the accused's line in
+    the directory, the reporter, the named, and whether the reader answers to an
+    accused, which triage checks only on the people it may route to). A page may so
+    hold fewer rows; its links still page through the index."""
+    principal = query.principal
     async with uow:
         page = await uow.index.page(
-            query.filters, before=query.before, after=query.after, hidden_from=query.principal
+            query.filters, before=query.before, after=query.after, hidden_from=principal
         )
+        ids = [str(row["incident_id"]) for row in page.rows]
+        judged = await uow.ledger.entries_of(ids, JUDGED_TYPES) if ids else {}
+        known: dict[str, Person | None] = {}
+        hidden = set()
+        for incident, entries in judged.items():
+            if principal in await _excluded(uow, incident, entries, principal, known):
+                hidden.add(incident)
+        if hidden:
+            page = replace(page, rows=[r for r in page.rows if r["incident_id"] not in hidden])
         return IncidentList(page, await uow.index.facets(), await uow.index.lag())
 
 

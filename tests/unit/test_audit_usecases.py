@@ -11,17 +11,20 @@ from typing import Any
 import pytest
 
 from services.audit.ledger import Consumed
-from services.audit.memory import AuditMemory, InMemoryAuditUnitOfWork
+from services.audit.memory import AuditMemory, InMemoryAuditUnitOfWork, InMemoryConsoleIndex
+from services.audit.ui_index import Filters, Page
 from services.audit.usecases import (
     AppendBatch,
     AuditConfig,
     Forbidden,
     KnowledgeQuery,
+    ListIncidents,
     NotFound,
     ReadEntries,
     ReadIncident,
     append_batch,
     knowledge,
+    list_incidents,
     read_entries,
     read_incident,
 )
@@ -242,3 +245,29 @@ async def test_rejected_copies_of_an_incident_are_withheld_from_a_reader_it_excl
     assert await append_batch(AppendBatch((refused,)), audit.uow()) == 1
     everyone = await read_entries(ReadEntries("p-audit"), audit.uow())
     assert everyone.withheld == {3}
+
+
+class OneRowIndex(InMemoryConsoleIndex):
+    """The console index listing the one incident, hidden only as the index hides it."""
+
+    async def page(
+        self, filters: Filters, *, before: int | None, after: int | None, hidden_from: str
+    ) -> Page:
+        return Page([{"incident_id": INCIDENT, "first_idx": 0}], None, None)
+
+
+async def test_the_console_list_leaves_out_an_incident_that_excludes_the_reader() -> None:
+    """The index hides an incident by triage's `excluded` and the accused alone; an
+    auditor who answers to the accused (a rule for harassment, checked on the reader, not
+    on triage's candidates) is excluded all the same, so the list leaves it out too."""
+    audit = Audit()
+    await fill(audit, report())
+
+    async def listed(principal: str) -> list[str]:
+        uow = audit.uow()
+        uow.index = OneRowIndex()
+        found = await list_incidents(ListIncidents(principal), uow)
+        return [row["incident_id"] for row in found.page.rows]
+
+    assert await listed("p-liu") == []
+    assert await listed("p-audit") == [INCIDENT]
