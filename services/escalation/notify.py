@@ -58,6 +58,7 @@ never an address, URL or server text). It travels in a context variable, so the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import inspect
@@ -66,6 +67,7 @@ import logging
 import random as _random
 import re
 import smtplib
+import socket
 import ssl
 import time
 import uuid
@@ -585,6 +587,15 @@ def _smtp_outcome(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+class _Session(smtplib.SMTP):
+    """An SMTP connection that is in `session` before it connects, so that a deadline
+    can shut its socket (`sock`, once it has one) from outside the thread."""
+
+    def __init__(self, host: str, port: int, timeout: float, session: list[smtplib.SMTP]):
+        session.append(self)
+        super().__init__(host, port, timeout=timeout)
+
+
 class SmtpNotifier(_Retrying):
     """A plain-text mail per notice, with a link to the console; see the module docstring."""
 
@@ -649,9 +660,10 @@ class SmtpNotifier(_Retrying):
         )
         return mail
 
-    def _send(self, mail: EmailMessage, address: str) -> None:
-        """One SMTP session, blocking (run in a thread)."""
-        with smtplib.SMTP(self.host, self.port, timeout=self.retry.timeout) as smtp:
+    def _send(self, mail: EmailMessage, address: str, session: list[smtplib.SMTP]) -> None:
+        """One SMTP session, blocking (run in a thread); the connection is put in
+        `session` so that the attempt's deadline can cut it (`_attempt`)."""
+        with _Session(self.host, self.port, self.retry.timeout, session) as smtp:
             smtp.ehlo()
             if self.starttls:
                 smtp.starttls(context=self._tls or ssl.create_default_context())
@@ -659,6 +671,27 @@ class SmtpNotifier(_Retrying):
             if self.username is not None:
                 smtp.login(self.username, self._password or "")
             smtp.send_message(mail, from_addr=self.sender, to_addrs=[address])
+
+    async def _attempt(self, mail: EmailMessage, address: str) -> None:
+        """One session in a thread, bounded by `timeout` as a whole: smtplib's timeout
+        bounds each read alone, so a server that answers a byte at a time could hold the
+        attempt (and the thread) for ever. At the deadline the connection is shut, which
+        ends the thread's blocked read, and `TimeoutError` (retried) is raised."""
+        session: list[smtplib.SMTP] = []
+        sending = asyncio.ensure_future(asyncio.to_thread(self._send, mail, address, session))
+        try:
+            async with asyncio.timeout(self.retry.timeout):
+                await asyncio.shield(sending)
+        except TimeoutError:
+            while not sending.done():  # the thread ends on the shut connection
+                for smtp in session:  # its socket, once the connection has one
+                    if smtp.sock is not None:
+                        with contextlib.suppress(OSError):
+                            smtp.sock.shutdown(socket.SHUT_RDWR)
+                await asyncio.wait({sending}, timeout=0.05)
+            if not sending.cancelled():
+                sending.exception()  # retrieved: the attempt's outcome is the timeout
+            raise
 
     async def _deliver(self, incident_id: str, notice: Notified, _: str | None) -> bool:
         found = self.recipients_by_principal(notice.principal)
@@ -672,7 +705,7 @@ class SmtpNotifier(_Retrying):
         outcome = "not tried"
         for attempt in range(self.retry.retries + 1):
             try:
-                await asyncio.to_thread(self._send, mail, address)
+                await self._attempt(mail, address)
             except (smtplib.SMTPException, OSError) as exc:
                 outcome = _smtp_outcome(exc)
                 if not smtp_transient(exc):

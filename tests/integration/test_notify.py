@@ -13,6 +13,8 @@ import ipaddress
 import json
 import socket
 import ssl
+import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -308,6 +310,48 @@ async def test_a_busy_smtp_server_is_retried_and_a_refused_recipient_is_not() ->
 async def test_no_smtp_server_means_false_after_the_retries() -> None:
     once_more = RetryPolicy(timeout=2.0, retries=1, backoff=0.02)
     assert await mailer(free_port(), retry=once_more).deliver(INCIDENT, NOTICE) is False
+
+
+@contextlib.contextmanager
+def dripping_server() -> Iterator[int]:
+    """An SMTP server that never finishes its greeting: a byte every 0.1 s, so no single
+    read ever waits as long as the adapter's timeout."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    stop = threading.Event()
+
+    def serve() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with conn, contextlib.suppress(OSError):
+                conn.sendall(b"220 ")
+                while not stop.wait(0.1):
+                    conn.sendall(b"x")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield int(listener.getsockname()[1])
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+
+
+async def test_an_smtp_server_that_drips_its_answer_is_bounded_by_the_timeout() -> None:
+    """Each attempt is bounded by `timeout` as a whole, not per read: a server that sends
+    a byte now and then never holds a delivery (nor its worker's thread) for long."""
+    once = RetryPolicy(timeout=0.5, retries=1, backoff=0.02)
+    with dripping_server() as port:
+        began = time.monotonic()
+        delivered = await asyncio.wait_for(mailer(port, retry=once).deliver(INCIDENT, NOTICE), 10)
+    assert delivered is False
+    assert time.monotonic() - began < 3
 
 
 def self_signed(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:

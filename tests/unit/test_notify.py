@@ -463,7 +463,7 @@ async def test_the_address_comes_from_the_service_s_lookup_when_the_notice_is_se
 
     sent: list[str] = []
     notifier = smtp(lookup)
-    monkeypatch.setattr(notifier, "_send", lambda mail, address: sent.append(address))
+    monkeypatch.setattr(notifier, "_send", lambda mail, address, _session: sent.append(address))
     assert await notifier.deliver(INCIDENT, NOTICE)
     addresses["p-chen"] = "mei.chen@example.com"  # changed through the directory API
     assert await notifier.deliver(INCIDENT, NOTICE)
