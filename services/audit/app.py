@@ -94,7 +94,10 @@ def create_app(settings: AuditSettings | None = None) -> FastAPI:
     if witnesses.witnesses:  # separate from signing: a witness that is down delays nothing
         runtime.background("witness-submitter", witnesses.run)
     runtime.background("console-index", indexer(runtime, index_grew, IDLE_LOOK_SECONDS))
-    app = build_app(runtime, title="Incidents audit")
+    # The event-proof route is what intake asks as a reporter opens her receipt: its span
+    # would keep the submission's event id (so the incident) and when she looked, and
+    # receipt views are never recorded (docs/reporters.md).
+    app = build_app(runtime, title="Incidents audit", untraced=("v1/ledger/proofs/event",))
     app.state.signer = signer
     app.state.heads = heads
     app.state.witnesses = witnesses

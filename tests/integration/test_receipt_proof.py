@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from typer.testing import CliRunner
 
 from services.audit.app import create_app as create_audit
@@ -24,10 +25,12 @@ from services.infra.settings import AuditSettings, CommonSettings, IntakeSetting
 from services.witness.app import create_app as create_witness
 from services.witness.config import WitnessSettings, load_key
 from tests.helpers import eventually
+from tests.integration import test_tracing
 from tests.integration.test_reports import REPORT, Intake, running_intake
 from tests.integration.test_witness_cosigning import _free_port, _serve, _stop
 
 pytestmark = pytest.mark.integration
+spans = test_tracing.spans  # the fixture collecting spans in memory
 
 
 @pytest.fixture
@@ -119,3 +122,22 @@ async def test_the_receipt_proof_shows_the_log_held_and_still_holds_the_report(
 async def _grown(intake: Intake, receipt: str, secret: str, size: int) -> bool:
     proof = await _proof(intake, receipt, secret)
     return proof is not None and proof["tree_size"] > size
+
+
+async def test_a_receipt_view_leaves_no_trace_in_audit_either(
+    stack: tuple[Intake, str, str, str], spans: InMemorySpanExporter
+) -> None:
+    """The reporter's receipt views are not recorded (docs/reporters.md): intake's route
+    is untraced, and so is the proof route of audit it calls, whose span would keep the
+    submission's event id (so the incident) and the instant she looked."""
+    intake, *_ = stack
+    answer = await intake.client.post("/v1/reports", json=REPORT)
+    assert answer.status_code == 202
+    receipt, secret = answer.json()["receipt"], answer.json()["secret"]
+    proof = await eventually(lambda: _proof(intake, receipt, secret), timeout=30)
+    spans.clear()
+    assert await _proof(intake, receipt, secret) == proof
+    for span in spans.get_finished_spans():
+        seen = f"{span.name} {dict(span.attributes or {})}"
+        assert "proofs" not in seen and proof["event_id"] not in seen, seen
+        assert receipt not in seen, seen
