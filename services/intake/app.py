@@ -81,6 +81,7 @@ def create_app(settings: IntakeSettings | None = None) -> FastAPI:
             "v1/people",  # the people search: who searched for whom is never recorded
             "ui/report",
             "ui/receipt",
+            "ui/lang",  # the language switch: its `next` names the page she came from
             "ui/static",
             "ui/$",
         ),

@@ -123,6 +123,18 @@ async def test_the_people_search_shows_only_id_name_and_unit(
     assert await intake.counts() == before
 
 
+async def test_the_language_switch_leaves_no_trace(
+    intake: Intake, spans: InMemorySpanExporter
+) -> None:
+    """An anonymous reporter switching language on her receipt page: the switch's span
+    would keep when she did and `next=/ui/receipt`."""
+    spans.clear()
+    answer = await intake.client.get("/ui/lang/fr", params={"next": "/ui/receipt"})
+    assert answer.status_code in (302, 303, 307), answer.text
+    traced = [f"{s.name} {dict(s.attributes or {})}" for s in spans.get_finished_spans()]
+    assert not [t for t in traced if "lang" in t or "receipt" in t], traced
+
+
 async def test_the_people_search_is_rate_limited_per_client(intake: Intake) -> None:
     service = intake.app.state.intake
     saved = service.searches
