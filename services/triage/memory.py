@@ -71,6 +71,11 @@ class MemoryDecisions:
     async def keep_state(self, incident_id: str, state: dict[str, Any]) -> None:
         self._change(incident_id, state=state)
 
+    async def states(self) -> list[tuple[str, dict[str, Any]]]:
+        ids = sorted({*self.store.decisions, *self.staged.decisions})
+        rows = [self._get(i) for i in ids]
+        return [(r.incident_id, r.state) for r in rows if r is not None and r.state is not None]
+
     async def set_amendments(self, incident_id: str, amendments: list[dict[str, Any]]) -> None:
         self._change(incident_id, amendments=list(amendments))
 

@@ -64,6 +64,12 @@ class PostgresDecisions:
             json.dumps(state),
         )
 
+    async def states(self) -> list[tuple[str, dict[str, Any]]]:
+        rows = await self.conn.fetch(
+            "SELECT incident_id, state FROM decisions WHERE state IS NOT NULL ORDER BY incident_id"
+        )
+        return [(row["incident_id"], json.loads(row["state"])) for row in rows]
+
     async def set_amendments(self, incident_id: str, amendments: list[dict[str, Any]]) -> None:
         await self.conn.execute(
             "UPDATE decisions SET amendments = $2::jsonb WHERE incident_id = $1",

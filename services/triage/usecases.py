@@ -43,6 +43,7 @@ from services.domain.events import (
     InvalidEvent,
     Notified,
     PeopleConfirmed,
+    PeopleImported,
     ReassignmentOrdered,
     Recused,
     ReportAmended,
@@ -56,6 +57,7 @@ from services.domain.org import (
     DirectoryProjection,
     DirectoryView,
     Org,
+    OrgPerson,
 )
 from services.domain.policy import Policy
 from services.domain.triage import (
@@ -139,6 +141,10 @@ class Decisions(Protocol):
         ...
 
     async def keep_state(self, incident_id: str, state: dict[str, Any]) -> None: ...
+
+    async def states(self) -> list[tuple[str, dict[str, Any]]]:
+        """(incident, kept state) of every decision whose state is kept."""
+        ...
 
     async def set_amendments(self, incident_id: str, amendments: list[dict[str, Any]]) -> None: ...
 
@@ -362,9 +368,72 @@ class TriageUseCases:
                 [(c.envelope.id, c.body or c.envelope.to_bytes()) for c in kept]
             )
         if kept:
+            touched = {p for c in kept for p in _people_of(c.envelope)}
+            before = {p: _line_facts(self.org.person(p)) for p in touched}
             async with uow:  # once they are committed: a fold never runs ahead of the log
                 await self._refresh_directory(uow, {c.envelope.id: c.envelope for c in kept})
+            view = self.org
+            moved = {
+                p
+                for p, facts in before.items()
+                if facts is not None and facts != _line_facts(view.person(p))
+            }
+            if moved:
+                await self.recheck(moved, kept[-1].envelope.id, uow)
         return len(kept)
+
+    async def recheck(self, moved: set[str], cause_id: str, uow: TriageUnitOfWork) -> int:
+        """Run the accused-based exclusions again, on the directory as it is now, for every
+        decision a directory change may touch: someone whose manager or roles changed
+        (`moved`) is on the management line of one of its accused, its routed people or
+        its independent fallback. The chain was resolved when the report was decided; a
+        manager change can since have put a later level's recipient in the accused's line
+        (or under the accused), and nothing else would take them off before escalation
+        asks them. Anyone newly excluded is removed (`incident.reassigned.v1`), and an
+        emptied level resolved again, as for an amendment. Returns how many incidents
+        changed. Event ids derive from `cause_id` (the batch's last directory event) and
+        the incident, so a batch handled again publishes nothing twice."""
+        changed = 0
+        async with uow:
+            view = self.org
+            for incident, state in await uow.decisions.states():
+                if not _touches(state["decision"], moved, view):
+                    continue
+                kept = await self._kept(uow, incident)  # locked, as it stands now
+                result = reexclude(kept.decision, [], view, kept.policy)
+                reassigned = result.to_reassigned()
+                if reassigned is None:
+                    continue
+                await uow.decisions.keep_state(incident, _state(result.decision, kept.digest))
+                outputs: Outputs = [reassigned, *_notified(reassigned.added, kept.digest)]
+                now = datetime.now(UTC)
+                correlation = await uow.recorder.correlation_of(incident)  # the report's
+                events = [
+                    make_event(
+                        data.TYPE,
+                        subject=incident,
+                        data=data,
+                        source=self.source,
+                        time=now,
+                        actor="system:triage",
+                        causationid=cause_id,
+                        correlationid=correlation,
+                        traceparent=self.traceparent(),
+                        event_id=str(uuid.uuid5(EVENT_IDS, f"{cause_id}:{incident}:{i}")),
+                    )
+                    for i, data in enumerate(outputs)
+                ]
+                version = (await uow.recorder.stream_versions([incident]))[incident]
+                await uow.recorder.append_streams(
+                    [(incident, version, events)], topic_prefix=self.topic_prefix
+                )
+                log.warning(
+                    "incident %s: a directory change excluded %s",
+                    incident,
+                    ", ".join(x.principal for x in reassigned.removed),
+                )
+                changed += 1
+        return changed
 
     async def _refresh_directory(
         self, uow: TriageUnitOfWork, known: Mapping[str, Envelope] | None = None
@@ -670,3 +739,45 @@ def _notified(principals: Sequence[str], digest: str) -> Outputs:
 def _state(decision: TriageDecision, digest: str) -> dict[str, Any]:
     """`decisions.state`: the decision and the digest of the report version it shows."""
     return {"decision": decision.to_json(), "report_digest": digest}
+
+
+MAX_LINE = 100
+"""Managers walked above one person at most when looking for a moved one (data may loop)."""
+
+
+def _people_of(envelope: Envelope) -> list[str]:
+    """The people a directory event changes (one, or a chunk's)."""
+    data = data_of(envelope)
+    if isinstance(data, PeopleImported):
+        return [p.person_id for p in data.people]
+    person = getattr(data, "person_id", None)
+    return [person] if isinstance(person, str) else []
+
+
+def _line_facts(person: OrgPerson | None) -> tuple[str | None, frozenset[str]] | None:
+    """What of a person the exclusions walk: their manager and roles (None: unknown)."""
+    return None if person is None else (person.manager, person.roles)
+
+
+def _touches(decision: Mapping[str, Any], moved: set[str], org: DirectoryView) -> bool:
+    """Whether someone in `moved` is an accused, a routed or independent person of the
+    decision (as kept: `TriageDecision.to_json`, read without parsing it whole), or on
+    the management line above one of them (as the directory is now: the first person of
+    a line whose manager changed is on the line before and after)."""
+    watched = [
+        *decision.get("accused", ()),
+        *(p for level in decision.get("chain", ()) for p in level.get("recipients", ())),
+        *decision.get("independent", ()),
+    ]
+    seen: set[str] = set()
+    for start in watched:
+        current: str | None = start
+        for _ in range(MAX_LINE):
+            if current is None or current in seen:
+                break
+            if current in moved:
+                return True
+            seen.add(current)
+            person = org.person(current)
+            current = person.manager if person is not None else None
+    return False

@@ -280,3 +280,28 @@ async def test_an_unresolved_name_asks_the_independent_until_confirmed_then_recu
     ]
     told = [(d["principal"], d["level"]) for d in of_type(events, "incident.notified.v1")]
     assert told == [("p-sun", 1), ("p-chen", 1), ("p-ma", 1)]
+
+
+async def test_a_reorganisation_that_puts_level_2_above_the_accused_takes_her_off(
+    stack: tuple[httpx.AsyncClient, FastAPI], settings: CommonSettings
+) -> None:
+    """The seed case routes level 2 to p-zhou (hr_head). HR then moves the accused under
+    her: she now manages him, so triage removes her before escalation ever asks her."""
+    intake, _ = stack
+    incident = (await intake.post("/v1/reports", json=SEED_CASE)).json()["incident_id"]
+    await eventually(lambda: _at_least(settings, incident, 3))
+    admin = {"authorization": "Bearer dev-admin-token"}
+    wang = (await intake.get("/v1/directory/people/p-wang", headers=admin)).json()
+    record = {k: v for k, v in wang.items() if k not in ("person_id", "pending_grants")}
+    moved = await intake.put(
+        "/v1/directory/people/p-wang", headers=admin, json={**record, "manager_id": "p-zhou"}
+    )
+    assert moved.status_code == 200, moved.text
+
+    async def reassigned() -> list[Any] | None:
+        events = await decisions_for(settings, incident)
+        return events if any(e.type == "incident.reassigned.v1" for e in events) else None
+
+    events = await eventually(reassigned, timeout=20)
+    change = next(e for e in events if e.type == "incident.reassigned.v1").data
+    assert change["removed"] == [{"principal": "p-zhou", "rule": "accused_management_chain"}]

@@ -89,6 +89,11 @@ class Triage:
         assert await self.usecases.keep_directory(KeepDirectory(causes), self.uow()) == len(PEOPLE)
         return self
 
+    async def states(self) -> list[tuple[str, dict[str, Any]]]:
+        uow = self.uow()
+        async with uow:
+            return await uow.decisions.states()
+
     def emitted(self, incident: str) -> list[Envelope]:
         return [r.stored().envelope for r in self.store.events if r.stream_id == incident]
 
@@ -270,3 +275,40 @@ async def test_a_changed_policy_under_an_old_version_is_refused() -> None:
     other = TriageUseCases(changed, PSEUDONYMS)
     with pytest.raises(PolicyConflict):
         await other.record_policy(RecordPolicy(changed), triage.uow())
+
+
+def upserted(person: str, manager: str | None, roles: list[str], unit: str) -> Envelope:
+    return make_event(
+        "directory.person.upserted.v1",
+        subject=person,
+        data={"person_id": person, "unit": unit, "manager_id": manager, "roles": roles},
+        source="/services/intake",
+        time=T0,
+        actor="p-admin",
+    )
+
+
+async def test_a_manager_change_that_puts_a_later_level_in_the_accused_line_removes_her() -> None:
+    """The chain is resolved when the report is decided; a directory change can then make
+    a later level's recipient the accused's manager. Triage runs the exclusions again for
+    the decisions the change touches, so escalation never asks her: she is removed, and
+    her emptied level resolved again (nobody else holds hr_head here)."""
+    triage = await Triage().seeded()
+    incident = await decided(triage, ["p-wang"])
+    triaged = data(triage.emitted(incident), "incident.triaged.v1")[0]
+    assert triaged["chain"][1]["recipients"] == ["p-zhou"]
+    move = triage.cause(upserted("p-wang", "p-zhou", ["store_manager"], "city-retail"))
+    assert await triage.usecases.keep_directory(KeepDirectory([move]), triage.uow()) == 1
+    (reassigned,) = data(triage.emitted(incident), "incident.reassigned.v1")
+    assert reassigned == {
+        "removed": [{"principal": "p-zhou", "rule": "accused_management_chain"}],
+        "added": [],
+    }
+    (row,) = [s for i, s in await triage.states() if i == incident]
+    assert any(x["principal"] == "p-zhou" for x in row["decision"]["excluded"])
+    # the same batch again changes nothing; a change off every line touches no decision
+    assert await triage.usecases.keep_directory(KeepDirectory([move]), triage.uow()) == 0
+    before = len(triage.emitted(incident))
+    aside = upserted("p-admin", "p-admin2", ["admin"], "group")
+    await triage.usecases.keep_directory(KeepDirectory([triage.cause(aside)]), triage.uow())
+    assert len(triage.emitted(incident)) == before
