@@ -27,12 +27,15 @@ class TriageStore:
     directory_log: list[tuple[str, bytes]] = field(default_factory=list)
     """(event id, body); an event's seq is its index plus one."""
     policies: dict[str, dict[str, Any]] = field(default_factory=dict)
+    rechecked: int = 0
+    """`directory_rechecked.seq`: the directory seq the decisions were checked against."""
 
 
 class _Staged:
     def __init__(self) -> None:
         self.decisions: dict[str, StoredDecision] = {}
         self.directory_log: list[tuple[str, bytes]] = []
+        self.rechecked: int | None = None
         self.policies: dict[str, dict[str, Any]] = {}
 
 
@@ -95,6 +98,13 @@ class MemoryDirectoryLog:
         log = self.store.directory_log + self.staged.directory_log
         return [(n, i, body) for n, (i, body) in enumerate(log, start=1) if n > seq]
 
+    async def rechecked(self) -> int:
+        staged = self.staged.rechecked
+        return staged if staged is not None else self.store.rechecked
+
+    async def mark_rechecked(self, seq: int) -> None:
+        self.staged.rechecked = seq
+
 
 class MemoryPolicies:
     def __init__(self, store: TriageStore, staged: _Staged) -> None:
@@ -140,6 +150,8 @@ class InMemoryTriageUnitOfWork(InMemoryUnitOfWork):
         self.triage.decisions.update(staged.decisions)
         self.triage.directory_log.extend(staged.directory_log)
         self.triage.policies.update(staged.policies)
+        if staged.rechecked is not None:
+            self.triage.rechecked = staged.rechecked
         self._staged = _Staged()
         super().commit()
 

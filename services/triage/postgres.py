@@ -97,6 +97,13 @@ class PostgresDirectoryLog:
         )
         return [(int(row["seq"]), row["event_id"], bytes(row["body"])) for row in rows]
 
+    async def rechecked(self) -> int:
+        seq = await self.conn.fetchval("SELECT seq FROM directory_rechecked FOR UPDATE")
+        return int(seq or 0)
+
+    async def mark_rechecked(self, seq: int) -> None:
+        await self.conn.execute("UPDATE directory_rechecked SET seq = $1", seq)
+
 
 class PostgresPolicies:
     def __init__(self, conn: asyncpg.Connection) -> None:

@@ -160,6 +160,13 @@ class DirectoryLog(Protocol):
         """(seq, event id, body) of the events kept after `seq`, in order."""
         ...
 
+    async def rechecked(self) -> int:
+        """The seq up to which the decisions were checked again (held to the end of the
+        unit of work, so two workers never re-check the same events)."""
+        ...
+
+    async def mark_rechecked(self, seq: int) -> None: ...
+
 
 class Policies(Protocol):
     """Every policy version triage ran with, verbatim (`policies`)."""
@@ -368,34 +375,51 @@ class TriageUseCases:
                 [(c.envelope.id, c.body or c.envelope.to_bytes()) for c in kept]
             )
         if kept:
-            touched = {p for c in kept for p in _people_of(c.envelope)}
-            before = {p: _line_facts(self.org.person(p)) for p in touched}
             async with uow:  # once they are committed: a fold never runs ahead of the log
                 await self._refresh_directory(uow, {c.envelope.id: c.envelope for c in kept})
-            view = self.org
-            moved = {
-                p
-                for p, facts in before.items()
-                if facts is not None and facts != _line_facts(view.person(p))
-            }
-            if moved:
-                await self.recheck(moved, kept[-1].envelope.id, uow)
+        await self.recheck(uow, {c.envelope.id: c.envelope for c in kept})
         return len(kept)
 
-    async def recheck(self, moved: set[str], cause_id: str, uow: TriageUnitOfWork) -> int:
+    async def recheck(
+        self, uow: TriageUnitOfWork, known: Mapping[str, Envelope] | None = None
+    ) -> int:
         """Run the accused-based exclusions again, on the directory as it is now, for every
-        decision a directory change may touch: someone whose manager or roles changed
-        (`moved`) is on the management line of one of its accused, its routed people or
-        its independent fallback. The chain was resolved when the report was decided; a
-        manager change can since have put a later level's recipient in the accused's line
-        (or under the accused), and nothing else would take them off before escalation
-        asks them. Anyone newly excluded is removed (`incident.reassigned.v1`), and an
-        emptied level resolved again, as for an amendment. Returns how many incidents
-        changed. Event ids derive from `cause_id` (the batch's last directory event) and
-        the incident, so a batch handled again publishes nothing twice."""
+        decision the directory events folded since the last re-check may touch: someone
+        whose manager or roles changed (`moved`) is on the management line of one of its
+        accused, its routed people or its independent fallback. The chain was resolved
+        when the report was decided; a manager change can since have put a later level's
+        recipient in the accused's line (or under the accused), and nothing else would
+        take them off before escalation asks them. Anyone newly excluded is removed
+        (`incident.reassigned.v1`), and an emptied level resolved again, as for an
+        amendment. The re-check commits with its mark (`directory_rechecked`), so one
+        lost to a stop is done with the next directory batch. Event ids derive from the
+        last directory event looked at and the incident. Returns how many incidents
+        changed (`known`: envelopes of the log already parsed, by id)."""
         changed = 0
         async with uow:
+            done = await uow.directory_log.rechecked()
             view = self.org
+            if done >= view.seq:
+                return 0
+            rows = [r for r in await uow.directory_log.after(done) if r[0] <= view.seq]
+            if not rows:
+                return 0
+            cause_id = rows[-1][1]
+            touched = {
+                p
+                for _, event_id, body in rows
+                for p in _people_of((known or {}).get(event_id) or parse_envelope(body))
+            }
+            then = self.directory.at(done)
+            moved = {
+                p
+                for p in touched
+                if (old := _line_facts(then.person(p))) is not None
+                and old != _line_facts(view.person(p))
+            }
+            await uow.directory_log.mark_rechecked(view.seq)
+            if not moved:
+                return 0
             for incident, state in await uow.decisions.states():
                 if not _touches(state["decision"], moved, view):
                     continue
@@ -746,12 +770,12 @@ MAX_LINE = 100
 
 
 def _people_of(envelope: Envelope) -> list[str]:
-    """The people a directory event changes (one, or a chunk's)."""
-    data = data_of(envelope)
-    if isinstance(data, PeopleImported):
-        return [p.person_id for p in data.people]
-    person = getattr(data, "person_id", None)
-    return [person] if isinstance(person, str) else []
+    """The people a directory event changes (one, or a chunk's), from its data as kept
+    (validated when it was consumed; an import's chunk is not parsed a second time)."""
+    data = envelope.data if isinstance(envelope.data, Mapping) else {}
+    listed = data.get("people") if envelope.type == PeopleImported.TYPE else [data]
+    ids = (p.get("person_id") for p in listed or () if isinstance(p, Mapping))
+    return [i for i in ids if isinstance(i, str)]
 
 
 def _line_facts(person: OrgPerson | None) -> tuple[str | None, frozenset[str]] | None:

@@ -312,3 +312,28 @@ async def test_a_manager_change_that_puts_a_later_level_in_the_accused_line_remo
     aside = upserted("p-admin", "p-admin2", ["admin"], "group")
     await triage.usecases.keep_directory(KeepDirectory([triage.cause(aside)]), triage.uow())
     assert len(triage.emitted(incident)) == before
+
+
+async def test_a_recheck_lost_to_a_stop_is_done_with_the_next_directory_batch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The batch is committed and folded, then the worker stops before its re-check: the
+    mark did not move, so the next directory batch (here one that touches nobody's line)
+    re-checks the earlier change too."""
+    triage = await Triage().seeded()
+    incident = await decided(triage, ["p-wang"])
+    recheck = triage.usecases.recheck
+
+    async def stopped(*_: object, **__: object) -> int:
+        raise RuntimeError("the worker stopped")
+
+    monkeypatch.setattr(triage.usecases, "recheck", stopped)
+    move = triage.cause(upserted("p-wang", "p-zhou", ["store_manager"], "city-retail"))
+    with pytest.raises(RuntimeError):
+        await triage.usecases.keep_directory(KeepDirectory([move]), triage.uow())
+    assert data(triage.emitted(incident), "incident.reassigned.v1") == []
+    monkeypatch.setattr(triage.usecases, "recheck", recheck)
+    aside = triage.cause(upserted("p-admin", "p-admin2", ["admin"], "group"))
+    await triage.usecases.keep_directory(KeepDirectory([aside]), triage.uow())
+    (reassigned,) = data(triage.emitted(incident), "incident.reassigned.v1")
+    assert reassigned["removed"] == [{"principal": "p-zhou", "rule": "accused_management_chain"}]
