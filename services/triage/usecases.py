@@ -420,10 +420,16 @@ class TriageUseCases:
             await uow.directory_log.mark_rechecked(view.seq)
             if not moved:
                 return 0
-            for incident, state in await uow.decisions.states():
-                if not _touches(state["decision"], moved, view):
-                    continue
-                kept = await self._kept(uow, incident)  # locked, as it stands now
+            incidents = [
+                i
+                for i, state in await uow.decisions.states()
+                if _touches(state["decision"], moved, view)
+            ]
+            # every row locked (in order) before any append: an append holds the outbox
+            # to the commit, as an amendment's does after its one row lock
+            locked = [await self._kept(uow, incident) for incident in sorted(incidents)]
+            for kept in locked:
+                incident = kept.row.incident_id
                 result = reexclude(kept.decision, [], view, kept.policy)
                 reassigned = result.to_reassigned()
                 if reassigned is None:
