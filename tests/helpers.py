@@ -119,7 +119,7 @@ severities:
     feedback_within: 90d
 reporter_acknowledgement_within: 7d
 conflicts:
-  exclude: [accused, accused_management_chain, named_in_report, reporter]
+  exclude: [accused, accused_management_chain, named_in_report, reporter, accused_reports]
   independent_roles: [chief_ethics_officer, board_audit_committee]
 """
 

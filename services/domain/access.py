@@ -286,6 +286,10 @@ class Refused:
     action: Action
     reason: RefusalReason
     rule: str | None = None
+    answered_as: RefusalReason | None = None
+    """The reason the caller is answered by, where it is not `reason`: an excluded
+    standing reader's write is answered as any standing reader's (`read_only`), so the
+    answer never tells an incident that excludes her from an unknown id."""
 
     @property
     def detail(self) -> str:
@@ -297,7 +301,7 @@ class Refused:
     def conceals(self) -> bool:
         """True when the answer must not reveal that the incident exists: always, but
         for a caller who knows of it anyway (a reader, a routed principal)."""
-        return self.reason not in ("read_only", "role_required")
+        return (self.answered_as or self.reason) not in ("read_only", "role_required")
 
 
 Decision = Allowed | Refused
@@ -319,9 +323,17 @@ def decide(
         raise ValueError(f"unknown action {action!r}")
     held = set(roles)
     rule = routing.excluded.get(principal)
-    if rule is not None:
-        return Refused(action, "excluded", rule)
     level = routing.routed.get(principal)
+    if rule is not None:
+        # A standing reader writes to no incident, known or not (`read_only`, 403): an
+        # excluded one is answered so too, or a 404 would tell her a report excludes her.
+        standing_write = (
+            STANDING_READ_ROLES & held
+            and level is None
+            and action not in READ_ACTIONS
+            and action != "reassign"
+        )
+        return Refused(action, "excluded", rule, "read_only" if standing_write else None)
     if action == "reassign":
         if grants.reassign & held:
             return Allowed(action, "routed" if level is not None else "standing_role", level)

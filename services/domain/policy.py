@@ -5,7 +5,8 @@ seconds.
 
 `conflicts` (docs/conflicts.md):
 
-- `exclude`: the rules on for every category (default: all but `accused_reports`);
+- `exclude`: the rules on for every category (default: all of them; `accused`,
+  `accused_management_chain` and `accused_reports` can never be left out);
 - `categories: {<category>: {exclude: [...]}}`: rules turned on for one category in
   addition (a category can add rules, never remove one); `rules_for(category)`;
 - `independent_roles`: managers above the accused holding one of these stay eligible,
@@ -58,9 +59,12 @@ CONFLICT_RULES = (
     "accused_reports",
 )
 """The conflict rules a policy may turn on, in the order a person's first rule is chosen."""
-DEFAULT_EXCLUDE = CONFLICT_RULES[:4]
-"""`conflicts.exclude` when the policy is silent: every rule but `accused_reports`, which
-a policy turns on explicitly (for all categories or per category)."""
+DEFAULT_EXCLUDE = CONFLICT_RULES
+"""`conflicts.exclude` when the policy is silent: every rule."""
+MANDATORY_EXCLUDE = ("accused", "accused_management_chain", "accused_reports")
+"""Rules no policy may leave out of `conflicts.exclude`: a report never reaches the
+accused, his management line, or anyone who answers to him (SPEC invariant 3), in any
+category."""
 DEFAULT_REASSIGN_ROLES = ("chief_ethics_officer",)
 """`conflicts.reassign_roles` when the policy is silent."""
 
@@ -138,6 +142,16 @@ class Conflicts(BaseModel):
         unknown = _unknown_rules(self.exclude)
         if unknown:
             raise ValueError(f"unknown conflict rules {unknown}; known: {CONFLICT_RULES}")
+        missing = [rule for rule in MANDATORY_EXCLUDE if rule not in self.exclude]
+        if missing:
+            raise _located(
+                "mandatory_conflict_rule",
+                "conflicts.exclude must hold {missing}: a report never reaches the accused,"
+                " his management line or anyone who answers to him, in any category",
+                ("exclude",),
+                self.exclude,
+                {"missing": missing},
+            )
         for category, extra in self.categories.items():
             unknown = _unknown_rules(extra.exclude)
             if unknown:

@@ -62,7 +62,7 @@ severities:
     feedback_within: 10m
 reporter_acknowledgement_within: 5m
 conflicts:
-  exclude: [accused, accused_management_chain, named_in_report, reporter]
+  exclude: [accused, accused_management_chain, named_in_report, reporter, accused_reports]
   independent_roles: [chief_ethics_officer, board_audit_committee]
 retention: {{categories: {{other: {RETAINED}s}}}}
 """

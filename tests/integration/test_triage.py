@@ -131,7 +131,7 @@ async def test_a_new_policy_version_applies_to_new_incidents_only(
     newer = tmp_path / "policy.yaml"
     original = Path(TriageSettings().policy_file).read_text()
     newer.write_text(
-        original.replace('version: "2026-12-07"', 'version: "2026-12-31"').replace(
+        original.replace('version: "2026-12-08"', 'version: "2026-12-31"').replace(
             "acknowledge_within: 1h", "acknowledge_within: 30m"
         )
     )
@@ -147,7 +147,7 @@ async def test_a_new_policy_version_applies_to_new_incidents_only(
             events = await eventually(partial(_at_least, settings, incident, 3))
             triaged = next(e for e in events if e.type == "incident.triaged.v1").data
             versions.append((triaged["policy_version"], triaged["chain"][0]["acknowledge_within"]))
-    assert versions == [("2026-12-07", 3600), ("2026-12-31", 1800)]
+    assert versions == [("2026-12-08", 3600), ("2026-12-31", 1800)]
     assert json.dumps(versions)
 
 

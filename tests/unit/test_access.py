@@ -87,7 +87,11 @@ def test_access_rules(
     if kind == "allowed":
         assert verdict == Allowed(action, how, extra)  # type: ignore[arg-type]
     else:
-        assert verdict == Refused(action, how, extra)  # type: ignore[arg-type]
+        assert isinstance(verdict, Refused)
+        assert (verdict.action, verdict.reason, verdict.rule) == (action, how, extra)
+        # an excluded auditor's write is answered as any auditor's write (403 read_only)
+        standing_write = how == "excluded" and "auditor" in roles and action not in READ_ACTIONS
+        assert verdict.answered_as == ("read_only" if standing_write else None)
 
 
 @pytest.mark.parametrize(
@@ -101,6 +105,9 @@ def test_access_rules(
         (Refused("acknowledge", "not_routed"), "not_routed", True),
         # only a caller who knows of the incident anyway is told "forbidden"
         (Refused("comment", "read_only"), "read_only", False),
+        # an excluded standing reader's write: recorded as excluded, answered as any
+        # standing reader's write, on a real incident or an unknown id alike
+        (Refused("comment", "excluded", "accused", "read_only"), "excluded", False),
         (Refused("reassign", "role_required"), "role_required", False),
     ],
 )
@@ -325,16 +332,31 @@ def _org() -> OrgSnapshot:
     return OrgSnapshot.from_directory(load_yaml_model(path, DirectoryFile))
 
 
-def test_people_answering_to_an_accused_are_excluded_where_the_policy_says() -> None:
+def test_people_answering_to_an_accused_are_excluded_in_every_category() -> None:
     found = Implicated(accused=("p-li",))  # p-wang, p-chen and p-liu answer to him
     org, policy = _org(), _policy()
     assert answers_to_accused("p-liu", found, org)  # through p-wang
     assert not answers_to_accused("p-ma", found, org)
-    # the principal asking is a candidate of triage's `accused_reports`, per category
+    # the principal asking is a candidate of triage's `accused_reports`, in every category
     on = conflicted(found, None, org, policy, category="harassment", candidates=["p-chen"])
     assert on["p-chen"] == "accused_reports"
-    off = conflicted(found, None, org, policy, category="fraud", candidates=["p-chen"])
-    assert "p-chen" not in off
+    fraud = conflicted(found, None, org, policy, category="fraud", candidates=["p-chen"])
+    assert fraud["p-chen"] == "accused_reports"
+
+
+def test_an_excluded_auditor_cannot_tell_the_incident_from_an_unknown_id() -> None:
+    """Review finding: her write on an incident that excludes her answered 404 and on an
+    unknown id 403 (read_only), so a 404 said 'a report excludes you'."""
+    excluded = Routing(excluded={"p-audit": "accused"})
+    for action in sorted(set(ACTIONS) - READ_ACTIONS - {"reassign"}):
+        on_hers = decide(excluded, "p-audit", AUDITOR, action)
+        on_unknown = decide(Routing(), "p-audit", AUDITOR, action)
+        assert isinstance(on_hers, Refused) and isinstance(on_unknown, Refused)
+        assert on_hers.conceals == on_unknown.conceals is False, action
+        assert on_hers.detail == "excluded"  # the record still says why
+    for action in sorted(READ_ACTIONS):  # a read: 404, as an unknown id's (no_such_incident)
+        refused = decide(excluded, "p-audit", AUDITOR, action)
+        assert isinstance(refused, Refused) and refused.conceals
 
 
 def test_a_reassignment_names_only_people_who_may_hold_the_incident() -> None:

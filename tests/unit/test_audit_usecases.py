@@ -31,7 +31,7 @@ from services.audit.usecases import (
 from services.domain.directory import DirectoryFile, Person
 from services.domain.envelope import Envelope
 from services.domain.events import make_event
-from services.domain.policy import Policy
+from services.domain.policy import CONFLICT_RULES, Policy
 from services.infra.recorder_memory import InMemoryStore
 
 INCIDENT = "7f1c1c3e-8a52-4a5e-9d8e-0d6f1f0a2b21"
@@ -59,9 +59,8 @@ POLICY = Policy.model_validate(
         },
         "reporter_acknowledgement_within": "7d",
         "conflicts": {
-            "exclude": ["accused", "accused_management_chain", "named_in_report", "reporter"],
+            "exclude": list(CONFLICT_RULES),
             "independent_roles": ["chief_ethics_officer"],
-            "categories": {"harassment": {"exclude": ["accused_reports"]}},
         },
     }
 )

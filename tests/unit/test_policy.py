@@ -13,7 +13,13 @@ import pytest
 from pydantic import BaseModel
 
 from services.domain.directory import DirectoryFile
-from services.domain.policy import CONFLICT_RULES, DEFAULT_EXCLUDE, Policy, parse_duration
+from services.domain.policy import (
+    CONFLICT_RULES,
+    DEFAULT_EXCLUDE,
+    MANDATORY_EXCLUDE,
+    Policy,
+    parse_duration,
+)
 from services.infra.auth import TokensFile
 from services.infra.config import ConfigError, load_yaml_model
 from services.infra.settings import CommonSettings
@@ -32,9 +38,11 @@ severities:
     feedback_within: 90d
 reporter_acknowledgement_within: 7d
 conflicts:
-  exclude: [accused, reporter]
+  exclude: [accused, accused_management_chain, accused_reports, reporter]
   independent_roles: [chief_ethics_officer]
 """
+RULES = ("accused", "accused_management_chain", "reporter", "accused_reports")
+"""VALID_POLICY's rules, in canonical order."""
 
 
 @pytest.mark.parametrize(
@@ -74,11 +82,10 @@ def test_the_shipped_policy_loads() -> None:
     critical = policy.severities[policy.categories["sexual_misconduct"]]
     assert critical.chain[0].role == "hr_case_handler"
     assert critical.chain[0].acknowledge_within == 3600
-    assert set(policy.conflicts.exclude) == set(DEFAULT_EXCLUDE)
-    # People who answer to the accused are excluded for the two categories that need it.
-    assert policy.conflicts.rules_for("sexual_misconduct") == CONFLICT_RULES
-    assert policy.conflicts.rules_for("harassment") == CONFLICT_RULES
-    assert policy.conflicts.rules_for("fraud") == DEFAULT_EXCLUDE
+    assert set(policy.conflicts.exclude) == set(DEFAULT_EXCLUDE) == set(CONFLICT_RULES)
+    # The accused, his line and the people who answer to him: in every category.
+    for category in policy.categories:
+        assert policy.conflicts.rules_for(category) == CONFLICT_RULES
     assert policy.conflicts.reassign_roles == ["chief_ethics_officer"]
 
 
@@ -97,12 +104,14 @@ def test_a_policy_without_the_later_conflict_keys_loads_and_records_as_before(
     path.write_text(VALID_POLICY)
     policy = load_yaml_model(path, Policy)
     assert policy.conflicts.reassign_roles == ["chief_ethics_officer"]
-    assert policy.conflicts.rules_for("harassment") == ("accused", "reporter")
+    assert policy.conflicts.rules_for("harassment") == RULES
     assert policy.model_dump(mode="json", exclude_none=True)["conflicts"] == {
-        "exclude": ["accused", "reporter"],
+        "exclude": ["accused", "accused_management_chain", "accused_reports", "reporter"],
         "independent_roles": ["chief_ethics_officer"],
     }
-    silent = VALID_POLICY.replace("  exclude: [accused, reporter]\n", "")
+    silent = VALID_POLICY.replace(
+        "  exclude: [accused, accused_management_chain, accused_reports, reporter]\n", ""
+    )
     path.write_text(silent)
     assert load_yaml_model(path, Policy).conflicts.rules_for(None) == DEFAULT_EXCLUDE
 
@@ -115,8 +124,8 @@ def test_rules_turned_on_for_a_category_add_to_the_common_ones(tmp_path: Path) -
         + "  reassign_roles: [hr_head, chief_ethics_officer]\n"
     )
     policy = load_yaml_model(path, Policy)
-    assert policy.conflicts.rules_for("harassment") == ("accused", "reporter", "accused_reports")
-    assert policy.conflicts.rules_for("other") == ("accused", "reporter")
+    assert policy.conflicts.rules_for("harassment") == RULES
+    assert policy.conflicts.rules_for("other") == RULES
     assert policy.conflicts.reassign_roles == ["hr_head", "chief_ethics_officer"]
     # Recorded in full, and read back the same.
     body = policy.model_dump(mode="json", exclude_none=True)
@@ -124,6 +133,26 @@ def test_rules_turned_on_for_a_category_add_to_the_common_ones(tmp_path: Path) -
         "harassment": {"exclude": ["accused_reports", "accused"]}
     }
     assert Policy.model_validate(body) == policy
+
+
+@pytest.mark.parametrize("left_out", MANDATORY_EXCLUDE)
+def test_a_policy_may_not_leave_out_the_accused_his_line_or_those_under_him(
+    tmp_path: Path, left_out: str
+) -> None:
+    """Invariant 3: whatever the category, a report never reaches the accused, his
+    management line or anyone who answers to him; a policy that says otherwise stops
+    start-up at its line (a category can only add rules, so it cannot help)."""
+    rules = [r for r in ("accused", "accused_management_chain", "accused_reports") if r != left_out]
+    line = f"  exclude: [{', '.join(rules)}, reporter]"
+    text = (
+        VALID_POLICY.replace(
+            "  exclude: [accused, accused_management_chain, accused_reports, reporter]", line
+        )
+        + f"  categories:\n    harassment: {{exclude: [{left_out}]}}\n"
+    )
+    message = load(tmp_path, text, Policy, "policy.yaml")
+    assert message.startswith(f"{tmp_path / 'policy.yaml'}:{line_of(text, line)}: ")
+    assert "conflicts.exclude" in message and left_out in message
 
 
 def test_an_unknown_rule_for_a_category_is_reported_at_its_line(tmp_path: Path) -> None:
@@ -170,7 +199,7 @@ def test_a_bad_duration_is_reported_with_file_line_and_field(tmp_path: Path) -> 
 
 
 def test_an_unknown_conflict_rule_is_reported_with_file_line_and_field(tmp_path: Path) -> None:
-    text = VALID_POLICY.replace("[accused, reporter]", "[accused, best_friend]")
+    text = VALID_POLICY.replace("accused_reports, reporter]", "accused_reports, best_friend]")
     message = load(tmp_path, text, Policy, "policy.yaml")
     assert message.startswith(f"{tmp_path / 'policy.yaml'}:{line_of(text, 'best_friend')}: ")
     assert "conflicts" in message and "best_friend" in message
