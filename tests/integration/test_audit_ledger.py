@@ -279,3 +279,29 @@ async def test_audit_learns_roles_from_directory_events_in_the_ledger(
     await producer.send_and_wait(settings.topic("directory.changes"), signed(revoked))
     await eventually(lambda: _rows_with(settings, "p-audit"))
     assert (await client.get("/v1/ledger/entries?end=1", headers=AUDITOR)).status_code == 403
+
+
+async def test_an_entry_moved_into_another_incident_by_its_column_stays_out_of_its_timeline(
+    audit: tuple[httpx.AsyncClient, AuditSettings], producer: AIOKafkaProducer
+) -> None:
+    """`incident_id` is an index over the leaves, which verify does not prove: a superuser
+    who points another incident's entry at this one (triggers off) must not add it to
+    this incident's timeline, nor so to its knowledge and state. The leaf decides."""
+    client, settings = audit
+    topic = settings.topic("incident.activity")
+    own, other = an_event("inc-own"), an_event("inc-other")
+    await producer.send_and_wait(topic, own, key=b"inc-own")
+    await producer.send_and_wait(topic, other, key=b"inc-own")
+    await eventually(lambda: _rows_with(settings, "inc-other"))
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        await conn.execute("ALTER TABLE audit.ledger DISABLE TRIGGER ledger_no_update")
+        await conn.execute(
+            "UPDATE audit.ledger SET incident_id = 'inc-own' WHERE incident_id = 'inc-other'"
+        )
+        await conn.execute("ALTER TABLE audit.ledger ENABLE TRIGGER ledger_no_update")
+    finally:
+        await conn.close()
+    answer = await client.get("/v1/incidents/inc-own/timeline", headers=AUDITOR)
+    assert answer.status_code == 200
+    assert [e["event"]["id"] for e in answer.json()["events"]] == [json.loads(own)["id"]]
