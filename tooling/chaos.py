@@ -164,7 +164,13 @@ POLICY: dict[str, Any] = {
     },
     "reporter_acknowledgement_within": "20s",
     "conflicts": {
-        "exclude": ["accused", "accused_management_chain", "named_in_report", "reporter"],
+        "exclude": [
+            "accused",
+            "accused_management_chain",
+            "named_in_report",
+            "reporter",
+            "accused_reports",
+        ],
         "independent_roles": ["chief_ethics_officer", "board_audit_committee"],
     },
 }
@@ -341,9 +347,10 @@ TEMPLATES: tuple[Template, ...] = (
             "accused": ["p-zhou"],
         },
         login="sun",
-        first=("p-ma",),
-        never=frozenset({"p-zhou", "p-sun", "p-zhang"}),
-        acker="ma",
+        # p-ma, the group's handler, answers to p-zhou: City Retail's is asked
+        first=("p-chen",),
+        never=frozenset({"p-zhou", "p-sun", "p-zhang", "p-ma"}),
+        acker="chen",
     ),
     Template(
         "handler reports",
@@ -354,17 +361,19 @@ TEMPLATES: tuple[Template, ...] = (
         acker="ma",
     ),
     Template(
-        "CEO accused",
+        "unit president accused",
         {
             "category": "harassment",
-            "summary": "CEO accused",
+            "summary": "Unit president accused",
             "description": "...",
-            "unit": "group",
-            "accused": ["p-zhang"],
+            "unit": "city-retail",
+            "accused": ["p-li"],
         },
         login="liu",
+        # everyone in City Retail answers to p-li: the group's handler is asked
         first=("p-ma",),
-        never=frozenset({"p-zhang", "p-liu"}),
+        never=frozenset({"p-li", "p-zhang", "p-chen", "p-wang", "p-liu"}),
+        acker="ma",
     ),
 )
 SEED_CASE = TEMPLATES[0]
