@@ -24,9 +24,9 @@ from typing import Any
 
 import asyncpg
 import httpx
-from prometheus_client import Gauge
+from prometheus_client import Counter, Gauge
 
-from services.audit import tree
+from services.audit import merkle, tree
 from services.audit.checkpoint import Checkpoint, NoteError, NoteSigner, sign_checkpoint
 from services.audit.cosignature import CosignatureVerifier, append_signatures
 from services.domain.envelope import utc_rfc3339
@@ -38,6 +38,10 @@ from services.infra.settings import AuditSettings
 
 log = logging.getLogger(__name__)
 LEDGER_ENTRIES = Gauge("incidents_ledger_entries", "Entries in the audit ledger.")
+HEADS_REFUSED = Counter(
+    "incidents_ledger_heads_refused_total",
+    "Tree heads the signer refused: the tree no longer extends a head it signed before.",
+)
 SIGNED_SIZE = Gauge("incidents_ledger_signed_tree_size", "Tree size of the latest signed head.")
 SINCE_HEAD = Gauge(
     "incidents_ledger_seconds_since_signed_head", "Seconds since the latest head was signed."
@@ -146,6 +150,17 @@ async def head_at(conn: asyncpg.Connection, tree_size: int) -> Head | None:
     return (await _with_cosignatures(conn, [row]))[0] if row else None
 
 
+def _signed_size_root(head: Head) -> tuple[int, bytes]:
+    """A head's size and root as its signed checkpoint says (the table's columns, if the
+    note does not parse)."""
+    try:
+        text = head.checkpoint.split("\n\n", 1)[0] + "\n"
+        signed = Checkpoint.parse(text)
+    except (ValueError, AttributeError):
+        return head.tree_size, head.root_hash
+    return signed.tree_size, signed.root_hash
+
+
 def _gauges(size: int, head: Head | None) -> None:
     """The ledger's size and its latest signed head, as the metrics show them."""
     LEDGER_ENTRIES.set(size)
@@ -167,6 +182,9 @@ class HeadSigner:
         """Set by this process's ledger appends: `run` looks for a due head then."""
         self.unsigned = False
         """The last look found entries not yet under a head (not due yet)."""
+        self.last_signed: tuple[int, bytes] | None = None
+        """(size, root) of the last head this process signed: the tree must extend it
+        even if the table of heads was cut or edited since."""
 
     async def sign_if_due(self, *, force: bool = False) -> Head | None:
         """Sign the current tree if enough is new (or `force` and anything is new)."""
@@ -191,6 +209,8 @@ class HeadSigner:
                 self.unsigned = fresh > 0
                 return None
             root = await tree.root_at(conn, size)
+            if not await self._extends(conn, previous, size, root):
+                return None
             now = datetime.now(UTC)
             note = sign_checkpoint(self.signer, Checkpoint(self.signer.name, size, root))
             head = Head(size, root, now, self.signer.key_id, note)
@@ -232,9 +252,45 @@ class HeadSigner:
                 ],
             )
         self.last_signed_at = asyncio.get_running_loop().time()
+        self.last_signed = (size, root)
         _gauges(size, head)
         log.info("signed tree head %d %s", size, root.hex())
         return head
+
+    async def _extends(
+        self, conn: asyncpg.Connection, previous: Head | None, size: int, root: bytes
+    ) -> bool:
+        """Whether the tree of `size` entries (`root`) extends the heads already signed:
+        the latest in the table, read from its signed note (the columns beside it can be
+        edited), and the last this process signed. A tree rewritten under them (a leaf
+        and its nodes changed by someone with the database's rights) is refused and
+        said, never signed: the log's key then signs no fork."""
+        anchors: list[tuple[int, bytes]] = []
+        if previous is not None:
+            anchors.append(_signed_size_root(previous))
+        if self.last_signed is not None:
+            anchors.append(self.last_signed)
+        for old_size, old_root in anchors:
+            if old_size > size:
+                why = f"the ledger holds {size} entries, fewer than the signed head's {old_size}"
+            elif old_size == 0:
+                continue
+            elif old_size == size:
+                why = "" if old_root == root else "another root at the same size"
+            else:
+                proof = await tree.consistency_proof(conn, old_size, size)
+                why = merkle.consistency_failure(old_size, size, proof, old_root, root) or ""
+            if why:
+                HEADS_REFUSED.inc()
+                log.critical(
+                    "refusing to sign tree head %d: it does not extend the signed head of"
+                    " size %d (%s); the ledger was changed behind audit's back",
+                    size,
+                    old_size,
+                    why,
+                )
+                return False
+        return True
 
     async def _step(self) -> bool:
         """One look: sign a due head (setting the gauges from what it read); True while

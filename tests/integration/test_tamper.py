@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -26,6 +27,7 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 from fastapi import FastAPI
+from prometheus_client import REGISTRY
 from typer.testing import CliRunner
 
 from services.audit.app import create_app
@@ -185,6 +187,13 @@ async def behind_its_back(audit: Audit) -> AsyncIterator[asyncpg.Connection]:
 Forgery = Callable[[asyncpg.Connection, Ledger, int], Awaitable[None]]
 
 
+async def rehashed(conn: asyncpg.Connection, k: int, leaf: bytes) -> None:
+    """Entry `k` gets `leaf`, with its leaf hash recomputed."""
+    await conn.execute(
+        "UPDATE audit.ledger SET leaf = $1, leaf_hash = $2 WHERE idx = $3", leaf, leaf_hash(leaf), k
+    )
+
+
 def edit_one_byte(leaf: bytes) -> bytes:
     """One byte of the principal's name changed: still canonical JSON, another fact."""
     at = leaf.index(b'"principal":"') + len(b'"principal":"')
@@ -297,12 +306,7 @@ async def test_a_changed_byte_with_its_hash_recomputed_is_caught_by_the_signed_r
     k = ledger.middle_event()
     forged = edit_one_byte(bytes(ledger.rows[k]["leaf"]))
     async with behind_its_back(audit) as conn:
-        await conn.execute(
-            "UPDATE audit.ledger SET leaf = $1, leaf_hash = $2 WHERE idx = $3",
-            forged,
-            leaf_hash(forged),
-            k,
-        )
+        await rehashed(conn, k, forged)
     report = await verify(audit)
     assert not report.ok
     head = min(size for size in ledger.head_sizes if size > k)
@@ -408,7 +412,14 @@ async def test_a_tail_cut_with_its_heads_and_signed_again_is_caught_from_state_a
     for n in range(2):  # audit carries on and signs a new, smaller tree
         await producer.send_and_wait(audit.settings.topic("incident.activity"), an_event(n))
     await eventually(lambda: _has(audit, cut + 2))
-    signed = await audit.app.state.heads.sign_if_due(force=True)
+    heads = audit.app.state.heads
+    # The process that signed the largest head refuses the smaller tree: its key signs
+    # no fork (it remembers the head it signed, whatever the table of heads says now).
+    refused = REGISTRY.get_sample_value("incidents_ledger_heads_refused_total") or 0.0
+    assert await heads.sign_if_due(force=True) is None
+    assert REGISTRY.get_sample_value("incidents_ledger_heads_refused_total") == refused + 1
+    heads.last_signed = None  # a restarted audit knows only the table's heads
+    signed = await heads.sign_if_due(force=True)
     assert signed is not None and cut < signed.tree_size < largest
 
     served_only = await verify(audit)
@@ -431,6 +442,64 @@ async def test_a_tail_cut_with_its_heads_and_signed_again_is_caught_from_state_a
     assert not report.ok and "cut off" in (report.reason or "")
     assert report.conflict[0]["tree_size"] == largest
     assert "audit.checkpoints topic" in report.conflict[0]["where"]
+
+
+async def test_the_signer_refuses_a_tree_that_no_longer_extends_its_latest_head(
+    audit: Audit, producer: AIOKafkaProducer
+) -> None:
+    """Someone with the database's rights rewrites an entry under the latest head and
+    the stored node above it (so the tree is whole again, with another root): the next
+    head would sign that fork. The signer checks the consistency of the new tree with
+    the latest head's signed checkpoint first, refuses, and says so."""
+    ledger = await fed(audit, producer)
+    heads = audit.app.state.heads
+    heads.last_signed = None  # only the table's latest head to go by
+    last = ledger.head_sizes[-1]
+    k = last - 1  # the last entry under it: its leaf is the node (0, k) itself
+    forged = (
+        edit_one_byte(bytes(ledger.rows[k]["leaf"]))
+        if ledger.rows[k]["event_type"] != CHECKPOINT
+        else None
+    )
+    if forged is None:  # a checkpoint's leaf has no principal: take the one before
+        k -= 1
+        forged = edit_one_byte(bytes(ledger.rows[k]["leaf"]))
+    async with behind_its_back(audit) as conn:
+        await rehashed(conn, k, forged)
+        # every stored inner node above it, recomputed: the forged tree is consistent
+        await conn.execute("ALTER TABLE audit.ledger_nodes DISABLE TRIGGER USER")
+        nodes = await conn.fetch("SELECT level, idx FROM audit.ledger_nodes ORDER BY level")
+        for level, index in nodes:
+            if index == k >> level:
+                left = await _node(conn, level - 1, 2 * index)
+                right = await _node(conn, level - 1, 2 * index + 1)
+                await conn.execute(
+                    "UPDATE audit.ledger_nodes SET hash = $1 WHERE level = $2 AND idx = $3",
+                    hashlib.sha256(b"\x01" + left + right).digest(),
+                    level,
+                    index,
+                )
+        await conn.execute("ALTER TABLE audit.ledger_nodes ENABLE TRIGGER USER")
+    for n in range(2):
+        await producer.send_and_wait(audit.settings.topic("incident.activity"), an_event(n))
+    await eventually(lambda: _has(audit, len(ledger.rows) + 2))
+    refused = REGISTRY.get_sample_value("incidents_ledger_heads_refused_total") or 0.0
+    assert await heads.sign_if_due(force=True) is None
+    assert REGISTRY.get_sample_value("incidents_ledger_heads_refused_total") == refused + 1
+    after = (await audit.client.get("/v1/ledger/heads")).json()["heads"]
+    assert [h["tree_size"] for h in after] == ledger.head_sizes
+
+
+async def _node(conn: asyncpg.Connection, level: int, index: int) -> bytes:
+    if level == 0:
+        return bytes(
+            await conn.fetchval("SELECT leaf_hash FROM audit.ledger WHERE idx = $1", index)
+        )
+    return bytes(
+        await conn.fetchval(
+            "SELECT hash FROM audit.ledger_nodes WHERE level = $1 AND idx = $2", level, index
+        )
+    )
 
 
 async def _has(audit: Audit, size: int) -> bool:
