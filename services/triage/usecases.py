@@ -436,27 +436,15 @@ class TriageUseCases:
                     continue
                 await uow.decisions.keep_state(incident, _state(result.decision, kept.digest))
                 outputs: Outputs = [reassigned, *_notified(reassigned.added, kept.digest)]
-                now = datetime.now(UTC)
-                correlation = await uow.recorder.correlation_of(incident)  # the report's
-                events = [
-                    make_event(
-                        data.TYPE,
-                        subject=incident,
-                        data=data,
-                        source=self.source,
-                        time=now,
-                        actor="system:triage",
-                        causationid=cause_id,
-                        correlationid=correlation,
-                        traceparent=self.traceparent(),
-                        event_id=str(uuid.uuid5(EVENT_IDS, f"{cause_id}:{incident}:{i}")),
-                    )
-                    for i, data in enumerate(outputs)
-                ]
-                version = (await uow.recorder.stream_versions([incident]))[incident]
-                await uow.recorder.append_streams(
-                    [(incident, version, events)], topic_prefix=self.topic_prefix
+                events = self._made(
+                    incident,
+                    outputs,
+                    datetime.now(UTC),
+                    causationid=cause_id,
+                    correlationid=await uow.recorder.correlation_of(incident),  # the report's
+                    id_base=f"{cause_id}:{incident}",
                 )
+                await self._append_events(uow, incident, events)
                 log.warning(
                     "incident %s: a directory change excluded %s",
                     incident,
@@ -732,18 +720,39 @@ class TriageUseCases:
         """Triage's events caused by `cause`, in the current trace, each with an id
         derived from the cause's id and the event's index (a re-delivered cause makes the
         same ids, which the event store refuses twice)."""
+        return self._made(
+            cause.subject,
+            outputs,
+            now,
+            causationid=cause.id,
+            correlationid=cause.correlationid or cause.id,
+            id_base=cause.id,
+        )
+
+    def _made(
+        self,
+        subject: str,
+        outputs: Outputs,
+        now: datetime,
+        *,
+        causationid: str,
+        correlationid: str | None,
+        id_base: str,
+    ) -> list[Envelope]:
+        """Triage's events about `subject`, in the current trace, each with the id
+        derived from `id_base` and its index."""
         return [
             make_event(
                 data.TYPE,
-                subject=cause.subject,
+                subject=subject,
                 data=data,
                 source=self.source,
                 time=now,
                 actor="system:triage",
-                causationid=cause.id,
-                correlationid=cause.correlationid or cause.id,
+                causationid=causationid,
+                correlationid=correlationid,
                 traceparent=self.traceparent(),
-                event_id=str(uuid.uuid5(EVENT_IDS, f"{cause.id}:{i}")),
+                event_id=str(uuid.uuid5(EVENT_IDS, f"{id_base}:{i}")),
             )
             for i, data in enumerate(outputs)
         ]
@@ -752,11 +761,16 @@ class TriageUseCases:
         self, uow: TriageUnitOfWork, cause: Envelope, outputs: Outputs, now: datetime
     ) -> list[Envelope]:
         events = self._events(cause, outputs, now)
-        versions = await uow.recorder.stream_versions([cause.subject])
-        await uow.recorder.append_streams(
-            [(cause.subject, versions[cause.subject], events)], topic_prefix=self.topic_prefix
-        )
+        await self._append_events(uow, cause.subject, events)
         return events
+
+    async def _append_events(
+        self, uow: TriageUnitOfWork, subject: str, events: list[Envelope]
+    ) -> None:
+        versions = await uow.recorder.stream_versions([subject])
+        await uow.recorder.append_streams(
+            [(subject, versions[subject], events)], topic_prefix=self.topic_prefix
+        )
 
 
 def _notified(principals: Sequence[str], digest: str) -> Outputs:
