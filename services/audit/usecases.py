@@ -24,7 +24,7 @@ in `withheld`: the record of the attempt.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -566,11 +566,7 @@ async def list_incidents(query: ListIncidents, uow: AuditUnitOfWork) -> Incident
         )
         ids = [str(row["incident_id"]) for row in page.rows]
         judged = await uow.ledger.entries_of(ids, JUDGED_TYPES) if ids else {}
-        known: dict[str, Person | None] = {}
-        hidden = set()
-        for incident, entries in judged.items():
-            if principal in await _excluded(uow, incident, entries, principal, known):
-                hidden.add(incident)
+        hidden = await _excluding(uow, judged, principal)
         if hidden:
             page = replace(page, rows=[r for r in page.rows if r["incident_id"] not in hidden])
         return IncidentList(page, await uow.index.facets(), await uow.index.lag())
@@ -630,13 +626,22 @@ async def _excluded_in_range(
     subjects = sorted({*await uow.ledger.incidents_between(start, end), *copied})
     if not subjects:
         return frozenset()
-    known: dict[str, Person | None] = {}
     judged = await uow.ledger.entries_of(subjects)
-    found = {incident for incident in copied if not judged.get(incident)}
-    for incident, entries in judged.items():
-        if principal in await _excluded(uow, incident, entries, principal, known):
-            found.add(incident)
-    return frozenset(found)
+    unjudged = {incident for incident in copied if not judged.get(incident)}
+    return frozenset(unjudged | await _excluding(uow, judged, principal))
+
+
+async def _excluding(
+    uow: AuditUnitOfWork, judged: Mapping[str, Sequence[LedgerEvent]], principal: str
+) -> set[str]:
+    """The incidents of `judged` (each with its entries) that exclude `principal`, the
+    people looked up once for them all."""
+    known: dict[str, Person | None] = {}
+    return {
+        incident
+        for incident, entries in judged.items()
+        if principal in await _excluded(uow, incident, entries, principal, known)
+    }
 
 
 # ------------------------------------------------------------------------- proofs and heads
