@@ -27,7 +27,13 @@ import httpx
 from prometheus_client import Counter, Gauge
 
 from services.audit import merkle, tree
-from services.audit.checkpoint import Checkpoint, NoteError, NoteSigner, sign_checkpoint
+from services.audit.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    NoteError,
+    NoteSigner,
+    sign_checkpoint,
+)
 from services.audit.cosignature import CosignatureVerifier, append_signatures
 from services.domain.envelope import utc_rfc3339
 from services.domain.events import CheckpointCosigned, CheckpointSigned, Topic, make_event
@@ -150,13 +156,13 @@ async def head_at(conn: asyncpg.Connection, tree_size: int) -> Head | None:
     return (await _with_cosignatures(conn, [row]))[0] if row else None
 
 
-def _signed_size_root(head: Head) -> tuple[int, bytes]:
-    """A head's size and root as its signed checkpoint says (the table's columns, if the
-    note does not parse)."""
+def _signed_size_root(head: Head, signer: NoteSigner) -> tuple[int, bytes]:
+    """A head's size and root as its checkpoint says, read through this log key's
+    signature check (the table's columns, for a note this key did not sign: one from
+    before a key rotation, or one edited)."""
     try:
-        text = head.checkpoint.split("\n\n", 1)[0] + "\n"
-        signed = Checkpoint.parse(text)
-    except (ValueError, AttributeError):
+        signed = Checkpoint.parse(signer.verifier().verify(head.checkpoint))
+    except (NoteError, CheckpointError):
         return head.tree_size, head.root_hash
     return signed.tree_size, signed.root_hash
 
@@ -262,12 +268,13 @@ class HeadSigner:
     ) -> bool:
         """Whether the tree of `size` entries (`root`) extends the heads already signed:
         the latest in the table, read from its signed note (the columns beside it can be
-        edited), and the last this process signed. A tree rewritten under them (a leaf
+        edited; the note must carry this key's valid signature), and the last this
+        process signed. A tree rewritten under them (a leaf
         and its nodes changed by someone with the database's rights) is refused and
         said, never signed: the log's key then signs no fork."""
         anchors: list[tuple[int, bytes]] = []
         if previous is not None:
-            anchors.append(_signed_size_root(previous))
+            anchors.append(_signed_size_root(previous, self.signer))
         if self.last_signed is not None:
             anchors.append(self.last_signed)
         for old_size, old_root in anchors:
