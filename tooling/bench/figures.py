@@ -762,7 +762,7 @@ async def e2e_figure(
         try:
             finish_by = time.monotonic() + seconds + drain
             meter.begin()
-            window = time.monotonic()
+            window_began = time.monotonic()
             sent = await open_loop(send, rate, seconds, patience=drain)
             sending_done.set()
             with contextlib.suppress(TimeoutError):
@@ -776,7 +776,7 @@ async def e2e_figure(
     # counts too: the window ends once the ledger has grown by nothing for a second.
     await settle(target)
     cpu = meter.per(len(accepted)) if accepted else {}
-    window = time.monotonic() - window
+    window = time.monotonic() - window_began
     latencies: list[float] = []
     answered: list[float] = []
     stages: dict[str, list[float]] = {kind: [] for kind in wanted}
