@@ -9,6 +9,7 @@ import secrets
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import asyncpg
 import httpx
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from fastapi import FastAPI
@@ -82,6 +83,15 @@ async def read_all(
     finally:
         await consumer.stop()
     return got
+
+
+async def fetch_rows(settings: CommonSettings, query: str, *args: Any) -> list[Any]:
+    """The rows of one statement on the settings' database (its own connection)."""
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        return list(await conn.fetch(query, *args))
+    finally:
+        await conn.close()
 
 
 @contextlib.asynccontextmanager

@@ -263,6 +263,9 @@ class _Stack:
         env = dict(os.environ)
         env["INCIDENTS_KAFKA_BOOTSTRAP"] = self.bootstrap
         env["INCIDENTS_DATABASE_URL"] = self.database_url
+        # A report triage has not decided in 30 s is raised (docs/operations.md): on one
+        # machine triage decides in about a second, so a longer wait means it is down.
+        env.setdefault("INCIDENTS_DECISION_WITHIN", "30")
         if self.phoenix is not None:
             env.update(self.phoenix.service_env())
         key_files: dict[str, Path] = {}

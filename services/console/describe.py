@@ -18,6 +18,7 @@ from services.domain.events import (
     Assigned,
     Commented,
     DeadlineBreached,
+    DecisionOverdue,
     Escalated,
     EscalationCleared,
     NoticeDelivered,
@@ -44,6 +45,7 @@ LABELS: Mapping[str, str] = {
     "policy_version": "policy",
     "adapter": "by",
     "due_at": "due",
+    "submitted_at": "submitted",
 }
 """A data key's label wherever it is not the key itself."""
 
@@ -62,6 +64,7 @@ KEYS: Mapping[str, tuple[str, ...]] = {
     Escalated.TYPE: ("level", "recipients", "reason", "deadline"),
     ReminderDue.TYPE: ("clock", "due_at"),
     DeadlineBreached.TYPE: ("clock", "due_at"),
+    DecisionOverdue.TYPE: ("submitted_at", "due_at"),
     NoticeDelivered.TYPE: ("principal", "level", "channel", "adapter", "attempts"),
     NoticeFailed.TYPE: ("principal", "level", "channel", "reason", "detail", "attempts"),
     ReporterMessage.TYPE: ("direction",),
@@ -78,6 +81,7 @@ NOTES: Mapping[str, str] = {
     ReportAmended.TYPE: "amendment content not shown",
     Commented.TYPE: "comment text not shown",
     ReporterMessage.TYPE: "message text not shown",
+    DecisionOverdue.TYPE: "no triage decision in time: operations alerted, nobody told",
 }
 
 

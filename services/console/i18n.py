@@ -172,6 +172,8 @@ _REST = (
 )
 _STALLED = " (stalled: nobody left to ask)"
 N_(" (stalled: nobody left to ask)")
+_OVERDUE = " (overdue: no triage decision)"
+N_(" (overdue: no triage decision)")
 _LEVEL = re.compile(r"level (?P<number>\d+)")
 N_("level %(number)s")
 N_("the independent level")
@@ -207,16 +209,17 @@ def level_label(text: str, gettext: Gettext) -> str:
 def status_rest(label: str, status: str, gettext: Gettext) -> str:
     """What a status label says after its status word (` at level 2`), translated."""
     rest = label[len(status) :] if label.startswith(status) else ""
-    stalled = rest.endswith(_STALLED)
-    if stalled:
-        rest = rest[: -len(_STALLED)]
+    flags = ""
+    for flag in (_OVERDUE, _STALLED):  # status.py appends them in this order, at the end
+        if rest.endswith(flag):
+            rest, flags = rest[: -len(flag)], gettext(flag) + flags
     for pattern, message in _REST:
         found = pattern.fullmatch(rest)
         if found:
             where = found.groupdict().get("where")
             rest = gettext(message) % ({"where": level_label(where, gettext)} if where else {})
             break
-    return rest + (gettext(_STALLED) if stalled else "")
+    return rest + flags
 
 
 def status_label(label: str, gettext: Gettext) -> str:

@@ -461,6 +461,20 @@ class Erased(Event, type="incident.erased.v1", topic=Topic.ACTIVITY):
     retain_until: datetime = Field(description="closed_at plus the category's retention.")
 
 
+class DecisionOverdue(Event, type="incident.decision.overdue.v1", topic=Topic.ACTIVITY):
+    """No triage decision (`incident.triaged.v1`) reached intake within
+    `INCIDENTS_DECISION_WITHIN` of the report's acceptance (triage down, or the report
+    dead-lettered there): raised once per report by intake, for operations
+    (docs/operations.md, "A report nobody decided"). Content-free: the incident id (the
+    subject) and times, never the category, unit, people or text; nobody in the
+    directory is told (only triage may choose who, without a conflict)."""
+
+    submitted_at: datetime = Field(description="When intake accepted the report.")
+    due_at: datetime = Field(
+        description="When triage's decision was due (submitted_at plus the limit)."
+    )
+
+
 class Escalated(Event, type="incident.escalated.v1", topic=Topic.ESCALATIONS):
     level: int = Field(ge=1)
     recipients: list[PrincipalId]
@@ -729,6 +743,7 @@ EVENT_CLASSES: tuple[type[Event], ...] = (
     LegalHoldPlaced,
     LegalHoldReleased,
     Erased,
+    DecisionOverdue,
     Escalated,
     EscalationCleared,
     EscalationStalled,

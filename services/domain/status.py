@@ -11,7 +11,10 @@ so they say the same thing in the same words (`Progress.label`):
 - `acknowledged`: a handler of the current chain acknowledged (at level N);
 - `investigating`, `resolved`, `closed` (with the outcome the handler recorded);
 - `stalled` is a flag on top of any of the first three: escalation raised
-  `incident.escalation.stalled.v1` (nobody left to ask) and nobody acted since.
+  `incident.escalation.stalled.v1` (nobody left to ask) and nobody acted since;
+- `decision_overdue` is a flag on `submitted`: intake raised
+  `incident.decision.overdue.v1` (no triage decision within its limit) and triage has
+  not decided since (a decision clears it; the event stays in the ledger).
 
 Levels follow escalation's rules (services/domain/escalation.py): triage asks level 1;
 `incident.escalated.v1` asks level N (an empty level is passed with nobody asked); the
@@ -46,6 +49,7 @@ from services.domain.events import (
     Acknowledged,
     Assigned,
     DeadlineBreached,
+    DecisionOverdue,
     Erased,
     Escalated,
     EscalationCleared,
@@ -71,7 +75,15 @@ FROM_TRIAGE_AND_ESCALATION: Final = frozenset(
 )
 """The types `advance` reads that triage and escalation publish (intake keeps copies)."""
 PROGRESS_TYPES: Final = FROM_TRIAGE_AND_ESCALATION | frozenset(
-    event.TYPE for event in (ReportSubmitted, Acknowledged, StatusChanged, ReporterMessage, Erased)
+    event.TYPE
+    for event in (
+        ReportSubmitted,
+        Acknowledged,
+        StatusChanged,
+        ReporterMessage,
+        Erased,
+        DecisionOverdue,
+    )
 )
 """The event types `advance` reads; every other type leaves the progress as it is."""
 
@@ -103,6 +115,8 @@ class Progress:
     """The current decision's last chain level; `last_level + 1` is the independent level."""
     revision: int = 0
     stalled: bool = False
+    decision_overdue: bool = False
+    """Intake raised `incident.decision.overdue.v1` and no decision came since."""
     outcome: str | None = None
     """The closing outcome as the events carry it (sealed unless they were opened)."""
     submitted_at: datetime | None = None
@@ -154,6 +168,8 @@ class Progress:
                 text = other
         if self.stalled and self.status in WAITING:
             text += " (stalled: nobody left to ask)"
+        if self.decision_overdue and self.status == "submitted":
+            text += " (overdue: no triage decision)"
         return text
 
     def due_at(self, level: int | None) -> datetime | None:
@@ -180,6 +196,7 @@ class Progress:
             "level": self.level,
             "independent_level": self.independent,
             "stalled": self.stalled,
+            "decision_overdue": self.decision_overdue and self.status == "submitted",
             "outcome": self.outcome,
             "acknowledged_at": utc_rfc3339_or_none(self.acknowledged_at),
             "closed_at": utc_rfc3339_or_none(self.closed_at),
@@ -286,6 +303,7 @@ def advance(
                 repeat_every=data.get("repeat_last_every"),
                 asked=((1, first_due),) if first_due is not None else (),
                 stalled=False,
+                decision_overdue=False,
                 acknowledged_at=None,
             )
             if progress.reporter_acknowledgement_due is None:  # the first decision's clocks
@@ -334,6 +352,8 @@ def advance(
                 changes["breached"] = (*progress.breached, clock)
         case Erased.TYPE:
             changes["erased"] = True
+        case DecisionOverdue.TYPE if progress.revision == 0:  # not once triage decided
+            changes["decision_overdue"] = True
     return replace(progress, **changes) if changes else progress
 
 

@@ -382,6 +382,14 @@ class IntakeSettings(ContentKeySettings, PseudonymSettings):
         description="Seconds between runs of the erasure job (destroys the keys of closed"
         " incidents whose retention has passed and that no legal hold keeps).",
     )
+    decision_within: float = Field(
+        300.0,
+        gt=0,
+        description="Seconds triage has to decide a report after intake accepted it; past"
+        " that, intake raises incident.decision.overdue.v1 for it, once (an error log line,"
+        " incidents_decision_overdue_total, incidents_decision_overdue_incidents;"
+        " docs/operations.md). `incidents up` sets 30 unless given.",
+    )
     attachment_max_bytes: int = Field(
         25 * 1024 * 1024,
         ge=1024,

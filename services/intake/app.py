@@ -30,6 +30,7 @@ from services.intake import (
     ui,
 )
 from services.intake.api import router
+from services.intake.deadlines import DecisionWatch
 from services.intake.directory import seed
 from services.intake.inbound import InboundConsumer
 from services.intake.privacy import Eraser
@@ -51,6 +52,8 @@ def create_app(settings: IntakeSettings | None = None) -> FastAPI:
     service = IntakeService(runtime, base.policy, keys)
     eraser = Eraser(runtime, keys, base.policy, interval=settings.erasure_interval)
     runtime.background("erasure", eraser.run)
+    decisions = DecisionWatch(runtime, settings.decision_within)
+    runtime.background("decision-deadlines", decisions.run)
     systems = load_systems(settings.systems_file)
     inbound = InboundConsumer(runtime, service, systems)
     runtime.consume(
@@ -61,7 +64,7 @@ def create_app(settings: IntakeSettings | None = None) -> FastAPI:
     runtime.consume(
         f"{settings.kafka_topic_prefix}intake-routing",
         [settings.topic(t) for t in (Topic.TRIAGE, Topic.ESCALATIONS, Topic.ACTIVITY)],
-        routing_handler(runtime),
+        routing_handler(runtime, on_overdue_decided=decisions.nudge),
     )
 
     async def seed_directory() -> None:
@@ -89,6 +92,7 @@ def create_app(settings: IntakeSettings | None = None) -> FastAPI:
     app.state.intake = service
     app.state.keys = keys
     app.state.eraser = eraser
+    app.state.decisions = decisions
     app.state.auth = base.auth
     app.state.systems = systems
     app.include_router(router)

@@ -33,6 +33,11 @@ its directory (`services.domain.access.conflicted`, triage's rules, and whether 
 caller answers to an accused), so the conflicted are refused before triage's decision
 arrives, and even if it never does.
 
+Triage's first `incident.triaged.v1` of an incident also stops its decision clock
+(`decision_clocks`, `services.intake.deadlines`) in the same transaction; when the
+report had been raised as overdue, `on_overdue_decided` is called after the commit
+(the watcher's gauge drops at once).
+
 The events that say where an incident stands (decided, escalated, stalled, a clock
 breached) are also kept as they are, in `incident_progress`, so intake's pages show the
 status audit shows (`services.intake.progress`, services/domain/status.py).
@@ -47,7 +52,7 @@ event goes to `incident.deadletter` with its bytes and the reason.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,6 +89,7 @@ from services.infra import eventstore
 from services.infra.kafka import BatchHandler
 from services.infra.keystore import KeyStore
 from services.infra.runtime import Runtime
+from services.intake.deadlines import PostgresDecisionClocks
 
 CONSUMER = "intake-routing"
 
@@ -335,11 +341,15 @@ async def keep_progress(conn: asyncpg.Connection, events: Sequence[Envelope]) ->
         )
 
 
-def routing_handler(runtime: Runtime) -> BatchHandler:
+def routing_handler(
+    runtime: Runtime, on_overdue_decided: Callable[[], None] = lambda: None
+) -> BatchHandler:
     """The batch handler of the `intake-routing` consumer: one transaction per batch,
-    the batch's tracking rows in one statement, then each new event in order."""
+    the batch's tracking rows in one statement, then each new event in order, then the
+    decision clocks the batch's decisions stop (one statement)."""
 
     async def handle(records: Sequence[ConsumerRecord]) -> None:
+        raised = 0
         async with runtime.db.acquire() as conn, conn.transaction():
             valid = []
             for record in records:
@@ -353,6 +363,11 @@ def routing_handler(runtime: Runtime) -> BatchHandler:
             for envelope in fresh:
                 await apply_event(conn, envelope)
             await keep_progress(conn, fresh)
+            raised = await PostgresDecisionClocks(conn).decided(
+                [(e.subject, e.time) for e in fresh if e.type == Triaged.TYPE]
+            )
+        if raised:
+            on_overdue_decided()
 
     return handle
 

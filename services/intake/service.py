@@ -62,11 +62,13 @@ from services.infra.runtime import Runtime
 from services.infra.systems import System
 from services.infra.telemetry import current_traceparent
 from services.intake.actions import incident_event
+from services.intake.deadlines import PostgresDecisionClocks
 from services.intake.directory import lookup_people, people_shown, search_people
 from services.intake.progress import kept_events
 from services.intake.usecases import ANONYMOUS_ACTOR as ANONYMOUS_ACTOR  # routes import it here
 from services.intake.usecases import (
     Answered,
+    DecisionClocks,
     IdempotencyConflict,
     IdempotencyKey,
     Intake,
@@ -487,6 +489,10 @@ class ReportTransaction:
     @property
     def reports(self) -> ReportRows:
         return self
+
+    @property
+    def decisions(self) -> DecisionClocks:
+        return PostgresDecisionClocks(self.conn)
 
     async def __aenter__(self) -> Self:
         return self

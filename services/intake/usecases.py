@@ -21,7 +21,14 @@ Nothing here touches asyncpg, HTTP or Kafka. A report works through two ports:
   `UnitOfWork` plus intake's report rows (`ReportRows`). The event, its outbox row, the
   receipt, the reporter's list row and the Idempotency-Key answer commit together.
 
-The PostgreSQL implementations are in `services.intake.service`.
+The decision deadline (SPEC invariants 1 and 8) has its use case here too:
+`open_incidents` starts each report's clock (`DecisionClocks.start`, in the report's
+transaction) and `raise_overdue_decisions` raises `incident.decision.overdue.v1` for the
+reports triage has not decided within the limit, once each, behind a
+`DecisionUnitOfWork` (the watcher in `services.intake.deadlines` is its thin adapter).
+
+The PostgreSQL implementations are in `services.intake.service` and
+`services.intake.deadlines`; the decision clocks in memory in `services.intake.memory`.
 """
 
 from __future__ import annotations
@@ -30,11 +37,11 @@ import hashlib
 import uuid
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Final, Protocol
 
 from services.domain.envelope import Envelope
-from services.domain.events import InvalidEvent
+from services.domain.events import DecisionOverdue, InvalidEvent, make_event
 from services.domain.inbound import authorize, incident_id_for, report_of
 from services.domain.policy import Policy
 from services.domain.receipts import new_receipt, new_secret, request_digest
@@ -50,7 +57,7 @@ from services.domain.reports import (
     submit_report,
     to_look_up,
 )
-from services.infra.recorder import UnitOfWork
+from services.infra.recorder import ConcurrencyError, UnitOfWork
 
 ANONYMOUS_ACTOR: Final = "reporter:anonymous"
 REPLAY_NOTE: Final = (
@@ -228,11 +235,65 @@ class ReportRows(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class Undecided:
+    """A report triage has not decided, past its decision deadline."""
+
+    incident_id: str
+    submitted_at: datetime
+
+
+class DecisionClocks(Protocol):
+    """Each report's decision deadline (`decision_clocks`), inside a unit of work.
+
+    Content-free: an incident id and times. A report's clock starts with the report,
+    stops at triage's first decision (`decided`), and is raised at most once
+    (`mark_raised`); a raised clock still counts as overdue until it is decided.
+    """
+
+    async def start(self, clocks: Sequence[tuple[str, datetime]]) -> None:
+        """(incident id, submission time) of new reports."""
+        ...
+
+    async def decided(self, decisions: Sequence[tuple[str, datetime]]) -> int:
+        """Stop these clocks (incident id, decision time; a later decision changes
+        nothing); how many of them had been raised as overdue."""
+        ...
+
+    async def due(self, submitted_by: datetime, limit: int) -> list[Undecided]:
+        """Undecided, unraised reports submitted at or before `submitted_by`, oldest
+        first, at most `limit`, each locked until the unit ends; a clock another unit
+        holds is skipped (`FOR UPDATE SKIP LOCKED`), so several instances never raise
+        one twice."""
+        ...
+
+    async def mark_raised(self, incident_ids: Sequence[str], at: datetime) -> None: ...
+
+    async def earliest_waiting(self) -> datetime | None:
+        """The submission time of the oldest undecided report not raised yet."""
+        ...
+
+    async def overdue_now(self) -> int:
+        """Reports raised as overdue and still undecided."""
+        ...
+
+
 class ReportUnitOfWork(UnitOfWork, Protocol):
-    """The recorder and intake's report rows, in one transaction."""
+    """The recorder, intake's report rows and the reports' decision clocks, in one
+    transaction."""
 
     @property
     def reports(self) -> ReportRows: ...
+
+    @property
+    def decisions(self) -> DecisionClocks: ...
+
+
+class DecisionUnitOfWork(UnitOfWork, Protocol):
+    """The recorder and the decision clocks, in one transaction."""
+
+    @property
+    def decisions(self) -> DecisionClocks: ...
 
 
 class ReportWriter(Protocol):
@@ -438,4 +499,98 @@ async def open_incidents(
         [(e.subject, 0, [e]) for e in events], topic_prefix=intake.topic_prefix
     )
     await uow.reports.add_incidents(incidents)
+    await uow.decisions.start([(e.subject, e.time) for e in events])
     return events
+
+
+# -- the decision deadline -------------------------------------------------------------
+
+DECISION_EVENT_IDS: Final = uuid.UUID("5d0f2f0e-8a3c-4b7e-9c41-6f2d1a7b9e30")
+"""The namespace of overdue events' ids: uuid5 of `decision-overdue:<incident>`, one id
+per report whichever instance or attempt raises it (the event store refuses a second)."""
+DECISION_ACTOR: Final = "system:intake"
+RAISE_ATTEMPTS: Final = 3
+"""Units of work tried when a report's stream moved on meanwhile (a reporter's message)."""
+
+
+@dataclass(frozen=True)
+class RaiseOverdue:
+    """Raise the decision deadlines passed by `now` (at most `limit` in one unit)."""
+
+    now: datetime
+    within: timedelta
+    source: str
+    topic_prefix: str = ""
+    limit: int = 100
+
+
+@dataclass(frozen=True)
+class OverdueDecisions:
+    """What a round raised, how many reports are overdue and undecided now (the gauge),
+    and when the next waiting report falls due (None: none waits; the round's `now`
+    when it left some for the next unit)."""
+
+    raised: list[Envelope]
+    overdue_now: int
+    next_due: datetime | None
+
+
+def overdue_event_id(incident_id: str) -> str:
+    """The id of a report's one `incident.decision.overdue.v1`."""
+    return str(uuid.uuid5(DECISION_EVENT_IDS, f"decision-overdue:{incident_id}"))
+
+
+async def raise_overdue_decisions(
+    command: RaiseOverdue, uow: DecisionUnitOfWork
+) -> OverdueDecisions:
+    """Append `incident.decision.overdue.v1` (incident id and times, nothing else) to the
+    stream of each report submitted more than `within` ago that triage has not decided,
+    and mark its clock raised, in one unit of work: once per report, whichever instance
+    takes it (`DecisionClocks.due` skips what another holds; the event id is derived
+    from the incident). Nobody in the directory is told: triage, which knows the
+    conflicts, did not decide, so nobody can be chosen safely; operations hear of it
+    through the adapter's metrics and log. A stream that moved on meanwhile is retried."""
+    for attempt in range(RAISE_ATTEMPTS):
+        try:
+            return await _raise_overdue(command, uow)
+        except ConcurrencyError:
+            if attempt == RAISE_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+async def _raise_overdue(command: RaiseOverdue, uow: DecisionUnitOfWork) -> OverdueDecisions:
+    async with uow:
+        clocks, recorder = uow.decisions, uow.recorder
+        late = await clocks.due(command.now - command.within, command.limit)
+        events: list[Envelope] = []
+        if late:
+            ids = [u.incident_id for u in late]
+            versions = await recorder.stream_versions(ids)
+            for u in late:
+                events.append(
+                    make_event(
+                        DecisionOverdue.TYPE,
+                        subject=u.incident_id,
+                        data=DecisionOverdue(
+                            submitted_at=u.submitted_at, due_at=u.submitted_at + command.within
+                        ),
+                        source=command.source,
+                        time=command.now,
+                        actor=DECISION_ACTOR,
+                        correlationid=await recorder.correlation_of(u.incident_id),
+                        event_id=overdue_event_id(u.incident_id),
+                    )
+                )
+            await recorder.append_streams(
+                [(e.subject, versions[e.subject], [e]) for e in events],
+                topic_prefix=command.topic_prefix,
+            )
+            await clocks.mark_raised(ids, command.now)
+        overdue = await clocks.overdue_now()
+        earliest = await clocks.earliest_waiting()
+    if len(late) == command.limit:
+        next_due: datetime | None = command.now
+    else:
+        next_due = None if earliest is None else earliest + command.within
+    return OverdueDecisions(events, overdue, next_due)

@@ -23,7 +23,7 @@ from services.domain.reports import (
     UnknownCategory,
 )
 from services.infra.crypto import IncidentKey, Pseudonyms
-from services.infra.recorder_memory import InMemoryStore, InMemoryUnitOfWork
+from services.intake.memory import InMemoryIntakeStore, InMemoryIntakeUnitOfWork
 from services.intake.usecases import (
     Answered,
     IdempotencyConflict,
@@ -50,7 +50,7 @@ class Memory:
     """Intake's rows and the directory, committed; `ReportReads` over them."""
 
     def __init__(self) -> None:
-        self.store = InMemoryStore()
+        self.store = InMemoryIntakeStore()
         self.answers_: dict[tuple[str, str], tuple[str, Submission]] = {}
         self.receipts: dict[str, tuple[str, str]] = {}
         self.retention: dict[str, str] = {}
@@ -86,7 +86,7 @@ class Memory:
         return outcome
 
 
-class Unit(InMemoryUnitOfWork):
+class Unit(InMemoryIntakeUnitOfWork):
     """`ReportUnitOfWork` in memory: intake's rows staged, applied on commit."""
 
     def __init__(self, memory: Memory) -> None:

@@ -122,6 +122,10 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "closed_at": "2021-11-01T09:00:00Z",
         "retain_until": "2026-10-31T09:00:00Z",
     },
+    "incident.decision.overdue.v1": {
+        "submitted_at": "2026-11-01T09:00:00Z",
+        "due_at": "2026-11-01T09:05:00Z",
+    },
     "incident.escalated.v1": {
         "level": 2,
         "recipients": ["p-zhou"],
