@@ -1,6 +1,7 @@
 """The console's incident index: the ledger folded into one row per incident.
 
-The auditor's list (filters by category, severity, status, overdue, breached clocks;
+The auditor's list (filters by category, severity, status, overdue (a passed
+acknowledgement deadline, or a report triage has not decided in time), breached clocks;
 keyset pages over 10,000s of incidents) cannot fold the whole ledger per request, so a
 background task folds each new ledger entry into `console_incidents` with the domain's
 own `apply` and the one status's `advance` (services/domain/status.py: status and level
@@ -26,6 +27,7 @@ import asyncpg
 from services.audit.ledger import decode_leaf
 from services.domain.events import (
     DeadlineBreached,
+    DecisionOverdue,
     InputRejected,
     InvalidEvent,
     Triaged,
@@ -150,6 +152,8 @@ async def index_once(conn: asyncpg.Connection, batch: int = BATCH) -> int:
         row.last_idx, row.last_recorded_at = entry["idx"], entry["recorded_at"]
         if isinstance(data, Triaged) and LEVEL_1_ACKNOWLEDGE in data.deadlines:
             row.ack_due_at = data.deadlines[LEVEL_1_ACKNOWLEDGE]
+        elif isinstance(data, DecisionOverdue) and row.progress.decision_overdue:
+            row.ack_due_at = data.due_at  # nobody asked yet: the decision's deadline is past
         elif isinstance(data, DeadlineBreached):
             row.breaches += 1
         changed.add(incident)

@@ -148,6 +148,15 @@ async def test_a_report_triage_never_decides_is_raised_once_without_its_content(
     assert overdue_gauge() == 1
     assert DecisionOverdue.TYPE not in await stack.ledger_types(decided)
 
+    async def listed_overdue() -> list[str]:  # the auditor's list, its `overdue` filter
+        rows = await stack.sql(
+            "SELECT incident_id, status FROM audit.console_incidents"
+            " WHERE acknowledged_at IS NULL AND ack_due_at < now()"
+        )
+        return [r["incident_id"] for r in rows if r["status"] == "submitted"]
+
+    assert await eventually(listed_overdue) == [undecided]
+
     await decide(producer, stack.settings, undecided)  # triage decides at last
 
     async def gauge_dropped() -> bool:
