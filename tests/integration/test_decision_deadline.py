@@ -13,9 +13,10 @@ decision stops counting it; the event stays.
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +27,23 @@ from fastapi import FastAPI
 from prometheus_client import REGISTRY
 
 from services.audit.app import create_app as create_audit
-from services.domain.events import DecisionOverdue, Topic, Triaged, make_event
+from services.domain.envelope import Envelope
+from services.domain.events import (
+    DecisionOverdue,
+    PeopleImported,
+    ReportSubmitted,
+    Topic,
+    Triaged,
+    make_event,
+)
+from services.infra.db import create_pool, migrate_service
+from services.infra.recorder import PostgresUnitOfWork
 from services.infra.settings import AuditSettings, CommonSettings, IntakeSettings
+from services.intake.app import MIGRATIONS
 from services.intake.app import create_app as create_intake
-from services.intake.deadlines import DecisionWatch
+from services.intake.deadlines import DecisionWatch, PostgresDecisionUnitOfWork
+from services.intake.routing import keep_progress
+from services.intake.usecases import RaiseOverdue, raise_overdue_decisions
 from tests.helpers import (
     SEED_CASE,
     critical_policy,
@@ -164,3 +178,83 @@ async def test_a_report_triage_never_decides_is_raised_once_without_its_content(
 
     await eventually(gauge_dropped)
     assert (await raised()) == [DecisionOverdue.TYPE]  # the ledger keeps what happened
+
+
+async def test_an_upgrade_gives_every_earlier_report_a_clock_and_raises_the_undecided(
+    fresh_database_url: str, tmp_path: Path
+) -> None:
+    """Intake's migration 0012 on a database with reports from before it: decided when
+    triage's decision was kept, someone was routed or the report was closed; the report
+    with none of these is raised at the first round, and a directory stream gets no clock."""
+    before = tmp_path / "migrations"
+    before.mkdir()
+    for path in sorted(MIGRATIONS.glob("*.sql")):
+        if path.name < "0012":
+            shutil.copy(path, before / path.name)
+    await migrate_service(fresh_database_url, "intake", before)
+    pool = await create_pool(fresh_database_url, schema="intake", max_size=2)
+    try:
+        kept, routed, closed, undecided = (f"inc-{n}" for n in ("kept", "routed", "closed", "none"))
+        then = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+        async with PostgresUnitOfWork(pool) as uow:
+            await uow.recorder.append_streams(
+                [(i, 0, [submitted(i, then)]) for i in (kept, routed, closed, undecided)]
+                + [("directory-import:x", 0, [directory_event(then)])]
+            )
+            decision = make_event(
+                Triaged.TYPE,
+                subject=kept,
+                data=Triaged(category="harassment", severity="high", policy_version="t", chain=[]),
+                source="/services/triage",
+                time=then + timedelta(seconds=1),
+            )
+            await keep_progress(uow.conn, [decision])
+            await uow.conn.execute(
+                "INSERT INTO routing (incident_id, principal, level, routed, routed_at,"
+                " source_event) VALUES ($1, 'p-chen', 1, true, $2, gen_random_uuid())",
+                routed,
+                then + timedelta(seconds=2),
+            )
+            await uow.conn.execute(
+                "INSERT INTO retention (incident_id, category, closed_at) VALUES ($1, 'other', $2)",
+                closed,
+                then + timedelta(days=3),
+            )
+        await migrate_service(fresh_database_url, "intake", MIGRATIONS)
+        rows = {
+            r["incident_id"]: r["decided_at"]
+            for r in await pool.fetch("SELECT incident_id, decided_at FROM decision_clocks")
+        }
+        assert rows == {
+            kept: then + timedelta(seconds=1),
+            routed: then + timedelta(seconds=2),
+            closed: then + timedelta(days=3),
+            undecided: None,
+        }
+        result = await raise_overdue_decisions(
+            RaiseOverdue(datetime.now(UTC), timedelta(minutes=5), "/services/intake"),
+            PostgresDecisionUnitOfWork(pool),
+        )
+        assert [e.subject for e in result.raised] == [undecided]
+    finally:
+        await pool.close()
+
+
+def submitted(incident: str, at: datetime) -> Envelope:
+    return make_event(
+        ReportSubmitted.TYPE,
+        subject=incident,
+        data={"category": "other", "summary": "s", "description": "d", "report_digest": "x"},
+        source="/services/intake",
+        time=at,
+    )
+
+
+def directory_event(at: datetime) -> Envelope:
+    return make_event(
+        PeopleImported.TYPE,
+        subject="directory-import:x",
+        data={"people": [{"person_id": "p-x"}]},
+        source="/services/intake",
+        time=at,
+    )
