@@ -4,6 +4,7 @@ use case (`services.audit.usecases`), render; its refusals become problem answer
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -299,6 +300,7 @@ def served_entry(row: StoredRow) -> dict[str, Any]:
         "partition": row.partition,
         "offset": row.offset,
         "event": None,
+        "indexed": indexed_columns(row),
     }
     try:
         decoded = decode_leaf(row.leaf)
@@ -307,6 +309,26 @@ def served_entry(row: StoredRow) -> dict[str, Any]:
     except (ValueError, TypeError, KeyError):  # not JSON, not UTF-8, not an object
         entry["error"] = "the stored leaf is not a ledger leaf (not JSON, or no recorded_at)"
     return entry
+
+
+def indexed_columns(row: StoredRow) -> dict[str, Any]:
+    """The columns the reads select an entry by, as stored (not as its leaf says them):
+    `verify` proves each says what the leaf says (`services.audit.indexed`). `people`:
+    the `ledger_people` rows at the entry's index, when there are any."""
+    indexed = row.indexed
+    columns: dict[str, Any] = {
+        "valid": indexed.valid,
+        "incident_id": indexed.incident_id,
+        "event_type": indexed.event_type,
+        "event_id": indexed.event_id,
+        "recorded_at": utc_rfc3339(row.recorded_at),
+    }
+    if row.people:
+        columns["people"] = [
+            {"person_id": person, "record": None if record is None else json.loads(record)}
+            for person, record in row.people
+        ]
+    return columns
 
 
 @router.get("/ledger/proofs/inclusion", summary="RFC 9162 inclusion proof", responses=PROOF_ANSWERS)

@@ -29,6 +29,7 @@ from aiokafka import ConsumerRecord
 
 from services.audit import tree
 from services.audit.heads import Head, all_heads, latest_head
+from services.audit.indexed import Indexed, chunk_records
 from services.audit.merkle import MerkleFrontier
 from services.domain.envelope import Envelope, canonical_json, utc_rfc3339
 from services.domain.events import (
@@ -128,7 +129,9 @@ LEDGER_COLUMNS = list(LedgerRow._fields)
 
 @dataclass(frozen=True)
 class StoredRow:
-    """A stored entry as the raw-ledger reads serve it."""
+    """A stored entry as the raw-ledger reads serve it: the leaf, and the columns the
+    reads select it by, as stored (`indexed`, `recorded_at`; `people`, the rows of
+    `ledger_people` at its index), for a verifier to compare with the leaf."""
 
     idx: int
     recorded_at: datetime
@@ -137,6 +140,9 @@ class StoredRow:
     offset: int
     leaf: bytes
     leaf_hash: bytes
+    indexed: Indexed
+    people: tuple[tuple[str, str | None], ...] = ()
+    """(person id, record as JSON text or None) of each `ledger_people` row at `idx`."""
 
 
 def classify(record: Consumed | ConsumerRecord, refused: str | None = None) -> Candidate:
@@ -172,6 +178,7 @@ def _candidate(
 ) -> Candidate:
     """The record keyed `key`: a valid event (its parsed `envelope`), else rejected input
     for `reason`."""
+    indexed = Indexed.of(envelope)  # the rule verify proves the columns by
     return Candidate(
         record_key=key,
         topic=record.topic,
@@ -180,9 +187,9 @@ def _candidate(
         event=json.loads(record.value) if envelope else None,
         raw=record.value,
         reason=reason,
-        event_id=envelope.id if envelope else None,
-        incident_id=envelope.subject if envelope else None,
-        event_type=envelope.type if envelope else None,
+        event_id=indexed.event_id,
+        incident_id=indexed.incident_id,
+        event_type=indexed.event_type,
         trace_id=trace_id_of((envelope.traceparent if envelope else None) or record.traceparent),
     )
 
@@ -462,7 +469,7 @@ def chunk_people(rows: Sequence[LedgerRow]) -> list[tuple[str, int, str]]:
     for row in rows:
         if row.valid and row.event_type == PeopleImported.TYPE:
             people = decode_leaf(row.leaf)["event"]["data"]["people"]
-            last = {p["person_id"]: p for p in people}
+            last = chunk_records(people)
             found.extend((i, row.idx, json.dumps(p)) for i, p in last.items())
     return found
 
@@ -505,11 +512,15 @@ async def roles_in_ledger(conn: asyncpg.Connection, principal: str) -> frozenset
     return None if person is None else frozenset(person.get("roles") or ())
 
 
-STORED = 'idx, recorded_at, topic, partition, "offset", leaf, leaf_hash'
+STORED = (
+    'idx, recorded_at, topic, partition, "offset", leaf, leaf_hash, valid, event_id,'
+    " incident_id, event_type"
+)
 """The columns of a `StoredRow` (fixed text)."""
 
 
-def _stored(row: asyncpg.Record) -> StoredRow:
+def _stored(row: asyncpg.Record, people: Sequence[tuple[str, str | None]] = ()) -> StoredRow:
+    event_id = row["event_id"]
     return StoredRow(
         row["idx"],
         row["recorded_at"],
@@ -518,6 +529,13 @@ def _stored(row: asyncpg.Record) -> StoredRow:
         row["offset"],
         bytes(row["leaf"]),
         bytes(row["leaf_hash"]),
+        Indexed(
+            row["valid"],
+            None if event_id is None else str(event_id),
+            row["incident_id"],
+            row["event_type"],
+        ),
+        tuple(people),
     )
 
 
@@ -585,8 +603,16 @@ class PostgresLedger:
         return await line_data(self.conn, person_ids, most)
 
     async def rows(self, start: int, end: int) -> list[StoredRow]:
+        people: dict[int, list[tuple[str, str | None]]] = {}
+        for r in await self.conn.fetch(
+            "SELECT idx, person_id, record::text AS record FROM ledger_people"
+            " WHERE idx >= $1 AND idx < $2 ORDER BY idx, person_id",
+            start,
+            end,
+        ):
+            people.setdefault(r["idx"], []).append((r["person_id"], r["record"]))
         return [
-            _stored(r)
+            _stored(r, people.get(r["idx"], ()))
             for r in await self.conn.fetch(
                 f"SELECT {STORED} FROM ledger WHERE idx >= $1 AND idx < $2 ORDER BY idx",  # noqa: S608
                 start,

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from services.audit.heads import Head
+from services.audit.indexed import Indexed
 from services.audit.ledger import (
     PERSON_EVENTS,
     LedgerRow,
@@ -50,9 +51,18 @@ class AuditMemory:
     heads: list[Head] = field(default_factory=list)
 
 
-def _stored(row: LedgerRow) -> StoredRow:
+def _stored(row: LedgerRow, people: Sequence[tuple[str, str | None]] = ()) -> StoredRow:
+    indexed = Indexed(row.valid, row.event_id, row.incident_id, row.event_type)
     return StoredRow(
-        row.idx, row.recorded_at, row.topic, row.partition, row.offset, row.leaf, row.leaf_hash
+        row.idx,
+        row.recorded_at,
+        row.topic,
+        row.partition,
+        row.offset,
+        row.leaf,
+        row.leaf_hash,
+        indexed,
+        tuple(people),
     )
 
 
@@ -138,7 +148,11 @@ class InMemoryLedger:
         return found
 
     async def rows(self, start: int, end: int) -> list[StoredRow]:
-        return [_stored(r) for r in self._rows[start:end]]
+        rows = self._rows[start:end]
+        people: dict[int, list[tuple[str, str | None]]] = {}
+        for person, idx, record in sorted(chunk_people(rows), key=lambda p: (p[1], p[0])):
+            people.setdefault(idx, []).append((person, record))
+        return [_stored(r, people.get(r.idx, ())) for r in rows]
 
     async def incidents_between(self, start: int, end: int) -> list[str]:
         found = {r.incident_id for r in self._rows[start:end] if _about_incident(r)}

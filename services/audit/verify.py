@@ -15,7 +15,12 @@ over HTTP (`HttpSource`), an evidence bundle (`BundleSource`), or entries held i
    column was left alone); the leaf is canonical JSON of version 1 whose own ``index``
    is its position (deleted, inserted or swapped entries, even when the rows were
    renumbered to stay contiguous); ``recorded_at`` never goes backwards; the fields
-   served next to the leaf say what the leaf says;
+   served next to the leaf say what the leaf says, and so do the index columns served
+   as stored (``indexed``: the ``incident_id``, ``event_type``, ``valid``, ``event_id``
+   and ``recorded_at`` columns the reads select and date an entry by, and the
+   ``ledger_people`` rows at its index), each derived from the leaf by the rule the
+   append uses (`services.audit.indexed`): an entry pointed away from its incident, or
+   a person's index row forged or removed, is named at its index;
 3. whenever the tree reaches a head's size, the recomputed Merkle root equals the signed
    root. A mismatch means an edit whose leaf hash was recomputed too: the first bad
    index then lies in ``[previous head size, this head size)``. When the source serves
@@ -90,8 +95,9 @@ from services.audit.checkpoint import (
     sign_checkpoint,
     verify_checkpoint,
 )
+from services.audit.indexed import indexed_of_leaf, people_of_leaf
 from services.domain.envelope import canonical_json, utc_rfc3339
-from services.domain.events import CheckpointSigned
+from services.domain.events import CheckpointSigned, PeopleImported
 
 __all__ = [
     "BUNDLE_FORMAT",
@@ -123,13 +129,16 @@ PAGE_SIZE = 1000
 
 LEAF_VERSION = 1
 CHECKPOINT_EVENT = CheckpointSigned.TYPE
+CHUNK_EVENT = PeopleImported.TYPE
+_INDEXED = 5
+"""The columns ``indexed`` holds when it carries no ``people`` (see `_indexed_differs`)."""
 _RECORDED_AT = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z", re.ASCII)
 _SERVED_FIELDS = ("recorded_at", "topic", "partition", "offset")
 _GAP = 64  # an export fetches indexes this close together in one request
 
 Entry = dict[str, Any]
 """One served entry: ``index``, ``leaf`` (base64) and optionally ``leaf_hash`` (hex),
-``recorded_at``, ``topic``, ``partition``, ``offset``, ``event``."""
+``recorded_at``, ``topic``, ``partition``, ``offset``, ``event``, ``indexed``."""
 
 Progress = Callable[[int, int], None]
 """``progress(entries_done, entries_expected)``, called after every page."""
@@ -852,6 +861,9 @@ def _canonical_leaf(leaf: bytes, buffer: bytearray) -> _Leaf | None:
 
 def _served_differs(entry: Entry, body: _Leaf) -> bool:
     """Whether a field served next to the leaf says something the leaf does not."""
+    indexed = entry.get("indexed")
+    if indexed is not None and _indexed_differs(indexed, body):
+        return True
     for name in _SERVED_FIELDS:
         if name in entry:
             value = getattr(body, name)
@@ -867,6 +879,100 @@ def _served_differs(entry: Entry, body: _Leaf) -> bool:
     except msgspec.ValidationError:
         return True
     return served != body.event or not _same_json(served, body.event)
+
+
+def _indexed_differs(indexed: Any, body: _Leaf) -> bool:
+    """False when the served index columns plainly say what the leaf says (an event's
+    id, subject and type as written, its recording time, no ``people``): the common
+    case, decided without reading the event again. True sends the entry to
+    `_Walk.check`, which derives the columns by the append's rule (`_check_indexed`)
+    and names what differs, or finds nothing (an id written in another UUID form, a
+    bulk import's chunk and its ``people``)."""
+    if type(indexed) is not dict or len(indexed) != _INDEXED:
+        return True
+    event = body.event
+    if event is msgspec.UNSET:
+        return (
+            indexed.get("valid") is not False
+            or indexed.get("incident_id") is not None
+            or indexed.get("event_type") is not None
+            or indexed.get("event_id") is not None
+            or indexed.get("recorded_at") != body.recorded_at
+        )
+    return (
+        indexed.get("valid") is not True
+        or indexed.get("incident_id") != event.subject
+        or indexed.get("event_type") != event.type
+        or indexed.get("event_id") != event.id
+        or indexed.get("recorded_at") != body.recorded_at
+        or event.type == CHUNK_EVENT
+    )
+
+
+def _check_indexed(served: Any, body: dict[str, Any], position: int) -> None:
+    """The index columns served as stored (``indexed``) say what the leaf says, by the
+    rule the append derived them with (`services.audit.indexed`); `_Bad` naming each
+    column that differs. A leaf whose event this version cannot read as a CloudEvent has
+    only its ``valid`` and ``recorded_at`` compared (the reads cannot read it either)."""
+    if not isinstance(served, dict):
+        raise _Bad(
+            f"entry {position} is served with index columns that are no object", index=position
+        )
+    derived = indexed_of_leaf(body)
+    expected: dict[str, Any] = {"valid": "event" in body, "recorded_at": body["recorded_at"]}
+    if derived is not None:
+        expected |= {
+            "incident_id": derived.incident_id,
+            "event_type": derived.event_type,
+            "event_id": derived.event_id,
+        }
+    problems = [
+        f"entry {position}'s {name} column says {served.get(name)!r}, its leaf says {value!r}"
+        for name, value in expected.items()
+        if served.get(name) != value or type(served.get(name)) is not type(value)
+    ]
+    problems += _people_problems(served.get("people", []), people_of_leaf(body), position)
+    if problems:
+        raise _Bad(
+            "; ".join(problems) + ": the index was changed behind the ledger", index=position
+        )
+
+
+def _people_problems(served: Any, carried: dict[str, Any], position: int) -> list[str]:
+    """How the ``ledger_people`` rows served at an entry differ from the people its leaf
+    carries (`people_of_leaf`): a person left out, one added, a record changed (a row
+    without a record is one the database could not copy; the reads then use the leaf)."""
+    rows: dict[str, Any] = {}
+    if not isinstance(served, list):
+        return [f"entry {position}'s people index is served as no list"]
+    for row in served:
+        if not isinstance(row, dict) or not isinstance(row.get("person_id"), str):
+            return [f"entry {position}'s people index holds a row without a person id"]
+        rows[row["person_id"]] = row.get("record")
+    problems = []
+    missing = sorted(carried.keys() - rows.keys())
+    if missing:
+        problems.append(
+            f"entry {position}'s people index leaves out {_names(missing)}, whom its leaf carries"
+        )
+    extra = sorted(rows.keys() - carried.keys())
+    if extra:
+        problems.append(
+            f"entry {position}'s people index lists {_names(extra)}, whom its leaf does not carry"
+        )
+    changed = sorted(
+        p for p in rows.keys() & carried.keys() if rows[p] is not None and rows[p] != carried[p]
+    )
+    if changed:
+        problems.append(
+            f"entry {position}'s people index keeps for {_names(changed)} a record its leaf"
+            " does not hold"
+        )
+    return problems
+
+
+def _names(ids: list[str]) -> str:
+    return ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if ids[5:] else "")
 
 
 def _same_json(served: Any, recorded: Any) -> bool:
@@ -1174,6 +1280,8 @@ class _Walk:
                 f"entry {position} is served with an event its leaf does not hold",
                 index=position,
             )
+        if "indexed" in entry:
+            _check_indexed(entry["indexed"], body, position)
         return hashed, body
 
     def withheld_entry(self, entry: Entry, position: int) -> None:

@@ -42,7 +42,7 @@ from services.audit.verify import (
 )
 from services.cli import app as cli
 from services.domain.envelope import CLOUDEVENTS_CONTENT_TYPE, canonical_json
-from services.domain.events import Topic, make_event
+from services.domain.events import PeopleImported, Topic, make_event
 from services.domain.incident import report_digest
 from services.infra.settings import AuditSettings, CommonSettings
 from tests.helpers import eventually, serving, signed
@@ -276,6 +276,34 @@ async def break_the_json(conn: asyncpg.Connection, ledger: Ledger, k: int) -> No
     await conn.execute("UPDATE audit.ledger SET leaf = $1 WHERE idx = $2", leaf, k)
 
 
+# The columns the reads select and date an entry by, changed and the leaf left alone:
+# the hashes still match, the leaf's own fields do not (services/audit/indexed.py).
+
+
+async def retype_the_column(conn: asyncpg.Connection, ledger: Ledger, k: int) -> None:
+    """Out of every incident read (they take `incident.%` types only)."""
+    await conn.execute(
+        "UPDATE audit.ledger SET event_type = 'directory.person.upserted.v1' WHERE idx = $1", k
+    )
+
+
+async def invalidate_the_column(conn: asyncpg.Connection, ledger: Ledger, k: int) -> None:
+    """Taken for rejected input, which no read folds."""
+    await conn.execute("UPDATE audit.ledger SET valid = false WHERE idx = $1", k)
+
+
+async def backdate_the_column(conn: asyncpg.Connection, ledger: Ledger, k: int) -> None:
+    """The knowledge answer dates a principal's first knowledge by this column."""
+    await conn.execute(
+        "UPDATE audit.ledger SET recorded_at = recorded_at - interval '1 day' WHERE idx = $1", k
+    )
+
+
+async def repoint_the_event_id(conn: asyncpg.Connection, ledger: Ledger, k: int) -> None:
+    """A receipt's proof finds the reporter's submission by this column."""
+    await conn.execute("UPDATE audit.ledger SET event_id = gen_random_uuid() WHERE idx = $1", k)
+
+
 @pytest.mark.parametrize(
     "forge",
     [
@@ -284,6 +312,10 @@ async def break_the_json(conn: asyncpg.Connection, ledger: Ledger, k: int) -> No
         insert_and_renumber,
         swap_with_a_later_entry,
         break_the_json,
+        retype_the_column,
+        invalidate_the_column,
+        backdate_the_column,
+        repoint_the_event_id,
     ],
     ids=lambda forge: forge.__name__,
 )
@@ -297,6 +329,98 @@ async def test_a_forged_entry_is_found_at_its_exact_index(
     report = await verify(audit)
     assert not report.ok
     assert report.first_bad_index == k, report.reason
+
+
+async def _timeline(audit: Audit, incident: str) -> list[int]:
+    auth = {"authorization": f"Bearer {TOKEN}"}
+    answer = await audit.client.get(f"/v1/incidents/{incident}/timeline", headers=auth)
+    assert answer.status_code == 200
+    return [e["index"] for e in answer.json()["events"]]
+
+
+@pytest.mark.parametrize("moved_to", ["inc-elsewhere", None], ids=["another-id", "null"])
+async def test_an_entry_moved_out_of_its_incident_is_found_at_its_index(
+    audit: Audit, producer: AIOKafkaProducer, moved_to: str | None
+) -> None:
+    """The timeline, knowledge, state and conflict checks find an incident's entries by
+    the `incident_id` column: pointed elsewhere (or nowhere) by a superuser, an entry
+    leaves its incident's views (who was told, who looked) while every hash still
+    matches. verify compares the column, as served, with the leaf's subject."""
+    ledger = await fed(audit, producer)
+    k = ledger.middle_event()
+    incident = ledger.rows[k]["incident_id"]
+    assert k in await _timeline(audit, incident)
+    async with behind_its_back(audit) as conn:
+        await conn.execute("UPDATE audit.ledger SET incident_id = $1 WHERE idx = $2", moved_to, k)
+    assert k not in await _timeline(audit, incident)  # what the forgery hides
+    report = await verify(audit)
+    assert not report.ok
+    assert report.first_bad_index == k and report.bad_indexes == [k], report.reason
+    assert (
+        f"entry {k}'s incident_id column says {moved_to!r}, its leaf says {incident!r}"
+        ": the index was changed behind the ledger"
+    ) == report.reason
+
+
+async def _chunk_at(audit: Audit) -> int | None:
+    """The index of the bulk import's chunk, once the database indexed its people."""
+    conn = await asyncpg.connect(audit.settings.database_url)
+    try:
+        found = await conn.fetchval("SELECT max(idx) FROM audit.ledger_people")
+        return None if found is None else int(found)
+    finally:
+        await conn.close()
+
+
+async def test_a_forged_or_removed_person_in_the_people_index_is_found_at_its_entry(
+    audit: Audit, producer: AIOKafkaProducer
+) -> None:
+    """`ledger_people` (person -> bulk import chunk, with the record a lookup reads:
+    roles, manager) decides who is an auditor and whose manager a person is. Verify
+    proves it against the chunks' leaves: a changed record, a person taken out and a
+    person added where no leaf carries them are each named at their entry."""
+    ledger = await fed(audit, producer)
+    people = [
+        {"person_id": "p-top", "name": "Top", "roles": ["hr_head"]},
+        {"person_id": "p-mid", "name": "Mid", "manager_id": "p-top"},
+        {"person_id": "p-low", "name": "Low\u00e9", "manager_id": "p-mid"},
+    ]
+    chunk = make_event(
+        PeopleImported.TYPE,
+        subject="directory-import:1",
+        data={"people": people},
+        source="/services/intake",
+        time=datetime.now(UTC),
+    )
+    topic = audit.settings.topic("directory.changes")
+    await producer.send_and_wait(topic, signed(chunk, "intake"), key=b"directory")
+    at = await eventually(lambda: _chunk_at(audit))
+    intact = await verify(audit)
+    assert intact.ok, intact.reason
+    k = ledger.middle_event()
+    async with behind_its_back(audit) as conn:
+        await conn.execute("ALTER TABLE audit.ledger_people DISABLE TRIGGER USER")
+        await conn.execute(
+            "UPDATE audit.ledger_people SET record = record - 'manager_id'"
+            " WHERE person_id = 'p-mid'"
+        )
+        await conn.execute("DELETE FROM audit.ledger_people WHERE person_id = 'p-low'")
+        await conn.execute(
+            "INSERT INTO audit.ledger_people (person_id, idx, record) VALUES ('p-chen', $1, $2)",
+            k,
+            json.dumps({"person_id": "p-chen", "roles": ["auditor"]}),
+        )
+        await conn.execute("ALTER TABLE audit.ledger_people ENABLE TRIGGER USER")
+    report = await verify(audit)
+    assert not report.ok
+    assert report.first_bad_index == k and report.bad_indexes == [k, at], report.reason
+    assert report.problems == [
+        f"entry {k}'s people index lists p-chen, whom its leaf does not carry"
+        ": the index was changed behind the ledger",
+        f"entry {at}'s people index leaves out p-low, whom its leaf carries; entry {at}'s"
+        " people index keeps for p-mid a record its leaf does not hold"
+        ": the index was changed behind the ledger",
+    ]
 
 
 async def test_a_changed_byte_with_its_hash_recomputed_is_caught_by_the_signed_root(

@@ -137,6 +137,19 @@ def _edit(row: dict[str, Any], rehash: bool) -> None:
     _put(row, bytes(leaf), rehash=rehash)
 
 
+def _indexed(row: dict[str, Any]) -> dict[str, Any]:
+    """The index columns of a row as the append stores them (`indexed`, served)."""
+    body = _body(row)
+    event = body.get("event") or {}
+    return {
+        "valid": "event" in body,
+        "incident_id": event.get("subject"),
+        "event_type": event.get("type"),
+        "event_id": event.get("id"),
+        "recorded_at": body["recorded_at"],
+    }
+
+
 def _rewrite(row: dict[str, Any], change: Any, text: Any = canonical_json) -> None:
     body = _body(row)
     change(body)
@@ -216,6 +229,32 @@ FORGERIES: dict[str, Callable[[list[dict[str, Any]], int], object]] = {
     "served-level-float": lambda rows, k: rows[k].update(
         event=_with_data(_body(rows[k])["event"], level=1.0)
     ),
+    "indexed-right": lambda rows, k: rows[k].update(indexed=_indexed(rows[k])),
+    "served-indexed-moved": lambda rows, k: rows[k].update(
+        indexed={**_indexed(rows[k]), "incident_id": "inc-elsewhere"}
+    ),
+    "served-indexed-null": lambda rows, k: rows[k].update(
+        indexed={**_indexed(rows[k]), "incident_id": None}
+    ),
+    "served-indexed-type": lambda rows, k: rows[k].update(
+        indexed={**_indexed(rows[k]), "event_type": "directory.person.upserted.v1"}
+    ),
+    "served-indexed-valid": lambda rows, k: rows[k].update(
+        indexed={**_indexed(rows[k]), "valid": 1}
+    ),
+    "served-indexed-id": lambda rows, k: rows[k].update(
+        indexed={**_indexed(rows[k]), "event_id": "00000000-0000-4000-8000-000000000000"}
+    ),
+    "served-indexed-backdated": lambda rows, k: rows[k].update(
+        indexed={**_indexed(rows[k]), "recorded_at": "2026-11-25T08:00:00.000000Z"}
+    ),
+    "served-indexed-people": lambda rows, k: rows[k].update(
+        indexed={**_indexed(rows[k]), "people": [{"person_id": "p-x", "record": None}]}
+    ),
+    "served-indexed-short": lambda rows, k: rows[k].update(
+        indexed={n: v for n, v in _indexed(rows[k]).items() if n != "event_id"}
+    ),
+    "served-indexed-list": lambda rows, k: rows[k].update(indexed=[]),
     "extension": lambda rows, k: _rewrite(rows[k], lambda b: b["event"].update(zzext="1")),
     "null-event": lambda rows, k: _rewrite(rows[k], lambda b: b.update(event=None)),
 }
@@ -307,3 +346,73 @@ async def test_an_entry_served_unlike_its_leaf_is_reported_both_ways(
     fast, slow = await _both_ways(log, monkeypatch)
     assert fast == slow
     assert not fast["ok"], name
+
+
+async def test_served_index_columns_that_say_what_the_leaves_say_verify_both_ways(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    base = _base()
+    log = MemorySource(base.key, base.head_docs, copy.deepcopy(base.rows), tree=base.tree)
+    for row in log.rows:
+        row["indexed"] = _indexed(row)
+    fast, slow = await _both_ways(log, monkeypatch)
+    assert fast == slow and fast["ok"], fast["reason"]
+
+
+def _chunk_log(people_served: Callable[[list[dict[str, Any]]], list[dict[str, Any]]]) -> Any:
+    """A log whose entry 3 is a bulk import's chunk (p-a listed twice: its last record
+    counts), served with the `ledger_people` rows `people_served` makes of the right ones."""
+    people = [
+        {"person_id": "p-a", "name": "A", "manager_id": "p-b"},
+        {"person_id": "p-b", "name": "B"},
+        {"person_id": "p-a", "name": "A", "manager_id": "p-c"},
+    ]
+    chunk = make_event(
+        "directory.people.imported.v1",
+        subject="directory-import:1",
+        data={"people": people},
+        source="/services/intake",
+        time=T0,
+    )
+    leaves = [_event_leaf(i) for i in range(SIZE)]
+    leaves[3] = _leaf(3, T0 + timedelta(seconds=3), chunk.to_dict(), chunk.subject)
+    log = MemorySource.build(SIGNER, leaves, [SIZE])
+    for row in log.rows:
+        row["indexed"] = _indexed(row)
+    records = chunk.to_dict()["data"]["people"]  # as recorded (with the defaults)
+    right = [{"person_id": "p-a", "record": records[2]}, {"person_id": "p-b", "record": records[1]}]
+    log.rows[3]["indexed"]["people"] = people_served(right)
+    return log
+
+
+@pytest.mark.parametrize(
+    ("served", "problem"),
+    [
+        (lambda right: right, None),
+        (lambda right: [{**right[0], "record": None}, right[1]], None),  # no jsonb copy
+        (lambda right: right[1:], "leaves out p-a, whom its leaf carries"),
+        (
+            lambda right: [*right, {"person_id": "p-z", "record": {"roles": ["auditor"]}}],
+            "lists p-z, whom its leaf does not carry",
+        ),
+        (
+            lambda right: [{"person_id": "p-a", "record": {"person_id": "p-a"}}, right[1]],
+            "keeps for p-a a record its leaf does not hold",
+        ),
+    ],
+    ids=["right", "without-record", "removed", "added", "changed"],
+)
+async def test_a_chunks_people_index_is_proven_against_its_leaf(
+    served: Callable[[list[dict[str, Any]]], list[dict[str, Any]]],
+    problem: str | None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fast, slow = await _both_ways(_chunk_log(served), monkeypatch)
+    assert fast == slow
+    if problem is None:
+        assert fast["ok"], fast["reason"]
+    else:
+        assert fast["bad_indexes"] == [3]
+        assert fast["reason"] == (
+            f"entry 3's people index {problem}: the index was changed behind the ledger"
+        )
