@@ -20,6 +20,7 @@ does not use them records, and compares, exactly as before.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 from pydantic import (
@@ -220,6 +221,21 @@ class Policy(BaseModel):
     def retention_of(self, category: str | None) -> int:
         """Seconds an incident of `category` is kept after closure (then erased)."""
         return (self.retention or Retention()).of(category)
+
+    @classmethod
+    def recorded(cls, body: Mapping[str, Any]) -> Policy:
+        """A version recorded before (an incident keeps the version it started under), as
+        its stored body says, with every mandatory rule (`MANDATORY_EXCLUDE`) added to its
+        `exclude` where an older version lacked one: a file is refused without them, but
+        a version recorded before they became mandatory is read with them on, so its
+        incidents never reach anyone who answers to the accused either, and triage still
+        starts after the upgrade."""
+        conflicts = body.get("conflicts")
+        if isinstance(conflicts, Mapping) and isinstance(conflicts.get("exclude"), list):
+            exclude = list(conflicts["exclude"])
+            exclude += [rule for rule in MANDATORY_EXCLUDE if rule not in exclude]
+            body = {**body, "conflicts": {**conflicts, "exclude": exclude}}
+        return cls.model_validate(body)
 
     @model_validator(mode="after")
     def _conflict_categories_exist(self) -> Policy:

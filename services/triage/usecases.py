@@ -354,7 +354,7 @@ class TriageUseCases:
                     " give the changed policy a new version"
                 )
             for version, stored in await uow.policies.every():
-                self.policies[version] = Policy.model_validate(stored)
+                self.policies[version] = Policy.recorded(stored)
 
     # -- directory ----------------------------------------------------------------------
 
