@@ -86,11 +86,12 @@ def create_app(settings: AuditSettings | None = None) -> FastAPI:
             settings.signing_key_file, signer, settings.database_url, runtime.schema
         )
     )
-    heads = HeadSigner(runtime, settings, signer)
+    endpoints = load_witnesses(settings)
+    heads = HeadSigner(runtime, settings, signer, endpoints)
     index_grew = asyncio.Event()
     ledger_grew = (heads.grew, index_grew)
     runtime.background("head-signer", heads.run)
-    witnesses = WitnessSubmitter(runtime, settings, load_witnesses(settings))
+    witnesses = WitnessSubmitter(runtime, settings, endpoints)
     if witnesses.witnesses:  # separate from signing: a witness that is down delays nothing
         runtime.background("witness-submitter", witnesses.run)
     runtime.background("console-index", indexer(runtime, index_grew, IDLE_LOOK_SECONDS))

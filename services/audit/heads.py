@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
 import logging
 import os
 from collections.abc import Sequence
@@ -33,6 +34,7 @@ from services.audit.checkpoint import (
     NoteError,
     NoteSigner,
     sign_checkpoint,
+    verify_checkpoint,
 )
 from services.audit.cosignature import CosignatureVerifier, append_signatures
 from services.domain.envelope import utc_rfc3339
@@ -52,6 +54,9 @@ SIGNED_SIZE = Gauge("incidents_ledger_signed_tree_size", "Tree size of the lates
 SINCE_HEAD = Gauge(
     "incidents_ledger_seconds_since_signed_head", "Seconds since the latest head was signed."
 )
+WITNESSED_REFRESH_SECONDS = 60.0
+"""How often the head signer asks the witnesses for the latest head of the log they
+cosigned (its anchors outside the database)."""
 IDLE_LOOK_SECONDS = 5.0
 """Longest pause between two looks of an idle head signer or console index (entries
 that another audit instance appended, the gauges); this process's appends wake them."""
@@ -156,14 +161,14 @@ async def head_at(conn: asyncpg.Connection, tree_size: int) -> Head | None:
     return (await _with_cosignatures(conn, [row]))[0] if row else None
 
 
-def _signed_size_root(head: Head, signer: NoteSigner) -> tuple[int, bytes]:
-    """A head's size and root as its checkpoint says, read through this log key's
-    signature check (the table's columns, for a note this key did not sign: one from
-    before a key rotation, or one edited)."""
+def _signed_size_root(note: str, signer: NoteSigner) -> tuple[int, bytes] | None:
+    """The size and root a checkpoint note says, read through this log key's signature
+    check; None for a note this key did not sign (one log, one key: `identity`), that
+    is, an edited one: the columns beside it are never taken instead."""
     try:
-        signed = Checkpoint.parse(signer.verifier().verify(head.checkpoint))
+        signed = verify_checkpoint(signer.verifier(), note)
     except (NoteError, CheckpointError):
-        return head.tree_size, head.root_hash
+        return None
     return signed.tree_size, signed.root_hash
 
 
@@ -178,7 +183,14 @@ def _gauges(size: int, head: Head | None) -> None:
 class HeadSigner:
     """Signs new tree heads when due."""
 
-    def __init__(self, runtime: Runtime, settings: AuditSettings, signer: NoteSigner) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        settings: AuditSettings,
+        signer: NoteSigner,
+        witnesses: Sequence[WitnessEndpoint] = (),
+        http: httpx.AsyncClient | None = None,
+    ) -> None:
         self.runtime = runtime
         self.settings = settings
         self.signer = signer
@@ -191,6 +203,14 @@ class HeadSigner:
         self.last_signed: tuple[int, bytes] | None = None
         """(size, root) of the last head this process signed: the tree must extend it
         even if the table of heads was cut or edited since."""
+        self.witnesses = list(witnesses)
+        self.witnessed: dict[str, tuple[int, bytes]] = {}
+        """Witness URL -> (size, root) of the latest head of this log it cosigned, as it
+        served it (`refresh_witnessed`): anchors kept outside the database, so a tree
+        cut back or rewritten together with the heads above it is refused after a
+        restart too, and by an instance that did not sign the head itself."""
+        self.witnessed_at: float | None = None
+        self.http = http
 
     async def sign_if_due(self, *, force: bool = False) -> Head | None:
         """Sign the current tree if enough is new (or `force` and anything is new)."""
@@ -272,9 +292,20 @@ class HeadSigner:
         process signed. A tree rewritten under them (a leaf
         and its nodes changed by someone with the database's rights) is refused and
         said, never signed: the log's key then signs no fork."""
-        anchors: list[tuple[int, bytes]] = []
+        anchors: list[tuple[int, bytes]] = [*self.witnessed.values()]
         if previous is not None:
-            anchors.append(_signed_size_root(previous, self.signer))
+            signed = _signed_size_root(previous.checkpoint, self.signer)
+            if signed is None:
+                HEADS_REFUSED.inc()
+                log.critical(
+                    "refusing to sign tree head %d: the latest signed head in the table"
+                    " (size %d) does not carry this log key's valid signature; the table of"
+                    " heads was changed behind audit's back",
+                    size,
+                    previous.tree_size,
+                )
+                return False
+            anchors.append(signed)
         if self.last_signed is not None:
             anchors.append(self.last_signed)
         for old_size, old_root in anchors:
@@ -299,10 +330,47 @@ class HeadSigner:
                 return False
         return True
 
+    async def refresh_witnessed(self, *, force: bool = False) -> None:
+        """Ask each witness for the latest head of this log it cosigned (c2sp.org
+        tlog-witness, ``GET <prefix>/<sha256 hex of origin>/checkpoint``), at most once
+        every `WITNESSED_REFRESH_SECONDS` unless `force`: the heads the tree must extend,
+        whatever the database says. One this log key did not sign is ignored (said); a
+        witness that is down, or never saw this log, adds nothing this time."""
+        now = asyncio.get_running_loop().time()
+        if not self.witnesses or (
+            not force
+            and self.witnessed_at is not None
+            and now - self.witnessed_at < WITNESSED_REFRESH_SECONDS
+        ):
+            return
+        self.witnessed_at = now
+        origin = hashlib.sha256(self.signer.name.encode("utf-8")).hexdigest()
+        for witness in self.witnesses:
+            url = f"{witness.url.rstrip('/')}/{origin}/checkpoint"
+            try:
+                if self.http is not None:
+                    answer = await self.http.get(url, timeout=WitnessSubmitter.TIMEOUT)
+                else:
+                    async with httpx.AsyncClient(timeout=WitnessSubmitter.TIMEOUT) as http:
+                        answer = await http.get(url)
+            except httpx.HTTPError as exc:
+                log.warning("witness %s: its latest head of this log not read: %r", url, exc)
+                continue
+            if answer.status_code != 200:
+                continue  # 404: it never cosigned this log
+            signed = _signed_size_root(answer.text, self.signer)
+            if signed is None:
+                log.error("witness %s serves a head of this log this key did not sign", url)
+                continue
+            known = self.witnessed.get(witness.url)
+            if known is None or signed[0] >= known[0]:
+                self.witnessed[witness.url] = signed
+
     async def _step(self) -> bool:
-        """One look: sign a due head (setting the gauges from what it read); True while
-        entries wait unsigned."""
+        """One look: the witnesses' heads when due, then sign a due head (setting the
+        gauges from what it read); True while entries wait unsigned."""
         try:
+            await self.refresh_witnessed()
             await self.sign_if_due()
         except TRANSIENT_ERRORS as exc:
             log.warning("signing a tree head failed (will retry): %r", exc)

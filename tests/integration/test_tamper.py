@@ -614,6 +614,39 @@ async def test_the_signer_refuses_a_tree_that_no_longer_extends_its_latest_head(
     assert [h["tree_size"] for h in after] == ledger.head_sizes
 
 
+async def test_the_signer_refuses_to_sign_over_a_latest_head_whose_note_was_edited(
+    audit: Audit, producer: AIOKafkaProducer
+) -> None:
+    """The latest head's note no longer carries the log key's valid signature (one
+    character of it edited as superuser, the root column beside it free to say anything):
+    the signer does not fall back to the columns, it refuses and says so (a restarted
+    audit has nothing else to go by)."""
+    ledger = await fed(audit, producer)
+    heads = audit.app.state.heads
+    heads.last_signed = None
+    last = ledger.head_sizes[-1]
+    async with behind_its_back(audit) as conn:
+        note = await conn.fetchval(
+            "SELECT checkpoint FROM audit.ledger_heads WHERE tree_size = $1", last
+        )
+        lines = note.split("\n")
+        at = next(i for i, line in enumerate(lines) if line.startswith("\u2014 "))
+        lines[at] = lines[at][:-3] + ("A" if lines[at][-3] != "A" else "B") + lines[at][-2:]
+        await conn.execute("ALTER TABLE audit.ledger_heads DISABLE TRIGGER USER")
+        await conn.execute(
+            "UPDATE audit.ledger_heads SET checkpoint = $1 WHERE tree_size = $2",
+            "\n".join(lines),
+            last,
+        )
+        await conn.execute("ALTER TABLE audit.ledger_heads ENABLE TRIGGER USER")
+    for n in range(2):
+        await producer.send_and_wait(audit.settings.topic("incident.activity"), an_event(n))
+    await eventually(lambda: _has(audit, len(ledger.rows) + 2))
+    refused = REGISTRY.get_sample_value("incidents_ledger_heads_refused_total") or 0.0
+    assert await heads.sign_if_due(force=True) is None
+    assert REGISTRY.get_sample_value("incidents_ledger_heads_refused_total") == refused + 1
+
+
 async def _node(conn: asyncpg.Connection, level: int, index: int) -> bytes:
     if level == 0:
         return bytes(

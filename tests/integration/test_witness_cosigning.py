@@ -22,6 +22,7 @@ import httpx
 import pytest
 import uvicorn
 from aiokafka import AIOKafkaProducer
+from prometheus_client import REGISTRY
 
 from services.audit import merkle
 from services.audit.app import create_app
@@ -192,8 +193,19 @@ async def test_the_witness_refuses_the_ledger_cut_back_and_signed_again(
         await conn.close()
     await cut_back(SimpleNamespace(settings=settings), cut)  # type: ignore[arg-type]
     # The audit that signed the witnessed head would refuse the shorter tree itself
-    # (test_tamper); one restarted since knows only the table's heads, now cut: it signs.
-    audit_app.state.heads.last_signed = None
+    # (test_tamper). One restarted since knows only the table's heads, now cut; it asks
+    # the witness for the latest head it cosigned, and refuses a tree that does not
+    # extend it: the log's key signs no fork.
+    signer = audit_app.state.heads
+    signer.last_signed = None
+    await signer.refresh_witnessed(force=True)
+    assert [s for s, _ in signer.witnessed.values()] == [size]
+    refused = REGISTRY.get_sample_value("incidents_ledger_heads_refused_total") or 0.0
+    await producer.send_and_wait(topic, an_event("inc-after-cut"))
+    assert await eventually(lambda: _refused_more_than(refused))
+    # One that does not ask (a witness down when it looked, an older audit) signs the
+    # forged tree; the witness then refuses it on its own.
+    signer.witnesses, signer.witnessed = [], {}
     for n in range(size):  # audit carries on and signs a forged tree larger than the witnessed
         await producer.send_and_wait(topic, an_event(f"inc-after-{n}"))
     forged = await eventually(lambda: _head_above(client, size))
@@ -222,6 +234,11 @@ async def test_the_witness_refuses_the_ledger_cut_back_and_signed_again(
     reason = report.reason or ""
     assert not report.ok and heads[0].where in reason, reason
     assert "cut back" in reason or "the log forked" in reason, reason
+
+
+async def _refused_more_than(count: float) -> bool | None:
+    now = REGISTRY.get_sample_value("incidents_ledger_heads_refused_total") or 0.0
+    return True if now > count else None
 
 
 async def _refusals(witness: Any, origin: str) -> list[tuple[int, int, int, str]]:
