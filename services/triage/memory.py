@@ -10,7 +10,7 @@ Row locks (`for_update`) are not modelled: a test runs one unit of work at a tim
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -29,11 +29,15 @@ class TriageStore:
     policies: dict[str, dict[str, Any]] = field(default_factory=dict)
     rechecked: int = 0
     """`directory_rechecked.seq`: the directory seq the decisions were checked against."""
+    lines: dict[str, tuple[int, frozenset[str]]] = field(default_factory=dict)
+    """`decision_lines` by incident, with the directory seq they were taken at
+    (`decisions.lines_seq`); an incident without them was kept before they existed."""
 
 
 class _Staged:
     def __init__(self) -> None:
         self.decisions: dict[str, StoredDecision] = {}
+        self.lines: dict[str, tuple[int, frozenset[str]]] = {}
         self.directory_log: list[tuple[str, bytes]] = []
         self.rechecked: int | None = None
         self.policies: dict[str, dict[str, Any]] = {}
@@ -62,6 +66,7 @@ class MemoryDecisions:
                 amendments=[],
                 state=d.state,
             )
+            self.staged.lines[d.incident_id] = (directory_seq, frozenset(d.lines))
 
     async def for_update(self, incident_id: str) -> StoredDecision | None:
         return self._get(incident_id)
@@ -71,13 +76,33 @@ class MemoryDecisions:
         if row is not None:  # an UPDATE of no row changes nothing
             self.staged.decisions[incident_id] = dataclasses.replace(row, **changes)
 
-    async def keep_state(self, incident_id: str, state: dict[str, Any]) -> None:
+    async def keep_state(
+        self, incident_id: str, state: dict[str, Any], *, lines: Collection[str], seq: int
+    ) -> None:
         self._change(incident_id, state=state)
+        await self.keep_lines(incident_id, lines, seq=seq)
+
+    async def keep_lines(self, incident_id: str, lines: Collection[str], *, seq: int) -> None:
+        if self._get(incident_id) is not None:
+            self.staged.lines[incident_id] = (seq, frozenset(lines))
 
     async def states(self) -> list[tuple[str, dict[str, Any]]]:
+        return [(r.incident_id, r.state) for r in self._kept() if r.state is not None]
+
+    async def to_recheck(self, moved: Collection[str], *, since: int) -> list[str]:
+        found = []
+        for row in self._kept():
+            kept = self.staged.lines.get(row.incident_id, self.store.lines.get(row.incident_id))
+            if row.state is not None and (
+                kept is None or kept[0] > since or not kept[1].isdisjoint(moved)
+            ):
+                found.append(row.incident_id)
+        return found
+
+    def _kept(self) -> list[StoredDecision]:
+        """Every decision row, committed or staged, in incident order."""
         ids = sorted({*self.store.decisions, *self.staged.decisions})
-        rows = [self._get(i) for i in ids]
-        return [(r.incident_id, r.state) for r in rows if r is not None and r.state is not None]
+        return [row for row in map(self._get, ids) if row is not None]
 
     async def set_amendments(self, incident_id: str, amendments: list[dict[str, Any]]) -> None:
         self._change(incident_id, amendments=list(amendments))
@@ -148,6 +173,7 @@ class InMemoryTriageUnitOfWork(InMemoryUnitOfWork):
     def commit(self) -> None:
         staged = self._staged
         self.triage.decisions.update(staged.decisions)
+        self.triage.lines.update(staged.lines)
         self.triage.directory_log.extend(staged.directory_log)
         self.triage.policies.update(staged.policies)
         if staged.rechecked is not None:

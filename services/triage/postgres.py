@@ -8,7 +8,7 @@ recorder (event store, outbox, tracking) and `decisions`, `directory_log` and `p
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -27,8 +27,8 @@ class PostgresDecisions:
     ) -> None:
         await self.conn.execute(
             "INSERT INTO decisions (incident_id, report, reporter, policy_version,"
-            " directory_seq, decided_at, state)"
-            " SELECT i, r::jsonb, p, v, $5, $6, s::jsonb"
+            " directory_seq, decided_at, state, lines_seq)"
+            " SELECT i, r::jsonb, p, v, $5, $6, s::jsonb, $5"
             " FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $7::text[])"
             " AS x (i, r, p, v, s)",
             [d.incident_id for d in decisions],
@@ -38,6 +38,12 @@ class PostgresDecisions:
             directory_seq,
             decided_at,
             [json.dumps(d.state) for d in decisions],
+        )
+        await self.conn.execute(
+            "INSERT INTO decision_lines (person_id, incident_id)"
+            " SELECT * FROM unnest($1::text[], $2::text[])",
+            [p for d in decisions for p in d.lines],
+            [d.incident_id for d in decisions for _ in d.lines],
         )
 
     async def for_update(self, incident_id: str) -> StoredDecision | None:
@@ -57,11 +63,30 @@ class PostgresDecisions:
             state=json.loads(row["state"]) if row["state"] is not None else None,
         )
 
-    async def keep_state(self, incident_id: str, state: dict[str, Any]) -> None:
+    async def keep_state(
+        self, incident_id: str, state: dict[str, Any], *, lines: Collection[str], seq: int
+    ) -> None:
+        await self._keep(incident_id, json.dumps(state), lines, seq)
+
+    async def keep_lines(self, incident_id: str, lines: Collection[str], *, seq: int) -> None:
+        await self._keep(incident_id, None, lines, seq)
+
+    async def _keep(
+        self, incident_id: str, state: str | None, lines: Collection[str], seq: int
+    ) -> None:
+        """The state (None: as it is) and the lines, in one statement: the lines not
+        kept any more deleted, the new ones added (both CTEs see the rows as before)."""
         await self.conn.execute(
-            "UPDATE decisions SET state = $2::jsonb WHERE incident_id = $1",
+            "WITH kept AS (UPDATE decisions SET state = coalesce($2::jsonb, state),"
+            " lines_seq = $4 WHERE incident_id = $1 RETURNING incident_id),"
+            " gone AS (DELETE FROM decision_lines WHERE incident_id = $1"
+            " AND person_id <> ALL($3::text[]))"
+            " INSERT INTO decision_lines (person_id, incident_id)"
+            " SELECT p, incident_id FROM kept, unnest($3::text[]) AS p ON CONFLICT DO NOTHING",
             incident_id,
-            json.dumps(state),
+            state,
+            list(lines),
+            seq,
         )
 
     async def states(self) -> list[tuple[str, dict[str, Any]]]:
@@ -69,6 +94,17 @@ class PostgresDecisions:
             "SELECT incident_id, state FROM decisions WHERE state IS NOT NULL ORDER BY incident_id"
         )
         return [(row["incident_id"], json.loads(row["state"])) for row in rows]
+
+    async def to_recheck(self, moved: Collection[str], *, since: int) -> list[str]:
+        rows = await self.conn.fetch(
+            "SELECT incident_id FROM decision_lines WHERE person_id = ANY($1::text[])"
+            " UNION SELECT incident_id FROM decisions"
+            " WHERE state IS NOT NULL AND (lines_seq IS NULL OR lines_seq > $2)"
+            " ORDER BY incident_id",
+            list(moved),
+            since,
+        )
+        return [row["incident_id"] for row in rows]
 
     async def set_amendments(self, incident_id: str, amendments: list[dict[str, Any]]) -> None:
         await self.conn.execute(

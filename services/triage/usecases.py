@@ -30,7 +30,7 @@ from __future__ import annotations
 import gc
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import KW_ONLY, dataclass, field
 from datetime import UTC, datetime
@@ -127,6 +127,9 @@ class NewDecision:
     report: ReportSubmitted
     policy_version: str
     state: dict[str, Any]
+    lines: frozenset[str]
+    """The people whose line the decision watches (`decision_lines`), as of the
+    directory it was made with (`add`'s `directory_seq`)."""
 
 
 class Decisions(Protocol):
@@ -134,16 +137,33 @@ class Decisions(Protocol):
 
     async def add(
         self, decisions: Sequence[NewDecision], *, directory_seq: int, decided_at: datetime
-    ) -> None: ...
+    ) -> None:
+        """Keep new decisions, each with its lines as of `directory_seq`."""
+        ...
 
     async def for_update(self, incident_id: str) -> StoredDecision | None:
         """The incident's row, locked until the unit of work ends; None if undecided."""
         ...
 
-    async def keep_state(self, incident_id: str, state: dict[str, Any]) -> None: ...
+    async def keep_state(
+        self, incident_id: str, state: dict[str, Any], *, lines: Collection[str], seq: int
+    ) -> None:
+        """Keep the decision as it stands now, with its lines as of directory `seq`."""
+        ...
+
+    async def keep_lines(self, incident_id: str, lines: Collection[str], *, seq: int) -> None:
+        """Keep the decision's lines as of directory `seq` (the decision unchanged)."""
+        ...
 
     async def states(self) -> list[tuple[str, dict[str, Any]]]:
         """(incident, kept state) of every decision whose state is kept."""
+        ...
+
+    async def to_recheck(self, moved: Collection[str], *, since: int) -> list[str]:
+        """The incidents, in order, whose kept decision a directory change after `since`
+        may touch: someone in `moved` is on its lines, or its lines were taken from
+        another directory than the one re-checked up to `since` (a later one, or never:
+        decisions kept before `decision_lines` existed)."""
         ...
 
     async def set_amendments(self, incident_id: str, amendments: list[dict[str, Any]]) -> None: ...
@@ -391,10 +411,15 @@ class TriageUseCases:
         recipient in the accused's line (or under the accused), and nothing else would
         take them off before escalation asks them. Anyone newly excluded is removed
         (`incident.reassigned.v1`), and an emptied level resolved again, as for an
-        amendment. The re-check commits with its mark (`directory_rechecked`), so one
-        lost to a stop is done with the next directory batch. Event ids derive from the
-        last directory event looked at and the incident. Returns how many incidents
-        changed (`known`: envelopes of the log already parsed, by id)."""
+        amendment. The decisions are found through their lines (`decision_lines`: the
+        people above, and the people of, each accused, routed and independent person,
+        kept with each decision), looked up with the people who moved: the work follows
+        what moved, not how many decisions were ever kept (docs/scale.md). Each decision
+        looked at has its lines taken again. The re-check commits with its mark
+        (`directory_rechecked`), so one lost to a stop is done with the next directory
+        batch. Event ids derive from the last directory event looked at and the
+        incident. Returns how many incidents changed (`known`: envelopes of the log
+        already parsed, by id)."""
         changed = 0
         async with uow:
             done = await uow.directory_log.rechecked()
@@ -411,30 +436,27 @@ class TriageUseCases:
                 for p in _people_of((known or {}).get(event_id) or parse_envelope(body))
             }
             then = self.directory.at(done)
+            # someone who joined counts: a line that stopped at him (a manager not in the
+            # directory yet) goes on above him now
             moved = {
-                p
-                for p in touched
-                if (old := _line_facts(then.person(p))) is not None
-                and old != _line_facts(view.person(p))
+                p for p in touched if _line_facts(then.person(p)) != _line_facts(view.person(p))
             }
             await uow.directory_log.mark_rechecked(view.seq)
-            if not moved:
-                return 0
-            incidents = [
-                i
-                for i, state in await uow.decisions.states()
-                if _touches(state["decision"], moved, view)
-            ]
             # every row locked (in order) before any append: an append holds the outbox
             # to the commit, as an amendment's does after its one row lock
-            locked = [await self._kept(uow, incident) for incident in sorted(incidents)]
+            incidents = await uow.decisions.to_recheck(moved, since=done)
+            locked = [await self._kept(uow, incident) for incident in incidents]
             for kept in locked:
                 incident = kept.row.incident_id
                 result = reexclude(kept.decision, [], view, kept.policy)
                 reassigned = result.to_reassigned()
                 if reassigned is None:
+                    # its lines may have changed all the same (someone on them moved)
+                    await uow.decisions.keep_lines(
+                        incident, _lines(kept.decision, view), seq=view.seq
+                    )
                     continue
-                await uow.decisions.keep_state(incident, _state(result.decision, kept.digest))
+                await self._keep(uow, incident, result.decision, kept.digest, view)
                 outputs: Outputs = [reassigned, *_notified(reassigned.added, kept.digest)]
                 events = self._made(
                     incident,
@@ -501,6 +523,7 @@ class TriageUseCases:
                             report,
                             decision.policy_version,
                             _state(decision, report.report_digest),
+                            _lines(decision, org),
                         )
                     )
                     produced = self._decided(decision, self.policy, report.report_digest)
@@ -573,7 +596,7 @@ class TriageUseCases:
             {"accused": amended.accused_added, "named": amended.named_added},
         ]
         await uow.decisions.set_amendments(subject, amendments)
-        await uow.decisions.keep_state(subject, _state(result.decision, amended.report_digest))
+        await self._keep(uow, subject, result.decision, amended.report_digest, self.org)
         reassigned = result.to_reassigned()
         if reassigned is None:
             return []
@@ -603,7 +626,7 @@ class TriageUseCases:
             prior=kept.decision,
             pseudonym=kept.row.reporter,
         )
-        await uow.decisions.keep_state(subject, _state(decision, kept.digest))
+        await self._keep(uow, subject, decision, kept.digest, self.org)
         for note in decision.notes:
             log.info("incident %s (revision %d): %s", subject, decision.revision, note)
         outputs = self._decided(decision, kept.policy, kept.digest)
@@ -639,7 +662,7 @@ class TriageUseCases:
                 "incident %s: %s ignored: %s", envelope.subject, envelope.type, result.ignored
             )
             return []
-        await uow.decisions.keep_state(envelope.subject, _state(result.decision, kept.digest))
+        await self._keep(uow, envelope.subject, result.decision, kept.digest, org)
         outputs: Outputs = [result.reassigned]
         outputs.extend(
             Notified(principal=p, channel="triage", level=level, report_digest=kept.digest)
@@ -648,6 +671,20 @@ class TriageUseCases:
         return await self._append(uow, envelope, outputs, datetime.now(UTC))
 
     # -- shared steps -------------------------------------------------------------------
+
+    async def _keep(
+        self,
+        uow: TriageUnitOfWork,
+        incident: str,
+        decision: TriageDecision,
+        digest: str,
+        org: DirectoryView,
+    ) -> None:
+        """Keep the decision as it stands, with its lines in `org` (the directory it was
+        made with)."""
+        await uow.decisions.keep_state(
+            incident, _state(decision, digest), lines=_lines(decision, org), seq=org.seq
+        )
 
     async def _first(self, uow: TriageUnitOfWork, consumer: str, cause: Cause) -> bool:
         """Track the input; False if it was handled before (skip it)."""
@@ -785,10 +822,6 @@ def _state(decision: TriageDecision, digest: str) -> dict[str, Any]:
     return {"decision": decision.to_json(), "report_digest": digest}
 
 
-MAX_LINE = 100
-"""Managers walked above one person at most when looking for a moved one (data may loop)."""
-
-
 def _people_of(envelope: Envelope) -> list[str]:
     """The people a directory event changes (one, or a chunk's), from its data as kept
     (validated when it was consumed; an import's chunk is not parsed a second time)."""
@@ -803,25 +836,18 @@ def _line_facts(person: OrgPerson | None) -> tuple[str | None, frozenset[str]] |
     return None if person is None else (person.manager, person.roles)
 
 
-def _touches(decision: Mapping[str, Any], moved: set[str], org: DirectoryView) -> bool:
-    """Whether someone in `moved` is an accused, a routed or independent person of the
-    decision (as kept: `TriageDecision.to_json`, read without parsing it whole), or on
-    the management line above one of them (as the directory is now: the first person of
-    a line whose manager changed is on the line before and after)."""
-    watched = [
-        *decision.get("accused", ()),
-        *(p for level in decision.get("chain", ()) for p in level.get("recipients", ())),
-        *decision.get("independent", ()),
-    ]
-    seen: set[str] = set()
-    for start in watched:
-        current: str | None = start
-        for _ in range(MAX_LINE):
-            if current is None or current in seen:
-                break
-            if current in moved:
-                return True
-            seen.add(current)
-            person = org.person(current)
-            current = person.manager if person is not None else None
-    return False
+def _lines(decision: TriageDecision, org: Org) -> frozenset[str]:
+    """The people whose manager or roles, if they changed, may change the decision's
+    exclusions: each accused, routed (any level) and independent person, and everyone
+    above them (`decision_lines`). Someone whose line changes has, on the line as it
+    was, a first person whose manager changed: he is on the line before and after, so
+    the lines kept as of the last re-check find every decision a change touches."""
+    watched = (
+        *decision.accused,
+        *(p for level in decision.chain for p in level.recipients),
+        *decision.independent,
+    )
+    lines = set(watched)
+    for person in watched:
+        lines.update(org.managers_above(person).managers)
+    return frozenset(lines)

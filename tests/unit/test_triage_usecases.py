@@ -337,3 +337,97 @@ async def test_a_recheck_lost_to_a_stop_is_done_with_the_next_directory_batch(
     await triage.usecases.keep_directory(KeepDirectory([aside]), triage.uow())
     (reassigned,) = data(triage.emitted(incident), "incident.reassigned.v1")
     assert reassigned["removed"] == [{"principal": "p-zhou", "rule": "accused_management_chain"}]
+
+
+async def moved(triage: Triage, *changes: Envelope) -> None:
+    """Directory changes kept and folded, each batch re-checked (one batch)."""
+    batch = KeepDirectory([triage.cause(e, "directory.changes") for e in changes])
+    assert await triage.usecases.keep_directory(batch, triage.uow()) == len(changes)
+
+
+async def test_a_move_two_levels_above_the_routed_handler_under_the_accused_removes_her() -> None:
+    """The handler asked at level 1 answers to p-x, who answers to p-y. Moving p-y under
+    the accused makes her answer to him: the decision is found through her line as it was
+    kept (p-y two levels above her), and she is replaced by the other handler."""
+    triage = await Triage().seeded()
+    await moved(
+        triage,
+        upserted("p-y", "p-li", ["manager"], "city-retail"),
+        upserted("p-x", "p-y", ["manager"], "city-retail"),
+        upserted("p-chen", "p-x", ["hr_case_handler"], "city-retail"),
+    )
+    incident = await decided(triage, ["p-wang"])
+    assert data(triage.emitted(incident), "incident.assigned.v1")[0]["principals"] == ["p-chen"]
+    await moved(triage, upserted("p-y", "p-wang", ["manager"], "city-retail"))
+    (reassigned,) = data(triage.emitted(incident), "incident.reassigned.v1")
+    assert reassigned == {
+        "removed": [{"principal": "p-chen", "rule": "accused_reports"}],
+        "added": ["p-ma"],
+    }
+
+
+async def test_a_move_of_the_accuseds_manager_above_a_later_level_removes_her() -> None:
+    """p-liu is accused; his manager p-wang is on no routed person's line. Moving p-wang
+    under p-zhou (level 2) puts her in p-liu's management line: found through the
+    accused's line, she is removed."""
+    triage = await Triage().seeded()
+    incident = await decided(triage, ["p-liu"])
+    await moved(triage, upserted("p-wang", "p-zhou", ["store_manager"], "city-retail"))
+    (reassigned,) = data(triage.emitted(incident), "incident.reassigned.v1")
+    assert reassigned["removed"] == [{"principal": "p-zhou", "rule": "accused_management_chain"}]
+
+
+async def test_a_manager_who_joins_the_directory_under_the_accused_removes_who_answers_to_him() -> (
+    None
+):
+    """The handler's manager is not in the directory yet (her line stops at him). He joins,
+    under the accused: she answers to the accused now, and is replaced."""
+    triage = await Triage().seeded()
+    await moved(triage, upserted("p-chen", "p-new", ["hr_case_handler"], "city-retail"))
+    incident = await decided(triage, ["p-wang"])
+    assert data(triage.emitted(incident), "incident.assigned.v1")[0]["principals"] == ["p-chen"]
+    await moved(triage, upserted("p-new", "p-wang", ["manager"], "city-retail"))
+    (reassigned,) = data(triage.emitted(incident), "incident.reassigned.v1")
+    assert reassigned["removed"] == [{"principal": "p-chen", "rule": "accused_reports"}]
+
+
+async def test_a_decision_made_on_a_directory_the_recheck_had_not_reached_is_checked_in_full(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """p-chen answered to the accused, was moved away (that batch's re-check lost to a
+    stop), was asked on the decision made then, and was moved back. From the last
+    re-check's directory to now nothing changed about her, but the decision was made in
+    between: it is checked in full, and she is removed."""
+    triage = await Triage().seeded()
+    await moved(triage, upserted("p-chen", "p-wang", ["hr_case_handler"], "city-retail"))
+    recheck = triage.usecases.recheck
+
+    async def stopped(*_: object, **__: object) -> int:
+        raise RuntimeError("the worker stopped")
+
+    monkeypatch.setattr(triage.usecases, "recheck", stopped)
+    away = upserted("p-chen", "p-li", ["hr_case_handler"], "city-retail")
+    with pytest.raises(RuntimeError):
+        await moved(triage, away)
+    monkeypatch.setattr(triage.usecases, "recheck", recheck)
+    incident = await decided(triage, ["p-wang"])
+    assert data(triage.emitted(incident), "incident.assigned.v1")[0]["principals"] == ["p-chen"]
+    back = upserted("p-chen", "p-wang", ["hr_case_handler"], "city-retail")
+    await moved(triage, back)
+    (reassigned,) = data(triage.emitted(incident), "incident.reassigned.v1")
+    assert reassigned["removed"] == [{"principal": "p-chen", "rule": "accused_reports"}]
+
+
+async def test_the_lines_follow_a_move_that_changed_nothing_so_a_later_one_is_caught() -> None:
+    """The routed handler gets a new manager, p-x, outside the accused's line: nothing to
+    change, but her line now runs through p-x. When p-x is then moved under the accused,
+    she answers to him: the decision is found through her line as re-checked (p-x), not
+    as it was decided (p-li), and she is replaced."""
+    triage = await Triage().seeded()
+    await moved(triage, upserted("p-x", "p-zhang", ["manager"], "city-retail"))
+    incident = await decided(triage, ["p-wang"])
+    await moved(triage, upserted("p-chen", "p-x", ["hr_case_handler"], "city-retail"))
+    assert data(triage.emitted(incident), "incident.reassigned.v1") == []
+    await moved(triage, upserted("p-x", "p-wang", ["manager"], "city-retail"))
+    (reassigned,) = data(triage.emitted(incident), "incident.reassigned.v1")
+    assert reassigned["removed"] == [{"principal": "p-chen", "rule": "accused_reports"}]

@@ -1,0 +1,123 @@
+"""Triage's decisions repository's contract: one suite, run on PostgreSQL and in memory.
+
+`backend()` is a new `TriageUnitOfWork` on one shared store: a fresh schema with
+triage's migrations (`services.triage.postgres`), or a `TriageStore`
+(`services.triage.memory`). What the directory re-check relies on: `to_recheck` finds a
+kept decision through anyone on its lines, or through lines taken after the re-check
+mark; `keep_state` and `keep_lines` replace the lines; a rolled-back unit keeps none.
+The `postgres` half is marked `integration`.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+import services
+from services.domain.events import ReportSubmitted
+from services.domain.policy import Policy
+from services.infra.config import load_yaml_model
+from services.infra.recorder_memory import InMemoryStore
+from services.triage.memory import InMemoryTriageUnitOfWork, TriageStore
+from services.triage.usecases import NewDecision, TriageUnitOfWork
+
+SERVICES = Path(services.__file__).parent
+POLICY = load_yaml_model(SERVICES / "data" / "policy.yaml", Policy)
+REPORT = ReportSubmitted.model_validate(
+    {"category": "harassment", "summary": "s", "description": "d", "report_digest": "x"}
+)
+STATE = {"decision": {"accused": ["p-wang"]}, "report_digest": "x"}
+
+Backend = Callable[[], TriageUnitOfWork]
+
+
+@pytest.fixture(scope="module")
+def contract_database_url(make_database: Callable[[str], str]) -> str:
+    return make_database("contract_triage")
+
+
+@pytest.fixture(params=["memory", pytest.param("postgres", marks=pytest.mark.integration)])
+async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+    if request.param == "memory":
+        store, tables = InMemoryStore(), TriageStore()
+        unit: Backend = lambda: InMemoryTriageUnitOfWork(store, tables)  # noqa: E731
+        await _with_policy(unit)
+        yield unit
+        return
+    from services.infra.db import create_pool, migrate_service
+    from services.triage.postgres import PostgresTriageUnitOfWork
+
+    url = request.getfixturevalue("contract_database_url")
+    schema = f"svc_{secrets.token_hex(4)}"
+    await migrate_service(url, schema, SERVICES / "triage" / "migrations")
+    pool = await create_pool(url, schema=schema, max_size=2)
+    try:
+        unit = lambda: PostgresTriageUnitOfWork(pool)  # noqa: E731
+        await _with_policy(unit)
+        yield unit
+    finally:
+        await pool.close()
+
+
+async def _with_policy(unit: Backend) -> None:
+    async with unit() as uow:
+        await uow.policies.record(POLICY.version, POLICY.model_dump(mode="json"))
+
+
+async def _add(unit: Backend, incident: str, lines: set[str], seq: int) -> None:
+    async with unit() as uow:
+        new = NewDecision(incident, REPORT, POLICY.version, STATE, frozenset(lines))
+        await uow.decisions.add([new], directory_seq=seq, decided_at=datetime.now(UTC))
+
+
+async def _to_recheck(unit: Backend, moved: set[str], since: int) -> list[str]:
+    async with unit() as uow:
+        return await uow.decisions.to_recheck(moved, since=since)
+
+
+async def test_a_decision_is_found_through_anyone_on_its_lines_in_incident_order(
+    backend: Backend,
+) -> None:
+    await _add(backend, "i-2", {"p-wang", "p-li", "p-chen"}, 5)
+    await _add(backend, "i-1", {"p-li", "p-zhou"}, 5)
+    assert await _to_recheck(backend, {"p-li"}, 5) == ["i-1", "i-2"]
+    assert await _to_recheck(backend, {"p-chen", "p-zhou"}, 5) == ["i-1", "i-2"]
+    assert await _to_recheck(backend, {"p-wang"}, 5) == ["i-2"]
+    assert await _to_recheck(backend, {"p-liu"}, 5) == []
+    assert await _to_recheck(backend, set(), 5) == []
+
+
+async def test_lines_taken_after_the_recheck_mark_are_found_whoever_moved(
+    backend: Backend,
+) -> None:
+    await _add(backend, "i-1", {"p-li"}, 7)
+    assert await _to_recheck(backend, set(), 6) == ["i-1"]
+    assert await _to_recheck(backend, set(), 7) == []
+
+
+async def test_kept_lines_replace_the_earlier_ones_and_a_rollback_keeps_none(
+    backend: Backend,
+) -> None:
+    await _add(backend, "i-1", {"p-chen", "p-li"}, 5)
+    async with backend() as uow:
+        await uow.decisions.keep_lines("i-1", {"p-chen", "p-x"}, seq=6)
+    assert await _to_recheck(backend, {"p-li"}, 6) == []
+    assert await _to_recheck(backend, {"p-x"}, 6) == ["i-1"]
+    async with backend() as uow:
+        state = {**STATE, "report_digest": "y"}
+        await uow.decisions.keep_state("i-1", state, lines={"p-zhou"}, seq=8)
+        assert (await uow.decisions.for_update("i-1")).state == state  # type: ignore[union-attr]
+    assert await _to_recheck(backend, {"p-chen", "p-x"}, 8) == []
+    assert await _to_recheck(backend, {"p-zhou"}, 8) == ["i-1"]
+    with pytest.raises(RuntimeError):
+        async with backend() as uow:
+            await uow.decisions.keep_lines("i-1", {"p-sun"}, seq=9)
+            raise RuntimeError("the unit of work fails")
+    assert await _to_recheck(backend, {"p-sun"}, 8) == []
+    async with backend() as uow:  # keep_lines leaves the state as it was
+        await uow.decisions.keep_lines("i-1", {"p-sun"}, seq=9)
+        assert (await uow.decisions.for_update("i-1")).state == state  # type: ignore[union-attr]
