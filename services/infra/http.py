@@ -1,4 +1,5 @@
-"""HTTP plumbing shared by the services: problem+json errors, body limits, health routes.
+"""HTTP plumbing shared by the services: problem+json errors, body limits, URLs with
+control characters refused, health routes.
 
 Errors map to RFC 9457 problem details in one place; a handler never builds an error
 response itself. Unexpected exceptions answer 500 without leaking internals.
@@ -7,9 +8,11 @@ response itself. Unexpected exceptions answer 500 without leaking internals.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Annotated, Any
+from urllib.parse import unquote_to_bytes
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -198,6 +201,48 @@ class BodyLimit:
 
 class _TooLarge(Exception):
     pass
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL_BYTES = re.compile(rb"[\x00-\x1f\x7f]")
+
+
+def control_in_url(scope: Scope) -> bool:
+    """Whether the request's path or query string holds a control character (U+0000 to
+    U+001F, U+007F), sent as is or percent-encoded. The server decoded the path already;
+    the query string is decoded here, as the routes' parameters will be."""
+    if _CONTROL.search(scope.get("path", "")):
+        return True
+    query: bytes = scope.get("query_string", b"")
+    return bool(query) and _CONTROL_BYTES.search(unquote_to_bytes(query)) is not None
+
+
+URL_REFUSED = problem_responses(
+    (400, "The path or the query string holds a control character (any route).")
+)
+"""OpenAPI `responses=` of an app whose routes sit behind `ControlCharacters`."""
+
+
+class ControlCharacters:
+    """ASGI middleware: a request whose URL holds a control character (`control_in_url`)
+    is answered 400 before any route runs, whatever the route, the method or the caller.
+
+    No identifier, filter or search in a URL holds one, and PostgreSQL's text cannot hold
+    a NUL (a route that passed one on failed with a 500). The answer is one and the same
+    for every URL, existing route or not and before authentication: it depends on the
+    bytes of the URL alone, so it tells the caller nothing they did not send, and never
+    quotes them. Bodies are the routes' to check (their errors name the field).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and control_in_url(scope):
+            refused = problem_response(400, "Bad request", "The URL holds a control character.")
+            await refused(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 def health_router(readiness: Callable[[], Awaitable[dict[str, str]]]) -> APIRouter:

@@ -14,7 +14,13 @@ from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.infra import metrics
-from services.infra.http import BodyLimit, health_router, install_problem_handlers
+from services.infra.http import (
+    URL_REFUSED,
+    BodyLimit,
+    ControlCharacters,
+    health_router,
+    install_problem_handlers,
+)
 from services.infra.logging import IncidentBinding, configure_logging
 from services.infra.preflight import SETTINGS, checked
 from services.infra.runtime import Runtime
@@ -52,7 +58,7 @@ def build_app(
         finally:
             await runtime.stop()
 
-    app = FastAPI(title=title, version="1", lifespan=lifespan)
+    app = FastAPI(title=title, version="1", lifespan=lifespan, responses=URL_REFUSED)
     install_problem_handlers(app)
     app.include_router(health_router(runtime.readiness))
     app.add_middleware(BodyLimit, max_bytes=runtime.settings.max_body_bytes)
@@ -64,6 +70,8 @@ def build_app(
         app, excluded_urls=excluded, exclude_spans=["receive", "send"]
     )
 
+    # outside the routes, inside the timer: a refused URL is counted (route "unmatched")
+    app.add_middleware(ControlCharacters)
     app.add_middleware(RequestTimer)
     return app
 

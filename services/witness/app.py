@@ -21,7 +21,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
-from services.infra.http import problem_response
+from services.infra.http import URL_REFUSED, ControlCharacters, problem_response
 from services.witness.config import STORE_FILE, WitnessSettings, load_key
 from services.witness.store import Store
 from services.witness.witness import MAX_BODY_BYTES, SIZE_CONTENT_TYPE, Witness
@@ -40,7 +40,8 @@ def create_app(settings: WitnessSettings) -> FastAPI:
     signer = load_key(settings.state_dir, settings.name)
     store = Store(settings.state_dir / STORE_FILE)
     witness = Witness(signer, settings.log_verifiers(), store)
-    app = FastAPI(title="Incidents witness", docs_url=None, redoc_url=None)
+    app = FastAPI(title="Incidents witness", docs_url=None, redoc_url=None, responses=URL_REFUSED)
+    app.add_middleware(ControlCharacters)  # as every service: 400 for a control character
     app.state.witness = witness
 
     @app.post("/add-checkpoint", response_model=None)

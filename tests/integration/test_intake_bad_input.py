@@ -2,8 +2,9 @@
 
 A NUL character is valid JSON (`\\u0000`) and valid in a percent-encoded path, but
 PostgreSQL's text and jsonb cannot hold it: wherever a value reached a statement
-unchecked, the request failed with a 500 and a logged traceback. Each route here
-refuses it first, in the words of its own errors.
+unchecked, the request failed with a 500 and a logged traceback. In a URL, every
+service refuses it (and every other control character) before any route runs; in a
+body, each route refuses it first, in the words of its own errors.
 """
 
 from __future__ import annotations
@@ -35,18 +36,37 @@ async def client(intake: Intake) -> AsyncIterator[httpx.AsyncClient]:
         yield http
 
 
-async def test_a_nul_in_a_report_id_is_no_report_of_hers(client: httpx.AsyncClient) -> None:
+async def test_a_control_character_in_a_url_is_one_400_on_every_route(
+    client: httpx.AsyncClient,
+) -> None:
+    """A NUL or another control character in a path or a query value is refused before
+    any route runs (`services.infra.http.ControlCharacters`): 400 problem+json, the same
+    bytes whether the id is her report, someone else's or none, whoever asks, and on
+    routes that do not exist: it tells nothing of any report. (A NUL in her report's id
+    answered the not-found of the route before; a NUL in a people search, 422.)"""
     mine = await client.post("/v1/reports", json=REPORT, headers=LIU)
     assert mine.status_code == 202, mine.text
-    unknown = await client.get("/v1/my/reports/no-such-report", headers=LIU)
-    assert unknown.status_code == 404
-    for answer in (
+    incident = mine.json()["incident_id"]
+    assert (await client.get(f"/v1/my/reports/{incident}", headers=LIU)).status_code == 200
+    answers = [
         await client.get("/v1/my/reports/%00", headers=LIU),
-        await client.get(f"/v1/my/reports/{mine.json()['incident_id']}%00", headers=LIU),
+        await client.get(f"/v1/my/reports/{incident}%00", headers=LIU),
         await client.post("/v1/my/reports/a%00/messages", json={"text": "hi"}, headers=LIU),
-    ):
-        assert answer.status_code == 404, answer.text
-        assert answer.content == unknown.content  # the same refusal, byte for byte
+        await client.get(f"/v1/incidents/{incident}%00", headers=ADMIN),
+        await client.get(f"/v1/incidents/{incident}", params={"x": "\u001b"}, headers=ADMIN),
+        await client.get("/v1/people/search", params={"q": "x\u0000y"}),
+        await client.get("/v1/receipts/a%00b"),
+        await client.post("/v1/reports?channel=%00", json=REPORT),
+        await client.get(
+            "/scim/v2/Users", params={"filter": 'userName eq "a\u0000"'}, headers=HRIS
+        ),
+        await client.get("/ui/my/reports/%00"),
+        await client.get("/no-such-route%00"),
+    ]
+    for answer in answers:
+        assert answer.status_code == 400, (answer.request.url, answer.text)
+        assert answer.headers["content-type"] == "application/problem+json"
+    assert len({answer.content for answer in answers}) == 1  # byte for byte
 
 
 async def test_the_admin_api_refuses_control_characters_in_unit_and_email(

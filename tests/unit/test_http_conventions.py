@@ -4,24 +4,41 @@ and health, readiness and metrics listed in each OpenAPI document."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Annotated, Any
 
+import httpx
 import pytest
 from fastapi import FastAPI, Query
 from fastapi.testclient import TestClient
 from pydantic import BaseModel, ValidationError
 
 from services.audit.app import create_app as create_audit
+from services.audit.checkpoint import NoteSigner
 from services.domain.events import InvalidEvent, parse_envelope
 from services.domain.inbound import InboundRefused, decode
 from services.domain.parsing import json_error, parse_rfc3339
 from services.domain.reports import ReportInput
 from services.escalation.app import create_app as create_escalation
-from services.infra.http import Instant, Problem, health_router, install_problem_handlers
-from services.infra.settings import AuditSettings, EscalationSettings, TriageSettings
+from services.infra.http import (
+    PROBLEM,
+    Instant,
+    Problem,
+    health_router,
+    install_problem_handlers,
+)
+from services.infra.settings import (
+    AuditSettings,
+    EscalationSettings,
+    IntakeSettings,
+    TriageSettings,
+)
+from services.intake.app import create_app as create_intake
 from services.triage.app import create_app as create_triage
+from services.witness.app import create_app as create_witness
+from services.witness.config import WitnessSettings
 
 
 class Body(BaseModel):
@@ -124,7 +141,8 @@ def _paths(app: FastAPI) -> dict[str, Any]:
 def test_stream_services_document_their_routes(app: Any) -> None:
     paths = _paths(app())
     assert {"/healthz", "/readyz", "/metrics"} <= set(paths)
-    assert set(paths["/readyz"]["get"]["responses"]) == {"200", "503"}
+    # 400: a URL with a control character, refused before any route
+    assert set(paths["/readyz"]["get"]["responses"]) == {"200", "400", "503"}
     assert "text/plain" in str(paths["/metrics"]["get"]["responses"]["200"]["content"])
 
 
@@ -179,3 +197,61 @@ def test_a_documented_401_documents_its_challenge(tmp_path: Path) -> None:
     app = create_audit(AuditSettings(environment="test", signing_key_file=tmp_path / "k.pem"))
     state = _paths(app)["/v1/incidents/{incident_id}/state"]["get"]["responses"]
     assert "WWW-Authenticate" in state["401"]["headers"]
+
+
+CONTROL_URLS = (
+    "/healthz%00",
+    "/healthz?x=%00",
+    "/readyz?%1B=1",
+    "/metrics?q=a%0Ab",
+    "/no-such-route%7F",
+    "/v1/incidents/a%00b/timeline",
+    "/v1/incidents/a%09b?as_of=2026-11-25T10:00:00Z",
+    "/ui/?category=%00",
+    "/%00/checkpoint",
+)
+
+
+def _witness(tmp_path: Path) -> FastAPI:
+    log = NoteSigner.generate("example.com/log")
+    return create_witness(WitnessSettings(state_dir=tmp_path / "w", logs=(log.verifier_key,)))
+
+
+@pytest.mark.parametrize(
+    "app",
+    [
+        lambda _: create_intake(IntakeSettings(environment="test")),
+        lambda tmp: create_audit(AuditSettings(environment="test", signing_key_file=tmp / "k.pem")),
+        lambda _: create_triage(TriageSettings(environment="test")),
+        lambda _: create_escalation(EscalationSettings(environment="test")),
+        _witness,
+    ],
+    ids=["intake", "audit", "triage", "escalation", "witness"],
+)
+async def test_a_control_character_in_the_url_is_refused_before_any_route(
+    app: Callable[[Path], FastAPI], tmp_path: Path
+) -> None:
+    """A NUL or other control character (U+0000-U+001F, U+007F), percent-encoded or not,
+    in the path or the query string: 400 problem+json, one answer for every URL and every
+    service, whether the route exists or not and before any authentication, so that no
+    route can pass one to PostgreSQL (which cannot hold a NUL: a 500 before) and the
+    answer tells nothing but that the URL was bad. No lifespan: nothing else runs."""
+    transport = httpx.ASGITransport(app=app(tmp_path), raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://service") as client:
+        answers = [await client.get(url) for url in CONTROL_URLS]
+        answers.append(await client.post("/v1/reports?x=%00", json={}))
+        answers.append(await client.get("/healthz", params={"x": "a\u0000b"}))
+        answers.append(await client.get("/healthz", headers={"authorization": "Bearer nope"}))
+        fine = await client.get("/healthz?x=%20%E7%8E%8B%2500")  # printable, and a literal %00
+    refused, authorised_fine = answers[:-1], answers[-1]
+    for answer in refused:
+        assert answer.status_code == 400, (answer.request.url, answer.text)
+        assert answer.headers["content-type"] == PROBLEM
+    assert len({answer.content for answer in refused}) == 1  # byte for byte
+    assert refused[0].json() == {
+        "type": "about:blank",
+        "title": "Bad request",
+        "status": 400,
+        "detail": "The URL holds a control character.",
+    }
+    assert authorised_fine.status_code == 200 and fine.status_code == 200

@@ -16,11 +16,20 @@ def spec() -> dict[str, Any]:
     return document
 
 
-ROUTES = {
-    ("post", "/v1/reports"): {"202", "401", "403", "409", "413", "422"},
-    ("post", "/v1/channels/harassment/reports"): {"202", "401", "403", "409", "413", "422"},
-    ("get", "/v1/receipts/{receipt}"): {"200", "404", "422", "429"},
-    ("post", "/v1/receipts/{receipt}/messages"): {"202", "404", "409", "413", "422", "429", "503"},
+ROUTES = {  # 400: a control character in the URL, refused before any route (every route)
+    ("post", "/v1/reports"): {"202", "400", "401", "403", "409", "413", "422"},
+    ("post", "/v1/channels/harassment/reports"): {"202", "400", "401", "403", "409", "413", "422"},
+    ("get", "/v1/receipts/{receipt}"): {"200", "400", "404", "422", "429"},
+    ("post", "/v1/receipts/{receipt}/messages"): {
+        "202",
+        "400",
+        "404",
+        "409",
+        "413",
+        "422",
+        "429",
+        "503",
+    },
 }
 
 
