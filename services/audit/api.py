@@ -273,12 +273,15 @@ async def entries(
 
     Every stored leaf is served, as base64 of its bytes, whether or not it still parses:
     one that does not has `event: null` and an `error`, so a verifier can name it.
+    A range that holds no entry (where a verifier's walk ends) says what lies beyond it
+    (`beyond`: the next stored entry's index, and `ledger_people` rows with no entry),
+    so rows stored past a gap, which the reads by incident or person find, are named.
     """
     principal = await caller(request, authorization)
     query = ReadEntries(principal, start, end)
     read = await answer(read_entries(query, unit_of_work(request)))
     served = [served_entry(row) for row in read.rows]
-    return {
+    body: dict[str, Any] = {
         "entries": [
             {**{k: e[k] for k in WITHHELD_KEPT if k in e}, "withheld": True}
             if e["index"] in read.withheld
@@ -286,6 +289,14 @@ async def entries(
             for e in served
         ]
     }
+    if read.beyond is not None:  # the end of a walk: what it would not reach
+        body["beyond"] = {
+            "next_index": read.beyond.next_index,
+            "stray_people": [
+                {"person_id": person, "index": index} for person, index in read.beyond.stray_people
+            ],
+        }
+    return body
 
 
 def served_entry(row: StoredRow) -> dict[str, Any]:

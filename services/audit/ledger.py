@@ -620,6 +620,21 @@ class PostgresLedger:
             )
         ]
 
+    async def first_from(self, index: int) -> int | None:
+        found = await self.conn.fetchval("SELECT min(idx) FROM ledger WHERE idx >= $1", index)
+        return None if found is None else int(found)
+
+    async def stray_people(self, most: int) -> list[tuple[str, int]]:
+        return [
+            (r["person_id"], r["idx"])
+            for r in await self.conn.fetch(
+                "SELECT p.person_id, p.idx FROM ledger_people p WHERE NOT EXISTS"
+                " (SELECT 1 FROM ledger l WHERE l.idx = p.idx) ORDER BY p.idx, p.person_id"
+                " LIMIT $1",
+                most,
+            )
+        ]
+
     async def incidents_between(self, start: int, end: int) -> list[str]:
         return [
             row["incident_id"]

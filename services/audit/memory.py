@@ -154,6 +154,12 @@ class InMemoryLedger:
             people.setdefault(idx, []).append((person, record))
         return [_stored(r, people.get(r.idx, ())) for r in rows]
 
+    async def first_from(self, index: int) -> int | None:
+        return min((r.idx for r in self._rows if r.idx >= index), default=None)
+
+    async def stray_people(self, most: int) -> list[tuple[str, int]]:
+        return []  # its people index is derived from its rows as they are read
+
     async def incidents_between(self, start: int, end: int) -> list[str]:
         found = {r.incident_id for r in self._rows[start:end] if _about_incident(r)}
         return sorted(i for i in found if i is not None)

@@ -169,6 +169,14 @@ class Ledger(Protocol):
     async def rows(self, start: int, end: int) -> list[StoredRow]:
         """The stored entries in [start, end)."""
 
+    async def first_from(self, index: int) -> int | None:
+        """The lowest index of a stored entry at `index` or above, None if none."""
+
+    async def stray_people(self, most: int) -> list[tuple[str, int]]:
+        """(person id, index) of up to `most` `ledger_people` rows at an index where the
+        ledger holds no entry (never written so: the database derives each row from
+        the entry it is appended with)."""
+
     async def incidents_between(self, start: int, end: int) -> list[str]:
         """The incidents with valid `incident.*` entries in [start, end)."""
 
@@ -585,10 +593,27 @@ class ReadEntries:
 
 
 @dataclass(frozen=True)
+class Beyond:
+    """What the database holds outside the entries a read of the whole ledger walks, told
+    with the empty range that ends such a walk: the first entry stored past that range
+    (a row added past a gap, which a walk never reaches, yet reads by incident or person
+    find), and `ledger_people` rows at an index with no entry."""
+
+    next_index: int | None
+    stray_people: list[tuple[str, int]]
+
+
+STRAYS_SHOWN = 10
+"""`ledger_people` rows without an entry an empty range's answer names at most."""
+
+
+@dataclass(frozen=True)
 class EntriesRead:
     rows: list[StoredRow]
     withheld: frozenset[int]
     """Indexes of entries of incidents that exclude the reader: served without content."""
+    beyond: Beyond | None = None
+    """For a range that holds no entry (the end of a walk): what lies beyond it."""
 
 
 async def read_entries(query: ReadEntries, uow: AuditUnitOfWork) -> EntriesRead:
@@ -602,7 +627,13 @@ async def read_entries(query: ReadEntries, uow: AuditUnitOfWork) -> EntriesRead:
             raise Invalid("Invalid range", "end must not be below start.")
         if end - start > MAX_ENTRIES:
             raise Invalid("Range too large", f"At most {MAX_ENTRIES} entries per request.")
+        # the entry past the range first: an append between the two reads lands in the
+        # range (indexes are contiguous), so an empty range never sees it beyond
+        after = await uow.ledger.first_from(end)
         rows = await uow.ledger.rows(start, end)
+        beyond = None
+        if not rows:
+            beyond = Beyond(after, await uow.ledger.stray_people(STRAYS_SHOWN))
         copies = {row.idx: about for row in rows if (about := carried_incident(row.leaf))}
         incidents = await _excluded_in_range(uow, principal, start, end, set(copies.values()))
         hidden = await uow.ledger.indexes_of(start, end, sorted(incidents)) if incidents else set()
@@ -611,7 +642,7 @@ async def read_entries(query: ReadEntries, uow: AuditUnitOfWork) -> EntriesRead:
             principal=principal, route="entries", start=start, end=end, withheld=sorted(incidents)
         )
         await record_own(uow, f"audit-reads:{principal}", LEDGER_SUBJECT, data, principal)
-    return EntriesRead(rows, frozenset(hidden))
+    return EntriesRead(rows, frozenset(hidden), beyond)
 
 
 async def _excluded_in_range(

@@ -20,7 +20,9 @@ over HTTP (`HttpSource`), an evidence bundle (`BundleSource`), or entries held i
    and ``recorded_at`` columns the reads select and date an entry by, and the
    ``ledger_people`` rows at its index), each derived from the leaf by the rule the
    append uses (`services.audit.indexed`): an entry pointed away from its incident, or
-   a person's index row forged or removed, is named at its index;
+   a person's index row forged or removed, is named at its index. The service's answer
+   to the empty range that ends the walk says what lies beyond it (`_strays`): an entry
+   stored past a gap, or a ``ledger_people`` row where no entry is, is named too;
 3. whenever the tree reaches a head's size, the recomputed Merkle root equals the signed
    root. A mismatch means an edit whose leaf hash was recomputed too: the first bad
    index then lies in ``[previous head size, this head size)``. When the source serves
@@ -242,6 +244,9 @@ class HttpSource:
         self.page_size = page_size
         self._owned = client is None
         self._client = client or httpx.AsyncClient(transport=transport, timeout=timeout)
+        self.beyond: tuple[int, Any] | None = None
+        """The empty range that ended the last walk and what the service says lies
+        beyond it (``beyond``: ``next_index``, ``stray_people``); see `_strays`."""
 
     async def __aenter__(self) -> HttpSource:
         return self
@@ -291,6 +296,7 @@ class HttpSource:
 
     async def entries(self, start: int = 0, end: int | None = None) -> AsyncIterator[list[Entry]]:
         position = start
+        self.beyond = None
         while end is None or position < end:
             stop = position + self.page_size if end is None else min(end, position + self.page_size)
             page = await self._page(position, stop)
@@ -322,8 +328,13 @@ class HttpSource:
         return page
 
     async def _window(self, start: int, end: int) -> list[Entry]:
-        body = await self.get_json("/v1/ledger/entries", {"start": start, "end": end})
-        return _list(_object(body, "entries").get("entries"), "entries")
+        body = _object(
+            await self.get_json("/v1/ledger/entries", {"start": start, "end": end}), "entries"
+        )
+        entries = _list(body.get("entries"), "entries")
+        if not entries:
+            self.beyond = (start, body.get("beyond"))
+        return entries
 
     async def consistency_proof(self, first: int, second: int) -> list[bytes] | None:
         body = await self.get_json(
@@ -987,6 +998,39 @@ def _same_json(served: Any, recorded: Any) -> bool:
 _ENCODE_SORTED = msgspec.json.Encoder(order="sorted").encode
 
 
+def _strays(beyond: Any, size: int) -> list[_Bad]:
+    """What the source says it holds beyond the empty range that ended the walk (an
+    `HttpSource`'s ``beyond``): an entry stored past a gap, which the walk never reaches
+    but a read by incident or person finds, and ``ledger_people`` rows at an index where
+    no entry is; each named at its index. A source that says nothing adds nothing."""
+    if beyond is None or not isinstance(beyond[1], dict):
+        return []
+    start, said = beyond
+    found = []
+    after = said.get("next_index")
+    if after is not None:
+        found.append(
+            _Bad(
+                f"the ledger holds an entry at index {after!r}, past the end of its entries"
+                f" ({size}; none from {start}): a row was added behind the ledger, beyond a"
+                " gap",
+                index=after if type(after) is int else size,
+            )
+        )
+    strays = said.get("stray_people")
+    for row in strays if isinstance(strays, list) else []:
+        at = row.get("index") if isinstance(row, dict) else None
+        who = row.get("person_id") if isinstance(row, dict) else None
+        found.append(
+            _Bad(
+                f"the people index lists {who!r} at index {at!r}, where the ledger holds no"
+                " entry: the index was changed behind the ledger",
+                index=at if type(at) is int else size,
+            )
+        )
+    return found
+
+
 def _check_order(recorded_at: str, previous: str, position: int, before: int) -> None:
     # Fixed-width RFC 3339 UTC (checked in _leaf_body) sorts as text.
     if recorded_at < previous:
@@ -1095,6 +1139,7 @@ class _Walk:
             if progress is not None:
                 size = self.frontier.size
                 progress(size, max(size, self.largest))
+        self.failures.extend(_strays(getattr(source, "beyond", None), self.frontier.size))
         self.reach()
         await self.prove(source)
         if self.next < len(self.heads):

@@ -232,15 +232,12 @@ async def delete_and_renumber(conn: asyncpg.Connection, ledger: Ledger, k: int) 
     await conn.execute("UPDATE audit.ledger SET idx = idx - $1 - 1 WHERE idx >= $1", SHIFT)
 
 
-async def insert_and_renumber(conn: asyncpg.Connection, ledger: Ledger, k: int) -> None:
-    """A forged event claiming index k and entry k's recording time, hashed properly."""
-    original = ledger.rows[k]
-    body = json.loads(bytes(original["leaf"]))
-    body["event"]["id"] = str(uuid.uuid4())
-    body["event"]["data"]["principal"] = "p-forged"
+async def insert_like(
+    conn: asyncpg.Connection, k: int, original: asyncpg.Record, body: dict[str, Any]
+) -> None:
+    """A row at `k` holding the leaf `body` (hashed properly), its columns those of
+    `original` but the event id."""
     forged = canonical_json(body)
-    await conn.execute("UPDATE audit.ledger SET idx = idx + $1 WHERE idx >= $2", SHIFT, k)
-    await conn.execute("UPDATE audit.ledger SET idx = idx - $1 + 1 WHERE idx >= $1", SHIFT)
     await conn.execute(
         'INSERT INTO audit.ledger (idx, recorded_at, topic, partition, "offset", record_key,'
         " event_id, incident_id, event_type, trace_id, valid, leaf, leaf_hash)"
@@ -257,6 +254,17 @@ async def insert_and_renumber(conn: asyncpg.Connection, ledger: Ledger, k: int) 
         forged,
         leaf_hash(forged),
     )
+
+
+async def insert_and_renumber(conn: asyncpg.Connection, ledger: Ledger, k: int) -> None:
+    """A forged event claiming index k and entry k's recording time, hashed properly."""
+    original = ledger.rows[k]
+    body = json.loads(bytes(original["leaf"]))
+    body["event"]["id"] = str(uuid.uuid4())
+    body["event"]["data"]["principal"] = "p-forged"
+    await conn.execute("UPDATE audit.ledger SET idx = idx + $1 WHERE idx >= $2", SHIFT, k)
+    await conn.execute("UPDATE audit.ledger SET idx = idx - $1 + 1 WHERE idx >= $1", SHIFT)
+    await insert_like(conn, k, original, body)
 
 
 async def swap_with_a_later_entry(conn: asyncpg.Connection, ledger: Ledger, k: int) -> None:
@@ -420,6 +428,42 @@ async def test_a_forged_or_removed_person_in_the_people_index_is_found_at_its_en
         f"entry {at}'s people index leaves out p-low, whom its leaf carries; entry {at}'s"
         " people index keeps for p-mid a record its leaf does not hold"
         ": the index was changed behind the ledger",
+    ]
+
+
+async def test_rows_stored_past_a_gap_are_found_at_their_index(
+    audit: Audit, producer: AIOKafkaProducer
+) -> None:
+    """The walk reads from index 0 until a range holds no entry; reads by incident or
+    person take rows at any index. An event added to an incident far past the ledger's
+    end, and a person indexed where no entry is, are named by what the service says
+    lies beyond the walk's last, empty range."""
+    ledger = await fed(audit, producer)
+    k = ledger.middle_event()
+    original = ledger.rows[k]
+    far = len(ledger.rows) + 5000
+    body = json.loads(bytes(original["leaf"]))
+    body["event"]["id"] = str(uuid.uuid4())
+    body["index"] = far
+    async with behind_its_back(audit) as conn:
+        await insert_like(conn, far, original, body)
+        await conn.execute("ALTER TABLE audit.ledger_people DISABLE TRIGGER USER")
+        await conn.execute(
+            "INSERT INTO audit.ledger_people (person_id, idx, record) VALUES ('p-chen', -1, $1)",
+            json.dumps({"person_id": "p-chen", "roles": ["auditor"]}),
+        )
+        await conn.execute("ALTER TABLE audit.ledger_people ENABLE TRIGGER USER")
+    assert far in await _timeline(audit, original["incident_id"])  # what it adds
+    report = await verify(audit)
+    assert not report.ok
+    assert report.bad_indexes == [-1, far], report.reason
+    walked = report.entries_checked  # the reads above may have added entries
+    assert sorted(report.problems) == [
+        f"the ledger holds an entry at index {far}, past the end of its entries ({walked};"
+        f" none from {-(-walked // 1000) * 1000}): a row was added behind the ledger,"
+        " beyond a gap",
+        "the people index lists 'p-chen' at index -1, where the ledger holds no entry: the"
+        " index was changed behind the ledger",
     ]
 
 
