@@ -10,7 +10,7 @@ Row locks (`for_update`) are not modelled: a test runs one unit of work at a tim
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -80,11 +80,15 @@ class MemoryDecisions:
         self, incident_id: str, state: dict[str, Any], *, lines: Collection[str], seq: int
     ) -> None:
         self._change(incident_id, state=state)
-        await self.keep_lines(incident_id, lines, seq=seq)
+        await self.keep_lines({incident_id: lines}, seq=seq)
 
-    async def keep_lines(self, incident_id: str, lines: Collection[str], *, seq: int) -> None:
-        if self._get(incident_id) is not None:
-            self.staged.lines[incident_id] = (seq, frozenset(lines))
+    async def keep_lines(self, lines: Mapping[str, Collection[str]], *, seq: int) -> None:
+        for incident_id, people in lines.items():
+            if self._get(incident_id) is not None:
+                self.staged.lines[incident_id] = (seq, frozenset(people))
+
+    async def for_update_each(self, incident_ids: Collection[str]) -> list[StoredDecision]:
+        return [row for row in map(self._get, sorted(set(incident_ids))) if row is not None]
 
     async def states(self) -> list[tuple[str, dict[str, Any]]]:
         return [(r.incident_id, r.state) for r in self._kept() if r.state is not None]

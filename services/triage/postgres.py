@@ -8,7 +8,7 @@ recorder (event store, outbox, tracking) and `decisions`, `directory_log` and `p
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -16,6 +16,19 @@ import asyncpg
 
 from services.infra.recorder import OnConnection, PostgresUnitOfWork
 from services.triage.usecases import NewDecision, StoredDecision
+
+
+def _stored(row: asyncpg.Record) -> StoredDecision:
+    return StoredDecision(
+        incident_id=row["incident_id"],
+        report=json.loads(row["report"]),
+        reporter=row["reporter"],
+        policy_version=row["policy_version"],
+        directory_seq=int(row["directory_seq"]),
+        decided_at=row["decided_at"],
+        amendments=json.loads(row["amendments"]),
+        state=json.loads(row["state"]) if row["state"] is not None else None,
+    )
 
 
 class PostgresDecisions:
@@ -50,43 +63,47 @@ class PostgresDecisions:
         row = await self.conn.fetchrow(
             "SELECT * FROM decisions WHERE incident_id = $1 FOR UPDATE", incident_id
         )
-        if row is None:
-            return None
-        return StoredDecision(
-            incident_id=row["incident_id"],
-            report=json.loads(row["report"]),
-            reporter=row["reporter"],
-            policy_version=row["policy_version"],
-            directory_seq=int(row["directory_seq"]),
-            decided_at=row["decided_at"],
-            amendments=json.loads(row["amendments"]),
-            state=json.loads(row["state"]) if row["state"] is not None else None,
+        return None if row is None else _stored(row)
+
+    async def for_update_each(self, incident_ids: Collection[str]) -> list[StoredDecision]:
+        rows = await self.conn.fetch(
+            "SELECT * FROM decisions WHERE incident_id = ANY($1::text[])"
+            " ORDER BY incident_id FOR UPDATE",
+            list(incident_ids),
         )
+        return [_stored(row) for row in rows]
 
     async def keep_state(
         self, incident_id: str, state: dict[str, Any], *, lines: Collection[str], seq: int
     ) -> None:
-        await self._keep(incident_id, json.dumps(state), lines, seq)
+        await self._keep({incident_id: lines}, json.dumps(state), seq)
 
-    async def keep_lines(self, incident_id: str, lines: Collection[str], *, seq: int) -> None:
-        await self._keep(incident_id, None, lines, seq)
+    async def keep_lines(self, lines: Mapping[str, Collection[str]], *, seq: int) -> None:
+        if lines:
+            await self._keep(lines, None, seq)
 
     async def _keep(
-        self, incident_id: str, state: str | None, lines: Collection[str], seq: int
+        self, lines: Mapping[str, Collection[str]], state: str | None, seq: int
     ) -> None:
-        """The state (None: as it is) and the lines, in one statement: the lines not
-        kept any more deleted, the new ones added (both CTEs see the rows as before)."""
+        """The lines of each incident, and its state (None: as it is), in one statement:
+        the lines not kept any more deleted, the new ones added (both CTEs see the rows
+        as they were before it)."""
         await self.conn.execute(
-            "WITH kept AS (UPDATE decisions SET state = coalesce($2::jsonb, state),"
-            " lines_seq = $4 WHERE incident_id = $1 RETURNING incident_id),"
-            " gone AS (DELETE FROM decision_lines WHERE incident_id = $1"
-            " AND person_id <> ALL($3::text[]))"
+            "WITH new (incident_id, person_id) AS"
+            " (SELECT * FROM unnest($1::text[], $2::text[])),"
+            " kept AS (UPDATE decisions SET state = coalesce($3::jsonb, state),"
+            " lines_seq = $4 WHERE incident_id = ANY($5::text[]) RETURNING incident_id),"
+            " gone AS (DELETE FROM decision_lines AS l WHERE l.incident_id = ANY($5::text[])"
+            " AND NOT EXISTS (SELECT FROM new WHERE new.incident_id = l.incident_id"
+            " AND new.person_id = l.person_id))"
             " INSERT INTO decision_lines (person_id, incident_id)"
-            " SELECT p, incident_id FROM kept, unnest($3::text[]) AS p ON CONFLICT DO NOTHING",
-            incident_id,
+            " SELECT new.person_id, new.incident_id FROM new JOIN kept USING (incident_id)"
+            " ON CONFLICT DO NOTHING",
+            [i for i, people in lines.items() for _ in people],
+            [p for people in lines.values() for p in people],
             state,
-            list(lines),
             seq,
+            list(lines),
         )
 
     async def states(self) -> list[tuple[str, dict[str, Any]]]:

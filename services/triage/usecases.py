@@ -151,8 +151,14 @@ class Decisions(Protocol):
         """Keep the decision as it stands now, with its lines as of directory `seq`."""
         ...
 
-    async def keep_lines(self, incident_id: str, lines: Collection[str], *, seq: int) -> None:
-        """Keep the decision's lines as of directory `seq` (the decision unchanged)."""
+    async def keep_lines(self, lines: Mapping[str, Collection[str]], *, seq: int) -> None:
+        """Keep these decisions' lines (by incident) as of directory `seq`, the decisions
+        unchanged."""
+        ...
+
+    async def for_update_each(self, incident_ids: Collection[str]) -> list[StoredDecision]:
+        """The incidents' rows, locked in incident order until the unit of work ends (the
+        undecided left out)."""
         ...
 
     async def states(self) -> list[tuple[str, dict[str, Any]]]:
@@ -445,16 +451,16 @@ class TriageUseCases:
             # every row locked (in order) before any append: an append holds the outbox
             # to the commit, as an amendment's does after its one row lock
             incidents = await uow.decisions.to_recheck(moved, since=done)
-            locked = [await self._kept(uow, incident) for incident in incidents]
+            decided = await uow.decisions.for_update_each(incidents)
+            locked = [await self._kept_of(uow, row) for row in decided]
+            unchanged: dict[str, frozenset[str]] = {}
             for kept in locked:
                 incident = kept.row.incident_id
                 result = reexclude(kept.decision, [], view, kept.policy)
                 reassigned = result.to_reassigned()
                 if reassigned is None:
                     # its lines may have changed all the same (someone on them moved)
-                    await uow.decisions.keep_lines(
-                        incident, _lines(kept.decision, view), seq=view.seq
-                    )
+                    unchanged[incident] = _lines(kept.decision, view)
                     continue
                 await self._keep(uow, incident, result.decision, kept.digest, view)
                 outputs: Outputs = [reassigned, *_notified(reassigned.added, kept.digest)]
@@ -473,6 +479,7 @@ class TriageUseCases:
                     ", ".join(x.principal for x in reassigned.removed),
                 )
                 changed += 1
+            await uow.decisions.keep_lines(unchanged, seq=view.seq)
         return changed
 
     async def _refresh_directory(
@@ -695,15 +702,19 @@ class TriageUseCases:
         row = await uow.decisions.for_update(incident)
         if row is None:
             raise LookupError(f"input for {incident} before its decision")
+        return await self._kept_of(uow, row)
+
+    async def _kept_of(self, uow: TriageUnitOfWork, row: StoredDecision) -> _Kept:
+        """The decision of a locked row as it stands."""
         policy = self.policies[row.policy_version]
-        report = ReportSubmitted.model_validate(row.report)
         if row.state is not None:
             decision = TriageDecision.from_json(row.state["decision"])
             return _Kept(row, decision, policy, row.state["report_digest"])
         # Decided before the state was kept: rebuilt as the amendments left it.
+        report = ReportSubmitted.model_validate(row.report)
         await self._refresh_directory(uow)
         org_then = self.directory.at(row.directory_seq)
-        decision = self.decision(incident, report, org_then, policy, row.decided_at)
+        decision = self.decision(row.incident_id, report, org_then, policy, row.decided_at)
         for earlier in row.amendments:
             decision = reexclude(
                 decision, earlier["accused"], self.org, policy, named=earlier["named"]

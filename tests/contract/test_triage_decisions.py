@@ -4,7 +4,8 @@
 triage's migrations (`services.triage.postgres`), or a `TriageStore`
 (`services.triage.memory`). What the directory re-check relies on: `to_recheck` finds a
 kept decision through anyone on its lines, or through lines taken after the re-check
-mark; `keep_state` and `keep_lines` replace the lines; a rolled-back unit keeps none.
+mark; `keep_state` and `keep_lines` replace the lines; a rolled-back unit keeps none;
+`for_update_each` gives the rows asked for that exist, in incident order.
 The `postgres` half is marked `integration`.
 """
 
@@ -104,7 +105,7 @@ async def test_kept_lines_replace_the_earlier_ones_and_a_rollback_keeps_none(
 ) -> None:
     await _add(backend, "i-1", {"p-chen", "p-li"}, 5)
     async with backend() as uow:
-        await uow.decisions.keep_lines("i-1", {"p-chen", "p-x"}, seq=6)
+        await uow.decisions.keep_lines({"i-1": {"p-chen", "p-x"}}, seq=6)
     assert await _to_recheck(backend, {"p-li"}, 6) == []
     assert await _to_recheck(backend, {"p-x"}, 6) == ["i-1"]
     async with backend() as uow:
@@ -115,9 +116,23 @@ async def test_kept_lines_replace_the_earlier_ones_and_a_rollback_keeps_none(
     assert await _to_recheck(backend, {"p-zhou"}, 8) == ["i-1"]
     with pytest.raises(RuntimeError):
         async with backend() as uow:
-            await uow.decisions.keep_lines("i-1", {"p-sun"}, seq=9)
+            await uow.decisions.keep_lines({"i-1": {"p-sun"}}, seq=9)
             raise RuntimeError("the unit of work fails")
     assert await _to_recheck(backend, {"p-sun"}, 8) == []
     async with backend() as uow:  # keep_lines leaves the state as it was
-        await uow.decisions.keep_lines("i-1", {"p-sun"}, seq=9)
+        await uow.decisions.keep_lines({"i-1": {"p-sun"}}, seq=9)
         assert (await uow.decisions.for_update("i-1")).state == state  # type: ignore[union-attr]
+
+
+async def test_several_decisions_lines_are_kept_at_once_and_their_rows_read_in_order(
+    backend: Backend,
+) -> None:
+    await _add(backend, "i-2", {"p-chen", "p-li"}, 5)
+    await _add(backend, "i-1", {"p-ma", "p-zhou"}, 5)
+    async with backend() as uow:
+        await uow.decisions.keep_lines({"i-1": {"p-ma"}, "i-2": set(), "i-9": {"p-li"}}, seq=6)
+        rows = await uow.decisions.for_update_each(["i-2", "i-9", "i-1"])
+        assert [row.incident_id for row in rows] == ["i-1", "i-2"]
+        assert [row.state for row in rows] == [STATE, STATE]
+    assert await _to_recheck(backend, {"p-ma"}, 6) == ["i-1"]
+    assert await _to_recheck(backend, {"p-zhou", "p-chen", "p-li"}, 6) == []
