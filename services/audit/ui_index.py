@@ -18,8 +18,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, fields
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 import asyncpg
@@ -300,6 +302,14 @@ async def list_page(
     rows = rows[:size]
     if not descending:
         rows.reverse()
+    return keyset_page(rows, more=more, before=before, after=after)
+
+
+def keyset_page(
+    rows: list[dict[str, Any]], *, more: bool, before: int | None, after: int | None
+) -> Page:
+    """`rows` (newest first) read from `before` (or the top) down, or from `after` up, and
+    their links: `more` says rows lie past them in the direction read."""
     if not rows:
         return Page([], None, None)
     first, last = rows[0]["first_idx"], rows[-1]["first_idx"]
@@ -308,6 +318,70 @@ async def list_page(
     if before is not None:  # came from a newer page
         return Page(rows, newer=first, older=last if more else None)
     return Page(rows, newer=None, older=last if more else None)
+
+
+async def visible_page(
+    fetch: Callable[[int | None, int | None], Awaitable[Page]],
+    hidden: Callable[[list[dict[str, Any]]], Awaitable[set[str]]],
+    *,
+    before: int | None,
+    after: int | None,
+    size: int = PAGE,
+) -> Page:
+    """A page of the rows a reader may see, its rows and links from those rows alone.
+
+    `fetch(before, after)` reads a page of the index (`list_page`); `hidden(rows)` names
+    the incidents among `rows` that the reader may not see, a judgement per reader the
+    index cannot make. Hidden rows are skipped and the index read on until the page
+    holds `size` rows and one more says whether a next page exists (or the index ends),
+    judging only the rows needed. Neither the rows, nor their number, nor a link then
+    depends on a hidden incident: a short page or a link that a hidden row's index would
+    otherwise give tell an excluded reader that one lies there.
+    """
+    upward = after is not None
+    cursor = after if upward else before
+    shown: list[dict[str, Any]] = []
+    while True:
+        batch = await (fetch(None, cursor) if upward else fetch(cursor, None))
+        nearest_first = batch.rows[::-1] if upward else batch.rows
+        judged = nearest_first[: size + 1 - len(shown)]
+        if not judged:
+            break
+        refused = await hidden(judged)
+        shown += [row for row in judged if row["incident_id"] not in refused]
+        onward = batch.newer if upward else batch.older
+        if len(shown) > size or (len(judged) == len(nearest_first) and onward is None):
+            break
+        cursor = judged[-1]["first_idx"]
+    rows = shown[:size]
+    if upward:
+        rows.reverse()
+    return keyset_page(rows, more=len(shown) > size, before=before, after=after)
+
+
+async def shown_options(
+    options: dict[str, list[str]],
+    rows: list[dict[str, Any]],
+    fetch: Callable[[Filters, int | None, int | None], Awaitable[Page]],
+    hidden: Callable[[list[dict[str, Any]]], Awaitable[set[str]]],
+) -> dict[str, list[str]]:
+    """The filter menus' values (`facets`, over every incident) that an incident the
+    reader may see holds: a value that only hidden incidents hold would tell the reader
+    that one exists. A value among the shown `rows` is taken as is; any other costs one
+    look for one row the reader may see (`visible_page`), in the index's rows of it."""
+    shown: dict[str, list[str]] = {}
+    for column, values in options.items():
+        on_page = {row.get(column) for row in rows}
+        shown[column] = []
+        for value in values:
+            only = Filters(category=value) if column == "category" else Filters(severity=value)
+            of_value = partial(fetch, only)
+            if (
+                value in on_page
+                or (await visible_page(of_value, hidden, before=None, after=None, size=1)).rows
+            ):
+                shown[column].append(value)
+    return shown
 
 
 def _listed(record: asyncpg.Record) -> dict[str, Any]:
@@ -319,7 +393,8 @@ def _listed(record: asyncpg.Record) -> dict[str, Any]:
 
 
 async def facets(conn: asyncpg.Connection) -> dict[str, list[str]]:
-    """The categories and severities present, for the filter menus."""
+    """The categories and severities present, for the filter menus (`shown_options`
+    keeps those a reader may see)."""
     out: dict[str, list[str]] = {}
     for column in ("category", "severity"):
         out[column] = [

@@ -27,6 +27,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, Protocol
 
 from services.audit.conflicts import MAX_CHAIN, as_person, excluded_by
@@ -42,7 +43,7 @@ from services.audit.ledger import (
     refuse_replays,
 )
 from services.audit.merkle import MerkleFrontier, leaf_hash
-from services.audit.ui_index import Filters, Page
+from services.audit.ui_index import Filters, Page, shown_options, visible_page
 from services.domain.access import CONFLICT
 from services.domain.directory import DirectoryFile, Person
 from services.domain.envelope import Envelope
@@ -559,25 +560,30 @@ class IncidentList:
 
 
 async def list_incidents(query: ListIncidents, uow: AuditUnitOfWork) -> IncidentList:
-    """A page of the index, without the incidents that exclude the principal, with the
+    """A page of the index without the incidents that exclude the principal, with the
     filter menus and the index's lag.
 
     The index hides what its rows say (triage's `excluded`, the accused); each incident
-    of the page is then judged as its page judges it (`_excluded`: the accused's line in
+    it lists is then judged as its page judges it (`_excluded`: the accused's line in
     the directory, the reporter, the named, and whether the reader answers to an
-    accused, which triage checks only on the people it may route to). A page may so
-    hold fewer rows; its links still page through the index."""
+    accused, which triage checks only on the people it may route to). The page is
+    filled from the rows left and its links are theirs (`visible_page`), and the menus
+    offer the values of incidents the reader may see (`shown_options`): nothing in the
+    answer depends on an incident hidden from the reader (review L1)."""
     principal = query.principal
     async with uow:
-        page = await uow.index.page(
-            query.filters, before=query.before, after=query.after, hidden_from=principal
-        )
-        ids = [str(row["incident_id"]) for row in page.rows]
-        judged = await uow.ledger.entries_of(ids, JUDGED_TYPES) if ids else {}
-        hidden = await _excluding(uow, judged, principal)
-        if hidden:
-            page = replace(page, rows=[r for r in page.rows if r["incident_id"] not in hidden])
-        return IncidentList(page, await uow.index.facets(), await uow.index.lag())
+
+        async def fetch(filters: Filters, before: int | None, after: int | None) -> Page:
+            return await uow.index.page(filters, before=before, after=after, hidden_from=principal)
+
+        async def hidden(rows: list[dict[str, Any]]) -> set[str]:
+            ids = [str(row["incident_id"]) for row in rows]
+            return await _excluding(uow, await uow.ledger.entries_of(ids, JUDGED_TYPES), principal)
+
+        listed = partial(fetch, query.filters)
+        page = await visible_page(listed, hidden, before=query.before, after=query.after)
+        options = await shown_options(await uow.index.facets(), page.rows, fetch, hidden)
+        return IncidentList(page, options, await uow.index.lag())
 
 
 # ------------------------------------------------------------------------- the raw ledger

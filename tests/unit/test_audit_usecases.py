@@ -12,11 +12,12 @@ import pytest
 
 from services.audit.ledger import Consumed
 from services.audit.memory import AuditMemory, InMemoryAuditUnitOfWork, InMemoryConsoleIndex
-from services.audit.ui_index import Filters, Page
+from services.audit.ui_index import PAGE, Filters, Page, keyset_page
 from services.audit.usecases import (
     AppendBatch,
     AuditConfig,
     Forbidden,
+    IncidentList,
     KnowledgeQuery,
     ListIncidents,
     NotFound,
@@ -270,3 +271,78 @@ async def test_the_console_list_leaves_out_an_incident_that_excludes_the_reader(
 
     assert await listed("p-liu") == []
     assert await listed("p-audit") == [INCIDENT]
+
+
+class ManyRowsIndex(InMemoryConsoleIndex):
+    """The console index over `count` incidents (first ledger indexes 0 to count - 1),
+    keyset pages as `list_page` reads them; the one at `at` is INCIDENT, the others are
+    in no ledger entry (nobody is excluded from them)."""
+
+    def __init__(self, count: int, at: int) -> None:
+        self.rows = [
+            {"incident_id": i, "first_idx": n, "category": "harassment" if n == at else "fraud"}
+            for n in reversed(range(count))
+            for i in [INCIDENT if n == at else f"i-{n}"]
+        ]
+
+    async def page(
+        self, filters: Filters, *, before: int | None, after: int | None, hidden_from: str
+    ) -> Page:
+        kept = [r for r in self.rows if filters.category in (None, r["category"])]
+        if after is not None:
+            found = [r for r in reversed(kept) if r["first_idx"] > after][: PAGE + 1]
+            more, rows = len(found) > PAGE, found[:PAGE][::-1]
+        else:
+            upper = before if before is not None else len(self.rows)
+            found = [r for r in kept if r["first_idx"] < upper][: PAGE + 1]
+            more, rows = len(found) > PAGE, found[:PAGE]
+        return keyset_page(rows, more=more, before=before, after=after)
+
+    async def facets(self) -> dict[str, list[str]]:
+        return {"category": ["fraud", "harassment"], "severity": []}
+
+
+async def test_an_excluded_auditors_list_pages_tell_nothing_of_the_hidden_incident() -> None:
+    """Review L1: the list left out an incident that excludes the reader after paging, so
+    its page came up short and its "older" link was the hidden incident's first ledger
+    index; the category menu offered a category only hidden incidents have. Pages are now
+    filled from the rows the reader may see, every link is one of those rows, and the menus
+    offer what those rows hold: the hidden incident leaves no trace in the answer."""
+    audit = Audit()
+    await fill(audit, report())
+    hidden_at = 120 - PAGE  # the last row of the first page, were nothing hidden
+
+    async def answer(principal: str, before: int | None, after: int | None) -> IncidentList:
+        uow = audit.uow()
+        uow.index = ManyRowsIndex(120, hidden_at)
+        return await list_incidents(ListIncidents(principal, before=before, after=after), uow)
+
+    async def listed(
+        principal: str, before: int | None = None, after: int | None = None
+    ) -> tuple[list[int], int | None, int | None]:
+        page = (await answer(principal, before, after)).page
+        return [int(row["first_idx"]) for row in page.rows], page.newer, page.older
+
+    pages, links = [], []
+    page = await listed("p-liu")
+    while True:  # down, from the newest, by the "older" links
+        pages.append(page[0])
+        links += [link for link in page[1:] if link is not None]
+        if page[2] is None:
+            break
+        page = await listed("p-liu", before=page[2])
+    assert hidden_at not in links  # the old code: the first page's "older" link
+    seen = [idx for rows in pages for idx in rows]
+    assert seen == [n for n in reversed(range(120)) if n != hidden_at]
+    assert [len(rows) for rows in pages] == [PAGE, PAGE, 120 - 1 - 2 * PAGE]
+    back = await listed("p-liu", after=pages[-1][0])  # up again, by a "newer" link
+    assert back[0] == pages[1]
+    back = await listed("p-liu", after=back[1])
+    assert back[0] == pages[0] and back[1] is None
+    links += [link for link in back[1:] if link is not None]
+    assert hidden_at not in links
+    # nor does the category menu offer a category that only the hidden incident has
+    assert (await answer("p-liu", None, None)).options["category"] == ["fraud"]
+    # an auditor the incident does not exclude sees it where it is, and its category
+    assert (await listed("p-audit"))[0] == list(reversed(range(120 - PAGE, 120)))
+    assert (await answer("p-audit", None, None)).options["category"] == ["fraud", "harassment"]
