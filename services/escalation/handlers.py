@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
 import asyncpg
@@ -54,7 +54,7 @@ from services.domain.events import (
 )
 from services.escalation import usecases
 from services.escalation.inputs import input_of, parsed_as
-from services.escalation.notify import Notifier, Outcome, recording
+from services.escalation.notify import EXCLUDED_DETAIL, Notifier, Outcome, recording
 from services.escalation.postgres import JoinedUnitOfWork, PostgresEscalationUnitOfWork
 from services.infra.db import connect
 from services.infra.groupcommit import GroupCommit
@@ -103,8 +103,9 @@ lost (a listener connection that dropped, another instance's notice) and refresh
 gauges while idle."""
 DELIVERY_MAX_ATTEMPTS = 5
 """Leases of one notice (workers that died on it) before it counts as failed."""
-EXCLUDED_DETAIL = "not sent: recipient excluded"
-"""The `detail` of a notice not sent because its recipient was excluded since it was queued."""
+HELD_RECHECK_SECONDS = 60.0
+"""How long a notice taken before its incident's decision is held before it is looked at
+again, if the decision's arrival has not made it due earlier (`usecases.hold_notice`)."""
 
 
 class Escalation:
@@ -151,8 +152,8 @@ class Escalation:
             if (parsed := await self._parse(record)) is not None
             and isinstance(parsed[1], Triaged | Reassigned)
         ]
-        if inputs:
-            await usecases.start(usecases.Start(inputs), self.unit_of_work(), self.env)
+        if inputs and await usecases.start(usecases.Start(inputs), self.unit_of_work(), self.env):
+            self._deliveries_due.set()  # notices held for these decisions are due now
 
     async def on_activity(self, records: Sequence[ConsumerRecord]) -> None:
         """The batch's acknowledgements and recusals step their incidents, in order, in
@@ -347,9 +348,19 @@ class Escalation:
     async def _deliver(self, row: asyncpg.Record) -> None:
         """Deliver one leased notice and record the outcome, at least once per event id.
 
+        Whether the incident excludes the recipient is asked before every attempt (SPEC
+        invariant 3): here before the first (`_exclusion`, one indexed read), and by the
+        adapter before each retry (`_StillAllowed`, the same read), so a removal folded
+        while a webhook or mail server is retried stops it. A notice not sent for that
+        is recorded failed (`gave_up`, `EXCLUDED_DETAIL`). A notice taken before the
+        incident's decision reached escalation is held, never sent on a guess
+        (`usecases.hold_notice`); the decision makes it due again.
+
         A notice that failed for good (the adapter's own retries exhausted), or whose
         worker died `DELIVERY_MAX_ATTEMPTS` times, counts as failed: once every
-        recipient of a level failed, the next level is asked at once.
+        recipient of a level failed, the next level is asked at once. A look-up that
+        fails sends nothing and records nothing: the lease runs out and the notice is
+        taken again.
         """
         envelope = parse_envelope(bytes(row["body"]))
         notice = Notified.read(envelope)  # validated when it was queued
@@ -358,18 +369,22 @@ class Escalation:
             bind_incident(envelope.subject),
         ):
             outcome: Outcome | None = None
+            recheck = _StillAllowed(self._exclusion, envelope.subject, notice.principal)
             try:
-                excluded = await self._excluded(envelope.subject, notice.principal)
+                excluded = await self._exclusion(envelope.subject, notice.principal)
+                if excluded is None:
+                    held = usecases.HoldNotice(envelope, HELD_RECHECK_SECONDS)
+                    if await usecases.hold_notice(held, self.unit_of_work(), self.env):
+                        log.info("notice %s: held until its incident's decision", envelope.id)
+                        return
+                    excluded = await self._exclusion(envelope.subject, notice.principal)
             except TRANSIENT_ERRORS as exc:  # the lease runs out and it is taken again
                 log.warning("notice %s: not looked up: %r", envelope.id, exc)
                 return
+            if excluded is None:  # never: states are not removed; never sent on a guess
+                return
             if excluded:
-                log.warning(
-                    "notice %s: not sent: %s is excluded from incident %s since it was queued",
-                    envelope.id,
-                    notice.principal,
-                    envelope.subject,
-                )
+                _log_excluded(envelope, notice)
                 delivered = False
                 outcome = Outcome(None, False, 0, "gave_up", EXCLUDED_DETAIL)
             elif row["attempts"] > DELIVERY_MAX_ATTEMPTS:
@@ -378,8 +393,12 @@ class Escalation:
             else:
                 with recording() as record:
                     delivered = await self.notifier.deliver(
-                        envelope.subject, notice, delivery_id=envelope.id
+                        envelope.subject, notice, delivery_id=envelope.id, still_allowed=recheck
                     )
+                if not delivered and recheck.unsure:  # not sent; taken again later
+                    return
+                if not delivered and recheck.excluded:
+                    _log_excluded(envelope, notice)
                 outcome = record.delivered() if delivered else record.failed()
             delivery = usecases.Delivery(envelope, delivered, outcome, current_traceparent())
             try:
@@ -391,19 +410,19 @@ class Escalation:
             except TRANSIENT_ERRORS as exc:  # the lease runs out and it is delivered again
                 log.warning("notice %s: outcome not recorded: %r", envelope.id, exc)
 
-    async def _excluded(self, incident_id: str, principal: str) -> bool:
+    async def _exclusion(self, incident_id: str, principal: str) -> bool | None:
         """Whether the incident's escalation excludes `principal` now (triage's decision,
-        a reassignment's removal, a recusal): a notice queued before that, or waiting
-        while a webhook is retried, or seen after the removal (the notice and the
-        removal come on different topics), is never sent. False before the decision
-        (no state: triage never queues a notice to someone it excluded)."""
+        a reassignment's removal, a recusal); None while escalation has no state for the
+        incident (its decision comes on another topic than the notice, with no order
+        between them), when nobody can tell. One read by primary key."""
         async with self.runtime.db.acquire() as conn:
-            found = await conn.fetchval(
-                "SELECT (state -> 'excluded') ? $2 FROM escalation_state WHERE incident_id = $1",
+            found: bool | None = await conn.fetchval(
+                "SELECT coalesce((state -> 'excluded') ? $2, false)"
+                " FROM escalation_state WHERE incident_id = $1",
                 incident_id,
                 principal,
             )
-        return bool(found)
+        return found
 
     async def _refresh_queue_metrics(self) -> datetime | None:
         """Set the queue's gauges; when the next pending notice comes due (None: none)."""
@@ -425,6 +444,48 @@ class Escalation:
         command = usecases.RecordDelivery(deliveries)
         await usecases.record_delivery(command, JoinedUnitOfWork(conn), self.env)
         return [None] * len(deliveries)
+
+
+class _StillAllowed:
+    """The adapter's question before each retry of one notice: may it still be sent?
+
+    One read (`exclusion`: `Escalation._exclusion`). False when the incident excludes
+    the recipient now (`excluded`), and also when the read failed (`unsure`: the worker
+    then records nothing and the notice is taken again when its lease runs out), so a
+    retry is never sent unchecked."""
+
+    def __init__(
+        self,
+        exclusion: Callable[[str, str], Awaitable[bool | None]],
+        incident_id: str,
+        principal: str,
+    ) -> None:
+        self.exclusion = exclusion
+        self.incident_id = incident_id
+        self.principal = principal
+        self.excluded = False
+        self.unsure = False
+
+    async def __call__(self) -> bool:
+        try:
+            excluded = await self.exclusion(self.incident_id, self.principal)
+        except TRANSIENT_ERRORS as exc:
+            log.warning(
+                "incident %s: exclusion not looked up before a retry: %r", self.incident_id, exc
+            )
+            self.unsure = True
+            return False
+        self.excluded = excluded is not False
+        return not self.excluded
+
+
+def _log_excluded(envelope: Envelope, notice: Notified) -> None:
+    log.warning(
+        "notice %s: not sent: %s is excluded from incident %s since it was queued",
+        envelope.id,
+        notice.principal,
+        envelope.subject,
+    )
 
 
 def delivery_lease(settings: object) -> float:

@@ -44,6 +44,8 @@ class Queued:
     notice: Envelope
     traceparent: str | None
     state: str = "pending"
+    held: bool = False
+    """Held until its incident's escalation starts (`Deliveries.hold`); no leases here."""
 
 
 @dataclass
@@ -245,6 +247,23 @@ class MemoryDeliveries:
 
     async def mark_failed(self, notice_id: str) -> bool:
         return self._done(notice_id, "failed")
+
+    async def hold(self, notice_id: str, recheck_after: float) -> None:
+        queued = self._queued(notice_id)
+        if queued is not None and queued.state == "pending":
+            queued.held = True
+
+    async def release(self, incidents: Sequence[str]) -> int:
+        wanted = set(incidents)
+        released = 0
+        for notice_id, seen in {**self.tables.deliveries, **self.staged.deliveries}.items():
+            if seen.notice.subject not in wanted or seen.state != "pending" or not seen.held:
+                continue
+            queued = self._queued(notice_id)  # this unit's own copy, changed on commit
+            if queued is not None:
+                queued.held = False
+                released += 1
+        return released
 
     def _done(self, notice_id: str, state: str) -> bool:
         queued = self._queued(notice_id)

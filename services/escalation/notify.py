@@ -1,10 +1,19 @@
 """Delivering notices to people: one interface, adapters behind it.
 
-Every adapter implements `Notifier.deliver(incident_id, notice, delivery_id=) -> bool`,
-where `delivery_id` names the notice (the service passes its event id). It returns
-False when delivery failed for good, after its own retries, and it never raises. The
-escalation handler then records `delivery_failed`, and once every recipient of a level
-has failed, the next level is asked at once. No adapter sends report content. A notice
+Every adapter implements `Notifier.deliver(incident_id, notice, delivery_id=,
+still_allowed=) -> bool`, where `delivery_id` names the notice (the service passes its
+event id). It returns False when delivery failed for good, after its own retries, and
+it never raises. The escalation handler then records `delivery_failed`, and once every
+recipient of a level has failed, the next level is asked at once.
+
+`still_allowed`, when given, is asked before every retry (each attempt after the first:
+the caller asked before the first, so a first attempt that succeeds costs nothing more).
+The service passes its check that the incident does not exclude the recipient now (SPEC
+invariant 3), so a reassignment, an amendment or a recusal that comes while a webhook or
+mail server is retried stops the retries: on False the adapter sends nothing more and
+notes `gave_up` with `EXCLUDED_DETAIL`.
+
+No adapter sends report content. A notice
 names the incident, the person, the level and the report's digest, and nothing more.
 Logs name the incident, principal, level and outcome. They never hold secrets, URLs'
 paths or queries, message text, or response bodies.
@@ -104,6 +113,11 @@ ATTEMPTS_RETRIED = Counter(
 )
 
 Sleep = Callable[[float], Awaitable[None]]
+StillAllowed = Callable[[], Awaitable[bool]]
+"""Asked before each retry: may the notice still be sent (False: stop, not sent)."""
+EXCLUDED_DETAIL: Final = "not sent: recipient excluded"
+"""The `detail` of a notice not sent because its recipient was excluded since it was
+queued (before the first attempt, by the delivery worker; before a retry, by the adapter)."""
 
 
 @dataclass(frozen=True)
@@ -160,10 +174,16 @@ def note(
 
 
 class Notifier(Protocol):
-    """Delivers one notice; False when delivery failed for good (after its retries)."""
+    """Delivers one notice; False when delivery failed for good (after its retries), or
+    when `still_allowed`, asked before each retry, answered False."""
 
     async def deliver(
-        self, incident_id: str, notice: Notified, *, delivery_id: str | None = None
+        self,
+        incident_id: str,
+        notice: Notified,
+        *,
+        delivery_id: str | None = None,
+        still_allowed: StillAllowed | None = None,
     ) -> bool: ...
 
 
@@ -174,10 +194,16 @@ class Adapter(Notifier, Protocol):
 
 
 class LogNotifier:
-    """Delivery by log line: enough for development and for the record of who was told."""
+    """Delivery by log line: enough for development and for the record of who was told.
+    One attempt, never retried: `still_allowed` is never asked."""
 
     async def deliver(
-        self, incident_id: str, notice: Notified, *, delivery_id: str | None = None
+        self,
+        incident_id: str,
+        notice: Notified,
+        *,
+        delivery_id: str | None = None,
+        still_allowed: StillAllowed | None = None,
     ) -> bool:
         log.info(
             "notify %s of incident %s (level %d, via %s)",
@@ -325,10 +351,15 @@ class _Retrying:
     retry: RetryPolicy
 
     async def deliver(
-        self, incident_id: str, notice: Notified, *, delivery_id: str | None = None
+        self,
+        incident_id: str,
+        notice: Notified,
+        *,
+        delivery_id: str | None = None,
+        still_allowed: StillAllowed | None = None,
     ) -> bool:
         try:
-            delivered = await self._deliver(incident_id, notice, delivery_id)
+            delivered = await self._deliver(incident_id, notice, delivery_id, still_allowed)
         except Exception as exc:  # a failure is a False, never an exception
             self._log(logging.ERROR, incident_id, notice, " failed: %s", type(exc).__name__)
             note(self.adapter, 0, "error", type(exc).__name__)
@@ -336,7 +367,13 @@ class _Retrying:
         DELIVERIES.labels(self.adapter, "delivered" if delivered else "failed").inc()
         return delivered
 
-    async def _deliver(self, incident_id: str, notice: Notified, delivery_id: str | None) -> bool:
+    async def _deliver(
+        self,
+        incident_id: str,
+        notice: Notified,
+        delivery_id: str | None,
+        still_allowed: StillAllowed | None,
+    ) -> bool:
         raise NotImplementedError
 
     def _log(
@@ -376,8 +413,12 @@ class _Retrying:
         attempt: int,
         outcome: str,
         delay: float,
-    ) -> None:
-        """Log the failed attempt and wait `delay` seconds before the next one."""
+        still_allowed: StillAllowed | None,
+    ) -> bool:
+        """Log the failed attempt, wait `delay` seconds, then ask `still_allowed` whether
+        the next attempt may go: False (noted `gave_up`, `EXCLUDED_DETAIL`) ends the
+        delivery unsent. Asked after the wait, just before the attempt, so an exclusion
+        that came during the backoff counts."""
         self._log(
             logging.INFO,
             incident_id,
@@ -391,6 +432,11 @@ class _Retrying:
         )
         ATTEMPTS_RETRIED.labels(self.adapter).inc()
         await self.retry.sleep(delay)
+        if still_allowed is None or await still_allowed():
+            return True
+        self._log(logging.WARNING, incident_id, notice, " not retried: %s", EXCLUDED_DETAIL)
+        note(self.adapter, attempt + 1, "gave_up", EXCLUDED_DETAIL)
+        return False
 
     def _gave_up(self, incident_id: str, notice: Notified, where: str, outcome: str) -> bool:
         self._log(
@@ -476,7 +522,13 @@ class WebhookNotifier(_Retrying):
         ):
             return response.status_code, response.headers.get("retry-after")
 
-    async def _deliver(self, incident_id: str, notice: Notified, delivery_id: str | None) -> bool:
+    async def _deliver(
+        self,
+        incident_id: str,
+        notice: Notified,
+        delivery_id: str | None,
+        still_allowed: StillAllowed | None,
+    ) -> bool:
         delivery = delivery_id or uuid.uuid4().hex
         where = _where(self.url)
         outcome = "not tried"
@@ -517,7 +569,10 @@ class WebhookNotifier(_Retrying):
                     note("webhook", attempt + 1, "gave_up", outcome)
                     return False
                 delay = max(delay, wait)
-            await self._wait(incident_id, notice, where, attempt, outcome, delay)
+            if not await self._wait(
+                incident_id, notice, where, attempt, outcome, delay, still_allowed
+            ):
+                return False
         return self._gave_up(incident_id, notice, where, outcome)
 
 
@@ -693,7 +748,13 @@ class SmtpNotifier(_Retrying):
                 sending.exception()  # retrieved: the attempt's outcome is the timeout
             raise
 
-    async def _deliver(self, incident_id: str, notice: Notified, _: str | None) -> bool:
+    async def _deliver(
+        self,
+        incident_id: str,
+        notice: Notified,
+        _: str | None,
+        still_allowed: StillAllowed | None,
+    ) -> bool:
         found = self.recipients_by_principal(notice.principal)
         address = await found if inspect.isawaitable(found) else found
         if address is None or not valid_address(address):
@@ -715,7 +776,10 @@ class SmtpNotifier(_Retrying):
             if attempt == self.retry.retries:
                 break
             delay = self.retry.delay(attempt)
-            await self._wait(incident_id, notice, self.host, attempt, outcome, delay)
+            if not await self._wait(
+                incident_id, notice, self.host, attempt, outcome, delay, still_allowed
+            ):
+                return False
         return self._gave_up(incident_id, notice, self.host, outcome)
 
 
@@ -723,7 +787,8 @@ class SmtpNotifier(_Retrying):
 
 
 class FanoutNotifier:
-    """Every adapter at once; a notice counts as delivered if any of them delivered it."""
+    """Every adapter at once; a notice counts as delivered if any of them delivered it.
+    Each adapter asks `still_allowed` before each of its own retries."""
 
     def __init__(self, notifiers: Sequence[Adapter]) -> None:
         if not notifiers:
@@ -731,10 +796,18 @@ class FanoutNotifier:
         self.notifiers = tuple(notifiers)
 
     async def deliver(
-        self, incident_id: str, notice: Notified, *, delivery_id: str | None = None
+        self,
+        incident_id: str,
+        notice: Notified,
+        *,
+        delivery_id: str | None = None,
+        still_allowed: StillAllowed | None = None,
     ) -> bool:
         results = await asyncio.gather(
-            *(_never_raises(n, incident_id, notice, delivery_id) for n in self.notifiers)
+            *(
+                _never_raises(n, incident_id, notice, delivery_id, still_allowed)
+                for n in self.notifiers
+            )
         )
         return any(results)
 
@@ -747,10 +820,16 @@ class FanoutNotifier:
 
 
 async def _never_raises(
-    notifier: Notifier, incident_id: str, notice: Notified, delivery_id: str | None
+    notifier: Notifier,
+    incident_id: str,
+    notice: Notified,
+    delivery_id: str | None,
+    still_allowed: StillAllowed | None,
 ) -> bool:
     try:
-        return await notifier.deliver(incident_id, notice, delivery_id=delivery_id)
+        return await notifier.deliver(
+            incident_id, notice, delivery_id=delivery_id, still_allowed=still_allowed
+        )
     except Exception as exc:
         log.error(
             "%r failed on incident %s to %s: %s",

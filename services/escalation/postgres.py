@@ -185,6 +185,27 @@ class PostgresDeliveries:
             )
         )
 
+    async def hold(self, notice_id: str, recheck_after: float) -> None:
+        # Held: pending, attempts 0, due later (migration 0010); `release` keys on that.
+        # Every earlier lease of it also found no state (states are never removed), so
+        # no adapter ever had it: none of them counts towards DELIVERY_MAX_ATTEMPTS.
+        await self.conn.execute(
+            "UPDATE deliveries SET attempts = 0, next_at ="
+            " clock_timestamp() + make_interval(secs => $2)"
+            " WHERE event_id = $1 AND state = 'pending'",
+            notice_id,
+            recheck_after,
+        )
+
+    async def release(self, incidents: Sequence[str]) -> int:
+        done = await self.conn.execute(
+            "UPDATE deliveries SET next_at = clock_timestamp()"
+            " WHERE incident_id = ANY($1::text[]) AND state = 'pending'"
+            " AND attempts = 0 AND next_at > clock_timestamp()",
+            list(incidents),
+        )
+        return int(done.rsplit(" ", 1)[-1])
+
 
 class PostgresEscalationUnitOfWork(PostgresUnitOfWork):
     """`EscalationUnitOfWork` on a pool: a connection and a transaction per `async with`."""

@@ -23,6 +23,9 @@ the scheduler loop, the delivery worker).
 - `record_delivery` (a delivery worker's outcomes): `incident.notice.delivered.v1` or
   `.failed.v1`, once per notice; a failure feeds `delivery_failed` to the state.
 - `queue_notices` (notices seen on `incident.activity`): queued once for delivery.
+- `hold_notice` (a notice leased before its incident's decision reached escalation):
+  held, not sent, until `start` makes it due again (SPEC invariant 3: until then
+  nobody can tell whether its recipient is excluded).
 
 Every input is tracked by its event id (`Recorder.track_each`), so one seen again is
 skipped.
@@ -144,6 +147,14 @@ class Deliveries(Protocol):
     async def mark_failed(self, notice_id: str) -> bool:
         """A pending notice now failed: False if it was not pending."""
 
+    async def hold(self, notice_id: str, recheck_after: float) -> None:
+        """Hold a pending notice its worker leased before the incident's decision: its
+        leases are given back (none counts as a worker dying on it) and the notice
+        comes due again in `recheck_after` seconds, or as soon as `release` wakes it."""
+
+    async def release(self, incidents: Sequence[str]) -> int:
+        """Make the held notices of `incidents` due now; how many there were."""
+
 
 class EscalationUnitOfWork(UnitOfWork, Protocol):
     """The recorder with escalation's repositories, in one transaction."""
@@ -230,6 +241,15 @@ class Delivery:
 
 
 @dataclass(frozen=True)
+class HoldNotice:
+    """A leased notice whose incident had no escalation state when its worker looked."""
+
+    notice: Envelope
+    recheck_after: float
+    """Seconds until it is looked at again if nothing wakes it earlier."""
+
+
+@dataclass(frozen=True)
 class RecordDelivery:
     """Outcomes to record: the delivered ones together, then each failed one."""
 
@@ -239,26 +259,28 @@ class RecordDelivery:
 # -- use cases --------------------------------------------------------------------------
 
 
-async def start(command: Start, uow: EscalationUnitOfWork, env: Env) -> None:
+async def start(command: Start, uow: EscalationUnitOfWork, env: Env) -> int:
     """The batch's decisions and reassignments, in order, in one unit of work.
 
     Consecutive decisions start their escalations together; anything else on the topic
     first lets the decisions before it go, is tracked, and a reassignment steps its
-    incident. A failure rolls the whole batch back.
+    incident. A failure rolls the whole batch back. Returns how many held notices the
+    new escalations made due (`hold_notice`), so the delivery worker can be woken.
     """
     async with uow:
+        released = 0
         decisions: list[tuple[Input, Triaged]] = []
         for item in command.inputs:
             data = data_of(item.envelope)
             if isinstance(data, Triaged):
                 decisions.append((item, data))
                 continue
-            await _start_all(uow, env, decisions)  # what came before goes first
+            released += await _start_all(uow, env, decisions)  # what came before goes first
             decisions = []
             with item.context():
                 if await _track(uow, item) and isinstance(data, Reassigned):
                     await _step_or_hold(uow, env, item.envelope)
-        await _start_all(uow, env, decisions)
+        return released + await _start_all(uow, env, decisions)
 
 
 async def step(command: Step, uow: EscalationUnitOfWork, env: Env) -> int:
@@ -309,6 +331,29 @@ async def queue_notices(command: QueueNotices, uow: EscalationUnitOfWork, env: E
         await uow.deliveries.enqueue([q for q, new in zip(queued, fresh, strict=True) if new])
 
 
+async def hold_notice(command: HoldNotice, uow: EscalationUnitOfWork, env: Env) -> bool:
+    """Hold a notice until its incident's escalation starts; False (nothing changed,
+    the caller goes on with its lease) if it has started meanwhile.
+
+    Its worker found no escalation state: the incident's decision, which triage emits
+    with every notice it sends (its level-1 notices are appended with the decision
+    itself, a reassignment's with the reassignment of a kept decision; escalation's own
+    notices come from a state), is on incident.triage and not consumed yet. Without the
+    state nobody can tell whether a removal excludes the recipient, so the notice is
+    not sent. The incident is locked as a start locks it (`states.lock`), so either the
+    start commits first and this sees its state, or this commits first and the start
+    releases the notice (`_start_all`): it is never left held after the state exists.
+    If the decision never reaches escalation (dead-lettered as forged or unreadable),
+    the notice stays held, looked at again every `recheck_after` seconds and counted in
+    the queue's gauges, and is never sent."""
+    async with uow:
+        incident = command.notice.subject
+        if incident in await uow.states.lock([incident]):
+            return False
+        await uow.deliveries.hold(command.notice.id, command.recheck_after)
+        return True
+
+
 async def record_delivery(command: RecordDelivery, uow: EscalationUnitOfWork, env: Env) -> None:
     """Record outcomes, once per notice: delivered ones publish
     `incident.notice.delivered.v1`; a failed one `incident.notice.failed.v1`, then
@@ -341,20 +386,21 @@ async def _track(uow: EscalationUnitOfWork, item: Input) -> bool:
 
 async def _start_all(
     uow: EscalationUnitOfWork, env: Env, decisions: Sequence[tuple[Input, Triaged]]
-) -> None:
-    """Start the escalation of each decided incident that has none yet.
+) -> int:
+    """Start the escalation of each decided incident that has none yet; returns how many
+    held notices that made due.
 
-    Incidents are locked in order; new states and their events go in together; inputs
-    held for these incidents are then replayed in order. Decisions of incidents already
-    started (a new revision, or a decision seen again under another id) then step
-    their state, one by one, in order.
+    Incidents are locked in order; new states and their events go in together, and the
+    notices held for them (`hold_notice`) come due; inputs held for these incidents are
+    then replayed in order. Decisions of incidents already started (a new revision, or
+    a decision seen again under another id) then step their state, one by one, in order.
     """
     if not decisions:
-        return
+        return 0
     first = await uow.recorder.track_each(CONSUMER, [i.tracked for i, _ in decisions])
     todo = [item for item, new in zip(decisions, first, strict=True) if new]
     if not todo:
-        return
+        return 0
     incidents = sorted({i.envelope.subject for i, _ in todo})
     started = await uow.states.lock(incidents)
     now = env.clock()
@@ -377,8 +423,10 @@ async def _start_all(
                 events = _effect_events(env, state, effects, envelope, now)
                 produced.append((state.incident_id, events))
                 env.observe(state.incident_id, effects)
+    released = 0
     if new:
         held = await uow.states.insert(new)
+        released = await uow.deliveries.release([s.state.incident_id for s in new])
         if produced:  # a start usually has none: triage asked level 1 already
             versions = await uow.recorder.stream_versions([i for i, _ in produced])
             appends = [(i, versions[i], events) for i, events in produced]
@@ -388,6 +436,7 @@ async def _start_all(
     for item in revisions:  # their states exist now: nothing is held
         with item.context():
             await _step_or_hold(uow, env, item.envelope)
+    return released
 
 
 async def _step_or_hold(

@@ -2,7 +2,9 @@
 checks signatures, and an SMTP server (aiosmtpd), plain and with STARTTLS and AUTH. The
 last tests run intake, triage and escalation in-process on the real broker and database:
 with a webhook receiver that always fails, level 1 not reached means level 2 asked at
-once; with one that takes seconds to answer, an acknowledgement is not held up by it.
+once; with one that takes seconds to answer, an acknowledgement is not held up by it;
+a recipient excluded while her webhook is retried, or before the incident's decision
+reached escalation, is never told (SPEC invariant 3).
 """
 
 from __future__ import annotations
@@ -40,9 +42,11 @@ from services.domain.knowledge import LedgerEvent, knowledge_as_of
 from services.escalation.app import create_app as create_escalation
 from services.escalation.notify import (
     DELIVERY_HEADER,
+    EXCLUDED_DETAIL,
     SIGNATURE_HEADER,
     RetryPolicy,
     SmtpNotifier,
+    StillAllowed,
     WebhookNotifier,
     verify_signature,
 )
@@ -93,7 +97,8 @@ class Received:
 class Receiver:
     """Answers by path: /ok 204, /flaky 503 twice then 200, /down 500, /slow too slowly,
     /stall once `released` is set (or after `stall` seconds), /picky 400 for p-chen's
-    notices and 204 for others'."""
+    notices and 204 for others', /once 503 to each notice's first attempt (by its
+    delivery id) then 200."""
 
     base: str = ""
     got: list[Received] = field(default_factory=list)
@@ -119,6 +124,10 @@ class Receiver:
         if request.path == "/slow":
             await asyncio.sleep(0.6)
             return web.Response(status=200)
+        if request.path == "/once":
+            delivery = request.headers.get(DELIVERY_HEADER)
+            seen = [r for r in self.at("/once") if r.headers.get(DELIVERY_HEADER) == delivery]
+            return web.Response(status=503 if len(seen) == 1 else 200)
         if request.path == "/picky":
             return web.Response(status=400 if json.loads(body)["principal"] == "p-chen" else 204)
         if request.path == "/stall":
@@ -590,7 +599,12 @@ class Recording:
         self.delivered: list[tuple[str, str]] = []
 
     async def deliver(
-        self, incident_id: str, notice: Notified, *, delivery_id: str | None = None
+        self,
+        incident_id: str,
+        notice: Notified,
+        *,
+        delivery_id: str | None = None,
+        still_allowed: StillAllowed | None = None,
     ) -> bool:
         self.delivered.append((incident_id, notice.principal))
         return True
@@ -604,15 +618,29 @@ async def test_a_notice_whose_worker_died_is_delivered_once_its_lease_runs_out(
     leased five times already (it counts as failed without another try)."""
     escalation = create_escalation(EscalationSettings(**settings.model_dump()))
     recording = Recording()
-    escalation.state.escalation.notifier = recording
+    esc = escalation.state.escalation
+    esc.notifier = recording
     now = datetime.now(UTC)
     rows = {
         "lapsed": (-1.0, 1),
         "leased": (60.0, 1),
         "given-up": (-1.0, 5),
     }
+    notices: list[str] = []
     async with serving(escalation, "http://escalation"):
-        async with escalation.state.escalation.runtime.db.acquire() as conn:
+        # their decisions came first: a notice with no state yet is held, not delivered
+        decisions = [
+            event_record(
+                "incident.triage",
+                make_event(
+                    "incident.triaged.v1", subject=name, data=two_levels(), source="/t", time=now
+                ),
+                i,
+            )
+            for i, name in enumerate(rows)
+        ]
+        await esc.on_triage(decisions)
+        async with esc.runtime.db.acquire() as conn:
             for name, (lease_left, attempts) in rows.items():
                 event = make_event(
                     "incident.notified.v1",
@@ -621,6 +649,7 @@ async def test_a_notice_whose_worker_died_is_delivered_once_its_lease_runs_out(
                     source="/services/triage",
                     time=now,
                 )
+                notices.append(event.id)
                 await conn.execute(
                     "INSERT INTO deliveries (event_id, incident_id, body, attempts, next_at)"
                     " VALUES ($1, $2, $3, $4, $5)",
@@ -632,10 +661,15 @@ async def test_a_notice_whose_worker_died_is_delivered_once_its_lease_runs_out(
                 )
 
         async def settled() -> dict[str, tuple[str, int]] | None:
-            async with escalation.state.escalation.runtime.db.acquire() as conn:
+            # these notices only: the given-up one asks level 2 (p-zhou) at once
+            async with esc.runtime.db.acquire() as conn:
                 got = {
                     r["incident_id"]: (r["state"], r["attempts"])
-                    for r in await conn.fetch("SELECT incident_id, state, attempts FROM deliveries")
+                    for r in await conn.fetch(
+                        "SELECT incident_id, state, attempts FROM deliveries"
+                        " WHERE event_id = ANY($1::text[])",
+                        notices,
+                    )
                 }
             done = got["lapsed"][0] != "pending" and got["given-up"][0] != "pending"
             return got if done else None
@@ -646,7 +680,23 @@ async def test_a_notice_whose_worker_died_is_delivered_once_its_lease_runs_out(
         "leased": ("pending", 1),
         "given-up": ("failed", 6),
     }
-    assert [incident for incident, _ in recording.delivered] == ["lapsed"]
+    assert [incident for incident, who in recording.delivered if who == "p-chen"] == ["lapsed"]
+
+
+class OneIncident:
+    """An escalation app (started by `serving(self.app, ...)`) whose notices go to
+    `notifier`, and events of one new incident."""
+
+    def __init__(self, settings: CommonSettings, notifier: Any = None) -> None:
+        self.app = create_escalation(EscalationSettings(**settings.model_dump()))
+        self.esc = self.app.state.escalation
+        if notifier is not None:
+            self.esc.notifier = notifier
+        self.incident = str(uuid.uuid4())
+        self.now = datetime.now(UTC)
+
+    def event(self, type_: str, data: Any) -> Any:
+        return make_event(type_, subject=self.incident, data=data, source="/t", time=self.now)
 
 
 def two_levels() -> Triaged:
@@ -665,66 +715,92 @@ def two_levels() -> Triaged:
     )
 
 
-async def test_a_failed_delivery_before_the_triage_decision_still_asks_the_next_level(
+async def held(esc: Any, notice_id: str) -> bool:
+    """Whether a worker took the notice and held it for its incident's decision: given
+    back untried (no lease counted) and not due now (migration 0010)."""
+    async with esc.runtime.db.acquire() as conn:
+        return bool(
+            await conn.fetchval(
+                "SELECT state = 'pending' AND attempts = 0 AND next_at > clock_timestamp()"
+                " FROM deliveries WHERE event_id = $1",
+                notice_id,
+            )
+        )
+
+
+async def held_before_its_decision(esc: Any, notice: Any) -> None:
+    """Hand the notice to the activity consumer before any decision, and wait until a
+    worker has taken it and held it."""
+    await esc.on_activity([event_record("incident.activity", notice, 0)])
+    await eventually(lambda: held(esc, notice.id), timeout=10)
+
+
+async def outcome_of(esc: Any, notice_id: str) -> str | None:
+    """The notice's state in the queue once it is no longer pending (None: pending)."""
+    async with esc.runtime.db.acquire() as conn:
+        state: str | None = await conn.fetchval(
+            "SELECT state FROM deliveries WHERE event_id = $1", notice_id
+        )
+    return state if state != "pending" else None
+
+
+async def published(esc: Any, incident: str) -> list[dict[str, Any]]:
+    """The events escalation appended for the incident, in order (its outbox)."""
+    async with esc.runtime.db.acquire() as conn:
+        return [
+            json.loads(bytes(r["value"]))
+            for r in await conn.fetch(
+                "SELECT value FROM outbox WHERE key = $1 ORDER BY position", incident
+            )
+        ]
+
+
+async def test_a_notice_held_for_its_decision_that_then_fails_asks_the_next_level(
     settings: CommonSettings,
 ) -> None:
     """Level 1's notice comes on incident.activity, the decision on incident.triage: no
-    order between them. When the notice fails before escalation has the decision, the
-    failure waits for it, and level 2 is asked at once when it comes."""
-    escalation = create_escalation(EscalationSettings(**settings.model_dump()))
+    order between them. A notice taken before escalation has the decision is held, not
+    tried; once the decision comes it is tried, and when it fails level 2 is asked at
+    once."""
 
     class Failing:
         async def deliver(
-            self, incident_id: str, notice: Notified, *, delivery_id: str | None = None
+            self,
+            incident_id: str,
+            notice: Notified,
+            *,
+            delivery_id: str | None = None,
+            still_allowed: StillAllowed | None = None,
         ) -> bool:
             return False
 
-    esc = escalation.state.escalation
-    esc.notifier = Failing()
-    incident = str(uuid.uuid4())
-    now = datetime.now(UTC)
+    one = OneIncident(settings, Failing())
+    esc, event, incident = one.esc, one.event, one.incident
     decision = two_levels()
 
-    def event(type_: str, data: Any) -> Any:
-        return make_event(type_, subject=incident, data=data, source="/t", time=now)
-
-    async with serving(escalation, "http://escalation"):
-        await esc.on_activity(
-            [event_record("incident.activity", event("incident.notified.v1", NOTICE), 0)]
-        )
-
-        async def failed() -> bool:
-            async with esc.runtime.db.acquire() as conn:
-                return bool(
-                    await conn.fetchval(
-                        "SELECT state = 'failed' FROM deliveries WHERE incident_id = $1", incident
-                    )
-                )
-
-        await eventually(failed, timeout=10)
+    async with serving(one.app, "http://escalation"):
+        notice = event("incident.notified.v1", NOTICE)
+        await held_before_its_decision(esc, notice)
         await esc.on_triage(
             [event_record("incident.triage", event("incident.triaged.v1", decision), 0)]
         )
+
+        assert await eventually(lambda: outcome_of(esc, notice.id), timeout=30) == "failed"
         async with esc.runtime.db.acquire() as conn:
             state = json.loads(
                 await conn.fetchval(
                     "SELECT state FROM escalation_state WHERE incident_id = $1", incident
                 )
             )
-            published = [
-                json.loads(bytes(r["value"]))
-                for r in await conn.fetch(
-                    "SELECT value FROM outbox WHERE key = $1 ORDER BY position", incident
-                )
-            ]
+        events = await published(esc, incident)
     assert state["current_level"] == 2
     # the failure is published first (a class, no adapter noted by this fake), then the move
-    assert [e["type"] for e in published[:2]] == [
+    assert [e["type"] for e in events[:2]] == [
         "incident.notice.failed.v1",
         "incident.escalated.v1",
     ]
-    assert published[0]["data"]["reason"] == "gave_up"
-    moves = [e["data"] for e in published if e["type"] == "incident.escalated.v1"]
+    assert events[0]["data"]["reason"] == "gave_up"
+    moves = [e["data"] for e in events if e["type"] == "incident.escalated.v1"]
     assert {"level": 2, "recipients": ["p-zhou"], "reason": "delivery_failed"}.items() <= moves[
         0
     ].items()
@@ -737,19 +813,13 @@ async def test_a_notice_queued_for_someone_excluded_since_is_never_sent(
     recipient on incident.triage: no order between them, and a notice waits in the queue
     while a webhook is retried. A notice whose recipient the incident excludes by the
     time the worker takes it is not sent: recorded failed (`gave_up`, no adapter)."""
-    escalation = create_escalation(EscalationSettings(**settings.model_dump()))
     recording = Recording()
-    esc = escalation.state.escalation
-    esc.notifier = recording
-    incident = str(uuid.uuid4())
-    now = datetime.now(UTC)
+    one = OneIncident(settings, recording)
+    esc, event, incident = one.esc, one.event, one.incident
     decision = two_levels()
     removal = {"removed": [{"principal": "p-chen", "rule": "accused"}]}
 
-    def event(type_: str, data: Any) -> Any:
-        return make_event(type_, subject=incident, data=data, source="/t", time=now)
-
-    async with serving(escalation, "http://escalation"):
+    async with serving(one.app, "http://escalation"):
         await esc.on_triage(
             [
                 event_record("incident.triage", event("incident.triaged.v1", decision), 0),
@@ -759,24 +829,112 @@ async def test_a_notice_queued_for_someone_excluded_since_is_never_sent(
         notice = event("incident.notified.v1", NOTICE)
         await esc.on_activity([event_record("incident.activity", notice, 0)])
 
-        async def settled() -> str | None:
-            # p-chen's notice only: level 2's (p-zhou), asked at once because level 1
-            # has nobody left, comes back through the bus and may be delivered first.
-            async with esc.runtime.db.acquire() as conn:
-                state: str | None = await conn.fetchval(
-                    "SELECT state FROM deliveries WHERE event_id = $1", notice.id
-                )
-            return state if state != "pending" else None
-
-        assert await eventually(settled, timeout=30) == "failed"
-        async with esc.runtime.db.acquire() as conn:
-            outcomes = [
-                json.loads(bytes(r["value"]))
-                for r in await conn.fetch(
-                    "SELECT value FROM outbox WHERE key = $1 ORDER BY position", incident
-                )
-            ]
+        # p-chen's notice only: level 2's (p-zhou), asked at once because level 1 has
+        # nobody left, comes back through the bus and may be delivered first.
+        assert await eventually(lambda: outcome_of(esc, notice.id), timeout=30) == "failed"
+        outcomes = await published(esc, incident)
     # level 2 (p-zhou), asked at once, may have been told already
     assert "p-chen" not in {principal for _, principal in recording.delivered}
     (failed,) = [e["data"] for e in outcomes if e["type"] == "incident.notice.failed.v1"]
     assert (failed["principal"], failed["reason"], failed["adapter"]) == ("p-chen", "gave_up", None)
+
+
+async def test_a_webhook_retry_is_never_sent_to_a_recipient_excluded_during_its_backoff(
+    settings: CommonSettings, receiver: Receiver
+) -> None:
+    """The webhook answers 503 to p-chen's notice, then would answer 200. During the
+    backoff, a reassignment removes her (escalation folds it). The retry is not sent:
+    one POST named her, and the notice is recorded failed, `gave_up`, not sent because
+    she is excluded (review R3)."""
+    one = OneIncident(settings)
+    esc, event, incident = one.esc, one.event, one.incident
+    removal = event(
+        "incident.reassigned.v1", {"removed": [{"principal": "p-chen", "rule": "accused"}]}
+    )
+    waits: list[float] = []
+
+    async def backoff(delay: float) -> None:  # the wait before a retry: she is removed now
+        waits.append(delay)
+        if len(waits) == 1:
+            await esc.on_triage([event_record("incident.triage", removal, 1)])
+
+    esc.notifier = hook(receiver, "/once", sleep=backoff)
+    async with serving(one.app, "http://escalation"):
+        decision = event("incident.triaged.v1", two_levels())
+        await esc.on_triage([event_record("incident.triage", decision, 0)])
+        notice = event("incident.notified.v1", NOTICE)
+        await esc.on_activity([event_record("incident.activity", notice, 0)])
+
+        state = await eventually(lambda: outcome_of(esc, notice.id), timeout=30)
+        outcomes = await published(esc, incident)
+        async with esc.runtime.db.acquire() as conn:
+            excluded = json.loads(
+                await conn.fetchval(
+                    "SELECT state -> 'excluded' FROM escalation_state WHERE incident_id = $1",
+                    incident,
+                )
+            )
+    to_chen = [
+        r
+        for r in receiver.at("/once")
+        if json.loads(r.body)["incident_id"] == incident
+        and json.loads(r.body)["principal"] == "p-chen"
+    ]
+    assert excluded == ["p-chen"]
+    assert state == "failed"
+    assert len(to_chen) == 1  # the first attempt, before she was removed; no retry
+    (failed,) = [
+        e["data"]
+        for e in outcomes
+        if e["type"] == "incident.notice.failed.v1" and e["data"]["principal"] == "p-chen"
+    ]
+    assert {k: failed[k] for k in ("adapter", "reason", "detail", "attempts")} == {
+        "adapter": "webhook",
+        "reason": "gave_up",
+        "detail": EXCLUDED_DETAIL,
+        "attempts": 1,
+    }
+
+
+@pytest.mark.parametrize("removed", [False, True], ids=["allowed", "excluded"])
+async def test_a_notice_seen_before_its_incident_s_decision_waits_for_it(
+    settings: CommonSettings, removed: bool
+) -> None:
+    """p-chen's notice is taken before escalation has the incident's decision (other
+    topic, no order): it is held, not sent, since nobody can tell yet whether a removal
+    on incident.triage excludes her (review L3). The decision makes it due at once:
+    sent when she is allowed; not sent, recorded failed (`gave_up`), when a reassignment
+    in the same batch removed her. The 30 s waited here is less than the hold's own
+    re-check (60 s), so it is the decision that wakes the notice."""
+    recording = Recording()
+    one = OneIncident(settings, recording)
+    esc, event, incident = one.esc, one.event, one.incident
+
+    async with serving(one.app, "http://escalation"):
+        notice = event("incident.notified.v1", NOTICE)
+        await held_before_its_decision(esc, notice)
+        told_before = list(recording.delivered)
+        triage = [event_record("incident.triage", event("incident.triaged.v1", two_levels()), 0)]
+        if removed:
+            removal = {"removed": [{"principal": "p-chen", "rule": "accused"}]}
+            triage.append(
+                event_record("incident.triage", event("incident.reassigned.v1", removal), 1)
+            )
+        await esc.on_triage(triage)
+
+        state = await eventually(lambda: outcome_of(esc, notice.id), timeout=30)
+        outcomes = await published(esc, incident)
+    assert told_before == []
+    told = [who for i, who in recording.delivered if i == incident and who == "p-chen"]
+    mine = [e for e in outcomes if e["data"].get("notice_id") == notice.id]
+    if removed:
+        assert (state, told) == ("failed", [])
+        (failed,) = [e["data"] for e in mine]
+        assert (failed["reason"], failed["detail"], failed["adapter"]) == (
+            "gave_up",
+            EXCLUDED_DETAIL,
+            None,
+        )
+    else:
+        assert (state, told) == ("delivered", ["p-chen"])
+        assert [e["type"] for e in mine] == ["incident.notice.delivered.v1"]

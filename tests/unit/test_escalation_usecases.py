@@ -225,6 +225,33 @@ async def test_a_failed_delivery_is_recorded_once_and_asks_the_next_level(world:
     assert world.store.tables.deliveries[notice.id].state == "failed"
 
 
+async def test_a_notice_before_its_decision_is_held_until_the_decision_releases_it(
+    world: World,
+) -> None:
+    """The worker found no state for the notice's incident: it is held (nobody can tell
+    yet whether its recipient is excluded); the decision's start releases it, once. A
+    notice whose incident started meanwhile is not held: its worker goes on."""
+    notice = world.event(
+        Notified(principal="p-chen", channel="triage", level=1, report_digest=DIGEST)
+    )
+    queue = usecases.QueueNotices([(world.input(notice), None)])
+    await usecases.queue_notices(queue, world.uow(), world.env)
+    hold = usecases.HoldNotice(notice, 60.0)
+    assert await usecases.hold_notice(hold, world.uow(), world.env) is True
+    assert world.store.tables.deliveries[notice.id].held
+    released = await usecases.start(
+        usecases.Start([world.input(world.decision(), "incident.triage")]), world.uow(), world.env
+    )
+    assert released == 1
+    assert not world.store.tables.deliveries[notice.id].held
+    assert await usecases.hold_notice(hold, world.uow(), world.env) is False
+    assert not world.store.tables.deliveries[notice.id].held
+    again = await usecases.start(
+        usecases.Start([world.input(world.decision(), "incident.triage")]), world.uow(), world.env
+    )
+    assert again == 0  # a revision releases nothing: its incident had a state already
+
+
 async def test_a_delivered_notice_is_recorded_once(world: World) -> None:
     notice = world.event(
         Notified(principal="p-chen", channel="escalation", level=1, report_digest=DIGEST)

@@ -27,6 +27,7 @@ from services.domain.events import Notified
 from services.escalation.app import select_notifier
 from services.escalation.notify import (
     DELIVERY_HEADER,
+    EXCLUDED_DETAIL,
     SIGNATURE_HEADER,
     AddressLookup,
     FanoutNotifier,
@@ -34,6 +35,7 @@ from services.escalation.notify import (
     Outcome,
     RetryPolicy,
     SmtpNotifier,
+    StillAllowed,
     WebhookNotifier,
     backoff_delay,
     build_notifier,
@@ -322,6 +324,75 @@ async def test_the_client_is_reused_and_reopened_after_close() -> None:
     await notifier.aclose()
 
 
+class Check:
+    """`still_allowed` answering from a script; `log` (shared with the sleep) shows when
+    it was asked."""
+
+    def __init__(self, log: list[str], *answers: bool) -> None:
+        self.log = log
+        self.answers = list(answers)
+
+    async def __call__(self) -> bool:
+        self.log.append("check")
+        return self.answers.pop(0)
+
+
+def logged_webhook(steps: list[str], ok_at: int) -> WebhookNotifier:
+    """A webhook answering 503 until attempt `ok_at`, then 200, that notes each POST and
+    each wait in `steps`."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        steps.append("POST")
+        return httpx.Response(200 if steps.count("POST") >= ok_at else 503)
+
+    async def sleep(delay: float) -> None:
+        steps.append("wait")
+
+    return webhook(handler, [], sleep=sleep)
+
+
+async def test_a_webhook_asks_before_each_retry_and_stops_unsent_once_refused() -> None:
+    """503, then a recipient excluded during the backoff: the retry is not sent (SPEC
+    invariant 3), and the outcome says why: `gave_up`, not sent, recipient excluded."""
+    steps: list[str] = []
+    notifier = logged_webhook(steps, ok_at=2)
+    with recording() as record:
+        delivered = await notifier.deliver(INCIDENT, NOTICE, still_allowed=Check(steps, False))
+    assert delivered is False
+    assert steps == ["POST", "wait", "check"]  # asked after the wait, before the retry
+    assert record.outcomes == [Outcome("webhook", False, 1, "gave_up", EXCLUDED_DETAIL)]
+
+
+async def test_a_webhook_still_allowed_is_retried_and_a_first_success_asks_nothing() -> None:
+    steps: list[str] = []
+    check = Check(steps, True, True)
+    notifier = logged_webhook(steps, ok_at=3)
+    assert await notifier.deliver(INCIDENT, NOTICE, still_allowed=check)
+    assert steps == ["POST", "wait", "check", "POST", "wait", "check", "POST"]
+    steps.clear()
+    first = Check(steps)  # would raise if asked: nothing scripted
+    assert await webhook(Recorder(204), []).deliver(INCIDENT, NOTICE, still_allowed=first)
+    assert steps == []
+
+
+async def test_a_mail_retry_is_not_sent_to_a_recipient_excluded_meanwhile(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    steps: list[str] = []
+
+    def busy(mail: Any, address: str, session: Any) -> None:
+        steps.append("SMTP")
+        raise smtplib.SMTPResponseException(451, b"try again later")
+
+    notifier = smtp(lambda p: "chen@example.com")
+    monkeypatch.setattr(notifier, "_send", busy)
+    with recording() as record:
+        delivered = await notifier.deliver(INCIDENT, NOTICE, still_allowed=Check(steps, False))
+    assert delivered is False
+    assert steps == ["SMTP", "check"]
+    assert record.outcomes == [Outcome("smtp", False, 1, "gave_up", EXCLUDED_DETAIL)]
+
+
 async def test_logs_hold_no_secret_no_url_path_and_no_body(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -478,11 +549,18 @@ class Fixed:
     def __init__(self, result: bool | Exception) -> None:
         self.result = result
         self.calls = 0
+        self.checks: list[StillAllowed | None] = []
 
     async def deliver(
-        self, incident_id: str, notice: Notified, *, delivery_id: str | None = None
+        self,
+        incident_id: str,
+        notice: Notified,
+        *,
+        delivery_id: str | None = None,
+        still_allowed: StillAllowed | None = None,
     ) -> bool:
         self.calls += 1
+        self.checks.append(still_allowed)
         if isinstance(self.result, Exception):
             raise self.result
         return self.result
@@ -502,6 +580,16 @@ async def test_a_fanout_delivers_when_any_channel_delivers() -> None:
     await FanoutNotifier(channels).aclose()  # never raises either
     with pytest.raises(ValueError):
         FanoutNotifier([])
+
+
+async def test_a_fanout_gives_every_channel_the_check_before_its_retries() -> None:
+    channels = [Fixed(False), Fixed(True)]
+
+    async def allowed() -> bool:
+        return True
+
+    await FanoutNotifier(channels).deliver(INCIDENT, NOTICE, still_allowed=allowed)
+    assert [c.checks for c in channels] == [[allowed], [allowed]]
 
 
 async def test_the_log_notifier_always_delivers() -> None:
