@@ -13,6 +13,7 @@ import typer
 
 from services.audit.cli import audit_app
 from services.audit.receipt_check import receipt_app
+from services.deadletter_cli import deadletter_app
 from services.intake.directory_cli import directory_app
 from services.witness.cli import witness
 
@@ -40,6 +41,7 @@ app.add_typer(traces_app, name="traces")
 app.command()(witness)
 app.add_typer(receipt_app, name="receipt")
 app.add_typer(directory_app, name="directory")
+app.add_typer(deadletter_app, name="deadletter")
 
 
 @app.command()

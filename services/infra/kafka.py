@@ -150,6 +150,78 @@ async def list_topics(settings: CommonSettings) -> set[str]:
         await admin.close()
 
 
+class TopicMissing(KafkaError):  # type: ignore[misc]
+    """The broker has no topic of this name."""
+
+    def __init__(self, topic: str) -> None:
+        super().__init__(f"the broker has no topic {topic}")
+        self.topic = topic
+
+
+async def read_from_start(
+    settings: CommonSettings,
+    topic: str,
+    *,
+    within: float = 60.0,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[ConsumerRecord]:
+    """Every record `topic` holds now, read from each partition's start without a
+    consumer group: nothing is committed, so no one's offsets move.
+
+    The read stops at each partition's high watermark as the first fetch answered it
+    (records added meanwhile may come too). Not `end_offsets`: the local broker answers
+    it with the base of the last batch plus one, short of the end (../shared/BROKER.md);
+    its fetch answers carry the true high watermark. `progress(read, total)` follows
+    the read. TopicMissing if there is no such topic (asked first, so that the local
+    broker does not create it by being asked for it), asyncio.TimeoutError after
+    `within` seconds, KafkaError or OSError when the broker does not answer.
+    """
+    if topic not in await asyncio.wait_for(list_topics(settings), within):
+        raise TopicMissing(topic)
+    consumer = AIOKafkaConsumer(
+        **security_options(settings),
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=50,
+        max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
+        fetch_max_bytes=MAX_MESSAGE_BYTES * 2,
+        request_timeout_ms=int(max(within, 5.0) * 1000),
+    )
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    await asyncio.wait_for(consumer.start(), within)
+    try:
+        await consumer.topics()  # the metadata of every topic, ours included
+        partitions = consumer.partitions_for_topic(topic) or set()
+        assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(assigned)
+        await consumer.seek_to_beginning(*assigned)
+        ends: dict[TopicPartition, int] = {}
+        starts = {tp: await consumer.position(tp) for tp in assigned}
+        records: list[ConsumerRecord] = []
+        while True:
+            left = deadline - loop.time()
+            if left <= 0:
+                raise TimeoutError(f"reading {topic} took more than {within:g} s")
+            batch = await consumer.getmany(timeout_ms=int(min(left, 0.2) * 1000))
+            for got in batch.values():
+                records.extend(got)
+            for tp in assigned:
+                highwater = consumer.highwater(tp)
+                if tp not in ends and highwater is not None:
+                    ends[tp] = highwater
+            if progress is not None and len(ends) == len(assigned):
+                progress(len(records), sum(ends[tp] - starts[tp] for tp in assigned))
+            if len(ends) == len(assigned) and all(
+                [await consumer.position(tp) >= ends[tp] for tp in assigned]
+            ):
+                return records
+    finally:
+        await consumer.stop()
+
+
 class BrokerWatch:
     """Notices that the broker lost its data (a memory broker restarted) and says so.
 

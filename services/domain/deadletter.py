@@ -1,0 +1,181 @@
+"""Dead letters read back: what each says, which ones a selection names, and what a
+re-drive sends (`incidents deadletter`, docs/operations.md "Dead letters").
+
+A dead letter (`incident.input.rejected.v1` on incident.deadletter) keeps the original
+record's value (base64), its topic, partition and offset, and why it was refused; not
+the original record's key or headers. A re-drive sends the original value unchanged to
+its topic with the key and headers its producer gave it, derived from the value the way
+the outbox derives them (`record_key`; the content type and the event's `traceparent`),
+so every consumer of that topic reads it as it read it the first time. The value keeps
+its producer's signature: a re-drive can only repeat what a service said, never forge.
+
+What is read of the original is its id, type and subject (the incident), never its data:
+a report's data is the report.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from services.domain.envelope import Envelope
+from services.domain.events import (
+    CATALOG,
+    InputRejected,
+    InvalidEvent,
+    parse_envelope,
+    parse_event,
+    record_key,
+    unb64,
+)
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One dead letter: who refused what, when and why, and the original's identity."""
+
+    id: str
+    time: datetime
+    rejected_by: str
+    """The refusing service: the dead letter's `source`, e.g. `/services/triage`."""
+    reason: str
+    source_topic: str | None
+    source_partition: int | None
+    source_offset: int | None
+    original: bytes
+    """The original record's value; empty when the refusing service withheld it."""
+    original_event: Envelope | None
+    """The original parsed as a CloudEvent (None if it is not one)."""
+
+    @property
+    def original_id(self) -> str | None:
+        return self.original_event.id if self.original_event else None
+
+    @property
+    def original_type(self) -> str | None:
+        return self.original_event.type if self.original_event else None
+
+    @property
+    def incident(self) -> str | None:
+        """The original's subject (the incident, for an incident's event)."""
+        return self.original_event.subject if self.original_event else None
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(self.original).hexdigest()
+
+
+def read_dead_letter(value: bytes | None) -> DeadLetter | None:
+    """The dead letter in a record of incident.deadletter; None if the record is not one."""
+    try:
+        envelope, data = parse_event(value or b"")
+        if not isinstance(data, InputRejected):
+            return None
+        original = unb64(data.original_b64)
+    except (InvalidEvent, ValueError):
+        return None
+    try:
+        original_event: Envelope | None = parse_envelope(original) if original else None
+    except InvalidEvent:
+        original_event = None
+    return DeadLetter(
+        id=envelope.id,
+        time=envelope.time,
+        rejected_by=envelope.source,
+        reason=data.reason,
+        source_topic=data.source_topic,
+        source_partition=data.source_partition,
+        source_offset=data.source_offset,
+        original=original,
+        original_event=original_event,
+    )
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which dead letters a command names: by id (the dead letter's or the original's),
+    and the filters; a dead letter is selected when it passes every one given."""
+
+    event_ids: frozenset[str] = frozenset()
+    source_topics: frozenset[str] = frozenset()
+    """Accepted spellings of one topic (with and without the deployment's prefix)."""
+    reason_contains: str | None = None
+    since: datetime | None = None
+    incident: str | None = None
+
+    @property
+    def filtered(self) -> bool:
+        """True when some filter other than the ids is given."""
+        return bool(self.source_topics or self.reason_contains or self.since or self.incident)
+
+    def matches(self, letter: DeadLetter) -> bool:
+        if self.event_ids and not self.event_ids & {letter.id, letter.original_id}:
+            return False
+        if self.source_topics and letter.source_topic not in self.source_topics:
+            return False
+        if self.reason_contains and self.reason_contains.lower() not in letter.reason.lower():
+            return False
+        if self.since is not None and letter.time < self.since:
+            return False
+        return not (self.incident and letter.incident != self.incident)
+
+    def select(self, letters: Iterable[DeadLetter]) -> list[DeadLetter]:
+        return [letter for letter in letters if self.matches(letter)]
+
+
+@dataclass(frozen=True)
+class Resend:
+    """One original to publish again: its topic, key and value, and the dead letters it
+    answers (every consumer of a topic that refused the same record dead-lettered it)."""
+
+    topic: str
+    key: str
+    event: Envelope
+    value: bytes
+    letters: tuple[DeadLetter, ...]
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A selected dead letter that is not re-driven, and why."""
+
+    letter: DeadLetter
+    why: str
+
+
+def plan_redrive(
+    letters: Sequence[DeadLetter], *, topics: Collection[str], deadletter_topic: str
+) -> tuple[list[Resend], list[Skipped]]:
+    """What a re-drive of `letters` sends: each distinct original once per topic, to a
+    topic of this deployment (`topics`), and what it cannot send."""
+    groups: dict[tuple[str, str], list[DeadLetter]] = {}
+    skipped: list[Skipped] = []
+    for letter in letters:
+        why = _not_redrivable(letter, topics, deadletter_topic)
+        if why is not None:
+            skipped.append(Skipped(letter, why))
+            continue
+        assert letter.source_topic is not None
+        groups.setdefault((letter.source_topic, letter.digest), []).append(letter)
+    resends = []
+    for (topic, _), same in groups.items():
+        event = same[0].original_event
+        assert event is not None
+        resends.append(Resend(topic, record_key(event), event, same[0].original, tuple(same)))
+    return resends, skipped
+
+
+def _not_redrivable(
+    letter: DeadLetter, topics: Collection[str], deadletter_topic: str
+) -> str | None:
+    if not letter.original:
+        return "the original was withheld (intake keeps no inbound report in clear)"
+    if letter.original_event is None or letter.original_event.type not in CATALOG:
+        return "the original is not an event of the catalog: it would be refused again"
+    if letter.source_topic is None:
+        return "the dead letter does not say which topic the original came from"
+    if letter.source_topic == deadletter_topic or letter.source_topic not in topics:
+        return f"{letter.source_topic} is not a topic a re-drive may publish to"
+    return None
