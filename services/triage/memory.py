@@ -29,9 +29,15 @@ class TriageStore:
     policies: dict[str, dict[str, Any]] = field(default_factory=dict)
     rechecked: int = 0
     """`directory_rechecked.seq`: the directory seq the decisions were checked against."""
-    lines: dict[str, tuple[int, frozenset[str]]] = field(default_factory=dict)
-    """`decision_lines` by incident, with the directory seq they were taken at
-    (`decisions.lines_seq`); an incident without them was kept before they existed."""
+    lines: dict[str, tuple[int, frozenset[str], int]] = field(default_factory=dict)
+    """`decision_lines` by incident: the directory seq they were taken at
+    (`decisions.lines_seq`), the people, and the commit that wrote them (`commits` then:
+    `decisions.written_by`); an incident without them was kept before they existed."""
+    commits: int = 0
+    """Units of work committed so far (the transaction ids of PostgreSQL)."""
+    horizon: int | None = None
+    """`commits` when the last re-check read the decisions (`directory_rechecked.horizon`):
+    lines committed later were written by a unit it could not see."""
 
 
 class _Staged:
@@ -40,6 +46,7 @@ class _Staged:
         self.lines: dict[str, tuple[int, frozenset[str]]] = {}
         self.directory_log: list[tuple[str, bytes]] = []
         self.rechecked: int | None = None
+        self.horizon: int | None = None
         self.policies: dict[str, dict[str, Any]] = {}
 
 
@@ -96,12 +103,22 @@ class MemoryDecisions:
     async def to_recheck(self, moved: Collection[str], *, since: int) -> list[str]:
         found = []
         for row in self._kept():
-            kept = self.staged.lines.get(row.incident_id, self.store.lines.get(row.incident_id))
+            staged = self.staged.lines.get(row.incident_id)
+            kept = (*staged, None) if staged else self.store.lines.get(row.incident_id)
             if row.state is not None and (
-                kept is None or kept[0] > since or not kept[1].isdisjoint(moved)
+                kept is None
+                or kept[0] > since
+                or not kept[1].isdisjoint(moved)
+                or (self._unseen(kept[2]) and kept[0] < since)
             ):
                 found.append(row.incident_id)
         return found
+
+    def _unseen(self, commit: int | None) -> bool:
+        """Whether lines committed then were written by a unit the last re-check could
+        not see (committed after it read the decisions)."""
+        horizon = self.store.horizon
+        return commit is not None and horizon is not None and commit > horizon
 
     def _kept(self) -> list[StoredDecision]:
         """Every decision row, committed or staged, in incident order."""
@@ -133,6 +150,7 @@ class MemoryDirectoryLog:
 
     async def mark_rechecked(self, seq: int) -> None:
         self.staged.rechecked = seq
+        self.staged.horizon = self.store.commits
 
 
 class MemoryPolicies:
@@ -177,11 +195,14 @@ class InMemoryTriageUnitOfWork(InMemoryUnitOfWork):
     def commit(self) -> None:
         staged = self._staged
         self.triage.decisions.update(staged.decisions)
-        self.triage.lines.update(staged.lines)
+        self.triage.commits += 1
+        commit = self.triage.commits
+        self.triage.lines.update((i, (*kept, commit)) for i, kept in staged.lines.items())
         self.triage.directory_log.extend(staged.directory_log)
         self.triage.policies.update(staged.policies)
         if staged.rechecked is not None:
             self.triage.rechecked = staged.rechecked
+            self.triage.horizon = staged.horizon
         self._staged = _Staged()
         super().commit()
 

@@ -40,8 +40,8 @@ class PostgresDecisions:
     ) -> None:
         await self.conn.execute(
             "INSERT INTO decisions (incident_id, report, reporter, policy_version,"
-            " directory_seq, decided_at, state, lines_seq)"
-            " SELECT i, r::jsonb, p, v, $5, $6, s::jsonb, $5"
+            " directory_seq, decided_at, state, lines_seq, written_by)"
+            " SELECT i, r::jsonb, p, v, $5, $6, s::jsonb, $5, pg_current_xact_id()"
             " FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $7::text[])"
             " AS x (i, r, p, v, s)",
             [d.incident_id for d in decisions],
@@ -92,7 +92,8 @@ class PostgresDecisions:
             "WITH new (incident_id, person_id) AS"
             " (SELECT * FROM unnest($1::text[], $2::text[])),"
             " kept AS (UPDATE decisions SET state = coalesce($3::jsonb, state),"
-            " lines_seq = $4 WHERE incident_id = ANY($5::text[]) RETURNING incident_id),"
+            " lines_seq = $4, written_by = pg_current_xact_id()"
+            " WHERE incident_id = ANY($5::text[]) RETURNING incident_id),"
             " gone AS (DELETE FROM decision_lines AS l WHERE l.incident_id = ANY($5::text[])"
             " AND NOT EXISTS (SELECT FROM new WHERE new.incident_id = l.incident_id"
             " AND new.person_id = l.person_id))"
@@ -117,6 +118,10 @@ class PostgresDecisions:
             "SELECT incident_id FROM decision_lines WHERE person_id = ANY($1::text[])"
             " UNION SELECT incident_id FROM decisions"
             " WHERE state IS NOT NULL AND (lines_seq IS NULL OR lines_seq > $2)"
+            # a branch of its own, so that each one uses its index
+            " UNION SELECT incident_id FROM decisions WHERE state IS NOT NULL"
+            " AND written_by >= (SELECT previous_horizon FROM directory_rechecked)"
+            " AND lines_seq < $2"
             " ORDER BY incident_id",
             list(moved),
             since,
@@ -155,7 +160,11 @@ class PostgresDirectoryLog:
         return int(seq or 0)
 
     async def mark_rechecked(self, seq: int) -> None:
-        await self.conn.execute("UPDATE directory_rechecked SET seq = $1", seq)
+        await self.conn.execute(
+            "UPDATE directory_rechecked SET seq = $1, previous_horizon = horizon,"
+            " horizon = pg_snapshot_xmin(pg_current_snapshot())",
+            seq,
+        )
 
 
 class PostgresPolicies:

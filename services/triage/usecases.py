@@ -168,8 +168,10 @@ class Decisions(Protocol):
     async def to_recheck(self, moved: Collection[str], *, since: int) -> list[str]:
         """The incidents, in order, whose kept decision a directory change after `since`
         may touch: someone in `moved` is on its lines, or its lines were taken from
-        another directory than the one re-checked up to `since` (a later one, or never:
-        decisions kept before `decision_lines` existed)."""
+        another directory than the one re-checked up to `since` (a later one; never:
+        decisions kept before `decision_lines` existed; an earlier one, written by a
+        unit of work the last re-check could not see, committed after it read them).
+        Call it after `DirectoryLog.mark_rechecked`, in the same unit of work."""
         ...
 
     async def set_amendments(self, incident_id: str, amendments: list[dict[str, Any]]) -> None: ...
@@ -191,7 +193,10 @@ class DirectoryLog(Protocol):
         unit of work, so two workers never re-check the same events)."""
         ...
 
-    async def mark_rechecked(self, seq: int) -> None: ...
+    async def mark_rechecked(self, seq: int) -> None:
+        """Move the mark to `seq`, and note which units of work this re-check can see
+        (`Decisions.to_recheck` of the next one finds what the others wrote)."""
+        ...
 
 
 class Policies(Protocol):

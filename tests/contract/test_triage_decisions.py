@@ -136,3 +136,29 @@ async def test_several_decisions_lines_are_kept_at_once_and_their_rows_read_in_o
         assert [row.state for row in rows] == [STATE, STATE]
     assert await _to_recheck(backend, {"p-ma"}, 6) == ["i-1"]
     assert await _to_recheck(backend, {"p-zhou", "p-chen", "p-li"}, 6) == []
+
+
+async def test_a_decision_written_by_a_unit_the_recheck_could_not_see_is_found_by_the_next(
+    backend: Backend,
+) -> None:
+    """i-late is written on directory 5 by a unit still open while a re-check up to 6
+    reads the decisions, and committed after it: that re-check misses it, so the next
+    one (since 6) finds it though nobody on its lines moved, and keeps its lines; the
+    one after does not. (i-seen, committed before, may be found too on PostgreSQL while
+    a transaction older than it runs anywhere on the server: the horizon is the
+    server's oldest running transaction. Finding more is only more work.)"""
+    await _add(backend, "i-seen", {"p-li"}, 5)
+    async with backend() as writer:
+        late = NewDecision("i-late", REPORT, POLICY.version, STATE, frozenset({"p-li"}))
+        await writer.decisions.add([late], directory_seq=5, decided_at=datetime.now(UTC))
+        async with backend() as recheck:
+            assert await recheck.directory_log.rechecked() == 0
+            await recheck.directory_log.mark_rechecked(6)
+            assert await recheck.decisions.to_recheck({"p-li"}, since=5) == ["i-seen"]
+    async with backend() as recheck:
+        await recheck.directory_log.mark_rechecked(7)
+        assert "i-late" in await recheck.decisions.to_recheck(set(), since=6)
+        await recheck.decisions.keep_lines({"i-late": {"p-li"}}, seq=7)
+    async with backend() as recheck:
+        await recheck.directory_log.mark_rechecked(8)
+        assert "i-late" not in await recheck.decisions.to_recheck(set(), since=7)
