@@ -3,11 +3,12 @@
 The escalation service keeps one `EscalationState` per incident (one row, `to_json()`)
 and feeds it what happens: the triage decision (`start`, and `redecide` for a later
 revision of it), acknowledgements (`acknowledge`), reassignments (`reassign`), recusals
-(`recuse`), failed deliveries (`delivery_failed`), amended reports (`report_amended`)
-and the passing of time (`due`, `reminders`, or both at once with `tick`). Each function
-returns the new state and the effects to publish: plain catalog payloads (`Escalated`,
-`Notified`, `EscalationCleared`, `EscalationStalled`, `AcknowledgementIgnored`,
-`ReminderDue`, `DeadlineBreached`). `effect_type(effect)` names each one's event type.
+(`recuse`), failed deliveries (`delivery_failed`), amended reports (`report_amended`),
+the incident's close (`close`) and the passing of time (`due`, `reminders`, or both at
+once with `tick`). Each function returns the new state and the effects to publish:
+plain catalog payloads (`Escalated`, `Notified`, `EscalationCleared`, `EscalationStalled`,
+`AcknowledgementIgnored`, `ReminderDue`, `DeadlineBreached`). `effect_type(effect)`
+names each one's event type.
 
 Nothing here does I/O or reads a clock: `now` is always passed in, and must be
 timezone-aware. The service persists the new state and the effects in one transaction
@@ -125,6 +126,22 @@ ids.
   asks: no deadline starts, and a failed delivery of one never moves the chain on
   (`is_ask`; `delivery_failed` ignores them). A stalled chain has nobody to remind:
   the stall alert is already raised.
+- **Closed** (`close`, from intake's `incident.status.changed.v1` with status `closed`;
+  closed is final, intake has no reopen): the chain stops for good. The pending
+  deadline goes (an ask's, a repeat's or a stall alert's), and nobody is asked,
+  re-asked, reminded or told of a breach from then on: `due`, `reassign`, `recuse`,
+  `redecide` and `delivery_failed` still record what they change (exclusions,
+  additions, the new chain) but ask nobody. A legal clock not satisfied at the close is
+  not satisfied by it: intake writes nothing to the reporter when a handler closes
+  (she can read the outcome in her view, but `feedback` is met by a message to her,
+  as the reporter's view counts it), and once closed no message can be written. So
+  its reminder is skipped (`reminded`, as for a reminder that came too late) and its
+  `DeadlineBreached` is still recorded at its deadline, with no notice: a breach of
+  the law stays in the ledger and in the reporter's view. The close adds no event of
+  escalation's own: intake's close is in the ledger, and the state keeps `closed_at`.
+  A second close, and one held until the decision (`start(closed_at=...)`), do the
+  same once; an acknowledgement after the close is still applied (it satisfies
+  `reporter_acknowledgement`, clears nothing that would be asked).
 
 ## Stored format
 
@@ -132,7 +149,8 @@ ids.
 independent level and stalls): revision 1, no independent people, and a chain that
 format 1 had stopped silently (started, unacknowledged, no deadline) gets its deadline
 back at the instant it stopped, so the next `tick` moves it on under the rules above
-(migration 0004 wakes those rows).
+(migration 0004 wakes those rows). A format 2 row written before `closed_at` existed
+reads as open (it was: escalation did not know of closes then).
 """
 
 from __future__ import annotations
@@ -250,6 +268,8 @@ class EscalationState:
     revision: int = 1
     independent: tuple[str, ...] = ()
     stalled: bool = False
+    closed_at: datetime | None = None
+    """When the incident was closed (final): nothing is asked or reminded since."""
 
     # Derived views
 
@@ -347,6 +367,7 @@ class EscalationState:
             "revision": self.revision,
             "independent": list(self.independent),
             "stalled": self.stalled,
+            "closed_at": utc_rfc3339_or_none(self.closed_at),
         }
 
     @classmethod
@@ -397,6 +418,7 @@ class EscalationState:
                 revision=int(value.get("revision", 1)),
                 independent=tuple(str(p) for p in value.get("independent", ())),
                 stalled=bool(value.get("stalled", False)),
+                closed_at=_time_in(value.get("closed_at")),
             )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"not an escalation state: {exc!r}") from exc
@@ -421,11 +443,14 @@ def start(
     report_digest: str,
     *,
     reminder_lead: float | timedelta = DEFAULT_REMINDER_LEAD,
+    closed_at: datetime | None = None,
 ) -> Step:
     """The state after triage decided the chain; level 1 is already asked by triage.
 
     `reminder_lead` is a fraction of each legal clock's span (from `now` to its
-    deadline) or a fixed time before it. ValueError if the chain is not levels 1..n.
+    deadline) or a fixed time before it. `closed_at`: the incident was closed before
+    its decision reached escalation (the close was held): the state starts closed and
+    asks nobody. ValueError if the chain is not levels 1..n.
     """
     _aware(now)
     chain = _chain_of(triaged)
@@ -455,6 +480,8 @@ def start(
         revision=triaged.revision,
         independent=tuple(triaged.independent),
     )
+    if closed_at is not None:  # level 1 was asked by triage: its people stay routed
+        return _closed(replace(state, current_level=1), closed_at), ()
     return _begin(state, triaged, now)
 
 
@@ -479,6 +506,8 @@ def redecide(state: EscalationState, triaged: Triaged, now: datetime) -> Step:
         independent=tuple(triaged.independent),
         stalled=False,
     )
+    if state.closed_at is not None:  # the new chain is kept (triage asked its level 1)
+        return _changed(state, replace(fresh, current_level=1), ())
     return _changed(state, *_begin(fresh, triaged, now))
 
 
@@ -492,6 +521,7 @@ def due(state: EscalationState, now: datetime, expected_due_at: datetime | None)
         or expected_due_at != missed
         or now < missed
         or state.acknowledged is not None
+        or state.closed_at is not None
     ):
         return state, ()
     if state.stalled:
@@ -558,7 +588,7 @@ def reassign(
     reopened = state.acknowledged is not None and state.acknowledged.by in gone
     if reopened:
         new = replace(new, acknowledged=None)
-    if current == 0 or new.acknowledged is not None:
+    if current == 0 or new.acknowledged is not None or new.closed_at is not None:
         return _changed(state, new, ())
     waiting = new.due_at is not None and not new.stalled  # an ask's deadline is pending
     if new.eligible(current):
@@ -603,6 +633,7 @@ def delivery_failed(
     if (
         not is_ask(channel)
         or state.acknowledged is not None
+        or state.closed_at is not None
         or state.due_at is None
         or state.stalled
         or level != state.current_level
@@ -646,9 +677,9 @@ def clock_recipients(state: EscalationState, breach: bool) -> tuple[tuple[str, i
     """Who a legal clock's reminder (or, with `breach`, its breach) tells, each with the
     level she belongs to: the current level's eligible recipients and the acknowledger;
     for a breach also the next level with anyone eligible and the independent people.
-    Each once, in that order; excluded people never."""
+    Each once, in that order; excluded people never; nobody once the incident is closed."""
     current = state.current_level
-    if current == 0:
+    if current == 0 or state.closed_at is not None:
         return ()
     wanted: list[tuple[str, int]] = [(p, current) for p in state.eligible(current)]
     ack = state.acknowledged
@@ -681,6 +712,16 @@ def clock_satisfied(state: EscalationState, clock: str, now: datetime) -> Step:
     """A legal clock was satisfied (e.g. `feedback`: a handler wrote to the reporter)."""
     _aware(now)
     return _changed(state, replace(state, clocks=_satisfy(state.clocks, clock, now)), ())
+
+
+def close(state: EscalationState, now: datetime) -> Step:
+    """The incident was closed (final): the chain stops, nothing is asked or reminded
+    from now on; a legal clock not yet satisfied is still breached at its deadline
+    (recorded, nobody notified). A second close does nothing."""
+    _aware(now)
+    if state.closed_at is not None:
+        return state, ()
+    return _changed(state, _closed(state, now), ())
 
 
 def tick(state: EscalationState, now: datetime) -> Step:
@@ -720,6 +761,18 @@ def _begin(state: EscalationState, triaged: Triaged, now: datetime) -> Step:
             asked = replace(asked, due_at=first_due)
         return asked, ()
     return _move_on(state, now, "nobody_eligible", now)
+
+
+def _closed(state: EscalationState, at: datetime) -> EscalationState:
+    """The state closed at `at`: no deadline pending, no stall alert, and the reminder
+    of every clock still open skipped (its breach stays due)."""
+    clocks = tuple(
+        c if c.satisfied_at is not None or c.reminded else replace(c, reminded=True)
+        for c in state.clocks
+    )
+    return replace(
+        state, closed_at=at, due_at=None, stalled=False, undelivered=frozenset(), clocks=clocks
+    )
 
 
 def _ask(state: EscalationState, number: int, now: datetime) -> EscalationState:

@@ -2,12 +2,13 @@
 
 Each builds a command and calls a use case of `services.escalation.usecases` on the
 PostgreSQL unit of work (`services.escalation.postgres`): inputs (triage decisions and
-their later revisions, reassignments, acknowledgements, recusals, a handler's message
-to the reporter, which satisfies the feedback clock) and fired deadlines each step an
-incident's state with a pure transition of `services.domain.escalation`, its effects
-appended as events with the new state and wake-up time, in one transaction. The
-scheduler sleeps until the earliest wake-up (or a NOTIFY that an earlier one appeared)
-and runs `usecases.step`, which takes due rows with SKIP LOCKED.
+their later revisions, reassignments, acknowledgements, recusals, the incident's close,
+a handler's message to the reporter, which satisfies the feedback clock) and fired
+deadlines each step an incident's state with a pure transition of
+`services.domain.escalation`, its effects appended as events with the new state and
+wake-up time, in one transaction. The scheduler sleeps until the earliest wake-up (or a
+NOTIFY that an earlier one appeared) and runs `usecases.step`, which takes due rows with
+SKIP LOCKED.
 
 Notices (`incident.notified.v1`) are queued in `deliveries` with the consumer's
 tracking row and delivered by a worker (`run_deliveries`), so a slow webhook or mail
@@ -48,6 +49,7 @@ from services.domain.events import (
     Reassigned,
     Recused,
     ReporterMessage,
+    StatusChanged,
     Triaged,
     data_of,
     parse_envelope,
@@ -156,8 +158,8 @@ class Escalation:
             self._deliveries_due.set()  # notices held for these decisions are due now
 
     async def on_activity(self, records: Sequence[ConsumerRecord]) -> None:
-        """The batch's acknowledgements and recusals step their incidents, in order, in
-        one transaction (`usecases.clear`); its notices go to the delivery queue
+        """The batch's acknowledgements, recusals and closes step their incidents, in
+        order, in one transaction (`usecases.clear`); its notices go to the delivery queue
         together, in another. A record that fails fails the batch, which
         `RecordProcessor` then retries one by one; an invalid one is dead-lettered.
 
@@ -174,7 +176,9 @@ class Escalation:
             if isinstance(data, Notified):
                 item = usecases.Input(envelope, record.topic, record.partition, record.offset)
                 notices.append((item, header(record, "traceparent")))
-            elif isinstance(data, Acknowledged | Recused):
+            elif isinstance(data, Acknowledged | Recused) or (
+                isinstance(data, StatusChanged) and data.status == usecases.CLOSED
+            ):
                 clears.append(input_of(record, envelope))
         if clears:
             await usecases.clear(usecases.Clear(clears), self.unit_of_work(), self.env)

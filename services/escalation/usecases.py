@@ -13,8 +13,10 @@ the scheduler loop, the delivery worker).
   incident's escalation together, and the inputs held for those incidents are then
   replayed; a later revision, or a reassignment, steps the started state.
 - `step` (deadlines due): every state whose wake-up has passed is ticked.
-- `clear` (an acknowledgement; also a recusal or a message to the reporter): steps one
-  incident, or holds the input until its decision starts the escalation. An
+- `clear` (an acknowledgement; also a recusal, a message to the reporter or the
+  incident's close): steps one incident, or holds the input until its decision starts
+  the escalation (a decision whose incident's close was held starts closed: nobody is
+  asked, not even for an empty level 1). An
   acknowledgement by an excluded principal changes nothing and is recorded as
   `incident.acknowledgement.ignored.v1`. One by a principal escalation does not route
   (yet) is recorded the same way and also kept: a reassignment can reach escalation
@@ -51,6 +53,7 @@ from services.domain.events import (
     Reassigned,
     Recused,
     ReporterMessage,
+    StatusChanged,
     Triaged,
     data_of,
     make_event,
@@ -62,6 +65,8 @@ from services.infra.telemetry import current_traceparent, span_after
 
 CONSUMER = "escalation"
 """The tracking name of escalation's inputs."""
+CLOSED = "closed"
+"""The status that closes an incident for good (intake has no reopen)."""
 EVENT_IDS = uuid.UUID("6d1f6f3c-54a7-4f55-9c43-2b1f0ad0c0e1")
 
 Transition = Callable[[esc.EscalationState, datetime], esc.Step]
@@ -218,7 +223,7 @@ class Step:
 
 @dataclass(frozen=True)
 class Clear:
-    """Acknowledgements, recusals, or handlers' messages to the reporter, in order."""
+    """Acknowledgements, recusals, closes, or handlers' messages to the reporter, in order."""
 
     inputs: Sequence[Input]
 
@@ -301,8 +306,8 @@ async def step(command: Step, uow: EscalationUnitOfWork, env: Env) -> int:
 
 
 async def clear(command: Clear, uow: EscalationUnitOfWork, env: Env) -> None:
-    """Step each input's incident with it (an acknowledgement, a recusal, a message to
-    the reporter), in order, once each, in one unit of work; an input is held until
+    """Step each input's incident with it (an acknowledgement, a recusal, a close, a
+    message to the reporter), in order, once each, in one unit of work; an input is held until
     its incident's decision if it came first. A failure rolls the whole batch back.
 
     The batch's incidents are locked in order, and with more than one their states
@@ -392,8 +397,11 @@ async def _start_all(
 
     Incidents are locked in order; new states and their events go in together, and the
     notices held for them (`hold_notice`) come due; inputs held for these incidents are
-    then replayed in order. Decisions of incidents already started (a new revision, or
-    a decision seen again under another id) then step their state, one by one, in order.
+    then replayed in order. An incident whose close was held starts closed instead (its
+    state stored again before any event goes in), so its start asks nobody: an empty
+    level 1 would move on at once otherwise. Decisions of incidents already started (a
+    new revision, or a decision seen again under another id) then step their state, one
+    by one, in order.
     """
     if not decisions:
         return 0
@@ -405,7 +413,8 @@ async def _start_all(
     started = await uow.states.lock(incidents)
     now = env.clock()
     new: list[Started] = []
-    produced: list[tuple[str, Sequence[Envelope]]] = []  # one entry per incident at most
+    decided: dict[str, Triaged] = {}
+    produced: dict[str, tuple[Sequence[esc.Effect], Sequence[Envelope]]] = {}
     revisions: list[Input] = []
     for item, triaged in todo:
         envelope = item.envelope
@@ -419,18 +428,28 @@ async def _start_all(
             )
             correlation = envelope.correlationid or envelope.id
             new.append(Started(state, current_traceparent(), correlation))
+            decided[envelope.subject] = triaged
             if effects:
                 events = _effect_events(env, state, effects, envelope, now)
-                produced.append((state.incident_id, events))
-                env.observe(state.incident_id, effects)
+                produced[state.incident_id] = (effects, events)
     released = 0
     if new:
         held = await uow.states.insert(new)
         released = await uow.deliveries.release([s.state.incident_id for s in new])
+        for incident in dict.fromkeys(e.subject for e in held if _closes(e)):
+            # closed before its decision came: it starts closed, and its start's
+            # effects (the moves past an empty level 1) are never published
+            triaged = decided[incident]
+            digest = triaged.report_digest or "sha256:unknown"
+            closed, _ = esc.start(triaged, incident, now, digest, closed_at=now)
+            await uow.states.save(closed)
+            produced.pop(incident, None)
         if produced:  # a start usually has none: triage asked level 1 already
-            versions = await uow.recorder.stream_versions([i for i, _ in produced])
-            appends = [(i, versions[i], events) for i, events in produced]
+            versions = await uow.recorder.stream_versions(list(produced))
+            appends = [(i, versions[i], events) for i, (_, events) in produced.items()]
             await uow.recorder.append_streams(appends, topic_prefix=env.topic_prefix)
+            for incident, (done, _) in produced.items():
+                env.observe(incident, done)
         for envelope in held:
             await _step_or_hold(uow, env, envelope)
     for item in revisions:  # their states exist now: nothing is held
@@ -516,6 +535,12 @@ def _unrouted(envelope: Envelope, effects: Sequence[esc.Effect]) -> bool:
     return any(
         isinstance(e, AcknowledgementIgnored) and e.reason == "not_routed" for e in effects
     ) and isinstance(data_of(envelope), Acknowledged)
+
+
+def _closes(envelope: Envelope) -> bool:
+    """The input closes its incident (`incident.status.changed.v1`, status closed)."""
+    data = data_of(envelope)
+    return isinstance(data, StatusChanged) and data.status == CLOSED
 
 
 def _principal(envelope: Envelope) -> str:
@@ -638,6 +663,8 @@ def transition_for(envelope: Envelope) -> Transition:
     if isinstance(data, Reassigned):
         removed = [x.principal for x in data.removed]
         return lambda s, now: esc.reassign(s, removed, data.added, now)
+    if isinstance(data, StatusChanged) and data.status == CLOSED:
+        return lambda s, now: esc.close(s, now)
     if isinstance(data, ReporterMessage) and data.direction == "to_reporter":
         return lambda s, now: esc.clock_satisfied(s, esc.FEEDBACK, now)
     if isinstance(data, Notified):  # held only when its delivery failed before the decision

@@ -20,6 +20,7 @@ from services.domain.events import (
     ChainLevel,
     Exclusion,
     Reassigned,
+    StatusChanged,
     Triaged,
     make_event,
     parse_event,
@@ -630,3 +631,97 @@ async def test_an_acknowledgement_before_the_reassignment_that_routes_her_clears
     ]
     assert types[removed] == ["incident.acknowledgement.ignored.v1"]
     assert kept == 0
+
+
+async def test_a_closed_incident_whose_deadlines_pass_asks_and_reminds_nobody(
+    common: dict[str, Any], settings: CommonSettings
+) -> None:
+    """Three incidents with both legal clocks: one acknowledged and closed, one closed
+    that escalation never saw acknowledged, one acknowledged and left open. The clock
+    escalation reads is moved past every deadline (level 1's ten minutes, the hourly
+    repeat, the reporter's 7 days, the 90 days of feedback). The closed ones ask,
+    re-ask and remind nobody; their breaches of the law are recorded all the same. The
+    open one is reminded and breached with notices, as before. On the old code the
+    unacknowledged closed incident climbed to level 2 and both were reminded."""
+    alone = EscalationSettings(
+        **{**common, "kafka_topic_prefix": f"{settings.kafka_topic_prefix}c."}
+    )
+    app = create_escalation(alone)
+    t0 = datetime.now(UTC)
+    clock = [t0]
+    acked_closed, closed, still_open = (str(uuid.uuid4()) for _ in range(3))
+
+    def event(kind: str, incident: str, data: Any) -> Any:
+        return make_event(kind, subject=incident, data=data, source="/t", time=clock[0])
+
+    clocks = Triaged(
+        category="harassment",
+        severity="high",
+        policy_version="seconds-1",
+        chain=TWO_LEVELS,
+        repeat_last_every=3600,
+        deadlines={
+            "level_1_acknowledge": t0 + timedelta(seconds=600),
+            "reporter_acknowledgement": t0 + timedelta(days=7),
+            "feedback": t0 + timedelta(days=90),
+        },
+    )
+    close = StatusChanged(principal="p-chen", status="closed", outcome="sealed")
+    async with serving(app, "http://escalation"):
+        escalation = app.state.escalation
+        escalation.now = lambda: clock[0]
+        decisions = [
+            event_record("incident.triage", event("incident.triaged.v1", i, clocks), n)
+            for n, i in enumerate((acked_closed, closed, still_open))
+        ]
+        await escalation.on_triage(decisions)
+        activity = [
+            event(
+                "incident.acknowledged.v1", acked_closed, Acknowledged(principal="p-chen", level=1)
+            ),
+            event(
+                "incident.acknowledged.v1", still_open, Acknowledged(principal="p-chen", level=1)
+            ),
+            event("incident.status.changed.v1", acked_closed, close),
+            event("incident.status.changed.v1", closed, close),
+        ]
+        await escalation.on_activity(
+            [event_record("incident.activity", e, n) for n, e in enumerate(activity)]
+        )
+        for later in (
+            timedelta(seconds=601),
+            timedelta(hours=2),
+            timedelta(days=6, hours=12),
+            timedelta(days=7),
+            timedelta(days=85),
+            timedelta(days=90),
+            timedelta(days=100),
+        ):
+            clock[0] = t0 + later
+            await escalation.fire_due()
+        async with escalation.runtime.db.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT stream_id, type, body FROM events WHERE stream_id = ANY($1::text[])"
+                " ORDER BY position",
+                [acked_closed, closed, still_open],
+            )
+            wakeups = await conn.fetch(
+                "SELECT incident_id, wakeup, state->>'closed_at' AS closed_at"
+                " FROM escalation_state WHERE incident_id = ANY($1::text[])",
+                [acked_closed, closed],
+            )
+
+    def told(incident: str) -> list[tuple[str, str]]:
+        found = []
+        for r in rows:
+            if r["stream_id"] == incident:
+                data = parse_event(bytes(r["body"]))[0].data
+                found.append((r["type"], data.get("channel") or data.get("clock") or ""))
+        return found
+
+    breached = "incident.deadline.breached.v1"
+    assert told(acked_closed) == [("incident.escalation.cleared.v1", ""), (breached, "feedback")]
+    assert told(closed) == [(breached, "reporter_acknowledgement"), (breached, "feedback")]
+    assert ("incident.reminder.due.v1", "feedback") in told(still_open)
+    assert ("incident.notified.v1", "breach") in told(still_open)
+    assert all(r["wakeup"] is None and r["closed_at"] for r in wakeups)
