@@ -14,7 +14,13 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 
 from services.audit import usecases
 from services.audit.checkpoint import NoteSigner
-from services.audit.ledger import StoredRow, decode_leaf
+from services.audit.ledger import (
+    DEAD_LETTER,
+    UNTOLD,
+    StoredRow,
+    carried_incident,
+    decode_leaf,
+)
 from services.audit.usecases import (
     AUDIT_ROLES,
     MAX_ENTRIES,
@@ -70,6 +76,9 @@ INCIDENT_ANSWERS = problem_responses(UNAUTHORIZED, FORBIDDEN, NO_INCIDENT, INVAL
 PROOF_ANSWERS = problem_responses(INVALID)
 WITHHELD_KEPT = ("index", "leaf_hash", "recorded_at")
 """What a withheld entry keeps: the tree still verifies, ledger time still reads in order."""
+UNTOLD_KEPT = ("topic", "partition", "offset")
+"""What a copy withheld because its incident cannot be told keeps besides (`untold_entry`)."""
+DEAD_LETTER_KEPT = ("source_topic", "source_partition", "source_offset")
 T = TypeVar("T")
 
 
@@ -283,10 +292,8 @@ async def entries(
     served = [served_entry(row) for row in read.rows]
     body: dict[str, Any] = {
         "entries": [
-            {**{k: e[k] for k in WITHHELD_KEPT if k in e}, "withheld": True}
-            if e["index"] in read.withheld
-            else e
-            for e in served
+            withheld_entry(row, e) if row.idx in read.withheld else e
+            for row, e in zip(read.rows, served, strict=True)
         ]
     }
     if read.beyond is not None:  # the end of a walk: what it would not reach
@@ -320,6 +327,36 @@ def served_entry(row: StoredRow) -> dict[str, Any]:
     except (ValueError, TypeError, KeyError):  # not JSON, not UTF-8, not an object
         entry["error"] = "the stored leaf is not a ledger leaf (not JSON, or no recorded_at)"
     return entry
+
+
+def withheld_entry(row: StoredRow, served: dict[str, Any]) -> dict[str, Any]:
+    """An entry as served to a reader it is withheld from: `WITHHELD_KEPT` only, and for
+    a copy whose incident cannot be told (`carried_incident` says `UNTOLD`: withheld from
+    every reader alike, so nothing below depends on who asks) `untold_entry` besides."""
+    kept = {k: served[k] for k in WITHHELD_KEPT if k in served}
+    if carried_incident(row.leaf) == UNTOLD:
+        kept |= untold_entry(row, served)
+    return {**kept, "withheld": True}
+
+
+def untold_entry(row: StoredRow, served: dict[str, Any]) -> dict[str, Any]:
+    """What an untold copy keeps: where audit read the record (`UNTOLD_KEPT`), `untold`,
+    and for a dead letter who refused the original and where it was read (its `source`,
+    `source_topic`, `source_partition`, `source_offset`). Those are written by audit and
+    by the refusing service, never taken from the original. Not kept: the original, the
+    dead letter's `reason` and a rejected record's `reason`, which may quote the
+    original (an unknown type is named as given), nor the index columns (the subject)."""
+    kept: dict[str, Any] = {k: served[k] for k in UNTOLD_KEPT if k in served}
+    kept["untold"] = True
+    event = served.get("event")
+    if isinstance(event, dict) and event.get("type") == DEAD_LETTER:  # a dead letter's own
+        data = event.get("data")
+        fields = data if isinstance(data, dict) else {}
+        kept["dead_letter"] = {
+            "rejected_by": event.get("source"),
+            **{k: fields.get(k) for k in DEAD_LETTER_KEPT},
+        }
+    return kept
 
 
 def indexed_columns(row: StoredRow) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from services.audit.indexed import Indexed, chunk_records
 from services.audit.merkle import MerkleFrontier
 from services.domain.envelope import Envelope, canonical_json, utc_rfc3339
 from services.domain.events import (
+    CATALOG,
     InputRejected,
     InvalidEvent,
     PeopleImported,
@@ -253,52 +254,101 @@ def decode_leaf(leaf: bytes) -> dict[str, Any]:
 
 DEAD_LETTER = InputRejected.TYPE
 COPY_DEPTH = 3
-"""Dead letters of dead letters unwrapped at most, looking for the record they carry."""
+"""Copies decoded at most, looking for the record a leaf carries: a dead letter recorded
+as an entry and up to two more inside it; a record wrapped deeper is `UNTOLD`."""
+UNTOLD = "(a copy whose incident cannot be told)"
+"""What `carried_incident` answers for a copy whose incident it cannot establish: an
+incident no entry can be of (not an id any service gives), so every reader has the copy
+withheld, the reader it would exclude and every other one alike."""
+INCIDENT_EVENTS = f"valid AND event_type LIKE 'incident.%' AND event_type <> '{DEAD_LETTER}'"
+"""The SQL condition of an incident's own entries. A dead letter is no incident's own
+entry (its subject is `deadletter`): the record it carries is judged with the incident
+`carried_incident` finds, never served as the events of an incident called
+`deadletter`."""
+
+
+def is_incident_event(event_type: str | None) -> bool:
+    """Whether an entry of `event_type` is an incident's own event (`INCIDENT_EVENTS`)."""
+    kind = event_type or ""
+    return kind.startswith("incident.") and kind != DEAD_LETTER
 
 
 def carried_incident(leaf: bytes) -> str | None:
     """The incident whose event a leaf carries as a copy, not as the incident's own entry:
     a rejected record's `raw` bytes (refused as not authentic, a replay, or unreadable
     to this version), or a consumer's dead letter (`incident.input.rejected.v1`, whose
-    `original_b64` holds the record it could not take). Either holds the event in
-    clear (who is accused, who is excluded), so a raw read of the ledger judges it with
-    that incident. None when the copy is no `incident.*` event with a subject."""
+    `original_b64` holds the record it could not take; a dead letter of a dead letter
+    nests them). Either holds the event in clear (who is accused, who is excluded), so a
+    raw read of the ledger judges it with that incident.
+
+    Fails closed: `UNTOLD` for a copy whose incident cannot be established (bytes that
+    are no JSON object, base64 that does not validate, a record without a known type, an
+    `incident.*` event without a subject, more than `COPY_DEPTH` nested dead letters),
+    which every reader then has withheld. None only for an entry that carries no copy, a
+    dead letter whose original the refusing service left out (empty), and a copy that
+    reads as an event of a known type that is no incident's (a directory record, say)."""
     if b'"raw":' not in leaf and DEAD_LETTER.encode() not in leaf:
         return None  # most entries: no copy (a quick test before any parsing)
     try:
         body: Any = decode_leaf(leaf)
-    except (ValueError, TypeError):
-        return None
+    except (ValueError, TypeError, RecursionError):
+        return UNTOLD  # a leaf that does not parse may still hold the copy's bytes
     if not isinstance(body, dict):
-        return None
-    carried = body.get("raw")
-    if carried is None:
-        carried = _original(body.get("event"))
+        return UNTOLD
+    if "raw" in body:
+        carried = body["raw"]
+    elif _is_dead_letter(body.get("event")):
+        carried = _original(body["event"])
+    else:
+        return None  # the marker was text inside another event (a summary, a reason)
     for _ in range(COPY_DEPTH):
-        if not isinstance(carried, str):
-            return None
+        original = _decoded(carried)
+        if original is None:
+            return UNTOLD
+        if not original:
+            return None  # the refusing service kept nothing of it
         try:
-            event = json.loads(base64.b64decode(carried, validate=True))
-        except (ValueError, TypeError, RecursionError):
-            return None
-        if not isinstance(event, dict):
-            return None
-        if event.get("type") == DEAD_LETTER:
+            event = json.loads(original)
+        except (ValueError, RecursionError):  # not JSON, not UTF-8, nested too deep
+            return UNTOLD
+        if _is_dead_letter(event):
             carried = _original(event)
             continue
-        subject, kind = event.get("subject"), event.get("type")
-        about = isinstance(subject, str) and isinstance(kind, str) and kind.startswith("incident.")
-        return subject if about else None
-    return None
+        return _subject_of(event)
+    return UNTOLD  # more than COPY_DEPTH dead letters around it, the entry itself included
+
+
+def _decoded(carried: Any) -> bytes | None:
+    """The bytes a copy's base64 holds, None if it is no valid base64 text."""
+    if not isinstance(carried, str):
+        return None
+    try:
+        return base64.b64decode(carried, validate=True)
+    except (ValueError, TypeError):
+        return None
+
+
+def _subject_of(event: Any) -> str | None:
+    """The incident a copied record is an event of: its subject for an `incident.*`
+    event that has one; None for an event of a known type that is no incident's;
+    `UNTOLD` for anything else (no object, a type this catalog does not know)."""
+    kind = event.get("type") if isinstance(event, dict) else None
+    if not isinstance(kind, str):
+        return UNTOLD
+    if kind.startswith("incident."):
+        subject = event.get("subject")
+        return subject if isinstance(subject, str) and subject else UNTOLD
+    return None if kind in CATALOG else UNTOLD
+
+
+def _is_dead_letter(event: Any) -> bool:
+    return isinstance(event, dict) and event.get("type") == DEAD_LETTER
 
 
 def _original(event: Any) -> Any:
     """The `original_b64` of a dead letter (`incident.input.rejected.v1`), else None."""
-    if isinstance(event, dict) and event.get("type") == DEAD_LETTER:
-        data = event.get("data")
-        if isinstance(data, dict):
-            return data.get("original_b64")
-    return None
+    data = event.get("data") if _is_dead_letter(event) else None
+    return data.get("original_b64") if isinstance(data, dict) else None
 
 
 async def incident_entries(conn: asyncpg.Connection, incident_id: str) -> list[LedgerEvent]:
@@ -308,8 +358,8 @@ async def incident_entries(conn: asyncpg.Connection, incident_id: str) -> list[L
     equal an incident id is not that incident (its events never land in the timeline).
     """
     rows = await conn.fetch(
-        "SELECT idx, recorded_at, leaf FROM ledger WHERE incident_id = $1 AND valid"
-        " AND event_type LIKE 'incident.%' ORDER BY idx",
+        f"SELECT idx, recorded_at, leaf FROM ledger WHERE incident_id = $1 AND {INCIDENT_EVENTS}"  # noqa: S608
+        " ORDER BY idx",
         incident_id,
     )
     entries = [
@@ -639,8 +689,8 @@ class PostgresLedger:
         return [
             row["incident_id"]
             for row in await self.conn.fetch(
-                "SELECT DISTINCT incident_id FROM ledger WHERE idx >= $1 AND idx < $2 AND valid"
-                " AND event_type LIKE 'incident.%'",
+                "SELECT DISTINCT incident_id FROM ledger WHERE idx >= $1 AND idx < $2"  # noqa: S608
+                f" AND {INCIDENT_EVENTS}",
                 start,
                 end,
             )
@@ -651,8 +701,8 @@ class PostgresLedger:
     ) -> dict[str, list[LedgerEvent]]:
         by_incident: dict[str, list[LedgerEvent]] = {}
         for row in await self.conn.fetch(
-            "SELECT idx, recorded_at, incident_id, leaf FROM ledger WHERE incident_id = ANY($1)"
-            " AND valid AND event_type LIKE 'incident.%'"
+            "SELECT idx, recorded_at, incident_id, leaf FROM ledger WHERE incident_id = ANY($1)"  # noqa: S608
+            f" AND {INCIDENT_EVENTS}"
             " AND ($2::text[] IS NULL OR event_type LIKE ANY($2)) ORDER BY idx",
             list(incident_ids),
             None if families is None else [f + "%" for f in families],

@@ -24,6 +24,7 @@ from services.audit.ledger import (
     chunk_people,
     decode_leaf,
     fold_person,
+    is_incident_event,
 )
 from services.audit.merkle import MemoryTree, MerkleFrontier
 from services.audit.ui_index import Filters, Page
@@ -72,7 +73,7 @@ def _entry(row: LedgerRow) -> LedgerEvent:
 
 
 def _about_incident(row: LedgerRow) -> bool:
-    return row.valid and (row.event_type or "").startswith("incident.")
+    return row.valid and is_incident_event(row.event_type)
 
 
 class InMemoryLedger:

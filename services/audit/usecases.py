@@ -33,6 +33,7 @@ from typing import Any, Protocol
 from services.audit.conflicts import MAX_CHAIN, as_person, excluded_by
 from services.audit.heads import Head
 from services.audit.ledger import (
+    UNTOLD,
     Consumed,
     LedgerRow,
     StoredRow,
@@ -659,12 +660,13 @@ async def _excluded_in_range(
     the incidents `copied` (whose events entries of the range carry as rejected input or
     in a dead letter, `carried_incident`), those that exclude `principal` or that no
     valid entry lets judge yet (a copy is never trusted to say who is excluded: an
-    incident refused in full, during a key rotation say, is withheld from everyone)."""
+    incident refused in full, during a key rotation say, is withheld from everyone), and
+    `UNTOLD`, the copies whose incident cannot be established, from everyone too."""
     subjects = sorted({*await uow.ledger.incidents_between(start, end), *copied})
     if not subjects:
         return frozenset()
     judged = await uow.ledger.entries_of(subjects)
-    unjudged = {incident for incident in copied if not judged.get(incident)}
+    unjudged = {incident for incident in copied if incident == UNTOLD or not judged.get(incident)}
     return frozenset(unjudged | await _excluding(uow, judged, principal))
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from services.audit.ledger import Consumed
+from services.audit.ledger import UNTOLD, Consumed
 from services.audit.memory import AuditMemory, InMemoryAuditUnitOfWork, InMemoryConsoleIndex
 from services.audit.ui_index import PAGE, Filters, Page, keyset_page
 from services.audit.usecases import (
@@ -346,3 +346,66 @@ async def test_an_excluded_auditors_list_pages_tell_nothing_of_the_hidden_incide
     # an auditor the incident does not exclude sees it where it is, and its category
     assert (await listed("p-audit"))[0] == list(reversed(range(120 - PAGE, 120)))
     assert (await answer("p-audit", None, None)).options["category"] == ["fraud", "harassment"]
+
+
+def dead_letter(original: bytes, offset: int = 0) -> Envelope:
+    """A consumer's dead letter of `original` (as services.infra.runtime writes one)."""
+    return make_event(
+        "incident.input.rejected.v1",
+        subject="deadletter",
+        data={
+            "reason": "handler failed: ValueError",
+            "source_topic": "incident.deadletter" if offset else "incident.reports",
+            "source_offset": offset,
+            "original_b64": base64.b64encode(original).decode(),
+        },
+        source="/services/triage",
+        time=T0,
+        actor="system:triage",
+    )
+
+
+async def test_a_copy_whose_incident_cannot_be_told_is_withheld_from_every_reader() -> None:
+    """A dead letter carries the original record's bytes. When they do not say which
+    incident they belong to (bytes a parser refuses that a person still reads, or a
+    report wrapped in more dead letters than are unwrapped), the copy is withheld from
+    every auditor: the one the incident excludes (p-liu answers to the accused p-wang)
+    and an unrelated one alike (review L2: they were shown to both)."""
+    audit = Audit()
+    submitted = report()
+    wrapped = submitted.to_bytes()
+    for depth in range(4):
+        wrapped = dead_letter(wrapped, depth).to_bytes()
+    unparseable = b"report: p-wang, store 12, " + submitted.to_bytes()[:40]
+    records = (
+        record(submitted, 0),
+        Consumed("incident.deadletter", 0, 1, dead_letter(unparseable).to_bytes()),
+        Consumed("incident.deadletter", 0, 2, wrapped),
+        Consumed("incident.reports", 0, 3, unparseable),  # rejected input, kept raw
+        Consumed("incident.deadletter", 0, 4, dead_letter(submitted.to_bytes()).to_bytes()),
+    )
+    assert await append_batch(AppendBatch(records), audit.uow()) == 5
+    excluded = await read_entries(ReadEntries("p-liu"), audit.uow())
+    assert excluded.withheld == {0, 1, 2, 3, 4}
+    unrelated = await read_entries(ReadEntries("p-audit"), audit.uow())
+    assert unrelated.withheld == {1, 2, 3}  # a copy told to be INCIDENT's is shown to him
+    recorded = json.loads(audit.store.outbox[-1].value)["data"]
+    assert recorded["withheld"] == [UNTOLD]
+
+
+async def test_dead_letters_are_no_incidents_events() -> None:
+    """Every dead letter has the subject `deadletter`: asked as an incident, it is not
+    found, so no reader gets the originals through the timeline, state or knowledge
+    routes or the console (each reads `read_incident`), whatever the raw read decides."""
+    audit = Audit()
+    submitted = report()
+    dead = dead_letter(submitted.to_bytes())
+    await fill(audit, submitted)
+    await append_batch(
+        AppendBatch((Consumed("incident.deadletter", 0, 9, dead.to_bytes()),)), audit.uow()
+    )
+    for reader in ("p-liu", "p-audit"):
+        with pytest.raises(NotFound):
+            await read_incident(ReadIncident(reader, "deadletter"), audit.uow())
+    shown = await read_incident(ReadIncident("p-audit", INCIDENT), audit.uow())
+    assert [e.envelope.type for e in shown.entries] == ["incident.report.submitted.v1"]
