@@ -757,6 +757,13 @@ def reexclude(
     `matches` how its free-text names were resolved (ambiguous candidates are
     excluded). The reporter rule does not change with an amendment. `policy` must be
     the decision's pinned version.
+
+    The decision's own unresolved entries are tried again too: an accused (or named) id
+    the directory did not know when the report was decided, and knows now (a person
+    imported later), is resolved: excluded with his line and whoever answers to him, and
+    kept among the decision's `accused` from then on. Sealed free-text names stay
+    unresolved (only a confirmation resolves them). With `accused=[]` this is the
+    directory re-check.
     """
     if policy.version != decision.policy_version:
         raise ValueError(
@@ -764,8 +771,8 @@ def reexclude(
         )
     chain_roles = frozenset(level.role for level in decision.chain)
     conflicts = conflicts_of(
-        accused=[*decision.accused, *accused],
-        named=named,
+        accused=[*decision.accused, *decision.unresolved_accused, *accused],
+        named=[*decision.unresolved_named, *named],
         reporter=None,
         org=org,
         policy=policy,
@@ -803,11 +810,11 @@ def reexclude(
         decision,
         chain=tuple(chain),
         excluded=decision.excluded + newly,
-        unresolved_accused=tuple(
-            dict.fromkeys((*decision.unresolved_accused, *conflicts.unresolved_accused))
+        unresolved_accused=_still_unknown(
+            (*decision.unresolved_accused, *conflicts.unresolved_accused), org
         ),
-        unresolved_named=tuple(
-            dict.fromkeys((*decision.unresolved_named, *conflicts.unresolved_named))
+        unresolved_named=_still_unknown(
+            (*decision.unresolved_named, *conflicts.unresolved_named), org
         ),
         management_cycles=tuple(dict.fromkeys((*decision.management_cycles, *conflicts.cycles))),
         notes=decision.notes + tuple(notes),
@@ -816,6 +823,7 @@ def reexclude(
             dict.fromkeys(
                 (
                     *decision.accused,
+                    *(a for a in decision.unresolved_accused if org.knows(a)),
                     *(a for a in _unique(accused) if org.knows(a)),
                     *_ambiguous_accused(matches, org),
                 )
@@ -830,6 +838,11 @@ def reexclude(
         added=MappingProxyType(added),
         decision=updated,
     )
+
+
+def _still_unknown(entries: Iterable[str], org: Org) -> tuple[str, ...]:
+    """The entries the directory does not know (yet), each once, in order."""
+    return tuple(e for e in dict.fromkeys(entries) if not org.knows(e))
 
 
 @dataclass(frozen=True)

@@ -117,8 +117,10 @@ class Triage:
         return self.usecases.decision(incident_id, report, org, policy, now)
 
     async def start(self) -> None:
-        """Record the policy version (refusing a changed file under an old version)."""
+        """Record the policy version (refusing a changed file under an old version), then,
+        before consuming, fold the directory and do the re-check a stop left undone."""
         await self.usecases.record_policy(RecordPolicy(self.policy), self.uow())
+        await self.usecases.resume(self.uow())
 
     async def on_directory(self, records: Sequence[ConsumerRecord]) -> None:
         """Keep a batch of directory events in `directory_log`, in order (one unit of

@@ -5,7 +5,10 @@ records) and a `TriageUnitOfWork`, and never touches asyncpg, HTTP or Kafka:
 
 - `record_policy` (`RecordPolicy`): the policy version in use, refused if an older file
   recorded the same version with other content (`PolicyConflict`);
-- `keep_directory` (`KeepDirectory`): directory events kept in `directory_log`, in order;
+- `keep_directory` (`KeepDirectory`): directory events kept in `directory_log`, in order,
+  then `recheck`: the accused-based exclusions run again for the decisions they touch;
+- `resume`: at start-up, the directory folded and a re-check a stop left undone done
+  (after any input, too, while the mark lags: `_recheck_lagging`);
 - `decide` (`DecideReports`): a batch of submitted reports decided, each once:
   `incident.triaged.v1`, then level 1's `incident.assigned.v1` and `incident.notified.v1`;
 - `reexclude` (`Reexclude`): an amendment re-runs the exclusions (`incident.reassigned.v1`
@@ -49,6 +52,7 @@ from services.domain.events import (
     ReportAmended,
     ReportSubmitted,
     data_of,
+    is_sealed,
     make_event,
     parse_envelope,
 )
@@ -360,6 +364,9 @@ class TriageUseCases:
     directory: DirectoryProjection = field(init=False, default_factory=DirectoryProjection)
     _unfrozen: int = field(init=False, default=0)
     """Directory events folded since the heap was last frozen."""
+    _rechecked: int = field(init=False, default=0)
+    """The re-check mark (`directory_rechecked`) as this worker last saw it committed:
+    while the directory folded here is ahead of it, the next input re-checks first."""
 
     def __post_init__(self) -> None:
         self.policies = {self.policy.version: self.policy}
@@ -388,6 +395,30 @@ class TriageUseCases:
                 self.policies[version] = Policy.recorded(stored)
 
     # -- directory ----------------------------------------------------------------------
+
+    async def resume(self, uow: TriageUnitOfWork) -> int:
+        """At start-up, before consuming: fold the directory kept so far, then re-check
+        the changes the re-check mark is behind (a batch committed by a worker that
+        stopped before its re-check), so the restart does not wait for the next
+        directory change. Returns how many incidents changed."""
+        async with uow:
+            await self._refresh_directory(uow)
+        return await self._recheck_lagging(uow)
+
+    async def _recheck_lagging(self, uow: TriageUnitOfWork) -> int:
+        """Re-check now if the directory folded here is ahead of the mark as this worker
+        last saw it (a re-check lost to a stop, or one that failed, is not left waiting
+        for the next directory change). Nothing is read when nothing lags. Idempotent
+        across workers: `recheck` holds the mark's row lock and starts from the mark.
+        Called after an input's own unit of work committed: a failure is logged, not
+        raised (the input is handled), and the next input, batch or start tries again."""
+        if self.directory.seq <= self._rechecked:
+            return 0
+        try:
+            return await self.recheck(uow)
+        except Exception:  # the input is committed; the next one tries again
+            log.exception("the directory re-check failed; the next input tries again")
+            return 0
 
     async def keep_directory(self, command: KeepDirectory, uow: TriageUnitOfWork) -> int:
         """Keep a batch of directory events in `directory_log`, in order: one unit of
@@ -422,18 +453,22 @@ class TriageUseCases:
         recipient in the accused's line (or under the accused), and nothing else would
         take them off before escalation asks them. Anyone newly excluded is removed
         (`incident.reassigned.v1`), and an emptied level resolved again, as for an
-        amendment. The decisions are found through their lines (`decision_lines`: the
-        people above, and the people of, each accused, routed and independent person,
-        kept with each decision), looked up with the people who moved: the work follows
+        amendment. An unresolved accused id the directory now knows (he joined) is
+        resolved: excluded, with his line and whoever answers to him. The decisions are
+        found through their lines (`decision_lines`: the people above, and the people of,
+        each accused, routed and independent person, and each unresolved id, kept with
+        each decision), looked up with the people who moved or joined: the work follows
         what moved, not how many decisions were ever kept (docs/scale.md). Each decision
         looked at has its lines taken again. The re-check commits with its mark
-        (`directory_rechecked`), so one lost to a stop is done with the next directory
-        batch. Event ids derive from the last directory event looked at and the
-        incident. Returns how many incidents changed (`known`: envelopes of the log
-        already parsed, by id)."""
-        changed = 0
+        (`directory_rechecked`), so one lost to a stop is done at the next start
+        (`resume`), after the next input any worker handles (`_recheck_lagging`), or with
+        the next directory batch, whichever comes first. Event ids derive from the last
+        directory event looked at and the incident. Returns how many incidents changed
+        (`known`: envelopes of the log already parsed, by id)."""
+        changed, marked = 0, 0
         async with uow:
             done = await uow.directory_log.rechecked()
+            self._rechecked = max(self._rechecked, done)  # committed before this unit
             view = self.org
             if done >= view.seq:
                 return 0
@@ -453,6 +488,7 @@ class TriageUseCases:
                 p for p in touched if _line_facts(then.person(p)) != _line_facts(view.person(p))
             }
             await uow.directory_log.mark_rechecked(view.seq)
+            marked = view.seq
             # every row locked (in order) before any append: an append holds the outbox
             # to the commit, as an amendment's does after its one row lock
             incidents = await uow.decisions.to_recheck(moved, since=done)
@@ -461,11 +497,15 @@ class TriageUseCases:
             unchanged: dict[str, frozenset[str]] = {}
             for kept in locked:
                 incident = kept.row.incident_id
+                # an unresolved accused the directory knows now is resolved (reexclude)
                 result = reexclude(kept.decision, [], view, kept.policy)
                 reassigned = result.to_reassigned()
                 if reassigned is None:
-                    # its lines may have changed all the same (someone on them moved)
-                    unchanged[incident] = _lines(kept.decision, view)
+                    if result.decision.accused == kept.decision.accused:
+                        # its lines may have changed all the same (someone on them moved)
+                        unchanged[incident] = _lines(kept.decision, view)
+                    else:  # resolved, nobody to remove (a rule the policy leaves out)
+                        await self._keep(uow, incident, result.decision, kept.digest, view)
                     continue
                 await self._keep(uow, incident, result.decision, kept.digest, view)
                 outputs: Outputs = [reassigned, *_notified(reassigned.added, kept.digest)]
@@ -485,6 +525,7 @@ class TriageUseCases:
                 )
                 changed += 1
             await uow.decisions.keep_lines(unchanged, seq=view.seq)
+        self._rechecked = max(self._rechecked, marked)  # committed
         return changed
 
     async def _refresh_directory(
@@ -548,6 +589,7 @@ class TriageUseCases:
                 [(e.subject, versions[e.subject], events) for e, events in outputs],
                 topic_prefix=self.topic_prefix,
             )
+        await self._recheck_lagging(uow)
         return [event for _, events in outputs for event in events]
 
     async def later(self, command: LaterCommand, uow: TriageUnitOfWork) -> list[Envelope]:
@@ -589,7 +631,9 @@ class TriageUseCases:
                     return []
                 kept = await self._kept(uow, cause.envelope.subject)
                 await self._refresh_directory(uow)
-                return await step(uow, command, kept)
+                events = await step(uow, command, kept)
+        await self._recheck_lagging(uow)
+        return events
 
     async def _reexcluded(
         self, uow: TriageUnitOfWork, command: Reexclude, kept: _Kept
@@ -857,13 +901,18 @@ def _lines(decision: TriageDecision, org: Org) -> frozenset[str]:
     exclusions: each accused, routed (any level) and independent person, and everyone
     above them (`decision_lines`). Someone whose line changes has, on the line as it
     was, a first person whose manager changed: he is on the line before and after, so
-    the lines kept as of the last re-check find every decision a change touches."""
+    the lines kept as of the last re-check find every decision a change touches.
+
+    Also each unresolved accused or named id (not a sealed name): the directory did not
+    know him when it was kept, so his joining is a change to him, and the re-check then
+    resolves him (`reexclude`)."""
     watched = (
         *decision.accused,
         *(p for level in decision.chain for p in level.recipients),
         *decision.independent,
     )
-    lines = set(watched)
+    unknown = (*decision.unresolved_accused, *decision.unresolved_named)
+    lines = {*watched, *(p for p in unknown if not is_sealed(p))}
     for person in watched:
         lines.update(org.managers_above(person).managers)
     return frozenset(lines)

@@ -5,26 +5,42 @@ triage's migrations (`services.triage.postgres`), or a `TriageStore`
 (`services.triage.memory`). What the directory re-check relies on: `to_recheck` finds a
 kept decision through anyone on its lines, or through lines taken after the re-check
 mark; `keep_state` and `keep_lines` replace the lines; a rolled-back unit keeps none;
-`for_update_each` gives the rows asked for that exist, in incident order.
+`for_update_each` gives the rows asked for that exist, in incident order. And the
+re-check's use cases on both: a re-check lost to a stop is done when triage starts
+again (`resume`), and an accused unknown when the report was decided is applied when
+he joins the directory.
 The `postgres` half is marked `integration`.
 """
 
 from __future__ import annotations
 
+import itertools
 import secrets
+import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import services
+from services.domain.envelope import Envelope
 from services.domain.events import ReportSubmitted
 from services.domain.policy import Policy
 from services.infra.config import load_yaml_model
 from services.infra.recorder_memory import InMemoryStore
 from services.triage.memory import InMemoryTriageUnitOfWork, TriageStore
-from services.triage.usecases import NewDecision, TriageUnitOfWork
+from services.triage.usecases import (
+    Cause,
+    DecideReports,
+    KeepDirectory,
+    NewDecision,
+    RecordPolicy,
+    TriageUnitOfWork,
+    TriageUseCases,
+)
+from tests.unit.test_triage_usecases import PEOPLE, PSEUDONYMS, submitted, upserted
 
 SERVICES = Path(services.__file__).parent
 POLICY = load_yaml_model(SERVICES / "data" / "policy.yaml", Policy)
@@ -66,7 +82,9 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
 
 async def _with_policy(unit: Backend) -> None:
     async with unit() as uow:
-        await uow.policies.record(POLICY.version, POLICY.model_dump(mode="json"))
+        await uow.policies.record(
+            POLICY.version, POLICY.model_dump(mode="json", exclude_none=True)
+        )  # as record_policy keeps it
 
 
 async def _add(unit: Backend, incident: str, lines: set[str], seq: int) -> None:
@@ -162,3 +180,92 @@ async def test_a_decision_written_by_a_unit_the_recheck_could_not_see_is_found_b
     async with backend() as recheck:
         await recheck.directory_log.mark_rechecked(8)
         assert "i-late" not in await recheck.decisions.to_recheck(set(), since=7)
+
+
+# -- the re-check's use cases on both backends ---------------------------------------------
+
+_OFFSETS = itertools.count(1)
+
+
+def _cause(envelope: Envelope, topic: str) -> Cause:
+    return Cause(envelope, (envelope.id, topic, 0, next(_OFFSETS)))
+
+
+async def _recorded(unit: Backend) -> TriageUseCases:
+    """A triage worker with its policy recorded on the backend."""
+    usecases = TriageUseCases(POLICY, PSEUDONYMS)
+    await usecases.record_policy(RecordPolicy(POLICY), unit())
+    return usecases
+
+
+async def _started(unit: Backend) -> TriageUseCases:
+    """A triage worker started on the backend, as the service starts one."""
+    usecases = await _recorded(unit)
+    await usecases.resume(unit())
+    return usecases
+
+
+async def _keep(usecases: TriageUseCases, unit: Backend, *changes: Envelope) -> None:
+    batch = [_cause(e, "directory.changes") for e in changes]
+    await usecases.keep_directory(KeepDirectory(batch), unit())
+
+
+async def _decided(usecases: TriageUseCases, unit: Backend, accused: list[str]) -> str:
+    incident = str(uuid.uuid4())
+    envelope, report = submitted(incident, accused)
+    await usecases.decide(DecideReports([(_cause(envelope, "incident.reports"), report)]), unit())
+    return incident
+
+
+async def _decision(unit: Backend, incident: str) -> dict[str, Any]:
+    async with unit() as uow:
+        row = await uow.decisions.for_update(incident)
+    assert row is not None and row.state is not None
+    return dict(row.state["decision"])
+
+
+def _seed() -> list[Envelope]:
+    return [upserted(p.id, p.manager, p.roles, p.unit or "group") for p in PEOPLE]
+
+
+async def test_a_recheck_lost_to_a_stop_is_done_when_triage_starts_again(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = await _recorded(backend)
+    await _keep(first, backend, *_seed())
+    incident = await _decided(first, backend, ["p-wang"])
+
+    async def stopped(*_: object, **__: object) -> int:
+        raise RuntimeError("the worker stopped")
+
+    monkeypatch.setattr(first, "recheck", stopped)
+    with pytest.raises(RuntimeError):
+        await _keep(first, backend, upserted("p-wang", "p-zhou", ["store_manager"], "city-retail"))
+    assert "p-zhou" not in {
+        x["principal"] for x in (await _decision(backend, incident))["excluded"]
+    }
+    await _started(backend)  # the restart: nothing consumed yet
+    decision = await _decision(backend, incident)
+    rules = {x["principal"]: x["rule"] for x in decision["excluded"]}
+    assert rules["p-zhou"] == "accused_management_chain"
+    assert all("p-zhou" not in lv["recipients"] for lv in decision["chain"])
+    async with backend() as uow:
+        assert await uow.directory_log.rechecked() == len(PEOPLE) + 1
+
+
+async def test_an_accused_unknown_when_decided_is_applied_when_he_joins(backend: Backend) -> None:
+    usecases = await _recorded(backend)
+    await _keep(usecases, backend, *_seed())
+    incident = await _decided(usecases, backend, ["p-new"])
+    assert (await _decision(backend, incident))["chain"][0]["recipients"] == ["p-sun"]
+    await _keep(
+        usecases,
+        backend,
+        upserted("p-new", "p-zhang", ["general_counsel"], "group"),
+        upserted("p-sun", "p-new", ["chief_ethics_officer"], "group"),
+    )
+    decision = await _decision(backend, incident)
+    assert decision["accused"] == ["p-new"] and decision["unresolved_accused"] == []
+    rules = {x["principal"]: x["rule"] for x in decision["excluded"]}
+    assert rules["p-new"] == "accused" and rules["p-sun"] == "accused_reports"
+    assert [lv["recipients"] for lv in decision["chain"]] == [[], ["p-board"]]

@@ -19,7 +19,7 @@ from services.domain.events import make_event, parse_event
 from services.infra.settings import CommonSettings, IntakeSettings, TriageSettings
 from services.intake.app import create_app as create_intake
 from services.triage.app import create_app as create_triage
-from services.triage.handlers import PolicyConflict
+from services.triage.handlers import PolicyConflict, Triage
 from tests.helpers import eventually, read_all, serving, signed
 
 pytestmark = pytest.mark.integration
@@ -290,6 +290,12 @@ async def test_a_reorganisation_that_puts_level_2_above_the_accused_takes_her_of
     intake, _ = stack
     incident = (await intake.post("/v1/reports", json=SEED_CASE)).json()["incident_id"]
     await eventually(lambda: _at_least(settings, incident, 3))
+    await _move_the_accused_under_level_2(intake)
+    await _level_2_taken_off(settings, incident)
+
+
+async def _move_the_accused_under_level_2(intake: httpx.AsyncClient) -> None:
+    """HR moves p-wang (the seed case's accused) under p-zhou (its level 2)."""
     admin = {"authorization": "Bearer dev-admin-token"}
     wang = (await intake.get("/v1/directory/people/p-wang", headers=admin)).json()
     record = {k: v for k, v in wang.items() if k not in ("person_id", "pending_grants")}
@@ -298,6 +304,10 @@ async def test_a_reorganisation_that_puts_level_2_above_the_accused_takes_her_of
     )
     assert moved.status_code == 200, moved.text
 
+
+async def _level_2_taken_off(settings: CommonSettings, incident: str) -> None:
+    """Triage publishes p-zhou's removal (she manages the accused now)."""
+
     async def reassigned() -> list[Any] | None:
         events = await decisions_for(settings, incident)
         return events if any(e.type == "incident.reassigned.v1" for e in events) else None
@@ -305,3 +315,54 @@ async def test_a_reorganisation_that_puts_level_2_above_the_accused_takes_her_of
     events = await eventually(reassigned, timeout=20)
     change = next(e for e in events if e.type == "incident.reassigned.v1").data
     assert change["removed"] == [{"principal": "p-zhou", "rule": "accused_management_chain"}]
+
+
+async def test_a_recheck_lost_to_a_stop_is_done_when_triage_starts_again(
+    settings: CommonSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Triage keeps HR's move of the accused under level 2 (p-zhou), then stops before
+    its re-check (here the re-check does nothing, as if it never ran). The restarted
+    triage re-checks at start-up, before it consumes: when its start returns, the mark
+    is at the log's end and p-zhou is excluded, although no other directory change came
+    (review R5)."""
+    common = settings.model_dump()
+    at_start: list[tuple[int, int, list[str]]] = []
+    start = Triage.start
+
+    async def start_then_look(self: Triage) -> None:
+        await start(self)
+        async with self.runtime.db.acquire() as conn:
+            marked = await conn.fetchval("SELECT seq FROM directory_rechecked")
+            last = await conn.fetchval("SELECT coalesce(max(seq), 0) FROM directory_log")
+            state = await conn.fetchval(
+                "SELECT state FROM decisions WHERE incident_id = $1", incident
+            )
+        excluded = [x["principal"] for x in json.loads(state)["decision"]["excluded"]]
+        at_start.append((int(marked), int(last), excluded))
+
+    async def lost(*_: object, **__: object) -> int:
+        return 0
+
+    incident = ""
+    async with serving(create_intake(IntakeSettings(**common)), "http://intake") as intake:
+        first = create_triage(TriageSettings(**common))
+        async with serving(first, "http://triage"):
+            await eventually(lambda: _directory_loaded(first), timeout=20)
+            incident = (await intake.post("/v1/reports", json=SEED_CASE)).json()["incident_id"]
+            await eventually(lambda: _at_least(settings, incident, 3))
+            monkeypatch.setattr(first.state.triage.usecases, "recheck", lost)
+            async with first.state.triage.runtime.db.acquire() as conn:
+                kept = await conn.fetchval("SELECT max(seq) FROM directory_log")
+            await _move_the_accused_under_level_2(intake)
+
+            async def move_kept() -> bool:
+                async with first.state.triage.runtime.db.acquire() as conn:
+                    return bool(await conn.fetchval("SELECT max(seq) FROM directory_log") > kept)
+
+            await eventually(move_kept, timeout=20)
+        monkeypatch.setattr(Triage, "start", start_then_look)
+        async with serving(create_triage(TriageSettings(**common)), "http://triage"):
+            ((marked, last, excluded),) = at_start
+            assert marked == last
+            assert "p-zhou" in excluded
+            await _level_2_taken_off(settings, incident)

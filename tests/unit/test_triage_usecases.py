@@ -431,3 +431,105 @@ async def test_the_lines_follow_a_move_that_changed_nothing_so_a_later_one_is_ca
     await moved(triage, upserted("p-x", "p-wang", ["manager"], "city-retail"))
     (reassigned,) = data(triage.emitted(incident), "incident.reassigned.v1")
     assert reassigned["removed"] == [{"principal": "p-chen", "rule": "accused_reports"}]
+
+
+async def _stopped_before_its_recheck(
+    triage: Triage, monkeypatch: pytest.MonkeyPatch, change: Envelope
+) -> None:
+    """`change` kept, committed and folded; the worker stops before its re-check."""
+
+    async def stopped(*_: object, **__: object) -> int:
+        raise RuntimeError("the worker stopped")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(triage.usecases, "recheck", stopped)
+        with pytest.raises(RuntimeError):
+            await moved(triage, change)
+
+
+async def restarted(triage: Triage) -> TriageUseCases:
+    """A new worker on the same store, started as the service starts it."""
+    triage.usecases = TriageUseCases(POLICY, PSEUDONYMS, topic_prefix="t.")
+    await triage.usecases.record_policy(RecordPolicy(POLICY), triage.uow())
+    return triage.usecases
+
+
+async def test_a_recheck_lost_to_a_stop_is_done_when_triage_starts_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The move of the accused under level 2 (p-zhou) is committed, then the worker stops
+    before its re-check. The restarted worker re-checks before it consumes anything: no
+    other directory change, report or input is needed (review R5)."""
+    triage = await Triage().seeded()
+    incident = await decided(triage, ["p-wang"])
+    move = upserted("p-wang", "p-zhou", ["store_manager"], "city-retail")
+    await _stopped_before_its_recheck(triage, monkeypatch, move)
+    assert data(triage.emitted(incident), "incident.reassigned.v1") == []
+    usecases = await restarted(triage)
+    assert await usecases.resume(triage.uow()) == 1
+    (reassigned,) = data(triage.emitted(incident), "incident.reassigned.v1")
+    assert reassigned["removed"] == [{"principal": "p-zhou", "rule": "accused_management_chain"}]
+    assert triage.tables.rechecked == len(triage.tables.directory_log)
+    # a second worker starting, or this one again: nothing more
+    assert await (await restarted(triage)).resume(triage.uow()) == 0
+    assert len(data(triage.emitted(incident), "incident.reassigned.v1")) == 1
+
+
+async def test_a_recheck_the_mark_lags_is_done_after_the_next_decision(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker that did not start with the re-check (or whose re-check failed) does it
+    after the next input it handles: here a report about someone else."""
+    triage = await Triage().seeded()
+    incident = await decided(triage, ["p-wang"])
+    move = upserted("p-wang", "p-zhou", ["store_manager"], "city-retail")
+    await _stopped_before_its_recheck(triage, monkeypatch, move)
+    await restarted(triage)
+    await decided(triage, ["p-liu"])
+    (reassigned,) = data(triage.emitted(incident), "incident.reassigned.v1")
+    assert reassigned["removed"] == [{"principal": "p-zhou", "rule": "accused_management_chain"}]
+    assert triage.tables.rechecked == len(triage.tables.directory_log)
+
+
+async def test_an_accused_the_directory_learns_of_later_is_excluded_with_who_answers_to_him() -> (
+    None
+):
+    """The report accuses p-new, whom triage's directory does not know yet (intake's
+    knew him first): the chain is the independent roles only, p-sun (chief ethics
+    officer) first. p-new is then imported, with p-sun under him: the re-check resolves
+    him, so he, his line and p-sun (who answers to him now) are excluded (review R6)."""
+    triage = await Triage().seeded()
+    sealed = "enc:v1:c2VhbGVk"
+    incident = await decided(triage, ["p-new", sealed])
+    (triaged,) = data(triage.emitted(incident), "incident.triaged.v1")
+    assert [lv["recipients"] for lv in triaged["chain"]] == [["p-sun"], ["p-board"]]
+    lines = triage.tables.lines[incident][1]
+    assert "p-new" in lines and sealed not in lines  # a sealed name is nobody's id
+    await moved(
+        triage,
+        upserted("p-new", "p-zhang", ["general_counsel"], "group"),
+        upserted("p-sun", "p-new", ["chief_ethics_officer"], "group"),
+    )
+    (reassigned,) = data(triage.emitted(incident), "incident.reassigned.v1")
+    assert reassigned["removed"] == [
+        {"principal": "p-new", "rule": "accused"},
+        {"principal": "p-zhang", "rule": "accused_management_chain"},
+        {"principal": "p-sun", "rule": "accused_reports"},
+    ]
+    (state,) = [s["decision"] for i, s in await triage.states() if i == incident]
+    assert state["accused"] == ["p-new"] and state["unresolved_accused"] == [sealed]
+    assert [lv["recipients"] for lv in state["chain"]] == [[], ["p-board"]]
+    assert "p-sun" not in state["independent"]
+
+
+async def test_an_accused_who_joins_above_a_routed_person_already_under_him_is_applied() -> None:
+    """p-sun's record named p-new as her manager before p-new was in the directory; the
+    report accuses p-new (unknown). p-new joins: nothing about p-sun changed, but the
+    re-check resolves the accused, and she answers to him."""
+    triage = await Triage().seeded()
+    await moved(triage, upserted("p-sun", "p-new", ["chief_ethics_officer"], "group"))
+    incident = await decided(triage, ["p-new"])
+    assert data(triage.emitted(incident), "incident.assigned.v1")[0]["principals"] == ["p-sun"]
+    await moved(triage, upserted("p-new", "p-zhang", ["general_counsel"], "group"))
+    (reassigned,) = data(triage.emitted(incident), "incident.reassigned.v1")
+    assert {"principal": "p-sun", "rule": "accused_reports"} in reassigned["removed"]
