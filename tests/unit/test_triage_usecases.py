@@ -409,8 +409,8 @@ async def test_a_decision_made_on_a_directory_the_recheck_had_not_reached_is_che
     away = upserted("p-chen", "p-li", ["hr_case_handler"], "city-retail")
     with pytest.raises(RuntimeError):
         await moved(triage, away)
+    incident = await decided(triage, ["p-wang"])  # its follow-up re-check fails too
     monkeypatch.setattr(triage.usecases, "recheck", recheck)
-    incident = await decided(triage, ["p-wang"])
     assert data(triage.emitted(incident), "incident.assigned.v1")[0]["principals"] == ["p-chen"]
     back = upserted("p-chen", "p-wang", ["hr_case_handler"], "city-retail")
     await moved(triage, back)
