@@ -63,12 +63,18 @@ def _fail(message: str, code: int = _EXIT_ERROR) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _call(url: str, token: str | None, work: Callable[[HttpSource], Awaitable[T]]) -> T:
+def _call(
+    url: str,
+    token: str | None,
+    work: Callable[[HttpSource], Awaitable[T]],
+    *,
+    require_indexed: bool = True,
+) -> T:
     """Run ``work`` against the service; turn every source error into a message, exit 2."""
     from services.audit.verify import AuthError, ExportError, HttpSource, SourceError
 
     async def run() -> T:
-        async with HttpSource(url, token) as source:
+        async with HttpSource(url, token, require_indexed=require_indexed) as source:
             return await work(source)
 
     try:
@@ -149,6 +155,12 @@ def verify(
         help="A witness's base URL: the latest checkpoint it cosigned of this log is one"
         " more head to check the log against (repeatable; docs/witness.md).",
     ),
+    allow_unindexed: bool = typer.Option(
+        False,
+        "--allow-unindexed",
+        help="Accept entries served without their index columns (an audit service older"
+        " than that field): reported as not checked instead of failing.",
+    ),
 ) -> None:
     """Recompute the Merkle tree and check it against every signed head found; exit 1 if
     anything is not intact (bad entries, a cut tail, a fork, another key)."""
@@ -166,7 +178,7 @@ def verify(
         else:
             topic = checkpoints_topic or _checkpoints_topic()
             report, notes = _verify_service(
-                url, token, state, trusted, heads, kafka, topic, kafka_timeout
+                url, token, state, trusted, heads, kafka, topic, kafka_timeout, allow_unindexed
             )
     except StateError as exc:
         raise _fail(str(exc)) from None
@@ -230,6 +242,7 @@ def _verify_service(
     kafka: str | None,
     topic: str,
     kafka_timeout: float,
+    allow_unindexed: bool = False,
 ) -> tuple[VerifyReport, list[str]]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
@@ -259,6 +272,7 @@ def _verify_service(
             url,
             token,
             lambda source: verify_service(source, state, key=key, heads=heads, progress=progress),
+            require_indexed=not allow_unindexed,
         )
     _summary(report, url + (f" and the {topic} topic" if kafka else ""))
     return report, notes + more
@@ -340,6 +354,14 @@ def _summary(report: VerifyReport, source: str) -> None:
         table.add_row(
             "withheld", f"{report.withheld:,} (incidents that exclude you: hashes only, see docs)"
         )
+    note = report.unindexed_note()
+    if note is not None:
+        accepted = (
+            "accepted: --allow-unindexed"
+            if report.ok
+            else "pass --allow-unindexed for an older service"
+        )
+        table.add_row("index columns", f"[yellow]{note}[/] ({accepted})")
     if report.ok and report.unsigned_entries:
         table.add_row("not yet signed", f"{report.unsigned_entries} entries after the last head")
     table.add_row("rate", f"{report.rate:,.0f} entries/s ({report.elapsed:.2f} s)")

@@ -21,6 +21,7 @@ import asyncpg
 from services.audit import merkle, tree
 from services.audit.checkpoint import NoteSigner
 from services.audit.heads import latest_head
+from services.audit.ledger import INCIDENT_EVENTS
 from services.audit.verify import Entry, ExportError, export_bundle, key_document
 from services.infra.runtime import Runtime
 
@@ -125,8 +126,8 @@ async def evidence_of(
     indexes = [
         r["idx"]
         for r in await conn.fetch(
-            "SELECT idx FROM ledger WHERE incident_id = $1 AND valid"
-            " AND event_type LIKE 'incident.%' ORDER BY idx",  # the timeline's entries
+            f"SELECT idx FROM ledger WHERE incident_id = $1 AND {INCIDENT_EVENTS}"  # noqa: S608
+            " ORDER BY idx",  # the timeline's entries
             incident_id,
         )
     ]

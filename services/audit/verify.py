@@ -20,9 +20,12 @@ over HTTP (`HttpSource`), an evidence bundle (`BundleSource`), or entries held i
    and ``recorded_at`` columns the reads select and date an entry by, and the
    ``ledger_people`` rows at its index), each derived from the leaf by the rule the
    append uses (`services.audit.indexed`): an entry pointed away from its incident, or
-   a person's index row forged or removed, is named at its index. The service's answer
-   to the empty range that ends the walk says what lies beyond it (`_strays`): an entry
-   stored past a gap, or a ``ledger_people`` row where no entry is, is named too;
+   a person's index row forged or removed, is named at its index. An entry served
+   without ``indexed`` is counted (`VerifyReport.unindexed`) and, unless the source may
+   omit them, fails the run: leaving the field out must not pass for intact. The
+   service's answer to the empty range that ends the walk says what lies beyond it
+   (`_strays`): an entry stored past a gap, or a ``ledger_people`` row where no entry
+   is, is named too;
 3. whenever the tree reaches a head's size, the recomputed Merkle root equals the signed
    root. A mismatch means an edit whose leaf hash was recomputed too: the first bad
    index then lies in ``[previous head size, this head size)``. When the source serves
@@ -136,6 +139,8 @@ _INDEXED = 5
 """The columns ``indexed`` holds when it carries no ``people`` (see `_indexed_differs`)."""
 _RECORDED_AT = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z", re.ASCII)
 _SERVED_FIELDS = ("recorded_at", "topic", "partition", "offset")
+INDEX_UNCHECKED = "index columns not checked: the source did not serve them"
+"""How a report says entries came without their index columns (`VerifyReport.unindexed`)."""
 _GAP = 64  # an export fetches indexes this close together in one request
 
 Entry = dict[str, Any]
@@ -238,10 +243,14 @@ class HttpSource:
         transport: httpx.AsyncBaseTransport | None = None,
         timeout: float = 30.0,
         page_size: int = PAGE_SIZE,
+        require_indexed: bool = True,
     ) -> None:
         self.url = url.rstrip("/")
         self.token = token
         self.page_size = page_size
+        self.require_indexed = require_indexed
+        """Whether an entry served without its index columns fails `verify_ledger` (the
+        audit service serves them; false for an older one, `--allow-unindexed`)."""
         self._owned = client is None
         self._client = client or httpx.AsyncClient(transport=transport, timeout=timeout)
         self.beyond: tuple[int, Any] | None = None
@@ -529,6 +538,22 @@ class VerifyReport:
     withheld: int = 0
     """Entries served withheld (incidents that exclude the reader): leaf hashes only, so
     the tree and heads are proven but those leaves themselves are not checked."""
+    unindexed: int = 0
+    """Entries served with their leaf but without the index columns (``indexed``): an
+    audit service older than that field, or one made to leave it out. Their columns are
+    not checked; unless the source may omit them (`verify_ledger`'s
+    ``require_indexed``), that is a failure."""
+    first_unindexed: int | None = None
+    """The first of those entries."""
+
+    def unindexed_note(self) -> str | None:
+        """What the report says of the entries whose index columns were not checked."""
+        if not self.unindexed:
+            return None
+        return (
+            f"{INDEX_UNCHECKED} for {self.unindexed:,} entries (the first at index"
+            f" {self.first_unindexed}): what the reads select those entries by is not proven"
+        )
 
     @property
     def unsigned_entries(self) -> int:
@@ -598,6 +623,17 @@ def _fill_all(report: VerifyReport, failures: list[_Bad], fatal: _Bad | None) ->
             report.conflict = [h.shown() for h in fatal.heads]
     report.bad_indexes = sorted({b.index for b in every if b.index is not None})
     report.problems = [b.reason for b in every[:MAX_PROBLEMS]]
+
+
+def _unindexed(report: VerifyReport, required: bool) -> None:
+    """Entries whose index columns were not served fail the report when ``required``
+    (listed after any other problem); else the note stays for the caller to show."""
+    note = report.unindexed_note()
+    if note is None or not required:
+        return
+    if report.ok:
+        report.ok, report.reason = False, note
+    report.problems.append(note)
 
 
 # -------------------------------------------------------------- keys and heads
@@ -1068,6 +1104,8 @@ class _Walk:
         self.heads_checked = 0
         self.proofs_checked = 0
         self.withheld = 0  # entries served without their leaf (see `withheld_entry`)
+        self.unindexed = 0  # entries served with a leaf, without `indexed` (`not_indexed`)
+        self.first_unindexed: int | None = None
         self.failures: list[_Bad] = []  # damaged entries read past, in order
         self.last_matched: _Head | None = None
         self.wanted: set[tuple[int, int]] = set()  # subtrees the known heads' proofs need
@@ -1185,57 +1223,65 @@ class _Walk:
             msgspec.UNSET,
         )
         buffer = bytearray()
-        for entry in page:
-            if position == next_size:
-                self.grow(pending)
-                self.reach()
-                next_size = self.next_size
-            text = entry.get("leaf")
-            body: _Leaf | None = None
-            if (
-                type(text) is str
-                and entry.get("index") == position
-                and entry.get("withheld") is not True
-                and "unreadable" not in entry
-            ):
-                try:  # pybase64 (SIMD) reads a subset of what the strict decoder reads
-                    leaf = b64decode(text, validate=True)
-                except ValueError:  # binascii.Error, or a text that is not ASCII
-                    leaf = None
-                if leaf is not None:
-                    sha256 = hasher()  # SHA-256 fed 0x00 already: the leaf hash
-                    sha256.update(leaf)
-                    hashed = sha256.digest()
-                    body = read(leaf, buffer)
-            if body is not None:
-                served_hash = entry.get("leaf_hash")
-                recorded_at = body.recorded_at
-                event = body.event
+        unindexed, first_unindexed = 0, -1  # entries taken here without `indexed`
+        try:  # counted even when a check or a head ends the walk in this page
+            for entry in page:
+                if position == next_size:
+                    self.grow(pending)
+                    self.reach()
+                    next_size = self.next_size
+                text = entry.get("leaf")
+                body: _Leaf | None = None
                 if (
-                    (served_hash is not None and served_hash != hashed.hex())
-                    or body.v != LEAF_VERSION
-                    or body.index != position
-                    or (recorded_at != matched and not fullmatch(recorded_at))
-                    or recorded_at < previous
-                    or (event is not unset and event.type == CHECKPOINT_EVENT)
-                    or (
-                        (len(entry) > 3 or "leaf_hash" not in entry)
-                        and _served_differs(entry, body)
-                    )
+                    type(text) is str
+                    and entry.get("index") == position
+                    and entry.get("withheld") is not True
+                    and "unreadable" not in entry
                 ):
-                    body = None
-                else:
-                    matched = recorded_at  # an append gives a batch one recorded_at
-            if body is None:  # a failed check, or a recorded head: `entry` decides
-                self.grow(pending)
-                self.previous_time = previous
-                self.entry(entry)
-                position, next_size = self.frontier.size, self.next_size
-                previous = self.previous_time
-                continue
-            pending.append(hashed)
-            previous = recorded_at
-            position += 1
+                    try:  # pybase64 (SIMD) reads a subset of what the strict decoder reads
+                        leaf = b64decode(text, validate=True)
+                    except ValueError:  # binascii.Error, or a text that is not ASCII
+                        leaf = None
+                    if leaf is not None:
+                        sha256 = hasher()  # SHA-256 fed 0x00 already: the leaf hash
+                        sha256.update(leaf)
+                        hashed = sha256.digest()
+                        body = read(leaf, buffer)
+                if body is not None:
+                    served_hash = entry.get("leaf_hash")
+                    recorded_at = body.recorded_at
+                    event = body.event
+                    if (
+                        (served_hash is not None and served_hash != hashed.hex())
+                        or body.v != LEAF_VERSION
+                        or body.index != position
+                        or (recorded_at != matched and not fullmatch(recorded_at))
+                        or recorded_at < previous
+                        or (event is not unset and event.type == CHECKPOINT_EVENT)
+                        or (
+                            (len(entry) > 3 or "leaf_hash" not in entry)
+                            and _served_differs(entry, body)
+                        )
+                    ):
+                        body = None
+                    else:
+                        matched = recorded_at  # an append gives a batch one recorded_at
+                        if "indexed" not in entry:  # counted below, once a page
+                            unindexed += 1
+                            first_unindexed = position if first_unindexed < 0 else first_unindexed
+                if body is None:  # a failed check, or a recorded head: `entry` decides
+                    self.grow(pending)
+                    self.previous_time = previous
+                    self.entry(entry)
+                    position, next_size = self.frontier.size, self.next_size
+                    previous = self.previous_time
+                    continue
+                pending.append(hashed)
+                previous = recorded_at
+                position += 1
+        finally:
+            if unindexed:
+                self.not_indexed(first_unindexed, unindexed)
         self.grow(pending)
         self.previous_time = previous
 
@@ -1327,7 +1373,17 @@ class _Walk:
             )
         if "indexed" in entry:
             _check_indexed(entry["indexed"], body, position)
+        else:
+            self.not_indexed(position)
         return hashed, body
+
+    def not_indexed(self, position: int, count: int = 1) -> None:
+        """`count` entries served with their leaf and without their index columns, the
+        first at `position`: nothing to compare the columns with, so `verify_ledger`
+        reports them (`VerifyReport.unindexed`)."""
+        if self.first_unindexed is None or position < self.first_unindexed:
+            self.first_unindexed = position
+        self.unindexed += count
 
     def withheld_entry(self, entry: Entry, position: int) -> None:
         """An entry the service withholds from this reader (an incident that excludes
@@ -1434,9 +1490,16 @@ async def verify_ledger(
     progress: Progress | None = None,
     trusted_key: str | None = None,
     known_heads: Iterable[KnownHead] = (),
+    require_indexed: bool | None = None,
 ) -> VerifyReport:
     """Verify everything ``source`` serves (see the module docstring for the checks),
     against its own heads and every one of ``known_heads``.
+
+    An entry served with its leaf but without its index columns (``indexed``) leaves
+    them unchecked, and the report says so (`VerifyReport.unindexed_note`). With
+    ``require_indexed`` (by default the source's own ``require_indexed``: true for
+    `HttpSource`, since the audit service serves them) that fails the report: whoever
+    controls the service could otherwise hide a changed column by leaving the field out.
 
     A `BundleSource` is checked with `verify_bundle`. `SourceError` (an unreachable
     source, refused credentials) propagates: it means "could not verify", not "tampered".
@@ -1465,7 +1528,11 @@ async def verify_ledger(
             report.heads_checked = walk.heads_checked
             report.proofs_checked = walk.proofs_checked
             report.withheld = walk.withheld
+            report.unindexed, report.first_unindexed = walk.unindexed, walk.first_unindexed
     _fill_all(report, walk.failures if walk is not None else [], fatal)
+    if require_indexed is None:
+        require_indexed = getattr(source, "require_indexed", False) is True
+    _unindexed(report, require_indexed)
     if report.ok and walk is not None and walk.last_matched is not None:
         report.verified_head = walk.last_matched.kept()
     report.elapsed = time.perf_counter() - started

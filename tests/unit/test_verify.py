@@ -22,8 +22,10 @@ from typer.testing import CliRunner
 from services.audit import merkle
 from services.audit.checkpoint import Checkpoint, NoteSigner, sign_checkpoint
 from services.audit.cli import incidents_as_of
+from services.audit.indexed import indexed_of_leaf
 from services.audit.ledger import Candidate, leaf_bytes
 from services.audit.verify import (
+    INDEX_UNCHECKED,
     AuthError,
     BundleSource,
     ExportError,
@@ -271,8 +273,35 @@ async def test_a_stored_tree_that_differs_from_the_entries_fails_its_consistency
 # ---------------------------------------------------------------------- HTTP
 
 
-def serve(log: MemorySource, broken: frozenset[int] = frozenset()) -> httpx.MockTransport:
-    """The audit API's ledger routes over `log`; an entry in `broken` fails with 500."""
+def with_columns(entry: dict[str, Any]) -> dict[str, Any]:
+    """The entry as the audit service serves it: with its index columns (`indexed`),
+    here those an honest append derived from its leaf (none for a leaf a test damaged
+    so that it no longer reads: verify names it before it looks at its columns)."""
+    try:
+        body = json.loads(base64.b64decode(entry["leaf"]))
+        derived = indexed_of_leaf(body)
+    except (ValueError, TypeError, KeyError):
+        return entry
+    if not isinstance(body, dict) or derived is None or "recorded_at" not in body:
+        return entry
+    columns = {
+        "valid": derived.valid,
+        "incident_id": derived.incident_id,
+        "event_type": derived.event_type,
+        "event_id": derived.event_id,
+        "recorded_at": body["recorded_at"],
+    }
+    return {**entry, "indexed": columns}
+
+
+def serve(
+    log: MemorySource,
+    broken: frozenset[int] = frozenset(),
+    unindexed: frozenset[int] | None = frozenset(),
+) -> httpx.MockTransport:
+    """The audit API's ledger routes over `log`; an entry in `broken` fails with 500.
+    Each entry is served with its index columns, but those in `unindexed` (None: every
+    entry, as a service older than that field serves them)."""
 
     def handle(request: httpx.Request) -> httpx.Response:
         path, query = request.url.path, request.url.params
@@ -290,7 +319,11 @@ def serve(log: MemorySource, broken: frozenset[int] = frozenset()) -> httpx.Mock
             start, end = int(query["start"]), int(query["end"])
             if broken & set(range(start, end)):
                 return httpx.Response(500, json={"title": "Internal error"})
-            return httpx.Response(200, json={"entries": log.rows[start:end]})
+            rows = [
+                row if unindexed is None or row["index"] in unindexed else with_columns(row)
+                for row in log.rows[start:end]
+            ]
+            return httpx.Response(200, json={"entries": rows})
         return httpx.Response(404, json={"title": "Not found"})
 
     return httpx.MockTransport(handle)
@@ -310,6 +343,66 @@ async def test_over_http_an_entry_the_service_cannot_serve_is_named() -> None:
         report = await verify_ledger(source)
     assert report.first_bad_index == 37
     assert "cannot serve entry 37" in (report.reason or "")
+
+
+async def test_a_service_that_leaves_out_the_index_columns_fails_verify_unless_allowed() -> None:
+    """The reads select entries by columns the leaf hashes do not cover; verify proves
+    them only when the service serves them. A service that leaves them out (an older
+    one, or one whose controller hides a changed column so) fails by default, and the
+    report says why; allowed (`require_indexed=False`, `--allow-unindexed`), the log
+    verifies and the report still says the columns went unchecked."""
+    log = a_log()
+    async with HttpSource("http://audit", TOKEN, transport=serve(log, unindexed=None)) as source:
+        report = await verify_ledger(source)
+    assert not report.ok
+    assert report.reason == (
+        f"{INDEX_UNCHECKED} for 64 entries (the first at index 0): what the reads select"
+        " those entries by is not proven"
+    )
+    assert (report.unindexed, report.first_unindexed, report.first_bad_index) == (64, 0, None)
+    assert report.entries_checked == SIZE and report.heads_checked == len(HEADS)
+
+    older = serve(log, unindexed=None)
+    async with HttpSource("http://audit", TOKEN, transport=older, require_indexed=False) as source:
+        allowed = await verify_ledger(source)
+    assert allowed.ok and allowed.unindexed == 64
+    assert (allowed.unindexed_note() or "").startswith(INDEX_UNCHECKED)
+
+    # one entry served without them is enough, named by its index
+    async with HttpSource(
+        "http://audit", TOKEN, transport=serve(log, unindexed=frozenset({17}))
+    ) as source:
+        one = await verify_ledger(source)
+    assert not one.ok and (one.unindexed, one.first_unindexed) == (1, 17)
+    async with HttpSource("http://audit", TOKEN, transport=serve(log)) as source:
+        every = await verify_ledger(source)
+    assert every.ok and every.unindexed == 0 and every.unindexed_note() is None
+
+
+def test_the_command_says_the_index_columns_were_not_checked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`incidents audit verify` against a service that does not serve the columns: exit 1
+    and why; with --allow-unindexed, exit 0 and the summary still says so."""
+    import services.audit.verify as verify
+
+    log = a_log()
+
+    class Older(HttpSource):
+        def __init__(self, url: str, token: str | None, **options: Any) -> None:
+            super().__init__(url, TOKEN, transport=serve(log, unindexed=None), **options)
+
+    monkeypatch.setattr(verify, "HttpSource", Older)
+    command = ["audit", "verify", "--url", "http://audit", "--state", str(tmp_path / "s.json")]
+    failed = CliRunner().invoke(app, command)
+    assert failed.exit_code == 1, failed.output
+    flat = " ".join(failed.output.split())
+    assert f"verification failed: {INDEX_UNCHECKED} for 64 entries" in flat
+    assert "pass --allow-unindexed" in flat
+    allowed = CliRunner().invoke(app, [*command, "--allow-unindexed"])
+    assert allowed.exit_code == 0, allowed.output
+    flat = " ".join(allowed.output.split())
+    assert INDEX_UNCHECKED in flat and "intact" in flat
 
 
 async def test_over_http_a_missing_token_is_an_error_not_a_verdict() -> None:

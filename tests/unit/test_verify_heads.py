@@ -33,7 +33,16 @@ from services.audit.verify import (
     verify_ledger,
 )
 from services.cli import app
-from tests.unit.test_verify import ORIGIN, SIGNER, T0, TOKEN, a_log, event_leaf, incident_of
+from tests.unit.test_verify import (
+    ORIGIN,
+    SIGNER,
+    T0,
+    TOKEN,
+    a_log,
+    event_leaf,
+    incident_of,
+    with_columns,
+)
 
 URL = "http://audit.test"
 
@@ -56,7 +65,8 @@ def serve(log: MemorySource) -> httpx.MockTransport:
             return httpx.Response(200, json={"proof": [p.hex() for p in proof]})
         if path == "/v1/ledger/entries":
             start, end = int(query["start"]), int(query["end"])
-            return httpx.Response(200, json={"entries": log.rows[start:end]})
+            rows = [with_columns(row) for row in log.rows[start:end]]  # as audit serves them
+            return httpx.Response(200, json={"entries": rows})
         if path.startswith("/v1/incidents/") and path.endswith("/timeline"):
             incident = path.split("/")[3]
             events = [{"index": i} for i in range(len(log.rows)) if incident_of(i) == incident]
