@@ -56,7 +56,13 @@ from services.domain.events import (
 )
 from services.escalation import usecases
 from services.escalation.inputs import input_of, parsed_as
-from services.escalation.notify import EXCLUDED_DETAIL, Notifier, Outcome, recording
+from services.escalation.notify import (
+    CLOSED_DETAIL,
+    EXCLUDED_DETAIL,
+    Notifier,
+    Outcome,
+    recording,
+)
 from services.escalation.postgres import JoinedUnitOfWork, PostgresEscalationUnitOfWork
 from services.infra.db import connect
 from services.infra.groupcommit import GroupCommit
@@ -356,7 +362,10 @@ class Escalation:
         invariant 3): here before the first (`_exclusion`, one indexed read), and by the
         adapter before each retry (`_StillAllowed`, the same read), so a removal folded
         while a webhook or mail server is retried stops it. A notice not sent for that
-        is recorded failed (`gave_up`, `EXCLUDED_DETAIL`). A notice taken before the
+        is recorded failed (`gave_up`, `EXCLUDED_DETAIL`); so is one whose incident was
+        closed by the first attempt (`CLOSED_DETAIL`: a closed incident asks and tells
+        nobody; a retry already under way when it closes may still go). A notice taken
+        before the
         incident's decision reached escalation is held, never sent on a guess
         (`usecases.hold_notice`); the decision makes it due again.
 
@@ -375,22 +384,29 @@ class Escalation:
             outcome: Outcome | None = None
             recheck = _StillAllowed(self._exclusion, envelope.subject, notice.principal)
             try:
-                excluded = await self._exclusion(envelope.subject, notice.principal)
-                if excluded is None:
+                standing = await self._standing(envelope.subject, notice.principal)
+                if standing is None:
                     held = usecases.HoldNotice(envelope, HELD_RECHECK_SECONDS)
                     if await usecases.hold_notice(held, self.unit_of_work(), self.env):
                         log.info("notice %s: held until its incident's decision", envelope.id)
                         return
-                    excluded = await self._exclusion(envelope.subject, notice.principal)
+                    standing = await self._standing(envelope.subject, notice.principal)
             except TRANSIENT_ERRORS as exc:  # the lease runs out and it is taken again
                 log.warning("notice %s: not looked up: %r", envelope.id, exc)
                 return
-            if excluded is None:  # never: states are not removed; never sent on a guess
+            if standing is None:  # never: states are not removed; never sent on a guess
                 return
+            excluded, closed = standing
             if excluded:
                 _log_excluded(envelope, notice)
                 delivered = False
                 outcome = Outcome(None, False, 0, "gave_up", EXCLUDED_DETAIL)
+            elif closed:
+                log.info(
+                    "notice %s: not sent: incident %s is closed", envelope.id, envelope.subject
+                )
+                delivered = False
+                outcome = Outcome(None, False, 0, "gave_up", CLOSED_DETAIL)
             elif row["attempts"] > DELIVERY_MAX_ATTEMPTS:
                 log.error("notice %s: gave up after %d leases", envelope.id, row["attempts"] - 1)
                 delivered = False
@@ -419,14 +435,21 @@ class Escalation:
         a reassignment's removal, a recusal); None while escalation has no state for the
         incident (its decision comes on another topic than the notice, with no order
         between them), when nobody can tell. One read by primary key."""
+        standing = await self._standing(incident_id, principal)
+        return None if standing is None else standing[0]
+
+    async def _standing(self, incident_id: str, principal: str) -> tuple[bool, bool] | None:
+        """Whether the incident excludes `principal` now (`_exclusion`), and whether it
+        is closed; None while escalation has no state for it. One read by primary key."""
         async with self.runtime.db.acquire() as conn:
-            found: bool | None = await conn.fetchval(
-                "SELECT coalesce((state -> 'excluded') ? $2, false)"
+            row = await conn.fetchrow(
+                "SELECT coalesce((state -> 'excluded') ? $2, false) AS excluded,"
+                " coalesce(state ->> 'closed_at', '') <> '' AS closed"
                 " FROM escalation_state WHERE incident_id = $1",
                 incident_id,
                 principal,
             )
-        return found
+        return None if row is None else (bool(row["excluded"]), bool(row["closed"]))
 
     async def _refresh_queue_metrics(self) -> datetime | None:
         """Set the queue's gauges; when the next pending notice comes due (None: none)."""

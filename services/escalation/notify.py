@@ -118,6 +118,9 @@ StillAllowed = Callable[[], Awaitable[bool]]
 EXCLUDED_DETAIL: Final = "not sent: recipient excluded"
 """The `detail` of a notice not sent because its recipient was excluded since it was
 queued (before the first attempt, by the delivery worker; before a retry, by the adapter)."""
+CLOSED_DETAIL: Final = "not sent: incident closed"
+"""The `detail` of a notice not sent because its incident was closed since it was queued
+(before the first attempt, by the delivery worker): a closed incident tells nobody."""
 
 
 @dataclass(frozen=True)

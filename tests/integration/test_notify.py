@@ -41,6 +41,7 @@ from services.domain.events import ChainLevel, Notified, Triaged, make_event, pa
 from services.domain.knowledge import LedgerEvent, knowledge_as_of
 from services.escalation.app import create_app as create_escalation
 from services.escalation.notify import (
+    CLOSED_DETAIL,
     DELIVERY_HEADER,
     EXCLUDED_DETAIL,
     SIGNATURE_HEADER,
@@ -837,6 +838,39 @@ async def test_a_notice_queued_for_someone_excluded_since_is_never_sent(
     assert "p-chen" not in {principal for _, principal in recording.delivered}
     (failed,) = [e["data"] for e in outcomes if e["type"] == "incident.notice.failed.v1"]
     assert (failed["principal"], failed["reason"], failed["adapter"]) == ("p-chen", "gave_up", None)
+
+
+async def test_a_notice_queued_before_its_incident_closed_is_never_sent(
+    settings: CommonSettings,
+) -> None:
+    """A notice (a reminder, an ask) waits in the queue while the handler closes the
+    incident: the worker that takes it after the close sends nothing and records it
+    failed (`gave_up`, `CLOSED_DETAIL`, no adapter). The failure moves nothing on."""
+    recording = Recording()
+    one = OneIncident(settings, recording)
+    esc, event, incident = one.esc, one.event, one.incident
+    close = {"principal": "p-chen", "status": "closed", "outcome": "sealed"}
+
+    async with serving(one.app, "http://escalation"):
+        await esc.on_triage(
+            [event_record("incident.triage", event("incident.triaged.v1", two_levels()), 0)]
+        )
+        await esc.on_activity(
+            [event_record("incident.activity", event("incident.status.changed.v1", close), 0)]
+        )
+        notice = event("incident.notified.v1", NOTICE)
+        await esc.on_activity([event_record("incident.activity", notice, 1)])
+
+        assert await eventually(lambda: outcome_of(esc, notice.id), timeout=30) == "failed"
+        outcomes = await published(esc, incident)
+    assert recording.delivered == []
+    assert [e["type"] for e in outcomes] == ["incident.notice.failed.v1"]  # no move
+    failed = outcomes[0]["data"]
+    assert (failed["reason"], failed["adapter"], failed["detail"]) == (
+        "gave_up",
+        None,
+        CLOSED_DETAIL,
+    )
 
 
 async def test_a_webhook_retry_is_never_sent_to_a_recipient_excluded_during_its_backoff(
