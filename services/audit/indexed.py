@@ -39,8 +39,11 @@ def indexed_of_leaf(body: dict[str, Any]) -> Indexed | None:
     when the leaf holds an event this version cannot read as a CloudEvent."""
     if "event" not in body:
         return Indexed.of(None)
+    event = body["event"]
+    if not isinstance(event, dict):  # null, a list, a number: no event (a forged leaf)
+        return None
     try:
-        return Indexed.of(parse_envelope(body["event"]))
+        return Indexed.of(parse_envelope(event))
     except InvalidEvent:
         return None
 

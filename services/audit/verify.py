@@ -424,6 +424,30 @@ class BundleSource:
         return sorted(e["index"] for e in self._entries if isinstance(e.get("index"), int))
 
 
+def _indexed_as_served(leaf: bytes) -> dict[str, Any]:
+    """The ``indexed`` field the entries route would serve beside ``leaf`` (its columns
+    as the append derives them), so a `MemorySource` is verified as the service is; {}
+    for a leaf that is no JSON object or no event this version reads."""
+    try:
+        body = json.loads(leaf)
+    except ValueError:
+        return {}
+    columns = indexed_of_leaf(body) if isinstance(body, dict) else None
+    if columns is None:
+        return {}
+    indexed: dict[str, Any] = {
+        "valid": columns.valid,
+        "incident_id": columns.incident_id,
+        "event_type": columns.event_type,
+        "event_id": columns.event_id,
+        "recorded_at": body.get("recorded_at"),
+    }
+    people = people_of_leaf(body)
+    if people:
+        indexed["people"] = [{"person_id": p, "record": r} for p, r in people.items()]
+    return {"indexed": indexed}
+
+
 class MemorySource:
     """Entries, heads and a key held in memory, with proofs from a `merkle.MemoryTree`.
 
@@ -467,6 +491,7 @@ class MemorySource:
                 "index": i,
                 "leaf": base64.b64encode(leaf).decode("ascii"),
                 "leaf_hash": hashed.hex(),
+                **_indexed_as_served(leaf),
             }
             for i, (leaf, hashed) in enumerate(zip(leaves, hashes, strict=True))
         ]
