@@ -633,6 +633,17 @@ async def test_an_acknowledgement_before_the_reassignment_that_routes_her_clears
     assert kept == 0
 
 
+def told(rows: list[Any], incident: str) -> list[tuple[str, str]]:
+    """(type, notice channel or legal clock) of the incident's events among `rows`
+    (rows of escalation's `events`: stream_id, type, body), in order."""
+    found = []
+    for r in rows:
+        if r["stream_id"] == incident:
+            data = parse_event(bytes(r["body"]))[0].data
+            found.append((r["type"], str(data.get("channel") or data.get("clock") or "")))
+    return found
+
+
 async def test_a_closed_incident_whose_deadlines_pass_asks_and_reminds_nobody(
     common: dict[str, Any], settings: CommonSettings
 ) -> None:
@@ -711,17 +722,88 @@ async def test_a_closed_incident_whose_deadlines_pass_asks_and_reminds_nobody(
                 [acked_closed, closed],
             )
 
-    def told(incident: str) -> list[tuple[str, str]]:
-        found = []
-        for r in rows:
-            if r["stream_id"] == incident:
-                data = parse_event(bytes(r["body"]))[0].data
-                found.append((r["type"], data.get("channel") or data.get("clock") or ""))
-        return found
-
     breached = "incident.deadline.breached.v1"
-    assert told(acked_closed) == [("incident.escalation.cleared.v1", ""), (breached, "feedback")]
-    assert told(closed) == [(breached, "reporter_acknowledgement"), (breached, "feedback")]
-    assert ("incident.reminder.due.v1", "feedback") in told(still_open)
-    assert ("incident.notified.v1", "breach") in told(still_open)
+    assert told(rows, acked_closed) == [
+        ("incident.escalation.cleared.v1", ""),
+        (breached, "feedback"),
+    ]
+    assert told(rows, closed) == [(breached, "reporter_acknowledgement"), (breached, "feedback")]
+    assert ("incident.reminder.due.v1", "feedback") in told(rows, still_open)
+    assert ("incident.notified.v1", "breach") in told(rows, still_open)
     assert all(r["wakeup"] is None and r["closed_at"] for r in wakeups)
+
+
+async def test_a_report_closed_through_intake_is_neither_asked_again_nor_reminded(
+    intake_and_triage: httpx.AsyncClient, common: dict[str, Any], settings: CommonSettings
+) -> None:
+    """The whole path: two reports, both acknowledged by Chen through intake; he closes
+    one (intake's incident.status.changed.v1 on incident.activity). Escalation's clock
+    stands still until then, and is moved to just before the feedback deadline, then a
+    day past it. The open report is reminded and breached with notices; the closed one
+    has its feedback breach recorded and nothing else: no reminder, no notice."""
+    intake = intake_and_triage
+    app = create_escalation(EscalationSettings(**common))
+    clock = [datetime.now(UTC)]
+    chen = {"authorization": "Bearer dev-chen-token"}
+    named = {"authorization": "Bearer dev-liu-token"}
+    async with serving(app, "http://escalation"):
+        escalation = app.state.escalation
+        escalation.now = lambda: clock[0]
+        closed, still_open = [
+            (await intake.post("/v1/reports", json=SEED_CASE, headers=named)).json()["incident_id"]
+            for _ in range(2)
+        ]
+
+        async def states(*, closing: bool = False) -> dict[str, Any] | None:
+            async with escalation.runtime.db.acquire() as conn:
+                rows = await conn.fetch(
+                    "SELECT incident_id, state FROM escalation_state"
+                    " WHERE incident_id = ANY($1::text[])",
+                    [closed, still_open],
+                )
+            found = {r["incident_id"]: json.loads(r["state"]) for r in rows}
+            if len(found) < 2:
+                return None
+            if closing and not found[closed].get("closed_at"):
+                return None
+            return found
+
+        await eventually(states, timeout=20)
+        for incident in (closed, still_open):
+
+            async def acknowledged(incident: str = incident) -> bool:
+                answer = await intake.post(f"/v1/incidents/{incident}/acknowledge", headers=chen)
+                return answer.status_code in (200, 202)
+
+            await eventually(acknowledged, timeout=10)
+
+        async def closed_by_chen() -> bool:
+            answer = await intake.post(
+                f"/v1/incidents/{closed}/status",
+                json={"status": "closed", "outcome": "Settled with both parties."},
+                headers=chen,
+            )
+            return answer.status_code == 202
+
+        await eventually(closed_by_chen, timeout=10)
+        found = await eventually(lambda: states(closing=True), timeout=20)
+        feedback_due = max(
+            datetime.fromisoformat(c["due_at"])
+            for s in found.values()
+            for c in s["clocks"]
+            if c["name"] == "feedback"
+        )
+        for moment in (feedback_due - timedelta(seconds=1), feedback_due + timedelta(days=1)):
+            clock[0] = moment
+            await escalation.fire_due()
+        async with escalation.runtime.db.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT stream_id, type, body FROM events WHERE stream_id = ANY($1::text[])"
+                " ORDER BY position",
+                [closed, still_open],
+            )
+
+    breached = ("incident.deadline.breached.v1", "feedback")
+    assert told(rows, closed) == [("incident.escalation.cleared.v1", ""), breached]
+    assert ("incident.reminder.due.v1", "feedback") in told(rows, still_open)
+    assert ("incident.notified.v1", "breach") in told(rows, still_open)
