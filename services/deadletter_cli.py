@@ -9,6 +9,11 @@ without a consumer group. It shows who refused what and why, never an original's
 Exit codes: 0 done; 1 (redrive) the selection matched nothing, or a selected dead letter
 could not be re-driven, or a send failed; 2 the command could not do its job (no broker,
 no such topic, bad options).
+
+Everything a dead letter says is someone's input (a reason quotes the refused value, an
+original's id and subject are whatever its producer wrote): it is printed as plain text,
+never as rich markup, with every control character shown escaped (`_plain`), so no text
+can break the listing, hide itself or drive the terminal.
 """
 
 from __future__ import annotations
@@ -24,13 +29,22 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
+from rich.text import Text
 
-from services.domain.deadletter import DeadLetter, Resend, Selection, Skipped, plan_redrive
+from services.domain.deadletter import (
+    AUTHENTIC,
+    DeadLetter,
+    Resend,
+    Selection,
+    Skipped,
+    plan_redrive,
+)
 from services.domain.envelope import utc_rfc3339
 from services.domain.policy import parse_duration
 
 if TYPE_CHECKING:
     from services.infra.settings import CommonSettings
+    from services.infra.signing import KeySet
 
 deadletter_app = typer.Typer(
     name="deadletter",
@@ -46,8 +60,27 @@ err = Console(stderr=True, highlight=False)
 T = TypeVar("T")
 
 
+def _plain(value: object) -> str:
+    """`value` as text safe to print: every control or format character (C0, C1, DEL,
+    bidirectional overrides, line separators) shown as its escape, e.g. `\\x1b`."""
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _escape(c) for c in text)
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def _text(*lines: object, style: str = "") -> Text:
+    """A cell of plain text, one line each of `lines`: never read as markup."""
+    return Text("\n".join(_plain(line) for line in lines), style=style)
+
+
 def _fail(message: str, code: int = _EXIT_ERROR) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", soft_wrap=True, markup=True)
+    err.print(Text.assemble(("error:", "bold red"), " ", _plain(message)), soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -153,14 +186,28 @@ def _letter_json(letter: DeadLetter) -> dict[str, Any]:
         "original_type": letter.original_type,
         "incident": letter.incident,
         "original_bytes": len(letter.original),
+        "signature": letter.signature,
     }
+
+
+def _keys(settings: CommonSettings) -> KeySet | None:
+    from services.infra.deadletters import dead_letter_keys
+    from services.infra.signing import SigningError
+
+    try:
+        return dead_letter_keys(settings)
+    except SigningError as exc:
+        raise _fail(str(exc)) from None
 
 
 def _letters(settings: CommonSettings, selection: Selection, timeout: float) -> list[DeadLetter]:
     from services.infra.deadletters import dead_letters
 
+    keys = _keys(settings)
+
     async def read(settings: CommonSettings, advance: Callable[[int, int], None]) -> Any:
-        return selection.select(await dead_letters(settings, within=timeout, progress=advance))
+        found = await dead_letters(settings, within=timeout, keys=keys, progress=advance)
+        return selection.select(found)
 
     letters: list[DeadLetter] = _run(settings, read, "reading dead letters")
     return letters
@@ -193,22 +240,36 @@ def list_command(
         for letter in letters:
             typer.echo(json.dumps(_letter_json(letter)))
         return
-    table = Table(title=f"{len(letters)} dead letter(s)", title_justify="left")
-    for name in ("when (UTC)", "refused by", "reason", "read at"):
+    table = Table(
+        title=f"{len(letters)} dead letter(s)",
+        title_justify="left",
+        caption=_CAPTION,
+        caption_justify="left",
+    )
+    for name in ("when (UTC)", "refused by", "signature", "reason", "read at"):
         table.add_column(name, overflow="fold")
     for name in ("original: type, id, incident", "dead letter id"):  # ids are copied: never cut
         table.add_column(name, no_wrap=True)
     for letter in letters:
         original = [letter.original_type or "(not an event)", letter.original_id, letter.incident]
+        signature = letter.signature or "not checked"
         table.add_row(
             f"{letter.time.astimezone(UTC):%Y-%m-%d %H:%M:%S}",
-            _who(letter),
-            letter.reason,
-            _where(letter),
-            "\n".join(x for x in original if x),
-            letter.id,
+            _text(_who(letter)),
+            _text(signature, style="" if signature == AUTHENTIC else "bold red"),
+            _text(letter.reason),
+            _text(_where(letter)),
+            _text(*(x for x in original if x)),
+            _text(letter.id),
         )
     out.print(table)
+
+
+_CAPTION = (
+    "A dead letter's text is what its writer said: believe it only when its signature is"
+    " authentic ('not checked': no key set, INCIDENTS_EVENT_KEYS_FILE). A re-drive sends"
+    " the original, whose own signature every consumer checks."
+)
 
 
 @deadletter_app.command("redrive")
@@ -229,8 +290,11 @@ def redrive_command(
     timeout: float = _timeout_option(),
 ) -> None:
     """Publish the originals of the selected dead letters again, unchanged, to the topic
-    each was read from. Fix the cause first: each consumer of that topic reads it again,
-    and those that handled it before change nothing (they dedupe by event id)."""
+    of each one's type. Directory changes, and incident events whose latest counts (people
+    confirmed, reassignment orders, legal holds, status changes but closed), are not
+    re-driven: they could undo a later one. Fix the cause first: each consumer of that
+    topic reads it again, and those that handled it before change nothing (they dedupe
+    by event id)."""
     settings = _settings()
     prefix = settings.kafka_topic_prefix
     selection = _selection(event_ids, source_topic, reason_contains, since, incident, prefix)
@@ -242,12 +306,7 @@ def redrive_command(
     if not letters:
         err.print("no dead letter matches the selection: nothing sent")
         raise typer.Exit(_EXIT_FAILED)
-    from services.domain.events import Topic
-    from services.infra.deadletters import redrive_topics
-
-    resends, skipped = plan_redrive(
-        letters, topics=redrive_topics(settings), deadletter_topic=settings.topic(Topic.DEADLETTER)
-    )
+    resends, skipped = plan_redrive(letters, prefix=prefix)
     _print_skipped(skipped)
     if dry_run:
         _print_resends(resends, None, "would send")
@@ -281,7 +340,8 @@ def _send(settings: CommonSettings, resends: list[Resend]) -> dict[int, str]:
 
 def _print_skipped(skipped: list[Skipped]) -> None:
     for item in skipped:
-        err.print(f"not re-driven: dead letter {item.letter.id}: {item.why}", soft_wrap=True)
+        line = f"not re-driven: dead letter {item.letter.id}: {item.why}"
+        err.print(_text(line), soft_wrap=True)
 
 
 def _print_resends(resends: list[Resend], sent: dict[int, str] | None, verb: str) -> None:
@@ -293,10 +353,10 @@ def _print_resends(resends: list[Resend], sent: dict[int, str] | None, verb: str
     for n, resend in enumerate(resends):
         where = resend.topic + (sent.get(n, " (not sent)") if sent is not None else "")
         table.add_row(
-            f"{resend.event.type}\n{resend.event.id}",
-            where,
-            resend.key,
-            "\n".join(letter.id for letter in resend.letters),
+            _text(resend.event.type, resend.event.id),
+            _text(where),
+            _text(resend.key),
+            _text(*(letter.id for letter in resend.letters)),
         )
     out.print(table)
     out.print(

@@ -9,14 +9,20 @@ the outbox derives them (`record_key`; the content type and the event's `tracepa
 so every consumer of that topic reads it as it read it the first time. The value keeps
 its producer's signature: a re-drive can only repeat what a service said, never forge.
 
-What is read of the original is its id, type and subject (the incident), never its data:
-a report's data is the report.
+What is read of the original is its id, type and subject (the incident), and of a status
+change its status word, never its data otherwise: a report's data is the report.
+
+A re-drive publishes an original only to the topic its type belongs on (the catalog's,
+with the deployment's prefix), never to the topic a dead letter names: a dead letter is
+believed only as far as that. And it publishes none whose consumers keep the latest
+event of its kind (`ORDER_SENSITIVE`): re-driven after a later one, it would be folded
+over it and undo it. Those are made again at their source instead.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -25,6 +31,12 @@ from services.domain.events import (
     CATALOG,
     InputRejected,
     InvalidEvent,
+    LegalHoldPlaced,
+    LegalHoldReleased,
+    PeopleConfirmed,
+    ReassignmentOrdered,
+    StatusChanged,
+    Topic,
     parse_envelope,
     parse_event,
     record_key,
@@ -48,6 +60,10 @@ class DeadLetter:
     """The original record's value; empty when the refusing service withheld it."""
     original_event: Envelope | None
     """The original parsed as a CloudEvent (None if it is not one)."""
+    signature: str | None = None
+    """The dead letter's own signature: None when it was not checked (no key set), else
+    "authentic" or why it is not (a `KeySet.check` reason). Its text is believed only
+    when authentic; the original's signature is checked by its consumers either way."""
 
     @property
     def original_id(self) -> str | None:
@@ -67,8 +83,12 @@ class DeadLetter:
         return hashlib.sha256(self.original).hexdigest()
 
 
-def read_dead_letter(value: bytes | None) -> DeadLetter | None:
-    """The dead letter in a record of incident.deadletter; None if the record is not one."""
+AUTHENTIC = "authentic"
+
+
+def read_dead_letter(value: bytes | None, *, signature: str | None = None) -> DeadLetter | None:
+    """The dead letter in a record of incident.deadletter; None if the record is not one.
+    `signature`: what checking the record's signature found (see `DeadLetter.signature`)."""
     try:
         envelope, data = parse_event(value or b"")
         if not isinstance(data, InputRejected):
@@ -90,6 +110,7 @@ def read_dead_letter(value: bytes | None) -> DeadLetter | None:
         source_offset=data.source_offset,
         original=original,
         original_event=original_event,
+        signature=signature,
     )
 
 
@@ -145,15 +166,44 @@ class Skipped:
     why: str
 
 
+DIRECTORY_NOT_REDRIVEN = (
+    "a directory change is not re-driven: it could undo a later one;"
+    " re-sync the person from HR (SCIM) instead"
+)
+ORDER_SENSITIVE: dict[str, str] = {
+    PeopleConfirmed.TYPE: "a confirmation of the people is not re-driven: it replaces the"
+    " lists of any before it, so it could undo a later one; have the holder confirm them again",
+    ReassignmentOrdered.TYPE: "a reassignment order is not re-driven: it makes its people"
+    " holders, so it could undo a later order or decision; order the reassignment again",
+    LegalHoldPlaced.TYPE: "a legal-hold event is not re-driven: the latest one counts, so it"
+    " could undo a later one; place or release the hold again",
+    LegalHoldReleased.TYPE: "a legal-hold event is not re-driven: the latest one counts, so it"
+    " could undo a later one; place or release the hold again",
+}
+"""Incident events whose consumers keep the latest of their kind (in arrival order), and
+why: re-driven, such an event would be folded over any later one. Each is made again at
+its source instead (through intake), which is always the latest. Directory events are
+state, never re-driven either (`DIRECTORY_NOT_REDRIVEN`). A status change is one of
+these but for `closed`, which is final. Every other type is re-driven: its consumers
+dedupe it by event id, or add what it carries to what they have (exclusions only grow),
+or order it by its own field (a decision's `revision`); docs/operations.md says what a
+late one still changes."""
+_STATUS_NOT_REDRIVEN = (
+    "a status change other than closed is not re-driven: it sets the status of its time,"
+    " so it could undo a later one; set the status again"
+)
+
+
 def plan_redrive(
-    letters: Sequence[DeadLetter], *, topics: Collection[str], deadletter_topic: str
+    letters: Sequence[DeadLetter], *, prefix: str
 ) -> tuple[list[Resend], list[Skipped]]:
-    """What a re-drive of `letters` sends: each distinct original once per topic, to a
-    topic of this deployment (`topics`), and what it cannot send."""
+    """What a re-drive of `letters` sends: each distinct original once, to the topic of
+    its type (`prefix` + the catalog's topic), oldest first (by its event time), and what
+    it does not send, with why."""
     groups: dict[tuple[str, str], list[DeadLetter]] = {}
     skipped: list[Skipped] = []
     for letter in letters:
-        why = _not_redrivable(letter, topics, deadletter_topic)
+        why = not_redrivable(letter, prefix)
         if why is not None:
             skipped.append(Skipped(letter, why))
             continue
@@ -164,18 +214,33 @@ def plan_redrive(
         event = same[0].original_event
         assert event is not None
         resends.append(Resend(topic, record_key(event), event, same[0].original, tuple(same)))
+    resends.sort(key=lambda r: r.event.time)  # an incident's originals in the order made
     return resends, skipped
 
 
-def _not_redrivable(
-    letter: DeadLetter, topics: Collection[str], deadletter_topic: str
-) -> str | None:
+def not_redrivable(letter: DeadLetter, prefix: str) -> str | None:
+    """Why the dead letter's original is not re-driven; None if it may be."""
+    if letter.signature not in (None, AUTHENTIC):
+        return f"the dead letter itself is not authentic ({letter.signature})"
     if not letter.original:
         return "the original was withheld (intake keeps no inbound report in clear)"
-    if letter.original_event is None or letter.original_event.type not in CATALOG:
+    event = letter.original_event
+    if event is None or event.type not in CATALOG:
         return "the original is not an event of the catalog: it would be refused again"
+    topic = CATALOG[event.type].topic
+    if topic is Topic.DEADLETTER:
+        return "the original is itself a dead letter: it is not re-driven"
     if letter.source_topic is None:
         return "the dead letter does not say which topic the original came from"
-    if letter.source_topic == deadletter_topic or letter.source_topic not in topics:
-        return f"{letter.source_topic} is not a topic a re-drive may publish to"
+    if letter.source_topic != prefix + topic:
+        return (
+            f"the dead letter says the original was read on {letter.source_topic}, but a"
+            f" {event.type} belongs on {prefix + topic} only: not re-driven"
+        )
+    if topic is Topic.DIRECTORY:
+        return DIRECTORY_NOT_REDRIVEN
+    if event.type in ORDER_SENSITIVE:
+        return ORDER_SENSITIVE[event.type]
+    if event.type == StatusChanged.TYPE and event.data.get("status") != "closed":
+        return _STATUS_NOT_REDRIVEN
     return None

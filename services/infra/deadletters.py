@@ -2,8 +2,10 @@
 
 It connects as the services do (CommonSettings: bootstrap, TLS/SASL, topic prefix),
 reads incident.deadletter from the start without a consumer group (`read_from_start`),
-and publishes the originals a re-drive selected (`services.domain.deadletter`) with
-acks=all, one at a time, so what it prints as sent was acknowledged.
+checks each dead letter's own signature against the services' key set when it has one
+(`dead_letter_keys`), and publishes the originals a re-drive selected
+(`services.domain.deadletter`) with acks=all, one at a time, so what it prints as sent
+was acknowledged.
 """
 
 from __future__ import annotations
@@ -13,30 +15,49 @@ from dataclasses import dataclass
 
 from aiokafka.structs import RecordMetadata
 
-from services.domain.deadletter import DeadLetter, Resend, read_dead_letter
+from services.domain.deadletter import AUTHENTIC, DeadLetter, Resend, read_dead_letter
 from services.domain.events import Topic
 from services.infra.eventstore import record_headers
-from services.infra.kafka import (
-    TopicMissing,
-    all_topics,
-    list_topics,
-    make_producer,
-    read_from_start,
-)
+from services.infra.kafka import TopicMissing, list_topics, make_producer, read_from_start
 from services.infra.settings import CommonSettings
+from services.infra.signing import KeySet, SigningError, development_key_set, parse_key_set
 
 Progress = Callable[[int, int], None]
 """`progress(done, total)`."""
 
 
+def dead_letter_keys(settings: CommonSettings) -> KeySet | None:
+    """The key set the services check signatures against: INCIDENTS_EVENT_KEYS_FILE, else
+    (outside production) the development keys; None in production without the file.
+    SigningError if the file cannot be read."""
+    path = settings.event_keys_file
+    if path is None:
+        return None if settings.environment == "production" else development_key_set()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, ValueError) as exc:
+        raise SigningError(f"event key set {path}: {exc}") from exc
+    return parse_key_set(text)
+
+
 async def dead_letters(
-    settings: CommonSettings, *, within: float, progress: Progress | None = None
+    settings: CommonSettings,
+    *,
+    within: float,
+    keys: KeySet | None,
+    progress: Progress | None = None,
 ) -> list[DeadLetter]:
-    """Every dead letter on the deployment's incident.deadletter now, oldest first."""
+    """Every dead letter on the deployment's incident.deadletter now, oldest first, each
+    with its own signature checked against `keys` (not checked when None)."""
     records = await read_from_start(
         settings, settings.topic(Topic.DEADLETTER), within=within, progress=progress
     )
-    letters = [read_dead_letter(record.value) for record in records]
+    letters = []
+    for record in records:
+        signature = None
+        if keys is not None:
+            signature = keys.check_bytes(record.value)[0] or AUTHENTIC
+        letters.append(read_dead_letter(record.value, signature=signature))
     return sorted((x for x in letters if x is not None), key=lambda x: x.time)
 
 
@@ -76,12 +97,6 @@ async def redrive(
     finally:
         await producer.stop()
     return sent
-
-
-def redrive_topics(settings: CommonSettings) -> list[str]:
-    """The topics a re-drive may publish to: the deployment's own, bar incident.deadletter."""
-    dead = settings.topic(Topic.DEADLETTER)
-    return [t for t in all_topics(settings) if t != dead]
 
 
 class RedriveFailed(RuntimeError):

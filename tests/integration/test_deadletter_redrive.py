@@ -30,7 +30,15 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from services.domain.events import InputRejected, Topic, b64, make_event, parse_envelope
+from services.domain.events import (
+    InputRejected,
+    PersonUpserted,
+    Topic,
+    Viewed,
+    b64,
+    make_event,
+    parse_envelope,
+)
 from services.infra import signing
 from services.infra.settings import CommonSettings, IntakeSettings, TriageSettings
 from services.intake.app import create_app as create_intake
@@ -118,6 +126,7 @@ async def test_list_shows_who_refused_what_and_why_never_the_originals_data(
     for shown in (refused.id, older.id, original["id"], original["type"], "unknown key", "triage"):
         assert shown in out
     assert f"{settings.topic(Topic.REPORTS)}[1]@7" in out
+    assert "authentic" in out
     assert secret not in out + err
 
     code, out, err = await incidents(settings, "deadletter", "list", "--json", "--since", "1d")
@@ -136,6 +145,97 @@ async def test_list_shows_who_refused_what_and_why_never_the_originals_data(
         code, out, err = await incidents(settings, "deadletter", "list", "--json", *flags)
         assert code == 0, err
         assert [json.loads(line)["id"] for line in out.splitlines()] == [older.id]
+
+
+async def test_list_shows_a_dead_letters_text_as_text_and_whether_it_is_signed(
+    settings: CommonSettings, producer: AIOKafkaProducer
+) -> None:
+    """Review 2, D6: a reason quoting markup or terminal codes is printed as text, and a
+    dead letter nobody signed is shown as such (its text is believed of none)."""
+    topic = settings.topic(Topic.DEADLETTER)
+    hostile = "invalid report: unknown category '[/]' [red]x\x1b[2J"
+    for sign in (True, False):
+        letter = make_event(
+            InputRejected.TYPE,
+            subject="deadletter",
+            data=InputRejected(
+                reason=hostile, source_topic=settings.topic(Topic.INBOUND), original_b64=""
+            ),
+            source="/services/intake",
+            time=datetime.now(UTC),
+            actor="system:intake",
+        )
+        value = signing.sign_event(letter.to_dict()) if sign else letter.to_bytes()
+        await producer.send_and_wait(topic, value, key=b"deadletter")
+
+    code, out, err = await incidents(settings, "deadletter", "list")
+    assert code == 0, err
+    assert "\x1b" not in out + err
+    assert out.count("unknown category '[/]' [red]x\\x1b[2J") == 2
+    assert "authentic" in out and "unsigned" in out
+    code, out, err = await incidents(settings, "deadletter", "list", "--json")
+    assert sorted(json.loads(line)["signature"] for line in out.splitlines()) == [
+        "authentic",
+        "unsigned",
+    ]
+
+
+async def test_redrive_refuses_directory_changes_originals_named_on_another_topic_and_forgeries(
+    settings: CommonSettings, producer: AIOKafkaProducer
+) -> None:
+    """Review 2, D1, L4: nothing of these is sent, and each refusal says why."""
+    now = datetime.now(UTC)
+
+    def original(type_: str, data: dict[str, Any], subject: str) -> bytes:
+        event = make_event(type_, subject=subject, data=data, source="/services/intake", time=now)
+        return signing.sign_event(event.to_dict())
+
+    moved = original(PersonUpserted.TYPE, {"person_id": "p-wang", "manager_id": "p-li"}, "p-wang")
+    viewed = original(
+        Viewed.TYPE, {"principal": "p-chen", "report_digest": "sha256:" + "ab" * 32}, "inc-9"
+    )
+    letters = {  # what a dead letter says: (original, the topic it names, signed)
+        "directory": (moved, Topic.DIRECTORY, True),
+        "elsewhere": (viewed, Topic.REPORTS, True),
+        "forged": (viewed, Topic.ACTIVITY, False),
+    }
+    ids = {}
+    for name, (value, topic, sign) in letters.items():
+        letter = make_event(
+            InputRejected.TYPE,
+            subject="deadletter",
+            data=InputRejected(
+                reason="not authentic: unknown key",
+                source_topic=settings.topic(topic),
+                source_partition=0,
+                source_offset=1,
+                original_b64=b64(value),
+            ),
+            source="/services/triage",
+            time=now,
+            actor="system:triage",
+        )
+        ids[name] = letter.id
+        record = signing.sign_event(letter.to_dict()) if sign else letter.to_bytes()
+        await producer.send_and_wait(settings.topic(Topic.DEADLETTER), record, key=b"deadletter")
+
+    args = [a for name in ids.values() for a in ("--event-id", name)]
+    code, out, err = await incidents(settings, "deadletter", "redrive", *args)
+    assert code == 1, err
+    said = " ".join(err.split())
+    assert (
+        f"dead letter {ids['directory']}: a directory change is not re-driven: it could undo"
+        " a later one; re-sync the person from HR (SCIM) instead"
+    ) in said
+    assert (
+        f"dead letter {ids['elsewhere']}: the dead letter says the original was read on"
+        f" {settings.topic(Topic.REPORTS)}, but a incident.viewed.v1 belongs on"
+        f" {settings.topic(Topic.ACTIVITY)} only: not re-driven"
+    ) in said
+    assert (
+        f"dead letter {ids['forged']}: the dead letter itself is not authentic (unsigned)" in said
+    )
+    assert "sent: 0 original(s)" in out
 
 
 async def test_list_says_when_the_topic_does_not_exist(settings: CommonSettings) -> None:
