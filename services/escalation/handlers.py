@@ -22,7 +22,10 @@ Never silent (issue 18): every `incident.escalation.stalled.v1` the domain raise
 left to ask, the independent people included) is also counted
 (`incidents_escalation_stalled_total`) and logged at error level, and
 `incidents_escalation_stalled_incidents` counts the incidents stalled now; ignored
-acknowledgements are counted by reason and logged.
+acknowledgements are counted by reason and logged. A notice held past
+`notify_held_alarm_seconds` for a decision escalation never read (dead-lettered here:
+nobody told, no deadline) alarms its incident once (`alarm_held`: an error line,
+`incidents_escalation_held_alarms_total`, `incidents_escalation_held_incidents`).
 """
 
 from __future__ import annotations
@@ -91,6 +94,16 @@ ACK_IGNORED = Counter(
     "Acknowledgements ignored: the principal was excluded or not routed.",
     ["reason"],
 )
+HELD_ALARMS = Counter(
+    "incidents_escalation_held_alarms_total",
+    "Incidents alarmed once: a notice waited INCIDENTS_NOTIFY_HELD_ALARM_SECONDS for a"
+    " decision escalation never started from (dead-lettered here).",
+)
+HELD_NOW = Gauge(
+    "incidents_escalation_held_incidents",
+    "Incidents whose notices wait past INCIDENTS_NOTIFY_HELD_ALARM_SECONDS for a decision"
+    " escalation lacks, now.",
+)
 QUEUED = Gauge("incidents_notify_queue_pending", "Notices queued and not yet delivered or failed.")
 QUEUED_AGE = Gauge(
     "incidents_notify_queue_oldest_age_seconds",
@@ -127,6 +140,7 @@ class Escalation:
         self._wake = asyncio.Event()
         self._deliveries_due = asyncio.Event()
         self.delivery_lease = delivery_lease(runtime.settings)
+        self.held_alarm = float(getattr(runtime.settings, "notify_held_alarm_seconds", 300.0))
         self.env = usecases.Env(
             source=runtime.source,
             clock=lambda: self.now(),
@@ -308,7 +322,7 @@ class Escalation:
         when its lease runs out, with a longer lease each time.
         """
         inflight: set[asyncio.Task[None]] = set()
-        measured = 0.0
+        measured = looked = 0.0
         try:
             while not stop.is_set():
                 self._deliveries_due.clear()
@@ -328,6 +342,9 @@ class Escalation:
                         delay = _seconds_until(
                             next_due, DELIVERY_POLL_SECONDS, IDLE_FALLBACK_SECONDS
                         )
+                    if time.monotonic() - looked >= min(PENDING_EVERY, self.held_alarm):
+                        await self.alarm_held()
+                        looked = time.monotonic()
                 except TRANSIENT_ERRORS as exc:
                     log.warning("notice delivery: %r; retrying", exc)
                 # A finished delivery only matters when every slot is taken; otherwise
@@ -339,6 +356,32 @@ class Escalation:
             for task in inflight:  # their leases run out; a later worker delivers them
                 task.cancel()
             await asyncio.gather(*inflight, return_exceptions=True)
+
+    async def alarm_held(self) -> int:
+        """Alarm each incident whose notices have waited `notify_held_alarm_seconds` for a
+        decision escalation never started from, once (`usecases.alarm_held`: an error log
+        line naming the incident only, `incidents_escalation_held_alarms_total`), and set
+        `incidents_escalation_held_incidents`; returns how many were alarmed now.
+
+        Such a notice is held for good (`usecases.hold_notice`): the decision was
+        dead-lettered here, and intake's decision clock stopped at triage's decision, so
+        without this nobody would be told and nothing would escalate (review D7). The
+        delivery worker calls it every `PENDING_EVERY` seconds (sooner for a shorter
+        limit)."""
+        held = await usecases.alarm_held(
+            usecases.AlarmHeld(self.held_alarm), self.unit_of_work(), self.env
+        )
+        for incident, _ in held.raised:
+            HELD_ALARMS.inc()
+            log.error(
+                "incident %s: its notices have waited over %.0f s for a triage decision"
+                " escalation has not read (dead-lettered?): nobody has been asked and no"
+                " deadline runs; list dead letters (incidents deadletter list), fix, re-drive",
+                incident,
+                self.held_alarm,
+            )
+        HELD_NOW.set(held.incidents)
+        return len(held.raised)
 
     async def _claim(self, limit: int) -> list[asyncpg.Record]:
         async with self.runtime.db.acquire() as conn:
@@ -358,16 +401,15 @@ class Escalation:
     async def _deliver(self, row: asyncpg.Record) -> None:
         """Deliver one leased notice and record the outcome, at least once per event id.
 
-        Whether the incident excludes the recipient is asked before every attempt (SPEC
-        invariant 3): here before the first (`_exclusion`, one indexed read), and by the
-        adapter before each retry (`_StillAllowed`, the same read), so a removal folded
-        while a webhook or mail server is retried stops it. A notice not sent for that
-        is recorded failed (`gave_up`, `EXCLUDED_DETAIL`); so is one whose incident was
-        closed by the first attempt (`CLOSED_DETAIL`: a closed incident asks and tells
-        nobody; a retry already under way when it closes may still go). A notice taken
-        before the
-        incident's decision reached escalation is held, never sent on a guess
-        (`usecases.hold_notice`); the decision makes it due again.
+        Whether the incident excludes the recipient, or is closed, is asked before every
+        attempt (SPEC invariant 3): here before the first (`_standing`, one indexed
+        read), and by the adapter before each retry (`_StillAllowed`, the same read), so
+        a removal or a close folded while a webhook or mail server is retried stops it.
+        A notice not sent for that is recorded failed (`gave_up`, `EXCLUDED_DETAIL` or
+        `CLOSED_DETAIL`: a closed incident asks and tells nobody). A notice taken before
+        the incident's decision reached escalation is held, never sent on a guess
+        (`usecases.hold_notice`); the decision makes it due again, and one held past
+        `notify_held_alarm_seconds` is alarmed (`alarm_held`).
 
         A notice that failed for good (the adapter's own retries exhausted), or whose
         worker died `DELIVERY_MAX_ATTEMPTS` times, counts as failed: once every
@@ -382,7 +424,7 @@ class Escalation:
             bind_incident(envelope.subject),
         ):
             outcome: Outcome | None = None
-            recheck = _StillAllowed(self._exclusion, envelope.subject, notice.principal)
+            recheck = _StillAllowed(self._standing, envelope.subject, notice.principal)
             try:
                 standing = await self._standing(envelope.subject, notice.principal)
                 if standing is None:
@@ -430,17 +472,12 @@ class Escalation:
             except TRANSIENT_ERRORS as exc:  # the lease runs out and it is delivered again
                 log.warning("notice %s: outcome not recorded: %r", envelope.id, exc)
 
-    async def _exclusion(self, incident_id: str, principal: str) -> bool | None:
-        """Whether the incident's escalation excludes `principal` now (triage's decision,
-        a reassignment's removal, a recusal); None while escalation has no state for the
-        incident (its decision comes on another topic than the notice, with no order
-        between them), when nobody can tell. One read by primary key."""
-        standing = await self._standing(incident_id, principal)
-        return None if standing is None else standing[0]
-
     async def _standing(self, incident_id: str, principal: str) -> tuple[bool, bool] | None:
-        """Whether the incident excludes `principal` now (`_exclusion`), and whether it
-        is closed; None while escalation has no state for it. One read by primary key."""
+        """Whether the incident's escalation excludes `principal` now (triage's decision,
+        a reassignment's removal, a recusal), and whether it is closed; None while
+        escalation has no state for the incident (its decision comes on another topic
+        than the notice, with no order between them), when nobody can tell. One read by
+        primary key."""
         async with self.runtime.db.acquire() as conn:
             row = await conn.fetchrow(
                 "SELECT coalesce((state -> 'excluded') ? $2, false) AS excluded,"
@@ -476,34 +513,45 @@ class Escalation:
 class _StillAllowed:
     """The adapter's question before each retry of one notice: may it still be sent?
 
-    One read (`exclusion`: `Escalation._exclusion`). False when the incident excludes
-    the recipient now (`excluded`), and also when the read failed (`unsure`: the worker
-    then records nothing and the notice is taken again when its lease runs out), so a
-    retry is never sent unchecked."""
+    One read (`standing`: `Escalation._standing`). False when the incident excludes the
+    recipient now (`excluded`; `detail` `EXCLUDED_DETAIL`) or has been closed since the
+    first attempt (`closed`; `detail` `CLOSED_DETAIL`, which the adapter notes: a closed
+    incident tells nobody), and also when the read failed (`unsure`: the worker then
+    records nothing and the notice is taken again when its lease runs out), so a retry
+    is never sent unchecked."""
 
     def __init__(
         self,
-        exclusion: Callable[[str, str], Awaitable[bool | None]],
+        standing: Callable[[str, str], Awaitable[tuple[bool, bool] | None]],
         incident_id: str,
         principal: str,
     ) -> None:
-        self.exclusion = exclusion
+        self.standing = standing
         self.incident_id = incident_id
         self.principal = principal
         self.excluded = False
+        self.closed = False
         self.unsure = False
+        self.detail: str | None = None
 
     async def __call__(self) -> bool:
         try:
-            excluded = await self.exclusion(self.incident_id, self.principal)
+            standing = await self.standing(self.incident_id, self.principal)
         except TRANSIENT_ERRORS as exc:
             log.warning(
                 "incident %s: exclusion not looked up before a retry: %r", self.incident_id, exc
             )
             self.unsure = True
             return False
-        self.excluded = excluded is not False
-        return not self.excluded
+        # no state (never once the first attempt was made: states are not removed)
+        self.excluded = standing is None or standing[0]
+        self.closed = standing is not None and standing[1]
+        if self.excluded:
+            self.detail = EXCLUDED_DETAIL
+        elif self.closed:
+            self.detail = CLOSED_DETAIL
+            log.info("incident %s: closed; a notice's retry is not sent", self.incident_id)
+        return not (self.excluded or self.closed)
 
 
 def _log_excluded(envelope: Envelope, notice: Notified) -> None:

@@ -21,7 +21,14 @@ from typing import TypeVar
 
 from services.domain import escalation as esc
 from services.domain.envelope import Envelope
-from services.escalation.usecases import Deliveries, Due, EscalationStates, Started
+from services.escalation.usecases import (
+    Deliveries,
+    Due,
+    EscalationStates,
+    HeldPast,
+    Started,
+    first_alarms,
+)
 from services.infra.recorder_memory import InMemoryStore, InMemoryUnitOfWork
 
 R = TypeVar("R")
@@ -46,6 +53,13 @@ class Queued:
     state: str = "pending"
     held: bool = False
     """Held until its incident's escalation starts (`Deliveries.hold`); no leases here."""
+    alarmed: bool = False
+    """Alarmed as waiting too long for a decision (`Deliveries.alarm_held`)."""
+
+    @property
+    def queued_at(self) -> datetime:
+        """When it was queued: here, the notice's own time (no clock in this module)."""
+        return self.notice.time
 
 
 @dataclass
@@ -264,6 +278,28 @@ class MemoryDeliveries:
                 queued.held = False
                 released += 1
         return released
+
+    async def alarm_held(self, queued_before: datetime) -> HeldPast:
+        started = {*self.tables.states, *self.staged.states}
+        seen = {**self.tables.deliveries, **self.staged.deliveries}
+        waiting = {
+            notice_id: q
+            for notice_id, q in seen.items()
+            if q.state == "pending"
+            and q.queued_at <= queued_before
+            and q.notice.subject not in started
+        }
+        before = {q.notice.subject for q in seen.values() if q.alarmed}
+        marked = []
+        for notice_id, q in waiting.items():
+            if q.alarmed:
+                continue
+            own = self._queued(notice_id)
+            assert own is not None
+            own.alarmed = True
+            marked.append((q.notice.subject, q.queued_at, q.notice.subject in before))
+        incidents = len({q.notice.subject for q in waiting.values()})
+        return HeldPast(first_alarms(marked), incidents)
 
     def _done(self, notice_id: str, state: str) -> bool:
         queued = self._queued(notice_id)

@@ -9,9 +9,10 @@ recipient of a level has failed, the next level is asked at once.
 `still_allowed`, when given, is asked before every retry (each attempt after the first:
 the caller asked before the first, so a first attempt that succeeds costs nothing more).
 The service passes its check that the incident does not exclude the recipient now (SPEC
-invariant 3), so a reassignment, an amendment or a recusal that comes while a webhook or
-mail server is retried stops the retries: on False the adapter sends nothing more and
-notes `gave_up` with `EXCLUDED_DETAIL`.
+invariant 3) and is not closed, so a reassignment, an amendment, a recusal or the close
+that comes while a webhook or mail server is retried stops the retries: on False the
+adapter sends nothing more and notes `gave_up` with the check's `detail` attribute
+(`refusal`: `CLOSED_DETAIL` for a close), `EXCLUDED_DETAIL` when it has none.
 
 No adapter sends report content. A notice
 names the incident, the person, the level and the report's digest, and nothing more.
@@ -114,13 +115,22 @@ ATTEMPTS_RETRIED = Counter(
 
 Sleep = Callable[[float], Awaitable[None]]
 StillAllowed = Callable[[], Awaitable[bool]]
-"""Asked before each retry: may the notice still be sent (False: stop, not sent)."""
+"""Asked before each retry: may the notice still be sent (False: stop, not sent). Why it
+refused is read from its `detail` attribute, if it has one (`refusal`)."""
 EXCLUDED_DETAIL: Final = "not sent: recipient excluded"
 """The `detail` of a notice not sent because its recipient was excluded since it was
 queued (before the first attempt, by the delivery worker; before a retry, by the adapter)."""
 CLOSED_DETAIL: Final = "not sent: incident closed"
 """The `detail` of a notice not sent because its incident was closed since it was queued
-(before the first attempt, by the delivery worker): a closed incident tells nobody."""
+(before the first attempt, by the delivery worker; before a retry, by the adapter): a
+closed incident tells nobody."""
+
+
+def refusal(still_allowed: StillAllowed) -> str:
+    """Why `still_allowed` answered False: its `detail` attribute when it is a string
+    (the service's check names a close so), else `EXCLUDED_DETAIL`."""
+    detail = getattr(still_allowed, "detail", None)
+    return detail if isinstance(detail, str) and detail else EXCLUDED_DETAIL
 
 
 @dataclass(frozen=True)
@@ -419,9 +429,10 @@ class _Retrying:
         still_allowed: StillAllowed | None,
     ) -> bool:
         """Log the failed attempt, wait `delay` seconds, then ask `still_allowed` whether
-        the next attempt may go: False (noted `gave_up`, `EXCLUDED_DETAIL`) ends the
-        delivery unsent. Asked after the wait, just before the attempt, so an exclusion
-        that came during the backoff counts."""
+        the next attempt may go: False (noted `gave_up` with its `refusal`:
+        `EXCLUDED_DETAIL` or `CLOSED_DETAIL`) ends the delivery unsent. Asked after the
+        wait, just before the attempt, so an exclusion or a close that came during the
+        backoff counts."""
         self._log(
             logging.INFO,
             incident_id,
@@ -437,8 +448,9 @@ class _Retrying:
         await self.retry.sleep(delay)
         if still_allowed is None or await still_allowed():
             return True
-        self._log(logging.WARNING, incident_id, notice, " not retried: %s", EXCLUDED_DETAIL)
-        note(self.adapter, attempt + 1, "gave_up", EXCLUDED_DETAIL)
+        detail = refusal(still_allowed)
+        self._log(logging.WARNING, incident_id, notice, " not retried: %s", detail)
+        note(self.adapter, attempt + 1, "gave_up", detail)
         return False
 
     def _gave_up(self, incident_id: str, notice: Notified, where: str, outcome: str) -> bool:

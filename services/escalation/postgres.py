@@ -22,7 +22,7 @@ import asyncpg
 from services.domain import escalation as esc
 from services.domain.envelope import Envelope
 from services.domain.events import parse_envelope
-from services.escalation.usecases import Due, Started
+from services.escalation.usecases import Due, HeldPast, Started, first_alarms
 from services.infra.recorder import OnConnection, PostgresUnitOfWork
 
 DELIVERY_CONSUMER = "escalation-delivery"
@@ -205,6 +205,31 @@ class PostgresDeliveries:
             list(incidents),
         )
         return int(done.rsplit(" ", 1)[-1])
+
+    async def alarm_held(self, queued_before: datetime) -> HeldPast:
+        # Waiting for a decision: pending, and no state for the incident (held or not
+        # leased yet). The RETURNING subquery reads the statement's snapshot, so it
+        # sees the rows alarmed by earlier statements only; a row another worker marks
+        # meanwhile is re-checked under its lock and skipped (`alarmed_at IS NULL`).
+        rows = await self.conn.fetch(
+            "UPDATE deliveries d SET alarmed_at = clock_timestamp()"
+            " WHERE d.state = 'pending' AND d.alarmed_at IS NULL AND d.created_at <= $1"
+            " AND NOT EXISTS (SELECT 1 FROM escalation_state s"
+            " WHERE s.incident_id = d.incident_id)"
+            " RETURNING d.incident_id, d.created_at, EXISTS (SELECT 1 FROM deliveries o"
+            " WHERE o.incident_id = d.incident_id AND o.alarmed_at IS NOT NULL) AS before",
+            queued_before,
+        )
+        incidents: int = await self.conn.fetchval(
+            "SELECT count(DISTINCT d.incident_id) FROM deliveries d"
+            " WHERE d.state = 'pending' AND d.created_at <= $1"
+            " AND NOT EXISTS (SELECT 1 FROM escalation_state s"
+            " WHERE s.incident_id = d.incident_id)",
+            queued_before,
+        )
+        return HeldPast(
+            first_alarms((r["incident_id"], r["created_at"], r["before"]) for r in rows), incidents
+        )
 
 
 class PostgresEscalationUnitOfWork(PostgresUnitOfWork):

@@ -28,6 +28,9 @@ the scheduler loop, the delivery worker).
 - `hold_notice` (a notice leased before its incident's decision reached escalation):
   held, not sent, until `start` makes it due again (SPEC invariant 3: until then
   nobody can tell whether its recipient is excluded).
+- `alarm_held` (the delivery worker, now and then): the incidents whose notices have
+  waited past a limit for a decision escalation never started from (dead-lettered
+  here), each alarmed once, and how many there are now (review D7).
 
 Every input is tracked by its event id (`Recorder.track_each`), so one seen again is
 skipped.
@@ -36,10 +39,10 @@ skipped.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from services.domain import escalation as esc
@@ -160,6 +163,12 @@ class Deliveries(Protocol):
     async def release(self, incidents: Sequence[str]) -> int:
         """Make the held notices of `incidents` due now; how many there were."""
 
+    async def alarm_held(self, queued_before: datetime) -> HeldPast:
+        """Pending notices queued before `queued_before` whose incident has no state:
+        mark them alarmed, and return the incidents none of whose notices was alarmed
+        before (each with its oldest such notice's queue time), and how many incidents
+        have such notices now. Several workers at once alarm each notice once."""
+
 
 class EscalationUnitOfWork(UnitOfWork, Protocol):
     """The recorder with escalation's repositories, in one transaction."""
@@ -252,6 +261,23 @@ class HoldNotice:
     notice: Envelope
     recheck_after: float
     """Seconds until it is looked at again if nothing wakes it earlier."""
+
+
+@dataclass(frozen=True)
+class AlarmHeld:
+    """Alarm the incidents whose notices have waited `limit` seconds for a decision."""
+
+    limit: float
+
+
+@dataclass(frozen=True)
+class HeldPast:
+    """Incidents whose notices wait past the limit for a decision escalation lacks."""
+
+    raised: Sequence[tuple[str, datetime]]
+    """Alarmed now for the first time: incident id, when its oldest such notice was queued."""
+    incidents: int
+    """How many incidents have such notices now (alarmed now or before)."""
 
 
 @dataclass(frozen=True)
@@ -350,13 +376,29 @@ async def hold_notice(command: HoldNotice, uow: EscalationUnitOfWork, env: Env) 
     releases the notice (`_start_all`): it is never left held after the state exists.
     If the decision never reaches escalation (dead-lettered as forged or unreadable),
     the notice stays held, looked at again every `recheck_after` seconds and counted in
-    the queue's gauges, and is never sent."""
+    the queue's gauges, and is never sent; `alarm_held` raises it past a limit."""
     async with uow:
         incident = command.notice.subject
         if incident in await uow.states.lock([incident]):
             return False
         await uow.deliveries.hold(command.notice.id, command.recheck_after)
         return True
+
+
+async def alarm_held(command: AlarmHeld, uow: EscalationUnitOfWork, env: Env) -> HeldPast:
+    """The incidents whose notices have waited `limit` seconds (by `env.clock`) for a
+    decision escalation never started from, each alarmed once (review D7).
+
+    `hold_notice` keeps a notice until its incident's escalation starts; when the
+    decision never reaches escalation (dead-lettered: unreadable, a policy version or
+    shape it cannot read, not authentic), nobody is told and no acknowledgement deadline
+    runs, while intake's decision clock has stopped at triage's decision. A notice still
+    waiting past the limit is that case (or escalation far behind on incident.triage):
+    the caller alarms operations. The rows are marked in the unit, so a restart or
+    another worker never raises an incident twice; a new notice of an incident already
+    alarmed raises nothing more."""
+    async with uow:
+        return await uow.deliveries.alarm_held(env.clock() - timedelta(seconds=command.limit))
 
 
 async def record_delivery(command: RecordDelivery, uow: EscalationUnitOfWork, env: Env) -> None:
@@ -379,6 +421,19 @@ async def record_delivery(command: RecordDelivery, uow: EscalationUnitOfWork, en
             await uow.states.get(incident)
             await _append_outcomes(uow, env, [outcome_event(env, failed)])
             await _step_or_hold(uow, env, failed.notice)
+
+
+def first_alarms(marked: Iterable[tuple[str, datetime, bool]]) -> list[tuple[str, datetime]]:
+    """`HeldPast.raised` from the notices `alarm_held` just marked (incident, queued at,
+    whether the incident had an alarmed notice before): the incidents alarmed for the
+    first time, each with its oldest notice's queue time, by incident id."""
+    oldest: dict[str, datetime] = {}
+    before: set[str] = set()
+    for incident, queued_at, alarmed in marked:
+        if alarmed:
+            before.add(incident)
+        oldest[incident] = min(queued_at, oldest.get(incident, queued_at))
+    return sorted((i, t) for i, t in oldest.items() if i not in before)
 
 
 # -- internals ----------------------------------------------------------------------------

@@ -522,6 +522,15 @@ class EscalationSettings(CommonSettings):
         le=60,
         description="First retry delay (seconds); doubles per retry, with jitter.",
     )
+    notify_held_alarm_seconds: float = Field(
+        300.0,
+        gt=0,
+        description="Seconds a notice may wait for an incident's decision that escalation"
+        " has not read (its escalation never started: the decision dead-lettered here) before"
+        " the incident is alarmed, once (an error log line,"
+        " incidents_escalation_held_alarms_total, incidents_escalation_held_incidents;"
+        " docs/operations.md).",
+    )
     console_url: str = Field(
         "http://127.0.0.1:8001/ui",
         description="Base URL of the handlers' console: notice mails link to"

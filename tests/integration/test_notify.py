@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import ipaddress
 import json
+import logging
 import socket
 import ssl
 import threading
@@ -36,6 +37,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from fastapi import FastAPI
+from prometheus_client import REGISTRY
 
 from services.domain.events import ChainLevel, Notified, Triaged, make_event, parse_event
 from services.domain.knowledge import LedgerEvent, knowledge_as_of
@@ -805,6 +807,67 @@ async def test_a_notice_held_for_its_decision_that_then_fails_asks_the_next_leve
     assert {"level": 2, "recipients": ["p-zhou"], "reason": "delivery_failed"}.items() <= moves[
         0
     ].items()
+
+
+async def held_alarms() -> float:
+    return REGISTRY.get_sample_value("incidents_escalation_held_alarms_total") or 0.0
+
+
+async def held_incidents() -> float | None:
+    return REGISTRY.get_sample_value("incidents_escalation_held_incidents")
+
+
+async def test_a_notice_held_past_the_limit_for_a_decision_never_read_is_alarmed_once(
+    settings: CommonSettings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Review D7: the decision never reaches escalation (dead-lettered here), so triage's
+    level-1 notice is held for good, nobody is told and no deadline runs. Within the
+    limit nothing is raised; past it (escalation's clock moved on, not the wall clock)
+    the delivery worker's own round alarms the incident once: an error line naming the
+    incident and nobody else, the counter, the gauge. A second notice of the incident
+    raises nothing more; the decision, when it comes at last, drops the gauge and the
+    notice is delivered."""
+    caplog.set_level(logging.ERROR, logger="services.escalation.handlers")
+    recording = Recording()
+    one = OneIncident(settings, recording)
+    esc, event, incident = one.esc, one.event, one.incident
+    before = await held_alarms()
+
+    async with serving(one.app, "http://escalation"):
+        notice = event("incident.notified.v1", NOTICE)
+        await held_before_its_decision(esc, notice)
+        assert await esc.alarm_held() == 0  # held, but within the limit
+        assert await held_incidents() == 0
+        later = datetime.now(UTC) + timedelta(seconds=esc.held_alarm + 60)
+        esc.now = lambda: later
+
+        async def raised() -> bool:
+            return await held_alarms() > before
+
+        await eventually(raised, timeout=20)  # the worker's round, not the test, raised it
+        assert await held_incidents() == 1
+        again = event("incident.notified.v1", NOTICE.model_copy(update={"level": 2}))
+        await held_before_its_decision(esc, again)
+        assert await esc.alarm_held() == 0  # once per incident, whatever comes after
+        assert await held_incidents() == 1
+        async with esc.runtime.db.acquire() as conn:
+            alarmed = await conn.fetchval(
+                "SELECT count(*) FROM deliveries WHERE alarmed_at IS NOT NULL"
+            )
+
+        await esc.on_triage(
+            [event_record("incident.triage", event("incident.triaged.v1", two_levels()), 0)]
+        )
+        assert await eventually(lambda: outcome_of(esc, notice.id), timeout=30) == "delivered"
+        assert await esc.alarm_held() == 0
+        assert await held_incidents() == 0
+    assert await held_alarms() == before + 1
+    assert alarmed == 2
+    lines = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    mine = [line for line in lines if incident in line]
+    assert len(mine) == 1, lines
+    assert "p-chen" not in mine[0] and "deadletter" in mine[0]
+    assert ("p-chen" in [who for i, who in recording.delivered if i == incident]) is True
 
 
 async def test_a_notice_queued_for_someone_excluded_since_is_never_sent(

@@ -252,6 +252,32 @@ async def test_a_notice_before_its_decision_is_held_until_the_decision_releases_
     assert again == 0  # a revision releases nothing: its incident had a state already
 
 
+async def test_notices_waiting_past_the_limit_for_a_decision_alarm_their_incident_once(
+    world: World,
+) -> None:
+    """Review D7 on the in-memory unit: within the limit nothing; past it the incident
+    once, with its oldest notice's time, however many notices it has or rounds run; a
+    started incident's notices never count (the gauge drops at the decision)."""
+    notices = [
+        world.event(Notified(principal=p, channel="triage", level=1, report_digest=DIGEST))
+        for p in ("p-chen", "p-zhou")
+    ]
+    queue = usecases.QueueNotices([(world.input(n), None) for n in notices])
+    await usecases.queue_notices(queue, world.uow(), world.env)
+    alarm = usecases.AlarmHeld(300.0)
+    world.now = T0 + timedelta(seconds=299)
+    within = await usecases.alarm_held(alarm, world.uow(), world.env)
+    assert (list(within.raised), within.incidents) == ([], 0)
+    world.now = T0 + timedelta(seconds=301)
+    past = await usecases.alarm_held(alarm, world.uow(), world.env)
+    assert (list(past.raised), past.incidents) == ([(world.incident, T0)], 1)
+    again = await usecases.alarm_held(alarm, world.uow(), world.env)
+    assert (list(again.raised), again.incidents) == ([], 1)
+    await world.start(world.decision())
+    decided = await usecases.alarm_held(alarm, world.uow(), world.env)
+    assert (list(decided.raised), decided.incidents) == ([], 0)
+
+
 async def test_a_delivered_notice_is_recorded_once(world: World) -> None:
     notice = world.event(
         Notified(principal="p-chen", channel="escalation", level=1, report_digest=DIGEST)

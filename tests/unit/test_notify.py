@@ -25,7 +25,9 @@ from pydantic import ValidationError
 
 from services.domain.events import Notified
 from services.escalation.app import select_notifier
+from services.escalation.handlers import _StillAllowed
 from services.escalation.notify import (
+    CLOSED_DETAIL,
     DELIVERY_HEADER,
     EXCLUDED_DETAIL,
     SIGNATURE_HEADER,
@@ -375,9 +377,12 @@ async def test_a_webhook_still_allowed_is_retried_and_a_first_success_asks_nothi
     assert steps == []
 
 
-async def test_a_mail_retry_is_not_sent_to_a_recipient_excluded_meanwhile(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize("closed", [False, True], ids=["excluded", "closed"])
+async def test_a_mail_retry_is_not_sent_to_a_recipient_excluded_or_once_closed_meanwhile(
+    monkeypatch: pytest.MonkeyPatch, closed: bool
 ) -> None:
+    """A 451, then the recipient excluded (a plain check answering False), or the
+    incident closed (the service's check, review L2), during the backoff."""
     steps: list[str] = []
 
     def busy(mail: Any, address: str, session: Any) -> None:
@@ -386,11 +391,58 @@ async def test_a_mail_retry_is_not_sent_to_a_recipient_excluded_meanwhile(
 
     notifier = smtp(lambda p: "chen@example.com")
     monkeypatch.setattr(notifier, "_send", busy)
+    check = standing_check(steps, (False, True)) if closed else Check(steps, False)
     with recording() as record:
-        delivered = await notifier.deliver(INCIDENT, NOTICE, still_allowed=Check(steps, False))
+        delivered = await notifier.deliver(INCIDENT, NOTICE, still_allowed=check)
     assert delivered is False
     assert steps == ["SMTP", "check"]
-    assert record.outcomes == [Outcome("smtp", False, 1, "gave_up", EXCLUDED_DETAIL)]
+    detail = CLOSED_DETAIL if closed else EXCLUDED_DETAIL
+    assert record.outcomes == [Outcome("smtp", False, 1, "gave_up", detail)]
+
+
+def standing_check(steps: list[str], *answers: tuple[bool, bool] | None) -> _StillAllowed:
+    """The service's check before a retry (`_StillAllowed`) over scripted reads of the
+    incident's standing: (excluded, closed), or None (no state)."""
+    scripted = list(answers)
+
+    async def standing(incident_id: str, principal: str) -> tuple[bool, bool] | None:
+        steps.append("check")
+        return scripted.pop(0)
+
+    return _StillAllowed(standing, INCIDENT, NOTICE.principal)
+
+
+async def test_a_webhook_retry_is_not_sent_once_the_incident_is_closed() -> None:
+    """Review L2: 503, then the incident closes during the backoff. The service's check
+    refuses the retry (a closed incident tells nobody), and the outcome says why: the
+    existing `gave_up`, not sent: incident closed (not `recipient excluded`)."""
+    steps: list[str] = []
+    check = standing_check(steps, (False, True))
+    with recording() as record:
+        delivered = await logged_webhook(steps, ok_at=2).deliver(
+            INCIDENT, NOTICE, still_allowed=check
+        )
+    assert delivered is False
+    assert steps == ["POST", "wait", "check"]
+    assert record.outcomes == [Outcome("webhook", False, 1, "gave_up", CLOSED_DETAIL)]
+    assert (check.closed, check.excluded, check.unsure) == (True, False, False)
+
+
+async def test_the_service_check_retries_an_open_incident_and_refuses_an_exclusion_first() -> None:
+    """Open and allowed: the retry goes. Excluded and closed at once: named excluded, as
+    the first attempt's check names it. No state: never sent on a guess."""
+    steps: list[str] = []
+    assert await logged_webhook(steps, ok_at=2).deliver(
+        INCIDENT, NOTICE, still_allowed=standing_check(steps, (False, False))
+    )
+    assert steps == ["POST", "wait", "check", "POST"]
+    for standing in [(True, True), None]:
+        with recording() as record:
+            delivered = await logged_webhook([], ok_at=2).deliver(
+                INCIDENT, NOTICE, still_allowed=standing_check([], standing)
+            )
+        assert delivered is False
+        assert record.outcomes == [Outcome("webhook", False, 1, "gave_up", EXCLUDED_DETAIL)]
 
 
 async def test_logs_hold_no_secret_no_url_path_and_no_body(
