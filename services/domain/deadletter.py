@@ -167,9 +167,12 @@ class Skipped:
 
 
 DIRECTORY_NOT_REDRIVEN = (
-    "a directory change is not re-driven: it could undo a later one;"
-    " re-sync the person from HR (SCIM) instead"
+    "a directory change is not re-driven: it could undo a later one; publish the"
+    " current records instead: incidents directory republish --person ID (or --all)"
 )
+"""A re-sync from HR sends nothing for a person whose record did not change (intake
+records no event then); `incidents directory republish` sends the current record
+whether it changed or not, and every consumer folds it after the stale one."""
 ORDER_SENSITIVE: dict[str, str] = {
     PeopleConfirmed.TYPE: "a confirmation of the people is not re-driven: it replaces the"
     " lists of any before it, so it could undo a later one; have the holder confirm them again",

@@ -21,6 +21,12 @@ An import is one trace, not sampled: its events carry a `traceparent` whose flag
 span (a span per person per service, encoded and written, was a large part of a bulk
 import's CPU; one trace per person of an import is of no use to anyone reading traces).
 A change through SCIM or the admin API is still traced as its request.
+
+`republish_people` (`incidents directory republish`) sends the current records of
+people again the same way, changed or not: the remedy for a consumer that dead-lettered
+a directory change (a re-drive of the old record could undo a later change). It writes
+no `people` row, so a person's version (the SCIM ETag, `imports`) and `lastModified`
+stay as they were: nothing about the person changed.
 """
 
 from __future__ import annotations
@@ -105,6 +111,101 @@ async def import_people(
     return result
 
 
+@dataclass
+class RepublishResult:
+    """What a republish sent: people, and the `directory.people.imported.v1` carrying them."""
+
+    people: int = 0
+    events: int = 0
+
+
+class NotInDirectory(ValueError):
+    """Person ids asked for that the directory does not hold (nothing was republished)."""
+
+    def __init__(self, ids: Sequence[str]) -> None:
+        self.ids = list(ids)
+        shown = ", ".join(repr(i) for i in self.ids[:20])
+        more = f" and {len(self.ids) - 20} more" if len(self.ids) > 20 else ""
+        super().__init__(f"not in the directory: {shown}{more}")
+
+
+async def people_count(pool: asyncpg.Pool) -> int:
+    """How many people the directory holds (what `republish_people(None)` sends)."""
+    async with pool.acquire() as conn:
+        return int(await conn.fetchval("SELECT count(*) FROM people"))
+
+
+async def republish_people(
+    pool: asyncpg.Pool,
+    ids: Sequence[str] | None,
+    *,
+    source: str,
+    actor: str,
+    topic_prefix: str = "",
+    progress: Callable[[int], None] | None = None,
+) -> RepublishResult:
+    """Publish again the current records of the people `ids` (None: everyone, by id), in
+    `directory.people.imported.v1` events of up to `EVENT_PEOPLE` people, fresh event ids,
+    on the stream `directory-republish:<new id>`, queued on the outbox and signed there
+    as an import's are. Every consumer folds them as an import's, after whatever it
+    folded before: a record it missed or dead-lettered is replaced by the current one; a
+    record it has is folded again and nothing changes.
+
+    Any unknown id refuses the whole run first (NotInDirectory), nothing sent. Each
+    chunk of `CHUNK` people is read and queued in one transaction under the directory's
+    write lock, the lock of every directory write (API, SCIM, import): a change made
+    meanwhile is either read here or queued after this chunk, so a republished record is
+    never published after a newer one. No `people` row is written: the person's SCIM
+    version and `lastModified` stay (they count changes, and this is none).
+    `progress(n)` is called after each committed chunk with its number of people."""
+    result = RepublishResult()
+    trace = untraced()
+    stream = f"directory-republish:{uuid.uuid4()}"
+    wanted = list(dict.fromkeys(ids)) if ids is not None else None
+    if wanted is not None:
+        async with pool.acquire() as conn:
+            known = {
+                r["person_id"]
+                for r in await conn.fetch(
+                    "SELECT person_id FROM people WHERE person_id = ANY($1::text[])", wanted
+                )
+            }
+        unknown = [i for i in wanted if i not in known]
+        if unknown:
+            raise NotInDirectory(unknown)
+    after = ""  # by the primary key's order: a range scan of its index per chunk
+    start = 0
+    while True:
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", WRITE_LOCK)
+            if wanted is None:
+                rows = await conn.fetch(
+                    "SELECT * FROM people WHERE person_id > $1 ORDER BY person_id LIMIT $2",
+                    after,
+                    CHUNK,
+                )
+            else:
+                batch = wanted[start : start + CHUNK]
+                rows = await conn.fetch(
+                    "SELECT * FROM people WHERE person_id = ANY($1::text[])", batch
+                )
+                order = {person_id: n for n, person_id in enumerate(batch)}
+                rows = sorted(rows, key=lambda r: order[r["person_id"]])
+            if not rows:
+                return result
+            people = [_roles_sorted(_person(r)) for r in rows]
+            result.events += await _queue(
+                conn, people, (stream, source, actor, trace), result.events, topic_prefix
+            )
+        result.people += len(people)
+        after = rows[-1]["person_id"]
+        start += CHUNK
+        if progress is not None:
+            progress(len(people))
+        if wanted is not None and start >= len(wanted):
+            return result
+
+
 def untraced() -> str:
     """A W3C traceparent of a new trace that is not sampled (flags 00): whoever continues
     it (the relay, the consumers: `ParentBased` samplers) records nothing."""
@@ -143,17 +244,29 @@ async def _store_chunk(
             result.changed += 1
     if not todo:
         return
+    result.events += await _queue(conn, todo, origin, result.events, topic_prefix)
+    await _upsert_rows(conn, todo)
+
+
+async def _queue(
+    conn: asyncpg.Connection,
+    people: Sequence[Person],
+    origin: tuple[str, str, str, str],
+    version: int,
+    topic_prefix: str,
+) -> int:
+    """Store and queue `people`, in order, as `directory.people.imported.v1` events of up
+    to `EVENT_PEOPLE` each on the stream `origin[0]` at `version`: how many events."""
     stream, source, actor, trace = origin
     now = datetime.now(UTC)
     events = [
         people_event(run, stream, source, actor, now, trace)
-        for run in event_chunks(todo, max_people=EVENT_PEOPLE)
+        for run in event_chunks(people, max_people=EVENT_PEOPLE)
     ]
     await eventstore.append_streams(
-        conn, [(stream, result.events, events)], topic_prefix=topic_prefix, savepoint=False
+        conn, [(stream, version, events)], topic_prefix=topic_prefix, savepoint=False
     )
-    result.events += len(events)
-    await _upsert_rows(conn, todo)
+    return len(events)
 
 
 async def _upsert_rows(conn: asyncpg.Connection, people: Sequence[Person]) -> None:

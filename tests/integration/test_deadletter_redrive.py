@@ -225,7 +225,8 @@ async def test_redrive_refuses_directory_changes_originals_named_on_another_topi
     said = " ".join(err.split())
     assert (
         f"dead letter {ids['directory']}: a directory change is not re-driven: it could undo"
-        " a later one; re-sync the person from HR (SCIM) instead"
+        " a later one; publish the current records instead: incidents directory republish"
+        " --person ID (or --all)"
     ) in said
     assert (
         f"dead letter {ids['elsewhere']}: the dead letter says the original was read on"

@@ -173,15 +173,15 @@ DIRECTORY_EVENTS = {
 
 
 @pytest.mark.parametrize("type_", DIRECTORY_EVENTS)
-def test_a_directory_change_is_never_redriven_the_person_is_synced_again(type_: str) -> None:
+def test_a_directory_change_is_never_redriven_the_current_record_is_republished(type_: str) -> None:
     original = event(type_, DIRECTORY_EVENTS[type_], subject="p-wang")
     dead = letter(original, topic="p.directory.changes")
     resends, skipped = plan_redrive([dead], prefix=PREFIX)
     assert resends == []
     assert [item.why for item in skipped] == [DIRECTORY_NOT_REDRIVEN]
     assert DIRECTORY_NOT_REDRIVEN == (
-        "a directory change is not re-driven: it could undo a later one;"
-        " re-sync the person from HR (SCIM) instead"
+        "a directory change is not re-driven: it could undo a later one; publish the"
+        " current records instead: incidents directory republish --person ID (or --all)"
     )
 
 
