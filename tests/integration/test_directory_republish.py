@@ -11,16 +11,21 @@ version and lastModified do not move.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from services.domain.directory import Person
 from services.domain.events import PeopleImported, Topic, parse_envelope
 from services.domain.org import OrgSnapshot, fold_directory
+from services.infra.db import create_pool, migrate_service
 from services.infra.settings import CommonSettings, IntakeSettings, TriageSettings
+from services.intake.app import MIGRATIONS
 from services.intake.app import create_app as create_intake
+from services.intake.directory_import import WRITE_LOCK, import_people, republish_people
 from services.triage.app import create_app as create_triage
 from tests.helpers import critical_policy, eventually, fetch_rows, read_all, serving
 from tests.integration.test_deadletter_redrive import incidents
@@ -164,3 +169,42 @@ async def test_an_unknown_person_refuses_the_whole_republish(stale: CommonSettin
 
     code, _, err = await incidents(settings, "directory", "republish")
     assert code == 2 and "--person ID" in err
+
+
+async def test_a_change_made_while_a_republish_waits_is_what_it_publishes(
+    make_database: Callable[[str], str],
+) -> None:
+    """A directory write holds the write lock (SCIM, admin API, import) from reading to
+    queuing; a republish waits for it and then reads the changed record, so what it
+    queues after that write is never the record the write replaced."""
+    url = make_database("republish_lock")
+    await migrate_service(url, "intake", MIGRATIONS)
+    pool = await create_pool(url, schema="intake")
+    try:
+        people = [Person(id="p-boss"), Person(id=PERSON, manager="p-boss"), Person(id="p-new")]
+        await import_people(pool, people, source="/services/intake", actor="system:test")
+        async with pool.acquire() as writer, writer.transaction():
+            await writer.execute("SELECT pg_advisory_xact_lock(hashtext($1))", WRITE_LOCK)
+            await writer.execute(
+                "UPDATE people SET manager_id = 'p-new' WHERE person_id = $1", PERSON
+            )
+            republish = asyncio.create_task(
+                republish_people(pool, [PERSON], source="/services/intake", actor="system:t")
+            )
+
+            async def waiting() -> bool:
+                rows = await writer.fetch(
+                    "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                )
+                return bool(rows)
+
+            await eventually(waiting)
+        assert (await republish).people == 1
+        async with pool.acquire() as conn:
+            [body] = await conn.fetch(
+                "SELECT body FROM events WHERE stream_id LIKE 'directory-republish:%'"
+            )
+        [record] = parse_envelope(bytes(body["body"])).data["people"]
+        assert record["manager_id"] == "p-new"
+    finally:
+        await pool.close()
