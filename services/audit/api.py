@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 
 from services.audit import usecases
 from services.audit.checkpoint import NoteSigner
+from services.audit.indexed import index_problems
 from services.audit.ledger import (
     DEAD_LETTER,
     UNTOLD,
@@ -21,6 +22,7 @@ from services.audit.ledger import (
     carried_incident,
     decode_leaf,
 )
+from services.audit.merkle import leaf_hash
 from services.audit.usecases import (
     AUDIT_ROLES,
     MAX_ENTRIES,
@@ -277,8 +279,11 @@ async def entries(
     """At most 1,000 entries, each with its stored leaf bytes, to recompute the tree.
 
     Guarded as the timeline is (`services.audit.usecases`): an incident that excludes
-    the caller has its entries withheld (`withheld: true`, only index, leaf hash and
-    recording time), and the read is recorded as `audit.read.recorded.v1`.
+    the caller, as the entries' leaves say (never their index columns), has its entries
+    withheld (`withheld: true`, only index, leaf hash and recording time, and the
+    service's verdicts `leaf_ok` and `indexed_ok` on what the caller cannot check), and
+    the read is recorded as `audit.read.recorded.v1` (with how many entries were
+    withheld, never which incidents).
 
     Every stored leaf is served, as base64 of its bytes, whether or not it still parses:
     one that does not has `event: null` and an `error`, so a verifier can name it.
@@ -336,7 +341,29 @@ def withheld_entry(row: StoredRow, served: dict[str, Any]) -> dict[str, Any]:
     kept = {k: served[k] for k in WITHHELD_KEPT if k in served}
     if carried_incident(row.leaf) == UNTOLD:
         kept |= untold_entry(row, served)
-    return {**kept, "withheld": True}
+    return {**kept, **withheld_checks(row, served), "withheld": True}
+
+
+def withheld_checks(row: StoredRow, served: dict[str, Any]) -> dict[str, bool]:
+    """The verdicts a reader gets for an entry he may not read, in place of the checks
+    his verifier runs on every other entry (review D3): `leaf_ok`, the stored leaf hashes
+    to the stored leaf hash and says it is this entry; `indexed_ok`, the stored index
+    columns and `ledger_people` rows say what the leaf says, by the rule verify uses
+    (`index_problems`). Two booleans, false only when the database was changed behind
+    the ledger: nothing of the content. They are the service's word, as every stored
+    column it serves is (docs/security.md, "Withheld entries")."""
+    try:
+        body: Any = decode_leaf(row.leaf)
+    except (ValueError, TypeError, RecursionError):
+        body = None
+    leaf_ok = (
+        isinstance(body, dict)
+        and leaf_hash(row.leaf) == row.leaf_hash
+        and body.get("index") == row.idx
+        and isinstance(body.get("recorded_at"), str)
+    )
+    indexed_ok = leaf_ok and not index_problems(served["indexed"], body, row.idx)
+    return {"leaf_ok": leaf_ok, "indexed_ok": indexed_ok}
 
 
 def untold_entry(row: StoredRow, served: dict[str, Any]) -> dict[str, Any]:

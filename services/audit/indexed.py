@@ -67,3 +67,64 @@ def people_of_leaf(body: dict[str, Any]) -> dict[str, Any]:
     data = event.get("data")
     people = data.get("people") if isinstance(data, dict) else None
     return chunk_records(people) if isinstance(people, list) else {}
+
+
+def index_problems(served: dict[str, Any], body: dict[str, Any], position: int) -> list[str]:
+    """How the index columns of entry `position` as stored (`served`: the ``indexed`` of
+    the entries route) differ from what its leaf's JSON (`body`) says by the append's
+    rule; [] when they agree. A leaf whose event this version cannot read as a
+    CloudEvent has only its ``valid`` and ``recorded_at`` compared (the reads cannot
+    read it either). The verifier runs it on each entry it reads; the entries route on
+    each entry it withholds, serving only the verdict (``indexed_ok``)."""
+    derived = indexed_of_leaf(body)
+    expected: dict[str, Any] = {"valid": "event" in body, "recorded_at": body["recorded_at"]}
+    if derived is not None:
+        expected |= {
+            "incident_id": derived.incident_id,
+            "event_type": derived.event_type,
+            "event_id": derived.event_id,
+        }
+    problems = [
+        f"entry {position}'s {name} column says {served.get(name)!r}, its leaf says {value!r}"
+        for name, value in expected.items()
+        if served.get(name) != value or type(served.get(name)) is not type(value)
+    ]
+    problems += people_problems(served.get("people", []), people_of_leaf(body), position)
+    return problems
+
+
+def people_problems(served: Any, carried: dict[str, Any], position: int) -> list[str]:
+    """How the ``ledger_people`` rows served at an entry differ from the people its leaf
+    carries (`people_of_leaf`): a person left out, one added, a record changed (a row
+    without a record is one the database could not copy; the reads then use the leaf)."""
+    rows: dict[str, Any] = {}
+    if not isinstance(served, list):
+        return [f"entry {position}'s people index is served as no list"]
+    for row in served:
+        if not isinstance(row, dict) or not isinstance(row.get("person_id"), str):
+            return [f"entry {position}'s people index holds a row without a person id"]
+        rows[row["person_id"]] = row.get("record")
+    problems = []
+    missing = sorted(carried.keys() - rows.keys())
+    if missing:
+        problems.append(
+            f"entry {position}'s people index leaves out {names(missing)}, whom its leaf carries"
+        )
+    extra = sorted(rows.keys() - carried.keys())
+    if extra:
+        problems.append(
+            f"entry {position}'s people index lists {names(extra)}, whom its leaf does not carry"
+        )
+    changed = sorted(
+        p for p in rows.keys() & carried.keys() if rows[p] is not None and rows[p] != carried[p]
+    )
+    if changed:
+        problems.append(
+            f"entry {position}'s people index keeps for {names(changed)} a record its leaf"
+            " does not hold"
+        )
+    return problems
+
+
+def names(ids: list[str]) -> str:
+    return ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if ids[5:] else "")

@@ -38,6 +38,7 @@ from services.domain.events import (
     InvalidEvent,
     PeopleImported,
     PersonUpserted,
+    ReadRecorded,
     ReportSubmitted,
     RoleAssigned,
     RoleRevoked,
@@ -316,6 +317,56 @@ def carried_incident(leaf: bytes) -> str | None:
             continue
         return _subject_of(event)
     return UNTOLD  # more than COPY_DEPTH dead letters around it, the entry itself included
+
+
+class About(NamedTuple):
+    """What a raw read withholds an entry by: an incident its leaf is about, and how."""
+
+    incident: str
+    kind: str
+    """`OWN`: the incident's own event (judged by its entries, this one among them);
+    `COPY`: a copy of one (judged by the incident's entries, never by itself); `NAMED`:
+    an event about an incident that is none of its own (a read of it, or an older read
+    record naming it), withheld only from readers the incident excludes."""
+
+    @property
+    def judged(self) -> bool:
+        """Whether the entry is withheld from everyone when its incident cannot be judged."""
+        return self.kind != NAMED
+
+
+OWN, COPY, NAMED = "own", "copy", "named"
+
+
+def leaf_about(leaf: bytes) -> list[About]:
+    """What a raw read decides to withhold an entry by, read from its leaf, never from
+    the columns beside it (an index a superuser can point elsewhere, review D3): a
+    copy's incident (`carried_incident`), an incident's own event's subject, the subject
+    of any other event (a person, `ledger`: withheld only if it is an incident that
+    excludes the reader), and the incidents an older `audit.read.recorded.v1` names as
+    withheld (review D4). Nothing for a leaf that is no ledger leaf (served as stored:
+    `carried_incident` has judged any copy its bytes may hold)."""
+    carried = carried_incident(leaf)
+    if carried is not None:
+        return [About(carried, COPY)]
+    try:
+        body: Any = decode_leaf(leaf)
+    except (ValueError, TypeError, RecursionError):
+        return []  # no leaf the append writes: served as stored, for verify to name
+    event = body.get("event") if isinstance(body, dict) else None
+    if not isinstance(event, dict) or _is_dead_letter(event):
+        return []  # no event (rejected input whose copy is no incident's), or a dead
+        # letter whose original the refusing service left out, or no leaf at all
+    subject, kind, data = event.get("subject"), event.get("type"), event.get("data")
+    if isinstance(kind, str) and is_incident_event(kind):
+        if isinstance(subject, str) and subject:
+            return [About(subject, OWN)]
+        return [About(UNTOLD, COPY)]
+    about = [About(subject, NAMED)] if isinstance(subject, str) and subject else []
+    named = data.get("withheld") if kind == ReadRecorded.TYPE and isinstance(data, dict) else None
+    if isinstance(named, list):
+        about += [About(i, NAMED) for i in named if isinstance(i, str) and i]
+    return about
 
 
 def _decoded(carried: Any) -> bytes | None:
@@ -685,17 +736,6 @@ class PostgresLedger:
             )
         ]
 
-    async def incidents_between(self, start: int, end: int) -> list[str]:
-        return [
-            row["incident_id"]
-            for row in await self.conn.fetch(
-                "SELECT DISTINCT incident_id FROM ledger WHERE idx >= $1 AND idx < $2"  # noqa: S608
-                f" AND {INCIDENT_EVENTS}",
-                start,
-                end,
-            )
-        ]
-
     async def entries_of(
         self, incident_ids: Sequence[str], families: Sequence[str] | None = None
     ) -> dict[str, list[LedgerEvent]]:
@@ -715,17 +755,6 @@ class PostgresLedger:
             if _its_own(entry, row["incident_id"]):
                 by_incident.setdefault(row["incident_id"], []).append(entry)
         return by_incident
-
-    async def indexes_of(self, start: int, end: int, incident_ids: Sequence[str]) -> set[int]:
-        return {
-            row["idx"]
-            for row in await self.conn.fetch(
-                "SELECT idx FROM ledger WHERE idx >= $1 AND idx < $2 AND incident_id = ANY($3)",
-                start,
-                end,
-                list(incident_ids),
-            )
-        }
 
     async def first_report(self, incident_id: str) -> str | None:
         first = await self.conn.fetchval(

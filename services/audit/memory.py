@@ -161,10 +161,6 @@ class InMemoryLedger:
     async def stray_people(self, most: int) -> list[tuple[str, int]]:
         return []  # its people index is derived from its rows as they are read
 
-    async def incidents_between(self, start: int, end: int) -> list[str]:
-        found = {r.incident_id for r in self._rows[start:end] if _about_incident(r)}
-        return sorted(i for i in found if i is not None)
-
     async def entries_of(
         self, incident_ids: Sequence[str], families: Sequence[str] | None = None
     ) -> dict[str, list[LedgerEvent]]:
@@ -179,9 +175,6 @@ class InMemoryLedger:
                 except (InvalidEvent, ValueError, TypeError, KeyError):
                     continue
         return out
-
-    async def indexes_of(self, start: int, end: int, incident_ids: Sequence[str]) -> set[int]:
-        return {r.idx for r in self._rows[start:end] if r.incident_id in incident_ids}
 
     async def first_report(self, incident_id: str) -> str | None:
         for row in self._rows:

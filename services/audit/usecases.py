@@ -33,13 +33,15 @@ from typing import Any, Protocol
 from services.audit.conflicts import MAX_CHAIN, as_person, excluded_by
 from services.audit.heads import Head
 from services.audit.ledger import (
+    OWN,
     UNTOLD,
+    About,
     Consumed,
     LedgerRow,
     StoredRow,
-    carried_incident,
     classify,
     decode_leaf,
+    leaf_about,
     leaf_bytes,
     refuse_replays,
 )
@@ -53,6 +55,7 @@ from services.domain.events import (
     READER_FIELDS,
     AccessDenied,
     IdentityDisclosed,
+    InvalidEvent,
     PeopleConfirmed,
     ReadRecorded,
     Reassigned,
@@ -61,6 +64,7 @@ from services.domain.events import (
     Triaged,
     Viewed,
     make_event,
+    parse_envelope,
 )
 from services.domain.incident import fold
 from services.domain.knowledge import Knowledge, LedgerEvent, knowledge_as_of
@@ -179,17 +183,11 @@ class Ledger(Protocol):
         ledger holds no entry (never written so: the database derives each row from
         the entry it is appended with)."""
 
-    async def incidents_between(self, start: int, end: int) -> list[str]:
-        """The incidents with valid `incident.*` entries in [start, end)."""
-
     async def entries_of(
         self, incident_ids: Sequence[str], families: Sequence[str] | None = None
     ) -> dict[str, list[LedgerEvent]]:
         """Each incident's `incident.*` entries (leaves that no longer parse left out);
         only those whose type starts with one of `families` when given."""
-
-    async def indexes_of(self, start: int, end: int, incident_ids: Sequence[str]) -> set[int]:
-        """The indexes in [start, end) of entries about these incidents."""
 
     async def first_report(self, incident_id: str) -> str | None:
         """The event id of the incident's first `incident.report.submitted.v1`."""
@@ -641,33 +639,66 @@ async def read_entries(query: ReadEntries, uow: AuditUnitOfWork) -> EntriesRead:
         beyond = None
         if not rows:
             beyond = Beyond(after, await uow.ledger.stray_people(STRAYS_SHOWN))
-        copies = {row.idx: about for row in rows if (about := carried_incident(row.leaf))}
-        incidents = await _excluded_in_range(uow, principal, start, end, set(copies.values()))
-        hidden = await uow.ledger.indexes_of(start, end, sorted(incidents)) if incidents else set()
-        hidden |= {idx for idx, about in copies.items() if about in incidents}
+        about = {row.idx: leaf_about(row.leaf) for row in rows}
+        incidents = await _excluded_in_range(uow, principal, rows, about)
+        hidden = {idx for idx, its in about.items() if any(a.incident in incidents for a in its)}
         data = ReadRecorded(
-            principal=principal, route="entries", start=start, end=end, withheld=sorted(incidents)
+            principal=principal, route="entries", start=start, end=end, withheld_entries=len(hidden)
         )
         await record_own(uow, f"audit-reads:{principal}", LEDGER_SUBJECT, data, principal)
     return EntriesRead(rows, frozenset(hidden), beyond)
 
 
 async def _excluded_in_range(
-    uow: AuditUnitOfWork, principal: str, start: int, end: int, copied: set[str]
+    uow: AuditUnitOfWork,
+    principal: str,
+    rows: Sequence[StoredRow],
+    about: Mapping[int, list[About]],
 ) -> frozenset[str]:
-    """The incidents with entries in [start, end) that exclude `principal`, each judged
-    on all its entries (not only those in the range), as the timeline judges it; and of
-    the incidents `copied` (whose events entries of the range carry as rejected input or
-    in a dead letter, `carried_incident`), those that exclude `principal` or that no
-    valid entry lets judge yet (a copy is never trusted to say who is excluded: an
-    incident refused in full, during a key rotation say, is withheld from everyone), and
-    `UNTOLD`, the copies whose incident cannot be established, from everyone too."""
-    subjects = sorted({*await uow.ledger.incidents_between(start, end), *copied})
+    """Of the incidents the leaves of a range are about (`about`, by index: `leaf_about`
+    reads each leaf, never the `incident_id` column, which a superuser can point
+    elsewhere, review D3), those that exclude `principal`, each judged on all its
+    entries (not only those in the range), as the timeline judges it, with its own
+    entries of the range that the column-selected read missed put back (a report whose
+    column was pointed away still excludes whom it names). And, from every reader, of
+    those an entry must be judged with (an incident's own event, or a copy
+    `carried_incident` finds), `UNTOLD` and those no valid entry lets judge (a copy is
+    never trusted to say who is excluded: an incident refused in full, during a key
+    rotation say, is withheld from everyone)."""
+    subjects = {a.incident for its in about.values() for a in its}
     if not subjects:
         return frozenset()
-    judged = await uow.ledger.entries_of(subjects)
-    unjudged = {incident for incident in copied if incident == UNTOLD or not judged.get(incident)}
+    judged = await uow.ledger.entries_of(sorted(subjects))
+    unread = _unread_own(rows, about, judged)
+    for incident, missed in unread.items():
+        judged[incident] = sorted([*judged.get(incident, []), *missed], key=lambda e: e.index)
+    unjudged = {
+        a.incident
+        for its in about.values()
+        for a in its
+        if a.judged and (a.incident == UNTOLD or not judged.get(a.incident))
+    }
     return frozenset(unjudged | await _excluding(uow, judged, principal))
+
+
+def _unread_own(
+    rows: Sequence[StoredRow],
+    about: Mapping[int, list[About]],
+    judged: Mapping[str, Sequence[LedgerEvent]],
+) -> dict[str, list[LedgerEvent]]:
+    """By incident, its own entries among `rows` that `judged` (read by the column) lacks."""
+    read = {i: {e.index for e in entries} for i, entries in judged.items()}
+    unread: dict[str, list[LedgerEvent]] = {}
+    for row in rows:
+        for a in about.get(row.idx, ()):
+            if a.kind == OWN and row.idx not in read.get(a.incident, ()):
+                try:
+                    envelope = parse_envelope(decode_leaf(row.leaf)["event"])
+                except InvalidEvent:  # an event no read can fold: judged as it stands
+                    continue
+                entry = LedgerEvent(row.idx, row.recorded_at, envelope)
+                unread.setdefault(a.incident, []).append(entry)
+    return unread
 
 
 async def _excluding(

@@ -100,7 +100,7 @@ from services.audit.checkpoint import (
     sign_checkpoint,
     verify_checkpoint,
 )
-from services.audit.indexed import indexed_of_leaf, people_of_leaf
+from services.audit.indexed import index_problems, indexed_of_leaf, people_of_leaf
 from services.domain.envelope import canonical_json, utc_rfc3339
 from services.domain.events import CheckpointSigned, PeopleImported
 
@@ -983,68 +983,17 @@ def _indexed_differs(indexed: Any, body: _Leaf) -> bool:
 
 def _check_indexed(served: Any, body: dict[str, Any], position: int) -> None:
     """The index columns served as stored (``indexed``) say what the leaf says, by the
-    rule the append derived them with (`services.audit.indexed`); `_Bad` naming each
-    column that differs. A leaf whose event this version cannot read as a CloudEvent has
-    only its ``valid`` and ``recorded_at`` compared (the reads cannot read it either)."""
+    rule the append derived them with (`services.audit.indexed.index_problems`); `_Bad`
+    naming each column that differs."""
     if not isinstance(served, dict):
         raise _Bad(
             f"entry {position} is served with index columns that are no object", index=position
         )
-    derived = indexed_of_leaf(body)
-    expected: dict[str, Any] = {"valid": "event" in body, "recorded_at": body["recorded_at"]}
-    if derived is not None:
-        expected |= {
-            "incident_id": derived.incident_id,
-            "event_type": derived.event_type,
-            "event_id": derived.event_id,
-        }
-    problems = [
-        f"entry {position}'s {name} column says {served.get(name)!r}, its leaf says {value!r}"
-        for name, value in expected.items()
-        if served.get(name) != value or type(served.get(name)) is not type(value)
-    ]
-    problems += _people_problems(served.get("people", []), people_of_leaf(body), position)
+    problems = index_problems(served, body, position)
     if problems:
         raise _Bad(
             "; ".join(problems) + ": the index was changed behind the ledger", index=position
         )
-
-
-def _people_problems(served: Any, carried: dict[str, Any], position: int) -> list[str]:
-    """How the ``ledger_people`` rows served at an entry differ from the people its leaf
-    carries (`people_of_leaf`): a person left out, one added, a record changed (a row
-    without a record is one the database could not copy; the reads then use the leaf)."""
-    rows: dict[str, Any] = {}
-    if not isinstance(served, list):
-        return [f"entry {position}'s people index is served as no list"]
-    for row in served:
-        if not isinstance(row, dict) or not isinstance(row.get("person_id"), str):
-            return [f"entry {position}'s people index holds a row without a person id"]
-        rows[row["person_id"]] = row.get("record")
-    problems = []
-    missing = sorted(carried.keys() - rows.keys())
-    if missing:
-        problems.append(
-            f"entry {position}'s people index leaves out {_names(missing)}, whom its leaf carries"
-        )
-    extra = sorted(rows.keys() - carried.keys())
-    if extra:
-        problems.append(
-            f"entry {position}'s people index lists {_names(extra)}, whom its leaf does not carry"
-        )
-    changed = sorted(
-        p for p in rows.keys() & carried.keys() if rows[p] is not None and rows[p] != carried[p]
-    )
-    if changed:
-        problems.append(
-            f"entry {position}'s people index keeps for {_names(changed)} a record its leaf"
-            " does not hold"
-        )
-    return problems
-
-
-def _names(ids: list[str]) -> str:
-    return ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if ids[5:] else "")
 
 
 def _same_json(served: Any, recorded: Any) -> bool:
@@ -1426,6 +1375,31 @@ class _Walk:
         self.withheld += 1
         self.add(hashed)
         self.previous_time = recorded_at
+        self.withheld_verdicts(entry, position)
+
+    def withheld_verdicts(self, entry: Entry, position: int) -> None:
+        """The service's verdicts on what this reader cannot check of a withheld entry
+        (review D3): its leaf against its leaf hash (`leaf_ok`), its index columns against
+        its leaf (`indexed_ok`). False is a failure named at the entry; served without
+        them (an older service), the entry counts as unindexed, as a readable one does."""
+        leaf_ok, indexed_ok = entry.get("leaf_ok"), entry.get("indexed_ok")
+        if leaf_ok is None and indexed_ok is None:
+            self.not_indexed(position)
+            return
+        problems = []
+        if leaf_ok is not True:
+            problems.append("its stored leaf does not hash to its leaf hash or is not this entry")
+        if indexed_ok is not True:
+            problems.append("its index columns do not say what its leaf says")
+        if problems:
+            self.failures.append(
+                _Bad(
+                    f"withheld entry {position}: the service says "
+                    + " and ".join(problems)
+                    + ": the database was changed behind the ledger",
+                    index=position,
+                )
+            )
 
     def reach(self) -> None:
         """Compare the root with every head of the current size."""

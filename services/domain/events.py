@@ -631,7 +631,12 @@ class ReadRecorded(
     end: int | None = Field(None, ge=0, description="End of the range read (entries).")
     withheld: list[str] = Field(
         default_factory=list,
-        description="Incidents whose entries were withheld: the reader is excluded from them.",
+        description="Written empty: a record every auditor reads must not say which incidents"
+        " exclude the reader (review D4). Older records named them here; a raw read withholds"
+        " such a record from the readers a named incident excludes.",
+    )
+    withheld_entries: int = Field(
+        0, ge=0, description="Entries of the range withheld from the reader (entries)."
     )
 
 

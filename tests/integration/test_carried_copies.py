@@ -117,7 +117,9 @@ async def test_copies_whose_incident_cannot_be_told_are_withheld_from_every_audi
             "source_offset": 7,
         }
         assert "dead_letter" not in entries[7] and "reason" not in json.dumps(entries[7])
-        assert set(entries[1]) == {"index", "leaf_hash", "recorded_at", "withheld"}
+        assert set(entries[1]) == {
+            *("index", "leaf_hash", "recorded_at", "withheld", "leaf_ok", "indexed_ok")
+        }
         assert entries[6]["event"]["type"] == "incident.input.rejected.v1"  # told, not his
 
         # no incident route serves dead letters as the events of an incident `deadletter`

@@ -10,8 +10,13 @@ from typing import Any
 
 import pytest
 
-from services.audit.ledger import UNTOLD, Consumed
-from services.audit.memory import AuditMemory, InMemoryAuditUnitOfWork, InMemoryConsoleIndex
+from services.audit.ledger import Consumed
+from services.audit.memory import (
+    AuditMemory,
+    InMemoryAuditUnitOfWork,
+    InMemoryConsoleIndex,
+    InMemoryKeys,
+)
 from services.audit.ui_index import PAGE, Filters, Page, keyset_page
 from services.audit.usecases import (
     AppendBatch,
@@ -233,7 +238,7 @@ async def test_rejected_copies_of_an_incident_are_withheld_from_a_reader_it_excl
     read = await read_entries(ReadEntries("p-liu"), audit.uow())
     assert read.withheld == {0, 1, 2}
     recorded = json.loads(audit.store.outbox[-1].value)["data"]
-    assert recorded["withheld"] == [INCIDENT]
+    assert recorded["withheld"] == [] and recorded["withheld_entries"] == 3  # never which
     everyone = await read_entries(ReadEntries("p-audit"), audit.uow())
     assert everyone.withheld == frozenset()
 
@@ -365,6 +370,77 @@ def dead_letter(original: bytes, offset: int = 0) -> Envelope:
     )
 
 
+async def test_a_read_record_never_names_the_incidents_withheld_from_its_reader() -> None:
+    """Review D4: the reporter, by name, is an auditor and reads the raw ledger, which
+    withholds the report from her. Her read record is no incident's entry, so every
+    auditor is shown it, the accused made auditor too: it says how many entries were
+    withheld from her, never which incident (before, `withheld: [<his case>]` told him
+    who else his case excludes)."""
+    audit = Audit()
+    auditors = {"p-wang", "p-rep"}
+    people = [
+        *DIRECTORY.people,
+        Person(id="p-rep", unit="group", manager=None, roles=[]),
+    ]
+    people = [
+        Person(id=p.id, unit=p.unit, manager=p.manager, roles=[*p.roles, "auditor"])
+        if p.id in auditors
+        else p
+        for p in people
+    ]
+    audit.config = AuditConfig(POLICY, DirectoryFile(people=people))
+    keys = InMemoryKeys(reporters={INCIDENT: "p-rep"})
+    audit.uow = lambda: InMemoryAuditUnitOfWork(audit.config, audit.store, audit.memory, keys=keys)  # type: ignore[method-assign]
+    await fill(audit, report())
+    mine = await read_entries(ReadEntries("p-rep", 0, 10), audit.uow())
+    assert mine.withheld == {0}
+    published = tuple(
+        Consumed("incident.activity", 0, 100 + n, bytes(row.value))
+        for n, row in enumerate(audit.store.outbox)
+    )
+    await append_batch(AppendBatch(published), audit.uow())  # published, consumed back
+    seen = await read_entries(ReadEntries("p-wang", 0, 50), audit.uow())
+    assert seen.withheld == {0}
+    shown = [json.loads(r.leaf)["event"] for r in seen.rows if r.idx not in seen.withheld]
+    reads = [e["data"] for e in shown if e["type"] == "audit.read.recorded.v1"]
+    assert reads == [
+        {
+            "principal": "p-rep",
+            "route": "entries",
+            "incident_id": None,
+            "start": 0,
+            "end": 10,
+            "withheld": [],
+            "withheld_entries": 1,
+        }
+    ]
+    assert INCIDENT not in json.dumps(shown)
+
+
+async def test_an_older_read_record_naming_an_incident_is_withheld_from_whom_it_excludes() -> None:
+    """A read record written before review D4 names the incidents withheld from its
+    reader: a raw read withholds it from the readers one of them excludes."""
+    audit = Audit()
+    older = make_event(
+        "audit.read.recorded.v1",
+        subject="ledger",
+        data={
+            "principal": "p-zhou",
+            "route": "entries",
+            "start": 0,
+            "end": 9,
+            "withheld": [INCIDENT],
+        },
+        source="/services/audit",
+        time=T0,
+        actor="p-zhou",
+    )
+    records = (record(report(), 0), Consumed("incident.activity", 0, 1, older.to_bytes()))
+    assert await append_batch(AppendBatch(records), audit.uow()) == 2
+    assert (await read_entries(ReadEntries("p-liu"), audit.uow())).withheld == {0, 1}
+    assert (await read_entries(ReadEntries("p-audit"), audit.uow())).withheld == frozenset()
+
+
 async def test_a_copy_whose_incident_cannot_be_told_is_withheld_from_every_reader() -> None:
     """A dead letter carries the original record's bytes. When they do not say which
     incident they belong to (bytes a parser refuses that a person still reads, or a
@@ -390,7 +466,7 @@ async def test_a_copy_whose_incident_cannot_be_told_is_withheld_from_every_reade
     unrelated = await read_entries(ReadEntries("p-audit"), audit.uow())
     assert unrelated.withheld == {1, 2, 3}  # a copy told to be INCIDENT's is shown to him
     recorded = json.loads(audit.store.outbox[-1].value)["data"]
-    assert recorded["withheld"] == [UNTOLD]
+    assert recorded["withheld"] == [] and recorded["withheld_entries"] == 3
 
 
 async def test_dead_letters_are_no_incidents_events() -> None:

@@ -513,3 +513,46 @@ def test_replay_refuses_an_instant_without_a_timezone() -> None:
     result = CliRunner().invoke(app, ["audit", "replay", "--as-of", "2026-11-25T10:00:00"])
     assert result.exit_code == 2
     assert "timezone" in result.output
+
+
+def withhold(log: MemorySource, k: int, **verdicts: bool) -> None:
+    """Serve entry `k` as the entries route serves it to a reader it is withheld from."""
+    row = log.rows[k]
+    recorded_at = json.loads(base64.b64decode(row["leaf"]))["recorded_at"]
+    log.rows[k] = {
+        "index": k,
+        "leaf_hash": row["leaf_hash"],
+        "recorded_at": recorded_at,
+        **verdicts,
+        "withheld": True,
+    }
+
+
+@pytest.mark.parametrize(
+    ("verdicts", "words"),
+    [
+        ({"leaf_ok": True, "indexed_ok": False}, "its index columns do not say what its leaf says"),
+        ({"leaf_ok": False, "indexed_ok": False}, "its stored leaf does not hash"),
+    ],
+)
+async def test_a_withheld_entry_the_service_finds_changed_fails_verify(
+    verdicts: dict[str, bool], words: str
+) -> None:
+    """Review D3: what the reader cannot check of a withheld entry, the service checks
+    and says; a false verdict fails the run at that entry, the walk reads on."""
+    log = a_log()
+    withhold(log, 7, leaf_ok=True, indexed_ok=True)
+    withhold(log, 9, **verdicts)
+    report = await verify_ledger(log)
+    assert not report.ok and report.bad_indexes == [9], report
+    assert words in (report.reason or "") and report.withheld == 2
+    assert report.entries_checked == SIZE
+
+
+async def test_a_withheld_entry_without_verdicts_counts_as_unindexed() -> None:
+    log = a_log()
+    withhold(log, 7, leaf_ok=True, indexed_ok=True)
+    withhold(log, 9)  # an older service: nothing said of its columns
+    report = await verify_ledger(log)
+    assert report.unindexed == 1 and report.first_unindexed == 9, report  # said, and over
+    assert "the first at index 9" in (report.unindexed_note() or "")  # HTTP, a failure
