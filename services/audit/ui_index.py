@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, fields
 from datetime import datetime
@@ -25,6 +26,7 @@ from functools import partial
 from typing import Any
 
 import asyncpg
+from prometheus_client import Counter
 
 from services.audit.ledger import decode_leaf
 from services.domain.events import (
@@ -96,35 +98,78 @@ async def index_once(conn: asyncpg.Connection, batch: int = BATCH) -> int:
     fold the same entries; rows are read only up to the ledger's committed counter, and
     ledger appends commit in index order, so no entry is ever skipped.
     """
-    cursor = int(
-        await conn.fetchval("SELECT last FROM counters WHERE name = 'console_index' FOR UPDATE")
-    )
+    cursor = await _locked_cursor(conn)
     ledger_last = int(await conn.fetchval("SELECT last FROM counters WHERE name = 'ledger'"))
     upto = min(ledger_last, cursor + batch)
     if upto <= cursor:
         return 0
     entries = await conn.fetch(
-        "SELECT idx, recorded_at, incident_id, event_type, leaf FROM ledger"
-        " WHERE idx > $1 AND idx <= $2 AND valid AND event_type LIKE 'incident.%'"
-        " ORDER BY idx",
+        f"SELECT {_ENTRY} FROM ledger WHERE idx > $1 AND idx <= $2 AND {_FOLDED} ORDER BY idx",  # noqa: S608
         cursor,
         upto,
     )
     ids = sorted({e["incident_id"] for e in entries if e["event_type"] not in SKIPPED_TYPES})
-    rows: dict[str, _Row] = {}
-    for r in await conn.fetch(
-        "SELECT * FROM console_incidents WHERE incident_id = ANY($1::text[])", ids
-    ):
-        rows[r["incident_id"]] = _Row(
-            r["first_idx"],
-            r["first_recorded_at"],
-            r["last_idx"],
-            r["last_recorded_at"],
-            state_from_row(json.loads(r["state"])),
-            r["ack_due_at"],
-            r["breaches"],
-            from_store(json.loads(r["state"]).get("progress")),
+    rows = {r["incident_id"]: _stored(r) for r in await _rows_of(conn, ids)}
+    changed = _fold(rows, entries)
+    if changed:
+        await conn.executemany(_UPSERT, [_values(i, rows[i]) for i in sorted(changed)])
+    await conn.execute("UPDATE counters SET last = $1 WHERE name = 'console_index'", upto)
+    return upto - cursor
+
+
+_ENTRY = "idx, recorded_at, incident_id, event_type, leaf"
+_FOLDED = "valid AND event_type LIKE 'incident.%'"
+"""The ledger entries the index folds (`SKIPPED_TYPES` are read, then left out)."""
+_UPSERT = (
+    "INSERT INTO console_incidents (incident_id, first_idx, first_recorded_at, last_idx,"
+    " last_recorded_at, category, severity, status, escalation_level, acknowledged_at,"
+    " ack_due_at, breaches, state)"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13::jsonb)"
+    " ON CONFLICT (incident_id) DO UPDATE SET last_idx = EXCLUDED.last_idx,"
+    " last_recorded_at = EXCLUDED.last_recorded_at, category = EXCLUDED.category,"
+    " severity = EXCLUDED.severity, status = EXCLUDED.status,"
+    " escalation_level = EXCLUDED.escalation_level,"
+    " acknowledged_at = EXCLUDED.acknowledged_at, ack_due_at = EXCLUDED.ack_due_at,"
+    " breaches = EXCLUDED.breaches, state = EXCLUDED.state"
+)
+_COLUMNS = (
+    "incident_id, first_idx, first_recorded_at, last_idx, last_recorded_at, category,"
+    " severity, status, escalation_level, acknowledged_at, ack_due_at, breaches, state"
+)
+
+
+async def _locked_cursor(conn: asyncpg.Connection) -> int:
+    """The index's cursor, its row locked until the transaction ends."""
+    return int(
+        await conn.fetchval("SELECT last FROM counters WHERE name = 'console_index' FOR UPDATE")
+    )
+
+
+async def _rows_of(conn: asyncpg.Connection, ids: list[str]) -> list[asyncpg.Record]:
+    return list(
+        await conn.fetch(
+            f"SELECT {_COLUMNS} FROM console_incidents WHERE incident_id = ANY($1::text[])",  # noqa: S608
+            ids,
         )
+    )
+
+
+def _stored(r: asyncpg.Record) -> _Row:
+    return _Row(
+        r["first_idx"],
+        r["first_recorded_at"],
+        r["last_idx"],
+        r["last_recorded_at"],
+        state_from_row(json.loads(r["state"])),
+        r["ack_due_at"],
+        r["breaches"],
+        from_store(json.loads(r["state"]).get("progress")),
+    )
+
+
+def _fold(rows: dict[str, _Row], entries: list[asyncpg.Record]) -> set[str]:
+    """Fold `entries` (in ledger order) into `rows` (by incident, added as needed);
+    returns the incidents changed."""
     changed: set[str] = set()
     for entry in entries:
         incident = entry["incident_id"]
@@ -159,39 +204,126 @@ async def index_once(conn: asyncpg.Connection, batch: int = BATCH) -> int:
         elif isinstance(data, DeadlineBreached):
             row.breaches += 1
         changed.add(incident)
-    if changed:
-        await conn.executemany(
-            "INSERT INTO console_incidents (incident_id, first_idx, first_recorded_at, last_idx,"
-            " last_recorded_at, category, severity, status, escalation_level, acknowledged_at,"
-            " ack_due_at, breaches, state)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13::jsonb)"
-            " ON CONFLICT (incident_id) DO UPDATE SET last_idx = EXCLUDED.last_idx,"
-            " last_recorded_at = EXCLUDED.last_recorded_at, category = EXCLUDED.category,"
-            " severity = EXCLUDED.severity, status = EXCLUDED.status,"
-            " escalation_level = EXCLUDED.escalation_level,"
-            " acknowledged_at = EXCLUDED.acknowledged_at, ack_due_at = EXCLUDED.ack_due_at,"
-            " breaches = EXCLUDED.breaches, state = EXCLUDED.state",
-            [
-                (
-                    incident,
-                    row.first_idx,
-                    row.first_recorded_at,
-                    row.last_idx,
-                    row.last_recorded_at,
-                    row.state.category,
-                    row.state.severity,
-                    row.progress.status,
-                    row.progress.level or 0,  # the column's 0: not triaged yet
-                    row.state.acknowledged_at,
-                    row.ack_due_at,
-                    row.breaches,
-                    json.dumps({**state_to_row(row.state), "progress": to_store(row.progress)}),
-                )
-                for incident, row in ((i, rows[i]) for i in sorted(changed))
-            ],
+    return changed
+
+
+def _values(incident: str, row: _Row) -> tuple[Any, ...]:
+    """A row's values in `_COLUMNS` order (the state as JSON text)."""
+    return (
+        incident,
+        row.first_idx,
+        row.first_recorded_at,
+        row.last_idx,
+        row.last_recorded_at,
+        row.state.category,
+        row.state.severity,
+        row.progress.status,
+        row.progress.level or 0,  # the column's 0: not triaged yet
+        row.state.acknowledged_at,
+        row.ack_due_at,
+        row.breaches,
+        json.dumps({**state_to_row(row.state), "progress": to_store(row.progress)}),
+    )
+
+
+REPAIR_SECONDS = 60.0
+"""How often the indexer checks its rows against the ledger (`repair_once`), and at start."""
+REPAIR_SLICE = 1000
+"""Incidents each check refolds in full, in turn (every row within a few sweeps)."""
+INDEX_REPAIRED = Counter(
+    "incidents_console_index_repairs_total",
+    "Rows of the auditor's list the indexer found missing, changed or invented and"
+    " re-derived from the ledger: someone edited audit.console_incidents (review D5).",
+)
+
+
+async def repair_once(
+    conn: asyncpg.Connection, after: str = "", most: int = REPAIR_SLICE
+) -> tuple[int, str]:
+    """Check the index against the ledger it is derived from, up to its cursor, and put
+    back what differs (review D5: a superuser who deletes or edits an incident's row
+    hides it from the auditor's list, and the fold alone never looks back). Returns the
+    rows repaired and where the next call's slice starts.
+
+    Every call compares, for every incident, that a row exists and that its first and
+    last folded entries are those the ledger has, and drops rows of no incident in the
+    ledger; and refolds in full the incidents of those rows that disagree and the next
+    `most` rows after `after` (by incident id, wrapping round), so a row whose other
+    columns were edited is found within a few calls. A repaired row is rewritten from
+    its own entries, logged at error level and counted (`INDEX_REPAIRED`). Must run in a
+    transaction: it holds the index's cursor, so no fold runs meanwhile."""
+    cursor = await _locked_cursor(conn)
+    disagree = await conn.fetch(_DISAGREE, cursor, list(SKIPPED_TYPES))
+    invented = sorted(r["incident_id"] for r in disagree if r["invented"])
+    turn = [
+        r["incident_id"]
+        for r in await conn.fetch(
+            "SELECT incident_id FROM console_incidents WHERE incident_id > $1"
+            " ORDER BY incident_id LIMIT $2",
+            after,
+            most,
         )
-    await conn.execute("UPDATE counters SET last = $1 WHERE name = 'console_index'", upto)
-    return upto - cursor
+    ]
+    following = turn[-1] if len(turn) == most else ""
+    ids = sorted({*(r["incident_id"] for r in disagree if not r["invented"]), *turn})
+    derived: dict[str, _Row] = {}
+    _fold(
+        derived,
+        await conn.fetch(
+            f"SELECT {_ENTRY} FROM ledger WHERE incident_id = ANY($1::text[]) AND idx <= $2"  # noqa: S608
+            f" AND {_FOLDED} ORDER BY idx",
+            ids,
+            cursor,
+        ),
+    )
+    stored = {r["incident_id"]: r for r in await _rows_of(conn, ids)}
+    wrong = [i for i in sorted(derived) if not _same_row(stored.get(i), _values(i, derived[i]))]
+    gone = sorted(
+        {*invented, *(i for i in ids if i not in derived and i in stored)}
+    )  # of no incident in the ledger, or no entry of it folds any more
+    if wrong or gone:
+        log.error(
+            "console index: rows that no longer say what the ledger says, re-derived from"
+            " it: %d missing or changed (%s), %d of no incident in the ledger removed (%s):"
+            " audit.console_incidents was edited behind the indexer",
+            len(wrong),
+            ", ".join(wrong[:10]),
+            len(gone),
+            ", ".join(gone[:10]),
+        )
+        await conn.execute(
+            "DELETE FROM console_incidents WHERE incident_id = ANY($1::text[])",
+            [*wrong, *gone],
+        )
+        await conn.executemany(
+            f"INSERT INTO console_incidents ({_COLUMNS})"  # noqa: S608
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13::jsonb)",
+            [_values(i, derived[i]) for i in wrong],
+        )
+        INDEX_REPAIRED.inc(len(wrong) + len(gone))
+    return len(wrong) + len(gone), following
+
+
+_DISAGREE = (
+    "SELECT coalesce(l.incident_id, c.incident_id) AS incident_id, l.incident_id IS NULL"  # noqa: S608
+    " AS invented FROM (SELECT incident_id, min(idx) AS first_idx, max(idx) AS last_idx"
+    f" FROM ledger WHERE idx <= $1 AND {_FOLDED} AND event_type <> ALL($2::text[])"
+    " GROUP BY incident_id) l FULL JOIN console_incidents c USING (incident_id)"
+    " WHERE c.incident_id IS NULL OR l.incident_id IS NULL"
+    " OR c.first_idx <> l.first_idx OR c.last_idx <> l.last_idx"
+)
+"""The incidents whose row is missing, of no incident, or folded from other entries
+than the first and last the ledger holds up to the cursor (`$1`)."""
+
+
+def _same_row(stored: asyncpg.Record | None, values: tuple[Any, ...]) -> bool:
+    """Whether a stored row holds `values` (`_values`), its state compared as JSON."""
+    if stored is None:
+        return False
+    *columns, state = values
+    return list(stored.values())[:-1] == columns and json.loads(stored["state"]) == json.loads(
+        state
+    )
 
 
 async def catch_up(runtime: Runtime, batch: int = BATCH) -> int:
@@ -209,9 +341,17 @@ def indexer(runtime: Runtime, grew: asyncio.Event, idle: float) -> Any:
     """The background task that keeps the index within `POLL` seconds of this process's
     ledger appends (`grew` is set by each) and within `idle` seconds of another's."""
 
+    due = 0.0  # when the next check against the ledger runs: at once, at start
+    after = ""
+
     async def step() -> bool:
+        nonlocal due, after
         try:
             await catch_up(runtime)
+            if time.monotonic() >= due:
+                async with runtime.db.acquire() as conn, conn.transaction():
+                    _, after = await repair_once(conn, after)
+                due = time.monotonic() + REPAIR_SECONDS
         except (OSError, asyncpg.PostgresError) as exc:  # the next round tries again
             log.warning("console index: %r", exc)
             return True
