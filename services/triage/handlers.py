@@ -19,6 +19,7 @@ from contextlib import AbstractContextManager
 from datetime import datetime
 
 from aiokafka import ConsumerRecord
+from prometheus_client import Counter
 
 from services.domain.envelope import Envelope
 from services.domain.events import (
@@ -69,6 +70,14 @@ def _cause(record: ConsumerRecord, envelope: Envelope) -> Cause:
     return Cause(envelope, _tracked(record, envelope), scope)
 
 
+RECHECK_REFUSED = Counter(
+    "incidents_triage_recheck_refused_total",
+    "Decisions a directory re-check left for the next one (reason unknown_policy: a"
+    " policy version this instance cannot read, recorded by a newer one).",
+    ["reason"],
+)
+
+
 class Triage:
     """Triage's consumers: each builds commands from a batch of records and runs them."""
 
@@ -79,6 +88,7 @@ class Triage:
             pseudonyms,
             topic_prefix=runtime.settings.kafka_topic_prefix if runtime is not None else "",
             traceparent=current_traceparent,
+            recheck_refused=lambda reason: RECHECK_REFUSED.labels(reason).inc(),
         )
 
     def uow(self) -> PostgresTriageUnitOfWork:

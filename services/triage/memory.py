@@ -4,11 +4,14 @@
 (`services.infra.recorder_memory`) with `decisions`, `directory_log` and `policies`
 beside it: what a block changes is staged and applied to `TriageStore` when the block
 ends cleanly, dropped on an exception, like the PostgreSQL tables in a transaction.
-Row locks (`for_update`) are not modelled: a test runs one unit of work at a time.
+Row locks (`for_update`) are not modelled: a test runs one unit of work at a time. The
+re-check mark's lock is (`MarkLock`): shared by the units that keep decisions
+(`hold_mark`), exclusive for a re-check (`rechecked`), as on PostgreSQL.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,6 +20,60 @@ from typing import Any
 
 from services.infra.recorder_memory import InMemoryStore, InMemoryUnitOfWork
 from services.triage.usecases import NewDecision, StoredDecision
+
+
+@dataclass(eq=False)
+class MarkLock:
+    """`directory_rechecked`'s table lock: shared (ROW SHARE) by units that keep
+    decisions, exclusive (EXCLUSIVE) for a re-check; granted in the order asked, as
+    PostgreSQL's lock manager does (a waiting re-check holds later decisions back), and
+    released when the unit ends."""
+
+    holders: dict[object, tuple[bool, asyncio.Task[object] | None]] = field(default_factory=dict)
+    """unit -> (exclusive, its task)."""
+    queue: list[tuple[object, bool, asyncio.Future[None]]] = field(default_factory=list)
+
+    @property
+    def waiting(self) -> int:
+        """Units waiting for the lock (what a test waits to see)."""
+        return len(self.queue)
+
+    def _grantable(self, exclusive: bool) -> bool:
+        return not self.holders or (
+            not exclusive and not any(ex for ex, _ in self.holders.values())
+        )
+
+    async def acquire(self, unit: object, *, exclusive: bool) -> None:
+        held = self.holders.get(unit)
+        if held is not None:
+            if held[0] or not exclusive:
+                return
+            raise RuntimeError("a shared mark made exclusive: not modelled")
+        task = asyncio.current_task()
+        if not self.queue and self._grantable(exclusive):
+            self.holders[unit] = (exclusive, task)
+            return
+        if any(t is task for _, t in self.holders.values()):
+            raise RuntimeError(
+                "the re-check mark is held by an open unit of work of this task: waiting"
+                " would never end (PostgreSQL would hang)"
+            )
+        granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.queue.append((unit, exclusive, granted))
+        try:
+            await granted
+        except BaseException:
+            self.queue = [q for q in self.queue if q[0] is not unit]
+            self.release(unit)
+            raise
+        self.holders[unit] = (exclusive, task)
+
+    def release(self, unit: object) -> None:
+        self.holders.pop(unit, None)
+        while self.queue and self._grantable(self.queue[0][1]):
+            waiter, exclusive, granted = self.queue.pop(0)
+            self.holders[waiter] = (exclusive, None)  # its task set once it runs
+            granted.set_result(None)
 
 
 @dataclass
@@ -29,21 +86,24 @@ class TriageStore:
     policies: dict[str, dict[str, Any]] = field(default_factory=dict)
     rechecked: int = 0
     """`directory_rechecked.seq`: the directory seq the decisions were checked against."""
-    lines: dict[str, tuple[int, frozenset[str], int]] = field(default_factory=dict)
+    lines: dict[str, tuple[int | None, frozenset[str], int]] = field(default_factory=dict)
     """`decision_lines` by incident: the directory seq they were taken at
-    (`decisions.lines_seq`), the people, and the commit that wrote them (`commits` then:
-    `decisions.written_by`); an incident without them was kept before they existed."""
+    (`decisions.lines_seq`; None: forgotten, as NULL), the people, and the commit that
+    wrote them (`commits` then: `decisions.written_by`); an incident without them was
+    kept before they existed."""
     commits: int = 0
     """Units of work committed so far (the transaction ids of PostgreSQL)."""
     horizon: int | None = None
     """`commits` when the last re-check read the decisions (`directory_rechecked.horizon`):
     lines committed later were written by a unit it could not see."""
+    mark: MarkLock = field(default_factory=MarkLock, repr=False)
+    """The lock of `directory_rechecked` (`hold_mark`, `rechecked`)."""
 
 
 class _Staged:
     def __init__(self) -> None:
         self.decisions: dict[str, StoredDecision] = {}
-        self.lines: dict[str, tuple[int, frozenset[str]]] = {}
+        self.lines: dict[str, tuple[int | None, frozenset[str]]] = {}
         self.directory_log: list[tuple[str, bytes]] = []
         self.rechecked: int | None = None
         self.horizon: int | None = None
@@ -94,6 +154,11 @@ class MemoryDecisions:
             if self._get(incident_id) is not None:
                 self.staged.lines[incident_id] = (seq, frozenset(people))
 
+    async def forget_lines(self, incident_ids: Collection[str]) -> None:
+        for incident_id in incident_ids:
+            if self._get(incident_id) is not None:
+                self.staged.lines[incident_id] = (None, frozenset())
+
     async def for_update_each(self, incident_ids: Collection[str]) -> list[StoredDecision]:
         return [row for row in map(self._get, sorted(set(incident_ids))) if row is not None]
 
@@ -107,6 +172,7 @@ class MemoryDecisions:
             kept = (*staged, None) if staged else self.store.lines.get(row.incident_id)
             if row.state is not None and (
                 kept is None
+                or kept[0] is None
                 or kept[0] > since
                 or not kept[1].isdisjoint(moved)
                 or (self._unseen(kept[2]) and kept[0] < since)
@@ -130,8 +196,8 @@ class MemoryDecisions:
 
 
 class MemoryDirectoryLog:
-    def __init__(self, store: TriageStore, staged: _Staged) -> None:
-        self.store, self.staged = store, staged
+    def __init__(self, store: TriageStore, staged: _Staged, unit: object) -> None:
+        self.store, self.staged, self.unit = store, staged, unit
 
     async def append(self, events: Sequence[tuple[str, bytes]]) -> None:
         known = {i for i, _ in self.store.directory_log} | {i for i, _ in self.staged.directory_log}
@@ -144,7 +210,11 @@ class MemoryDirectoryLog:
         log = self.store.directory_log + self.staged.directory_log
         return [(n, i, body) for n, (i, body) in enumerate(log, start=1) if n > seq]
 
+    async def hold_mark(self) -> None:
+        await self.store.mark.acquire(self.unit, exclusive=False)
+
     async def rechecked(self) -> int:
+        await self.store.mark.acquire(self.unit, exclusive=True)
         staged = self.staged.rechecked
         return staged if staged is not None else self.store.rechecked
 
@@ -186,7 +256,7 @@ class InMemoryTriageUnitOfWork(InMemoryUnitOfWork):
 
     @property
     def directory_log(self) -> MemoryDirectoryLog:
-        return MemoryDirectoryLog(self.triage, self._opened())
+        return MemoryDirectoryLog(self.triage, self._opened(), self)
 
     @property
     def policies(self) -> MemoryPolicies:
@@ -209,3 +279,4 @@ class InMemoryTriageUnitOfWork(InMemoryUnitOfWork):
     def rollback(self) -> None:
         self._staged = _Staged()
         super().rollback()
+        self.triage.mark.release(self)  # after commit too: what waits sees it

@@ -82,8 +82,12 @@ class PostgresDecisions:
         if lines:
             await self._keep(lines, None, seq)
 
+    async def forget_lines(self, incident_ids: Collection[str]) -> None:
+        if incident_ids:
+            await self._keep(dict.fromkeys(incident_ids, ()), None, None)
+
     async def _keep(
-        self, lines: Mapping[str, Collection[str]], state: str | None, seq: int
+        self, lines: Mapping[str, Collection[str]], state: str | None, seq: int | None
     ) -> None:
         """The lines of each incident, and its state (None: as it is), in one statement:
         the lines not kept any more deleted, the new ones added (both CTEs see the rows
@@ -155,7 +159,16 @@ class PostgresDirectoryLog:
         )
         return [(int(row["seq"]), row["event_id"], bytes(row["body"])) for row in rows]
 
+    async def hold_mark(self) -> None:
+        # A table lock, not the row's FOR SHARE: the lock manager queues requests in
+        # order, so a stream of overlapping decisions cannot starve a waiting re-check
+        # (FOR SHARE joins the row's current sharers and skips a waiting FOR UPDATE),
+        # and it takes the fast path, writing nothing to the row.
+        await self.conn.execute("LOCK TABLE directory_rechecked IN ROW SHARE MODE")
+
     async def rechecked(self) -> int:
+        # EXCLUSIVE conflicts with ROW SHARE (hold_mark), not with plain reads
+        await self.conn.execute("LOCK TABLE directory_rechecked IN EXCLUSIVE MODE")
         seq = await self.conn.fetchval("SELECT seq FROM directory_rechecked FOR UPDATE")
         return int(seq or 0)
 

@@ -106,6 +106,11 @@ class PolicyConflict(RuntimeError):
     """The policy file reuses a version already recorded with other content."""
 
 
+class UnknownPolicy(LookupError):
+    """A decision's policy version this instance cannot read: not recorded, or recorded
+    by a newer instance in a form this one does not know (a rolling upgrade)."""
+
+
 # -- the repositories a triage unit of work adds to the recorder ---------------------------
 
 
@@ -160,6 +165,11 @@ class Decisions(Protocol):
         unchanged."""
         ...
 
+    async def forget_lines(self, incident_ids: Collection[str]) -> None:
+        """Drop these decisions' lines and their directory (`lines_seq` NULL): the next
+        re-check checks each of them in full, as one kept before `decision_lines`."""
+        ...
+
     async def for_update_each(self, incident_ids: Collection[str]) -> list[StoredDecision]:
         """The incidents' rows, locked in incident order until the unit of work ends (the
         undecided left out)."""
@@ -192,9 +202,20 @@ class DirectoryLog(Protocol):
         """(seq, event id, body) of the events kept after `seq`, in order."""
         ...
 
+    async def hold_mark(self) -> None:
+        """Share the re-check mark until the unit of work ends: wait for a re-check
+        under way to commit, and keep any other from starting meanwhile (units that hold
+        it do not wait for each other; one asking after a re-check asked waits for it).
+        Every unit that keeps a decision calls it before it reads the directory or locks
+        a decision: a re-check that marks past the directory the decision was made on
+        then reads the decisions after it committed (docs/conflicts.md)."""
+        ...
+
     async def rechecked(self) -> int:
-        """The seq up to which the decisions were checked again (held to the end of the
-        unit of work, so two workers never re-check the same events)."""
+        """The seq up to which the decisions were checked again, the mark held
+        exclusively to the end of the unit of work: after every unit that holds it
+        (`hold_mark`) ended, so two workers never re-check the same events and every
+        decision made on a directory before the one this re-check marks is seen."""
         ...
 
     async def mark_rechecked(self, seq: int) -> None:
@@ -359,6 +380,9 @@ class TriageUseCases:
     topic_prefix: str = ""
     traceparent: Callable[[], str | None] = lambda: None
     """The trace context triage's events carry (the adapter's current span)."""
+    recheck_refused: Callable[[str], None] = lambda reason: None
+    """Told each time the re-check of one decision is refused, with why (the adapter's
+    `incidents_triage_recheck_refused_total`)."""
     policies: dict[str, Policy] = field(init=False)
     """Every policy version recorded, by version (an incident keeps its version)."""
     directory: DirectoryProjection = field(init=False, default_factory=DirectoryProjection)
@@ -459,7 +483,11 @@ class TriageUseCases:
         each accused, routed and independent person, and each unresolved id, kept with
         each decision), looked up with the people who moved or joined: the work follows
         what moved, not how many decisions were ever kept (docs/scale.md). Each decision
-        looked at has its lines taken again. The re-check commits with its mark
+        looked at has its lines taken again. It holds the mark exclusively from before it
+        reads it: every decision under way (which holds it shared, `hold_mark`) is
+        committed, and seen, first. A decision whose policy version cannot be read here
+        is left (`UnknownPolicy`: logged, told to `recheck_refused`, its lines dropped so
+        the next re-check checks it in full). The re-check commits with its mark
         (`directory_rechecked`), so one lost to a stop is done at the next start
         (`resume`), after the next input any worker handles (`_recheck_lagging`), or with
         the next directory batch, whichever comes first. Event ids derive from the last
@@ -493,7 +521,22 @@ class TriageUseCases:
             # to the commit, as an amendment's does after its one row lock
             incidents = await uow.decisions.to_recheck(moved, since=done)
             decided = await uow.decisions.for_update_each(incidents)
-            locked = [await self._kept_of(uow, row) for row in decided]
+            locked: list[_Kept] = []
+            refused: list[str] = []
+            for row in decided:
+                try:
+                    locked.append(await self._kept_of(uow, row))
+                except UnknownPolicy as unknown:
+                    # An older instance in a rolling upgrade: this decision alone is
+                    # left, and the next re-check checks it in full.
+                    refused.append(row.incident_id)
+                    self.recheck_refused("unknown_policy")
+                    log.warning(
+                        "incident %s: re-check refused: %s; left for the next re-check",
+                        row.incident_id,
+                        unknown,
+                    )
+            await uow.decisions.forget_lines(refused)
             unchanged: dict[str, frozenset[str]] = {}
             for kept in locked:
                 incident = kept.row.incident_id
@@ -558,6 +601,9 @@ class TriageUseCases:
             todo = [item for item, new in zip(command.reports, first, strict=True) if new]
             if not todo:
                 return []
+            # before the directory is read: a re-check under way is waited for, and
+            # one that starts now waits for this decision (docs/conflicts.md)
+            await uow.directory_log.hold_mark()
             await self._refresh_directory(uow)
             now = datetime.now(UTC)
             org = self.org
@@ -629,6 +675,7 @@ class TriageUseCases:
             async with uow:
                 if not await self._first(uow, command.consumer, cause):
                     return []
+                await uow.directory_log.hold_mark()  # before the row lock: lock order
                 kept = await self._kept(uow, cause.envelope.subject)
                 await self._refresh_directory(uow)
                 events = await step(uow, command, kept)
@@ -754,8 +801,9 @@ class TriageUseCases:
         return await self._kept_of(uow, row)
 
     async def _kept_of(self, uow: TriageUnitOfWork, row: StoredDecision) -> _Kept:
-        """The decision of a locked row as it stands."""
-        policy = self.policies[row.policy_version]
+        """The decision of a locked row as it stands (`UnknownPolicy` if its policy
+        version cannot be read here)."""
+        policy = await self._policy_of(uow, row.policy_version)
         if row.state is not None:
             decision = TriageDecision.from_json(row.state["decision"])
             return _Kept(row, decision, policy, row.state["report_digest"])
@@ -769,6 +817,26 @@ class TriageUseCases:
                 decision, earlier["accused"], self.org, policy, named=earlier["named"]
             ).decision
         return _Kept(row, decision, policy, report.report_digest)
+
+    async def _policy_of(self, uow: TriageUnitOfWork, version: str) -> Policy:
+        """A recorded policy version: one recorded after this instance started (by a
+        newer instance) is read from `policies`; `UnknownPolicy` if it is not there or
+        this version of triage cannot read it."""
+        policy = self.policies.get(version)
+        if policy is not None:
+            return policy
+        body = await uow.policies.body_of(version)
+        if body is None:
+            raise UnknownPolicy(f"policy version {version!r} is not recorded")
+        try:
+            policy = Policy.recorded(body)
+        except ValueError as error:  # pydantic's ValidationError: a newer policy's form
+            raise UnknownPolicy(
+                f"policy version {version!r} cannot be read by this instance"
+                f" ({error.__class__.__name__}): a newer triage recorded it"
+            ) from None
+        self.policies[version] = policy
+        return policy
 
     def decision(
         self,

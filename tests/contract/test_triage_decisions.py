@@ -7,13 +7,17 @@ kept decision through anyone on its lines, or through lines taken after the re-c
 mark; `keep_state` and `keep_lines` replace the lines; a rolled-back unit keeps none;
 `for_update_each` gives the rows asked for that exist, in incident order. And the
 re-check's use cases on both: a re-check lost to a stop is done when triage starts
-again (`resume`), and an accused unknown when the report was decided is applied when
-he joins the directory.
+again (`resume`), an accused unknown when the report was decided is applied when
+he joins the directory, a decision under way while a manager moves is re-checked
+before the mark passes it (the mark's lock: `hold_mark`, `rechecked`), and a decision
+whose policy version an instance cannot read is left to the next re-check, not a
+crash of it.
 The `postgres` half is marked `integration`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import secrets
 import uuid
@@ -26,7 +30,7 @@ import pytest
 
 import services
 from services.domain.envelope import Envelope
-from services.domain.events import ReportSubmitted
+from services.domain.events import ReportAmended, ReportSubmitted
 from services.domain.policy import Policy
 from services.infra.config import load_yaml_model
 from services.infra.recorder_memory import InMemoryStore
@@ -37,10 +41,11 @@ from services.triage.usecases import (
     KeepDirectory,
     NewDecision,
     RecordPolicy,
+    Reexclude,
     TriageUnitOfWork,
     TriageUseCases,
 )
-from tests.unit.test_triage_usecases import PEOPLE, PSEUDONYMS, submitted, upserted
+from tests.unit.test_triage_usecases import PEOPLE, PSEUDONYMS, later, submitted, upserted
 
 SERVICES = Path(services.__file__).parent
 POLICY = load_yaml_model(SERVICES / "data" / "policy.yaml", Policy)
@@ -71,7 +76,7 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
     url = request.getfixturevalue("contract_database_url")
     schema = f"svc_{secrets.token_hex(4)}"
     await migrate_service(url, schema, SERVICES / "triage" / "migrations")
-    pool = await create_pool(url, schema=schema, max_size=2)
+    pool = await create_pool(url, schema=schema, max_size=4)  # three units and a probe
     try:
         unit = lambda: PostgresTriageUnitOfWork(pool)  # noqa: E731
         await _with_policy(unit)
@@ -269,3 +274,143 @@ async def test_an_accused_unknown_when_decided_is_applied_when_he_joins(backend:
     rules = {x["principal"]: x["rule"] for x in decision["excluded"]}
     assert rules["p-new"] == "accused" and rules["p-sun"] == "accused_reports"
     assert [lv["recipients"] for lv in decision["chain"]] == [[], ["p-board"]]
+
+
+async def _waits_for_the_mark(unit: Backend) -> bool:
+    """Whether a unit of work waits for the re-check mark's lock."""
+    async with unit() as uow:
+        if isinstance(uow, InMemoryTriageUnitOfWork):
+            return uow.triage.mark.waiting > 0
+        return bool(
+            await uow.conn.fetchval(  # type: ignore[attr-defined]
+                "SELECT EXISTS (SELECT FROM pg_locks WHERE NOT granted"
+                " AND relation = 'directory_rechecked'::regclass)"
+            )
+        )
+
+
+async def test_a_decision_under_way_while_a_manager_moves_is_rechecked_before_the_mark_passes(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review 2 D2 (R1's interleaving): worker B decides a report against p-wang on the
+    directory as it is, level 2 p-zhou; while B's unit is open, worker A keeps p-wang's
+    move under p-zhou and re-checks. A's re-check waits for B's decision (B holds the
+    mark from before it read the directory) and excludes p-zhou from it. Before, A
+    marked the move without seeing B's uncommitted decision, and nothing looked at it
+    again: not another report, not a restart (`resume`), until some later directory
+    change."""
+    a, b = await _recorded(backend), await _recorded(backend)
+    await _keep(a, backend, *_seed())
+    async with backend() as probe:
+        decisions = type(probe.decisions)
+    add = decisions.add
+    inside, gate = asyncio.Event(), asyncio.Event()
+
+    async def paused(self: object, *args: Any, **kwargs: Any) -> None:
+        monkeypatch.setattr(decisions, "add", add)  # the later decisions are not paused
+        inside.set()
+        await gate.wait()
+        await add(self, *args, **kwargs)
+
+    monkeypatch.setattr(decisions, "add", paused)
+    incident = str(uuid.uuid4())
+    envelope, report = submitted(incident, ["p-wang"])
+    command = DecideReports([(_cause(envelope, "incident.reports"), report)])
+    deciding = asyncio.create_task(b.decide(command, backend()))
+    await inside.wait()  # B decided on the directory before the move, not committed
+    move = upserted("p-wang", "p-zhou", ["store_manager"], "city-retail")
+    moving = asyncio.create_task(_keep(a, backend, move))
+    while not moving.done() and not await _waits_for_the_mark(backend):
+        await asyncio.sleep(0.01)
+    gate.set()
+    await deciding
+    await moving
+    await _decided(b, backend, ["p-liu"])  # what the review ran after: nothing left to do
+    await _started(backend)
+    decision = await _decision(backend, incident)
+    rules = {x["principal"]: x["rule"] for x in decision["excluded"]}
+    assert rules.get("p-zhou") == "accused_management_chain"
+    assert all("p-zhou" not in lv["recipients"] for lv in decision["chain"])
+
+
+async def test_a_recheck_under_way_holds_a_later_decision_and_an_amendment_back(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A re-check paused after it took the mark: a report and an amendment of a decided
+    incident that arrive meanwhile wait for it (the amendment before it locks its row:
+    the re-check locks rows too, so the other order would deadlock), then the report is
+    decided on the directory the re-check marked (p-zhou never asked)."""
+    worker, other = await _recorded(backend), await _recorded(backend)
+    await _keep(worker, backend, *_seed())
+    amended = await _decided(other, backend, ["p-wang"])
+    async with backend() as probe:
+        decisions = type(probe.decisions)
+    to_recheck = decisions.to_recheck
+    inside, gate = asyncio.Event(), asyncio.Event()
+
+    async def paused(self: object, *args: Any, **kwargs: Any) -> list[str]:
+        monkeypatch.setattr(decisions, "to_recheck", to_recheck)
+        inside.set()
+        await gate.wait()
+        return await to_recheck(self, *args, **kwargs)
+
+    monkeypatch.setattr(decisions, "to_recheck", paused)
+    move = upserted("p-wang", "p-zhou", ["store_manager"], "city-retail")
+    moving = asyncio.create_task(_keep(worker, backend, move))
+    await inside.wait()
+    incident = str(uuid.uuid4())
+    envelope, report = submitted(incident, ["p-wang"])
+    command = DecideReports([(_cause(envelope, "incident.reports"), report)])
+    deciding = asyncio.create_task(other.decide(command, backend()))
+    added = ReportAmended(accused_added=["p-liu"], report_digest="sha256:" + "1" * 64)
+    change = _cause(later(amended, ReportAmended.TYPE, added), "incident.reports")
+    amending = asyncio.create_task(other.reexclude(Reexclude(change, added), backend()))
+    try:
+        while not (deciding.done() and amending.done()) and not await _waits_for_the_mark(backend):
+            await asyncio.sleep(0.01)
+        async with backend() as uow:  # neither is kept while the re-check runs
+            kept = dict(await uow.decisions.states())
+    finally:
+        gate.set()
+        await asyncio.gather(moving, deciding, amending)
+    assert incident not in kept and "p-liu" not in kept[amended]["decision"]["accused"]
+    decision = await _decision(backend, incident)
+    assert all("p-zhou" not in lv["recipients"] for lv in decision["chain"])
+    assert "p-liu" in (await _decision(backend, amended))["accused"]
+
+
+async def test_a_decision_whose_policy_cannot_be_read_is_left_to_the_next_recheck(
+    backend: Backend,
+) -> None:
+    """Review 2 L1: an older instance in a rolling upgrade re-checks a decision made
+    under a policy version a newer one recorded, in a form the older cannot read. That
+    decision alone is refused (told, counted by the adapter), its lines forgotten so
+    the next re-check checks it in full; the others are re-checked, the mark moves.
+    A version recorded after the instance started but readable is read from `policies`.
+    Before: KeyError out of the re-check (and of `resume`)."""
+    refused: list[str] = []
+    worker = await _recorded(backend)
+    worker.recheck_refused = refused.append
+    await _keep(worker, backend, *_seed())
+    known = await _decided(worker, backend, ["p-wang"])
+    body = POLICY.model_dump(mode="json", exclude_none=True)
+    async with backend() as uow:
+        await uow.policies.record("v-next", {**body, "version": "v-next", "new_rule": 1})
+        await uow.policies.record("v-later", {**body, "version": "v-later"})
+        for incident, version in (("i-next", "v-next"), ("i-later", "v-later")):
+            row = await uow.decisions.for_update(known)
+            assert row is not None and row.state is not None
+            state = {**row.state, "decision": {**row.state["decision"], "policy_version": version}}
+            new = NewDecision(incident, REPORT, version, state, frozenset({"p-wang"}))
+            await uow.decisions.add([new], directory_seq=len(PEOPLE), decided_at=datetime.now(UTC))
+    await _keep(worker, backend, upserted("p-wang", "p-zhou", ["store_manager"], "city-retail"))
+    assert refused == ["unknown_policy"]
+    for incident in (known, "i-later"):
+        assert "p-zhou" in {
+            x["principal"] for x in (await _decision(backend, incident))["excluded"]
+        }
+    async with backend() as uow:
+        mark = await uow.directory_log.rechecked()
+        assert mark == len(PEOPLE) + 1
+        assert await uow.decisions.to_recheck(set(), since=mark) == ["i-next"]
+    assert await worker.resume(backend()) == 0  # nothing lags: no crash, nothing to do
