@@ -276,17 +276,53 @@ async def test_an_accused_unknown_when_decided_is_applied_when_he_joins(backend:
     assert [lv["recipients"] for lv in decision["chain"]] == [[], ["p-board"]]
 
 
-async def _waits_for_the_mark(unit: Backend) -> bool:
-    """Whether a unit of work waits for the re-check mark's lock."""
+async def _waiting_for_the_mark(unit: Backend) -> int:
+    """How many units of work wait for the re-check mark's lock (on PostgreSQL: for any
+    lock, in this database: a table lock or a row's)."""
     async with unit() as uow:
         if isinstance(uow, InMemoryTriageUnitOfWork):
-            return uow.triage.mark.waiting > 0
-        return bool(
+            return uow.triage.mark.waiting
+        return int(
             await uow.conn.fetchval(  # type: ignore[attr-defined]
-                "SELECT EXISTS (SELECT FROM pg_locks WHERE NOT granted"
-                " AND relation = 'directory_rechecked'::regclass)"
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND cardinality(pg_blocking_pids(pid)) > 0"
             )
         )
+
+
+async def _waits_for_the_mark(unit: Backend) -> bool:
+    return await _waiting_for_the_mark(unit) > 0
+
+
+async def test_a_waiting_recheck_holds_later_decisions_back(backend: Backend) -> None:
+    """The mark is granted in the order asked: while a unit that decides holds it, a
+    re-check waits, and a unit that asks to decide after it waits for the re-check (not
+    let in beside the first: a stream of overlapping decisions would starve the
+    re-check, as the row's FOR SHARE does). Units that decide share it."""
+    order: list[str] = []
+
+    async def rechecking() -> None:
+        async with backend() as uow:
+            await uow.directory_log.rechecked()
+            order.append("recheck")
+
+    async def deciding(name: str) -> None:
+        async with backend() as uow:
+            await uow.directory_log.hold_mark()
+            order.append(name)
+
+    async with backend() as first:
+        await first.directory_log.hold_mark()
+        await deciding("beside")  # shared: does not wait
+        recheck = asyncio.create_task(rechecking())
+        while not await _waiting_for_the_mark(backend):
+            await asyncio.sleep(0.01)
+        later = asyncio.create_task(deciding("later"))
+        while await _waiting_for_the_mark(backend) < 2 and not later.done():
+            await asyncio.sleep(0.01)
+        order.append("first ends")
+    await asyncio.gather(recheck, later)
+    assert order == ["beside", "first ends", "recheck", "later"]
 
 
 async def test_a_decision_under_way_while_a_manager_moves_is_rechecked_before_the_mark_passes(
