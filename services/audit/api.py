@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 
 from services.audit import usecases
 from services.audit.checkpoint import NoteSigner
-from services.audit.indexed import index_problems
+from services.audit.indexed import columns_document, index_problems
 from services.audit.ledger import (
     DEAD_LETTER,
     UNTOLD,
@@ -390,20 +390,10 @@ def indexed_columns(row: StoredRow) -> dict[str, Any]:
     """The columns the reads select an entry by, as stored (not as its leaf says them):
     `verify` proves each says what the leaf says (`services.audit.indexed`). `people`:
     the `ledger_people` rows at the entry's index, when there are any."""
-    indexed = row.indexed
-    columns: dict[str, Any] = {
-        "valid": indexed.valid,
-        "incident_id": indexed.incident_id,
-        "event_type": indexed.event_type,
-        "event_id": indexed.event_id,
-        "recorded_at": utc_rfc3339(row.recorded_at),
-    }
-    if row.people:
-        columns["people"] = [
-            {"person_id": person, "record": None if record is None else json.loads(record)}
-            for person, record in row.people
-        ]
-    return columns
+    people = (
+        (person, None if record is None else json.loads(record)) for person, record in row.people
+    )
+    return columns_document(row.indexed, utc_rfc3339(row.recorded_at), people)
 
 
 @router.get("/ledger/proofs/inclusion", summary="RFC 9162 inclusion proof", responses=PROOF_ANSWERS)

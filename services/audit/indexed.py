@@ -34,6 +34,24 @@ class Indexed(NamedTuple):
         return cls(True, envelope.id, envelope.subject, envelope.type)
 
 
+def columns_document(
+    indexed: Indexed, recorded_at: str | None, people: Iterable[tuple[str, Any]] = ()
+) -> dict[str, Any]:
+    """The ``indexed`` field of the entries route: the columns `indexed` and
+    `recorded_at`, and ``people`` (person id, record) when there are any."""
+    columns: dict[str, Any] = {
+        "valid": indexed.valid,
+        "incident_id": indexed.incident_id,
+        "event_type": indexed.event_type,
+        "event_id": indexed.event_id,
+        "recorded_at": recorded_at,
+    }
+    listed = [{"person_id": person, "record": record} for person, record in people]
+    if listed:
+        columns["people"] = listed
+    return columns
+
+
 def indexed_of_leaf(body: dict[str, Any]) -> Indexed | None:
     """`Indexed.of` a leaf's JSON (its ``event``, read as the append read it), or None
     when the leaf holds an event this version cannot read as a CloudEvent."""

@@ -100,7 +100,12 @@ from services.audit.checkpoint import (
     sign_checkpoint,
     verify_checkpoint,
 )
-from services.audit.indexed import index_problems, indexed_of_leaf, people_of_leaf
+from services.audit.indexed import (
+    columns_document,
+    index_problems,
+    indexed_of_leaf,
+    people_of_leaf,
+)
 from services.domain.envelope import canonical_json, utc_rfc3339
 from services.domain.events import CheckpointSigned, PeopleImported
 
@@ -435,17 +440,8 @@ def _indexed_as_served(leaf: bytes) -> dict[str, Any]:
     columns = indexed_of_leaf(body) if isinstance(body, dict) else None
     if columns is None:
         return {}
-    indexed: dict[str, Any] = {
-        "valid": columns.valid,
-        "incident_id": columns.incident_id,
-        "event_type": columns.event_type,
-        "event_id": columns.event_id,
-        "recorded_at": body.get("recorded_at"),
-    }
-    people = people_of_leaf(body)
-    if people:
-        indexed["people"] = [{"person_id": p, "record": r} for p, r in people.items()]
-    return {"indexed": indexed}
+    people = people_of_leaf(body).items()
+    return {"indexed": columns_document(columns, body.get("recorded_at"), people)}
 
 
 class MemorySource:
