@@ -648,12 +648,7 @@ async def test_the_signer_refuses_a_tree_that_no_longer_extends_its_latest_head(
                     index,
                 )
         await conn.execute("ALTER TABLE audit.ledger_nodes ENABLE TRIGGER USER")
-    for n in range(2):
-        await producer.send_and_wait(audit.settings.topic("incident.activity"), an_event(n))
-    await eventually(lambda: _has(audit, len(ledger.rows) + 2))
-    refused = REGISTRY.get_sample_value("incidents_ledger_heads_refused_total") or 0.0
-    assert await heads.sign_if_due(force=True) is None
-    assert REGISTRY.get_sample_value("incidents_ledger_heads_refused_total") == refused + 1
+    await _the_next_head_is_refused(audit, producer, ledger)
     after = (await audit.client.get("/v1/ledger/heads")).json()["heads"]
     assert [h["tree_size"] for h in after] == ledger.head_sizes
 
@@ -683,11 +678,19 @@ async def test_the_signer_refuses_to_sign_over_a_latest_head_whose_note_was_edit
             last,
         )
         await conn.execute("ALTER TABLE audit.ledger_heads ENABLE TRIGGER USER")
+    await _the_next_head_is_refused(audit, producer, ledger)
+
+
+async def _the_next_head_is_refused(
+    audit: Audit, producer: AIOKafkaProducer, ledger: Ledger
+) -> None:
+    """Two more events reach the ledger; the head signer then refuses to sign (and
+    counts it) instead of signing the changed tree."""
     for n in range(2):
         await producer.send_and_wait(audit.settings.topic("incident.activity"), an_event(n))
     await eventually(lambda: _has(audit, len(ledger.rows) + 2))
     refused = REGISTRY.get_sample_value("incidents_ledger_heads_refused_total") or 0.0
-    assert await heads.sign_if_due(force=True) is None
+    assert await audit.app.state.heads.sign_if_due(force=True) is None
     assert REGISTRY.get_sample_value("incidents_ledger_heads_refused_total") == refused + 1
 
 
